@@ -1,0 +1,138 @@
+//! Reading request bodies: JSON objects checked field by field, every problem reported
+//! at once, unknown fields refused.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, FieldError};
+
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A JSON object being read; collects a [`FieldError`] for each problem.
+pub struct JsonObject {
+    map: Map<String, Value>,
+    read: BTreeSet<String>,
+    pub errors: Vec<FieldError>,
+}
+
+impl JsonObject {
+    /// Parses `body`, which must hold a JSON object.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let body_error = |m: String| ApiError::invalid_request(vec![FieldError::new("body", m)]);
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(body_error("a JSON object is required".into()));
+        }
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => Ok(Self { map, read: BTreeSet::new(), errors: Vec::new() }),
+            Ok(_) => Err(body_error("must be a JSON object".into())),
+            Err(e) => Err(body_error(format!(
+                "is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ))),
+        }
+    }
+
+    /// A string field of 1..=`max_chars` characters, trimmed. `None` when absent, null or
+    /// wrong (the error is recorded).
+    pub fn string(&mut self, name: &str, required: bool, max_chars: usize) -> Option<String> {
+        self.read.insert(name.to_owned());
+        match self.map.get(name) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.errors.push(FieldError::new(name, "is required"));
+                }
+                None
+            }
+            Some(Value::String(s)) => {
+                let s = s.trim();
+                if s.is_empty() {
+                    self.errors.push(FieldError::new(name, "must not be empty"));
+                    None
+                } else if s.chars().count() > max_chars {
+                    self.errors.push(FieldError::new(name, format!("must be at most {max_chars} characters")));
+                    None
+                } else if s.chars().any(char::is_control) {
+                    self.errors.push(FieldError::new(name, "must not contain control characters"));
+                    None
+                } else {
+                    Some(s.to_owned())
+                }
+            }
+            Some(_) => {
+                self.errors.push(FieldError::new(name, "must be a string"));
+                None
+            }
+        }
+    }
+
+    /// Whether the body names this field at all (even as null).
+    pub fn has(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    /// Reports every field that was never read as unknown; returns all errors, if any.
+    pub fn finish(mut self) -> Result<(), Vec<FieldError>> {
+        for key in self.map.keys() {
+            if !self.read.contains(key) {
+                self.errors.push(FieldError::new(key, "is not a known field"));
+            }
+        }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
+/// Whether a `Content-Type` header says JSON (`application/json`, any parameters).
+pub fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let mut o = JsonObject::parse(br#"{"a":"","b":5,"c":"xxxxxx","d":"ok","e":1}"#).unwrap();
+        assert_eq!(o.string("a", true, 10), None);
+        assert_eq!(o.string("b", true, 10), None);
+        assert_eq!(o.string("c", true, 5), None);
+        assert_eq!(o.string("d", true, 5).as_deref(), Some("ok"));
+        assert_eq!(o.string("z", true, 5), None);
+        let errors = o.finish().unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["a", "b", "c", "z", "e"]);
+    }
+
+    #[test]
+    fn strings_are_trimmed_and_control_characters_refused() {
+        let mut o = JsonObject::parse(b"{\"k\":\"  sk_1 \\n\",\"x\":\"a\\u0000b\"}").unwrap();
+        assert_eq!(o.string("k", true, 10).as_deref(), Some("sk_1"));
+        assert_eq!(o.string("x", true, 10), None);
+    }
+
+    #[test]
+    fn non_objects_and_broken_json_are_invalid_requests() {
+        for body in [&b""[..], b"  ", b"[]", b"\"x\"", b"{", b"{\"a\":}"] {
+            let e = JsonObject::parse(body).err().unwrap();
+            assert_eq!(e.code, "invalid_request");
+            assert_eq!(e.errors[0].field, "body");
+        }
+    }
+
+    #[test]
+    fn recognises_json_content_types() {
+        assert!(is_json(Some("application/json")));
+        assert!(is_json(Some("Application/JSON; charset=utf-8")));
+        assert!(!is_json(Some("text/plain")));
+        assert!(!is_json(Some("application/jsonx")));
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,194 @@
+//! The HTTP API as pure functions: a [`Request`] in, a [`Response`] out. Routing, auth,
+//! input checks, CORS and the problem+json mapping all live here, testable on the host;
+//! the Worker glue only converts to and from the platform's types.
+
+mod credentials;
+mod health;
+pub mod input;
+mod views;
+
+use serde_json::Value;
+use url::Url;
+
+use crate::auth::{bearer_token, AuthError, JwtVerifier};
+use crate::config::{Config, ConfigError};
+use crate::crypto::random_bytes;
+use crate::domain::{RequestId, UserId};
+use crate::error::ApiError;
+use crate::ports::{Clock, CredentialStore, HttpClient, Jitter};
+
+/// An incoming request, already read whole.
+pub struct Request {
+    pub method: String,
+    pub url: Url,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(status: u16, body: &Value) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    pub fn empty(status: u16) -> Self {
+        Self { status, headers: Vec::new(), body: Vec::new() }
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn problem(e: &ApiError) -> Self {
+        let mut r = Self {
+            status: e.status,
+            headers: vec![("content-type".into(), "application/problem+json".into())],
+            body: e.body().to_string().into_bytes(),
+        };
+        if e.status == 401 {
+            r = r.with_header("www-authenticate", "Bearer");
+        }
+        if let Some(s) = e.retry_after_seconds {
+            r = r.with_header("retry-after", s.to_string());
+        }
+        r
+    }
+}
+
+/// Everything a request may use: configuration and the platform behind the core's seams.
+pub struct App<'a> {
+    pub config: Result<&'a Config, &'a [ConfigError]>,
+    pub store: &'a dyn CredentialStore,
+    pub http: &'a dyn HttpClient,
+    pub clock: &'a dyn Clock,
+    pub jitter: &'a dyn Jitter,
+    /// Where operational log lines go. Never given a secret.
+    pub log: &'a dyn Fn(&str),
+}
+
+/// The per-request context handlers receive.
+pub(crate) struct Ctx<'a, 'r> {
+    pub app: &'r App<'a>,
+    pub config: &'a Config,
+    pub request: &'r Request,
+    pub request_id: &'r RequestId,
+}
+
+impl Ctx<'_, '_> {
+    pub fn log(&self, line: &str) {
+        (self.app.log)(&format!("{} {line}", self.request_id.as_str()));
+    }
+
+    fn user(&self) -> Result<UserId, ApiError> {
+        let token = bearer_token(self.request.header("authorization"))
+            .ok_or(ApiError::unauthorized(AuthError::Missing))?;
+        JwtVerifier::new(&self.config.jwt)
+            .verify(token, self.app.clock.now())
+            .map_err(ApiError::unauthorized)
+    }
+}
+
+/// Answers one request. Never panics on input; every error becomes problem+json.
+pub async fn handle(app: &App<'_>, request: &Request) -> Response {
+    let request_id = RequestId::from_random(random_bytes().unwrap_or_default());
+    let mut response = match route(app, request, &request_id).await {
+        Ok(r) => r,
+        Err(e) => Response::problem(&e),
+    };
+    if let Ok(config) = app.config {
+        add_cors(config, request, &mut response);
+    }
+    response
+        .with_header("cache-control", "no-store")
+        .with_header("x-request-id", request_id.as_str())
+}
+
+async fn route(app: &App<'_>, request: &Request, request_id: &RequestId) -> Result<Response, ApiError> {
+    let segments: Vec<&str> = request.url.path().trim_end_matches('/').split('/').skip(1).collect();
+    let method = request.method.as_str();
+
+    if method == "OPTIONS" {
+        return Ok(Response::empty(204));
+    }
+    if segments == ["v1", "health"] {
+        return match method {
+            "GET" | "HEAD" => Ok(health::health(app).await),
+            _ => Err(ApiError::method_not_allowed()),
+        };
+    }
+    let config = app.config.map_err(|errors| {
+        let vars: Vec<&str> = errors.iter().map(|e| e.var).collect();
+        ApiError::not_configured(format!("The configuration has problems with: {}.", vars.join(", ")))
+    })?;
+    if request.body.len() > input::MAX_BODY_BYTES {
+        return Err(ApiError::payload_too_large(input::MAX_BODY_BYTES));
+    }
+    let ctx = Ctx { app, config, request, request_id };
+
+    match (method, segments.as_slice()) {
+        ("GET", ["v1", "providers"]) => {
+            ctx.user()?;
+            Ok(credentials::providers())
+        }
+        (_, ["v1", "providers"]) => Err(ApiError::method_not_allowed()),
+        ("GET", ["v1", "credentials"]) => credentials::list(&ctx, &ctx.user()?).await,
+        ("POST", ["v1", "credentials"]) => credentials::create(&ctx, &ctx.user()?).await,
+        (_, ["v1", "credentials"]) => Err(ApiError::method_not_allowed()),
+        ("GET", ["v1", "credentials", id]) => credentials::get(&ctx, &ctx.user()?, id).await,
+        ("DELETE", ["v1", "credentials", id]) => credentials::delete(&ctx, &ctx.user()?, id).await,
+        (_, ["v1", "credentials", _]) => Err(ApiError::method_not_allowed()),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// CORS for the configured origins only; anything else gets no CORS headers at all.
+fn add_cors(config: &Config, request: &Request, response: &mut Response) {
+    let Some(origin) = request.header("origin") else { return };
+    if !config.cors_allowed_origins.iter().any(|o| o == origin) {
+        return;
+    }
+    let mut headers = vec![
+        ("access-control-allow-origin", origin.to_owned()),
+        ("vary", "Origin".to_owned()),
+        ("access-control-expose-headers", "X-Request-Id, Retry-After, Location".to_owned()),
+    ];
+    if request.method == "OPTIONS" {
+        headers.extend([
+            ("access-control-allow-methods", "GET, POST, PATCH, PUT, DELETE, OPTIONS".to_owned()),
+            ("access-control-allow-headers", "Authorization, Content-Type".to_owned()),
+            ("access-control-max-age", "600".to_owned()),
+        ]);
+    }
+    for (k, v) in headers {
+        response.headers.push((k.to_owned(), v));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,248 @@
+//! The API end to end over in-memory seams: statuses, bodies and what is stored.
+
+use futures::executor::block_on;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::auth::jwt::sign_hs256;
+use crate::testing::{respond, FakeClock, FakeHttp, FixedJitter, MemoryStore, Scripted};
+
+const NOW_MS: u64 = 1_800_000_000_000;
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+const MASTER: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const KEY: &str = "sk_3f9a0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d9f2a";
+const SUBSCRIPTION: &str = r#"{"character_count":1200,"character_limit":10000,"next_character_count_reset_unix":1796083200}"#;
+const MODELS: &str = r#"[{"model_id":"eleven_multilingual_v2","name":"Eleven Multilingual v2","can_do_text_to_speech":true}]"#;
+const INVALID: &str = r#"{"detail":{"status":"invalid_api_key","message":"Invalid API key"}}"#;
+
+fn config(master: bool) -> Config {
+    Config::parse(|k| match k {
+        "AUTH_JWT_SECRET" => Some(SECRET.into()),
+        "MASTER_KEY" if master => Some(MASTER.into()),
+        "CORS_ALLOWED_ORIGINS" => Some("https://app.example".into()),
+        _ => None,
+    })
+    .unwrap()
+}
+
+fn token(sub: &str) -> String {
+    sign_hs256(&json!({"alg":"HS256"}), &json!({"sub":sub,"exp":NOW_MS / 1000 + 600}), SECRET.as_bytes())
+}
+
+struct World {
+    config: Config,
+    store: MemoryStore,
+    clock: FakeClock,
+}
+
+impl World {
+    fn new() -> Self {
+        Self { config: config(true), store: MemoryStore::default(), clock: FakeClock::at(NOW_MS) }
+    }
+
+    fn call(&self, method: &str, path: &str, user: Option<&str>, body: Option<Value>, script: Vec<Scripted>) -> (u16, Value, Response) {
+        let http = FakeHttp::new(&self.clock, script);
+        let log = |line: &str| assert!(!line.contains(KEY), "key in log: {line}");
+        let app = App {
+            config: Ok(&self.config),
+            store: &self.store,
+            http: &http,
+            clock: &self.clock,
+            jitter: &FixedJitter(0.5),
+            log: &log,
+        };
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        if let Some(u) = user {
+            headers.push(("authorization".into(), format!("Bearer {}", token(u))));
+        }
+        let request = Request {
+            method: method.into(),
+            url: Url::parse(&format!("https://vault.test{path}")).unwrap(),
+            headers,
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+        };
+        let response = block_on(handle(&app, &request));
+        let text = String::from_utf8(response.body.clone()).unwrap();
+        assert!(!text.contains(KEY), "key in response: {text}");
+        let value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (response.status, value, response)
+    }
+
+    fn add(&self, user: &str) -> (u16, Value) {
+        let (s, v, _) = self.call(
+            "POST",
+            "/v1/credentials",
+            Some(user),
+            Some(json!({"provider":"elevenlabs","api_key":KEY,"label":"Personal"})),
+            vec![respond(200, SUBSCRIPTION), respond(200, MODELS)],
+        );
+        (s, v)
+    }
+}
+
+#[test]
+fn a_valid_key_is_stored_encrypted_and_shown_masked() {
+    let w = World::new();
+    let (status, body) = w.add("u_a");
+    assert_eq!(status, 201, "{body}");
+    let c = &body["credential"];
+    assert_eq!(c["key_hint"], "…9f2a");
+    assert_eq!(c["status"], "valid");
+    assert_eq!(c["quota"]["limit"], 10000.0);
+    assert_eq!(body["models"][0]["id"], "eleven_multilingual_v2");
+    assert!(c.get("api_key").is_none());
+    let rows = w.store.rows.borrow();
+    assert_eq!(rows.len(), 1);
+    let sealed = rows[0].secret.as_ref().unwrap();
+    assert!(!String::from_utf8_lossy(&sealed.ciphertext).contains(KEY));
+}
+
+#[test]
+fn an_invalid_key_is_rejected_and_nothing_is_stored() {
+    let w = World::new();
+    let (status, body, r) = w.call(
+        "POST",
+        "/v1/credentials",
+        Some("u_a"),
+        Some(json!({"provider":"elevenlabs","api_key":KEY})),
+        vec![respond(401, INVALID)],
+    );
+    assert_eq!(status, 422);
+    assert_eq!(body["code"], "invalid_api_key");
+    assert_eq!(body["detail"], "ElevenLabs says: Invalid API key");
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert!(w.store.rows.borrow().is_empty());
+}
+
+#[test]
+fn without_a_master_key_nothing_is_stored_and_health_says_so() {
+    let mut w = World::new();
+    w.config = config(false);
+    let (status, body, _) = w.call(
+        "POST",
+        "/v1/credentials",
+        Some("u_a"),
+        Some(json!({"provider":"elevenlabs","api_key":KEY})),
+        vec![],
+    );
+    assert_eq!((status, body["code"].as_str()), (503, Some("not_configured")));
+    assert!(w.store.rows.borrow().is_empty());
+    let (status, body, _) = w.call("GET", "/v1/health", None, None, vec![]);
+    assert_eq!((status, body["code"].as_str()), (503, Some("not_configured")));
+    assert_eq!(body["checks"]["master_key"], "missing");
+}
+
+#[test]
+fn health_is_ok_when_everything_is_usable() {
+    let w = World::new();
+    let (status, body, _) = w.call("GET", "/v1/health", None, None, vec![]);
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"status":"ok","checks":{"config":"ok","master_key":"ok","database":"ok"}}));
+    w.store.down.set(true);
+    let (status, body, _) = w.call("GET", "/v1/health", None, None, vec![]);
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["database"], "error");
+}
+
+#[test]
+fn users_never_see_each_others_credentials() {
+    let w = World::new();
+    let (_, body) = w.add("u_a");
+    let id = body["credential"]["id"].as_str().unwrap().to_owned();
+    let (status, _, _) = w.call("GET", &format!("/v1/credentials/{id}"), Some("u_b"), None, vec![]);
+    assert_eq!(status, 404);
+    let (_, list, _) = w.call("GET", "/v1/credentials", Some("u_b"), None, vec![]);
+    assert_eq!(list, json!({"credentials": []}));
+    let (status, _, _) = w.call("DELETE", &format!("/v1/credentials/{id}"), Some("u_b"), None, vec![]);
+    assert_eq!(status, 404);
+    let (status, body, _) = w.call("GET", &format!("/v1/credentials/{id}"), Some("u_a"), None, vec![]);
+    assert_eq!(status, 200);
+    assert_eq!(body["id"], id.as_str());
+}
+
+#[test]
+fn delete_removes_the_credential() {
+    let w = World::new();
+    let (_, body) = w.add("u_a");
+    let path = format!("/v1/credentials/{}", body["credential"]["id"].as_str().unwrap());
+    assert_eq!(w.call("DELETE", &path, Some("u_a"), None, vec![]).0, 204);
+    assert_eq!(w.call("GET", &path, Some("u_a"), None, vec![]).0, 404);
+    assert!(w.store.rows.borrow().is_empty());
+}
+
+#[test]
+fn the_same_key_twice_is_a_duplicate() {
+    let w = World::new();
+    let (_, first) = w.add("u_a");
+    let (status, body) = w.add("u_a");
+    assert_eq!(status, 409);
+    assert_eq!(body["code"], "duplicate_credential");
+    assert_eq!(body["credential_id"], first["credential"]["id"]);
+    // Another user may store the same key.
+    assert_eq!(w.add("u_b").0, 201);
+}
+
+#[test]
+fn requests_without_a_valid_token_are_unauthorized() {
+    let w = World::new();
+    let (status, body, r) = w.call("GET", "/v1/credentials", None, None, vec![]);
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+}
+
+#[test]
+fn bad_input_is_a_precise_error_and_changes_nothing() {
+    let w = World::new();
+    let long = "k".repeat(1025);
+    let cases = [
+        (json!({"api_key":KEY}), 400, "invalid_request", "provider"),
+        (json!({"provider":"elevenlabs"}), 400, "invalid_request", "api_key"),
+        (json!({"provider":"elevenlabs","api_key":""}), 400, "invalid_request", "api_key"),
+        (json!({"provider":"elevenlabs","api_key":long}), 400, "invalid_request", "api_key"),
+        (json!({"provider":"elevenlabs","api_key":42}), 400, "invalid_request", "api_key"),
+        (json!({"provider":"elevenlabs","api_key":"sk a b c d e f"}), 400, "invalid_request", "api_key"),
+        (json!({"provider":"elevenlabs","api_key":KEY,"label":"x".repeat(101)}), 400, "invalid_request", "label"),
+        (json!({"provider":"elevenlabs","api_key":KEY,"colour":"red"}), 400, "invalid_request", "colour"),
+        (json!({"provider":"elevenlabs","api_key":KEY,"region":"eastus"}), 400, "invalid_request", "region"),
+        (json!({"provider":"nope","api_key":KEY}), 400, "unknown_provider", "provider"),
+        (json!([1, 2]), 400, "invalid_request", "body"),
+    ];
+    for (body, status, code, field) in cases {
+        let (s, b, _) = w.call("POST", "/v1/credentials", Some("u_a"), Some(body.clone()), vec![]);
+        assert_eq!((s, b["code"].as_str()), (status, Some(code)), "{body}");
+        assert!(b["errors"].as_array().unwrap().iter().any(|e| e["field"] == field), "{body}: {b}");
+    }
+    assert!(w.store.rows.borrow().is_empty());
+}
+
+#[test]
+fn responses_carry_no_store_request_ids_and_cors_for_allowed_origins_only() {
+    let w = World::new();
+    let (_, _, r) = w.call("GET", "/v1/health", None, None, vec![]);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(r.header("x-request-id").unwrap().starts_with("req_"));
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn a_hanging_provider_is_a_504_within_the_deadline() {
+    let w = World::new();
+    let (status, body, _) = w.call(
+        "POST",
+        "/v1/credentials",
+        Some("u_a"),
+        Some(json!({"provider":"elevenlabs","api_key":KEY})),
+        (0..5).map(|_| Scripted::Hang).collect(),
+    );
+    assert_eq!((status, body["code"].as_str()), (504, Some("provider_unreachable")));
+    assert!(w.clock.elapsed_since(NOW_MS) <= 10_000);
+    assert!(w.store.rows.borrow().is_empty());
+}
+
+#[test]
+fn unknown_paths_and_methods() {
+    let w = World::new();
+    assert_eq!(w.call("GET", "/v1/nothing", Some("u_a"), None, vec![]).0, 404);
+    assert_eq!(w.call("PUT", "/v1/credentials", Some("u_a"), None, vec![]).0, 405);
+    assert_eq!(w.call("GET", "/v1/credentials/c_%27", Some("u_a"), None, vec![]).0, 404);
+}

@@ -1,0 +1,286 @@
+//! Typed configuration, parsed once per isolate from the Worker's vars and secrets.
+//!
+//! A missing or malformed value is a [`ConfigError`] that names the variable (never its
+//! value); `/v1/health` reports it and the API answers 503 `not_configured`. The master
+//! key ring is kept apart: without it the service still answers health and listings.
+
+use std::collections::BTreeMap;
+
+use url::Url;
+use zeroize::Zeroizing;
+
+use crate::auth::JwtSettings;
+use crate::crypto::{MasterKeyError, MasterKeys};
+use crate::domain::ProviderId;
+use crate::providers;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Staging,
+    Production,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FallbackPolicy {
+    UserThenSystem,
+    UserOnly,
+    SystemOnly,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SystemKeysSource {
+    Env,
+    Infisical,
+}
+
+/// One problem with one variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+pub struct Config {
+    pub environment: Environment,
+    /// `Err` when no usable master key is configured: nothing may be written then.
+    pub master_keys: Result<MasterKeys, MasterKeyError>,
+    pub jwt: JwtSettings,
+    pub provider_base_urls: BTreeMap<ProviderId, Url>,
+    pub allow_private_base_urls: bool,
+    pub validation_deadline_ms: u64,
+    pub probe_attempt_timeout_ms: u64,
+    pub revalidate_after_hours: u64,
+    pub audit_retention_days: u64,
+    pub fallback_policy: FallbackPolicy,
+    pub system_keys_source: SystemKeysSource,
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl Config {
+    /// Reads every variable through `get` (vars and secrets alike; blank means unset) and
+    /// returns either a whole configuration or every problem found.
+    pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
+        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let mut errors = Vec::new();
+        let mut err = |var: &'static str, problem: &str| {
+            errors.push(ConfigError { var, problem: problem.to_owned() });
+        };
+
+        let environment = match get("ENVIRONMENT").as_deref() {
+            None | Some("production") => Environment::Production,
+            Some("staging") => Environment::Staging,
+            Some("development") => Environment::Development,
+            Some(_) => {
+                err("ENVIRONMENT", "must be development, staging or production");
+                Environment::Production
+            }
+        };
+
+        let master_keys = MasterKeys::from_config(
+            get("MASTER_KEYS").as_deref(),
+            get("MASTER_KEY_ACTIVE").as_deref(),
+            get("MASTER_KEY").as_deref(),
+        );
+
+        let hs256_secret = get("AUTH_JWT_SECRET").map(|s| Zeroizing::new(s.into_bytes()));
+        if hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            err("AUTH_JWT_SECRET", "must be at least 32 bytes");
+        }
+        if hs256_secret.is_none() && get("AUTH_JWKS_URL").is_none() {
+            err("AUTH_JWT_SECRET", "no user authentication is configured (set AUTH_JWT_SECRET or AUTH_JWKS_URL)");
+        }
+        let jwt = JwtSettings { hs256_secret, issuer: get("AUTH_ISSUER"), audience: get("AUTH_AUDIENCE") };
+
+        let mut provider_base_urls = BTreeMap::new();
+        for p in providers::all() {
+            let info = p.info();
+            let raw = get(info.base_url_var).unwrap_or_else(|| info.default_base_url.to_owned());
+            match parse_base_url(&raw) {
+                Some(url) => {
+                    provider_base_urls.insert(info.id, url);
+                }
+                None => err(info.base_url_var, "must be an absolute http(s) URL"),
+            }
+        }
+
+        let mut flag = |var: &'static str, default: bool| match get(var).as_deref() {
+            None => default,
+            Some("true") | Some("1") => true,
+            Some("false") | Some("0") => false,
+            Some(_) => {
+                err(var, "must be true or false");
+                default
+            }
+        };
+        let allow_private_base_urls = flag("ALLOW_PRIVATE_BASE_URLS", false);
+
+        let mut number = |var: &'static str, default: u64, min: u64, max: u64| match get(var) {
+            None => default,
+            Some(raw) => match raw.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => n,
+                _ => {
+                    err(var, &format!("must be an integer from {min} to {max}"));
+                    default
+                }
+            },
+        };
+        let validation_deadline_ms = number("VALIDATION_DEADLINE_MS", 10_000, 500, 60_000);
+        let probe_attempt_timeout_ms = number("PROBE_ATTEMPT_TIMEOUT_MS", 4_000, 100, 60_000);
+        let revalidate_after_hours = number("REVALIDATE_AFTER_HOURS", 24, 1, 24 * 365);
+        let audit_retention_days = number("AUDIT_RETENTION_DAYS", 365, 1, 36_500);
+
+        let fallback_policy = match get("FALLBACK_POLICY").as_deref() {
+            None | Some("user_then_system") => FallbackPolicy::UserThenSystem,
+            Some("user_only") => FallbackPolicy::UserOnly,
+            Some("system_only") => FallbackPolicy::SystemOnly,
+            Some(_) => {
+                err("FALLBACK_POLICY", "must be user_then_system, user_only or system_only");
+                FallbackPolicy::UserThenSystem
+            }
+        };
+        let system_keys_source = match get("SYSTEM_KEYS_SOURCE").as_deref() {
+            None | Some("env") => SystemKeysSource::Env,
+            Some("infisical") => SystemKeysSource::Infisical,
+            Some(_) => {
+                err("SYSTEM_KEYS_SOURCE", "must be env or infisical");
+                SystemKeysSource::Env
+            }
+        };
+
+        let mut cors_allowed_origins = Vec::new();
+        for origin in get("CORS_ALLOWED_ORIGINS").unwrap_or_default().split(',') {
+            let origin = origin.trim();
+            if origin.is_empty() {
+                continue;
+            }
+            match Url::parse(origin) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.path() == "/" && u.query().is_none() => {
+                    cors_allowed_origins.push(origin.trim_end_matches('/').to_owned());
+                }
+                _ => err("CORS_ALLOWED_ORIGINS", "must be a comma-separated list of origins like https://app.example"),
+            }
+        }
+
+        if allow_private_base_urls && environment == Environment::Production {
+            err("ALLOW_PRIVATE_BASE_URLS", "may not be true in production");
+        }
+
+        if errors.is_empty() {
+            Ok(Config {
+                environment,
+                master_keys,
+                jwt,
+                provider_base_urls,
+                allow_private_base_urls,
+                validation_deadline_ms,
+                probe_attempt_timeout_ms,
+                revalidate_after_hours,
+                audit_retention_days,
+                fallback_policy,
+                system_keys_source,
+                cors_allowed_origins,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn base_url(&self, provider: ProviderId) -> Option<&Url> {
+        self.provider_base_urls.get(&provider)
+    }
+}
+
+fn parse_base_url(raw: &str) -> Option<Url> {
+    let url = Url::parse(raw.trim()).ok()?;
+    let ok = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    ok.then_some(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    const SECRET: (&str, &str) = ("AUTH_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+
+    #[test]
+    fn defaults_are_production_safe() {
+        let c = Config::parse(vars(&[SECRET])).unwrap();
+        assert_eq!(c.environment, Environment::Production);
+        assert!(!c.allow_private_base_urls);
+        assert_eq!(c.validation_deadline_ms, 10_000);
+        assert_eq!(c.fallback_policy, FallbackPolicy::UserThenSystem);
+        assert!(c.cors_allowed_origins.is_empty());
+        assert_eq!(c.master_keys.as_ref().err(), Some(&MasterKeyError::Missing));
+        let eleven = providers::find("elevenlabs").unwrap().info().id;
+        assert_eq!(c.base_url(eleven).unwrap().as_str(), "https://api.elevenlabs.io/");
+    }
+
+    #[test]
+    fn base_urls_can_be_redirected() {
+        let c = Config::parse(vars(&[SECRET, ("ELEVENLABS_BASE_URL", "http://127.0.0.1:9999")])).unwrap();
+        let eleven = providers::find("elevenlabs").unwrap().info().id;
+        assert_eq!(c.base_url(eleven).unwrap().as_str(), "http://127.0.0.1:9999/");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_by_name_without_its_value() {
+        let errors = Config::parse(vars(&[
+            ("AUTH_JWT_SECRET", "short-secret-value"),
+            ("ENVIRONMENT", "prod"),
+            ("VALIDATION_DEADLINE_MS", "ten"),
+            ("ALLOW_PRIVATE_BASE_URLS", "yes"),
+            ("ELEVENLABS_BASE_URL", "ftp://x"),
+            ("CORS_ALLOWED_ORIGINS", "https://ok.example, not an origin"),
+            ("FALLBACK_POLICY", "random"),
+        ]))
+        .err()
+        .unwrap();
+        let vars: Vec<_> = errors.iter().map(|e| e.var).collect();
+        for want in [
+            "AUTH_JWT_SECRET",
+            "ENVIRONMENT",
+            "VALIDATION_DEADLINE_MS",
+            "ALLOW_PRIVATE_BASE_URLS",
+            "ELEVENLABS_BASE_URL",
+            "CORS_ALLOWED_ORIGINS",
+            "FALLBACK_POLICY",
+        ] {
+            assert!(vars.contains(&want), "{want} not reported: {vars:?}");
+        }
+        assert!(errors.iter().all(|e| !e.to_string().contains("short-secret-value")));
+    }
+
+    #[test]
+    fn some_user_authentication_is_required() {
+        let errors = Config::parse(vars(&[])).err().unwrap();
+        assert_eq!(errors[0].var, "AUTH_JWT_SECRET");
+    }
+
+    #[test]
+    fn private_base_urls_are_never_allowed_in_production() {
+        let errors =
+            Config::parse(vars(&[SECRET, ("ALLOW_PRIVATE_BASE_URLS", "true")])).err().unwrap();
+        assert_eq!(errors[0].var, "ALLOW_PRIVATE_BASE_URLS");
+        let dev = Config::parse(vars(&[
+            SECRET,
+            ("ALLOW_PRIVATE_BASE_URLS", "true"),
+            ("ENVIRONMENT", "development"),
+        ]));
+        assert!(dev.is_ok());
+    }
+}

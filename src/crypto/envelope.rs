@@ -1,0 +1,260 @@
+//! AES-256-GCM envelope for stored keys.
+//!
+//! Data key = HKDF-SHA256(master[v], info = "credential|" + user_id): each user's keys
+//! are sealed under a key of their own. AAD = "byok-vault/v1|user|credential|provider",
+//! so a ciphertext copied to another row, user or provider does not open.
+
+use std::fmt;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::{random_bytes, KeyVersion, MasterKeys, RandomError, SecretKey};
+
+/// Why a key could not be sealed. Neither happens in practice; both are still reported.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error(transparent)]
+    Random(#[from] RandomError),
+    #[error("the active master key is missing from the key ring")]
+    NoActiveKey,
+    #[error("AES-GCM refused the plaintext")]
+    Cipher,
+}
+use crate::domain::{hex_bytes, CredentialId, ProviderId, UserId};
+
+/// A sealed key as stored: master key version, nonce, and ciphertext with its tag.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_version: KeyVersion,
+    pub nonce: [u8; 12],
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for Sealed {
+    // Even ciphertext stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sealed(v{})", self.key_version.get())
+    }
+}
+
+impl Sealed {
+    pub fn nonce_b64(&self) -> String {
+        STANDARD.encode(self.nonce)
+    }
+
+    pub fn ciphertext_b64(&self) -> String {
+        STANDARD.encode(&self.ciphertext)
+    }
+
+    /// Rebuilds a sealed value from its stored columns; `None` if they are not well formed.
+    pub fn from_stored(key_version: u32, nonce_b64: &str, ciphertext_b64: &str) -> Option<Self> {
+        let nonce = STANDARD.decode(nonce_b64).ok()?.try_into().ok()?;
+        let ciphertext = STANDARD.decode(ciphertext_b64).ok()?;
+        Some(Self { key_version: KeyVersion::new(key_version)?, nonce, ciphertext })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("master key version {0} is not configured")]
+    UnknownKeyVersion(u32),
+    #[error("the stored key could not be decrypted")]
+    Failed,
+}
+
+fn data_key(master: &[u8; 32], user: &UserId) -> Zeroizing<[u8; 32]> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    let info = format!("credential|{}", user.as_str());
+    // 32 bytes is far below HKDF-SHA256's 8160-byte output limit: this cannot fail.
+    let _ = Hkdf::<Sha256>::new(None, master).expand(info.as_bytes(), out.as_mut());
+    out
+}
+
+fn aad(user: &UserId, credential: &CredentialId, provider: ProviderId) -> String {
+    format!("byok-vault/v1|{}|{}|{}", user.as_str(), credential.as_str(), provider.as_str())
+}
+
+fn cipher(keys: &MasterKeys, v: KeyVersion, user: &UserId) -> Option<Aes256Gcm> {
+    let master = keys.key(v)?;
+    let dk = data_key(master, user);
+    Some(Aes256Gcm::new((&*dk).into()))
+}
+
+/// Encrypts `secret` for one credential row under the active master key.
+pub fn seal(
+    keys: &MasterKeys,
+    user: &UserId,
+    credential: &CredentialId,
+    provider: ProviderId,
+    secret: &SecretKey,
+) -> Result<Sealed, SealError> {
+    let v = keys.active();
+    let nonce: [u8; 12] = random_bytes()?;
+    let cipher = cipher(keys, v, user).ok_or(SealError::NoActiveKey)?;
+    let aad = aad(user, credential, provider);
+    let payload = Payload { msg: secret.expose().as_bytes(), aad: aad.as_bytes() };
+    let ciphertext = cipher
+        .encrypt(Nonce::from_slice(&nonce), payload)
+        .map_err(|_| SealError::Cipher)?;
+    Ok(Sealed { key_version: v, nonce, ciphertext })
+}
+
+/// Decrypts a sealed key; fails if anything about it or its row binding changed.
+pub fn open(
+    keys: &MasterKeys,
+    user: &UserId,
+    credential: &CredentialId,
+    provider: ProviderId,
+    sealed: &Sealed,
+) -> Result<SecretKey, OpenError> {
+    let v = sealed.key_version;
+    let cipher = cipher(keys, v, user).ok_or(OpenError::UnknownKeyVersion(v.get()))?;
+    let aad = aad(user, credential, provider);
+    let payload = Payload { msg: &sealed.ciphertext, aad: aad.as_bytes() };
+    let plain = Zeroizing::new(
+        cipher.decrypt(Nonce::from_slice(&sealed.nonce), payload).map_err(|_| OpenError::Failed)?,
+    );
+    let text = std::str::from_utf8(&plain).map_err(|_| OpenError::Failed)?;
+    Ok(SecretKey::new(text.to_owned()))
+}
+
+/// HMAC-SHA256 of (user, provider, key) under a key derived from master key `v`: finds a
+/// key stored twice without storing anything that reveals it. `None` if `v` is unknown.
+pub fn fingerprint(
+    keys: &MasterKeys,
+    v: KeyVersion,
+    user: &UserId,
+    provider: ProviderId,
+    secret: &SecretKey,
+) -> Option<String> {
+    let master = keys.key(v)?;
+    let mut fk = Zeroizing::new([0u8; 32]);
+    let _ = Hkdf::<Sha256>::new(None, master).expand(b"fingerprint", fk.as_mut());
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(fk.as_ref()).ok()?;
+    // Length-prefixed fields, so no two different triples hash the same input.
+    for part in [user.as_str(), provider.as_str(), secret.expose()] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part.as_bytes());
+    }
+    Some(format!("v{}:{}", v.get(), hex_bytes(&mac.finalize().into_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ELEVEN: ProviderId = ProviderId::new("elevenlabs");
+    const OPENAI: ProviderId = ProviderId::new("openai");
+
+    fn keys() -> MasterKeys {
+        MasterKeys::for_tests(&[(1, [7u8; 32]), (2, [9u8; 32])], 1)
+    }
+    fn user(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+    fn cred(b: u8) -> CredentialId {
+        CredentialId::from_random([b; 16])
+    }
+    fn secret() -> SecretKey {
+        SecretKey::new("sk_0123456789abcdef0123456789abcdef0123456789abcdef".into())
+    }
+
+    #[test]
+    fn round_trip() {
+        let (k, u, c) = (keys(), user("u_1"), cred(1));
+        let sealed = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
+        assert_eq!(sealed.key_version.get(), 1);
+        let opened = open(&k, &u, &c, ELEVEN, &sealed).unwrap();
+        assert_eq!(opened.expose(), secret().expose());
+    }
+
+    #[test]
+    fn ciphertext_does_not_contain_the_key() {
+        let sealed = seal(&keys(), &user("u_1"), &cred(1), ELEVEN, &secret()).unwrap();
+        let key = secret();
+        let needle = &key.expose().as_bytes()[..8];
+        assert!(!sealed.ciphertext.windows(8).any(|w| w == needle));
+        assert_eq!(sealed.ciphertext.len(), secret().expose().len() + 16);
+    }
+
+    #[test]
+    fn any_flipped_bit_of_nonce_ciphertext_or_tag_fails() {
+        let (k, u, c) = (keys(), user("u_1"), cred(1));
+        let sealed = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
+        for bit in 0..sealed.nonce.len() * 8 {
+            let mut s = sealed.clone();
+            s.nonce[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(open(&k, &u, &c, ELEVEN, &s).err(), Some(OpenError::Failed));
+        }
+        // The last 16 bytes are the tag; this covers ciphertext and tag alike.
+        for bit in 0..sealed.ciphertext.len() * 8 {
+            let mut s = sealed.clone();
+            s.ciphertext[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(open(&k, &u, &c, ELEVEN, &s).err(), Some(OpenError::Failed), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn ciphertext_moved_to_another_user_row_or_provider_fails() {
+        let (k, u, c) = (keys(), user("u_1"), cred(1));
+        let sealed = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
+        assert_eq!(open(&k, &user("u_2"), &c, ELEVEN, &sealed).err(), Some(OpenError::Failed));
+        assert_eq!(open(&k, &u, &cred(2), ELEVEN, &sealed).err(), Some(OpenError::Failed));
+        assert_eq!(open(&k, &u, &c, OPENAI, &sealed).err(), Some(OpenError::Failed));
+    }
+
+    #[test]
+    fn a_different_key_version_fails_cleanly() {
+        let (k, u, c) = (keys(), user("u_1"), cred(1));
+        let mut sealed = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
+        sealed.key_version = KeyVersion::new(2).unwrap();
+        assert_eq!(open(&k, &u, &c, ELEVEN, &sealed).err(), Some(OpenError::Failed));
+        sealed.key_version = KeyVersion::new(3).unwrap();
+        assert_eq!(open(&k, &u, &c, ELEVEN, &sealed).err(), Some(OpenError::UnknownKeyVersion(3)));
+    }
+
+    #[test]
+    fn a_ring_without_the_old_version_cannot_open_its_rows() {
+        let (u, c) = (user("u_1"), cred(1));
+        let sealed = seal(&keys(), &u, &c, ELEVEN, &secret()).unwrap();
+        let rotated = MasterKeys::for_tests(&[(2, [9u8; 32])], 2);
+        assert_eq!(open(&rotated, &u, &c, ELEVEN, &sealed).err(), Some(OpenError::UnknownKeyVersion(1)));
+    }
+
+    #[test]
+    fn two_encryptions_of_the_same_key_differ() {
+        let (k, u, c) = (keys(), user("u_1"), cred(1));
+        let a = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
+        let b = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
+        assert_ne!(a.nonce, b.nonce);
+        assert_ne!(a.ciphertext, b.ciphertext);
+    }
+
+    #[test]
+    fn stored_columns_round_trip() {
+        let sealed = seal(&keys(), &user("u_1"), &cred(1), ELEVEN, &secret()).unwrap();
+        let back = Sealed::from_stored(1, &sealed.nonce_b64(), &sealed.ciphertext_b64()).unwrap();
+        assert_eq!(back, sealed);
+        assert!(Sealed::from_stored(1, "AAAA", &sealed.ciphertext_b64()).is_none());
+        assert!(Sealed::from_stored(0, &sealed.nonce_b64(), &sealed.ciphertext_b64()).is_none());
+        assert_eq!(format!("{sealed:?}"), "Sealed(v1)");
+    }
+
+    #[test]
+    fn fingerprints_identify_a_key_per_user_and_provider() {
+        let k = keys();
+        let v1 = KeyVersion::new(1).unwrap();
+        let a = fingerprint(&k, v1, &user("u_1"), ELEVEN, &secret()).unwrap();
+        assert_eq!(a, fingerprint(&k, v1, &user("u_1"), ELEVEN, &secret()).unwrap());
+        assert_ne!(a, fingerprint(&k, v1, &user("u_2"), ELEVEN, &secret()).unwrap());
+        assert_ne!(a, fingerprint(&k, v1, &user("u_1"), OPENAI, &secret()).unwrap());
+        assert!(!a.contains(&secret().expose()[3..10]));
+        assert!(a.starts_with("v1:"));
+    }
+}

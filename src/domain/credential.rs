@@ -1,0 +1,150 @@
+//! A stored credential as the vault knows it, and the pieces the API shows of it.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{Capability, CredentialId, ProviderId, Timestamp, UserId};
+use crate::crypto::Sealed;
+
+/// Where a credential stands after its last check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialStatus {
+    Valid,
+    InvalidKey,
+    InsufficientScope,
+    QuotaExhausted,
+    RateLimited,
+    Unreachable,
+    ProviderError,
+    /// The stored ciphertext cannot be decrypted (e.g. its master key version is gone).
+    NeedsReconfiguration,
+}
+
+impl CredentialStatus {
+    const ALL: [CredentialStatus; 8] = [
+        Self::Valid,
+        Self::InvalidKey,
+        Self::InsufficientScope,
+        Self::QuotaExhausted,
+        Self::RateLimited,
+        Self::Unreachable,
+        Self::ProviderError,
+        Self::NeedsReconfiguration,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::InvalidKey => "invalid_key",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::QuotaExhausted => "quota_exhausted",
+            Self::RateLimited => "rate_limited",
+            Self::Unreachable => "unreachable",
+            Self::ProviderError => "provider_error",
+            Self::NeedsReconfiguration => "needs_reconfiguration",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
+/// Usage against a limit, normalised across providers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Quota {
+    pub used: f64,
+    pub limit: Option<f64>,
+    pub unit: String,
+    pub resets_at: Option<String>,
+}
+
+/// One model (or voice) a provider offers to this key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    pub id: String,
+    pub name: String,
+    #[serde(deserialize_with = "known_capabilities")]
+    pub capabilities: Vec<Capability>,
+}
+
+fn known_capabilities<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Capability>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    Ok(raw.iter().filter_map(|c| Capability::parse(c)).collect())
+}
+
+/// Non-secret connection parameters some providers need.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CredentialParams {
+    pub region: Option<String>,
+    pub base_url: Option<String>,
+}
+
+/// A credential row: everything the vault stores about one key.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    pub id: CredentialId,
+    pub user_id: UserId,
+    pub provider: ProviderId,
+    pub label: Option<String>,
+    pub key_hint: Option<String>,
+    pub secret: Option<Sealed>,
+    pub fingerprint: Option<String>,
+    pub params: CredentialParams,
+    pub model: Option<String>,
+    pub status: CredentialStatus,
+    pub status_detail: Option<String>,
+    pub warnings: Vec<String>,
+    pub quota: Option<Quota>,
+    pub models: Option<Vec<Model>>,
+    pub models_fetched_at: Option<Timestamp>,
+    pub consecutive_failures: u32,
+    pub last_validated_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// The only part of a key the API ever shows: `…` and its last 4 characters.
+///
+/// Prefixes (`sk-`, `AIza`, `sk_`) are shared by every key of a provider and tell the user
+/// nothing; more than 4 characters would start to reveal the key. A key shorter than 12
+/// characters shows no characters at all, since 4 of them would be a third of it.
+pub fn key_hint(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() < 12 {
+        return "…".to_owned();
+    }
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_hint_shows_only_the_last_four_characters() {
+        assert_eq!(key_hint("sk_0123456789abcdef9f2a"), "…9f2a");
+        assert_eq!(key_hint("AIzaSyA-0123456789abcdefghijklmnopqrstu"), "…rstu");
+    }
+
+    #[test]
+    fn short_keys_show_nothing() {
+        assert_eq!(key_hint("abcdefghijk"), "…");
+        assert_eq!(key_hint(""), "…");
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_wire_names() {
+        for s in CredentialStatus::ALL {
+            assert_eq!(CredentialStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(CredentialStatus::parse("VALID"), None);
+    }
+
+    #[test]
+    fn cached_models_drop_capabilities_this_build_does_not_know() {
+        let m: Model =
+            serde_json::from_str(r#"{"id":"x","name":"X","capabilities":["tts","video"]}"#).unwrap();
+        assert_eq!(m.capabilities, vec![Capability::Tts]);
+    }
+}

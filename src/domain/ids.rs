@@ -1,0 +1,178 @@
+//! Typed identifiers. A value of these types has already been checked.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+/// The `sub` of a verified token: the user every credential belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    pub const MAX_LEN: usize = 255;
+
+    /// A user id is any non-empty string of at most 255 characters without control
+    /// characters (it is used in key derivation and AAD, so it must be stable text).
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok = !raw.is_empty()
+            && raw.chars().count() <= Self::MAX_LEN
+            && !raw.chars().any(char::is_control);
+        ok.then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Opaque random id of a credential: `c_` followed by 32 lowercase hex digits (128 bits).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CredentialId(String);
+
+impl CredentialId {
+    const PREFIX: &'static str = "c_";
+
+    pub fn from_random(bytes: [u8; 16]) -> Self {
+        Self(format!("{}{}", Self::PREFIX, hex_bytes(&bytes)))
+    }
+
+    /// Accepts only the shape we generate, so a path segment can never smuggle SQL
+    /// wildcards or separators into lookups or AAD.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let rest = raw.strip_prefix(Self::PREFIX)?;
+        let ok = rest.len() == 32 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        ok.then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CredentialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for CredentialId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Correlates a request's response, logs and audit events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    pub fn from_random(bytes: [u8; 16]) -> Self {
+        Self(format!("req_{}", hex_bytes(&bytes)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The stable id of a provider in the registry (`elevenlabs`, `openai`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProviderId(&'static str);
+
+impl ProviderId {
+    /// Only the registry creates provider ids, from its own static table.
+    pub(crate) const fn new(id: &'static str) -> Self {
+        Self(id)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl fmt::Display for ProviderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Serialize for ProviderId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+/// What a provider can do for the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Capability {
+    Tts,
+    Stt,
+    Llm,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 3] = [Capability::Tts, Capability::Stt, Capability::Llm];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Tts => "tts",
+            Capability::Stt => "stt",
+            Capability::Llm => "llm",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == raw)
+    }
+}
+
+impl Serialize for Capability {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+pub fn hex_bytes(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0x0f) as usize] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_ids_round_trip_and_reject_other_shapes() {
+        let id = CredentialId::from_random([0xab; 16]);
+        assert_eq!(id.as_str(), "c_abababababababababababababababab");
+        assert_eq!(CredentialId::parse(id.as_str()), Some(id));
+        for bad in ["", "c_", "c_ABABABABABABABABABABABABABABABAB", "x_abababababababababababababababab", "c_%", "c_abababababababababababababababab0"] {
+            assert_eq!(CredentialId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_ids_must_be_non_empty_printable_and_bounded() {
+        assert!(UserId::parse("u_1").is_some());
+        assert!(UserId::parse("").is_none());
+        assert!(UserId::parse("a\nb").is_none());
+        assert!(UserId::parse(&"x".repeat(256)).is_none());
+    }
+
+    #[test]
+    fn capabilities_parse_their_wire_names_only() {
+        assert_eq!(Capability::parse("tts"), Some(Capability::Tts));
+        assert_eq!(Capability::parse("TTS"), None);
+    }
+}

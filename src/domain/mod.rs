@@ -1,0 +1,12 @@
+//! Domain vocabulary: identifiers, capabilities, credential records and their statuses.
+//! Everything here is plain data that is valid by construction.
+
+pub mod credential;
+pub mod ids;
+pub mod time;
+
+pub use credential::{
+    key_hint, Credential, CredentialParams, CredentialStatus, Model, Quota,
+};
+pub use ids::{hex_bytes, Capability, CredentialId, ProviderId, RequestId, UserId};
+pub use time::Timestamp;

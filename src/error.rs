@@ -1,0 +1,219 @@
+//! The API's error: one type, one mapping to RFC 9457 problem+json, stable `code`s.
+
+use serde_json::{json, Map, Value};
+
+use crate::auth::AuthError;
+use crate::domain::{CredentialId, ProviderId};
+use crate::ports::StoreError;
+use crate::validation::Failure;
+
+/// One field's problem in a request body or query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        Self { field: field.to_owned(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub title: &'static str,
+    pub detail: Option<String>,
+    pub provider: Option<ProviderId>,
+    pub errors: Vec<FieldError>,
+    pub retry_after_seconds: Option<u64>,
+    pub credential_id: Option<CredentialId>,
+    /// Further members for this problem type (e.g. the health checks).
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    fn new(status: u16, code: &'static str, title: &'static str) -> Self {
+        Self {
+            status,
+            code,
+            title,
+            detail: None,
+            provider: None,
+            errors: Vec::new(),
+            retry_after_seconds: None,
+            credential_id: None,
+            extra: Map::new(),
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn provider(mut self, provider: ProviderId) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    pub fn unauthorized(reason: AuthError) -> Self {
+        Self::new(401, "unauthorized", "Authentication required").detail(reason.to_string())
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(404, "not_found", "Not found")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(405, "method_not_allowed", "Method not allowed")
+    }
+
+    pub fn invalid_request(errors: Vec<FieldError>) -> Self {
+        let mut e = Self::new(400, "invalid_request", "The request is not valid");
+        e.errors = errors;
+        e
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self::new(415, "unsupported_media_type", "Send the body as application/json")
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(413, "payload_too_large", "The request body is too large")
+            .detail(format!("Bodies may be at most {limit} bytes."))
+    }
+
+    pub fn unknown_provider(name: &str) -> Self {
+        let mut e = Self::new(400, "unknown_provider", "Unknown provider")
+            .detail("See GET /v1/providers for the providers this service supports.");
+        e.errors = vec![FieldError::new("provider", format!("'{}' is not a supported provider", clip(name, 40)))];
+        e
+    }
+
+    pub fn duplicate(existing: CredentialId) -> Self {
+        let mut e = Self::new(409, "duplicate_credential", "This key is already stored")
+            .detail("You already stored this key for this provider.");
+        e.credential_id = Some(existing);
+        e
+    }
+
+    pub fn not_configured(detail: impl Into<String>) -> Self {
+        Self::new(503, "not_configured", "The service is not configured").detail(detail)
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(503, "unavailable", "The service is unavailable").detail(detail)
+    }
+
+    pub fn with(mut self, name: &str, value: Value) -> Self {
+        self.extra.insert(name.to_owned(), value);
+        self
+    }
+
+    pub fn internal() -> Self {
+        Self::new(500, "internal", "Internal error")
+    }
+
+    /// A provider check that did not accept the key, as the contract maps it.
+    pub fn from_failure(provider: ProviderId, failure: Failure) -> Self {
+        let e = match &failure {
+            Failure::InvalidKey(_) => Self::new(422, "invalid_api_key", "The provider rejected this API key"),
+            Failure::InsufficientScope(_) => {
+                Self::new(422, "insufficient_scope", "The key lacks a permission this service needs")
+            }
+            Failure::QuotaExhausted(_) => Self::new(422, "quota_exhausted", "The key has no quota left"),
+            Failure::RateLimited { retry_after_ms, .. } => {
+                let mut e = Self::new(429, "provider_rate_limited", "The provider is rate limiting this key");
+                e.retry_after_seconds = Some(retry_after_ms.div_ceil(1000).max(1));
+                e
+            }
+            Failure::Unreachable(_) => Self::new(504, "provider_unreachable", "The provider could not be reached"),
+            Failure::ProviderError(_) => Self::new(502, "provider_error", "The provider failed to answer"),
+        };
+        e.detail(failure.message()).provider(provider)
+    }
+
+    pub fn type_uri(&self) -> String {
+        format!("https://byok-vault.dev/problems/{}", self.code.replace('_', "-"))
+    }
+
+    pub fn body(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("type".into(), json!(self.type_uri()));
+        m.insert("title".into(), json!(self.title));
+        m.insert("status".into(), json!(self.status));
+        m.insert("code".into(), json!(self.code));
+        if let Some(d) = &self.detail {
+            m.insert("detail".into(), json!(d));
+        }
+        if let Some(p) = self.provider {
+            m.insert("provider".into(), json!(p));
+        }
+        if !self.errors.is_empty() {
+            let errors: Vec<Value> =
+                self.errors.iter().map(|e| json!({"field": e.field, "message": e.message})).collect();
+            m.insert("errors".into(), Value::Array(errors));
+        }
+        if let Some(s) = self.retry_after_seconds {
+            m.insert("retry_after_seconds".into(), json!(s));
+        }
+        if let Some(id) = &self.credential_id {
+            m.insert("credential_id".into(), json!(id));
+        }
+        for (k, v) in &self.extra {
+            m.insert(k.clone(), v.clone());
+        }
+        Value::Object(m)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(_: StoreError) -> Self {
+        // The cause is logged where it happens; the caller learns nothing of the internals.
+        ApiError::internal()
+    }
+}
+
+/// At most `max` characters of user input echoed back in a message.
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_bodies_have_the_contract_shape() {
+        let p = ProviderId::new("elevenlabs");
+        let e = ApiError::from_failure(p, Failure::InvalidKey("ElevenLabs says: Invalid API key".into()));
+        assert_eq!(
+            e.body(),
+            json!({"type":"https://byok-vault.dev/problems/invalid-api-key","title":"The provider rejected this API key",
+                   "status":422,"code":"invalid_api_key","detail":"ElevenLabs says: Invalid API key","provider":"elevenlabs"})
+        );
+    }
+
+    #[test]
+    fn failures_map_to_the_contract_statuses() {
+        let p = ProviderId::new("elevenlabs");
+        let m = || "m".to_string();
+        let cases = [
+            (Failure::InvalidKey(m()), 422, "invalid_api_key"),
+            (Failure::InsufficientScope(m()), 422, "insufficient_scope"),
+            (Failure::QuotaExhausted(m()), 422, "quota_exhausted"),
+            (Failure::RateLimited { retry_after_ms: 1500, message: m() }, 429, "provider_rate_limited"),
+            (Failure::Unreachable(m()), 504, "provider_unreachable"),
+            (Failure::ProviderError(m()), 502, "provider_error"),
+        ];
+        for (f, status, code) in cases {
+            let e = ApiError::from_failure(p, f);
+            assert_eq!((e.status, e.code), (status, code));
+        }
+        let rl = ApiError::from_failure(p, Failure::RateLimited { retry_after_ms: 1500, message: m() });
+        assert_eq!(rl.retry_after_seconds, Some(2));
+    }
+}

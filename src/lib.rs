@@ -1,0 +1,22 @@
+//! byok-vault: a bring-your-own-key credential vault for AI apps, as a Cloudflare Worker.
+//!
+//! The crate has two halves. Everything outside `edge` is the pure core: it knows
+//! nothing of Workers, compiles on the host and is tested with `cargo test`. It reaches
+//! the outside world only through the small traits in [`ports`]. `edge` is the thin glue
+//! compiled for wasm32 only: entry points, D1, Fetch, queues, clock.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod error;
+pub mod ports;
+pub mod providers;
+pub mod validation;
+
+#[cfg(target_arch = "wasm32")]
+mod edge;
+
+#[cfg(test)]
+pub(crate) mod testing;

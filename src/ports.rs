@@ -1,0 +1,136 @@
+//! The seams between the pure core and the platform. The Worker glue implements these
+//! over Fetch, D1 and `Date`; tests implement them in memory.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::domain::{Credential, CredentialId, ProviderId, Timestamp, UserId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+        }
+    }
+}
+
+/// An outbound request to a provider.
+pub struct HttpRequest {
+    pub method: Method,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+}
+
+impl HttpRequest {
+    pub fn get(url: String) -> Self {
+        Self { method: Method::Get, url, headers: Vec::new(), body: None }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+impl fmt::Debug for HttpRequest {
+    // Header values carry API keys: only their names are ever printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        write!(f, "{} {} headers={names:?}", self.method.as_str(), self.url)
+    }
+}
+
+/// A provider's answer, whatever its status.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    #[error("no answer within {0} ms")]
+    Timeout(u64),
+    #[error("could not connect: {0}")]
+    Network(String),
+}
+
+#[async_trait(?Send)]
+pub trait HttpClient {
+    /// Sends one request and gives up after `timeout_ms`. Any status is `Ok`.
+    async fn send(&self, request: HttpRequest, timeout_ms: u64) -> Result<HttpResponse, HttpError>;
+}
+
+#[async_trait(?Send)]
+pub trait Clock {
+    fn now(&self) -> Timestamp;
+    async fn sleep(&self, ms: u64);
+}
+
+/// Randomness for back-off jitter (not for keys: those use the CSPRNG in `crypto`).
+pub trait Jitter {
+    /// A uniform value in `[0, 1)`.
+    fn unit(&self) -> f64;
+}
+
+/// Jitter from the platform CSPRNG.
+pub struct SystemJitter;
+
+impl Jitter for SystemJitter {
+    fn unit(&self) -> f64 {
+        let bytes: [u8; 8] = crate::crypto::random_bytes().unwrap_or([0; 8]);
+        (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("a stored row is not readable: {0}")]
+    Corrupt(String),
+}
+
+/// Where credentials live. Every method is scoped to one user: another user's row is
+/// never returned, changed or deleted.
+#[async_trait(?Send)]
+pub trait CredentialStore {
+    async fn insert(&self, credential: &Credential) -> Result<(), StoreError>;
+    async fn get(&self, user: &UserId, id: &CredentialId) -> Result<Option<Credential>, StoreError>;
+    /// The user's credentials, newest first.
+    async fn list(&self, user: &UserId, provider: Option<ProviderId>) -> Result<Vec<Credential>, StoreError>;
+    /// Removes the row (and its ciphertext); `false` if the user has no such credential.
+    async fn delete(&self, user: &UserId, id: &CredentialId) -> Result<bool, StoreError>;
+    /// The user's credential whose fingerprint is one of `fingerprints`, if any.
+    async fn find_by_fingerprint(
+        &self,
+        user: &UserId,
+        fingerprints: &[String],
+    ) -> Result<Option<CredentialId>, StoreError>;
+    /// Proves the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

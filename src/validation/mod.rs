@@ -1,0 +1,175 @@
+//! The validation engine: runs a provider's probe under an overall deadline, retrying
+//! what is worth retrying and honouring the provider's back-off hints.
+
+mod retry;
+
+pub use retry::{header_hint_ms, Backoff};
+
+use crate::domain::Timestamp;
+use crate::ports::{Clock, HttpClient, HttpError, HttpRequest, HttpResponse, Jitter};
+
+/// Why a key was not accepted (or a call did not get through). Messages are for people
+/// and may quote the provider; run them through `SecretKey::redact` before showing them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Failure {
+    InvalidKey(String),
+    InsufficientScope(String),
+    QuotaExhausted(String),
+    RateLimited { retry_after_ms: u64, message: String },
+    Unreachable(String),
+    ProviderError(String),
+}
+
+impl Failure {
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::InvalidKey(m)
+            | Failure::InsufficientScope(m)
+            | Failure::QuotaExhausted(m)
+            | Failure::Unreachable(m)
+            | Failure::ProviderError(m)
+            | Failure::RateLimited { message: m, .. } => m,
+        }
+    }
+
+    /// The outcome class, for logs and statuses.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::InvalidKey(_) => "invalid_key",
+            Failure::InsufficientScope(_) => "insufficient_scope",
+            Failure::QuotaExhausted(_) => "quota_exhausted",
+            Failure::RateLimited { .. } => "rate_limited",
+            Failure::Unreachable(_) => "unreachable",
+            Failure::ProviderError(_) => "provider_error",
+        }
+    }
+
+    fn with_message(self, f: impl FnOnce(&str) -> String) -> Self {
+        match self {
+            Failure::InvalidKey(m) => Failure::InvalidKey(f(&m)),
+            Failure::InsufficientScope(m) => Failure::InsufficientScope(f(&m)),
+            Failure::QuotaExhausted(m) => Failure::QuotaExhausted(f(&m)),
+            Failure::Unreachable(m) => Failure::Unreachable(f(&m)),
+            Failure::ProviderError(m) => Failure::ProviderError(f(&m)),
+            Failure::RateLimited { retry_after_ms, message } => {
+                Failure::RateLimited { retry_after_ms, message: f(&message) }
+            }
+        }
+    }
+
+    /// The same failure with `secret` removed from its message.
+    pub fn redacted(self, secret: &crate::crypto::SecretKey) -> Self {
+        self.with_message(|m| secret.redact(m))
+    }
+}
+
+/// How a provider module judges one response.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    /// A final answer the provider module reads itself (usually a 2xx).
+    Accept,
+    /// A final refusal: retrying cannot change it.
+    Reject(Failure),
+    /// A transient refusal. `hint_ms` is a wait found in the body (headers are read by
+    /// the engine); `failure` is reported if the deadline leaves no room to retry.
+    Retry { hint_ms: Option<u64>, failure: Failure },
+}
+
+/// The classification every provider starts from for statuses it has nothing special
+/// to say about: retry 408/429/500/502/503/504/529, refuse the rest.
+pub fn classify_status(status: u16, provider: &str, message: &str) -> Verdict {
+    let says = || format!("{provider} says: {message}");
+    match status {
+        200..=299 => Verdict::Accept,
+        401 | 403 => Verdict::Reject(Failure::InvalidKey(says())),
+        429 => Verdict::Retry {
+            hint_ms: None,
+            failure: Failure::RateLimited { retry_after_ms: 0, message: says() },
+        },
+        408 | 500 | 502 | 503 | 504 | 529 => {
+            Verdict::Retry { hint_ms: None, failure: Failure::ProviderError(says()) }
+        }
+        _ => Verdict::Reject(Failure::ProviderError(format!(
+            "{provider} answered with unexpected status {status}: {message}"
+        ))),
+    }
+}
+
+/// Runs provider calls for one validation, all within one deadline.
+pub struct Prober<'a> {
+    http: &'a dyn HttpClient,
+    clock: &'a dyn Clock,
+    jitter: &'a dyn Jitter,
+    deadline: Timestamp,
+    attempt_timeout_ms: u64,
+    backoff: Backoff,
+}
+
+/// Attempts a call may take at most; bounds subrequests per invocation whatever the deadline.
+const MAX_ATTEMPTS: u32 = 5;
+/// Below this much time left, another attempt cannot get an answer back.
+const MIN_ATTEMPT_MS: u64 = 50;
+
+impl<'a> Prober<'a> {
+    pub fn new(
+        http: &'a dyn HttpClient,
+        clock: &'a dyn Clock,
+        jitter: &'a dyn Jitter,
+        deadline_ms: u64,
+        attempt_timeout_ms: u64,
+    ) -> Self {
+        let deadline = clock.now().plus_millis(deadline_ms);
+        Self { http, clock, jitter, deadline, attempt_timeout_ms, backoff: Backoff::default() }
+    }
+
+    /// Sends the request `build` makes until `classify` accepts or rejects a response, or
+    /// the deadline leaves no room for another attempt.
+    pub async fn call(
+        &self,
+        provider: &str,
+        build: impl Fn() -> HttpRequest,
+        classify: impl Fn(&HttpResponse) -> Verdict,
+    ) -> Result<HttpResponse, Failure> {
+        let mut attempt = 0;
+        loop {
+            let now = self.clock.now();
+            let left = now.millis_until(self.deadline);
+            let timeout = self.attempt_timeout_ms.min(left);
+            let (failure, hint_ms) = match self.http.send(build(), timeout).await {
+                Ok(response) => match classify(&response) {
+                    Verdict::Accept => return Ok(response),
+                    Verdict::Reject(failure) => return Err(failure),
+                    Verdict::Retry { hint_ms, failure } => {
+                        let header = header_hint_ms(&response, self.clock.now());
+                        (failure, header.or(hint_ms))
+                    }
+                },
+                Err(HttpError::Timeout(ms)) => (
+                    Failure::Unreachable(format!("{provider} did not answer within {ms} ms")),
+                    None,
+                ),
+                Err(HttpError::Network(e)) => {
+                    (Failure::Unreachable(format!("{provider} could not be reached: {e}")), None)
+                }
+            };
+            attempt += 1;
+            let wait = hint_ms.unwrap_or_else(|| self.backoff.delay_ms(attempt - 1, self.jitter));
+            let now = self.clock.now();
+            let left = now.millis_until(self.deadline);
+            let no_room = attempt >= MAX_ATTEMPTS || wait.saturating_add(MIN_ATTEMPT_MS) > left;
+            if no_room {
+                return Err(match failure {
+                    // Tell the caller when to come back instead of sleeping past the deadline.
+                    Failure::RateLimited { message, .. } => {
+                        Failure::RateLimited { retry_after_ms: wait.max(1000), message }
+                    }
+                    other => other,
+                });
+            }
+            self.clock.sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,227 @@
+//! The credential repository over D1: the only place that knows the SQL.
+//! Integers are bound as f64 (D1 rejects BigInt); timestamps are stored as Unix ms.
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use worker::wasm_bindgen::JsValue;
+use worker::{D1Database, D1PreparedStatement};
+
+use crate::crypto::Sealed;
+use crate::domain::{
+    Credential, CredentialId, CredentialParams, CredentialStatus, ProviderId, Timestamp, UserId,
+};
+use crate::ports::{CredentialStore, StoreError};
+use crate::providers;
+
+pub struct D1Store {
+    db: Result<D1Database, String>,
+}
+
+impl D1Store {
+    pub fn new(db: worker::Result<D1Database>) -> Self {
+        Self { db: db.map_err(|e| format!("binding DB: {e}")) }
+    }
+
+    fn db(&self) -> Result<&D1Database, StoreError> {
+        self.db.as_ref().map_err(|e| StoreError::Unavailable(e.clone()))
+    }
+
+    fn prepare(&self, sql: &str, args: &[JsValue]) -> Result<D1PreparedStatement, StoreError> {
+        self.db()?.prepare(sql).bind(args).map_err(unavailable)
+    }
+}
+
+fn unavailable(e: worker::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn text(s: &str) -> JsValue {
+    JsValue::from(s)
+}
+
+fn opt_text(s: Option<&str>) -> JsValue {
+    s.map(JsValue::from).unwrap_or(JsValue::NULL)
+}
+
+fn millis(t: Timestamp) -> JsValue {
+    JsValue::from(t.as_millis() as f64)
+}
+
+fn opt_millis(t: Option<Timestamp>) -> JsValue {
+    t.map(millis).unwrap_or(JsValue::NULL)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> JsValue {
+    JsValue::from(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
+}
+
+const COLUMNS: &str = "id, user_id, provider, label, key_hint, key_version, nonce, ciphertext, \
+    fingerprint, params, model, status, status_detail, warnings, quota, models, models_fetched_at, \
+    consecutive_failures, last_validated_at, created_at, updated_at";
+
+#[derive(Deserialize)]
+struct Row {
+    id: String,
+    user_id: String,
+    provider: String,
+    label: Option<String>,
+    key_hint: Option<String>,
+    key_version: Option<f64>,
+    nonce: Option<String>,
+    ciphertext: Option<String>,
+    fingerprint: Option<String>,
+    params: Option<String>,
+    model: Option<String>,
+    status: String,
+    status_detail: Option<String>,
+    warnings: Option<String>,
+    quota: Option<String>,
+    models: Option<String>,
+    models_fetched_at: Option<f64>,
+    consecutive_failures: Option<f64>,
+    last_validated_at: Option<f64>,
+    created_at: f64,
+    updated_at: f64,
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(s: &Option<String>) -> Option<T> {
+    s.as_deref().and_then(|s| serde_json::from_str(s).ok())
+}
+
+impl Row {
+    fn into_credential(self) -> Result<Credential, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("credential {}: {what}", self.id));
+        let id = CredentialId::parse(&self.id).ok_or_else(|| corrupt("id"))?;
+        let user_id = UserId::parse(&self.user_id).ok_or_else(|| corrupt("user_id"))?;
+        let provider: ProviderId =
+            providers::find(&self.provider).ok_or_else(|| corrupt("provider"))?.info().id;
+        let status = CredentialStatus::parse(&self.status).ok_or_else(|| corrupt("status"))?;
+        let secret = match (self.key_version, &self.nonce, &self.ciphertext) {
+            (Some(v), Some(n), Some(c)) => {
+                // A malformed envelope is reported as undecryptable, not as a broken listing.
+                Sealed::from_stored(v as u32, n, c)
+            }
+            _ => None,
+        };
+        let ms = |v: f64| Timestamp::from_millis(v as u64);
+        Ok(Credential {
+            id,
+            user_id,
+            provider,
+            label: self.label.clone(),
+            key_hint: self.key_hint.clone(),
+            status: if secret.is_none() && self.ciphertext.is_some() {
+                CredentialStatus::NeedsReconfiguration
+            } else {
+                status
+            },
+            secret,
+            fingerprint: self.fingerprint.clone(),
+            params: parse_json(&self.params).unwrap_or_else(CredentialParams::default),
+            model: self.model.clone(),
+            status_detail: self.status_detail.clone(),
+            warnings: parse_json(&self.warnings).unwrap_or_default(),
+            quota: parse_json(&self.quota),
+            models: parse_json(&self.models),
+            models_fetched_at: self.models_fetched_at.map(ms),
+            consecutive_failures: self.consecutive_failures.unwrap_or(0.0) as u32,
+            last_validated_at: self.last_validated_at.map(ms),
+            created_at: ms(self.created_at),
+            updated_at: ms(self.updated_at),
+        })
+    }
+}
+
+#[async_trait(?Send)]
+impl CredentialStore for D1Store {
+    async fn insert(&self, c: &Credential) -> Result<(), StoreError> {
+        let (version, nonce, ciphertext) = match &c.secret {
+            Some(s) => (
+                JsValue::from(f64::from(s.key_version.get())),
+                text(&s.nonce_b64()),
+                text(&s.ciphertext_b64()),
+            ),
+            None => (JsValue::NULL, JsValue::NULL, JsValue::NULL),
+        };
+        let sql = format!(
+            "INSERT INTO credentials ({COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+        );
+        let args = [
+            text(c.id.as_str()),
+            text(c.user_id.as_str()),
+            text(c.provider.as_str()),
+            opt_text(c.label.as_deref()),
+            opt_text(c.key_hint.as_deref()),
+            version,
+            nonce,
+            ciphertext,
+            opt_text(c.fingerprint.as_deref()),
+            json(&c.params),
+            opt_text(c.model.as_deref()),
+            text(c.status.as_str()),
+            opt_text(c.status_detail.as_deref()),
+            json(&c.warnings),
+            c.quota.as_ref().map(json).unwrap_or(JsValue::NULL),
+            c.models.as_ref().map(json).unwrap_or(JsValue::NULL),
+            opt_millis(c.models_fetched_at),
+            JsValue::from(f64::from(c.consecutive_failures)),
+            opt_millis(c.last_validated_at),
+            millis(c.created_at),
+            millis(c.updated_at),
+        ];
+        self.prepare(&sql, &args)?.run().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get(&self, user: &UserId, id: &CredentialId) -> Result<Option<Credential>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM credentials WHERE user_id = ?1 AND id = ?2");
+        let stmt = self.prepare(&sql, &[text(user.as_str()), text(id.as_str())])?;
+        let row: Option<Row> = stmt.first(None).await.map_err(unavailable)?;
+        row.map(Row::into_credential).transpose()
+    }
+
+    async fn list(&self, user: &UserId, provider: Option<ProviderId>) -> Result<Vec<Credential>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM credentials WHERE user_id = ?1 AND (?2 IS NULL OR provider = ?2) \
+             ORDER BY created_at DESC, id"
+        );
+        let stmt = self.prepare(&sql, &[text(user.as_str()), opt_text(provider.map(|p| p.as_str()))])?;
+        let rows: Vec<Row> = stmt.all().await.map_err(unavailable)?.results().map_err(unavailable)?;
+        rows.into_iter().map(Row::into_credential).collect()
+    }
+
+    async fn delete(&self, user: &UserId, id: &CredentialId) -> Result<bool, StoreError> {
+        let stmt = self.prepare(
+            "DELETE FROM credentials WHERE user_id = ?1 AND id = ?2",
+            &[text(user.as_str()), text(id.as_str())],
+        )?;
+        let result = stmt.run().await.map_err(unavailable)?;
+        let changes = result.meta().map_err(unavailable)?.and_then(|m| m.changes).unwrap_or(0);
+        Ok(changes > 0)
+    }
+
+    async fn find_by_fingerprint(
+        &self,
+        user: &UserId,
+        fingerprints: &[String],
+    ) -> Result<Option<CredentialId>, StoreError> {
+        for fp in fingerprints {
+            let stmt = self.prepare(
+                "SELECT id FROM credentials WHERE user_id = ?1 AND fingerprint = ?2 LIMIT 1",
+                &[text(user.as_str()), text(fp)],
+            )?;
+            let id: Option<String> = stmt.first(Some("id")).await.map_err(unavailable)?;
+            if let Some(id) = id.as_deref().and_then(CredentialId::parse) {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let stmt = self.prepare("SELECT COUNT(*) AS n FROM credentials", &[])?;
+        stmt.first::<f64>(Some("n")).await.map_err(unavailable)?;
+        Ok(())
+    }
+}

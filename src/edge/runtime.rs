@@ -1,0 +1,70 @@
+//! Platform basics: env lookup, time, and conversion of requests and responses.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use worker::{Date, Delay, Env, Headers};
+
+use crate::api::{input::MAX_BODY_BYTES, Request, Response};
+use crate::domain::Timestamp;
+use crate::ports::Clock;
+
+/// A var or secret as text (both are plain strings to the Worker).
+pub fn env_string(env: &Env, name: &str) -> Option<String> {
+    env.var(name)
+        .map(|v| v.to_string())
+        .or_else(|_| env.secret(name).map(|s| s.to_string()))
+        .ok()
+}
+
+pub fn now_ms() -> u64 {
+    Date::now().as_millis()
+}
+
+pub struct WorkerClock;
+
+#[async_trait(?Send)]
+impl Clock for WorkerClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(now_ms())
+    }
+
+    async fn sleep(&self, ms: u64) {
+        Delay::from(Duration::from_millis(ms)).await;
+    }
+}
+
+/// Reads a request into the core's type. At most `MAX_BODY_BYTES + 1` bytes of body are
+/// read: enough for the core to answer 413 without holding a huge body in memory.
+pub async fn read_request(mut req: worker::Request) -> worker::Result<Request> {
+    let url = req.url()?;
+    let method = req.method().to_string();
+    let headers = req.headers().entries().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+    let mut body = Vec::new();
+    if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS" | "DELETE") {
+        if let Ok(mut stream) = req.stream() {
+            while let Some(chunk) = stream.next().await {
+                body.extend_from_slice(&chunk?);
+                if body.len() > MAX_BODY_BYTES {
+                    body.truncate(MAX_BODY_BYTES + 1);
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Request { method, url, headers, body })
+}
+
+pub fn write_response(response: Response) -> worker::Result<worker::Response> {
+    let headers = Headers::new();
+    for (name, value) in &response.headers {
+        headers.append(name, value)?;
+    }
+    let out = if response.body.is_empty() {
+        worker::Response::empty()?
+    } else {
+        worker::Response::from_bytes(response.body)?
+    };
+    Ok(out.with_status(response.status).with_headers(headers))
+}

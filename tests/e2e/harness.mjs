@@ -1,0 +1,163 @@
+// Starts the real Worker under `wrangler dev` (workerd, local D1, local queues) on free
+// loopback ports with its own throw-away state directory, and always stops it.
+import { spawn, execFile } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const WRANGLER = path.join(ROOT, 'node_modules', '.bin', 'wrangler');
+const READY_TIMEOUT_MS = 180_000;
+
+// Every process group this file started, so none outlives the test run.
+const started = new Set();
+process.on('exit', () => {
+  for (const pid of started) {
+    try { process.kill(-pid, 'SIGKILL'); } catch { /* already gone */ }
+  }
+});
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export const randomKey = (kind) => `sk_${kind}_${crypto.randomBytes(20).toString('hex')}`;
+
+const b64url = (buf) => Buffer.from(buf).toString('base64url');
+
+export function signJwt(claims, secret, header = { alg: 'HS256', typ: 'JWT' }) {
+  const input = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
+  if (header.alg === 'none') return `${input}.`;
+  const sig = crypto.createHmac('sha256', secret).update(input).digest();
+  return `${input}.${b64url(sig)}`;
+}
+
+async function filesUnder(dir) {
+  const out = [];
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const p = path.join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...await filesUnder(p));
+    else if (entry.isFile()) out.push(p);
+  }
+  return out;
+}
+
+/**
+ * Starts a vault. `secrets` are merged over generated MASTER_KEY/AUTH_JWT_SECRET (a
+ * null value leaves that secret out); `vars` are passed with --var.
+ */
+export async function startVault({ secrets = {}, vars = {} } = {}) {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'byok-e2e-'));
+  const state = path.join(dir, 'state');
+  const all = {
+    ENVIRONMENT: 'development',
+    MASTER_KEY: crypto.randomBytes(32).toString('base64'),
+    AUTH_JWT_SECRET: crypto.randomBytes(32).toString('hex'),
+    ...secrets,
+  };
+  const envFile = path.join(dir, 'secrets.env');
+  await writeFile(envFile, Object.entries(all).filter(([, v]) => v != null).map(([k, v]) => `${k}=${v}`).join('\n') + '\n');
+
+  await run(WRANGLER, ['d1', 'execute', 'DB', '--local', '--persist-to', state, '--file', 'schema.sql'], { cwd: ROOT });
+
+  const port = await freePort();
+  const inspector = await freePort();
+  const args = [
+    'dev', '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspector),
+    '--persist-to', state, '--env-file', envFile, '--show-interactive-dev-session=false', '--test-scheduled',
+    ...Object.entries(vars).flatMap(([k, v]) => ['--var', `${k}:${v}`]),
+  ];
+  const logPath = path.join(dir, 'wrangler.log');
+  const out = fs.openSync(logPath, 'a');
+  const child = spawn(WRANGLER, args, { cwd: ROOT, detached: true, stdio: ['ignore', out, out] });
+  fs.closeSync(out);
+  started.add(child.pid);
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+
+  const base = `http://127.0.0.1:${port}`;
+  const vault = {
+    base, dir, state, logPath, secrets: all,
+
+    token(sub, claims = {}, { secret = all.AUTH_JWT_SECRET, header } = {}) {
+      return signJwt({ sub, exp: Math.floor(Date.now() / 1000) + 600, ...claims }, secret, header);
+    },
+
+    async request(method, urlPath, { user, token, body, headers = {} } = {}) {
+      const h = { ...headers };
+      if (user) h.authorization = `Bearer ${vault.token(user)}`;
+      if (token) h.authorization = `Bearer ${token}`;
+      let payload;
+      if (body !== undefined) {
+        payload = typeof body === 'string' || Buffer.isBuffer(body) ? body : JSON.stringify(body);
+        h['content-type'] ??= 'application/json';
+      }
+      const res = await fetch(base + urlPath, { method, headers: h, body: payload });
+      const text = await res.text();
+      let json = null;
+      try { json = JSON.parse(text); } catch { /* not JSON */ }
+      return { status: res.status, headers: res.headers, text, json };
+    },
+
+    /** Rows from the local D1 database, read with wrangler itself. */
+    async sql(query) {
+      const { stdout } = await run(
+        WRANGLER,
+        ['d1', 'execute', 'DB', '--local', '--persist-to', state, '--json', '--command', query],
+        { cwd: ROOT },
+      );
+      return JSON.parse(stdout)[0].results;
+    },
+
+    /** Files of the local state (D1 database, WAL, queues) that contain `needle`. */
+    async stateFilesContaining(needle) {
+      const hits = [];
+      for (const file of await filesUnder(state)) {
+        const bytes = await readFile(file);
+        if (bytes.includes(Buffer.from(needle))) hits.push(path.relative(state, file));
+      }
+      return hits;
+    },
+
+    log: () => fs.readFileSync(logPath, 'utf8'),
+
+    async stop() {
+      if (!started.has(child.pid)) return;
+      try { process.kill(-child.pid, 'SIGTERM'); } catch { /* gone */ }
+      const timer = setTimeout(() => { try { process.kill(-child.pid, 'SIGKILL'); } catch { /* gone */ } }, 5000);
+      await exited;
+      clearTimeout(timer);
+      started.delete(child.pid);
+    },
+  };
+
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  let exitCode;
+  exited.then((code) => { exitCode = code ?? 'signal'; });
+  while (Date.now() < deadline) {
+    if (exitCode !== undefined) {
+      throw new Error(`wrangler dev exited (${exitCode}) before it was ready:\n${vault.log().slice(-3000)}`);
+    }
+    try {
+      const res = await fetch(`${base}/v1/health`);
+      await res.arrayBuffer();
+      return vault;
+    } catch { /* not listening yet */ }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  await vault.stop();
+  throw new Error(`wrangler dev was not ready within ${READY_TIMEOUT_MS} ms:\n${vault.log().slice(-3000)}`);
+}

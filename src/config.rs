@@ -65,7 +65,10 @@ impl Config {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         let mut errors = Vec::new();
         let mut err = |var: &'static str, problem: &str| {
-            errors.push(ConfigError { var, problem: problem.to_owned() });
+            errors.push(ConfigError {
+                var,
+                problem: problem.to_owned(),
+            });
         };
 
         let environment = match get("ENVIRONMENT").as_deref() {
@@ -89,9 +92,16 @@ impl Config {
             err("AUTH_JWT_SECRET", "must be at least 32 bytes");
         }
         if hs256_secret.is_none() && get("AUTH_JWKS_URL").is_none() {
-            err("AUTH_JWT_SECRET", "no user authentication is configured (set AUTH_JWT_SECRET or AUTH_JWKS_URL)");
+            err(
+                "AUTH_JWT_SECRET",
+                "no user authentication is configured (set AUTH_JWT_SECRET or AUTH_JWKS_URL)",
+            );
         }
-        let jwt = JwtSettings { hs256_secret, issuer: get("AUTH_ISSUER"), audience: get("AUTH_AUDIENCE") };
+        let jwt = JwtSettings {
+            hs256_secret,
+            issuer: get("AUTH_ISSUER"),
+            audience: get("AUTH_AUDIENCE"),
+        };
 
         let mut provider_base_urls = BTreeMap::new();
         for p in providers::all() {
@@ -136,7 +146,10 @@ impl Config {
             Some("user_only") => FallbackPolicy::UserOnly,
             Some("system_only") => FallbackPolicy::SystemOnly,
             Some(_) => {
-                err("FALLBACK_POLICY", "must be user_then_system, user_only or system_only");
+                err(
+                    "FALLBACK_POLICY",
+                    "must be user_then_system, user_only or system_only",
+                );
                 FallbackPolicy::UserThenSystem
             }
         };
@@ -156,10 +169,17 @@ impl Config {
                 continue;
             }
             match Url::parse(origin) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.path() == "/" && u.query().is_none() => {
+                Ok(u)
+                    if matches!(u.scheme(), "http" | "https")
+                        && u.path() == "/"
+                        && u.query().is_none() =>
+                {
                     cors_allowed_origins.push(origin.trim_end_matches('/').to_owned());
                 }
-                _ => err("CORS_ALLOWED_ORIGINS", "must be a comma-separated list of origins like https://app.example"),
+                _ => err(
+                    "CORS_ALLOWED_ORIGINS",
+                    "must be a comma-separated list of origins like https://app.example",
+                ),
             }
         }
 
@@ -210,8 +230,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -227,14 +249,24 @@ mod tests {
         assert!(c.cors_allowed_origins.is_empty());
         assert_eq!(c.master_keys.as_ref().err(), Some(&MasterKeyError::Missing));
         let eleven = providers::find("elevenlabs").unwrap().info().id;
-        assert_eq!(c.base_url(eleven).unwrap().as_str(), "https://api.elevenlabs.io/");
+        assert_eq!(
+            c.base_url(eleven).unwrap().as_str(),
+            "https://api.elevenlabs.io/"
+        );
     }
 
     #[test]
     fn base_urls_can_be_redirected() {
-        let c = Config::parse(vars(&[SECRET, ("ELEVENLABS_BASE_URL", "http://127.0.0.1:9999")])).unwrap();
+        let c = Config::parse(vars(&[
+            SECRET,
+            ("ELEVENLABS_BASE_URL", "http://127.0.0.1:9999"),
+        ]))
+        .unwrap();
         let eleven = providers::find("elevenlabs").unwrap().info().id;
-        assert_eq!(c.base_url(eleven).unwrap().as_str(), "http://127.0.0.1:9999/");
+        assert_eq!(
+            c.base_url(eleven).unwrap().as_str(),
+            "http://127.0.0.1:9999/"
+        );
     }
 
     #[test]
@@ -262,7 +294,9 @@ mod tests {
         ] {
             assert!(vars.contains(&want), "{want} not reported: {vars:?}");
         }
-        assert!(errors.iter().all(|e| !e.to_string().contains("short-secret-value")));
+        assert!(errors
+            .iter()
+            .all(|e| !e.to_string().contains("short-secret-value")));
     }
 
     #[test]
@@ -273,8 +307,9 @@ mod tests {
 
     #[test]
     fn private_base_urls_are_never_allowed_in_production() {
-        let errors =
-            Config::parse(vars(&[SECRET, ("ALLOW_PRIVATE_BASE_URLS", "true")])).err().unwrap();
+        let errors = Config::parse(vars(&[SECRET, ("ALLOW_PRIVATE_BASE_URLS", "true")]))
+            .err()
+            .unwrap();
         assert_eq!(errors[0].var, "ALLOW_PRIVATE_BASE_URLS");
         let dev = Config::parse(vars(&[
             SECRET,

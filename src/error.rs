@@ -16,12 +16,20 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: &str, message: impl Into<String>) -> Self {
-        Self { field: field.to_owned(), message: message.into() }
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
+/// An API error: boxed, so `Result<T, ApiError>` stays one pointer wide on the happy path.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
+pub struct ApiError(Box<Problem>);
+
+/// The members of a problem details body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
     pub status: u16,
     pub code: &'static str,
     pub title: &'static str,
@@ -34,9 +42,22 @@ pub struct ApiError {
     pub extra: Map<String, Value>,
 }
 
+impl std::ops::Deref for ApiError {
+    type Target = Problem;
+    fn deref(&self) -> &Problem {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut Problem {
+        &mut self.0
+    }
+}
+
 impl ApiError {
     fn new(status: u16, code: &'static str, title: &'static str) -> Self {
-        Self {
+        Self(Box::new(Problem {
             status,
             code,
             title,
@@ -46,7 +67,7 @@ impl ApiError {
             retry_after_seconds: None,
             credential_id: None,
             extra: Map::new(),
-        }
+        }))
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -78,7 +99,11 @@ impl ApiError {
     }
 
     pub fn unsupported_media_type() -> Self {
-        Self::new(415, "unsupported_media_type", "Send the body as application/json")
+        Self::new(
+            415,
+            "unsupported_media_type",
+            "Send the body as application/json",
+        )
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
@@ -89,7 +114,10 @@ impl ApiError {
     pub fn unknown_provider(name: &str) -> Self {
         let mut e = Self::new(400, "unknown_provider", "Unknown provider")
             .detail("See GET /v1/providers for the providers this service supports.");
-        e.errors = vec![FieldError::new("provider", format!("'{}' is not a supported provider", clip(name, 40)))];
+        e.errors = vec![FieldError::new(
+            "provider",
+            format!("'{}' is not a supported provider", clip(name, 40)),
+        )];
         e
     }
 
@@ -120,24 +148,43 @@ impl ApiError {
     /// A provider check that did not accept the key, as the contract maps it.
     pub fn from_failure(provider: ProviderId, failure: Failure) -> Self {
         let e = match &failure {
-            Failure::InvalidKey(_) => Self::new(422, "invalid_api_key", "The provider rejected this API key"),
-            Failure::InsufficientScope(_) => {
-                Self::new(422, "insufficient_scope", "The key lacks a permission this service needs")
+            Failure::InvalidKey(_) => {
+                Self::new(422, "invalid_api_key", "The provider rejected this API key")
             }
-            Failure::QuotaExhausted(_) => Self::new(422, "quota_exhausted", "The key has no quota left"),
+            Failure::InsufficientScope(_) => Self::new(
+                422,
+                "insufficient_scope",
+                "The key lacks a permission this service needs",
+            ),
+            Failure::QuotaExhausted(_) => {
+                Self::new(422, "quota_exhausted", "The key has no quota left")
+            }
             Failure::RateLimited { retry_after_ms, .. } => {
-                let mut e = Self::new(429, "provider_rate_limited", "The provider is rate limiting this key");
+                let mut e = Self::new(
+                    429,
+                    "provider_rate_limited",
+                    "The provider is rate limiting this key",
+                );
                 e.retry_after_seconds = Some(retry_after_ms.div_ceil(1000).max(1));
                 e
             }
-            Failure::Unreachable(_) => Self::new(504, "provider_unreachable", "The provider could not be reached"),
-            Failure::ProviderError(_) => Self::new(502, "provider_error", "The provider failed to answer"),
+            Failure::Unreachable(_) => Self::new(
+                504,
+                "provider_unreachable",
+                "The provider could not be reached",
+            ),
+            Failure::ProviderError(_) => {
+                Self::new(502, "provider_error", "The provider failed to answer")
+            }
         };
         e.detail(failure.message()).provider(provider)
     }
 
     pub fn type_uri(&self) -> String {
-        format!("https://byok-vault.dev/problems/{}", self.code.replace('_', "-"))
+        format!(
+            "https://byok-vault.dev/problems/{}",
+            self.code.replace('_', "-")
+        )
     }
 
     pub fn body(&self) -> Value {
@@ -153,8 +200,11 @@ impl ApiError {
             m.insert("provider".into(), json!(p));
         }
         if !self.errors.is_empty() {
-            let errors: Vec<Value> =
-                self.errors.iter().map(|e| json!({"field": e.field, "message": e.message})).collect();
+            let errors: Vec<Value> = self
+                .errors
+                .iter()
+                .map(|e| json!({"field": e.field, "message": e.message}))
+                .collect();
             m.insert("errors".into(), Value::Array(errors));
         }
         if let Some(s) = self.retry_after_seconds {
@@ -189,7 +239,10 @@ mod tests {
     #[test]
     fn problem_bodies_have_the_contract_shape() {
         let p = ProviderId::new("elevenlabs");
-        let e = ApiError::from_failure(p, Failure::InvalidKey("ElevenLabs says: Invalid API key".into()));
+        let e = ApiError::from_failure(
+            p,
+            Failure::InvalidKey("ElevenLabs says: Invalid API key".into()),
+        );
         assert_eq!(
             e.body(),
             json!({"type":"https://byok-vault.dev/problems/invalid-api-key","title":"The provider rejected this API key",
@@ -205,7 +258,14 @@ mod tests {
             (Failure::InvalidKey(m()), 422, "invalid_api_key"),
             (Failure::InsufficientScope(m()), 422, "insufficient_scope"),
             (Failure::QuotaExhausted(m()), 422, "quota_exhausted"),
-            (Failure::RateLimited { retry_after_ms: 1500, message: m() }, 429, "provider_rate_limited"),
+            (
+                Failure::RateLimited {
+                    retry_after_ms: 1500,
+                    message: m(),
+                },
+                429,
+                "provider_rate_limited",
+            ),
             (Failure::Unreachable(m()), 504, "provider_unreachable"),
             (Failure::ProviderError(m()), 502, "provider_error"),
         ];
@@ -213,7 +273,13 @@ mod tests {
             let e = ApiError::from_failure(p, f);
             assert_eq!((e.status, e.code), (status, code));
         }
-        let rl = ApiError::from_failure(p, Failure::RateLimited { retry_after_ms: 1500, message: m() });
+        let rl = ApiError::from_failure(
+            p,
+            Failure::RateLimited {
+                retry_after_ms: 1500,
+                message: m(),
+            },
+        );
         assert_eq!(rl.retry_after_seconds, Some(2));
     }
 }

@@ -32,7 +32,12 @@ pub struct HttpRequest {
 
 impl HttpRequest {
     pub fn get(url: String) -> Self {
-        Self { method: Method::Get, url, headers: Vec::new(), body: None }
+        Self {
+            method: Method::Get,
+            url,
+            headers: Vec::new(),
+            body: None,
+        }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -120,9 +125,14 @@ pub enum StoreError {
 #[async_trait(?Send)]
 pub trait CredentialStore {
     async fn insert(&self, credential: &Credential) -> Result<(), StoreError>;
-    async fn get(&self, user: &UserId, id: &CredentialId) -> Result<Option<Credential>, StoreError>;
+    async fn get(&self, user: &UserId, id: &CredentialId)
+        -> Result<Option<Credential>, StoreError>;
     /// The user's credentials, newest first.
-    async fn list(&self, user: &UserId, provider: Option<ProviderId>) -> Result<Vec<Credential>, StoreError>;
+    async fn list(
+        &self,
+        user: &UserId,
+        provider: Option<ProviderId>,
+    ) -> Result<Vec<Credential>, StoreError>;
     /// Removes the row (and its ciphertext); `false` if the user has no such credential.
     async fn delete(&self, user: &UserId, id: &CredentialId) -> Result<bool, StoreError>;
     /// The user's credential whose fingerprint is one of `fingerprints`, if any.

@@ -18,7 +18,10 @@ pub struct FakeClock {
 
 impl FakeClock {
     pub fn at(ms: u64) -> Self {
-        Self { now: Cell::new(ms), sleeps: RefCell::new(Vec::new()) }
+        Self {
+            now: Cell::new(ms),
+            sleeps: RefCell::new(Vec::new()),
+        }
     }
 
     pub fn advance(&self, ms: u64) {
@@ -43,35 +46,55 @@ impl Clock for FakeClock {
 
 /// What the fake network does with the next request.
 pub enum Scripted {
-    Respond { status: u16, headers: Vec<(String, String)>, body: String, takes_ms: u64 },
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+        takes_ms: u64,
+    },
     /// The provider never answers: the attempt's whole timeout passes.
     Hang,
     Refuse,
 }
 
 pub fn respond(status: u16, body: &str) -> Scripted {
-    Scripted::Respond { status, headers: vec![], body: body.to_owned(), takes_ms: 20 }
-}
-
-pub fn respond_with(status: u16, headers: &[(&str, &str)], body: &str) -> Scripted {
     Scripted::Respond {
         status,
-        headers: headers.iter().map(|(k, v)| (k.to_lowercase(), v.to_string())).collect(),
+        headers: vec![],
         body: body.to_owned(),
         takes_ms: 20,
     }
 }
 
+pub fn respond_with(status: u16, headers: &[(&str, &str)], body: &str) -> Scripted {
+    Scripted::Respond {
+        status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_lowercase(), v.to_string()))
+            .collect(),
+        body: body.to_owned(),
+        takes_ms: 20,
+    }
+}
+
+/// What the fake network saw: URL, headers, and the timeout it was given.
+pub type Sent = (String, Vec<(String, String)>, u64);
+
 /// Answers requests from a script, in order, and remembers what was sent.
 pub struct FakeHttp<'c> {
     clock: &'c FakeClock,
     script: RefCell<VecDeque<Scripted>>,
-    pub sent: RefCell<Vec<(String, Vec<(String, String)>, u64)>>,
+    pub sent: RefCell<Vec<Sent>>,
 }
 
 impl<'c> FakeHttp<'c> {
     pub fn new(clock: &'c FakeClock, script: Vec<Scripted>) -> Self {
-        Self { clock, script: RefCell::new(script.into()), sent: RefCell::new(Vec::new()) }
+        Self {
+            clock,
+            script: RefCell::new(script.into()),
+            sent: RefCell::new(Vec::new()),
+        }
     }
 
     pub fn calls(&self) -> usize {
@@ -82,12 +105,23 @@ impl<'c> FakeHttp<'c> {
 #[async_trait(?Send)]
 impl HttpClient for FakeHttp<'_> {
     async fn send(&self, req: HttpRequest, timeout_ms: u64) -> Result<HttpResponse, HttpError> {
-        self.sent.borrow_mut().push((req.url.clone(), req.headers.clone(), timeout_ms));
+        self.sent
+            .borrow_mut()
+            .push((req.url.clone(), req.headers.clone(), timeout_ms));
         let next = self.script.borrow_mut().pop_front();
         match next {
-            Some(Scripted::Respond { status, headers, body, takes_ms }) => {
+            Some(Scripted::Respond {
+                status,
+                headers,
+                body,
+                takes_ms,
+            }) => {
                 self.clock.advance(takes_ms.min(timeout_ms));
-                Ok(HttpResponse { status, headers, body: body.into_bytes() })
+                Ok(HttpResponse {
+                    status,
+                    headers,
+                    body: body.into_bytes(),
+                })
             }
             Some(Scripted::Hang) => {
                 self.clock.advance(timeout_ms);
@@ -133,12 +167,25 @@ impl CredentialStore for MemoryStore {
         Ok(())
     }
 
-    async fn get(&self, user: &UserId, id: &CredentialId) -> Result<Option<Credential>, StoreError> {
+    async fn get(
+        &self,
+        user: &UserId,
+        id: &CredentialId,
+    ) -> Result<Option<Credential>, StoreError> {
         self.check()?;
-        Ok(self.rows.borrow().iter().find(|c| &c.user_id == user && &c.id == id).cloned())
+        Ok(self
+            .rows
+            .borrow()
+            .iter()
+            .find(|c| &c.user_id == user && &c.id == id)
+            .cloned())
     }
 
-    async fn list(&self, user: &UserId, provider: Option<ProviderId>) -> Result<Vec<Credential>, StoreError> {
+    async fn list(
+        &self,
+        user: &UserId,
+        provider: Option<ProviderId>,
+    ) -> Result<Vec<Credential>, StoreError> {
         self.check()?;
         let mut out: Vec<_> = self
             .rows
@@ -169,7 +216,12 @@ impl CredentialStore for MemoryStore {
             .rows
             .borrow()
             .iter()
-            .find(|c| &c.user_id == user && c.fingerprint.as_ref().is_some_and(|f| fingerprints.contains(f)))
+            .find(|c| {
+                &c.user_id == user
+                    && c.fingerprint
+                        .as_ref()
+                        .is_some_and(|f| fingerprints.contains(f))
+            })
             .map(|c| c.id.clone()))
     }
 

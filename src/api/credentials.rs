@@ -43,15 +43,25 @@ fn parse_new(ctx: &Ctx<'_, '_>) -> Result<NewCredential, ApiError> {
     let base_url = body.string("base_url", false, MAX_PARAM);
     let model = body.string("model", false, MAX_MODEL);
 
-    if api_key.as_deref().is_some_and(|k| k.chars().any(char::is_whitespace)) {
-        body.errors.push(FieldError::new("api_key", "must not contain whitespace"));
+    if api_key
+        .as_deref()
+        .is_some_and(|k| k.chars().any(char::is_whitespace))
+    {
+        body.errors
+            .push(FieldError::new("api_key", "must not contain whitespace"));
     }
     let provider = provider_name.as_deref().and_then(providers::find);
     if let Some(p) = provider {
         let info = p.info();
-        for (field, present) in [("region", region.is_some()), ("base_url", base_url.is_some())] {
+        for (field, present) in [
+            ("region", region.is_some()),
+            ("base_url", base_url.is_some()),
+        ] {
             if present && !info.has_field(field) {
-                body.errors.push(FieldError::new(field, format!("{} takes no {field}", info.name)));
+                body.errors.push(FieldError::new(
+                    field,
+                    format!("{} takes no {field}", info.name),
+                ));
             }
         }
     }
@@ -77,19 +87,34 @@ fn parse_new(ctx: &Ctx<'_, '_>) -> Result<NewCredential, ApiError> {
 pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, ApiError> {
     let new = parse_new(ctx)?;
     // Without a master key nothing can be stored: say so before bothering the provider.
-    let keys = ctx.config.master_keys.as_ref().map_err(|e| ApiError::not_configured(e.to_string()))?;
+    let keys = ctx
+        .config
+        .master_keys
+        .as_ref()
+        .map_err(|e| ApiError::not_configured(e.to_string()))?;
     let info = new.provider.info();
 
     let fingerprints: Vec<String> = keys
         .versions()
         .filter_map(|v| fingerprint(keys, v, user, info.id, &new.api_key))
         .collect();
-    if let Some(existing) = ctx.app.store.find_by_fingerprint(user, &fingerprints).await? {
+    if let Some(existing) = ctx
+        .app
+        .store
+        .find_by_fingerprint(user, &fingerprints)
+        .await?
+    {
         return Err(ApiError::duplicate(existing));
     }
 
-    let base_url = ctx.config.base_url(info.id).ok_or_else(ApiError::internal)?;
-    let target = Target { base_url, params: &new.params };
+    let base_url = ctx
+        .config
+        .base_url(info.id)
+        .ok_or_else(ApiError::internal)?;
+    let target = Target {
+        base_url,
+        params: &new.params,
+    };
     let app = ctx.app;
     let prober = Prober::new(
         app.http,
@@ -104,7 +129,11 @@ pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
         .await
         .map_err(|f| {
             let f = f.redacted(&new.api_key);
-            ctx.log(&format!("validation of a new {} key failed: {}", info.id, f.kind()));
+            ctx.log(&format!(
+                "validation of a new {} key failed: {}",
+                info.id,
+                f.kind()
+            ));
             ApiError::from_failure(info.id, f)
         })?;
 
@@ -112,7 +141,11 @@ pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
         if !models.iter().any(|m| &m.id == model) {
             return Err(ApiError::invalid_request(vec![FieldError::new(
                 "model",
-                format!("{} does not offer '{}' to this key", info.name, clip(model, 60)),
+                format!(
+                    "{} does not offer '{}' to this key",
+                    info.name,
+                    clip(model, 60)
+                ),
             )]));
         }
     }
@@ -152,29 +185,55 @@ pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
         "credential": views::credential(&credential),
         "models": views::models(credential.models.as_deref()),
     });
-    Ok(Response::json(201, &body).with_header("location", format!("/v1/credentials/{}", credential.id)))
+    Ok(Response::json(201, &body)
+        .with_header("location", format!("/v1/credentials/{}", credential.id)))
 }
 
 pub(super) async fn list(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, ApiError> {
     let provider: Option<ProviderId> = match ctx.request.query("provider") {
         None => None,
-        Some(name) => Some(providers::find(&name).ok_or_else(|| ApiError::unknown_provider(&name))?.info().id),
+        Some(name) => Some(
+            providers::find(&name)
+                .ok_or_else(|| ApiError::unknown_provider(&name))?
+                .info()
+                .id,
+        ),
     };
-    let rows = ctx.app.store.list(user, provider).await.map_err(|e| log_store(ctx, e))?;
+    let rows = ctx
+        .app
+        .store
+        .list(user, provider)
+        .await
+        .map_err(|e| log_store(ctx, e))?;
     let list: Vec<_> = rows.iter().map(views::credential).collect();
     Ok(Response::json(200, &json!({ "credentials": list })))
 }
 
 pub(super) async fn get(ctx: &Ctx<'_, '_>, user: &UserId, id: &str) -> Result<Response, ApiError> {
     let id = CredentialId::parse(id).ok_or_else(ApiError::not_found)?;
-    let credential = ctx.app.store.get(user, &id).await.map_err(|e| log_store(ctx, e))?;
+    let credential = ctx
+        .app
+        .store
+        .get(user, &id)
+        .await
+        .map_err(|e| log_store(ctx, e))?;
     let credential = credential.ok_or_else(ApiError::not_found)?;
     Ok(Response::json(200, &views::credential(&credential)))
 }
 
-pub(super) async fn delete(ctx: &Ctx<'_, '_>, user: &UserId, id: &str) -> Result<Response, ApiError> {
+pub(super) async fn delete(
+    ctx: &Ctx<'_, '_>,
+    user: &UserId,
+    id: &str,
+) -> Result<Response, ApiError> {
     let id = CredentialId::parse(id).ok_or_else(ApiError::not_found)?;
-    if ctx.app.store.delete(user, &id).await.map_err(|e| log_store(ctx, e))? {
+    if ctx
+        .app
+        .store
+        .delete(user, &id)
+        .await
+        .map_err(|e| log_store(ctx, e))?
+    {
         Ok(Response::empty(204))
     } else {
         Err(ApiError::not_found())

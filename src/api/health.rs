@@ -17,7 +17,11 @@ pub(super) async fn health(app: &App<'_>) -> Response {
             };
             ("ok", mk, Vec::new())
         }
-        Err(errors) => ("error", "unknown", errors.iter().map(|e| e.to_string()).collect()),
+        Err(errors) => (
+            "error",
+            "unknown",
+            errors.iter().map(|e| e.to_string()).collect(),
+        ),
     };
     let database = match app.store.ping().await {
         Ok(()) => "ok",
@@ -39,7 +43,8 @@ pub(super) async fn health(app: &App<'_>) -> Response {
         };
         ApiError::not_configured(why)
     } else {
-        ApiError::not_configured("The configuration has problems.").with("problems", json!(problems))
+        ApiError::not_configured("The configuration has problems.")
+            .with("problems", json!(problems))
     };
     Response::problem(&error.with("checks", checks))
 }

@@ -24,7 +24,11 @@ impl JsonObject {
             return Err(body_error("a JSON object is required".into()));
         }
         match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(map)) => Ok(Self { map, read: BTreeSet::new(), errors: Vec::new() }),
+            Ok(Value::Object(map)) => Ok(Self {
+                map,
+                read: BTreeSet::new(),
+                errors: Vec::new(),
+            }),
             Ok(_) => Err(body_error("must be a JSON object".into())),
             Err(e) => Err(body_error(format!(
                 "is not valid JSON (line {}, column {})",
@@ -51,10 +55,14 @@ impl JsonObject {
                     self.errors.push(FieldError::new(name, "must not be empty"));
                     None
                 } else if s.chars().count() > max_chars {
-                    self.errors.push(FieldError::new(name, format!("must be at most {max_chars} characters")));
+                    self.errors.push(FieldError::new(
+                        name,
+                        format!("must be at most {max_chars} characters"),
+                    ));
                     None
                 } else if s.chars().any(char::is_control) {
-                    self.errors.push(FieldError::new(name, "must not contain control characters"));
+                    self.errors
+                        .push(FieldError::new(name, "must not contain control characters"));
                     None
                 } else {
                     Some(s.to_owned())
@@ -76,7 +84,8 @@ impl JsonObject {
     pub fn finish(mut self) -> Result<(), Vec<FieldError>> {
         for key in self.map.keys() {
             if !self.read.contains(key) {
-                self.errors.push(FieldError::new(key, "is not a known field"));
+                self.errors
+                    .push(FieldError::new(key, "is not a known field"));
             }
         }
         if self.errors.is_empty() {

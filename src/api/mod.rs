@@ -28,11 +28,17 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn query(&self, name: &str) -> Option<String> {
-        self.url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+        self.url
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
     }
 }
 
@@ -53,7 +59,11 @@ impl Response {
     }
 
     pub fn empty(status: u16) -> Self {
-        Self { status, headers: Vec::new(), body: Vec::new() }
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
@@ -62,7 +72,10 @@ impl Response {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     fn problem(e: &ApiError) -> Self {
@@ -129,8 +142,18 @@ pub async fn handle(app: &App<'_>, request: &Request) -> Response {
         .with_header("x-request-id", request_id.as_str())
 }
 
-async fn route(app: &App<'_>, request: &Request, request_id: &RequestId) -> Result<Response, ApiError> {
-    let segments: Vec<&str> = request.url.path().trim_end_matches('/').split('/').skip(1).collect();
+async fn route(
+    app: &App<'_>,
+    request: &Request,
+    request_id: &RequestId,
+) -> Result<Response, ApiError> {
+    let segments: Vec<&str> = request
+        .url
+        .path()
+        .trim_end_matches('/')
+        .split('/')
+        .skip(1)
+        .collect();
     let method = request.method.as_str();
 
     if method == "OPTIONS" {
@@ -144,12 +167,20 @@ async fn route(app: &App<'_>, request: &Request, request_id: &RequestId) -> Resu
     }
     let config = app.config.map_err(|errors| {
         let vars: Vec<&str> = errors.iter().map(|e| e.var).collect();
-        ApiError::not_configured(format!("The configuration has problems with: {}.", vars.join(", ")))
+        ApiError::not_configured(format!(
+            "The configuration has problems with: {}.",
+            vars.join(", ")
+        ))
     })?;
     if request.body.len() > input::MAX_BODY_BYTES {
         return Err(ApiError::payload_too_large(input::MAX_BODY_BYTES));
     }
-    let ctx = Ctx { app, config, request, request_id };
+    let ctx = Ctx {
+        app,
+        config,
+        request,
+        request_id,
+    };
 
     match (method, segments.as_slice()) {
         ("GET", ["v1", "providers"]) => {
@@ -169,19 +200,30 @@ async fn route(app: &App<'_>, request: &Request, request_id: &RequestId) -> Resu
 
 /// CORS for the configured origins only; anything else gets no CORS headers at all.
 fn add_cors(config: &Config, request: &Request, response: &mut Response) {
-    let Some(origin) = request.header("origin") else { return };
+    let Some(origin) = request.header("origin") else {
+        return;
+    };
     if !config.cors_allowed_origins.iter().any(|o| o == origin) {
         return;
     }
     let mut headers = vec![
         ("access-control-allow-origin", origin.to_owned()),
         ("vary", "Origin".to_owned()),
-        ("access-control-expose-headers", "X-Request-Id, Retry-After, Location".to_owned()),
+        (
+            "access-control-expose-headers",
+            "X-Request-Id, Retry-After, Location".to_owned(),
+        ),
     ];
     if request.method == "OPTIONS" {
         headers.extend([
-            ("access-control-allow-methods", "GET, POST, PATCH, PUT, DELETE, OPTIONS".to_owned()),
-            ("access-control-allow-headers", "Authorization, Content-Type".to_owned()),
+            (
+                "access-control-allow-methods",
+                "GET, POST, PATCH, PUT, DELETE, OPTIONS".to_owned(),
+            ),
+            (
+                "access-control-allow-headers",
+                "Authorization, Content-Type".to_owned(),
+            ),
             ("access-control-max-age", "600".to_owned()),
         ]);
     }

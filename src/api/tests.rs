@@ -26,7 +26,11 @@ fn config(master: bool) -> Config {
 }
 
 fn token(sub: &str) -> String {
-    sign_hs256(&json!({"alg":"HS256"}), &json!({"sub":sub,"exp":NOW_MS / 1000 + 600}), SECRET.as_bytes())
+    sign_hs256(
+        &json!({"alg":"HS256"}),
+        &json!({"sub":sub,"exp":NOW_MS / 1000 + 600}),
+        SECRET.as_bytes(),
+    )
 }
 
 struct World {
@@ -37,10 +41,21 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        Self { config: config(true), store: MemoryStore::default(), clock: FakeClock::at(NOW_MS) }
+        Self {
+            config: config(true),
+            store: MemoryStore::default(),
+            clock: FakeClock::at(NOW_MS),
+        }
     }
 
-    fn call(&self, method: &str, path: &str, user: Option<&str>, body: Option<Value>, script: Vec<Scripted>) -> (u16, Value, Response) {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+        script: Vec<Scripted>,
+    ) -> (u16, Value, Response) {
         let http = FakeHttp::new(&self.clock, script);
         let log = |line: &str| assert!(!line.contains(KEY), "key in log: {line}");
         let app = App {
@@ -125,10 +140,16 @@ fn without_a_master_key_nothing_is_stored_and_health_says_so() {
         Some(json!({"provider":"elevenlabs","api_key":KEY})),
         vec![],
     );
-    assert_eq!((status, body["code"].as_str()), (503, Some("not_configured")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("not_configured"))
+    );
     assert!(w.store.rows.borrow().is_empty());
     let (status, body, _) = w.call("GET", "/v1/health", None, None, vec![]);
-    assert_eq!((status, body["code"].as_str()), (503, Some("not_configured")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("not_configured"))
+    );
     assert_eq!(body["checks"]["master_key"], "missing");
 }
 
@@ -137,7 +158,10 @@ fn health_is_ok_when_everything_is_usable() {
     let w = World::new();
     let (status, body, _) = w.call("GET", "/v1/health", None, None, vec![]);
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"status":"ok","checks":{"config":"ok","master_key":"ok","database":"ok"}}));
+    assert_eq!(
+        body,
+        json!({"status":"ok","checks":{"config":"ok","master_key":"ok","database":"ok"}})
+    );
     w.store.down.set(true);
     let (status, body, _) = w.call("GET", "/v1/health", None, None, vec![]);
     assert_eq!(status, 503);
@@ -149,13 +173,31 @@ fn users_never_see_each_others_credentials() {
     let w = World::new();
     let (_, body) = w.add("u_a");
     let id = body["credential"]["id"].as_str().unwrap().to_owned();
-    let (status, _, _) = w.call("GET", &format!("/v1/credentials/{id}"), Some("u_b"), None, vec![]);
+    let (status, _, _) = w.call(
+        "GET",
+        &format!("/v1/credentials/{id}"),
+        Some("u_b"),
+        None,
+        vec![],
+    );
     assert_eq!(status, 404);
     let (_, list, _) = w.call("GET", "/v1/credentials", Some("u_b"), None, vec![]);
     assert_eq!(list, json!({"credentials": []}));
-    let (status, _, _) = w.call("DELETE", &format!("/v1/credentials/{id}"), Some("u_b"), None, vec![]);
+    let (status, _, _) = w.call(
+        "DELETE",
+        &format!("/v1/credentials/{id}"),
+        Some("u_b"),
+        None,
+        vec![],
+    );
     assert_eq!(status, 404);
-    let (status, body, _) = w.call("GET", &format!("/v1/credentials/{id}"), Some("u_a"), None, vec![]);
+    let (status, body, _) = w.call(
+        "GET",
+        &format!("/v1/credentials/{id}"),
+        Some("u_a"),
+        None,
+        vec![],
+    );
     assert_eq!(status, 200);
     assert_eq!(body["id"], id.as_str());
 }
@@ -164,7 +206,10 @@ fn users_never_see_each_others_credentials() {
 fn delete_removes_the_credential() {
     let w = World::new();
     let (_, body) = w.add("u_a");
-    let path = format!("/v1/credentials/{}", body["credential"]["id"].as_str().unwrap());
+    let path = format!(
+        "/v1/credentials/{}",
+        body["credential"]["id"].as_str().unwrap()
+    );
     assert_eq!(w.call("DELETE", &path, Some("u_a"), None, vec![]).0, 204);
     assert_eq!(w.call("GET", &path, Some("u_a"), None, vec![]).0, 404);
     assert!(w.store.rows.borrow().is_empty());
@@ -196,21 +241,79 @@ fn bad_input_is_a_precise_error_and_changes_nothing() {
     let long = "k".repeat(1025);
     let cases = [
         (json!({"api_key":KEY}), 400, "invalid_request", "provider"),
-        (json!({"provider":"elevenlabs"}), 400, "invalid_request", "api_key"),
-        (json!({"provider":"elevenlabs","api_key":""}), 400, "invalid_request", "api_key"),
-        (json!({"provider":"elevenlabs","api_key":long}), 400, "invalid_request", "api_key"),
-        (json!({"provider":"elevenlabs","api_key":42}), 400, "invalid_request", "api_key"),
-        (json!({"provider":"elevenlabs","api_key":"sk a b c d e f"}), 400, "invalid_request", "api_key"),
-        (json!({"provider":"elevenlabs","api_key":KEY,"label":"x".repeat(101)}), 400, "invalid_request", "label"),
-        (json!({"provider":"elevenlabs","api_key":KEY,"colour":"red"}), 400, "invalid_request", "colour"),
-        (json!({"provider":"elevenlabs","api_key":KEY,"region":"eastus"}), 400, "invalid_request", "region"),
-        (json!({"provider":"nope","api_key":KEY}), 400, "unknown_provider", "provider"),
+        (
+            json!({"provider":"elevenlabs"}),
+            400,
+            "invalid_request",
+            "api_key",
+        ),
+        (
+            json!({"provider":"elevenlabs","api_key":""}),
+            400,
+            "invalid_request",
+            "api_key",
+        ),
+        (
+            json!({"provider":"elevenlabs","api_key":long}),
+            400,
+            "invalid_request",
+            "api_key",
+        ),
+        (
+            json!({"provider":"elevenlabs","api_key":42}),
+            400,
+            "invalid_request",
+            "api_key",
+        ),
+        (
+            json!({"provider":"elevenlabs","api_key":"sk a b c d e f"}),
+            400,
+            "invalid_request",
+            "api_key",
+        ),
+        (
+            json!({"provider":"elevenlabs","api_key":KEY,"label":"x".repeat(101)}),
+            400,
+            "invalid_request",
+            "label",
+        ),
+        (
+            json!({"provider":"elevenlabs","api_key":KEY,"colour":"red"}),
+            400,
+            "invalid_request",
+            "colour",
+        ),
+        (
+            json!({"provider":"elevenlabs","api_key":KEY,"region":"eastus"}),
+            400,
+            "invalid_request",
+            "region",
+        ),
+        (
+            json!({"provider":"nope","api_key":KEY}),
+            400,
+            "unknown_provider",
+            "provider",
+        ),
         (json!([1, 2]), 400, "invalid_request", "body"),
     ];
     for (body, status, code, field) in cases {
-        let (s, b, _) = w.call("POST", "/v1/credentials", Some("u_a"), Some(body.clone()), vec![]);
+        let (s, b, _) = w.call(
+            "POST",
+            "/v1/credentials",
+            Some("u_a"),
+            Some(body.clone()),
+            vec![],
+        );
         assert_eq!((s, b["code"].as_str()), (status, Some(code)), "{body}");
-        assert!(b["errors"].as_array().unwrap().iter().any(|e| e["field"] == field), "{body}: {b}");
+        assert!(
+            b["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["field"] == field),
+            "{body}: {b}"
+        );
     }
     assert!(w.store.rows.borrow().is_empty());
 }
@@ -234,7 +337,10 @@ fn a_hanging_provider_is_a_504_within_the_deadline() {
         Some(json!({"provider":"elevenlabs","api_key":KEY})),
         (0..5).map(|_| Scripted::Hang).collect(),
     );
-    assert_eq!((status, body["code"].as_str()), (504, Some("provider_unreachable")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (504, Some("provider_unreachable"))
+    );
     assert!(w.clock.elapsed_since(NOW_MS) <= 10_000);
     assert!(w.store.rows.borrow().is_empty());
 }
@@ -242,7 +348,18 @@ fn a_hanging_provider_is_a_504_within_the_deadline() {
 #[test]
 fn unknown_paths_and_methods() {
     let w = World::new();
-    assert_eq!(w.call("GET", "/v1/nothing", Some("u_a"), None, vec![]).0, 404);
-    assert_eq!(w.call("PUT", "/v1/credentials", Some("u_a"), None, vec![]).0, 405);
-    assert_eq!(w.call("GET", "/v1/credentials/c_%27", Some("u_a"), None, vec![]).0, 404);
+    assert_eq!(
+        w.call("GET", "/v1/nothing", Some("u_a"), None, vec![]).0,
+        404
+    );
+    assert_eq!(
+        w.call("PUT", "/v1/credentials", Some("u_a"), None, vec![])
+            .0,
+        405
+    );
+    assert_eq!(
+        w.call("GET", "/v1/credentials/c_%27", Some("u_a"), None, vec![])
+            .0,
+        404
+    );
 }

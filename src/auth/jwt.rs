@@ -69,12 +69,15 @@ impl<'a> JwtVerifier<'a> {
             return Err(AuthError::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Malformed);
         };
         let header: Header = decode_json(h)?;
-        let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| AuthError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| AuthError::Malformed)?;
         let signing_input = &token[..h.len() + 1 + p.len()];
         match header.alg.as_str() {
             "HS256" => self.verify_hs256(signing_input.as_bytes(), &signature)?,
@@ -85,11 +88,17 @@ impl<'a> JwtVerifier<'a> {
     }
 
     fn verify_hs256(&self, input: &[u8], signature: &[u8]) -> Result<(), AuthError> {
-        let secret = self.settings.hs256_secret.as_ref().ok_or(AuthError::UnsupportedAlgorithm)?;
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).map_err(|_| AuthError::BadSignature)?;
+        let secret = self
+            .settings
+            .hs256_secret
+            .as_ref()
+            .ok_or(AuthError::UnsupportedAlgorithm)?;
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(secret).map_err(|_| AuthError::BadSignature)?;
         mac.update(input);
         // Constant-time comparison.
-        mac.verify_slice(signature).map_err(|_| AuthError::BadSignature)
+        mac.verify_slice(signature)
+            .map_err(|_| AuthError::BadSignature)
     }
 
     fn check_claims(&self, claims: &Value, now: Timestamp) -> Result<UserId, AuthError> {
@@ -127,7 +136,9 @@ impl<'a> JwtVerifier<'a> {
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(segment: &str) -> Result<T, AuthError> {
-    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| AuthError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| AuthError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
 }
 
@@ -148,7 +159,10 @@ pub(crate) fn sign_hs256(header: &Value, claims: &Value, secret: &[u8]) -> Strin
     let p = URL_SAFE_NO_PAD.encode(claims.to_string());
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap();
     mac.update(format!("{h}.{p}").as_bytes());
-    format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    format!(
+        "{h}.{p}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
 }
 
 #[cfg(test)]
@@ -161,7 +175,10 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn settings() -> JwtSettings {
-        JwtSettings { hs256_secret: Some(Zeroizing::new(SECRET.to_vec())), ..Default::default() }
+        JwtSettings {
+            hs256_secret: Some(Zeroizing::new(SECRET.to_vec())),
+            ..Default::default()
+        }
     }
 
     fn verify_with(s: &JwtSettings, token: &str) -> Result<UserId, AuthError> {
@@ -181,18 +198,34 @@ mod tests {
     #[test]
     fn expiry_is_required_and_enforced_with_sixty_seconds_of_skew() {
         let s = settings();
-        assert_eq!(verify_with(&s, &token(json!({"sub":"u"}))), Err(AuthError::MissingExpiry));
+        assert_eq!(
+            verify_with(&s, &token(json!({"sub":"u"}))),
+            Err(AuthError::MissingExpiry)
+        );
         assert!(verify_with(&s, &token(json!({"sub":"u","exp":NOW - 60}))).is_ok());
-        assert_eq!(verify_with(&s, &token(json!({"sub":"u","exp":NOW - 61}))), Err(AuthError::Expired));
-        assert_eq!(verify_with(&s, &token(json!({"sub":"u","exp":"soon"}))), Err(AuthError::Malformed));
+        assert_eq!(
+            verify_with(&s, &token(json!({"sub":"u","exp":NOW - 61}))),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            verify_with(&s, &token(json!({"sub":"u","exp":"soon"}))),
+            Err(AuthError::Malformed)
+        );
     }
 
     #[test]
     fn not_before_is_enforced_with_skew() {
         let s = settings();
-        assert!(verify_with(&s, &token(json!({"sub":"u","exp":NOW + 600,"nbf":NOW + 60}))).is_ok());
+        assert!(verify_with(
+            &s,
+            &token(json!({"sub":"u","exp":NOW + 600,"nbf":NOW + 60}))
+        )
+        .is_ok());
         assert_eq!(
-            verify_with(&s, &token(json!({"sub":"u","exp":NOW + 600,"nbf":NOW + 61}))),
+            verify_with(
+                &s,
+                &token(json!({"sub":"u","exp":NOW + 600,"nbf":NOW + 61}))
+            ),
             Err(AuthError::NotYetValid)
         );
     }
@@ -204,15 +237,26 @@ mod tests {
         let body = URL_SAFE_NO_PAD.encode(claims.to_string());
         for alg in ["none", "None", "HS512", "RS256"] {
             let h = URL_SAFE_NO_PAD.encode(json!({"alg":alg}).to_string());
-            assert_eq!(verify_with(&s, &format!("{h}.{body}.")), Err(AuthError::UnsupportedAlgorithm), "{alg}");
+            assert_eq!(
+                verify_with(&s, &format!("{h}.{body}.")),
+                Err(AuthError::UnsupportedAlgorithm),
+                "{alg}"
+            );
         }
     }
 
     #[test]
     fn a_bad_signature_is_refused() {
         let good = token(json!({"sub":"u","exp":NOW + 300}));
-        let forged = sign_hs256(&json!({"alg":"HS256"}), &json!({"sub":"u","exp":NOW + 300}), b"other-secret");
-        assert_eq!(verify_with(&settings(), &forged), Err(AuthError::BadSignature));
+        let forged = sign_hs256(
+            &json!({"alg":"HS256"}),
+            &json!({"sub":"u","exp":NOW + 300}),
+            b"other-secret",
+        );
+        assert_eq!(
+            verify_with(&settings(), &forged),
+            Err(AuthError::BadSignature)
+        );
         // The payload of one token with the signature of another.
         let other = token(json!({"sub":"admin","exp":NOW + 300}));
         let spliced = format!(
@@ -220,26 +264,45 @@ mod tests {
             other.rsplit_once('.').unwrap().0,
             good.rsplit_once('.').unwrap().1
         );
-        assert_eq!(verify_with(&settings(), &spliced), Err(AuthError::BadSignature));
+        assert_eq!(
+            verify_with(&settings(), &spliced),
+            Err(AuthError::BadSignature)
+        );
     }
 
     #[test]
     fn hs256_is_refused_when_no_secret_is_configured() {
         let t = token(json!({"sub":"u","exp":NOW + 300}));
-        assert_eq!(verify_with(&JwtSettings::default(), &t), Err(AuthError::UnsupportedAlgorithm));
+        assert_eq!(
+            verify_with(&JwtSettings::default(), &t),
+            Err(AuthError::UnsupportedAlgorithm)
+        );
     }
 
     #[test]
     fn subject_is_required() {
         let s = settings();
-        assert_eq!(verify_with(&s, &token(json!({"exp":NOW + 300}))), Err(AuthError::MissingSubject));
-        assert_eq!(verify_with(&s, &token(json!({"sub":"","exp":NOW + 300}))), Err(AuthError::MissingSubject));
-        assert_eq!(verify_with(&s, &token(json!({"sub":42,"exp":NOW + 300}))), Err(AuthError::MissingSubject));
+        assert_eq!(
+            verify_with(&s, &token(json!({"exp":NOW + 300}))),
+            Err(AuthError::MissingSubject)
+        );
+        assert_eq!(
+            verify_with(&s, &token(json!({"sub":"","exp":NOW + 300}))),
+            Err(AuthError::MissingSubject)
+        );
+        assert_eq!(
+            verify_with(&s, &token(json!({"sub":42,"exp":NOW + 300}))),
+            Err(AuthError::MissingSubject)
+        );
     }
 
     #[test]
     fn issuer_and_audience_are_checked_when_configured() {
-        let s = JwtSettings { issuer: Some("https://app".into()), audience: Some("byok".into()), ..settings() };
+        let s = JwtSettings {
+            issuer: Some("https://app".into()),
+            audience: Some("byok".into()),
+            ..settings()
+        };
         let ok = token(json!({"sub":"u","exp":NOW + 300,"iss":"https://app","aud":["x","byok"]}));
         assert!(verify_with(&s, &ok).is_ok());
         let bad_iss = token(json!({"sub":"u","exp":NOW + 300,"iss":"https://evil","aud":"byok"}));
@@ -250,7 +313,13 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed() {
-        for t in ["", "a.b", "a.b.c.d", "!!.!!.!!", &"a".repeat(MAX_TOKEN_LEN + 1)] {
+        for t in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!.!!.!!",
+            &"a".repeat(MAX_TOKEN_LEN + 1),
+        ] {
             assert!(verify_with(&settings(), t).is_err(), "{t}");
         }
     }

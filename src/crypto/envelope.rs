@@ -56,7 +56,11 @@ impl Sealed {
     pub fn from_stored(key_version: u32, nonce_b64: &str, ciphertext_b64: &str) -> Option<Self> {
         let nonce = STANDARD.decode(nonce_b64).ok()?.try_into().ok()?;
         let ciphertext = STANDARD.decode(ciphertext_b64).ok()?;
-        Some(Self { key_version: KeyVersion::new(key_version)?, nonce, ciphertext })
+        Some(Self {
+            key_version: KeyVersion::new(key_version)?,
+            nonce,
+            ciphertext,
+        })
     }
 }
 
@@ -77,7 +81,12 @@ fn data_key(master: &[u8; 32], user: &UserId) -> Zeroizing<[u8; 32]> {
 }
 
 fn aad(user: &UserId, credential: &CredentialId, provider: ProviderId) -> String {
-    format!("byok-vault/v1|{}|{}|{}", user.as_str(), credential.as_str(), provider.as_str())
+    format!(
+        "byok-vault/v1|{}|{}|{}",
+        user.as_str(),
+        credential.as_str(),
+        provider.as_str()
+    )
 }
 
 fn cipher(keys: &MasterKeys, v: KeyVersion, user: &UserId) -> Option<Aes256Gcm> {
@@ -98,11 +107,18 @@ pub fn seal(
     let nonce: [u8; 12] = random_bytes()?;
     let cipher = cipher(keys, v, user).ok_or(SealError::NoActiveKey)?;
     let aad = aad(user, credential, provider);
-    let payload = Payload { msg: secret.expose().as_bytes(), aad: aad.as_bytes() };
+    let payload = Payload {
+        msg: secret.expose().as_bytes(),
+        aad: aad.as_bytes(),
+    };
     let ciphertext = cipher
         .encrypt(Nonce::from_slice(&nonce), payload)
         .map_err(|_| SealError::Cipher)?;
-    Ok(Sealed { key_version: v, nonce, ciphertext })
+    Ok(Sealed {
+        key_version: v,
+        nonce,
+        ciphertext,
+    })
 }
 
 /// Decrypts a sealed key; fails if anything about it or its row binding changed.
@@ -116,9 +132,14 @@ pub fn open(
     let v = sealed.key_version;
     let cipher = cipher(keys, v, user).ok_or(OpenError::UnknownKeyVersion(v.get()))?;
     let aad = aad(user, credential, provider);
-    let payload = Payload { msg: &sealed.ciphertext, aad: aad.as_bytes() };
+    let payload = Payload {
+        msg: &sealed.ciphertext,
+        aad: aad.as_bytes(),
+    };
     let plain = Zeroizing::new(
-        cipher.decrypt(Nonce::from_slice(&sealed.nonce), payload).map_err(|_| OpenError::Failed)?,
+        cipher
+            .decrypt(Nonce::from_slice(&sealed.nonce), payload)
+            .map_err(|_| OpenError::Failed)?,
     );
     let text = std::str::from_utf8(&plain).map_err(|_| OpenError::Failed)?;
     Ok(SecretKey::new(text.to_owned()))
@@ -142,7 +163,11 @@ pub fn fingerprint(
         mac.update(&(part.len() as u64).to_be_bytes());
         mac.update(part.as_bytes());
     }
-    Some(format!("v{}:{}", v.get(), hex_bytes(&mac.finalize().into_bytes())))
+    Some(format!(
+        "v{}:{}",
+        v.get(),
+        hex_bytes(&mac.finalize().into_bytes())
+    ))
 }
 
 #[cfg(test)]
@@ -196,7 +221,11 @@ mod tests {
         for bit in 0..sealed.ciphertext.len() * 8 {
             let mut s = sealed.clone();
             s.ciphertext[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(open(&k, &u, &c, ELEVEN, &s).err(), Some(OpenError::Failed), "bit {bit}");
+            assert_eq!(
+                open(&k, &u, &c, ELEVEN, &s).err(),
+                Some(OpenError::Failed),
+                "bit {bit}"
+            );
         }
     }
 
@@ -204,9 +233,18 @@ mod tests {
     fn ciphertext_moved_to_another_user_row_or_provider_fails() {
         let (k, u, c) = (keys(), user("u_1"), cred(1));
         let sealed = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
-        assert_eq!(open(&k, &user("u_2"), &c, ELEVEN, &sealed).err(), Some(OpenError::Failed));
-        assert_eq!(open(&k, &u, &cred(2), ELEVEN, &sealed).err(), Some(OpenError::Failed));
-        assert_eq!(open(&k, &u, &c, OPENAI, &sealed).err(), Some(OpenError::Failed));
+        assert_eq!(
+            open(&k, &user("u_2"), &c, ELEVEN, &sealed).err(),
+            Some(OpenError::Failed)
+        );
+        assert_eq!(
+            open(&k, &u, &cred(2), ELEVEN, &sealed).err(),
+            Some(OpenError::Failed)
+        );
+        assert_eq!(
+            open(&k, &u, &c, OPENAI, &sealed).err(),
+            Some(OpenError::Failed)
+        );
     }
 
     #[test]
@@ -214,9 +252,15 @@ mod tests {
         let (k, u, c) = (keys(), user("u_1"), cred(1));
         let mut sealed = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
         sealed.key_version = KeyVersion::new(2).unwrap();
-        assert_eq!(open(&k, &u, &c, ELEVEN, &sealed).err(), Some(OpenError::Failed));
+        assert_eq!(
+            open(&k, &u, &c, ELEVEN, &sealed).err(),
+            Some(OpenError::Failed)
+        );
         sealed.key_version = KeyVersion::new(3).unwrap();
-        assert_eq!(open(&k, &u, &c, ELEVEN, &sealed).err(), Some(OpenError::UnknownKeyVersion(3)));
+        assert_eq!(
+            open(&k, &u, &c, ELEVEN, &sealed).err(),
+            Some(OpenError::UnknownKeyVersion(3))
+        );
     }
 
     #[test]
@@ -224,7 +268,10 @@ mod tests {
         let (u, c) = (user("u_1"), cred(1));
         let sealed = seal(&keys(), &u, &c, ELEVEN, &secret()).unwrap();
         let rotated = MasterKeys::for_tests(&[(2, [9u8; 32])], 2);
-        assert_eq!(open(&rotated, &u, &c, ELEVEN, &sealed).err(), Some(OpenError::UnknownKeyVersion(1)));
+        assert_eq!(
+            open(&rotated, &u, &c, ELEVEN, &sealed).err(),
+            Some(OpenError::UnknownKeyVersion(1))
+        );
     }
 
     #[test]
@@ -251,9 +298,18 @@ mod tests {
         let k = keys();
         let v1 = KeyVersion::new(1).unwrap();
         let a = fingerprint(&k, v1, &user("u_1"), ELEVEN, &secret()).unwrap();
-        assert_eq!(a, fingerprint(&k, v1, &user("u_1"), ELEVEN, &secret()).unwrap());
-        assert_ne!(a, fingerprint(&k, v1, &user("u_2"), ELEVEN, &secret()).unwrap());
-        assert_ne!(a, fingerprint(&k, v1, &user("u_1"), OPENAI, &secret()).unwrap());
+        assert_eq!(
+            a,
+            fingerprint(&k, v1, &user("u_1"), ELEVEN, &secret()).unwrap()
+        );
+        assert_ne!(
+            a,
+            fingerprint(&k, v1, &user("u_2"), ELEVEN, &secret()).unwrap()
+        );
+        assert_ne!(
+            a,
+            fingerprint(&k, v1, &user("u_1"), OPENAI, &secret()).unwrap()
+        );
         assert!(!a.contains(&secret().expose()[3..10]));
         assert!(a.starts_with("v1:"));
     }

@@ -57,7 +57,10 @@ impl MasterKeys {
                 if blank(active).is_some_and(|a| a != "1") {
                     return Err(MasterKeyError::BadActive);
                 }
-                Ok(Self { keys: BTreeMap::from([(v1, key)]), active: v1 })
+                Ok(Self {
+                    keys: BTreeMap::from([(v1, key)]),
+                    active: v1,
+                })
             }
             (None, None) => Err(MasterKeyError::Missing),
         }
@@ -105,7 +108,10 @@ impl MasterKeys {
             .iter()
             .map(|(v, k)| (KeyVersion(*v), Zeroizing::new(*k)))
             .collect();
-        Self { keys, active: KeyVersion(active) }
+        Self {
+            keys,
+            active: KeyVersion(active),
+        }
     }
 }
 
@@ -137,14 +143,30 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn bad_configurations_are_errors_that_name_no_value() {
         let two = format!(r#"{{"1":"{K1}","2":"{K2}"}}"#);
         let cases: [(Option<&str>, Option<&str>, Option<&str>, MasterKeyError); 6] = [
             (None, None, None, MasterKeyError::Missing),
             (Some(" "), None, Some(""), MasterKeyError::Missing),
-            (Some("not json"), None, None, MasterKeyError::MalformedKeyRing),
-            (Some(r#"{"0":"x"}"#), None, None, MasterKeyError::MalformedKeyRing),
-            (None, None, Some("c2hvcnQ="), MasterKeyError::BadKey("1".into())),
+            (
+                Some("not json"),
+                None,
+                None,
+                MasterKeyError::MalformedKeyRing,
+            ),
+            (
+                Some(r#"{"0":"x"}"#),
+                None,
+                None,
+                MasterKeyError::MalformedKeyRing,
+            ),
+            (
+                None,
+                None,
+                Some("c2hvcnQ="),
+                MasterKeyError::BadKey("1".into()),
+            ),
             (Some(&two), None, None, MasterKeyError::BadActive),
         ];
         for (ring, active, single, want) in cases {

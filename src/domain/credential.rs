@@ -144,7 +144,8 @@ mod tests {
     #[test]
     fn cached_models_drop_capabilities_this_build_does_not_know() {
         let m: Model =
-            serde_json::from_str(r#"{"id":"x","name":"X","capabilities":["tts","video"]}"#).unwrap();
+            serde_json::from_str(r#"{"id":"x","name":"X","capabilities":["tts","video"]}"#)
+                .unwrap();
         assert_eq!(m.capabilities, vec![Capability::Tts]);
     }
 }

@@ -157,7 +157,14 @@ mod tests {
         let id = CredentialId::from_random([0xab; 16]);
         assert_eq!(id.as_str(), "c_abababababababababababababababab");
         assert_eq!(CredentialId::parse(id.as_str()), Some(id));
-        for bad in ["", "c_", "c_ABABABABABABABABABABABABABABABAB", "x_abababababababababababababababab", "c_%", "c_abababababababababababababababab0"] {
+        for bad in [
+            "",
+            "c_",
+            "c_ABABABABABABABABABABABABABABABAB",
+            "x_abababababababababababababababab",
+            "c_%",
+            "c_abababababababababababababababab0",
+        ] {
             assert_eq!(CredentialId::parse(bad), None, "{bad}");
         }
     }

@@ -119,7 +119,10 @@ mod tests {
 
     #[test]
     fn formats_rfc3339_in_utc() {
-        assert_eq!(Timestamp::from_millis(0).to_rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            Timestamp::from_millis(0).to_rfc3339(),
+            "1970-01-01T00:00:00Z"
+        );
         assert_eq!(
             Timestamp::from_unix_seconds(1_796_083_200).to_rfc3339(),
             "2026-12-01T00:00:00Z"
@@ -139,7 +142,14 @@ mod tests {
 
     #[test]
     fn rejects_other_date_shapes() {
-        for bad in ["", "120", "Sun, 06 Nov 1994 08:49:37 UTC", "Sun, 06 Foo 1994 08:49:37 GMT", "Sun, 32 Nov 1994 08:49:37 GMT", "06 Nov 1994 08:49:37 GMT"] {
+        for bad in [
+            "",
+            "120",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "06 Nov 1994 08:49:37 GMT",
+        ] {
             assert_eq!(Timestamp::parse_http_date(bad), None, "{bad}");
         }
     }

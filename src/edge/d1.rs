@@ -19,11 +19,15 @@ pub struct D1Store {
 
 impl D1Store {
     pub fn new(db: worker::Result<D1Database>) -> Self {
-        Self { db: db.map_err(|e| format!("binding DB: {e}")) }
+        Self {
+            db: db.map_err(|e| format!("binding DB: {e}")),
+        }
     }
 
     fn db(&self) -> Result<&D1Database, StoreError> {
-        self.db.as_ref().map_err(|e| StoreError::Unavailable(e.clone()))
+        self.db
+            .as_ref()
+            .map_err(|e| StoreError::Unavailable(e.clone()))
     }
 
     fn prepare(&self, sql: &str, args: &[JsValue]) -> Result<D1PreparedStatement, StoreError> {
@@ -93,8 +97,10 @@ impl Row {
         let corrupt = |what: &str| StoreError::Corrupt(format!("credential {}: {what}", self.id));
         let id = CredentialId::parse(&self.id).ok_or_else(|| corrupt("id"))?;
         let user_id = UserId::parse(&self.user_id).ok_or_else(|| corrupt("user_id"))?;
-        let provider: ProviderId =
-            providers::find(&self.provider).ok_or_else(|| corrupt("provider"))?.info().id;
+        let provider: ProviderId = providers::find(&self.provider)
+            .ok_or_else(|| corrupt("provider"))?
+            .info()
+            .id;
         let status = CredentialStatus::parse(&self.status).ok_or_else(|| corrupt("status"))?;
         let secret = match (self.key_version, &self.nonce, &self.ciphertext) {
             (Some(v), Some(n), Some(c)) => {
@@ -170,24 +176,43 @@ impl CredentialStore for D1Store {
             millis(c.created_at),
             millis(c.updated_at),
         ];
-        self.prepare(&sql, &args)?.run().await.map_err(unavailable)?;
+        self.prepare(&sql, &args)?
+            .run()
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
-    async fn get(&self, user: &UserId, id: &CredentialId) -> Result<Option<Credential>, StoreError> {
+    async fn get(
+        &self,
+        user: &UserId,
+        id: &CredentialId,
+    ) -> Result<Option<Credential>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM credentials WHERE user_id = ?1 AND id = ?2");
         let stmt = self.prepare(&sql, &[text(user.as_str()), text(id.as_str())])?;
         let row: Option<Row> = stmt.first(None).await.map_err(unavailable)?;
         row.map(Row::into_credential).transpose()
     }
 
-    async fn list(&self, user: &UserId, provider: Option<ProviderId>) -> Result<Vec<Credential>, StoreError> {
+    async fn list(
+        &self,
+        user: &UserId,
+        provider: Option<ProviderId>,
+    ) -> Result<Vec<Credential>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM credentials WHERE user_id = ?1 AND (?2 IS NULL OR provider = ?2) \
              ORDER BY created_at DESC, id"
         );
-        let stmt = self.prepare(&sql, &[text(user.as_str()), opt_text(provider.map(|p| p.as_str()))])?;
-        let rows: Vec<Row> = stmt.all().await.map_err(unavailable)?.results().map_err(unavailable)?;
+        let stmt = self.prepare(
+            &sql,
+            &[text(user.as_str()), opt_text(provider.map(|p| p.as_str()))],
+        )?;
+        let rows: Vec<Row> = stmt
+            .all()
+            .await
+            .map_err(unavailable)?
+            .results()
+            .map_err(unavailable)?;
         rows.into_iter().map(Row::into_credential).collect()
     }
 
@@ -197,7 +222,11 @@ impl CredentialStore for D1Store {
             &[text(user.as_str()), text(id.as_str())],
         )?;
         let result = stmt.run().await.map_err(unavailable)?;
-        let changes = result.meta().map_err(unavailable)?.and_then(|m| m.changes).unwrap_or(0);
+        let changes = result
+            .meta()
+            .map_err(unavailable)?
+            .and_then(|m| m.changes)
+            .unwrap_or(0);
         Ok(changes > 0)
     }
 

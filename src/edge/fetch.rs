@@ -47,7 +47,11 @@ impl HttpClient for FetchClient {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect();
             let body = response.bytes().await?;
-            Ok::<_, worker::Error>(HttpResponse { status, headers, body })
+            Ok::<_, worker::Error>(HttpResponse {
+                status,
+                headers,
+                body,
+            })
         });
         let outcome = match select(call, Box::pin(deadline)).await {
             Either::Left((Ok(response), _)) => Ok(response),

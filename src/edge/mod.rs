@@ -61,14 +61,25 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, _env: Env, _ctx: ScheduleContext) {
     // Revalidation sweeps and audit retention hang off this trigger in later issues.
-    worker::console_log!("scheduled run for cron '{}': no periodic jobs are registered", event.cron());
+    worker::console_log!(
+        "scheduled run for cron '{}': no periodic jobs are registered",
+        event.cron()
+    );
 }
 
 #[event(queue)]
-async fn queue(batch: MessageBatch<serde_json::Value>, _env: Env, _ctx: Context) -> worker::Result<()> {
+async fn queue(
+    batch: MessageBatch<serde_json::Value>,
+    _env: Env,
+    _ctx: Context,
+) -> worker::Result<()> {
     // No producer sends messages yet. Anything that arrives is retried, never dropped,
     // so a consumer added later still receives it.
-    worker::console_warn!("queue {}: no consumer yet, retrying {} message(s)", batch.queue(), batch.messages()?.len());
+    worker::console_warn!(
+        "queue {}: no consumer yet, retrying {} message(s)",
+        batch.queue(),
+        batch.messages()?.len()
+    );
     batch.retry_all();
     Ok(())
 }

@@ -40,7 +40,11 @@ impl Clock for WorkerClock {
 pub async fn read_request(mut req: worker::Request) -> worker::Result<Request> {
     let url = req.url()?;
     let method = req.method().to_string();
-    let headers = req.headers().entries().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+    let headers = req
+        .headers()
+        .entries()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
     let mut body = Vec::new();
     if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS" | "DELETE") {
         if let Ok(mut stream) = req.stream() {
@@ -53,7 +57,12 @@ pub async fn read_request(mut req: worker::Request) -> worker::Result<Request> {
             }
         }
     }
-    Ok(Request { method, url, headers, body })
+    Ok(Request {
+        method,
+        url,
+        headers,
+        body,
+    })
 }
 
 pub fn write_response(response: Response) -> worker::Result<worker::Response> {

@@ -44,7 +44,9 @@ impl Provider for ElevenLabs {
         };
         let mut accepted = Accepted::default();
 
-        let subscription = prober.call(NAME, get("/v1/user/subscription"), classify).await?;
+        let subscription = prober
+            .call(NAME, get("/v1/user/subscription"), classify)
+            .await?;
         if is_missing_permission(&subscription) {
             // Only a genuine key is told it lacks a permission: accept it without quota.
             accepted.warnings.push(
@@ -60,9 +62,10 @@ impl Provider for ElevenLabs {
             ),
             Ok(r) => accepted.models = Some(parse_models(&r)),
             // The key itself is proven; a model list that cannot be had now is not fatal.
-            Err(f) => accepted
-                .warnings
-                .push(format!("The model list is unavailable for now: {}", f.message())),
+            Err(f) => accepted.warnings.push(format!(
+                "The model list is unavailable for now: {}",
+                f.message()
+            )),
         }
         Ok(accepted)
     }
@@ -76,7 +79,9 @@ fn detail(body: &Value) -> (Option<&str>, Option<&str>) {
 }
 
 fn is_missing_permission(r: &HttpResponse) -> bool {
-    r.status == 401 && r.json().is_some_and(|b| detail(&b).0 == Some("missing_permissions"))
+    r.status == 401
+        && r.json()
+            .is_some_and(|b| detail(&b).0 == Some("missing_permissions"))
 }
 
 fn classify(r: &HttpResponse) -> Verdict {
@@ -128,7 +133,11 @@ fn parse_models(r: &HttpResponse) -> Vec<Model> {
         .into_iter()
         .map(|m| Model {
             name: m.name.unwrap_or_else(|| m.model_id.clone()),
-            capabilities: if m.can_do_text_to_speech { vec![Capability::Tts] } else { vec![] },
+            capabilities: if m.can_do_text_to_speech {
+                vec![Capability::Tts]
+            } else {
+                vec![]
+            },
             id: m.model_id,
         })
         .collect()
@@ -154,7 +163,10 @@ mod tests {
         let prober = Prober::new(&http, &clock, &FixedJitter(0.5), 10_000, 4_000);
         let base = Url::parse("https://api.elevenlabs.io").unwrap();
         let params = CredentialParams::default();
-        let target = Target { base_url: &base, params: &params };
+        let target = Target {
+            base_url: &base,
+            params: &params,
+        };
         let key = SecretKey::new("sk_test".into());
         let out = block_on(ElevenLabs.validate(&prober, &target, &key));
         let urls = http.sent.borrow().iter().map(|s| s.0.clone()).collect();
@@ -172,20 +184,36 @@ mod tests {
         let a = out.unwrap();
         assert_eq!(
             a.quota,
-            Some(Quota { used: 1200.0, limit: Some(10000.0), unit: "characters".into(), resets_at: Some("2026-12-01T00:00:00Z".into()) })
+            Some(Quota {
+                used: 1200.0,
+                limit: Some(10000.0),
+                unit: "characters".into(),
+                resets_at: Some("2026-12-01T00:00:00Z".into())
+            })
         );
         let models = a.models.unwrap();
         assert_eq!(models[0].id, "eleven_multilingual_v2");
         assert_eq!(models[0].capabilities, vec![Capability::Tts]);
         assert!(models[1].capabilities.is_empty());
         assert!(a.warnings.is_empty());
-        assert_eq!(urls, ["https://api.elevenlabs.io/v1/user/subscription", "https://api.elevenlabs.io/v1/models"]);
+        assert_eq!(
+            urls,
+            [
+                "https://api.elevenlabs.io/v1/user/subscription",
+                "https://api.elevenlabs.io/v1/models"
+            ]
+        );
     }
 
     #[test]
     fn an_invalid_key_is_rejected_with_the_providers_reason() {
         let (out, urls) = validate(vec![respond(401, INVALID)]);
-        assert_eq!(out, Err(Failure::InvalidKey("ElevenLabs says: Invalid API key".into())));
+        assert_eq!(
+            out,
+            Err(Failure::InvalidKey(
+                "ElevenLabs says: Invalid API key".into()
+            ))
+        );
         assert_eq!(urls.len(), 1);
     }
 
@@ -203,12 +231,15 @@ mod tests {
     fn an_ip_restricted_key_lacks_scope() {
         let body = r#"{"detail":{"status":"ip_not_allowed","message":"This IP is not allowed"}}"#;
         let (out, _) = validate(vec![respond(403, body)]);
-        assert!(matches!(out, Err(Failure::InsufficientScope(m)) if m.contains("IP is not allowed")));
+        assert!(
+            matches!(out, Err(Failure::InsufficientScope(m)) if m.contains("IP is not allowed"))
+        );
     }
 
     #[test]
     fn exhausted_credits_are_not_retried() {
-        let body = r#"{"detail":{"status":"quota_exceeded","message":"This request exceeds your quota"}}"#;
+        let body =
+            r#"{"detail":{"status":"quota_exceeded","message":"This request exceeds your quota"}}"#;
         let (out, urls) = validate(vec![respond(429, body)]);
         assert!(matches!(out, Err(Failure::QuotaExhausted(_))));
         assert_eq!(urls.len(), 1);
@@ -217,7 +248,11 @@ mod tests {
     #[test]
     fn concurrency_limits_are_retried() {
         let busy = r#"{"detail":{"status":"too_many_concurrent_requests","message":"Too many concurrent requests"}}"#;
-        let (out, urls) = validate(vec![respond(429, busy), respond(200, SUBSCRIPTION), respond(200, MODELS)]);
+        let (out, urls) = validate(vec![
+            respond(429, busy),
+            respond(200, SUBSCRIPTION),
+            respond(200, MODELS),
+        ]);
         assert!(out.is_ok());
         assert_eq!(urls.len(), 3);
     }

@@ -30,7 +30,11 @@ pub struct Field {
     pub secret: bool,
 }
 
-pub const API_KEY: Field = Field { name: "api_key", required: true, secret: true };
+pub const API_KEY: Field = Field {
+    name: "api_key",
+    required: true,
+    secret: true,
+};
 
 /// The catalog entry (`GET /v1/providers`) plus where the provider lives.
 #[derive(Debug, Serialize)]

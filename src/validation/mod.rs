@@ -15,7 +15,10 @@ pub enum Failure {
     InvalidKey(String),
     InsufficientScope(String),
     QuotaExhausted(String),
-    RateLimited { retry_after_ms: u64, message: String },
+    RateLimited {
+        retry_after_ms: u64,
+        message: String,
+    },
     Unreachable(String),
     ProviderError(String),
 }
@@ -51,9 +54,13 @@ impl Failure {
             Failure::QuotaExhausted(m) => Failure::QuotaExhausted(f(&m)),
             Failure::Unreachable(m) => Failure::Unreachable(f(&m)),
             Failure::ProviderError(m) => Failure::ProviderError(f(&m)),
-            Failure::RateLimited { retry_after_ms, message } => {
-                Failure::RateLimited { retry_after_ms, message: f(&message) }
-            }
+            Failure::RateLimited {
+                retry_after_ms,
+                message,
+            } => Failure::RateLimited {
+                retry_after_ms,
+                message: f(&message),
+            },
         }
     }
 
@@ -72,7 +79,10 @@ pub enum Verdict {
     Reject(Failure),
     /// A transient refusal. `hint_ms` is a wait found in the body (headers are read by
     /// the engine); `failure` is reported if the deadline leaves no room to retry.
-    Retry { hint_ms: Option<u64>, failure: Failure },
+    Retry {
+        hint_ms: Option<u64>,
+        failure: Failure,
+    },
 }
 
 /// The classification every provider starts from for statuses it has nothing special
@@ -84,11 +94,15 @@ pub fn classify_status(status: u16, provider: &str, message: &str) -> Verdict {
         401 | 403 => Verdict::Reject(Failure::InvalidKey(says())),
         429 => Verdict::Retry {
             hint_ms: None,
-            failure: Failure::RateLimited { retry_after_ms: 0, message: says() },
+            failure: Failure::RateLimited {
+                retry_after_ms: 0,
+                message: says(),
+            },
         },
-        408 | 500 | 502 | 503 | 504 | 529 => {
-            Verdict::Retry { hint_ms: None, failure: Failure::ProviderError(says()) }
-        }
+        408 | 500 | 502 | 503 | 504 | 529 => Verdict::Retry {
+            hint_ms: None,
+            failure: Failure::ProviderError(says()),
+        },
         _ => Verdict::Reject(Failure::ProviderError(format!(
             "{provider} answered with unexpected status {status}: {message}"
         ))),
@@ -119,7 +133,14 @@ impl<'a> Prober<'a> {
         attempt_timeout_ms: u64,
     ) -> Self {
         let deadline = clock.now().plus_millis(deadline_ms);
-        Self { http, clock, jitter, deadline, attempt_timeout_ms, backoff: Backoff::default() }
+        Self {
+            http,
+            clock,
+            jitter,
+            deadline,
+            attempt_timeout_ms,
+            backoff: Backoff::default(),
+        }
     }
 
     /// Sends the request `build` makes until `classify` accepts or rejects a response, or
@@ -148,9 +169,10 @@ impl<'a> Prober<'a> {
                     Failure::Unreachable(format!("{provider} did not answer within {ms} ms")),
                     None,
                 ),
-                Err(HttpError::Network(e)) => {
-                    (Failure::Unreachable(format!("{provider} could not be reached: {e}")), None)
-                }
+                Err(HttpError::Network(e)) => (
+                    Failure::Unreachable(format!("{provider} could not be reached: {e}")),
+                    None,
+                ),
             };
             attempt += 1;
             let wait = hint_ms.unwrap_or_else(|| self.backoff.delay_ms(attempt - 1, self.jitter));
@@ -160,9 +182,10 @@ impl<'a> Prober<'a> {
             if no_room {
                 return Err(match failure {
                     // Tell the caller when to come back instead of sleeping past the deadline.
-                    Failure::RateLimited { message, .. } => {
-                        Failure::RateLimited { retry_after_ms: wait.max(1000), message }
-                    }
+                    Failure::RateLimited { message, .. } => Failure::RateLimited {
+                        retry_after_ms: wait.max(1000),
+                        message,
+                    },
                     other => other,
                 });
             }

@@ -12,14 +12,20 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { base_ms: 250, cap_ms: 4_000 }
+        Self {
+            base_ms: 250,
+            cap_ms: 4_000,
+        }
     }
 }
 
 impl Backoff {
     /// The wait before retry number `attempt` (0-based).
     pub fn delay_ms(&self, attempt: u32, jitter: &dyn Jitter) -> u64 {
-        let ceiling = self.base_ms.saturating_mul(1u64 << attempt.min(20)).min(self.cap_ms);
+        let ceiling = self
+            .base_ms
+            .saturating_mul(1u64 << attempt.min(20))
+            .min(self.cap_ms);
         let unit = jitter.unit().clamp(0.0, 1.0);
         ((ceiling as f64) * unit) as u64
     }
@@ -28,7 +34,10 @@ impl Backoff {
 /// The wait a response asks for in its headers: `retry-after-ms` (OpenAI), then
 /// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
 pub fn header_hint_ms(response: &HttpResponse, now: Timestamp) -> Option<u64> {
-    if let Some(ms) = response.header("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+    if let Some(ms) = response
+        .header("retry-after-ms")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    {
         if ms.is_finite() && ms >= 0.0 {
             return Some(ms.ceil() as u64);
         }
@@ -54,7 +63,10 @@ mod tests {
     fn response(headers: &[(&str, &str)]) -> HttpResponse {
         HttpResponse {
             status: 429,
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             body: vec![],
         }
     }
@@ -63,7 +75,10 @@ mod tests {
 
     #[test]
     fn retry_after_seconds() {
-        assert_eq!(header_hint_ms(&response(&[("Retry-After", "3")]), NOW), Some(3000));
+        assert_eq!(
+            header_hint_ms(&response(&[("Retry-After", "3")]), NOW),
+            Some(3000)
+        );
     }
 
     #[test]
@@ -83,7 +98,11 @@ mod tests {
     #[test]
     fn unusable_hints_are_ignored() {
         for v in ["soon", "-1", "1.5"] {
-            assert_eq!(header_hint_ms(&response(&[("retry-after", v)]), NOW), None, "{v}");
+            assert_eq!(
+                header_hint_ms(&response(&[("retry-after", v)]), NOW),
+                None,
+                "{v}"
+            );
         }
         assert_eq!(header_hint_ms(&response(&[]), NOW), None);
     }
@@ -91,11 +110,22 @@ mod tests {
     #[test]
     fn full_jitter_stays_within_the_exponential_ceiling() {
         let b = Backoff::default();
-        for (attempt, ceiling) in [(0, 250), (1, 500), (2, 1000), (3, 2000), (4, 4000), (9, 4000), (63, 4000)] {
+        for (attempt, ceiling) in [
+            (0, 250),
+            (1, 500),
+            (2, 1000),
+            (3, 2000),
+            (4, 4000),
+            (9, 4000),
+            (63, 4000),
+        ] {
             assert_eq!(b.delay_ms(attempt, &Fixed(0.0)), 0);
             assert_eq!(b.delay_ms(attempt, &Fixed(0.5)), ceiling / 2);
             assert!(b.delay_ms(attempt, &Fixed(0.999_999)) < ceiling);
-            assert!(b.delay_ms(attempt, &Fixed(7.0)) <= ceiling, "jitter out of range is clamped");
+            assert!(
+                b.delay_ms(attempt, &Fixed(7.0)) <= ceiling,
+                "jitter out of range is clamped"
+            );
         }
     }
 }

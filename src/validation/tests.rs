@@ -17,13 +17,23 @@ fn run(script: Vec<Scripted>, deadline_ms: u64) -> (Result<u16, Failure>, Vec<u6
     let prober = Prober::new(&http, &clock, &FixedJitter(0.5), deadline_ms, 4_000);
     let out = block_on(prober.call("Test", || HttpRequest::get("http://p/x".into()), classify));
     let sleeps = clock.sleeps.borrow().clone();
-    (out.map(|r| r.status), sleeps, http.calls(), clock.elapsed_since(START))
+    (
+        out.map(|r| r.status),
+        sleeps,
+        http.calls(),
+        clock.elapsed_since(START),
+    )
 }
 
 #[test]
 fn a_hinted_429_that_fits_is_waited_out_and_retried() {
-    let (out, sleeps, calls, _) =
-        run(vec![respond_with(429, &[("Retry-After", "1")], ""), respond(200, "{}")], 10_000);
+    let (out, sleeps, calls, _) = run(
+        vec![
+            respond_with(429, &[("Retry-After", "1")], ""),
+            respond(200, "{}"),
+        ],
+        10_000,
+    );
     assert_eq!(out, Ok(200));
     assert_eq!(sleeps, vec![1000]);
     assert_eq!(calls, 2);
@@ -31,10 +41,16 @@ fn a_hinted_429_that_fits_is_waited_out_and_retried() {
 
 #[test]
 fn a_hint_longer_than_the_time_left_is_reported_not_slept() {
-    let (out, sleeps, calls, _) = run(vec![respond_with(429, &[("Retry-After", "30")], "")], 10_000);
+    let (out, sleeps, calls, _) = run(
+        vec![respond_with(429, &[("Retry-After", "30")], "")],
+        10_000,
+    );
     assert_eq!(
         out,
-        Err(Failure::RateLimited { retry_after_ms: 30_000, message: "Test says: said no".into() })
+        Err(Failure::RateLimited {
+            retry_after_ms: 30_000,
+            message: "Test says: said no".into()
+        })
     );
     assert!(sleeps.is_empty());
     assert_eq!(calls, 1);
@@ -48,7 +64,10 @@ fn a_body_hint_is_used_when_headers_have_none() {
     let body_hint = |r: &HttpResponse| match r.status {
         429 => Verdict::Retry {
             hint_ms: Some(2_000),
-            failure: Failure::RateLimited { retry_after_ms: 0, message: "slow down".into() },
+            failure: Failure::RateLimited {
+                retry_after_ms: 0,
+                message: "slow down".into(),
+            },
         },
         _ => Verdict::Accept,
     };
@@ -59,8 +78,15 @@ fn a_body_hint_is_used_when_headers_have_none() {
 
 #[test]
 fn server_errors_back_off_with_jitter_then_succeed() {
-    let (out, sleeps, calls, _) =
-        run(vec![respond(503, ""), respond(529, ""), respond(502, ""), respond(200, "")], 10_000);
+    let (out, sleeps, calls, _) = run(
+        vec![
+            respond(503, ""),
+            respond(529, ""),
+            respond(502, ""),
+            respond(200, ""),
+        ],
+        10_000,
+    );
     assert_eq!(out, Ok(200));
     // Jitter fixed at the middle of [0, 250·2^n).
     assert_eq!(sleeps, vec![125, 250, 500]);
@@ -79,8 +105,15 @@ fn final_refusals_are_never_retried() {
 
 #[test]
 fn a_hanging_provider_is_unreachable_within_the_deadline() {
-    let (out, _, calls, elapsed) =
-        run(vec![Scripted::Hang, Scripted::Hang, Scripted::Hang, Scripted::Hang], 10_000);
+    let (out, _, calls, elapsed) = run(
+        vec![
+            Scripted::Hang,
+            Scripted::Hang,
+            Scripted::Hang,
+            Scripted::Hang,
+        ],
+        10_000,
+    );
     assert!(matches!(out, Err(Failure::Unreachable(_))), "{out:?}");
     assert!(elapsed <= 10_000, "took {elapsed} ms");
     assert!(calls >= 2);

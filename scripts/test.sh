@@ -7,11 +7,19 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .toolchain/env.sh
 
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
 echo "== host unit tests (cargo test)"
-cargo test --locked
+cargo test --locked 2>&1 | tee "$out/cargo.log"
 
 echo "== wasm build"
 bash scripts/build.sh >build.log 2>&1 || { tail -50 build.log; exit 1; }
 
 echo "== end-to-end tests (wrangler dev + fake providers)"
-node --test --test-concurrency=1 --test-reporter=spec tests/e2e/*.test.mjs
+node --test --test-concurrency=1 --test-reporter=spec tests/e2e/*.test.mjs 2>&1 | tee "$out/e2e.log"
+
+# One closing line for both runners.
+passed=$(( $(grep -oE '[0-9]+ passed' "$out/cargo.log" | awk '{s+=$1} END {print s+0}') + $(grep -oE 'ℹ pass [0-9]+' "$out/e2e.log" | awk '{s+=$3} END {print s+0}') ))
+failed=$(( $(grep -oE '[0-9]+ failed' "$out/cargo.log" | awk '{s+=$1} END {print s+0}') + $(grep -oE 'ℹ fail [0-9]+' "$out/e2e.log" | awk '{s+=$3} END {print s+0}') ))
+echo "total: $passed passed, $failed failed"

@@ -76,12 +76,20 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
   updated_at INTEGER NOT NULL
 );
 
--- Events written directly when the queue could not take them, waiting to be chained.
-CREATE TABLE IF NOT EXISTS audit_inbox (
-  id          TEXT PRIMARY KEY,
-  user_id     TEXT NOT NULL,
-  at          INTEGER NOT NULL,
-  event       TEXT NOT NULL,
+-- Where each user's chain ends: moved in the same transaction as the rows it covers,
+-- so removing the newest events is detected too.
+CREATE TABLE IF NOT EXISTS audit_heads (
+  user_id    TEXT PRIMARY KEY,
+  seq        INTEGER NOT NULL,
+  hash       TEXT NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+
+-- Queue messages the audit consumers could not chain, kept as they arrived.
+CREATE TABLE IF NOT EXISTS audit_dead_letters (
+  id          INTEGER PRIMARY KEY AUTOINCREMENT,
+  body        TEXT NOT NULL,
+  reason      TEXT NOT NULL,
   received_at INTEGER NOT NULL
 );
 

@@ -6,6 +6,7 @@
 //! compiled for wasm32 only: entry points, D1, Fetch, queues, clock.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;

@@ -5,6 +5,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+use crate::audit::{Action, AuditEvent, ChainHead, ChainedEvent};
 use crate::domain::{Credential, CredentialId, ProviderId, Timestamp, UserId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,8 +134,13 @@ pub trait CredentialStore {
         user: &UserId,
         provider: Option<ProviderId>,
     ) -> Result<Vec<Credential>, StoreError>;
-    /// Removes the row (and its ciphertext); `false` if the user has no such credential.
-    async fn delete(&self, user: &UserId, id: &CredentialId) -> Result<bool, StoreError>;
+    /// Removes the row (and its ciphertext) and returns its provider; `None` if the user
+    /// has no such credential.
+    async fn delete(
+        &self,
+        user: &UserId,
+        id: &CredentialId,
+    ) -> Result<Option<ProviderId>, StoreError>;
     /// The user's credential whose fingerprint is one of `fingerprints`, if any.
     async fn find_by_fingerprint(
         &self,
@@ -143,4 +149,52 @@ pub trait CredentialStore {
     ) -> Result<Option<CredentialId>, StoreError>;
     /// Proves the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Where a request's audit events go. It never fails the request: an implementation
+/// that cannot deliver falls back (queue → direct write → error log) on its own.
+#[async_trait(?Send)]
+pub trait AuditSink {
+    async fn record(&self, event: &AuditEvent);
+}
+
+/// Which of a user's events to list, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    pub action: Option<Action>,
+    pub credential_id: Option<CredentialId>,
+    /// Only events with a smaller `seq` (the cursor).
+    pub before_seq: Option<u64>,
+    pub limit: u32,
+}
+
+/// The stored audit log.
+#[async_trait(?Send)]
+pub trait AuditStore {
+    /// Chains `events` onto their users' chains and stores them, atomically per user.
+    /// An event whose id is already stored is skipped, so redelivery is harmless.
+    /// Returns how many events were new.
+    async fn append(&self, events: &[AuditEvent]) -> Result<usize, StoreError>;
+    async fn list(
+        &self,
+        user: &UserId,
+        query: &AuditQuery,
+    ) -> Result<Vec<ChainedEvent>, StoreError>;
+    /// Events with `seq > after`, in `seq` order, at most `limit`.
+    async fn chain_page(
+        &self,
+        user: &UserId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<ChainedEvent>, StoreError>;
+    /// The retention checkpoint (where the stored chain starts) and the recorded head.
+    async fn anchors(
+        &self,
+        user: &UserId,
+    ) -> Result<(Option<ChainHead>, Option<ChainHead>), StoreError>;
+    /// Keeps a message that could not be processed, as received.
+    async fn store_dead_letter(&self, body: &str, reason: &str) -> Result<(), StoreError>;
+    /// Removes events older than `cutoff`, moving each affected user's checkpoint to the
+    /// last removed event. Returns how many events were removed.
+    async fn apply_retention(&self, cutoff: Timestamp) -> Result<u64, StoreError>;
 }

@@ -5,9 +5,11 @@ use std::collections::VecDeque;
 
 use async_trait::async_trait;
 
+use crate::audit::{chain, AuditEvent, ChainHead, ChainedEvent};
 use crate::domain::{Credential, CredentialId, ProviderId, Timestamp, UserId};
 use crate::ports::{
-    Clock, CredentialStore, HttpClient, HttpError, HttpRequest, HttpResponse, Jitter, StoreError,
+    AuditQuery, AuditSink, AuditStore, Clock, CredentialStore, HttpClient, HttpError, HttpRequest,
+    HttpResponse, Jitter, StoreError,
 };
 
 /// A clock that only moves when the code under test sleeps (or an HTTP call takes time).
@@ -198,12 +200,15 @@ impl CredentialStore for MemoryStore {
         Ok(out)
     }
 
-    async fn delete(&self, user: &UserId, id: &CredentialId) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        user: &UserId,
+        id: &CredentialId,
+    ) -> Result<Option<ProviderId>, StoreError> {
         self.check()?;
         let mut rows = self.rows.borrow_mut();
-        let before = rows.len();
-        rows.retain(|c| !(&c.user_id == user && &c.id == id));
-        Ok(rows.len() < before)
+        let found = rows.iter().position(|c| &c.user_id == user && &c.id == id);
+        Ok(found.map(|i| rows.remove(i).provider))
     }
 
     async fn find_by_fingerprint(
@@ -227,5 +232,158 @@ impl CredentialStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.check()
+    }
+}
+
+/// An audit log in memory, chained by the same core logic as the D1 store.
+#[derive(Default)]
+pub struct MemoryAudit {
+    pub rows: RefCell<Vec<ChainedEvent>>,
+    pub heads: RefCell<std::collections::BTreeMap<String, ChainHead>>,
+    pub checkpoints: RefCell<std::collections::BTreeMap<String, ChainHead>>,
+    pub dead_letters: RefCell<Vec<(String, String)>>,
+    pub down: Cell<bool>,
+}
+
+impl MemoryAudit {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.get() {
+            Err(StoreError::Unavailable("test audit store is down".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl AuditStore for MemoryAudit {
+    async fn append(&self, events: &[AuditEvent]) -> Result<usize, StoreError> {
+        self.check()?;
+        let mut by_user: std::collections::BTreeMap<String, Vec<AuditEvent>> = Default::default();
+        for e in events {
+            let seen = self.rows.borrow().iter().any(|r| r.event.id == e.id)
+                || by_user.values().flatten().any(|x| x.id == e.id);
+            if !seen {
+                by_user
+                    .entry(e.user_id.clone())
+                    .or_default()
+                    .push(e.clone());
+            }
+        }
+        let mut added = 0;
+        for (user, group) in by_user {
+            let head = self
+                .heads
+                .borrow()
+                .get(&user)
+                .cloned()
+                .unwrap_or_else(ChainHead::genesis);
+            let linked = chain(&head, group);
+            if let Some(last) = linked.last() {
+                self.heads.borrow_mut().insert(
+                    user,
+                    ChainHead {
+                        seq: last.seq,
+                        hash: last.hash.clone(),
+                    },
+                );
+            }
+            added += linked.len();
+            self.rows.borrow_mut().extend(linked);
+        }
+        Ok(added)
+    }
+
+    async fn list(&self, user: &UserId, q: &AuditQuery) -> Result<Vec<ChainedEvent>, StoreError> {
+        self.check()?;
+        let mut out: Vec<ChainedEvent> = self
+            .rows
+            .borrow()
+            .iter()
+            .filter(|r| r.event.user_id == user.as_str())
+            .filter(|r| q.action.is_none_or(|a| r.event.action == a))
+            .filter(|r| {
+                q.credential_id
+                    .as_ref()
+                    .is_none_or(|c| r.event.credential_id.as_deref() == Some(c.as_str()))
+            })
+            .filter(|r| q.before_seq.is_none_or(|s| r.seq < s))
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| std::cmp::Reverse(r.seq));
+        out.truncate(q.limit as usize);
+        Ok(out)
+    }
+
+    async fn chain_page(
+        &self,
+        user: &UserId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<ChainedEvent>, StoreError> {
+        self.check()?;
+        let mut out: Vec<ChainedEvent> = self
+            .rows
+            .borrow()
+            .iter()
+            .filter(|r| r.event.user_id == user.as_str() && r.seq > after)
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| r.seq);
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    async fn anchors(
+        &self,
+        user: &UserId,
+    ) -> Result<(Option<ChainHead>, Option<ChainHead>), StoreError> {
+        self.check()?;
+        Ok((
+            self.checkpoints.borrow().get(user.as_str()).cloned(),
+            self.heads.borrow().get(user.as_str()).cloned(),
+        ))
+    }
+
+    async fn store_dead_letter(&self, body: &str, reason: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.dead_letters
+            .borrow_mut()
+            .push((body.to_owned(), reason.to_owned()));
+        Ok(())
+    }
+
+    async fn apply_retention(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
+        self.check()?;
+        let mut rows = self.rows.borrow_mut();
+        let mut last_old: std::collections::BTreeMap<String, ChainHead> = Default::default();
+        for r in rows.iter().filter(|r| r.event.at < cutoff.as_millis()) {
+            let e = last_old
+                .entry(r.event.user_id.clone())
+                .or_insert_with(ChainHead::genesis);
+            if r.seq > e.seq {
+                *e = ChainHead {
+                    seq: r.seq,
+                    hash: r.hash.clone(),
+                };
+            }
+        }
+        let before = rows.len();
+        rows.retain(|r| {
+            last_old
+                .get(&r.event.user_id)
+                .is_none_or(|cp| r.seq > cp.seq)
+        });
+        self.checkpoints.borrow_mut().extend(last_old);
+        Ok((before - rows.len()) as u64)
+    }
+}
+
+/// As a sink, the in-memory log stores events at once, as the direct path does.
+#[async_trait(?Send)]
+impl AuditSink for MemoryAudit {
+    async fn record(&self, event: &AuditEvent) {
+        // A test that takes the store down sees the event missing, as it would be.
+        let _ = self.append(std::slice::from_ref(event)).await;
     }
 }

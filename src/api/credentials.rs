@@ -87,12 +87,13 @@ fn parse_new(ctx: &Ctx<'_, '_>) -> Result<NewCredential, ApiError> {
 pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, ApiError> {
     let new = parse_new(ctx)?;
     // Without a master key nothing can be stored: say so before bothering the provider.
+    let info = new.provider.info();
+    ctx.note_provider(info.id);
     let keys = ctx
         .config
         .master_keys
         .as_ref()
         .map_err(|e| ApiError::not_configured(e.to_string()))?;
-    let info = new.provider.info();
 
     let fingerprints: Vec<String> = keys
         .versions()
@@ -104,6 +105,7 @@ pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
         .find_by_fingerprint(user, &fingerprints)
         .await?
     {
+        ctx.note_credential(&existing, None);
         return Err(ApiError::duplicate(existing));
     }
 
@@ -177,6 +179,7 @@ pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
         created_at: now,
         updated_at: now,
     };
+    ctx.note_credential(&credential.id, None);
     app.store.insert(&credential).await.map_err(|e| {
         ctx.log(&format!("storing a credential failed: {e}"));
         ApiError::from(e)
@@ -199,6 +202,9 @@ pub(super) async fn list(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, A
                 .id,
         ),
     };
+    if let Some(p) = provider {
+        ctx.note_provider(p);
+    }
     let rows = ctx
         .app
         .store
@@ -211,6 +217,7 @@ pub(super) async fn list(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, A
 
 pub(super) async fn get(ctx: &Ctx<'_, '_>, user: &UserId, id: &str) -> Result<Response, ApiError> {
     let id = CredentialId::parse(id).ok_or_else(ApiError::not_found)?;
+    ctx.note_credential(&id, None);
     let credential = ctx
         .app
         .store
@@ -218,6 +225,7 @@ pub(super) async fn get(ctx: &Ctx<'_, '_>, user: &UserId, id: &str) -> Result<Re
         .await
         .map_err(|e| log_store(ctx, e))?;
     let credential = credential.ok_or_else(ApiError::not_found)?;
+    ctx.note_provider(credential.provider);
     Ok(Response::json(200, &views::credential(&credential)))
 }
 
@@ -227,17 +235,16 @@ pub(super) async fn delete(
     id: &str,
 ) -> Result<Response, ApiError> {
     let id = CredentialId::parse(id).ok_or_else(ApiError::not_found)?;
-    if ctx
+    ctx.note_credential(&id, None);
+    let deleted = ctx
         .app
         .store
         .delete(user, &id)
         .await
-        .map_err(|e| log_store(ctx, e))?
-    {
-        Ok(Response::empty(204))
-    } else {
-        Err(ApiError::not_found())
-    }
+        .map_err(|e| log_store(ctx, e))?;
+    let provider = deleted.ok_or_else(ApiError::not_found)?;
+    ctx.note_provider(provider);
+    Ok(Response::empty(204))
 }
 
 fn log_store(ctx: &Ctx<'_, '_>, e: crate::ports::StoreError) -> ApiError {

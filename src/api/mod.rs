@@ -2,20 +2,24 @@
 //! input checks, CORS and the problem+json mapping all live here, testable on the host;
 //! the Worker glue only converts to and from the platform's types.
 
+mod audit;
 mod credentials;
 mod health;
 pub mod input;
 mod views;
 
+use std::cell::RefCell;
+
 use serde_json::Value;
 use url::Url;
 
+use crate::audit::{new_event_id, Action, Actor, ActorType, AuditEvent, Outcome};
 use crate::auth::{bearer_token, AuthError, JwtVerifier};
 use crate::config::{Config, ConfigError};
 use crate::crypto::random_bytes;
-use crate::domain::{RequestId, UserId};
+use crate::domain::{CredentialId, ProviderId, RequestId, UserId};
 use crate::error::ApiError;
-use crate::ports::{Clock, CredentialStore, HttpClient, Jitter};
+use crate::ports::{AuditSink, AuditStore, Clock, CredentialStore, HttpClient, Jitter};
 
 /// An incoming request, already read whole.
 pub struct Request {
@@ -101,6 +105,10 @@ pub struct App<'a> {
     pub http: &'a dyn HttpClient,
     pub clock: &'a dyn Clock,
     pub jitter: &'a dyn Jitter,
+    /// Where this request's audit events go (the queue, in production).
+    pub audit: &'a dyn AuditSink,
+    /// The stored audit log, for reading and verifying it.
+    pub audit_log: &'a dyn AuditStore,
     /// Where operational log lines go. Never given a secret.
     pub log: &'a dyn Fn(&str),
 }
@@ -111,11 +119,61 @@ pub(crate) struct Ctx<'a, 'r> {
     pub config: &'a Config,
     pub request: &'r Request,
     pub request_id: &'r RequestId,
+    /// What the handler learned that the operation's audit event should say.
+    pub note: RefCell<AuditNote>,
+}
+
+/// Filled in by handlers as they go; read once when the operation's event is built.
+#[derive(Default)]
+pub(crate) struct AuditNote {
+    pub credential_id: Option<CredentialId>,
+    pub provider: Option<ProviderId>,
+    pub detail: Option<Value>,
 }
 
 impl Ctx<'_, '_> {
     pub fn log(&self, line: &str) {
         (self.app.log)(&format!("{} {line}", self.request_id.as_str()));
+    }
+
+    pub fn note_credential(&self, id: &CredentialId, provider: Option<ProviderId>) {
+        let mut note = self.note.borrow_mut();
+        note.credential_id = Some(id.clone());
+        if provider.is_some() {
+            note.provider = provider;
+        }
+    }
+
+    pub fn note_provider(&self, provider: ProviderId) {
+        self.note.borrow_mut().provider = Some(provider);
+    }
+
+    /// Records one event for `user`'s operation, whatever its outcome, and passes the
+    /// result through unchanged: the audit path never changes what the caller gets.
+    async fn audited(
+        &self,
+        action: Action,
+        user: &UserId,
+        result: Result<Response, ApiError>,
+    ) -> Result<Response, ApiError> {
+        let now = self.app.clock.now();
+        let id = new_event_id(now, random_bytes().unwrap_or_default());
+        let actor = Actor {
+            kind: ActorType::User,
+            id: user.as_str().to_owned(),
+        };
+        let mut event = AuditEvent::new(id, now, user, action, actor);
+        let note = self.note.take();
+        event.credential_id = note.credential_id.map(|c| c.as_str().to_owned());
+        event.provider = note.provider.map(|p| p.as_str().to_owned());
+        event.detail = note.detail;
+        event.request_id = Some(self.request_id.as_str().to_owned());
+        if let Err(e) = &result {
+            event.outcome = Outcome::Failure;
+            event.reason = Some(e.code.to_owned());
+        }
+        self.app.audit.record(&event).await;
+        result
     }
 
     fn user(&self) -> Result<UserId, ApiError> {
@@ -180,6 +238,7 @@ async fn route(
         config,
         request,
         request_id,
+        note: RefCell::default(),
     };
 
     match (method, segments.as_slice()) {
@@ -188,12 +247,47 @@ async fn route(
             Ok(credentials::providers())
         }
         (_, ["v1", "providers"]) => Err(ApiError::method_not_allowed()),
-        ("GET", ["v1", "credentials"]) => credentials::list(&ctx, &ctx.user()?).await,
-        ("POST", ["v1", "credentials"]) => credentials::create(&ctx, &ctx.user()?).await,
+        ("GET", ["v1", "credentials"]) => {
+            let user = ctx.user()?;
+            ctx.audited(
+                Action::CredentialViewed,
+                &user,
+                credentials::list(&ctx, &user).await,
+            )
+            .await
+        }
+        ("POST", ["v1", "credentials"]) => {
+            let user = ctx.user()?;
+            ctx.audited(
+                Action::CredentialCreated,
+                &user,
+                credentials::create(&ctx, &user).await,
+            )
+            .await
+        }
         (_, ["v1", "credentials"]) => Err(ApiError::method_not_allowed()),
-        ("GET", ["v1", "credentials", id]) => credentials::get(&ctx, &ctx.user()?, id).await,
-        ("DELETE", ["v1", "credentials", id]) => credentials::delete(&ctx, &ctx.user()?, id).await,
+        ("GET", ["v1", "credentials", id]) => {
+            let user = ctx.user()?;
+            ctx.audited(
+                Action::CredentialViewed,
+                &user,
+                credentials::get(&ctx, &user, id).await,
+            )
+            .await
+        }
+        ("DELETE", ["v1", "credentials", id]) => {
+            let user = ctx.user()?;
+            ctx.audited(
+                Action::CredentialDeleted,
+                &user,
+                credentials::delete(&ctx, &user, id).await,
+            )
+            .await
+        }
         (_, ["v1", "credentials", _]) => Err(ApiError::method_not_allowed()),
+        ("GET", ["v1", "audit"]) => audit::list(&ctx, &ctx.user()?).await,
+        ("GET", ["v1", "audit", "verify"]) => audit::verify(&ctx, &ctx.user()?).await,
+        (_, ["v1", "audit"] | ["v1", "audit", "verify"]) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::not_found()),
     }
 }

@@ -45,6 +45,12 @@ impl Timestamp {
         )
     }
 
+    /// RFC 3339 in UTC with millisecond precision: `2026-12-01T00:00:00.123Z`.
+    pub fn to_rfc3339_millis(self) -> String {
+        let seconds = self.to_rfc3339();
+        format!("{}.{:03}Z", &seconds[..seconds.len() - 1], self.0 % 1000)
+    }
+
     /// Parses an IMF-fixdate, the form RFC 9110 requires senders to use:
     /// `Sun, 06 Nov 1994 08:49:37 GMT`.
     pub fn parse_http_date(raw: &str) -> Option<Self> {
@@ -130,6 +136,14 @@ mod tests {
         assert_eq!(
             Timestamp::from_millis(951_782_400_999).to_rfc3339(),
             "2000-02-29T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn formats_rfc3339_with_millis() {
+        assert_eq!(
+            Timestamp::from_millis(1_796_083_200_042).to_rfc3339_millis(),
+            "2026-12-01T00:00:00.042Z"
         );
     }
 

@@ -216,18 +216,19 @@ impl CredentialStore for D1Store {
         rows.into_iter().map(Row::into_credential).collect()
     }
 
-    async fn delete(&self, user: &UserId, id: &CredentialId) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        user: &UserId,
+        id: &CredentialId,
+    ) -> Result<Option<ProviderId>, StoreError> {
         let stmt = self.prepare(
-            "DELETE FROM credentials WHERE user_id = ?1 AND id = ?2",
+            "DELETE FROM credentials WHERE user_id = ?1 AND id = ?2 RETURNING provider",
             &[text(user.as_str()), text(id.as_str())],
         )?;
-        let result = stmt.run().await.map_err(unavailable)?;
-        let changes = result
-            .meta()
-            .map_err(unavailable)?
-            .and_then(|m| m.changes)
-            .unwrap_or(0);
-        Ok(changes > 0)
+        let provider: Option<String> = stmt.first(Some("provider")).await.map_err(unavailable)?;
+        Ok(provider
+            .and_then(|p| providers::find(&p))
+            .map(|p| p.info().id))
     }
 
     async fn find_by_fingerprint(

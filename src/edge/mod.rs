@@ -1,15 +1,19 @@
 //! The Worker glue (wasm32 only): entry points that build the core's seams from the
 //! environment and hand over to [`crate::api::handle`]. No business logic lives here.
 
+mod audit;
 mod d1;
 mod fetch;
 mod runtime;
 
-use worker::{event, Context, Env, MessageBatch, ScheduleContext, ScheduledEvent};
+use serde_json::Value;
+use worker::{event, Context, Env, MessageBatch, MessageExt, ScheduleContext, ScheduledEvent};
 
 use crate::api::{self, App};
+use crate::audit::Disposition;
 use crate::config::{Config, ConfigError};
-use crate::ports::SystemJitter;
+use crate::domain::Timestamp;
+use crate::ports::{AuditStore, SystemJitter};
 
 /// The configuration, parsed on the first request of each isolate and kept for its life.
 fn config(env: &Env) -> Result<&'static Config, &'static [ConfigError]> {
@@ -39,6 +43,11 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     let path = req.path();
     let request = runtime::read_request(req).await?;
     let store = d1::D1Store::new(env.d1("DB"));
+    let audit_log = audit::D1AuditStore::new(env.d1("DB"));
+    let sink = audit::QueueAuditSink {
+        queue: env.queue("AUDIT_QUEUE").ok(),
+        store: &audit_log,
+    };
     let log = |line: &str| worker::console_log!("{line}");
     let app = App {
         config: config(&env),
@@ -46,6 +55,8 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
         http: &fetch::FetchClient,
         clock: &runtime::WorkerClock,
         jitter: &SystemJitter,
+        audit: &sink,
+        audit_log: &audit_log,
         log: &log,
     };
     let response = api::handle(&app, &request).await;
@@ -59,27 +70,54 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
 }
 
 #[event(scheduled)]
-async fn scheduled(event: ScheduledEvent, _env: Env, _ctx: ScheduleContext) {
-    // Revalidation sweeps and audit retention hang off this trigger in later issues.
-    worker::console_log!(
-        "scheduled run for cron '{}': no periodic jobs are registered",
-        event.cron()
-    );
+async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    let Ok(config) = config(&env) else {
+        worker::console_error!("scheduled run skipped: the configuration has problems");
+        return;
+    };
+    let days = config.audit_retention_days;
+    let cutoff = Timestamp::from_millis(runtime::now_ms().saturating_sub(days * 86_400_000));
+    match audit::D1AuditStore::new(env.d1("DB"))
+        .apply_retention(cutoff)
+        .await
+    {
+        Ok(n) => worker::console_log!(
+            "cron '{}': audit retention removed {n} event(s) older than {days} days",
+            event.cron()
+        ),
+        Err(e) => worker::console_error!("cron '{}': audit retention failed: {e}", event.cron()),
+    }
 }
 
+/// One handler for every queue; the queue's name says which consumer it is.
 #[event(queue)]
-async fn queue(
-    batch: MessageBatch<serde_json::Value>,
-    _env: Env,
-    _ctx: Context,
-) -> worker::Result<()> {
-    // No producer sends messages yet. Anything that arrives is retried, never dropped,
-    // so a consumer added later still receives it.
-    worker::console_warn!(
-        "queue {}: no consumer yet, retrying {} message(s)",
-        batch.queue(),
-        batch.messages()?.len()
-    );
-    batch.retry_all();
+async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::Result<()> {
+    let name = batch.queue();
+    let messages: Vec<_> = batch.raw_iter().collect();
+    let bodies: Vec<Value> = messages
+        .iter()
+        .map(|m| runtime::message_body(&m.body()))
+        .collect();
+    let log = |line: &str| worker::console_log!("{line}");
+    let store = audit::D1AuditStore::new(env.d1("DB"));
+    let dispositions = if name.contains("audit") && name.ends_with("-dlq") {
+        crate::audit::consume_dead_letters(&store, &bodies, &log).await
+    } else if name.contains("audit") {
+        crate::audit::consume(&store, &bodies, &log).await
+    } else {
+        // No job consumer exists yet: keep the messages rather than drop them.
+        worker::console_warn!(
+            "queue {name}: no consumer yet, retrying {} message(s)",
+            bodies.len()
+        );
+        vec![Disposition::Retry; bodies.len()]
+    };
+    for (m, d) in messages.iter().zip(dispositions) {
+        match d {
+            Disposition::Ack => m.ack(),
+            Disposition::Retry => m.retry(),
+        }
+    }
+    // Returning an error would redeliver the whole batch: every message is settled above.
     Ok(())
 }

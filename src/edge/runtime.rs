@@ -18,6 +18,18 @@ pub fn env_string(env: &Env, name: &str) -> Option<String> {
         .ok()
 }
 
+/// A queue message body as JSON: the producer sends text, anything else is converted.
+pub fn message_body(body: &worker::wasm_bindgen::JsValue) -> serde_json::Value {
+    match body.as_string() {
+        Some(text) => serde_json::Value::String(text),
+        None => worker::js_sys::JSON::stringify(body)
+            .ok()
+            .and_then(|s| s.as_string())
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null),
+    }
+}
+
 pub fn now_ms() -> u64 {
     Date::now().as_millis()
 }

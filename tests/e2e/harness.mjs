@@ -56,11 +56,19 @@ async function filesUnder(dir) {
   return out;
 }
 
+/** wrangler.toml with the AUDIT_QUEUE producer binding removed: the audit path is down. */
+export function withoutAuditQueueProducer(toml) {
+  const block = /\[\[queues\.producers\]\]\nbinding = "AUDIT_QUEUE"\nqueue = "[^"]+"\n/;
+  if (!block.test(toml)) throw new Error('wrangler.toml has no top-level AUDIT_QUEUE producer block');
+  return toml.replace(block, '');
+}
+
 /**
  * Starts a vault. `secrets` are merged over generated MASTER_KEY/AUTH_JWT_SECRET (a
- * null value leaves that secret out); `vars` are passed with --var.
+ * null value leaves that secret out); `vars` are passed with --var; `config` rewrites the
+ * text of wrangler.toml for this run (the copy sits beside it, so its paths still hold).
  */
-export async function startVault({ secrets = {}, vars = {} } = {}) {
+export async function startVault({ secrets = {}, vars = {}, config } = {}) {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'byok-e2e-'));
   const state = path.join(dir, 'state');
   const all = {
@@ -74,10 +82,15 @@ export async function startVault({ secrets = {}, vars = {} } = {}) {
 
   await run(WRANGLER, ['d1', 'execute', 'DB', '--local', '--persist-to', state, '--file', 'schema.sql'], { cwd: ROOT });
 
+  let configFile;
+  if (config) {
+    configFile = path.join(ROOT, `.test-wrangler-${process.pid}-${path.basename(dir)}.toml`);
+    await writeFile(configFile, config(await readFile(path.join(ROOT, 'wrangler.toml'), 'utf8')));
+  }
   const port = await freePort();
   const inspector = await freePort();
   const args = [
-    'dev', '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspector),
+    'dev', ...(configFile ? ['--config', configFile] : []), '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspector),
     '--persist-to', state, '--env-file', envFile, '--show-interactive-dev-session=false', '--test-scheduled',
     ...Object.entries(vars).flatMap(([k, v]) => ['--var', `${k}:${v}`]),
   ];
@@ -141,6 +154,7 @@ export async function startVault({ secrets = {}, vars = {} } = {}) {
       await exited;
       clearTimeout(timer);
       started.delete(child.pid);
+      if (configFile) fs.rmSync(configFile, { force: true });
     },
   };
 
@@ -149,6 +163,7 @@ export async function startVault({ secrets = {}, vars = {} } = {}) {
   exited.then((code) => { exitCode = code ?? 'signal'; });
   while (Date.now() < deadline) {
     if (exitCode !== undefined) {
+      await vault.stop();
       throw new Error(`wrangler dev exited (${exitCode}) before it was ready:\n${vault.log().slice(-3000)}`);
     }
     try {

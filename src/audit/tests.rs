@@ -1,0 +1,340 @@
+use serde_json::json;
+
+use super::*;
+use crate::domain::Timestamp;
+
+fn event(n: u64, action: Action) -> AuditEvent {
+    let user = UserId::parse("u_1").unwrap();
+    let mut e = AuditEvent::new(
+        format!("ev_{n:04}"),
+        Timestamp::from_millis(1_800_000_000_000 + n),
+        &user,
+        action,
+        Actor {
+            kind: ActorType::User,
+            id: "u_1".into(),
+        },
+    );
+    e.credential_id = Some("c_00000000000000000000000000000001".into());
+    e.provider = Some("elevenlabs".into());
+    e.request_id = Some(format!("req_{n}"));
+    e
+}
+
+fn verify(rows: &[ChainedEvent], start: ChainHead, head: Option<&ChainHead>) -> Verification {
+    let mut v = Verifier::new(start);
+    for r in rows {
+        v.push(r);
+    }
+    v.finish(head)
+}
+
+fn head_of(rows: &[ChainedEvent]) -> ChainHead {
+    let last = rows.last().unwrap();
+    ChainHead {
+        seq: last.seq,
+        hash: last.hash.clone(),
+    }
+}
+
+#[test]
+fn canonical_json_sorts_keys_at_every_depth_without_whitespace() {
+    let v = json!({"b": 1, "a": {"d": [true, null, "x\"y"], "c": 2.5}, "é": "ü"});
+    assert_eq!(
+        canonical_json(&v),
+        r#"{"a":{"c":2.5,"d":[true,null,"x\"y"]},"b":1,"é":"ü"}"#
+    );
+}
+
+#[test]
+fn the_canonical_event_has_every_member_and_its_seq() {
+    let e = event(1, Action::CredentialCreated);
+    assert_eq!(
+        e.canonical(7),
+        r#"{"action":"credential.created","actor":{"id":"u_1","type":"user"},"at":1800000000001,"credential_id":"c_00000000000000000000000000000001","detail":null,"id":"ev_0001","outcome":"success","provider":"elevenlabs","reason":null,"request_id":"req_1","seq":7,"source":null,"user_id":"u_1"}"#
+    );
+}
+
+#[test]
+fn hashes_link_each_event_to_the_one_before() {
+    let rows = chain(
+        &ChainHead::genesis(),
+        vec![
+            event(1, Action::CredentialCreated),
+            event(2, Action::CredentialViewed),
+        ],
+    );
+    assert_eq!(rows[0].seq, 1);
+    assert_eq!(rows[0].prev_hash, GENESIS_HASH);
+    assert_eq!(rows[1].prev_hash, rows[0].hash);
+    assert_eq!(rows[0].hash.len(), 64);
+    // SHA-256(GENESIS ‖ canonical), recomputed independently.
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, GENESIS_HASH.as_bytes());
+    sha2::Digest::update(&mut h, rows[0].event.canonical(1).as_bytes());
+    assert_eq!(rows[0].hash, hex_bytes(&sha2::Digest::finalize(h)));
+}
+
+#[test]
+fn events_are_chained_in_order_of_time_then_id() {
+    let mut late = event(5, Action::CredentialDeleted);
+    let mut tie = event(3, Action::CredentialViewed);
+    tie.at = late.at;
+    late.id = "ev_9999".into();
+    let rows = chain(
+        &ChainHead::genesis(),
+        vec![late, event(1, Action::CredentialCreated), tie],
+    );
+    let ids: Vec<_> = rows.iter().map(|r| r.event.id.as_str()).collect();
+    assert_eq!(ids, ["ev_0001", "ev_0003", "ev_9999"]);
+}
+
+#[test]
+fn an_intact_chain_verifies() {
+    let rows = chain(
+        &ChainHead::genesis(),
+        (1..=5)
+            .map(|n| event(n, Action::CredentialViewed))
+            .collect(),
+    );
+    let v = verify(&rows, ChainHead::genesis(), Some(&head_of(&rows)));
+    assert_eq!(
+        v,
+        Verification {
+            ok: true,
+            checked: 5,
+            broken_seq: None
+        }
+    );
+}
+
+#[test]
+fn an_edited_event_breaks_the_chain_at_its_seq() {
+    let mut rows = chain(
+        &ChainHead::genesis(),
+        (1..=5)
+            .map(|n| event(n, Action::CredentialViewed))
+            .collect(),
+    );
+    let head = head_of(&rows);
+    rows[2].event.outcome = Outcome::Failure;
+    let v = verify(&rows, ChainHead::genesis(), Some(&head));
+    assert_eq!((v.ok, v.broken_seq), (false, Some(3)));
+}
+
+#[test]
+fn a_deleted_event_breaks_the_chain_where_it_was() {
+    let mut rows = chain(
+        &ChainHead::genesis(),
+        (1..=5)
+            .map(|n| event(n, Action::CredentialViewed))
+            .collect(),
+    );
+    let head = head_of(&rows);
+    rows.remove(1);
+    assert_eq!(
+        verify(&rows, ChainHead::genesis(), Some(&head)).broken_seq,
+        Some(2)
+    );
+    // Removing the newest rows is caught by the recorded head.
+    let mut rows = chain(
+        &ChainHead::genesis(),
+        (1..=5)
+            .map(|n| event(n, Action::CredentialViewed))
+            .collect(),
+    );
+    let head = head_of(&rows);
+    rows.truncate(3);
+    assert_eq!(
+        verify(&rows, ChainHead::genesis(), Some(&head)).broken_seq,
+        Some(4)
+    );
+}
+
+#[test]
+fn a_rehashed_forgery_still_breaks_at_the_next_link() {
+    let mut rows = chain(
+        &ChainHead::genesis(),
+        (1..=3)
+            .map(|n| event(n, Action::CredentialViewed))
+            .collect(),
+    );
+    let head = head_of(&rows);
+    // An attacker edits event 2 and recomputes its own hash, but not the ones after it.
+    rows[1].event.action = Action::CredentialDeleted;
+    let forged = chain(
+        &ChainHead {
+            seq: 1,
+            hash: rows[0].hash.clone(),
+        },
+        vec![rows[1].event.clone()],
+    );
+    rows[1] = forged[0].clone();
+    assert_eq!(
+        verify(&rows, ChainHead::genesis(), Some(&head)).broken_seq,
+        Some(3)
+    );
+}
+
+#[test]
+fn a_chain_verifies_from_a_retention_checkpoint() {
+    let rows = chain(
+        &ChainHead::genesis(),
+        (1..=6)
+            .map(|n| event(n, Action::CredentialViewed))
+            .collect(),
+    );
+    let checkpoint = ChainHead {
+        seq: 3,
+        hash: rows[2].hash.clone(),
+    };
+    let kept = &rows[3..];
+    let v = verify(kept, checkpoint, Some(&head_of(&rows)));
+    assert_eq!(
+        v,
+        Verification {
+            ok: true,
+            checked: 3,
+            broken_seq: None
+        }
+    );
+}
+
+#[test]
+fn event_ids_sort_by_time_then_creation_order() {
+    let t = Timestamp::from_millis(1_800_000_000_000);
+    let a = new_event_id(t, [0xff; 12]);
+    let b = new_event_id(t, [0x00; 12]);
+    assert!(a < b, "{a} {b}");
+    assert!(b < new_event_id(t.plus_millis(1), [0x00; 12]));
+    assert_eq!(a.len(), 3 + 12 + 4 + 24);
+}
+
+#[test]
+fn events_round_trip_through_their_queue_message() {
+    let mut e = event(1, Action::CredentialValidated);
+    e.detail = Some(json!({"previous_status":"valid","new_status":"invalid_key"}));
+    e.outcome = Outcome::Failure;
+    e.reason = Some("invalid_api_key".into());
+    let wire = serde_json::to_string(&e).unwrap();
+    assert_eq!(serde_json::from_str::<AuditEvent>(&wire).unwrap(), e);
+    assert!(wire.contains(r#""action":"credential.validated""#));
+}
+
+mod consumers {
+    use futures::executor::block_on;
+
+    use super::*;
+    use crate::ports::AuditStore;
+    use crate::testing::MemoryAudit;
+
+    fn msg(e: &AuditEvent) -> Value {
+        Value::String(serde_json::to_string(e).unwrap())
+    }
+
+    #[test]
+    fn a_batch_is_stored_and_acked_message_by_message() {
+        let store = MemoryAudit::default();
+        let bodies = vec![
+            msg(&event(2, Action::CredentialViewed)),
+            json!("not an event"),
+            msg(&event(1, Action::CredentialCreated)),
+        ];
+        let out = block_on(consume(&store, &bodies, &|_| {}));
+        assert_eq!(
+            out,
+            [Disposition::Ack, Disposition::Retry, Disposition::Ack]
+        );
+        let rows = store.rows.borrow();
+        // Chained in order of time, whatever the order of delivery.
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.seq, r.event.id.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "ev_0001"), (2, "ev_0002")]
+        );
+    }
+
+    #[test]
+    fn a_redelivered_message_leaves_one_row_and_an_intact_chain() {
+        let store = MemoryAudit::default();
+        let e = event(1, Action::CredentialCreated);
+        block_on(consume(&store, &[msg(&e)], &|_| {}));
+        let again = block_on(consume(
+            &store,
+            &[msg(&e), msg(&event(2, Action::CredentialViewed))],
+            &|_| {},
+        ));
+        assert_eq!(again, [Disposition::Ack, Disposition::Ack]);
+        assert_eq!(store.rows.borrow().len(), 2);
+        let user = UserId::parse("u_1").unwrap();
+        let page = block_on(store.chain_page(&user, 0, 10)).unwrap();
+        let (_, head) = block_on(store.anchors(&user)).unwrap();
+        let mut v = Verifier::new(ChainHead::genesis());
+        page.iter().for_each(|r| v.push(r));
+        assert!(v.finish(head.as_ref()).ok);
+    }
+
+    #[test]
+    fn a_failing_store_retries_the_messages_it_could_not_take() {
+        let store = MemoryAudit::default();
+        store.down.set(true);
+        let out = block_on(consume(
+            &store,
+            &[msg(&event(1, Action::CredentialCreated))],
+            &|_| {},
+        ));
+        assert_eq!(out, [Disposition::Retry]);
+    }
+
+    #[test]
+    fn dead_letters_are_chained_if_possible_and_kept_verbatim_otherwise() {
+        let store = MemoryAudit::default();
+        let out = block_on(consume_dead_letters(
+            &store,
+            &[
+                msg(&event(1, Action::CredentialCreated)),
+                json!({"junk": true}),
+            ],
+            &|_| {},
+        ));
+        assert_eq!(out, [Disposition::Ack, Disposition::Ack]);
+        assert_eq!(store.rows.borrow().len(), 1);
+        assert_eq!(
+            store.dead_letters.borrow()[0],
+            (
+                r#"{"junk":true}"#.to_owned(),
+                "not an audit event".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn retention_moves_the_checkpoint_and_the_rest_still_verifies() {
+        let store = MemoryAudit::default();
+        let events: Vec<_> = (1..=5)
+            .map(|n| event(n, Action::CredentialViewed))
+            .collect();
+        block_on(store.append(&events)).unwrap();
+        let removed =
+            block_on(store.apply_retention(Timestamp::from_millis(1_800_000_000_003))).unwrap();
+        assert_eq!(removed, 2);
+        let user = UserId::parse("u_1").unwrap();
+        let (checkpoint, head) = block_on(store.anchors(&user)).unwrap();
+        let checkpoint = checkpoint.unwrap();
+        assert_eq!(checkpoint.seq, 2);
+        let mut v = Verifier::new(checkpoint);
+        block_on(store.chain_page(&user, 2, 10))
+            .unwrap()
+            .iter()
+            .for_each(|r| v.push(r));
+        assert_eq!(
+            v.finish(head.as_ref()),
+            Verification {
+                ok: true,
+                checked: 3,
+                broken_seq: None
+            }
+        );
+    }
+}

@@ -1,0 +1,177 @@
+// End to end: the audit trail through the real local queue and consumer, its hash chain in
+// the local D1, and the direct path when the queue producer is missing.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import { startFakeElevenLabs } from './fake-elevenlabs.mjs';
+import { randomKey, startVault, withoutAuditQueueProducer } from './harness.mjs';
+
+const add = (vault, user, api_key) =>
+  vault.request('POST', '/v1/credentials', { user, body: { provider: 'elevenlabs', api_key } });
+
+/** Waits until `user` has `n` audit events (the queue consumer runs about a second later). */
+async function eventsOf(vault, user, n, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await vault.request('GET', '/v1/audit?limit=200', { user });
+    assert.equal(r.status, 200, r.text);
+    if (r.json.events.length >= n || Date.now() > deadline) return r.json.events.slice().reverse();
+    await new Promise((res) => setTimeout(res, 250));
+  }
+}
+
+/** A scripted session over two users; returns the events each should have, in order. */
+async function scriptedSession(vault, keys) {
+  const good = randomKey('valid');
+  const bad = randomKey('invalid');
+  keys.push(good, bad);
+  const created = await add(vault, 'u_alice', good);
+  assert.equal(created.status, 201);
+  const id = created.json.credential.id;
+  assert.equal((await vault.request('GET', '/v1/credentials', { user: 'u_alice' })).status, 200);
+  assert.equal((await vault.request('GET', `/v1/credentials/${id}`, { user: 'u_alice' })).status, 200);
+  assert.equal((await add(vault, 'u_alice', bad)).status, 422);
+  assert.equal((await vault.request('GET', `/v1/credentials/${id}`, { user: 'u_bob' })).status, 404);
+  assert.equal((await vault.request('GET', '/v1/credentials', { user: 'u_bob' })).status, 200);
+  assert.equal((await vault.request('DELETE', `/v1/credentials/${id}`, { user: 'u_alice' })).status, 204);
+  return {
+    id,
+    alice: [
+      ['credential.created', 'success', null, id],
+      ['credential.viewed', 'success', null, null],
+      ['credential.viewed', 'success', null, id],
+      ['credential.created', 'failure', 'invalid_api_key', null],
+      ['credential.deleted', 'success', null, id],
+    ],
+    bob: [
+      ['credential.viewed', 'failure', 'not_found', id],
+      ['credential.viewed', 'success', null, null],
+    ],
+  };
+}
+
+const shape = (events) => events.map((e) => [e.action, e.outcome, e.reason, e.credential_id]);
+
+function assertChainShape(events, user) {
+  events.forEach((e, i) => {
+    assert.equal(e.seq, i + 1);
+    assert.deepEqual(e.actor, { type: 'user', id: user });
+    assert.match(e.hash, /^[0-9a-f]{64}$/);
+    assert.equal(e.prev_hash, i === 0 ? '0'.repeat(64) : events[i - 1].hash);
+    assert.match(e.request_id, /^req_[0-9a-f]{32}$/);
+  });
+}
+
+describe('the audit trail through the local queue', () => {
+  let fake;
+  let vault;
+  const keys = [];
+  let session;
+
+  before(async () => {
+    fake = await startFakeElevenLabs();
+    vault = await startVault({ vars: { ELEVENLABS_BASE_URL: fake.url } });
+    session = await scriptedSession(vault, keys);
+  });
+  after(async () => {
+    await vault?.stop();
+    await fake?.close();
+  });
+
+  test('every operation yields exactly one event, in order, for its own user only', async () => {
+    const alice = await eventsOf(vault, 'u_alice', session.alice.length);
+    const bob = await eventsOf(vault, 'u_bob', session.bob.length);
+    assert.deepEqual(shape(alice), session.alice);
+    assert.deepEqual(shape(bob), session.bob);
+    assertChainShape(alice, 'u_alice');
+    assertChainShape(bob, 'u_bob');
+    assert.equal(alice[0].provider, 'elevenlabs');
+    // Nothing arrives late or twice.
+    await new Promise((res) => setTimeout(res, 2500));
+    const rows = await vault.sql('SELECT user_id, COUNT(*) AS n FROM audit_events GROUP BY user_id ORDER BY user_id');
+    assert.deepEqual(rows, [{ user_id: 'u_alice', n: 5 }, { user_id: 'u_bob', n: 2 }]);
+  });
+
+  test('the audit list filters and pages', async () => {
+    const created = await vault.request('GET', '/v1/audit?action=credential.created', { user: 'u_alice' });
+    assert.deepEqual(created.json.events.map((e) => e.outcome), ['failure', 'success']);
+    const byId = await vault.request('GET', `/v1/audit?credential_id=${session.id}`, { user: 'u_alice' });
+    assert.deepEqual(byId.json.events.map((e) => e.action), ['credential.deleted', 'credential.viewed', 'credential.created']);
+    const page1 = await vault.request('GET', '/v1/audit?limit=2', { user: 'u_alice' });
+    assert.deepEqual(page1.json.events.map((e) => e.seq), [5, 4]);
+    const page2 = await vault.request('GET', `/v1/audit?limit=2&cursor=${page1.json.next_cursor}`, { user: 'u_alice' });
+    assert.deepEqual(page2.json.events.map((e) => e.seq), [3, 2]);
+    assert.equal((await vault.request('GET', '/v1/audit?limit=500', { user: 'u_alice' })).status, 400);
+    assert.equal((await vault.request('GET', '/v1/audit')).status, 401);
+  });
+
+  test('the chains verify', async () => {
+    assert.deepEqual((await vault.request('GET', '/v1/audit/verify', { user: 'u_alice' })).json, { ok: true, checked: 5 });
+    assert.deepEqual((await vault.request('GET', '/v1/audit/verify', { user: 'u_bob' })).json, { ok: true, checked: 2 });
+  });
+
+  test('no test key, token or secret is in the audit table or the log', async () => {
+    const table = JSON.stringify(await vault.sql('SELECT * FROM audit_events'));
+    assert.match(table, /credential\.created/, 'the scan reads the audit rows');
+    const log = vault.log();
+    for (const k of keys) {
+      assert.ok(!table.includes(k), 'a key is in the audit table');
+      assert.ok(!log.includes(k), 'a key is in the log');
+    }
+    assert.ok(!table.includes(vault.secrets.MASTER_KEY) && !log.includes(vault.secrets.MASTER_KEY));
+  });
+
+  test('an edited row breaks the chain at its seq', async () => {
+    await vault.sql("UPDATE audit_events SET outcome = 'success', reason = NULL WHERE user_id = 'u_alice' AND seq = 4");
+    const r = await vault.request('GET', '/v1/audit/verify', { user: 'u_alice' });
+    assert.deepEqual(r.json, { ok: false, checked: 3, broken_seq: 4 });
+  });
+
+  test('a deleted row breaks the chain where it was', async () => {
+    await vault.sql("DELETE FROM audit_events WHERE user_id = 'u_bob' AND seq = 1");
+    const r = await vault.request('GET', '/v1/audit/verify', { user: 'u_bob' });
+    assert.deepEqual(r.json, { ok: false, checked: 0, broken_seq: 1 });
+  });
+
+  test('retention removes old events and the rest of the chain still verifies', async () => {
+    // Age u_carol's first two events; they are then removed, so changing them is fine.
+    const k = randomKey('valid');
+    keys.push(k);
+    const id = (await add(vault, 'u_carol', k)).json.credential.id;
+    for (let i = 0; i < 3; i++) await vault.request('GET', `/v1/credentials/${id}`, { user: 'u_carol' });
+    assert.equal((await eventsOf(vault, 'u_carol', 4)).length, 4);
+    await vault.sql("UPDATE audit_events SET at = 1000 WHERE user_id = 'u_carol' AND seq <= 2");
+    const cron = await fetch(`${vault.base}/__scheduled?cron=${encodeURIComponent('0 * * * *')}`);
+    assert.equal(cron.status, 200, await cron.text());
+    const left = await eventsOf(vault, 'u_carol', 0);
+    assert.deepEqual(left.map((e) => e.seq), [3, 4]);
+    const r = await vault.request('GET', '/v1/audit/verify', { user: 'u_carol' });
+    assert.deepEqual(r.json, { ok: true, checked: 2, starts_after_seq: 2 });
+  });
+});
+
+describe('the audit trail without a queue producer', () => {
+  let fake;
+  let vault;
+  before(async () => {
+    fake = await startFakeElevenLabs();
+    vault = await startVault({ vars: { ELEVENLABS_BASE_URL: fake.url }, config: withoutAuditQueueProducer });
+  });
+  after(async () => {
+    await vault?.stop();
+    await fake?.close();
+  });
+
+  test('every event is still recorded, through the direct path, and the chain verifies', async () => {
+    const keys = [];
+    const session = await scriptedSession(vault, keys);
+    // The direct path writes within the request: no waiting for a consumer.
+    const alice = await eventsOf(vault, 'u_alice', 0);
+    const bob = await eventsOf(vault, 'u_bob', 0);
+    assert.deepEqual(shape(alice), session.alice);
+    assert.deepEqual(shape(bob), session.bob);
+    assertChainShape(alice, 'u_alice');
+    assert.deepEqual((await vault.request('GET', '/v1/audit/verify', { user: 'u_alice' })).json, { ok: true, checked: 5 });
+    assert.match(vault.log(), /AUDIT_QUEUE is not bound; writing event ev_[0-9a-f]+ directly/);
+  });
+});

@@ -175,3 +175,56 @@ describe('the audit trail without a queue producer', () => {
     assert.match(vault.log(), /AUDIT_QUEUE is not bound; writing event ev_[0-9a-f]+ directly/);
   });
 });
+
+describe('audit messages delivered by hand to the real local queue', () => {
+  let fake;
+  let vault;
+  before(async () => {
+    fake = await startFakeElevenLabs();
+    // tests/e2e/injector fronts the vault and can put any message on its audit queue.
+    vault = await startVault({ vars: { ELEVENLABS_BASE_URL: fake.url }, injector: true });
+  });
+  after(async () => {
+    await vault?.stop();
+    await fake?.close();
+  });
+
+  const inject = async (body) => {
+    const r = await fetch(`${vault.base}/__inject/audit`, { method: 'POST', body });
+    assert.equal(r.status, 202);
+  };
+  /** The queue message the vault itself sent for a listed event. */
+  const messageOf = (e, user) => JSON.stringify({
+    id: e.id, at: Date.parse(e.at), user_id: user, action: e.action, actor: e.actor,
+    credential_id: e.credential_id, provider: e.provider, outcome: e.outcome, reason: e.reason,
+    source: e.source, request_id: e.request_id, detail: e.detail,
+  });
+
+  test('the same message delivered twice leaves one row and the chain verifies', async () => {
+    assert.equal((await add(vault, 'u_dave', randomKey('valid'))).status, 201);
+    const [original] = await eventsOf(vault, 'u_dave', 1);
+    await inject(messageOf(original, 'u_dave'));
+    await inject(messageOf(original, 'u_dave'));
+    const fresh = { ...original, id: `ev_${Date.now().toString(16).padStart(12, '0')}0000${'ab'.repeat(12)}`, at: new Date().toISOString() };
+    await inject(messageOf(fresh, 'u_dave'));
+    await inject(messageOf(fresh, 'u_dave'));
+    const events = await eventsOf(vault, 'u_dave', 2);
+    await new Promise((res) => setTimeout(res, 2500));
+    const rows = await vault.sql("SELECT id, seq FROM audit_events WHERE user_id = 'u_dave' ORDER BY seq");
+    assert.deepEqual(rows.map((r) => r.id), [original.id, fresh.id]);
+    assert.deepEqual(events.map((e) => e.seq), [1, 2]);
+    assert.deepEqual((await vault.request('GET', '/v1/audit/verify', { user: 'u_dave' })).json, { ok: true, checked: 2 });
+  });
+
+  test('a message that is not an event is retried, then kept by the dead-letter consumer', async () => {
+    await inject('this is not an audit event');
+    const deadline = Date.now() + 30_000;
+    let rows = [];
+    while (Date.now() < deadline) {
+      rows = await vault.sql('SELECT body, reason FROM audit_dead_letters');
+      if (rows.length) break;
+      await new Promise((res) => setTimeout(res, 1000));
+    }
+    assert.deepEqual(rows, [{ body: 'this is not an audit event', reason: 'not an audit event' }]);
+  });
+});

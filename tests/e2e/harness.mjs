@@ -66,9 +66,10 @@ export function withoutAuditQueueProducer(toml) {
 /**
  * Starts a vault. `secrets` are merged over generated MASTER_KEY/AUTH_JWT_SECRET (a
  * null value leaves that secret out); `vars` are passed with --var; `config` rewrites the
- * text of wrangler.toml for this run (the copy sits beside it, so its paths still hold).
+ * text of wrangler.toml for this run (the copy sits beside it, so its paths still hold);
+ * `injector` puts tests/e2e/injector in front, to deliver audit messages by hand.
  */
-export async function startVault({ secrets = {}, vars = {}, config } = {}) {
+export async function startVault({ secrets = {}, vars = {}, config, injector = false } = {}) {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'byok-e2e-'));
   const state = path.join(dir, 'state');
   const all = {
@@ -83,14 +84,31 @@ export async function startVault({ secrets = {}, vars = {}, config } = {}) {
   await run(WRANGLER, ['d1', 'execute', 'DB', '--local', '--persist-to', state, '--file', 'schema.sql'], { cwd: ROOT });
 
   let configFile;
-  if (config) {
+  let runDir;
+  if (injector) {
+    // In a multi-config session only the first worker gets --env-file and --var; the vault
+    // reads .dev.vars beside its own config, so it gets a folder of its own.
+    runDir = path.join(ROOT, '.test-runs', path.basename(dir));
+    fs.mkdirSync(runDir, { recursive: true });
+    const toml = (config ?? ((t) => t))(await readFile(path.join(ROOT, 'wrangler.toml'), 'utf8'))
+      .replace('main = "build/worker/shim.mjs"', 'main = "../../build/worker/shim.mjs"')
+      // Builds run from the first config's folder in a multi-config session.
+      .replace('command = "bash scripts/build.sh"', `command = "bash ${path.join(ROOT, 'scripts', 'build.sh')}"\nwatch_dir = "../../src"`);
+    const devVars = { ...Object.fromEntries(Object.entries(all).filter(([, v]) => v != null)), ...vars };
+    configFile = path.join(runDir, 'wrangler.toml');
+    await writeFile(configFile, toml);
+    await writeFile(path.join(runDir, '.dev.vars'), Object.entries(devVars).map(([k, v]) => `${k}=${v}`).join('\n') + '\n');
+  } else if (config) {
     configFile = path.join(ROOT, `.test-wrangler-${process.pid}-${path.basename(dir)}.toml`);
     await writeFile(configFile, config(await readFile(path.join(ROOT, 'wrangler.toml'), 'utf8')));
   }
   const port = await freePort();
   const inspector = await freePort();
   const args = [
-    'dev', ...(configFile ? ['--config', configFile] : []), '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspector),
+    'dev',
+    // With the injector, it comes first (it is what listens) and the vault second.
+    ...(injector ? ['--config', path.join(ROOT, 'tests/e2e/injector/wrangler.toml'), '--config', configFile ?? path.join(ROOT, 'wrangler.toml')] : []),
+    ...(!injector && configFile ? ['--config', configFile] : []), '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspector),
     '--persist-to', state, '--env-file', envFile, '--show-interactive-dev-session=false', '--test-scheduled',
     ...Object.entries(vars).flatMap(([k, v]) => ['--var', `${k}:${v}`]),
   ];
@@ -154,7 +172,8 @@ export async function startVault({ secrets = {}, vars = {}, config } = {}) {
       await exited;
       clearTimeout(timer);
       started.delete(child.pid);
-      if (configFile) fs.rmSync(configFile, { force: true });
+      if (runDir) fs.rmSync(runDir, { recursive: true, force: true });
+      else if (configFile) fs.rmSync(configFile, { force: true });
     },
   };
 

@@ -47,7 +47,8 @@ pub struct Config {
     /// `Err` when no usable master key is configured: nothing may be written then.
     pub master_keys: Result<MasterKeys, MasterKeyError>,
     pub jwt: JwtSettings,
-    pub provider_base_urls: BTreeMap<ProviderId, Url>,
+    /// Each provider's base URLs, in the order of its `endpoints` (may hold `{region}`).
+    pub provider_endpoints: BTreeMap<ProviderId, Vec<String>>,
     pub allow_private_base_urls: bool,
     pub validation_deadline_ms: u64,
     pub probe_attempt_timeout_ms: u64,
@@ -103,16 +104,18 @@ impl Config {
             audience: get("AUTH_AUDIENCE"),
         };
 
-        let mut provider_base_urls = BTreeMap::new();
+        let mut provider_endpoints = BTreeMap::new();
         for p in providers::all() {
             let info = p.info();
-            let raw = get(info.base_url_var).unwrap_or_else(|| info.default_base_url.to_owned());
-            match parse_base_url(&raw) {
-                Some(url) => {
-                    provider_base_urls.insert(info.id, url);
+            let mut bases = Vec::new();
+            for endpoint in info.endpoints {
+                let raw = get(endpoint.var).unwrap_or_else(|| endpoint.default.to_owned());
+                match parse_base_url(&raw) {
+                    Some(base) => bases.push(base),
+                    None => err(endpoint.var, "must be an absolute http(s) URL"),
                 }
-                None => err(info.base_url_var, "must be an absolute http(s) URL"),
             }
+            provider_endpoints.insert(info.id, bases);
         }
 
         let mut flag = |var: &'static str, default: bool| match get(var).as_deref() {
@@ -192,7 +195,7 @@ impl Config {
                 environment,
                 master_keys,
                 jwt,
-                provider_base_urls,
+                provider_endpoints,
                 allow_private_base_urls,
                 validation_deadline_ms,
                 probe_attempt_timeout_ms,
@@ -207,20 +210,26 @@ impl Config {
         }
     }
 
-    pub fn base_url(&self, provider: ProviderId) -> Option<&Url> {
-        self.provider_base_urls.get(&provider)
+    pub fn endpoints(&self, provider: ProviderId) -> &[String] {
+        self.provider_endpoints
+            .get(&provider)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 }
 
-fn parse_base_url(raw: &str) -> Option<Url> {
-    let url = Url::parse(raw.trim()).ok()?;
+/// An absolute http(s) base URL without credentials, query or fragment; `{region}` may
+/// stand in a host label. Returned without a trailing slash.
+fn parse_base_url(raw: &str) -> Option<String> {
+    let raw = raw.trim().trim_end_matches('/');
+    let url = Url::parse(&raw.replace("{region}", "region")).ok()?;
     let ok = matches!(url.scheme(), "http" | "https")
         && url.host().is_some()
         && url.query().is_none()
         && url.fragment().is_none()
         && url.username().is_empty()
         && url.password().is_none();
-    ok.then_some(url)
+    ok.then(|| raw.to_owned())
 }
 
 #[cfg(test)]
@@ -249,24 +258,18 @@ mod tests {
         assert!(c.cors_allowed_origins.is_empty());
         assert_eq!(c.master_keys.as_ref().err(), Some(&MasterKeyError::Missing));
         let eleven = providers::find("elevenlabs").unwrap().info().id;
-        assert_eq!(
-            c.base_url(eleven).unwrap().as_str(),
-            "https://api.elevenlabs.io/"
-        );
+        assert_eq!(c.endpoints(eleven), ["https://api.elevenlabs.io"]);
     }
 
     #[test]
     fn base_urls_can_be_redirected() {
         let c = Config::parse(vars(&[
             SECRET,
-            ("ELEVENLABS_BASE_URL", "http://127.0.0.1:9999"),
+            ("ELEVENLABS_BASE_URL", "http://127.0.0.1:9999/"),
         ]))
         .unwrap();
         let eleven = providers::find("elevenlabs").unwrap().info().id;
-        assert_eq!(
-            c.base_url(eleven).unwrap().as_str(),
-            "http://127.0.0.1:9999/"
-        );
+        assert_eq!(c.endpoints(eleven), ["http://127.0.0.1:9999"]);
     }
 
     #[test]

@@ -128,6 +128,25 @@ impl ApiError {
         e
     }
 
+    pub fn secret_required() -> Self {
+        let mut e = Self::new(400, "secret_required", "The key is required for this change")
+            .detail("Changing where the key is used (region or base_url) needs the key in the same request.");
+        e.errors = vec![FieldError::new(
+            "api_key",
+            "is required when region or base_url changes",
+        )];
+        e
+    }
+
+    pub fn decryption_failed() -> Self {
+        Self::new(
+            500,
+            "decryption_failed",
+            "The stored key cannot be decrypted",
+        )
+        .detail("Enter the key again to replace it.")
+    }
+
     pub fn not_configured(detail: impl Into<String>) -> Self {
         Self::new(503, "not_configured", "The service is not configured").detail(detail)
     }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub mod guard;
 pub mod ports;
 pub mod providers;
 pub mod validation;

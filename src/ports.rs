@@ -6,7 +6,7 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::audit::{Action, AuditEvent, ChainHead, ChainedEvent};
-use crate::domain::{Credential, CredentialId, ProviderId, Timestamp, UserId};
+use crate::domain::{Capability, Credential, CredentialId, ProviderId, Timestamp, UserId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -134,8 +134,10 @@ pub trait CredentialStore {
         user: &UserId,
         provider: Option<ProviderId>,
     ) -> Result<Vec<Credential>, StoreError>;
-    /// Removes the row (and its ciphertext) and returns its provider; `None` if the user
-    /// has no such credential.
+    /// Writes every mutable column of an existing row; `false` if the user has no such row.
+    async fn update(&self, credential: &Credential) -> Result<bool, StoreError>;
+    /// Removes the row (and its ciphertext) and the preferences that pointed at it, and
+    /// returns its provider; `None` if the user has no such credential.
     async fn delete(
         &self,
         user: &UserId,
@@ -149,6 +151,21 @@ pub trait CredentialStore {
     ) -> Result<Option<CredentialId>, StoreError>;
     /// Proves the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, StoreError>;
+    async fn set_preference(
+        &self,
+        user: &UserId,
+        preference: &Preference,
+    ) -> Result<(), StoreError>;
+}
+
+/// The user's default credential (and model) for one capability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preference {
+    pub capability: Capability,
+    pub credential_id: CredentialId,
+    pub provider: ProviderId,
+    pub model: Option<String>,
 }
 
 /// Where a request's audit events go. It never fails the request: an implementation

@@ -9,7 +9,7 @@ use crate::audit::{chain, AuditEvent, ChainHead, ChainedEvent};
 use crate::domain::{Credential, CredentialId, ProviderId, Timestamp, UserId};
 use crate::ports::{
     AuditQuery, AuditSink, AuditStore, Clock, CredentialStore, HttpClient, HttpError, HttpRequest,
-    HttpResponse, Jitter, StoreError,
+    HttpResponse, Jitter, Preference, StoreError,
 };
 
 /// A clock that only moves when the code under test sleeps (or an HTTP call takes time).
@@ -148,6 +148,7 @@ impl Jitter for FixedJitter {
 #[derive(Default)]
 pub struct MemoryStore {
     pub rows: RefCell<Vec<Credential>>,
+    pub prefs: RefCell<Vec<(UserId, Preference)>>,
     pub down: Cell<bool>,
 }
 
@@ -200,12 +201,53 @@ impl CredentialStore for MemoryStore {
         Ok(out)
     }
 
+    async fn update(&self, credential: &Credential) -> Result<bool, StoreError> {
+        self.check()?;
+        let mut rows = self.rows.borrow_mut();
+        match rows
+            .iter_mut()
+            .find(|c| c.user_id == credential.user_id && c.id == credential.id)
+        {
+            Some(row) => {
+                *row = credential.clone();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, StoreError> {
+        self.check()?;
+        Ok(self
+            .prefs
+            .borrow()
+            .iter()
+            .filter(|(u, _)| u == user)
+            .map(|(_, p)| p.clone())
+            .collect())
+    }
+
+    async fn set_preference(
+        &self,
+        user: &UserId,
+        preference: &Preference,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        let mut prefs = self.prefs.borrow_mut();
+        prefs.retain(|(u, p)| !(u == user && p.capability == preference.capability));
+        prefs.push((user.clone(), preference.clone()));
+        Ok(())
+    }
+
     async fn delete(
         &self,
         user: &UserId,
         id: &CredentialId,
     ) -> Result<Option<ProviderId>, StoreError> {
         self.check()?;
+        self.prefs
+            .borrow_mut()
+            .retain(|(u, p)| !(u == user && &p.credential_id == id));
         let mut rows = self.rows.borrow_mut();
         let found = rows.iter().position(|c| &c.user_id == user && &c.id == id);
         Ok(found.map(|i| rows.remove(i).provider))

@@ -1,122 +1,140 @@
-//! `/v1/providers` and `/v1/credentials`: add (validated live first), list, show, delete.
+//! `/v1/providers` and `/v1/credentials`: add (validated live first), list, show, change
+//! or rotate, re-check, models, delete.
 
 use serde_json::json;
 
 use super::input::{is_json, JsonObject};
 use super::{views, Ctx, Response};
-use crate::crypto::{fingerprint, random_bytes, seal, SecretKey};
+use crate::audit::Action;
+use crate::crypto::{fingerprint, open, random_bytes, seal, MasterKeys, SecretKey};
 use crate::domain::{
     key_hint, Credential, CredentialId, CredentialParams, CredentialStatus, ProviderId, UserId,
 };
 use crate::error::{clip, ApiError, FieldError};
-use crate::providers::{self, Provider, Target};
-use crate::validation::Prober;
+use crate::guard::check_base_url;
+use crate::providers::{self, Accepted, Provider, Target};
+use crate::validation::{Failure, Prober};
 
 pub(super) fn providers() -> Response {
     let list: Vec<_> = providers::all().map(|p| p.info()).collect();
     Response::json(200, &json!({ "providers": list }))
 }
 
-/// A checked `POST /v1/credentials` body.
-struct NewCredential {
-    provider: &'static dyn Provider,
-    api_key: SecretKey,
-    label: Option<String>,
-    params: CredentialParams,
-    model: Option<String>,
-}
-
 const MAX_API_KEY: usize = 1024;
 const MAX_LABEL: usize = 100;
 const MAX_MODEL: usize = 200;
-const MAX_PARAM: usize = 2048;
+const MAX_BASE_URL: usize = 2048;
 
-fn parse_new(ctx: &Ctx<'_, '_>) -> Result<NewCredential, ApiError> {
+/// A region names a host label, so it may only hold what a label may.
+fn valid_region(r: &str) -> bool {
+    (2..=40).contains(&r.len())
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn require_json(ctx: &Ctx<'_, '_>) -> Result<JsonObject, ApiError> {
     if !is_json(ctx.request.header("content-type")) {
         return Err(ApiError::unsupported_media_type());
     }
-    let mut body = JsonObject::parse(&ctx.request.body)?;
-    let provider_name = body.string("provider", true, 64);
-    let api_key = body.string("api_key", true, MAX_API_KEY);
-    let label = body.string("label", false, MAX_LABEL);
-    let region = body.string("region", false, 64);
-    let base_url = body.string("base_url", false, MAX_PARAM);
-    let model = body.string("model", false, MAX_MODEL);
+    JsonObject::parse(&ctx.request.body)
+}
 
-    if api_key
-        .as_deref()
-        .is_some_and(|k| k.chars().any(char::is_whitespace))
-    {
-        body.errors
-            .push(FieldError::new("api_key", "must not contain whitespace"));
-    }
-    let provider = provider_name.as_deref().and_then(providers::find);
-    if let Some(p) = provider {
-        let info = p.info();
-        for (field, present) in [
-            ("region", region.is_some()),
-            ("base_url", base_url.is_some()),
-        ] {
-            if present && !info.has_field(field) {
-                body.errors.push(FieldError::new(
-                    field,
-                    format!("{} takes no {field}", info.name),
-                ));
-            }
+/// Checks `api_key` text; records a field error and returns `None` when it is not usable.
+fn check_key_text(body: &mut JsonObject, key: Option<String>) -> Option<String> {
+    match key {
+        Some(k) if k.chars().any(char::is_whitespace) => {
+            body.errors
+                .push(FieldError::new("api_key", "must not contain whitespace"));
+            None
         }
-    }
-    let errors = body.finish().err().unwrap_or_default();
-    match (provider, provider_name) {
-        (None, Some(name)) => {
-            let mut e = ApiError::unknown_provider(&name);
-            e.errors.extend(errors);
-            Err(e)
-        }
-        (Some(provider), _) if errors.is_empty() => Ok(NewCredential {
-            provider,
-            // `errors` is empty, so the required key is there.
-            api_key: SecretKey::new(api_key.unwrap_or_default()),
-            label,
-            params: CredentialParams { region, base_url },
-            model,
-        }),
-        _ => Err(ApiError::invalid_request(errors)),
+        other => other,
     }
 }
 
-pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, ApiError> {
-    let new = parse_new(ctx)?;
-    // Without a master key nothing can be stored: say so before bothering the provider.
-    let info = new.provider.info();
-    ctx.note_provider(info.id);
-    let keys = ctx
-        .config
+/// Checks region and base_url against what the provider takes; returns them normalised.
+fn check_destination(
+    ctx: &Ctx<'_, '_>,
+    body: &mut JsonObject,
+    provider: &'static dyn Provider,
+    region: Option<String>,
+    base_url: Option<String>,
+    require: bool,
+) -> CredentialParams {
+    let info = provider.info();
+    let mut params = CredentialParams::default();
+    for (field, value) in [("region", region), ("base_url", base_url)] {
+        let takes = info.has_field(field);
+        match value {
+            Some(_) if !takes => body.errors.push(FieldError::new(
+                field,
+                format!("{} takes no {field}", info.name),
+            )),
+            None if takes && require => body.errors.push(FieldError::new(
+                field,
+                format!("is required for {}", info.name),
+            )),
+            None => {}
+            Some(v) if field == "region" => {
+                let v = v.to_ascii_lowercase();
+                if valid_region(&v) {
+                    params.region = Some(v);
+                } else {
+                    body.errors.push(FieldError::new(
+                        field,
+                        "must be a region name such as eastus or westeurope",
+                    ));
+                }
+            }
+            Some(v) => match check_base_url(&v, ctx.config.allow_private_base_urls) {
+                Ok(url) => params.base_url = Some(url),
+                Err(e) => body.errors.push(FieldError::new(field, e.to_string())),
+            },
+        }
+    }
+    params
+}
+
+fn master_keys<'c>(ctx: &Ctx<'c, '_>) -> Result<&'c MasterKeys, ApiError> {
+    ctx.config
         .master_keys
         .as_ref()
-        .map_err(|e| ApiError::not_configured(e.to_string()))?;
+        .map_err(|e| ApiError::not_configured(e.to_string()))
+}
 
-    let fingerprints: Vec<String> = keys
-        .versions()
-        .filter_map(|v| fingerprint(keys, v, user, info.id, &new.api_key))
-        .collect();
-    if let Some(existing) = ctx
-        .app
-        .store
-        .find_by_fingerprint(user, &fingerprints)
-        .await?
-    {
-        ctx.note_credential(&existing, None);
-        return Err(ApiError::duplicate(existing));
+/// What a duplicate is recognised by: the key, or for a keyless endpoint its URL.
+fn fingerprint_material(key: &SecretKey, params: &CredentialParams) -> SecretKey {
+    if key.is_empty() {
+        SecretKey::new(format!(
+            "keyless:{}",
+            params.base_url.as_deref().unwrap_or_default()
+        ))
+    } else {
+        SecretKey::new(key.expose().to_owned())
     }
+}
 
-    let base_url = ctx
-        .config
-        .base_url(info.id)
-        .ok_or_else(ApiError::internal)?;
-    let target = Target {
-        base_url,
-        params: &new.params,
-    };
+fn fingerprints(
+    keys: &MasterKeys,
+    user: &UserId,
+    provider: ProviderId,
+    material: &SecretKey,
+) -> Vec<String> {
+    keys.versions()
+        .filter_map(|v| fingerprint(keys, v, user, provider, material))
+        .collect()
+}
+
+/// Runs the provider's check of `key` at `params`, the endpoint guard first.
+async fn check(
+    ctx: &Ctx<'_, '_>,
+    provider: &'static dyn Provider,
+    params: &CredentialParams,
+    key: &SecretKey,
+) -> Result<Accepted, Failure> {
+    if let Some(url) = &params.base_url {
+        check_base_url(url, ctx.config.allow_private_base_urls)
+            .map_err(|e| Failure::Unreachable(format!("The base_url is not allowed: it {e}")))?;
+    }
     let app = ctx.app;
     let prober = Prober::new(
         app.http,
@@ -125,65 +143,204 @@ pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
         ctx.config.validation_deadline_ms,
         ctx.config.probe_attempt_timeout_ms,
     );
-    let accepted = new
-        .provider
-        .validate(&prober, &target, &new.api_key)
-        .await
-        .map_err(|f| {
-            let f = f.redacted(&new.api_key);
-            ctx.log(&format!(
-                "validation of a new {} key failed: {}",
-                info.id,
-                f.kind()
-            ));
-            ApiError::from_failure(info.id, f)
-        })?;
+    let target = Target {
+        bases: ctx.config.endpoints(provider.info().id),
+        params,
+    };
+    provider.validate(&prober, &target, key).await.map_err(|f| {
+        let f = f.redacted(key);
+        ctx.log(&format!(
+            "validation of a {} key failed: {}",
+            provider.info().id,
+            f.kind()
+        ));
+        f
+    })
+}
 
-    if let (Some(model), Some(models)) = (&new.model, &accepted.models) {
-        if !models.iter().any(|m| &m.id == model) {
-            return Err(ApiError::invalid_request(vec![FieldError::new(
+fn status_of(f: &Failure) -> CredentialStatus {
+    match f {
+        Failure::InvalidKey(_) => CredentialStatus::InvalidKey,
+        Failure::InsufficientScope(_) => CredentialStatus::InsufficientScope,
+        Failure::QuotaExhausted(_) => CredentialStatus::QuotaExhausted,
+        Failure::RateLimited { .. } => CredentialStatus::RateLimited,
+        Failure::Unreachable(_) => CredentialStatus::Unreachable,
+        Failure::ProviderError(_) => CredentialStatus::ProviderError,
+    }
+}
+
+/// Records a successful check on the row.
+fn apply_accepted(c: &mut Credential, accepted: Accepted, now: crate::domain::Timestamp) {
+    c.status = CredentialStatus::Valid;
+    c.status_detail = None;
+    c.warnings = accepted.warnings;
+    c.quota = accepted.quota.or(c.quota.take());
+    if let Some(models) = accepted.models {
+        c.models = Some(models);
+        c.models_fetched_at = Some(now);
+    }
+    c.consecutive_failures = 0;
+    c.last_validated_at = Some(now);
+    c.updated_at = now;
+}
+
+fn check_model(
+    provider: &'static dyn Provider,
+    model: &str,
+    known: Option<&[crate::domain::Model]>,
+) -> Result<(), ApiError> {
+    match known {
+        Some(models) if !models.iter().any(|m| m.id == model) => {
+            Err(ApiError::invalid_request(vec![FieldError::new(
                 "model",
                 format!(
                     "{} does not offer '{}' to this key",
-                    info.name,
+                    provider.info().name,
                     clip(model, 60)
                 ),
-            )]));
+            )]))
         }
+        _ => Ok(()),
+    }
+}
+
+fn log_store(ctx: &Ctx<'_, '_>, e: crate::ports::StoreError) -> ApiError {
+    ctx.log(&format!("database error: {e}"));
+    ApiError::from(e)
+}
+
+async fn load(ctx: &Ctx<'_, '_>, user: &UserId, raw_id: &str) -> Result<Credential, ApiError> {
+    let id = CredentialId::parse(raw_id).ok_or_else(ApiError::not_found)?;
+    ctx.note_credential(&id, None);
+    let credential = ctx
+        .app
+        .store
+        .get(user, &id)
+        .await
+        .map_err(|e| log_store(ctx, e))?;
+    let credential = credential.ok_or_else(ApiError::not_found)?;
+    ctx.note_provider(credential.provider);
+    Ok(credential)
+}
+
+async fn save(ctx: &Ctx<'_, '_>, c: &Credential) -> Result<(), ApiError> {
+    match ctx
+        .app
+        .store
+        .update(c)
+        .await
+        .map_err(|e| log_store(ctx, e))?
+    {
+        true => Ok(()),
+        // Deleted meanwhile by a concurrent request.
+        false => Err(ApiError::not_found()),
+    }
+}
+
+/// The stored key in the clear, or why it cannot be had.
+fn stored_key(ctx: &Ctx<'_, '_>, c: &Credential) -> Result<SecretKey, ApiError> {
+    let keys = master_keys(ctx)?;
+    match &c.secret {
+        None => Ok(SecretKey::new(String::new())),
+        Some(sealed) => open(keys, &c.user_id, &c.id, c.provider, sealed).map_err(|e| {
+            ctx.log(&format!("credential {} cannot be decrypted: {e}", c.id));
+            ApiError::decryption_failed()
+        }),
+    }
+}
+
+pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, ApiError> {
+    let mut body = require_json(ctx)?;
+    let provider_name = body.string("provider", true, 64);
+    let provider = provider_name.as_deref().and_then(providers::find);
+    let key_required = provider.is_none_or(|p| {
+        p.info()
+            .fields
+            .iter()
+            .any(|f| f.name == "api_key" && f.required)
+    });
+    let api_key = body.string("api_key", key_required, MAX_API_KEY);
+    let api_key = check_key_text(&mut body, api_key);
+    let label = body.string("label", false, MAX_LABEL);
+    let region = body.string("region", false, 64);
+    let base_url = body.string("base_url", false, MAX_BASE_URL);
+    let model = body.string("model", false, MAX_MODEL);
+    let params = match provider {
+        Some(p) => check_destination(ctx, &mut body, p, region, base_url, true),
+        None => CredentialParams::default(),
+    };
+    let errors = body.finish().err().unwrap_or_default();
+    let provider = match (provider, provider_name) {
+        (None, Some(name)) => {
+            let mut e = ApiError::unknown_provider(&name);
+            e.errors.extend(errors);
+            return Err(e);
+        }
+        (Some(p), _) if errors.is_empty() => p,
+        _ => return Err(ApiError::invalid_request(errors)),
+    };
+    let info = provider.info();
+    ctx.note_provider(info.id);
+    // Without a master key nothing can be stored: say so before bothering the provider.
+    let keys = master_keys(ctx)?;
+    let key = SecretKey::new(api_key.unwrap_or_default());
+
+    let material = fingerprint_material(&key, &params);
+    if let Some(existing) = ctx
+        .app
+        .store
+        .find_by_fingerprint(user, &fingerprints(keys, user, info.id, &material))
+        .await?
+    {
+        ctx.note_credential(&existing, None);
+        return Err(ApiError::duplicate(existing));
+    }
+
+    let accepted = check(ctx, provider, &params, &key)
+        .await
+        .map_err(|f| ApiError::from_failure(info.id, f))?;
+    if let Some(m) = &model {
+        check_model(provider, m, accepted.models.as_deref())?;
     }
 
     let id = CredentialId::from_random(random_bytes().map_err(|_| ApiError::internal())?);
-    let sealed = seal(keys, user, &id, info.id, &new.api_key).map_err(|e| {
-        ctx.log(&format!("sealing failed: {e}"));
-        ApiError::internal()
-    })?;
-    let now = app.clock.now();
-    let credential = Credential {
+    let secret = if key.is_empty() {
+        None
+    } else {
+        Some(seal(keys, user, &id, info.id, &key).map_err(|e| {
+            ctx.log(&format!("sealing failed: {e}"));
+            ApiError::internal()
+        })?)
+    };
+    let now = ctx.app.clock.now();
+    let mut credential = Credential {
         id,
         user_id: user.clone(),
         provider: info.id,
-        label: new.label,
-        key_hint: Some(key_hint(new.api_key.expose())),
-        secret: Some(sealed),
-        fingerprint: fingerprint(keys, keys.active(), user, info.id, &new.api_key),
-        params: new.params,
-        model: new.model,
+        label,
+        key_hint: (!key.is_empty()).then(|| key_hint(key.expose())),
+        secret,
+        fingerprint: fingerprint(keys, keys.active(), user, info.id, &material),
+        params,
+        model,
         status: CredentialStatus::Valid,
         status_detail: None,
-        warnings: accepted.warnings,
-        quota: accepted.quota,
-        models_fetched_at: accepted.models.as_ref().map(|_| now),
-        models: accepted.models,
+        warnings: Vec::new(),
+        quota: None,
+        models: None,
+        models_fetched_at: None,
         consecutive_failures: 0,
-        last_validated_at: Some(now),
+        last_validated_at: None,
         created_at: now,
         updated_at: now,
     };
+    apply_accepted(&mut credential, accepted, now);
     ctx.note_credential(&credential.id, None);
-    app.store.insert(&credential).await.map_err(|e| {
-        ctx.log(&format!("storing a credential failed: {e}"));
-        ApiError::from(e)
-    })?;
+    ctx.app
+        .store
+        .insert(&credential)
+        .await
+        .map_err(|e| log_store(ctx, e))?;
     let body = json!({
         "credential": views::credential(&credential),
         "models": views::models(credential.models.as_deref()),
@@ -216,17 +373,232 @@ pub(super) async fn list(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, A
 }
 
 pub(super) async fn get(ctx: &Ctx<'_, '_>, user: &UserId, id: &str) -> Result<Response, ApiError> {
-    let id = CredentialId::parse(id).ok_or_else(ApiError::not_found)?;
-    ctx.note_credential(&id, None);
-    let credential = ctx
-        .app
-        .store
-        .get(user, &id)
-        .await
-        .map_err(|e| log_store(ctx, e))?;
-    let credential = credential.ok_or_else(ApiError::not_found)?;
-    ctx.note_provider(credential.provider);
+    let credential = load(ctx, user, id).await?;
     Ok(Response::json(200, &views::credential(&credential)))
+}
+
+/// Whether `api_key` in a PATCH is a real new key, not a blank or the masked hint echoed
+/// back by a form that shows the current value.
+fn is_new_key(candidate: &str, current_hint: Option<&str>) -> bool {
+    let c = candidate.trim();
+    !(c.is_empty()
+        || Some(c) == current_hint
+        || c.contains('…')
+        || c.contains('•')
+        || c.contains("***"))
+}
+
+/// What a PATCH changed, which names its audit event.
+pub(super) enum Change {
+    Rotated,
+    ModelOnly,
+    Updated,
+}
+
+impl Change {
+    pub(super) fn action(&self) -> Action {
+        match self {
+            Change::Rotated => Action::CredentialRotated,
+            Change::ModelOnly => Action::ModelSelected,
+            Change::Updated => Action::CredentialUpdated,
+        }
+    }
+}
+
+pub(super) async fn update(
+    ctx: &Ctx<'_, '_>,
+    user: &UserId,
+    id: &str,
+) -> Result<(Response, Change), ApiError> {
+    let mut body = require_json(ctx)?;
+    let mut credential = load(ctx, user, id).await?;
+    let provider = providers::find(credential.provider.as_str()).ok_or_else(ApiError::internal)?;
+
+    // api_key is read raw: "" and the echoed hint mean "keep the key", never an error.
+    let raw_key = body.raw_string("api_key", MAX_API_KEY);
+    let new_key = raw_key.filter(|k| is_new_key(k, credential.key_hint.as_deref()));
+    let new_key = check_key_text(&mut body, new_key.map(|k| k.trim().to_owned()));
+    let label = body
+        .has("label")
+        .then(|| body.string("label", false, MAX_LABEL));
+    let model = body
+        .has("model")
+        .then(|| body.string("model", false, MAX_MODEL));
+    let region = body.string("region", false, 64);
+    let base_url = body.string("base_url", false, MAX_BASE_URL);
+    let wanted = check_destination(ctx, &mut body, provider, region, base_url, false);
+    if body.errors.is_empty()
+        && !["api_key", "label", "model", "region", "base_url"]
+            .iter()
+            .any(|f| body.has(f))
+    {
+        body.errors.push(FieldError::new(
+            "body",
+            "must name at least one of api_key, label, model, region, base_url",
+        ));
+    }
+    body.finish().map_err(ApiError::invalid_request)?;
+
+    let mut params = credential.params.clone();
+    let moved = (wanted.region.is_some() && wanted.region != params.region)
+        || (wanted.base_url.is_some() && wanted.base_url != params.base_url);
+    if wanted.region.is_some() {
+        params.region = wanted.region;
+    }
+    if wanted.base_url.is_some() {
+        params.base_url = wanted.base_url;
+    }
+    // The stored key is never sent to a destination the user has just typed in.
+    if moved && new_key.is_none() && credential.secret.is_some() {
+        return Err(ApiError::secret_required());
+    }
+
+    let mut changed = Vec::new();
+    let now = ctx.app.clock.now();
+    if new_key.is_some() || moved {
+        let keys = master_keys(ctx)?;
+        let key = match &new_key {
+            Some(k) => SecretKey::new(k.clone()),
+            None => SecretKey::new(String::new()),
+        };
+        let material = fingerprint_material(&key, &params);
+        let prints = fingerprints(keys, user, credential.provider, &material);
+        if let Some(existing) = ctx.app.store.find_by_fingerprint(user, &prints).await? {
+            if existing != credential.id {
+                return Err(ApiError::duplicate(existing));
+            }
+        }
+        // Validated before anything changes: if it fails, the old key stays.
+        let accepted = check(ctx, provider, &params, &key)
+            .await
+            .map_err(|f| ApiError::from_failure(credential.provider, f))?;
+        if !key.is_empty() {
+            credential.secret = Some(
+                seal(keys, user, &credential.id, credential.provider, &key).map_err(|e| {
+                    ctx.log(&format!("sealing failed: {e}"));
+                    ApiError::internal()
+                })?,
+            );
+            credential.key_hint = Some(key_hint(key.expose()));
+            changed.push("api_key");
+        }
+        credential.fingerprint =
+            fingerprint(keys, keys.active(), user, credential.provider, &material);
+        if moved {
+            changed.push(if provider.info().has_field("region") {
+                "region"
+            } else {
+                "base_url"
+            });
+        }
+        credential.params = params;
+        apply_accepted(&mut credential, accepted, now);
+    }
+    if let Some(label) = label {
+        credential.label = label;
+        changed.push("label");
+    }
+    if let Some(model) = model {
+        if let Some(m) = &model {
+            check_model(provider, m, credential.models.as_deref())?;
+        }
+        credential.model = model;
+        changed.push("model");
+    }
+    credential.updated_at = now;
+    save(ctx, &credential).await?;
+    ctx.note_detail(json!({ "changed": changed }));
+    let change = if changed.contains(&"api_key") {
+        Change::Rotated
+    } else if changed == ["model"] {
+        Change::ModelOnly
+    } else {
+        Change::Updated
+    };
+    Ok((Response::json(200, &views::credential(&credential)), change))
+}
+
+/// Re-checks a stored key now and records what the provider says. A dead key is a
+/// result, not an error: the row's status says so.
+async fn revalidate(ctx: &Ctx<'_, '_>, credential: &mut Credential) -> Result<(), ApiError> {
+    let provider = providers::find(credential.provider.as_str()).ok_or_else(ApiError::internal)?;
+    let previous = credential.status;
+    let now = ctx.app.clock.now();
+    let outcome = match stored_key(ctx, credential) {
+        Ok(key) => check(ctx, provider, &credential.params, &key)
+            .await
+            .map_err(Some),
+        Err(e) if e.code == "decryption_failed" => Err(None),
+        Err(e) => return Err(e),
+    };
+    match outcome {
+        Ok(accepted) => apply_accepted(credential, accepted, now),
+        Err(failure) => {
+            credential.status = match &failure {
+                Some(f) => status_of(f),
+                None => CredentialStatus::NeedsReconfiguration,
+            };
+            credential.status_detail = Some(match &failure {
+                Some(f) => f.message().to_owned(),
+                None => "The stored key cannot be decrypted; enter it again.".to_owned(),
+            });
+            credential.consecutive_failures += 1;
+            credential.last_validated_at = Some(now);
+            credential.updated_at = now;
+            let code = match &failure {
+                Some(f) => ApiError::from_failure(credential.provider, f.clone()).code,
+                None => "decryption_failed",
+            };
+            ctx.note_failure(code);
+        }
+    }
+    save(ctx, credential).await?;
+    ctx.note_detail(json!({
+        "previous_status": previous.as_str(),
+        "new_status": credential.status.as_str(),
+    }));
+    Ok(())
+}
+
+pub(super) async fn validate(
+    ctx: &Ctx<'_, '_>,
+    user: &UserId,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let mut credential = load(ctx, user, id).await?;
+    revalidate(ctx, &mut credential).await?;
+    Ok(Response::json(200, &views::credential(&credential)))
+}
+
+/// `GET …/models`: the list cached from the last check, or a fresh one with
+/// `?refresh=true` (or when none was ever fetched). Returns whether it re-checked.
+pub(super) async fn models(
+    ctx: &Ctx<'_, '_>,
+    user: &UserId,
+    id: &str,
+) -> Result<(Response, bool), ApiError> {
+    let refresh = match ctx.request.query("refresh").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::invalid_request(vec![FieldError::new(
+                "refresh",
+                "must be true or false",
+            )]));
+        }
+    };
+    let mut credential = load(ctx, user, id).await?;
+    let supported = providers::find(credential.provider.as_str())
+        .is_some_and(|p| p.info().supports_model_listing);
+    let recheck = supported && (refresh || credential.models_fetched_at.is_none());
+    if recheck {
+        revalidate(ctx, &mut credential).await?;
+    }
+    let body = json!({
+        "models": views::models(credential.models.as_deref()),
+        "fetched_at": credential.models_fetched_at.map(|t| t.to_rfc3339()),
+    });
+    Ok((Response::json(200, &body), recheck))
 }
 
 pub(super) async fn delete(
@@ -247,7 +619,17 @@ pub(super) async fn delete(
     Ok(Response::empty(204))
 }
 
-fn log_store(ctx: &Ctx<'_, '_>, e: crate::ports::StoreError) -> ApiError {
-    ctx.log(&format!("database error: {e}"));
-    ApiError::from(e)
+/// Used by preferences: the user's credential, or 404.
+pub(super) async fn owned(
+    ctx: &Ctx<'_, '_>,
+    user: &UserId,
+    id: &CredentialId,
+) -> Result<Credential, ApiError> {
+    let credential = ctx
+        .app
+        .store
+        .get(user, id)
+        .await
+        .map_err(|e| log_store(ctx, e))?;
+    credential.ok_or_else(|| ApiError::not_found().detail("No such credential."))
 }

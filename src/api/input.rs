@@ -75,6 +75,27 @@ impl JsonObject {
         }
     }
 
+    /// A string field as sent (trimmed), where empty is allowed: `None` when absent or
+    /// null, an error when not a string or too long.
+    pub fn raw_string(&mut self, name: &str, max_chars: usize) -> Option<String> {
+        self.read.insert(name.to_owned());
+        match self.map.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.trim().chars().count() > max_chars => {
+                self.errors.push(FieldError::new(
+                    name,
+                    format!("must be at most {max_chars} characters"),
+                ));
+                None
+            }
+            Some(Value::String(s)) => Some(s.trim().to_owned()),
+            Some(_) => {
+                self.errors.push(FieldError::new(name, "must be a string"));
+                None
+            }
+        }
+    }
+
     /// Whether the body names this field at all (even as null).
     pub fn has(&self, name: &str) -> bool {
         self.map.contains_key(name)

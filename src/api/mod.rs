@@ -6,6 +6,7 @@ mod audit;
 mod credentials;
 mod health;
 pub mod input;
+mod preferences;
 mod views;
 
 use std::cell::RefCell;
@@ -129,6 +130,8 @@ pub(crate) struct AuditNote {
     pub credential_id: Option<CredentialId>,
     pub provider: Option<ProviderId>,
     pub detail: Option<Value>,
+    /// An operation that answered 200 but whose point failed (a re-check of a dead key).
+    pub failure: Option<&'static str>,
 }
 
 impl Ctx<'_, '_> {
@@ -146,6 +149,14 @@ impl Ctx<'_, '_> {
 
     pub fn note_provider(&self, provider: ProviderId) {
         self.note.borrow_mut().provider = Some(provider);
+    }
+
+    pub fn note_detail(&self, detail: Value) {
+        self.note.borrow_mut().detail = Some(detail);
+    }
+
+    pub fn note_failure(&self, code: &'static str) {
+        self.note.borrow_mut().failure = Some(code);
     }
 
     /// Records one event for `user`'s operation, whatever its outcome, and passes the
@@ -168,9 +179,13 @@ impl Ctx<'_, '_> {
         event.provider = note.provider.map(|p| p.as_str().to_owned());
         event.detail = note.detail;
         event.request_id = Some(self.request_id.as_str().to_owned());
-        if let Err(e) = &result {
+        let failure = match &result {
+            Err(e) => Some(e.code),
+            Ok(_) => note.failure,
+        };
+        if let Some(code) = failure {
             event.outcome = Outcome::Failure;
-            event.reason = Some(e.code.to_owned());
+            event.reason = Some(code.to_owned());
         }
         self.app.audit.record(&event).await;
         result
@@ -275,6 +290,39 @@ async fn route(
             )
             .await
         }
+        ("PATCH", ["v1", "credentials", id]) => {
+            let user = ctx.user()?;
+            let (action, result) = match credentials::update(&ctx, &user, id).await {
+                Ok((response, change)) => (change.action(), Ok(response)),
+                Err(e) => (Action::CredentialUpdated, Err(e)),
+            };
+            ctx.audited(action, &user, result).await
+        }
+        ("POST", ["v1", "credentials", id, "validate"]) => {
+            let user = ctx.user()?;
+            let result = credentials::validate(&ctx, &user, id).await;
+            ctx.audited(Action::CredentialValidated, &user, result)
+                .await
+        }
+        (_, ["v1", "credentials", _, "validate"]) => Err(ApiError::method_not_allowed()),
+        ("GET", ["v1", "credentials", id, "models"]) => {
+            let user = ctx.user()?;
+            let (action, result) = match credentials::models(&ctx, &user, id).await {
+                Ok((response, true)) => (Action::CredentialValidated, Ok(response)),
+                Ok((response, false)) => (Action::CredentialViewed, Ok(response)),
+                Err(e) => (Action::CredentialViewed, Err(e)),
+            };
+            ctx.audited(action, &user, result).await
+        }
+        (_, ["v1", "credentials", _, "models"]) => Err(ApiError::method_not_allowed()),
+        ("GET", ["v1", "preferences"]) => preferences::get(&ctx, &ctx.user()?).await,
+        (_, ["v1", "preferences"]) => Err(ApiError::method_not_allowed()),
+        ("PUT", ["v1", "preferences", capability]) => {
+            let user = ctx.user()?;
+            let result = preferences::put(&ctx, &user, capability).await;
+            ctx.audited(Action::PreferenceUpdated, &user, result).await
+        }
+        (_, ["v1", "preferences", _]) => Err(ApiError::method_not_allowed()),
         ("DELETE", ["v1", "credentials", id]) => {
             let user = ctx.user()?;
             ctx.audited(

@@ -52,8 +52,11 @@ impl CredentialStatus {
 /// Usage against a limit, normalised across providers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Quota {
-    pub used: f64,
+    pub used: Option<f64>,
     pub limit: Option<f64>,
+    /// What is left, where the provider reports a balance rather than usage.
+    #[serde(default)]
+    pub remaining: Option<f64>,
     pub unit: String,
     pub resets_at: Option<String>,
 }

@@ -8,9 +8,10 @@ use worker::{D1Database, D1PreparedStatement};
 
 use crate::crypto::Sealed;
 use crate::domain::{
-    Credential, CredentialId, CredentialParams, CredentialStatus, ProviderId, Timestamp, UserId,
+    Capability, Credential, CredentialId, CredentialParams, CredentialStatus, ProviderId,
+    Timestamp, UserId,
 };
-use crate::ports::{CredentialStore, StoreError};
+use crate::ports::{CredentialStore, Preference, StoreError};
 use crate::providers;
 
 pub struct D1Store {
@@ -57,6 +58,18 @@ fn opt_millis(t: Option<Timestamp>) -> JsValue {
 
 fn json<T: serde::Serialize>(v: &T) -> JsValue {
     JsValue::from(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
+}
+
+/// `key_version`, `nonce`, `ciphertext` of a row (all NULL for a keyless credential).
+fn sealed_columns(c: &Credential) -> (JsValue, JsValue, JsValue) {
+    match &c.secret {
+        Some(s) => (
+            JsValue::from(f64::from(s.key_version.get())),
+            text(&s.nonce_b64()),
+            text(&s.ciphertext_b64()),
+        ),
+        None => (JsValue::NULL, JsValue::NULL, JsValue::NULL),
+    }
 }
 
 const COLUMNS: &str = "id, user_id, provider, label, key_hint, key_version, nonce, ciphertext, \
@@ -141,14 +154,7 @@ impl Row {
 #[async_trait(?Send)]
 impl CredentialStore for D1Store {
     async fn insert(&self, c: &Credential) -> Result<(), StoreError> {
-        let (version, nonce, ciphertext) = match &c.secret {
-            Some(s) => (
-                JsValue::from(f64::from(s.key_version.get())),
-                text(&s.nonce_b64()),
-                text(&s.ciphertext_b64()),
-            ),
-            None => (JsValue::NULL, JsValue::NULL, JsValue::NULL),
-        };
+        let (version, nonce, ciphertext) = sealed_columns(c);
         let sql = format!(
             "INSERT INTO credentials ({COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
@@ -216,19 +222,129 @@ impl CredentialStore for D1Store {
         rows.into_iter().map(Row::into_credential).collect()
     }
 
+    async fn update(&self, c: &Credential) -> Result<bool, StoreError> {
+        let (version, nonce, ciphertext) = sealed_columns(c);
+        let stmt = self.prepare(
+            "UPDATE credentials SET label = ?3, key_hint = ?4, key_version = ?5, nonce = ?6, ciphertext = ?7, \
+             fingerprint = ?8, params = ?9, model = ?10, status = ?11, status_detail = ?12, warnings = ?13, \
+             quota = ?14, models = ?15, models_fetched_at = ?16, consecutive_failures = ?17, \
+             last_validated_at = ?18, updated_at = ?19 WHERE user_id = ?1 AND id = ?2",
+            &[
+                text(c.user_id.as_str()),
+                text(c.id.as_str()),
+                opt_text(c.label.as_deref()),
+                opt_text(c.key_hint.as_deref()),
+                version,
+                nonce,
+                ciphertext,
+                opt_text(c.fingerprint.as_deref()),
+                json(&c.params),
+                opt_text(c.model.as_deref()),
+                text(c.status.as_str()),
+                opt_text(c.status_detail.as_deref()),
+                json(&c.warnings),
+                c.quota.as_ref().map(json).unwrap_or(JsValue::NULL),
+                c.models.as_ref().map(json).unwrap_or(JsValue::NULL),
+                opt_millis(c.models_fetched_at),
+                JsValue::from(f64::from(c.consecutive_failures)),
+                opt_millis(c.last_validated_at),
+                millis(c.updated_at),
+            ],
+        )?;
+        let result = stmt.run().await.map_err(unavailable)?;
+        let changes = result
+            .meta()
+            .map_err(unavailable)?
+            .and_then(|m| m.changes)
+            .unwrap_or(0);
+        Ok(changes > 0)
+    }
+
     async fn delete(
         &self,
         user: &UserId,
         id: &CredentialId,
     ) -> Result<Option<ProviderId>, StoreError> {
-        let stmt = self.prepare(
-            "DELETE FROM credentials WHERE user_id = ?1 AND id = ?2 RETURNING provider",
-            &[text(user.as_str()), text(id.as_str())],
-        )?;
-        let provider: Option<String> = stmt.first(Some("provider")).await.map_err(unavailable)?;
-        Ok(provider
-            .and_then(|p| providers::find(&p))
+        let args = [text(user.as_str()), text(id.as_str())];
+        // One transaction: the preferences that pointed at it go with the row.
+        let results = self
+            .db()?
+            .batch(vec![
+                self.prepare(
+                    "DELETE FROM preferences WHERE user_id = ?1 AND credential_id = ?2",
+                    &args,
+                )?,
+                self.prepare(
+                    "DELETE FROM credentials WHERE user_id = ?1 AND id = ?2 RETURNING provider",
+                    &args,
+                )?,
+            ])
+            .await
+            .map_err(unavailable)?;
+        #[derive(Deserialize)]
+        struct Deleted {
+            provider: String,
+        }
+        let deleted: Vec<Deleted> = match results.get(1) {
+            Some(r) => r.results().map_err(unavailable)?,
+            None => Vec::new(),
+        };
+        Ok(deleted
+            .first()
+            .and_then(|d| providers::find(&d.provider))
             .map(|p| p.info().id))
+    }
+
+    async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, StoreError> {
+        #[derive(Deserialize)]
+        struct Row {
+            capability: String,
+            credential_id: String,
+            provider: String,
+            model: Option<String>,
+        }
+        let rows: Vec<Row> = self
+            .prepare(
+                "SELECT p.capability, p.credential_id, c.provider, p.model FROM preferences p \
+                 JOIN credentials c ON c.id = p.credential_id AND c.user_id = p.user_id \
+                 WHERE p.user_id = ?1 ORDER BY p.capability",
+                &[text(user.as_str())],
+            )?
+            .all()
+            .await
+            .map_err(unavailable)?
+            .results()
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(Preference {
+                    capability: Capability::parse(&r.capability)?,
+                    credential_id: CredentialId::parse(&r.credential_id)?,
+                    provider: providers::find(&r.provider)?.info().id,
+                    model: r.model,
+                })
+            })
+            .collect())
+    }
+
+    async fn set_preference(&self, user: &UserId, p: &Preference) -> Result<(), StoreError> {
+        self.prepare(
+            "INSERT INTO preferences (user_id, capability, credential_id, model, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (user_id, capability) DO UPDATE SET \
+             credential_id = excluded.credential_id, model = excluded.model, updated_at = excluded.updated_at",
+            &[
+                text(user.as_str()),
+                text(p.capability.as_str()),
+                text(p.credential_id.as_str()),
+                opt_text(p.model.as_deref()),
+                JsValue::from(super::runtime::now_ms() as f64),
+            ],
+        )?
+        .run()
+        .await
+        .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn find_by_fingerprint(

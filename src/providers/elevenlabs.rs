@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{json_str, Accepted, Provider, ProviderInfo, Target, API_KEY};
+use super::{json_str, Accepted, Endpoint, Provider, ProviderInfo, Target, API_KEY};
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota, Timestamp};
 use crate::ports::{HttpRequest, HttpResponse};
@@ -20,8 +20,10 @@ static INFO: ProviderInfo = ProviderInfo {
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: true,
-    base_url_var: "ELEVENLABS_BASE_URL",
-    default_base_url: "https://api.elevenlabs.io",
+    endpoints: &[Endpoint {
+        var: "ELEVENLABS_BASE_URL",
+        default: "https://api.elevenlabs.io",
+    }],
 };
 
 const NAME: &str = "ElevenLabs";
@@ -110,8 +112,9 @@ struct Subscription {
 fn parse_quota(r: &HttpResponse) -> Option<Quota> {
     let s: Subscription = serde_json::from_slice(&r.body).ok()?;
     Some(Quota {
-        used: s.character_count,
+        used: Some(s.character_count),
         limit: s.character_limit,
+        remaining: s.character_limit.map(|l| (l - s.character_count).max(0.0)),
         unit: "characters".into(),
         resets_at: s
             .next_character_count_reset_unix
@@ -146,7 +149,6 @@ fn parse_models(r: &HttpResponse) -> Vec<Model> {
 #[cfg(test)]
 mod tests {
     use futures::executor::block_on;
-    use url::Url;
 
     use super::*;
     use crate::domain::CredentialParams;
@@ -161,10 +163,10 @@ mod tests {
         let clock = FakeClock::at(1_800_000_000_000);
         let http = FakeHttp::new(&clock, script);
         let prober = Prober::new(&http, &clock, &FixedJitter(0.5), 10_000, 4_000);
-        let base = Url::parse("https://api.elevenlabs.io").unwrap();
+        let bases = ["https://api.elevenlabs.io".to_owned()];
         let params = CredentialParams::default();
         let target = Target {
-            base_url: &base,
+            bases: &bases,
             params: &params,
         };
         let key = SecretKey::new("sk_test".into());
@@ -185,8 +187,9 @@ mod tests {
         assert_eq!(
             a.quota,
             Some(Quota {
-                used: 1200.0,
+                used: Some(1200.0),
                 limit: Some(10000.0),
+                remaining: Some(8800.0),
                 unit: "characters".into(),
                 resets_at: Some("2026-12-01T00:00:00Z".into())
             })

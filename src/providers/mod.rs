@@ -2,17 +2,39 @@
 //! probe, the classification of its responses and its model and quota parsing; adding a
 //! provider means one new module and one line in [`REGISTRY`].
 
+mod anthropic;
+mod azure_speech;
+mod deepgram;
 mod elevenlabs;
+mod gemini;
+mod groq;
+mod mistral;
+mod ollama;
+mod openai;
+mod openai_compat;
+mod openrouter;
+#[cfg(test)]
+mod testing;
 
 use async_trait::async_trait;
 use serde::Serialize;
-use url::Url;
 
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, CredentialParams, Model, ProviderId, Quota};
 use crate::validation::{Failure, Prober};
 
-static REGISTRY: &[&dyn Provider] = &[&elevenlabs::ElevenLabs];
+static REGISTRY: &[&dyn Provider] = &[
+    &elevenlabs::ElevenLabs,
+    &azure_speech::AzureSpeech,
+    &gemini::Gemini,
+    &openai::OpenAi,
+    &anthropic::Anthropic,
+    &ollama::Ollama,
+    &deepgram::Deepgram,
+    &openrouter::OpenRouter,
+    &groq::Groq,
+    &mistral::Mistral,
+];
 
 pub fn all() -> impl Iterator<Item = &'static dyn Provider> {
     REGISTRY.iter().copied()
@@ -36,6 +58,14 @@ pub const API_KEY: Field = Field {
     secret: true,
 };
 
+/// A configurable base URL: the var that redirects it (tests point it at a fake server)
+/// and its default. `{region}` in either is replaced by the credential's region.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub var: &'static str,
+    pub default: &'static str,
+}
+
 /// The catalog entry (`GET /v1/providers`) plus where the provider lives.
 #[derive(Debug, Serialize)]
 pub struct ProviderInfo {
@@ -45,11 +75,9 @@ pub struct ProviderInfo {
     pub fields: &'static [Field],
     pub supports_model_listing: bool,
     pub supports_quota: bool,
-    /// The var that redirects this provider (tests point it at a fake server).
+    /// Where the provider lives; empty when the user supplies `base_url` (Ollama).
     #[serde(skip)]
-    pub base_url_var: &'static str,
-    #[serde(skip)]
-    pub default_base_url: &'static str,
+    pub endpoints: &'static [Endpoint],
 }
 
 impl ProviderInfo {
@@ -60,14 +88,36 @@ impl ProviderInfo {
 
 /// Where to reach the provider for one credential.
 pub struct Target<'a> {
-    pub base_url: &'a Url,
+    /// The configured base URLs, in the order of the provider's `endpoints`.
+    pub bases: &'a [String],
     pub params: &'a CredentialParams,
 }
 
 impl Target<'_> {
-    /// `path` (starting with `/`) under the base URL, keeping any path prefix it has.
+    /// `path` (starting with `/`) under the provider's first endpoint.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url.as_str().trim_end_matches('/'))
+        self.url_at(0, path)
+    }
+
+    /// `path` under endpoint `index`, with `{region}` filled in. Regions are checked at
+    /// input (`[a-z0-9-]` only), so they cannot change which host is named.
+    pub fn url_at(&self, index: usize, path: &str) -> String {
+        let base = self
+            .bases
+            .get(index)
+            .map(String::as_str)
+            .unwrap_or_default();
+        let base = base.replace(
+            "{region}",
+            self.params.region.as_deref().unwrap_or_default(),
+        );
+        format!("{}{path}", base.trim_end_matches('/'))
+    }
+
+    /// `path` under the user's own `base_url` (checked by the endpoint guard first).
+    pub fn user_url(&self, path: &str) -> String {
+        let base = self.params.base_url.as_deref().unwrap_or_default();
+        format!("{}{path}", base.trim_end_matches('/'))
     }
 }
 
@@ -92,6 +142,14 @@ pub trait Provider: Sync {
         key: &SecretKey,
     ) -> Result<Accepted, Failure>;
 }
+
+/// `Authorization: Bearer <key>`.
+pub(crate) fn bearer(key: &SecretKey) -> String {
+    format!("Bearer {}", key.expose())
+}
+
+/// How many pages of a model list are fetched at most (each page is a subrequest).
+pub(crate) const MAX_MODEL_PAGES: usize = 10;
 
 /// The text of a JSON string field at `path`, if there is one.
 pub(crate) fn json_str<'v>(value: &'v serde_json::Value, path: &[&str]) -> Option<&'v str> {

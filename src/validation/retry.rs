@@ -129,3 +129,76 @@ mod tests {
         }
     }
 }
+
+/// Google's wait in the body: a `google.rpc.RetryInfo` detail with `"retryDelay": "47s"`.
+pub fn google_retry_delay_ms(body: &serde_json::Value) -> Option<u64> {
+    let details = body.get("error")?.get("details")?.as_array()?;
+    details
+        .iter()
+        .filter(|d| {
+            d.get("@type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.ends_with("google.rpc.RetryInfo"))
+        })
+        .find_map(|d| {
+            d.get("retryDelay")?
+                .as_str()?
+                .strip_suffix('s')?
+                .parse::<f64>()
+                .ok()
+        })
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| (s * 1000.0).ceil() as u64)
+}
+
+/// A wait spelled out in an error message, as Azure does: "… retry after 2 seconds" or
+/// "Try again in 26 seconds".
+pub fn message_retry_delay_ms(message: &str) -> Option<u64> {
+    let lower = message.to_ascii_lowercase();
+    ["retry after ", "try again in "].iter().find_map(|phrase| {
+        let rest = &lower[lower.find(phrase)? + phrase.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let secs: u64 = digits.parse().ok()?;
+        rest[digits.len()..]
+            .trim_start()
+            .starts_with("second")
+            .then_some(secs * 1000)
+    })
+}
+
+#[cfg(test)]
+mod body_hint_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn google_retry_info() {
+        let body = json!({"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[
+            {"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[]},
+            {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"47s"}]}});
+        assert_eq!(google_retry_delay_ms(&body), Some(47_000));
+        let frac = json!({"error":{"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1.5s"}]}});
+        assert_eq!(google_retry_delay_ms(&frac), Some(1_500));
+        assert_eq!(
+            google_retry_delay_ms(&json!({"error":{"details":[]}})),
+            None
+        );
+    }
+
+    #[test]
+    fn azure_messages() {
+        assert_eq!(
+            message_retry_delay_ms(
+                "Requests to the API have exceeded the rate limit. Please retry after 2 seconds."
+            ),
+            Some(2_000)
+        );
+        assert_eq!(
+            message_retry_delay_ms("Rate limit is exceeded. Try again in 26 seconds."),
+            Some(26_000)
+        );
+        assert_eq!(message_retry_delay_ms("Please retry after a while"), None);
+        assert_eq!(message_retry_delay_ms("retry after 5 minutes"), None);
+    }
+}

@@ -1,0 +1,231 @@
+//! Deepgram (STT, TTS). Probe: `GET /v1/projects` with `Authorization: Token <key>`;
+//! balance: `GET /v1/projects/{id}/balances`; models: `GET /v1/models`.
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{json_str, Accepted, Endpoint, Provider, ProviderInfo, Target, API_KEY};
+use crate::crypto::SecretKey;
+use crate::domain::{Capability, Model, ProviderId, Quota};
+use crate::ports::{HttpRequest, HttpResponse};
+use crate::validation::{classify_status, Failure, Prober, Verdict};
+
+pub struct Deepgram;
+
+static INFO: ProviderInfo = ProviderInfo {
+    id: ProviderId::new("deepgram"),
+    name: "Deepgram",
+    capabilities: &[Capability::Stt, Capability::Tts],
+    fields: &[API_KEY],
+    supports_model_listing: true,
+    supports_quota: true,
+    endpoints: &[Endpoint {
+        var: "DEEPGRAM_BASE_URL",
+        default: "https://api.deepgram.com",
+    }],
+};
+
+const NAME: &str = "Deepgram";
+
+fn classify(r: &HttpResponse) -> Verdict {
+    let body = r.json().unwrap_or(Value::Null);
+    let message = json_str(&body, &["err_msg"])
+        .or_else(|| json_str(&body, &["message"]))
+        .unwrap_or("no reason given");
+    let says = || format!("{NAME} says: {message}");
+    match r.status {
+        200..=299 => Verdict::Accept,
+        401 => Verdict::Reject(Failure::InvalidKey(says())),
+        402 => Verdict::Reject(Failure::QuotaExhausted(says())),
+        403 => Verdict::Reject(Failure::InsufficientScope(says())),
+        status => classify_status(status, NAME, message),
+    }
+}
+
+#[derive(Deserialize)]
+struct Projects {
+    #[serde(default)]
+    projects: Vec<Project>,
+}
+
+#[derive(Deserialize)]
+struct Project {
+    project_id: String,
+}
+
+#[derive(Deserialize)]
+struct Balances {
+    #[serde(default)]
+    balances: Vec<Balance>,
+}
+
+#[derive(Deserialize)]
+struct Balance {
+    amount: f64,
+    units: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ModelLists {
+    #[serde(default)]
+    stt: Vec<ApiModel>,
+    #[serde(default)]
+    tts: Vec<ApiModel>,
+}
+
+#[derive(Deserialize)]
+struct ApiModel {
+    name: String,
+    canonical_name: Option<String>,
+}
+
+#[async_trait(?Send)]
+impl Provider for Deepgram {
+    fn info(&self) -> &'static ProviderInfo {
+        &INFO
+    }
+
+    async fn validate(
+        &self,
+        prober: &Prober<'_>,
+        target: &Target<'_>,
+        key: &SecretKey,
+    ) -> Result<Accepted, Failure> {
+        let auth = format!("Token {}", key.expose());
+        let get = |path: String| {
+            let url = target.url(&path);
+            let auth = auth.clone();
+            move || HttpRequest::get(url.clone()).header("authorization", &auth)
+        };
+        let projects = prober
+            .call(NAME, get("/v1/projects".into()), classify)
+            .await?;
+        let mut accepted = Accepted::default();
+        let first = serde_json::from_slice::<Projects>(&projects.body)
+            .ok()
+            .and_then(|p| p.projects.into_iter().next());
+        if let Some(project) = first {
+            let path = format!(
+                "/v1/projects/{}/balances",
+                url::form_urlencoded::byte_serialize(project.project_id.as_bytes())
+                    .collect::<String>()
+            );
+            match prober.call(NAME, get(path), classify).await {
+                Ok(r) => {
+                    let balances: Vec<Balance> = serde_json::from_slice::<Balances>(&r.body)
+                        .map(|b| b.balances)
+                        .unwrap_or_default();
+                    if let Some(unit) = balances
+                        .first()
+                        .map(|b| b.units.clone().unwrap_or_else(|| "usd".into()))
+                    {
+                        accepted.quota = Some(Quota {
+                            used: None,
+                            limit: None,
+                            remaining: Some(balances.iter().map(|b| b.amount).sum()),
+                            unit,
+                            resets_at: None,
+                        });
+                    }
+                }
+                Err(f) => accepted.warnings.push(format!(
+                    "The balance is unavailable for now: {}",
+                    f.message()
+                )),
+            }
+        }
+        match prober.call(NAME, get("/v1/models".into()), classify).await {
+            Ok(r) => {
+                let lists: ModelLists = serde_json::from_slice(&r.body).unwrap_or_default();
+                let model = |m: ApiModel, cap: Capability| Model {
+                    id: m.canonical_name.unwrap_or_else(|| m.name.clone()),
+                    name: m.name,
+                    capabilities: vec![cap],
+                };
+                let mut models: Vec<Model> = lists
+                    .stt
+                    .into_iter()
+                    .map(|m| model(m, Capability::Stt))
+                    .collect();
+                models.extend(lists.tts.into_iter().map(|m| model(m, Capability::Tts)));
+                accepted.models = Some(models);
+            }
+            Err(f) => accepted.warnings.push(format!(
+                "The model list is unavailable for now: {}",
+                f.message()
+            )),
+        }
+        Ok(accepted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::testing::{run, Run};
+    use crate::testing::respond;
+
+    #[test]
+    fn a_valid_key_reports_its_balance_and_models() {
+        let projects = r#"{"projects":[{"project_id":"3dc6c6e1-5e36-4f5d-9b2f-0c0b3b1b5c1a","name":"Default","company":"Acme"}]}"#;
+        let balances = r#"{"balances":[{"balance_id":"b1","amount":187.5,"units":"usd","purchase_order_id":"p1"}]}"#;
+        let models = r#"{"stt":[{"name":"nova-3","canonical_name":"nova-3-general","architecture":"nova-3","languages":["en"],"version":"2025-01-01","uuid":"u1","batch":true,"streaming":true}],"tts":[{"name":"aura-2-thalia-en","canonical_name":"aura-2-thalia-en","architecture":"aura-2","languages":["en"],"version":"2025-01-01","uuid":"u2","metadata":{}}]}"#;
+        let Run { out, requests } = run(
+            &Deepgram,
+            vec![
+                respond(200, projects),
+                respond(200, balances),
+                respond(200, models),
+            ],
+        );
+        let a = out.unwrap();
+        assert_eq!(
+            a.quota,
+            Some(Quota {
+                used: None,
+                limit: None,
+                remaining: Some(187.5),
+                unit: "usd".into(),
+                resets_at: None
+            })
+        );
+        let caps: Vec<_> = a
+            .models
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.id, m.capabilities))
+            .collect();
+        assert_eq!(
+            caps,
+            [
+                ("nova-3-general".to_owned(), vec![Capability::Stt]),
+                ("aura-2-thalia-en".to_owned(), vec![Capability::Tts])
+            ]
+        );
+        assert_eq!(
+            requests[1].0,
+            "https://api.deepgram.com/v1/projects/3dc6c6e1-5e36-4f5d-9b2f-0c0b3b1b5c1a/balances"
+        );
+        assert!(requests[0]
+            .1
+            .contains(&("authorization".into(), "Token sk-test-key".into())));
+    }
+
+    #[test]
+    fn refusals_are_classified() {
+        let invalid =
+            r#"{"err_code":"INVALID_AUTH","err_msg":"Invalid credentials.","request_id":"r1"}"#;
+        assert_eq!(
+            run(&Deepgram, vec![respond(401, invalid)]).out,
+            Err(Failure::InvalidKey(
+                "Deepgram says: Invalid credentials.".into()
+            ))
+        );
+        let broke = r#"{"err_code":"ASR_PAYMENT_REQUIRED","err_msg":"Project does not have enough credits for an ASR request.","request_id":"r2"}"#;
+        assert!(matches!(
+            run(&Deepgram, vec![respond(402, broke)]).out,
+            Err(Failure::QuotaExhausted(_))
+        ));
+    }
+}

@@ -1,0 +1,163 @@
+//! OpenRouter (LLM). Probe and quota in one call: `GET /api/v1/key` with a bearer key;
+//! models: `GET /api/v1/models`.
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{bearer, openai_compat, Accepted, Endpoint, Provider, ProviderInfo, Target, API_KEY};
+use crate::crypto::SecretKey;
+use crate::domain::{Capability, Model, ProviderId, Quota};
+use crate::ports::{HttpRequest, HttpResponse};
+use crate::validation::{classify_status, Failure, Prober, Verdict};
+
+pub struct OpenRouter;
+
+static INFO: ProviderInfo = ProviderInfo {
+    id: ProviderId::new("openrouter"),
+    name: "OpenRouter",
+    capabilities: &[Capability::Llm],
+    fields: &[API_KEY],
+    supports_model_listing: true,
+    supports_quota: true,
+    endpoints: &[Endpoint {
+        var: "OPENROUTER_BASE_URL",
+        default: "https://openrouter.ai",
+    }],
+};
+
+const NAME: &str = "OpenRouter";
+
+fn classify(r: &HttpResponse) -> Verdict {
+    let body = r.json().unwrap_or(Value::Null);
+    let message = openai_compat::error_message(&body).unwrap_or("no reason given");
+    let says = || format!("{NAME} says: {message}");
+    match r.status {
+        200..=299 => Verdict::Accept,
+        401 => Verdict::Reject(Failure::InvalidKey(says())),
+        402 => Verdict::Reject(Failure::QuotaExhausted(says())),
+        403 => Verdict::Reject(Failure::InsufficientScope(says())),
+        status => classify_status(status, NAME, message),
+    }
+}
+
+#[derive(Deserialize)]
+struct KeyInfo {
+    data: KeyData,
+}
+
+#[derive(Deserialize)]
+struct KeyData {
+    #[serde(default)]
+    usage: f64,
+    limit: Option<f64>,
+    limit_remaining: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+struct Models {
+    #[serde(default)]
+    data: Vec<ApiModel>,
+}
+
+#[derive(Deserialize)]
+struct ApiModel {
+    id: String,
+    name: Option<String>,
+}
+
+#[async_trait(?Send)]
+impl Provider for OpenRouter {
+    fn info(&self) -> &'static ProviderInfo {
+        &INFO
+    }
+
+    async fn validate(
+        &self,
+        prober: &Prober<'_>,
+        target: &Target<'_>,
+        key: &SecretKey,
+    ) -> Result<Accepted, Failure> {
+        let auth = bearer(key);
+        let get = |path: &str| {
+            let url = target.url(path);
+            let auth = auth.clone();
+            move || HttpRequest::get(url.clone()).header("authorization", &auth)
+        };
+        let key_info = prober.call(NAME, get("/api/v1/key"), classify).await?;
+        let mut accepted = Accepted::default();
+        if let Ok(k) = serde_json::from_slice::<KeyInfo>(&key_info.body) {
+            accepted.quota = Some(Quota {
+                used: Some(k.data.usage),
+                limit: k.data.limit,
+                remaining: k.data.limit_remaining,
+                unit: "usd".into(),
+                resets_at: None,
+            });
+        }
+        match prober.call(NAME, get("/api/v1/models"), classify).await {
+            Ok(r) => {
+                let models: Models = serde_json::from_slice(&r.body).unwrap_or_default();
+                accepted.models = Some(
+                    models
+                        .data
+                        .into_iter()
+                        .map(|m| Model {
+                            name: m.name.unwrap_or_else(|| m.id.clone()),
+                            id: m.id,
+                            capabilities: vec![Capability::Llm],
+                        })
+                        .collect(),
+                );
+            }
+            Err(f) => accepted.warnings.push(format!(
+                "The model list is unavailable for now: {}",
+                f.message()
+            )),
+        }
+        Ok(accepted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::testing::{run, Run};
+    use crate::testing::respond;
+
+    #[test]
+    fn a_valid_key_reports_usage_against_its_limit() {
+        let key = r#"{"data":{"label":"sk-or-v1-au7...890","limit":100,"limit_remaining":74.5,"usage":25.5,"is_free_tier":false,"rate_limit":{"requests":10,"interval":"10s"}}}"#;
+        let models = r#"{"data":[{"id":"openai/gpt-4o","name":"OpenAI: GPT-4o","context_length":128000,"architecture":{"input_modalities":["text","image"],"output_modalities":["text"]}}]}"#;
+        let Run { out, requests } = run(&OpenRouter, vec![respond(200, key), respond(200, models)]);
+        let a = out.unwrap();
+        assert_eq!(
+            a.quota,
+            Some(Quota {
+                used: Some(25.5),
+                limit: Some(100.0),
+                remaining: Some(74.5),
+                unit: "usd".into(),
+                resets_at: None
+            })
+        );
+        assert_eq!(a.models.unwrap()[0].id, "openai/gpt-4o");
+        assert_eq!(requests[0].0, "https://openrouter.ai/api/v1/key");
+    }
+
+    #[test]
+    fn refusals_are_classified() {
+        let invalid = r#"{"error":{"message":"No auth credentials found","code":401}}"#;
+        assert_eq!(
+            run(&OpenRouter, vec![respond(401, invalid)]).out,
+            Err(Failure::InvalidKey(
+                "OpenRouter says: No auth credentials found".into()
+            ))
+        );
+        let broke = r#"{"error":{"message":"Insufficient credits","code":402}}"#;
+        assert!(matches!(
+            run(&OpenRouter, vec![respond(402, broke)]).out,
+            Err(Failure::QuotaExhausted(_))
+        ));
+    }
+}

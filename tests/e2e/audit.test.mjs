@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { startFakeElevenLabs } from './fake-elevenlabs.mjs';
+import { startFakeProviders } from './fake-providers.mjs';
 import { randomKey, startVault, withoutAuditQueueProducer } from './harness.mjs';
 
 const add = (vault, user, api_key) =>
@@ -69,8 +69,8 @@ describe('the audit trail through the local queue', () => {
   let session;
 
   before(async () => {
-    fake = await startFakeElevenLabs();
-    vault = await startVault({ vars: { ELEVENLABS_BASE_URL: fake.url } });
+    fake = await startFakeProviders();
+    vault = await startVault({ vars: fake.vars() });
     session = await scriptedSession(vault, keys);
   });
   after(async () => {
@@ -154,8 +154,8 @@ describe('the audit trail without a queue producer', () => {
   let fake;
   let vault;
   before(async () => {
-    fake = await startFakeElevenLabs();
-    vault = await startVault({ vars: { ELEVENLABS_BASE_URL: fake.url }, config: withoutAuditQueueProducer });
+    fake = await startFakeProviders();
+    vault = await startVault({ vars: fake.vars(), config: withoutAuditQueueProducer });
   });
   after(async () => {
     await vault?.stop();
@@ -180,9 +180,9 @@ describe('audit messages delivered by hand to the real local queue', () => {
   let fake;
   let vault;
   before(async () => {
-    fake = await startFakeElevenLabs();
+    fake = await startFakeProviders();
     // tests/e2e/injector fronts the vault and can put any message on its audit queue.
-    vault = await startVault({ vars: { ELEVENLABS_BASE_URL: fake.url }, injector: true });
+    vault = await startVault({ vars: fake.vars(), injector: true });
   });
   after(async () => {
     await vault?.stop();

@@ -1,8 +1,8 @@
-// End to end: the Worker under wrangler dev (workerd, local D1) against a fake ElevenLabs.
+// End to end: the Worker under wrangler dev (workerd, local D1) against fake providers.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { startFakeElevenLabs } from './fake-elevenlabs.mjs';
+import { startFakeProviders } from './fake-providers.mjs';
 import { randomKey, startVault } from './harness.mjs';
 
 const count = async (vault) => (await vault.sql('SELECT COUNT(*) AS n FROM credentials'))[0].n;
@@ -16,8 +16,8 @@ describe('a configured vault', () => {
   const key = (kind) => { const k = randomKey(kind); usedKeys.push(k); return k; };
 
   before(async () => {
-    fake = await startFakeElevenLabs();
-    vault = await startVault({ vars: { ELEVENLABS_BASE_URL: fake.url } });
+    fake = await startFakeProviders();
+    vault = await startVault({ vars: fake.vars() });
   });
   after(async () => {
     await vault?.stop();
@@ -117,7 +117,7 @@ describe('a configured vault', () => {
   });
 
   test('a key without user_read is accepted with a warning and no quota', async () => {
-    const r = await add(vault, 'u_alice', key('noperm'));
+    const r = await add(vault, 'u_alice', key('noscope'));
     assert.equal(r.status, 201, r.text);
     assert.equal(r.json.credential.quota, null);
     assert.equal(r.json.credential.warnings.length, 1);
@@ -125,7 +125,7 @@ describe('a configured vault', () => {
   });
 
   test('a key the provider refuses from this IP lacks scope', async () => {
-    const r = await add(vault, 'u_alice', key('ipblocked'));
+    const r = await add(vault, 'u_alice', key('forbidden'));
     assert.equal(r.status, 422);
     assert.equal(r.json.code, 'insufficient_scope');
   });
@@ -231,8 +231,8 @@ describe('a vault without a master key', () => {
   let fake;
   let vault;
   before(async () => {
-    fake = await startFakeElevenLabs();
-    vault = await startVault({ secrets: { MASTER_KEY: null }, vars: { ELEVENLABS_BASE_URL: fake.url } });
+    fake = await startFakeProviders();
+    vault = await startVault({ secrets: { MASTER_KEY: null }, vars: fake.vars() });
   });
   after(async () => {
     await vault?.stop();

@@ -1,0 +1,250 @@
+// One loopback server standing in for every provider's API, answering with the shapes in
+// shared/reference/providers.md. Each provider lives under its own path prefix
+// (`/openai`, `/gemini`, …; Azure's region is a path segment: `/azure/<region>/sts`), so a
+// test points `<PROVIDER>_BASE_URL` at `fake.base('<provider>')`.
+//
+// What it does is chosen by the key: `<anything>_<kind>_<random>`, where kind is
+//   valid        the provider's 200 shapes (models, quota)
+//   invalid      the provider's documented invalid-key answer
+//   noscope      a real key lacking the probe's permission (where the provider has that)
+//   forbidden    a 403 (permission / IP restriction)
+//   quota        out of quota / credits (never to be retried)
+//   ratelimited  first call 429 with the provider's own hint style, 1 s, then valid
+//   retrydate    first call 429 with Retry-After as an HTTP-date ~1.5 s ahead, then valid
+//   retryms      first call 429 with retry-after-ms: 800, then valid
+//   longwait     429 with a 60 s hint in the provider's style (does not fit a deadline)
+//   flaky        first call 503 (Anthropic: 529 overloaded), then valid
+//   slow         never answers
+import http from 'node:http';
+
+const json = (res, status, body, headers = {}) => {
+  res.writeHead(status, { 'content-type': 'application/json', ...headers });
+  res.end(typeof body === 'string' ? body : JSON.stringify(body));
+};
+
+const MODEL_PAGES = 2; // providers that page their model list get two pages
+
+const providers = {
+  elevenlabs: {
+    key: (h) => h['xi-api-key'],
+    ok(res, path) {
+      if (path === '/v1/user/subscription') {
+        return json(res, 200, { tier: 'creator', status: 'active', character_count: 1200, character_limit: 10000, next_character_count_reset_unix: 1796083200, voice_slots_used: 1, voice_limit: 30, currency: 'usd' });
+      }
+      if (path === '/v1/models') {
+        return json(res, 200, [
+          { model_id: 'eleven_multilingual_v2', name: 'Eleven Multilingual v2', can_do_text_to_speech: true, can_do_voice_conversion: false, languages: [{ language_id: 'en', name: 'English' }] },
+          { model_id: 'eleven_flash_v2_5', name: 'Eleven Flash v2.5', can_do_text_to_speech: true, can_do_voice_conversion: false, languages: [{ language_id: 'en', name: 'English' }] },
+        ]);
+      }
+      return json(res, 404, { detail: { status: 'not_found', message: 'Not found' } });
+    },
+    invalid: (res) => json(res, 401, { detail: { status: 'invalid_api_key', message: 'Invalid API key' } }),
+    noscope: (res, path, ok) => (path === '/v1/user/subscription'
+      ? json(res, 401, { detail: { status: 'missing_permissions', message: 'The API key you used is missing the permission user_read to execute this operation.' } })
+      : ok()),
+    forbidden: (res) => json(res, 403, { detail: { status: 'ip_not_allowed', message: 'Requests from this IP address are not allowed for this API key.' } }),
+    quota: (res) => json(res, 401, { detail: { status: 'quota_exceeded', message: 'This request exceeds your quota of 10000. You have 0 credits remaining.' } }),
+    limited: (res, secs) => json(res, 429, { detail: { status: 'too_many_concurrent_requests', message: 'Too many concurrent requests.' } },
+      { 'retry-after': String(secs), 'current-concurrent-requests': '3', 'maximum-concurrent-requests': '2' }),
+    error: (res) => json(res, 503, { detail: { status: 'system_busy', message: 'The system is experiencing heavy traffic, please try again later.' } }),
+  },
+  azure: {
+    key: (h) => h['ocp-apim-subscription-key'],
+    ok(res, path) {
+      if (path.endsWith('/sts/v1.0/issueToken')) {
+        res.writeHead(200, { 'content-type': 'application/jwt; charset=us-ascii' });
+        return res.end('eyJhbGciOiJodHRwOi8vd3d3LnczLm9yZy8yMDAxLzA0L3htbGRzaWctbW9yZSNobWFjLXNoYTI1NiJ9.eyJyZWdpb24iOiJlYXN0dXMifQ.c2ln');
+      }
+      if (path.endsWith('/cognitiveservices/voices/list')) {
+        return json(res, 200, [
+          { Name: 'Microsoft Server Speech Text to Speech Voice (en-US, JennyNeural)', DisplayName: 'Jenny', LocalName: 'Jenny', ShortName: 'en-US-JennyNeural', Gender: 'Female', Locale: 'en-US', LocaleName: 'English (United States)', StyleList: ['assistant'], SampleRateHertz: '24000', VoiceType: 'Neural', Status: 'GA' },
+          { Name: 'Microsoft Server Speech Text to Speech Voice (de-DE, KatjaNeural)', DisplayName: 'Katja', LocalName: 'Katja', ShortName: 'de-DE-KatjaNeural', Gender: 'Female', Locale: 'de-DE', LocaleName: 'German (Germany)', SampleRateHertz: '24000', VoiceType: 'Neural', Status: 'GA' },
+        ]);
+      }
+      return json(res, 404, { error: { code: '404', message: 'Resource not found' } });
+    },
+    invalid: (res) => json(res, 401, { error: { code: '401', message: 'Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.' } }),
+    forbidden: (res) => json(res, 403, { error: { code: '403', message: 'Out of call volume quota for this subscription.' } }),
+    limited: (res, secs) => json(res, 429, { error: { code: '429', message: `Requests to the Speech API have exceeded the rate limit of your current pricing tier. Please retry after ${secs} seconds.` } }),
+    error: (res) => json(res, 503, { error: { code: '503', message: 'Service is temporarily unavailable.' } }),
+  },
+  gemini: {
+    key: (h) => h['x-goog-api-key'],
+    ok(res, path, query) {
+      if (path !== '/v1beta/models') return json(res, 404, { error: { code: 404, message: 'Not found', status: 'NOT_FOUND' } });
+      if (!query.get('pageToken')) {
+        return json(res, 200, { models: [{ name: 'models/gemini-2.0-flash', version: '2.0', displayName: 'Gemini 2.0 Flash', inputTokenLimit: 1048576, outputTokenLimit: 8192, supportedGenerationMethods: ['generateContent', 'countTokens'] }], nextPageToken: 'page-2' });
+      }
+      return json(res, 200, { models: [{ name: 'models/gemini-2.5-flash-preview-tts', version: '2.5', displayName: 'Gemini 2.5 Flash Preview TTS', supportedGenerationMethods: ['generateContent'] }] });
+    },
+    invalid: (res) => json(res, 400, { error: { code: 400, message: 'API key not valid. Please pass a valid API key.', status: 'INVALID_ARGUMENT', details: [{ '@type': 'type.googleapis.com/google.rpc.ErrorInfo', reason: 'API_KEY_INVALID', domain: 'googleapis.com', metadata: { service: 'generativelanguage.googleapis.com' } }] } }),
+    forbidden: (res) => json(res, 403, { error: { code: 403, message: 'Generative Language API has not been used in project 1234 before or it is disabled.', status: 'PERMISSION_DENIED', details: [{ '@type': 'type.googleapis.com/google.rpc.ErrorInfo', reason: 'SERVICE_DISABLED', domain: 'googleapis.com' }] } }),
+    quota: (res) => json(res, 429, { error: { code: 429, message: 'You exceeded your current quota. Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, limit: 0', status: 'RESOURCE_EXHAUSTED', details: [{ '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay: '3s' }] } }),
+    limited: (res, secs) => json(res, 429, { error: { code: 429, message: 'You exceeded your current quota, please check your plan and billing details.', status: 'RESOURCE_EXHAUSTED', details: [
+      { '@type': 'type.googleapis.com/google.rpc.QuotaFailure', violations: [{ quotaMetric: 'generativelanguage.googleapis.com/generate_content_free_tier_requests', quotaId: 'GenerateRequestsPerMinutePerProjectPerModel-FreeTier', quotaValue: '15' }] },
+      { '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay: `${secs}s` }] } }),
+    error: (res) => json(res, 503, { error: { code: 503, message: 'The model is overloaded. Please try again later.', status: 'UNAVAILABLE' } }),
+  },
+  openai: openaiStyle('/v1/models', ['gpt-4o-mini', 'gpt-4o-mini-tts', 'whisper-1', 'text-embedding-3-small'], {
+    invalid: (res) => json(res, 401, { error: { message: 'Incorrect API key provided: sk-proj-****abcd. You can find your API key at https://platform.openai.com/account/api-keys.', type: 'invalid_request_error', param: null, code: 'invalid_api_key' } }),
+    noscope: (res) => json(res, 401, { error: { message: "You have insufficient permissions for this operation. Missing scopes: api.model.read. Check that you have the correct role in your organization (Reader, Writer, Owner) and project (Member, Owner), and if you're using a restricted API key, that it has the necessary scopes.", type: 'invalid_request_error', param: null, code: null } }),
+    quota: (res) => json(res, 429, { error: { message: 'You exceeded your current quota, please check your plan and billing details.', type: 'insufficient_quota', param: null, code: 'insufficient_quota' } }),
+  }),
+  groq: openaiStyle('/openai/v1/models', ['llama-3.3-70b-versatile', 'whisper-large-v3'], {
+    invalid: (res) => json(res, 401, { error: { message: 'Invalid API Key', type: 'invalid_request_error', code: 'invalid_api_key' } }),
+  }),
+  mistral: openaiStyle('/v1/models', ['mistral-large-latest', 'mistral-embed'], {
+    invalid: (res) => json(res, 401, { message: 'Unauthorized', request_id: '0d1f2f4b7c' }),
+  }),
+  anthropic: {
+    key: (h) => h['x-api-key'],
+    ok(res, path, query) {
+      if (path !== '/v1/models') return json(res, 404, { type: 'error', error: { type: 'not_found_error', message: 'Not found' } });
+      if (!query.get('after_id')) {
+        return json(res, 200, { data: [{ type: 'model', id: 'claude-sonnet-4-5', display_name: 'Claude Sonnet 4.5', created_at: '2025-09-29T00:00:00Z' }], has_more: true, first_id: 'claude-sonnet-4-5', last_id: 'claude-sonnet-4-5' });
+      }
+      return json(res, 200, { data: [{ type: 'model', id: 'claude-haiku-4-5', display_name: 'Claude Haiku 4.5', created_at: '2025-10-15T00:00:00Z' }], has_more: false, first_id: 'claude-haiku-4-5', last_id: 'claude-haiku-4-5' });
+    },
+    invalid: (res) => json(res, 401, { type: 'error', error: { type: 'authentication_error', message: 'invalid x-api-key' }, request_id: 'req_011CSHoEeqs5C35K2UUqR7Fy' }),
+    forbidden: (res) => json(res, 403, { type: 'error', error: { type: 'permission_error', message: 'Your API key does not have permission to use the specified resource.' } }),
+    limited: (res, secs) => json(res, 429, { type: 'error', error: { type: 'rate_limit_error', message: 'Number of requests has exceeded your per-minute rate limit' } }, { 'retry-after': String(secs) }),
+    error: (res) => json(res, 529, { type: 'error', error: { type: 'overloaded_error', message: 'Overloaded' } }),
+  },
+  ollama: {
+    key: (h) => bearerKey(h),
+    keyless: true,
+    ok(res, path) {
+      if (path === '/api/tags') {
+        return json(res, 200, { models: [{ name: 'llama3.2:latest', model: 'llama3.2:latest', modified_at: '2025-01-01T00:00:00Z', size: 2019393189, digest: 'a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72', details: { format: 'gguf', family: 'llama', parameter_size: '3.2B', quantization_level: 'Q4_K_M' } }] });
+      }
+      if (path === '/api/version') return json(res, 200, { version: '0.5.1' });
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      return res.end('404 page not found');
+    },
+    invalid: (res) => json(res, 401, { error: 'unauthorized' }),
+    limited: (res, secs) => json(res, 429, { error: 'too many requests' }, { 'retry-after': String(secs) }),
+    error: (res) => json(res, 503, { error: 'server busy' }),
+  },
+  deepgram: {
+    key: (h) => (h.authorization ?? '').replace(/^Token /, ''),
+    ok(res, path) {
+      if (path === '/v1/projects') return json(res, 200, { projects: [{ project_id: '3dc6c6e1-5e36-4f5d-9b2f-0c0b3b1b5c1a', name: 'Default Project', company: 'Acme' }] });
+      if (path.endsWith('/balances')) return json(res, 200, { balances: [{ balance_id: 'b0c1a2', amount: 187.5, units: 'usd', purchase_order_id: 'po_1' }] });
+      if (path === '/v1/models') {
+        return json(res, 200, {
+          stt: [{ name: 'nova-3', canonical_name: 'nova-3-general', architecture: 'nova-3', languages: ['en'], version: '2025-01-01.0', uuid: 'u1', batch: true, streaming: true, formatted_output: true }],
+          tts: [{ name: 'aura-2-thalia-en', canonical_name: 'aura-2-thalia-en', architecture: 'aura-2', languages: ['en'], version: '2025-01-01.0', uuid: 'u2', metadata: { accent: 'American' } }],
+        });
+      }
+      return json(res, 404, { err_code: 'NOT_FOUND', err_msg: 'Not found.' });
+    },
+    invalid: (res) => json(res, 401, { err_code: 'INVALID_AUTH', err_msg: 'Invalid credentials.', request_id: 'r1' }),
+    forbidden: (res) => json(res, 403, { err_code: 'FORBIDDEN', err_msg: 'Insufficient permissions.', request_id: 'r2' }),
+    quota: (res) => json(res, 402, { err_code: 'ASR_PAYMENT_REQUIRED', err_msg: 'Project does not have enough credits for an ASR request and does not have an overage agreement.', request_id: 'r3' }),
+    limited: (res, secs) => json(res, 429, { err_code: 'TOO_MANY_REQUESTS', err_msg: 'Too many requests. Please try again later', request_id: 'r4' }, { 'retry-after': String(secs) }),
+    error: (res) => json(res, 503, { err_code: 'SERVICE_UNAVAILABLE', err_msg: 'Service unavailable.', request_id: 'r5' }),
+  },
+  openrouter: {
+    key: (h) => bearerKey(h),
+    ok(res, path) {
+      if (path === '/api/v1/key') return json(res, 200, { data: { label: 'sk-or-v1-au7...890', limit: 100, limit_remaining: 74.5, usage: 25.5, is_free_tier: false, rate_limit: { requests: 10, interval: '10s' } } });
+      if (path === '/api/v1/models') return json(res, 200, { data: [{ id: 'openai/gpt-4o', name: 'OpenAI: GPT-4o', context_length: 128000, architecture: { input_modalities: ['text', 'image'], output_modalities: ['text'] }, pricing: { prompt: '0.0000025', completion: '0.00001' } }] });
+      return json(res, 404, { error: { message: 'Not Found', code: 404 } });
+    },
+    invalid: (res) => json(res, 401, { error: { message: 'No auth credentials found', code: 401 } }),
+    forbidden: (res) => json(res, 403, { error: { message: 'Key is disabled', code: 403 } }),
+    quota: (res) => json(res, 402, { error: { message: 'Insufficient credits. Add more using https://openrouter.ai/credits', code: 402 } }),
+    limited: (res, secs) => json(res, 429, { error: { message: 'Rate limit exceeded', code: 429 } }, { 'retry-after': String(secs) }),
+    error: (res) => json(res, 502, { error: { message: 'Provider returned error', code: 502 } }),
+  },
+};
+
+function bearerKey(h) {
+  return (h.authorization ?? '').replace(/^Bearer /, '');
+}
+
+function openaiStyle(modelsPath, ids, overrides) {
+  return {
+    key: (h) => bearerKey(h),
+    ok(res, path) {
+      if (path !== modelsPath) return json(res, 404, { error: { message: 'Not found', type: 'invalid_request_error' } });
+      return json(res, 200, { object: 'list', data: ids.map((id) => ({ id, object: 'model', created: 1721172741, owned_by: 'system' })) });
+    },
+    forbidden: (res) => json(res, 403, { error: { message: 'Country, region, or territory not supported', type: 'request_forbidden', code: 'unsupported_country_region_territory' } }),
+    limited: (res, secs) => json(res, 429, { error: { message: 'Rate limit reached for requests', type: 'requests', param: null, code: 'rate_limit_exceeded' } },
+      { 'retry-after': String(secs), 'x-ratelimit-limit-requests': '500', 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-reset-requests': `${secs}s` }),
+    error: (res) => json(res, 503, { error: { message: 'The server is overloaded or not ready yet.', type: 'server_error' } }),
+    ...overrides,
+  };
+}
+
+export function startFakeProviders() {
+  const seen = new Map();
+  const requests = [];
+  const hanging = new Set();
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://fake');
+    const [, name, ...rest] = url.pathname.split('/');
+    const p = providers[name === 'azure' ? 'azure' : name];
+    if (!p) return json(res, 404, { error: 'unknown fake provider' });
+    // Azure: /azure/<region>/<sts|tts>/…; the region is kept for the tests to check.
+    const path = '/' + (name === 'azure' ? rest.slice(2) : rest).join('/');
+    const region = name === 'azure' ? rest[0] : undefined;
+    const key = p.key(req.headers) ?? '';
+    const count = (seen.get(`${name}:${key}`) ?? 0) + 1;
+    seen.set(`${name}:${key}`, count);
+    requests.push({ provider: name, method: req.method, path, region, query: url.search, key, headers: req.headers, at: Date.now() });
+    const ok = () => p.ok(res, path, url.searchParams);
+    const kind = key === '' && p.keyless ? 'valid' : key.split('_')[1];
+    switch (kind) {
+      case 'valid': return ok();
+      case 'invalid': return p.invalid(res);
+      case 'noscope': return p.noscope ? p.noscope(res, path, ok) : ok();
+      case 'forbidden': return (p.forbidden ?? p.invalid)(res);
+      case 'quota': return (p.quota ?? p.invalid)(res);
+      case 'ratelimited': return count === 1 ? p.limited(res, 1) : ok();
+      case 'retrydate':
+        if (count === 1) {
+          const at = new Date(Math.ceil((Date.now() + 1500) / 1000) * 1000).toUTCString();
+          return json(res, 429, { error: { message: 'Rate limited' } }, { 'retry-after': at });
+        }
+        return ok();
+      case 'retryms': return count === 1 ? json(res, 429, { error: { message: 'Rate limited', code: 'rate_limit_exceeded' } }, { 'retry-after-ms': '800' }) : ok();
+      case 'longwait': return p.limited(res, 60);
+      case 'flaky': return count === 1 ? p.error(res) : ok();
+      case 'slow': hanging.add(res); return undefined;
+      default: return p.invalid(res);
+    }
+  });
+  return new Promise((resolve) => {
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      const url = `http://127.0.0.1:${port}`;
+      resolve({
+        url,
+        requests,
+        base: (provider) => `${url}/${provider}`,
+        /** Every provider's base URL var, pointing here. */
+        vars: () => ({
+          ELEVENLABS_BASE_URL: `${url}/elevenlabs`,
+          AZURE_SPEECH_STS_BASE_URL: `${url}/azure/{region}/sts`,
+          AZURE_SPEECH_TTS_BASE_URL: `${url}/azure/{region}/tts`,
+          GEMINI_BASE_URL: `${url}/gemini`,
+          OPENAI_BASE_URL: `${url}/openai`,
+          ANTHROPIC_BASE_URL: `${url}/anthropic`,
+          DEEPGRAM_BASE_URL: `${url}/deepgram`,
+          OPENROUTER_BASE_URL: `${url}/openrouter`,
+          GROQ_BASE_URL: `${url}/groq`,
+          MISTRAL_BASE_URL: `${url}/mistral`,
+        }),
+        callsFor: (key) => requests.filter((r) => r.key === key),
+        close: () => new Promise((done) => {
+          for (const res of hanging) res.destroy();
+          server.closeAllConnections?.();
+          server.close(() => done());
+        }),
+      });
+    });
+  });
+}

@@ -48,7 +48,7 @@ impl Clock for WorkerClock {
 }
 
 /// Reads a request into the core's type. At most `MAX_BODY_BYTES + 1` bytes of body are
-/// read: enough for the core to answer 413 without holding a huge body in memory.
+/// kept: enough for the core to answer 413 without holding a huge body in memory.
 pub async fn read_request(mut req: worker::Request) -> worker::Result<Request> {
     let url = req.url()?;
     let method = req.method().to_string();
@@ -61,10 +61,12 @@ pub async fn read_request(mut req: worker::Request) -> worker::Result<Request> {
     if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS" | "DELETE") {
         if let Ok(mut stream) = req.stream() {
             while let Some(chunk) = stream.next().await {
-                body.extend_from_slice(&chunk?);
-                if body.len() > MAX_BODY_BYTES {
-                    body.truncate(MAX_BODY_BYTES + 1);
-                    break;
+                let chunk = chunk?;
+                // Past the limit the rest is read and dropped: leaving a body half-read
+                // breaks the connection for the caller's next request.
+                if body.len() <= MAX_BODY_BYTES {
+                    let room = MAX_BODY_BYTES + 1 - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 }
             }
         }

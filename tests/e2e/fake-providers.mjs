@@ -15,6 +15,7 @@
 //   longwait     429 with a 60 s hint in the provider's style (does not fit a deadline)
 //   flaky        first call 503 (Anthropic: 529 overloaded), then valid
 //   slow         never answers
+// and `revoke(key)` makes any key invalid from then on.
 import http from 'node:http';
 
 const json = (res, status, body, headers = {}) => {
@@ -183,6 +184,7 @@ export function startFakeProviders() {
   const seen = new Map();
   const requests = [];
   const hanging = new Set();
+  const revoked = new Set();
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://fake');
     const [, name, ...rest] = url.pathname.split('/');
@@ -196,7 +198,7 @@ export function startFakeProviders() {
     seen.set(`${name}:${key}`, count);
     requests.push({ provider: name, method: req.method, path, region, query: url.search, key, headers: req.headers, at: Date.now() });
     const ok = () => p.ok(res, path, url.searchParams);
-    const kind = key === '' && p.keyless ? 'valid' : key.split('_')[1];
+    const kind = revoked.has(key) ? 'invalid' : key === '' && p.keyless ? 'valid' : key.split('_')[1];
     switch (kind) {
       case 'valid': return ok();
       case 'invalid': return p.invalid(res);
@@ -239,6 +241,8 @@ export function startFakeProviders() {
           MISTRAL_BASE_URL: `${url}/mistral`,
         }),
         callsFor: (key) => requests.filter((r) => r.key === key),
+        /** From now on the provider answers this key as invalid (a key revoked upstream). */
+        revoke: (key) => revoked.add(key),
         close: () => new Promise((done) => {
           for (const res of hanging) res.destroy();
           server.closeAllConnections?.();

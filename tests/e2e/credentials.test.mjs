@@ -52,7 +52,7 @@ describe('a configured vault', () => {
     assert.equal(c.key_hint, `…${k.slice(-4)}`);
     assert.equal(c.status, 'valid');
     assert.equal(c.label, 'Personal');
-    assert.deepEqual(c.quota, { used: 1200, limit: 10000, unit: 'characters', resets_at: '2026-12-01T00:00:00Z' });
+    assert.deepEqual(c.quota, { used: 1200, limit: 10000, remaining: 8800, unit: 'characters', resets_at: '2026-12-01T00:00:00Z' });
     assert.deepEqual(r.json.models.map((m) => m.id), ['eleven_multilingual_v2', 'eleven_flash_v2_5']);
     assert.deepEqual(r.json.models[0].capabilities, ['tts']);
     assert.ok(!r.text.includes(k), 'the key is in the response');

@@ -98,10 +98,40 @@ impl Config {
                 "no user authentication is configured (set AUTH_JWT_SECRET or AUTH_JWKS_URL)",
             );
         }
+        let jwks_url = get("AUTH_JWKS_URL").and_then(|raw| match Url::parse(raw.trim()) {
+            Ok(u)
+                if u.scheme() == "https"
+                    || (u.scheme() == "http" && environment == Environment::Development) =>
+            {
+                Some(raw.trim().to_owned())
+            }
+            _ => {
+                err(
+                    "AUTH_JWKS_URL",
+                    "must be an https URL (http only in development)",
+                );
+                None
+            }
+        });
+        let jwks_ttl_ms = match get("AUTH_JWKS_CACHE_SECONDS") {
+            None => 600_000,
+            Some(raw) => match raw.trim().parse::<u64>() {
+                Ok(s) if (10..=86_400).contains(&s) => s * 1000,
+                _ => {
+                    err(
+                        "AUTH_JWKS_CACHE_SECONDS",
+                        "must be an integer from 10 to 86400",
+                    );
+                    600_000
+                }
+            },
+        };
         let jwt = JwtSettings {
             hs256_secret,
             issuer: get("AUTH_ISSUER"),
             audience: get("AUTH_AUDIENCE"),
+            jwks_url,
+            jwks_ttl_ms,
         };
 
         let mut provider_endpoints = BTreeMap::new();

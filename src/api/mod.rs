@@ -15,12 +15,14 @@ use serde_json::Value;
 use url::Url;
 
 use crate::audit::{new_event_id, Action, Actor, ActorType, AuditEvent, Outcome};
-use crate::auth::{bearer_token, AuthError, JwtVerifier};
+use crate::auth::{bearer_token, AuthError, JwksCache, JwtVerifier};
 use crate::config::{Config, ConfigError};
 use crate::crypto::random_bytes;
 use crate::domain::{CredentialId, ProviderId, RequestId, UserId};
 use crate::error::ApiError;
-use crate::ports::{AuditSink, AuditStore, Clock, CredentialStore, HttpClient, Jitter};
+use crate::ports::{
+    AuditSink, AuditStore, Clock, CredentialStore, HttpClient, Jitter, SignatureVerifier,
+};
 
 /// An incoming request, already read whole.
 pub struct Request {
@@ -110,6 +112,10 @@ pub struct App<'a> {
     pub audit: &'a dyn AuditSink,
     /// The stored audit log, for reading and verifying it.
     pub audit_log: &'a dyn AuditStore,
+    /// The issuer's public keys for RS256/ES256 tokens, kept for the isolate's life.
+    pub jwks: &'a JwksCache,
+    /// Checks RS256/ES256 signatures (WebCrypto in the Worker).
+    pub signatures: &'a dyn SignatureVerifier,
     /// Where operational log lines go. Never given a secret.
     pub log: &'a dyn Fn(&str),
 }
@@ -191,11 +197,13 @@ impl Ctx<'_, '_> {
         result
     }
 
-    fn user(&self) -> Result<UserId, ApiError> {
+    async fn user(&self) -> Result<UserId, ApiError> {
         let token = bearer_token(self.request.header("authorization"))
             .ok_or(ApiError::unauthorized(AuthError::Missing))?;
         JwtVerifier::new(&self.config.jwt)
+            .with_jwks(self.app.jwks, self.app.http, self.app.signatures)
             .verify(token, self.app.clock.now())
+            .await
             .map_err(ApiError::unauthorized)
     }
 }
@@ -258,12 +266,12 @@ async fn route(
 
     match (method, segments.as_slice()) {
         ("GET", ["v1", "providers"]) => {
-            ctx.user()?;
+            ctx.user().await?;
             Ok(credentials::providers())
         }
         (_, ["v1", "providers"]) => Err(ApiError::method_not_allowed()),
         ("GET", ["v1", "credentials"]) => {
-            let user = ctx.user()?;
+            let user = ctx.user().await?;
             ctx.audited(
                 Action::CredentialViewed,
                 &user,
@@ -272,7 +280,7 @@ async fn route(
             .await
         }
         ("POST", ["v1", "credentials"]) => {
-            let user = ctx.user()?;
+            let user = ctx.user().await?;
             ctx.audited(
                 Action::CredentialCreated,
                 &user,
@@ -282,7 +290,7 @@ async fn route(
         }
         (_, ["v1", "credentials"]) => Err(ApiError::method_not_allowed()),
         ("GET", ["v1", "credentials", id]) => {
-            let user = ctx.user()?;
+            let user = ctx.user().await?;
             ctx.audited(
                 Action::CredentialViewed,
                 &user,
@@ -291,7 +299,7 @@ async fn route(
             .await
         }
         ("PATCH", ["v1", "credentials", id]) => {
-            let user = ctx.user()?;
+            let user = ctx.user().await?;
             let (action, result) = match credentials::update(&ctx, &user, id).await {
                 Ok((response, change)) => (change.action(), Ok(response)),
                 Err(e) => (Action::CredentialUpdated, Err(e)),
@@ -299,14 +307,14 @@ async fn route(
             ctx.audited(action, &user, result).await
         }
         ("POST", ["v1", "credentials", id, "validate"]) => {
-            let user = ctx.user()?;
+            let user = ctx.user().await?;
             let result = credentials::validate(&ctx, &user, id).await;
             ctx.audited(Action::CredentialValidated, &user, result)
                 .await
         }
         (_, ["v1", "credentials", _, "validate"]) => Err(ApiError::method_not_allowed()),
         ("GET", ["v1", "credentials", id, "models"]) => {
-            let user = ctx.user()?;
+            let user = ctx.user().await?;
             let (action, result) = match credentials::models(&ctx, &user, id).await {
                 Ok((response, true)) => (Action::CredentialValidated, Ok(response)),
                 Ok((response, false)) => (Action::CredentialViewed, Ok(response)),
@@ -315,16 +323,16 @@ async fn route(
             ctx.audited(action, &user, result).await
         }
         (_, ["v1", "credentials", _, "models"]) => Err(ApiError::method_not_allowed()),
-        ("GET", ["v1", "preferences"]) => preferences::get(&ctx, &ctx.user()?).await,
+        ("GET", ["v1", "preferences"]) => preferences::get(&ctx, &ctx.user().await?).await,
         (_, ["v1", "preferences"]) => Err(ApiError::method_not_allowed()),
         ("PUT", ["v1", "preferences", capability]) => {
-            let user = ctx.user()?;
+            let user = ctx.user().await?;
             let result = preferences::put(&ctx, &user, capability).await;
             ctx.audited(Action::PreferenceUpdated, &user, result).await
         }
         (_, ["v1", "preferences", _]) => Err(ApiError::method_not_allowed()),
         ("DELETE", ["v1", "credentials", id]) => {
-            let user = ctx.user()?;
+            let user = ctx.user().await?;
             ctx.audited(
                 Action::CredentialDeleted,
                 &user,
@@ -333,8 +341,8 @@ async fn route(
             .await
         }
         (_, ["v1", "credentials", _]) => Err(ApiError::method_not_allowed()),
-        ("GET", ["v1", "audit"]) => audit::list(&ctx, &ctx.user()?).await,
-        ("GET", ["v1", "audit", "verify"]) => audit::verify(&ctx, &ctx.user()?).await,
+        ("GET", ["v1", "audit"]) => audit::list(&ctx, &ctx.user().await?).await,
+        ("GET", ["v1", "audit", "verify"]) => audit::verify(&ctx, &ctx.user().await?).await,
         (_, ["v1", "audit"] | ["v1", "audit", "verify"]) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::not_found()),
     }

@@ -36,6 +36,7 @@ fn token(sub: &str) -> String {
 }
 
 struct World {
+    jwks: crate::auth::JwksCache,
     config: Config,
     store: MemoryStore,
     audit: MemoryAudit,
@@ -45,6 +46,7 @@ struct World {
 impl World {
     fn new() -> Self {
         Self {
+            jwks: crate::auth::JwksCache::new(),
             config: config(true),
             store: MemoryStore::default(),
             audit: MemoryAudit::default(),
@@ -70,6 +72,8 @@ impl World {
             jitter: &FixedJitter(0.5),
             audit: &self.audit,
             audit_log: &self.audit,
+            jwks: &self.jwks,
+            signatures: &crate::testing::RustCryptoVerifier,
             log: &log,
         };
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];

@@ -1,4 +1,5 @@
-//! JWT verification for end-user tokens (HS256 with `AUTH_JWT_SECRET`).
+//! JWT verification for end-user tokens: HS256 with `AUTH_JWT_SECRET`, RS256 and ES256
+//! against the keys at `AUTH_JWKS_URL`.
 //!
 //! The header's `alg` must be one this verifier is configured for; `none` and anything
 //! else are refused before any claim is read. `exp` is required, `nbf`, `iss` and `aud`
@@ -11,7 +12,9 @@ use serde_json::Value;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use super::JwksCache;
 use crate::domain::{Timestamp, UserId};
+use crate::ports::{HttpClient, SignatureVerifier};
 
 const SKEW_SECS: u64 = 60;
 const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -40,6 +43,10 @@ pub enum AuthError {
     WrongIssuer,
     #[error("the token is meant for another audience")]
     WrongAudience,
+    #[error("the token's signing key is not one the issuer publishes")]
+    UnknownKey,
+    #[error("the issuer's signing keys could not be fetched")]
+    KeysUnavailable,
 }
 
 /// What the configuration says about user tokens.
@@ -48,23 +55,42 @@ pub struct JwtSettings {
     pub hs256_secret: Option<Zeroizing<Vec<u8>>>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    /// Where RS256/ES256 keys are published; without it only HS256 is accepted.
+    pub jwks_url: Option<String>,
+    pub jwks_ttl_ms: u64,
 }
 
 pub struct JwtVerifier<'a> {
     settings: &'a JwtSettings,
+    jwks: Option<(&'a JwksCache, &'a dyn HttpClient, &'a dyn SignatureVerifier)>,
 }
 
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    kid: Option<String>,
 }
 
 impl<'a> JwtVerifier<'a> {
     pub fn new(settings: &'a JwtSettings) -> Self {
-        Self { settings }
+        Self {
+            settings,
+            jwks: None,
+        }
     }
 
-    pub fn verify(&self, token: &str, now: Timestamp) -> Result<UserId, AuthError> {
+    /// With the key-set cache and a client to fetch it, RS256 and ES256 are accepted too.
+    pub fn with_jwks(
+        mut self,
+        cache: &'a JwksCache,
+        http: &'a dyn HttpClient,
+        verifier: &'a dyn SignatureVerifier,
+    ) -> Self {
+        self.jwks = Some((cache, http, verifier));
+        self
+    }
+
+    pub async fn verify(&self, token: &str, now: Timestamp) -> Result<UserId, AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed);
         }
@@ -79,8 +105,16 @@ impl<'a> JwtVerifier<'a> {
             .decode(s)
             .map_err(|_| AuthError::Malformed)?;
         let signing_input = &token[..h.len() + 1 + p.len()];
-        match header.alg.as_str() {
-            "HS256" => self.verify_hs256(signing_input.as_bytes(), &signature)?,
+        match (header.alg.as_str(), &self.settings.jwks_url, self.jwks) {
+            ("HS256", _, _) => self.verify_hs256(signing_input.as_bytes(), &signature)?,
+            (alg @ ("RS256" | "ES256"), Some(url), Some((cache, http, verifier))) => {
+                let kid = header.kid.as_deref();
+                let ttl = self.settings.jwks_ttl_ms;
+                let input = signing_input.as_bytes();
+                cache
+                    .verify(alg, kid, input, &signature, url, ttl, http, verifier, now)
+                    .await?
+            }
             _ => return Err(AuthError::UnsupportedAlgorithm),
         }
         let claims: Value = decode_json(p)?;
@@ -182,7 +216,9 @@ mod tests {
     }
 
     fn verify_with(s: &JwtSettings, token: &str) -> Result<UserId, AuthError> {
-        JwtVerifier::new(s).verify(token, Timestamp::from_unix_seconds(NOW))
+        futures::executor::block_on(
+            JwtVerifier::new(s).verify(token, Timestamp::from_unix_seconds(NOW)),
+        )
     }
 
     fn token(claims: Value) -> String {

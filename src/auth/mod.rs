@@ -1,7 +1,9 @@
 //! Who is calling: end users with a JWT from the app's own auth.
 
+mod jwks;
 pub(crate) mod jwt;
 
+pub use jwks::JwksCache;
 pub use jwt::{AuthError, JwtSettings, JwtVerifier};
 
 /// The token of an `Authorization: Bearer <token>` header, if that is what it holds.

@@ -5,12 +5,14 @@ mod audit;
 mod d1;
 mod fetch;
 mod runtime;
+mod webcrypto;
 
 use serde_json::Value;
 use worker::{event, Context, Env, MessageBatch, MessageExt, ScheduleContext, ScheduledEvent};
 
 use crate::api::{self, App};
 use crate::audit::Disposition;
+use crate::auth::JwksCache;
 use crate::config::{Config, ConfigError};
 use crate::domain::Timestamp;
 use crate::ports::{AuditStore, SystemJitter};
@@ -36,6 +38,14 @@ fn config(env: &Env) -> Result<&'static Config, &'static [ConfigError]> {
     parsed.as_ref().map_err(Vec::as_slice)
 }
 
+/// The issuer's key set, cached for the isolate's life (see `auth::JwksCache`).
+fn jwks() -> &'static JwksCache {
+    thread_local! {
+        static JWKS: &'static JwksCache = Box::leak(Box::new(JwksCache::new()));
+    }
+    JWKS.with(|j| *j)
+}
+
 #[event(fetch)]
 async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<worker::Response> {
     let started = runtime::now_ms();
@@ -57,6 +67,8 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
         jitter: &SystemJitter,
         audit: &sink,
         audit_log: &audit_log,
+        jwks: jwks(),
+        signatures: &webcrypto::WebCryptoVerifier,
         log: &log,
     };
     let response = api::handle(&app, &request).await;

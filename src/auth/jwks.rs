@@ -1,0 +1,433 @@
+//! RS256 and ES256 user tokens, verified against the keys published at `AUTH_JWKS_URL`.
+//! The key set is cached per isolate; a token naming an unknown `kid` triggers one
+//! refetch (at most one per `MIN_REFETCH_MS`, so forged kids cannot hammer the issuer).
+
+use std::cell::RefCell;
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use serde::Deserialize;
+
+use super::AuthError;
+use crate::domain::Timestamp;
+use crate::ports::{HttpClient, HttpRequest, PublicJwk, SignatureVerifier};
+
+const MIN_REFETCH_MS: u64 = 10_000;
+const FETCH_TIMEOUT_MS: u64 = 3_000;
+const MIN_RSA_BYTES: usize = 2048 / 8;
+
+#[derive(Clone)]
+struct Key {
+    kid: Option<String>,
+    key: PublicJwk,
+}
+
+#[derive(Deserialize)]
+struct RawSet {
+    keys: Vec<RawKey>,
+}
+
+#[derive(Deserialize)]
+struct RawKey {
+    kty: String,
+    kid: Option<String>,
+    #[serde(rename = "use")]
+    usage: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    crv: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+}
+
+fn b64(v: &Option<String>) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD
+        .decode(v.as_deref()?.trim_end_matches('='))
+        .ok()
+}
+
+fn b64_str(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl RawKey {
+    /// The key, if it is a signing key of a kind this verifier accepts.
+    fn parse(&self) -> Option<Key> {
+        if self.usage.as_deref().is_some_and(|u| u != "sig") {
+            return None;
+        }
+        // Checked here so the verifier only ever sees well-formed keys.
+        let key = match self.kty.as_str() {
+            "RSA" => {
+                let n = b64(&self.n)?;
+                let e = b64(&self.e)?;
+                let significant = n.iter().skip_while(|b| **b == 0).count();
+                if significant < MIN_RSA_BYTES || e.is_empty() || e.len() > 8 {
+                    return None;
+                }
+                PublicJwk::Rsa {
+                    n: b64_str(&n),
+                    e: b64_str(&e),
+                }
+            }
+            "EC" if self.crv.as_deref() == Some("P-256") => {
+                let (x, y) = (b64(&self.x)?, b64(&self.y)?);
+                if x.len() != 32 || y.len() != 32 {
+                    return None;
+                }
+                PublicJwk::P256 {
+                    x: b64_str(&x),
+                    y: b64_str(&y),
+                }
+            }
+            _ => return None,
+        };
+        Some(Key {
+            kid: self.kid.clone(),
+            key,
+        })
+    }
+}
+
+/// Parses a JWKS document, keeping the keys this verifier can use.
+fn parse_set(body: &[u8]) -> Option<Vec<Key>> {
+    let set: RawSet = serde_json::from_slice(body).ok()?;
+    Some(set.keys.iter().filter_map(RawKey::parse).collect())
+}
+
+struct Cached {
+    keys: Vec<Key>,
+    fetched_at: Timestamp,
+}
+
+/// The per-isolate cache of the issuer's key set.
+#[derive(Default)]
+pub struct JwksCache {
+    cached: RefCell<Option<Cached>>,
+}
+
+impl JwksCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    async fn fetch(
+        &self,
+        url: &str,
+        http: &dyn HttpClient,
+        now: Timestamp,
+    ) -> Result<(), AuthError> {
+        let response = http
+            .send(
+                HttpRequest::get(url.to_owned()).header("accept", "application/json"),
+                FETCH_TIMEOUT_MS,
+            )
+            .await
+            .map_err(|_| AuthError::KeysUnavailable)?;
+        if response.status != 200 {
+            return Err(AuthError::KeysUnavailable);
+        }
+        let keys = parse_set(&response.body).ok_or(AuthError::KeysUnavailable)?;
+        *self.cached.borrow_mut() = Some(Cached {
+            keys,
+            fetched_at: now,
+        });
+        Ok(())
+    }
+
+    fn find(&self, kid: Option<&str>, want_rsa: bool) -> Option<Key> {
+        let cached = self.cached.borrow();
+        let keys = &cached.as_ref()?.keys;
+        let kind_ok = |k: &Key| {
+            matches!(
+                (&k.key, want_rsa),
+                (PublicJwk::Rsa { .. }, true) | (PublicJwk::P256 { .. }, false)
+            )
+        };
+        match kid {
+            Some(kid) => keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid) && kind_ok(k))
+                .cloned(),
+            // Without a kid, only an unambiguous set will do.
+            None => {
+                let mut fitting = keys.iter().filter(|k| kind_ok(k));
+                match (fitting.next(), fitting.next()) {
+                    (Some(k), None) => Some(k.clone()),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// The key for `kid`, fetching the set when it is missing or stale, and refetching
+    /// once when the kid is unknown.
+    async fn key(
+        &self,
+        kid: Option<&str>,
+        want_rsa: bool,
+        url: &str,
+        ttl_ms: u64,
+        http: &dyn HttpClient,
+        now: Timestamp,
+    ) -> Result<Key, AuthError> {
+        let age = self
+            .cached
+            .borrow()
+            .as_ref()
+            .map(|c| c.fetched_at.millis_until(now));
+        let fresh = age.is_some_and(|a| a < ttl_ms);
+        if !fresh {
+            self.fetch(url, http, now).await?;
+        }
+        if let Some(k) = self.find(kid, want_rsa) {
+            return Ok(k);
+        }
+        let recent = self
+            .cached
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.fetched_at.millis_until(now) < MIN_REFETCH_MS);
+        if fresh && !recent {
+            self.fetch(url, http, now).await?;
+            if let Some(k) = self.find(kid, want_rsa) {
+                return Ok(k);
+            }
+        }
+        Err(AuthError::UnknownKey)
+    }
+
+    /// Checks an RS256 or ES256 signature over `input` with the issuer's key.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn verify(
+        &self,
+        alg: &str,
+        kid: Option<&str>,
+        input: &[u8],
+        signature: &[u8],
+        url: &str,
+        ttl_ms: u64,
+        http: &dyn HttpClient,
+        verifier: &dyn SignatureVerifier,
+        now: Timestamp,
+    ) -> Result<(), AuthError> {
+        let key = self
+            .key(kid, alg == "RS256", url, ttl_ms, http, now)
+            .await?;
+        let ok = verifier.verify(alg, &key.key, input, signature).await;
+        ok.then_some(()).ok_or(AuthError::BadSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+    use p256::ecdsa::signature::Signer as _;
+    use rsa::pkcs1v15;
+    use rsa::rand_core::OsRng;
+    use rsa::signature::{SignatureEncoding as _, Signer as _};
+    use rsa::traits::PublicKeyParts as _;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::auth::{JwtSettings, JwtVerifier};
+    use crate::testing::{respond, FakeClock, FakeHttp, RustCryptoVerifier, Scripted};
+
+    const NOW: u64 = 1_800_000_000;
+    const URL: &str = "https://issuer.example/.well-known/jwks.json";
+
+    struct Keys {
+        rsa: rsa::RsaPrivateKey,
+        ec: p256::ecdsa::SigningKey,
+    }
+
+    fn keys() -> Keys {
+        Keys {
+            rsa: rsa::RsaPrivateKey::new(&mut OsRng, 2048).unwrap(),
+            ec: p256::ecdsa::SigningKey::random(&mut OsRng),
+        }
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn rsa_jwk(k: &rsa::RsaPrivateKey, kid: &str) -> Value {
+        let p = k.to_public_key();
+        json!({"kty":"RSA","kid":kid,"use":"sig","alg":"RS256","n":b64(&p.n().to_bytes_be()),"e":b64(&p.e().to_bytes_be())})
+    }
+
+    fn ec_jwk(k: &p256::ecdsa::SigningKey, kid: &str) -> Value {
+        let point = k.verifying_key().to_encoded_point(false);
+        json!({"kty":"EC","kid":kid,"use":"sig","crv":"P-256","x":b64(point.x().unwrap()),"y":b64(point.y().unwrap())})
+    }
+
+    fn set(keys: &[Value]) -> String {
+        json!({ "keys": keys }).to_string()
+    }
+
+    fn token(alg: &str, kid: &str, keys: &Keys, sub: &str) -> String {
+        let h = b64(json!({"alg":alg,"kid":kid,"typ":"JWT"})
+            .to_string()
+            .as_bytes());
+        let p = b64(json!({"sub":sub,"exp":NOW + 300}).to_string().as_bytes());
+        let input = format!("{h}.{p}");
+        let sig = match alg {
+            "RS256" => pkcs1v15::SigningKey::<sha2::Sha256>::new(keys.rsa.clone())
+                .sign(input.as_bytes())
+                .to_vec(),
+            _ => {
+                let s: p256::ecdsa::Signature = keys.ec.sign(input.as_bytes());
+                s.to_bytes().to_vec()
+            }
+        };
+        format!("{input}.{}", b64(&sig))
+    }
+
+    struct Issuer {
+        settings: JwtSettings,
+        cache: JwksCache,
+        clock: FakeClock,
+    }
+
+    impl Issuer {
+        fn new() -> Self {
+            Self {
+                settings: JwtSettings {
+                    jwks_url: Some(URL.into()),
+                    jwks_ttl_ms: 600_000,
+                    ..Default::default()
+                },
+                cache: JwksCache::new(),
+                clock: FakeClock::at(NOW * 1000),
+            }
+        }
+
+        fn verify(&self, token: &str, script: Vec<Scripted>) -> (Result<String, AuthError>, usize) {
+            let http = FakeHttp::new(&self.clock, script);
+            let v =
+                JwtVerifier::new(&self.settings).with_jwks(&self.cache, &http, &RustCryptoVerifier);
+            let out = block_on(v.verify(token, crate::ports::Clock::now(&self.clock)))
+                .map(|u| u.as_str().to_owned());
+            (out, http.calls())
+        }
+    }
+
+    #[test]
+    fn rs256_and_es256_tokens_verify_against_the_published_keys_which_are_cached() {
+        let k = keys();
+        let issuer = Issuer::new();
+        let jwks = set(&[rsa_jwk(&k.rsa, "r1"), ec_jwk(&k.ec, "e1")]);
+        assert_eq!(
+            issuer.verify(
+                &token("RS256", "r1", &k, "u_rsa"),
+                vec![respond(200, &jwks)]
+            ),
+            (Ok("u_rsa".into()), 1)
+        );
+        assert_eq!(
+            issuer.verify(&token("ES256", "e1", &k, "u_ec"), vec![]),
+            (Ok("u_ec".into()), 0)
+        );
+    }
+
+    #[test]
+    fn an_unknown_kid_triggers_one_refetch_then_is_refused_without_more() {
+        let (old, new) = (keys(), keys());
+        let issuer = Issuer::new();
+        let first = set(&[rsa_jwk(&old.rsa, "r1")]);
+        assert!(issuer
+            .verify(&token("RS256", "r1", &old, "u"), vec![respond(200, &first)])
+            .0
+            .is_ok());
+        // The issuer rotated: the new kid is found after one refetch.
+        issuer.clock.advance(MIN_REFETCH_MS);
+        let rotated = set(&[rsa_jwk(&old.rsa, "r1"), rsa_jwk(&new.rsa, "r2")]);
+        assert_eq!(
+            issuer.verify(
+                &token("RS256", "r2", &new, "u2"),
+                vec![respond(200, &rotated)]
+            ),
+            (Ok("u2".into()), 1)
+        );
+        // A kid nobody publishes: one refetch, then no more for a while.
+        issuer.clock.advance(MIN_REFETCH_MS);
+        assert_eq!(
+            issuer.verify(
+                &token("RS256", "forged", &new, "x"),
+                vec![respond(200, &rotated)]
+            ),
+            (Err(AuthError::UnknownKey), 1)
+        );
+        assert_eq!(
+            issuer.verify(&token("RS256", "forged2", &new, "x"), vec![]),
+            (Err(AuthError::UnknownKey), 0)
+        );
+    }
+
+    #[test]
+    fn a_token_signed_by_another_key_with_a_known_kid_is_refused() {
+        let (real, forger) = (keys(), keys());
+        let issuer = Issuer::new();
+        let jwks = set(&[rsa_jwk(&real.rsa, "r1"), ec_jwk(&real.ec, "e1")]);
+        assert_eq!(
+            issuer
+                .verify(
+                    &token("RS256", "r1", &forger, "admin"),
+                    vec![respond(200, &jwks)]
+                )
+                .0,
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            issuer
+                .verify(&token("ES256", "e1", &forger, "admin"), vec![])
+                .0,
+            Err(AuthError::BadSignature)
+        );
+        // An RSA kid named in an ES256 token is not used for it.
+        assert_eq!(
+            issuer
+                .verify(&token("ES256", "r1", &real, "u"), vec![respond(200, &jwks)])
+                .0,
+            Err(AuthError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn an_unreachable_key_set_is_reported_and_weak_keys_are_ignored() {
+        let k = keys();
+        let issuer = Issuer::new();
+        assert_eq!(
+            issuer
+                .verify(&token("RS256", "r1", &k, "u"), vec![respond(503, "")])
+                .0,
+            Err(AuthError::KeysUnavailable)
+        );
+        let weak = rsa::RsaPrivateKey::new(&mut OsRng, 1024).unwrap();
+        let weak_keys = Keys {
+            rsa: weak,
+            ec: k.ec.clone(),
+        };
+        let jwks = set(&[rsa_jwk(&weak_keys.rsa, "weak")]);
+        assert_eq!(
+            issuer
+                .verify(
+                    &token("RS256", "weak", &weak_keys, "u"),
+                    vec![respond(200, &jwks)]
+                )
+                .0,
+            Err(AuthError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn without_a_jwks_url_only_hs256_is_accepted() {
+        let k = keys();
+        let mut issuer = Issuer::new();
+        issuer.settings.jwks_url = None;
+        assert_eq!(
+            issuer.verify(&token("RS256", "r1", &k, "u"), vec![]).0,
+            Err(AuthError::UnsupportedAlgorithm)
+        );
+    }
+}

@@ -224,7 +224,7 @@ mod tests {
     use p256::ecdsa::signature::Signer as _;
     use rsa::pkcs1v15;
     use rsa::rand_core::OsRng;
-    use rsa::signature::{SignatureEncoding as _, Signer as _};
+    use rsa::signature::SignatureEncoding as _;
     use rsa::traits::PublicKeyParts as _;
     use serde_json::{json, Value};
 

@@ -787,3 +787,47 @@ mod lifecycle {
         assert_eq!(stored(&w).label.as_deref(), Some("Personal"));
     }
 }
+
+#[test]
+fn cors_preflight_is_answered_for_allowed_origins_only() {
+    let w = World::new();
+    let preflight = |origin: &str| {
+        let http = FakeHttp::new(&w.clock, vec![]);
+        let jwks = crate::auth::JwksCache::new();
+        let app = App {
+            config: Ok(&w.config),
+            store: &w.store,
+            http: &http,
+            clock: &w.clock,
+            jitter: &FixedJitter(0.5),
+            audit: &w.audit,
+            audit_log: &w.audit,
+            jwks: &jwks,
+            signatures: &crate::testing::RustCryptoVerifier,
+            log: &|_: &str| {},
+        };
+        let request = Request {
+            method: "OPTIONS".into(),
+            url: Url::parse("https://vault.test/v1/credentials").unwrap(),
+            headers: vec![
+                ("origin".into(), origin.into()),
+                ("access-control-request-method".into(), "POST".into()),
+            ],
+            body: vec![],
+        };
+        block_on(handle(&app, &request))
+    };
+    let ok = preflight("https://app.example");
+    assert_eq!(ok.status, 204);
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert!(ok
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("PATCH"));
+    assert_eq!(ok.header("vary"), Some("Origin"));
+    let other = preflight("https://evil.example");
+    assert_eq!(other.header("access-control-allow-origin"), None);
+}

@@ -72,6 +72,50 @@ fn sealed_columns(c: &Credential) -> (JsValue, JsValue, JsValue) {
     }
 }
 
+/// The columns a credential's life changes, in the order of [`mutable_values`].
+const MUTABLE: [&str; 17] = [
+    "label",
+    "key_hint",
+    "key_version",
+    "nonce",
+    "ciphertext",
+    "fingerprint",
+    "params",
+    "model",
+    "status",
+    "status_detail",
+    "warnings",
+    "quota",
+    "models",
+    "models_fetched_at",
+    "consecutive_failures",
+    "last_validated_at",
+    "updated_at",
+];
+
+fn mutable_values(c: &Credential) -> [JsValue; 17] {
+    let (version, nonce, ciphertext) = sealed_columns(c);
+    [
+        opt_text(c.label.as_deref()),
+        opt_text(c.key_hint.as_deref()),
+        version,
+        nonce,
+        ciphertext,
+        opt_text(c.fingerprint.as_deref()),
+        json(&c.params),
+        opt_text(c.model.as_deref()),
+        text(c.status.as_str()),
+        opt_text(c.status_detail.as_deref()),
+        json(&c.warnings),
+        c.quota.as_ref().map(json).unwrap_or(JsValue::NULL),
+        c.models.as_ref().map(json).unwrap_or(JsValue::NULL),
+        opt_millis(c.models_fetched_at),
+        JsValue::from(f64::from(c.consecutive_failures)),
+        opt_millis(c.last_validated_at),
+        millis(c.updated_at),
+    ]
+}
+
 const COLUMNS: &str = "id, user_id, provider, label, key_hint, key_version, nonce, ciphertext, \
     fingerprint, params, model, status, status_detail, warnings, quota, models, models_fetched_at, \
     consecutive_failures, last_validated_at, created_at, updated_at";
@@ -154,34 +198,19 @@ impl Row {
 #[async_trait(?Send)]
 impl CredentialStore for D1Store {
     async fn insert(&self, c: &Credential) -> Result<(), StoreError> {
-        let (version, nonce, ciphertext) = sealed_columns(c);
+        let marks: Vec<String> = (1..=4 + MUTABLE.len()).map(|i| format!("?{i}")).collect();
         let sql = format!(
-            "INSERT INTO credentials ({COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+            "INSERT INTO credentials (id, user_id, provider, created_at, {}) VALUES ({})",
+            MUTABLE.join(", "),
+            marks.join(", ")
         );
-        let args = [
+        let mut args = vec![
             text(c.id.as_str()),
             text(c.user_id.as_str()),
             text(c.provider.as_str()),
-            opt_text(c.label.as_deref()),
-            opt_text(c.key_hint.as_deref()),
-            version,
-            nonce,
-            ciphertext,
-            opt_text(c.fingerprint.as_deref()),
-            json(&c.params),
-            opt_text(c.model.as_deref()),
-            text(c.status.as_str()),
-            opt_text(c.status_detail.as_deref()),
-            json(&c.warnings),
-            c.quota.as_ref().map(json).unwrap_or(JsValue::NULL),
-            c.models.as_ref().map(json).unwrap_or(JsValue::NULL),
-            opt_millis(c.models_fetched_at),
-            JsValue::from(f64::from(c.consecutive_failures)),
-            opt_millis(c.last_validated_at),
             millis(c.created_at),
-            millis(c.updated_at),
         ];
+        args.extend(mutable_values(c));
         self.prepare(&sql, &args)?
             .run()
             .await
@@ -223,34 +252,18 @@ impl CredentialStore for D1Store {
     }
 
     async fn update(&self, c: &Credential) -> Result<bool, StoreError> {
-        let (version, nonce, ciphertext) = sealed_columns(c);
-        let stmt = self.prepare(
-            "UPDATE credentials SET label = ?3, key_hint = ?4, key_version = ?5, nonce = ?6, ciphertext = ?7, \
-             fingerprint = ?8, params = ?9, model = ?10, status = ?11, status_detail = ?12, warnings = ?13, \
-             quota = ?14, models = ?15, models_fetched_at = ?16, consecutive_failures = ?17, \
-             last_validated_at = ?18, updated_at = ?19 WHERE user_id = ?1 AND id = ?2",
-            &[
-                text(c.user_id.as_str()),
-                text(c.id.as_str()),
-                opt_text(c.label.as_deref()),
-                opt_text(c.key_hint.as_deref()),
-                version,
-                nonce,
-                ciphertext,
-                opt_text(c.fingerprint.as_deref()),
-                json(&c.params),
-                opt_text(c.model.as_deref()),
-                text(c.status.as_str()),
-                opt_text(c.status_detail.as_deref()),
-                json(&c.warnings),
-                c.quota.as_ref().map(json).unwrap_or(JsValue::NULL),
-                c.models.as_ref().map(json).unwrap_or(JsValue::NULL),
-                opt_millis(c.models_fetched_at),
-                JsValue::from(f64::from(c.consecutive_failures)),
-                opt_millis(c.last_validated_at),
-                millis(c.updated_at),
-            ],
-        )?;
+        let sets: Vec<String> = MUTABLE
+            .iter()
+            .enumerate()
+            .map(|(i, col)| format!("{col} = ?{}", i + 3))
+            .collect();
+        let sql = format!(
+            "UPDATE credentials SET {} WHERE user_id = ?1 AND id = ?2",
+            sets.join(", ")
+        );
+        let mut args = vec![text(c.user_id.as_str()), text(c.id.as_str())];
+        args.extend(mutable_values(c));
+        let stmt = self.prepare(&sql, &args)?;
         let result = stmt.run().await.map_err(unavailable)?;
         let changes = result
             .meta()

@@ -117,10 +117,7 @@ impl Provider for AzureSpeech {
                         .collect(),
                 );
             }
-            Err(f) => accepted.warnings.push(format!(
-                "The voice list is unavailable for now: {}",
-                f.message()
-            )),
+            Err(f) => accepted.unavailable("voice list", &f),
         }
         Ok(accepted)
     }

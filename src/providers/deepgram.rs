@@ -129,10 +129,7 @@ impl Provider for Deepgram {
                         });
                     }
                 }
-                Err(f) => accepted.warnings.push(format!(
-                    "The balance is unavailable for now: {}",
-                    f.message()
-                )),
+                Err(f) => accepted.unavailable("balance", &f),
             }
         }
         match prober.call(NAME, get("/v1/models".into()), classify).await {
@@ -151,10 +148,7 @@ impl Provider for Deepgram {
                 models.extend(lists.tts.into_iter().map(|m| model(m, Capability::Tts)));
                 accepted.models = Some(models);
             }
-            Err(f) => accepted.warnings.push(format!(
-                "The model list is unavailable for now: {}",
-                f.message()
-            )),
+            Err(f) => accepted.unavailable("model list", &f),
         }
         Ok(accepted)
     }

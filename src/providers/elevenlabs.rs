@@ -64,10 +64,7 @@ impl Provider for ElevenLabs {
             ),
             Ok(r) => accepted.models = Some(parse_models(&r)),
             // The key itself is proven; a model list that cannot be had now is not fatal.
-            Err(f) => accepted.warnings.push(format!(
-                "The model list is unavailable for now: {}",
-                f.message()
-            )),
+            Err(f) => accepted.unavailable("model list", &f),
         }
         Ok(accepted)
     }

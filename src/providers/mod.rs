@@ -130,6 +130,17 @@ pub struct Accepted {
     pub warnings: Vec<String>,
 }
 
+impl Accepted {
+    /// Notes that `what` (a model list, a balance) could not be had after the key was
+    /// proven: a warning, not a failure.
+    pub(crate) fn unavailable(&mut self, what: &str, failure: &Failure) {
+        self.warnings.push(format!(
+            "The {what} is unavailable for now: {}",
+            failure.message()
+        ));
+    }
+}
+
 #[async_trait(?Send)]
 pub trait Provider: Sync {
     fn info(&self) -> &'static ProviderInfo;

@@ -110,10 +110,7 @@ impl Provider for OpenRouter {
                         .collect(),
                 );
             }
-            Err(f) => accepted.warnings.push(format!(
-                "The model list is unavailable for now: {}",
-                f.message()
-            )),
+            Err(f) => accepted.unavailable("model list", &f),
         }
         Ok(accepted)
     }

@@ -143,14 +143,24 @@ export async function startVault({ secrets = {}, vars = {}, config, injector = f
       return { status: res.status, headers: res.headers, text, json };
     },
 
-    /** Rows from the local D1 database, read with wrangler itself. */
+    /**
+     * Rows from the local D1 database, read with wrangler itself. That is a second process
+     * on the same SQLite file the running Worker (and its queue consumer) writes to, so a
+     * locked database ("internal error") is retried; reads and the tests' own idempotent
+     * writes are safe to repeat.
+     */
     async sql(query) {
-      const { stdout } = await run(
-        WRANGLER,
-        ['d1', 'execute', 'DB', '--local', '--persist-to', state, '--json', '--command', query],
-        { cwd: ROOT },
-      );
-      return JSON.parse(stdout)[0].results;
+      const args = ['d1', 'execute', 'DB', '--local', '--persist-to', state, '--json', '--command', query];
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const { stdout } = await run(WRANGLER, args, { cwd: ROOT });
+          return JSON.parse(stdout)[0].results;
+        } catch (e) {
+          const locked = /internal error|SQLITE_BUSY|database is locked/.test(`${e.stdout ?? ''}${e.stderr ?? ''}`);
+          if (!locked || attempt >= 8) throw e;
+          await new Promise((r) => setTimeout(r, 250 * attempt));
+        }
+      }
     },
 
     /** Files of the local state (D1 database, WAL, queues) that contain `needle`. */

@@ -145,9 +145,10 @@ export async function startVault({ secrets = {}, vars = {}, config, injector = f
 
     /**
      * Rows from the local D1 database, read with wrangler itself. That is a second process
-     * on the same SQLite file the running Worker (and its queue consumer) writes to, so a
-     * locked database ("internal error") is retried; reads and the tests' own idempotent
-     * writes are safe to repeat.
+     * on the same SQLite file the running Worker (and its queue consumer) writes to; when
+     * the two collide, wrangler answers with a D1 error ("internal error", "false == true")
+     * and the query is repeated. Reads and the tests' own idempotent writes are safe to
+     * repeat; a real SQL error still fails, after the last attempt.
      */
     async sql(query) {
       const args = ['d1', 'execute', 'DB', '--local', '--persist-to', state, '--json', '--command', query];
@@ -156,8 +157,8 @@ export async function startVault({ secrets = {}, vars = {}, config, injector = f
           const { stdout } = await run(WRANGLER, args, { cwd: ROOT });
           return JSON.parse(stdout)[0].results;
         } catch (e) {
-          const locked = /internal error|SQLITE_BUSY|database is locked/.test(`${e.stdout ?? ''}${e.stderr ?? ''}`);
-          if (!locked || attempt >= 8) throw e;
+          const d1Error = /"error"|SQLITE_BUSY|database is locked/.test(`${e.stdout ?? ''}${e.stderr ?? ''}`);
+          if (!d1Error || attempt >= 8) throw e;
           await new Promise((r) => setTimeout(r, 250 * attempt));
         }
       }

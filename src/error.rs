@@ -138,15 +138,6 @@ impl ApiError {
         e
     }
 
-    pub fn decryption_failed() -> Self {
-        Self::new(
-            500,
-            "decryption_failed",
-            "The stored key cannot be decrypted",
-        )
-        .detail("Enter the key again to replace it.")
-    }
-
     pub fn not_configured(detail: impl Into<String>) -> Self {
         Self::new(503, "not_configured", "The service is not configured").detail(detail)
     }

@@ -237,15 +237,19 @@ async fn save(ctx: &Ctx<'_, '_>, c: &Credential) -> Result<(), ApiError> {
     }
 }
 
-/// The stored key in the clear, or why it cannot be had.
-fn stored_key(ctx: &Ctx<'_, '_>, c: &Credential) -> Result<SecretKey, ApiError> {
+/// The stored key in the clear; `None` when it no longer decrypts (a master key version
+/// removed, a tampered row). A keyless credential has the empty key.
+fn stored_key(ctx: &Ctx<'_, '_>, c: &Credential) -> Result<Option<SecretKey>, ApiError> {
     let keys = master_keys(ctx)?;
-    match &c.secret {
-        None => Ok(SecretKey::new(String::new())),
-        Some(sealed) => open(keys, &c.user_id, &c.id, c.provider, sealed).map_err(|e| {
+    let Some(sealed) = &c.secret else {
+        return Ok(Some(SecretKey::new(String::new())));
+    };
+    match open(keys, &c.user_id, &c.id, c.provider, sealed) {
+        Ok(key) => Ok(Some(key)),
+        Err(e) => {
             ctx.log(&format!("credential {} cannot be decrypted: {e}", c.id));
-            ApiError::decryption_failed()
-        }),
+            Ok(None)
+        }
     }
 }
 
@@ -290,7 +294,8 @@ pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
         .app
         .store
         .find_by_fingerprint(user, &fingerprints(keys, user, info.id, &material))
-        .await?
+        .await
+        .map_err(|e| log_store(ctx, e))?
     {
         ctx.note_credential(&existing, None);
         return Err(ApiError::duplicate(existing));
@@ -463,7 +468,13 @@ pub(super) async fn update(
         };
         let material = fingerprint_material(&key, &params);
         let prints = fingerprints(keys, user, credential.provider, &material);
-        if let Some(existing) = ctx.app.store.find_by_fingerprint(user, &prints).await? {
+        if let Some(existing) = ctx
+            .app
+            .store
+            .find_by_fingerprint(user, &prints)
+            .await
+            .map_err(|e| log_store(ctx, e))?
+        {
             if existing != credential.id {
                 return Err(ApiError::duplicate(existing));
             }
@@ -524,33 +535,32 @@ async fn revalidate(ctx: &Ctx<'_, '_>, credential: &mut Credential) -> Result<()
     let provider = providers::find(credential.provider.as_str()).ok_or_else(ApiError::internal)?;
     let previous = credential.status;
     let now = ctx.app.clock.now();
-    let outcome = match stored_key(ctx, credential) {
-        Ok(key) => check(ctx, provider, &credential.params, &key)
-            .await
-            .map_err(Some),
-        Err(e) if e.code == "decryption_failed" => Err(None),
-        Err(e) => return Err(e),
+    // (status, detail, audit reason) when the key did not pass.
+    let refused = match stored_key(ctx, credential)? {
+        Some(key) => match check(ctx, provider, &credential.params, &key).await {
+            Ok(accepted) => {
+                apply_accepted(credential, accepted, now);
+                None
+            }
+            Err(f) => Some((
+                status_of(&f),
+                f.message().to_owned(),
+                ApiError::from_failure(credential.provider, f).code,
+            )),
+        },
+        None => Some((
+            CredentialStatus::NeedsReconfiguration,
+            "The stored key cannot be decrypted; enter it again.".to_owned(),
+            "decryption_failed",
+        )),
     };
-    match outcome {
-        Ok(accepted) => apply_accepted(credential, accepted, now),
-        Err(failure) => {
-            credential.status = match &failure {
-                Some(f) => status_of(f),
-                None => CredentialStatus::NeedsReconfiguration,
-            };
-            credential.status_detail = Some(match &failure {
-                Some(f) => f.message().to_owned(),
-                None => "The stored key cannot be decrypted; enter it again.".to_owned(),
-            });
-            credential.consecutive_failures += 1;
-            credential.last_validated_at = Some(now);
-            credential.updated_at = now;
-            let code = match &failure {
-                Some(f) => ApiError::from_failure(credential.provider, f.clone()).code,
-                None => "decryption_failed",
-            };
-            ctx.note_failure(code);
-        }
+    if let Some((status, detail, reason)) = refused {
+        credential.status = status;
+        credential.status_detail = Some(detail);
+        credential.consecutive_failures += 1;
+        credential.last_validated_at = Some(now);
+        credential.updated_at = now;
+        ctx.note_failure(reason);
     }
     save(ctx, credential).await?;
     ctx.note_detail(json!({

@@ -8,43 +8,39 @@ use crate::crypto::MasterKeyError;
 use crate::error::ApiError;
 
 pub(super) async fn health(app: &App<'_>) -> Response {
-    let (config, master_key, problems) = match app.config {
-        Ok(c) => {
-            let mk = match &c.master_keys {
-                Ok(_) => "ok",
-                Err(MasterKeyError::Missing) => "missing",
-                Err(_) => "invalid",
-            };
-            ("ok", mk, Vec::new())
-        }
-        Err(errors) => (
-            "error",
-            "unknown",
-            errors.iter().map(|e| e.to_string()).collect(),
-        ),
-    };
-    let database = match app.store.ping().await {
-        Ok(()) => "ok",
+    let database_ok = match app.store.ping().await {
+        Ok(()) => true,
         Err(e) => {
             (app.log)(&format!("health: database check failed: {e}"));
-            "error"
+            false
         }
     };
-    let checks = json!({"config": config, "master_key": master_key, "database": database});
-    if config == "ok" && master_key == "ok" && database == "ok" {
-        return Response::json(200, &json!({"status": "ok", "checks": checks}));
-    }
-    let error = if database != "ok" && config == "ok" && master_key == "ok" {
-        ApiError::unavailable("The database is not answering.")
-    } else if master_key != "ok" && config == "ok" {
-        let why = match app.config.map(|c| c.master_keys.as_ref().err()) {
-            Ok(Some(e)) => e.to_string(),
-            _ => String::new(),
-        };
-        ApiError::not_configured(why)
-    } else {
-        ApiError::not_configured("The configuration has problems.")
-            .with("problems", json!(problems))
+    // A configuration problem is reported before a database one.
+    let (config, master_key, problem) = match app.config {
+        Err(errors) => {
+            let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            let e = ApiError::not_configured("The configuration has problems.")
+                .with("problems", json!(problems));
+            ("error", "unknown", Some(e))
+        }
+        Ok(c) => match &c.master_keys {
+            Ok(_) => ("ok", "ok", None),
+            Err(e) => {
+                let check = if *e == MasterKeyError::Missing {
+                    "missing"
+                } else {
+                    "invalid"
+                };
+                ("ok", check, Some(ApiError::not_configured(e.to_string())))
+            }
+        },
     };
-    Response::problem(&error.with("checks", checks))
+    let checks = json!({"config": config, "master_key": master_key, "database": if database_ok { "ok" } else { "error" }});
+    let problem = problem.or_else(|| {
+        (!database_ok).then(|| ApiError::unavailable("The database is not answering."))
+    });
+    match problem {
+        None => Response::json(200, &json!({"status": "ok", "checks": checks})),
+        Some(e) => Response::problem(&e.with("checks", checks)),
+    }
 }

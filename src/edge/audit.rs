@@ -6,8 +6,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::wasm_bindgen::JsValue;
-use worker::{D1Database, D1PreparedStatement, Queue};
+use worker::Queue;
 
+use super::db::{num, opt_text as opt, text, Db};
 use super::runtime::now_ms;
 use crate::audit::{chain, AuditEvent, ChainHead, ChainedEvent};
 use crate::domain::{Timestamp, UserId};
@@ -18,20 +19,8 @@ const APPEND_ATTEMPTS: usize = 3;
 /// Users whose old events one retention run removes (bounds D1 queries per invocation).
 const RETENTION_USERS_PER_RUN: u32 = 25;
 
-pub struct D1AuditStore {
-    db: Result<D1Database, String>,
-}
-
-fn unavailable(e: worker::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-fn num(n: u64) -> JsValue {
-    JsValue::from(n as f64)
-}
-
-fn opt(s: Option<&str>) -> JsValue {
-    s.map(JsValue::from).unwrap_or(JsValue::NULL)
+pub struct D1AuditStore<'a> {
+    db: &'a Db,
 }
 
 const COLUMNS: &str =
@@ -83,29 +72,13 @@ impl Row {
     }
 }
 
-impl D1AuditStore {
-    pub fn new(db: worker::Result<D1Database>) -> Self {
-        Self {
-            db: db.map_err(|e| format!("binding DB: {e}")),
-        }
-    }
-
-    fn prepare(&self, sql: &str, args: &[JsValue]) -> Result<D1PreparedStatement, StoreError> {
-        let db = self
-            .db
-            .as_ref()
-            .map_err(|e| StoreError::Unavailable(e.clone()))?;
-        db.prepare(sql).bind(args).map_err(unavailable)
+impl<'a> D1AuditStore<'a> {
+    pub fn new(db: &'a Db) -> Self {
+        Self { db }
     }
 
     async fn rows(&self, sql: &str, args: &[JsValue]) -> Result<Vec<ChainedEvent>, StoreError> {
-        let rows: Vec<Row> = self
-            .prepare(sql, args)?
-            .all()
-            .await
-            .map_err(unavailable)?
-            .results()
-            .map_err(unavailable)?;
+        let rows: Vec<Row> = self.db.all(sql, args).await?;
         Ok(rows.into_iter().map(Row::into_chained).collect())
     }
 
@@ -116,11 +89,7 @@ impl D1AuditStore {
             hash: String,
         }
         let sql = format!("SELECT seq, hash FROM {table} WHERE user_id = ?1");
-        let a: Option<Anchor> = self
-            .prepare(&sql, &[JsValue::from(user)])?
-            .first(None)
-            .await
-            .map_err(unavailable)?;
+        let a: Option<Anchor> = self.db.first(&sql, &[text(user)], None).await?;
         Ok(a.map(|a| ChainHead {
             seq: a.seq as u64,
             hash: a.hash,
@@ -128,6 +97,10 @@ impl D1AuditStore {
     }
 
     async fn stored_ids(&self, ids: &[&str]) -> Result<Vec<String>, StoreError> {
+        #[derive(Deserialize)]
+        struct Id {
+            id: String,
+        }
         let mut found = Vec::new();
         for chunk in ids.chunks(50) {
             let marks = (1..=chunk.len())
@@ -135,18 +108,8 @@ impl D1AuditStore {
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!("SELECT id FROM audit_events WHERE id IN ({marks})");
-            let args: Vec<JsValue> = chunk.iter().map(|id| JsValue::from(*id)).collect();
-            #[derive(Deserialize)]
-            struct Id {
-                id: String,
-            }
-            let rows: Vec<Id> = self
-                .prepare(&sql, &args)?
-                .all()
-                .await
-                .map_err(unavailable)?
-                .results()
-                .map_err(unavailable)?;
+            let args: Vec<JsValue> = chunk.iter().map(|id| text(id)).collect();
+            let rows: Vec<Id> = self.db.all(&sql, &args).await?;
             found.extend(rows.into_iter().map(|r| r.id));
         }
         Ok(found)
@@ -178,25 +141,25 @@ impl D1AuditStore {
         let mut statements = Vec::with_capacity(linked.len() + 1);
         for l in &linked {
             let e = &l.event;
-            statements.push(self.prepare(
+            statements.push(self.db.prepare(
                 &insert,
                 &[
-                    JsValue::from(e.id.as_str()),
-                    JsValue::from(e.user_id.as_str()),
+                    text(e.id.as_str()),
+                    text(e.user_id.as_str()),
                     num(l.seq),
                     num(e.at),
-                    JsValue::from(e.action.as_str()),
-                    JsValue::from(e.actor.kind.as_str()),
-                    JsValue::from(e.actor.id.as_str()),
+                    text(e.action.as_str()),
+                    text(e.actor.kind.as_str()),
+                    text(e.actor.id.as_str()),
                     opt(e.credential_id.as_deref()),
                     opt(e.provider.as_deref()),
-                    JsValue::from(e.outcome.as_str()),
+                    text(e.outcome.as_str()),
                     opt(e.reason.as_deref()),
                     opt(e.source.map(|s| s.as_str())),
                     opt(e.request_id.as_deref()),
                     opt(e.detail.as_ref().map(|d| d.to_string()).as_deref()),
-                    JsValue::from(l.prev_hash.as_str()),
-                    JsValue::from(l.hash.as_str()),
+                    text(l.prev_hash.as_str()),
+                    text(l.hash.as_str()),
                 ],
             )?);
         }
@@ -204,24 +167,20 @@ impl D1AuditStore {
             .last()
             .map(|l| (l.seq, l.hash.clone()))
             .unwrap_or((head.seq, head.hash.clone()));
-        statements.push(self.prepare(
+        statements.push(self.db.prepare(
             "INSERT INTO audit_heads (user_id, seq, hash, updated_at) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (user_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, updated_at = excluded.updated_at",
-            &[JsValue::from(user), num(last.0), JsValue::from(last.1.as_str()), num(now_ms())],
+            &[text(user), num(last.0), text(last.1.as_str()), num(now_ms())],
         )?);
-        let db = self
-            .db
-            .as_ref()
-            .map_err(|e| StoreError::Unavailable(e.clone()))?;
         // A concurrent writer that took the same seq makes the batch fail on UNIQUE
         // (user_id, seq) and roll back whole; the caller retries from the new head.
-        db.batch(statements).await.map_err(unavailable)?;
+        self.db.batch(statements).await?;
         Ok(linked.len())
     }
 }
 
 #[async_trait(?Send)]
-impl AuditStore for D1AuditStore {
+impl AuditStore for D1AuditStore<'_> {
     async fn append(&self, events: &[AuditEvent]) -> Result<usize, StoreError> {
         let mut by_user: BTreeMap<&str, Vec<AuditEvent>> = BTreeMap::new();
         for e in events {
@@ -254,7 +213,7 @@ impl AuditStore for D1AuditStore {
              AND (?3 IS NULL OR credential_id = ?3) AND (?4 IS NULL OR seq < ?4) ORDER BY seq DESC LIMIT ?5"
         );
         let args = [
-            JsValue::from(user.as_str()),
+            text(user.as_str()),
             opt(q.action.map(|a| a.as_str())),
             opt(q.credential_id.as_ref().map(|c| c.as_str())),
             q.before_seq.map(num).unwrap_or(JsValue::NULL),
@@ -272,11 +231,7 @@ impl AuditStore for D1AuditStore {
         let sql = format!("SELECT {COLUMNS} FROM audit_events WHERE user_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3");
         self.rows(
             &sql,
-            &[
-                JsValue::from(user.as_str()),
-                num(after),
-                num(u64::from(limit)),
-            ],
+            &[text(user.as_str()), num(after), num(u64::from(limit))],
         )
         .await
     }
@@ -292,13 +247,12 @@ impl AuditStore for D1AuditStore {
     }
 
     async fn store_dead_letter(&self, body: &str, reason: &str) -> Result<(), StoreError> {
-        self.prepare(
-            "INSERT INTO audit_dead_letters (body, reason, received_at) VALUES (?1, ?2, ?3)",
-            &[JsValue::from(body), JsValue::from(reason), num(now_ms())],
-        )?
-        .run()
-        .await
-        .map_err(unavailable)?;
+        self.db
+            .run(
+                "INSERT INTO audit_dead_letters (body, reason, received_at) VALUES (?1, ?2, ?3)",
+                &[text(body), text(reason), num(now_ms())],
+            )
+            .await?;
         Ok(())
     }
 
@@ -311,37 +265,30 @@ impl AuditStore for D1AuditStore {
         }
         // The newest old event of each user becomes that user's checkpoint.
         let old: Vec<Old> = self
-            .prepare(
+            .db
+            .all(
                 "SELECT e.user_id, e.seq, e.hash FROM audit_events e JOIN \
                  (SELECT user_id, MAX(seq) AS seq FROM audit_events WHERE at < ?1 GROUP BY user_id LIMIT ?2) o \
                  ON e.user_id = o.user_id AND e.seq = o.seq",
                 &[num(cutoff.as_millis()), num(u64::from(RETENTION_USERS_PER_RUN))],
-            )?
-            .all()
-            .await
-            .map_err(unavailable)?
-            .results()
-            .map_err(unavailable)?;
-        let db = self
-            .db
-            .as_ref()
-            .map_err(|e| StoreError::Unavailable(e.clone()))?;
+            )
+            .await?;
         let mut removed = 0;
         for o in old {
-            let results = db
+            let results = self
+                .db
                 .batch(vec![
-                    self.prepare(
+                    self.db.prepare(
                         "INSERT INTO audit_checkpoints (user_id, seq, hash, updated_at) VALUES (?1, ?2, ?3, ?4) \
                          ON CONFLICT (user_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, updated_at = excluded.updated_at",
-                        &[JsValue::from(o.user_id.as_str()), num(o.seq as u64), JsValue::from(o.hash.as_str()), num(now_ms())],
+                        &[text(o.user_id.as_str()), num(o.seq as u64), text(o.hash.as_str()), num(now_ms())],
                     )?,
-                    self.prepare(
+                    self.db.prepare(
                         "DELETE FROM audit_events WHERE user_id = ?1 AND seq <= ?2",
-                        &[JsValue::from(o.user_id.as_str()), num(o.seq as u64)],
+                        &[text(o.user_id.as_str()), num(o.seq as u64)],
                     )?,
                 ])
-                .await
-                .map_err(unavailable)?;
+                .await?;
             removed += results
                 .get(1)
                 .and_then(|r| r.meta().ok().flatten())
@@ -357,7 +304,7 @@ impl AuditStore for D1AuditStore {
 /// (it holds no secret) so it can still be recovered from the logs.
 pub struct QueueAuditSink<'a> {
     pub queue: Option<Queue>,
-    pub store: &'a D1AuditStore,
+    pub store: &'a D1AuditStore<'a>,
 }
 
 #[async_trait(?Send)]

@@ -1,10 +1,8 @@
-//! The credential repository over D1: the only place that knows the SQL.
-//! Integers are bound as f64 (D1 rejects BigInt); timestamps are stored as Unix ms.
+//! The credential and preference repository over D1: the only place that knows their SQL.
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use worker::wasm_bindgen::JsValue;
-use worker::{D1Database, D1PreparedStatement};
 
 use crate::crypto::Sealed;
 use crate::domain::{
@@ -14,50 +12,16 @@ use crate::domain::{
 use crate::ports::{CredentialStore, Preference, StoreError};
 use crate::providers;
 
-pub struct D1Store {
-    db: Result<D1Database, String>,
+use super::db::{json, millis, num, opt_millis, opt_text, text, unavailable, Db};
+
+pub struct D1Store<'a> {
+    db: &'a Db,
 }
 
-impl D1Store {
-    pub fn new(db: worker::Result<D1Database>) -> Self {
-        Self {
-            db: db.map_err(|e| format!("binding DB: {e}")),
-        }
+impl<'a> D1Store<'a> {
+    pub fn new(db: &'a Db) -> Self {
+        Self { db }
     }
-
-    fn db(&self) -> Result<&D1Database, StoreError> {
-        self.db
-            .as_ref()
-            .map_err(|e| StoreError::Unavailable(e.clone()))
-    }
-
-    fn prepare(&self, sql: &str, args: &[JsValue]) -> Result<D1PreparedStatement, StoreError> {
-        self.db()?.prepare(sql).bind(args).map_err(unavailable)
-    }
-}
-
-fn unavailable(e: worker::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-fn text(s: &str) -> JsValue {
-    JsValue::from(s)
-}
-
-fn opt_text(s: Option<&str>) -> JsValue {
-    s.map(JsValue::from).unwrap_or(JsValue::NULL)
-}
-
-fn millis(t: Timestamp) -> JsValue {
-    JsValue::from(t.as_millis() as f64)
-}
-
-fn opt_millis(t: Option<Timestamp>) -> JsValue {
-    t.map(millis).unwrap_or(JsValue::NULL)
-}
-
-fn json<T: serde::Serialize>(v: &T) -> JsValue {
-    JsValue::from(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
 }
 
 /// `key_version`, `nonce`, `ciphertext` of a row (all NULL for a keyless credential).
@@ -196,7 +160,7 @@ impl Row {
 }
 
 #[async_trait(?Send)]
-impl CredentialStore for D1Store {
+impl CredentialStore for D1Store<'_> {
     async fn insert(&self, c: &Credential) -> Result<(), StoreError> {
         let marks: Vec<String> = (1..=4 + MUTABLE.len()).map(|i| format!("?{i}")).collect();
         let sql = format!(
@@ -211,10 +175,7 @@ impl CredentialStore for D1Store {
             millis(c.created_at),
         ];
         args.extend(mutable_values(c));
-        self.prepare(&sql, &args)?
-            .run()
-            .await
-            .map_err(unavailable)?;
+        self.db.run(&sql, &args).await?;
         Ok(())
     }
 
@@ -224,8 +185,8 @@ impl CredentialStore for D1Store {
         id: &CredentialId,
     ) -> Result<Option<Credential>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM credentials WHERE user_id = ?1 AND id = ?2");
-        let stmt = self.prepare(&sql, &[text(user.as_str()), text(id.as_str())])?;
-        let row: Option<Row> = stmt.first(None).await.map_err(unavailable)?;
+        let args = [text(user.as_str()), text(id.as_str())];
+        let row: Option<Row> = self.db.first(&sql, &args, None).await?;
         row.map(Row::into_credential).transpose()
     }
 
@@ -238,16 +199,8 @@ impl CredentialStore for D1Store {
             "SELECT {COLUMNS} FROM credentials WHERE user_id = ?1 AND (?2 IS NULL OR provider = ?2) \
              ORDER BY created_at DESC, id"
         );
-        let stmt = self.prepare(
-            &sql,
-            &[text(user.as_str()), opt_text(provider.map(|p| p.as_str()))],
-        )?;
-        let rows: Vec<Row> = stmt
-            .all()
-            .await
-            .map_err(unavailable)?
-            .results()
-            .map_err(unavailable)?;
+        let args = [text(user.as_str()), opt_text(provider.map(|p| p.as_str()))];
+        let rows: Vec<Row> = self.db.all(&sql, &args).await?;
         rows.into_iter().map(Row::into_credential).collect()
     }
 
@@ -263,14 +216,7 @@ impl CredentialStore for D1Store {
         );
         let mut args = vec![text(c.user_id.as_str()), text(c.id.as_str())];
         args.extend(mutable_values(c));
-        let stmt = self.prepare(&sql, &args)?;
-        let result = stmt.run().await.map_err(unavailable)?;
-        let changes = result
-            .meta()
-            .map_err(unavailable)?
-            .and_then(|m| m.changes)
-            .unwrap_or(0);
-        Ok(changes > 0)
+        Ok(self.db.run(&sql, &args).await? > 0)
     }
 
     async fn delete(
@@ -281,19 +227,18 @@ impl CredentialStore for D1Store {
         let args = [text(user.as_str()), text(id.as_str())];
         // One transaction: the preferences that pointed at it go with the row.
         let results = self
-            .db()?
+            .db
             .batch(vec![
-                self.prepare(
+                self.db.prepare(
                     "DELETE FROM preferences WHERE user_id = ?1 AND credential_id = ?2",
                     &args,
                 )?,
-                self.prepare(
+                self.db.prepare(
                     "DELETE FROM credentials WHERE user_id = ?1 AND id = ?2 RETURNING provider",
                     &args,
                 )?,
             ])
-            .await
-            .map_err(unavailable)?;
+            .await?;
         #[derive(Deserialize)]
         struct Deleted {
             provider: String,
@@ -308,6 +253,31 @@ impl CredentialStore for D1Store {
             .map(|p| p.info().id))
     }
 
+    async fn find_by_fingerprint(
+        &self,
+        user: &UserId,
+        fingerprints: &[String],
+    ) -> Result<Option<CredentialId>, StoreError> {
+        let sql = "SELECT id FROM credentials WHERE user_id = ?1 AND fingerprint = ?2 LIMIT 1";
+        for fp in fingerprints {
+            let id: Option<String> = self
+                .db
+                .first(sql, &[text(user.as_str()), text(fp)], Some("id"))
+                .await?;
+            if let Some(id) = id.as_deref().and_then(CredentialId::parse) {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db
+            .first::<f64>("SELECT COUNT(*) AS n FROM credentials", &[], Some("n"))
+            .await?;
+        Ok(())
+    }
+
     async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, StoreError> {
         #[derive(Deserialize)]
         struct Row {
@@ -316,18 +286,10 @@ impl CredentialStore for D1Store {
             provider: String,
             model: Option<String>,
         }
-        let rows: Vec<Row> = self
-            .prepare(
-                "SELECT p.capability, p.credential_id, c.provider, p.model FROM preferences p \
-                 JOIN credentials c ON c.id = p.credential_id AND c.user_id = p.user_id \
-                 WHERE p.user_id = ?1 ORDER BY p.capability",
-                &[text(user.as_str())],
-            )?
-            .all()
-            .await
-            .map_err(unavailable)?
-            .results()
-            .map_err(unavailable)?;
+        let sql = "SELECT p.capability, p.credential_id, c.provider, p.model FROM preferences p \
+                   JOIN credentials c ON c.id = p.credential_id AND c.user_id = p.user_id \
+                   WHERE p.user_id = ?1 ORDER BY p.capability";
+        let rows: Vec<Row> = self.db.all(sql, &[text(user.as_str())]).await?;
         Ok(rows
             .into_iter()
             .filter_map(|r| {
@@ -342,45 +304,17 @@ impl CredentialStore for D1Store {
     }
 
     async fn set_preference(&self, user: &UserId, p: &Preference) -> Result<(), StoreError> {
-        self.prepare(
-            "INSERT INTO preferences (user_id, capability, credential_id, model, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (user_id, capability) DO UPDATE SET \
-             credential_id = excluded.credential_id, model = excluded.model, updated_at = excluded.updated_at",
-            &[
-                text(user.as_str()),
-                text(p.capability.as_str()),
-                text(p.credential_id.as_str()),
-                opt_text(p.model.as_deref()),
-                JsValue::from(super::runtime::now_ms() as f64),
-            ],
-        )?
-        .run()
-        .await
-        .map_err(unavailable)?;
-        Ok(())
-    }
-
-    async fn find_by_fingerprint(
-        &self,
-        user: &UserId,
-        fingerprints: &[String],
-    ) -> Result<Option<CredentialId>, StoreError> {
-        for fp in fingerprints {
-            let stmt = self.prepare(
-                "SELECT id FROM credentials WHERE user_id = ?1 AND fingerprint = ?2 LIMIT 1",
-                &[text(user.as_str()), text(fp)],
-            )?;
-            let id: Option<String> = stmt.first(Some("id")).await.map_err(unavailable)?;
-            if let Some(id) = id.as_deref().and_then(CredentialId::parse) {
-                return Ok(Some(id));
-            }
-        }
-        Ok(None)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let stmt = self.prepare("SELECT COUNT(*) AS n FROM credentials", &[])?;
-        stmt.first::<f64>(Some("n")).await.map_err(unavailable)?;
+        let sql = "INSERT INTO preferences (user_id, capability, credential_id, model, updated_at) \
+                   VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (user_id, capability) DO UPDATE SET \
+                   credential_id = excluded.credential_id, model = excluded.model, updated_at = excluded.updated_at";
+        let args = [
+            text(user.as_str()),
+            text(p.capability.as_str()),
+            text(p.credential_id.as_str()),
+            opt_text(p.model.as_deref()),
+            num(super::runtime::now_ms()),
+        ];
+        self.db.run(sql, &args).await?;
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 mod audit;
 mod d1;
+mod db;
 mod fetch;
 mod runtime;
 mod webcrypto;
@@ -52,8 +53,9 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     let method = req.method().to_string();
     let path = req.path();
     let request = runtime::read_request(req).await?;
-    let store = d1::D1Store::new(env.d1("DB"));
-    let audit_log = audit::D1AuditStore::new(env.d1("DB"));
+    let db = db::Db::new(&env);
+    let store = d1::D1Store::new(&db);
+    let audit_log = audit::D1AuditStore::new(&db);
     let sink = audit::QueueAuditSink {
         queue: env.queue("AUDIT_QUEUE").ok(),
         store: &audit_log,
@@ -89,10 +91,8 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     };
     let days = config.audit_retention_days;
     let cutoff = Timestamp::from_millis(runtime::now_ms().saturating_sub(days * 86_400_000));
-    match audit::D1AuditStore::new(env.d1("DB"))
-        .apply_retention(cutoff)
-        .await
-    {
+    let db = db::Db::new(&env);
+    match audit::D1AuditStore::new(&db).apply_retention(cutoff).await {
         Ok(n) => worker::console_log!(
             "cron '{}': audit retention removed {n} event(s) older than {days} days",
             event.cron()
@@ -111,7 +111,8 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
         .map(|m| runtime::message_body(&m.body()))
         .collect();
     let log = |line: &str| worker::console_log!("{line}");
-    let store = audit::D1AuditStore::new(env.d1("DB"));
+    let db = db::Db::new(&env);
+    let store = audit::D1AuditStore::new(&db);
     let dispositions = if name.contains("audit") && name.ends_with("-dlq") {
         crate::audit::consume_dead_letters(&store, &bodies, &log).await
     } else if name.contains("audit") {

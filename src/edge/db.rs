@@ -1,0 +1,107 @@
+//! The D1 binding, shared by the repositories for one invocation: statements, result
+//! reading and value conversion in one place. Integers are bound as f64 (D1 rejects
+//! BigInt); timestamps are Unix milliseconds.
+
+use serde::de::DeserializeOwned;
+use worker::wasm_bindgen::JsValue;
+use worker::{D1Database, D1PreparedStatement, D1Result, Env};
+
+use crate::domain::Timestamp;
+use crate::ports::StoreError;
+
+pub struct Db(Result<D1Database, String>);
+
+pub fn unavailable(e: worker::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl Db {
+    /// The `DB` binding; a missing binding makes every query fail as unavailable.
+    pub fn new(env: &Env) -> Self {
+        Self(env.d1("DB").map_err(|e| format!("binding DB: {e}")))
+    }
+
+    fn database(&self) -> Result<&D1Database, StoreError> {
+        self.0
+            .as_ref()
+            .map_err(|e| StoreError::Unavailable(e.clone()))
+    }
+
+    pub fn prepare(&self, sql: &str, args: &[JsValue]) -> Result<D1PreparedStatement, StoreError> {
+        self.database()?
+            .prepare(sql)
+            .bind(args)
+            .map_err(unavailable)
+    }
+
+    pub async fn all<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        args: &[JsValue],
+    ) -> Result<Vec<T>, StoreError> {
+        self.prepare(sql, args)?
+            .all()
+            .await
+            .map_err(unavailable)?
+            .results()
+            .map_err(unavailable)
+    }
+
+    /// The first row (or, with `column`, that column of it).
+    pub async fn first<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        args: &[JsValue],
+        column: Option<&str>,
+    ) -> Result<Option<T>, StoreError> {
+        self.prepare(sql, args)?
+            .first(column)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Runs a statement and returns how many rows it changed.
+    pub async fn run(&self, sql: &str, args: &[JsValue]) -> Result<u64, StoreError> {
+        let result = self.prepare(sql, args)?.run().await.map_err(unavailable)?;
+        Ok(result
+            .meta()
+            .map_err(unavailable)?
+            .and_then(|m| m.changes)
+            .unwrap_or(0) as u64)
+    }
+
+    /// Runs statements as one transaction: all of them or none.
+    pub async fn batch(
+        &self,
+        statements: Vec<D1PreparedStatement>,
+    ) -> Result<Vec<D1Result>, StoreError> {
+        self.database()?
+            .batch(statements)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+pub fn text(s: &str) -> JsValue {
+    JsValue::from(s)
+}
+
+pub fn opt_text(s: Option<&str>) -> JsValue {
+    s.map(JsValue::from).unwrap_or(JsValue::NULL)
+}
+
+pub fn num(n: u64) -> JsValue {
+    JsValue::from(n as f64)
+}
+
+pub fn millis(t: Timestamp) -> JsValue {
+    num(t.as_millis())
+}
+
+pub fn opt_millis(t: Option<Timestamp>) -> JsValue {
+    t.map(millis).unwrap_or(JsValue::NULL)
+}
+
+pub fn json<T: serde::Serialize>(v: &T) -> JsValue {
+    JsValue::from(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
+}

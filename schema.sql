@@ -1,8 +1,11 @@
--- byok-vault D1 schema. Idempotent: safe to apply to a database that already has it.
+-- byok-vault D1 schema: the full current schema, for reading. Databases are created and
+-- changed by the migrations in migrations/ (wrangler d1 migrations apply); a test proves
+-- that applying them in order yields exactly this schema.
 -- Timestamps are Unix milliseconds (INTEGER); JSON columns hold TEXT.
 
 -- One row per stored key. The key itself exists only as AES-256-GCM ciphertext bound
 -- (through the AAD) to user_id, id and provider; key_hint is its last 4 characters.
+-- Every write is conditional on the version it read and moves it on by one.
 CREATE TABLE IF NOT EXISTS credentials (
   id                   TEXT PRIMARY KEY,
   user_id              TEXT NOT NULL,
@@ -25,7 +28,8 @@ CREATE TABLE IF NOT EXISTS credentials (
   last_validated_at    INTEGER,
   created_at           INTEGER NOT NULL,
   updated_at           INTEGER NOT NULL,
-  import_batch_id      TEXT
+  import_batch_id      TEXT,
+  version              INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS credentials_by_user ON credentials (user_id, created_at DESC);
 CREATE UNIQUE INDEX IF NOT EXISTS credentials_fingerprint ON credentials (user_id, fingerprint)
@@ -67,6 +71,17 @@ CREATE TABLE IF NOT EXISTS audit_events (
   UNIQUE (user_id, seq)
 );
 CREATE INDEX IF NOT EXISTS audit_events_by_user_time ON audit_events (user_id, at DESC, id DESC);
+
+-- The transactional outbox: an operation writes its audit event here in the same D1
+-- batch as its change; the chainers (queue consumer, cron) move pending rows into
+-- audit_events. pos is the commit order.
+CREATE TABLE IF NOT EXISTS audit_outbox (
+  pos        INTEGER PRIMARY KEY AUTOINCREMENT,
+  id         TEXT NOT NULL UNIQUE,
+  user_id    TEXT NOT NULL,
+  event      TEXT NOT NULL,
+  created_at INTEGER NOT NULL
+);
 
 -- Where a user's chain starts after retention removed older events.
 CREATE TABLE IF NOT EXISTS audit_checkpoints (

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Builds the Worker (wasm + JS shim) into build/. wrangler runs this as its [build] command.
 # Skips the work when build/ is newer than every input, as make would.
+#
+# The deployed wasm carries no "name" section (function names: about 50 KB gzipped, an
+# eighth of the size budget). The same module with its names is kept beside it as
+# build/index_bg.names.wasm: a trace's `wasm-function[N]` is looked up there
+# (`twiggy paths`, `wasm-objdump -x`), so nothing is lost for debugging.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f .toolchain/env.sh ] || { echo "run scripts/setup.sh first" >&2; exit 1; }
 . .toolchain/env.sh
 out=build/index_bg.wasm
-if [ -f "$out" ] && [ -f build/worker/shim.mjs ] && [ -f build/index.js ] &&
+if [ -f "$out" ] && [ -f build/index_bg.names.wasm ] && [ -f build/worker/shim.mjs ] && [ -f build/index.js ] &&
   [ -z "$(find src Cargo.toml Cargo.lock -newer "$out" -print -quit)" ]; then
   echo "[build] build/ is up to date"
   exit 0
 fi
-exec worker-build --release
+worker-build --release
+cp "$out" build/index_bg.names.wasm
+# The feature list is worker-build's own: newer binaryen encodings that workerd cannot
+# read are never emitted.
+features=(mutable-globals sign-ext nontrapping-float-to-int bulk-memory multivalue reference-types exception-handling)
+"$WASM_OPT_BIN" "${features[@]/#/--enable-}" --strip-debug --strip-producers build/index_bg.names.wasm -o "$out"
+echo "[build] $(wc -c <"$out") bytes, $(gzip -c "$out" | wc -c) gzipped (names kept in build/index_bg.names.wasm)"

@@ -57,6 +57,11 @@ pub struct Config {
     pub fallback_policy: FallbackPolicy,
     pub system_keys_source: SystemKeysSource,
     pub cors_allowed_origins: Vec<String>,
+    /// Whether live provider checks are rate limited (`RATE_LIMITS`; off only outside
+    /// production).
+    pub rate_limits: bool,
+    /// The most credentials one user may hold (`MAX_CREDENTIALS_PER_USER`).
+    pub max_credentials_per_user: u32,
 }
 
 impl Config {
@@ -126,12 +131,43 @@ impl Config {
                 }
             },
         };
+        let jwks_max_stale_ms = match get("AUTH_JWKS_MAX_STALE_SECONDS") {
+            None => 3_600_000,
+            Some(raw) => match raw.trim().parse::<u64>() {
+                Ok(s) if s <= 7 * 86_400 => s * 1000,
+                _ => {
+                    err(
+                        "AUTH_JWKS_MAX_STALE_SECONDS",
+                        "must be an integer from 0 to 604800",
+                    );
+                    3_600_000
+                }
+            },
+        };
+        let issuer = get("AUTH_ISSUER");
+        let audience = get("AUTH_AUDIENCE");
+        // A token minted for another app of the same issuer must not open this vault.
+        if environment == Environment::Production {
+            if audience.is_none() {
+                err(
+                    "AUTH_AUDIENCE",
+                    "is required in production (the aud every user token must carry)",
+                );
+            }
+            if jwks_url.is_some() && issuer.is_none() {
+                err(
+                    "AUTH_ISSUER",
+                    "is required in production when AUTH_JWKS_URL is set",
+                );
+            }
+        }
         let jwt = JwtSettings {
             hs256_secret,
-            issuer: get("AUTH_ISSUER"),
-            audience: get("AUTH_AUDIENCE"),
+            issuer,
+            audience,
             jwks_url,
             jwks_ttl_ms,
+            jwks_max_stale_ms,
         };
 
         let mut provider_endpoints = BTreeMap::new();
@@ -173,6 +209,18 @@ impl Config {
         let probe_attempt_timeout_ms = number("PROBE_ATTEMPT_TIMEOUT_MS", 4_000, 100, 60_000);
         let revalidate_after_hours = number("REVALIDATE_AFTER_HOURS", 24, 1, 24 * 365);
         let audit_retention_days = number("AUDIT_RETENTION_DAYS", 365, 1, 36_500);
+        let max_credentials_per_user = number("MAX_CREDENTIALS_PER_USER", 100, 1, 10_000) as u32;
+        let rate_limits = match get("RATE_LIMITS").as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(_) => {
+                err("RATE_LIMITS", "must be on or off");
+                true
+            }
+        };
+        if !rate_limits && environment == Environment::Production {
+            err("RATE_LIMITS", "may not be off in production");
+        }
 
         let fallback_policy = match get("FALLBACK_POLICY").as_deref() {
             None | Some("user_then_system") => FallbackPolicy::UserThenSystem,
@@ -234,6 +282,8 @@ impl Config {
                 fallback_policy,
                 system_keys_source,
                 cors_allowed_origins,
+                rate_limits,
+                max_credentials_per_user,
             })
         } else {
             Err(errors)
@@ -277,10 +327,13 @@ mod tests {
     }
 
     const SECRET: (&str, &str) = ("AUTH_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+    const AUDIENCE: (&str, &str) = ("AUTH_AUDIENCE", "https://app.example");
 
     #[test]
     fn defaults_are_production_safe() {
-        let c = Config::parse(vars(&[SECRET])).unwrap();
+        let c = Config::parse(vars(&[SECRET, AUDIENCE])).unwrap();
+        assert!(c.rate_limits);
+        assert_eq!(c.max_credentials_per_user, 100);
         assert_eq!(c.environment, Environment::Production);
         assert!(!c.allow_private_base_urls);
         assert_eq!(c.validation_deadline_ms, 10_000);
@@ -295,6 +348,7 @@ mod tests {
     fn base_urls_can_be_redirected() {
         let c = Config::parse(vars(&[
             SECRET,
+            AUDIENCE,
             ("ELEVENLABS_BASE_URL", "http://127.0.0.1:9999/"),
         ]))
         .unwrap();
@@ -340,9 +394,13 @@ mod tests {
 
     #[test]
     fn private_base_urls_are_never_allowed_in_production() {
-        let errors = Config::parse(vars(&[SECRET, ("ALLOW_PRIVATE_BASE_URLS", "true")]))
-            .err()
-            .unwrap();
+        let errors = Config::parse(vars(&[
+            SECRET,
+            AUDIENCE,
+            ("ALLOW_PRIVATE_BASE_URLS", "true"),
+        ]))
+        .err()
+        .unwrap();
         assert_eq!(errors[0].var, "ALLOW_PRIVATE_BASE_URLS");
         let dev = Config::parse(vars(&[
             SECRET,
@@ -350,5 +408,54 @@ mod tests {
             ("ENVIRONMENT", "development"),
         ]));
         assert!(dev.is_ok());
+    }
+
+    #[test]
+    fn production_requires_an_audience_and_with_a_jwks_an_issuer() {
+        let errors = Config::parse(vars(&[SECRET])).err().unwrap();
+        assert_eq!(
+            errors.iter().map(|e| e.var).collect::<Vec<_>>(),
+            ["AUTH_AUDIENCE"]
+        );
+        let errors = Config::parse(vars(&[
+            AUDIENCE,
+            ("AUTH_JWKS_URL", "https://issuer.example/jwks.json"),
+        ]))
+        .err()
+        .unwrap();
+        assert_eq!(
+            errors.iter().map(|e| e.var).collect::<Vec<_>>(),
+            ["AUTH_ISSUER"]
+        );
+        let ok = Config::parse(vars(&[
+            AUDIENCE,
+            ("AUTH_JWKS_URL", "https://issuer.example/jwks.json"),
+            ("AUTH_ISSUER", "https://issuer.example/"),
+        ]));
+        assert!(ok.is_ok());
+        // Outside production both stay optional.
+        assert!(Config::parse(vars(&[SECRET, ("ENVIRONMENT", "staging")])).is_ok());
+    }
+
+    #[test]
+    fn rate_limits_may_be_off_only_outside_production() {
+        let errors = Config::parse(vars(&[SECRET, AUDIENCE, ("RATE_LIMITS", "off")]))
+            .err()
+            .unwrap();
+        assert_eq!(errors[0].var, "RATE_LIMITS");
+        let dev = Config::parse(vars(&[
+            SECRET,
+            ("RATE_LIMITS", "off"),
+            ("ENVIRONMENT", "development"),
+        ]))
+        .unwrap();
+        assert!(!dev.rate_limits);
+        let bad = Config::parse(vars(&[SECRET, AUDIENCE, ("RATE_LIMITS", "maybe")]))
+            .err()
+            .unwrap();
+        assert_eq!(bad[0].var, "RATE_LIMITS");
+        let limit =
+            Config::parse(vars(&[SECRET, AUDIENCE, ("MAX_CREDENTIALS_PER_USER", "3")])).unwrap();
+        assert_eq!(limit.max_credentials_per_user, 3);
     }
 }

@@ -128,6 +128,28 @@ impl ApiError {
         e
     }
 
+    /// The vault's own limit on live provider checks (not the provider's).
+    pub fn rate_limited(scope: crate::ports::LimitScope, retry_after_seconds: u64) -> Self {
+        let mut e = Self::new(429, "rate_limited", "Too many live checks")
+            .detail(format!(
+                "Keys are checked with their provider at a limited rate per {}; try again in {retry_after_seconds} s.",
+                scope.as_str()
+            ));
+        e.retry_after_seconds = Some(retry_after_seconds);
+        e
+    }
+
+    pub fn credential_limit_reached(limit: u32) -> Self {
+        Self::new(409, "credential_limit_reached", "Too many stored keys").detail(format!(
+            "You hold {limit} keys, the most one user may store; delete one to add another."
+        ))
+    }
+
+    /// A conditional write lost to a concurrent change it must not overwrite.
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(409, "conflict", "The credential changed meanwhile").detail(detail)
+    }
+
     pub fn secret_required() -> Self {
         let mut e = Self::new(400, "secret_required", "The key is required for this change")
             .detail("Changing where the key is used (region or base_url) needs the key in the same request.");

@@ -15,6 +15,7 @@ pub mod error;
 pub mod guard;
 pub mod ports;
 pub mod providers;
+pub mod text;
 pub mod validation;
 
 #[cfg(target_arch = "wasm32")]

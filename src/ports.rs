@@ -5,7 +5,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::audit::{Action, AuditEvent, ChainHead, ChainedEvent};
+use crate::audit::{Action, AuditEvent, ChainHead, ChainPlan, ChainedEvent};
 use crate::domain::{Capability, Credential, CredentialId, ProviderId, Timestamp, UserId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,12 +23,19 @@ impl Method {
     }
 }
 
+/// The most of an answer's body any outbound call reads (a model list of a thousand
+/// entries is a few hundred KB): a hostile or broken upstream cannot make the vault hold
+/// more.
+pub const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
+
 /// An outbound request to a provider.
 pub struct HttpRequest {
     pub method: Method,
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+    /// Answers with a longer body fail with [`HttpError::TooLarge`].
+    pub max_response_bytes: usize,
 }
 
 impl HttpRequest {
@@ -38,6 +45,7 @@ impl HttpRequest {
             url,
             headers: Vec::new(),
             body: None,
+            max_response_bytes: MAX_RESPONSE_BYTES,
         }
     }
 
@@ -83,12 +91,44 @@ pub enum HttpError {
     Timeout(u64),
     #[error("could not connect: {0}")]
     Network(String),
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 #[async_trait(?Send)]
 pub trait HttpClient {
-    /// Sends one request and gives up after `timeout_ms`. Any status is `Ok`.
+    /// Sends one request and gives up after `timeout_ms`. Any status is `Ok`, and a
+    /// redirect is never followed: a 3xx comes back as it is, so a destination that passed
+    /// the endpoint guard cannot bounce the call somewhere that would not. Reads at most
+    /// `request.max_response_bytes` of the body.
     async fn send(&self, request: HttpRequest, timeout_ms: u64) -> Result<HttpResponse, HttpError>;
+}
+
+/// What a live check with a provider is counted against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitScope {
+    User,
+    ClientAddress,
+}
+
+impl LimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::User => "user",
+            LimitScope::ClientAddress => "client address",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the rate limiter is unavailable: {0}")]
+pub struct LimiterError(pub String);
+
+/// Counts live provider checks (the Workers Rate Limiting binding in the Worker).
+#[async_trait(?Send)]
+pub trait RateLimiter {
+    /// Counts one check for `key` in `scope`; `false` when that is over the limit.
+    async fn allow(&self, scope: LimitScope, key: &str) -> Result<bool, LimiterError>;
 }
 
 #[async_trait(?Send)]
@@ -119,13 +159,58 @@ pub enum StoreError {
     Unavailable(String),
     #[error("a stored row is not readable: {0}")]
     Corrupt(String),
+    /// A uniqueness rule refused the write: another request wrote the same thing first.
+    #[error("a concurrent write got there first: {0}")]
+    Conflict(String),
+}
+
+/// What a conditional write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Written, with its audit event; the row's version moved on by one.
+    Done,
+    /// The row changed since it was read (its version moved on): nothing was written.
+    Conflict,
+    /// The user has no such row (any more): nothing was written.
+    Missing,
+}
+
+/// What stands between a user and one more stored key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// The user's credential that already holds this key, if any.
+    pub duplicate: Option<CredentialId>,
+    /// How many credentials the user holds.
+    pub count: u32,
+}
+
+/// What an insert did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored, with its audit event.
+    Done,
+    /// The user already holds this key (perhaps stored a moment ago by a parallel request).
+    Duplicate(CredentialId),
+    /// The user holds as many credentials as they may.
+    LimitReached,
 }
 
 /// Where credentials live. Every method is scoped to one user: another user's row is
-/// never returned, changed or deleted.
+/// never returned, changed or deleted. Every write carries the audit event of the
+/// operation and stores it in the same transaction (the outbox): an event exists exactly
+/// when its write happened.
 #[async_trait(?Send)]
 pub trait CredentialStore {
-    async fn insert(&self, credential: &Credential) -> Result<(), StoreError>;
+    /// Inserts `credential` and `event` together, unless the user already holds a key with
+    /// one of `fingerprints` or holds `limit` credentials (checked in the same transaction,
+    /// so parallel inserts cannot both pass).
+    async fn insert(
+        &self,
+        credential: &Credential,
+        fingerprints: &[String],
+        limit: u32,
+        event: &AuditEvent,
+    ) -> Result<Inserted, StoreError>;
     async fn get(&self, user: &UserId, id: &CredentialId)
         -> Result<Option<Credential>, StoreError>;
     /// The user's credentials, newest first.
@@ -134,28 +219,45 @@ pub trait CredentialStore {
         user: &UserId,
         provider: Option<ProviderId>,
     ) -> Result<Vec<Credential>, StoreError>;
-    /// Writes every mutable column of an existing row; `false` if the user has no such row.
-    async fn update(&self, credential: &Credential) -> Result<bool, StoreError>;
-    /// Removes the row (and its ciphertext) and the preferences that pointed at it, and
-    /// returns its provider; `None` if the user has no such credential.
+    /// Which of the user's credentials holds one of `fingerprints`, and how many they hold.
+    async fn occupancy(
+        &self,
+        user: &UserId,
+        fingerprints: &[String],
+    ) -> Result<Occupancy, StoreError>;
+    /// Writes what the user may change (label, model, the key and where it is used) and
+    /// the result of the check that came with it, if the row is still at
+    /// `credential.version`.
+    async fn update(
+        &self,
+        credential: &Credential,
+        event: &AuditEvent,
+    ) -> Result<Written, StoreError>;
+    /// Writes a re-check's result (status, detail, warnings, quota, models, failure count,
+    /// times) and nothing else, if the row is still at `credential.version`. Never
+    /// touches the key.
+    async fn record_check(
+        &self,
+        credential: &Credential,
+        event: &AuditEvent,
+    ) -> Result<Written, StoreError>;
+    /// Removes the row (and its ciphertext) and the preferences that pointed at it, with
+    /// `event` (its provider filled in from the row), and returns its provider; `None` if
+    /// the user has no such credential (then nothing is written).
     async fn delete(
         &self,
         user: &UserId,
         id: &CredentialId,
+        event: &AuditEvent,
     ) -> Result<Option<ProviderId>, StoreError>;
-    /// The user's credential whose fingerprint is one of `fingerprints`, if any.
-    async fn find_by_fingerprint(
-        &self,
-        user: &UserId,
-        fingerprints: &[String],
-    ) -> Result<Option<CredentialId>, StoreError>;
-    /// Proves the database answers.
+    /// Proves the database answers, at constant cost.
     async fn ping(&self) -> Result<(), StoreError>;
     async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, StoreError>;
     async fn set_preference(
         &self,
         user: &UserId,
         preference: &Preference,
+        event: &AuditEvent,
     ) -> Result<(), StoreError>;
 }
 
@@ -168,11 +270,16 @@ pub struct Preference {
     pub model: Option<String>,
 }
 
-/// Where a request's audit events go. It never fails the request: an implementation
-/// that cannot deliver falls back (queue → direct write → error log) on its own.
+/// Where a request's audit events go. It never fails the request.
 #[async_trait(?Send)]
 pub trait AuditSink {
+    /// Keeps the event of an operation that wrote nothing else (a view, a refusal) as an
+    /// outbox row of its own; if that cannot be written, it falls back (queue, then an
+    /// error log line holding the event, which holds no secret) on its own.
     async fn record(&self, event: &AuditEvent);
+    /// Tells the chainer that `event_id` waits in the outbox. If nobody can be told (the
+    /// queue is missing or failing), chains what waits now.
+    async fn nudge(&self, event_id: &str);
 }
 
 /// Which of a user's events to list, newest first.
@@ -185,13 +292,30 @@ pub struct AuditQuery {
     pub limit: u32,
 }
 
-/// The stored audit log.
+/// An event waiting in the outbox to be chained, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingEvent {
+    /// The outbox position: the order in which the writes committed.
+    pub pos: u64,
+    pub user_id: String,
+    /// The event's JSON.
+    pub body: String,
+}
+
+/// The stored audit log: the outbox of pending events and the chained log.
 #[async_trait(?Send)]
 pub trait AuditStore {
-    /// Chains `events` onto their users' chains and stores them, atomically per user.
-    /// An event whose id is already stored is skipped, so redelivery is harmless.
-    /// Returns how many events were new.
-    async fn append(&self, events: &[AuditEvent]) -> Result<usize, StoreError>;
+    /// Puts events that arrived some other way (a queue message carrying a whole event)
+    /// into the outbox, skipping any whose id is already pending or chained.
+    async fn enqueue(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    /// The oldest pending events, at most `limit`, in outbox order.
+    async fn pending(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError>;
+    /// Where each of `users`' chains ends now (users without events are left out).
+    async fn heads(&self, users: &[String]) -> Result<Vec<(String, ChainHead)>, StoreError>;
+    /// Carries out a chaining plan in one transaction: the chained rows, the moved heads,
+    /// the dead letters, and the outbox rows they came from removed. Fails whole, with
+    /// [`StoreError::Conflict`], when another chainer got there first.
+    async fn commit(&self, plan: &ChainPlan) -> Result<(), StoreError>;
     async fn list(
         &self,
         user: &UserId,

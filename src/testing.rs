@@ -2,14 +2,16 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use async_trait::async_trait;
 
-use crate::audit::{chain, AuditEvent, ChainHead, ChainedEvent};
+use crate::audit::{AuditEvent, ChainHead, ChainPlan, ChainedEvent};
 use crate::domain::{Credential, CredentialId, ProviderId, Timestamp, UserId};
 use crate::ports::{
     AuditQuery, AuditSink, AuditStore, Clock, CredentialStore, HttpClient, HttpError, HttpRequest,
-    HttpResponse, Jitter, Preference, StoreError,
+    HttpResponse, Inserted, Jitter, LimitScope, LimiterError, Occupancy, PendingEvent, Preference,
+    RateLimiter, StoreError, Written,
 };
 
 /// A clock that only moves when the code under test sleeps (or an HTTP call takes time).
@@ -119,6 +121,9 @@ impl HttpClient for FakeHttp<'_> {
                 takes_ms,
             }) => {
                 self.clock.advance(takes_ms.min(timeout_ms));
+                if body.len() > req.max_response_bytes {
+                    return Err(HttpError::TooLarge(req.max_response_bytes));
+                }
                 Ok(HttpResponse {
                     status,
                     headers,
@@ -144,12 +149,39 @@ impl Jitter for FixedJitter {
     }
 }
 
-/// Credentials in a vector, with the same per-user scoping as the D1 store.
+/// The outbox both in-memory stores write to, as both D1 repositories write one table.
+#[derive(Default)]
+pub struct MemoryOutbox {
+    pub rows: RefCell<Vec<PendingEvent>>,
+    next: Cell<u64>,
+}
+
+impl MemoryOutbox {
+    pub fn push(&self, event: &AuditEvent) {
+        let pos = self.next.get() + 1;
+        self.next.set(pos);
+        self.rows.borrow_mut().push(PendingEvent {
+            pos,
+            user_id: event.user_id.clone(),
+            body: serde_json::to_string(event).unwrap(),
+        });
+    }
+}
+
+/// A change another request lands between a read and a write.
+pub type Race = Box<dyn FnOnce(&mut Vec<Credential>)>;
+
+/// Credentials in a vector, with the same per-user scoping, versions and conditional
+/// writes as the D1 store.
 #[derive(Default)]
 pub struct MemoryStore {
     pub rows: RefCell<Vec<Credential>>,
     pub prefs: RefCell<Vec<(UserId, Preference)>>,
     pub down: Cell<bool>,
+    pub outbox: Rc<MemoryOutbox>,
+    /// Runs once, just before the next conditional write reads the row: lets a test land
+    /// a concurrent change in the window between a read and a write.
+    pub before_write: RefCell<Option<Race>>,
 }
 
 impl MemoryStore {
@@ -160,14 +192,58 @@ impl MemoryStore {
             Ok(())
         }
     }
+
+    /// The conditional write both `update` and `record_check` are: `apply` runs on the
+    /// stored row only if it is still at `c.version`.
+    fn write_if_current(
+        &self,
+        c: &Credential,
+        event: &AuditEvent,
+        apply: impl FnOnce(&mut Credential),
+    ) -> Result<Written, StoreError> {
+        self.check()?;
+        let mut rows = self.rows.borrow_mut();
+        if let Some(race) = self.before_write.borrow_mut().take() {
+            race(&mut rows);
+        }
+        let Some(row) = rows
+            .iter_mut()
+            .find(|r| r.user_id == c.user_id && r.id == c.id)
+        else {
+            return Ok(Written::Missing);
+        };
+        if row.version != c.version {
+            return Ok(Written::Conflict);
+        }
+        apply(row);
+        row.version += 1;
+        self.outbox.push(event);
+        Ok(Written::Done)
+    }
 }
 
 #[async_trait(?Send)]
 impl CredentialStore for MemoryStore {
-    async fn insert(&self, credential: &Credential) -> Result<(), StoreError> {
-        self.check()?;
+    async fn insert(
+        &self,
+        credential: &Credential,
+        fingerprints: &[String],
+        limit: u32,
+        event: &AuditEvent,
+    ) -> Result<Inserted, StoreError> {
+        if let Some(race) = self.before_write.borrow_mut().take() {
+            race(&mut self.rows.borrow_mut());
+        }
+        let occupancy = self.occupancy(&credential.user_id, fingerprints).await?;
+        if let Some(existing) = occupancy.duplicate {
+            return Ok(Inserted::Duplicate(existing));
+        }
+        if occupancy.count >= limit {
+            return Ok(Inserted::LimitReached);
+        }
         self.rows.borrow_mut().push(credential.clone());
-        Ok(())
+        self.outbox.push(event);
+        Ok(Inserted::Done)
     }
 
     async fn get(
@@ -201,19 +277,61 @@ impl CredentialStore for MemoryStore {
         Ok(out)
     }
 
-    async fn update(&self, credential: &Credential) -> Result<bool, StoreError> {
+    async fn occupancy(
+        &self,
+        user: &UserId,
+        fingerprints: &[String],
+    ) -> Result<Occupancy, StoreError> {
         self.check()?;
-        let mut rows = self.rows.borrow_mut();
-        match rows
-            .iter_mut()
-            .find(|c| c.user_id == credential.user_id && c.id == credential.id)
-        {
-            Some(row) => {
-                *row = credential.clone();
-                Ok(true)
-            }
-            None => Ok(false),
+        let rows = self.rows.borrow();
+        let mine = rows.iter().filter(|c| &c.user_id == user);
+        Ok(Occupancy {
+            duplicate: mine
+                .clone()
+                .find(|c| {
+                    c.fingerprint
+                        .as_ref()
+                        .is_some_and(|f| fingerprints.contains(f))
+                })
+                .map(|c| c.id.clone()),
+            count: mine.count() as u32,
+        })
+    }
+
+    async fn update(
+        &self,
+        credential: &Credential,
+        event: &AuditEvent,
+    ) -> Result<Written, StoreError> {
+        // The unique index on (user, fingerprint), as D1 enforces it.
+        let clash = self.rows.borrow().iter().any(|r| {
+            r.user_id == credential.user_id
+                && r.id != credential.id
+                && r.fingerprint.is_some()
+                && r.fingerprint == credential.fingerprint
+        });
+        if clash {
+            return Err(StoreError::Conflict("UNIQUE constraint failed".into()));
         }
+        self.write_if_current(credential, event, |row| *row = credential.clone())
+    }
+
+    async fn record_check(
+        &self,
+        c: &Credential,
+        event: &AuditEvent,
+    ) -> Result<Written, StoreError> {
+        self.write_if_current(c, event, |row| {
+            row.status = c.status;
+            row.status_detail = c.status_detail.clone();
+            row.warnings = c.warnings.clone();
+            row.quota = c.quota.clone();
+            row.models = c.models.clone();
+            row.models_fetched_at = c.models_fetched_at;
+            row.consecutive_failures = c.consecutive_failures;
+            row.last_validated_at = c.last_validated_at;
+            row.updated_at = c.updated_at;
+        })
     }
 
     async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, StoreError> {
@@ -231,11 +349,13 @@ impl CredentialStore for MemoryStore {
         &self,
         user: &UserId,
         preference: &Preference,
+        event: &AuditEvent,
     ) -> Result<(), StoreError> {
         self.check()?;
         let mut prefs = self.prefs.borrow_mut();
         prefs.retain(|(u, p)| !(u == user && p.capability == preference.capability));
         prefs.push((user.clone(), preference.clone()));
+        self.outbox.push(event);
         Ok(())
     }
 
@@ -243,33 +363,21 @@ impl CredentialStore for MemoryStore {
         &self,
         user: &UserId,
         id: &CredentialId,
+        event: &AuditEvent,
     ) -> Result<Option<ProviderId>, StoreError> {
         self.check()?;
+        let mut rows = self.rows.borrow_mut();
+        let Some(i) = rows.iter().position(|c| &c.user_id == user && &c.id == id) else {
+            return Ok(None);
+        };
         self.prefs
             .borrow_mut()
             .retain(|(u, p)| !(u == user && &p.credential_id == id));
-        let mut rows = self.rows.borrow_mut();
-        let found = rows.iter().position(|c| &c.user_id == user && &c.id == id);
-        Ok(found.map(|i| rows.remove(i).provider))
-    }
-
-    async fn find_by_fingerprint(
-        &self,
-        user: &UserId,
-        fingerprints: &[String],
-    ) -> Result<Option<CredentialId>, StoreError> {
-        self.check()?;
-        Ok(self
-            .rows
-            .borrow()
-            .iter()
-            .find(|c| {
-                &c.user_id == user
-                    && c.fingerprint
-                        .as_ref()
-                        .is_some_and(|f| fingerprints.contains(f))
-            })
-            .map(|c| c.id.clone()))
+        let provider = rows.remove(i).provider;
+        let mut event = event.clone();
+        event.provider = Some(provider.as_str().to_owned());
+        self.outbox.push(&event);
+        Ok(Some(provider))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -277,7 +385,8 @@ impl CredentialStore for MemoryStore {
     }
 }
 
-/// An audit log in memory, chained by the same core logic as the D1 store.
+/// An audit log in memory: the outbox and the chained log, chained by the same core logic
+/// as the D1 store.
 #[derive(Default)]
 pub struct MemoryAudit {
     pub rows: RefCell<Vec<ChainedEvent>>,
@@ -285,10 +394,15 @@ pub struct MemoryAudit {
     pub checkpoints: RefCell<std::collections::BTreeMap<String, ChainHead>>,
     pub dead_letters: RefCell<Vec<(String, String)>>,
     pub down: Cell<bool>,
+    pub outbox: Rc<MemoryOutbox>,
+    /// Queries made of the outbox and the chain (enqueue, pending, heads, commit), as D1
+    /// would count them.
+    pub queries: Cell<u32>,
 }
 
 impl MemoryAudit {
     fn check(&self) -> Result<(), StoreError> {
+        self.queries.set(self.queries.get() + 1);
         if self.down.get() {
             Err(StoreError::Unavailable("test audit store is down".into()))
         } else {
@@ -299,41 +413,65 @@ impl MemoryAudit {
 
 #[async_trait(?Send)]
 impl AuditStore for MemoryAudit {
-    async fn append(&self, events: &[AuditEvent]) -> Result<usize, StoreError> {
+    async fn enqueue(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         self.check()?;
-        let mut by_user: std::collections::BTreeMap<String, Vec<AuditEvent>> = Default::default();
         for e in events {
-            let seen = self.rows.borrow().iter().any(|r| r.event.id == e.id)
-                || by_user.values().flatten().any(|x| x.id == e.id);
-            if !seen {
-                by_user
-                    .entry(e.user_id.clone())
-                    .or_default()
-                    .push(e.clone());
+            let pending =
+                self.outbox.rows.borrow().iter().any(|p| {
+                    serde_json::from_str::<AuditEvent>(&p.body).is_ok_and(|x| x.id == e.id)
+                });
+            let chained = self.rows.borrow().iter().any(|r| r.event.id == e.id);
+            if !pending && !chained {
+                self.outbox.push(e);
             }
         }
-        let mut added = 0;
-        for (user, group) in by_user {
-            let head = self
-                .heads
-                .borrow()
-                .get(&user)
-                .cloned()
-                .unwrap_or_else(ChainHead::genesis);
-            let linked = chain(&head, group);
-            if let Some(last) = linked.last() {
-                self.heads.borrow_mut().insert(
-                    user,
-                    ChainHead {
-                        seq: last.seq,
-                        hash: last.hash.clone(),
-                    },
-                );
-            }
-            added += linked.len();
-            self.rows.borrow_mut().extend(linked);
+        Ok(())
+    }
+
+    async fn pending(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {
+        self.check()?;
+        Ok(self
+            .outbox
+            .rows
+            .borrow()
+            .iter()
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn heads(&self, users: &[String]) -> Result<Vec<(String, ChainHead)>, StoreError> {
+        self.check()?;
+        Ok(self
+            .heads
+            .borrow()
+            .iter()
+            .filter(|(u, _)| users.contains(u))
+            .map(|(u, h)| (u.clone(), h.clone()))
+            .collect())
+    }
+
+    async fn commit(&self, plan: &ChainPlan) -> Result<(), StoreError> {
+        self.check()?;
+        let clash = plan.rows.iter().any(|new| {
+            self.rows.borrow().iter().any(|r| {
+                r.event.id == new.event.id
+                    || (r.event.user_id == new.event.user_id && r.seq == new.seq)
+            })
+        });
+        if clash {
+            return Err(StoreError::Conflict("UNIQUE constraint failed".into()));
         }
-        Ok(added)
+        self.rows.borrow_mut().extend(plan.rows.iter().cloned());
+        self.heads.borrow_mut().extend(plan.heads.iter().cloned());
+        self.dead_letters
+            .borrow_mut()
+            .extend(plan.dead.iter().cloned());
+        self.outbox
+            .rows
+            .borrow_mut()
+            .retain(|p| !plan.done.contains(&p.pos));
+        Ok(())
     }
 
     async fn list(&self, user: &UserId, q: &AuditQuery) -> Result<Vec<ChainedEvent>, StoreError> {
@@ -404,10 +542,7 @@ impl AuditStore for MemoryAudit {
                 .entry(r.event.user_id.clone())
                 .or_insert_with(ChainHead::genesis);
             if r.seq > e.seq {
-                *e = ChainHead {
-                    seq: r.seq,
-                    hash: r.hash.clone(),
-                };
+                *e = r.head();
             }
         }
         let before = rows.len();
@@ -421,12 +556,51 @@ impl AuditStore for MemoryAudit {
     }
 }
 
-/// As a sink, the in-memory log stores events at once, as the direct path does.
+/// As a sink, the in-memory log is the path without a queue: the event goes into the
+/// outbox, and a nudge chains what waits at once.
 #[async_trait(?Send)]
 impl AuditSink for MemoryAudit {
     async fn record(&self, event: &AuditEvent) {
         // A test that takes the store down sees the event missing, as it would be.
-        let _ = self.append(std::slice::from_ref(event)).await;
+        if self.check().is_ok() {
+            self.outbox.push(event);
+        }
+    }
+
+    async fn nudge(&self, _event_id: &str) {
+        let _ = crate::audit::drain(self, 1).await;
+    }
+}
+
+/// Counts checks per (scope, key) and allows `limit` of each.
+pub struct CountingLimiter {
+    pub limit: u32,
+    pub seen: RefCell<std::collections::BTreeMap<(String, String), u32>>,
+    pub down: Cell<bool>,
+}
+
+impl CountingLimiter {
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            seen: RefCell::default(),
+            down: Cell::new(false),
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl RateLimiter for CountingLimiter {
+    async fn allow(&self, scope: LimitScope, key: &str) -> Result<bool, LimiterError> {
+        if self.down.get() {
+            return Err(LimiterError("test limiter is down".into()));
+        }
+        let mut seen = self.seen.borrow_mut();
+        let n = seen
+            .entry((scope.as_str().to_owned(), key.to_owned()))
+            .or_default();
+        *n += 1;
+        Ok(*n <= self.limit)
     }
 }
 

@@ -11,7 +11,11 @@ use crate::ports::AuditQuery;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
-const VERIFY_PAGE: u32 = 500;
+/// Events read per D1 query while verifying.
+const VERIFY_PAGE: u32 = 1000;
+/// Events one verify request checks at most (five queries): a longer chain is verified in
+/// pages, each answer naming where the next one starts.
+const VERIFY_PER_REQUEST: u64 = 5 * VERIFY_PAGE as u64;
 
 fn view(e: &ChainedEvent) -> Value {
     let ev = &e.event;
@@ -104,16 +108,78 @@ pub(super) async fn list(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, A
     ))
 }
 
+/// Where a paged verification goes on: after `seq`, whose hash is `hash`, with `checked`
+/// events checked so far. Opaque to clients; a forged cursor can only mislead its maker
+/// (a chain is verified for its own user), and the chain's links are checked from it on.
+struct VerifyCursor {
+    seq: u64,
+    hash: String,
+    checked: u64,
+}
+
+impl VerifyCursor {
+    fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("v1:{}:{}:{}", self.seq, self.hash, self.checked))
+    }
+
+    fn decode(raw: &str) -> Option<Self> {
+        let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
+        let mut parts = text.strip_prefix("v1:")?.split(':');
+        let (seq, hash, checked) = (parts.next()?, parts.next()?, parts.next()?);
+        let hash_ok = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        (parts.next().is_none() && hash_ok).then_some(())?;
+        Some(Self {
+            seq: seq.parse().ok()?,
+            hash: hash.to_owned(),
+            checked: checked.parse().ok()?,
+        })
+    }
+}
+
+/// `GET /v1/audit/verify`: recomputes the caller's chain. Bounded per request: at most
+/// `VERIFY_PER_REQUEST` events are checked, and when more remain the answer carries
+/// `next_cursor` (pass it back as `?cursor=`); `checked` counts from the chain's start.
 pub(super) async fn verify(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, ApiError> {
+    let mut cursor = None;
+    for (name, value) in ctx.request.url.query_pairs() {
+        match name.as_ref() {
+            "cursor" => match VerifyCursor::decode(&value) {
+                Some(c) => cursor = Some(c),
+                None => {
+                    return Err(ApiError::invalid_request(vec![FieldError::new(
+                        "cursor",
+                        "is not a cursor this API returned",
+                    )]))
+                }
+            },
+            other => {
+                return Err(ApiError::invalid_request(vec![FieldError::new(
+                    other,
+                    "is not a known query parameter",
+                )]))
+            }
+        }
+    }
     let log = ctx.app.audit_log;
     let fail = |e| {
         ctx.log(&format!("audit verification could not read the log: {e}"));
         ApiError::from(e)
     };
     let (checkpoint, head) = log.anchors(user).await.map_err(fail)?;
-    let start = checkpoint.clone().unwrap_or_else(ChainHead::genesis);
+    let (start, before) = match &cursor {
+        Some(c) => (
+            ChainHead {
+                seq: c.seq,
+                hash: c.hash.clone(),
+            },
+            c.checked,
+        ),
+        None => (checkpoint.clone().unwrap_or_else(ChainHead::genesis), 0),
+    };
     let mut verifier = Verifier::new(start.clone());
     let mut after = start.seq;
+    let mut read = 0u64;
+    let mut more = false;
     loop {
         let page = log
             .chain_page(user, after, VERIFY_PAGE)
@@ -122,15 +188,35 @@ pub(super) async fn verify(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
         for row in &page {
             verifier.push(row);
         }
+        read += page.len() as u64;
         match page.last() {
             Some(last) if page.len() == VERIFY_PAGE as usize && !verifier.is_broken() => {
-                after = last.seq
+                after = last.seq;
+                if read >= VERIFY_PER_REQUEST {
+                    more = true;
+                    break;
+                }
             }
             _ => break,
         }
     }
+    if more {
+        // Everything read so far holds: the next request goes on from here.
+        let end = verifier.position();
+        let v = verifier.finish(None);
+        let next = VerifyCursor {
+            seq: end.seq,
+            hash: end.hash,
+            checked: before + v.checked,
+        };
+        let mut body = json!({ "ok": true, "checked": next.checked, "next_cursor": next.encode() });
+        if let Some(cp) = checkpoint {
+            body["starts_after_seq"] = json!(cp.seq);
+        }
+        return Ok(Response::json(200, &body));
+    }
     let v = verifier.finish(head.as_ref());
-    let mut body = json!({ "ok": v.ok, "checked": v.checked });
+    let mut body = json!({ "ok": v.ok, "checked": before + v.checked });
     if let Some(seq) = v.broken_seq {
         body["broken_seq"] = json!(seq);
     }

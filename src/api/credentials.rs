@@ -6,14 +6,20 @@ use serde_json::json;
 use super::input::{is_json, JsonObject};
 use super::{views, Ctx, Response};
 use crate::audit::Action;
-use crate::crypto::{fingerprint, open, random_bytes, seal, MasterKeys, SecretKey};
+use crate::crypto::{fingerprint, open, random_bytes, seal, MasterKeys, Sealed, SecretKey};
 use crate::domain::{
-    key_hint, Credential, CredentialId, CredentialParams, CredentialStatus, ProviderId, UserId,
+    key_hint, Credential, CredentialId, CredentialParams, CredentialStatus, ProviderId, Timestamp,
+    UserId,
 };
 use crate::error::{clip, ApiError, FieldError};
 use crate::guard::check_base_url;
+use crate::ports::{Inserted, StoreError, Written};
 use crate::providers::{self, Accepted, Provider, Target};
 use crate::validation::{Failure, Prober};
+
+/// How often a conditional write is tried again after a concurrent change it may safely
+/// build on (a re-check's status, a label) before the request gives up with 409.
+const WRITE_ATTEMPTS: usize = 3;
 
 pub(super) fn providers() -> Response {
     let list: Vec<_> = providers::all().map(|p| p.info()).collect();
@@ -124,17 +130,25 @@ fn fingerprints(
         .collect()
 }
 
-/// Runs the provider's check of `key` at `params`, the endpoint guard first.
-async fn check(
+/// One live check of `key` at `params` for `user`: the endpoint guard, then the vault's
+/// rate limits (refused with 429 before any provider is contacted), then the provider,
+/// whose every word comes back cleaned (`providers::check`). The outer error is a refusal
+/// by the vault; the inner one is the provider's answer.
+async fn live_check(
     ctx: &Ctx<'_, '_>,
+    user: &UserId,
     provider: &'static dyn Provider,
     params: &CredentialParams,
     key: &SecretKey,
-) -> Result<Accepted, Failure> {
+) -> Result<Result<Accepted, Failure>, ApiError> {
     if let Some(url) = &params.base_url {
-        check_base_url(url, ctx.config.allow_private_base_urls)
-            .map_err(|e| Failure::Unreachable(format!("The base_url is not allowed: it {e}")))?;
+        if let Err(e) = check_base_url(url, ctx.config.allow_private_base_urls) {
+            return Ok(Err(Failure::Unreachable(format!(
+                "The base_url is not allowed: it {e}"
+            ))));
+        }
     }
+    ctx.limit_live_check(user).await?;
     let app = ctx.app;
     let prober = Prober::new(
         app.http,
@@ -147,15 +161,15 @@ async fn check(
         bases: ctx.config.endpoints(provider.info().id),
         params,
     };
-    provider.validate(&prober, &target, key).await.map_err(|f| {
-        let f = f.redacted(key);
+    let outcome = providers::check(provider, &prober, &target, key).await;
+    if let Err(f) = &outcome {
         ctx.log(&format!(
             "validation of a {} key failed: {}",
             provider.info().id,
             f.kind()
         ));
-        f
-    })
+    }
+    Ok(outcome)
 }
 
 fn status_of(f: &Failure) -> CredentialStatus {
@@ -170,7 +184,7 @@ fn status_of(f: &Failure) -> CredentialStatus {
 }
 
 /// Records a successful check on the row.
-fn apply_accepted(c: &mut Credential, accepted: Accepted, now: crate::domain::Timestamp) {
+fn apply_accepted(c: &mut Credential, accepted: Accepted, now: Timestamp) {
     c.status = CredentialStatus::Valid;
     c.status_detail = None;
     c.warnings = accepted.warnings;
@@ -180,6 +194,15 @@ fn apply_accepted(c: &mut Credential, accepted: Accepted, now: crate::domain::Ti
         c.models_fetched_at = Some(now);
     }
     c.consecutive_failures = 0;
+    c.last_validated_at = Some(now);
+    c.updated_at = now;
+}
+
+/// Records a check that did not pass on the row.
+fn apply_refusal(c: &mut Credential, status: CredentialStatus, detail: &str, now: Timestamp) {
+    c.status = status;
+    c.status_detail = Some(detail.to_owned());
+    c.consecutive_failures += 1;
     c.last_validated_at = Some(now);
     c.updated_at = now;
 }
@@ -223,18 +246,19 @@ async fn load(ctx: &Ctx<'_, '_>, user: &UserId, raw_id: &str) -> Result<Credenti
     Ok(credential)
 }
 
-async fn save(ctx: &Ctx<'_, '_>, c: &Credential) -> Result<(), ApiError> {
-    match ctx
-        .app
+/// The row as it is now, after a conditional write found it changed; 404 if it is gone.
+async fn reload(ctx: &Ctx<'_, '_>, c: &Credential) -> Result<Credential, ApiError> {
+    ctx.app
         .store
-        .update(c)
+        .get(&c.user_id, &c.id)
         .await
         .map_err(|e| log_store(ctx, e))?
-    {
-        true => Ok(()),
-        // Deleted meanwhile by a concurrent request.
-        false => Err(ApiError::not_found()),
-    }
+        .ok_or_else(ApiError::not_found)
+}
+
+/// Whether `now` still holds the key (and destination) that `then` held.
+fn same_key(then: &Credential, now: &Credential) -> bool {
+    then.fingerprint == now.fingerprint && then.params == now.params && then.secret == now.secret
 }
 
 /// The stored key in the clear; `None` when it no longer decrypts (a master key version
@@ -290,19 +314,25 @@ pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
     let key = SecretKey::new(api_key.unwrap_or_default());
 
     let material = fingerprint_material(&key, &params);
-    if let Some(existing) = ctx
+    let prints = fingerprints(keys, user, info.id, &material);
+    let limit = ctx.config.max_credentials_per_user;
+    // Refused before the provider is bothered; checked again, atomically, by the insert.
+    let occupancy = ctx
         .app
         .store
-        .find_by_fingerprint(user, &fingerprints(keys, user, info.id, &material))
+        .occupancy(user, &prints)
         .await
-        .map_err(|e| log_store(ctx, e))?
-    {
+        .map_err(|e| log_store(ctx, e))?;
+    if let Some(existing) = occupancy.duplicate {
         ctx.note_credential(&existing, None);
         return Err(ApiError::duplicate(existing));
     }
+    if occupancy.count >= limit {
+        return Err(ApiError::credential_limit_reached(limit));
+    }
 
-    let accepted = check(ctx, provider, &params, &key)
-        .await
+    let accepted = live_check(ctx, user, provider, &params, &key)
+        .await?
         .map_err(|f| ApiError::from_failure(info.id, f))?;
     if let Some(m) = &model {
         check_model(provider, m, accepted.models.as_deref())?;
@@ -338,14 +368,26 @@ pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
         last_validated_at: None,
         created_at: now,
         updated_at: now,
+        version: 0,
     };
     apply_accepted(&mut credential, accepted, now);
     ctx.note_credential(&credential.id, None);
-    ctx.app
+    let event = ctx.event(Action::CredentialCreated, user);
+    let inserted = ctx
+        .app
         .store
-        .insert(&credential)
+        .insert(&credential, &prints, limit, &event)
         .await
         .map_err(|e| log_store(ctx, e))?;
+    match inserted {
+        Inserted::Done => ctx.committed(&event),
+        // A parallel request stored the same key (or the last free slot) meanwhile.
+        Inserted::Duplicate(existing) => {
+            ctx.note_credential(&existing, None);
+            return Err(ApiError::duplicate(existing));
+        }
+        Inserted::LimitReached => return Err(ApiError::credential_limit_reached(limit)),
+    }
     let body = json!({
         "credential": views::credential(&credential),
         "models": views::models(credential.models.as_deref()),
@@ -410,19 +452,29 @@ impl Change {
     }
 }
 
+/// A new key (or destination) that passed its check, ready to be written.
+struct Rekey {
+    /// `None` for a keyless endpoint.
+    secret: Option<Sealed>,
+    key_hint: Option<String>,
+    fingerprint: Option<String>,
+    params: CredentialParams,
+    accepted: Accepted,
+}
+
 pub(super) async fn update(
     ctx: &Ctx<'_, '_>,
     user: &UserId,
     id: &str,
 ) -> Result<(Response, Change), ApiError> {
     let mut body = require_json(ctx)?;
-    let mut credential = load(ctx, user, id).await?;
-    let provider = providers::find(credential.provider.as_str()).ok_or_else(ApiError::internal)?;
+    let read = load(ctx, user, id).await?;
+    let provider = providers::find(read.provider.as_str()).ok_or_else(ApiError::internal)?;
 
     // api_key is read raw: "" and the echoed hint mean "keep the key", never an error.
     let raw_key = body.raw_string("api_key", MAX_API_KEY);
-    let new_key = raw_key.filter(|k| is_new_key(k, credential.key_hint.as_deref()));
-    let new_key = check_key_text(&mut body, new_key.map(|k| k.trim().to_owned()));
+    let new_key = raw_key.filter(|k| is_new_key(k, read.key_hint.as_deref()));
+    let new_key = check_key_text(&mut body, new_key);
     let label = body
         .has("label")
         .then(|| body.string("label", false, MAX_LABEL));
@@ -444,7 +496,7 @@ pub(super) async fn update(
     }
     body.finish().map_err(ApiError::invalid_request)?;
 
-    let mut params = credential.params.clone();
+    let mut params = read.params.clone();
     let moved = (wanted.region.is_some() && wanted.region != params.region)
         || (wanted.base_url.is_some() && wanted.base_url != params.base_url);
     if wanted.region.is_some() {
@@ -454,47 +506,41 @@ pub(super) async fn update(
         params.base_url = wanted.base_url;
     }
     // The stored key is never sent to a destination the user has just typed in.
-    if moved && new_key.is_none() && credential.secret.is_some() {
+    if moved && new_key.is_none() && read.secret.is_some() {
         return Err(ApiError::secret_required());
     }
 
     let mut changed = Vec::new();
-    let now = ctx.app.clock.now();
-    if new_key.is_some() || moved {
+    // A new key or destination is checked before anything changes: if it fails, the old
+    // key stays.
+    let rekey = if new_key.is_some() || moved {
         let keys = master_keys(ctx)?;
-        let key = match &new_key {
-            Some(k) => SecretKey::new(k.clone()),
-            None => SecretKey::new(String::new()),
-        };
+        let key = SecretKey::new(new_key.unwrap_or_default());
         let material = fingerprint_material(&key, &params);
-        let prints = fingerprints(keys, user, credential.provider, &material);
-        if let Some(existing) = ctx
+        let prints = fingerprints(keys, user, read.provider, &material);
+        let occupancy = ctx
             .app
             .store
-            .find_by_fingerprint(user, &prints)
+            .occupancy(user, &prints)
             .await
-            .map_err(|e| log_store(ctx, e))?
-        {
-            if existing != credential.id {
-                return Err(ApiError::duplicate(existing));
-            }
+            .map_err(|e| log_store(ctx, e))?;
+        if let Some(existing) = occupancy.duplicate.filter(|e| *e != read.id) {
+            return Err(ApiError::duplicate(existing));
         }
-        // Validated before anything changes: if it fails, the old key stays.
-        let accepted = check(ctx, provider, &params, &key)
-            .await
-            .map_err(|f| ApiError::from_failure(credential.provider, f))?;
-        if !key.is_empty() {
-            credential.secret = Some(
-                seal(keys, user, &credential.id, credential.provider, &key).map_err(|e| {
+        let accepted = live_check(ctx, user, provider, &params, &key)
+            .await?
+            .map_err(|f| ApiError::from_failure(read.provider, f))?;
+        let secret = if key.is_empty() {
+            None
+        } else {
+            changed.push("api_key");
+            Some(
+                seal(keys, user, &read.id, read.provider, &key).map_err(|e| {
                     ctx.log(&format!("sealing failed: {e}"));
                     ApiError::internal()
                 })?,
-            );
-            credential.key_hint = Some(key_hint(key.expose()));
-            changed.push("api_key");
-        }
-        credential.fingerprint =
-            fingerprint(keys, keys.active(), user, credential.provider, &material);
+            )
+        };
         if moved {
             changed.push(if provider.info().has_field("region") {
                 "region"
@@ -502,23 +548,22 @@ pub(super) async fn update(
                 "base_url"
             });
         }
-        credential.params = params;
-        apply_accepted(&mut credential, accepted, now);
-    }
-    if let Some(label) = label {
-        credential.label = label;
+        Some(Rekey {
+            key_hint: secret.as_ref().map(|_| key_hint(key.expose())),
+            secret,
+            fingerprint: fingerprint(keys, keys.active(), user, read.provider, &material),
+            params,
+            accepted,
+        })
+    } else {
+        None
+    };
+    if label.is_some() {
         changed.push("label");
     }
-    if let Some(model) = model {
-        if let Some(m) = &model {
-            check_model(provider, m, credential.models.as_deref())?;
-        }
-        credential.model = model;
+    if model.is_some() {
         changed.push("model");
     }
-    credential.updated_at = now;
-    save(ctx, &credential).await?;
-    ctx.note_detail(json!({ "changed": changed }));
     let change = if changed.contains(&"api_key") {
         Change::Rotated
     } else if changed == ["model"] {
@@ -526,48 +571,139 @@ pub(super) async fn update(
     } else {
         Change::Updated
     };
-    Ok((Response::json(200, &views::credential(&credential)), change))
+    ctx.note_detail(json!({ "changed": changed }));
+
+    let now = ctx.app.clock.now();
+    let mut current = read.clone();
+    for _ in 0..WRITE_ATTEMPTS {
+        let mut next = current.clone();
+        if let Some(r) = &rekey {
+            if let Some(secret) = &r.secret {
+                next.secret = Some(secret.clone());
+                next.key_hint = r.key_hint.clone();
+            }
+            next.fingerprint = r.fingerprint.clone();
+            next.params = r.params.clone();
+            apply_accepted(&mut next, r.accepted.clone(), now);
+        }
+        if let Some(label) = &label {
+            next.label = label.clone();
+        }
+        if let Some(model) = &model {
+            if let Some(m) = model {
+                check_model(provider, m, next.models.as_deref())?;
+            }
+            next.model = model.clone();
+        }
+        next.updated_at = now;
+        let event = ctx.event(change.action(), user);
+        match ctx.app.store.update(&next, &event).await {
+            Ok(Written::Done) => {
+                ctx.committed(&event);
+                next.version += 1;
+                return Ok((Response::json(200, &views::credential(&next)), change));
+            }
+            Ok(Written::Missing) => return Err(ApiError::not_found()),
+            Ok(Written::Conflict) => {
+                current = reload(ctx, &read).await?;
+                // A change that only moved the status (a re-check) or the label is built
+                // on; another key or destination is not overwritten.
+                if rekey.is_some() && !same_key(&read, &current) {
+                    return Err(ApiError::conflict(
+                        "The key was changed by another request meanwhile; this change was not made.",
+                    ));
+                }
+            }
+            // The unique index: a parallel request stored this key elsewhere meanwhile.
+            Err(StoreError::Conflict(_)) if rekey.is_some() => {
+                let prints: Vec<String> = next.fingerprint.iter().cloned().collect();
+                let occupancy = ctx
+                    .app
+                    .store
+                    .occupancy(user, &prints)
+                    .await
+                    .map_err(|e| log_store(ctx, e))?;
+                return Err(match occupancy.duplicate.filter(|e| *e != read.id) {
+                    Some(existing) => ApiError::duplicate(existing),
+                    None => ApiError::conflict("A concurrent change got there first."),
+                });
+            }
+            Err(e) => return Err(log_store(ctx, e)),
+        }
+    }
+    Err(ApiError::conflict(
+        "The credential kept changing while this request tried to save; try again.",
+    ))
 }
 
-/// Re-checks a stored key now and records what the provider says. A dead key is a
-/// result, not an error: the row's status says so.
-async fn revalidate(ctx: &Ctx<'_, '_>, credential: &mut Credential) -> Result<(), ApiError> {
-    let provider = providers::find(credential.provider.as_str()).ok_or_else(ApiError::internal)?;
-    let previous = credential.status;
-    let now = ctx.app.clock.now();
-    // (status, detail, audit reason) when the key did not pass.
-    let refused = match stored_key(ctx, credential)? {
-        Some(key) => match check(ctx, provider, &credential.params, &key).await {
-            Ok(accepted) => {
-                apply_accepted(credential, accepted, now);
-                None
-            }
-            Err(f) => Some((
+/// Re-checks a stored key now and records what the provider says, in the check columns
+/// only: the key is never written back. A dead key is a result, not an error: the row's
+/// status says so. If the key was rotated (or moved) while the check ran, the result is
+/// about a key that is no longer stored: it is not written, and the answer is 409.
+async fn revalidate(
+    ctx: &Ctx<'_, '_>,
+    user: &UserId,
+    read: Credential,
+) -> Result<Credential, ApiError> {
+    let provider = providers::find(read.provider.as_str()).ok_or_else(ApiError::internal)?;
+    // Err((status, detail, audit reason)) when the key did not pass.
+    let outcome = match stored_key(ctx, &read)? {
+        Some(key) => match live_check(ctx, user, provider, &read.params, &key).await? {
+            Ok(accepted) => Ok(accepted),
+            Err(f) => Err((
                 status_of(&f),
                 f.message().to_owned(),
-                ApiError::from_failure(credential.provider, f).code,
+                ApiError::from_failure(read.provider, f.clone()).code,
             )),
         },
-        None => Some((
+        None => Err((
             CredentialStatus::NeedsReconfiguration,
             "The stored key cannot be decrypted; enter it again.".to_owned(),
             "decryption_failed",
         )),
     };
-    if let Some((status, detail, reason)) = refused {
-        credential.status = status;
-        credential.status_detail = Some(detail);
-        credential.consecutive_failures += 1;
-        credential.last_validated_at = Some(now);
-        credential.updated_at = now;
+    if let Err((_, _, reason)) = &outcome {
         ctx.note_failure(reason);
     }
-    save(ctx, credential).await?;
-    ctx.note_detail(json!({
-        "previous_status": previous.as_str(),
-        "new_status": credential.status.as_str(),
-    }));
-    Ok(())
+    let now = ctx.app.clock.now();
+    let mut current = read.clone();
+    for _ in 0..WRITE_ATTEMPTS {
+        let mut next = current.clone();
+        match &outcome {
+            Ok(accepted) => apply_accepted(&mut next, accepted.clone(), now),
+            Err((status, detail, _)) => apply_refusal(&mut next, *status, detail, now),
+        }
+        ctx.note_detail(json!({
+            "previous_status": current.status.as_str(),
+            "new_status": next.status.as_str(),
+        }));
+        let event = ctx.event(Action::CredentialValidated, user);
+        match ctx
+            .app
+            .store
+            .record_check(&next, &event)
+            .await
+            .map_err(|e| log_store(ctx, e))?
+        {
+            Written::Done => {
+                ctx.committed(&event);
+                next.version += 1;
+                return Ok(next);
+            }
+            Written::Missing => return Err(ApiError::not_found()),
+            Written::Conflict => {
+                current = reload(ctx, &read).await?;
+                if !same_key(&read, &current) {
+                    return Err(ApiError::conflict(
+                        "The key was replaced while it was being checked; the new key was checked when it was saved.",
+                    ));
+                }
+            }
+        }
+    }
+    Err(ApiError::conflict(
+        "The credential kept changing while it was being checked; try again.",
+    ))
 }
 
 pub(super) async fn validate(
@@ -575,8 +711,8 @@ pub(super) async fn validate(
     user: &UserId,
     id: &str,
 ) -> Result<Response, ApiError> {
-    let mut credential = load(ctx, user, id).await?;
-    revalidate(ctx, &mut credential).await?;
+    let credential = load(ctx, user, id).await?;
+    let credential = revalidate(ctx, user, credential).await?;
     Ok(Response::json(200, &views::credential(&credential)))
 }
 
@@ -602,7 +738,7 @@ pub(super) async fn models(
         .is_some_and(|p| p.info().supports_model_listing);
     let recheck = supported && (refresh || credential.models_fetched_at.is_none());
     if recheck {
-        revalidate(ctx, &mut credential).await?;
+        credential = revalidate(ctx, user, credential).await?;
     }
     let body = json!({
         "models": views::models(credential.models.as_deref()),
@@ -618,14 +754,16 @@ pub(super) async fn delete(
 ) -> Result<Response, ApiError> {
     let id = CredentialId::parse(id).ok_or_else(ApiError::not_found)?;
     ctx.note_credential(&id, None);
+    let event = ctx.event(Action::CredentialDeleted, user);
     let deleted = ctx
         .app
         .store
-        .delete(user, &id)
+        .delete(user, &id, &event)
         .await
         .map_err(|e| log_store(ctx, e))?;
     let provider = deleted.ok_or_else(ApiError::not_found)?;
     ctx.note_provider(provider);
+    ctx.committed(&event);
     Ok(Response::empty(204))
 }
 

@@ -1,11 +1,14 @@
 //! Reading request bodies: JSON objects checked field by field, every problem reported
-//! at once, unknown fields refused.
+//! at once, unknown fields refused. Every string field of every body passes the same
+//! check ([`JsonObject::string`] and [`JsonObject::raw_string`] share it): no control
+//! characters, no Unicode format characters (bidi overrides, zero-width marks).
 
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, FieldError};
+use crate::text::is_hidden;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -49,25 +52,11 @@ impl JsonObject {
                 }
                 None
             }
-            Some(Value::String(s)) => {
-                let s = s.trim();
-                if s.is_empty() {
-                    self.errors.push(FieldError::new(name, "must not be empty"));
-                    None
-                } else if s.chars().count() > max_chars {
-                    self.errors.push(FieldError::new(
-                        name,
-                        format!("must be at most {max_chars} characters"),
-                    ));
-                    None
-                } else if s.chars().any(char::is_control) {
-                    self.errors
-                        .push(FieldError::new(name, "must not contain control characters"));
-                    None
-                } else {
-                    Some(s.to_owned())
-                }
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.errors.push(FieldError::new(name, "must not be empty"));
+                None
             }
+            Some(Value::String(s)) => Self::text(&mut self.errors, name, s, max_chars),
             Some(_) => {
                 self.errors.push(FieldError::new(name, "must be a string"));
                 None
@@ -81,18 +70,32 @@ impl JsonObject {
         self.read.insert(name.to_owned());
         match self.map.get(name) {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.trim().chars().count() > max_chars => {
-                self.errors.push(FieldError::new(
-                    name,
-                    format!("must be at most {max_chars} characters"),
-                ));
-                None
-            }
-            Some(Value::String(s)) => Some(s.trim().to_owned()),
+            Some(Value::String(s)) => Self::text(&mut self.errors, name, s, max_chars),
             Some(_) => {
                 self.errors.push(FieldError::new(name, "must be a string"));
                 None
             }
+        }
+    }
+
+    /// The one check every string field passes: trimmed, at most `max_chars`, and
+    /// nothing that reads differently from what it is.
+    fn text(errors: &mut Vec<FieldError>, name: &str, s: &str, max_chars: usize) -> Option<String> {
+        let s = s.trim();
+        if s.chars().count() > max_chars {
+            errors.push(FieldError::new(
+                name,
+                format!("must be at most {max_chars} characters"),
+            ));
+            None
+        } else if s.chars().any(is_hidden) {
+            errors.push(FieldError::new(
+                name,
+                "must not contain control or invisible formatting characters",
+            ));
+            None
+        } else {
+            Some(s.to_owned())
         }
     }
 
@@ -146,6 +149,30 @@ mod tests {
         let mut o = JsonObject::parse(b"{\"k\":\"  sk_1 \\n\",\"x\":\"a\\u0000b\"}").unwrap();
         assert_eq!(o.string("k", true, 10).as_deref(), Some("sk_1"));
         assert_eq!(o.string("x", true, 10), None);
+    }
+
+    #[test]
+    fn invisible_formatting_is_refused_in_every_string_field_even_raw_ones() {
+        for bad in [
+            "Per\\u202esonal",
+            "a\\u200bb",
+            "\\ufeffx",
+            "x\\u2066y",
+            "a\\u0007",
+        ] {
+            let body = format!("{{\"a\":\"{bad}\",\"b\":\"{bad}\"}}");
+            let mut o = JsonObject::parse(body.as_bytes()).unwrap();
+            assert_eq!(o.string("a", true, 100), None, "{bad}");
+            assert_eq!(o.raw_string("b", 100), None, "{bad}");
+            assert_eq!(o.finish().unwrap_err().len(), 2, "{bad}");
+        }
+        let mut o =
+            JsonObject::parse("{\"a\":\"Café ünïcode …9f2a\",\"b\":\"\"}".as_bytes()).unwrap();
+        assert_eq!(
+            o.string("a", true, 100).as_deref(),
+            Some("Café ünïcode …9f2a")
+        );
+        assert_eq!(o.raw_string("b", 100).as_deref(), Some(""));
     }
 
     #[test]

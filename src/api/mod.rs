@@ -21,7 +21,8 @@ use crate::crypto::random_bytes;
 use crate::domain::{CredentialId, ProviderId, RequestId, UserId};
 use crate::error::ApiError;
 use crate::ports::{
-    AuditSink, AuditStore, Clock, CredentialStore, HttpClient, Jitter, SignatureVerifier,
+    AuditSink, AuditStore, Clock, CredentialStore, HttpClient, Jitter, LimitScope, RateLimiter,
+    SignatureVerifier,
 };
 
 /// An incoming request, already read whole.
@@ -116,6 +117,8 @@ pub struct App<'a> {
     pub jwks: &'a JwksCache,
     /// Checks RS256/ES256 signatures (WebCrypto in the Worker).
     pub signatures: &'a dyn SignatureVerifier,
+    /// Counts live provider checks per user and per client address.
+    pub limiter: &'a dyn RateLimiter,
     /// Where operational log lines go. Never given a secret.
     pub log: &'a dyn Fn(&str),
 }
@@ -138,7 +141,14 @@ pub(crate) struct AuditNote {
     pub detail: Option<Value>,
     /// An operation that answered 200 but whose point failed (a re-check of a dead key).
     pub failure: Option<&'static str>,
+    /// The event was written with the operation's own change (the outbox): it must not be
+    /// recorded again.
+    pub committed: Option<String>,
 }
+
+/// How long a caller refused by the vault's own limits is told to wait: the period of the
+/// rate-limit bindings in wrangler.toml.
+pub const RATE_LIMIT_PERIOD_SECONDS: u64 = 60;
 
 impl Ctx<'_, '_> {
     pub fn log(&self, line: &str) {
@@ -165,14 +175,20 @@ impl Ctx<'_, '_> {
         self.note.borrow_mut().failure = Some(code);
     }
 
-    /// Records one event for `user`'s operation, whatever its outcome, and passes the
-    /// result through unchanged: the audit path never changes what the caller gets.
-    async fn audited(
+    /// The event `user`'s operation is recorded as, from what the handler noted so far:
+    /// a success, unless the handler noted a failure.
+    pub fn event(&self, action: Action, user: &UserId) -> AuditEvent {
+        let note = self.note.borrow();
+        self.event_from(action, user, &note, note.failure)
+    }
+
+    fn event_from(
         &self,
         action: Action,
         user: &UserId,
-        result: Result<Response, ApiError>,
-    ) -> Result<Response, ApiError> {
+        note: &AuditNote,
+        failure: Option<&str>,
+    ) -> AuditEvent {
         let now = self.app.clock.now();
         let id = new_event_id(now, random_bytes().unwrap_or_default());
         let actor = Actor {
@@ -180,21 +196,88 @@ impl Ctx<'_, '_> {
             id: user.as_str().to_owned(),
         };
         let mut event = AuditEvent::new(id, now, user, action, actor);
-        let note = self.note.take();
-        event.credential_id = note.credential_id.map(|c| c.as_str().to_owned());
+        event.credential_id = note.credential_id.as_ref().map(|c| c.as_str().to_owned());
         event.provider = note.provider.map(|p| p.as_str().to_owned());
-        event.detail = note.detail;
+        event.detail = note.detail.clone();
         event.request_id = Some(self.request_id.as_str().to_owned());
-        let failure = match &result {
-            Err(e) => Some(e.code),
-            Ok(_) => note.failure,
-        };
         if let Some(code) = failure {
             event.outcome = Outcome::Failure;
             event.reason = Some(code.to_owned());
         }
-        self.app.audit.record(&event).await;
+        event
+    }
+
+    /// Notes that `event` was stored with the operation's change, in one transaction.
+    pub fn committed(&self, event: &AuditEvent) {
+        self.note.borrow_mut().committed = Some(event.id.clone());
+    }
+
+    /// Makes sure `user`'s operation has exactly one event, whatever its outcome, and
+    /// passes the result through unchanged: the audit path never changes what the caller
+    /// gets. An operation that changed something stored its event with the change; any
+    /// other outcome (a view, a refusal, a failure) is recorded here. Either way the
+    /// chainer is nudged.
+    async fn audited(
+        &self,
+        action: Action,
+        user: &UserId,
+        result: Result<Response, ApiError>,
+    ) -> Result<Response, ApiError> {
+        let note = self.note.take();
+        let event_id = match (&note.committed, &result) {
+            (Some(id), Ok(_)) => id.clone(),
+            _ => {
+                let failure = match &result {
+                    Err(e) => Some(e.code),
+                    Ok(_) => note.failure,
+                };
+                let event = self.event_from(action, user, &note, failure);
+                self.app.audit.record(&event).await;
+                event.id
+            }
+        };
+        self.app.audit.nudge(&event_id).await;
         result
+    }
+
+    /// The caller's address, as Cloudflare's edge reports it (a client cannot set this
+    /// header: the edge overwrites it).
+    fn client_address(&self) -> &str {
+        self.request
+            .header("cf-connecting-ip")
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .unwrap_or("unknown")
+    }
+
+    /// Counts one live provider check against `user` and the caller's address, and
+    /// refuses it (before any provider is contacted) when either is over its limit.
+    pub async fn limit_live_check(&self, user: &UserId) -> Result<(), ApiError> {
+        if !self.config.rate_limits {
+            return Ok(());
+        }
+        for (scope, key) in [
+            (LimitScope::User, user.as_str()),
+            (LimitScope::ClientAddress, self.client_address()),
+        ] {
+            match self.app.limiter.allow(scope, key).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.log(&format!(
+                        "live check refused: the {} limit is reached",
+                        scope.as_str()
+                    ));
+                    return Err(ApiError::rate_limited(scope, RATE_LIMIT_PERIOD_SECONDS));
+                }
+                Err(e) => {
+                    self.log(&format!("live check refused: {e}"));
+                    return Err(ApiError::not_configured(
+                        "The rate limiter for live checks is not available.",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn user(&self) -> Result<UserId, ApiError> {

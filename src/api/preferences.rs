@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use super::credentials::owned;
 use super::input::{is_json, JsonObject};
 use super::{Ctx, Response};
+use crate::audit::Action;
 use crate::domain::{Capability, CredentialId, UserId};
 use crate::error::{clip, ApiError, FieldError};
 use crate::ports::Preference;
@@ -86,15 +87,17 @@ pub(super) async fn put(
         provider: credential.provider,
         model,
     };
+    ctx.note_detail(json!({"capability": capability.as_str(), "model": preference.model}));
+    let event = ctx.event(Action::PreferenceUpdated, user);
     ctx.app
         .store
-        .set_preference(user, &preference)
+        .set_preference(user, &preference, &event)
         .await
         .map_err(|e| {
             ctx.log(&format!("database error: {e}"));
             ApiError::from(e)
         })?;
-    ctx.note_detail(json!({"capability": capability.as_str(), "model": preference.model}));
+    ctx.committed(&event);
     let mut out = view(&preference);
     out["capability"] = json!(capability.as_str());
     Ok(Response::json(200, &out))

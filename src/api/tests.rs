@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::auth::jwt::sign_hs256;
 use crate::testing::{
-    respond, FakeClock, FakeHttp, FixedJitter, MemoryAudit, MemoryStore, Scripted,
+    respond, CountingLimiter, FakeClock, FakeHttp, FixedJitter, MemoryAudit, MemoryStore, Scripted,
 };
 
 const NOW_MS: u64 = 1_800_000_000_000;
@@ -17,9 +17,23 @@ const SUBSCRIPTION: &str = r#"{"character_count":1200,"character_limit":10000,"n
 const MODELS: &str = r#"[{"model_id":"eleven_multilingual_v2","name":"Eleven Multilingual v2","can_do_text_to_speech":true}]"#;
 const INVALID: &str = r#"{"detail":{"status":"invalid_api_key","message":"Invalid API key"}}"#;
 
+const AUDIENCE: &str = "https://app.example";
+
 fn config(master: bool) -> Config {
+    config_with(master, &[])
+}
+
+fn config_with(master: bool, extra: &[(&str, &str)]) -> Config {
+    let extra: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Config::parse(|k| match k {
+        k if extra.iter().any(|(n, _)| n == k) => {
+            extra.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        }
         "AUTH_JWT_SECRET" => Some(SECRET.into()),
+        "AUTH_AUDIENCE" => Some(AUDIENCE.into()),
         "MASTER_KEY" if master => Some(MASTER.into()),
         "CORS_ALLOWED_ORIGINS" => Some("https://app.example".into()),
         _ => None,
@@ -30,7 +44,7 @@ fn config(master: bool) -> Config {
 fn token(sub: &str) -> String {
     sign_hs256(
         &json!({"alg":"HS256"}),
-        &json!({"sub":sub,"exp":NOW_MS / 1000 + 600}),
+        &json!({"sub":sub,"exp":NOW_MS / 1000 + 600,"aud":AUDIENCE}),
         SECRET.as_bytes(),
     )
 }
@@ -41,16 +55,38 @@ struct World {
     store: MemoryStore,
     audit: MemoryAudit,
     clock: FakeClock,
+    limiter: CountingLimiter,
+    /// The caller's address, as the edge would report it.
+    address: std::cell::RefCell<String>,
+    /// Requests the fake providers received, over every call.
+    provider_calls: std::cell::Cell<usize>,
+    /// Every log line written.
+    logs: std::cell::RefCell<Vec<String>>,
 }
 
 impl World {
     fn new() -> Self {
+        let audit = MemoryAudit::default();
         Self {
             jwks: crate::auth::JwksCache::new(),
             config: config(true),
-            store: MemoryStore::default(),
-            audit: MemoryAudit::default(),
+            store: MemoryStore {
+                outbox: audit.outbox.clone(),
+                ..Default::default()
+            },
+            audit,
             clock: FakeClock::at(NOW_MS),
+            limiter: CountingLimiter::new(1000),
+            address: std::cell::RefCell::new("203.0.113.7".into()),
+            provider_calls: std::cell::Cell::new(0),
+            logs: std::cell::RefCell::default(),
+        }
+    }
+
+    fn with_config(vars: &[(&str, &str)]) -> Self {
+        Self {
+            config: config_with(true, vars),
+            ..Self::new()
         }
     }
 
@@ -63,7 +99,10 @@ impl World {
         script: Vec<Scripted>,
     ) -> (u16, Value, Response) {
         let http = FakeHttp::new(&self.clock, script);
-        let log = |line: &str| assert!(!line.contains(KEY), "key in log: {line}");
+        let log = |line: &str| {
+            assert!(!line.contains(KEY), "key in log: {line}");
+            self.logs.borrow_mut().push(line.to_owned());
+        };
         let app = App {
             config: Ok(&self.config),
             store: &self.store,
@@ -74,9 +113,16 @@ impl World {
             audit_log: &self.audit,
             jwks: &self.jwks,
             signatures: &crate::testing::RustCryptoVerifier,
+            limiter: &self.limiter,
             log: &log,
         };
-        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        let mut headers = vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            (
+                "cf-connecting-ip".to_string(),
+                self.address.borrow().clone(),
+            ),
+        ];
         if let Some(u) = user {
             headers.push(("authorization".into(), format!("Bearer {}", token(u))));
         }
@@ -87,6 +133,8 @@ impl World {
             body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
         };
         let response = block_on(handle(&app, &request));
+        self.provider_calls
+            .set(self.provider_calls.get() + http.calls());
         let text = String::from_utf8(response.body.clone()).unwrap();
         assert!(!text.contains(KEY), "key in response: {text}");
         let value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -804,6 +852,7 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
             audit_log: &w.audit,
             jwks: &jwks,
             signatures: &crate::testing::RustCryptoVerifier,
+            limiter: &w.limiter,
             log: &|_: &str| {},
         };
         let request = Request {
@@ -831,3 +880,5 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
     let other = preflight("https://evil.example");
     assert_eq!(other.header("access-control-allow-origin"), None);
 }
+
+mod hardening;

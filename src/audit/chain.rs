@@ -39,25 +39,39 @@ fn link_hash(prev_hash: &str, event: &AuditEvent, seq: u64) -> String {
     hex_bytes(&h.finalize())
 }
 
-/// Appends `events` (all of one user) after `head`, in order of time, then id.
-pub fn chain(head: &ChainHead, mut events: Vec<AuditEvent>) -> Vec<ChainedEvent> {
-    events.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+/// The link that follows `prev`: `seq` one more, `hash` over `prev`'s hash and the event.
+pub fn link(prev: &ChainHead, event: AuditEvent) -> ChainedEvent {
+    let seq = prev.seq + 1;
+    let hash = link_hash(&prev.hash, &event, seq);
+    ChainedEvent {
+        event,
+        seq,
+        prev_hash: prev.hash.clone(),
+        hash,
+    }
+}
+
+/// Appends `events` (all of one user) after `head`, in the order given.
+pub fn chain(head: &ChainHead, events: Vec<AuditEvent>) -> Vec<ChainedEvent> {
     let mut prev = head.clone();
     events
         .into_iter()
         .map(|event| {
-            let seq = prev.seq + 1;
-            let hash = link_hash(&prev.hash, &event, seq);
-            let linked = ChainedEvent {
-                event,
-                seq,
-                prev_hash: prev.hash.clone(),
-                hash: hash.clone(),
-            };
-            prev = ChainHead { seq, hash };
+            let linked = link(&prev, event);
+            prev = linked.head();
             linked
         })
         .collect()
+}
+
+impl ChainedEvent {
+    /// The chain's end once this event is on it.
+    pub fn head(&self) -> ChainHead {
+        ChainHead {
+            seq: self.seq,
+            hash: self.hash.clone(),
+        }
+    }
 }
 
 /// The result of checking a chain.
@@ -88,6 +102,11 @@ impl Verifier {
 
     pub fn is_broken(&self) -> bool {
         self.broken.is_some()
+    }
+
+    /// Where the checked part of the chain ends so far.
+    pub fn position(&self) -> ChainHead {
+        self.prev.clone()
     }
 
     /// Checks the next stored event; after the first break, nothing more is checked.

@@ -1,11 +1,17 @@
 //! The queue consumers' logic: what to do with each message of a batch.
-
-use std::collections::BTreeMap;
+//!
+//! A message is a nudge (`{"nudge":"<event id>"}`: events wait in the outbox) or, from
+//! producers that could not write the outbox, a whole event. Either way the consumer
+//! chains what waits in the outbox; its cost in D1 queries is bounded by the number of
+//! rounds, not by the number of messages or users in the batch.
 
 use serde_json::Value;
 
-use super::AuditEvent;
+use super::{drain, AuditEvent};
 use crate::ports::AuditStore;
+
+/// Chaining rounds one consumer invocation runs at most (three D1 queries each).
+pub const CONSUMER_ROUNDS: usize = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
@@ -13,75 +19,138 @@ pub enum Disposition {
     Retry,
 }
 
-/// A message body as an event: the producer sends the event's JSON text.
-pub fn parse_message(body: &Value) -> Option<AuditEvent> {
-    match body {
-        Value::String(text) => serde_json::from_str(text).ok(),
-        other => serde_json::from_value(other.clone()).ok(),
+/// What a queue message says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    /// Events wait in the outbox.
+    Nudge,
+    /// A whole event, sent because the outbox could not be written.
+    Event(Box<AuditEvent>),
+    Unreadable,
+}
+
+/// The body of a nudge for `event_id`.
+pub fn nudge_body(event_id: &str) -> String {
+    serde_json::json!({ "nudge": event_id }).to_string()
+}
+
+/// Reads a message body (the producers send JSON text).
+pub fn parse_message(body: &Value) -> Message {
+    let value = match body {
+        Value::String(text) => match serde_json::from_str::<Value>(text) {
+            Ok(v) => v,
+            Err(_) => return Message::Unreadable,
+        },
+        other => other.clone(),
+    };
+    if value.get("nudge").is_some_and(Value::is_string) {
+        return Message::Nudge;
+    }
+    match serde_json::from_value(value) {
+        Ok(e) => Message::Event(Box::new(e)),
+        Err(_) => Message::Unreadable,
     }
 }
 
-/// The main consumer: stores each user's events as one atomic append. A message that
-/// cannot be read, or whose user's append fails, is retried on its own (and reaches the
-/// dead-letter queue after the retries); the rest of the batch is acknowledged.
+fn text_of(body: &Value) -> String {
+    match body {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The main consumer. Whole events go into the outbox (in order of time: that is the
+/// order they happened in), then the outbox is chained. A message is acknowledged once
+/// what it carries is safe: an event once it is in the outbox, a nudge once the outbox
+/// was chained. Unreadable messages are retried, and reach the dead-letter queue.
 pub async fn consume(
     store: &dyn AuditStore,
     bodies: &[Value],
     log: &dyn Fn(&str),
 ) -> Vec<Disposition> {
     let mut out = vec![Disposition::Retry; bodies.len()];
-    let mut by_user: BTreeMap<String, Vec<(usize, AuditEvent)>> = BTreeMap::new();
+    let mut nudges = Vec::new();
+    let mut events: Vec<(usize, AuditEvent)> = Vec::new();
     for (i, body) in bodies.iter().enumerate() {
         match parse_message(body) {
-            Some(e) => by_user.entry(e.user_id.clone()).or_default().push((i, e)),
-            None => log(&format!(
-                "audit: message {i} is not an audit event; retrying it"
+            Message::Nudge => nudges.push(i),
+            Message::Event(e) => events.push((i, *e)),
+            Message::Unreadable => log(&format!(
+                "audit: message {i} is neither a nudge nor an event; retrying it"
             )),
         }
     }
-    for (user_index, group) in by_user.into_values().enumerate() {
-        let events: Vec<AuditEvent> = group.iter().map(|(_, e)| e.clone()).collect();
-        match store.append(&events).await {
-            Ok(_) => group.iter().for_each(|(i, _)| out[*i] = Disposition::Ack),
+    if !events.is_empty() {
+        events.sort_by(|(_, a), (_, b)| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+        let batch: Vec<AuditEvent> = events.iter().map(|(_, e)| e.clone()).collect();
+        match store.enqueue(&batch).await {
+            Ok(()) => events.iter().for_each(|(i, _)| out[*i] = Disposition::Ack),
             Err(e) => log(&format!(
-                "audit: storing a group of {} event(s) failed ({e}); retrying (group {user_index})",
-                events.len()
+                "audit: {} event(s) could not be put in the outbox ({e}); retrying them",
+                batch.len()
             )),
         }
+    }
+    if nudges.is_empty() && !out.contains(&Disposition::Ack) {
+        return out;
+    }
+    match drain(store, CONSUMER_ROUNDS).await {
+        Ok(_) => nudges.iter().for_each(|i| out[*i] = Disposition::Ack),
+        // The events are safe in the outbox; the nudges are retried (and the cron sweeps).
+        Err(e) => log(&format!(
+            "audit: chaining the outbox failed ({e}); retrying the nudges"
+        )),
     }
     out
 }
 
-/// The dead-letter consumer: one more try at the chain, else the message is kept as it
-/// came in. Only if even that fails is it retried.
+/// The dead-letter consumer: one more try at what a message carries, else the message is
+/// kept as it came in. Only if even that fails is it retried (explicitly, up to the
+/// dead-letter queue's own `max_retries`); a nudge that is finally dropped loses nothing,
+/// since its events wait in the outbox for the cron.
 pub async fn consume_dead_letters(
     store: &dyn AuditStore,
     bodies: &[Value],
     log: &dyn Fn(&str),
 ) -> Vec<Disposition> {
     let mut out = Vec::with_capacity(bodies.len());
+    let mut chain = false;
     for body in bodies {
         let reason = match parse_message(body) {
-            Some(event) => match store.append(std::slice::from_ref(&event)).await {
-                Ok(_) => {
+            Message::Nudge => {
+                chain = true;
+                out.push(Disposition::Ack);
+                continue;
+            }
+            Message::Event(event) => match store.enqueue(std::slice::from_ref(&event)).await {
+                Ok(()) => {
+                    chain = true;
                     out.push(Disposition::Ack);
                     continue;
                 }
-                Err(e) => format!("append failed: {e}"),
+                Err(e) => format!("enqueue failed: {e}"),
             },
-            None => "not an audit event".to_owned(),
+            Message::Unreadable => "not an audit event".to_owned(),
         };
-        let text = match body {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        match store.store_dead_letter(&text, &reason).await {
+        match store.store_dead_letter(&text_of(body), &reason).await {
             Ok(()) => out.push(Disposition::Ack),
             Err(e) => {
                 log(&format!(
                     "audit: a dead letter could not be stored ({e}); retrying"
                 ));
                 out.push(Disposition::Retry);
+            }
+        }
+    }
+    if chain {
+        if let Err(e) = drain(store, CONSUMER_ROUNDS).await {
+            log(&format!(
+                "audit: chaining the outbox failed ({e}); retrying the nudges"
+            ));
+            for (d, body) in out.iter_mut().zip(bodies) {
+                if parse_message(body) == Message::Nudge {
+                    *d = Disposition::Retry;
+                }
             }
         }
     }

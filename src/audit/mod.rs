@@ -8,6 +8,7 @@
 mod canonical;
 mod chain;
 mod consumer;
+mod outbox;
 
 use std::cell::Cell;
 
@@ -15,8 +16,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use canonical::canonical_json;
-pub use chain::{chain, ChainHead, ChainedEvent, Verification, Verifier, GENESIS_HASH};
-pub use consumer::{consume, consume_dead_letters, parse_message, Disposition};
+pub use chain::{chain, link, ChainHead, ChainedEvent, Verification, Verifier, GENESIS_HASH};
+pub use consumer::{
+    consume, consume_dead_letters, nudge_body, parse_message, Disposition, Message, CONSUMER_ROUNDS,
+};
+pub use outbox::{drain, plan, ChainPlan, ROUND_SIZE};
 
 use crate::domain::{hex_bytes, Timestamp, UserId};
 

@@ -1,8 +1,10 @@
 //! RS256 and ES256 user tokens, verified against the keys published at `AUTH_JWKS_URL`.
 //! The key set is cached per isolate; a token naming an unknown `kid` triggers one
-//! refetch (at most one per `MIN_REFETCH_MS`, so forged kids cannot hammer the issuer).
+//! refetch. Fetches (successful or not) happen at most once per `MIN_REFETCH_MS`, so
+//! neither forged kids nor an issuer outage turn every request into a fetch; while the
+//! issuer is down, the last good set is used for a bounded time past its TTL.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use serde::Deserialize;
@@ -99,10 +101,21 @@ struct Cached {
     fetched_at: Timestamp,
 }
 
+/// How long a fetched key set is good for.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Freshness {
+    /// Refetched after this long.
+    pub ttl_ms: u64,
+    /// Still used this long past the TTL while refetching fails.
+    pub max_stale_ms: u64,
+}
+
 /// The per-isolate cache of the issuer's key set.
 #[derive(Default)]
 pub struct JwksCache {
     cached: RefCell<Option<Cached>>,
+    /// When a fetch was last tried, whatever came of it.
+    last_attempt: Cell<Option<Timestamp>>,
 }
 
 impl JwksCache {
@@ -159,36 +172,52 @@ impl JwksCache {
         }
     }
 
-    /// The key for `kid`, fetching the set when it is missing or stale, and refetching
-    /// once when the kid is unknown.
+    fn age(&self, now: Timestamp) -> Option<u64> {
+        self.cached
+            .borrow()
+            .as_ref()
+            .map(|c| c.fetched_at.millis_until(now))
+    }
+
+    /// Whether a fetch may be tried now: not within `MIN_REFETCH_MS` of the last try.
+    fn may_fetch(&self, now: Timestamp) -> bool {
+        self.last_attempt
+            .get()
+            .is_none_or(|t| t.millis_until(now) >= MIN_REFETCH_MS)
+    }
+
+    async fn try_fetch(&self, url: &str, http: &dyn HttpClient, now: Timestamp) -> bool {
+        self.last_attempt.set(Some(now));
+        self.fetch(url, http, now).await.is_ok()
+    }
+
+    /// The key for `kid`. The set is fetched when missing or past its TTL; if that fails,
+    /// the last good set serves until `max_stale_ms` past its TTL. An unknown kid triggers
+    /// one refetch of a fresh set.
     async fn key(
         &self,
         kid: Option<&str>,
         want_rsa: bool,
         url: &str,
-        ttl_ms: u64,
+        freshness: Freshness,
         http: &dyn HttpClient,
         now: Timestamp,
     ) -> Result<Key, AuthError> {
-        let age = self
-            .cached
-            .borrow()
-            .as_ref()
-            .map(|c| c.fetched_at.millis_until(now));
-        let fresh = age.is_some_and(|a| a < ttl_ms);
-        if !fresh {
-            self.fetch(url, http, now).await?;
+        let fresh = self.age(now).is_some_and(|a| a < freshness.ttl_ms);
+        let mut fetched = false;
+        if !fresh && self.may_fetch(now) {
+            fetched = self.try_fetch(url, http, now).await;
+        }
+        let usable = self
+            .age(now)
+            .is_some_and(|a| a < freshness.ttl_ms.saturating_add(freshness.max_stale_ms));
+        if !usable {
+            return Err(AuthError::KeysUnavailable);
         }
         if let Some(k) = self.find(kid, want_rsa) {
             return Ok(k);
         }
-        let recent = self
-            .cached
-            .borrow()
-            .as_ref()
-            .is_some_and(|c| c.fetched_at.millis_until(now) < MIN_REFETCH_MS);
-        if fresh && !recent {
-            self.fetch(url, http, now).await?;
+        if !fetched && self.may_fetch(now) && self.try_fetch(url, http, now).await {
             if let Some(k) = self.find(kid, want_rsa) {
                 return Ok(k);
             }
@@ -205,13 +234,13 @@ impl JwksCache {
         input: &[u8],
         signature: &[u8],
         url: &str,
-        ttl_ms: u64,
+        freshness: Freshness,
         http: &dyn HttpClient,
         verifier: &dyn SignatureVerifier,
         now: Timestamp,
     ) -> Result<(), AuthError> {
         let key = self
-            .key(kid, alg == "RS256", url, ttl_ms, http, now)
+            .key(kid, alg == "RS256", url, freshness, http, now)
             .await?;
         let ok = verifier.verify(alg, &key.key, input, signature).await;
         ok.then_some(()).ok_or(AuthError::BadSignature)
@@ -295,6 +324,7 @@ mod tests {
                 settings: JwtSettings {
                     jwks_url: Some(URL.into()),
                     jwks_ttl_ms: 600_000,
+                    jwks_max_stale_ms: 3_600_000,
                     ..Default::default()
                 },
                 cache: JwksCache::new(),
@@ -403,6 +433,12 @@ mod tests {
                 .0,
             Err(AuthError::KeysUnavailable)
         );
+        // An issuer that is down is not asked again on every request.
+        assert_eq!(
+            issuer.verify(&token("RS256", "r1", &k, "u"), vec![]),
+            (Err(AuthError::KeysUnavailable), 0)
+        );
+        issuer.clock.advance(MIN_REFETCH_MS);
         let weak = rsa::RsaPrivateKey::new(&mut OsRng, 1024).unwrap();
         let weak_keys = Keys {
             rsa: weak,
@@ -417,6 +453,45 @@ mod tests {
                 )
                 .0,
             Err(AuthError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn while_the_issuer_is_down_the_last_good_set_serves_for_a_bounded_time() {
+        let k = keys();
+        let mut issuer = Issuer::new();
+        issuer.settings.jwks_ttl_ms = 20_000;
+        issuer.settings.jwks_max_stale_ms = 60_000;
+        let jwks = set(&[rsa_jwk(&k.rsa, "r1")]);
+        let t = || token("RS256", "r1", &k, "u");
+        assert_eq!(
+            issuer.verify(&t(), vec![respond(200, &jwks)]),
+            (Ok("u".into()), 1)
+        );
+        // Past the TTL the set is refetched; the issuer fails, the cached set still serves.
+        issuer.clock.advance(30_000);
+        assert_eq!(
+            issuer.verify(&t(), vec![respond(503, "")]),
+            (Ok("u".into()), 1)
+        );
+        // ... without asking the failing issuer on every request.
+        assert_eq!(issuer.verify(&t(), vec![]), (Ok("u".into()), 0));
+        issuer.clock.advance(MIN_REFETCH_MS);
+        assert_eq!(
+            issuer.verify(&t(), vec![Scripted::Refuse]),
+            (Ok("u".into()), 1)
+        );
+        // Beyond TTL + max staleness the old set is no longer trusted.
+        issuer.clock.advance(50_000);
+        assert_eq!(
+            issuer.verify(&t(), vec![respond(503, "")]),
+            (Err(AuthError::KeysUnavailable), 1)
+        );
+        // The issuer recovers: the next fetch serves again.
+        issuer.clock.advance(MIN_REFETCH_MS);
+        assert_eq!(
+            issuer.verify(&t(), vec![respond(200, &jwks)]),
+            (Ok("u".into()), 1)
         );
     }
 

@@ -58,6 +58,9 @@ pub struct JwtSettings {
     /// Where RS256/ES256 keys are published; without it only HS256 is accepted.
     pub jwks_url: Option<String>,
     pub jwks_ttl_ms: u64,
+    /// How long past its TTL the last good key set is still used while the issuer cannot
+    /// be reached.
+    pub jwks_max_stale_ms: u64,
 }
 
 pub struct JwtVerifier<'a> {
@@ -109,10 +112,15 @@ impl<'a> JwtVerifier<'a> {
             ("HS256", _, _) => self.verify_hs256(signing_input.as_bytes(), &signature)?,
             (alg @ ("RS256" | "ES256"), Some(url), Some((cache, http, verifier))) => {
                 let kid = header.kid.as_deref();
-                let ttl = self.settings.jwks_ttl_ms;
+                let freshness = super::jwks::Freshness {
+                    ttl_ms: self.settings.jwks_ttl_ms,
+                    max_stale_ms: self.settings.jwks_max_stale_ms,
+                };
                 let input = signing_input.as_bytes();
                 cache
-                    .verify(alg, kid, input, &signature, url, ttl, http, verifier, now)
+                    .verify(
+                        alg, kid, input, &signature, url, freshness, http, verifier, now,
+                    )
                     .await?
             }
             _ => return Err(AuthError::UnsupportedAlgorithm),

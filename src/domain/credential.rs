@@ -104,6 +104,9 @@ pub struct Credential {
     pub last_validated_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The row version: every write moves it on by one, and is conditional on the version
+    /// it read, so a write never overwrites a change it did not see.
+    pub version: u64,
 }
 
 /// The only part of a key the API ever shows: `…` and its last 4 characters.

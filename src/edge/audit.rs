@@ -1,23 +1,50 @@
-//! The audit log over D1 and the producer over `AUDIT_QUEUE` (the only audit SQL).
-
-use std::collections::BTreeMap;
+//! The audit log over D1 (the outbox, the chained log, heads, checkpoints, dead letters:
+//! the only audit SQL) and the producer over `AUDIT_QUEUE`.
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::wasm_bindgen::JsValue;
-use worker::Queue;
+use worker::{D1PreparedStatement, Queue};
 
-use super::db::{num, opt_text as opt, text, Db};
+use super::db::{json as json_arg, num, opt_text as opt, text, Db};
 use super::runtime::now_ms;
-use crate::audit::{chain, AuditEvent, ChainHead, ChainedEvent};
+use crate::audit::{drain, nudge_body, AuditEvent, ChainHead, ChainPlan, ChainedEvent};
 use crate::domain::{Timestamp, UserId};
-use crate::ports::{AuditQuery, AuditSink, AuditStore, StoreError};
+use crate::ports::{AuditQuery, AuditSink, AuditStore, PendingEvent, StoreError};
 
-/// Attempts at appending one user's events when another writer moved the head meanwhile.
-const APPEND_ATTEMPTS: usize = 3;
 /// Users whose old events one retention run removes (bounds D1 queries per invocation).
-const RETENTION_USERS_PER_RUN: u32 = 25;
+const RETENTION_USERS_PER_RUN: u32 = 20;
+
+/// The statement that puts `event` into the outbox. With a `condition` (SQL over
+/// placeholders `?5` on, bound to `condition_args`), the row is written only when the
+/// condition holds: the same condition that guards the change the event describes, in the
+/// same batch.
+pub fn outbox_insert(
+    db: &Db,
+    event: &AuditEvent,
+    condition: &str,
+    condition_args: Vec<JsValue>,
+) -> Result<D1PreparedStatement, StoreError> {
+    let body = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut args = vec![
+        text(&event.id),
+        text(&event.user_id),
+        text(&body),
+        num(now_ms()),
+    ];
+    let sql = if condition.is_empty() {
+        "INSERT INTO audit_outbox (id, user_id, event, created_at) VALUES (?1, ?2, ?3, ?4)"
+            .to_owned()
+    } else {
+        args.extend(condition_args);
+        format!(
+            "INSERT INTO audit_outbox (id, user_id, event, created_at) \
+             SELECT ?1, ?2, ?3, ?4 WHERE {condition}"
+        )
+    };
+    db.prepare(&sql, &args)
+}
 
 pub struct D1AuditStore<'a> {
     db: &'a Db,
@@ -95,116 +122,153 @@ impl<'a> D1AuditStore<'a> {
             hash: a.hash,
         }))
     }
-
-    async fn stored_ids(&self, ids: &[&str]) -> Result<Vec<String>, StoreError> {
-        #[derive(Deserialize)]
-        struct Id {
-            id: String,
-        }
-        let mut found = Vec::new();
-        for chunk in ids.chunks(50) {
-            let marks = (1..=chunk.len())
-                .map(|i| format!("?{i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!("SELECT id FROM audit_events WHERE id IN ({marks})");
-            let args: Vec<JsValue> = chunk.iter().map(|id| text(id)).collect();
-            let rows: Vec<Id> = self.db.all(&sql, &args).await?;
-            found.extend(rows.into_iter().map(|r| r.id));
-        }
-        Ok(found)
-    }
-
-    /// Appends one user's new events in one D1 batch (a transaction): the rows and the
-    /// moved head together, or nothing.
-    async fn append_for_user(
-        &self,
-        user: &str,
-        events: &[AuditEvent],
-    ) -> Result<usize, StoreError> {
-        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        let stored = self.stored_ids(&ids).await?;
-        let fresh: Vec<AuditEvent> = events
-            .iter()
-            .filter(|e| !stored.contains(&e.id))
-            .cloned()
-            .collect();
-        if fresh.is_empty() {
-            return Ok(0);
-        }
-        let head = self
-            .anchor("audit_heads", user)
-            .await?
-            .unwrap_or_else(ChainHead::genesis);
-        let linked = chain(&head, fresh);
-        let insert = format!("INSERT INTO audit_events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)");
-        let mut statements = Vec::with_capacity(linked.len() + 1);
-        for l in &linked {
-            let e = &l.event;
-            statements.push(self.db.prepare(
-                &insert,
-                &[
-                    text(e.id.as_str()),
-                    text(e.user_id.as_str()),
-                    num(l.seq),
-                    num(e.at),
-                    text(e.action.as_str()),
-                    text(e.actor.kind.as_str()),
-                    text(e.actor.id.as_str()),
-                    opt(e.credential_id.as_deref()),
-                    opt(e.provider.as_deref()),
-                    text(e.outcome.as_str()),
-                    opt(e.reason.as_deref()),
-                    opt(e.source.map(|s| s.as_str())),
-                    opt(e.request_id.as_deref()),
-                    opt(e.detail.as_ref().map(|d| d.to_string()).as_deref()),
-                    text(l.prev_hash.as_str()),
-                    text(l.hash.as_str()),
-                ],
-            )?);
-        }
-        let last = linked
-            .last()
-            .map(|l| (l.seq, l.hash.clone()))
-            .unwrap_or((head.seq, head.hash.clone()));
-        statements.push(self.db.prepare(
-            "INSERT INTO audit_heads (user_id, seq, hash, updated_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (user_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, updated_at = excluded.updated_at",
-            &[text(user), num(last.0), text(last.1.as_str()), num(now_ms())],
-        )?);
-        // A concurrent writer that took the same seq makes the batch fail on UNIQUE
-        // (user_id, seq) and roll back whole; the caller retries from the new head.
-        self.db.batch(statements).await?;
-        Ok(linked.len())
-    }
 }
 
 #[async_trait(?Send)]
 impl AuditStore for D1AuditStore<'_> {
-    async fn append(&self, events: &[AuditEvent]) -> Result<usize, StoreError> {
-        let mut by_user: BTreeMap<&str, Vec<AuditEvent>> = BTreeMap::new();
-        for e in events {
-            by_user
-                .entry(e.user_id.as_str())
-                .or_default()
-                .push(e.clone());
+    async fn enqueue(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        let rows: Vec<Value> = events
+            .iter()
+            .map(|e| {
+                let body = serde_json::to_string(e).unwrap_or_default();
+                json!({"id": e.id, "user_id": e.user_id, "event": body})
+            })
+            .collect();
+        self.db
+            .run(
+                "INSERT OR IGNORE INTO audit_outbox (id, user_id, event, created_at) \
+                 SELECT json_extract(value, '$.id'), json_extract(value, '$.user_id'), \
+                        json_extract(value, '$.event'), ?2 \
+                 FROM json_each(?1) \
+                 WHERE NOT EXISTS (SELECT 1 FROM audit_events e WHERE e.id = json_extract(value, '$.id'))",
+                &[json_arg(&rows), num(now_ms())],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn pending(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {
+        #[derive(Deserialize)]
+        struct Pending {
+            pos: f64,
+            user_id: String,
+            event: String,
         }
-        let mut added = 0;
-        for (user, group) in by_user {
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match self.append_for_user(user, &group).await {
-                    Ok(n) => {
-                        added += n;
-                        break;
-                    }
-                    Err(e) if attempt >= APPEND_ATTEMPTS => return Err(e),
-                    Err(_) => continue,
-                }
-            }
+        let rows: Vec<Pending> = self
+            .db
+            .all(
+                "SELECT pos, user_id, event FROM audit_outbox ORDER BY pos LIMIT ?1",
+                &[num(u64::from(limit))],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PendingEvent {
+                pos: r.pos as u64,
+                user_id: r.user_id,
+                body: r.event,
+            })
+            .collect())
+    }
+
+    async fn heads(&self, users: &[String]) -> Result<Vec<(String, ChainHead)>, StoreError> {
+        #[derive(Deserialize)]
+        struct Head {
+            user_id: String,
+            seq: f64,
+            hash: String,
         }
-        Ok(added)
+        let rows: Vec<Head> = self
+            .db
+            .all(
+                "SELECT user_id, seq, hash FROM audit_heads \
+                 WHERE user_id IN (SELECT value FROM json_each(?1))",
+                &[json_arg(&users)],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|h| {
+                (
+                    h.user_id,
+                    ChainHead {
+                        seq: h.seq as u64,
+                        hash: h.hash,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn commit(&self, plan: &ChainPlan) -> Result<(), StoreError> {
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let now = num(now_ms());
+        let mut statements = Vec::with_capacity(4);
+        if !plan.rows.is_empty() {
+            let rows: Vec<Value> = plan
+                .rows
+                .iter()
+                .map(|l| {
+                    let e = &l.event;
+                    json!({
+                        "id": e.id, "user_id": e.user_id, "seq": l.seq, "at": e.at,
+                        "action": e.action.as_str(), "actor_type": e.actor.kind.as_str(),
+                        "actor_id": e.actor.id, "credential_id": e.credential_id,
+                        "provider": e.provider, "outcome": e.outcome.as_str(), "reason": e.reason,
+                        "source": e.source.map(|s| s.as_str()), "request_id": e.request_id,
+                        "detail": e.detail.as_ref().map(|d| d.to_string()),
+                        "prev_hash": l.prev_hash, "hash": l.hash,
+                    })
+                })
+                .collect();
+            let columns: Vec<String> = COLUMNS
+                .split(", ")
+                .map(|c| format!("json_extract(value, '$.{c}')"))
+                .collect();
+            // Plain INSERT: a chainer that lost the race hits UNIQUE (id) or
+            // (user_id, seq), and the whole batch rolls back.
+            statements.push(self.db.prepare(
+                &format!(
+                    "INSERT INTO audit_events ({COLUMNS}) SELECT {} FROM json_each(?1)",
+                    columns.join(", ")
+                ),
+                &[json_arg(&rows)],
+            )?);
+            let heads: Vec<Value> = plan
+                .heads
+                .iter()
+                .map(|(u, h)| json!({"user_id": u, "seq": h.seq, "hash": h.hash}))
+                .collect();
+            statements.push(self.db.prepare(
+                "INSERT INTO audit_heads (user_id, seq, hash, updated_at) \
+                 SELECT json_extract(value, '$.user_id'), json_extract(value, '$.seq'), \
+                        json_extract(value, '$.hash'), ?2 FROM json_each(?1) WHERE true \
+                 ON CONFLICT (user_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
+                 updated_at = excluded.updated_at",
+                &[json_arg(&heads), now.clone()],
+            )?);
+        }
+        if !plan.dead.is_empty() {
+            let dead: Vec<Value> = plan
+                .dead
+                .iter()
+                .map(|(body, reason)| json!({"body": body, "reason": reason}))
+                .collect();
+            statements.push(self.db.prepare(
+                "INSERT INTO audit_dead_letters (body, reason, received_at) \
+                 SELECT json_extract(value, '$.body'), json_extract(value, '$.reason'), ?2 \
+                 FROM json_each(?1)",
+                &[json_arg(&dead), now],
+            )?);
+        }
+        statements.push(self.db.prepare(
+            "DELETE FROM audit_outbox WHERE pos IN (SELECT value FROM json_each(?1))",
+            &[json_arg(&plan.done)],
+        )?);
+        self.db.batch(statements).await?;
+        Ok(())
     }
 
     async fn list(&self, user: &UserId, q: &AuditQuery) -> Result<Vec<ChainedEvent>, StoreError> {
@@ -299,39 +363,51 @@ impl AuditStore for D1AuditStore<'_> {
     }
 }
 
-/// Sends events to `AUDIT_QUEUE`; if the binding is missing or the send fails, writes
-/// them straight to D1 in the same request; if that fails too, logs the event itself
-/// (it holds no secret) so it can still be recovered from the logs.
-pub struct QueueAuditSink<'a> {
+/// A request's audit path: events into the outbox, nudges onto `AUDIT_QUEUE`.
+pub struct OutboxAuditSink<'a> {
     pub queue: Option<Queue>,
+    pub db: &'a Db,
     pub store: &'a D1AuditStore<'a>,
 }
 
 #[async_trait(?Send)]
-impl AuditSink for QueueAuditSink<'_> {
+impl AuditSink for OutboxAuditSink<'_> {
     async fn record(&self, event: &AuditEvent) {
-        let body = match serde_json::to_string(event) {
-            Ok(b) => b,
-            Err(e) => {
-                worker::console_error!("audit: event {} could not be serialised: {e}", event.id);
-                return;
-            }
+        let stored = match outbox_insert(self.db, event, "", Vec::new()) {
+            Ok(statement) => statement.run().await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
-        match &self.queue {
-            Some(queue) => match queue.send(body.clone()).await {
-                Ok(()) => return,
-                Err(e) => worker::console_warn!(
-                    "audit: queue send failed ({e}); writing event {} directly",
-                    event.id
-                ),
-            },
-            None => worker::console_warn!(
-                "audit: AUDIT_QUEUE is not bound; writing event {} directly",
-                event.id
-            ),
-        }
-        if let Err(e) = self.store.append(std::slice::from_ref(event)).await {
+        let Err(why) = stored else { return };
+        // The outbox is out of reach: the whole event travels on the queue instead, and the
+        // consumer puts it into the outbox; failing that, the log keeps it (it holds no
+        // secret).
+        let body = serde_json::to_string(event).unwrap_or_default();
+        worker::console_warn!(
+            "audit: the outbox could not be written ({why}); sending event {} on the queue",
+            event.id
+        );
+        let sent = match &self.queue {
+            Some(queue) => queue.send(body.clone()).await.map_err(|e| e.to_string()),
+            None => Err("AUDIT_QUEUE is not bound".to_owned()),
+        };
+        if let Err(e) = sent {
             worker::console_error!("audit: event could not be stored ({e}): {body}");
+        }
+    }
+
+    async fn nudge(&self, event_id: &str) {
+        let why = match &self.queue {
+            Some(queue) => match queue.send(nudge_body(event_id)).await {
+                Ok(()) => return,
+                Err(e) => format!("queue send failed ({e})"),
+            },
+            None => "AUDIT_QUEUE is not bound".to_owned(),
+        };
+        worker::console_warn!("audit: {why}; writing event {event_id} directly");
+        if let Err(e) = drain(self.store, 1).await {
+            worker::console_error!(
+                "audit: chaining failed ({e}); event {event_id} waits in the outbox for the cron"
+            );
         }
     }
 }

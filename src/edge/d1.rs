@@ -1,17 +1,22 @@
 //! The credential and preference repository over D1: the only place that knows their SQL.
+//! Every write is one D1 batch (a transaction) that also writes the operation's audit
+//! event into the outbox, under the same condition as the change itself.
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use worker::wasm_bindgen::JsValue;
+use worker::D1PreparedStatement;
 
+use crate::audit::AuditEvent;
 use crate::crypto::Sealed;
 use crate::domain::{
     Capability, Credential, CredentialId, CredentialParams, CredentialStatus, ProviderId,
     Timestamp, UserId,
 };
-use crate::ports::{CredentialStore, Preference, StoreError};
+use crate::ports::{CredentialStore, Inserted, Occupancy, Preference, StoreError, Written};
 use crate::providers;
 
+use super::audit::outbox_insert;
 use super::db::{json, millis, num, opt_millis, opt_text, text, unavailable, Db};
 
 pub struct D1Store<'a> {
@@ -35,6 +40,9 @@ fn sealed_columns(c: &Credential) -> (JsValue, JsValue, JsValue) {
         None => (JsValue::NULL, JsValue::NULL, JsValue::NULL),
     }
 }
+
+/// The columns a re-check owns: the last 9 of [`MUTABLE`].
+const CHECK_COLUMNS: usize = 9;
 
 /// The columns a credential's life changes, in the order of [`mutable_values`].
 const MUTABLE: [&str; 17] = [
@@ -82,7 +90,7 @@ fn mutable_values(c: &Credential) -> [JsValue; 17] {
 
 const COLUMNS: &str = "id, user_id, provider, label, key_hint, key_version, nonce, ciphertext, \
     fingerprint, params, model, status, status_detail, warnings, quota, models, models_fetched_at, \
-    consecutive_failures, last_validated_at, created_at, updated_at";
+    consecutive_failures, last_validated_at, created_at, updated_at, version";
 
 #[derive(Deserialize)]
 struct Row {
@@ -107,6 +115,7 @@ struct Row {
     last_validated_at: Option<f64>,
     created_at: f64,
     updated_at: f64,
+    version: Option<f64>,
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(s: &Option<String>) -> Option<T> {
@@ -155,18 +164,117 @@ impl Row {
             last_validated_at: self.last_validated_at.map(ms),
             created_at: ms(self.created_at),
             updated_at: ms(self.updated_at),
+            version: self.version.unwrap_or(0.0) as u64,
+        })
+    }
+}
+
+/// `fingerprints` as one bound JSON array, for `IN (SELECT value FROM json_each(?))`.
+fn json_list(items: &[String]) -> JsValue {
+    json(&items)
+}
+
+/// Whether the user holds one of the fingerprints in `?{list}`, for `user_id = ?{user}`.
+fn holds_sql(user: usize, list: usize) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM credentials WHERE user_id = ?{user} \
+         AND fingerprint IN (SELECT value FROM json_each(?{list})))"
+    )
+}
+
+impl D1Store<'_> {
+    /// The statements of a conditional write: the event into the outbox if the row is
+    /// still at `c.version`, then `UPDATE … SET <columns>, version = version + 1` under the
+    /// same condition, then the row's version as it stands afterwards.
+    async fn write_if_current(
+        &self,
+        c: &Credential,
+        columns: &[&str],
+        values: Vec<JsValue>,
+        event: &AuditEvent,
+    ) -> Result<Written, StoreError> {
+        let (user, id, version) = (
+            text(c.user_id.as_str()),
+            text(c.id.as_str()),
+            num(c.version),
+        );
+        let current =
+            "EXISTS (SELECT 1 FROM credentials WHERE user_id = ?5 AND id = ?6 AND version = ?7)";
+        let sets: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, col)| format!("{col} = ?{}", i + 4))
+            .collect();
+        let update = format!(
+            "UPDATE credentials SET {}, version = version + 1 \
+             WHERE user_id = ?1 AND id = ?2 AND version = ?3",
+            sets.join(", ")
+        );
+        let mut args = vec![user.clone(), id.clone(), version.clone()];
+        args.extend(values);
+        let statements: Vec<D1PreparedStatement> = vec![
+            outbox_insert(
+                self.db,
+                event,
+                current,
+                vec![user.clone(), id.clone(), version],
+            )?,
+            self.db.prepare(&update, &args)?,
+            self.db.prepare(
+                "SELECT version FROM credentials WHERE user_id = ?1 AND id = ?2",
+                &[user, id],
+            )?,
+        ];
+        let results = self.db.batch(statements).await?;
+        let changed = results
+            .get(1)
+            .and_then(|r| r.meta().ok().flatten())
+            .and_then(|m| m.changes)
+            .unwrap_or(0);
+        if changed > 0 {
+            return Ok(Written::Done);
+        }
+        #[derive(Deserialize)]
+        struct Version {
+            #[allow(dead_code)]
+            version: f64,
+        }
+        let still_there: Vec<Version> = match results.get(2) {
+            Some(r) => r.results().map_err(unavailable)?,
+            None => Vec::new(),
+        };
+        Ok(if still_there.is_empty() {
+            Written::Missing
+        } else {
+            Written::Conflict
         })
     }
 }
 
 #[async_trait(?Send)]
 impl CredentialStore for D1Store<'_> {
-    async fn insert(&self, c: &Credential) -> Result<(), StoreError> {
-        let marks: Vec<String> = (1..=4 + MUTABLE.len()).map(|i| format!("?{i}")).collect();
+    async fn insert(
+        &self,
+        c: &Credential,
+        fingerprints: &[String],
+        limit: u32,
+        event: &AuditEvent,
+    ) -> Result<Inserted, StoreError> {
+        let n = 4 + MUTABLE.len();
+        let marks: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
+        // The same condition guards the outbox row and the insert, in one transaction: a
+        // parallel request that stored the key (or the last free slot) first wins.
+        let room = |user: usize, list: usize, max: usize| {
+            format!(
+                "NOT {} AND (SELECT COUNT(*) FROM credentials WHERE user_id = ?{user}) < ?{max}",
+                holds_sql(user, list)
+            )
+        };
         let sql = format!(
-            "INSERT INTO credentials (id, user_id, provider, created_at, {}) VALUES ({})",
+            "INSERT INTO credentials (id, user_id, provider, created_at, {}) SELECT {} WHERE {}",
             MUTABLE.join(", "),
-            marks.join(", ")
+            marks.join(", "),
+            room(2, n + 1, n + 2)
         );
         let mut args = vec![
             text(c.id.as_str()),
@@ -175,8 +283,40 @@ impl CredentialStore for D1Store<'_> {
             millis(c.created_at),
         ];
         args.extend(mutable_values(c));
-        self.db.run(&sql, &args).await?;
-        Ok(())
+        args.push(json_list(fingerprints));
+        args.push(num(u64::from(limit)));
+        let results = self
+            .db
+            .batch(vec![
+                outbox_insert(
+                    self.db,
+                    event,
+                    &room(5, 6, 7),
+                    vec![
+                        text(c.user_id.as_str()),
+                        json_list(fingerprints),
+                        num(u64::from(limit)),
+                    ],
+                )?,
+                self.db.prepare(&sql, &args)?,
+            ])
+            .await?;
+        let inserted = results
+            .get(1)
+            .and_then(|r| r.meta().ok().flatten())
+            .and_then(|m| m.changes)
+            .unwrap_or(0);
+        if inserted > 0 {
+            return Ok(Inserted::Done);
+        }
+        let occupancy = self.occupancy(&c.user_id, fingerprints).await?;
+        match occupancy.duplicate {
+            Some(existing) => Ok(Inserted::Duplicate(existing)),
+            None if occupancy.count >= limit => Ok(Inserted::LimitReached),
+            None => Err(StoreError::Conflict(
+                "the insert's condition changed under it".into(),
+            )),
+        }
     }
 
     async fn get(
@@ -204,31 +344,75 @@ impl CredentialStore for D1Store<'_> {
         rows.into_iter().map(Row::into_credential).collect()
     }
 
-    async fn update(&self, c: &Credential) -> Result<bool, StoreError> {
-        let sets: Vec<String> = MUTABLE
-            .iter()
-            .enumerate()
-            .map(|(i, col)| format!("{col} = ?{}", i + 3))
-            .collect();
-        let sql = format!(
-            "UPDATE credentials SET {} WHERE user_id = ?1 AND id = ?2",
-            sets.join(", ")
-        );
-        let mut args = vec![text(c.user_id.as_str()), text(c.id.as_str())];
-        args.extend(mutable_values(c));
-        Ok(self.db.run(&sql, &args).await? > 0)
+    async fn occupancy(
+        &self,
+        user: &UserId,
+        fingerprints: &[String],
+    ) -> Result<Occupancy, StoreError> {
+        #[derive(Deserialize)]
+        struct Found {
+            duplicate: Option<String>,
+            count: f64,
+        }
+        let found: Option<Found> = self
+            .db
+            .first(
+                "SELECT (SELECT id FROM credentials WHERE user_id = ?1 \
+                   AND fingerprint IN (SELECT value FROM json_each(?2)) LIMIT 1) AS duplicate, \
+                 (SELECT COUNT(*) FROM credentials WHERE user_id = ?1) AS count",
+                &[text(user.as_str()), json_list(fingerprints)],
+                None,
+            )
+            .await?;
+        Ok(found
+            .map(|f| Occupancy {
+                duplicate: f.duplicate.as_deref().and_then(CredentialId::parse),
+                count: f.count as u32,
+            })
+            .unwrap_or_default())
+    }
+
+    async fn update(&self, c: &Credential, event: &AuditEvent) -> Result<Written, StoreError> {
+        self.write_if_current(c, &MUTABLE, mutable_values(c).into(), event)
+            .await
+    }
+
+    async fn record_check(
+        &self,
+        c: &Credential,
+        event: &AuditEvent,
+    ) -> Result<Written, StoreError> {
+        let from = MUTABLE.len() - CHECK_COLUMNS;
+        let values: Vec<JsValue> = mutable_values(c).into_iter().skip(from).collect();
+        self.write_if_current(c, &MUTABLE[from..], values, event)
+            .await
     }
 
     async fn delete(
         &self,
         user: &UserId,
         id: &CredentialId,
+        event: &AuditEvent,
     ) -> Result<Option<ProviderId>, StoreError> {
         let args = [text(user.as_str()), text(id.as_str())];
-        // One transaction: the preferences that pointed at it go with the row.
+        let body = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // One transaction: the event (its provider read from the row), the preferences that
+        // pointed at the row, and the row itself.
         let results = self
             .db
             .batch(vec![
+                self.db.prepare(
+                    "INSERT INTO audit_outbox (id, user_id, event, created_at) \
+                     SELECT ?3, ?1, json_set(?4, '$.provider', provider), ?5 \
+                     FROM credentials WHERE user_id = ?1 AND id = ?2",
+                    &[
+                        args[0].clone(),
+                        args[1].clone(),
+                        text(&event.id),
+                        text(&body),
+                        num(super::runtime::now_ms()),
+                    ],
+                )?,
                 self.db.prepare(
                     "DELETE FROM preferences WHERE user_id = ?1 AND credential_id = ?2",
                     &args,
@@ -243,7 +427,7 @@ impl CredentialStore for D1Store<'_> {
         struct Deleted {
             provider: String,
         }
-        let deleted: Vec<Deleted> = match results.get(1) {
+        let deleted: Vec<Deleted> = match results.get(2) {
             Some(r) => r.results().map_err(unavailable)?,
             None => Vec::new(),
         };
@@ -253,27 +437,14 @@ impl CredentialStore for D1Store<'_> {
             .map(|p| p.info().id))
     }
 
-    async fn find_by_fingerprint(
-        &self,
-        user: &UserId,
-        fingerprints: &[String],
-    ) -> Result<Option<CredentialId>, StoreError> {
-        let sql = "SELECT id FROM credentials WHERE user_id = ?1 AND fingerprint = ?2 LIMIT 1";
-        for fp in fingerprints {
-            let id: Option<String> = self
-                .db
-                .first(sql, &[text(user.as_str()), text(fp)], Some("id"))
-                .await?;
-            if let Some(id) = id.as_deref().and_then(CredentialId::parse) {
-                return Ok(Some(id));
-            }
-        }
-        Ok(None)
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
+        // Constant cost: reads at most one row, whatever the table holds.
         self.db
-            .first::<f64>("SELECT COUNT(*) AS n FROM credentials", &[], Some("n"))
+            .first::<f64>(
+                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM credentials LIMIT 1)",
+                &[],
+                Some("n"),
+            )
             .await?;
         Ok(())
     }
@@ -303,7 +474,12 @@ impl CredentialStore for D1Store<'_> {
             .collect())
     }
 
-    async fn set_preference(&self, user: &UserId, p: &Preference) -> Result<(), StoreError> {
+    async fn set_preference(
+        &self,
+        user: &UserId,
+        p: &Preference,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
         let sql = "INSERT INTO preferences (user_id, capability, credential_id, model, updated_at) \
                    VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (user_id, capability) DO UPDATE SET \
                    credential_id = excluded.credential_id, model = excluded.model, updated_at = excluded.updated_at";
@@ -314,7 +490,12 @@ impl CredentialStore for D1Store<'_> {
             opt_text(p.model.as_deref()),
             num(super::runtime::now_ms()),
         ];
-        self.db.run(sql, &args).await?;
+        self.db
+            .batch(vec![
+                outbox_insert(self.db, event, "", Vec::new())?,
+                self.db.prepare(sql, &args)?,
+            ])
+            .await?;
         Ok(())
     }
 }

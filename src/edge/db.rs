@@ -11,8 +11,15 @@ use crate::ports::StoreError;
 
 pub struct Db(Result<D1Database, String>);
 
+/// A D1 error as the core sees it: a uniqueness rule that refused a write means another
+/// request got there first; anything else means the database is not usable now.
 pub fn unavailable(e: worker::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    let text = e.to_string();
+    if text.contains("UNIQUE constraint failed") {
+        StoreError::Conflict(text)
+    } else {
+        StoreError::Unavailable(text)
+    }
 }
 
 impl Db {

@@ -1,12 +1,15 @@
-//! The core's HTTP client over the Workers Fetch API, with a per-attempt timeout that
-//! aborts the subrequest.
+//! The core's HTTP client over the Workers Fetch API: a per-attempt timeout that aborts
+//! the subrequest, redirects never followed, and a bounded read of the answer.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::{select, Either};
+use futures::StreamExt;
 use worker::wasm_bindgen::JsValue;
-use worker::{AbortController, Delay, Fetch, Headers, Method as WMethod, RequestInit};
+use worker::{
+    AbortController, Delay, Fetch, Headers, Method as WMethod, RequestInit, RequestRedirect,
+};
 
 use crate::ports::{HttpClient, HttpError, HttpRequest, HttpResponse, Method};
 
@@ -27,7 +30,9 @@ impl HttpClient for FetchClient {
             Method::Get => WMethod::Get,
             Method::Post => WMethod::Post,
         })
-        .with_headers(headers);
+        .with_headers(headers)
+        // A redirect comes back as it is: its target never passed the endpoint guard.
+        .with_redirect(RequestRedirect::Manual);
         if let Some(body) = &req.body {
             init.with_body(Some(JsValue::from(js_sys_bytes(body))));
         }
@@ -38,24 +43,39 @@ impl HttpClient for FetchClient {
         let signal = controller.signal();
         let deadline = Delay::from(Duration::from_millis(timeout_ms));
         let fetch = Fetch::Request(request);
+        let limit = req.max_response_bytes;
         let call = Box::pin(async {
-            let mut response = fetch.send_with_signal(&signal).await?;
+            let mut response = fetch
+                .send_with_signal(&signal)
+                .await
+                .map_err(|e| HttpError::Network(network_reason(&e)))?;
             let status = response.status_code();
-            let headers = response
+            let headers: Vec<(String, String)> = response
                 .headers()
                 .entries()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect();
-            let body = response.bytes().await?;
-            Ok::<_, worker::Error>(HttpResponse {
+            let declared = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                return Err(HttpError::TooLarge(limit));
+            }
+            let body = read_at_most(&mut response, limit).await?;
+            Ok(HttpResponse {
                 status,
                 headers,
                 body,
             })
         });
         let outcome = match select(call, Box::pin(deadline)).await {
-            Either::Left((Ok(response), _)) => Ok(response),
-            Either::Left((Err(e), _)) => Err(HttpError::Network(network_reason(&e))),
+            Either::Left((Err(HttpError::TooLarge(n)), _)) => {
+                // Stop the rest of the body from arriving.
+                controller.abort();
+                Err(HttpError::TooLarge(n))
+            }
+            Either::Left((outcome, _)) => outcome,
             Either::Right(_) => {
                 controller.abort();
                 Err(HttpError::Timeout(timeout_ms))
@@ -63,6 +83,35 @@ impl HttpClient for FetchClient {
         };
         outcome
     }
+}
+
+/// The body, read chunk by chunk; more than `limit` bytes is an error, not a truncation
+/// (a cut JSON document would only fail later, less clearly).
+async fn read_at_most(response: &mut worker::Response, limit: usize) -> Result<Vec<u8>, HttpError> {
+    let mut stream = match response.stream() {
+        Ok(s) => s,
+        // A body held whole (or none at all).
+        Err(_) => {
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| HttpError::Network(network_reason(&e)))?;
+            return if body.len() > limit {
+                Err(HttpError::TooLarge(limit))
+            } else {
+                Ok(body)
+            };
+        }
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| HttpError::Network(network_reason(&e)))?;
+        if body.len() + chunk.len() > limit {
+            return Err(HttpError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn js_sys_bytes(bytes: &[u8]) -> worker::js_sys::Uint8Array {

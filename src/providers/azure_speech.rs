@@ -91,9 +91,8 @@ impl Provider for AzureSpeech {
         let sts = target.url_at(0, "/sts/v1.0/issueToken");
         let issue = || HttpRequest {
             method: Method::Post,
-            url: sts.clone(),
-            headers: vec![(KEY_HEADER.into(), key.expose().into())],
             body: Some(Vec::new()),
+            ..HttpRequest::get(sts.clone()).header(KEY_HEADER, key.expose())
         };
         prober.call(NAME, issue, classify).await?;
 

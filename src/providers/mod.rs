@@ -21,7 +21,8 @@ use serde::Serialize;
 
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, CredentialParams, Model, ProviderId, Quota};
-use crate::validation::{Failure, Prober};
+use crate::text::ProviderText;
+use crate::validation::{Failure, Prober, MAX_MESSAGE_CHARS};
 
 static REGISTRY: &[&dyn Provider] = &[
     &elevenlabs::ElevenLabs,
@@ -122,7 +123,7 @@ impl Target<'_> {
 }
 
 /// What a successful validation learned on the way.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Accepted {
     pub quota: Option<Quota>,
     pub models: Option<Vec<Model>>,
@@ -138,6 +139,74 @@ impl Accepted {
             "The {what} is unavailable for now: {}",
             failure.message()
         ));
+    }
+}
+
+/// The most models (or voices) kept of one provider's list.
+pub const MAX_MODELS: usize = 1000;
+/// The longest model id or name kept; a longer id is no model id at all.
+pub const MAX_MODEL_CHARS: usize = 200;
+/// The most warnings kept of one check.
+pub const MAX_WARNINGS: usize = 10;
+const MAX_UNIT_CHARS: usize = 32;
+const MAX_DATE_CHARS: usize = 40;
+
+impl Accepted {
+    /// The same findings with every string the provider sent made safe and bounded: model
+    /// ids that needed cleaning are dropped (a changed id would name another model), names
+    /// and units are cleaned, the list and the warnings are capped.
+    fn cleaned(self, text: &ProviderText) -> Self {
+        let models = self.models.map(|models| {
+            models
+                .into_iter()
+                .filter(|m| {
+                    !m.id.is_empty()
+                        && m.id.chars().count() <= MAX_MODEL_CHARS
+                        && text.clean(&m.id, MAX_MODEL_CHARS) == m.id
+                })
+                .take(MAX_MODELS)
+                .map(|m| Model {
+                    name: match text.clean(&m.name, MAX_MODEL_CHARS) {
+                        n if n.is_empty() => m.id.clone(),
+                        n => n,
+                    },
+                    ..m
+                })
+                .collect()
+        });
+        let quota = self.quota.map(|q| Quota {
+            unit: text.clean(&q.unit, MAX_UNIT_CHARS),
+            resets_at: q.resets_at.map(|r| text.clean(&r, MAX_DATE_CHARS)),
+            ..q
+        });
+        let warnings = self
+            .warnings
+            .iter()
+            .take(MAX_WARNINGS)
+            .map(|w| text.clean(w, MAX_MESSAGE_CHARS))
+            .collect();
+        Self {
+            quota,
+            models,
+            warnings,
+        }
+    }
+}
+
+/// Runs `provider`'s check of `key`: the one way a key is checked with its provider, and
+/// the one place provider text enters the vault. Whatever the provider said (warnings,
+/// failure messages, model ids and names, quota units) comes back cleaned by
+/// [`ProviderText`]: the key redacted, hidden characters removed, lengths capped.
+pub async fn check(
+    provider: &dyn Provider,
+    prober: &Prober<'_>,
+    target: &Target<'_>,
+    key: &SecretKey,
+) -> Result<Accepted, Failure> {
+    let text = ProviderText::new(key);
+    match provider.validate(prober, target, key).await {
+        Ok(accepted) => Ok(accepted.cleaned(&text)),
+        Err(failure) => Err(failure.cleaned(&text)),
     }
 }
 

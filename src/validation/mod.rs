@@ -9,7 +9,7 @@ use crate::domain::Timestamp;
 use crate::ports::{Clock, HttpClient, HttpError, HttpRequest, HttpResponse, Jitter};
 
 /// Why a key was not accepted (or a call did not get through). Messages are for people
-/// and may quote the provider; run them through `SecretKey::redact` before showing them.
+/// and may quote the provider: `providers::check` cleans them before anyone sees them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Failure {
     InvalidKey(String),
@@ -64,11 +64,14 @@ impl Failure {
         }
     }
 
-    /// The same failure with `secret` removed from its message.
-    pub fn redacted(self, secret: &crate::crypto::SecretKey) -> Self {
-        self.with_message(|m| secret.redact(m))
+    /// The same failure with its message made safe to store, log and show.
+    pub fn cleaned(self, text: &crate::text::ProviderText) -> Self {
+        self.with_message(|m| text.clean(m, MAX_MESSAGE_CHARS))
     }
 }
+
+/// The longest failure message (or warning) kept from a provider.
+pub const MAX_MESSAGE_CHARS: usize = 300;
 
 /// How a provider module judges one response.
 #[derive(Debug, PartialEq)]
@@ -157,6 +160,14 @@ impl<'a> Prober<'a> {
             let left = now.millis_until(self.deadline);
             let timeout = self.attempt_timeout_ms.min(left);
             let (failure, hint_ms) = match self.http.send(build(), timeout).await {
+                // Redirects are never followed (see `HttpClient`): a provider that answers
+                // with one is not answering.
+                Ok(response) if (300..400).contains(&response.status) => {
+                    return Err(Failure::ProviderError(format!(
+                        "{provider} answered with a redirect (HTTP {}), which the vault does not follow",
+                        response.status
+                    )))
+                }
                 Ok(response) => match classify(&response) {
                     Verdict::Accept => return Ok(response),
                     Verdict::Reject(failure) => return Err(failure),
@@ -169,6 +180,11 @@ impl<'a> Prober<'a> {
                     Failure::Unreachable(format!("{provider} did not answer within {ms} ms")),
                     None,
                 ),
+                Err(HttpError::TooLarge(limit)) => {
+                    return Err(Failure::ProviderError(format!(
+                        "{provider} sent an answer larger than {limit} bytes"
+                    )))
+                }
                 Err(HttpError::Network(e)) => (
                     Failure::Unreachable(format!("{provider} could not be reached: {e}")),
                     None,

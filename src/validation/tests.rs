@@ -152,3 +152,30 @@ fn unhinted_rate_limits_that_run_out_of_time_say_when_to_retry() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_redirect_is_a_failure_and_is_never_followed() {
+    for status in [301, 302, 303, 307, 308] {
+        let (out, sleeps, calls, _) = run(
+            vec![respond_with(
+                status,
+                &[("Location", "http://169.254.169.254/latest/meta-data")],
+                "",
+            )],
+            10_000,
+        );
+        assert!(
+            matches!(&out, Err(Failure::ProviderError(m)) if m.contains("redirect")),
+            "{status}: {out:?}"
+        );
+        assert_eq!((sleeps.len(), calls), (0, 1));
+    }
+}
+
+#[test]
+fn an_answer_over_the_size_cap_is_a_failure_and_not_retried() {
+    let huge = "x".repeat(crate::ports::MAX_RESPONSE_BYTES + 1);
+    let (out, _, calls, _) = run(vec![respond(200, &huge)], 10_000);
+    assert!(matches!(&out, Err(Failure::ProviderError(m)) if m.contains("larger than")));
+    assert_eq!(calls, 1);
+}

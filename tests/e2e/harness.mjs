@@ -56,6 +56,18 @@ async function filesUnder(dir) {
   return out;
 }
 
+/** Applies migrations/ to the local D1 under `state`, as `scripts/dev.sh` does. */
+export async function applyMigrations(state) {
+  await run(WRANGLER, ['d1', 'migrations', 'apply', 'DB', '--local', '--persist-to', state], { cwd: ROOT });
+}
+
+/** Runs SQL (a `--command` or a `--file`) on the local D1 under `state`; returns the rows. */
+export async function localSql(state, { command, file }) {
+  const args = ['d1', 'execute', 'DB', '--local', '--persist-to', state, '--json', ...(file ? ['--file', file] : ['--command', command])];
+  const { stdout } = await run(WRANGLER, args, { cwd: ROOT, maxBuffer: 64 * 1024 * 1024 });
+  return JSON.parse(stdout)[0]?.results ?? [];
+}
+
 /** wrangler.toml with the AUDIT_QUEUE producer binding removed: the audit path is down. */
 export function withoutAuditQueueProducer(toml) {
   const block = /\[\[queues\.producers\]\]\nbinding = "AUDIT_QUEUE"\nqueue = "[^"]+"\n/;
@@ -81,7 +93,7 @@ export async function startVault({ secrets = {}, vars = {}, config, injector = f
   const envFile = path.join(dir, 'secrets.env');
   await writeFile(envFile, Object.entries(all).filter(([, v]) => v != null).map(([k, v]) => `${k}=${v}`).join('\n') + '\n');
 
-  await run(WRANGLER, ['d1', 'execute', 'DB', '--local', '--persist-to', state, '--file', 'schema.sql'], { cwd: ROOT });
+  await applyMigrations(state);
 
   let configFile;
   let runDir;

@@ -1,0 +1,109 @@
+-- Migration 0001: the schema as the first release shipped it.
+-- Timestamps are Unix milliseconds (INTEGER); JSON columns hold TEXT.
+
+-- One row per stored key. The key itself exists only as AES-256-GCM ciphertext bound
+-- (through the AAD) to user_id, id and provider; key_hint is its last 4 characters.
+CREATE TABLE IF NOT EXISTS credentials (
+  id                   TEXT PRIMARY KEY,
+  user_id              TEXT NOT NULL,
+  provider             TEXT NOT NULL,
+  label                TEXT,
+  key_hint             TEXT,
+  key_version          INTEGER,          -- master key version that sealed it
+  nonce                TEXT,             -- base64, 12 bytes
+  ciphertext           TEXT,             -- base64, ciphertext with the GCM tag
+  fingerprint          TEXT,             -- "v<version>:" + HMAC-SHA256 hex, for duplicates
+  params               TEXT NOT NULL DEFAULT '{}',
+  model                TEXT,
+  status               TEXT NOT NULL,
+  status_detail        TEXT,
+  warnings             TEXT NOT NULL DEFAULT '[]',
+  quota                TEXT,
+  models               TEXT,             -- cached model list from the last validation
+  models_fetched_at    INTEGER,
+  consecutive_failures INTEGER NOT NULL DEFAULT 0,
+  last_validated_at    INTEGER,
+  created_at           INTEGER NOT NULL,
+  updated_at           INTEGER NOT NULL,
+  import_batch_id      TEXT
+);
+CREATE INDEX IF NOT EXISTS credentials_by_user ON credentials (user_id, created_at DESC);
+CREATE UNIQUE INDEX IF NOT EXISTS credentials_fingerprint ON credentials (user_id, fingerprint)
+  WHERE fingerprint IS NOT NULL;
+CREATE INDEX IF NOT EXISTS credentials_by_last_validation ON credentials (last_validated_at);
+CREATE INDEX IF NOT EXISTS credentials_by_import_batch ON credentials (import_batch_id)
+  WHERE import_batch_id IS NOT NULL;
+
+-- The user's default credential and model per capability. Deleting a credential
+-- clears the preferences that pointed at it.
+CREATE TABLE IF NOT EXISTS preferences (
+  user_id       TEXT NOT NULL,
+  capability    TEXT NOT NULL CHECK (capability IN ('tts', 'stt', 'llm')),
+  credential_id TEXT NOT NULL REFERENCES credentials (id) ON DELETE CASCADE,
+  model         TEXT,
+  updated_at    INTEGER NOT NULL,
+  PRIMARY KEY (user_id, capability)
+);
+
+-- The tamper-evident audit log: per user, seq counts up from 1 and
+-- hash = SHA-256(prev_hash || canonical JSON of the event).
+CREATE TABLE IF NOT EXISTS audit_events (
+  id            TEXT PRIMARY KEY,
+  user_id       TEXT NOT NULL,
+  seq           INTEGER NOT NULL,
+  at            INTEGER NOT NULL,
+  action        TEXT NOT NULL,
+  actor_type    TEXT NOT NULL,
+  actor_id      TEXT NOT NULL,
+  credential_id TEXT,
+  provider      TEXT,
+  outcome       TEXT NOT NULL CHECK (outcome IN ('success', 'failure')),
+  reason        TEXT,
+  source        TEXT,
+  request_id    TEXT,
+  detail        TEXT,
+  prev_hash     TEXT NOT NULL,
+  hash          TEXT NOT NULL,
+  UNIQUE (user_id, seq)
+);
+CREATE INDEX IF NOT EXISTS audit_events_by_user_time ON audit_events (user_id, at DESC, id DESC);
+
+-- Where a user's chain starts after retention removed older events.
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+  user_id    TEXT PRIMARY KEY,
+  seq        INTEGER NOT NULL,
+  hash       TEXT NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+
+-- Where each user's chain ends: moved in the same transaction as the rows it covers,
+-- so removing the newest events is detected too.
+CREATE TABLE IF NOT EXISTS audit_heads (
+  user_id    TEXT PRIMARY KEY,
+  seq        INTEGER NOT NULL,
+  hash       TEXT NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+
+-- Queue messages the audit consumers could not chain, kept as they arrived.
+CREATE TABLE IF NOT EXISTS audit_dead_letters (
+  id          INTEGER PRIMARY KEY AUTOINCREMENT,
+  body        TEXT NOT NULL,
+  reason      TEXT NOT NULL,
+  received_at INTEGER NOT NULL
+);
+
+-- Long-running work (master key rewrap, imports, revalidation sweeps) and its progress.
+CREATE TABLE IF NOT EXISTS jobs (
+  id         TEXT PRIMARY KEY,
+  kind       TEXT NOT NULL,
+  state      TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+  total      INTEGER NOT NULL DEFAULT 0,
+  done       INTEGER NOT NULL DEFAULT 0,
+  failed     INTEGER NOT NULL DEFAULT 0,
+  cursor     TEXT,
+  params     TEXT,
+  error      TEXT,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+);

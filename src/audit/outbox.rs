@@ -1,0 +1,191 @@
+//! The transactional outbox, chained. An operation writes its event into the outbox in
+//! the same D1 transaction as the change it describes, so an event exists exactly when
+//! its operation happened. Chainers (the queue consumer on a nudge, the cron as a
+//! sweeper, a request whose nudge could not be sent) turn pending events into links of
+//! their users' chains: [`plan`] decides, the store carries the plan out in one
+//! transaction, and a chainer that lost a race to another simply reads again.
+
+use std::collections::BTreeMap;
+
+use super::{link, AuditEvent, ChainHead, ChainedEvent};
+use crate::ports::{AuditStore, PendingEvent, StoreError};
+
+/// Pending events one round reads and chains. A round costs three D1 queries (pending,
+/// heads, one batch) whatever the number of users in it.
+pub const ROUND_SIZE: u32 = 100;
+
+/// What one chaining round writes, in one transaction.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChainPlan {
+    /// The new links, in order, per user.
+    pub rows: Vec<ChainedEvent>,
+    /// Where each touched user's chain ends afterwards.
+    pub heads: Vec<(String, ChainHead)>,
+    /// Outbox rows that cannot be chained (unreadable), kept as dead letters:
+    /// (body, reason).
+    pub dead: Vec<(String, String)>,
+    /// The outbox positions this plan consumes.
+    pub done: Vec<u64>,
+}
+
+impl ChainPlan {
+    pub fn is_empty(&self) -> bool {
+        self.done.is_empty()
+    }
+}
+
+/// Links `pending` (in outbox order, which is commit order) onto their users' chains,
+/// which end at `heads` (a user not named there starts at genesis).
+pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPlan {
+    let mut ends: BTreeMap<String, ChainHead> = heads.iter().cloned().collect();
+    let mut touched: Vec<String> = Vec::new();
+    let mut out = ChainPlan::default();
+    let mut ordered: Vec<&PendingEvent> = pending.iter().collect();
+    ordered.sort_by_key(|p| p.pos);
+    for p in ordered {
+        out.done.push(p.pos);
+        let event = match serde_json::from_str::<AuditEvent>(&p.body) {
+            Ok(e) if e.user_id == p.user_id => e,
+            Ok(_) => {
+                out.dead
+                    .push((p.body.clone(), "outbox row filed under another user".into()));
+                continue;
+            }
+            Err(_) => {
+                out.dead
+                    .push((p.body.clone(), "unreadable outbox row".into()));
+                continue;
+            }
+        };
+        let prev = ends
+            .entry(p.user_id.clone())
+            .or_insert_with(ChainHead::genesis);
+        let linked = link(prev, event);
+        *prev = linked.head();
+        if !touched.contains(&p.user_id) {
+            touched.push(p.user_id.clone());
+        }
+        out.rows.push(linked);
+    }
+    out.heads = touched
+        .into_iter()
+        .filter_map(|u| ends.get(&u).cloned().map(|h| (u, h)))
+        .collect();
+    out
+}
+
+/// Chains what waits in the outbox, at most `rounds` rounds of [`ROUND_SIZE`] events.
+/// Returns how many events were chained. A round that loses a race with another chainer
+/// (its batch fails on the chain's uniqueness rules and changes nothing) is read again.
+pub async fn drain(store: &dyn AuditStore, rounds: usize) -> Result<usize, StoreError> {
+    let mut chained = 0;
+    for _ in 0..rounds {
+        let pending = store.pending(ROUND_SIZE).await?;
+        if pending.is_empty() {
+            break;
+        }
+        let mut users: Vec<String> = pending.iter().map(|p| p.user_id.clone()).collect();
+        users.sort();
+        users.dedup();
+        let heads = store.heads(&users).await?;
+        let plan = plan(&pending, &heads);
+        match store.commit(&plan).await {
+            Ok(()) => chained += plan.rows.len(),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e),
+        }
+        if pending.len() < ROUND_SIZE as usize {
+            break;
+        }
+    }
+    Ok(chained)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Action, Actor, ActorType, Verifier, GENESIS_HASH};
+    use crate::domain::{Timestamp, UserId};
+
+    fn event(user: &str, n: u64) -> AuditEvent {
+        AuditEvent::new(
+            format!("ev_{n:04}"),
+            Timestamp::from_millis(1_800_000_000_000 + n),
+            &UserId::parse(user).unwrap(),
+            Action::CredentialViewed,
+            Actor {
+                kind: ActorType::User,
+                id: user.into(),
+            },
+        )
+    }
+
+    fn pending(pos: u64, e: &AuditEvent) -> PendingEvent {
+        PendingEvent {
+            pos,
+            user_id: e.user_id.clone(),
+            body: serde_json::to_string(e).unwrap(),
+        }
+    }
+
+    #[test]
+    fn events_are_chained_per_user_in_outbox_order_after_their_heads() {
+        let (a1, b1, a2) = (event("u_a", 3), event("u_b", 1), event("u_a", 2));
+        let bob_head = ChainHead {
+            seq: 7,
+            hash: "ab".repeat(32),
+        };
+        let p = plan(
+            &[pending(12, &a2), pending(10, &a1), pending(11, &b1)],
+            &[("u_b".into(), bob_head.clone())],
+        );
+        let order: Vec<_> = p
+            .rows
+            .iter()
+            .map(|r| (r.event.id.as_str(), r.seq))
+            .collect();
+        // Outbox order (commit order), not event time.
+        assert_eq!(order, [("ev_0003", 1), ("ev_0001", 8), ("ev_0002", 2)]);
+        assert_eq!(p.rows[0].prev_hash, GENESIS_HASH);
+        assert_eq!(p.rows[1].prev_hash, bob_head.hash);
+        assert_eq!(p.rows[2].prev_hash, p.rows[0].hash);
+        assert_eq!(p.done, [10, 11, 12]);
+        assert_eq!(
+            p.heads,
+            [
+                ("u_a".to_string(), p.rows[2].head()),
+                ("u_b".to_string(), p.rows[1].head())
+            ]
+        );
+        // What is planned verifies.
+        let mut v = Verifier::new(ChainHead::genesis());
+        v.push(&p.rows[0]);
+        v.push(&p.rows[2]);
+        assert!(v.finish(Some(&p.rows[2].head())).ok);
+    }
+
+    #[test]
+    fn unreadable_rows_become_dead_letters_and_are_consumed() {
+        let good = event("u_a", 1);
+        let p = plan(
+            &[
+                PendingEvent {
+                    pos: 1,
+                    user_id: "u_a".into(),
+                    body: "{not json".into(),
+                },
+                PendingEvent {
+                    pos: 2,
+                    user_id: "u_b".into(),
+                    body: serde_json::to_string(&good).unwrap(),
+                },
+                pending(3, &good),
+            ],
+            &[],
+        );
+        assert_eq!(p.rows.len(), 1);
+        assert_eq!(p.rows[0].seq, 1);
+        assert_eq!(p.dead.len(), 2);
+        assert_eq!(p.done, [1, 2, 3]);
+    }
+}

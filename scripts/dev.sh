@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything needed and starts byok-vault locally: wrangler dev with a local D1
-# initialised from schema.sql, local queues, and a .dev.vars with random secrets made on
+# brought up to date by migrations/, local queues, and a .dev.vars with random secrets made on
 # the first run (never committed). Prints a dev token and a curl example.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +22,8 @@ VARS
   echo "[dev] wrote .dev.vars with a random MASTER_KEY and AUTH_JWT_SECRET"
 fi
 
-wrangler d1 execute DB --local --file schema.sql >/dev/null
-echo "[dev] local D1 schema applied"
+wrangler d1 migrations apply DB --local >/dev/null
+echo "[dev] local D1 migrations applied"
 
 free_port() { node -e '
   const s = require("net").createServer();

@@ -274,11 +274,14 @@ pub struct Preference {
 #[async_trait(?Send)]
 pub trait AuditSink {
     /// Keeps the event of an operation that wrote nothing else (a view, a refusal) as an
-    /// outbox row of its own; if that cannot be written, it falls back (queue, then an
-    /// error log line holding the event, which holds no secret) on its own.
+    /// outbox row of its own, so every event enters the chain in the order it happened,
+    /// and nudges the chainer. If the outbox cannot be written, the whole event travels on
+    /// the queue (the consumer files it into the outbox, by id); if even that fails, an
+    /// error log line keeps it (events hold no secret).
     async fn record(&self, event: &AuditEvent);
-    /// Tells the chainer that `event_id` waits in the outbox. If nobody can be told (the
-    /// queue is missing or failing), chains what waits now.
+    /// Tells the chainer that `event_id`, written with its operation's change, waits in
+    /// the outbox. If nobody can be told (the queue is missing or failing), chains what
+    /// waits now; the cron sweeps whatever is left.
     async fn nudge(&self, event_id: &str);
 }
 

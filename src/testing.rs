@@ -556,7 +556,7 @@ impl AuditStore for MemoryAudit {
     }
 }
 
-/// As a sink, the in-memory log is the path without a queue: the event goes into the
+/// As a sink, the in-memory log is the path without a queue: an event goes into the
 /// outbox, and a nudge chains what waits at once.
 #[async_trait(?Send)]
 impl AuditSink for MemoryAudit {
@@ -564,6 +564,7 @@ impl AuditSink for MemoryAudit {
         // A test that takes the store down sees the event missing, as it would be.
         if self.check().is_ok() {
             self.outbox.push(event);
+            self.nudge(&event.id).await;
         }
     }
 

@@ -214,9 +214,9 @@ impl Ctx<'_, '_> {
 
     /// Makes sure `user`'s operation has exactly one event, whatever its outcome, and
     /// passes the result through unchanged: the audit path never changes what the caller
-    /// gets. An operation that changed something stored its event with the change; any
-    /// other outcome (a view, a refusal, a failure) is recorded here. Either way the
-    /// chainer is nudged.
+    /// gets. An operation that changed something stored its event with the change, and the
+    /// chainer is nudged; any other outcome (a view, a refusal, a failure) is recorded
+    /// (and nudged) here.
     async fn audited(
         &self,
         action: Action,
@@ -224,8 +224,8 @@ impl Ctx<'_, '_> {
         result: Result<Response, ApiError>,
     ) -> Result<Response, ApiError> {
         let note = self.note.take();
-        let event_id = match (&note.committed, &result) {
-            (Some(id), Ok(_)) => id.clone(),
+        match (&note.committed, &result) {
+            (Some(id), Ok(_)) => self.app.audit.nudge(id).await,
             _ => {
                 let failure = match &result {
                     Err(e) => Some(e.code),
@@ -233,10 +233,8 @@ impl Ctx<'_, '_> {
                 };
                 let event = self.event_from(action, user, &note, failure);
                 self.app.audit.record(&event).await;
-                event.id
             }
-        };
-        self.app.audit.nudge(&event_id).await;
+        }
         result
     }
 

@@ -1,9 +1,9 @@
 //! The queue consumers' logic: what to do with each message of a batch.
 //!
-//! A message is a nudge (`{"nudge":"<event id>"}`: events wait in the outbox) or, from
-//! producers that could not write the outbox, a whole event. Either way the consumer
-//! chains what waits in the outbox; its cost in D1 queries is bounded by the number of
-//! rounds, not by the number of messages or users in the batch.
+//! A message is a nudge (`{"nudge":"<event id>"}`: an event waits in the outbox) or, from
+//! a producer that could not write the outbox, a whole event. The consumer files whole
+//! events into the outbox, by id, then chains what waits; its cost in D1 queries is
+//! bounded by the number of rounds, not by the number of messages or users in the batch.
 
 use serde_json::Value;
 

@@ -363,11 +363,35 @@ impl AuditStore for D1AuditStore<'_> {
     }
 }
 
-/// A request's audit path: events into the outbox, nudges onto `AUDIT_QUEUE`.
+/// A request's audit path: events into the outbox, nudges onto `AUDIT_QUEUE`; chaining at
+/// once when the queue is missing or failing, the whole event on the queue when the
+/// outbox is.
 pub struct OutboxAuditSink<'a> {
     pub queue: Option<Queue>,
     pub db: &'a Db,
     pub store: &'a D1AuditStore<'a>,
+}
+
+impl OutboxAuditSink<'_> {
+    /// Sends `body` on the queue; says why not when it cannot.
+    async fn send(&self, body: String) -> Result<(), String> {
+        match &self.queue {
+            Some(queue) => queue
+                .send(body)
+                .await
+                .map_err(|e| format!("queue send failed ({e})")),
+            None => Err("AUDIT_QUEUE is not bound".to_owned()),
+        }
+    }
+
+    /// Chains what waits in the outbox now, for a request whose queue is out of reach.
+    async fn chain_now(&self, event_id: &str) {
+        if let Err(e) = drain(self.store, 1).await {
+            worker::console_error!(
+                "audit: chaining failed ({e}); event {event_id} waits in the outbox for the cron"
+            );
+        }
+    }
 }
 
 #[async_trait(?Send)]
@@ -377,37 +401,25 @@ impl AuditSink for OutboxAuditSink<'_> {
             Ok(statement) => statement.run().await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        let Err(why) = stored else { return };
-        // The outbox is out of reach: the whole event travels on the queue instead, and the
-        // consumer puts it into the outbox; failing that, the log keeps it (it holds no
-        // secret).
+        if stored.is_ok() {
+            return self.nudge(&event.id).await;
+        }
+        // The outbox is out of reach: the whole event travels on the queue and the consumer
+        // files it; failing that, the log keeps it (events hold no secret).
         let body = serde_json::to_string(event).unwrap_or_default();
-        worker::console_warn!(
-            "audit: the outbox could not be written ({why}); sending event {} on the queue",
-            event.id
-        );
-        let sent = match &self.queue {
-            Some(queue) => queue.send(body.clone()).await.map_err(|e| e.to_string()),
-            None => Err("AUDIT_QUEUE is not bound".to_owned()),
-        };
-        if let Err(e) = sent {
-            worker::console_error!("audit: event could not be stored ({e}): {body}");
+        if let Err(why) = self.send(body.clone()).await {
+            worker::console_error!(
+                "audit: event could not be stored ({}; {why}): {body}",
+                stored.err().unwrap_or_default()
+            );
         }
     }
 
     async fn nudge(&self, event_id: &str) {
-        let why = match &self.queue {
-            Some(queue) => match queue.send(nudge_body(event_id)).await {
-                Ok(()) => return,
-                Err(e) => format!("queue send failed ({e})"),
-            },
-            None => "AUDIT_QUEUE is not bound".to_owned(),
+        let Err(why) = self.send(nudge_body(event_id)).await else {
+            return;
         };
         worker::console_warn!("audit: {why}; writing event {event_id} directly");
-        if let Err(e) = drain(self.store, 1).await {
-            worker::console_error!(
-                "audit: chaining failed ({e}); event {event_id} waits in the outbox for the cron"
-            );
-        }
+        self.chain_now(event_id).await;
     }
 }

@@ -15,7 +15,16 @@
 //   longwait     429 with a 60 s hint in the provider's style (does not fit a deadline)
 //   flaky        first call 503 (Anthropic: 529 overloaded), then valid
 //   slow         never answers
-// and `revoke(key)` makes any key invalid from then on.
+//   slowvalid    valid, but every answer takes SLOW_MS (to hold a check open while a test
+//                lands a concurrent change)
+//   echo         the probe passes; the secondary call (models, voices, balance) fails
+//                with an error that echoes the key raw, upper-cased, base64, percent-encoded
+//                and split by a zero-width character, plus a bidi override
+//   echoinvalid  the probe refuses the key, echoing it in the message
+//   echomodels   valid, but the model list names the key as an id and in a name
+//   huge         the probe passes; the model list is larger than the vault reads
+// and `revoke(key)` makes any key invalid from then on. A path starting `/redirect/`
+// answers 302 to the same path without that prefix (a base_url that bounces elsewhere).
 import http from 'node:http';
 
 const json = (res, status, body, headers = {}) => {
@@ -24,10 +33,26 @@ const json = (res, status, body, headers = {}) => {
 };
 
 const MODEL_PAGES = 2; // providers that page their model list get two pages
+export const SLOW_MS = 1500;
+
+/** The error text the echo kinds answer with: the key in every obvious disguise. */
+export function echoOf(key) {
+  const split = `${key.slice(0, 12)}\u200b${key.slice(12)}`;
+  return `No access for key ${key} (${key.toUpperCase()}; ${Buffer.from(key).toString('base64')}; `
+    + `${encodeURIComponent(key + '/')}; ${split})\u202e\u0007 please check it`;
+}
 
 const providers = {
   elevenlabs: {
     key: (h) => h['xi-api-key'],
+    primary: (path) => path === '/v1/user/subscription',
+    echo: (res, key) => json(res, 400, { detail: { status: 'invalid_request', message: echoOf(key) } }),
+    echoinvalid: (res, key) => json(res, 401, { detail: { status: 'invalid_api_key', message: `Invalid API key: ${echoOf(key)}` } }),
+    echomodels: (res, key) => json(res, 200, [
+      { model_id: key, name: 'A model named after the key', can_do_text_to_speech: true },
+      { model_id: 'eleven_echo_v1', name: `Echo \u202e${key}`, can_do_text_to_speech: true },
+    ]),
+    huge: (res) => json(res, 200, [{ model_id: 'eleven_huge', name: 'x'.repeat(3 * 1024 * 1024) }]),
     ok(res, path) {
       if (path === '/v1/user/subscription') {
         return json(res, 200, { tier: 'creator', status: 'active', character_count: 1200, character_limit: 10000, next_character_count_reset_unix: 1796083200, voice_slots_used: 1, voice_limit: 30, currency: 'usd' });
@@ -52,6 +77,8 @@ const providers = {
   },
   azure: {
     key: (h) => h['ocp-apim-subscription-key'],
+    primary: (path) => path.endsWith('/sts/v1.0/issueToken'),
+    echo: (res, key) => json(res, 400, { error: { code: '400', message: echoOf(key) } }),
     ok(res, path) {
       if (path.endsWith('/sts/v1.0/issueToken')) {
         res.writeHead(200, { 'content-type': 'application/jwt; charset=us-ascii' });
@@ -129,6 +156,8 @@ const providers = {
   },
   deepgram: {
     key: (h) => (h.authorization ?? '').replace(/^Token /, ''),
+    primary: (path) => path === '/v1/projects',
+    echo: (res, key) => json(res, 400, { err_code: 'BAD_REQUEST', err_msg: echoOf(key), request_id: 'r9' }),
     ok(res, path) {
       if (path === '/v1/projects') return json(res, 200, { projects: [{ project_id: '3dc6c6e1-5e36-4f5d-9b2f-0c0b3b1b5c1a', name: 'Default Project', company: 'Acme' }] });
       if (path.endsWith('/balances')) return json(res, 200, { balances: [{ balance_id: 'b0c1a2', amount: 187.5, units: 'usd', purchase_order_id: 'po_1' }] });
@@ -148,6 +177,8 @@ const providers = {
   },
   openrouter: {
     key: (h) => bearerKey(h),
+    primary: (path) => path === '/api/v1/key',
+    echo: (res, key) => json(res, 400, { error: { message: echoOf(key), code: 400 } }),
     ok(res, path) {
       if (path === '/api/v1/key') return json(res, 200, { data: { label: 'sk-or-v1-au7...890', limit: 100, limit_remaining: 74.5, usage: 25.5, is_free_tier: false, rate_limit: { requests: 10, interval: '10s' } } });
       if (path === '/api/v1/models') return json(res, 200, { data: [{ id: 'openai/gpt-4o', name: 'OpenAI: GPT-4o', context_length: 128000, architecture: { input_modalities: ['text', 'image'], output_modalities: ['text'] }, pricing: { prompt: '0.0000025', completion: '0.00001' } }] });
@@ -187,6 +218,11 @@ export function startFakeProviders() {
   const revoked = new Set();
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://fake');
+    if (url.pathname.startsWith('/redirect/')) {
+      requests.push({ provider: 'redirect', method: req.method, path: url.pathname, key: '', headers: req.headers, at: Date.now() });
+      res.writeHead(302, { location: `http://${req.headers.host}${url.pathname.slice('/redirect'.length)}${url.search}` });
+      return res.end();
+    }
     const [, name, ...rest] = url.pathname.split('/');
     const p = providers[name === 'azure' ? 'azure' : name];
     if (!p) return json(res, 404, { error: 'unknown fake provider' });
@@ -216,6 +252,11 @@ export function startFakeProviders() {
       case 'longwait': return p.limited(res, 60);
       case 'flaky': return count === 1 ? p.error(res) : ok();
       case 'slow': hanging.add(res); return undefined;
+      case 'slowvalid': hanging.add(res); setTimeout(() => { hanging.delete(res); ok(); }, SLOW_MS); return undefined;
+      case 'echo': return p.primary(path) ? ok() : p.echo(res, key);
+      case 'echoinvalid': return p.echoinvalid(res, key);
+      case 'echomodels': return p.primary(path) ? ok() : p.echomodels(res, key);
+      case 'huge': return p.primary(path) ? ok() : p.huge(res);
       default: return p.invalid(res);
     }
   });

@@ -61,11 +61,15 @@ export async function applyMigrations(state) {
   await run(WRANGLER, ['d1', 'migrations', 'apply', 'DB', '--local', '--persist-to', state], { cwd: ROOT });
 }
 
-/** Runs SQL (a `--command` or a `--file`) on the local D1 under `state`; returns the rows. */
-export async function localSql(state, { command, file }) {
+/**
+ * Runs SQL (a `--command` or a `--file`) on the local D1 under `state`; returns the rows of
+ * the first statement, or with `all` the rows of every statement.
+ */
+export async function localSql(state, { command, file, all = false }) {
   const args = ['d1', 'execute', 'DB', '--local', '--persist-to', state, '--json', ...(file ? ['--file', file] : ['--command', command])];
   const { stdout } = await run(WRANGLER, args, { cwd: ROOT, maxBuffer: 64 * 1024 * 1024 });
-  return JSON.parse(stdout)[0]?.results ?? [];
+  const results = JSON.parse(stdout).map((r) => r.results ?? []);
+  return all ? results : results[0] ?? [];
 }
 
 /** wrangler.toml with the AUDIT_QUEUE producer binding removed: the audit path is down. */

@@ -9,7 +9,8 @@ let fake;
 let vault;
 before(async () => {
   fake = await startFakeProviders();
-  vault = await startVault({ vars: fake.vars() });
+  // Many live checks from one address within a minute: the vault's own limits are off.
+  vault = await startVault({ vars: { ...fake.vars(), RATE_LIMITS: 'off' } });
 });
 after(async () => {
   await vault?.stop();

@@ -14,7 +14,7 @@ let vault;
 before(async () => {
   fake = await startFakeProviders();
   vault = await startVault({
-    vars: { ...fake.vars(), VALIDATION_DEADLINE_MS: String(DEADLINE_MS), PROBE_ATTEMPT_TIMEOUT_MS: '1000', ALLOW_PRIVATE_BASE_URLS: 'true' },
+    vars: { ...fake.vars(), VALIDATION_DEADLINE_MS: String(DEADLINE_MS), PROBE_ATTEMPT_TIMEOUT_MS: '1000', ALLOW_PRIVATE_BASE_URLS: 'true', RATE_LIMITS: 'off' },
   });
 });
 after(async () => {

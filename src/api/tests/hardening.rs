@@ -158,7 +158,9 @@ mod consistency {
     fn a_re_check_that_finishes_after_a_rotation_does_not_undo_it() {
         let w = World::new();
         let id = added(&w);
-        *w.store.before_write.borrow_mut() = Some(Box::new(|rows: &mut Vec<Credential>| rotate_elsewhere(rows)));
+        *w.store.before_write.borrow_mut() = Some(Box::new(|rows: &mut Vec<Credential>| {
+            rotate_elsewhere(rows)
+        }));
         let (s, b, _) = w.call(
             "POST",
             &format!("/v1/credentials/{id}/validate"),
@@ -229,7 +231,9 @@ mod consistency {
     fn two_rotations_at_once_never_lose_one_silently() {
         let w = World::new();
         let id = added(&w);
-        *w.store.before_write.borrow_mut() = Some(Box::new(|rows: &mut Vec<Credential>| rotate_elsewhere(rows)));
+        *w.store.before_write.borrow_mut() = Some(Box::new(|rows: &mut Vec<Credential>| {
+            rotate_elsewhere(rows)
+        }));
         let (s, b, _) = w.call(
             "PATCH",
             &format!("/v1/credentials/{id}"),

@@ -253,15 +253,25 @@ impl ApiError {
 }
 
 impl From<StoreError> for ApiError {
-    fn from(_: StoreError) -> Self {
+    fn from(e: StoreError) -> Self {
         // The cause is logged where it happens; the caller learns nothing of the internals.
-        ApiError::internal()
+        match e {
+            // A uniqueness rule refused a write: another request got there first.
+            StoreError::Conflict(_) => ApiError::conflict(
+                "Another request changed the same thing at the same moment; try again.",
+            ),
+            StoreError::Unavailable(_) | StoreError::Corrupt(_) => ApiError::internal(),
+        }
     }
 }
 
-/// At most `max` characters of user input echoed back in a message.
+/// At most `max` characters of user input echoed back in a message, without the
+/// characters that would make it read as something else.
 pub(crate) fn clip(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
+    s.chars()
+        .filter(|c| !crate::text::is_hidden(*c))
+        .take(max)
+        .collect()
 }
 
 #[cfg(test)]

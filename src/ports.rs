@@ -213,7 +213,8 @@ pub trait CredentialStore {
     ) -> Result<Inserted, StoreError>;
     async fn get(&self, user: &UserId, id: &CredentialId)
         -> Result<Option<Credential>, StoreError>;
-    /// The user's credentials, newest first.
+    /// The user's credentials, newest first, without their model lists (`models` is
+    /// `None`: a listing does not show them).
     async fn list(
         &self,
         user: &UserId,
@@ -253,12 +254,14 @@ pub trait CredentialStore {
     /// Proves the database answers, at constant cost.
     async fn ping(&self) -> Result<(), StoreError>;
     async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, StoreError>;
+    /// Sets the preference with its event, if the user still holds the credential it names;
+    /// `false` (and nothing written) if that credential is gone.
     async fn set_preference(
         &self,
         user: &UserId,
         preference: &Preference,
         event: &AuditEvent,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 }
 
 /// The user's default credential (and model) for one capability.
@@ -336,8 +339,9 @@ pub trait AuditStore {
         &self,
         user: &UserId,
     ) -> Result<(Option<ChainHead>, Option<ChainHead>), StoreError>;
-    /// Keeps a message that could not be processed, as received.
-    async fn store_dead_letter(&self, body: &str, reason: &str) -> Result<(), StoreError>;
+    /// Keeps messages that could not be processed, as received: (body, reason), in one
+    /// statement.
+    async fn store_dead_letters(&self, letters: &[(String, String)]) -> Result<(), StoreError>;
     /// Removes events older than `cutoff`, moving each affected user's checkpoint to the
     /// last removed event. Returns how many events were removed.
     async fn apply_retention(&self, cutoff: Timestamp) -> Result<u64, StoreError>;

@@ -271,7 +271,10 @@ impl CredentialStore for MemoryStore {
             .borrow()
             .iter()
             .filter(|c| &c.user_id == user && provider.is_none_or(|p| c.provider == p))
-            .cloned()
+            .map(|c| Credential {
+                models: None,
+                ..c.clone()
+            })
             .collect();
         out.reverse();
         Ok(out)
@@ -350,13 +353,24 @@ impl CredentialStore for MemoryStore {
         user: &UserId,
         preference: &Preference,
         event: &AuditEvent,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.check()?;
+        if let Some(race) = self.before_write.borrow_mut().take() {
+            race(&mut self.rows.borrow_mut());
+        }
+        let held = self
+            .rows
+            .borrow()
+            .iter()
+            .any(|c| &c.user_id == user && c.id == preference.credential_id);
+        if !held {
+            return Ok(false);
+        }
         let mut prefs = self.prefs.borrow_mut();
         prefs.retain(|(u, p)| !(u == user && p.capability == preference.capability));
         prefs.push((user.clone(), preference.clone()));
         self.outbox.push(event);
-        Ok(())
+        Ok(true)
     }
 
     async fn delete(
@@ -525,11 +539,11 @@ impl AuditStore for MemoryAudit {
         ))
     }
 
-    async fn store_dead_letter(&self, body: &str, reason: &str) -> Result<(), StoreError> {
+    async fn store_dead_letters(&self, letters: &[(String, String)]) -> Result<(), StoreError> {
         self.check()?;
         self.dead_letters
             .borrow_mut()
-            .push((body.to_owned(), reason.to_owned()));
+            .extend(letters.iter().cloned());
         Ok(())
     }
 

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 
 use crate::crypto::SecretKey;
@@ -81,13 +81,17 @@ impl ProviderText {
             for form in [raw.to_owned(), reversed, percent_encoded(raw), hex] {
                 windows(form.to_ascii_lowercase().as_bytes(), &mut folded);
             }
-            for form in [
-                STANDARD.encode(raw),
-                STANDARD_NO_PAD.encode(raw),
-                URL_SAFE_NO_PAD.encode(raw),
-            ] {
-                // The padding is not part of what identifies the key.
-                windows(form.trim_end_matches('=').as_bytes(), &mut exact);
+            // Base64 of the key wherever it starts in the encoded bytes (after "user:" in a
+            // Basic header, say): one form per alignment, without the characters that also
+            // encode whatever came before it, or the padding.
+            for shift in 0..3 {
+                let mut bytes = vec![0u8; shift];
+                bytes.extend_from_slice(raw.as_bytes());
+                let skip = [0, 2, 3][shift];
+                for form in [STANDARD.encode(&bytes), URL_SAFE_NO_PAD.encode(&bytes)] {
+                    let form = form.trim_end_matches('=');
+                    windows(&form.as_bytes()[skip.min(form.len())..], &mut exact);
+                }
             }
         } else if raw.len() >= 4 {
             short = Some(raw.to_ascii_lowercase());
@@ -109,9 +113,9 @@ impl ProviderText {
     }
 
     /// The one function every provider string passes through: hidden characters removed
-    /// (control characters and line breaks become spaces, so the key cannot be split by
-    /// them), the key and its obvious encodings redacted, runs of spaces collapsed and the
-    /// result cut to `max_chars`.
+    /// (line breaks and tabs become spaces), the key and its obvious encodings redacted
+    /// (also when spaces or line breaks split it into short pieces), runs of spaces
+    /// collapsed and the result cut to `max_chars`.
     pub fn clean(&self, text: &str, max_chars: usize) -> String {
         let visible: String = text
             .chars()
@@ -156,15 +160,23 @@ impl ProviderText {
             }
         }
         if !self.folded.is_empty() || !self.exact.is_empty() {
-            for start in 0..bytes.len().saturating_sub(MIN_RUN - 1) {
+            // Windows are read with the spaces taken out (a key has none), so a key broken
+            // into short pieces is still found; a hit covers the spaces between its pieces.
+            let (compact, at): (Vec<u8>, Vec<usize>) = bytes
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b != b' ')
+                .map(|(i, b)| (*b, i))
+                .unzip();
+            for start in 0..compact.len().saturating_sub(MIN_RUN - 1) {
                 let mut w = [0u8; MIN_RUN];
-                w.copy_from_slice(&bytes[start..start + MIN_RUN]);
+                w.copy_from_slice(&compact[start..start + MIN_RUN]);
                 let matched = self.exact.contains(&w) || {
                     w.make_ascii_lowercase();
                     self.folded.contains(&w)
                 };
                 if matched {
-                    hit[start..start + MIN_RUN].fill(true);
+                    hit[at[start]..=at[start + MIN_RUN - 1]].fill(true);
                     any = true;
                 }
             }
@@ -217,9 +229,19 @@ mod tests {
             percent_encoded(&format!("{KEY} ")),
             // A fragment long enough to identify the key.
             KEY[5..20].to_owned(),
-            // Split by characters a log or a page would not show.
+            // Split by characters a log or a page would not show, or into short pieces.
             format!("{}\u{200b}{}", &KEY[..10], &KEY[10..]),
             format!("{}\n{}", &KEY[..12], &KEY[12..]),
+            KEY.as_bytes()
+                .chunks(5)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            // Base64 of the key after a prefix, at every alignment (HTTP Basic and friends).
+            STANDARD.encode(format!("user:{KEY}")),
+            STANDARD.encode(format!(":{KEY}")),
+            STANDARD.encode(format!("ab{KEY}")),
+            URL_SAFE_NO_PAD.encode(format!("api-key={KEY}")),
         ] {
             let out = clean(&format!("Invalid key '{echoed}', try again"));
             assert!(out.contains(REDACTED), "{echoed} -> {out}");

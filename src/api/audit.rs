@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use super::{Ctx, Response};
 use crate::audit::{Action, ChainHead, ChainedEvent, Verifier};
+use crate::crypto::{tag, verify_tag, MasterKeys};
 use crate::domain::{CredentialId, Timestamp, UserId};
 use crate::error::{ApiError, FieldError};
 use crate::ports::AuditQuery;
@@ -109,25 +110,37 @@ pub(super) async fn list(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, A
 }
 
 /// Where a paged verification goes on: after `seq`, whose hash is `hash`, with `checked`
-/// events checked so far. Opaque to clients; a forged cursor can only mislead its maker
-/// (a chain is verified for its own user), and the chain's links are checked from it on.
+/// events checked so far. Signed for its user (a tag under a key derived from the master
+/// key), so an answer reached through cursors is the vault's own word: nobody can start a
+/// verification midway, or claim a count, by writing a cursor.
 struct VerifyCursor {
     seq: u64,
     hash: String,
     checked: u64,
 }
 
+const CURSOR_PURPOSE: &str = "audit-verify-cursor";
+
 impl VerifyCursor {
-    fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("v1:{}:{}:{}", self.seq, self.hash, self.checked))
+    fn payload(&self) -> String {
+        format!("v1:{}:{}:{}", self.seq, self.hash, self.checked)
     }
 
-    fn decode(raw: &str) -> Option<Self> {
-        let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
-        let mut parts = text.strip_prefix("v1:")?.split(':');
+    fn encode(&self, keys: &MasterKeys, user: &UserId) -> Option<String> {
+        let payload = self.payload();
+        let tag = tag(keys, CURSOR_PURPOSE, &[user.as_str(), &payload])?;
+        Some(format!("{}.{tag}", URL_SAFE_NO_PAD.encode(payload)))
+    }
+
+    fn decode(raw: &str, keys: &MasterKeys, user: &UserId) -> Option<Self> {
+        let (payload, tag) = raw.split_once('.')?;
+        let payload = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        if !verify_tag(keys, CURSOR_PURPOSE, &[user.as_str(), &payload], tag) {
+            return None;
+        }
+        let mut parts = payload.strip_prefix("v1:")?.split(':');
         let (seq, hash, checked) = (parts.next()?, parts.next()?, parts.next()?);
-        let hash_ok = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
-        (parts.next().is_none() && hash_ok).then_some(())?;
+        parts.next().is_none().then_some(())?;
         Some(Self {
             seq: seq.parse().ok()?,
             hash: hash.to_owned(),
@@ -140,10 +153,13 @@ impl VerifyCursor {
 /// `VERIFY_PER_REQUEST` events are checked, and when more remain the answer carries
 /// `next_cursor` (pass it back as `?cursor=`); `checked` counts from the chain's start.
 pub(super) async fn verify(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, ApiError> {
+    // Cursors are signed under the master key; without one, a chain longer than a page
+    // cannot be verified.
+    let keys = ctx.config.master_keys.as_ref().ok();
     let mut cursor = None;
     for (name, value) in ctx.request.url.query_pairs() {
         match name.as_ref() {
-            "cursor" => match VerifyCursor::decode(&value) {
+            "cursor" => match keys.and_then(|k| VerifyCursor::decode(&value, k, user)) {
                 Some(c) => cursor = Some(c),
                 None => {
                     return Err(ApiError::invalid_request(vec![FieldError::new(
@@ -209,7 +225,12 @@ pub(super) async fn verify(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
             hash: end.hash,
             checked: before + v.checked,
         };
-        let mut body = json!({ "ok": true, "checked": next.checked, "next_cursor": next.encode() });
+        let signed = keys.and_then(|k| next.encode(k, user)).ok_or_else(|| {
+            ApiError::not_configured(
+                "Verifying a chain this long needs the master key, which signs the page cursor.",
+            )
+        })?;
+        let mut body = json!({ "ok": true, "checked": next.checked, "next_cursor": signed });
         if let Some(cp) = checkpoint {
             body["starts_after_seq"] = json!(cp.seq);
         }

@@ -13,7 +13,7 @@ use crate::domain::{
 };
 use crate::error::{clip, ApiError, FieldError};
 use crate::guard::check_base_url;
-use crate::ports::{Inserted, StoreError, Written};
+use crate::ports::{Inserted, Occupancy, StoreError, Written};
 use crate::providers::{self, Accepted, Provider, Target};
 use crate::validation::{Failure, Prober};
 
@@ -246,6 +246,19 @@ async fn load(ctx: &Ctx<'_, '_>, user: &UserId, raw_id: &str) -> Result<Credenti
     Ok(credential)
 }
 
+/// Which of the user's credentials holds one of `prints`, and how many they hold.
+async fn occupancy(
+    ctx: &Ctx<'_, '_>,
+    user: &UserId,
+    prints: &[String],
+) -> Result<Occupancy, ApiError> {
+    ctx.app
+        .store
+        .occupancy(user, prints)
+        .await
+        .map_err(|e| log_store(ctx, e))
+}
+
 /// The row as it is now, after a conditional write found it changed; 404 if it is gone.
 async fn reload(ctx: &Ctx<'_, '_>, c: &Credential) -> Result<Credential, ApiError> {
     ctx.app
@@ -317,17 +330,12 @@ pub(super) async fn create(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
     let prints = fingerprints(keys, user, info.id, &material);
     let limit = ctx.config.max_credentials_per_user;
     // Refused before the provider is bothered; checked again, atomically, by the insert.
-    let occupancy = ctx
-        .app
-        .store
-        .occupancy(user, &prints)
-        .await
-        .map_err(|e| log_store(ctx, e))?;
-    if let Some(existing) = occupancy.duplicate {
+    let occupied = occupancy(ctx, user, &prints).await?;
+    if let Some(existing) = occupied.duplicate {
         ctx.note_credential(&existing, None);
         return Err(ApiError::duplicate(existing));
     }
-    if occupancy.count >= limit {
+    if occupied.count >= limit {
         return Err(ApiError::credential_limit_reached(limit));
     }
 
@@ -518,13 +526,11 @@ pub(super) async fn update(
         let key = SecretKey::new(new_key.unwrap_or_default());
         let material = fingerprint_material(&key, &params);
         let prints = fingerprints(keys, user, read.provider, &material);
-        let occupancy = ctx
-            .app
-            .store
-            .occupancy(user, &prints)
-            .await
-            .map_err(|e| log_store(ctx, e))?;
-        if let Some(existing) = occupancy.duplicate.filter(|e| *e != read.id) {
+        if let Some(existing) = occupancy(ctx, user, &prints)
+            .await?
+            .duplicate
+            .filter(|e| *e != read.id)
+        {
             return Err(ApiError::duplicate(existing));
         }
         let accepted = live_check(ctx, user, provider, &params, &key)
@@ -617,13 +623,8 @@ pub(super) async fn update(
             // The unique index: a parallel request stored this key elsewhere meanwhile.
             Err(StoreError::Conflict(_)) if rekey.is_some() => {
                 let prints: Vec<String> = next.fingerprint.iter().cloned().collect();
-                let occupancy = ctx
-                    .app
-                    .store
-                    .occupancy(user, &prints)
-                    .await
-                    .map_err(|e| log_store(ctx, e))?;
-                return Err(match occupancy.duplicate.filter(|e| *e != read.id) {
+                let holder = occupancy(ctx, user, &prints).await?.duplicate;
+                return Err(match holder.filter(|e| *e != read.id) {
                     Some(existing) => ApiError::duplicate(existing),
                     None => ApiError::conflict("A concurrent change got there first."),
                 });

@@ -238,25 +238,17 @@ impl Ctx<'_, '_> {
         result
     }
 
-    /// The caller's address, as Cloudflare's edge reports it (a client cannot set this
-    /// header: the edge overwrites it).
-    fn client_address(&self) -> &str {
-        self.request
-            .header("cf-connecting-ip")
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .unwrap_or("unknown")
-    }
-
-    /// Counts one live provider check against `user` and the caller's address, and
-    /// refuses it (before any provider is contacted) when either is over its limit.
+    /// Counts one live provider check against the caller's address and `user`, and
+    /// refuses it (before any provider is contacted) when either is over its limit. The
+    /// address is counted first: a refused address spends nothing of the user's allowance.
     pub async fn limit_live_check(&self, user: &UserId) -> Result<(), ApiError> {
         if !self.config.rate_limits {
             return Ok(());
         }
+        let address = client_network(self.request.header("cf-connecting-ip"));
         for (scope, key) in [
+            (LimitScope::ClientAddress, address.as_str()),
             (LimitScope::User, user.as_str()),
-            (LimitScope::ClientAddress, self.client_address()),
         ] {
             match self.app.limiter.allow(scope, key).await {
                 Ok(true) => {}
@@ -286,6 +278,23 @@ impl Ctx<'_, '_> {
             .verify(token, self.app.clock.now())
             .await
             .map_err(ApiError::unauthorized)
+    }
+}
+
+/// What the per-address limit counts for a caller: the address Cloudflare's edge reports
+/// (`CF-Connecting-IP`, which a client cannot set: the edge overwrites it), an IPv6 one cut
+/// to its /64, since whoever holds one address of a /64 holds them all.
+fn client_network(header: Option<&str>) -> String {
+    match header.map(str::trim).map(str::parse::<std::net::IpAddr>) {
+        Some(Ok(std::net::IpAddr::V4(v4))) => v4.to_string(),
+        Some(Ok(std::net::IpAddr::V6(v6))) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        _ => "unknown".to_owned(),
     }
 }
 

@@ -89,7 +89,8 @@ pub(super) async fn put(
     };
     ctx.note_detail(json!({"capability": capability.as_str(), "model": preference.model}));
     let event = ctx.event(Action::PreferenceUpdated, user);
-    ctx.app
+    let set = ctx
+        .app
         .store
         .set_preference(user, &preference, &event)
         .await
@@ -97,6 +98,10 @@ pub(super) async fn put(
             ctx.log(&format!("database error: {e}"));
             ApiError::from(e)
         })?;
+    if !set {
+        // Deleted by a concurrent request since it was read.
+        return Err(ApiError::not_found().detail("No such credential."));
+    }
     ctx.committed(&event);
     let mut out = view(&preference);
     out["capability"] = json!(capability.as_str());

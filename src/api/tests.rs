@@ -98,6 +98,18 @@ impl World {
         body: Option<Value>,
         script: Vec<Scripted>,
     ) -> (u16, Value, Response) {
+        self.call_with_token(method, path, user.map(token), body, script)
+    }
+
+    /// `call` with any bearer token (or none).
+    fn call_with_token(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<String>,
+        body: Option<Value>,
+        script: Vec<Scripted>,
+    ) -> (u16, Value, Response) {
         let http = FakeHttp::new(&self.clock, script);
         let log = |line: &str| {
             assert!(!line.contains(KEY), "key in log: {line}");
@@ -123,8 +135,8 @@ impl World {
                 self.address.borrow().clone(),
             ),
         ];
-        if let Some(u) = user {
-            headers.push(("authorization".into(), format!("Bearer {}", token(u))));
+        if let Some(t) = bearer {
+            headers.push(("authorization".into(), format!("Bearer {t}")));
         }
         let request = Request {
             method: method.into(),

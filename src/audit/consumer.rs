@@ -104,54 +104,57 @@ pub async fn consume(
     out
 }
 
-/// The dead-letter consumer: one more try at what a message carries, else the message is
-/// kept as it came in. Only if even that fails is it retried (explicitly, up to the
-/// dead-letter queue's own `max_retries`); a nudge that is finally dropped loses nothing,
-/// since its events wait in the outbox for the cron.
+/// The dead-letter consumer: one more try at what the messages carry, else each message is
+/// kept as it came in. Bounded like the main consumer: one enqueue for every event of the
+/// batch, one write for every dead letter of it, and the chaining rounds. Only if even the
+/// dead letters cannot be written are messages retried (explicitly, up to the dead-letter
+/// queue's own `max_retries`); a nudge that is finally dropped loses nothing, since its
+/// event waits in the outbox for the cron.
 pub async fn consume_dead_letters(
     store: &dyn AuditStore,
     bodies: &[Value],
     log: &dyn Fn(&str),
 ) -> Vec<Disposition> {
-    let mut out = Vec::with_capacity(bodies.len());
-    let mut chain = false;
-    for body in bodies {
-        let reason = match parse_message(body) {
-            Message::Nudge => {
-                chain = true;
-                out.push(Disposition::Ack);
-                continue;
-            }
-            Message::Event(event) => match store.enqueue(std::slice::from_ref(&event)).await {
-                Ok(()) => {
-                    chain = true;
-                    out.push(Disposition::Ack);
-                    continue;
-                }
-                Err(e) => format!("enqueue failed: {e}"),
-            },
-            Message::Unreadable => "not an audit event".to_owned(),
-        };
-        match store.store_dead_letter(&text_of(body), &reason).await {
-            Ok(()) => out.push(Disposition::Ack),
-            Err(e) => {
-                log(&format!(
-                    "audit: a dead letter could not be stored ({e}); retrying"
-                ));
-                out.push(Disposition::Retry);
-            }
+    let mut out = vec![Disposition::Ack; bodies.len()];
+    let mut nudges = Vec::new();
+    let mut events: Vec<(usize, AuditEvent)> = Vec::new();
+    let mut dead: Vec<(usize, String)> = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        match parse_message(body) {
+            Message::Nudge => nudges.push(i),
+            Message::Event(e) => events.push((i, *e)),
+            Message::Unreadable => dead.push((i, "not an audit event".to_owned())),
         }
     }
-    if chain {
+    if !events.is_empty() {
+        let batch: Vec<AuditEvent> = events.iter().map(|(_, e)| e.clone()).collect();
+        if let Err(e) = store.enqueue(&batch).await {
+            dead.extend(
+                events
+                    .iter()
+                    .map(|(i, _)| (*i, format!("enqueue failed: {e}"))),
+            );
+        }
+    }
+    if !dead.is_empty() {
+        let letters: Vec<(String, String)> = dead
+            .iter()
+            .map(|(i, reason)| (text_of(&bodies[*i]), reason.clone()))
+            .collect();
+        if let Err(e) = store.store_dead_letters(&letters).await {
+            log(&format!(
+                "audit: {} dead letter(s) could not be stored ({e}); retrying",
+                letters.len()
+            ));
+            dead.iter().for_each(|(i, _)| out[*i] = Disposition::Retry);
+        }
+    }
+    if nudges.len() + events.len() > 0 {
         if let Err(e) = drain(store, CONSUMER_ROUNDS).await {
             log(&format!(
                 "audit: chaining the outbox failed ({e}); retrying the nudges"
             ));
-            for (d, body) in out.iter_mut().zip(bodies) {
-                if parse_message(body) == Message::Nudge {
-                    *d = Disposition::Retry;
-                }
-            }
+            nudges.iter().for_each(|i| out[*i] = Disposition::Retry);
         }
     }
     out

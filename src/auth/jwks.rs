@@ -1,8 +1,9 @@
 //! RS256 and ES256 user tokens, verified against the keys published at `AUTH_JWKS_URL`.
 //! The key set is cached per isolate; a token naming an unknown `kid` triggers one
-//! refetch. Fetches (successful or not) happen at most once per `MIN_REFETCH_MS`, so
-//! neither forged kids nor an issuer outage turn every request into a fetch; while the
-//! issuer is down, the last good set is used for a bounded time past its TTL.
+//! refetch, at most one per `MIN_REFETCH_MS`, so forged kids cannot hammer the issuer.
+//! After a failed fetch the issuer is not asked again for `MIN_REFETCH_MS` either, and
+//! meanwhile (up to `max_stale_ms` past its TTL) the last good set serves: an outage does
+//! not turn every request into a fetch, nor log every user out.
 
 use std::cell::{Cell, RefCell};
 
@@ -114,8 +115,8 @@ pub(super) struct Freshness {
 #[derive(Default)]
 pub struct JwksCache {
     cached: RefCell<Option<Cached>>,
-    /// When a fetch was last tried, whatever came of it.
-    last_attempt: Cell<Option<Timestamp>>,
+    /// When a fetch last failed (cleared by a successful one).
+    last_failure: Cell<Option<Timestamp>>,
 }
 
 impl JwksCache {
@@ -123,6 +124,8 @@ impl JwksCache {
         Self::default()
     }
 
+    /// Fetches the set. A set without one usable key does not replace a cached one that
+    /// has some: that is a broken answer, not a rotation to nothing.
     async fn fetch(
         &self,
         url: &str,
@@ -140,6 +143,14 @@ impl JwksCache {
             return Err(AuthError::KeysUnavailable);
         }
         let keys = parse_set(&response.body).ok_or(AuthError::KeysUnavailable)?;
+        let had_keys = self
+            .cached
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| !c.keys.is_empty());
+        if keys.is_empty() && had_keys {
+            return Err(AuthError::KeysUnavailable);
+        }
         *self.cached.borrow_mut() = Some(Cached {
             keys,
             fetched_at: now,
@@ -179,21 +190,22 @@ impl JwksCache {
             .map(|c| c.fetched_at.millis_until(now))
     }
 
-    /// Whether a fetch may be tried now: not within `MIN_REFETCH_MS` of the last try.
+    /// Whether the issuer may be asked now: not within `MIN_REFETCH_MS` of a failure.
     fn may_fetch(&self, now: Timestamp) -> bool {
-        self.last_attempt
+        self.last_failure
             .get()
             .is_none_or(|t| t.millis_until(now) >= MIN_REFETCH_MS)
     }
 
     async fn try_fetch(&self, url: &str, http: &dyn HttpClient, now: Timestamp) -> bool {
-        self.last_attempt.set(Some(now));
-        self.fetch(url, http, now).await.is_ok()
+        let ok = self.fetch(url, http, now).await.is_ok();
+        self.last_failure.set((!ok).then_some(now));
+        ok
     }
 
     /// The key for `kid`. The set is fetched when missing or past its TTL; if that fails,
     /// the last good set serves until `max_stale_ms` past its TTL. An unknown kid triggers
-    /// one refetch of a fresh set.
+    /// one refetch, unless the set was fetched within `MIN_REFETCH_MS`.
     async fn key(
         &self,
         kid: Option<&str>,
@@ -204,9 +216,8 @@ impl JwksCache {
         now: Timestamp,
     ) -> Result<Key, AuthError> {
         let fresh = self.age(now).is_some_and(|a| a < freshness.ttl_ms);
-        let mut fetched = false;
         if !fresh && self.may_fetch(now) {
-            fetched = self.try_fetch(url, http, now).await;
+            self.try_fetch(url, http, now).await;
         }
         let usable = self
             .age(now)
@@ -217,7 +228,8 @@ impl JwksCache {
         if let Some(k) = self.find(kid, want_rsa) {
             return Ok(k);
         }
-        if !fetched && self.may_fetch(now) && self.try_fetch(url, http, now).await {
+        let settled = self.age(now).is_some_and(|a| a >= MIN_REFETCH_MS);
+        if settled && self.may_fetch(now) && self.try_fetch(url, http, now).await {
             if let Some(k) = self.find(kid, want_rsa) {
                 return Ok(k);
             }
@@ -493,6 +505,72 @@ mod tests {
             issuer.verify(&t(), vec![respond(200, &jwks)]),
             (Ok("u".into()), 1)
         );
+        // A broken answer with no usable key does not replace the good set.
+        issuer.clock.advance(25_000);
+        assert_eq!(
+            issuer.verify(&t(), vec![respond(200, r#"{"keys":[]}"#)]),
+            (Ok("u".into()), 1)
+        );
+    }
+
+    /// An issuer whose first answer is slow enough for a second request to arrive while
+    /// the first one's fetch is under way: it runs that request from inside the fetch.
+    struct SlowFirstFetch<'a> {
+        jwks: String,
+        cache: &'a JwksCache,
+        settings: &'a JwtSettings,
+        second: String,
+        second_result: RefCell<Option<Result<String, AuthError>>>,
+        calls: Cell<usize>,
+    }
+
+    #[async_trait::async_trait(?Send)]
+    impl crate::ports::HttpClient for SlowFirstFetch<'_> {
+        async fn send(
+            &self,
+            _: HttpRequest,
+            _: u64,
+        ) -> Result<crate::ports::HttpResponse, crate::ports::HttpError> {
+            self.calls.set(self.calls.get() + 1);
+            if self.calls.get() == 1 {
+                let v = JwtVerifier::new(self.settings).with_jwks(
+                    self.cache,
+                    self,
+                    &RustCryptoVerifier,
+                );
+                let now = Timestamp::from_unix_seconds(NOW);
+                let r = v
+                    .verify(&self.second, now)
+                    .await
+                    .map(|u| u.as_str().to_owned());
+                *self.second_result.borrow_mut() = Some(r);
+            }
+            Ok(crate::ports::HttpResponse {
+                status: 200,
+                headers: vec![],
+                body: self.jwks.clone().into_bytes(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_request_arriving_while_a_cold_isolate_fetches_is_not_refused() {
+        let k = keys();
+        let issuer = Issuer::new();
+        let http = SlowFirstFetch {
+            jwks: set(&[rsa_jwk(&k.rsa, "r1")]),
+            cache: &issuer.cache,
+            settings: &issuer.settings,
+            second: token("RS256", "r1", &k, "second"),
+            second_result: RefCell::new(None),
+            calls: Cell::new(0),
+        };
+        let v =
+            JwtVerifier::new(&issuer.settings).with_jwks(&issuer.cache, &http, &RustCryptoVerifier);
+        let now = Timestamp::from_unix_seconds(NOW);
+        let first = block_on(v.verify(&token("RS256", "r1", &k, "first"), now));
+        assert_eq!(first.map(|u| u.as_str().to_owned()), Ok("first".into()));
+        assert_eq!(*http.second_result.borrow(), Some(Ok("second".into())));
     }
 
     #[test]

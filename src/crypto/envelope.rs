@@ -170,11 +170,67 @@ pub fn fingerprint(
     ))
 }
 
+/// The MAC under which the vault signs what it hands out and takes back (a page cursor):
+/// HMAC-SHA256 under a key derived from the active master key for `purpose`, over
+/// length-prefixed `parts`.
+fn tag_mac(keys: &MasterKeys, purpose: &str, parts: &[&str]) -> Option<Hmac<Sha256>> {
+    let master = keys.key(keys.active())?;
+    let mut tk = Zeroizing::new([0u8; 32]);
+    let info = format!("tag|{purpose}");
+    let _ = Hkdf::<Sha256>::new(None, master).expand(info.as_bytes(), tk.as_mut());
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(tk.as_ref()).ok()?;
+    for part in parts {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part.as_bytes());
+    }
+    Some(mac)
+}
+
+/// A 128-bit tag (hex) over `parts`, for `purpose`; see [`verify_tag`].
+pub fn tag(keys: &MasterKeys, purpose: &str, parts: &[&str]) -> Option<String> {
+    let mac = tag_mac(keys, purpose, parts)?;
+    Some(hex_bytes(&mac.finalize().into_bytes()[..16]))
+}
+
+/// Whether `tag_hex` is the tag [`tag`] makes of `parts` (compared in constant time).
+pub fn verify_tag(keys: &MasterKeys, purpose: &str, parts: &[&str], tag_hex: &str) -> bool {
+    let Some(given) = decode_hex(tag_hex).filter(|t| t.len() == 16) else {
+        return false;
+    };
+    tag_mac(keys, purpose, parts).is_some_and(|mac| mac.verify_truncated_left(&given).is_ok())
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const ELEVEN: ProviderId = ProviderId::new("elevenlabs");
+
+    #[test]
+    fn tags_verify_only_for_their_parts_purpose_and_key() {
+        let k = keys();
+        let t = tag(&k, "cursor", &["u_1", "v1:5000:ab"]).unwrap();
+        assert_eq!(t.len(), 32);
+        assert!(verify_tag(&k, "cursor", &["u_1", "v1:5000:ab"], &t));
+        assert!(!verify_tag(&k, "cursor", &["u_2", "v1:5000:ab"], &t));
+        assert!(!verify_tag(&k, "cursor", &["u_1", "v1:5001:ab"], &t));
+        assert!(!verify_tag(&k, "other", &["u_1", "v1:5000:ab"], &t));
+        let other = MasterKeys::for_tests(&[(1, [8u8; 32])], 1);
+        assert!(!verify_tag(&other, "cursor", &["u_1", "v1:5000:ab"], &t));
+        for bad in ["", "zz", &t[..30], "é"] {
+            assert!(!verify_tag(&k, "cursor", &["u_1", "v1:5000:ab"], bad));
+        }
+    }
     const OPENAI: ProviderId = ProviderId::new("openai");
 
     fn keys() -> MasterKeys {

@@ -16,6 +16,18 @@ use crate::ports::{AuditQuery, AuditSink, AuditStore, PendingEvent, StoreError};
 /// Users whose old events one retention run removes (bounds D1 queries per invocation).
 const RETENTION_USERS_PER_RUN: u32 = 20;
 
+/// Dead letters from `?1`, a JSON array of `{body, reason}`, received at `?2`.
+const DEAD_LETTERS_INSERT: &str = "INSERT INTO audit_dead_letters (body, reason, received_at) \
+     SELECT json_extract(value, '$.body'), json_extract(value, '$.reason'), ?2 FROM json_each(?1)";
+
+fn dead_letter_rows(letters: &[(String, String)]) -> JsValue {
+    let rows: Vec<Value> = letters
+        .iter()
+        .map(|(body, reason)| json!({"body": body, "reason": reason}))
+        .collect();
+    json_arg(&rows)
+}
+
 /// The statement that puts `event` into the outbox. With a `condition` (SQL over
 /// placeholders `?5` on, bound to `condition_args`), the row is written only when the
 /// condition holds: the same condition that guards the change the event describes, in the
@@ -251,17 +263,10 @@ impl AuditStore for D1AuditStore<'_> {
             )?);
         }
         if !plan.dead.is_empty() {
-            let dead: Vec<Value> = plan
-                .dead
-                .iter()
-                .map(|(body, reason)| json!({"body": body, "reason": reason}))
-                .collect();
-            statements.push(self.db.prepare(
-                "INSERT INTO audit_dead_letters (body, reason, received_at) \
-                 SELECT json_extract(value, '$.body'), json_extract(value, '$.reason'), ?2 \
-                 FROM json_each(?1)",
-                &[json_arg(&dead), now],
-            )?);
+            statements.push(
+                self.db
+                    .prepare(DEAD_LETTERS_INSERT, &[dead_letter_rows(&plan.dead), now])?,
+            );
         }
         statements.push(self.db.prepare(
             "DELETE FROM audit_outbox WHERE pos IN (SELECT value FROM json_each(?1))",
@@ -310,11 +315,14 @@ impl AuditStore for D1AuditStore<'_> {
         ))
     }
 
-    async fn store_dead_letter(&self, body: &str, reason: &str) -> Result<(), StoreError> {
+    async fn store_dead_letters(&self, letters: &[(String, String)]) -> Result<(), StoreError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
         self.db
             .run(
-                "INSERT INTO audit_dead_letters (body, reason, received_at) VALUES (?1, ?2, ?3)",
-                &[text(body), text(reason), num(now_ms())],
+                DEAD_LETTERS_INSERT,
+                &[dead_letter_rows(letters), num(now_ms())],
             )
             .await?;
         Ok(())

@@ -335,8 +335,11 @@ impl CredentialStore for D1Store<'_> {
         user: &UserId,
         provider: Option<ProviderId>,
     ) -> Result<Vec<Credential>, StoreError> {
+        // A listing shows no models: their column (up to a few hundred KB a row) stays
+        // unread.
+        let columns = COLUMNS.replace(" models,", " NULL AS models,");
         let sql = format!(
-            "SELECT {COLUMNS} FROM credentials WHERE user_id = ?1 AND (?2 IS NULL OR provider = ?2) \
+            "SELECT {columns} FROM credentials WHERE user_id = ?1 AND (?2 IS NULL OR provider = ?2) \
              ORDER BY created_at DESC, id"
         );
         let args = [text(user.as_str()), opt_text(provider.map(|p| p.as_str()))];
@@ -479,9 +482,14 @@ impl CredentialStore for D1Store<'_> {
         user: &UserId,
         p: &Preference,
         event: &AuditEvent,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        // Both statements hold only while the user holds the credential: a delete that won
+        // the race leaves no preference pointing at nothing (and no foreign-key error).
+        let held = "EXISTS (SELECT 1 FROM credentials WHERE user_id = ?5 AND id = ?6)";
         let sql = "INSERT INTO preferences (user_id, capability, credential_id, model, updated_at) \
-                   VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (user_id, capability) DO UPDATE SET \
+                   SELECT ?1, ?2, ?3, ?4, ?5 \
+                   WHERE EXISTS (SELECT 1 FROM credentials WHERE user_id = ?1 AND id = ?3) \
+                   ON CONFLICT (user_id, capability) DO UPDATE SET \
                    credential_id = excluded.credential_id, model = excluded.model, updated_at = excluded.updated_at";
         let args = [
             text(user.as_str()),
@@ -490,12 +498,23 @@ impl CredentialStore for D1Store<'_> {
             opt_text(p.model.as_deref()),
             num(super::runtime::now_ms()),
         ];
-        self.db
+        let results = self
+            .db
             .batch(vec![
-                outbox_insert(self.db, event, "", Vec::new())?,
+                outbox_insert(
+                    self.db,
+                    event,
+                    held,
+                    vec![text(user.as_str()), text(p.credential_id.as_str())],
+                )?,
                 self.db.prepare(sql, &args)?,
             ])
             .await?;
-        Ok(())
+        Ok(results
+            .get(1)
+            .and_then(|r| r.meta().ok().flatten())
+            .and_then(|m| m.changes)
+            .unwrap_or(0)
+            > 0)
     }
 }

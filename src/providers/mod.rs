@@ -146,6 +146,9 @@ impl Accepted {
 pub const MAX_MODELS: usize = 1000;
 /// The longest model id or name kept; a longer id is no model id at all.
 pub const MAX_MODEL_CHARS: usize = 200;
+/// The most text a model list keeps in ids and names together (a thousand entries of
+/// plain names take a tenth of this).
+pub const MAX_MODEL_LIST_BYTES: usize = 256 * 1024;
 /// The most warnings kept of one check.
 pub const MAX_WARNINGS: usize = 10;
 const MAX_UNIT_CHARS: usize = 32;
@@ -157,6 +160,7 @@ impl Accepted {
     /// and units are cleaned, the list and the warnings are capped.
     fn cleaned(self, text: &ProviderText) -> Self {
         let models = self.models.map(|models| {
+            let mut bytes = 0;
             models
                 .into_iter()
                 .filter(|m| {
@@ -171,6 +175,10 @@ impl Accepted {
                         n => n,
                     },
                     ..m
+                })
+                .take_while(|m| {
+                    bytes += m.id.len() + m.name.len();
+                    bytes <= MAX_MODEL_LIST_BYTES
                 })
                 .collect()
         });

@@ -4,21 +4,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { startFakeProviders } from './fake-providers.mjs';
-import { randomKey, startVault, withoutAuditQueueProducer } from './harness.mjs';
+import { eventsOf, randomKey, startVault, withoutAuditQueueProducer } from './harness.mjs';
 
 const add = (vault, user, api_key) =>
   vault.request('POST', '/v1/credentials', { user, body: { provider: 'elevenlabs', api_key } });
-
-/** Waits until `user` has `n` audit events (the queue consumer runs about a second later). */
-async function eventsOf(vault, user, n, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await vault.request('GET', '/v1/audit?limit=200', { user });
-    assert.equal(r.status, 200, r.text);
-    if (r.json.events.length >= n || Date.now() > deadline) return r.json.events.slice().reverse();
-    await new Promise((res) => setTimeout(res, 250));
-  }
-}
 
 /** A scripted session over two users; returns the events each should have, in order. */
 async function scriptedSession(vault, keys) {

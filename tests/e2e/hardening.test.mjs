@@ -7,21 +7,10 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { echoOf, SLOW_MS, startFakeProviders } from './fake-providers.mjs';
-import { localSql, randomKey, startVault } from './harness.mjs';
+import { eventsOf, localSql, randomKey, startVault } from './harness.mjs';
 
 const add = (vault, user, body) => vault.request('POST', '/v1/credentials', { user, body });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Waits until `user` has at least `n` chained audit events; returns them oldest first. */
-async function eventsOf(vault, user, n, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await vault.request('GET', '/v1/audit?limit=200', { user });
-    assert.equal(r.status, 200, r.text);
-    if (r.json.events.length >= n || Date.now() > deadline) return r.json.events.slice().reverse();
-    await sleep(250);
-  }
-}
 
 /** Every disguise of `key` the echo kinds use, and the key's 8-character fragments. */
 function disguises(key) {

@@ -56,6 +56,20 @@ async function filesUnder(dir) {
   return out;
 }
 
+/**
+ * Waits until `user` has at least `n` chained audit events (the queue consumer runs about a
+ * second after a nudge) and returns them oldest first.
+ */
+export async function eventsOf(vault, user, n, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await vault.request('GET', '/v1/audit?limit=200', { user });
+    if (r.status !== 200) throw new Error(`GET /v1/audit answered ${r.status}: ${r.text}`);
+    if (r.json.events.length >= n || Date.now() > deadline) return r.json.events.slice().reverse();
+    await new Promise((res) => setTimeout(res, 250));
+  }
+}
+
 /** Applies migrations/ to the local D1 under `state`, as `scripts/dev.sh` does. */
 export async function applyMigrations(state) {
   await run(WRANGLER, ['d1', 'migrations', 'apply', 'DB', '--local', '--persist-to', state], { cwd: ROOT });

@@ -1,10 +1,12 @@
 //! The security review's findings, each as the behaviour that now holds.
 
-use base64::{engine::general_purpose::STANDARD, Engine as _};
+use base64::{
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+    Engine as _,
+};
 
 use super::*;
 use crate::domain::Credential;
-use crate::ports::AuditStore;
 
 const KEY2: &str = "sk_1111222233334444555566667777888899990000aaaabbbb";
 
@@ -121,6 +123,26 @@ mod provider_text {
             stored(&w).models.unwrap().len(),
             crate::providers::MAX_MODELS
         );
+
+        // Long names in every entry: the list stops at its byte budget.
+        let w = World::new();
+        let wide: Vec<Value> = (0..1000)
+            .map(|i| json!({"model_id": format!("m{i}"), "name": "名".repeat(200)}))
+            .collect();
+        let (s, _, _) = add_key(
+            &w,
+            "u_a",
+            KEY,
+            vec![
+                respond(200, SUBSCRIPTION),
+                respond(200, &Value::Array(wide).to_string()),
+            ],
+        );
+        assert_eq!(s, 201);
+        let kept = stored(&w).models.unwrap();
+        let bytes: usize = kept.iter().map(|m| m.id.len() + m.name.len()).sum();
+        assert!(bytes <= crate::providers::MAX_MODEL_LIST_BYTES);
+        assert!(kept.len() < 1000 && !kept.is_empty());
 
         let w = World::new();
         let huge = format!(
@@ -338,6 +360,36 @@ mod audit_outbox {
         // pending, heads, commit, and one more pending that finds the outbox empty.
         assert!(audit.queries.get() <= 4, "{} queries", audit.queries.get());
     }
+
+    #[test]
+    fn the_dead_letter_consumer_is_bounded_too() {
+        use crate::audit::{consume_dead_letters, Action, Actor, ActorType, AuditEvent};
+        let audit = MemoryAudit::default();
+        let mut bodies: Vec<Value> = (0..40)
+            .map(|i| {
+                let user = UserId::parse(&format!("u_{i}")).unwrap();
+                let e = AuditEvent::new(
+                    format!("ev_{i:04}"),
+                    crate::domain::Timestamp::from_millis(NOW_MS + i),
+                    &user,
+                    Action::CredentialViewed,
+                    Actor {
+                        kind: ActorType::User,
+                        id: user.as_str().into(),
+                    },
+                );
+                json!(serde_json::to_string(&e).unwrap())
+            })
+            .collect();
+        bodies.extend((0..10).map(|i| json!(format!("junk {i}"))));
+        audit.queries.set(0);
+        let out = block_on(consume_dead_letters(&audit, &bodies, &|_| {}));
+        assert!(out.iter().all(|d| *d == crate::audit::Disposition::Ack));
+        assert_eq!(audit.rows.borrow().len(), 40);
+        assert_eq!(audit.dead_letters.borrow().len(), 10);
+        // enqueue, dead letters, then pending, heads, commit, pending.
+        assert!(audit.queries.get() <= 6, "{} queries", audit.queries.get());
+    }
 }
 
 mod limits {
@@ -423,6 +475,35 @@ mod limits {
             add_key(&w, "u_9", "sk_eeeeeeeeeeeeeeeeeeee5", valid()).0,
             201
         );
+    }
+
+    #[test]
+    fn an_ipv6_caller_is_counted_by_its_64_whatever_address_of_it_it_uses() {
+        let w = World {
+            limiter: CountingLimiter::new(2),
+            ..World::new()
+        };
+        let mut statuses = Vec::new();
+        for (i, address) in [
+            "2001:db8:1:2::1",
+            "2001:db8:1:2:ffff::9",
+            "2001:0db8:0001:0002:dead:beef:0:1",
+        ]
+        .iter()
+        .enumerate()
+        {
+            *w.address.borrow_mut() = (*address).into();
+            let key = format!("sk_v6_key_number_{i}_000000000");
+            statuses.push(add_key(&w, &format!("u_v6_{i}"), &key, valid()).0);
+        }
+        assert_eq!(statuses, [201, 201, 429]);
+        // The refused address spent nothing of the user's allowance.
+        let seen = w.limiter.seen.borrow();
+        assert_eq!(seen.get(&("user".to_owned(), "u_v6_2".to_owned())), None);
+        drop(seen);
+        *w.address.borrow_mut() = "2001:db8:1:3::1".into();
+        let (s, _, _) = add_key(&w, "u_v6_3", "sk_v6_key_number_3_000000000", valid());
+        assert_eq!(s, 201);
     }
 
     #[test]
@@ -541,18 +622,20 @@ mod limits {
             second,
             json!({"ok": false, "checked": 7_000, "broken_seq": 7_001})
         );
-        assert_eq!(
-            w.call(
-                "GET",
-                "/v1/audit/verify?cursor=bogus",
-                Some("u_long"),
-                None,
-                vec![]
-            )
-            .0,
-            400
+        // Another user's cursor, and cursors written by hand (near the head, claiming a
+        // count), are refused.
+        let theirs = first["next_cursor"].as_str().unwrap();
+        let path = format!("/v1/audit/verify?cursor={theirs}");
+        assert_eq!(w.call("GET", &path, Some("u_other"), None, vec![]).0, 400);
+        let forged = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(format!("v1:12000:{}:999999", "0".repeat(64))),
+            "00".repeat(16)
         );
-        let _ = block_on(w.audit.anchors(&user));
+        for bogus in ["bogus", forged.as_str()] {
+            let path = format!("/v1/audit/verify?cursor={bogus}");
+            assert_eq!(w.call("GET", &path, Some("u_long"), None, vec![]).0, 400);
+        }
     }
 }
 
@@ -612,28 +695,9 @@ mod tokens {
             json!({"sub":"u_a","exp":NOW_MS / 1000 + 600,"aud":"https://other.example"}),
         ] {
             let token = sign_hs256(&json!({"alg":"HS256"}), &claims, SECRET.as_bytes());
-            let http = FakeHttp::new(&w.clock, vec![]);
-            let app = App {
-                config: Ok(&w.config),
-                store: &w.store,
-                http: &http,
-                clock: &w.clock,
-                jitter: &FixedJitter(0.5),
-                audit: &w.audit,
-                audit_log: &w.audit,
-                jwks: &w.jwks,
-                signatures: &crate::testing::RustCryptoVerifier,
-                limiter: &w.limiter,
-                log: &|_: &str| {},
-            };
-            let request = Request {
-                method: "GET".into(),
-                url: Url::parse("https://vault.test/v1/credentials").unwrap(),
-                headers: vec![("authorization".into(), format!("Bearer {token}"))],
-                body: vec![],
-            };
-            let r = block_on(handle(&app, &request));
-            assert_eq!(r.status, 401, "{claims}");
+            let (status, _, _) =
+                w.call_with_token("GET", "/v1/credentials", Some(token), None, vec![]);
+            assert_eq!(status, 401, "{claims}");
         }
     }
 }

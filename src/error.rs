@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 use crate::auth::AuthError;
 use crate::domain::{CredentialId, ProviderId};
 use crate::ports::StoreError;
-use crate::validation::Failure;
+use crate::probe::Failure;
 
 /// One field's problem in a request body or query.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,12 +11,12 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod endpoint_guard;
 pub mod error;
-pub mod guard;
 pub mod ports;
+pub mod probe;
 pub mod providers;
 pub mod text;
-pub mod validation;
 
 #[cfg(target_arch = "wasm32")]
 mod edge;

@@ -5,8 +5,8 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::audit::{Action, AuditEvent, ChainHead, ChainPlan, ChainedEvent};
-use crate::domain::{Capability, Credential, CredentialId, ProviderId, Timestamp, UserId};
+use crate::audit::{Action, AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
+use crate::domain::{Credential, CredentialId, Preference, ProviderId, Timestamp, UserId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -143,16 +143,6 @@ pub trait Jitter {
     fn unit(&self) -> f64;
 }
 
-/// Jitter from the platform CSPRNG.
-pub struct SystemJitter;
-
-impl Jitter for SystemJitter {
-    fn unit(&self) -> f64 {
-        let bytes: [u8; 8] = crate::crypto::random_bytes().unwrap_or([0; 8]);
-        (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the database is unavailable: {0}")]
@@ -264,15 +254,6 @@ pub trait CredentialStore {
     ) -> Result<bool, StoreError>;
 }
 
-/// The user's default credential (and model) for one capability.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Preference {
-    pub capability: Capability,
-    pub credential_id: CredentialId,
-    pub provider: ProviderId,
-    pub model: Option<String>,
-}
-
 /// Where a request's audit events go. It never fails the request.
 #[async_trait(?Send)]
 pub trait AuditSink {
@@ -296,16 +277,6 @@ pub struct AuditQuery {
     /// Only events with a smaller `seq` (the cursor).
     pub before_seq: Option<u64>,
     pub limit: u32,
-}
-
-/// An event waiting in the outbox to be chained, as stored.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PendingEvent {
-    /// The outbox position: the order in which the writes committed.
-    pub pos: u64,
-    pub user_id: String,
-    /// The event's JSON.
-    pub body: String,
 }
 
 /// The stored audit log: the outbox of pending events and the chained log.

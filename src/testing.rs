@@ -6,12 +6,12 @@ use std::rc::Rc;
 
 use async_trait::async_trait;
 
-use crate::audit::{AuditEvent, ChainHead, ChainPlan, ChainedEvent};
-use crate::domain::{Credential, CredentialId, ProviderId, Timestamp, UserId};
+use crate::audit::{AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
+use crate::domain::{Credential, CredentialId, Preference, ProviderId, Timestamp, UserId};
 use crate::ports::{
     AuditQuery, AuditSink, AuditStore, Clock, CredentialStore, HttpClient, HttpError, HttpRequest,
-    HttpResponse, Inserted, Jitter, LimitScope, LimiterError, Occupancy, PendingEvent, Preference,
-    RateLimiter, StoreError, Written,
+    HttpResponse, Inserted, Jitter, LimitScope, LimiterError, Occupancy, RateLimiter, StoreError,
+    Written,
 };
 
 /// A clock that only moves when the code under test sleeps (or an HTTP call takes time).

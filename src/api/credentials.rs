@@ -11,11 +11,11 @@ use crate::domain::{
     key_hint, Credential, CredentialId, CredentialParams, CredentialStatus, ProviderId, Timestamp,
     UserId,
 };
+use crate::endpoint_guard::check_base_url;
 use crate::error::{clip, ApiError, FieldError};
-use crate::guard::check_base_url;
 use crate::ports::{Inserted, Occupancy, StoreError, Written};
+use crate::probe::{Failure, Prober};
 use crate::providers::{self, Accepted, Provider, Target};
-use crate::validation::{Failure, Prober};
 
 /// How often a conditional write is tried again after a concurrent change it may safely
 /// build on (a re-check's status, a label) before the request gives up with 409.

@@ -7,9 +7,8 @@ use super::credentials::owned;
 use super::input::{is_json, JsonObject};
 use super::{Ctx, Response};
 use crate::audit::Action;
-use crate::domain::{Capability, CredentialId, UserId};
+use crate::domain::{Capability, CredentialId, Preference, UserId};
 use crate::error::{clip, ApiError, FieldError};
-use crate::ports::Preference;
 use crate::providers;
 
 fn view(p: &Preference) -> Value {

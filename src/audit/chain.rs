@@ -1,4 +1,4 @@
-//! Linking events into a user's chain, and checking a stored chain.
+//! Linking events into a user's chain (checking a stored one is `verify`).
 
 use sha2::{Digest, Sha256};
 
@@ -32,7 +32,8 @@ pub struct ChainedEvent {
     pub hash: String,
 }
 
-fn link_hash(prev_hash: &str, event: &AuditEvent, seq: u64) -> String {
+/// `hex(SHA-256(prev_hash ‖ canonical event))`: what links an event to the one before.
+pub(super) fn link_hash(prev_hash: &str, event: &AuditEvent, seq: u64) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(event.canonical(seq).as_bytes());
@@ -70,81 +71,6 @@ impl ChainedEvent {
         ChainHead {
             seq: self.seq,
             hash: self.hash.clone(),
-        }
-    }
-}
-
-/// The result of checking a chain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verification {
-    pub ok: bool,
-    pub checked: u64,
-    /// The first `seq` where the chain does not hold.
-    pub broken_seq: Option<u64>,
-}
-
-/// Checks a stored chain page by page, in `seq` order.
-pub struct Verifier {
-    prev: ChainHead,
-    checked: u64,
-    broken: Option<u64>,
-}
-
-impl Verifier {
-    /// Starts after `start`: genesis, or the retention checkpoint.
-    pub fn new(start: ChainHead) -> Self {
-        Self {
-            prev: start,
-            checked: 0,
-            broken: None,
-        }
-    }
-
-    pub fn is_broken(&self) -> bool {
-        self.broken.is_some()
-    }
-
-    /// Where the checked part of the chain ends so far.
-    pub fn position(&self) -> ChainHead {
-        self.prev.clone()
-    }
-
-    /// Checks the next stored event; after the first break, nothing more is checked.
-    pub fn push(&mut self, e: &ChainedEvent) {
-        if self.broken.is_some() {
-            return;
-        }
-        let expected_seq = self.prev.seq + 1;
-        if e.seq != expected_seq {
-            // A missing row: the chain breaks where it should have been.
-            self.broken = Some(expected_seq.min(e.seq));
-            return;
-        }
-        if e.prev_hash != self.prev.hash || link_hash(&self.prev.hash, &e.event, e.seq) != e.hash {
-            self.broken = Some(e.seq);
-            return;
-        }
-        self.checked += 1;
-        self.prev = ChainHead {
-            seq: e.seq,
-            hash: e.hash.clone(),
-        };
-    }
-
-    /// Ends the check. `head` is where the chain is recorded to end: rows missing at the
-    /// end are a break too.
-    pub fn finish(mut self, head: Option<&ChainHead>) -> Verification {
-        if self.broken.is_none() {
-            if let Some(h) = head {
-                if h.seq != self.prev.seq || h.hash != self.prev.hash {
-                    self.broken = Some(self.prev.seq + 1);
-                }
-            }
-        }
-        Verification {
-            ok: self.broken.is_none(),
-            checked: self.checked,
-            broken_seq: self.broken,
         }
     }
 }

@@ -9,6 +9,7 @@ mod canonical;
 mod chain;
 mod consumer;
 mod outbox;
+mod verify;
 
 use std::cell::Cell;
 
@@ -16,11 +17,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use canonical::canonical_json;
-pub use chain::{chain, link, ChainHead, ChainedEvent, Verification, Verifier, GENESIS_HASH};
+pub use chain::{chain, link, ChainHead, ChainedEvent, GENESIS_HASH};
 pub use consumer::{
     consume, consume_dead_letters, nudge_body, parse_message, Disposition, Message, CONSUMER_ROUNDS,
 };
-pub use outbox::{drain, plan, ChainPlan, ROUND_SIZE};
+pub use outbox::{drain, plan, ChainPlan, PendingEvent, ROUND_SIZE};
+pub use verify::{Verification, Verifier};
 
 use crate::domain::{hex_bytes, Timestamp, UserId};
 

@@ -8,11 +8,21 @@
 use std::collections::BTreeMap;
 
 use super::{link, AuditEvent, ChainHead, ChainedEvent};
-use crate::ports::{AuditStore, PendingEvent, StoreError};
+use crate::ports::{AuditStore, StoreError};
 
 /// Pending events one round reads and chains. A round costs three D1 queries (pending,
 /// heads, one batch) whatever the number of users in it.
 pub const ROUND_SIZE: u32 = 100;
+
+/// An event waiting in the outbox to be chained, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingEvent {
+    /// The outbox position: the order in which the writes committed.
+    pub pos: u64,
+    pub user_id: String,
+    /// The event's JSON.
+    pub body: String,
+}
 
 /// What one chaining round writes, in one transaction.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -109,6 +109,15 @@ pub struct Credential {
     pub version: u64,
 }
 
+/// The user's default credential (and model) for one capability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preference {
+    pub capability: Capability,
+    pub credential_id: CredentialId,
+    pub provider: ProviderId,
+    pub model: Option<String>,
+}
+
 /// The only part of a key the API ever shows: `…` and its last 4 characters.
 ///
 /// Prefixes (`sk-`, `AIza`, `sk_`) are shared by every key of a provider and tell the user

@@ -5,6 +5,8 @@ pub mod credential;
 pub mod ids;
 pub mod time;
 
-pub use credential::{key_hint, Credential, CredentialParams, CredentialStatus, Model, Quota};
+pub use credential::{
+    key_hint, Credential, CredentialParams, CredentialStatus, Model, Preference, Quota,
+};
 pub use ids::{hex_bytes, Capability, CredentialId, ProviderId, RequestId, UserId};
 pub use time::Timestamp;

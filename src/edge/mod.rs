@@ -1,8 +1,9 @@
 //! The Worker glue (wasm32 only): entry points that build the core's seams from the
 //! environment and hand over to [`crate::api::handle`]. No business logic lives here.
 
-mod audit;
-mod d1;
+mod audit_queue;
+mod audit_store;
+mod credential_store;
 mod db;
 mod fetch;
 mod limits;
@@ -17,7 +18,8 @@ use crate::audit::{drain, Disposition};
 use crate::auth::JwksCache;
 use crate::config::{Config, ConfigError};
 use crate::domain::Timestamp;
-use crate::ports::{AuditStore, SystemJitter};
+use crate::ports::AuditStore;
+use crate::probe::SystemJitter;
 
 /// The configuration, parsed on the first request of each isolate and kept for its life.
 fn config(env: &Env) -> Result<&'static Config, &'static [ConfigError]> {
@@ -55,9 +57,9 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     let path = req.path();
     let request = runtime::read_request(req).await?;
     let db = db::Db::new(&env);
-    let store = d1::D1Store::new(&db);
-    let audit_log = audit::D1AuditStore::new(&db);
-    let sink = audit::OutboxAuditSink {
+    let store = credential_store::D1Store::new(&db);
+    let audit_log = audit_store::D1AuditStore::new(&db);
+    let sink = audit_queue::OutboxAuditSink {
         queue: env.queue("AUDIT_QUEUE").ok(),
         db: &db,
         store: &audit_log,
@@ -94,7 +96,7 @@ const CRON_CHAIN_ROUNDS: usize = 8;
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let db = db::Db::new(&env);
-    let store = audit::D1AuditStore::new(&db);
+    let store = audit_store::D1AuditStore::new(&db);
     // The sweeper: whatever a lost nudge left in the outbox is chained now.
     match drain(&store, CRON_CHAIN_ROUNDS).await {
         Ok(n) => worker::console_log!(
@@ -132,7 +134,7 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
         .collect();
     let log = |line: &str| worker::console_log!("{line}");
     let db = db::Db::new(&env);
-    let store = audit::D1AuditStore::new(&db);
+    let store = audit_store::D1AuditStore::new(&db);
     let dispositions = if name.contains("audit") && name.ends_with("-dlq") {
         crate::audit::consume_dead_letters(&store, &bodies, &log).await
     } else if name.contains("audit") {

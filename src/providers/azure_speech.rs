@@ -10,7 +10,7 @@ use super::{json_str, Accepted, Endpoint, Field, Provider, ProviderInfo, Target,
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
 use crate::ports::{HttpRequest, HttpResponse, Method};
-use crate::validation::{classify_status, message_retry_delay_ms, Failure, Prober, Verdict};
+use crate::probe::{classify_status, message_retry_delay_ms, Failure, Prober, Verdict};
 
 pub struct AzureSpeech;
 

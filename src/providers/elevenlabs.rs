@@ -9,7 +9,7 @@ use super::{json_str, Accepted, Endpoint, Provider, ProviderInfo, Target, API_KE
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota, Timestamp};
 use crate::ports::{HttpRequest, HttpResponse};
-use crate::validation::{classify_status, Failure, Prober, Verdict};
+use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub struct ElevenLabs;
 

@@ -11,7 +11,7 @@ use super::{
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
 use crate::ports::{HttpRequest, HttpResponse};
-use crate::validation::{classify_status, google_retry_delay_ms, Failure, Prober, Verdict};
+use crate::probe::{classify_status, google_retry_delay_ms, Failure, Prober, Verdict};
 
 pub struct Gemini;
 

@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, CredentialParams, Model, ProviderId, Quota};
+use crate::probe::{Failure, Prober, MAX_MESSAGE_CHARS};
 use crate::text::ProviderText;
-use crate::validation::{Failure, Prober, MAX_MESSAGE_CHARS};
 
 static REGISTRY: &[&dyn Provider] = &[
     &elevenlabs::ElevenLabs,

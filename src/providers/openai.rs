@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use super::{openai_compat, Accepted, Endpoint, Provider, ProviderInfo, Target, API_KEY};
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, ProviderId};
-use crate::validation::{Failure, Prober};
+use crate::probe::{Failure, Prober};
 
 pub struct OpenAi;
 

@@ -7,7 +7,7 @@ use super::{bearer, json_str, Accepted, Target};
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model};
 use crate::ports::{HttpRequest, HttpResponse};
-use crate::validation::{classify_status, Failure, Prober, Verdict};
+use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 /// `{"error":{"message"}}` (OpenAI, Groq), `{"message"}` or `{"detail"}` (Mistral).
 pub(super) fn error_message(body: &Value) -> Option<&str> {

@@ -9,7 +9,7 @@ use super::{bearer, openai_compat, Accepted, Endpoint, Provider, ProviderInfo, T
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota};
 use crate::ports::{HttpRequest, HttpResponse};
-use crate::validation::{classify_status, Failure, Prober, Verdict};
+use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub struct OpenRouter;
 

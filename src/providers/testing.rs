@@ -5,8 +5,8 @@ use futures::executor::block_on;
 use super::{Accepted, Provider, Target};
 use crate::crypto::SecretKey;
 use crate::domain::CredentialParams;
+use crate::probe::{Failure, Prober};
 use crate::testing::{FakeClock, FakeHttp, FixedJitter, Scripted, Sent};
-use crate::validation::{Failure, Prober};
 
 pub struct Run {
     pub out: Result<Accepted, Failure>,

@@ -10,13 +10,13 @@ use worker::D1PreparedStatement;
 use crate::audit::AuditEvent;
 use crate::crypto::Sealed;
 use crate::domain::{
-    Capability, Credential, CredentialId, CredentialParams, CredentialStatus, ProviderId,
-    Timestamp, UserId,
+    Capability, Credential, CredentialId, CredentialParams, CredentialStatus, Preference,
+    ProviderId, Timestamp, UserId,
 };
-use crate::ports::{CredentialStore, Inserted, Occupancy, Preference, StoreError, Written};
+use crate::ports::{CredentialStore, Inserted, Occupancy, StoreError, Written};
 use crate::providers;
 
-use super::audit::outbox_insert;
+use super::audit_store::outbox_insert;
 use super::db::{json, millis, num, opt_millis, opt_text, text, unavailable, Db};
 
 pub struct D1Store<'a> {

@@ -4,6 +4,16 @@
 use crate::domain::Timestamp;
 use crate::ports::{HttpResponse, Jitter};
 
+/// Jitter from the platform CSPRNG.
+pub struct SystemJitter;
+
+impl Jitter for SystemJitter {
+    fn unit(&self) -> f64 {
+        let bytes: [u8; 8] = crate::crypto::random_bytes().unwrap_or([0; 8]);
+        (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Backoff {
     pub base_ms: u64,

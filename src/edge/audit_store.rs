@@ -1,17 +1,17 @@
-//! The audit log over D1 (the outbox, the chained log, heads, checkpoints, dead letters:
-//! the only audit SQL) and the producer over `AUDIT_QUEUE`.
+//! The audit log over D1: the outbox, the chained log, heads, checkpoints and dead
+//! letters. The only audit SQL.
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::wasm_bindgen::JsValue;
-use worker::{D1PreparedStatement, Queue};
+use worker::D1PreparedStatement;
 
 use super::db::{json as json_arg, num, opt_text as opt, text, Db};
 use super::runtime::now_ms;
-use crate::audit::{drain, nudge_body, AuditEvent, ChainHead, ChainPlan, ChainedEvent};
+use crate::audit::{AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
 use crate::domain::{Timestamp, UserId};
-use crate::ports::{AuditQuery, AuditSink, AuditStore, PendingEvent, StoreError};
+use crate::ports::{AuditQuery, AuditStore, StoreError};
 
 /// Users whose old events one retention run removes (bounds D1 queries per invocation).
 const RETENTION_USERS_PER_RUN: u32 = 20;
@@ -368,66 +368,5 @@ impl AuditStore for D1AuditStore<'_> {
                 .unwrap_or(0) as u64;
         }
         Ok(removed)
-    }
-}
-
-/// A request's audit path: events into the outbox, nudges onto `AUDIT_QUEUE`; chaining at
-/// once when the queue is missing or failing, the whole event on the queue when the
-/// outbox is.
-pub struct OutboxAuditSink<'a> {
-    pub queue: Option<Queue>,
-    pub db: &'a Db,
-    pub store: &'a D1AuditStore<'a>,
-}
-
-impl OutboxAuditSink<'_> {
-    /// Sends `body` on the queue; says why not when it cannot.
-    async fn send(&self, body: String) -> Result<(), String> {
-        match &self.queue {
-            Some(queue) => queue
-                .send(body)
-                .await
-                .map_err(|e| format!("queue send failed ({e})")),
-            None => Err("AUDIT_QUEUE is not bound".to_owned()),
-        }
-    }
-
-    /// Chains what waits in the outbox now, for a request whose queue is out of reach.
-    async fn chain_now(&self, event_id: &str) {
-        if let Err(e) = drain(self.store, 1).await {
-            worker::console_error!(
-                "audit: chaining failed ({e}); event {event_id} waits in the outbox for the cron"
-            );
-        }
-    }
-}
-
-#[async_trait(?Send)]
-impl AuditSink for OutboxAuditSink<'_> {
-    async fn record(&self, event: &AuditEvent) {
-        let stored = match outbox_insert(self.db, event, "", Vec::new()) {
-            Ok(statement) => statement.run().await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if stored.is_ok() {
-            return self.nudge(&event.id).await;
-        }
-        // The outbox is out of reach: the whole event travels on the queue and the consumer
-        // files it; failing that, the log keeps it (events hold no secret).
-        let body = serde_json::to_string(event).unwrap_or_default();
-        if let Err(why) = self.send(body.clone()).await {
-            worker::console_error!(
-                "audit: event could not be stored ({}; {why}): {body}",
-                stored.err().unwrap_or_default()
-            );
-        }
-    }
-
-    async fn nudge(&self, event_id: &str) {
-        let Err(why) = self.send(nudge_body(event_id)).await else {
-            return;
-        };
-        worker::console_warn!("audit: {why}; writing event {event_id} directly");
-        self.chain_now(event_id).await;
     }
 }

@@ -3,7 +3,9 @@
 
 mod retry;
 
-pub use retry::{google_retry_delay_ms, header_hint_ms, message_retry_delay_ms, Backoff};
+pub use retry::{
+    google_retry_delay_ms, header_hint_ms, message_retry_delay_ms, Backoff, SystemJitter,
+};
 
 use crate::domain::Timestamp;
 use crate::ports::{Clock, HttpClient, HttpError, HttpRequest, HttpResponse, Jitter};

@@ -16,6 +16,7 @@ pub mod error;
 pub mod ports;
 pub mod probe;
 pub mod providers;
+pub mod queues;
 pub mod text;
 
 #[cfg(target_arch = "wasm32")]

@@ -109,6 +109,44 @@ pub struct Credential {
     pub version: u64,
 }
 
+/// What a row's key columns (`key_version`, `nonce`, `ciphertext`) hold.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KeyColumns {
+    /// None of them: a keyless endpoint (a local Ollama).
+    Keyless,
+    Sealed(Sealed),
+    /// Something that is no longer an envelope (a tampered or half-written row).
+    Unreadable,
+}
+
+impl KeyColumns {
+    pub fn read(key_version: Option<u32>, nonce: Option<&str>, ciphertext: Option<&str>) -> Self {
+        match (key_version, nonce, ciphertext) {
+            (None, None, None) => Self::Keyless,
+            (Some(v), Some(n), Some(c)) => {
+                Sealed::from_stored(v, n, c).map_or(Self::Unreadable, Self::Sealed)
+            }
+            _ => Self::Unreadable,
+        }
+    }
+
+    /// The status a row shows: one whose key can no longer be read needs reconfiguration,
+    /// whatever its last check said (listing it still works).
+    pub fn shown_status(&self, stored: CredentialStatus) -> CredentialStatus {
+        match self {
+            Self::Unreadable => CredentialStatus::NeedsReconfiguration,
+            _ => stored,
+        }
+    }
+
+    pub fn into_sealed(self) -> Option<Sealed> {
+        match self {
+            Self::Sealed(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 /// The user's default credential (and model) for one capability.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preference {
@@ -154,6 +192,32 @@ mod tests {
             assert_eq!(CredentialStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(CredentialStatus::parse("VALID"), None);
+    }
+
+    #[test]
+    fn key_columns_that_no_longer_make_an_envelope_need_reconfiguration() {
+        use base64::{engine::general_purpose::STANDARD, Engine as _};
+        let nonce = STANDARD.encode([1u8; 12]);
+        let ct = STANDARD.encode([2u8; 40]);
+        let valid = CredentialStatus::Valid;
+        let sealed = KeyColumns::read(Some(1), Some(&nonce), Some(&ct));
+        assert!(matches!(sealed, KeyColumns::Sealed(_)));
+        assert_eq!(sealed.shown_status(valid), valid);
+        assert_eq!(KeyColumns::read(None, None, None), KeyColumns::Keyless);
+        assert_eq!(KeyColumns::Keyless.shown_status(valid), valid);
+        for broken in [
+            KeyColumns::read(Some(1), Some("not base64!"), Some(&ct)),
+            KeyColumns::read(Some(1), Some(&STANDARD.encode([1u8; 11])), Some(&ct)),
+            KeyColumns::read(Some(0), Some(&nonce), Some(&ct)),
+            KeyColumns::read(None, None, Some(&ct)),
+            KeyColumns::read(Some(1), None, None),
+        ] {
+            assert_eq!(broken, KeyColumns::Unreadable);
+            assert_eq!(
+                broken.shown_status(valid),
+                CredentialStatus::NeedsReconfiguration
+            );
+        }
     }
 
     #[test]

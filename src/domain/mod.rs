@@ -6,7 +6,7 @@ pub mod ids;
 pub mod time;
 
 pub use credential::{
-    key_hint, Credential, CredentialParams, CredentialStatus, Model, Preference, Quota,
+    key_hint, Credential, CredentialParams, CredentialStatus, KeyColumns, Model, Preference, Quota,
 };
 pub use ids::{hex_bytes, Capability, CredentialId, ProviderId, RequestId, UserId};
 pub use time::Timestamp;

@@ -8,10 +8,9 @@ use worker::wasm_bindgen::JsValue;
 use worker::D1PreparedStatement;
 
 use crate::audit::AuditEvent;
-use crate::crypto::Sealed;
 use crate::domain::{
-    Capability, Credential, CredentialId, CredentialParams, CredentialStatus, Preference,
-    ProviderId, Timestamp, UserId,
+    Capability, Credential, CredentialId, CredentialParams, CredentialStatus, KeyColumns,
+    Preference, ProviderId, Timestamp, UserId,
 };
 use crate::ports::{CredentialStore, Inserted, Occupancy, StoreError, Written};
 use crate::providers;
@@ -132,13 +131,12 @@ impl Row {
             .info()
             .id;
         let status = CredentialStatus::parse(&self.status).ok_or_else(|| corrupt("status"))?;
-        let secret = match (self.key_version, &self.nonce, &self.ciphertext) {
-            (Some(v), Some(n), Some(c)) => {
-                // A malformed envelope is reported as undecryptable, not as a broken listing.
-                Sealed::from_stored(v as u32, n, c)
-            }
-            _ => None,
-        };
+        // A malformed envelope is reported as undecryptable, not as a broken listing.
+        let key = KeyColumns::read(
+            self.key_version.map(|v| v as u32),
+            self.nonce.as_deref(),
+            self.ciphertext.as_deref(),
+        );
         let ms = |v: f64| Timestamp::from_millis(v as u64);
         Ok(Credential {
             id,
@@ -146,12 +144,8 @@ impl Row {
             provider,
             label: self.label.clone(),
             key_hint: self.key_hint.clone(),
-            status: if secret.is_none() && self.ciphertext.is_some() {
-                CredentialStatus::NeedsReconfiguration
-            } else {
-                status
-            },
-            secret,
+            status: key.shown_status(status),
+            secret: key.into_sealed(),
             fingerprint: self.fingerprint.clone(),
             params: parse_json(&self.params).unwrap_or_else(CredentialParams::default),
             model: self.model.clone(),

@@ -20,6 +20,7 @@ use crate::config::{Config, ConfigError};
 use crate::domain::Timestamp;
 use crate::ports::AuditStore;
 use crate::probe::SystemJitter;
+use crate::queues::QueueRole;
 
 /// The configuration, parsed on the first request of each isolate and kept for its life.
 fn config(env: &Env) -> Result<&'static Config, &'static [ConfigError]> {
@@ -135,17 +136,20 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
     let log = |line: &str| worker::console_log!("{line}");
     let db = db::Db::new(&env);
     let store = audit_store::D1AuditStore::new(&db);
-    let dispositions = if name.contains("audit") && name.ends_with("-dlq") {
-        crate::audit::consume_dead_letters(&store, &bodies, &log).await
-    } else if name.contains("audit") {
-        crate::audit::consume(&store, &bodies, &log).await
-    } else {
-        // No job consumer exists yet: keep the messages rather than drop them.
-        worker::console_warn!(
-            "queue {name}: no consumer yet, retrying {} message(s)",
-            bodies.len()
-        );
-        vec![Disposition::Retry; bodies.len()]
+    let dispositions = match QueueRole::of(&name) {
+        Some(QueueRole::Audit) => crate::audit::consume(&store, &bodies, &log).await,
+        Some(QueueRole::AuditDeadLetters) => {
+            crate::audit::consume_dead_letters(&store, &bodies, &log).await
+        }
+        // No job consumer exists yet, and an unknown queue is nobody's: keep the messages
+        // rather than drop them.
+        Some(QueueRole::Jobs | QueueRole::JobsDeadLetters) | None => {
+            worker::console_warn!(
+                "queue {name}: no consumer yet, retrying {} message(s)",
+                bodies.len()
+            );
+            vec![Disposition::Retry; bodies.len()]
+        }
     };
     for (m, d) in messages.iter().zip(dispositions) {
         match d {

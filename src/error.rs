@@ -40,6 +40,9 @@ pub struct Problem {
     pub credential_id: Option<CredentialId>,
     /// Further members for this problem type (e.g. the health checks).
     pub extra: Map<String, Value>,
+    /// What went wrong underneath, for the request's log line; never part of the body.
+    /// Holds no secret: store and platform messages, failure kinds, ids.
+    pub cause: Option<String>,
 }
 
 impl std::ops::Deref for ApiError {
@@ -67,7 +70,14 @@ impl ApiError {
             retry_after_seconds: None,
             credential_id: None,
             extra: Map::new(),
+            cause: None,
         }))
+    }
+
+    /// The same error, remembering what caused it (logged once, never shown).
+    pub fn caused_by(mut self, cause: impl std::fmt::Display) -> Self {
+        self.cause = Some(cause.to_string());
+        self
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -209,7 +219,9 @@ impl ApiError {
                 Self::new(502, "provider_error", "The provider failed to answer")
             }
         };
-        e.detail(failure.message()).provider(provider)
+        e.detail(failure.message())
+            .provider(provider)
+            .caused_by(format!("{provider} check: {}", failure.kind()))
     }
 
     pub fn type_uri(&self) -> String {
@@ -254,14 +266,15 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        // The cause is logged where it happens; the caller learns nothing of the internals.
-        match e {
+        // The caller learns nothing of the internals; the cause goes to the log line.
+        let error = match e {
             // A uniqueness rule refused a write: another request got there first.
             StoreError::Conflict(_) => ApiError::conflict(
                 "Another request changed the same thing at the same moment; try again.",
             ),
             StoreError::Unavailable(_) | StoreError::Corrupt(_) => ApiError::internal(),
-        }
+        };
+        error.caused_by(e)
     }
 }
 
@@ -290,6 +303,17 @@ mod tests {
             json!({"type":"https://byok-vault.dev/problems/invalid-api-key","title":"The provider rejected this API key",
                    "status":422,"code":"invalid_api_key","detail":"ElevenLabs says: Invalid API key","provider":"elevenlabs"})
         );
+    }
+
+    #[test]
+    fn a_cause_is_kept_for_the_log_and_never_shown() {
+        let e = ApiError::from(StoreError::Unavailable("D1_ERROR: disk I/O".into()));
+        assert_eq!(e.code, "internal");
+        assert_eq!(
+            e.cause.as_deref(),
+            Some("the database is unavailable: D1_ERROR: disk I/O")
+        );
+        assert!(!e.body().to_string().contains("D1_ERROR"));
     }
 
     #[test]

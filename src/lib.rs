@@ -18,6 +18,7 @@ pub mod probe;
 pub mod providers;
 pub mod queues;
 pub mod text;
+pub mod vault;
 
 #[cfg(target_arch = "wasm32")]
 mod edge;

@@ -6,20 +6,14 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::audit::{Action, AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
+use crate::auth::Algorithm;
 use crate::domain::{Credential, CredentialId, Preference, ProviderId, Timestamp, UserId};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Post,
-}
-
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Get => "GET",
-            Method::Post => "POST",
-        }
+crate::wire_enum! {
+    /// An outbound request's method.
+    pub enum Method {
+        Get = "GET",
+        Post = "POST",
     }
 }
 
@@ -330,5 +324,6 @@ pub enum PublicJwk {
 /// with SHA-256, signature as r‖s). The Worker uses WebCrypto; host tests, RustCrypto.
 #[async_trait(?Send)]
 pub trait SignatureVerifier {
-    async fn verify(&self, alg: &str, key: &PublicJwk, input: &[u8], signature: &[u8]) -> bool;
+    async fn verify(&self, alg: Algorithm, key: &PublicJwk, input: &[u8], signature: &[u8])
+        -> bool;
 }

@@ -162,7 +162,7 @@ impl MemoryOutbox {
         self.next.set(pos);
         self.rows.borrow_mut().push(PendingEvent {
             pos,
-            user_id: event.user_id.clone(),
+            user_id: event.user_id.as_str().to_owned(),
             body: serde_json::to_string(event).unwrap(),
         });
     }
@@ -389,7 +389,7 @@ impl CredentialStore for MemoryStore {
             .retain(|(u, p)| !(u == user && &p.credential_id == id));
         let provider = rows.remove(i).provider;
         let mut event = event.clone();
-        event.provider = Some(provider.as_str().to_owned());
+        event.provider = Some(provider);
         self.outbox.push(&event);
         Ok(Some(provider))
     }
@@ -494,12 +494,12 @@ impl AuditStore for MemoryAudit {
             .rows
             .borrow()
             .iter()
-            .filter(|r| r.event.user_id == user.as_str())
+            .filter(|r| &r.event.user_id == user)
             .filter(|r| q.action.is_none_or(|a| r.event.action == a))
             .filter(|r| {
                 q.credential_id
                     .as_ref()
-                    .is_none_or(|c| r.event.credential_id.as_deref() == Some(c.as_str()))
+                    .is_none_or(|c| r.event.credential_id.as_ref() == Some(c))
             })
             .filter(|r| q.before_seq.is_none_or(|s| r.seq < s))
             .cloned()
@@ -520,7 +520,7 @@ impl AuditStore for MemoryAudit {
             .rows
             .borrow()
             .iter()
-            .filter(|r| r.event.user_id == user.as_str() && r.seq > after)
+            .filter(|r| &r.event.user_id == user && r.seq > after)
             .cloned()
             .collect();
         out.sort_by_key(|r| r.seq);
@@ -553,7 +553,7 @@ impl AuditStore for MemoryAudit {
         let mut last_old: std::collections::BTreeMap<String, ChainHead> = Default::default();
         for r in rows.iter().filter(|r| r.event.at < cutoff.as_millis()) {
             let e = last_old
-                .entry(r.event.user_id.clone())
+                .entry(r.event.user_id.as_str().to_owned())
                 .or_insert_with(ChainHead::genesis);
             if r.seq > e.seq {
                 *e = r.head();
@@ -562,7 +562,7 @@ impl AuditStore for MemoryAudit {
         let before = rows.len();
         rows.retain(|r| {
             last_old
-                .get(&r.event.user_id)
+                .get(r.event.user_id.as_str())
                 .is_none_or(|cp| r.seq > cp.seq)
         });
         self.checkpoints.borrow_mut().extend(last_old);
@@ -626,7 +626,7 @@ pub struct RustCryptoVerifier;
 impl crate::ports::SignatureVerifier for RustCryptoVerifier {
     async fn verify(
         &self,
-        alg: &str,
+        alg: crate::auth::Algorithm,
         key: &crate::ports::PublicJwk,
         input: &[u8],
         signature: &[u8],
@@ -635,7 +635,7 @@ impl crate::ports::SignatureVerifier for RustCryptoVerifier {
         use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
         let d = |s: &str| URL_SAFE_NO_PAD.decode(s).unwrap_or_default();
         match (alg, key) {
-            ("RS256", PublicJwk::Rsa { n, e }) => {
+            (crate::auth::Algorithm::Rs256, PublicJwk::Rsa { n, e }) => {
                 use rsa::signature::Verifier as _;
                 let Ok(k) = rsa::RsaPublicKey::new(
                     rsa::BigUint::from_bytes_be(&d(n)),
@@ -650,7 +650,7 @@ impl crate::ports::SignatureVerifier for RustCryptoVerifier {
                     .verify(input, &sig)
                     .is_ok()
             }
-            ("ES256", PublicJwk::P256 { x, y }) => {
+            (crate::auth::Algorithm::Es256, PublicJwk::P256 { x, y }) => {
                 use p256::ecdsa::signature::Verifier as _;
                 let (x, y) = (d(x), d(y));
                 let point = p256::EncodedPoint::from_affine_coordinates(

@@ -3,7 +3,8 @@
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use serde_json::{json, Value};
 
-use super::{Ctx, Response};
+use super::router::{Ctx, Outcome};
+use super::Response;
 use crate::audit::{Action, ChainHead, ChainedEvent, Verifier};
 use crate::crypto::{tag, verify_tag, MasterKeys};
 use crate::domain::{CredentialId, Timestamp, UserId};
@@ -47,7 +48,7 @@ fn decode_cursor(raw: &str) -> Option<u64> {
     text.strip_prefix("seq:")?.parse().ok()
 }
 
-fn parse_query(ctx: &Ctx<'_, '_>) -> Result<AuditQuery, ApiError> {
+fn parse_query(ctx: &Ctx<'_>) -> Result<AuditQuery, ApiError> {
     let mut errors = Vec::new();
     let mut q = AuditQuery {
         limit: DEFAULT_LIMIT,
@@ -87,15 +88,16 @@ fn parse_query(ctx: &Ctx<'_, '_>) -> Result<AuditQuery, ApiError> {
     }
 }
 
-pub(super) async fn list(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, ApiError> {
+pub(super) async fn list(ctx: &Ctx<'_>) -> Outcome {
+    Outcome::unaudited(list_events(ctx, &ctx.user).await)
+}
+
+async fn list_events(ctx: &Ctx<'_>, user: &UserId) -> Result<Response, ApiError> {
     let mut query = parse_query(ctx)?;
     let limit = query.limit;
     // One more than asked shows whether there is a next page.
     query.limit = limit + 1;
-    let mut rows = ctx.app.audit_log.list(user, &query).await.map_err(|e| {
-        ctx.log(&format!("audit read failed: {e}"));
-        ApiError::from(e)
-    })?;
+    let mut rows = ctx.app.audit_log.list(user, &query).await?;
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
         rows.last().map(|r| encode_cursor(r.seq))
@@ -152,7 +154,11 @@ impl VerifyCursor {
 /// `GET /v1/audit/verify`: recomputes the caller's chain. Bounded per request: at most
 /// `VERIFY_PER_REQUEST` events are checked, and when more remain the answer carries
 /// `next_cursor` (pass it back as `?cursor=`); `checked` counts from the chain's start.
-pub(super) async fn verify(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response, ApiError> {
+pub(super) async fn verify(ctx: &Ctx<'_>) -> Outcome {
+    Outcome::unaudited(verify_chain(ctx, &ctx.user).await)
+}
+
+async fn verify_chain(ctx: &Ctx<'_>, user: &UserId) -> Result<Response, ApiError> {
     // Cursors are signed under the master key; without one, a chain longer than a page
     // cannot be verified.
     let keys = ctx.config.master_keys.as_ref().ok();
@@ -177,10 +183,7 @@ pub(super) async fn verify(ctx: &Ctx<'_, '_>, user: &UserId) -> Result<Response,
         }
     }
     let log = ctx.app.audit_log;
-    let fail = |e| {
-        ctx.log(&format!("audit verification could not read the log: {e}"));
-        ApiError::from(e)
-    };
+    let fail = ApiError::from;
     let (checkpoint, head) = log.anchors(user).await.map_err(fail)?;
     let (start, before) = match &cursor {
         Some(c) => (

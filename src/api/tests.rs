@@ -50,7 +50,7 @@ fn token(sub: &str) -> String {
 }
 
 struct World {
-    jwks: crate::auth::JwksCache,
+    jwks: Option<crate::auth::JwksCache>,
     config: Config,
     store: MemoryStore,
     audit: MemoryAudit,
@@ -68,7 +68,7 @@ impl World {
     fn new() -> Self {
         let audit = MemoryAudit::default();
         Self {
-            jwks: crate::auth::JwksCache::new(),
+            jwks: None,
             config: config(true),
             store: MemoryStore {
                 outbox: audit.outbox.clone(),
@@ -123,7 +123,7 @@ impl World {
             jitter: &FixedJitter(0.5),
             audit: &self.audit,
             audit_log: &self.audit,
-            jwks: &self.jwks,
+            jwks: self.jwks.as_ref(),
             signatures: &crate::testing::RustCryptoVerifier,
             limiter: &self.limiter,
             log: &log,
@@ -853,7 +853,6 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
     let w = World::new();
     let preflight = |origin: &str| {
         let http = FakeHttp::new(&w.clock, vec![]);
-        let jwks = crate::auth::JwksCache::new();
         let app = App {
             config: Ok(&w.config),
             store: &w.store,
@@ -862,7 +861,7 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
             jitter: &FixedJitter(0.5),
             audit: &w.audit,
             audit_log: &w.audit,
-            jwks: &jwks,
+            jwks: None,
             signatures: &crate::testing::RustCryptoVerifier,
             limiter: &w.limiter,
             log: &|_: &str| {},

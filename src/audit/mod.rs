@@ -8,6 +8,7 @@
 mod canonical;
 mod chain;
 mod consumer;
+mod facts;
 mod outbox;
 mod verify;
 
@@ -21,86 +22,34 @@ pub use chain::{chain, link, ChainHead, ChainedEvent, GENESIS_HASH};
 pub use consumer::{
     consume, consume_dead_letters, nudge_body, parse_message, Disposition, Message, CONSUMER_ROUNDS,
 };
+pub use facts::{Facts, Origin};
 pub use outbox::{drain, plan, ChainPlan, PendingEvent, ROUND_SIZE};
 pub use verify::{Verification, Verifier};
 
-use crate::domain::{hex_bytes, Timestamp, UserId};
+use crate::domain::{hex_bytes, CredentialId, ProviderId, RequestId, Timestamp, UserId};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Action {
-    #[serde(rename = "credential.created")]
-    CredentialCreated,
-    #[serde(rename = "credential.viewed")]
-    CredentialViewed,
-    #[serde(rename = "credential.updated")]
-    CredentialUpdated,
-    #[serde(rename = "credential.rotated")]
-    CredentialRotated,
-    #[serde(rename = "credential.deleted")]
-    CredentialDeleted,
-    #[serde(rename = "credential.validated")]
-    CredentialValidated,
-    #[serde(rename = "credential.used")]
-    CredentialUsed,
-    #[serde(rename = "model.selected")]
-    ModelSelected,
-    #[serde(rename = "preference.updated")]
-    PreferenceUpdated,
-    #[serde(rename = "credential.imported")]
-    CredentialImported,
-    #[serde(rename = "master_key.rotated")]
-    MasterKeyRotated,
-}
-
-impl Action {
-    pub const ALL: [Action; 11] = [
-        Action::CredentialCreated,
-        Action::CredentialViewed,
-        Action::CredentialUpdated,
-        Action::CredentialRotated,
-        Action::CredentialDeleted,
-        Action::CredentialValidated,
-        Action::CredentialUsed,
-        Action::ModelSelected,
-        Action::PreferenceUpdated,
-        Action::CredentialImported,
-        Action::MasterKeyRotated,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::CredentialCreated => "credential.created",
-            Action::CredentialViewed => "credential.viewed",
-            Action::CredentialUpdated => "credential.updated",
-            Action::CredentialRotated => "credential.rotated",
-            Action::CredentialDeleted => "credential.deleted",
-            Action::CredentialValidated => "credential.validated",
-            Action::CredentialUsed => "credential.used",
-            Action::ModelSelected => "model.selected",
-            Action::PreferenceUpdated => "preference.updated",
-            Action::CredentialImported => "credential.imported",
-            Action::MasterKeyRotated => "master_key.rotated",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.as_str() == raw)
+crate::wire_enum! {
+    /// What was done.
+    pub enum Action {
+        CredentialCreated = "credential.created",
+        CredentialViewed = "credential.viewed",
+        CredentialUpdated = "credential.updated",
+        CredentialRotated = "credential.rotated",
+        CredentialDeleted = "credential.deleted",
+        CredentialValidated = "credential.validated",
+        CredentialUsed = "credential.used",
+        ModelSelected = "model.selected",
+        PreferenceUpdated = "preference.updated",
+        CredentialImported = "credential.imported",
+        MasterKeyRotated = "master_key.rotated",
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActorType {
-    User,
-    Service,
-}
-
-impl ActorType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActorType::User => "user",
-            ActorType::Service => "service",
-        }
+crate::wire_enum! {
+    /// Whether the acting party is a user or a backend service.
+    pub enum ActorType {
+        User = "user",
+        Service = "service",
     }
 }
 
@@ -112,36 +61,18 @@ pub struct Actor {
     pub id: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Success,
-    Failure,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Failure => "failure",
-        }
+crate::wire_enum! {
+    pub enum Outcome {
+        Success = "success",
+        Failure = "failure",
     }
 }
 
-/// Whose key was used (`credential.used` only).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    User,
-    System,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::User => "user",
-            Source::System => "system",
-        }
+crate::wire_enum! {
+    /// Whose key was used (`credential.used` only).
+    pub enum Source {
+        User = "user",
+        System = "system",
     }
 }
 
@@ -153,16 +84,16 @@ pub struct AuditEvent {
     /// Unix milliseconds.
     pub at: u64,
     /// Whose chain the event belongs to.
-    pub user_id: String,
+    pub user_id: UserId,
     pub action: Action,
     pub actor: Actor,
-    pub credential_id: Option<String>,
-    pub provider: Option<String>,
+    pub credential_id: Option<CredentialId>,
+    pub provider: Option<ProviderId>,
     pub outcome: Outcome,
     /// The error code when `outcome` is `failure`.
     pub reason: Option<String>,
     pub source: Option<Source>,
-    pub request_id: Option<String>,
+    pub request_id: Option<RequestId>,
     /// Small, action-specific facts (e.g. the previous and new status of a validation).
     #[serde(default)]
     pub detail: Option<Value>,
@@ -190,7 +121,7 @@ impl AuditEvent {
         Self {
             id,
             at: at.as_millis(),
-            user_id: user.as_str().to_owned(),
+            user_id: user.clone(),
             action,
             actor,
             credential_id: None,
@@ -205,11 +136,11 @@ impl AuditEvent {
 
     /// Stands in for a stored row that no longer parses (say, an edited action): its hash
     /// cannot match the stored one, so verification reports that row as broken.
-    pub fn unreadable(id: &str, user_id: &str) -> Self {
+    pub fn unreadable(id: &str, user: &UserId) -> Self {
         Self {
             id: id.to_owned(),
             at: 0,
-            user_id: user_id.to_owned(),
+            user_id: user.clone(),
             action: Action::CredentialViewed,
             actor: Actor {
                 kind: ActorType::User,

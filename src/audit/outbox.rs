@@ -55,7 +55,7 @@ pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPla
     for p in ordered {
         out.done.push(p.pos);
         let event = match serde_json::from_str::<AuditEvent>(&p.body) {
-            Ok(e) if e.user_id == p.user_id => e,
+            Ok(e) if e.user_id.as_str() == p.user_id => e,
             Ok(_) => {
                 out.dead
                     .push((p.body.clone(), "outbox row filed under another user".into()));
@@ -133,7 +133,7 @@ mod tests {
     fn pending(pos: u64, e: &AuditEvent) -> PendingEvent {
         PendingEvent {
             pos,
-            user_id: e.user_id.clone(),
+            user_id: e.user_id.as_str().to_owned(),
             body: serde_json::to_string(e).unwrap(),
         }
     }

@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::domain::Timestamp;
+use crate::domain::{CredentialId, ProviderId, RequestId, Timestamp};
 
 fn event(n: u64, action: Action) -> AuditEvent {
     let user = UserId::parse("u_1").unwrap();
@@ -15,9 +15,9 @@ fn event(n: u64, action: Action) -> AuditEvent {
             id: "u_1".into(),
         },
     );
-    e.credential_id = Some("c_00000000000000000000000000000001".into());
-    e.provider = Some("elevenlabs".into());
-    e.request_id = Some(format!("req_{n}"));
+    e.credential_id = CredentialId::parse("c_00000000000000000000000000000001");
+    e.provider = Some(ProviderId::new("elevenlabs"));
+    e.request_id = RequestId::parse(&format!("req_{n}"));
     e
 }
 

@@ -10,7 +10,8 @@ use std::cell::{Cell, RefCell};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use serde::Deserialize;
 
-use super::AuthError;
+use super::{AuthError, JwtSettings};
+use crate::auth::jwt::Algorithm;
 use crate::domain::Timestamp;
 use crate::ports::{HttpClient, HttpRequest, PublicJwk, SignatureVerifier};
 
@@ -104,37 +105,61 @@ struct Cached {
 
 /// How long a fetched key set is good for.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Freshness {
+struct Freshness {
     /// Refetched after this long.
-    pub ttl_ms: u64,
+    ttl_ms: u64,
     /// Still used this long past the TTL while refetching fails.
-    pub max_stale_ms: u64,
+    max_stale_ms: u64,
 }
 
-/// The per-isolate cache of the issuer's key set.
-#[derive(Default)]
+/// The per-isolate cache of one issuer's key set: where it is published and how fresh it
+/// must be are fixed when the cache is made; the client that fetches it and the verifier
+/// that checks signatures are the request's.
 pub struct JwksCache {
+    url: String,
+    freshness: Freshness,
     cached: RefCell<Option<Cached>>,
     /// When a fetch last failed (cleared by a successful one).
     last_failure: Cell<Option<Timestamp>>,
 }
 
+/// A signed token, taken apart: what is checked against the issuer's key.
+pub(super) struct Signed<'t> {
+    pub alg: Algorithm,
+    pub kid: Option<&'t str>,
+    pub input: &'t [u8],
+    pub signature: &'t [u8],
+}
+
 impl JwksCache {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(url: String, ttl_ms: u64, max_stale_ms: u64) -> Self {
+        Self {
+            url,
+            freshness: Freshness {
+                ttl_ms,
+                max_stale_ms,
+            },
+            cached: RefCell::new(None),
+            last_failure: Cell::new(None),
+        }
+    }
+
+    /// The cache the settings call for: one when `AUTH_JWKS_URL` is set.
+    pub fn for_settings(settings: &JwtSettings) -> Option<Self> {
+        let url = settings.jwks_url.clone()?;
+        Some(Self::new(
+            url,
+            settings.jwks_ttl_ms,
+            settings.jwks_max_stale_ms,
+        ))
     }
 
     /// Fetches the set. A set without one usable key does not replace a cached one that
     /// has some: that is a broken answer, not a rotation to nothing.
-    async fn fetch(
-        &self,
-        url: &str,
-        http: &dyn HttpClient,
-        now: Timestamp,
-    ) -> Result<(), AuthError> {
+    async fn fetch(&self, http: &dyn HttpClient, now: Timestamp) -> Result<(), AuthError> {
         let response = http
             .send(
-                HttpRequest::get(url.to_owned()).header("accept", "application/json"),
+                HttpRequest::get(self.url.clone()).header("accept", "application/json"),
                 FETCH_TIMEOUT_MS,
             )
             .await
@@ -197,8 +222,8 @@ impl JwksCache {
             .is_none_or(|t| t.millis_until(now) >= MIN_REFETCH_MS)
     }
 
-    async fn try_fetch(&self, url: &str, http: &dyn HttpClient, now: Timestamp) -> bool {
-        let ok = self.fetch(url, http, now).await.is_ok();
+    async fn try_fetch(&self, http: &dyn HttpClient, now: Timestamp) -> bool {
+        let ok = self.fetch(http, now).await.is_ok();
         self.last_failure.set((!ok).then_some(now));
         ok
     }
@@ -210,14 +235,13 @@ impl JwksCache {
         &self,
         kid: Option<&str>,
         want_rsa: bool,
-        url: &str,
-        freshness: Freshness,
         http: &dyn HttpClient,
         now: Timestamp,
     ) -> Result<Key, AuthError> {
+        let freshness = self.freshness;
         let fresh = self.age(now).is_some_and(|a| a < freshness.ttl_ms);
         if !fresh && self.may_fetch(now) {
-            self.try_fetch(url, http, now).await;
+            self.try_fetch(http, now).await;
         }
         let usable = self
             .age(now)
@@ -229,7 +253,7 @@ impl JwksCache {
             return Ok(k);
         }
         let settled = self.age(now).is_some_and(|a| a >= MIN_REFETCH_MS);
-        if settled && self.may_fetch(now) && self.try_fetch(url, http, now).await {
+        if settled && self.may_fetch(now) && self.try_fetch(http, now).await {
             if let Some(k) = self.find(kid, want_rsa) {
                 return Ok(k);
             }
@@ -237,24 +261,19 @@ impl JwksCache {
         Err(AuthError::UnknownKey)
     }
 
-    /// Checks an RS256 or ES256 signature over `input` with the issuer's key.
-    #[allow(clippy::too_many_arguments)]
+    /// Checks an RS256 or ES256 signature with the issuer's key.
     pub(super) async fn verify(
         &self,
-        alg: &str,
-        kid: Option<&str>,
-        input: &[u8],
-        signature: &[u8],
-        url: &str,
-        freshness: Freshness,
+        signed: &Signed<'_>,
         http: &dyn HttpClient,
         verifier: &dyn SignatureVerifier,
         now: Timestamp,
     ) -> Result<(), AuthError> {
-        let key = self
-            .key(kid, alg == "RS256", url, freshness, http, now)
-            .await?;
-        let ok = verifier.verify(alg, &key.key, input, signature).await;
+        let want_rsa = signed.alg == Algorithm::Rs256;
+        let key = self.key(signed.kid, want_rsa, http, now).await?;
+        let ok = verifier
+            .verify(signed.alg, &key.key, signed.input, signed.signature)
+            .await;
         ok.then_some(()).ok_or(AuthError::BadSignature)
     }
 }
@@ -339,7 +358,7 @@ mod tests {
                     jwks_max_stale_ms: 3_600_000,
                     ..Default::default()
                 },
-                cache: JwksCache::new(),
+                cache: JwksCache::new(URL.into(), 600_000, 3_600_000),
                 clock: FakeClock::at(NOW * 1000),
             }
         }
@@ -471,9 +490,10 @@ mod tests {
     #[test]
     fn while_the_issuer_is_down_the_last_good_set_serves_for_a_bounded_time() {
         let k = keys();
-        let mut issuer = Issuer::new();
-        issuer.settings.jwks_ttl_ms = 20_000;
-        issuer.settings.jwks_max_stale_ms = 60_000;
+        let issuer = Issuer {
+            cache: JwksCache::new(URL.into(), 20_000, 60_000),
+            ..Issuer::new()
+        };
         let jwks = set(&[rsa_jwk(&k.rsa, "r1")]);
         let t = || token("RS256", "r1", &k, "u");
         assert_eq!(
@@ -578,9 +598,12 @@ mod tests {
         let k = keys();
         let mut issuer = Issuer::new();
         issuer.settings.jwks_url = None;
-        assert_eq!(
-            issuer.verify(&token("RS256", "r1", &k, "u"), vec![]).0,
-            Err(AuthError::UnsupportedAlgorithm)
+        // No URL, no cache: the verifier knows no key set.
+        assert!(JwksCache::for_settings(&issuer.settings).is_none());
+        let now = crate::ports::Clock::now(&issuer.clock);
+        let out = block_on(
+            JwtVerifier::new(&issuer.settings).verify(&token("RS256", "r1", &k, "u"), now),
         );
+        assert_eq!(out, Err(AuthError::UnsupportedAlgorithm));
     }
 }

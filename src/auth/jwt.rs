@@ -74,6 +74,19 @@ struct Header {
     kid: Option<String>,
 }
 
+crate::wire_enum! {
+    /// The signing algorithms this verifier knows (a token header's `alg`); `none` and
+    /// everything else are refused before any claim is read.
+    pub enum Algorithm {
+        /// HMAC-SHA256 with `AUTH_JWT_SECRET`.
+        Hs256 = "HS256",
+        /// RSASSA-PKCS1-v1_5 with SHA-256, against the issuer's JWKS.
+        Rs256 = "RS256",
+        /// ECDSA P-256 with SHA-256 (signature r‖s), against the issuer's JWKS.
+        Es256 = "ES256",
+    }
+}
+
 impl<'a> JwtVerifier<'a> {
     pub fn new(settings: &'a JwtSettings) -> Self {
         Self {
@@ -82,7 +95,8 @@ impl<'a> JwtVerifier<'a> {
         }
     }
 
-    /// With the key-set cache and a client to fetch it, RS256 and ES256 are accepted too.
+    /// With the issuer's key-set cache (there is one when `AUTH_JWKS_URL` is set), a
+    /// client to fetch it and a signature verifier, RS256 and ES256 are accepted too.
     pub fn with_jwks(
         mut self,
         cache: &'a JwksCache,
@@ -108,20 +122,17 @@ impl<'a> JwtVerifier<'a> {
             .decode(s)
             .map_err(|_| AuthError::Malformed)?;
         let signing_input = &token[..h.len() + 1 + p.len()];
-        match (header.alg.as_str(), &self.settings.jwks_url, self.jwks) {
-            ("HS256", _, _) => self.verify_hs256(signing_input.as_bytes(), &signature)?,
-            (alg @ ("RS256" | "ES256"), Some(url), Some((cache, http, verifier))) => {
-                let kid = header.kid.as_deref();
-                let freshness = super::jwks::Freshness {
-                    ttl_ms: self.settings.jwks_ttl_ms,
-                    max_stale_ms: self.settings.jwks_max_stale_ms,
+        let alg = Algorithm::parse(&header.alg).ok_or(AuthError::UnsupportedAlgorithm)?;
+        match (alg, self.jwks) {
+            (Algorithm::Hs256, _) => self.verify_hs256(signing_input.as_bytes(), &signature)?,
+            (Algorithm::Rs256 | Algorithm::Es256, Some((cache, http, verifier))) => {
+                let signed = super::jwks::Signed {
+                    alg,
+                    kid: header.kid.as_deref(),
+                    input: signing_input.as_bytes(),
+                    signature: &signature,
                 };
-                let input = signing_input.as_bytes();
-                cache
-                    .verify(
-                        alg, kid, input, &signature, url, freshness, http, verifier, now,
-                    )
-                    .await?
+                cache.verify(&signed, http, verifier, now).await?
             }
             _ => return Err(AuthError::UnsupportedAlgorithm),
         }

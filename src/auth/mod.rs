@@ -4,7 +4,7 @@ mod jwks;
 pub(crate) mod jwt;
 
 pub use jwks::JwksCache;
-pub use jwt::{AuthError, JwtSettings, JwtVerifier};
+pub use jwt::{Algorithm, AuthError, JwtSettings, JwtVerifier};
 
 /// The token of an `Authorization: Bearer <token>` header, if that is what it holds.
 pub fn bearer_token(header: Option<&str>) -> Option<&str> {

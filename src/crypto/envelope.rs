@@ -80,13 +80,33 @@ fn data_key(master: &[u8; 32], user: &UserId) -> Zeroizing<[u8; 32]> {
     out
 }
 
-fn aad(user: &UserId, credential: &CredentialId, provider: ProviderId) -> String {
-    format!(
-        "byok-vault/v1|{}|{}|{}",
-        user.as_str(),
-        credential.as_str(),
-        provider.as_str()
-    )
+/// What a ciphertext is bound to: the user, the credential row and the provider. It is
+/// the AES-GCM additional data (`byok-vault/v1|user|credential|provider`), so a
+/// ciphertext copied to another row, user or provider does not decrypt.
+#[derive(Clone, Copy, Debug)]
+pub struct Binding<'a> {
+    pub user: &'a UserId,
+    pub credential: &'a CredentialId,
+    pub provider: ProviderId,
+}
+
+impl<'a> Binding<'a> {
+    pub fn new(user: &'a UserId, credential: &'a CredentialId, provider: ProviderId) -> Self {
+        Self {
+            user,
+            credential,
+            provider,
+        }
+    }
+
+    fn aad(&self) -> String {
+        format!(
+            "byok-vault/v1|{}|{}|{}",
+            self.user.as_str(),
+            self.credential.as_str(),
+            self.provider.as_str()
+        )
+    }
 }
 
 fn cipher(keys: &MasterKeys, v: KeyVersion, user: &UserId) -> Option<Aes256Gcm> {
@@ -95,18 +115,16 @@ fn cipher(keys: &MasterKeys, v: KeyVersion, user: &UserId) -> Option<Aes256Gcm> 
     Some(Aes256Gcm::new((&*dk).into()))
 }
 
-/// Encrypts `secret` for one credential row under the active master key.
+/// Encrypts `secret` for the row `binding` names, under the active master key.
 pub fn seal(
     keys: &MasterKeys,
-    user: &UserId,
-    credential: &CredentialId,
-    provider: ProviderId,
+    binding: &Binding<'_>,
     secret: &SecretKey,
 ) -> Result<Sealed, SealError> {
     let v = keys.active();
     let nonce: [u8; 12] = random_bytes()?;
-    let cipher = cipher(keys, v, user).ok_or(SealError::NoActiveKey)?;
-    let aad = aad(user, credential, provider);
+    let cipher = cipher(keys, v, binding.user).ok_or(SealError::NoActiveKey)?;
+    let aad = binding.aad();
     let payload = Payload {
         msg: secret.expose().as_bytes(),
         aad: aad.as_bytes(),
@@ -124,14 +142,12 @@ pub fn seal(
 /// Decrypts a sealed key; fails if anything about it or its row binding changed.
 pub fn open(
     keys: &MasterKeys,
-    user: &UserId,
-    credential: &CredentialId,
-    provider: ProviderId,
+    binding: &Binding<'_>,
     sealed: &Sealed,
 ) -> Result<SecretKey, OpenError> {
     let v = sealed.key_version;
-    let cipher = cipher(keys, v, user).ok_or(OpenError::UnknownKeyVersion(v.get()))?;
-    let aad = aad(user, credential, provider);
+    let cipher = cipher(keys, v, binding.user).ok_or(OpenError::UnknownKeyVersion(v.get()))?;
+    let aad = binding.aad();
     let payload = Payload {
         msg: &sealed.ciphertext,
         aad: aad.as_bytes(),
@@ -249,15 +265,20 @@ mod tests {
     #[test]
     fn round_trip() {
         let (k, u, c) = (keys(), user("u_1"), cred(1));
-        let sealed = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
+        let sealed = seal(&k, &Binding::new(&u, &c, ELEVEN), &secret()).unwrap();
         assert_eq!(sealed.key_version.get(), 1);
-        let opened = open(&k, &u, &c, ELEVEN, &sealed).unwrap();
+        let opened = open(&k, &Binding::new(&u, &c, ELEVEN), &sealed).unwrap();
         assert_eq!(opened.expose(), secret().expose());
     }
 
     #[test]
     fn ciphertext_does_not_contain_the_key() {
-        let sealed = seal(&keys(), &user("u_1"), &cred(1), ELEVEN, &secret()).unwrap();
+        let sealed = seal(
+            &keys(),
+            &Binding::new(&user("u_1"), &cred(1), ELEVEN),
+            &secret(),
+        )
+        .unwrap();
         let key = secret();
         let needle = &key.expose().as_bytes()[..8];
         assert!(!sealed.ciphertext.windows(8).any(|w| w == needle));
@@ -267,18 +288,21 @@ mod tests {
     #[test]
     fn any_flipped_bit_of_nonce_ciphertext_or_tag_fails() {
         let (k, u, c) = (keys(), user("u_1"), cred(1));
-        let sealed = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
+        let sealed = seal(&k, &Binding::new(&u, &c, ELEVEN), &secret()).unwrap();
         for bit in 0..sealed.nonce.len() * 8 {
             let mut s = sealed.clone();
             s.nonce[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(open(&k, &u, &c, ELEVEN, &s).err(), Some(OpenError::Failed));
+            assert_eq!(
+                open(&k, &Binding::new(&u, &c, ELEVEN), &s).err(),
+                Some(OpenError::Failed)
+            );
         }
         // The last 16 bytes are the tag; this covers ciphertext and tag alike.
         for bit in 0..sealed.ciphertext.len() * 8 {
             let mut s = sealed.clone();
             s.ciphertext[bit / 8] ^= 1 << (bit % 8);
             assert_eq!(
-                open(&k, &u, &c, ELEVEN, &s).err(),
+                open(&k, &Binding::new(&u, &c, ELEVEN), &s).err(),
                 Some(OpenError::Failed),
                 "bit {bit}"
             );
@@ -288,17 +312,17 @@ mod tests {
     #[test]
     fn ciphertext_moved_to_another_user_row_or_provider_fails() {
         let (k, u, c) = (keys(), user("u_1"), cred(1));
-        let sealed = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
+        let sealed = seal(&k, &Binding::new(&u, &c, ELEVEN), &secret()).unwrap();
         assert_eq!(
-            open(&k, &user("u_2"), &c, ELEVEN, &sealed).err(),
+            open(&k, &Binding::new(&user("u_2"), &c, ELEVEN), &sealed).err(),
             Some(OpenError::Failed)
         );
         assert_eq!(
-            open(&k, &u, &cred(2), ELEVEN, &sealed).err(),
+            open(&k, &Binding::new(&u, &cred(2), ELEVEN), &sealed).err(),
             Some(OpenError::Failed)
         );
         assert_eq!(
-            open(&k, &u, &c, OPENAI, &sealed).err(),
+            open(&k, &Binding::new(&u, &c, OPENAI), &sealed).err(),
             Some(OpenError::Failed)
         );
     }
@@ -306,15 +330,15 @@ mod tests {
     #[test]
     fn a_different_key_version_fails_cleanly() {
         let (k, u, c) = (keys(), user("u_1"), cred(1));
-        let mut sealed = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
+        let mut sealed = seal(&k, &Binding::new(&u, &c, ELEVEN), &secret()).unwrap();
         sealed.key_version = KeyVersion::new(2).unwrap();
         assert_eq!(
-            open(&k, &u, &c, ELEVEN, &sealed).err(),
+            open(&k, &Binding::new(&u, &c, ELEVEN), &sealed).err(),
             Some(OpenError::Failed)
         );
         sealed.key_version = KeyVersion::new(3).unwrap();
         assert_eq!(
-            open(&k, &u, &c, ELEVEN, &sealed).err(),
+            open(&k, &Binding::new(&u, &c, ELEVEN), &sealed).err(),
             Some(OpenError::UnknownKeyVersion(3))
         );
     }
@@ -322,10 +346,10 @@ mod tests {
     #[test]
     fn a_ring_without_the_old_version_cannot_open_its_rows() {
         let (u, c) = (user("u_1"), cred(1));
-        let sealed = seal(&keys(), &u, &c, ELEVEN, &secret()).unwrap();
+        let sealed = seal(&keys(), &Binding::new(&u, &c, ELEVEN), &secret()).unwrap();
         let rotated = MasterKeys::for_tests(&[(2, [9u8; 32])], 2);
         assert_eq!(
-            open(&rotated, &u, &c, ELEVEN, &sealed).err(),
+            open(&rotated, &Binding::new(&u, &c, ELEVEN), &sealed).err(),
             Some(OpenError::UnknownKeyVersion(1))
         );
     }
@@ -333,15 +357,20 @@ mod tests {
     #[test]
     fn two_encryptions_of_the_same_key_differ() {
         let (k, u, c) = (keys(), user("u_1"), cred(1));
-        let a = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
-        let b = seal(&k, &u, &c, ELEVEN, &secret()).unwrap();
+        let a = seal(&k, &Binding::new(&u, &c, ELEVEN), &secret()).unwrap();
+        let b = seal(&k, &Binding::new(&u, &c, ELEVEN), &secret()).unwrap();
         assert_ne!(a.nonce, b.nonce);
         assert_ne!(a.ciphertext, b.ciphertext);
     }
 
     #[test]
     fn stored_columns_round_trip() {
-        let sealed = seal(&keys(), &user("u_1"), &cred(1), ELEVEN, &secret()).unwrap();
+        let sealed = seal(
+            &keys(),
+            &Binding::new(&user("u_1"), &cred(1), ELEVEN),
+            &secret(),
+        )
+        .unwrap();
         let back = Sealed::from_stored(1, &sealed.nonce_b64(), &sealed.ciphertext_b64()).unwrap();
         assert_eq!(back, sealed);
         assert!(Sealed::from_stored(1, "AAAA", &sealed.ciphertext_b64()).is_none());

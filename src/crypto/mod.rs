@@ -5,7 +5,9 @@ mod envelope;
 mod master_keys;
 mod secret;
 
-pub use envelope::{fingerprint, open, seal, tag, verify_tag, OpenError, SealError, Sealed};
+pub use envelope::{
+    fingerprint, open, seal, tag, verify_tag, Binding, OpenError, SealError, Sealed,
+};
 pub use master_keys::{KeyVersion, MasterKeyError, MasterKeys};
 pub use secret::SecretKey;
 

@@ -5,47 +5,18 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::{Capability, CredentialId, ProviderId, Timestamp, UserId};
 use crate::crypto::Sealed;
 
-/// Where a credential stands after its last check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CredentialStatus {
-    Valid,
-    InvalidKey,
-    InsufficientScope,
-    QuotaExhausted,
-    RateLimited,
-    Unreachable,
-    ProviderError,
-    /// The stored ciphertext cannot be decrypted (e.g. its master key version is gone).
-    NeedsReconfiguration,
-}
-
-impl CredentialStatus {
-    const ALL: [CredentialStatus; 8] = [
-        Self::Valid,
-        Self::InvalidKey,
-        Self::InsufficientScope,
-        Self::QuotaExhausted,
-        Self::RateLimited,
-        Self::Unreachable,
-        Self::ProviderError,
-        Self::NeedsReconfiguration,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Valid => "valid",
-            Self::InvalidKey => "invalid_key",
-            Self::InsufficientScope => "insufficient_scope",
-            Self::QuotaExhausted => "quota_exhausted",
-            Self::RateLimited => "rate_limited",
-            Self::Unreachable => "unreachable",
-            Self::ProviderError => "provider_error",
-            Self::NeedsReconfiguration => "needs_reconfiguration",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+crate::wire_enum! {
+    /// Where a credential stands after its last check.
+    pub enum CredentialStatus {
+        Valid = "valid",
+        InvalidKey = "invalid_key",
+        InsufficientScope = "insufficient_scope",
+        QuotaExhausted = "quota_exhausted",
+        RateLimited = "rate_limited",
+        Unreachable = "unreachable",
+        ProviderError = "provider_error",
+        /// The stored ciphertext cannot be decrypted (e.g. its master key version is gone).
+        NeedsReconfiguration = "needs_reconfiguration",
     }
 }
 
@@ -156,6 +127,13 @@ pub struct Preference {
     pub model: Option<String>,
 }
 
+impl Credential {
+    /// What this row's ciphertext is bound to.
+    pub fn binding(&self) -> crate::crypto::Binding<'_> {
+        crate::crypto::Binding::new(&self.user_id, &self.id, self.provider)
+    }
+}
+
 /// The only part of a key the API ever shows: `…` and its last 4 characters.
 ///
 /// Prefixes (`sk-`, `AIza`, `sk_`) are shared by every key of a provider and tell the user
@@ -189,7 +167,7 @@ mod tests {
     #[test]
     fn statuses_round_trip_through_their_wire_names() {
         for s in CredentialStatus::ALL {
-            assert_eq!(CredentialStatus::parse(s.as_str()), Some(s));
+            assert_eq!(CredentialStatus::parse(s.as_str()), Some(*s));
         }
         assert_eq!(CredentialStatus::parse("VALID"), None);
     }

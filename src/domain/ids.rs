@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The `sub` of a verified token: the user every credential belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,12 +61,6 @@ impl fmt::Display for CredentialId {
     }
 }
 
-impl Serialize for CredentialId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
 /// Correlates a request's response, logs and audit events.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestId(String);
@@ -74,6 +68,12 @@ pub struct RequestId(String);
 impl RequestId {
     pub fn from_random(bytes: [u8; 16]) -> Self {
         Self(format!("req_{}", hex_bytes(&bytes)))
+    }
+
+    /// Any short printable token (events from elsewhere may carry their own).
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok = !raw.is_empty() && raw.len() <= 128 && raw.bytes().all(|b| b.is_ascii_graphic());
+        ok.then(|| Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -108,35 +108,36 @@ impl Serialize for ProviderId {
     }
 }
 
-/// What a provider can do for the app.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Capability {
-    Tts,
-    Stt,
-    Llm,
+crate::wire_enum! {
+    /// What a provider can do for the app.
+    pub enum Capability {
+        Tts = "tts",
+        Stt = "stt",
+        Llm = "llm",
+    }
 }
 
-impl Capability {
-    pub const ALL: [Capability; 3] = [Capability::Tts, Capability::Stt, Capability::Llm];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Capability::Tts => "tts",
-            Capability::Stt => "stt",
-            Capability::Llm => "llm",
+/// Serde for ids that are strings on the wire and parsed on the way in.
+macro_rules! string_id_serde {
+    ($($name:ident),+) => {$(
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
         }
-    }
 
-    pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == raw)
-    }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                $name::parse(&raw).ok_or_else(|| {
+                    serde::de::Error::custom(concat!("not a valid ", stringify!($name)))
+                })
+            }
+        }
+    )+};
 }
 
-impl Serialize for Capability {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
+string_id_serde!(UserId, CredentialId, RequestId);
 
 pub fn hex_bytes(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -4,6 +4,7 @@
 pub mod credential;
 pub mod ids;
 pub mod time;
+pub mod wire;
 
 pub use credential::{
     key_hint, Credential, CredentialParams, CredentialStatus, KeyColumns, Model, Preference, Quota,

@@ -41,7 +41,7 @@ pub fn outbox_insert(
     let body = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut args = vec![
         text(&event.id),
-        text(&event.user_id),
+        text(event.user_id.as_str()),
         text(&body),
         num(now_ms()),
     ];
@@ -88,8 +88,9 @@ struct Row {
 
 impl Row {
     /// Rebuilds the event exactly as it was hashed; a row that no longer parses (e.g. an
-    /// edited action) is returned with a blank event, so verification reports it broken.
-    fn into_chained(self) -> ChainedEvent {
+    /// edited action) is returned with a blank event of `user` (whose rows these are), so
+    /// verification reports it broken.
+    fn into_chained(self, user: &UserId) -> ChainedEvent {
         let detail = self
             .detail
             .as_deref()
@@ -101,7 +102,7 @@ impl Row {
             "reason": self.reason, "source": self.source, "request_id": self.request_id, "detail": detail,
         });
         let event = serde_json::from_value(value)
-            .unwrap_or_else(|_| AuditEvent::unreadable(&self.id, &self.user_id));
+            .unwrap_or_else(|_| AuditEvent::unreadable(&self.id, user));
         ChainedEvent {
             event,
             seq: self.seq as u64,
@@ -116,9 +117,15 @@ impl<'a> D1AuditStore<'a> {
         Self { db }
     }
 
-    async fn rows(&self, sql: &str, args: &[JsValue]) -> Result<Vec<ChainedEvent>, StoreError> {
+    /// `user`'s chained events the query selects.
+    async fn rows(
+        &self,
+        user: &UserId,
+        sql: &str,
+        args: &[JsValue],
+    ) -> Result<Vec<ChainedEvent>, StoreError> {
         let rows: Vec<Row> = self.db.all(sql, args).await?;
-        Ok(rows.into_iter().map(Row::into_chained).collect())
+        Ok(rows.into_iter().map(|r| r.into_chained(user)).collect())
     }
 
     async fn anchor(&self, table: &str, user: &str) -> Result<Option<ChainHead>, StoreError> {
@@ -288,7 +295,7 @@ impl AuditStore for D1AuditStore<'_> {
             q.before_seq.map(num).unwrap_or(JsValue::NULL),
             num(u64::from(q.limit)),
         ];
-        self.rows(&sql, &args).await
+        self.rows(user, &sql, &args).await
     }
 
     async fn chain_page(
@@ -299,6 +306,7 @@ impl AuditStore for D1AuditStore<'_> {
     ) -> Result<Vec<ChainedEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM audit_events WHERE user_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3");
         self.rows(
+            user,
             &sql,
             &[text(user.as_str()), num(after), num(u64::from(limit))],
         )

@@ -22,40 +22,43 @@ use crate::ports::AuditStore;
 use crate::probe::SystemJitter;
 use crate::queues::QueueRole;
 
-/// The configuration, parsed on the first request of each isolate and kept for its life.
-fn config(env: &Env) -> Result<&'static Config, &'static [ConfigError]> {
-    thread_local! {
-        static CONFIG: std::cell::OnceCell<&'static Result<Config, Vec<ConfigError>>> =
-            const { std::cell::OnceCell::new() };
+/// What an isolate parses once and keeps for its life: the configuration and, when
+/// it names an issuer's JWKS, the cache of that key set.
+struct Isolate {
+    config: Result<Config, Vec<ConfigError>>,
+    jwks: Option<JwksCache>,
+}
+
+impl Isolate {
+    fn config(&self) -> Result<&Config, &[ConfigError]> {
+        self.config.as_ref().map_err(Vec::as_slice)
     }
-    let parsed = CONFIG.with(|cell| {
+}
+
+fn isolate(env: &Env) -> &'static Isolate {
+    thread_local! {
+        static ISOLATE: std::cell::OnceCell<&'static Isolate> = const { std::cell::OnceCell::new() };
+    }
+    ISOLATE.with(|cell| {
         *cell.get_or_init(|| {
-            let parsed = Config::parse(|name| runtime::env_string(env, name));
-            if let Err(errors) = &parsed {
+            let config = Config::parse(|name| runtime::env_string(env, name));
+            if let Err(errors) = &config {
                 for e in errors {
                     worker::console_error!("configuration: {e}");
                 }
             }
+            let jwks = config
+                .as_ref()
+                .ok()
+                .and_then(|c| JwksCache::for_settings(&c.jwt));
             // Leaked once per isolate on purpose: every request borrows it.
-            Box::leak(Box::new(parsed))
+            Box::leak(Box::new(Isolate { config, jwks }))
         })
-    });
-    parsed.as_ref().map_err(Vec::as_slice)
-}
-
-/// The issuer's key set, cached for the isolate's life (see `auth::JwksCache`).
-fn jwks() -> &'static JwksCache {
-    thread_local! {
-        static JWKS: &'static JwksCache = Box::leak(Box::new(JwksCache::new()));
-    }
-    JWKS.with(|j| *j)
+    })
 }
 
 #[event(fetch)]
 async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<worker::Response> {
-    let started = runtime::now_ms();
-    let method = req.method().to_string();
-    let path = req.path();
     let request = runtime::read_request(req).await?;
     let db = db::Db::new(&env);
     let store = credential_store::D1Store::new(&db);
@@ -67,26 +70,22 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     };
     let limiter = limits::BindingLimiter::new(&env);
     let log = |line: &str| worker::console_log!("{line}");
+    let isolate = isolate(&env);
     let app = App {
-        config: config(&env),
+        config: isolate.config(),
         store: &store,
         http: &fetch::FetchClient,
         clock: &runtime::WorkerClock,
         jitter: &SystemJitter,
         audit: &sink,
         audit_log: &audit_log,
-        jwks: jwks(),
+        jwks: isolate.jwks.as_ref(),
         signatures: &webcrypto::WebCryptoVerifier,
         limiter: &limiter,
         log: &log,
     };
+    // The core writes the request's one structured log line.
     let response = api::handle(&app, &request).await;
-    worker::console_log!(
-        "{method} {path} {} {}ms {}",
-        response.status,
-        runtime::now_ms().saturating_sub(started),
-        response.header("x-request-id").unwrap_or("-")
-    );
     runtime::write_response(response)
 }
 
@@ -109,7 +108,7 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
             event.cron()
         ),
     }
-    let Ok(config) = config(&env) else {
+    let Ok(config) = isolate(&env).config() else {
         worker::console_error!("scheduled retention skipped: the configuration has problems");
         return;
     };

@@ -7,6 +7,7 @@ use worker::js_sys::{self, Array, Function, Promise, Reflect, Uint8Array, JSON};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 
+use crate::auth::Algorithm;
 use crate::ports::{PublicJwk, SignatureVerifier};
 
 pub struct WebCryptoVerifier;
@@ -22,18 +23,18 @@ async fn call(subtle: &JsValue, method: &str, args: &Array) -> Result<JsValue, J
 }
 
 async fn check(
-    alg: &str,
+    alg: Algorithm,
     key: &PublicJwk,
     input: &[u8],
     signature: &[u8],
 ) -> Result<bool, JsValue> {
     let (jwk, import, verify) = match (alg, key) {
-        ("RS256", PublicJwk::Rsa { n, e }) => (
+        (Algorithm::Rs256, PublicJwk::Rsa { n, e }) => (
             json!({"kty": "RSA", "n": n, "e": e, "alg": "RS256", "ext": true}),
             json!({"name": "RSASSA-PKCS1-v1_5", "hash": "SHA-256"}),
             json!({"name": "RSASSA-PKCS1-v1_5"}),
         ),
-        ("ES256", PublicJwk::P256 { x, y }) => (
+        (Algorithm::Es256, PublicJwk::P256 { x, y }) => (
             json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "ext": true}),
             json!({"name": "ECDSA", "namedCurve": "P-256"}),
             json!({"name": "ECDSA", "hash": "SHA-256"}),
@@ -64,11 +65,17 @@ async fn check(
 
 #[async_trait(?Send)]
 impl SignatureVerifier for WebCryptoVerifier {
-    async fn verify(&self, alg: &str, key: &PublicJwk, input: &[u8], signature: &[u8]) -> bool {
+    async fn verify(
+        &self,
+        alg: Algorithm,
+        key: &PublicJwk,
+        input: &[u8],
+        signature: &[u8],
+    ) -> bool {
         match check(alg, key, input, signature).await {
             Ok(ok) => ok,
             Err(_) => {
-                worker::console_warn!("jwt: WebCrypto refused a {alg} key or signature");
+                worker::console_warn!("jwt: WebCrypto refused a {} key or signature", alg.as_str());
                 false
             }
         }

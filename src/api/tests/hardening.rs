@@ -6,7 +6,7 @@ use base64::{
 };
 
 use super::*;
-use crate::domain::Credential;
+use crate::domain::{Credential, UserId};
 
 const KEY2: &str = "sk_1111222233334444555566667777888899990000aaaabbbb";
 

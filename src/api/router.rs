@@ -1,0 +1,318 @@
+//! Where routes are declared: one table, read in one screen, and the one wrapper every
+//! route goes through (configuration, body size, method, authentication, the audit event).
+
+use futures::future::LocalBoxFuture;
+
+use super::{audit, credentials, health, input, preferences, App, Request, Response};
+use crate::audit::{Actor, ActorType, Facts, Origin};
+use crate::auth::{bearer_token, AuthError, JwtVerifier};
+use crate::config::Config;
+use crate::domain::{RequestId, UserId};
+use crate::error::ApiError;
+use crate::vault::{Caller, Vault};
+
+/// A route's handler. `Open` ones answer without configuration or a caller (health);
+/// `User` ones run for an authenticated user.
+#[derive(Clone, Copy)]
+pub(super) enum Handler {
+    Open(for<'r> fn(&'r App<'r>) -> LocalBoxFuture<'r, Response>),
+    User(for<'r> fn(&'r Ctx<'r>) -> LocalBoxFuture<'r, Outcome>),
+}
+
+use Handler::{Open, User};
+
+pub(super) struct Route {
+    pub method: &'static str,
+    /// Segments in braces (`{id}`) match any one segment and reach the handler in order.
+    pub path: &'static str,
+    pub handler: Handler,
+}
+
+#[rustfmt::skip]
+pub(super) static ROUTES: &[Route] = &[
+    Route { method: "GET",    path: "/v1/health",                    handler: Open(|a| Box::pin(health::health(a))) },
+    Route { method: "GET",    path: "/v1/providers",                 handler: User(|c| Box::pin(credentials::providers(c))) },
+    Route { method: "GET",    path: "/v1/credentials",               handler: User(|c| Box::pin(credentials::list(c))) },
+    Route { method: "POST",   path: "/v1/credentials",               handler: User(|c| Box::pin(credentials::create(c))) },
+    Route { method: "GET",    path: "/v1/credentials/{id}",          handler: User(|c| Box::pin(credentials::get(c))) },
+    Route { method: "PATCH",  path: "/v1/credentials/{id}",          handler: User(|c| Box::pin(credentials::update(c))) },
+    Route { method: "DELETE", path: "/v1/credentials/{id}",          handler: User(|c| Box::pin(credentials::delete(c))) },
+    Route { method: "POST",   path: "/v1/credentials/{id}/validate", handler: User(|c| Box::pin(credentials::validate(c))) },
+    Route { method: "GET",    path: "/v1/credentials/{id}/models",   handler: User(|c| Box::pin(credentials::models(c))) },
+    Route { method: "GET",    path: "/v1/preferences",               handler: User(|c| Box::pin(preferences::get(c))) },
+    Route { method: "PUT",    path: "/v1/preferences/{capability}",  handler: User(|c| Box::pin(preferences::put(c))) },
+    Route { method: "GET",    path: "/v1/audit",                     handler: User(|c| Box::pin(audit::list(c))) },
+    Route { method: "GET",    path: "/v1/audit/verify",              handler: User(|c| Box::pin(audit::verify(c))) },
+];
+
+/// What a handler did: its answer, and (for an audited operation) what its audit event
+/// says, as one value.
+pub(crate) struct Outcome {
+    pub result: Result<Response, ApiError>,
+    pub audit: Option<Facts>,
+}
+
+impl Outcome {
+    /// An answer with no audit event (catalog, preferences and audit reads).
+    pub fn unaudited(result: Result<Response, ApiError>) -> Self {
+        Self {
+            result,
+            audit: None,
+        }
+    }
+
+    pub fn audited(result: Result<Response, ApiError>, facts: Facts) -> Self {
+        Self {
+            result,
+            audit: Some(facts),
+        }
+    }
+}
+
+/// What a `User` handler gets: the request, its path parameters, the authenticated user,
+/// and the way to the operations.
+pub(crate) struct Ctx<'r> {
+    pub app: &'r App<'r>,
+    pub config: &'r Config,
+    pub request: &'r Request,
+    /// The `{…}` segments of the path, in order.
+    pub params: Vec<&'r str>,
+    pub user: UserId,
+    /// What the per-address live-check limit counts for this caller.
+    network: String,
+    origin: Origin,
+}
+
+impl<'r> Ctx<'r> {
+    /// The path parameter at `i` (the route's pattern guarantees it is there).
+    pub fn param(&self, i: usize) -> &'r str {
+        self.params.get(i).copied().unwrap_or_default()
+    }
+
+    pub fn vault(&self) -> Vault<'r> {
+        let app = self.app;
+        Vault {
+            config: self.config,
+            store: app.store,
+            http: app.http,
+            clock: app.clock,
+            jitter: app.jitter,
+            limiter: app.limiter,
+            log: app.log,
+        }
+    }
+
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            user: &self.user,
+            network: &self.network,
+            origin: &self.origin,
+        }
+    }
+}
+
+/// What the per-address limit counts for a caller: the address Cloudflare's edge reports
+/// (`CF-Connecting-IP`, which a client cannot set: the edge overwrites it), an IPv6 one cut
+/// to its /64, since whoever holds one address of a /64 holds them all.
+fn client_network(header: Option<&str>) -> String {
+    match header.map(str::trim).map(str::parse::<std::net::IpAddr>) {
+        Some(Ok(std::net::IpAddr::V4(v4))) => v4.to_string(),
+        Some(Ok(std::net::IpAddr::V6(v6))) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// The path's parameters if `path` matches `pattern`.
+fn matches<'p>(pattern: &str, path: &[&'p str]) -> Option<Vec<&'p str>> {
+    let want: Vec<&str> = pattern.split('/').skip(1).collect();
+    if want.len() != path.len() {
+        return None;
+    }
+    let mut params = Vec::new();
+    for (w, got) in want.iter().zip(path) {
+        if w.starts_with('{') {
+            params.push(*got);
+        } else if w != got {
+            return None;
+        }
+    }
+    Some(params)
+}
+
+async fn authenticate(
+    app: &App<'_>,
+    config: &Config,
+    request: &Request,
+) -> Result<UserId, ApiError> {
+    let token = bearer_token(request.header("authorization"))
+        .ok_or(ApiError::unauthorized(AuthError::Missing))?;
+    let mut verifier = JwtVerifier::new(&config.jwt);
+    if let Some(cache) = app.jwks {
+        verifier = verifier.with_jwks(cache, app.http, app.signatures);
+    }
+    verifier
+        .verify(token, app.clock.now())
+        .await
+        .map_err(ApiError::unauthorized)
+}
+
+/// Finds the request's route and runs it: the route's pattern (for the log line) and the
+/// answer. Every `User` route is authenticated first; an audited operation has exactly
+/// one event whatever its outcome (written with its change, or recorded here).
+pub(super) async fn dispatch(
+    app: &App<'_>,
+    request: &Request,
+    request_id: &RequestId,
+) -> (Option<&'static str>, Result<Response, ApiError>) {
+    let path: Vec<&str> = request
+        .url
+        .path()
+        .trim_end_matches('/')
+        .split('/')
+        .skip(1)
+        .collect();
+    let method = request.method.as_str();
+    if method == "OPTIONS" {
+        return (None, Ok(Response::empty(204)));
+    }
+    let candidates: Vec<(&Route, Vec<&str>)> = ROUTES
+        .iter()
+        .filter_map(|r| matches(r.path, &path).map(|p| (r, p)))
+        .collect();
+    let Some((route, params)) = candidates.iter().find(|(r, _)| {
+        r.method == method
+            || (method == "HEAD" && r.method == "GET" && matches!(r.handler, Open(_)))
+    }) else {
+        let route = candidates.first().map(|(r, _)| r.path);
+        // Health answers its own 405; anywhere else the configuration and the body size
+        // are checked first, as for a known route.
+        if !candidates.iter().any(|(r, _)| matches!(r.handler, Open(_))) {
+            if let Err(e) = configured(app) {
+                return (route, Err(e));
+            }
+            if request.body.len() > input::MAX_BODY_BYTES {
+                return (
+                    route,
+                    Err(ApiError::payload_too_large(input::MAX_BODY_BYTES)),
+                );
+            }
+        }
+        let error = match route {
+            Some(_) => ApiError::method_not_allowed(),
+            None => ApiError::not_found(),
+        };
+        return (route, Err(error));
+    };
+    let handler = match route.handler {
+        Open(open) => return (Some(route.path), Ok(open(app).await)),
+        User(handler) => handler,
+    };
+    let config = match configured(app) {
+        Ok(c) => c,
+        Err(e) => return (Some(route.path), Err(e)),
+    };
+    if request.body.len() > input::MAX_BODY_BYTES {
+        let e = ApiError::payload_too_large(input::MAX_BODY_BYTES);
+        return (Some(route.path), Err(e));
+    }
+    let user = match authenticate(app, config, request).await {
+        Ok(u) => u,
+        Err(e) => return (Some(route.path), Err(e)),
+    };
+    let ctx = Ctx {
+        app,
+        config,
+        request,
+        params: params.clone(),
+        network: client_network(request.header("cf-connecting-ip")),
+        origin: Origin {
+            actor: Actor {
+                kind: ActorType::User,
+                id: user.as_str().to_owned(),
+            },
+            request_id: Some(request_id.clone()),
+        },
+        user,
+    };
+    let outcome = handler(&ctx).await;
+    if let Some(facts) = &outcome.audit {
+        match (&facts.committed, &outcome.result) {
+            // Written with the change: the chainer only needs to know.
+            (Some(id), Ok(_)) => app.audit.nudge(id).await,
+            _ => {
+                let failure = outcome.result.as_ref().err().map(|e| e.code);
+                let event = facts.event(&ctx.origin, &ctx.user, app.clock.now(), failure);
+                app.audit.record(&event).await;
+            }
+        }
+    }
+    (Some(route.path), outcome.result)
+}
+
+/// The configuration, or 503 `not_configured` naming what is wrong with it.
+fn configured<'a>(app: &App<'a>) -> Result<&'a Config, ApiError> {
+    app.config.map_err(|errors| {
+        let vars: Vec<&str> = errors.iter().map(|e| e.var).collect();
+        ApiError::not_configured(format!(
+            "The configuration has problems with: {}.",
+            vars.join(", ")
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_whole_paths_and_hand_over_their_parameters() {
+        fn path(p: &str) -> Vec<&str> {
+            p.split('/').skip(1).collect()
+        }
+        assert_eq!(
+            matches(
+                "/v1/credentials/{id}/validate",
+                &path("/v1/credentials/c_1/validate")
+            ),
+            Some(vec!["c_1"])
+        );
+        assert_eq!(
+            matches("/v1/credentials/{id}", &path("/v1/credentials/c_1/x")),
+            None
+        );
+        assert_eq!(matches("/v1/credentials", &path("/v1/credential")), None);
+        assert_eq!(matches("/v1/health", &path("/v1/health")), Some(vec![]));
+    }
+
+    #[test]
+    fn every_route_is_declared_once() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[i + 1..] {
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "{} {}",
+                    a.method,
+                    a.path
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_caller_is_counted_by_address_and_an_ipv6_one_by_its_64() {
+        assert_eq!(client_network(Some("203.0.113.7")), "203.0.113.7");
+        assert_eq!(client_network(Some(" ::ffff:203.0.113.7 ")), "203.0.113.7");
+        assert_eq!(
+            client_network(Some("2001:db8:1:2:dead:beef::1")),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(client_network(Some("not an address")), "unknown");
+        assert_eq!(client_network(None), "unknown");
+    }
+}

@@ -1,0 +1,436 @@
+//! The operations on credentials: load an owned one, list, add, change or rotate, re-check,
+//! delete. Every write is conditional on the row version it read and carries its audit
+//! event into the same transaction.
+
+use serde_json::json;
+
+use super::keys::{status_of, AcceptedKey, Candidate, Purpose};
+use super::{Caller, CredentialPatch, NewCredential, Vault};
+use crate::audit::{Action, AuditEvent, Facts};
+use crate::crypto::random_bytes;
+use crate::domain::{Credential, CredentialId, CredentialStatus, Model, ProviderId, Timestamp};
+use crate::error::{clip, ApiError, FieldError};
+use crate::ports::{Inserted, StoreError, Written};
+use crate::providers::{self, Accepted, Provider};
+
+/// How often a conditional write is tried again after a concurrent change it may safely
+/// build on (a re-check's status, a label) before the operation gives up with 409.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// What a change did, which names its audit event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Rotated,
+    ModelOnly,
+    Updated,
+}
+
+impl Change {
+    pub fn action(self) -> Action {
+        match self {
+            Change::Rotated => Action::CredentialRotated,
+            Change::ModelOnly => Action::ModelSelected,
+            Change::Updated => Action::CredentialUpdated,
+        }
+    }
+}
+
+/// Records a successful check on the row.
+fn apply_accepted(c: &mut Credential, accepted: Accepted, now: Timestamp) {
+    c.status = CredentialStatus::Valid;
+    c.status_detail = None;
+    c.warnings = accepted.warnings;
+    c.quota = accepted.quota.or(c.quota.take());
+    if let Some(models) = accepted.models {
+        c.models = Some(models);
+        c.models_fetched_at = Some(now);
+    }
+    c.consecutive_failures = 0;
+    c.last_validated_at = Some(now);
+    c.updated_at = now;
+}
+
+/// Records a check that did not pass on the row.
+fn apply_refusal(c: &mut Credential, status: CredentialStatus, detail: &str, now: Timestamp) {
+    c.status = status;
+    c.status_detail = Some(detail.to_owned());
+    c.consecutive_failures += 1;
+    c.last_validated_at = Some(now);
+    c.updated_at = now;
+}
+
+/// A chosen model must be one the provider lists for this key, when the list is known.
+pub(super) fn check_model(
+    provider: &'static dyn Provider,
+    model: &str,
+    known: Option<&[Model]>,
+) -> Result<(), ApiError> {
+    match known {
+        Some(models) if !models.iter().any(|m| m.id == model) => {
+            Err(ApiError::invalid_request(vec![FieldError::new(
+                "model",
+                format!(
+                    "{} does not offer '{}' to this key",
+                    provider.info().name,
+                    clip(model, 60)
+                ),
+            )]))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `now` still holds the key (and destination) that `then` held.
+fn same_key(then: &Credential, now: &Credential) -> bool {
+    then.fingerprint == now.fingerprint && then.params == now.params && then.secret == now.secret
+}
+
+fn provider_of(c: &Credential) -> Result<&'static dyn Provider, ApiError> {
+    providers::find(c.provider.as_str())
+        .ok_or_else(|| ApiError::internal().caused_by(format!("unknown provider {}", c.provider)))
+}
+
+impl Vault<'_> {
+    fn new_event(&self, caller: &Caller<'_>, facts: &Facts) -> AuditEvent {
+        facts.event(caller.origin, caller.user, self.clock.now(), None)
+    }
+
+    /// The caller's credential `raw_id`; another user's is as missing as one that never
+    /// was (404).
+    pub async fn owned(
+        &self,
+        caller: &Caller<'_>,
+        raw_id: &str,
+        facts: &mut Facts,
+    ) -> Result<Credential, ApiError> {
+        let id = CredentialId::parse(raw_id).ok_or_else(ApiError::not_found)?;
+        facts.about(&id, None);
+        let credential = self
+            .store
+            .get(caller.user, &id)
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+        facts.provider = Some(credential.provider);
+        Ok(credential)
+    }
+
+    /// The row as it is now, after a conditional write found it changed; 404 if it is gone.
+    async fn reload(&self, c: &Credential) -> Result<Credential, ApiError> {
+        self.store
+            .get(&c.user_id, &c.id)
+            .await?
+            .ok_or_else(ApiError::not_found)
+    }
+
+    /// The caller's credentials, newest first (without their model lists).
+    pub async fn list(
+        &self,
+        caller: &Caller<'_>,
+        provider: Option<ProviderId>,
+        facts: &mut Facts,
+    ) -> Result<Vec<Credential>, ApiError> {
+        facts.provider = provider.or(facts.provider);
+        Ok(self.store.list(caller.user, provider).await?)
+    }
+
+    /// Adds a key: checked live with its provider before anything is stored, sealed for its
+    /// row, stored with its event unless a parallel request stored the same key (or the
+    /// last free slot) first.
+    pub async fn add(
+        &self,
+        caller: &Caller<'_>,
+        new: NewCredential,
+        facts: &mut Facts,
+    ) -> Result<Credential, ApiError> {
+        let info = new.provider.info();
+        facts.provider = Some(info.id);
+        let limit = self.config.max_credentials_per_user;
+        let id = CredentialId::from_random(
+            random_bytes().map_err(|e| ApiError::internal().caused_by(e))?,
+        );
+        let AcceptedKey {
+            secret,
+            key_hint,
+            fingerprint,
+            prints,
+            accepted,
+        } = self
+            .accept_key(
+                caller,
+                Candidate {
+                    provider: new.provider,
+                    id: &id,
+                    params: &new.params,
+                    key: &new.api_key,
+                },
+                Purpose::Add { limit },
+                facts,
+            )
+            .await?;
+        if let Some(m) = &new.model {
+            check_model(new.provider, m, accepted.models.as_deref())?;
+        }
+        let now = self.clock.now();
+        let mut credential = Credential {
+            id,
+            user_id: caller.user.clone(),
+            provider: info.id,
+            label: new.label,
+            key_hint,
+            secret,
+            fingerprint,
+            params: new.params,
+            model: new.model,
+            status: CredentialStatus::Valid,
+            status_detail: None,
+            warnings: Vec::new(),
+            quota: None,
+            models: None,
+            models_fetched_at: None,
+            consecutive_failures: 0,
+            last_validated_at: None,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        };
+        apply_accepted(&mut credential, accepted, now);
+        facts.about(&credential.id, None);
+        let event = self.new_event(caller, facts);
+        match self
+            .store
+            .insert(&credential, &prints, limit, &event)
+            .await?
+        {
+            Inserted::Done => {
+                facts.committed = Some(event.id);
+                Ok(credential)
+            }
+            Inserted::Duplicate(existing) => {
+                facts.about(&existing, None);
+                Err(ApiError::duplicate(existing))
+            }
+            Inserted::LimitReached => Err(ApiError::credential_limit_reached(limit)),
+        }
+    }
+
+    /// Changes `read` (the caller's credential as loaded) by `patch`. A new key or
+    /// destination is checked first: if it fails, nothing changes. The write is
+    /// conditional on the version read: a change that landed meanwhile is built on when
+    /// it only touched the status or the label; another key is never overwritten (409).
+    pub async fn change(
+        &self,
+        caller: &Caller<'_>,
+        read: Credential,
+        patch: CredentialPatch,
+        facts: &mut Facts,
+    ) -> Result<(Credential, Change), ApiError> {
+        let provider = provider_of(&read)?;
+        let mut params = read.params.clone();
+        let moved = (patch.region.is_some() && patch.region != params.region)
+            || (patch.base_url.is_some() && patch.base_url != params.base_url);
+        if patch.region.is_some() {
+            params.region = patch.region;
+        }
+        if patch.base_url.is_some() {
+            params.base_url = patch.base_url;
+        }
+        // The stored key is never sent to a destination the user has just typed in.
+        if moved && patch.api_key.is_none() && read.secret.is_some() {
+            return Err(ApiError::secret_required());
+        }
+
+        let mut changed = Vec::new();
+        let rekey = if patch.api_key.is_some() || moved {
+            let key = patch
+                .api_key
+                .unwrap_or_else(|| crate::crypto::SecretKey::new(String::new()));
+            let accepted = self
+                .accept_key(
+                    caller,
+                    Candidate {
+                        provider,
+                        id: &read.id,
+                        params: &params,
+                        key: &key,
+                    },
+                    Purpose::Replace,
+                    facts,
+                )
+                .await?;
+            if accepted.secret.is_some() {
+                changed.push("api_key");
+            }
+            if moved {
+                changed.push(if provider.info().has_field("region") {
+                    "region"
+                } else {
+                    "base_url"
+                });
+            }
+            Some((accepted, params))
+        } else {
+            None
+        };
+        if patch.label.is_some() {
+            changed.push("label");
+        }
+        if patch.model.is_some() {
+            changed.push("model");
+        }
+        let change = if changed.contains(&"api_key") {
+            Change::Rotated
+        } else if changed == ["model"] {
+            Change::ModelOnly
+        } else {
+            Change::Updated
+        };
+        facts.action = change.action();
+        facts.detail = Some(json!({ "changed": changed }));
+
+        let now = self.clock.now();
+        let mut current = read.clone();
+        for _ in 0..WRITE_ATTEMPTS {
+            let mut next = current.clone();
+            if let Some((r, params)) = &rekey {
+                if let Some(secret) = &r.secret {
+                    next.secret = Some(secret.clone());
+                    next.key_hint = r.key_hint.clone();
+                }
+                next.fingerprint = r.fingerprint.clone();
+                next.params = params.clone();
+                apply_accepted(&mut next, r.accepted.clone(), now);
+            }
+            if let Some(label) = &patch.label {
+                next.label = label.clone();
+            }
+            if let Some(model) = &patch.model {
+                if let Some(m) = model {
+                    check_model(provider, m, next.models.as_deref())?;
+                }
+                next.model = model.clone();
+            }
+            next.updated_at = now;
+            let event = self.new_event(caller, facts);
+            match self.store.update(&next, &event).await {
+                Ok(Written::Done) => {
+                    facts.committed = Some(event.id);
+                    next.version += 1;
+                    return Ok((next, change));
+                }
+                Ok(Written::Missing) => return Err(ApiError::not_found()),
+                Ok(Written::Conflict) => {
+                    current = self.reload(&read).await?;
+                    if rekey.is_some() && !same_key(&read, &current) {
+                        return Err(ApiError::conflict(
+                            "The key was changed by another request meanwhile; this change was not made.",
+                        ));
+                    }
+                }
+                // The unique index: a parallel request stored this key elsewhere meanwhile.
+                Err(StoreError::Conflict(cause)) if rekey.is_some() => {
+                    let prints: Vec<String> = next.fingerprint.iter().cloned().collect();
+                    let holder = self.store.occupancy(caller.user, &prints).await?.duplicate;
+                    return Err(match holder.filter(|e| *e != read.id) {
+                        Some(existing) => ApiError::duplicate(existing),
+                        None => ApiError::conflict("A concurrent change got there first."),
+                    }
+                    .caused_by(cause));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::conflict(
+            "The credential kept changing while this request tried to save; try again.",
+        ))
+    }
+
+    /// Re-checks `read`'s stored key now and records what the provider says, in the check
+    /// columns only: the key is never written back. A dead key is a result, not an error:
+    /// the row's status says so (and the event is a failure). If the key was rotated (or
+    /// moved) while the check ran, the result is about a key that is no longer stored: it
+    /// is not written, and the answer is 409.
+    pub async fn recheck(
+        &self,
+        caller: &Caller<'_>,
+        read: Credential,
+        facts: &mut Facts,
+    ) -> Result<Credential, ApiError> {
+        let provider = provider_of(&read)?;
+        // Err((status, detail, audit reason)) when the key did not pass.
+        let outcome = match self.open_key(&read)? {
+            Some(key) => match self
+                .live_check(caller, provider, &read.params, &key)
+                .await?
+            {
+                Ok(accepted) => Ok(accepted),
+                Err(f) => Err((
+                    status_of(&f),
+                    f.message().to_owned(),
+                    ApiError::from_failure(read.provider, f.clone()).code,
+                )),
+            },
+            None => Err((
+                CredentialStatus::NeedsReconfiguration,
+                "The stored key cannot be decrypted; enter it again.".to_owned(),
+                "decryption_failed",
+            )),
+        };
+        if let Err((_, _, reason)) = &outcome {
+            facts.failure = Some(reason);
+        }
+        let now = self.clock.now();
+        let mut current = read.clone();
+        for _ in 0..WRITE_ATTEMPTS {
+            let mut next = current.clone();
+            match &outcome {
+                Ok(accepted) => apply_accepted(&mut next, accepted.clone(), now),
+                Err((status, detail, _)) => apply_refusal(&mut next, *status, detail, now),
+            }
+            facts.detail = Some(json!({
+                "previous_status": current.status.as_str(),
+                "new_status": next.status.as_str(),
+            }));
+            let event = self.new_event(caller, facts);
+            match self.store.record_check(&next, &event).await? {
+                Written::Done => {
+                    facts.committed = Some(event.id);
+                    next.version += 1;
+                    return Ok(next);
+                }
+                Written::Missing => return Err(ApiError::not_found()),
+                Written::Conflict => {
+                    current = self.reload(&read).await?;
+                    if !same_key(&read, &current) {
+                        return Err(ApiError::conflict(
+                            "The key was replaced while it was being checked; the new key was checked when it was saved.",
+                        ));
+                    }
+                }
+            }
+        }
+        Err(ApiError::conflict(
+            "The credential kept changing while it was being checked; try again.",
+        ))
+    }
+
+    /// Removes the caller's credential `raw_id`, its ciphertext and the preferences that
+    /// pointed at it, with its event.
+    pub async fn delete(
+        &self,
+        caller: &Caller<'_>,
+        raw_id: &str,
+        facts: &mut Facts,
+    ) -> Result<(), ApiError> {
+        let id = CredentialId::parse(raw_id).ok_or_else(ApiError::not_found)?;
+        facts.about(&id, None);
+        let event = self.new_event(caller, facts);
+        let provider = self
+            .store
+            .delete(caller.user, &id, &event)
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+        facts.provider = Some(provider);
+        facts.committed = Some(event.id);
+        Ok(())
+    }
+}

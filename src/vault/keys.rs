@@ -1,0 +1,233 @@
+//! Keys: accepting a new one (fingerprint → duplicate → live check → seal → hint, the one
+//! sequence both adding and rotating use), checking one live, opening a stored one.
+
+use super::{Caller, Vault};
+use crate::audit::Facts;
+use crate::crypto::{fingerprint, open, seal, Binding, MasterKeys, Sealed, SecretKey};
+use crate::domain::{key_hint, Credential, CredentialId, CredentialParams, CredentialStatus};
+use crate::domain::{ProviderId, UserId};
+use crate::endpoint_guard::check_base_url;
+use crate::error::ApiError;
+use crate::ports::LimitScope;
+use crate::probe::{Failure, Prober};
+use crate::providers::{self, Accepted, Provider, Target};
+
+/// How long a caller refused by the vault's own limits is told to wait: the period of the
+/// rate-limit bindings in wrangler.toml.
+pub const RATE_LIMIT_PERIOD_SECONDS: u64 = 60;
+
+/// What a new key is being accepted for.
+pub(super) enum Purpose {
+    /// A new credential: the user may hold at most `limit`.
+    Add { limit: u32 },
+    /// A new key (or destination) for the stored credential `id`.
+    Replace,
+}
+
+/// A key offered for a row: which provider, which row (the seal binds it), where it is
+/// used.
+pub(super) struct Candidate<'k> {
+    pub provider: &'static dyn Provider,
+    pub id: &'k CredentialId,
+    pub params: &'k CredentialParams,
+    pub key: &'k SecretKey,
+}
+
+/// A key that passed every check, sealed for its row and ready to be written.
+pub(super) struct AcceptedKey {
+    /// `None` for a keyless endpoint.
+    pub secret: Option<Sealed>,
+    pub key_hint: Option<String>,
+    /// Under the active master key version.
+    pub fingerprint: Option<String>,
+    /// Under every master key version: what a duplicate is found by.
+    pub prints: Vec<String>,
+    /// What the provider said.
+    pub accepted: Accepted,
+}
+
+/// What a duplicate is recognised by: the key, or for a keyless endpoint its URL.
+fn fingerprint_material(key: &SecretKey, params: &CredentialParams) -> SecretKey {
+    if key.is_empty() {
+        SecretKey::new(format!(
+            "keyless:{}",
+            params.base_url.as_deref().unwrap_or_default()
+        ))
+    } else {
+        SecretKey::new(key.expose().to_owned())
+    }
+}
+
+fn fingerprints(
+    keys: &MasterKeys,
+    user: &UserId,
+    provider: ProviderId,
+    material: &SecretKey,
+) -> Vec<String> {
+    keys.versions()
+        .filter_map(|v| fingerprint(keys, v, user, provider, material))
+        .collect()
+}
+
+/// How a probe's refusal is recorded on a row.
+pub(super) fn status_of(f: &Failure) -> CredentialStatus {
+    match f {
+        Failure::InvalidKey(_) => CredentialStatus::InvalidKey,
+        Failure::InsufficientScope(_) => CredentialStatus::InsufficientScope,
+        Failure::QuotaExhausted(_) => CredentialStatus::QuotaExhausted,
+        Failure::RateLimited { .. } => CredentialStatus::RateLimited,
+        Failure::Unreachable(_) => CredentialStatus::Unreachable,
+        Failure::ProviderError(_) => CredentialStatus::ProviderError,
+    }
+}
+
+impl Vault<'_> {
+    pub(super) fn master_keys(&self) -> Result<&MasterKeys, ApiError> {
+        self.config
+            .master_keys
+            .as_ref()
+            .map_err(|e| ApiError::not_configured(e.to_string()))
+    }
+
+    /// Accepts a candidate key: refused as a duplicate (or past
+    /// the user's limit) before the provider is asked, then checked live, then sealed
+    /// for its row. Nothing is written here.
+    pub(super) async fn accept_key(
+        &self,
+        caller: &Caller<'_>,
+        candidate: Candidate<'_>,
+        purpose: Purpose,
+        facts: &mut Facts,
+    ) -> Result<AcceptedKey, ApiError> {
+        let Candidate {
+            provider,
+            id,
+            params,
+            key,
+        } = candidate;
+        let info = provider.info();
+        let keys = self.master_keys()?;
+        let material = fingerprint_material(key, params);
+        let prints = fingerprints(keys, caller.user, info.id, &material);
+        // Checked again, atomically, when the row is written.
+        let occupied = self.store.occupancy(caller.user, &prints).await?;
+        match purpose {
+            Purpose::Add { limit } => {
+                if let Some(existing) = occupied.duplicate {
+                    facts.about(&existing, None);
+                    return Err(ApiError::duplicate(existing));
+                }
+                if occupied.count >= limit {
+                    return Err(ApiError::credential_limit_reached(limit));
+                }
+            }
+            Purpose::Replace => {
+                if let Some(existing) = occupied.duplicate.filter(|e| e != id) {
+                    return Err(ApiError::duplicate(existing));
+                }
+            }
+        }
+        let accepted = self
+            .live_check(caller, provider, params, key)
+            .await?
+            .map_err(|f| ApiError::from_failure(info.id, f))?;
+        let secret = if key.is_empty() {
+            None
+        } else {
+            Some(
+                seal(keys, &Binding::new(caller.user, id, info.id), key)
+                    .map_err(|e| ApiError::internal().caused_by(format!("sealing: {e}")))?,
+            )
+        };
+        Ok(AcceptedKey {
+            key_hint: secret.as_ref().map(|_| key_hint(key.expose())),
+            secret,
+            fingerprint: fingerprint(keys, keys.active(), caller.user, info.id, &material),
+            prints,
+            accepted,
+        })
+    }
+
+    /// One live check of `key` at `params`: the endpoint guard, then the vault's rate
+    /// limits (refused with 429 before any provider is contacted), then the provider,
+    /// whose every word comes back cleaned (`providers::check`). The outer error is a
+    /// refusal by the vault; the inner one is the provider's answer.
+    pub(super) async fn live_check(
+        &self,
+        caller: &Caller<'_>,
+        provider: &'static dyn Provider,
+        params: &CredentialParams,
+        key: &SecretKey,
+    ) -> Result<Result<Accepted, Failure>, ApiError> {
+        if let Some(url) = &params.base_url {
+            if let Err(e) = check_base_url(url, self.config.allow_private_base_urls) {
+                return Ok(Err(Failure::Unreachable(format!(
+                    "The base_url is not allowed: it {e}"
+                ))));
+            }
+        }
+        self.limit_live_check(caller).await?;
+        let prober = Prober::new(
+            self.http,
+            self.clock,
+            self.jitter,
+            self.config.validation_deadline_ms,
+            self.config.probe_attempt_timeout_ms,
+        );
+        let target = Target {
+            bases: self.config.endpoints(provider.info().id),
+            params,
+        };
+        Ok(providers::check(provider, &prober, &target, key).await)
+    }
+
+    /// Counts one live provider check against the caller's network and user, and refuses
+    /// it when either is over its limit. The network is counted first: a refused network
+    /// spends nothing of the user's allowance.
+    async fn limit_live_check(&self, caller: &Caller<'_>) -> Result<(), ApiError> {
+        if !self.config.rate_limits {
+            return Ok(());
+        }
+        for (scope, key) in [
+            (LimitScope::ClientAddress, caller.network),
+            (LimitScope::User, caller.user.as_str()),
+        ] {
+            match self.limiter.allow(scope, key).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(
+                        ApiError::rate_limited(scope, RATE_LIMIT_PERIOD_SECONDS).caused_by(
+                            format!("the {} limit on live checks is reached", scope.as_str()),
+                        ),
+                    )
+                }
+                Err(e) => {
+                    return Err(ApiError::not_configured(
+                        "The rate limiter for live checks is not available.",
+                    )
+                    .caused_by(e))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored key in the clear; `None` when it no longer decrypts (a master key
+    /// version removed, a tampered row). A keyless credential has the empty key.
+    pub(super) fn open_key(&self, c: &Credential) -> Result<Option<SecretKey>, ApiError> {
+        let keys = self.master_keys()?;
+        let Some(sealed) = &c.secret else {
+            // No envelope: a keyless endpoint, or columns that no longer make one (shown
+            // as needing reconfiguration when the row was read).
+            return Ok((c.status != CredentialStatus::NeedsReconfiguration)
+                .then(|| SecretKey::new(String::new())));
+        };
+        match open(keys, &c.binding(), sealed) {
+            Ok(key) => Ok(Some(key)),
+            Err(e) => {
+                (self.log)(&format!("credential {} cannot be decrypted: {e}", c.id));
+                Ok(None)
+            }
+        }
+    }
+}

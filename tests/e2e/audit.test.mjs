@@ -176,10 +176,10 @@ describe('audit messages delivered by hand to the real local queue', () => {
   let vault;
   before(async () => {
     fake = await startFakeProviders();
-    // tests/e2e/injector fronts the vault and can put any message on its audit queue.
+    // tests/e2e/front fronts the vault and can put any message on its audit queue.
     // wrangler dev binds no [[ratelimits]] to the second worker of a multi-config session,
     // so the vault's own live-check limits are off here.
-    vault = await startVault({ vars: { ...fake.vars(), RATE_LIMITS: 'off' }, injector: true });
+    vault = await startVault({ vars: { ...fake.vars(), RATE_LIMITS: 'off' }, front: true });
   });
   after(async () => {
     await vault?.stop();

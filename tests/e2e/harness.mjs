@@ -95,11 +95,16 @@ export function withoutAuditQueueProducer(toml) {
 
 /**
  * Starts a vault. `secrets` are merged over generated MASTER_KEY/AUTH_JWT_SECRET (a
- * null value leaves that secret out); `vars` are passed with --var; `config` rewrites the
- * text of wrangler.toml for this run (the copy sits beside it, so its paths still hold);
- * `injector` puts tests/e2e/injector in front, to deliver audit messages by hand.
+ * null value leaves that secret out); `vars` are its vars; `config` rewrites the text of
+ * wrangler.toml for this run (the copy sits beside it, so its paths still hold).
+ *
+ * `front` puts tests/e2e/front before the vault in one multi-config session: the tests
+ * then read and write the local D1 through the running instance (`vault.sql`) and can put
+ * messages on the audit queue by hand. wrangler dev binds no [[ratelimits]] to the second
+ * worker of such a session, so it is the default exactly when RATE_LIMITS is off; a vault
+ * with its live-check limits on runs alone, and `vault.sql` then asks wrangler itself.
  */
-export async function startVault({ secrets = {}, vars = {}, config, injector = false } = {}) {
+export async function startVault({ secrets = {}, vars = {}, config, front = vars.RATE_LIMITS === 'off' } = {}) {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'byok-e2e-'));
   const state = path.join(dir, 'state');
   const all = {
@@ -115,7 +120,7 @@ export async function startVault({ secrets = {}, vars = {}, config, injector = f
 
   let configFile;
   let runDir;
-  if (injector) {
+  if (front) {
     // In a multi-config session only the first worker gets --env-file and --var; the vault
     // reads .dev.vars beside its own config, so it gets a folder of its own.
     runDir = path.join(ROOT, '.test-runs', path.basename(dir));
@@ -136,9 +141,9 @@ export async function startVault({ secrets = {}, vars = {}, config, injector = f
   const inspector = await freePort();
   const args = [
     'dev',
-    // With the injector, it comes first (it is what listens) and the vault second.
-    ...(injector ? ['--config', path.join(ROOT, 'tests/e2e/injector/wrangler.toml'), '--config', configFile ?? path.join(ROOT, 'wrangler.toml')] : []),
-    ...(!injector && configFile ? ['--config', configFile] : []), '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspector),
+    // With the front worker, it comes first (it is what listens) and the vault second.
+    ...(front ? ['--config', path.join(ROOT, 'tests/e2e/front/wrangler.toml'), '--config', configFile ?? path.join(ROOT, 'wrangler.toml')] : []),
+    ...(!front && configFile ? ['--config', configFile] : []), '--ip', '127.0.0.1', '--port', String(port), '--inspector-port', String(inspector),
     '--persist-to', state, '--env-file', envFile, '--show-interactive-dev-session=false', '--test-scheduled',
     ...Object.entries(vars).flatMap(([k, v]) => ['--var', `${k}:${v}`]),
   ];
@@ -174,13 +179,21 @@ export async function startVault({ secrets = {}, vars = {}, config, injector = f
     },
 
     /**
-     * Rows from the local D1 database, read with wrangler itself. That is a second process
-     * on the same SQLite file the running Worker (and its queue consumer) writes to; when
-     * the two collide, wrangler answers with a D1 error ("internal error", "false == true")
-     * and the query is repeated. Reads and the tests' own idempotent writes are safe to
-     * repeat; a real SQL error still fails, after the last attempt.
+     * Runs one SQL statement on the vault's local D1 and returns its rows: through the
+     * front worker when there is one (the same running instance), else with wrangler
+     * itself, a second process on the same SQLite file. When the two collide wrangler
+     * answers with a D1 error ("internal error", "false == true") and the statement is
+     * repeated; reads and the tests' own idempotent writes are safe to repeat.
      */
     async sql(query) {
+      if (front) {
+        const res = await fetch(`${base}/__test/sql`, {
+          method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ sql: query }),
+        });
+        const body = await res.json();
+        if (!res.ok) throw new Error(`SQL failed: ${body.error}`);
+        return body.results;
+      }
       const args = ['d1', 'execute', 'DB', '--local', '--persist-to', state, '--json', '--command', query];
       for (let attempt = 1; ; attempt++) {
         try {

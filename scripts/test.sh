@@ -13,6 +13,14 @@ trap 'rm -rf "$out"' EXIT
 echo "== host unit tests (cargo test)"
 cargo test --locked 2>&1 | tee "$out/cargo.log"
 
+echo "== lints (clippy on the host and wasm32 targets; warnings are errors)"
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --locked --all-targets -q -- -D warnings
+  cargo clippy --locked --target wasm32-unknown-unknown -q -- -D warnings
+else
+  echo "skipped: this toolchain has no clippy (the Debian route)"
+fi
+
 echo "== wasm build"
 bash scripts/build.sh >build.log 2>&1 || { tail -50 build.log; exit 1; }
 

@@ -15,24 +15,24 @@ use crate::ports::{
 };
 
 /// A clock that only moves when the code under test sleeps (or an HTTP call takes time).
-pub struct FakeClock {
+pub(crate) struct FakeClock {
     now: Cell<u64>,
     pub sleeps: RefCell<Vec<u64>>,
 }
 
 impl FakeClock {
-    pub fn at(ms: u64) -> Self {
+    pub(crate) fn at(ms: u64) -> Self {
         Self {
             now: Cell::new(ms),
             sleeps: RefCell::new(Vec::new()),
         }
     }
 
-    pub fn advance(&self, ms: u64) {
+    pub(crate) fn advance(&self, ms: u64) {
         self.now.set(self.now.get() + ms);
     }
 
-    pub fn elapsed_since(&self, start: u64) -> u64 {
+    pub(crate) fn elapsed_since(&self, start: u64) -> u64 {
         self.now.get() - start
     }
 }
@@ -49,7 +49,7 @@ impl Clock for FakeClock {
 }
 
 /// What the fake network does with the next request.
-pub enum Scripted {
+pub(crate) enum Scripted {
     Respond {
         status: u16,
         headers: Vec<(String, String)>,
@@ -61,7 +61,7 @@ pub enum Scripted {
     Refuse,
 }
 
-pub fn respond(status: u16, body: &str) -> Scripted {
+pub(crate) fn respond(status: u16, body: &str) -> Scripted {
     Scripted::Respond {
         status,
         headers: vec![],
@@ -70,7 +70,7 @@ pub fn respond(status: u16, body: &str) -> Scripted {
     }
 }
 
-pub fn respond_with(status: u16, headers: &[(&str, &str)], body: &str) -> Scripted {
+pub(crate) fn respond_with(status: u16, headers: &[(&str, &str)], body: &str) -> Scripted {
     Scripted::Respond {
         status,
         headers: headers
@@ -83,17 +83,17 @@ pub fn respond_with(status: u16, headers: &[(&str, &str)], body: &str) -> Script
 }
 
 /// What the fake network saw: URL, headers, and the timeout it was given.
-pub type Sent = (String, Vec<(String, String)>, u64);
+pub(crate) type Sent = (String, Vec<(String, String)>, u64);
 
 /// Answers requests from a script, in order, and remembers what was sent.
-pub struct FakeHttp<'c> {
+pub(crate) struct FakeHttp<'c> {
     clock: &'c FakeClock,
     script: RefCell<VecDeque<Scripted>>,
     pub sent: RefCell<Vec<Sent>>,
 }
 
 impl<'c> FakeHttp<'c> {
-    pub fn new(clock: &'c FakeClock, script: Vec<Scripted>) -> Self {
+    pub(crate) fn new(clock: &'c FakeClock, script: Vec<Scripted>) -> Self {
         Self {
             clock,
             script: RefCell::new(script.into()),
@@ -101,7 +101,7 @@ impl<'c> FakeHttp<'c> {
         }
     }
 
-    pub fn calls(&self) -> usize {
+    pub(crate) fn calls(&self) -> usize {
         self.sent.borrow().len()
     }
 }
@@ -141,7 +141,7 @@ impl HttpClient for FakeHttp<'_> {
 }
 
 /// Jitter that always returns the same point of the interval.
-pub struct FixedJitter(pub f64);
+pub(crate) struct FixedJitter(pub f64);
 
 impl Jitter for FixedJitter {
     fn unit(&self) -> f64 {
@@ -151,13 +151,13 @@ impl Jitter for FixedJitter {
 
 /// The outbox both in-memory stores write to, as both D1 repositories write one table.
 #[derive(Default)]
-pub struct MemoryOutbox {
+pub(crate) struct MemoryOutbox {
     pub rows: RefCell<Vec<PendingEvent>>,
     next: Cell<u64>,
 }
 
 impl MemoryOutbox {
-    pub fn push(&self, event: &AuditEvent) {
+    pub(crate) fn push(&self, event: &AuditEvent) {
         let pos = self.next.get() + 1;
         self.next.set(pos);
         self.rows.borrow_mut().push(PendingEvent {
@@ -169,12 +169,12 @@ impl MemoryOutbox {
 }
 
 /// A change another request lands between a read and a write.
-pub type Race = Box<dyn FnOnce(&mut Vec<Credential>)>;
+pub(crate) type Race = Box<dyn FnOnce(&mut Vec<Credential>)>;
 
 /// Credentials in a vector, with the same per-user scoping, versions and conditional
 /// writes as the D1 store.
 #[derive(Default)]
-pub struct MemoryStore {
+pub(crate) struct MemoryStore {
     pub rows: RefCell<Vec<Credential>>,
     pub prefs: RefCell<Vec<(UserId, Preference)>>,
     pub down: Cell<bool>,
@@ -402,7 +402,7 @@ impl CredentialStore for MemoryStore {
 /// An audit log in memory: the outbox and the chained log, chained by the same core logic
 /// as the D1 store.
 #[derive(Default)]
-pub struct MemoryAudit {
+pub(crate) struct MemoryAudit {
     pub rows: RefCell<Vec<ChainedEvent>>,
     pub heads: RefCell<std::collections::BTreeMap<String, ChainHead>>,
     pub checkpoints: RefCell<std::collections::BTreeMap<String, ChainHead>>,
@@ -588,14 +588,14 @@ impl AuditSink for MemoryAudit {
 }
 
 /// Counts checks per (scope, key) and allows `limit` of each.
-pub struct CountingLimiter {
+pub(crate) struct CountingLimiter {
     pub limit: u32,
     pub seen: RefCell<std::collections::BTreeMap<(String, String), u32>>,
     pub down: Cell<bool>,
 }
 
 impl CountingLimiter {
-    pub fn new(limit: u32) -> Self {
+    pub(crate) fn new(limit: u32) -> Self {
         Self {
             limit,
             seen: RefCell::default(),
@@ -620,7 +620,7 @@ impl RateLimiter for CountingLimiter {
 }
 
 /// RS256/ES256 checks with RustCrypto, standing in for the Worker's WebCrypto.
-pub struct RustCryptoVerifier;
+pub(crate) struct RustCryptoVerifier;
 
 #[async_trait(?Send)]
 impl crate::ports::SignatureVerifier for RustCryptoVerifier {

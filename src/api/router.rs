@@ -54,14 +54,14 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     /// An answer with no audit event (catalog, preferences and audit reads).
-    pub fn unaudited(result: Result<Response, ApiError>) -> Self {
+    pub(super) fn unaudited(result: Result<Response, ApiError>) -> Self {
         Self {
             result,
             audit: None,
         }
     }
 
-    pub fn audited(result: Result<Response, ApiError>, facts: Facts) -> Self {
+    pub(super) fn audited(result: Result<Response, ApiError>, facts: Facts) -> Self {
         Self {
             result,
             audit: Some(facts),
@@ -85,11 +85,11 @@ pub(crate) struct Ctx<'r> {
 
 impl<'r> Ctx<'r> {
     /// The path parameter at `i` (the route's pattern guarantees it is there).
-    pub fn param(&self, i: usize) -> &'r str {
+    pub(super) fn param(&self, i: usize) -> &'r str {
         self.params.get(i).copied().unwrap_or_default()
     }
 
-    pub fn vault(&self) -> Vault<'r> {
+    pub(super) fn vault(&self) -> Vault<'r> {
         let app = self.app;
         Vault {
             config: self.config,
@@ -102,7 +102,7 @@ impl<'r> Ctx<'r> {
         }
     }
 
-    pub fn caller(&self) -> Caller<'_> {
+    pub(super) fn caller(&self) -> Caller<'_> {
         Caller {
             user: &self.user,
             network: &self.network,

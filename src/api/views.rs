@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use crate::domain::{Credential, Model};
 
-pub fn credential(c: &Credential) -> Value {
+pub(super) fn credential(c: &Credential) -> Value {
     json!({
         "id": c.id,
         "provider": c.provider,
@@ -22,6 +22,6 @@ pub fn credential(c: &Credential) -> Value {
     })
 }
 
-pub fn models(models: Option<&[Model]>) -> Value {
+pub(super) fn models(models: Option<&[Model]>) -> Value {
     json!(models.unwrap_or_default())
 }

@@ -62,6 +62,9 @@ macro_rules! wire_enum {
 
 #[cfg(test)]
 mod tests {
+    // The test enum is private; the macro writes `pub` items, as real wire enums need.
+    #![allow(unreachable_pub)]
+
     crate::wire_enum! {
         /// A test enum.
         enum Colour {

@@ -13,7 +13,7 @@ use crate::ports::AuditSink;
 /// A request's audit path: events into the outbox, nudges onto `AUDIT_QUEUE`; chaining at
 /// once when the queue is missing or failing, the whole event on the queue when the
 /// outbox is.
-pub struct OutboxAuditSink<'a> {
+pub(super) struct OutboxAuditSink<'a> {
     pub queue: Option<Queue>,
     pub db: &'a Db,
     pub store: &'a D1AuditStore<'a>,

@@ -32,7 +32,7 @@ fn dead_letter_rows(letters: &[(String, String)]) -> JsValue {
 /// placeholders `?5` on, bound to `condition_args`), the row is written only when the
 /// condition holds: the same condition that guards the change the event describes, in the
 /// same batch.
-pub fn outbox_insert(
+pub(super) fn outbox_insert(
     db: &Db,
     event: &AuditEvent,
     condition: &str,
@@ -58,7 +58,7 @@ pub fn outbox_insert(
     db.prepare(&sql, &args)
 }
 
-pub struct D1AuditStore<'a> {
+pub(super) struct D1AuditStore<'a> {
     db: &'a Db,
 }
 
@@ -113,7 +113,7 @@ impl Row {
 }
 
 impl<'a> D1AuditStore<'a> {
-    pub fn new(db: &'a Db) -> Self {
+    pub(super) fn new(db: &'a Db) -> Self {
         Self { db }
     }
 

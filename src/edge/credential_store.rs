@@ -18,12 +18,12 @@ use crate::providers;
 use super::audit_store::outbox_insert;
 use super::db::{json, millis, num, opt_millis, opt_text, text, unavailable, Db};
 
-pub struct D1Store<'a> {
+pub(super) struct D1Store<'a> {
     db: &'a Db,
 }
 
 impl<'a> D1Store<'a> {
-    pub fn new(db: &'a Db) -> Self {
+    pub(super) fn new(db: &'a Db) -> Self {
         Self { db }
     }
 }

@@ -9,11 +9,11 @@ use worker::{D1Database, D1PreparedStatement, D1Result, Env};
 use crate::domain::Timestamp;
 use crate::ports::StoreError;
 
-pub struct Db(Result<D1Database, String>);
+pub(super) struct Db(Result<D1Database, String>);
 
 /// A D1 error as the core sees it: a uniqueness rule that refused a write means another
 /// request got there first; anything else means the database is not usable now.
-pub fn unavailable(e: worker::Error) -> StoreError {
+pub(super) fn unavailable(e: worker::Error) -> StoreError {
     let text = e.to_string();
     if text.contains("UNIQUE constraint failed") {
         StoreError::Conflict(text)
@@ -24,7 +24,7 @@ pub fn unavailable(e: worker::Error) -> StoreError {
 
 impl Db {
     /// The `DB` binding; a missing binding makes every query fail as unavailable.
-    pub fn new(env: &Env) -> Self {
+    pub(super) fn new(env: &Env) -> Self {
         Self(env.d1("DB").map_err(|e| format!("binding DB: {e}")))
     }
 
@@ -34,14 +34,18 @@ impl Db {
             .map_err(|e| StoreError::Unavailable(e.clone()))
     }
 
-    pub fn prepare(&self, sql: &str, args: &[JsValue]) -> Result<D1PreparedStatement, StoreError> {
+    pub(super) fn prepare(
+        &self,
+        sql: &str,
+        args: &[JsValue],
+    ) -> Result<D1PreparedStatement, StoreError> {
         self.database()?
             .prepare(sql)
             .bind(args)
             .map_err(unavailable)
     }
 
-    pub async fn all<T: DeserializeOwned>(
+    pub(super) async fn all<T: DeserializeOwned>(
         &self,
         sql: &str,
         args: &[JsValue],
@@ -55,7 +59,7 @@ impl Db {
     }
 
     /// The first row (or, with `column`, that column of it).
-    pub async fn first<T: DeserializeOwned>(
+    pub(super) async fn first<T: DeserializeOwned>(
         &self,
         sql: &str,
         args: &[JsValue],
@@ -68,7 +72,7 @@ impl Db {
     }
 
     /// Runs a statement and returns how many rows it changed.
-    pub async fn run(&self, sql: &str, args: &[JsValue]) -> Result<u64, StoreError> {
+    pub(super) async fn run(&self, sql: &str, args: &[JsValue]) -> Result<u64, StoreError> {
         let result = self.prepare(sql, args)?.run().await.map_err(unavailable)?;
         Ok(result
             .meta()
@@ -78,7 +82,7 @@ impl Db {
     }
 
     /// Runs statements as one transaction: all of them or none.
-    pub async fn batch(
+    pub(super) async fn batch(
         &self,
         statements: Vec<D1PreparedStatement>,
     ) -> Result<Vec<D1Result>, StoreError> {
@@ -89,26 +93,26 @@ impl Db {
     }
 }
 
-pub fn text(s: &str) -> JsValue {
+pub(super) fn text(s: &str) -> JsValue {
     JsValue::from(s)
 }
 
-pub fn opt_text(s: Option<&str>) -> JsValue {
+pub(super) fn opt_text(s: Option<&str>) -> JsValue {
     s.map(JsValue::from).unwrap_or(JsValue::NULL)
 }
 
-pub fn num(n: u64) -> JsValue {
+pub(super) fn num(n: u64) -> JsValue {
     JsValue::from(n as f64)
 }
 
-pub fn millis(t: Timestamp) -> JsValue {
+pub(super) fn millis(t: Timestamp) -> JsValue {
     num(t.as_millis())
 }
 
-pub fn opt_millis(t: Option<Timestamp>) -> JsValue {
+pub(super) fn opt_millis(t: Option<Timestamp>) -> JsValue {
     t.map(millis).unwrap_or(JsValue::NULL)
 }
 
-pub fn json<T: serde::Serialize>(v: &T) -> JsValue {
+pub(super) fn json<T: serde::Serialize>(v: &T) -> JsValue {
     JsValue::from(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
 }

@@ -13,7 +13,7 @@ use worker::{
 
 use crate::ports::{HttpClient, HttpError, HttpRequest, HttpResponse, Method};
 
-pub struct FetchClient;
+pub(super) struct FetchClient;
 
 #[async_trait(?Send)]
 impl HttpClient for FetchClient {

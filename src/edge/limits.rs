@@ -11,13 +11,13 @@ const PER_ADDRESS: &str = "LIVE_CHECKS_PER_ADDRESS";
 
 /// One binding per scope; a missing binding refuses every check in its scope (the core
 /// answers 503 `not_configured`): limits that silently vanished would be worse.
-pub struct BindingLimiter {
+pub(super) struct BindingLimiter {
     per_user: Option<Binding>,
     per_address: Option<Binding>,
 }
 
 impl BindingLimiter {
-    pub fn new(env: &Env) -> Self {
+    pub(super) fn new(env: &Env) -> Self {
         Self {
             per_user: env.rate_limiter(PER_USER).ok(),
             per_address: env.rate_limiter(PER_ADDRESS).ok(),

@@ -11,7 +11,7 @@ use crate::domain::Timestamp;
 use crate::ports::Clock;
 
 /// A var or secret as text (both are plain strings to the Worker).
-pub fn env_string(env: &Env, name: &str) -> Option<String> {
+pub(super) fn env_string(env: &Env, name: &str) -> Option<String> {
     env.var(name)
         .map(|v| v.to_string())
         .or_else(|_| env.secret(name).map(|s| s.to_string()))
@@ -19,7 +19,7 @@ pub fn env_string(env: &Env, name: &str) -> Option<String> {
 }
 
 /// A queue message body as JSON: the producer sends text, anything else is converted.
-pub fn message_body(body: &worker::wasm_bindgen::JsValue) -> serde_json::Value {
+pub(super) fn message_body(body: &worker::wasm_bindgen::JsValue) -> serde_json::Value {
     match body.as_string() {
         Some(text) => serde_json::Value::String(text),
         None => worker::js_sys::JSON::stringify(body)
@@ -30,11 +30,11 @@ pub fn message_body(body: &worker::wasm_bindgen::JsValue) -> serde_json::Value {
     }
 }
 
-pub fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     Date::now().as_millis()
 }
 
-pub struct WorkerClock;
+pub(super) struct WorkerClock;
 
 #[async_trait(?Send)]
 impl Clock for WorkerClock {
@@ -49,7 +49,7 @@ impl Clock for WorkerClock {
 
 /// Reads a request into the core's type. At most `MAX_BODY_BYTES + 1` bytes of body are
 /// kept: enough for the core to answer 413 without holding a huge body in memory.
-pub async fn read_request(mut req: worker::Request) -> worker::Result<Request> {
+pub(super) async fn read_request(mut req: worker::Request) -> worker::Result<Request> {
     let url = req.url()?;
     let method = req.method().to_string();
     let headers = req
@@ -79,7 +79,7 @@ pub async fn read_request(mut req: worker::Request) -> worker::Result<Request> {
     })
 }
 
-pub fn write_response(response: Response) -> worker::Result<worker::Response> {
+pub(super) fn write_response(response: Response) -> worker::Result<worker::Response> {
     let headers = Headers::new();
     for (name, value) in &response.headers {
         headers.append(name, value)?;

@@ -10,7 +10,7 @@ use worker::wasm_bindgen_futures::JsFuture;
 use crate::auth::Algorithm;
 use crate::ports::{PublicJwk, SignatureVerifier};
 
-pub struct WebCryptoVerifier;
+pub(super) struct WebCryptoVerifier;
 
 fn get(target: &JsValue, name: &str) -> Result<JsValue, JsValue> {
     Reflect::get(target, &JsValue::from_str(name))

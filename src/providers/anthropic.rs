@@ -13,7 +13,7 @@ use crate::domain::{Capability, Model, ProviderId};
 use crate::ports::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
-pub struct Anthropic;
+pub(super) struct Anthropic;
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("anthropic"),

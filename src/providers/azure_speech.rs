@@ -12,7 +12,7 @@ use crate::domain::{Capability, Model, ProviderId};
 use crate::ports::{HttpRequest, HttpResponse, Method};
 use crate::probe::{classify_status, message_retry_delay_ms, Failure, Prober, Verdict};
 
-pub struct AzureSpeech;
+pub(super) struct AzureSpeech;
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("azure_speech"),

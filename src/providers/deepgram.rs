@@ -11,7 +11,7 @@ use crate::domain::{Capability, Model, ProviderId, Quota};
 use crate::ports::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
-pub struct Deepgram;
+pub(super) struct Deepgram;
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("deepgram"),

@@ -11,7 +11,7 @@ use crate::domain::{Capability, Model, ProviderId, Quota, Timestamp};
 use crate::ports::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
-pub struct ElevenLabs;
+pub(super) struct ElevenLabs;
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("elevenlabs"),

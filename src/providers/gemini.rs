@@ -13,7 +13,7 @@ use crate::domain::{Capability, Model, ProviderId};
 use crate::ports::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, google_retry_delay_ms, Failure, Prober, Verdict};
 
-pub struct Gemini;
+pub(super) struct Gemini;
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("gemini"),

@@ -7,7 +7,7 @@ use crate::crypto::SecretKey;
 use crate::domain::{Capability, ProviderId};
 use crate::probe::{Failure, Prober};
 
-pub struct Groq;
+pub(super) struct Groq;
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("groq"),

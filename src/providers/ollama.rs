@@ -12,7 +12,7 @@ use crate::domain::{Capability, Model, ProviderId};
 use crate::ports::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
-pub struct Ollama;
+pub(super) struct Ollama;
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("ollama"),

@@ -8,7 +8,7 @@ use crate::crypto::SecretKey;
 use crate::domain::{Capability, ProviderId};
 use crate::probe::{Failure, Prober};
 
-pub struct OpenAi;
+pub(super) struct OpenAi;
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("openai"),

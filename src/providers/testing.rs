@@ -8,7 +8,7 @@ use crate::domain::CredentialParams;
 use crate::probe::{Failure, Prober};
 use crate::testing::{FakeClock, FakeHttp, FixedJitter, Scripted, Sent};
 
-pub struct Run {
+pub(super) struct Run {
     pub out: Result<Accepted, Failure>,
     pub requests: Vec<Sent>,
 }
@@ -45,10 +45,10 @@ fn run_with(provider: &dyn Provider, key: &str, script: Vec<Scripted>) -> Run {
 
 /// Validates the key `sk-test-key` with the provider's default endpoints, region
 /// `eastus` and base URL `https://ollama.example.com`.
-pub fn run(provider: &dyn Provider, script: Vec<Scripted>) -> Run {
+pub(super) fn run(provider: &dyn Provider, script: Vec<Scripted>) -> Run {
     run_with(provider, "sk-test-key", script)
 }
 
-pub fn run_keyless(provider: &dyn Provider, script: Vec<Scripted>) -> Run {
+pub(super) fn run_keyless(provider: &dyn Provider, script: Vec<Scripted>) -> Run {
     run_with(provider, "", script)
 }

@@ -14,7 +14,7 @@ use crate::providers::{self, Accepted, Provider, Target};
 
 /// How long a caller refused by the vault's own limits is told to wait: the period of the
 /// rate-limit bindings in wrangler.toml.
-pub const RATE_LIMIT_PERIOD_SECONDS: u64 = 60;
+pub(super) const RATE_LIMIT_PERIOD_SECONDS: u64 = 60;
 
 /// What a new key is being accepted for.
 pub(super) enum Purpose {

@@ -8,32 +8,6 @@ use base64::{
 use super::*;
 use crate::domain::{Credential, UserId};
 
-const KEY2: &str = "sk_1111222233334444555566667777888899990000aaaabbbb";
-
-fn added(w: &World) -> String {
-    let (s, body) = w.add("u_a");
-    assert_eq!(s, 201, "{body}");
-    body["credential"]["id"].as_str().unwrap().to_owned()
-}
-
-fn stored(w: &World) -> Credential {
-    w.store.rows.borrow()[0].clone()
-}
-
-fn add_key(w: &World, user: &str, key: &str, script: Vec<Scripted>) -> (u16, Value, Response) {
-    w.call(
-        "POST",
-        "/v1/credentials",
-        Some(user),
-        Some(json!({"provider":"elevenlabs","api_key":key,"label":"Personal"})),
-        script,
-    )
-}
-
-fn valid() -> Vec<Scripted> {
-    vec![respond(200, SUBSCRIPTION), respond(200, MODELS)]
-}
-
 /// Everything a credential keeps that came from the provider, as one string.
 fn provider_strings(c: &Credential) -> String {
     format!(
@@ -51,8 +25,7 @@ mod provider_text {
         let b64 = STANDARD.encode(KEY);
         let echo = json!({"detail": {"status": "bad_request", "message":
             format!("model access denied for {KEY} ({b64}) and {}\u{202e}\u{0007}", KEY.to_uppercase())}});
-        let (s, body, _) = add_key(
-            &w,
+        let (s, body, _) = w.add_key(
             "u_a",
             KEY,
             vec![respond(200, SUBSCRIPTION), respond(400, &echo.to_string())],
@@ -62,7 +35,7 @@ mod provider_text {
         assert!(warning.contains("[redacted]"), "{warning}");
         for leaked in [KEY, b64.as_str(), &KEY.to_uppercase(), "\u{202e}", "\u{7}"] {
             assert!(!body.to_string().contains(leaked), "{leaked} in {body}");
-            assert!(!provider_strings(&stored(&w)).contains(leaked));
+            assert!(!provider_strings(&w.stored()).contains(leaked));
         }
         let (_, list, _) = w.call("GET", "/v1/credentials", Some("u_a"), None, vec![]);
         assert_eq!(list["credentials"][0]["warnings"][0], warning);
@@ -73,7 +46,7 @@ mod provider_text {
         let w = World::new();
         let body = json!({"detail": {"status": "invalid_api_key",
             "message": format!("Invalid API key {}", KEY.to_uppercase())}});
-        let (s, b, _) = add_key(&w, "u_a", KEY, vec![respond(401, &body.to_string())]);
+        let (s, b, _) = w.add_key("u_a", KEY, vec![respond(401, &body.to_string())]);
         assert_eq!(s, 422);
         assert_eq!(b["detail"], "ElevenLabs says: Invalid API key [redacted]");
     }
@@ -87,8 +60,7 @@ mod provider_text {
             {"model_id": "x".repeat(300), "name": "too long", "can_do_text_to_speech": true},
             {"model_id": "eleven_ok", "name": format!("Nice\u{200b} model\n{KEY}"), "can_do_text_to_speech": true},
         ]);
-        let (s, body, _) = add_key(
-            &w,
+        let (s, body, _) = w.add_key(
             "u_a",
             KEY,
             vec![
@@ -109,8 +81,7 @@ mod provider_text {
         let many: Vec<Value> = (0..1500)
             .map(|i| json!({"model_id": format!("m{i}"), "name": format!("M {i}")}))
             .collect();
-        let (s, _, _) = add_key(
-            &w,
+        let (s, _, _) = w.add_key(
             "u_a",
             KEY,
             vec![
@@ -120,7 +91,7 @@ mod provider_text {
         );
         assert_eq!(s, 201);
         assert_eq!(
-            stored(&w).models.unwrap().len(),
+            w.stored().models.unwrap().len(),
             crate::providers::MAX_MODELS
         );
 
@@ -129,8 +100,7 @@ mod provider_text {
         let wide: Vec<Value> = (0..1000)
             .map(|i| json!({"model_id": format!("m{i}"), "name": "名".repeat(200)}))
             .collect();
-        let (s, _, _) = add_key(
-            &w,
+        let (s, _, _) = w.add_key(
             "u_a",
             KEY,
             vec![
@@ -139,7 +109,7 @@ mod provider_text {
             ],
         );
         assert_eq!(s, 201);
-        let kept = stored(&w).models.unwrap();
+        let kept = w.stored().models.unwrap();
         let bytes: usize = kept.iter().map(|m| m.id.len() + m.name.len()).sum();
         assert!(bytes <= crate::providers::MAX_MODEL_LIST_BYTES);
         assert!(kept.len() < 1000 && !kept.is_empty());
@@ -149,8 +119,7 @@ mod provider_text {
             "[{{\"model_id\":\"m\",\"name\":\"{}\"}}]",
             "x".repeat(crate::ports::MAX_RESPONSE_BYTES)
         );
-        let (s, body, _) = add_key(
-            &w,
+        let (s, body, _) = w.add_key(
             "u_a",
             KEY,
             vec![respond(200, SUBSCRIPTION), respond(200, &huge)],
@@ -160,7 +129,7 @@ mod provider_text {
             .as_str()
             .unwrap()
             .contains("larger than 2097152 bytes"));
-        assert_eq!(stored(&w).models, None);
+        assert_eq!(w.stored().models, None);
     }
 }
 
@@ -179,7 +148,7 @@ mod consistency {
     #[test]
     fn a_re_check_that_finishes_after_a_rotation_does_not_undo_it() {
         let w = World::new();
-        let id = added(&w);
+        let id = w.added();
         *w.store.before_write.borrow_mut() = Some(Box::new(|rows: &mut Vec<Credential>| {
             rotate_elsewhere(rows)
         }));
@@ -191,11 +160,11 @@ mod consistency {
             valid(),
         );
         assert_eq!((s, b["code"].as_str()), (409, Some("conflict")), "{b}");
-        let row = stored(&w);
+        let row = w.stored();
         assert_eq!(row.key_hint.as_deref(), Some("…beef"));
         assert_eq!(row.fingerprint.as_deref(), Some("v1:another-key"));
         // The trail says the re-check did not take.
-        let last = actions(&w, "u_a").pop().unwrap();
+        let last = w.actions("u_a").pop().unwrap();
         assert_eq!(
             last,
             (
@@ -209,7 +178,7 @@ mod consistency {
     #[test]
     fn a_re_check_builds_on_a_label_change_that_landed_meanwhile() {
         let w = World::new();
-        let id = added(&w);
+        let id = w.added();
         *w.store.before_write.borrow_mut() = Some(Box::new(|rows: &mut Vec<Credential>| {
             rows[0].label = Some("Renamed meanwhile".into());
             rows[0].version += 1;
@@ -222,7 +191,7 @@ mod consistency {
             vec![respond(401, INVALID)],
         );
         assert_eq!((s, b["status"].as_str()), (200, Some("invalid_key")));
-        let row = stored(&w);
+        let row = w.stored();
         assert_eq!(row.label.as_deref(), Some("Renamed meanwhile"));
         assert_eq!(row.status, crate::domain::CredentialStatus::InvalidKey);
         assert_eq!(row.version, 2);
@@ -231,7 +200,7 @@ mod consistency {
     #[test]
     fn a_rotation_wins_over_a_re_check_that_wrote_meanwhile() {
         let w = World::new();
-        let id = added(&w);
+        let id = w.added();
         *w.store.before_write.borrow_mut() = Some(Box::new(|rows: &mut Vec<Credential>| {
             rows[0].status = crate::domain::CredentialStatus::InvalidKey;
             rows[0].version += 1;
@@ -244,7 +213,7 @@ mod consistency {
             valid(),
         );
         assert_eq!((s, b["key_hint"].as_str()), (200, Some("…bbbb")), "{b}");
-        let row = stored(&w);
+        let row = w.stored();
         assert_eq!(row.key_hint.as_deref(), Some("…bbbb"));
         assert_eq!(row.status, crate::domain::CredentialStatus::Valid);
     }
@@ -252,7 +221,7 @@ mod consistency {
     #[test]
     fn two_rotations_at_once_never_lose_one_silently() {
         let w = World::new();
-        let id = added(&w);
+        let id = w.added();
         *w.store.before_write.borrow_mut() = Some(Box::new(|rows: &mut Vec<Credential>| {
             rotate_elsewhere(rows)
         }));
@@ -264,8 +233,8 @@ mod consistency {
             valid(),
         );
         assert_eq!((s, b["code"].as_str()), (409, Some("conflict")));
-        assert_eq!(stored(&w).key_hint.as_deref(), Some("…beef"));
-        let last = actions(&w, "u_a").pop().unwrap();
+        assert_eq!(w.stored().key_hint.as_deref(), Some("…beef"));
+        let last = w.actions("u_a").pop().unwrap();
         assert_eq!(last.1, "failure");
     }
 
@@ -273,8 +242,8 @@ mod consistency {
     fn the_same_key_added_twice_at_once_is_one_row_and_a_409() {
         // The row the parallel request stored, as it would be (same user, key, master key).
         let first = World::new();
-        added(&first);
-        let parallel = stored(&first);
+        first.added();
+        let parallel = first.stored();
         let w = World::new();
         let id = parallel.id.to_string();
         *w.store.before_write.borrow_mut() = Some(Box::new(move |rows: &mut Vec<Credential>| {
@@ -284,7 +253,7 @@ mod consistency {
         assert_eq!((s, b["code"].as_str()), (409, Some("duplicate_credential")));
         assert_eq!(b["credential_id"], id.as_str());
         assert_eq!(w.store.rows.borrow().len(), 1);
-        let last = actions(&w, "u_a").pop().unwrap();
+        let last = w.actions("u_a").pop().unwrap();
         assert_eq!(last.2.as_deref(), Some("duplicate_credential"));
     }
 }
@@ -304,7 +273,7 @@ mod audit_outbox {
         w.audit.down.set(false);
         block_on(crate::audit::drain(&w.audit, 1)).unwrap();
         assert_eq!(
-            actions(&w, "u_a"),
+            w.actions("u_a"),
             [("credential.created".into(), "success".into(), None)]
         );
     }
@@ -312,7 +281,7 @@ mod audit_outbox {
     #[test]
     fn a_change_that_did_not_happen_has_no_event_saying_it_did() {
         let w = World::new();
-        let id = added(&w);
+        let id = w.added();
         w.store.down.set(true);
         let (s, _, _) = w.call(
             "DELETE",
@@ -323,7 +292,7 @@ mod audit_outbox {
         );
         assert_eq!(s, 500);
         w.store.down.set(false);
-        let all = actions(&w, "u_a");
+        let all = w.actions("u_a");
         assert!(!all.contains(&("credential.deleted".into(), "success".into(), None)));
         assert!(all.contains(&(
             "credential.deleted".into(),
@@ -401,11 +370,11 @@ mod limits {
             limiter: CountingLimiter::new(2),
             ..World::new()
         };
-        let id = added(&w);
+        let id = w.added();
         let path = format!("/v1/credentials/{id}/validate");
         assert_eq!(w.call("POST", &path, Some("u_a"), None, valid()).0, 200);
         let before = w.provider_calls.get();
-        let (s, b, r) = add_key(&w, "u_a", KEY2, valid());
+        let (s, b, r) = w.add_key("u_a", KEY2, valid());
         assert_eq!((s, b["code"].as_str()), (429, Some("rate_limited")));
         assert_eq!(r.header("retry-after"), Some("60"));
         assert_eq!(b["retry_after_seconds"], 60);
@@ -442,9 +411,9 @@ mod limits {
             .0,
             200
         );
-        let last = actions(&w, "u_a").pop().unwrap();
+        let last = w.actions("u_a").pop().unwrap();
         assert_eq!(last.2.as_deref(), None);
-        assert!(actions(&w, "u_a").contains(&(
+        assert!(w.actions("u_a").contains(&(
             "credential.created".into(),
             "failure".into(),
             Some("rate_limited".into())
@@ -466,15 +435,12 @@ mod limits {
         let statuses: Vec<u16> = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| add_key(&w, &format!("u_{i}"), k, valid()).0)
+            .map(|(i, k)| w.add_key(&format!("u_{i}"), k, valid()).0)
             .collect();
         assert_eq!(statuses, [201, 201, 201, 429]);
         // Another address is counted apart.
         *w.address.borrow_mut() = "198.51.100.20".into();
-        assert_eq!(
-            add_key(&w, "u_9", "sk_eeeeeeeeeeeeeeeeeeee5", valid()).0,
-            201
-        );
+        assert_eq!(w.add_key("u_9", "sk_eeeeeeeeeeeeeeeeeeee5", valid()).0, 201);
     }
 
     #[test]
@@ -494,7 +460,7 @@ mod limits {
         {
             *w.address.borrow_mut() = (*address).into();
             let key = format!("sk_v6_key_number_{i}_000000000");
-            statuses.push(add_key(&w, &format!("u_v6_{i}"), &key, valid()).0);
+            statuses.push(w.add_key(&format!("u_v6_{i}"), &key, valid()).0);
         }
         assert_eq!(statuses, [201, 201, 429]);
         // The refused address spent nothing of the user's allowance.
@@ -502,7 +468,7 @@ mod limits {
         assert_eq!(seen.get(&("user".to_owned(), "u_v6_2".to_owned())), None);
         drop(seen);
         *w.address.borrow_mut() = "2001:db8:1:3::1".into();
-        let (s, _, _) = add_key(&w, "u_v6_3", "sk_v6_key_number_3_000000000", valid());
+        let (s, _, _) = w.add_key("u_v6_3", "sk_v6_key_number_3_000000000", valid());
         assert_eq!(s, 201);
     }
 
@@ -523,17 +489,17 @@ mod limits {
     #[test]
     fn a_user_holds_at_most_the_configured_number_of_credentials() {
         let w = World::with_config(&[("MAX_CREDENTIALS_PER_USER", "2")]);
-        assert_eq!(add_key(&w, "u_a", KEY, valid()).0, 201);
-        assert_eq!(add_key(&w, "u_a", KEY2, valid()).0, 201);
+        assert_eq!(w.add_key("u_a", KEY, valid()).0, 201);
+        assert_eq!(w.add_key("u_a", KEY2, valid()).0, 201);
         let before = w.provider_calls.get();
-        let (s, b, _) = add_key(&w, "u_a", "sk_third_key_0000000000000", valid());
+        let (s, b, _) = w.add_key("u_a", "sk_third_key_0000000000000", valid());
         assert_eq!(
             (s, b["code"].as_str()),
             (409, Some("credential_limit_reached"))
         );
         assert_eq!(w.provider_calls.get(), before);
         // Others are not affected; a deleted key frees its slot.
-        assert_eq!(add_key(&w, "u_b", KEY, valid()).0, 201);
+        assert_eq!(w.add_key("u_b", KEY, valid()).0, 201);
         let id = w.store.rows.borrow()[0].id.to_string();
         w.call(
             "DELETE",
@@ -543,7 +509,7 @@ mod limits {
             vec![],
         );
         assert_eq!(
-            add_key(&w, "u_a", "sk_third_key_0000000000000", valid()).0,
+            w.add_key("u_a", "sk_third_key_0000000000000", valid()).0,
             201
         );
     }
@@ -551,8 +517,8 @@ mod limits {
     #[test]
     fn the_limit_holds_when_a_parallel_add_takes_the_last_slot() {
         let other = World::new();
-        let (_, _, _) = add_key(&other, "u_a", KEY2, valid());
-        let parallel = stored(&other);
+        let (_, _, _) = other.add_key("u_a", KEY2, valid());
+        let parallel = other.stored();
         let w = World::with_config(&[("MAX_CREDENTIALS_PER_USER", "1")]);
         *w.store.before_write.borrow_mut() = Some(Box::new(move |rows: &mut Vec<Credential>| {
             rows.push(parallel)
@@ -645,8 +611,8 @@ mod input {
     #[test]
     fn every_path_refuses_hidden_characters_in_keys_and_labels() {
         let w = World::new();
-        let id = added(&w);
-        let before = stored(&w);
+        let id = w.added();
+        let before = w.stored();
         for body in [
             json!({"api_key": "sk_new\u{7}key_0123456789"}),
             json!({"api_key": "sk_new\u{200b}key_0123456789"}),
@@ -674,7 +640,7 @@ mod input {
             let (s, _, _) = w.call("POST", "/v1/credentials", Some("u_b"), Some(post), valid());
             assert_eq!(s, 400, "{body}");
         }
-        let after = stored(&w);
+        let after = w.stored();
         assert_eq!((after.label, after.secret), (before.label, before.secret));
         assert_eq!(
             w.provider_calls.get(),

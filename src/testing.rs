@@ -389,7 +389,7 @@ impl CredentialStore for MemoryStore {
             .retain(|(u, p)| !(u == user && &p.credential_id == id));
         let provider = rows.remove(i).provider;
         let mut event = event.clone();
-        event.provider = Some(provider);
+        event.provider = Some(provider.as_str().to_owned());
         self.outbox.push(&event);
         Ok(Some(provider))
     }

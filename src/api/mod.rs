@@ -130,8 +130,8 @@ pub struct App<'a> {
 pub async fn handle(app: &App<'_>, request: &Request) -> Response {
     let started = app.clock.now();
     let request_id = RequestId::from_random(random_bytes().unwrap_or_default());
-    let (route, result) = router::dispatch(app, request, &request_id).await;
-    let (mut response, error) = match result {
+    let dispatched = router::dispatch(app, request, &request_id).await;
+    let (mut response, error) = match dispatched.result {
         Ok(r) => (r, None),
         Err(e) => (Response::problem(&e), Some(e)),
     };
@@ -141,11 +141,12 @@ pub async fn handle(app: &App<'_>, request: &Request) -> Response {
     let line = json!({
         "request_id": request_id.as_str(),
         "method": request.method,
-        "route": route.unwrap_or("-"),
+        "route": dispatched.route.unwrap_or("-"),
         "status": response.status,
         "ms": started.millis_until(app.clock.now()),
         "code": error.as_ref().map(|e| e.code),
         "cause": error.as_ref().and_then(|e| e.cause.as_deref()),
+        "failure": dispatched.failure,
     });
     (app.log)(&line.to_string());
     response

@@ -81,6 +81,8 @@ pub(crate) struct Ctx<'r> {
     /// What the per-address live-check limit counts for this caller.
     network: String,
     origin: Origin,
+    /// Notes that are not errors (a key that no longer decrypts), tagged with the request.
+    note: &'r dyn Fn(&str),
 }
 
 impl<'r> Ctx<'r> {
@@ -98,7 +100,7 @@ impl<'r> Ctx<'r> {
             clock: app.clock,
             jitter: app.jitter,
             limiter: app.limiter,
-            log: app.log,
+            log: self.note,
         }
     }
 
@@ -162,14 +164,34 @@ async fn authenticate(
         .map_err(ApiError::unauthorized)
 }
 
-/// Finds the request's route and runs it: the route's pattern (for the log line) and the
-/// answer. Every `User` route is authenticated first; an audited operation has exactly
-/// one event whatever its outcome (written with its change, or recorded here).
+/// What running a request came to, for the answer and its log line.
+pub(super) struct Dispatched {
+    /// The route's pattern, if one matched.
+    pub route: Option<&'static str>,
+    pub result: Result<Response, ApiError>,
+    /// An operation that answered 200 but whose point failed (a re-check of a dead key):
+    /// its code.
+    pub failure: Option<&'static str>,
+}
+
+impl Dispatched {
+    fn answer(route: Option<&'static str>, result: Result<Response, ApiError>) -> Self {
+        Self {
+            route,
+            result,
+            failure: None,
+        }
+    }
+}
+
+/// Finds the request's route and runs it. Every `User` route is authenticated first; an
+/// audited operation has exactly one event whatever its outcome (written with its change,
+/// or recorded here).
 pub(super) async fn dispatch(
     app: &App<'_>,
     request: &Request,
     request_id: &RequestId,
-) -> (Option<&'static str>, Result<Response, ApiError>) {
+) -> Dispatched {
     let path: Vec<&str> = request
         .url
         .path()
@@ -179,7 +201,7 @@ pub(super) async fn dispatch(
         .collect();
     let method = request.method.as_str();
     if method == "OPTIONS" {
-        return (None, Ok(Response::empty(204)));
+        return Dispatched::answer(None, Ok(Response::empty(204)));
     }
     let candidates: Vec<(&Route, Vec<&str>)> = ROUTES
         .iter()
@@ -194,37 +216,36 @@ pub(super) async fn dispatch(
         // are checked first, as for a known route.
         if !candidates.iter().any(|(r, _)| matches!(r.handler, Open(_))) {
             if let Err(e) = configured(app) {
-                return (route, Err(e));
+                return Dispatched::answer(route, Err(e));
             }
             if request.body.len() > input::MAX_BODY_BYTES {
-                return (
-                    route,
-                    Err(ApiError::payload_too_large(input::MAX_BODY_BYTES)),
-                );
+                let e = ApiError::payload_too_large(input::MAX_BODY_BYTES);
+                return Dispatched::answer(route, Err(e));
             }
         }
         let error = match route {
             Some(_) => ApiError::method_not_allowed(),
             None => ApiError::not_found(),
         };
-        return (route, Err(error));
+        return Dispatched::answer(route, Err(error));
     };
     let handler = match route.handler {
-        Open(open) => return (Some(route.path), Ok(open(app).await)),
+        Open(open) => return Dispatched::answer(Some(route.path), Ok(open(app).await)),
         User(handler) => handler,
     };
     let config = match configured(app) {
         Ok(c) => c,
-        Err(e) => return (Some(route.path), Err(e)),
+        Err(e) => return Dispatched::answer(Some(route.path), Err(e)),
     };
     if request.body.len() > input::MAX_BODY_BYTES {
         let e = ApiError::payload_too_large(input::MAX_BODY_BYTES);
-        return (Some(route.path), Err(e));
+        return Dispatched::answer(Some(route.path), Err(e));
     }
     let user = match authenticate(app, config, request).await {
         Ok(u) => u,
-        Err(e) => return (Some(route.path), Err(e)),
+        Err(e) => return Dispatched::answer(Some(route.path), Err(e)),
     };
+    let note = |line: &str| (app.log)(&format!("{} {line}", request_id.as_str()));
     let ctx = Ctx {
         app,
         config,
@@ -239,6 +260,7 @@ pub(super) async fn dispatch(
             request_id: Some(request_id.clone()),
         },
         user,
+        note: &note,
     };
     let outcome = handler(&ctx).await;
     if let Some(facts) = &outcome.audit {
@@ -252,7 +274,11 @@ pub(super) async fn dispatch(
             }
         }
     }
-    (Some(route.path), outcome.result)
+    Dispatched {
+        route: Some(route.path),
+        failure: outcome.audit.as_ref().and_then(|f| f.failure),
+        result: outcome.result,
+    }
 }
 
 /// The configuration, or 503 `not_configured` naming what is wrong with it.

@@ -62,7 +62,7 @@ impl Facts {
         let id = new_event_id(now, random_bytes().unwrap_or_default());
         let mut event = AuditEvent::new(id, now, user, self.action, origin.actor.clone());
         event.credential_id = self.credential_id.clone();
-        event.provider = self.provider;
+        event.provider = self.provider.map(|p| p.as_str().to_owned());
         event.detail = self.detail.clone();
         event.request_id = origin.request_id.clone();
         if let Some(code) = failure.or(self.failure) {
@@ -95,7 +95,7 @@ mod tests {
         let ok = facts.event(&origin, &user, now, None);
         assert_eq!(ok.outcome, Outcome::Success);
         assert_eq!(ok.credential_id, Some(id));
-        assert_eq!(ok.provider, Some(ProviderId::new("openai")));
+        assert_eq!(ok.provider.as_deref(), Some("openai"));
         assert!(ok.request_id.unwrap().as_str().starts_with("req_"));
         facts.failure = Some("invalid_api_key");
         let dead = facts.event(&origin, &user, now, None);

@@ -26,7 +26,7 @@ pub use facts::{Facts, Origin};
 pub use outbox::{drain, plan, ChainPlan, PendingEvent, ROUND_SIZE};
 pub use verify::{Verification, Verifier};
 
-use crate::domain::{hex_bytes, CredentialId, ProviderId, RequestId, Timestamp, UserId};
+use crate::domain::{hex_bytes, CredentialId, RequestId, Timestamp, UserId};
 
 crate::wire_enum! {
     /// What was done.
@@ -88,7 +88,9 @@ pub struct AuditEvent {
     pub action: Action,
     pub actor: Actor,
     pub credential_id: Option<CredentialId>,
-    pub provider: Option<ProviderId>,
+    /// A provider id, kept as text: an event must read back (and verify) in any build,
+    /// also one that no longer, or not yet, knows that provider.
+    pub provider: Option<String>,
     pub outcome: Outcome,
     /// The error code when `outcome` is `failure`.
     pub reason: Option<String>,

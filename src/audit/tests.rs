@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::domain::{CredentialId, ProviderId, RequestId, Timestamp};
+use crate::domain::{CredentialId, RequestId, Timestamp};
 
 fn event(n: u64, action: Action) -> AuditEvent {
     let user = UserId::parse("u_1").unwrap();
@@ -16,7 +16,7 @@ fn event(n: u64, action: Action) -> AuditEvent {
         },
     );
     e.credential_id = CredentialId::parse("c_00000000000000000000000000000001");
-    e.provider = Some(ProviderId::new("elevenlabs"));
+    e.provider = Some("elevenlabs".into());
     e.request_id = RequestId::parse(&format!("req_{n}"));
     e
 }
@@ -85,6 +85,26 @@ fn events_are_chained_in_the_order_given() {
     );
     let ids: Vec<_> = rows.iter().map(|r| (r.event.id.as_str(), r.seq)).collect();
     assert_eq!(ids, [("ev_0005", 1), ("ev_0001", 2)]);
+}
+
+#[test]
+fn an_event_naming_a_provider_this_build_does_not_know_still_reads_back_and_verifies() {
+    let mut e = event(1, Action::CredentialCreated);
+    e.provider = Some("retired_provider".into());
+    e.request_id = RequestId::parse("req from another service");
+    let rows = chain(&ChainHead::genesis(), vec![e]);
+    let stored = serde_json::to_string(&rows[0].event).unwrap();
+    let read: AuditEvent = serde_json::from_str(&stored).unwrap();
+    assert_eq!(read, rows[0].event);
+    let v = verify(
+        &[ChainedEvent {
+            event: read,
+            ..rows[0].clone()
+        }],
+        ChainHead::genesis(),
+        Some(&head_of(&rows)),
+    );
+    assert!(v.ok);
 }
 
 #[test]

@@ -70,9 +70,10 @@ impl RequestId {
         Self(format!("req_{}", hex_bytes(&bytes)))
     }
 
-    /// Any short printable token (events from elsewhere may carry their own).
+    /// Any short text without control characters: a stored event (or one from another
+    /// service) may carry a request id of its own making, and must still read back.
     pub fn parse(raw: &str) -> Option<Self> {
-        let ok = !raw.is_empty() && raw.len() <= 128 && raw.bytes().all(|b| b.is_ascii_graphic());
+        let ok = !raw.is_empty() && raw.len() <= 256 && !raw.chars().any(char::is_control);
         ok.then(|| Self(raw.to_owned()))
     }
 

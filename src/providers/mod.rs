@@ -45,16 +45,6 @@ pub fn find(id: &str) -> Option<&'static dyn Provider> {
     all().find(|p| p.info().id.as_str() == id)
 }
 
-/// A provider id read from the wire is one of the registry's.
-impl<'de> serde::Deserialize<'de> for ProviderId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        find(&raw)
-            .map(|p| p.info().id)
-            .ok_or_else(|| serde::de::Error::custom("not a known provider"))
-    }
-}
-
 /// A field the user fills in for this provider.
 #[derive(Debug, Serialize)]
 pub struct Field {

@@ -284,8 +284,11 @@ impl Vault<'_> {
         } else {
             Change::Updated
         };
-        facts.action = change.action();
-        facts.detail = Some(json!({ "changed": changed }));
+        // The event says what changed only once it has: a change that fails is audited as
+        // a failed update.
+        let mut done = facts.clone();
+        done.action = change.action();
+        done.detail = Some(json!({ "changed": changed }));
 
         let now = self.clock.now();
         let mut current = read.clone();
@@ -310,10 +313,11 @@ impl Vault<'_> {
                 next.model = model.clone();
             }
             next.updated_at = now;
-            let event = self.new_event(caller, facts);
+            let event = self.new_event(caller, &done);
             match self.store.update(&next, &event).await {
                 Ok(Written::Done) => {
-                    facts.committed = Some(event.id);
+                    done.committed = Some(event.id);
+                    *facts = done;
                     next.version += 1;
                     return Ok((next, change));
                 }

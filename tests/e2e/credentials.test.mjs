@@ -218,6 +218,7 @@ describe('a configured vault', () => {
     assert.notDeepEqual(await vault.stateFilesContaining('u_alice'), [], 'the scan finds no D1 data at all');
     const log = vault.log();
     assert.match(log, /POST \/v1\/credentials 201/, 'the log holds the run');
+    assert.match(log, /"route":"\/v1\/credentials","status":201/, 'the vault writes its own request line');
     for (const k of usedKeys) {
       assert.deepEqual(await vault.stateFilesContaining(k), [], 'a key is in the local D1 state');
       assert.ok(!log.includes(k), 'a key is in the wrangler log');

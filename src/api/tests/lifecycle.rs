@@ -223,3 +223,20 @@ fn another_users_credential_cannot_be_changed_checked_or_listed() {
     );
     assert_eq!(w.stored().label.as_deref(), Some("Personal"));
 }
+
+#[test]
+fn a_change_that_fails_is_audited_as_a_failed_update_without_what_it_would_have_changed() {
+    let w = World::new();
+    let id = w.added();
+    let (s, _) = w.patch(&id, json!({"model": "eleven_imaginary"}), vec![]);
+    assert_eq!(s, 400);
+    assert_eq!(
+        w.actions("u_a").pop().unwrap(),
+        (
+            "credential.updated".into(),
+            "failure".into(),
+            Some("invalid_request".into())
+        )
+    );
+    assert_eq!(w.audit.rows.borrow().last().unwrap().event.detail, None);
+}

@@ -156,3 +156,55 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
     let other = preflight("https://evil.example");
     assert_eq!(other.header("access-control-allow-origin"), None);
 }
+
+#[test]
+fn every_request_writes_one_json_log_line_with_its_route_status_and_cause() {
+    let w = World::new();
+    let id = w.added();
+    let line = |w: &World| -> Value {
+        let logs = w.logs.borrow();
+        let last = logs.iter().rev().find(|l| l.starts_with('{')).unwrap();
+        serde_json::from_str(last).unwrap()
+    };
+    let added = line(&w);
+    assert_eq!(added["route"], "/v1/credentials");
+    assert_eq!(
+        (added["method"].as_str(), added["status"].as_u64()),
+        (Some("POST"), Some(201))
+    );
+    assert!(added["request_id"].as_str().unwrap().starts_with("req_"));
+    assert!(added["code"].is_null() && added["cause"].is_null());
+
+    // A re-check of a dead key answers 200; the line says what failed.
+    let path = format!("/v1/credentials/{id}/validate");
+    w.call(
+        "POST",
+        &path,
+        Some("u_a"),
+        None,
+        vec![respond(401, INVALID)],
+    );
+    let dead = line(&w);
+    assert_eq!(dead["route"], "/v1/credentials/{id}/validate");
+    assert_eq!(dead["failure"], "invalid_api_key");
+
+    // An error keeps its cause for the log, never for the caller.
+    w.store.down.set(true);
+    let (s, body, _) = w.call("GET", "/v1/credentials", Some("u_a"), None, vec![]);
+    assert_eq!(s, 500);
+    assert!(!body.to_string().contains("down"));
+    let failed = line(&w);
+    assert_eq!(failed["code"], "internal");
+    assert!(failed["cause"]
+        .as_str()
+        .unwrap()
+        .contains("test database is down"));
+    // One line per request.
+    let lines = w
+        .logs
+        .borrow()
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .count();
+    assert_eq!(lines, 3);
+}

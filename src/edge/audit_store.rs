@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use worker::wasm_bindgen::JsValue;
 use worker::D1PreparedStatement;
 
-use super::db::{json as json_arg, num, opt_text as opt, text, Db};
+use super::db::{changes, json as json_arg, num, opt_text as opt, text, Db};
 use super::runtime::now_ms;
 use crate::audit::{AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
 use crate::domain::{Timestamp, UserId};
@@ -369,11 +369,7 @@ impl AuditStore for D1AuditStore<'_> {
                     )?,
                 ])
                 .await?;
-            removed += results
-                .get(1)
-                .and_then(|r| r.meta().ok().flatten())
-                .and_then(|m| m.changes)
-                .unwrap_or(0) as u64;
+            removed += changes(&results, 1);
         }
         Ok(removed)
     }

@@ -16,7 +16,7 @@ use crate::ports::{CredentialStore, Inserted, Occupancy, StoreError, Written};
 use crate::providers;
 
 use super::audit_store::outbox_insert;
-use super::db::{json, millis, num, opt_millis, opt_text, text, unavailable, Db};
+use super::db::{changes, json, millis, num, opt_millis, opt_text, text, unavailable, Db};
 
 pub(super) struct D1Store<'a> {
     db: &'a Db,
@@ -220,11 +220,7 @@ impl D1Store<'_> {
             )?,
         ];
         let results = self.db.batch(statements).await?;
-        let changed = results
-            .get(1)
-            .and_then(|r| r.meta().ok().flatten())
-            .and_then(|m| m.changes)
-            .unwrap_or(0);
+        let changed = changes(&results, 1);
         if changed > 0 {
             return Ok(Written::Done);
         }
@@ -295,11 +291,7 @@ impl CredentialStore for D1Store<'_> {
                 self.db.prepare(&sql, &args)?,
             ])
             .await?;
-        let inserted = results
-            .get(1)
-            .and_then(|r| r.meta().ok().flatten())
-            .and_then(|m| m.changes)
-            .unwrap_or(0);
+        let inserted = changes(&results, 1);
         if inserted > 0 {
             return Ok(Inserted::Done);
         }
@@ -504,11 +496,6 @@ impl CredentialStore for D1Store<'_> {
                 self.db.prepare(sql, &args)?,
             ])
             .await?;
-        Ok(results
-            .get(1)
-            .and_then(|r| r.meta().ok().flatten())
-            .and_then(|m| m.changes)
-            .unwrap_or(0)
-            > 0)
+        Ok(changes(&results, 1) > 0)
     }
 }

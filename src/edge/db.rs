@@ -93,6 +93,15 @@ impl Db {
     }
 }
 
+/// How many rows statement `i` of a batch changed (0 if the batch has no such statement).
+pub(super) fn changes(results: &[D1Result], i: usize) -> u64 {
+    results
+        .get(i)
+        .and_then(|r| r.meta().ok().flatten())
+        .and_then(|m| m.changes)
+        .unwrap_or(0) as u64
+}
+
 pub(super) fn text(s: &str) -> JsValue {
     JsValue::from(s)
 }

@@ -183,8 +183,7 @@ async fn verify_chain(ctx: &Ctx<'_>, user: &UserId) -> Result<Response, ApiError
         }
     }
     let log = ctx.app.audit_log;
-    let fail = ApiError::from;
-    let (checkpoint, head) = log.anchors(user).await.map_err(fail)?;
+    let (checkpoint, head) = log.anchors(user).await?;
     let (start, before) = match &cursor {
         Some(c) => (
             ChainHead {
@@ -200,10 +199,7 @@ async fn verify_chain(ctx: &Ctx<'_>, user: &UserId) -> Result<Response, ApiError
     let mut read = 0u64;
     let mut more = false;
     loop {
-        let page = log
-            .chain_page(user, after, VERIFY_PAGE)
-            .await
-            .map_err(fail)?;
+        let page = log.chain_page(user, after, VERIFY_PAGE).await?;
         for row in &page {
             verifier.push(row);
         }

@@ -78,7 +78,7 @@ pub(super) async fn update(ctx: &Ctx<'_>) -> Outcome {
         let caller = ctx.caller();
         let read = vault.owned(&caller, ctx.param(0), &mut facts).await?;
         let patch = credential_patch(ctx.config, body, &read)?;
-        let (credential, _) = vault.change(&caller, read, patch, &mut facts).await?;
+        let credential = vault.change(&caller, read, patch, &mut facts).await?;
         Ok(Response::json(200, &views::credential(&credential)))
     }
     .await;

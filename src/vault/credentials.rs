@@ -17,24 +17,6 @@ use crate::providers::{self, Accepted, Provider};
 /// build on (a re-check's status, a label) before the operation gives up with 409.
 const WRITE_ATTEMPTS: usize = 3;
 
-/// What a change did, which names its audit event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
-    Rotated,
-    ModelOnly,
-    Updated,
-}
-
-impl Change {
-    pub fn action(self) -> Action {
-        match self {
-            Change::Rotated => Action::CredentialRotated,
-            Change::ModelOnly => Action::ModelSelected,
-            Change::Updated => Action::CredentialUpdated,
-        }
-    }
-}
-
 /// Records a successful check on the row.
 fn apply_accepted(c: &mut Credential, accepted: Accepted, now: Timestamp) {
     c.status = CredentialStatus::Valid;
@@ -60,7 +42,7 @@ fn apply_refusal(c: &mut Credential, status: CredentialStatus, detail: &str, now
 }
 
 /// A chosen model must be one the provider lists for this key, when the list is known.
-pub(super) fn check_model(
+fn check_model(
     provider: &'static dyn Provider,
     model: &str,
     known: Option<&[Model]>,
@@ -223,7 +205,7 @@ impl Vault<'_> {
         read: Credential,
         patch: CredentialPatch,
         facts: &mut Facts,
-    ) -> Result<(Credential, Change), ApiError> {
+    ) -> Result<Credential, ApiError> {
         let provider = provider_of(&read)?;
         let mut params = read.params.clone();
         let moved = (patch.region.is_some() && patch.region != params.region)
@@ -277,17 +259,18 @@ impl Vault<'_> {
         if patch.model.is_some() {
             changed.push("model");
         }
-        let change = if changed.contains(&"api_key") {
-            Change::Rotated
+        // What changed names the event: a rotation, a model chosen, or an update.
+        let action = if changed.contains(&"api_key") {
+            Action::CredentialRotated
         } else if changed == ["model"] {
-            Change::ModelOnly
+            Action::ModelSelected
         } else {
-            Change::Updated
+            Action::CredentialUpdated
         };
         // The event says what changed only once it has: a change that fails is audited as
         // a failed update.
         let mut done = facts.clone();
-        done.action = change.action();
+        done.action = action;
         done.detail = Some(json!({ "changed": changed }));
 
         let now = self.clock.now();
@@ -319,7 +302,7 @@ impl Vault<'_> {
                     done.committed = Some(event.id);
                     *facts = done;
                     next.version += 1;
-                    return Ok((next, change));
+                    return Ok(next);
                 }
                 Ok(Written::Missing) => return Err(ApiError::not_found()),
                 Ok(Written::Conflict) => {

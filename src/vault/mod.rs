@@ -13,7 +13,6 @@ mod keys;
 mod preferences;
 
 pub use commands::{CredentialPatch, NewCredential};
-pub use credentials::Change;
 
 use crate::audit::Origin;
 use crate::config::Config;

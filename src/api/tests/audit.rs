@@ -29,13 +29,7 @@ fn every_operation_and_failure_is_audited_once_for_its_user() {
         Some(json!({"provider":"elevenlabs","api_key":"sk_other_key_1234567890"})),
         vec![respond(401, INVALID)],
     );
-    w.call(
-        "DELETE",
-        &format!("/v1/credentials/{id}"),
-        Some("u_a"),
-        None,
-        vec![],
-    );
+    w.delete(&id);
     let s = |a: &str, o: &str, r: Option<&str>| (a.to_owned(), o.to_owned(), r.map(str::to_owned));
     assert_eq!(
         w.actions("u_a"),

@@ -149,7 +149,7 @@ mod consistency {
     fn a_re_check_that_finishes_after_a_rotation_does_not_undo_it() {
         let w = World::new();
         let id = w.added();
-        *w.store.before_write.borrow_mut() = Some(Box::new(|rows: &mut Vec<Credential>| {
+        w.race(Box::new(|rows: &mut Vec<Credential>| {
             rotate_elsewhere(rows)
         }));
         let (s, b, _) = w.call(
@@ -179,7 +179,7 @@ mod consistency {
     fn a_re_check_builds_on_a_label_change_that_landed_meanwhile() {
         let w = World::new();
         let id = w.added();
-        *w.store.before_write.borrow_mut() = Some(Box::new(|rows: &mut Vec<Credential>| {
+        w.race(Box::new(|rows: &mut Vec<Credential>| {
             rows[0].label = Some("Renamed meanwhile".into());
             rows[0].version += 1;
         }));
@@ -201,7 +201,7 @@ mod consistency {
     fn a_rotation_wins_over_a_re_check_that_wrote_meanwhile() {
         let w = World::new();
         let id = w.added();
-        *w.store.before_write.borrow_mut() = Some(Box::new(|rows: &mut Vec<Credential>| {
+        w.race(Box::new(|rows: &mut Vec<Credential>| {
             rows[0].status = crate::domain::CredentialStatus::InvalidKey;
             rows[0].version += 1;
         }));
@@ -222,7 +222,7 @@ mod consistency {
     fn two_rotations_at_once_never_lose_one_silently() {
         let w = World::new();
         let id = w.added();
-        *w.store.before_write.borrow_mut() = Some(Box::new(|rows: &mut Vec<Credential>| {
+        w.race(Box::new(|rows: &mut Vec<Credential>| {
             rotate_elsewhere(rows)
         }));
         let (s, b, _) = w.call(
@@ -246,7 +246,7 @@ mod consistency {
         let parallel = first.stored();
         let w = World::new();
         let id = parallel.id.to_string();
-        *w.store.before_write.borrow_mut() = Some(Box::new(move |rows: &mut Vec<Credential>| {
+        w.race(Box::new(move |rows: &mut Vec<Credential>| {
             rows.push(parallel);
         }));
         let (s, b) = w.add("u_a");
@@ -501,13 +501,7 @@ mod limits {
         // Others are not affected; a deleted key frees its slot.
         assert_eq!(w.add_key("u_b", KEY, valid()).0, 201);
         let id = w.store.rows.borrow()[0].id.to_string();
-        w.call(
-            "DELETE",
-            &format!("/v1/credentials/{id}"),
-            Some("u_a"),
-            None,
-            vec![],
-        );
+        w.delete(&id);
         assert_eq!(
             w.add_key("u_a", "sk_third_key_0000000000000", valid()).0,
             201
@@ -520,7 +514,7 @@ mod limits {
         let (_, _, _) = other.add_key("u_a", KEY2, valid());
         let parallel = other.stored();
         let w = World::with_config(&[("MAX_CREDENTIALS_PER_USER", "1")]);
-        *w.store.before_write.borrow_mut() = Some(Box::new(move |rows: &mut Vec<Credential>| {
+        w.race(Box::new(move |rows: &mut Vec<Credential>| {
             rows.push(parallel)
         }));
         let (s, b) = w.add("u_a");

@@ -176,13 +176,7 @@ fn preferences_point_at_the_users_own_capable_credentials() {
         b["tts"],
         json!({"credential_id": id, "provider": "elevenlabs", "model": "eleven_multilingual_v2"})
     );
-    w.call(
-        "DELETE",
-        &format!("/v1/credentials/{id}"),
-        Some("u_a"),
-        None,
-        vec![],
-    );
+    w.delete(&id);
     let (_, b, _) = w.call("GET", "/v1/preferences", Some("u_a"), None, vec![]);
     assert_eq!(b["tts"], Value::Null);
 }

@@ -206,6 +206,18 @@ impl World {
         (s, b)
     }
 
+    /// `u_a` deletes credential `id`; the status.
+    fn delete(&self, id: &str) -> u16 {
+        let path = format!("/v1/credentials/{id}");
+        self.call("DELETE", &path, Some("u_a"), None, vec![]).0
+    }
+
+    /// Lands `change` on the stored rows in the window between the next write's read and
+    /// the write itself, as a concurrent request would.
+    fn race(&self, change: impl FnOnce(&mut Vec<Credential>) + 'static) {
+        *self.store.before_write.borrow_mut() = Some(Box::new(change));
+    }
+
     /// The first stored row, as the store holds it.
     fn stored(&self) -> Credential {
         self.store.rows.borrow()[0].clone()

@@ -17,6 +17,7 @@ pub mod ports;
 pub mod probe;
 pub mod providers;
 pub mod queues;
+pub mod system_keys;
 pub mod text;
 pub mod vault;
 

@@ -9,10 +9,14 @@ use std::collections::BTreeMap;
 use url::Url;
 use zeroize::Zeroizing;
 
-use crate::auth::JwtSettings;
-use crate::crypto::{MasterKeyError, MasterKeys};
+use crate::auth::{parse_service_tokens, JwtSettings, ServiceToken};
+use crate::crypto::{MasterKeyError, MasterKeys, SecretKey};
 use crate::domain::ProviderId;
 use crate::providers;
+
+/// The most any proxied request body may be, whatever `PROXY_MAX_BODY_BYTES` says (the
+/// Worker reads it into memory).
+pub const MAX_PROXY_BODY_BYTES: usize = 32 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Environment {
@@ -62,6 +66,12 @@ pub struct Config {
     pub rate_limits: bool,
     /// The most credentials one user may hold (`MAX_CREDENTIALS_PER_USER`).
     pub max_credentials_per_user: u32,
+    /// The backend services let in (`SERVICE_TOKENS`, hashes only).
+    pub service_tokens: Vec<ServiceToken>,
+    /// System keys from the Worker's secrets (`SYSTEM_KEY_<PROVIDER>`).
+    pub system_keys_env: BTreeMap<ProviderId, SecretKey>,
+    /// The largest request body the proxy forwards (`PROXY_MAX_BODY_BYTES`).
+    pub proxy_max_body_bytes: usize,
 }
 
 impl Config {
@@ -210,6 +220,8 @@ impl Config {
         let revalidate_after_hours = number("REVALIDATE_AFTER_HOURS", 24, 1, 24 * 365);
         let audit_retention_days = number("AUDIT_RETENTION_DAYS", 365, 1, 36_500);
         let max_credentials_per_user = number("MAX_CREDENTIALS_PER_USER", 100, 1, 10_000) as u32;
+        let proxy_max_body_bytes =
+            number("PROXY_MAX_BODY_BYTES", 25 << 20, 1024, MAX_PROXY_BODY_BYTES as u64) as usize;
         let rate_limits = match get("RATE_LIMITS").as_deref() {
             None | Some("on") => true,
             Some("off") => false,
@@ -242,6 +254,21 @@ impl Config {
                 SystemKeysSource::Env
             }
         };
+
+        let service_tokens = match get("SERVICE_TOKENS") {
+            None => Vec::new(),
+            Some(raw) => parse_service_tokens(&raw).unwrap_or_else(|problem| {
+                err("SERVICE_TOKENS", &problem);
+                Vec::new()
+            }),
+        };
+        let mut system_keys_env = BTreeMap::new();
+        for p in providers::all() {
+            let id = p.info().id;
+            if let Some(key) = get(&crate::system_keys::secret_name(id)) {
+                system_keys_env.insert(id, SecretKey::new(key.trim().to_owned()));
+            }
+        }
 
         let mut cors_allowed_origins = Vec::new();
         for origin in get("CORS_ALLOWED_ORIGINS").unwrap_or_default().split(',') {
@@ -284,6 +311,9 @@ impl Config {
                 cors_allowed_origins,
                 rate_limits,
                 max_credentials_per_user,
+                service_tokens,
+                system_keys_env,
+                proxy_max_body_bytes,
             })
         } else {
             Err(errors)

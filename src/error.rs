@@ -183,6 +183,49 @@ impl ApiError {
         self
     }
 
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(403, "forbidden", "Not allowed").detail(detail)
+    }
+
+    /// Nothing the vault may use for this call: the user must add a key.
+    pub fn no_credential(detail: impl Into<String>) -> Self {
+        Self::new(404, "no_credential", "No usable key for this call").detail(detail)
+    }
+
+    /// The user's stored key was refused by its provider in use: it must be replaced.
+    pub fn credential_invalid(provider: ProviderId, id: CredentialId) -> Self {
+        let mut e = Self::new(
+            424,
+            "credential_invalid",
+            "The stored key stopped working",
+        )
+        .detail(format!(
+            "{provider} refused the stored key; add a new one (its status is now invalid_key)."
+        ))
+        .provider(provider);
+        e.credential_id = Some(id);
+        e
+    }
+
+    /// The key in use has run out of quota.
+    pub fn quota_exhausted(provider: ProviderId, detail: impl Into<String>) -> Self {
+        Self::new(402, "quota_exhausted", "The key has no quota left")
+            .detail(detail)
+            .provider(provider)
+    }
+
+    pub fn provider_error(provider: ProviderId, detail: impl Into<String>) -> Self {
+        Self::new(502, "provider_error", "The provider failed to answer")
+            .detail(detail)
+            .provider(provider)
+    }
+
+    pub fn provider_unreachable(provider: ProviderId, detail: impl Into<String>) -> Self {
+        Self::new(504, "provider_unreachable", "The provider could not be reached")
+            .detail(detail)
+            .provider(provider)
+    }
+
     pub fn internal() -> Self {
         Self::new(500, "internal", "Internal error")
     }

@@ -7,7 +7,9 @@ use async_trait::async_trait;
 
 use crate::audit::{Action, AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
 use crate::auth::Algorithm;
-use crate::domain::{Credential, CredentialId, Preference, ProviderId, Timestamp, UserId};
+use crate::domain::{
+    Capability, Credential, CredentialId, Preference, ProviderId, Timestamp, UserId,
+};
 
 crate::wire_enum! {
     /// An outbound request's method.
@@ -235,6 +237,15 @@ pub trait CredentialStore {
         id: &CredentialId,
         event: &AuditEvent,
     ) -> Result<Option<ProviderId>, StoreError>;
+    /// What decides which key a call for `capability` uses, in ONE read (the path of
+    /// every use): the user's credentials of `providers` (newest first, without model
+    /// lists) and the user's default for the capability, if it points at one of them.
+    async fn holdings(
+        &self,
+        user: &UserId,
+        capability: Capability,
+        providers: &[ProviderId],
+    ) -> Result<(Vec<Credential>, Option<Preference>), StoreError>;
     /// Proves the database answers, at constant cost.
     async fn ping(&self) -> Result<(), StoreError>;
     async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, StoreError>;
@@ -261,6 +272,10 @@ pub trait AuditSink {
     /// the outbox. If nobody can be told (the queue is missing or failing), chains what
     /// waits now; the cron sweeps whatever is left.
     async fn nudge(&self, event_id: &str);
+    /// Sends an event that goes with no change of its own (a key's use) whole on the
+    /// queue, so the request path writes nothing to D1; the consumer files it into the
+    /// outbox by id, in arrival order. Records it when the queue is out of reach.
+    async fn send(&self, event: &AuditEvent);
 }
 
 /// Which of a user's events to list, newest first.

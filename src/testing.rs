@@ -7,7 +7,8 @@ use std::rc::Rc;
 use async_trait::async_trait;
 
 use crate::audit::{AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
-use crate::domain::{Credential, CredentialId, Preference, ProviderId, Timestamp, UserId};
+use crate::domain::{
+    Capability,Credential, CredentialId, Preference, ProviderId, Timestamp, UserId};
 use crate::ports::{
     AuditQuery, AuditSink, AuditStore, Clock, CredentialStore, HttpClient, HttpError, HttpRequest,
     HttpResponse, Inserted, Jitter, LimitScope, LimiterError, Occupancy, RateLimiter, StoreError,
@@ -182,6 +183,8 @@ pub(crate) struct MemoryStore {
     /// Runs once, just before the next conditional write reads the row: lets a test land
     /// a concurrent change in the window between a read and a write.
     pub before_write: RefCell<Option<Race>>,
+    /// How many `holdings` reads were made (the path of every use must make one).
+    pub reads: Cell<u32>,
 }
 
 impl MemoryStore {
@@ -278,6 +281,25 @@ impl CredentialStore for MemoryStore {
             .collect();
         out.reverse();
         Ok(out)
+    }
+
+    async fn holdings(
+        &self,
+        user: &UserId,
+        capability: Capability,
+        providers: &[ProviderId],
+    ) -> Result<(Vec<Credential>, Option<Preference>), StoreError> {
+        self.reads.set(self.reads.get() + 1);
+        let mut held = self.list(user, None).await?;
+        held.retain(|c| providers.contains(&c.provider));
+        let default = self
+            .prefs
+            .borrow()
+            .iter()
+            .find(|(u, p)| u == user && p.capability == capability)
+            .map(|(_, p)| p.clone())
+            .filter(|p| held.iter().any(|c| c.id == p.credential_id));
+        Ok((held, default))
     }
 
     async fn occupancy(
@@ -584,6 +606,10 @@ impl AuditSink for MemoryAudit {
 
     async fn nudge(&self, _event_id: &str) {
         let _ = crate::audit::drain(self, 1).await;
+    }
+
+    async fn send(&self, event: &AuditEvent) {
+        self.record(event).await;
     }
 }
 

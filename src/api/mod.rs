@@ -122,6 +122,8 @@ pub struct App<'a> {
     pub limiter: &'a dyn RateLimiter,
     /// Where operational log lines go. Never given a secret.
     pub log: &'a dyn Fn(&str),
+    /// Infisical's per-isolate cache of system keys (`SYSTEM_KEYS_SOURCE = "infisical"`).
+    pub infisical: Option<&'a crate::system_keys::InfisicalCache>,
 }
 
 /// Answers one request. Never panics on input; every error becomes problem+json. Writes

@@ -101,6 +101,7 @@ impl<'r> Ctx<'r> {
             jitter: app.jitter,
             limiter: app.limiter,
             log: self.note,
+            infisical: app.infisical,
         }
     }
 

@@ -17,6 +17,7 @@ pub(super) fn credential(c: &Credential) -> Value {
         "model": c.model,
         "quota": c.quota,
         "last_validated_at": c.last_validated_at.map(|t| t.to_rfc3339()),
+        "last_used_at": c.last_used_at.map(|t| t.to_rfc3339()),
         "created_at": c.created_at.to_rfc3339(),
         "updated_at": c.updated_at.to_rfc3339(),
     })

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{new_event_id, Action, Actor, AuditEvent, Outcome};
+use super::{new_event_id, Action, Actor, AuditEvent, Outcome, Source};
 use crate::crypto::random_bytes;
 use crate::domain::{CredentialId, ProviderId, RequestId, Timestamp, UserId};
 
@@ -28,6 +28,8 @@ pub struct Facts {
     pub failure: Option<&'static str>,
     /// The event was written with the operation's change, in one transaction: its id.
     pub committed: Option<String>,
+    /// Whose key a use used (`credential.used`).
+    pub source: Option<Source>,
 }
 
 impl Facts {
@@ -39,6 +41,7 @@ impl Facts {
             detail: None,
             failure: None,
             committed: None,
+            source: None,
         }
     }
 
@@ -65,6 +68,7 @@ impl Facts {
         event.provider = self.provider.map(|p| p.as_str().to_owned());
         event.detail = self.detail.clone();
         event.request_id = origin.request_id.clone();
+        event.source = self.source;
         if let Some(code) = failure.or(self.failure) {
             event.outcome = Outcome::Failure;
             event.reason = Some(code.to_owned());

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{link, AuditEvent, ChainHead, ChainedEvent};
+use super::{link, Action, AuditEvent, ChainHead, ChainedEvent, Outcome};
 use crate::ports::{AuditStore, StoreError};
 
 /// Pending events one round reads and chains. A round costs three D1 queries (pending,
@@ -36,6 +36,8 @@ pub struct ChainPlan {
     pub dead: Vec<(String, String)>,
     /// The outbox positions this plan consumes.
     pub done: Vec<u64>,
+    /// Keys these events used: (user, credential, when), for `credentials.last_used_at`.
+    pub used: Vec<(String, String, u64)>,
 }
 
 impl ChainPlan {
@@ -67,6 +69,12 @@ pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPla
                 continue;
             }
         };
+        if let (Action::CredentialUsed, Outcome::Success, Some(id)) =
+            (event.action, event.outcome, &event.credential_id)
+        {
+            out.used
+                .push((p.user_id.clone(), id.as_str().to_owned(), event.at));
+        }
         let prev = ends
             .entry(p.user_id.clone())
             .or_insert_with(ChainHead::genesis);

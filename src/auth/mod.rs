@@ -1,10 +1,13 @@
-//! Who is calling: end users with a JWT from the app's own auth.
+//! Who is calling: end users with a JWT from the app's own auth, and backend services
+//! with a token from `SERVICE_TOKENS`.
 
 mod jwks;
 pub(crate) mod jwt;
+mod service;
 
 pub use jwks::JwksCache;
 pub use jwt::{Algorithm, AuthError, JwtSettings, JwtVerifier};
+pub use service::{find_service, parse_service_tokens, Scope, ServiceToken};
 
 /// The token of an `Authorization: Bearer <token>` header, if that is what it holds.
 pub fn bearer_token(header: Option<&str>) -> Option<&str> {

@@ -73,6 +73,8 @@ pub struct Credential {
     pub models_fetched_at: Option<Timestamp>,
     pub consecutive_failures: u32,
     pub last_validated_at: Option<Timestamp>,
+    /// When the key was last used (resolve, proxy); set by the audit chainer.
+    pub last_used_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// The row version: every write moves it on by one, and is conditional on the version

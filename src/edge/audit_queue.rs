@@ -21,7 +21,7 @@ pub(super) struct OutboxAuditSink<'a> {
 
 impl OutboxAuditSink<'_> {
     /// Sends `body` on the queue; says why not when it cannot.
-    async fn send(&self, body: String) -> Result<(), String> {
+    async fn send_body(&self, body: String) -> Result<(), String> {
         match &self.queue {
             Some(queue) => queue
                 .send(body)
@@ -54,7 +54,7 @@ impl AuditSink for OutboxAuditSink<'_> {
         // The outbox is out of reach: the whole event travels on the queue and the consumer
         // files it; failing that, the log keeps it (events hold no secret).
         let body = serde_json::to_string(event).unwrap_or_default();
-        if let Err(why) = self.send(body.clone()).await {
+        if let Err(why) = self.send_body(body.clone()).await {
             worker::console_error!(
                 "audit: event could not be stored ({}; {why}): {body}",
                 stored.err().unwrap_or_default()
@@ -62,8 +62,16 @@ impl AuditSink for OutboxAuditSink<'_> {
         }
     }
 
+    async fn send(&self, event: &AuditEvent) {
+        let body = serde_json::to_string(event).unwrap_or_default();
+        if let Err(why) = self.send_body(body).await {
+            worker::console_warn!("audit: {why}; writing event {} to the outbox", event.id);
+            self.record(event).await;
+        }
+    }
+
     async fn nudge(&self, event_id: &str) {
-        let Err(why) = self.send(nudge_body(event_id)).await else {
+        let Err(why) = self.send_body(nudge_body(event_id)).await else {
             return;
         };
         worker::console_warn!("audit: {why}; writing event {event_id} directly");

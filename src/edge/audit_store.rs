@@ -269,6 +269,24 @@ impl AuditStore for D1AuditStore<'_> {
                 &[json_arg(&heads), now.clone()],
             )?);
         }
+        if !plan.used.is_empty() {
+            // Last use, from credential.used events: never moved back, and the row version
+            // untouched (a use is no change a user's write should conflict with).
+            let used: Vec<Value> = plan
+                .used
+                .iter()
+                .map(|(u, c, at)| json!({"u": u, "c": c, "at": at}))
+                .collect();
+            statements.push(self.db.prepare(
+                "UPDATE credentials SET last_used_at = used.at FROM \
+                   (SELECT json_extract(value, '$.u') AS u, json_extract(value, '$.c') AS c, \
+                           max(json_extract(value, '$.at')) AS at \
+                    FROM json_each(?1) GROUP BY 1, 2) AS used \
+                 WHERE credentials.user_id = used.u AND credentials.id = used.c \
+                   AND (credentials.last_used_at IS NULL OR credentials.last_used_at < used.at)",
+                &[json_arg(&used)],
+            )?);
+        }
         if !plan.dead.is_empty() {
             statements.push(
                 self.db

@@ -89,7 +89,7 @@ fn mutable_values(c: &Credential) -> [JsValue; 17] {
 
 const COLUMNS: &str = "id, user_id, provider, label, key_hint, key_version, nonce, ciphertext, \
     fingerprint, params, model, status, status_detail, warnings, quota, models, models_fetched_at, \
-    consecutive_failures, last_validated_at, created_at, updated_at, version";
+    consecutive_failures, last_validated_at, created_at, updated_at, version, last_used_at";
 
 #[derive(Deserialize)]
 struct Row {
@@ -115,6 +115,10 @@ struct Row {
     created_at: f64,
     updated_at: f64,
     version: Option<f64>,
+    last_used_at: Option<f64>,
+    /// Only in `holdings`: the user's default for the capability, as JSON.
+    #[serde(default)]
+    preference: Option<String>,
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(s: &Option<String>) -> Option<T> {
@@ -156,6 +160,7 @@ impl Row {
             models_fetched_at: self.models_fetched_at.map(ms),
             consecutive_failures: self.consecutive_failures.unwrap_or(0.0) as u32,
             last_validated_at: self.last_validated_at.map(ms),
+            last_used_at: self.last_used_at.map(ms),
             created_at: ms(self.created_at),
             updated_at: ms(self.updated_at),
             version: self.version.unwrap_or(0.0) as u64,
@@ -331,6 +336,45 @@ impl CredentialStore for D1Store<'_> {
         let args = [text(user.as_str()), opt_text(provider.map(|p| p.as_str()))];
         let rows: Vec<Row> = self.db.all(&sql, &args).await?;
         rows.into_iter().map(Row::into_credential).collect()
+    }
+
+    async fn holdings(
+        &self,
+        user: &UserId,
+        capability: Capability,
+        providers: &[ProviderId],
+    ) -> Result<(Vec<Credential>, Option<Preference>), StoreError> {
+        #[derive(Deserialize)]
+        struct Default {
+            credential_id: String,
+            model: Option<String>,
+        }
+        // One statement: the rows, each carrying the user's default for the capability.
+        let columns = COLUMNS.replace(" models,", " NULL AS models,");
+        let sql = format!(
+            "SELECT {columns}, (SELECT json_object('credential_id', p.credential_id, 'model', p.model) \
+               FROM preferences p WHERE p.user_id = ?1 AND p.capability = ?2) AS preference \
+             FROM credentials WHERE user_id = ?1 AND provider IN (SELECT value FROM json_each(?3)) \
+             ORDER BY created_at DESC, id"
+        );
+        let names: Vec<&str> = providers.iter().map(|p| p.as_str()).collect();
+        let args = [text(user.as_str()), text(capability.as_str()), json(&names)];
+        let rows: Vec<Row> = self.db.all(&sql, &args).await?;
+        let default: Option<Default> = rows.first().and_then(|r| parse_json(&r.preference));
+        let held = rows
+            .into_iter()
+            .map(Row::into_credential)
+            .collect::<Result<Vec<_>, _>>()?;
+        let default = default.and_then(|d| {
+            let c = held.iter().find(|c| c.id.as_str() == d.credential_id)?;
+            Some(Preference {
+                capability,
+                credential_id: c.id.clone(),
+                provider: c.provider,
+                model: d.model,
+            })
+        });
+        Ok((held, default))
     }
 
     async fn occupancy(

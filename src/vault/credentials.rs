@@ -171,6 +171,7 @@ impl Vault<'_> {
             models_fetched_at: None,
             consecutive_failures: 0,
             last_validated_at: None,
+            last_used_at: None,
             created_at: now,
             updated_at: now,
             version: 0,

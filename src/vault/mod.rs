@@ -11,13 +11,17 @@ mod commands;
 mod credentials;
 mod keys;
 mod preferences;
+pub mod resolution;
+mod usage;
 
 pub use commands::{CredentialPatch, NewCredential};
+pub use usage::{KeyInUse, Verdict};
 
 use crate::audit::Origin;
 use crate::config::Config;
 use crate::domain::UserId;
 use crate::ports::{Clock, CredentialStore, HttpClient, Jitter, RateLimiter};
+use crate::system_keys::InfisicalCache;
 
 /// Everything an operation may use: configuration and the platform behind the seams.
 pub struct Vault<'a> {
@@ -30,6 +34,8 @@ pub struct Vault<'a> {
     pub limiter: &'a dyn RateLimiter,
     /// Where notes go that are not errors (a key that no longer decrypts). Never a secret.
     pub log: &'a dyn Fn(&str),
+    /// Infisical's per-isolate cache, when system keys come from there.
+    pub infisical: Option<&'a InfisicalCache>,
 }
 
 /// Who an operation acts for, and where the request came from.

@@ -129,6 +129,7 @@ impl World {
             signatures: &crate::testing::RustCryptoVerifier,
             limiter: &self.limiter,
             log: &log,
+            infisical: None,
         };
         let mut headers = vec![
             ("content-type".to_string(), "application/json".to_string()),

@@ -130,6 +130,7 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
             signatures: &crate::testing::RustCryptoVerifier,
             limiter: &w.limiter,
             log: &|_: &str| {},
+            infisical: None,
         };
         let request = Request {
             method: "OPTIONS".into(),

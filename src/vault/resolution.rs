@@ -1,0 +1,437 @@
+//! Which key a call uses: the one rule, pure, shared by `/v1/resolve` and the proxy.
+//!
+//! Precedence: the user's preference for the capability → the user's usable credential
+//! for the asked provider (or the exact `credential_id` asked for) → the system key, as
+//! `FALLBACK_POLICY` allows and the request may narrow (`allow_fallback: false`) → nothing
+//! (`no_credential`). A credential in a dead state is skipped, and when that is why
+//! nothing was found, the answer says so. A system key is never used silently: the
+//! decision carries why.
+
+use crate::config::FallbackPolicy;
+use crate::domain::{Capability, Credential, CredentialId, CredentialStatus, ProviderId};
+use crate::providers;
+
+crate::wire_enum! {
+    /// Why a call went to the system key.
+    pub enum FallbackReason {
+        /// The user holds no key for the provider.
+        NoUserCredential = "no_user_credential",
+        /// The user's keys for the provider are all dead (invalid, out of quota, unreadable).
+        UserCredentialInvalid = "user_credential_invalid",
+        /// `FALLBACK_POLICY = system_only`: user keys are not used at all.
+        PolicySystemOnly = "policy_system_only",
+    }
+}
+
+/// What a call asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask<'a> {
+    pub capability: Capability,
+    pub provider: Option<ProviderId>,
+    pub credential_id: Option<&'a CredentialId>,
+    /// `false` narrows any policy to user keys only.
+    pub allow_fallback: bool,
+}
+
+/// The user's default for the capability: the credential and the model chosen.
+#[derive(Clone, Debug)]
+pub struct Default {
+    pub credential_id: CredentialId,
+    pub model: Option<String>,
+}
+
+/// What a call may use, as far as the user's own keys decide it.
+#[derive(Debug)]
+pub enum Decision<'c> {
+    /// The user's credential, with the model to use.
+    User {
+        credential: &'c Credential,
+        model: Option<String>,
+    },
+    /// The system key of `provider` (of the first provider with one that offers the
+    /// capability, when `None`), if there is one; else nothing, for `missing`.
+    System {
+        provider: Option<ProviderId>,
+        model: Option<String>,
+        reason: FallbackReason,
+        missing: Missing<'c>,
+    },
+    /// Nothing may be used.
+    Nothing(Missing<'c>),
+    /// The request contradicts itself (a credential of another provider or capability).
+    Mismatch(&'static str),
+}
+
+/// Why nothing was found: what `no_credential` tells the user.
+#[derive(Debug, Clone)]
+pub struct Missing<'c> {
+    pub provider: Option<ProviderId>,
+    /// The user's credentials skipped because they are dead.
+    pub skipped: Vec<&'c Credential>,
+    /// Whether a system key was allowed (and so found missing) or not allowed at all.
+    pub system_allowed: bool,
+}
+
+/// A credential that cannot serve a call until the user acts.
+pub fn is_dead(status: CredentialStatus) -> bool {
+    matches!(
+        status,
+        CredentialStatus::InvalidKey
+            | CredentialStatus::QuotaExhausted
+            | CredentialStatus::NeedsReconfiguration
+    )
+}
+
+fn serves(provider: ProviderId, capability: Capability) -> bool {
+    providers::find(provider.as_str()).is_some_and(|p| p.info().capabilities.contains(&capability))
+}
+
+/// Decides which key a call uses, from the user's `credentials` and `default` for the
+/// capability. A `System` decision still needs the system key looked up.
+pub fn decide<'c>(
+    policy: FallbackPolicy,
+    ask: &Ask<'_>,
+    credentials: &'c [Credential],
+    default: Option<&Default>,
+) -> Decision<'c> {
+    let user_keys = policy != FallbackPolicy::SystemOnly;
+    let system_keys = ask.allow_fallback && policy != FallbackPolicy::UserOnly;
+    let fallback = |provider: Option<ProviderId>, model, reason, skipped: Vec<&'c Credential>| {
+        let missing = Missing {
+            provider,
+            skipped,
+            system_allowed: system_keys,
+        };
+        if system_keys {
+            Decision::System {
+                provider,
+                model,
+                reason,
+                missing,
+            }
+        } else {
+            Decision::Nothing(missing)
+        }
+    };
+    let model_of = |c: &Credential| match default {
+        Some(d) if d.credential_id == c.id => d.model.clone().or_else(|| c.model.clone()),
+        _ => c.model.clone(),
+    };
+
+    // One exact credential.
+    if let Some(id) = ask.credential_id {
+        let found = credentials.iter().find(|c| &c.id == id);
+        if let Some(c) = found {
+            if ask.provider.is_some_and(|p| p != c.provider) {
+                return Decision::Mismatch("names a credential of another provider");
+            }
+            if !serves(c.provider, ask.capability) {
+                return Decision::Mismatch("names a credential whose provider lacks the capability");
+            }
+        }
+        let provider = found.map(|c| c.provider).or(ask.provider);
+        let model = found.and_then(model_of);
+        if !user_keys {
+            return fallback(provider, model, FallbackReason::PolicySystemOnly, Vec::new());
+        }
+        return match found {
+            Some(c) if !is_dead(c.status) => Decision::User {
+                credential: c,
+                model,
+            },
+            Some(c) => fallback(provider, model, FallbackReason::UserCredentialInvalid, vec![c]),
+            None => fallback(provider, None, FallbackReason::NoUserCredential, Vec::new()),
+        };
+    }
+
+    // The user's default counts when it is for the provider asked (or none was asked).
+    let default_credential = default
+        .and_then(|d| credentials.iter().find(|c| c.id == d.credential_id))
+        .filter(|c| ask.provider.is_none_or(|p| p == c.provider));
+    let provider = ask.provider.or(default_credential.map(|c| c.provider));
+    let default_model = default_credential.and_then(model_of);
+    if !user_keys {
+        return fallback(provider, default_model, FallbackReason::PolicySystemOnly, Vec::new());
+    }
+    let candidates: Vec<&Credential> = credentials
+        .iter()
+        .filter(|c| match provider {
+            Some(p) => c.provider == p,
+            None => serves(c.provider, ask.capability),
+        })
+        .collect();
+    let chosen = default_credential
+        .filter(|c| !is_dead(c.status))
+        .or_else(|| {
+            candidates
+                .iter()
+                .copied()
+                .find(|c| c.status == CredentialStatus::Valid)
+        })
+        .or_else(|| candidates.iter().copied().find(|c| !is_dead(c.status)));
+    if let Some(c) = chosen {
+        return Decision::User {
+            credential: c,
+            model: model_of(c),
+        };
+    }
+    let provider = provider.or(candidates.first().map(|c| c.provider));
+    let reason = if candidates.is_empty() {
+        FallbackReason::NoUserCredential
+    } else {
+        FallbackReason::UserCredentialInvalid
+    };
+    fallback(provider, default_model, reason, candidates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CredentialParams, Timestamp, UserId};
+    use FallbackPolicy::{SystemOnly, UserOnly, UserThenSystem};
+
+    fn credential(n: u8, provider: &str, status: CredentialStatus) -> Credential {
+        let now = Timestamp::from_millis(1_800_000_000_000);
+        Credential {
+            id: CredentialId::from_random([n; 16]),
+            user_id: UserId::parse("u_1").unwrap(),
+            provider: providers::find(provider).unwrap().info().id,
+            label: None,
+            key_hint: None,
+            secret: None,
+            fingerprint: None,
+            params: CredentialParams::default(),
+            model: Some(format!("model-{n}")),
+            status,
+            status_detail: None,
+            warnings: Vec::new(),
+            quota: None,
+            models: None,
+            models_fetched_at: None,
+            consecutive_failures: 0,
+            last_validated_at: None,
+            last_used_at: None,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        }
+    }
+
+    fn id(p: &str) -> ProviderId {
+        providers::find(p).unwrap().info().id
+    }
+
+    /// What the user holds in one row of the table.
+    #[derive(Clone, Copy, Debug)]
+    enum Holding {
+        /// A default (credential 1, model "chosen") and a second usable key (2).
+        Preference,
+        /// One usable key (2), no default.
+        UserKey,
+        /// One dead key (3), and a default pointing at it.
+        DeadUserKey,
+        /// Nothing of the user's.
+        Nothing,
+    }
+
+    /// The outcome a row expects: which credential, or the system key and why, or nothing.
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        User(u8, Option<String>),
+        System(Option<&'static str>, FallbackReason),
+        Nothing { skipped: usize, system_allowed: bool },
+    }
+
+    fn run(policy: FallbackPolicy, holding: Holding, allow: bool, system: bool) -> Got {
+        let statuses = [
+            (1, CredentialStatus::Valid),
+            (2, CredentialStatus::RateLimited),
+            (3, CredentialStatus::InvalidKey),
+        ];
+        let (creds, default): (Vec<Credential>, Option<Default>) = match holding {
+            Holding::Preference => (
+                statuses[..2].iter().map(|(n, s)| credential(*n, "elevenlabs", *s)).collect(),
+                Some(Default {
+                    credential_id: CredentialId::from_random([1; 16]),
+                    model: Some("chosen".into()),
+                }),
+            ),
+            Holding::UserKey => (vec![credential(2, "elevenlabs", statuses[1].1)], None),
+            Holding::DeadUserKey => (
+                vec![credential(3, "elevenlabs", statuses[2].1)],
+                Some(Default {
+                    credential_id: CredentialId::from_random([3; 16]),
+                    model: None,
+                }),
+            ),
+            Holding::Nothing => (Vec::new(), None),
+        };
+        let ask = Ask {
+            capability: Capability::Tts,
+            provider: Some(id("elevenlabs")),
+            credential_id: None,
+            allow_fallback: allow,
+        };
+        match decide(policy, &ask, &creds, default.as_ref()) {
+            Decision::User { credential, model: m } => {
+                let n = (1..=3)
+                    .find(|n| credential.id == CredentialId::from_random([*n; 16]))
+                    .unwrap();
+                Got::User(n, m)
+            }
+            Decision::System {
+                provider,
+                reason,
+                missing,
+                ..
+            } => {
+                assert_eq!(provider, Some(id("elevenlabs")));
+                if system {
+                    Got::System(provider.map(|p| p.as_str()), reason)
+                } else {
+                    Got::Nothing {
+                        skipped: missing.skipped.len(),
+                        system_allowed: missing.system_allowed,
+                    }
+                }
+            }
+            Decision::Nothing(m) => Got::Nothing {
+                skipped: m.skipped.len(),
+                system_allowed: m.system_allowed,
+            },
+            Decision::Mismatch(why) => panic!("mismatch: {why}"),
+        }
+    }
+
+    #[test]
+    fn every_policy_holding_and_fallback_choice_resolves_as_the_table_says() {
+        use FallbackReason::*;
+        use Holding::*;
+        let chosen = || Got::User(1, Some("chosen".into()));
+        let second = || Got::User(2, Some("model-2".into()));
+        let sys = |r| Got::System(Some("elevenlabs"), r);
+        let none = |skipped, system_allowed| Got::Nothing {
+            skipped,
+            system_allowed,
+        };
+        // (policy, holding, allow_fallback, system key exists, expected)
+        let table = [
+            (UserThenSystem, Preference, true, true, chosen()),
+            (UserThenSystem, Preference, false, true, chosen()),
+            (UserThenSystem, UserKey, true, true, second()),
+            (UserThenSystem, UserKey, false, false, second()),
+            (UserThenSystem, DeadUserKey, true, true, sys(UserCredentialInvalid)),
+            (UserThenSystem, DeadUserKey, true, false, none(1, true)),
+            (UserThenSystem, DeadUserKey, false, true, none(1, false)),
+            (UserThenSystem, Nothing, true, true, sys(NoUserCredential)),
+            (UserThenSystem, Nothing, true, false, none(0, true)),
+            (UserThenSystem, Nothing, false, true, none(0, false)),
+            (UserOnly, Preference, true, true, chosen()),
+            (UserOnly, UserKey, true, true, second()),
+            (UserOnly, DeadUserKey, true, true, none(1, false)),
+            (UserOnly, DeadUserKey, false, true, none(1, false)),
+            (UserOnly, Nothing, true, true, none(0, false)),
+            (UserOnly, Nothing, false, false, none(0, false)),
+            (SystemOnly, Preference, true, true, sys(PolicySystemOnly)),
+            (SystemOnly, Preference, false, true, none(0, false)),
+            (SystemOnly, UserKey, true, true, sys(PolicySystemOnly)),
+            (SystemOnly, UserKey, true, false, none(0, true)),
+            (SystemOnly, DeadUserKey, true, true, sys(PolicySystemOnly)),
+            (SystemOnly, DeadUserKey, false, true, none(0, false)),
+            (SystemOnly, Nothing, true, true, sys(PolicySystemOnly)),
+            (SystemOnly, Nothing, true, false, none(0, true)),
+            (SystemOnly, Nothing, false, false, none(0, false)),
+        ];
+        for (policy, holding, allow, system, want) in table {
+            assert_eq!(
+                run(policy, holding, allow, system),
+                want,
+                "{policy:?} {holding:?} allow_fallback={allow} system={system}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_counts_only_for_its_own_provider_and_a_dead_default_gives_way() {
+        let creds = vec![
+            credential(1, "openai", CredentialStatus::Valid),
+            credential(2, "anthropic", CredentialStatus::QuotaExhausted),
+            credential(3, "anthropic", CredentialStatus::Unreachable),
+        ];
+        let default = Default {
+            credential_id: creds[1].id.clone(),
+            model: Some("claude-x".into()),
+        };
+        let mut ask = Ask {
+            capability: Capability::Llm,
+            provider: None,
+            credential_id: None,
+            allow_fallback: true,
+        };
+        // The default's provider is chosen; its dead key gives way to a usable one.
+        let Decision::User { credential, .. } =
+            decide(UserThenSystem, &ask, &creds, Some(&default))
+        else {
+            panic!()
+        };
+        assert_eq!(credential.id, creds[2].id);
+        // Asked for another provider: the default does not count.
+        ask.provider = Some(id("openai"));
+        let Decision::User { credential, model } =
+            decide(UserThenSystem, &ask, &creds, Some(&default))
+        else {
+            panic!()
+        };
+        assert_eq!((&credential.id, model.as_deref()), (&creds[0].id, Some("model-1")));
+        // No provider and no default: a valid key of any provider with the capability.
+        ask.provider = None;
+        let Decision::User { credential, .. } = decide(UserThenSystem, &ask, &creds, None) else {
+            panic!()
+        };
+        assert_eq!(credential.id, creds[0].id);
+    }
+
+    #[test]
+    fn an_exact_credential_is_used_skipped_or_refused() {
+        let creds = vec![
+            credential(1, "openai", CredentialStatus::Valid),
+            credential(2, "openai", CredentialStatus::InvalidKey),
+            credential(3, "elevenlabs", CredentialStatus::Valid),
+        ];
+        let ask = |id, provider: Option<&str>| Ask {
+            capability: Capability::Llm,
+            provider: provider.map(id_of),
+            credential_id: Some(id),
+            allow_fallback: true,
+        };
+        fn id_of(p: &str) -> ProviderId {
+            providers::find(p).unwrap().info().id
+        }
+        assert!(matches!(
+            decide(UserThenSystem, &ask(&creds[0].id, None), &creds, None),
+            Decision::User { credential, .. } if credential.id == creds[0].id
+        ));
+        assert!(matches!(
+            decide(UserThenSystem, &ask(&creds[1].id, None), &creds, None),
+            Decision::System { reason: FallbackReason::UserCredentialInvalid, provider: Some(p), .. } if p.as_str() == "openai"
+        ));
+        assert!(matches!(
+            decide(UserOnly, &ask(&creds[1].id, None), &creds, None),
+            Decision::Nothing(Missing { ref skipped, .. }) if skipped.len() == 1
+        ));
+        assert!(matches!(
+            decide(UserThenSystem, &ask(&creds[0].id, Some("anthropic")), &creds, None),
+            Decision::Mismatch(_)
+        ));
+        assert!(matches!(
+            decide(UserThenSystem, &ask(&creds[2].id, None), &creds, None),
+            Decision::Mismatch(_)
+        ));
+        // Another user's (or a deleted) credential is simply not there.
+        let gone = CredentialId::from_random([9; 16]);
+        assert!(matches!(
+            decide(UserOnly, &ask(&gone, Some("openai")), &creds, None),
+            Decision::Nothing(Missing { ref skipped, .. }) if skipped.is_empty()
+        ));
+    }
+}

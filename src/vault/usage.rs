@@ -1,0 +1,231 @@
+//! Using a key: which one a call gets (the user's, or the system's as a receipted
+//! fallback), in the clear for that call only; and what a provider's refusal of a user's
+//! key in use does to the credential. Shared by `/v1/resolve` and the proxy.
+
+use serde_json::json;
+
+use super::resolution::{decide, Ask, Decision, Default, FallbackReason, Missing};
+use super::Vault;
+use crate::audit::{Action, Facts, Origin, Source};
+use crate::crypto::SecretKey;
+use crate::domain::{Credential, CredentialStatus, ProviderId, UserId};
+use crate::error::ApiError;
+use crate::ports::Written;
+use crate::providers;
+use crate::system_keys::{SystemKeys, Tier};
+
+/// The key a call uses, and the receipt that says whose it is and why.
+pub struct KeyInUse {
+    pub source: Source,
+    pub provider: ProviderId,
+    pub model: Option<String>,
+    /// The user's credential (`source` user): where it lives and the row version read.
+    pub credential: Option<Credential>,
+    /// Why the system key was used (`source` system).
+    pub fallback_reason: Option<FallbackReason>,
+    /// Which tier served the system key.
+    pub tier: Option<Tier>,
+    pub key: SecretKey,
+}
+
+/// How a call's provider answered a key in use, as far as the key's health goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The key was refused (401/403): it is dead.
+    Refused,
+    /// The key has no quota left.
+    QuotaExhausted,
+}
+
+impl Vault<'_> {
+    fn system_keys(&self) -> SystemKeys<'_> {
+        SystemKeys {
+            env: &self.config.system_keys_env,
+            infisical: self.infisical,
+            http: self.http,
+            clock: self.clock,
+            log: self.log,
+        }
+    }
+
+    /// The key for `ask`, on behalf of `user`, with `facts` (a `credential.used` event)
+    /// filled in as it is decided. One D1 read when a user key serves.
+    pub async fn key_for(
+        &self,
+        user: &UserId,
+        ask: &Ask<'_>,
+        facts: &mut Facts,
+    ) -> Result<KeyInUse, ApiError> {
+        if let Some(p) = ask.provider {
+            facts.provider = Some(p);
+        }
+        if let Some(id) = ask.credential_id {
+            facts.credential_id = Some(id.clone());
+        }
+        let serving: Vec<ProviderId> = providers::all()
+            .map(|p| p.info())
+            .filter(|i| i.capabilities.contains(&ask.capability))
+            .map(|i| i.id)
+            .collect();
+        let (mut held, default) = self
+            .store
+            .holdings(user, ask.capability, &serving)
+            .await
+            .map_err(ApiError::from)?;
+        let default = default.map(|p| Default {
+            credential_id: p.credential_id,
+            model: p.model,
+        });
+        // A key that no longer decrypts is as dead as a refused one: decide again without it.
+        for _ in 0..=held.len() {
+            let dead = match decide(self.config.fallback_policy, ask, &held, default.as_ref())
+            {
+                Decision::Mismatch(why) => {
+                    return Err(ApiError::invalid_request(vec![
+                        crate::error::FieldError::new("credential_id", why),
+                    ]))
+                }
+                Decision::Nothing(missing) => return Err(no_credential(ask, &missing)),
+                Decision::System {
+                    provider,
+                    model,
+                    reason,
+                    missing,
+                } => {
+                    let Some((provider, found)) = self.system_key(provider, ask).await else {
+                        return Err(no_credential(ask, &missing));
+                    };
+                    facts.provider = Some(provider);
+                    facts.source = Some(Source::System);
+                    facts.detail = Some(json!({
+                        "fallback_reason": reason, "tier": found.tier, "model": model,
+                    }));
+                    return Ok(KeyInUse {
+                        source: Source::System,
+                        provider,
+                        model,
+                        credential: None,
+                        fallback_reason: Some(reason),
+                        tier: Some(found.tier),
+                        key: found.key,
+                    });
+                }
+                Decision::User { credential, model } => {
+                    facts.about(&credential.id, Some(credential.provider));
+                    match self.open_key(credential)? {
+                        Some(key) => {
+                            facts.source = Some(Source::User);
+                            facts.detail = Some(json!({"model": model}));
+                            return Ok(KeyInUse {
+                                source: Source::User,
+                                provider: credential.provider,
+                                model,
+                                credential: Some(credential.clone()),
+                                fallback_reason: None,
+                                tier: None,
+                                key,
+                            });
+                        }
+                        None => credential.id.clone(),
+                    }
+                }
+            };
+            if let Some(c) = held.iter_mut().find(|c| c.id == dead) {
+                c.status = CredentialStatus::NeedsReconfiguration;
+            }
+        }
+        Err(ApiError::internal().caused_by("resolution did not settle"))
+    }
+
+    /// The system key of `provider`, or of the first provider offering the capability that
+    /// has one.
+    async fn system_key(
+        &self,
+        provider: Option<ProviderId>,
+        ask: &Ask<'_>,
+    ) -> Option<(ProviderId, crate::system_keys::SystemKey)> {
+        let keys = self.system_keys();
+        match provider {
+            Some(p) => keys.key(p).await.map(|k| (p, k)),
+            None => {
+                for p in providers::all().map(|p| p.info()) {
+                    if p.capabilities.contains(&ask.capability) {
+                        if let Some(k) = keys.key(p.id).await {
+                            return Some((p.id, k));
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// A provider refused the user's key in use (or said it ran out): the credential
+    /// takes that status, with its `credential.validated` failure event, unless the row
+    /// changed since it was read (a rotation that landed meanwhile is not undone).
+    pub async fn mark_in_use(
+        &self,
+        credential: &Credential,
+        verdict: Verdict,
+        detail: &str,
+        origin: &Origin,
+    ) -> Result<(), ApiError> {
+        let (status, code) = match verdict {
+            Verdict::Refused => (CredentialStatus::InvalidKey, "credential_invalid"),
+            Verdict::QuotaExhausted => (CredentialStatus::QuotaExhausted, "quota_exhausted"),
+        };
+        let now = self.clock.now();
+        let mut c = credential.clone();
+        let from = c.status;
+        c.status = status;
+        c.status_detail = Some(detail.to_owned());
+        c.consecutive_failures = c.consecutive_failures.saturating_add(1);
+        c.last_validated_at = Some(now);
+        c.updated_at = now;
+        let mut facts = Facts::new(Action::CredentialValidated);
+        facts.about(&c.id, Some(c.provider));
+        facts.detail = Some(json!({"from": from, "to": status, "in_use": true}));
+        let event = facts.event(origin, &c.user_id, now, Some(code));
+        match self.store.record_check(&c, &event).await? {
+            Written::Done => Ok(()),
+            // Changed or gone meanwhile: whatever landed is newer than this verdict.
+            Written::Conflict | Written::Missing => Ok(()),
+        }
+    }
+}
+
+/// `no_credential`, naming the provider, why, and what to do.
+fn no_credential(ask: &Ask<'_>, missing: &Missing<'_>) -> ApiError {
+    let what = match missing.provider {
+        Some(p) => format!("{p} key"),
+        None => format!("key for {}", ask.capability),
+    };
+    let why = if !missing.skipped.is_empty() {
+        let statuses: Vec<&str> = missing.skipped.iter().map(|c| c.status.as_str()).collect();
+        format!(
+            "your stored key cannot be used ({})",
+            statuses.join(", ")
+        )
+    } else {
+        "you have not added one".to_owned()
+    };
+    let system = if missing.system_allowed {
+        "no system key is configured for it"
+    } else {
+        "a system key may not be used for this call"
+    };
+    let mut e = ApiError::no_credential(format!(
+        "No usable {what}: {why}, and {system}. Add a {what} in your settings."
+    ));
+    if let Some(p) = missing.provider {
+        e = e.provider(p);
+    }
+    let skipped: Vec<_> = missing
+        .skipped
+        .iter()
+        .map(|c| json!({"credential_id": c.id, "status": c.status}))
+        .collect();
+    e.with("capability", json!(ask.capability))
+        .with("skipped", json!(skipped))
+        .caused_by(format!("no_credential ({why}; {system})"))
+}

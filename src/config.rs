@@ -220,8 +220,12 @@ impl Config {
         let revalidate_after_hours = number("REVALIDATE_AFTER_HOURS", 24, 1, 24 * 365);
         let audit_retention_days = number("AUDIT_RETENTION_DAYS", 365, 1, 36_500);
         let max_credentials_per_user = number("MAX_CREDENTIALS_PER_USER", 100, 1, 10_000) as u32;
-        let proxy_max_body_bytes =
-            number("PROXY_MAX_BODY_BYTES", 25 << 20, 1024, MAX_PROXY_BODY_BYTES as u64) as usize;
+        let proxy_max_body_bytes = number(
+            "PROXY_MAX_BODY_BYTES",
+            25 << 20,
+            1024,
+            MAX_PROXY_BODY_BYTES as u64,
+        ) as usize;
         let rate_limits = match get("RATE_LIMITS").as_deref() {
             None | Some("on") => true,
             Some("off") => false,

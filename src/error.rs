@@ -40,6 +40,8 @@ pub struct Problem {
     pub credential_id: Option<CredentialId>,
     /// Further members for this problem type (e.g. the health checks).
     pub extra: Map<String, Value>,
+    /// Headers the answer carries besides the problem's own (a proxy call's receipts).
+    pub headers: Vec<(&'static str, String)>,
     /// What went wrong underneath, for the request's log line; never part of the body.
     /// Holds no secret: store and platform messages, failure kinds, ids.
     pub cause: Option<String>,
@@ -70,6 +72,7 @@ impl ApiError {
             retry_after_seconds: None,
             credential_id: None,
             extra: Map::new(),
+            headers: Vec::new(),
             cause: None,
         }))
     }
@@ -194,15 +197,11 @@ impl ApiError {
 
     /// The user's stored key was refused by its provider in use: it must be replaced.
     pub fn credential_invalid(provider: ProviderId, id: CredentialId) -> Self {
-        let mut e = Self::new(
-            424,
-            "credential_invalid",
-            "The stored key stopped working",
-        )
-        .detail(format!(
-            "{provider} refused the stored key; add a new one (its status is now invalid_key)."
-        ))
-        .provider(provider);
+        let mut e = Self::new(424, "credential_invalid", "The stored key stopped working")
+            .detail(format!(
+                "{provider} refused the stored key; add a new one (its status is now invalid_key)."
+            ))
+            .provider(provider);
         e.credential_id = Some(id);
         e
     }
@@ -221,9 +220,13 @@ impl ApiError {
     }
 
     pub fn provider_unreachable(provider: ProviderId, detail: impl Into<String>) -> Self {
-        Self::new(504, "provider_unreachable", "The provider could not be reached")
-            .detail(detail)
-            .provider(provider)
+        Self::new(
+            504,
+            "provider_unreachable",
+            "The provider could not be reached",
+        )
+        .detail(detail)
+        .provider(provider)
     }
 
     pub fn internal() -> Self {

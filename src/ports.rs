@@ -100,6 +100,36 @@ pub trait HttpClient {
     async fn send(&self, request: HttpRequest, timeout_ms: u64) -> Result<HttpResponse, HttpError>;
 }
 
+/// An answer's body left unread: the Worker pipes it to the client as it arrives (the
+/// glue knows what is inside; the core only hands it on or asks for a bounded read).
+pub struct BodyStream(pub Box<dyn std::any::Any>);
+
+impl fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BodyStream")
+    }
+}
+
+/// An answer whose head has arrived and whose body has not been read.
+#[derive(Debug)]
+pub struct Streamed {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: BodyStream,
+}
+
+/// Calls whose answers are streamed back to the caller (the proxy).
+#[async_trait(?Send)]
+pub trait Upstream {
+    /// Sends `request` and waits at most `timeout_ms` for the answer's head; never follows
+    /// a redirect; leaves the body unread.
+    async fn open(&self, request: HttpRequest, timeout_ms: u64) -> Result<Streamed, HttpError>;
+    /// Reads at most `limit` bytes of a body that is not passed on as it is (an error the
+    /// vault must judge); more is [`HttpError::TooLarge`].
+    async fn read(&self, body: BodyStream, limit: usize) -> Result<Vec<u8>, HttpError>;
+}
+
 /// What a live check with a provider is counted against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LimitScope {

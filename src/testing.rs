@@ -8,7 +8,8 @@ use async_trait::async_trait;
 
 use crate::audit::{AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
 use crate::domain::{
-    Capability,Credential, CredentialId, Preference, ProviderId, Timestamp, UserId};
+    Capability, Credential, CredentialId, Preference, ProviderId, Timestamp, UserId,
+};
 use crate::ports::{
     AuditQuery, AuditSink, AuditStore, Clock, CredentialStore, HttpClient, HttpError, HttpRequest,
     HttpResponse, Inserted, Jitter, LimitScope, LimiterError, Occupancy, RateLimiter, StoreError,
@@ -91,6 +92,8 @@ pub(crate) struct FakeHttp<'c> {
     clock: &'c FakeClock,
     script: RefCell<VecDeque<Scripted>>,
     pub sent: RefCell<Vec<Sent>>,
+    /// The bodies of proxied requests, in order.
+    pub bodies: RefCell<Vec<Vec<u8>>>,
 }
 
 impl<'c> FakeHttp<'c> {
@@ -99,6 +102,7 @@ impl<'c> FakeHttp<'c> {
             clock,
             script: RefCell::new(script.into()),
             sent: RefCell::new(Vec::new()),
+            bodies: RefCell::new(Vec::new()),
         }
     }
 
@@ -138,6 +142,39 @@ impl HttpClient for FakeHttp<'_> {
             Some(Scripted::Refuse) => Err(HttpError::Network("connection refused".into())),
             None => panic!("unscripted request to {}", req.url),
         }
+    }
+}
+
+/// The proxy's path over the same script: the body comes back whole, as the "stream".
+#[async_trait(?Send)]
+impl crate::ports::Upstream for FakeHttp<'_> {
+    async fn open(
+        &self,
+        mut req: HttpRequest,
+        timeout_ms: u64,
+    ) -> Result<crate::ports::Streamed, HttpError> {
+        if let Some(body) = &req.body {
+            self.bodies.borrow_mut().push(body.clone());
+        }
+        req.max_response_bytes = usize::MAX;
+        let r = HttpClient::send(self, req, timeout_ms).await?;
+        Ok(crate::ports::Streamed {
+            status: r.status,
+            headers: r.headers,
+            body: crate::ports::BodyStream(Box::new(r.body)),
+        })
+    }
+
+    async fn read(
+        &self,
+        body: crate::ports::BodyStream,
+        limit: usize,
+    ) -> Result<Vec<u8>, HttpError> {
+        let bytes = *body.0.downcast::<Vec<u8>>().expect("a fake body");
+        if bytes.len() > limit {
+            return Err(HttpError::TooLarge(limit));
+        }
+        Ok(bytes)
     }
 }
 

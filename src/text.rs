@@ -136,6 +136,13 @@ impl ProviderText {
         out
     }
 
+    /// Whether `text` holds the key in any form [`clean`](Self::clean) would redact
+    /// (hidden characters between its pieces included).
+    pub fn quotes_key(&self, text: &str) -> bool {
+        let visible: String = text.chars().filter(|c| !is_hidden(*c)).collect();
+        self.redact(&visible) != visible
+    }
+
     /// Replaces every run that matches the key (or an encoding of it) with [`REDACTED`].
     fn redact(&self, text: &str) -> String {
         let bytes = text.as_bytes();

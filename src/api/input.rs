@@ -100,6 +100,19 @@ impl JsonObject {
     }
 
     /// Whether the body names this field at all (even as null).
+    pub fn bool(&mut self, name: &str) -> Option<bool> {
+        self.read.insert(name.to_owned());
+        match self.map.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                self.errors
+                    .push(FieldError::new(name, "must be true or false"));
+                None
+            }
+        }
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.map.contains_key(name)
     }

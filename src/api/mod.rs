@@ -9,6 +9,8 @@ mod credentials;
 mod health;
 pub mod input;
 mod preferences;
+mod proxy;
+mod resolve;
 mod router;
 mod views;
 
@@ -55,6 +57,8 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// A body to pipe through unread instead of `body` (a proxied answer).
+    pub stream: Option<crate::ports::BodyStream>,
 }
 
 impl Response {
@@ -63,6 +67,7 @@ impl Response {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_string().into_bytes(),
+            stream: None,
         }
     }
 
@@ -71,6 +76,7 @@ impl Response {
             status,
             headers: Vec::new(),
             body: Vec::new(),
+            stream: None,
         }
     }
 
@@ -91,12 +97,16 @@ impl Response {
             status: e.status,
             headers: vec![("content-type".into(), "application/problem+json".into())],
             body: e.body().to_string().into_bytes(),
+            stream: None,
         };
         if e.status == 401 {
             r = r.with_header("www-authenticate", "Bearer");
         }
         if let Some(s) = e.retry_after_seconds {
             r = r.with_header("retry-after", s.to_string());
+        }
+        for (name, value) in &e.headers {
+            r = r.with_header(name, value.clone());
         }
         r
     }
@@ -122,6 +132,8 @@ pub struct App<'a> {
     pub limiter: &'a dyn RateLimiter,
     /// Where operational log lines go. Never given a secret.
     pub log: &'a dyn Fn(&str),
+    /// Proxied calls, whose answers are piped back unread.
+    pub upstream: &'a dyn crate::ports::Upstream,
     /// Infisical's per-isolate cache of system keys (`SYSTEM_KEYS_SOURCE = "infisical"`).
     pub infisical: Option<&'a crate::system_keys::InfisicalCache>,
 }
@@ -156,6 +168,15 @@ pub async fn handle(app: &App<'_>, request: &Request) -> Response {
         .with_header("x-request-id", request_id.as_str())
 }
 
+/// How many bytes of body a request to `path` may carry: `PROXY_MAX_BODY_BYTES` through
+/// the proxy, 64 KiB anywhere else (and without a usable configuration).
+pub fn body_limit(config: Option<&Config>, path: &str) -> usize {
+    match config {
+        Some(c) if path.starts_with("/v1/proxy/") => c.proxy_max_body_bytes,
+        _ => input::MAX_BODY_BYTES,
+    }
+}
+
 /// CORS for the configured origins only; anything else gets no CORS headers at all.
 fn add_cors(config: &Config, request: &Request, response: &mut Response) {
     let Some(origin) = request.header("origin") else {
@@ -169,7 +190,7 @@ fn add_cors(config: &Config, request: &Request, response: &mut Response) {
         ("vary", "Origin".to_owned()),
         (
             "access-control-expose-headers",
-            "X-Request-Id, Retry-After, Location".to_owned(),
+            "X-Request-Id, Retry-After, Location, X-Byok-Source, X-Byok-Credential-Id, X-Byok-Fallback-Reason".to_owned(),
         ),
     ];
     if request.method == "OPTIONS" {
@@ -180,7 +201,8 @@ fn add_cors(config: &Config, request: &Request, response: &mut Response) {
             ),
             (
                 "access-control-allow-headers",
-                "Authorization, Content-Type".to_owned(),
+                "Authorization, Content-Type, X-Byok-Credential-Id, X-Byok-Allow-Fallback"
+                    .to_owned(),
             ),
             ("access-control-max-age", "600".to_owned()),
         ]);

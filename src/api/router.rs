@@ -3,9 +3,11 @@
 
 use futures::future::LocalBoxFuture;
 
-use super::{audit, credentials, health, input, preferences, App, Request, Response};
-use crate::audit::{Actor, ActorType, Facts, Origin};
-use crate::auth::{bearer_token, AuthError, JwtVerifier};
+use super::{
+    audit, credentials, health, input, preferences, proxy, resolve, App, Request, Response,
+};
+use crate::audit::{Action, Actor, ActorType, Facts, Origin};
+use crate::auth::{bearer_token, find_service, AuthError, JwtVerifier, Scope, ServiceToken};
 use crate::config::Config;
 use crate::domain::{RequestId, UserId};
 use crate::error::ApiError;
@@ -17,13 +19,22 @@ use crate::vault::{Caller, Vault};
 pub(super) enum Handler {
     Open(for<'r> fn(&'r App<'r>) -> LocalBoxFuture<'r, Response>),
     User(for<'r> fn(&'r Ctx<'r>) -> LocalBoxFuture<'r, Outcome>),
+    /// A user route whose body is forwarded, up to `PROXY_MAX_BODY_BYTES`.
+    Proxy(for<'r> fn(&'r Ctx<'r>) -> LocalBoxFuture<'r, Outcome>),
+    /// A backend service's route: its token must hold the scope.
+    Service(
+        Scope,
+        for<'r> fn(&'r ServiceCtx<'r>) -> LocalBoxFuture<'r, Outcome>,
+    ),
 }
 
-use Handler::{Open, User};
+use Handler::{Open, Proxy, Service, User};
 
 pub(super) struct Route {
+    /// `*` for any method (the proxy judges methods itself).
     pub method: &'static str,
-    /// Segments in braces (`{id}`) match any one segment and reach the handler in order.
+    /// Segments in braces (`{id}`) match any one segment and reach the handler in order;
+    /// a last `{*}` matches one or more segments (the handler reads them from the URL).
     pub path: &'static str,
     pub handler: Handler,
 }
@@ -43,6 +54,8 @@ pub(super) static ROUTES: &[Route] = &[
     Route { method: "PUT",    path: "/v1/preferences/{capability}",  handler: User(|c| Box::pin(preferences::put(c))) },
     Route { method: "GET",    path: "/v1/audit",                     handler: User(|c| Box::pin(audit::list(c))) },
     Route { method: "GET",    path: "/v1/audit/verify",              handler: User(|c| Box::pin(audit::verify(c))) },
+    Route { method: "POST",   path: "/v1/resolve",                   handler: Service(Scope::Resolve, |c| Box::pin(resolve::resolve(c))) },
+    Route { method: "*",      path: "/v1/proxy/{provider}/{*}",      handler: Proxy(|c| Box::pin(proxy::proxy(c))) },
 ];
 
 /// What a handler did: its answer, and (for an audited operation) what its audit event
@@ -50,6 +63,9 @@ pub(super) static ROUTES: &[Route] = &[
 pub(crate) struct Outcome {
     pub result: Result<Response, ApiError>,
     pub audit: Option<Facts>,
+    /// Whose trail the event belongs to when that is not the caller's (a service acting
+    /// for a user).
+    pub user: Option<UserId>,
 }
 
 impl Outcome {
@@ -58,6 +74,7 @@ impl Outcome {
         Self {
             result,
             audit: None,
+            user: None,
         }
     }
 
@@ -65,7 +82,42 @@ impl Outcome {
         Self {
             result,
             audit: Some(facts),
+            user: None,
         }
+    }
+
+    /// The same outcome, its event filed under `user`.
+    pub(super) fn for_user(mut self, user: UserId) -> Self {
+        self.user = Some(user);
+        self
+    }
+}
+
+/// What a `Service` handler gets: the request and the authenticated service.
+pub(crate) struct ServiceCtx<'r> {
+    pub app: &'r App<'r>,
+    pub config: &'r Config,
+    pub request: &'r Request,
+    origin: Origin,
+    note: &'r dyn Fn(&str),
+}
+
+impl<'r> ServiceCtx<'r> {
+    pub(super) fn vault(&self) -> Vault<'r> {
+        vault(self.app, self.config, self.note)
+    }
+}
+
+fn vault<'r>(app: &'r App<'r>, config: &'r Config, note: &'r dyn Fn(&str)) -> Vault<'r> {
+    Vault {
+        config,
+        store: app.store,
+        http: app.http,
+        clock: app.clock,
+        jitter: app.jitter,
+        limiter: app.limiter,
+        log: note,
+        infisical: app.infisical,
     }
 }
 
@@ -92,17 +144,11 @@ impl<'r> Ctx<'r> {
     }
 
     pub(super) fn vault(&self) -> Vault<'r> {
-        let app = self.app;
-        Vault {
-            config: self.config,
-            store: app.store,
-            http: app.http,
-            clock: app.clock,
-            jitter: app.jitter,
-            limiter: app.limiter,
-            log: self.note,
-            infisical: app.infisical,
-        }
+        vault(self.app, self.config, self.note)
+    }
+
+    pub(super) fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     pub(super) fn caller(&self) -> Caller<'_> {
@@ -134,10 +180,17 @@ fn client_network(header: Option<&str>) -> String {
 /// The path's parameters if `path` matches `pattern`.
 fn matches<'p>(pattern: &str, path: &[&'p str]) -> Option<Vec<&'p str>> {
     let want: Vec<&str> = pattern.split('/').skip(1).collect();
+    let mut params = Vec::new();
+    if want.last() == Some(&"{*}") {
+        let fixed = want.len() - 1;
+        if path.len() <= fixed {
+            return None;
+        }
+        return matches(&pattern[..pattern.len() - 4], &path[..fixed]);
+    }
     if want.len() != path.len() {
         return None;
     }
-    let mut params = Vec::new();
     for (w, got) in want.iter().zip(path) {
         if w.starts_with('{') {
             params.push(*got);
@@ -210,6 +263,7 @@ pub(super) async fn dispatch(
         .collect();
     let Some((route, params)) = candidates.iter().find(|(r, _)| {
         r.method == method
+            || r.method == "*"
             || (method == "HEAD" && r.method == "GET" && matches!(r.handler, Open(_)))
     }) else {
         let route = candidates.first().map(|(r, _)| r.path);
@@ -230,48 +284,83 @@ pub(super) async fn dispatch(
         };
         return Dispatched::answer(route, Err(error));
     };
-    let handler = match route.handler {
+    let (body_limit, handler) = match route.handler {
         Open(open) => return Dispatched::answer(Some(route.path), Ok(open(app).await)),
-        User(handler) => handler,
+        Proxy(_) => (None, route.handler),
+        handler => (Some(input::MAX_BODY_BYTES), handler),
     };
     let config = match configured(app) {
         Ok(c) => c,
         Err(e) => return Dispatched::answer(Some(route.path), Err(e)),
     };
-    if request.body.len() > input::MAX_BODY_BYTES {
-        let e = ApiError::payload_too_large(input::MAX_BODY_BYTES);
-        return Dispatched::answer(Some(route.path), Err(e));
+    let limit = body_limit.unwrap_or(config.proxy_max_body_bytes);
+    if request.body.len() > limit {
+        return Dispatched::answer(Some(route.path), Err(ApiError::payload_too_large(limit)));
     }
-    let user = match authenticate(app, config, request).await {
-        Ok(u) => u,
-        Err(e) => return Dispatched::answer(Some(route.path), Err(e)),
-    };
     let note = |line: &str| (app.log)(&format!("{} {line}", request_id.as_str()));
-    let ctx = Ctx {
-        app,
-        config,
-        request,
-        params: params.clone(),
-        network: client_network(request.header("cf-connecting-ip")),
-        origin: Origin {
-            actor: Actor {
-                kind: ActorType::User,
-                id: user.as_str().to_owned(),
-            },
-            request_id: Some(request_id.clone()),
-        },
-        user,
-        note: &note,
+    let (outcome, origin, user) = match handler {
+        Service(scope, handler) => {
+            let service = match authenticate_service(config, request, scope) {
+                Ok(s) => s,
+                Err(e) => return Dispatched::answer(Some(route.path), Err(e)),
+            };
+            let origin = Origin {
+                actor: Actor {
+                    kind: ActorType::Service,
+                    id: service.name.clone(),
+                },
+                request_id: Some(request_id.clone()),
+            };
+            let ctx = ServiceCtx {
+                app,
+                config,
+                request,
+                origin,
+                note: &note,
+            };
+            let outcome = handler(&ctx).await;
+            let user = outcome.user.clone();
+            (outcome, ctx.origin, user)
+        }
+        User(handler) | Proxy(handler) => {
+            let user = match authenticate(app, config, request).await {
+                Ok(u) => u,
+                Err(e) => return Dispatched::answer(Some(route.path), Err(e)),
+            };
+            let ctx = Ctx {
+                app,
+                config,
+                request,
+                params: params.clone(),
+                network: client_network(request.header("cf-connecting-ip")),
+                origin: Origin {
+                    actor: Actor {
+                        kind: ActorType::User,
+                        id: user.as_str().to_owned(),
+                    },
+                    request_id: Some(request_id.clone()),
+                },
+                user,
+                note: &note,
+            };
+            let outcome = handler(&ctx).await;
+            (outcome, ctx.origin, Some(ctx.user))
+        }
+        Open(_) => unreachable_route(),
     };
-    let outcome = handler(&ctx).await;
-    if let Some(facts) = &outcome.audit {
+    if let (Some(facts), Some(user)) = (&outcome.audit, &user) {
         match (&facts.committed, &outcome.result) {
             // Written with the change: the chainer only needs to know.
             (Some(id), Ok(_)) => app.audit.nudge(id).await,
             _ => {
                 let failure = outcome.result.as_ref().err().map(|e| e.code);
-                let event = facts.event(&ctx.origin, &ctx.user, app.clock.now(), failure);
-                app.audit.record(&event).await;
+                let event = facts.event(&origin, user, app.clock.now(), failure);
+                if facts.action == Action::CredentialUsed {
+                    // A use changes nothing: no D1 write on its path.
+                    app.audit.send(&event).await;
+                } else {
+                    app.audit.record(&event).await;
+                }
             }
         }
     }
@@ -280,6 +369,31 @@ pub(super) async fn dispatch(
         failure: outcome.audit.as_ref().and_then(|f| f.failure),
         result: outcome.result,
     }
+}
+
+/// `Open` routes are answered before any caller is authenticated.
+fn unreachable_route() -> ! {
+    unreachable!("open routes return before authentication")
+}
+
+/// The service whose token the request carries, if it holds `scope`: 401 for no token or
+/// an unknown one (a user's JWT included), 403 for a token without the scope.
+fn authenticate_service<'c>(
+    config: &'c Config,
+    request: &Request,
+    scope: Scope,
+) -> Result<&'c ServiceToken, ApiError> {
+    let token = bearer_token(request.header("authorization"))
+        .ok_or(ApiError::unauthorized(AuthError::Missing))?;
+    let service = find_service(&config.service_tokens, token)
+        .ok_or(ApiError::unauthorized(AuthError::NotAService))?;
+    if !service.scopes.contains(&scope) {
+        return Err(ApiError::forbidden(format!(
+            "This service token does not hold the {scope} scope."
+        ))
+        .caused_by(format!("service {} lacks scope {scope}", service.name)));
+    }
+    Ok(service)
 }
 
 /// The configuration, or 503 `not_configured` naming what is wrong with it.

@@ -47,6 +47,8 @@ pub enum AuthError {
     UnknownKey,
     #[error("the issuer's signing keys could not be fetched")]
     KeysUnavailable,
+    #[error("this endpoint takes a service token, and this is not one")]
+    NotAService,
 }
 
 /// What the configuration says about user tokens.

@@ -40,17 +40,21 @@ pub fn parse_service_tokens(raw: &str) -> Result<Vec<ServiceToken>, String> {
     for (i, r) in list.into_iter().enumerate() {
         let name = r.name.trim();
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-            return Err(format!("entry {i}: name must be 1 to 64 printable characters"));
+            return Err(format!(
+                "entry {i}: name must be 1 to 64 printable characters"
+            ));
         }
-        let sha256 = hex32(&r.sha256)
-            .ok_or_else(|| format!("entry {i}: sha256 must be 64 hex digits"))?;
+        let sha256 =
+            hex32(&r.sha256).ok_or_else(|| format!("entry {i}: sha256 must be 64 hex digits"))?;
         let scopes = r
             .scopes
             .iter()
             .map(|s| Scope::parse(s))
             .collect::<Option<Vec<_>>>()
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| format!("entry {i}: scopes must be a non-empty list of resolve, admin"))?;
+            .ok_or_else(|| {
+                format!("entry {i}: scopes must be a non-empty list of resolve, admin")
+            })?;
         if out.iter().any(|t: &ServiceToken| t.sha256 == sha256) {
             return Err(format!("entry {i}: the same token is listed twice"));
         }
@@ -113,7 +117,10 @@ mod tests {
         );
         let tokens = parse_service_tokens(&raw).unwrap();
         let tts = find_service(&tokens, "tts-token").unwrap();
-        assert_eq!((tts.name.as_str(), tts.scopes.as_slice()), ("tts", &[Scope::Resolve][..]));
+        assert_eq!(
+            (tts.name.as_str(), tts.scopes.as_slice()),
+            ("tts", &[Scope::Resolve][..])
+        );
         assert_eq!(find_service(&tokens, "ops-token").unwrap().name, "ops");
         assert!(find_service(&tokens, "tts-token ").is_none());
         assert!(find_service(&tokens, &sha("tts-token")).is_none());
@@ -125,12 +132,32 @@ mod tests {
         let h = sha("x");
         for (raw, want) in [
             ("not json".to_owned(), "JSON list"),
-            (format!(r#"[{{"name":"a","sha256":"{h}","scopes":["root"]}}]"#), "scopes"),
-            (format!(r#"[{{"name":"a","sha256":"{h}","scopes":[]}}]"#), "scopes"),
-            (r#"[{"name":"a","sha256":"abc","scopes":["admin"]}]"#.to_owned(), "sha256"),
-            (format!(r#"[{{"name":"","sha256":"{h}","scopes":["admin"]}}]"#), "name"),
-            (format!(r#"[{{"name":"a","sha256":"{h}","scopes":["admin"],"token":"x"}}]"#), "JSON list"),
-            (format!(r#"[{{"name":"a","sha256":"{h}","scopes":["admin"]}},{{"name":"b","sha256":"{h}","scopes":["admin"]}}]"#), "twice"),
+            (
+                format!(r#"[{{"name":"a","sha256":"{h}","scopes":["root"]}}]"#),
+                "scopes",
+            ),
+            (
+                format!(r#"[{{"name":"a","sha256":"{h}","scopes":[]}}]"#),
+                "scopes",
+            ),
+            (
+                r#"[{"name":"a","sha256":"abc","scopes":["admin"]}]"#.to_owned(),
+                "sha256",
+            ),
+            (
+                format!(r#"[{{"name":"","sha256":"{h}","scopes":["admin"]}}]"#),
+                "name",
+            ),
+            (
+                format!(r#"[{{"name":"a","sha256":"{h}","scopes":["admin"],"token":"x"}}]"#),
+                "JSON list",
+            ),
+            (
+                format!(
+                    r#"[{{"name":"a","sha256":"{h}","scopes":["admin"]}},{{"name":"b","sha256":"{h}","scopes":["admin"]}}]"#
+                ),
+                "twice",
+            ),
         ] {
             let e = parse_service_tokens(&raw).unwrap_err();
             assert!(e.contains(want), "{raw}: {e}");

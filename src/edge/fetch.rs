@@ -11,34 +11,40 @@ use worker::{
     AbortController, Delay, Fetch, Headers, Method as WMethod, RequestInit, RequestRedirect,
 };
 
-use crate::ports::{HttpClient, HttpError, HttpRequest, HttpResponse, Method};
+use crate::ports::{
+    BodyStream, HttpClient, HttpError, HttpRequest, HttpResponse, Method, Streamed, Upstream,
+};
 
 pub(super) struct FetchClient;
+
+/// The Fetch request for `req`: redirects come back as they are.
+fn build(req: &HttpRequest) -> Result<worker::Request, HttpError> {
+    let headers = Headers::new();
+    for (name, value) in &req.headers {
+        // The error would quote the value, which may be a key: report only the name.
+        headers
+            .set(name, value)
+            .map_err(|_| HttpError::Network(format!("header {name} is not valid")))?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(match req.method {
+        Method::Get => WMethod::Get,
+        Method::Post => WMethod::Post,
+    })
+    .with_headers(headers)
+    // A redirect comes back as it is: its target never passed the endpoint guard.
+    .with_redirect(RequestRedirect::Manual);
+    if let Some(body) = &req.body {
+        init.with_body(Some(JsValue::from(js_sys_bytes(body))));
+    }
+    worker::Request::new_with_init(&req.url, &init)
+        .map_err(|_| HttpError::Network("the request could not be built".into()))
+}
 
 #[async_trait(?Send)]
 impl HttpClient for FetchClient {
     async fn send(&self, req: HttpRequest, timeout_ms: u64) -> Result<HttpResponse, HttpError> {
-        let headers = Headers::new();
-        for (name, value) in &req.headers {
-            // The error would quote the value, which may be a key: report only the name.
-            headers
-                .set(name, value)
-                .map_err(|_| HttpError::Network(format!("header {name} is not valid")))?;
-        }
-        let mut init = RequestInit::new();
-        init.with_method(match req.method {
-            Method::Get => WMethod::Get,
-            Method::Post => WMethod::Post,
-        })
-        .with_headers(headers)
-        // A redirect comes back as it is: its target never passed the endpoint guard.
-        .with_redirect(RequestRedirect::Manual);
-        if let Some(body) = &req.body {
-            init.with_body(Some(JsValue::from(js_sys_bytes(body))));
-        }
-        let request = worker::Request::new_with_init(&req.url, &init)
-            .map_err(|_| HttpError::Network("the request could not be built".into()))?;
-
+        let request = build(&req)?;
         let controller = AbortController::default();
         let signal = controller.signal();
         let deadline = Delay::from(Duration::from_millis(timeout_ms));
@@ -83,6 +89,52 @@ impl HttpClient for FetchClient {
         };
         outcome
     }
+}
+
+/// The proxy's calls: the answer's head within the timeout, its body left to stream.
+pub(super) struct FetchUpstream;
+
+#[async_trait(?Send)]
+impl Upstream for FetchUpstream {
+    async fn open(&self, req: HttpRequest, timeout_ms: u64) -> Result<Streamed, HttpError> {
+        let request = build(&req)?;
+        let controller = AbortController::default();
+        let signal = controller.signal();
+        let fetch = Fetch::Request(request);
+        let call = Box::pin(fetch.send_with_signal(&signal));
+        let deadline = Delay::from(Duration::from_millis(timeout_ms));
+        let outcome = match select(call, Box::pin(deadline)).await {
+            Either::Left((Ok(response), _)) => Ok(Streamed {
+                status: response.status_code(),
+                headers: response
+                    .headers()
+                    .entries()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect(),
+                body: BodyStream(Box::new(response)),
+            }),
+            Either::Left((Err(e), _)) => Err(HttpError::Network(network_reason(&e))),
+            Either::Right(_) => {
+                controller.abort();
+                Err(HttpError::Timeout(timeout_ms))
+            }
+        };
+        outcome
+    }
+
+    async fn read(&self, body: BodyStream, limit: usize) -> Result<Vec<u8>, HttpError> {
+        let mut response = body
+            .0
+            .downcast::<worker::Response>()
+            .map_err(|_| HttpError::Network("not a fetched body".into()))?;
+        read_at_most(&mut response, limit).await
+    }
+}
+
+/// The body of a fetched answer, to pipe to the client unread.
+pub(super) fn into_body(stream: BodyStream) -> Option<worker::ResponseBody> {
+    let response = stream.0.downcast::<worker::Response>().ok()?;
+    Some(response.into_parts().1)
 }
 
 /// The body, read chunk by chunk; more than `limit` bytes is an error, not a truncation

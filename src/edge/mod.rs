@@ -21,12 +21,14 @@ use crate::domain::Timestamp;
 use crate::ports::AuditStore;
 use crate::probe::SystemJitter;
 use crate::queues::QueueRole;
+use crate::system_keys::InfisicalCache;
 
 /// What an isolate parses once and keeps for its life: the configuration and, when
 /// it names an issuer's JWKS, the cache of that key set.
 struct Isolate {
     config: Result<Config, Vec<ConfigError>>,
     jwks: Option<JwksCache>,
+    infisical: Option<InfisicalCache>,
 }
 
 impl Isolate {
@@ -51,15 +53,22 @@ fn isolate(env: &Env) -> &'static Isolate {
                 .as_ref()
                 .ok()
                 .and_then(|c| JwksCache::for_settings(&c.jwt));
+            let infisical = None::<InfisicalCache>;
             // Leaked once per isolate on purpose: every request borrows it.
-            Box::leak(Box::new(Isolate { config, jwks }))
+            Box::leak(Box::new(Isolate {
+                config,
+                jwks,
+                infisical,
+            }))
         })
     })
 }
 
 #[event(fetch)]
 async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<worker::Response> {
-    let request = runtime::read_request(req).await?;
+    let isolate = isolate(&env);
+    let config = isolate.config().ok();
+    let request = runtime::read_request(req, |path| api::body_limit(config, path)).await?;
     let db = db::Db::new(&env);
     let store = credential_store::D1Store::new(&db);
     let audit_log = audit_store::D1AuditStore::new(&db);
@@ -70,11 +79,11 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     };
     let limiter = limits::BindingLimiter::new(&env);
     let log = |line: &str| worker::console_log!("{line}");
-    let isolate = isolate(&env);
     let app = App {
         config: isolate.config(),
         store: &store,
         http: &fetch::FetchClient,
+        upstream: &fetch::FetchUpstream,
         clock: &runtime::WorkerClock,
         jitter: &SystemJitter,
         audit: &sink,
@@ -83,6 +92,7 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
         signatures: &webcrypto::WebCryptoVerifier,
         limiter: &limiter,
         log: &log,
+        infisical: isolate.infisical.as_ref(),
     };
     // The core writes the request's one structured log line.
     let response = api::handle(&app, &request).await;

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use worker::{Date, Delay, Env, Headers};
 
-use crate::api::{input::MAX_BODY_BYTES, Request, Response};
+use crate::api::{Request, Response};
 use crate::domain::Timestamp;
 use crate::ports::Clock;
 
@@ -47,10 +47,15 @@ impl Clock for WorkerClock {
     }
 }
 
-/// Reads a request into the core's type. At most `MAX_BODY_BYTES + 1` bytes of body are
-/// kept: enough for the core to answer 413 without holding a huge body in memory.
-pub(super) async fn read_request(mut req: worker::Request) -> worker::Result<Request> {
+/// Reads a request into the core's type. At most `limit + 1` bytes of body are kept (the
+/// core says how much its route takes): enough for the core to answer 413 without
+/// holding a huge body in memory.
+pub(super) async fn read_request(
+    mut req: worker::Request,
+    limit: impl FnOnce(&str) -> usize,
+) -> worker::Result<Request> {
     let url = req.url()?;
+    let limit = limit(url.path());
     let method = req.method().to_string();
     let headers = req
         .headers()
@@ -64,8 +69,8 @@ pub(super) async fn read_request(mut req: worker::Request) -> worker::Result<Req
                 let chunk = chunk?;
                 // Past the limit the rest is read and dropped: leaving a body half-read
                 // breaks the connection for the caller's next request.
-                if body.len() <= MAX_BODY_BYTES {
-                    let room = MAX_BODY_BYTES + 1 - body.len();
+                if body.len() <= limit {
+                    let room = limit + 1 - body.len();
                     body.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 }
             }
@@ -84,7 +89,11 @@ pub(super) fn write_response(response: Response) -> worker::Result<worker::Respo
     for (name, value) in &response.headers {
         headers.append(name, value)?;
     }
-    let out = if response.body.is_empty() {
+    let streamed = response.stream.and_then(super::fetch::into_body);
+    let out = if let Some(body) = streamed {
+        // A proxied answer: its body goes through as it arrives, never read here.
+        worker::Response::from_body(body)?
+    } else if response.body.is_empty() {
         worker::Response::empty()?
     } else {
         worker::Response::from_bytes(response.body)?

@@ -6,11 +6,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    json_str, Accepted, Endpoint, Provider, ProviderInfo, Target, API_KEY, MAX_MODEL_PAGES,
+    json_str, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
+    MAX_MODEL_PAGES,
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
-use crate::ports::{HttpRequest, HttpResponse};
+use crate::ports::{HttpRequest, HttpResponse, Method};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct Anthropic;
@@ -22,6 +23,14 @@ static INFO: ProviderInfo = ProviderInfo {
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: false,
+    auth: Auth::Header("x-api-key"),
+    classify,
+    #[rustfmt::skip]
+    operations: &[
+        Operation { method: Method::Post, path: "/v1/messages", capability: Capability::Llm, endpoint: 0 },
+        Operation { method: Method::Post, path: "/v1/messages/count_tokens", capability: Capability::Llm, endpoint: 0 },
+        Operation { method: Method::Get, path: "/v1/models", capability: Capability::Llm, endpoint: 0 },
+    ],
     endpoints: &[Endpoint {
         var: "ANTHROPIC_BASE_URL",
         default: "https://api.anthropic.com",

@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{json_str, Accepted, Endpoint, Field, Provider, ProviderInfo, Target, API_KEY};
+use super::{
+    json_str, Accepted, Auth, Endpoint, Field, Operation, Provider, ProviderInfo, Target, API_KEY,
+};
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
 use crate::ports::{HttpRequest, HttpResponse, Method};
@@ -28,6 +30,14 @@ static INFO: ProviderInfo = ProviderInfo {
     ],
     supports_model_listing: true,
     supports_quota: false,
+    auth: Auth::Header("Ocp-Apim-Subscription-Key"),
+    classify,
+    #[rustfmt::skip]
+    operations: &[
+        Operation { method: Method::Post, path: "/cognitiveservices/v1", capability: Capability::Tts, endpoint: 1 },
+        Operation { method: Method::Get, path: "/cognitiveservices/voices/list", capability: Capability::Tts, endpoint: 1 },
+        Operation { method: Method::Post, path: "/speech/recognition/conversation/cognitiveservices/v1", capability: Capability::Stt, endpoint: 2 },
+    ],
     endpoints: &[
         Endpoint {
             var: "AZURE_SPEECH_STS_BASE_URL",
@@ -36,6 +46,10 @@ static INFO: ProviderInfo = ProviderInfo {
         Endpoint {
             var: "AZURE_SPEECH_TTS_BASE_URL",
             default: "https://{region}.tts.speech.microsoft.com",
+        },
+        Endpoint {
+            var: "AZURE_SPEECH_STT_BASE_URL",
+            default: "https://{region}.stt.speech.microsoft.com",
         },
     ],
 };

@@ -5,10 +5,12 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{json_str, Accepted, Endpoint, Provider, ProviderInfo, Target, API_KEY};
+use super::{
+    json_str, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
+};
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota};
-use crate::ports::{HttpRequest, HttpResponse};
+use crate::ports::{HttpRequest, HttpResponse, Method};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct Deepgram;
@@ -20,6 +22,14 @@ static INFO: ProviderInfo = ProviderInfo {
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: true,
+    auth: Auth::Token,
+    classify,
+    #[rustfmt::skip]
+    operations: &[
+        Operation { method: Method::Post, path: "/v1/listen", capability: Capability::Stt, endpoint: 0 },
+        Operation { method: Method::Post, path: "/v1/speak", capability: Capability::Tts, endpoint: 0 },
+        Operation { method: Method::Get, path: "/v1/models", capability: Capability::Stt, endpoint: 0 },
+    ],
     endpoints: &[Endpoint {
         var: "DEEPGRAM_BASE_URL",
         default: "https://api.deepgram.com",

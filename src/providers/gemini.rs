@@ -6,11 +6,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    json_str, Accepted, Endpoint, Provider, ProviderInfo, Target, API_KEY, MAX_MODEL_PAGES,
+    json_str, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
+    MAX_MODEL_PAGES,
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
-use crate::ports::{HttpRequest, HttpResponse};
+use crate::ports::{HttpRequest, HttpResponse, Method};
 use crate::probe::{classify_status, google_retry_delay_ms, Failure, Prober, Verdict};
 
 pub(super) struct Gemini;
@@ -22,6 +23,15 @@ static INFO: ProviderInfo = ProviderInfo {
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: false,
+    auth: Auth::Header("x-goog-api-key"),
+    classify,
+    #[rustfmt::skip]
+    operations: &[
+        Operation { method: Method::Post, path: "/v1beta/models/{}:generateContent", capability: Capability::Llm, endpoint: 0 },
+        Operation { method: Method::Post, path: "/v1beta/models/{}:streamGenerateContent", capability: Capability::Llm, endpoint: 0 },
+        Operation { method: Method::Post, path: "/v1beta/models/{}:countTokens", capability: Capability::Llm, endpoint: 0 },
+        Operation { method: Method::Get, path: "/v1beta/models", capability: Capability::Llm, endpoint: 0 },
+    ],
     endpoints: &[Endpoint {
         var: "GEMINI_BASE_URL",
         default: "https://generativelanguage.googleapis.com",

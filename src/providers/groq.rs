@@ -2,9 +2,12 @@
 
 use async_trait::async_trait;
 
-use super::{openai_compat, Accepted, Endpoint, Provider, ProviderInfo, Target, API_KEY};
+use super::{
+    openai_compat, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
+};
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, ProviderId};
+use crate::ports::Method;
 use crate::probe::{Failure, Prober};
 
 pub(super) struct Groq;
@@ -16,6 +19,15 @@ static INFO: ProviderInfo = ProviderInfo {
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: false,
+    auth: Auth::Bearer,
+    classify: |r| openai_compat::classify("Groq", r),
+    #[rustfmt::skip]
+    operations: &[
+        Operation { method: Method::Post, path: "/openai/v1/chat/completions", capability: Capability::Llm, endpoint: 0 },
+        Operation { method: Method::Post, path: "/openai/v1/audio/transcriptions", capability: Capability::Stt, endpoint: 0 },
+        Operation { method: Method::Post, path: "/openai/v1/audio/speech", capability: Capability::Tts, endpoint: 0 },
+        Operation { method: Method::Get, path: "/openai/v1/models", capability: Capability::Llm, endpoint: 0 },
+    ],
     endpoints: &[Endpoint {
         var: "GROQ_BASE_URL",
         default: "https://api.groq.com",

@@ -21,7 +21,8 @@ use serde::Serialize;
 
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, CredentialParams, Model, ProviderId, Quota};
-use crate::probe::{Failure, Prober, MAX_MESSAGE_CHARS};
+use crate::ports::{HttpResponse, Method};
+use crate::probe::{Failure, Prober, Verdict, MAX_MESSAGE_CHARS};
 use crate::text::ProviderText;
 
 static REGISTRY: &[&dyn Provider] = &[
@@ -79,6 +80,100 @@ pub struct ProviderInfo {
     /// Where the provider lives; empty when the user supplies `base_url` (Ollama).
     #[serde(skip)]
     pub endpoints: &'static [Endpoint],
+    /// How a real operation carries the key.
+    #[serde(skip)]
+    pub auth: Auth,
+    /// How the provider's answer to a call judges the key (the probe's own rules).
+    #[serde(skip)]
+    pub classify: fn(&HttpResponse) -> Verdict,
+    /// The real operations the proxy forwards; nothing else reaches the provider.
+    #[serde(skip)]
+    pub operations: &'static [Operation],
+}
+
+/// How a provider's real operations carry the key.
+#[derive(Clone, Copy, Debug)]
+pub enum Auth {
+    /// In a header of its own (`xi-api-key: <key>`).
+    Header(&'static str),
+    /// `Authorization: Bearer <key>` (none for a keyless endpoint).
+    Bearer,
+    /// `Authorization: Token <key>` (Deepgram).
+    Token,
+}
+
+impl Auth {
+    /// The header that carries `key`; `None` for an empty key (a keyless endpoint).
+    pub fn header(self, key: &SecretKey) -> Option<(&'static str, String)> {
+        if key.is_empty() {
+            return None;
+        }
+        Some(match self {
+            Auth::Header(name) => (name, key.expose().to_owned()),
+            Auth::Bearer => ("authorization", bearer(key)),
+            Auth::Token => ("authorization", format!("Token {}", key.expose())),
+        })
+    }
+
+    /// The header's name, in lower case.
+    pub fn header_name(self) -> String {
+        match self {
+            Auth::Header(name) => name.to_ascii_lowercase(),
+            Auth::Bearer | Auth::Token => "authorization".to_owned(),
+        }
+    }
+}
+
+/// One real operation the proxy forwards: a method and a path pattern in which `{}`
+/// stands for one path segment (`{}:generateContent`, for one ending so), the capability
+/// it serves, and which of the provider's endpoints it goes to.
+#[derive(Debug)]
+pub struct Operation {
+    pub method: Method,
+    pub path: &'static str,
+    pub capability: Capability,
+    pub endpoint: usize,
+}
+
+impl Operation {
+    /// Whether `path` (already split into segments) is this operation's.
+    fn matches(&self, segments: &[&str]) -> bool {
+        let pattern: Vec<&str> = self.path.split('/').skip(1).collect();
+        pattern.len() == segments.len()
+            && pattern
+                .iter()
+                .zip(segments)
+                .all(|(want, got)| match want.strip_prefix("{}") {
+                    Some(suffix) => got
+                        .strip_suffix(suffix)
+                        .is_some_and(|head| !head.is_empty() && safe_segment(head)),
+                    None => want == got,
+                })
+    }
+}
+
+/// A path segment a caller may put in an operation's `{}`: letters, digits and `-._~:`,
+/// not `.` or `..`, no escapes (so nothing can climb out of the path or smuggle a slash).
+fn safe_segment(s: &str) -> bool {
+    s.len() <= 200
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~:".contains(&b))
+}
+
+impl ProviderInfo {
+    /// The allow-listed operation for `method` and `path` (which starts with `/`), if any.
+    pub fn operation(&self, method: &str, path: &str) -> Option<&'static Operation> {
+        let method = Method::parse(method)?;
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        if segments.iter().any(|s| s.is_empty()) {
+            return None;
+        }
+        self.operations
+            .iter()
+            .find(|o| o.method == method && o.matches(&segments))
+    }
 }
 
 impl ProviderInfo {

@@ -6,10 +6,10 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{bearer, json_str, Accepted, Field, Provider, ProviderInfo, Target};
+use super::{bearer, json_str, Accepted, Auth, Field, Operation, Provider, ProviderInfo, Target};
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
-use crate::ports::{HttpRequest, HttpResponse};
+use crate::ports::{HttpRequest, HttpResponse, Method};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct Ollama;
@@ -32,6 +32,14 @@ static INFO: ProviderInfo = ProviderInfo {
     ],
     supports_model_listing: true,
     supports_quota: false,
+    auth: Auth::Bearer,
+    classify,
+    #[rustfmt::skip]
+    operations: &[
+        Operation { method: Method::Post, path: "/api/chat", capability: Capability::Llm, endpoint: 0 },
+        Operation { method: Method::Post, path: "/api/generate", capability: Capability::Llm, endpoint: 0 },
+        Operation { method: Method::Get, path: "/api/tags", capability: Capability::Llm, endpoint: 0 },
+    ],
     endpoints: &[],
 };
 

@@ -5,10 +5,13 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{bearer, openai_compat, Accepted, Endpoint, Provider, ProviderInfo, Target, API_KEY};
+use super::{
+    bearer, openai_compat, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target,
+    API_KEY,
+};
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota};
-use crate::ports::{HttpRequest, HttpResponse};
+use crate::ports::{HttpRequest, HttpResponse, Method};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct OpenRouter;
@@ -20,6 +23,13 @@ static INFO: ProviderInfo = ProviderInfo {
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: true,
+    auth: Auth::Bearer,
+    classify,
+    #[rustfmt::skip]
+    operations: &[
+        Operation { method: Method::Post, path: "/api/v1/chat/completions", capability: Capability::Llm, endpoint: 0 },
+        Operation { method: Method::Get, path: "/api/v1/models", capability: Capability::Llm, endpoint: 0 },
+    ],
     endpoints: &[Endpoint {
         var: "OPENROUTER_BASE_URL",
         default: "https://openrouter.ai",

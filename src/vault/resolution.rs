@@ -126,20 +126,32 @@ pub fn decide<'c>(
                 return Decision::Mismatch("names a credential of another provider");
             }
             if !serves(c.provider, ask.capability) {
-                return Decision::Mismatch("names a credential whose provider lacks the capability");
+                return Decision::Mismatch(
+                    "names a credential whose provider lacks the capability",
+                );
             }
         }
         let provider = found.map(|c| c.provider).or(ask.provider);
         let model = found.and_then(model_of);
         if !user_keys {
-            return fallback(provider, model, FallbackReason::PolicySystemOnly, Vec::new());
+            return fallback(
+                provider,
+                model,
+                FallbackReason::PolicySystemOnly,
+                Vec::new(),
+            );
         }
         return match found {
             Some(c) if !is_dead(c.status) => Decision::User {
                 credential: c,
                 model,
             },
-            Some(c) => fallback(provider, model, FallbackReason::UserCredentialInvalid, vec![c]),
+            Some(c) => fallback(
+                provider,
+                model,
+                FallbackReason::UserCredentialInvalid,
+                vec![c],
+            ),
             None => fallback(provider, None, FallbackReason::NoUserCredential, Vec::new()),
         };
     }
@@ -151,7 +163,12 @@ pub fn decide<'c>(
     let provider = ask.provider.or(default_credential.map(|c| c.provider));
     let default_model = default_credential.and_then(model_of);
     if !user_keys {
-        return fallback(provider, default_model, FallbackReason::PolicySystemOnly, Vec::new());
+        return fallback(
+            provider,
+            default_model,
+            FallbackReason::PolicySystemOnly,
+            Vec::new(),
+        );
     }
     let candidates: Vec<&Credential> = credentials
         .iter()
@@ -239,7 +256,10 @@ mod tests {
     enum Got {
         User(u8, Option<String>),
         System(Option<&'static str>, FallbackReason),
-        Nothing { skipped: usize, system_allowed: bool },
+        Nothing {
+            skipped: usize,
+            system_allowed: bool,
+        },
     }
 
     fn run(policy: FallbackPolicy, holding: Holding, allow: bool, system: bool) -> Got {
@@ -250,7 +270,10 @@ mod tests {
         ];
         let (creds, default): (Vec<Credential>, Option<Default>) = match holding {
             Holding::Preference => (
-                statuses[..2].iter().map(|(n, s)| credential(*n, "elevenlabs", *s)).collect(),
+                statuses[..2]
+                    .iter()
+                    .map(|(n, s)| credential(*n, "elevenlabs", *s))
+                    .collect(),
                 Some(Default {
                     credential_id: CredentialId::from_random([1; 16]),
                     model: Some("chosen".into()),
@@ -273,7 +296,10 @@ mod tests {
             allow_fallback: allow,
         };
         match decide(policy, &ask, &creds, default.as_ref()) {
-            Decision::User { credential, model: m } => {
+            Decision::User {
+                credential,
+                model: m,
+            } => {
                 let n = (1..=3)
                     .find(|n| credential.id == CredentialId::from_random([*n; 16]))
                     .unwrap();
@@ -320,7 +346,13 @@ mod tests {
             (UserThenSystem, Preference, false, true, chosen()),
             (UserThenSystem, UserKey, true, true, second()),
             (UserThenSystem, UserKey, false, false, second()),
-            (UserThenSystem, DeadUserKey, true, true, sys(UserCredentialInvalid)),
+            (
+                UserThenSystem,
+                DeadUserKey,
+                true,
+                true,
+                sys(UserCredentialInvalid),
+            ),
             (UserThenSystem, DeadUserKey, true, false, none(1, true)),
             (UserThenSystem, DeadUserKey, false, true, none(1, false)),
             (UserThenSystem, Nothing, true, true, sys(NoUserCredential)),
@@ -382,7 +414,10 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((&credential.id, model.as_deref()), (&creds[0].id, Some("model-1")));
+        assert_eq!(
+            (&credential.id, model.as_deref()),
+            (&creds[0].id, Some("model-1"))
+        );
         // No provider and no default: a valid key of any provider with the capability.
         ask.provider = None;
         let Decision::User { credential, .. } = decide(UserThenSystem, &ask, &creds, None) else {
@@ -420,7 +455,12 @@ mod tests {
             Decision::Nothing(Missing { ref skipped, .. }) if skipped.len() == 1
         ));
         assert!(matches!(
-            decide(UserThenSystem, &ask(&creds[0].id, Some("anthropic")), &creds, None),
+            decide(
+                UserThenSystem,
+                &ask(&creds[0].id, Some("anthropic")),
+                &creds,
+                None
+            ),
             Decision::Mismatch(_)
         ));
         assert!(matches!(

@@ -78,8 +78,7 @@ impl Vault<'_> {
         });
         // A key that no longer decrypts is as dead as a refused one: decide again without it.
         for _ in 0..=held.len() {
-            let dead = match decide(self.config.fallback_policy, ask, &held, default.as_ref())
-            {
+            let dead = match decide(self.config.fallback_policy, ask, &held, default.as_ref()) {
                 Decision::Mismatch(why) => {
                     return Err(ApiError::invalid_request(vec![
                         crate::error::FieldError::new("credential_id", why),
@@ -162,14 +161,15 @@ impl Vault<'_> {
 
     /// A provider refused the user's key in use (or said it ran out): the credential
     /// takes that status, with its `credential.validated` failure event, unless the row
-    /// changed since it was read (a rotation that landed meanwhile is not undone).
+    /// changed since it was read (a rotation that landed meanwhile is not undone). Returns
+    /// the id of the event written with the change, for the chainer to be told.
     pub async fn mark_in_use(
         &self,
         credential: &Credential,
         verdict: Verdict,
         detail: &str,
         origin: &Origin,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<String>, ApiError> {
         let (status, code) = match verdict {
             Verdict::Refused => (CredentialStatus::InvalidKey, "credential_invalid"),
             Verdict::QuotaExhausted => (CredentialStatus::QuotaExhausted, "quota_exhausted"),
@@ -187,9 +187,9 @@ impl Vault<'_> {
         facts.detail = Some(json!({"from": from, "to": status, "in_use": true}));
         let event = facts.event(origin, &c.user_id, now, Some(code));
         match self.store.record_check(&c, &event).await? {
-            Written::Done => Ok(()),
+            Written::Done => Ok(Some(event.id)),
             // Changed or gone meanwhile: whatever landed is newer than this verdict.
-            Written::Conflict | Written::Missing => Ok(()),
+            Written::Conflict | Written::Missing => Ok(None),
         }
     }
 }
@@ -202,10 +202,7 @@ fn no_credential(ask: &Ask<'_>, missing: &Missing<'_>) -> ApiError {
     };
     let why = if !missing.skipped.is_empty() {
         let statuses: Vec<&str> = missing.skipped.iter().map(|c| c.status.as_str()).collect();
-        format!(
-            "your stored key cannot be used ({})",
-            statuses.join(", ")
-        )
+        format!("your stored key cannot be used ({})", statuses.join(", "))
     } else {
         "you have not added one".to_owned()
     };

@@ -121,6 +121,7 @@ impl World {
             config: Ok(&self.config),
             store: &self.store,
             http: &http,
+            upstream: &http,
             clock: &self.clock,
             jitter: &FixedJitter(0.5),
             audit: &self.audit,

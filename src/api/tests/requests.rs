@@ -122,6 +122,7 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
             config: Ok(&w.config),
             store: &w.store,
             http: &http,
+            upstream: &http,
             clock: &w.clock,
             jitter: &FixedJitter(0.5),
             audit: &w.audit,

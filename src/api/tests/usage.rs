@@ -1,0 +1,420 @@
+//! Using keys: service tokens, `/v1/resolve` and its receipts, and the proxy.
+
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::testing::respond_with;
+
+const RESOLVER: &str = "svc-resolve-token-0123456789";
+const ADMIN: &str = "svc-admin-token-0123456789";
+const SYSTEM: &str = "sk_system_0000111122223333444455556666";
+
+fn sha(t: &str) -> String {
+    Sha256::digest(t.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn tokens() -> String {
+    format!(
+        r#"[{{"name":"tts-service","sha256":"{}","scopes":["resolve"]}},{{"name":"ops","sha256":"{}","scopes":["admin"]}}]"#,
+        sha(RESOLVER),
+        sha(ADMIN)
+    )
+}
+
+fn world(extra: &[(&str, &str)]) -> World {
+    let tokens = tokens();
+    let mut vars = vec![("SERVICE_TOKENS", tokens.as_str())];
+    vars.extend_from_slice(extra);
+    World::with_config(&vars)
+}
+
+impl World {
+    fn resolve(&self, body: Value) -> (u16, Value) {
+        let (s, v, _) = self.call_with_token(
+            "POST",
+            "/v1/resolve",
+            Some(RESOLVER.into()),
+            Some(body),
+            vec![],
+        );
+        (s, v)
+    }
+
+    /// `u_a` calls the proxy; the answer and what the fake provider was sent.
+    fn proxy(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        script: Vec<Scripted>,
+    ) -> (Response, Vec<crate::testing::Sent>, Vec<Vec<u8>>) {
+        let http = FakeHttp::new(&self.clock, script);
+        let log = |line: &str| {
+            assert!(
+                !line.contains(KEY) && !line.contains(SYSTEM),
+                "key in log: {line}"
+            );
+        };
+        let app = App {
+            config: Ok(&self.config),
+            store: &self.store,
+            http: &http,
+            upstream: &http,
+            clock: &self.clock,
+            jitter: &FixedJitter(0.5),
+            audit: &self.audit,
+            audit_log: &self.audit,
+            jwks: None,
+            signatures: &crate::testing::RustCryptoVerifier,
+            limiter: &self.limiter,
+            log: &log,
+            infisical: None,
+        };
+        let mut all = vec![
+            (
+                "authorization".to_string(),
+                format!("Bearer {}", token("u_a")),
+            ),
+            ("cookie".to_string(), "session=abc".to_string()),
+            ("content-type".to_string(), "application/json".to_string()),
+        ];
+        all.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let request = Request {
+            method: method.into(),
+            url: Url::parse(&format!("https://vault.test{path}")).unwrap(),
+            headers: all,
+            body: br#"{"text":"Hello"}"#.to_vec(),
+        };
+        let response = block_on(handle(&app, &request));
+        let sent = http.sent.borrow().clone();
+        let bodies = http.bodies.borrow().clone();
+        (response, sent, bodies)
+    }
+
+    /// The `credential.used` events of `u_a`: (outcome, reason, source).
+    fn uses(&self) -> Vec<(String, Option<String>, Option<String>)> {
+        let (_, body, _) = self.call(
+            "GET",
+            "/v1/audit?action=credential.used",
+            Some("u_a"),
+            None,
+            vec![],
+        );
+        body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["outcome"].as_str().unwrap().to_owned(),
+                    e["reason"].as_str().map(str::to_owned),
+                    e["source"].as_str().map(str::to_owned),
+                )
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn resolve_hands_the_users_key_to_a_service_after_one_read() {
+    let w = world(&[("SYSTEM_KEY_ELEVENLABS", SYSTEM)]);
+    let id = w.added();
+    let reads = w.store.reads.get();
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"tts"}));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["source"], "user");
+    assert_eq!(body["api_key"], KEY);
+    assert_eq!(body["credential_id"], id.as_str());
+    assert_eq!(body["provider"], "elevenlabs");
+    assert!(body["fallback_reason"].is_null());
+    assert_eq!(w.store.reads.get(), reads + 1);
+    let (_, body, _) = w.call(
+        "GET",
+        "/v1/audit?action=credential.used",
+        Some("u_a"),
+        None,
+        vec![],
+    );
+    let event = &body["events"][0];
+    assert_eq!(event["source"], "user");
+    assert_eq!(event["actor"], json!({"type":"service","id":"tts-service"}));
+    assert_eq!(event["credential_id"], id.as_str());
+    assert!(!body.to_string().contains(KEY));
+}
+
+#[test]
+fn without_a_usable_user_key_the_system_key_serves_with_a_receipt() {
+    let w = world(&[("SYSTEM_KEY_ELEVENLABS", SYSTEM)]);
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"tts","provider":"elevenlabs"}));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        (&body["source"], &body["fallback_reason"], &body["api_key"]),
+        (
+            &json!("system"),
+            &json!("no_user_credential"),
+            &json!(SYSTEM)
+        )
+    );
+    assert!(body["credential_id"].is_null());
+
+    // The user's key dies: the system key serves, and says why.
+    let id = w.added();
+    w.store.rows.borrow_mut()[0].status = crate::domain::CredentialStatus::InvalidKey;
+    let (_, body) = w.resolve(json!({"user_id":"u_a","capability":"tts"}));
+    assert_eq!(body["fallback_reason"], "user_credential_invalid", "{body}");
+    // ... unless the call forbids it: then nothing, and why.
+    let (s, body) = w.resolve(
+        json!({"user_id":"u_a","capability":"tts","provider":"elevenlabs","allow_fallback":false}),
+    );
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (404, Some("no_credential")),
+        "{body}"
+    );
+    assert_eq!(body["provider"], "elevenlabs");
+    assert_eq!(
+        body["skipped"],
+        json!([{"credential_id": id, "status": "invalid_key"}])
+    );
+    let uses = w.uses();
+    assert_eq!(
+        uses[0],
+        ("failure".into(), Some("no_credential".into()), None)
+    );
+    assert_eq!(uses[1].2.as_deref(), Some("system"));
+}
+
+#[test]
+fn user_only_with_nothing_is_no_credential_naming_the_provider() {
+    let w = world(&[
+        ("FALLBACK_POLICY", "user_only"),
+        ("SYSTEM_KEY_OPENAI", SYSTEM),
+    ]);
+    let (s, body) = w.resolve(json!({"user_id":"u_z","capability":"llm","provider":"openai"}));
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (404, Some("no_credential")),
+        "{body}"
+    );
+    assert_eq!(body["provider"], "openai");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("Add a openai key"));
+}
+
+#[test]
+fn service_endpoints_want_a_service_token_with_the_scope() {
+    let w = world(&[]);
+    let body = json!({"user_id":"u_a","capability":"tts"});
+    let call = |t: Option<String>| {
+        let (s, v, r) = w.call_with_token("POST", "/v1/resolve", t, Some(body.clone()), vec![]);
+        (
+            s,
+            v["code"].as_str().map(str::to_owned),
+            r.header("www-authenticate").map(str::to_owned),
+        )
+    };
+    assert_eq!(
+        call(None),
+        (401, Some("unauthorized".into()), Some("Bearer".into()))
+    );
+    assert_eq!(
+        call(Some(token("u_a"))).0,
+        401,
+        "a user's token is no service token"
+    );
+    assert_eq!(call(Some("svc-unknown".into())).0, 401);
+    assert_eq!(call(Some(ADMIN.into())).0, 403);
+    assert_eq!(call(Some(ADMIN.into())).1.as_deref(), Some("forbidden"));
+    // A service token opens no user route.
+    let (s, _, _) = w.call_with_token(
+        "GET",
+        "/v1/credentials",
+        Some(RESOLVER.into()),
+        None,
+        vec![],
+    );
+    assert_eq!(s, 401);
+}
+
+#[test]
+fn bad_resolve_bodies_are_refused_field_by_field() {
+    let w = world(&[]);
+    let (s, body) = w.resolve(json!({"capability":"video","provider":"x","extra":1}));
+    assert_eq!(s, 400, "{body}");
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["user_id", "capability", "extra"]);
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"tts","provider":"anthropic"}));
+    assert_eq!(
+        (s, body["errors"][0]["field"].as_str()),
+        (400, Some("provider"))
+    );
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"tts","provider":"nope"}));
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (400, Some("unknown_provider")),
+        "{body}"
+    );
+}
+
+#[test]
+fn the_proxy_injects_the_users_key_and_strips_the_callers_credentials() {
+    let w = world(&[]);
+    let id = w.added();
+    let audio = "ID3-fake-mpeg-bytes";
+    let (mut r, sent, bodies) = w.proxy(
+        "POST",
+        "/v1/proxy/elevenlabs/v1/text-to-speech/voice123/stream?output_format=mp3_44100_128&key=steal",
+        &[("x-api-key", "caller"), ("x-forwarded-for", "10.0.0.1")],
+        vec![respond_with(200, &[("content-type", "audio/mpeg"), ("set-cookie", "a=b")], audio)],
+    );
+    assert_eq!(r.status, 200);
+    let streamed = r
+        .stream
+        .take()
+        .expect("streamed")
+        .0
+        .downcast::<Vec<u8>>()
+        .unwrap();
+    assert_eq!(*streamed, audio.as_bytes());
+    assert_eq!(r.header("content-type"), Some("audio/mpeg"));
+    assert_eq!(r.header("set-cookie"), None);
+    assert_eq!(r.header("x-byok-source"), Some("user"));
+    assert_eq!(r.header("x-byok-credential-id"), Some(id.as_str()));
+    assert_eq!(r.header("x-byok-fallback-reason"), None);
+    let (url, headers, _) = &sent[0];
+    assert!(
+        url.ends_with("/v1/text-to-speech/voice123/stream?output_format=mp3_44100_128"),
+        "{url}"
+    );
+    let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        headers.contains(&("xi-api-key".into(), KEY.into())),
+        "{names:?}"
+    );
+    for gone in ["authorization", "cookie", "x-api-key", "x-forwarded-for"] {
+        assert!(!names.contains(&gone), "{gone} forwarded: {names:?}");
+    }
+    assert_eq!(bodies[0], br#"{"text":"Hello"}"#);
+    assert_eq!(w.uses()[0], ("success".into(), None, Some("user".into())));
+}
+
+#[test]
+fn the_proxy_refuses_what_is_not_allow_listed_before_any_upstream_call() {
+    let w = world(&[("SYSTEM_KEY_ELEVENLABS", SYSTEM)]);
+    for (method, path) in [
+        ("GET", "/v1/proxy/elevenlabs/v1/text-to-speech/voice123"),
+        ("POST", "/v1/proxy/elevenlabs/v1/user"),
+        ("DELETE", "/v1/proxy/elevenlabs/v1/voices"),
+        (
+            "POST",
+            "/v1/proxy/elevenlabs/v1/text-to-speech/..%2F..%2Fuser",
+        ),
+        ("POST", "/v1/proxy/elevenlabs/v1/text-to-speech/../user"),
+        ("POST", "/v1/proxy/elevenlabs/v1/text-to-speech//stream"),
+        ("POST", "/v1/proxy/openai/v1/files"),
+    ] {
+        let (r, sent, _) = w.proxy(method, path, &[], vec![]);
+        assert!(sent.is_empty(), "{method} {path} reached the provider");
+        assert!(
+            matches!(r.status, 403 | 404),
+            "{method} {path}: {}",
+            r.status
+        );
+    }
+    let (r, sent, _) = w.proxy("POST", "/v1/proxy/nope/v1/x", &[], vec![]);
+    assert_eq!((r.status, sent.len()), (400, 0));
+}
+
+#[test]
+fn a_key_refused_in_use_is_marked_invalid_and_the_caller_told() {
+    let w = world(&[]);
+    let id = w.added();
+    let (r, _, _) = w.proxy(
+        "POST",
+        "/v1/proxy/elevenlabs/v1/text-to-speech/voice123",
+        &[],
+        vec![respond(401, INVALID)],
+    );
+    assert_eq!(r.status, 424);
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["code"], "credential_invalid");
+    assert_eq!(body["credential_id"], id.as_str());
+    assert_eq!(r.header("x-byok-source"), Some("user"));
+    assert_eq!(
+        w.stored().status,
+        crate::domain::CredentialStatus::InvalidKey
+    );
+    let trail = w.actions("u_a");
+    assert!(
+        trail.contains(&(
+            "credential.validated".into(),
+            "failure".into(),
+            Some("credential_invalid".into())
+        )),
+        "{trail:?}"
+    );
+    assert_eq!(w.uses()[0].1.as_deref(), Some("credential_invalid"));
+}
+
+#[test]
+fn a_spent_key_is_marked_and_a_rate_limit_passes_through_untouched() {
+    let w = world(&[]);
+    w.added();
+    let limited = r#"{"detail":{"status":"too_many_concurrent_requests","message":"Too many concurrent requests."}}"#;
+    let (r, _, _) = w.proxy(
+        "POST",
+        "/v1/proxy/elevenlabs/v1/text-to-speech/voice123",
+        &[],
+        vec![respond_with(429, &[("retry-after", "7")], limited)],
+    );
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("7")));
+    assert_eq!(r.body, limited.as_bytes());
+    assert_eq!(w.stored().status, crate::domain::CredentialStatus::Valid);
+
+    let quota =
+        r#"{"detail":{"status":"quota_exceeded","message":"This request exceeds your quota."}}"#;
+    let (r, _, _) = w.proxy(
+        "POST",
+        "/v1/proxy/elevenlabs/v1/text-to-speech/voice123",
+        &[],
+        vec![respond(401, quota)],
+    );
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        (r.status, body["code"].as_str()),
+        (402, Some("quota_exhausted"))
+    );
+    assert_eq!(
+        w.stored().status,
+        crate::domain::CredentialStatus::QuotaExhausted
+    );
+}
+
+#[test]
+fn an_error_page_that_quotes_a_system_key_never_reaches_the_user() {
+    let w = world(&[("SYSTEM_KEY_ELEVENLABS", SYSTEM)]);
+    let echo = format!(r#"{{"detail":{{"status":"bad_request","message":"bad key {SYSTEM}"}}}}"#);
+    let (r, _, _) = w.proxy(
+        "POST",
+        "/v1/proxy/elevenlabs/v1/text-to-speech/voice123",
+        &[],
+        vec![respond(400, &echo)],
+    );
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-byok-source"), Some("system"));
+    assert_eq!(
+        r.header("x-byok-fallback-reason"),
+        Some("no_user_credential")
+    );
+    assert!(!String::from_utf8_lossy(&r.body).contains(SYSTEM));
+}

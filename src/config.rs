@@ -13,6 +13,7 @@ use crate::auth::{parse_service_tokens, JwtSettings, ServiceToken};
 use crate::crypto::{MasterKeyError, MasterKeys, SecretKey};
 use crate::domain::ProviderId;
 use crate::providers;
+use crate::system_keys::InfisicalSettings;
 
 /// The most any proxied request body may be, whatever `PROXY_MAX_BODY_BYTES` says (the
 /// Worker reads it into memory).
@@ -72,6 +73,9 @@ pub struct Config {
     pub system_keys_env: BTreeMap<ProviderId, SecretKey>,
     /// The largest request body the proxy forwards (`PROXY_MAX_BODY_BYTES`).
     pub proxy_max_body_bytes: usize,
+    /// Where Infisical's secrets are read (`SYSTEM_KEYS_SOURCE = "infisical"`); the isolate
+    /// takes it to build its cache.
+    pub infisical: Option<InfisicalSettings>,
 }
 
 impl Config {
@@ -299,6 +303,12 @@ impl Config {
             err("ALLOW_PRIVATE_BASE_URLS", "may not be true in production");
         }
 
+        // Last: it reports into the same list.
+        let infisical = match system_keys_source {
+            SystemKeysSource::Env => None,
+            SystemKeysSource::Infisical => InfisicalSettings::parse(&get, environment, &mut errors),
+        };
+
         if errors.is_empty() {
             Ok(Config {
                 environment,
@@ -318,6 +328,7 @@ impl Config {
                 service_tokens,
                 system_keys_env,
                 proxy_max_body_bytes,
+                infisical,
             })
         } else {
             Err(errors)

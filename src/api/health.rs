@@ -6,6 +6,7 @@ use serde_json::json;
 use super::{App, Response};
 use crate::crypto::MasterKeyError;
 use crate::error::ApiError;
+use crate::system_keys::SystemKeys;
 
 pub(super) async fn health(app: &App<'_>) -> Response {
     let database_ok = match app.store.ping().await {
@@ -35,7 +36,18 @@ pub(super) async fn health(app: &App<'_>) -> Response {
             }
         },
     };
-    let checks = json!({"config": config, "master_key": master_key, "database": if database_ok { "ok" } else { "error" }});
+    let mut checks = json!({"config": config, "master_key": master_key, "database": if database_ok { "ok" } else { "error" }});
+    // Which source and tier serves system keys (and its last problem), never a value.
+    if let Ok(c) = app.config {
+        let keys = SystemKeys {
+            env: &c.system_keys_env,
+            infisical: app.infisical,
+            http: app.http,
+            clock: app.clock,
+            log: app.log,
+        };
+        checks["system_keys"] = keys.health().await;
+    }
     let problem = problem.or_else(|| {
         (!database_ok).then(|| ApiError::unavailable("The database is not answering."))
     });

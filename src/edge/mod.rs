@@ -43,7 +43,7 @@ fn isolate(env: &Env) -> &'static Isolate {
     }
     ISOLATE.with(|cell| {
         *cell.get_or_init(|| {
-            let config = Config::parse(|name| runtime::env_string(env, name));
+            let mut config = Config::parse(|name| runtime::env_string(env, name));
             if let Err(errors) = &config {
                 for e in errors {
                     worker::console_error!("configuration: {e}");
@@ -53,7 +53,11 @@ fn isolate(env: &Env) -> &'static Isolate {
                 .as_ref()
                 .ok()
                 .and_then(|c| JwksCache::for_settings(&c.jwt));
-            let infisical = None::<InfisicalCache>;
+            let infisical = config
+                .as_mut()
+                .ok()
+                .and_then(|c| c.infisical.take())
+                .map(InfisicalCache::new);
             // Leaked once per isolate on purpose: every request borrows it.
             Box::leak(Box::new(Isolate {
                 config,

@@ -65,15 +65,7 @@ impl SystemKeys<'_> {
                     });
                 }
             }
-            if self.env.contains_key(&provider) {
-                (self.log)(&format!(
-                    "system keys: {name} served from the Worker's secrets ({})",
-                    served
-                        .problem
-                        .as_deref()
-                        .unwrap_or("Infisical does not hold it")
-                ));
-            }
+            // The cache logs each change of tier itself, once.
         }
         self.env.get(&provider).map(|k| SystemKey {
             key: SecretKey::new(k.expose().to_owned()),

@@ -112,6 +112,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_ascii_host_names_are_understood() {
+        // The build carries no Unicode host tables: an IDN is refused, its punycode works.
+        assert_eq!(
+            check_base_url("https://bücher.example/v1", false),
+            Err(GuardError::NotAUrl)
+        );
+        assert!(check_base_url("https://xn--bcher-kva.example/v1", false).is_ok());
+    }
+
+    #[test]
     fn public_https_urls_pass_normalised() {
         assert_eq!(
             check_base_url("https://ollama.com/", false).unwrap(),

@@ -23,7 +23,16 @@
 //   echoinvalid  the probe refuses the key, echoing it in the message
 //   echomodels   valid, but the model list names the key as an id and in a name
 //   huge         the probe passes; the model list is larger than the vault reads
-// and `revoke(key)` makes any key invalid from then on. A path starting `/redirect/`
+//   busy         valid for checks; every real operation answers 429 with Retry-After: 7
+//   spent        valid for checks; every real operation answers the provider's quota error
+// and `revoke(key)` makes any key invalid from then on.
+//
+// Real operations (what the vault's proxy forwards) answer too: ElevenLabs text-to-speech
+// returns AUDIO (its `/stream` variant in three chunks STREAM_GAP_MS apart), OpenAI chat
+// completions with `"stream": true` send an SSE stream of three chunks STREAM_GAP_MS
+// apart (the time each was sent is kept in `sseSent`), Anthropic messages and Gemini
+// generateContent answer their JSON shapes. Each operation's request (headers and body)
+// is kept in `requests`. A path starting `/redirect/`
 // answers 302 to the same path without that prefix (a base_url that bounces elsewhere).
 import http from 'node:http';
 
@@ -31,6 +40,11 @@ const json = (res, status, body, headers = {}) => {
   res.writeHead(status, { 'content-type': 'application/json', ...headers });
   res.end(typeof body === 'string' ? body : JSON.stringify(body));
 };
+
+/** What the fake text-to-speech answers: bytes that are not text, as audio is. */
+export const AUDIO = Buffer.from(Array.from({ length: 3000 }, (_, i) => (i * 7 + 3) % 256));
+export const STREAM_GAP_MS = 300;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const MODEL_PAGES = 2; // providers that page their model list get two pages
 export const SLOW_MS = 1500;
@@ -211,7 +225,51 @@ function openaiStyle(modelsPath, ids, overrides) {
   };
 }
 
+/** The real operations the fakes perform, by provider: (method, path) → handler. */
+function operation(name, method, path) {
+  if (name === 'elevenlabs' && method === 'POST' && /^\/v1\/text-to-speech\/[^/]+$/.test(path)) {
+    return async (res) => { res.writeHead(200, { 'content-type': 'audio/mpeg', 'set-cookie': 'provider-session=1' }); res.end(AUDIO); };
+  }
+  if (name === 'elevenlabs' && method === 'POST' && /^\/v1\/text-to-speech\/[^/]+\/stream$/.test(path)) {
+    return async (res) => {
+      res.writeHead(200, { 'content-type': 'audio/mpeg' });
+      for (let i = 0; i < 3; i++) {
+        res.write(AUDIO.subarray(i * 1000, (i + 1) * 1000));
+        if (i < 2) await sleep(STREAM_GAP_MS);
+      }
+      res.end();
+    };
+  }
+  if (name === 'openai' && method === 'POST' && path === '/v1/chat/completions') {
+    return async (res, body, state) => {
+      const request = JSON.parse(body.toString() || '{}');
+      const chunk = (i, content) => ({ id: 'chatcmpl-fake', object: 'chat.completion.chunk', created: 1732500000, model: request.model ?? 'gpt-4o-mini', choices: [{ index: 0, delta: { content }, finish_reason: null }] });
+      if (!request.stream) {
+        return json(res, 200, { id: 'chatcmpl-fake', object: 'chat.completion', created: 1732500000, model: request.model ?? 'gpt-4o-mini', choices: [{ index: 0, message: { role: 'assistant', content: 'Hello there!' }, finish_reason: 'stop' }], usage: { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 } });
+      }
+      res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
+      const words = ['Hello', ' there', '!'];
+      for (let i = 0; i < words.length; i++) {
+        res.write(`data: ${JSON.stringify(chunk(i, words[i]))}\n\n`);
+        state.sseSent.push(Date.now());
+        if (i < words.length - 1) await sleep(STREAM_GAP_MS);
+      }
+      res.write('data: [DONE]\n\n');
+      res.end();
+      return undefined;
+    };
+  }
+  if (name === 'anthropic' && method === 'POST' && path === '/v1/messages') {
+    return async (res) => json(res, 200, { id: 'msg_fake', type: 'message', role: 'assistant', model: 'claude-sonnet-4-5', content: [{ type: 'text', text: 'Hello!' }], stop_reason: 'end_turn', usage: { input_tokens: 5, output_tokens: 2 } });
+  }
+  if (name === 'gemini' && method === 'POST' && /^\/v1beta\/models\/[^/]+:generateContent$/.test(path)) {
+    return async (res) => json(res, 200, { candidates: [{ content: { role: 'model', parts: [{ text: 'Hello!' }] }, finishReason: 'STOP' }], usageMetadata: { promptTokenCount: 3, candidatesTokenCount: 2, totalTokenCount: 5 } });
+  }
+  return undefined;
+}
+
 export function startFakeProviders() {
+  const sseSent = [];
   const seen = new Map();
   const requests = [];
   const hanging = new Set();
@@ -235,8 +293,27 @@ export function startFakeProviders() {
     requests.push({ provider: name, method: req.method, path, region, query: url.search, key, headers: req.headers, at: Date.now() });
     const ok = () => p.ok(res, path, url.searchParams);
     const kind = revoked.has(key) ? 'invalid' : key === '' && p.keyless ? 'valid' : key.split('_')[1];
+    const op = operation(name, req.method, path);
+    if (op) {
+      const record = requests[requests.length - 1];
+      const chunks = [];
+      req.on('data', (c) => chunks.push(c));
+      req.on('end', () => {
+        record.body = Buffer.concat(chunks);
+        record.operation = true;
+        switch (kind) {
+          case 'invalid': return p.invalid(res);
+          case 'busy': return p.limited(res, 7);
+          case 'spent': return (p.quota ?? p.invalid)(res);
+          default: return op(res, record.body, { sseSent });
+        }
+      });
+      return undefined;
+    }
     switch (kind) {
-      case 'valid': return ok();
+      case 'valid':
+      case 'busy':
+      case 'spent': return ok();
       case 'invalid': return p.invalid(res);
       case 'noscope': return p.noscope ? p.noscope(res, path, ok) : ok();
       case 'forbidden': return (p.forbidden ?? p.invalid)(res);
@@ -282,6 +359,8 @@ export function startFakeProviders() {
           MISTRAL_BASE_URL: `${url}/mistral`,
         }),
         callsFor: (key) => requests.filter((r) => r.key === key),
+        /** When the fake sent each SSE chunk (ms since the epoch), over every stream. */
+        sseSent,
         /** From now on the provider answers this key as invalid (a key revoked upstream). */
         revoke: (key) => revoked.add(key),
         close: () => new Promise((done) => {

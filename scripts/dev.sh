@@ -22,6 +22,16 @@ VARS
   echo "[dev] wrote .dev.vars with a random MASTER_KEY and AUTH_JWT_SECRET"
 fi
 
+# A local service token for POST /v1/resolve (only its SHA-256 goes into SERVICE_TOKENS;
+# the token itself is kept in a comment of the same untracked file, for the example below).
+if ! grep -q '^SERVICE_TOKENS=' .dev.vars; then
+  svc=$(node -e 'process.stdout.write("svc_" + require("crypto").randomBytes(24).toString("hex"))')
+  sha=$(node -e 'process.stdout.write(require("crypto").createHash("sha256").update(process.argv[1]).digest("hex"))' "$svc")
+  printf '# dev service token (scopes resolve, admin): %s\nSERVICE_TOKENS=[{"name":"dev-service","sha256":"%s","scopes":["resolve","admin"]}]\n' "$svc" "$sha" >>.dev.vars
+  echo "[dev] added a dev service token to .dev.vars"
+fi
+SERVICE_TOKEN=$(sed -n 's/^# dev service token (scopes resolve, admin): //p' .dev.vars)
+
 wrangler d1 migrations apply DB --local >/dev/null
 echo "[dev] local D1 migrations applied"
 
@@ -46,6 +56,18 @@ A dev token for user "dev-user", valid 24 hours (make more: node scripts/dev-tok
        -d '{"provider":"elevenlabs","api_key":"<your ElevenLabs key>","label":"Personal"}' \\
        http://127.0.0.1:$PORT/v1/credentials
   curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$PORT/v1/credentials
+
+A backend service resolves the key for a user's call (service token from .dev.vars):
+
+  export SERVICE_TOKEN=$SERVICE_TOKEN
+  curl -s -X POST -H "Authorization: Bearer \$SERVICE_TOKEN" -H 'Content-Type: application/json' \\
+       -d '{"user_id":"dev-user","capability":"tts"}' http://127.0.0.1:$PORT/v1/resolve
+
+and a frontend calls the provider through the proxy, the key never leaving the vault:
+
+  curl -s -X POST -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+       -d '{"text":"Hello","model_id":"eleven_multilingual_v2"}' -o hello.mp3 \\
+       http://127.0.0.1:$PORT/v1/proxy/elevenlabs/v1/text-to-speech/21m00Tcm4TlvDq8ikWAM
 
 INFO
 exec wrangler dev --ip 127.0.0.1 --port "$PORT" --inspector-port "$INSPECTOR_PORT" --test-scheduled

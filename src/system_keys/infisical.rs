@@ -37,6 +37,9 @@ const DEFAULT_HOST: &str = "https://app.infisical.com";
 const FETCH_TIMEOUT_MS: u64 = 3_000;
 /// After an outage Infisical is not asked again for this long.
 const MIN_RETRY_MS: u64 = 10_000;
+/// After a refusal, the wait before asking again: Infisical locks an identity for 300 s
+/// after 3 failed logins within 30 s, so one isolate never makes more than one in 30 s.
+const REFUSED_RETRY_MS: u64 = 30_000;
 /// The longest a `retry-after` may keep Infisical from being asked.
 const MAX_RETRY_MS: u64 = 600_000;
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -576,7 +579,7 @@ impl InfisicalCache {
                 st.good = None;
                 st.token = None;
                 st.problem = Some(problem);
-                let wait = self.settings.cache_ttl_ms.max(MIN_RETRY_MS);
+                let wait = self.settings.cache_ttl_ms.max(REFUSED_RETRY_MS);
                 st.quiet_until = Some(now.plus_millis(wait));
             }
         }

@@ -73,8 +73,8 @@ impl SystemKeys<'_> {
         })
     }
 
-    /// What `/v1/health` says of system keys: the source, the tier serving now, the
-    /// providers that have one, and the last problem; never a value.
+    /// What `/v1/health` says of system keys: the source, the tier serving now (and, for
+    /// env, the providers that have one), and the last problem; never a value.
     pub async fn health(&self) -> Value {
         let env_providers: Vec<&str> = self.env.keys().map(|p| p.as_str()).collect();
         let Some(cache) = self.infisical else {

@@ -34,6 +34,8 @@ pub struct Request {
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The body was declared larger than its route takes ([`body_limit`]) and not read.
+    pub oversized: bool,
 }
 
 impl Request {
@@ -168,11 +170,17 @@ pub async fn handle(app: &App<'_>, request: &Request) -> Response {
         .with_header("x-request-id", request_id.as_str())
 }
 
-/// How many bytes of body a request to `path` may carry: `PROXY_MAX_BODY_BYTES` through
-/// the proxy, 64 KiB anywhere else (and without a usable configuration).
-pub fn body_limit(config: Option<&Config>, path: &str) -> usize {
+/// How many bytes of body a request may carry, decided from its head before the body is
+/// read: `PROXY_MAX_BODY_BYTES` through the proxy for a caller presenting a token shaped
+/// like a JWT (checked properly once the body is in), 64 KiB anywhere else (and without a
+/// usable configuration): an anonymous caller never makes the Worker hold more.
+pub fn body_limit(config: Option<&Config>, path: &str, authorization: Option<&str>) -> usize {
+    let jwt_shaped = crate::auth::bearer_token(authorization).is_some_and(|t| {
+        let parts: Vec<&str> = t.split('.').collect();
+        parts.len() == 3 && parts.iter().all(|p| !p.is_empty())
+    });
     match config {
-        Some(c) if path.starts_with("/v1/proxy/") => c.proxy_max_body_bytes,
+        Some(c) if path.starts_with("/v1/proxy/") && jwt_shaped => c.proxy_max_body_bytes,
         _ => input::MAX_BODY_BYTES,
     }
 }
@@ -190,7 +198,7 @@ fn add_cors(config: &Config, request: &Request, response: &mut Response) {
         ("vary", "Origin".to_owned()),
         (
             "access-control-expose-headers",
-            "X-Request-Id, Retry-After, Location, X-Byok-Source, X-Byok-Credential-Id, X-Byok-Fallback-Reason".to_owned(),
+            "X-Request-Id, Retry-After, Location, X-Byok-Source, X-Byok-Credential-Id, X-Byok-Fallback-Reason, X-Upstream-Request-Id".to_owned(),
         ),
     ];
     if request.method == "OPTIONS" {

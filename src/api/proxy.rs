@@ -27,55 +27,47 @@ const HEAD_TIMEOUT_MS: u64 = 120_000;
 /// The most of an error answer that is read (to judge the key by it and pass it on).
 const ERROR_BODY_BYTES: usize = 64 * 1024;
 
-/// Request headers that never reach the provider: the caller's credentials and cookies,
-/// any key header, hop-by-hop and proxy headers, where the call came from, and the
-/// vault's own options.
-const DROPPED_REQUEST_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "host",
-    "content-length",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-    "accept-encoding",
-    "origin",
-    "referer",
-    "forwarded",
-    "x-real-ip",
-    "true-client-ip",
-    "x-api-key",
-    "xi-api-key",
-    "x-goog-api-key",
+/// The caller's request headers that reach the provider (all others, the caller's
+/// credentials and cookies, any key header, billing selectors such as
+/// `OpenAI-Organization`, forwarding and hop-by-hop headers, never do).
+const FORWARDED_REQUEST_HEADERS: &[&str] = &[
+    "content-type",
+    "accept",
+    "accept-language",
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-beta",
+    "x-microsoft-outputformat",
+];
+
+/// The API version Anthropic requires, set when the caller sends none.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The provider's answer headers that reach the caller. Anything else (cookies, the
+/// provider's CORS, HSTS and reporting policies that would bind the vault's own origin,
+/// the operator's organisation ids) stays behind; the provider's request id comes as
+/// `X-Upstream-Request-Id`, and its rate-limit headers only for the caller's own key.
+const PASSED_RESPONSE_HEADERS: &[&str] = &[
+    "content-type",
+    "content-language",
+    "content-disposition",
+    "retry-after",
+    "retry-after-ms",
+];
+const UPSTREAM_REQUEST_IDS: &[&str] = &["request-id", "x-request-id", "x-goog-request-id"];
+
+/// Query parameters that carry credentials: never forwarded.
+const DROPPED_QUERY: &[&str] = &[
+    "key",
+    "api_key",
+    "apikey",
     "api-key",
-    "ocp-apim-subscription-key",
+    "token",
+    "access_token",
+    "oauth_token",
+    "subscription-key",
+    "code",
 ];
-const DROPPED_REQUEST_PREFIXES: &[&str] = &["cf-", "x-forwarded-", "proxy-", "x-byok-", "sec-"];
-
-/// Answer headers that never reach the caller: cookies, hop-by-hop headers, framing the
-/// Worker redoes, and the provider's own CORS (the vault's applies).
-const DROPPED_RESPONSE_HEADERS: &[&str] = &[
-    "set-cookie",
-    "set-cookie2",
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "content-encoding",
-    "trailer",
-    "upgrade",
-    "www-authenticate",
-];
-const DROPPED_RESPONSE_PREFIXES: &[&str] = &["access-control-", "cf-", "x-byok-"];
-
-fn kept(name: &str, exact: &[&str], prefixes: &[&str]) -> bool {
-    !exact.contains(&name) && !prefixes.iter().any(|p| name.starts_with(p))
-}
 
 pub(super) async fn proxy(ctx: &Ctx<'_>) -> Outcome {
     let mut facts = Facts::new(Action::CredentialUsed);
@@ -93,13 +85,7 @@ async fn call(ctx: &Ctx<'_>, facts: &mut Facts) -> Result<Result<Response, ApiEr
     let info = providers::find(ctx.param(0))
         .ok_or_else(|| Early(ApiError::unknown_provider(ctx.param(0))))?
         .info();
-    let path = ctx
-        .request
-        .url
-        .path()
-        .strip_prefix("/v1/proxy/")
-        .and_then(|p| p.strip_prefix(info.id.as_str()))
-        .unwrap_or_default();
+    let path = upstream_path(ctx, info);
     let Some(operation) = info.operation(&ctx.request.method, path) else {
         return Err(Early(
             ApiError::forbidden(format!(
@@ -117,10 +103,15 @@ async fn call(ctx: &Ctx<'_>, facts: &mut Facts) -> Result<Result<Response, ApiEr
             ]))
         })?),
     };
-    let allow_fallback = !ctx
-        .request
-        .header("x-byok-allow-fallback")
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
+    let allow_fallback = match ctx.request.header("x-byok-allow-fallback").map(str::trim) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => {
+            return Err(Early(ApiError::invalid_request(vec![
+                crate::error::FieldError::new("X-Byok-Allow-Fallback", "must be true or false"),
+            ])))
+        }
+    };
     let ask = Ask {
         capability: operation.capability,
         provider: Some(info.id),
@@ -128,13 +119,24 @@ async fn call(ctx: &Ctx<'_>, facts: &mut Facts) -> Result<Result<Response, ApiEr
         allow_fallback,
     };
     facts.provider = Some(info.id);
-    Ok(forward(ctx, info, operation, &ask, facts).await)
+    Ok(forward(ctx, info, operation, path, &ask, facts).await)
+}
+
+/// The provider's own path: what follows `/v1/proxy/{provider}`.
+fn upstream_path<'r>(ctx: &Ctx<'r>, info: &ProviderInfo) -> &'r str {
+    ctx.request
+        .url
+        .path()
+        .strip_prefix("/v1/proxy/")
+        .and_then(|p| p.strip_prefix(info.id.as_str()))
+        .unwrap_or_default()
 }
 
 async fn forward(
     ctx: &Ctx<'_>,
     info: &'static ProviderInfo,
     operation: &providers::Operation,
+    path: &str,
     ask: &Ask<'_>,
     facts: &mut Facts,
 ) -> Result<Response, ApiError> {
@@ -145,17 +147,17 @@ async fn forward(
         e.headers.extend(receipts.iter().cloned());
         e
     };
-    let url = upstream_url(ctx, info, operation, &key).map_err(with_receipts)?;
+    let url = upstream_url(ctx, info, operation, path, &key).map_err(with_receipts)?;
     let mut headers: Vec<(String, String)> = ctx
         .request
         .headers
         .iter()
-        .filter(|(n, _)| {
-            kept(n, DROPPED_REQUEST_HEADERS, DROPPED_REQUEST_PREFIXES)
-                && *n != info.auth.header_name()
-        })
+        .filter(|(n, _)| FORWARDED_REQUEST_HEADERS.contains(&n.as_str()))
         .cloned()
         .collect();
+    if info.id.as_str() == "anthropic" && ctx.request.header("anthropic-version").is_none() {
+        headers.push(("anthropic-version".into(), ANTHROPIC_VERSION.into()));
+    }
     if let Some((name, value)) = info.auth.header(&key.key) {
         headers.push((name.to_owned(), value));
     }
@@ -187,11 +189,22 @@ async fn forward(
             ),
         )));
     }
+    let own_key = key.credential.is_some();
     let pass_headers = |headers: &[(String, String)]| -> Vec<(String, String)> {
         headers
             .iter()
-            .filter(|(n, _)| kept(n, DROPPED_RESPONSE_HEADERS, DROPPED_RESPONSE_PREFIXES))
-            .cloned()
+            .filter_map(|(n, v)| {
+                let name = n.as_str();
+                if PASSED_RESPONSE_HEADERS.contains(&name)
+                    || (own_key && name.starts_with("x-ratelimit-"))
+                {
+                    Some((n.clone(), v.clone()))
+                } else if UPSTREAM_REQUEST_IDS.contains(&name) {
+                    Some(("x-upstream-request-id".to_owned(), v.clone()))
+                } else {
+                    None
+                }
+            })
             .chain(receipts.iter().map(|(n, v)| ((*n).to_owned(), v.clone())))
             .collect()
     };
@@ -216,15 +229,7 @@ async fn forward(
         body,
     };
     let text = ProviderText::new(&key.key);
-    let verdict = match (info.classify)(&judged) {
-        Judged::Reject(Failure::InvalidKey(m)) => Some((Verdict::Refused, m)),
-        Judged::Reject(Failure::QuotaExhausted(m))
-        | Judged::Retry {
-            failure: Failure::QuotaExhausted(m),
-            ..
-        } => Some((Verdict::QuotaExhausted, m)),
-        _ => None,
-    };
+    let verdict = key_verdict(info, &judged);
     if let Some((verdict, message)) = verdict {
         let message = text.clean(&message, crate::probe::MAX_MESSAGE_CHARS);
         return Err(with_receipts(
@@ -314,19 +319,13 @@ fn upstream_url(
     ctx: &Ctx<'_>,
     info: &ProviderInfo,
     operation: &providers::Operation,
+    path: &str,
     key: &KeyInUse,
 ) -> Result<String, ApiError> {
     let params = key
         .credential
         .as_ref()
         .map(|c| c.params.clone())
-        .unwrap_or_default();
-    let path = ctx
-        .request
-        .url
-        .path()
-        .strip_prefix("/v1/proxy/")
-        .and_then(|p| p.strip_prefix(info.id.as_str()))
         .unwrap_or_default();
     let target = Target {
         bases: ctx.config.endpoints(info.id),
@@ -347,25 +346,60 @@ fn upstream_url(
     } else {
         target.url_at(operation.endpoint, path)
     };
-    let query: Vec<(String, String)> = ctx
+    // The caller's query as it was written, minus any parameter that carries a credential.
+    let kept: Vec<&str> = ctx
         .request
         .url
-        .query_pairs()
-        .filter(|(k, _)| {
-            !matches!(
-                k.to_ascii_lowercase().as_str(),
-                "key" | "api_key" | "apikey" | "token" | "access_token"
-            )
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            let name = url::form_urlencoded::parse(name.as_bytes())
+                .next()
+                .map(|(k, _)| k.to_ascii_lowercase())
+                .unwrap_or_default();
+            !name.is_empty() && !DROPPED_QUERY.contains(&name.as_str())
         })
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    if !query.is_empty() {
-        let encoded: String = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(query)
-            .finish();
-        url = format!("{url}?{encoded}");
+    if !kept.is_empty() {
+        url = format!("{url}?{}", kept.join("&"));
     }
     Ok(url)
+}
+
+/// What an error answer says of the key itself, if anything: refused (only a 401 or 403,
+/// or Google's 400 that names `API_KEY_INVALID` as its reason; never a 404 or a message
+/// the request could have echoed) or out of quota (the provider's own quota signals).
+fn key_verdict(info: &ProviderInfo, answer: &HttpResponse) -> Option<(Verdict, String)> {
+    match (info.classify)(answer) {
+        Judged::Reject(Failure::InvalidKey(m))
+            if matches!(answer.status, 401 | 403) || names_invalid_key(answer) =>
+        {
+            Some((Verdict::Refused, m))
+        }
+        Judged::Reject(Failure::QuotaExhausted(m))
+        | Judged::Retry {
+            failure: Failure::QuotaExhausted(m),
+            ..
+        } => Some((Verdict::QuotaExhausted, m)),
+        _ => None,
+    }
+}
+
+/// Google's structured reason for a bad key (`error.details[].reason`), which a request
+/// cannot put there.
+fn names_invalid_key(answer: &HttpResponse) -> bool {
+    answer.status == 400
+        && answer
+            .json()
+            .as_ref()
+            .and_then(|b| b.pointer("/error/details"))
+            .and_then(|d| d.as_array())
+            .is_some_and(|d| {
+                d.iter()
+                    .any(|x| x.get("reason").and_then(|r| r.as_str()) == Some("API_KEY_INVALID"))
+            })
 }
 
 /// The headers that say whose key served the call, and why.

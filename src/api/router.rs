@@ -273,7 +273,7 @@ pub(super) async fn dispatch(
             if let Err(e) = configured(app) {
                 return Dispatched::answer(route, Err(e));
             }
-            if request.body.len() > input::MAX_BODY_BYTES {
+            if request.oversized || request.body.len() > input::MAX_BODY_BYTES {
                 let e = ApiError::payload_too_large(input::MAX_BODY_BYTES);
                 return Dispatched::answer(route, Err(e));
             }
@@ -294,7 +294,7 @@ pub(super) async fn dispatch(
         Err(e) => return Dispatched::answer(Some(route.path), Err(e)),
     };
     let limit = body_limit.unwrap_or(config.proxy_max_body_bytes);
-    if request.body.len() > limit {
+    if request.oversized || request.body.len() > limit {
         return Dispatched::answer(Some(route.path), Err(ApiError::payload_too_large(limit)));
     }
     let note = |line: &str| (app.log)(&format!("{} {line}", request_id.as_str()));

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{link, Action, AuditEvent, ChainHead, ChainedEvent, Outcome};
+use super::{link, Action, AuditEvent, ChainHead, ChainedEvent, Outcome, Source};
 use crate::ports::{AuditStore, StoreError};
 
 /// Pending events one round reads and chains. A round costs three D1 queries (pending,
@@ -69,9 +69,12 @@ pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPla
                 continue;
             }
         };
-        if let (Action::CredentialUsed, Outcome::Success, Some(id)) =
-            (event.action, event.outcome, &event.credential_id)
-        {
+        if let (Action::CredentialUsed, Outcome::Success, Some(Source::User), Some(id)) = (
+            event.action,
+            event.outcome,
+            event.source,
+            &event.credential_id,
+        ) {
             out.used
                 .push((p.user_id.clone(), id.as_str().to_owned(), event.at));
         }
@@ -144,6 +147,33 @@ mod tests {
             user_id: e.user_id.as_str().to_owned(),
             body: serde_json::to_string(e).unwrap(),
         }
+    }
+
+    #[test]
+    fn a_use_of_a_users_key_moves_its_last_use_and_nothing_else_does() {
+        let mut used = event("u_a", 1);
+        used.action = Action::CredentialUsed;
+        used.credential_id =
+            crate::domain::CredentialId::parse("c_0123456789abcdef0123456789abcdef");
+        used.source = Some(crate::audit::Source::User);
+        let mut system = used.clone();
+        system.id = "ev_sys".into();
+        system.source = Some(crate::audit::Source::System);
+        let mut failed = used.clone();
+        failed.id = "ev_failed".into();
+        failed.outcome = crate::audit::Outcome::Failure;
+        let p = plan(
+            &[pending(1, &used), pending(2, &system), pending(3, &failed)],
+            &[],
+        );
+        assert_eq!(
+            p.used,
+            [(
+                "u_a".to_string(),
+                "c_0123456789abcdef0123456789abcdef".to_string(),
+                used.at
+            )]
+        );
     }
 
     #[test]

@@ -72,7 +72,10 @@ fn isolate(env: &Env) -> &'static Isolate {
 async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<worker::Response> {
     let isolate = isolate(&env);
     let config = isolate.config().ok();
-    let request = runtime::read_request(req, |path| api::body_limit(config, path)).await?;
+    let request = runtime::read_request(req, |path, authorization| {
+        api::body_limit(config, path, authorization)
+    })
+    .await?;
     let db = db::Db::new(&env);
     let store = credential_store::D1Store::new(&db);
     let audit_log = audit_store::D1AuditStore::new(&db);

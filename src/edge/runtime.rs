@@ -52,18 +52,28 @@ impl Clock for WorkerClock {
 /// holding a huge body in memory.
 pub(super) async fn read_request(
     mut req: worker::Request,
-    limit: impl FnOnce(&str) -> usize,
+    limit: impl FnOnce(&str, Option<&str>) -> usize,
 ) -> worker::Result<Request> {
     let url = req.url()?;
-    let limit = limit(url.path());
     let method = req.method().to_string();
-    let headers = req
+    let headers: Vec<(String, String)> = req
         .headers()
         .entries()
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let limit = limit(url.path(), header("authorization"));
+    // A body declared too large is not read at all: the core answers 413.
+    let oversized = header("content-length")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|n| n > limit);
     let mut body = Vec::new();
-    if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS" | "DELETE") {
+    if !oversized && !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS" | "DELETE") {
         if let Ok(mut stream) = req.stream() {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
@@ -81,6 +91,7 @@ pub(super) async fn read_request(
         url,
         headers,
         body,
+        oversized,
     })
 }
 

@@ -114,14 +114,6 @@ impl Auth {
             Auth::Token => ("authorization", format!("Token {}", key.expose())),
         })
     }
-
-    /// The header's name, in lower case.
-    pub fn header_name(self) -> String {
-        match self {
-            Auth::Header(name) => name.to_ascii_lowercase(),
-            Auth::Bearer | Auth::Token => "authorization".to_owned(),
-        }
-    }
 }
 
 /// One real operation the proxy forwards: a method and a path pattern in which `{}`

@@ -73,12 +73,11 @@ impl SystemKeys<'_> {
         })
     }
 
-    /// What `/v1/health` says of system keys: the source, the tier serving now (and, for
-    /// env, the providers that have one), and the last problem; never a value.
+    /// What `/v1/health` (anonymous) says of system keys: the source, the tier serving now
+    /// and the last problem; never a value, nor which providers have one.
     pub async fn health(&self) -> Value {
-        let env_providers: Vec<&str> = self.env.keys().map(|p| p.as_str()).collect();
         let Some(cache) = self.infisical else {
-            return json!({"source": "env", "tier": Tier::Env, "ok": true, "providers": env_providers});
+            return json!({"source": "env", "tier": Tier::Env, "ok": true});
         };
         let served = cache.current(self.http, self.clock, self.log).await;
         let tier = if served.secrets.is_some() {

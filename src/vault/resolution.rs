@@ -60,6 +60,8 @@ pub enum Decision<'c> {
     Nothing(Missing<'c>),
     /// The request contradicts itself (a credential of another provider or capability).
     Mismatch(&'static str),
+    /// The exact credential asked for is not the user's (or no longer exists).
+    Unknown,
 }
 
 /// Why nothing was found: what `no_credential` tells the user.
@@ -120,39 +122,35 @@ pub fn decide<'c>(
 
     // One exact credential.
     if let Some(id) = ask.credential_id {
-        let found = credentials.iter().find(|c| &c.id == id);
-        if let Some(c) = found {
-            if ask.provider.is_some_and(|p| p != c.provider) {
-                return Decision::Mismatch("names a credential of another provider");
-            }
-            if !serves(c.provider, ask.capability) {
-                return Decision::Mismatch(
-                    "names a credential whose provider lacks the capability",
-                );
-            }
+        let Some(c) = credentials.iter().find(|c| &c.id == id) else {
+            return Decision::Unknown;
+        };
+        if ask.provider.is_some_and(|p| p != c.provider) {
+            return Decision::Mismatch("names a credential of another provider");
         }
-        let provider = found.map(|c| c.provider).or(ask.provider);
-        let model = found.and_then(model_of);
-        if !user_keys {
-            return fallback(
-                provider,
+        if !serves(c.provider, ask.capability) {
+            return Decision::Mismatch("names a credential whose provider lacks the capability");
+        }
+        let model = model_of(c);
+        return if !user_keys {
+            fallback(
+                Some(c.provider),
                 model,
                 FallbackReason::PolicySystemOnly,
                 Vec::new(),
-            );
-        }
-        return match found {
-            Some(c) if !is_dead(c.status) => Decision::User {
-                credential: c,
-                model,
-            },
-            Some(c) => fallback(
-                provider,
+            )
+        } else if is_dead(c.status) {
+            fallback(
+                Some(c.provider),
                 model,
                 FallbackReason::UserCredentialInvalid,
                 vec![c],
-            ),
-            None => fallback(provider, None, FallbackReason::NoUserCredential, Vec::new()),
+            )
+        } else {
+            Decision::User {
+                credential: c,
+                model,
+            }
         };
     }
 
@@ -160,9 +158,9 @@ pub fn decide<'c>(
     let default_credential = default
         .and_then(|d| credentials.iter().find(|c| c.id == d.credential_id))
         .filter(|c| ask.provider.is_none_or(|p| p == c.provider));
-    let provider = ask.provider.or(default_credential.map(|c| c.provider));
     let default_model = default_credential.and_then(model_of);
     if !user_keys {
+        let provider = ask.provider.or(default_credential.map(|c| c.provider));
         return fallback(
             provider,
             default_model,
@@ -170,6 +168,9 @@ pub fn decide<'c>(
             Vec::new(),
         );
     }
+    // A dead default does not pin the provider: the user's other keys come first.
+    let live_default = default_credential.filter(|c| !is_dead(c.status));
+    let provider = ask.provider.or(live_default.map(|c| c.provider));
     let candidates: Vec<&Credential> = credentials
         .iter()
         .filter(|c| match provider {
@@ -177,22 +178,30 @@ pub fn decide<'c>(
             None => serves(c.provider, ask.capability),
         })
         .collect();
-    let chosen = default_credential
-        .filter(|c| !is_dead(c.status))
-        .or_else(|| {
-            candidates
-                .iter()
-                .copied()
-                .find(|c| c.status == CredentialStatus::Valid)
-        })
-        .or_else(|| candidates.iter().copied().find(|c| !is_dead(c.status)));
+    // A valid key first, then any usable one.
+    let pick = |of: &dyn Fn(&Credential) -> bool| {
+        let mut usable = candidates
+            .iter()
+            .copied()
+            .filter(|c| of(c) && !is_dead(c.status));
+        let first = usable.clone().next();
+        usable
+            .find(|c| c.status == CredentialStatus::Valid)
+            .or(first)
+    };
+    let chosen = live_default
+        // The dead default's provider still comes first, then any other.
+        .or_else(|| pick(&|c| default_credential.is_some_and(|d| d.provider == c.provider)))
+        .or_else(|| pick(&|_| true));
     if let Some(c) = chosen {
         return Decision::User {
             credential: c,
             model: model_of(c),
         };
     }
-    let provider = provider.or(candidates.first().map(|c| c.provider));
+    // Nothing of the user's can serve: the system key of the provider asked for (or of
+    // the dead default's; else of the first provider with the capability that has one).
+    let provider = provider.or(default_credential.map(|c| c.provider));
     let reason = if candidates.is_empty() {
         FallbackReason::NoUserCredential
     } else {
@@ -326,6 +335,7 @@ mod tests {
                 system_allowed: m.system_allowed,
             },
             Decision::Mismatch(why) => panic!("mismatch: {why}"),
+            Decision::Unknown => panic!("unknown credential"),
         }
     }
 
@@ -418,6 +428,27 @@ mod tests {
             (&credential.id, model.as_deref()),
             (&creds[0].id, Some("model-1"))
         );
+        // A dead default does not pin its provider: with none of its own left, the
+        // user's key of another provider serves.
+        let dead_default = Default {
+            credential_id: creds[1].id.clone(),
+            model: None,
+        };
+        let some_live = [creds[0].clone(), creds[1].clone()];
+        ask.provider = None;
+        let Decision::User { credential, .. } =
+            decide(UserThenSystem, &ask, &some_live, Some(&dead_default))
+        else {
+            panic!()
+        };
+        assert_eq!(credential.id, creds[0].id);
+        // ... and when nothing of the user's lives, the default's provider falls back.
+        let all_dead = [creds[1].clone()];
+        assert!(matches!(
+            decide(UserThenSystem, &ask, &all_dead, Some(&dead_default)),
+            Decision::System { provider: Some(p), reason: FallbackReason::UserCredentialInvalid, .. }
+                if p.as_str() == "anthropic"
+        ));
         // No provider and no default: a valid key of any provider with the capability.
         ask.provider = None;
         let Decision::User { credential, .. } = decide(UserThenSystem, &ask, &creds, None) else {
@@ -470,8 +501,8 @@ mod tests {
         // Another user's (or a deleted) credential is simply not there.
         let gone = CredentialId::from_random([9; 16]);
         assert!(matches!(
-            decide(UserOnly, &ask(&gone, Some("openai")), &creds, None),
-            Decision::Nothing(Missing { ref skipped, .. }) if skipped.is_empty()
+            decide(UserThenSystem, &ask(&gone, Some("openai")), &creds, None),
+            Decision::Unknown
         ));
     }
 }

@@ -85,6 +85,10 @@ impl Vault<'_> {
                     ]))
                 }
                 Decision::Nothing(missing) => return Err(no_credential(ask, &missing)),
+                // Not the user's (or gone): as for any other object, indistinguishable.
+                Decision::Unknown => {
+                    return Err(ApiError::not_found().detail("The user has no such credential."))
+                }
                 Decision::System {
                     provider,
                     model,
@@ -94,10 +98,14 @@ impl Vault<'_> {
                     let Some((provider, found)) = self.system_key(provider, ask).await else {
                         return Err(no_credential(ask, &missing));
                     };
+                    // The event names the key that served: the system's, not a credential
+                    // (one asked for, or one that would not open, is only mentioned).
                     facts.provider = Some(provider);
                     facts.source = Some(Source::System);
+                    facts.credential_id = None;
                     facts.detail = Some(json!({
                         "fallback_reason": reason, "tier": found.tier, "model": model,
+                        "requested_credential_id": ask.credential_id,
                     }));
                     return Ok(KeyInUse {
                         source: Source::System,
@@ -175,7 +183,13 @@ impl Vault<'_> {
             Verdict::QuotaExhausted => (CredentialStatus::QuotaExhausted, "quota_exhausted"),
         };
         let now = self.clock.now();
-        let mut c = credential.clone();
+        // The row whole (the use read it without its model list), unless it changed since.
+        let Some(mut c) = self.store.get(&credential.user_id, &credential.id).await? else {
+            return Ok(None);
+        };
+        if c.version != credential.version {
+            return Ok(None);
+        }
         let from = c.status;
         c.status = status;
         c.status_detail = Some(detail.to_owned());

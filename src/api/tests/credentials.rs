@@ -68,7 +68,7 @@ fn health_is_ok_when_everything_is_usable() {
     assert_eq!(
         body,
         json!({"status":"ok","checks":{"config":"ok","master_key":"ok","database":"ok",
-            "system_keys":{"source":"env","tier":"env","ok":true,"providers":[]}}})
+            "system_keys":{"source":"env","tier":"env","ok":true}}})
     );
     w.store.down.set(true);
     let (status, body, _) = w.call("GET", "/v1/health", None, None, vec![]);

@@ -147,6 +147,7 @@ impl World {
             url: Url::parse(&format!("https://vault.test{path}")).unwrap(),
             headers,
             body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            oversized: false,
         };
         let response = block_on(handle(&app, &request));
         self.provider_calls

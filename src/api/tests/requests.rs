@@ -141,6 +141,7 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
                 ("access-control-request-method".into(), "POST".into()),
             ],
             body: vec![],
+            oversized: false,
         };
         block_on(handle(&app, &request))
     };

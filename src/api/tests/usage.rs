@@ -87,6 +87,7 @@ impl World {
             url: Url::parse(&format!("https://vault.test{path}")).unwrap(),
             headers: all,
             body: br#"{"text":"Hello"}"#.to_vec(),
+            oversized: false,
         };
         let response = block_on(handle(&app, &request));
         let sent = http.sent.borrow().clone();
@@ -417,4 +418,216 @@ fn an_error_page_that_quotes_a_system_key_never_reaches_the_user() {
         Some("no_user_credential")
     );
     assert!(!String::from_utf8_lossy(&r.body).contains(SYSTEM));
+}
+
+#[test]
+fn a_marked_key_keeps_its_model_list() {
+    let w = world(&[]);
+    w.added();
+    assert!(w.stored().models.is_some());
+    w.proxy(
+        "POST",
+        "/v1/proxy/elevenlabs/v1/text-to-speech/voice123",
+        &[],
+        vec![respond(401, INVALID)],
+    );
+    let row = w.stored();
+    assert_eq!(row.status, crate::domain::CredentialStatus::InvalidKey);
+    assert!(row.models.is_some(), "the model list was wiped");
+}
+
+#[test]
+fn only_the_providers_own_signals_about_the_key_mark_it() {
+    let w = world(&[]);
+    let (_, body, _) = w.call(
+        "POST",
+        "/v1/credentials",
+        Some("u_a"),
+        Some(json!({"provider":"anthropic","api_key":KEY})),
+        vec![respond(
+            200,
+            r#"{"data":[{"id":"claude-x","display_name":"Claude X"}],"has_more":false}"#,
+        )],
+    );
+    let anthropic = body["credential"]["id"].as_str().unwrap().to_owned();
+    // An unknown model is Anthropic's 404: the call failed, the key did not.
+    let not_found =
+        r#"{"type":"error","error":{"type":"not_found_error","message":"model: claude-typo"}}"#;
+    let (r, _, _) = w.proxy(
+        "POST",
+        "/v1/proxy/anthropic/v1/messages",
+        &[],
+        vec![respond(404, not_found)],
+    );
+    assert_eq!(r.status, 404);
+    let status = |id: &str| {
+        let (_, c, _) = w.call(
+            "GET",
+            &format!("/v1/credentials/{id}"),
+            Some("u_a"),
+            None,
+            vec![],
+        );
+        c["status"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(status(&anthropic), "valid");
+
+    // Google echoes a request's unknown field names in its message: that is no verdict.
+    let (_, body, _) = w.call(
+        "POST",
+        "/v1/credentials",
+        Some("u_a"),
+        Some(json!({"provider":"gemini","api_key":KEY2})),
+        vec![respond(200, r#"{"models":[{"name":"models/gemini-x","displayName":"Gemini X","supportedGenerationMethods":["generateContent"]}]}"#)],
+    );
+    let gemini = body["credential"]["id"].as_str().unwrap().to_owned();
+    let echoed = r#"{"error":{"code":400,"message":"Invalid JSON payload received. Unknown name \"API key not valid\": Cannot find field.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"description":"Unknown name \"API_KEY_INVALID\""}]}]}}"#;
+    let path = "/v1/proxy/gemini/v1beta/models/gemini-x:generateContent";
+    let (r, _, _) = w.proxy("POST", path, &[], vec![respond(400, echoed)]);
+    assert_eq!(r.status, 400);
+    assert_eq!(status(&gemini), "valid");
+    // Its structured reason is one.
+    let invalid = r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
+    let (r, _, _) = w.proxy("POST", path, &[], vec![respond(400, invalid)]);
+    assert_eq!(r.status, 424);
+    assert_eq!(status(&gemini), "invalid_key");
+}
+
+#[test]
+fn only_allow_listed_headers_cross_the_proxy_either_way() {
+    let w = world(&[("SYSTEM_KEY_OPENAI", SYSTEM)]);
+    let (r, sent, _) = w.proxy(
+        "POST",
+        "/v1/proxy/openai/v1/chat/completions?stream=true&api_key=x&flag",
+        &[
+            ("openai-organization", "org-victim"),
+            ("accept", "text/event-stream"),
+            ("origin", "https://app.example"),
+        ],
+        vec![respond_with(
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("openai-organization", "org-operator"),
+                ("x-request-id", "req_upstream"),
+                (
+                    "strict-transport-security",
+                    "max-age=31536000; includeSubDomains; preload",
+                ),
+                ("x-ratelimit-remaining-requests", "99"),
+            ],
+            "{}",
+        )],
+    );
+    let (url, headers, _) = &sent[0];
+    assert!(
+        url.ends_with("/v1/chat/completions?stream=true&flag"),
+        "{url}"
+    );
+    let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["content-type", "accept", "authorization"]);
+    assert_eq!(r.header("openai-organization"), None);
+    assert_eq!(r.header("strict-transport-security"), None);
+    assert_eq!(
+        r.header("x-ratelimit-remaining-requests"),
+        None,
+        "the operator's limits"
+    );
+    assert_eq!(r.header("x-upstream-request-id"), Some("req_upstream"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    // Anthropic's required version is supplied when a browser cannot send it.
+    w.call(
+        "POST",
+        "/v1/credentials",
+        Some("u_a"),
+        Some(json!({"provider":"anthropic","api_key":KEY})),
+        vec![respond(200, r#"{"data":[],"has_more":false}"#)],
+    );
+    let (_, sent, _) = w.proxy(
+        "POST",
+        "/v1/proxy/anthropic/v1/messages",
+        &[],
+        vec![respond(200, "{}")],
+    );
+    assert!(sent[0]
+        .1
+        .contains(&("anthropic-version".into(), "2023-06-01".into())));
+}
+
+#[test]
+fn an_exact_credential_that_is_not_the_users_is_not_found_and_never_falls_back() {
+    let w = world(&[("SYSTEM_KEY_ELEVENLABS", SYSTEM)]);
+    w.added();
+    let theirs = {
+        let (_, body, _) = w.add_key("u_b", KEY2, valid());
+        body["credential"]["id"].as_str().unwrap().to_owned()
+    };
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"tts","credential_id":theirs}));
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(SYSTEM));
+    let (r, sent, _) = w.proxy(
+        "POST",
+        "/v1/proxy/elevenlabs/v1/text-to-speech/voice123",
+        &[("x-byok-credential-id", theirs.as_str())],
+        vec![],
+    );
+    assert_eq!((r.status, sent.len()), (404, 0));
+    let (r, _, _) = w.proxy(
+        "POST",
+        "/v1/proxy/elevenlabs/v1/text-to-speech/voice123",
+        &[("x-byok-allow-fallback", "no")],
+        vec![],
+    );
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn a_system_fallback_names_no_credential_in_its_event() {
+    let w = world(&[("SYSTEM_KEY_ELEVENLABS", SYSTEM)]);
+    let id = w.added();
+    w.store.rows.borrow_mut()[0].status = crate::domain::CredentialStatus::InvalidKey;
+    let (_, body) = w.resolve(json!({"user_id":"u_a","capability":"tts","credential_id":id}));
+    assert_eq!(body["source"], "system", "{body}");
+    let (_, trail, _) = w.call(
+        "GET",
+        "/v1/audit?action=credential.used",
+        Some("u_a"),
+        None,
+        vec![],
+    );
+    let event = &trail["events"][0];
+    assert!(event["credential_id"].is_null(), "{event}");
+    assert_eq!(event["detail"]["requested_credential_id"], id.as_str());
+}
+
+#[test]
+fn only_a_jwt_shaped_caller_may_send_the_proxy_a_large_body() {
+    let c = config_with(true, &[("PROXY_MAX_BODY_BYTES", "2000000")]);
+    let bearer = format!("Bearer {}", token("u_a"));
+    assert_eq!(
+        body_limit(
+            Some(&c),
+            "/v1/proxy/openai/v1/audio/transcriptions",
+            Some(&bearer)
+        ),
+        2_000_000
+    );
+    for auth in [None, Some("Bearer not-a-jwt"), Some("Basic a.b.c")] {
+        assert_eq!(
+            body_limit(Some(&c), "/v1/proxy/openai/v1/audio/transcriptions", auth),
+            64 * 1024
+        );
+    }
+    assert_eq!(
+        body_limit(Some(&c), "/v1/credentials", Some(&bearer)),
+        64 * 1024
+    );
+    assert_eq!(
+        body_limit(None, "/v1/proxy/openai/x", Some(&bearer)),
+        64 * 1024
+    );
 }

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::{parse_service_tokens, JwtSettings, ServiceToken};
 use crate::crypto::{MasterKeyError, MasterKeys, SecretKey};
-use crate::domain::ProviderId;
+use crate::domain::{CredentialParams, ProviderId};
 use crate::providers;
 use crate::system_keys::InfisicalSettings;
 
@@ -71,6 +71,10 @@ pub struct Config {
     pub service_tokens: Vec<ServiceToken>,
     /// System keys from the Worker's secrets (`SYSTEM_KEY_<PROVIDER>`).
     pub system_keys_env: BTreeMap<ProviderId, SecretKey>,
+    /// Where a provider's system key is used, for providers that need a region or a base
+    /// URL (`SYSTEM_KEY_AZURE_SPEECH_REGION`, `SYSTEM_KEY_OLLAMA_BASE_URL`), whichever
+    /// source serves the key.
+    pub system_key_params: BTreeMap<ProviderId, CredentialParams>,
     /// The largest request body the proxy forwards (`PROXY_MAX_BODY_BYTES`).
     pub proxy_max_body_bytes: usize,
     /// Where Infisical's secrets are read (`SYSTEM_KEYS_SOURCE = "infisical"`); the isolate
@@ -271,10 +275,28 @@ impl Config {
             }),
         };
         let mut system_keys_env = BTreeMap::new();
+        let mut system_key_params = BTreeMap::new();
         for p in providers::all() {
             let id = p.info().id;
-            if let Some(key) = get(&crate::system_keys::secret_name(id)) {
+            let name = crate::system_keys::secret_name(id);
+            if let Some(key) = get(&name) {
                 system_keys_env.insert(id, SecretKey::new(key.trim().to_owned()));
+            }
+            let region = get(&format!("{name}_REGION")).map(|r| r.trim().to_owned());
+            let base_url = get(&format!("{name}_BASE_URL")).map(|b| b.trim().to_owned());
+            if region.as_deref().is_some_and(|r| {
+                r.is_empty()
+                    || !r
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            }) {
+                err(
+                    "SYSTEM_KEY_<PROVIDER>_REGION",
+                    "must be a region name of a-z, 0-9 and -",
+                );
+            }
+            if region.is_some() || base_url.is_some() {
+                system_key_params.insert(id, CredentialParams { region, base_url });
             }
         }
 
@@ -327,6 +349,7 @@ impl Config {
                 max_credentials_per_user,
                 service_tokens,
                 system_keys_env,
+                system_key_params,
                 proxy_max_body_bytes,
                 infisical,
             })

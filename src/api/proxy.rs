@@ -322,22 +322,25 @@ fn upstream_url(
     path: &str,
     key: &KeyInUse,
 ) -> Result<String, ApiError> {
-    let params = key
-        .credential
-        .as_ref()
-        .map(|c| c.params.clone())
-        .unwrap_or_default();
+    let params = &key.params;
     let target = Target {
         bases: ctx.config.endpoints(info.id),
-        params: &params,
+        params,
     };
+    if info.has_field("region") && params.region.is_none() {
+        return Err(ApiError::not_configured(format!(
+            "{} needs a region; the system key has none (SYSTEM_KEY_{}_REGION).",
+            info.name,
+            info.id.as_str().to_ascii_uppercase()
+        )));
+    }
     let mut url = if info.endpoints.is_empty() {
         let Some(base) = &params.base_url else {
-            return Err(ApiError::no_credential(format!(
-                "{} needs the base_url of a credential; the system key has none.",
-                info.name
-            ))
-            .provider(info.id));
+            return Err(ApiError::not_configured(format!(
+                "{} needs a base_url; the system key has none (SYSTEM_KEY_{}_BASE_URL).",
+                info.name,
+                info.id.as_str().to_ascii_uppercase()
+            )));
         };
         check_base_url(base, ctx.config.allow_private_base_urls).map_err(|e| {
             ApiError::provider_unreachable(info.id, format!("The base_url is not allowed: it {e}"))

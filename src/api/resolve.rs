@@ -76,7 +76,6 @@ pub(super) async fn resolve(ctx: &ServiceCtx<'_>) -> Outcome {
     };
     let result = async {
         let key = ctx.vault().key_for(&user, &ask, &mut facts).await?;
-        let params = key.credential.as_ref().map(|c| &c.params);
         Ok(Response::json(
             200,
             &json!({
@@ -86,10 +85,7 @@ pub(super) async fn resolve(ctx: &ServiceCtx<'_>) -> Outcome {
                 "model": key.model,
                 "credential_id": key.credential.as_ref().map(|c| &c.id),
                 "api_key": key.key.expose(),
-                "params": {
-                    "region": params.and_then(|p| p.region.as_deref()),
-                    "base_url": params.and_then(|p| p.base_url.as_deref()),
-                },
+                "params": {"region": key.params.region, "base_url": key.params.base_url},
                 "system_key_tier": key.tier,
             }),
         ))

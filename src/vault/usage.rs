@@ -8,7 +8,7 @@ use super::resolution::{decide, Ask, Decision, Default, FallbackReason, Missing}
 use super::Vault;
 use crate::audit::{Action, Facts, Origin, Source};
 use crate::crypto::SecretKey;
-use crate::domain::{Credential, CredentialStatus, ProviderId, UserId};
+use crate::domain::{Credential, CredentialParams, CredentialStatus, ProviderId, UserId};
 use crate::error::ApiError;
 use crate::ports::Written;
 use crate::providers;
@@ -26,6 +26,9 @@ pub struct KeyInUse {
     /// Which tier served the system key.
     pub tier: Option<Tier>,
     pub key: SecretKey,
+    /// Where the key is used: the credential's region and base URL, or the system key's
+    /// (`SYSTEM_KEY_<PROVIDER>_REGION`, `…_BASE_URL`).
+    pub params: CredentialParams,
 }
 
 /// How a call's provider answered a key in use, as far as the key's health goes.
@@ -115,6 +118,12 @@ impl Vault<'_> {
                         fallback_reason: Some(reason),
                         tier: Some(found.tier),
                         key: found.key,
+                        params: self
+                            .config
+                            .system_key_params
+                            .get(&provider)
+                            .cloned()
+                            .unwrap_or_default(),
                     });
                 }
                 Decision::User { credential, model } => {
@@ -131,6 +140,7 @@ impl Vault<'_> {
                                 fallback_reason: None,
                                 tier: None,
                                 key,
+                                params: credential.params.clone(),
                             });
                         }
                         None => credential.id.clone(),

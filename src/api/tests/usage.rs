@@ -631,3 +631,40 @@ fn only_a_jwt_shaped_caller_may_send_the_proxy_a_large_body() {
         64 * 1024
     );
 }
+
+#[test]
+fn a_system_key_that_needs_a_region_is_used_in_the_configured_one() {
+    let w = world(&[
+        ("SYSTEM_KEY_AZURE_SPEECH", SYSTEM),
+        ("SYSTEM_KEY_AZURE_SPEECH_REGION", "westeurope"),
+    ]);
+    let (r, sent, _) = w.proxy(
+        "POST",
+        "/v1/proxy/azure_speech/cognitiveservices/v1",
+        &[(
+            "x-microsoft-outputformat",
+            "audio-16khz-32kbitrate-mono-mp3",
+        )],
+        vec![respond(200, "RIFF")],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        sent[0].0,
+        "https://westeurope.tts.speech.microsoft.com/cognitiveservices/v1"
+    );
+    assert!(sent[0]
+        .1
+        .contains(&("Ocp-Apim-Subscription-Key".into(), SYSTEM.into())));
+    let (s, body) =
+        w.resolve(json!({"user_id":"u_a","capability":"tts","provider":"azure_speech"}));
+    assert_eq!((s, &body["params"]["region"]), (200, &json!("westeurope")));
+
+    let w = world(&[("SYSTEM_KEY_AZURE_SPEECH", SYSTEM)]);
+    let (r, sent, _) = w.proxy(
+        "POST",
+        "/v1/proxy/azure_speech/cognitiveservices/v1",
+        &[],
+        vec![],
+    );
+    assert_eq!((r.status, sent.len()), (503, 0));
+}

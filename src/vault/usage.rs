@@ -208,7 +208,7 @@ impl Vault<'_> {
         c.updated_at = now;
         let mut facts = Facts::new(Action::CredentialValidated);
         facts.about(&c.id, Some(c.provider));
-        facts.detail = Some(json!({"from": from, "to": status, "in_use": true}));
+        facts.detail = Some(json!({"previous_status": from, "new_status": status, "in_use": true}));
         let event = facts.event(origin, &c.user_id, now, Some(code));
         match self.store.record_check(&c, &event).await? {
             Written::Done => Ok(Some(event.id)),

@@ -14,6 +14,19 @@ import { after, before, describe, test } from 'node:test';
 import { startFakeInfisical } from './fake-infisical.mjs';
 import { randomKey, startVault } from './harness.mjs';
 
+/** Asserts the vault's log comes to match `pattern` (wrangler writes the Worker's lines a
+ * moment after the answer that caused them); returns the log. */
+async function assertLog(v, pattern, timeoutMs = 5_000) {
+  const deadline = Date.now() + timeoutMs;
+  let log = v.log();
+  while (!pattern.test(log) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    log = v.log();
+  }
+  assert.match(log, pattern);
+  return log;
+}
+
 const TTL_MS = 2_000;
 const MAX_STALE_MS = 6_000;
 const QUIET_MS = 10_000; // the vault's spacing after a failure (MIN_RETRY_MS)
@@ -141,8 +154,7 @@ describe('a client secret Infisical refuses', () => {
     assert.ok(fake.counts.logins >= 1);
     assert.equal(fake.counts.lists, 0, 'no list without a token');
 
-    const log = vault.log();
-    assert.match(log, /system keys: nothing from Infisical may serve, the Worker's secrets do \(Infisical refused the machine identity's login \(401 Invalid credentials\)\)/);
+    const log = await assertLog(vault, /system keys: nothing from Infisical may serve, the Worker's secrets do \(Infisical refused the machine identity's login \(401 Invalid credentials\)\)/);
     const secrets = {
       'the configured client secret': vault.secrets.INFISICAL_CLIENT_SECRET,
       "the identity's real client secret": id.badSecret.clientSecret,
@@ -169,7 +181,7 @@ describe('INFISICAL_ENVIRONMENT not the deployment\'s', () => {
     assert.equal(resolved.status, 503, resolved.text);
     assert.equal(resolved.json.code, 'not_configured');
     assert.equal(fakes.wrongEnv.requests.length, 0);
-    assert.match(vault.log(), /configuration: INFISICAL_ENVIRONMENT: is prod but ENVIRONMENT is development/);
+    await assertLog(vault, /configuration: INFISICAL_ENVIRONMENT: is prod but ENVIRONMENT is development/);
     assertNotIn(r.text + vault.log(), { 'the client secret': id.wrongEnv.clientSecret }, 'health or the log');
   });
 });
@@ -193,7 +205,7 @@ describe('Infisical serving, cached, rotated, down and revoking', () => {
     const { body, ...health } = await systemKeys(vault());
     assert.deepEqual(health, { source: 'infisical', tier: 'infisical', ok: true, problem: null });
     assertNotIn(body, keys, 'the health body');
-    assert.match(vault().log(), /system keys: Infisical serves again/);
+    await assertLog(vault(), /system keys: Infisical serves again/);
   });
 
   test('(2) within the TTL a second resolve asks Infisical nothing', async () => {
@@ -227,7 +239,7 @@ describe('Infisical serving, cached, rotated, down and revoking', () => {
     assert.equal(health.tier, 'cache');
     assert.equal(health.ok, false);
     assert.match(health.problem, /Infisical did not list the secrets \(503 /);
-    assert.match(vault().log(), /system keys: serving the set Infisical sent \d+ s ago \(Infisical did not list the secrets \(503 /);
+    await assertLog(vault(), /system keys: serving the set Infisical sent \d+ s ago \(Infisical did not list the secrets \(503 /);
 
     await sleepUntil(fetched + MAX_STALE_MS + SLACK_MS);
     was = counts();
@@ -254,7 +266,7 @@ describe('Infisical serving, cached, rotated, down and revoking', () => {
     assert.equal(health.tier, 'env');
     assert.equal(health.ok, false);
     assert.match(health.problem, /refused to list the secrets to the machine identity \(401 Failed to authorize: token has been revoked\)/);
-    assert.match(vault().log(), /nothing from Infisical may serve, the Worker's secrets do \(Infisical refused to list/);
+    await assertLog(vault(), /nothing from Infisical may serve, the Worker's secrets do \(Infisical refused to list/);
     // A refusal is not retried at once either.
     assertSystemKey(await resolve(vault()), 'env', keys.mainEnv);
     assert.deepEqual(counts(), { logins: was.logins, lists: was.lists + 1 });

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS credentials (
   updated_at           INTEGER NOT NULL,
   import_batch_id      TEXT,
   version              INTEGER NOT NULL DEFAULT 0,
-  last_used_at         INTEGER           -- set by the audit chainer from credential.used
+  last_used_at         INTEGER,          -- set by the audit chainer from credential.used
+  revalidation_queued_at INTEGER         -- when a sweep last queued it for a check
 );
 CREATE INDEX IF NOT EXISTS credentials_by_user ON credentials (user_id, created_at DESC);
 CREATE UNIQUE INDEX IF NOT EXISTS credentials_fingerprint ON credentials (user_id, fingerprint)

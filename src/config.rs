@@ -225,7 +225,7 @@ impl Config {
         };
         let validation_deadline_ms = number("VALIDATION_DEADLINE_MS", 10_000, 500, 60_000);
         let probe_attempt_timeout_ms = number("PROBE_ATTEMPT_TIMEOUT_MS", 4_000, 100, 60_000);
-        let revalidate_after_hours = number("REVALIDATE_AFTER_HOURS", 24, 1, 24 * 365);
+        let revalidate_after_hours = number("REVALIDATE_AFTER_HOURS", 24, 0, 24 * 365);
         let audit_retention_days = number("AUDIT_RETENTION_DAYS", 365, 1, 36_500);
         let max_credentials_per_user = number("MAX_CREDENTIALS_PER_USER", 100, 1, 10_000) as u32;
         let proxy_max_body_bytes = number(

@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod domain;
 pub mod endpoint_guard;
 pub mod error;
+pub mod jobs;
 pub mod ports;
 pub mod probe;
 pub mod providers;

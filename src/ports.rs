@@ -252,11 +252,11 @@ pub trait CredentialStore {
     ) -> Result<Written, StoreError>;
     /// Writes a re-check's result (status, detail, warnings, quota, models, failure count,
     /// times) and nothing else, if the row is still at `credential.version`. Never
-    /// touches the key.
+    /// touches the key. A scheduled check that changed no status writes no event.
     async fn record_check(
         &self,
         credential: &Credential,
-        event: &AuditEvent,
+        event: Option<&AuditEvent>,
     ) -> Result<Written, StoreError>;
     /// Removes the row (and its ciphertext) and the preferences that pointed at it, with
     /// `event` (its provider filled in from the row), and returns its provider; `None` if
@@ -276,6 +276,16 @@ pub trait CredentialStore {
         capability: Capability,
         providers: &[ProviderId],
     ) -> Result<(Vec<Credential>, Option<Preference>), StoreError>;
+    /// Claims for the revalidation sweep, in one statement, the credentials last validated
+    /// at or before `cutoff` (or never), oldest first, at most `limit`, leaving out those claimed
+    /// after `requeue_before`; marks them claimed at `now` (without moving their version).
+    async fn claim_due(
+        &self,
+        cutoff: Timestamp,
+        requeue_before: Timestamp,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(UserId, CredentialId, ProviderId)>, StoreError>;
     /// Proves the database answers, at constant cost.
     async fn ping(&self) -> Result<(), StoreError>;
     async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, StoreError>;
@@ -306,6 +316,13 @@ pub trait AuditSink {
     /// queue, so the request path writes nothing to D1; the consumer files it into the
     /// outbox by id, in arrival order. Records it when the queue is out of reach.
     async fn send(&self, event: &AuditEvent);
+}
+
+/// Where background jobs go (`JOBS_QUEUE`).
+#[async_trait(?Send)]
+pub trait JobQueue {
+    /// Sends `jobs` in one call; says why not when it cannot.
+    async fn send(&self, jobs: &[crate::jobs::Job]) -> Result<(), String>;
 }
 
 /// Which of a user's events to list, newest first.

@@ -9,8 +9,10 @@ pub enum QueueRole {
     Audit,
     /// What the audit consumer gave up on: one more try, then keep it.
     AuditDeadLetters,
-    /// Long-running work (none is consumed yet: kept by retrying).
+    /// Background jobs: the revalidation sweep's checks.
     Jobs,
+    /// Jobs that kept failing: logged and dropped (a sweep's claim expires and the
+    /// credential is queued again).
     JobsDeadLetters,
 }
 

@@ -222,6 +222,8 @@ pub(crate) struct MemoryStore {
     pub before_write: RefCell<Option<Race>>,
     /// How many `holdings` reads were made (the path of every use must make one).
     pub reads: Cell<u32>,
+    /// The sweep's claims: credential and when.
+    pub claims: RefCell<Vec<(CredentialId, Timestamp)>>,
 }
 
 impl MemoryStore {
@@ -238,7 +240,7 @@ impl MemoryStore {
     fn write_if_current(
         &self,
         c: &Credential,
-        event: &AuditEvent,
+        event: Option<&AuditEvent>,
         apply: impl FnOnce(&mut Credential),
     ) -> Result<Written, StoreError> {
         self.check()?;
@@ -257,7 +259,9 @@ impl MemoryStore {
         }
         apply(row);
         row.version += 1;
-        self.outbox.push(event);
+        if let Some(event) = event {
+            self.outbox.push(event);
+        }
         Ok(Written::Done)
     }
 }
@@ -339,6 +343,38 @@ impl CredentialStore for MemoryStore {
         Ok((held, default))
     }
 
+    async fn claim_due(
+        &self,
+        cutoff: Timestamp,
+        requeue_before: Timestamp,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(UserId, CredentialId, ProviderId)>, StoreError> {
+        self.check()?;
+        let mut claims = self.claims.borrow_mut();
+        let mut due: Vec<Credential> = self
+            .rows
+            .borrow()
+            .iter()
+            .filter(|c| c.last_validated_at.is_none_or(|at| at <= cutoff))
+            .filter(|c| {
+                claims
+                    .iter()
+                    .find(|(id, _)| *id == c.id)
+                    .is_none_or(|(_, at)| *at < requeue_before)
+            })
+            .cloned()
+            .collect();
+        due.sort_by_key(|c| c.last_validated_at.map_or(0, Timestamp::as_millis));
+        due.truncate(limit as usize);
+        claims.retain(|(id, _)| !due.iter().any(|c| &c.id == id));
+        claims.extend(due.iter().map(|c| (c.id.clone(), now)));
+        Ok(due
+            .into_iter()
+            .map(|c| (c.user_id, c.id, c.provider))
+            .collect())
+    }
+
     async fn occupancy(
         &self,
         user: &UserId,
@@ -375,13 +411,13 @@ impl CredentialStore for MemoryStore {
         if clash {
             return Err(StoreError::Conflict("UNIQUE constraint failed".into()));
         }
-        self.write_if_current(credential, event, |row| *row = credential.clone())
+        self.write_if_current(credential, Some(event), |row| *row = credential.clone())
     }
 
     async fn record_check(
         &self,
         c: &Credential,
-        event: &AuditEvent,
+        event: Option<&AuditEvent>,
     ) -> Result<Written, StoreError> {
         self.write_if_current(c, event, |row| {
             row.status = c.status;
@@ -647,6 +683,24 @@ impl AuditSink for MemoryAudit {
 
     async fn send(&self, event: &AuditEvent) {
         self.record(event).await;
+    }
+}
+
+/// A jobs queue that keeps what it is sent (or refuses, when `down`).
+#[derive(Default)]
+pub(crate) struct MemoryJobs {
+    pub sent: RefCell<Vec<crate::jobs::Job>>,
+    pub down: Cell<bool>,
+}
+
+#[async_trait(?Send)]
+impl crate::ports::JobQueue for MemoryJobs {
+    async fn send(&self, jobs: &[crate::jobs::Job]) -> Result<(), String> {
+        if self.down.get() {
+            return Err("test queue is down".into());
+        }
+        self.sent.borrow_mut().extend_from_slice(jobs);
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 //! mapping all live here, testable on the host; the operations themselves are in
 //! `crate::vault`, and the Worker glue only converts to and from the platform's types.
 
+mod admin;
 mod audit;
 mod commands;
 mod credentials;
@@ -136,6 +137,8 @@ pub struct App<'a> {
     pub log: &'a dyn Fn(&str),
     /// Proxied calls, whose answers are piped back unread.
     pub upstream: &'a dyn crate::ports::Upstream,
+    /// Where background jobs go (`JOBS_QUEUE`).
+    pub jobs: &'a dyn crate::ports::JobQueue,
     /// Infisical's per-isolate cache of system keys (`SYSTEM_KEYS_SOURCE = "infisical"`).
     pub infisical: Option<&'a crate::system_keys::InfisicalCache>,
 }

@@ -4,7 +4,7 @@
 use futures::future::LocalBoxFuture;
 
 use super::{
-    audit, credentials, health, input, preferences, proxy, resolve, App, Request, Response,
+    admin, audit, credentials, health, input, preferences, proxy, resolve, App, Request, Response,
 };
 use crate::audit::{Action, Actor, ActorType, Facts, Origin};
 use crate::auth::{bearer_token, find_service, AuthError, JwtVerifier, Scope, ServiceToken};
@@ -54,6 +54,7 @@ pub(super) static ROUTES: &[Route] = &[
     Route { method: "PUT",    path: "/v1/preferences/{capability}",  handler: User(|c| Box::pin(preferences::put(c))) },
     Route { method: "GET",    path: "/v1/audit",                     handler: User(|c| Box::pin(audit::list(c))) },
     Route { method: "GET",    path: "/v1/audit/verify",              handler: User(|c| Box::pin(audit::verify(c))) },
+    Route { method: "POST",   path: "/v1/admin/revalidate",          handler: Service(Scope::Admin, |c| Box::pin(admin::revalidate(c))) },
     Route { method: "POST",   path: "/v1/resolve",                   handler: Service(Scope::Resolve, |c| Box::pin(resolve::resolve(c))) },
     Route { method: "*",      path: "/v1/proxy/{provider}/{*}",      handler: Proxy(|c| Box::pin(proxy::proxy(c))) },
 ];

@@ -190,7 +190,7 @@ impl D1Store<'_> {
         c: &Credential,
         columns: &[&str],
         values: Vec<JsValue>,
-        event: &AuditEvent,
+        event: Option<&AuditEvent>,
     ) -> Result<Written, StoreError> {
         let (user, id, version) = (
             text(c.user_id.as_str()),
@@ -211,21 +211,23 @@ impl D1Store<'_> {
         );
         let mut args = vec![user.clone(), id.clone(), version.clone()];
         args.extend(values);
-        let statements: Vec<D1PreparedStatement> = vec![
-            outbox_insert(
+        let mut statements: Vec<D1PreparedStatement> = Vec::with_capacity(3);
+        if let Some(event) = event {
+            statements.push(outbox_insert(
                 self.db,
                 event,
                 current,
                 vec![user.clone(), id.clone(), version],
-            )?,
-            self.db.prepare(&update, &args)?,
-            self.db.prepare(
-                "SELECT version FROM credentials WHERE user_id = ?1 AND id = ?2",
-                &[user, id],
-            )?,
-        ];
+            )?);
+        }
+        let at = statements.len();
+        statements.push(self.db.prepare(&update, &args)?);
+        statements.push(self.db.prepare(
+            "SELECT version FROM credentials WHERE user_id = ?1 AND id = ?2",
+            &[user, id],
+        )?);
         let results = self.db.batch(statements).await?;
-        let changed = changes(&results, 1);
+        let changed = changes(&results, at);
         if changed > 0 {
             return Ok(Written::Done);
         }
@@ -234,7 +236,7 @@ impl D1Store<'_> {
             #[allow(dead_code)]
             version: f64,
         }
-        let still_there: Vec<Version> = match results.get(2) {
+        let still_there: Vec<Version> = match results.get(at + 1) {
             Some(r) => r.results().map_err(unavailable)?,
             None => Vec::new(),
         };
@@ -377,6 +379,50 @@ impl CredentialStore for D1Store<'_> {
         Ok((held, default))
     }
 
+    async fn claim_due(
+        &self,
+        cutoff: Timestamp,
+        requeue_before: Timestamp,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<(UserId, CredentialId, ProviderId)>, StoreError> {
+        #[derive(Deserialize)]
+        struct Claimed {
+            id: String,
+            user_id: String,
+            provider: String,
+        }
+        // One statement: select the oldest due rows (by the last-validation index) and mark
+        // them claimed, returning what was claimed. The version does not move.
+        let rows: Vec<Claimed> = self
+            .db
+            .all(
+                "UPDATE credentials SET revalidation_queued_at = ?3 WHERE id IN ( \
+                   SELECT id FROM credentials \
+                   WHERE (last_validated_at IS NULL OR last_validated_at <= ?1) \
+                     AND (revalidation_queued_at IS NULL OR revalidation_queued_at < ?2) \
+                   ORDER BY last_validated_at LIMIT ?4) \
+                 RETURNING id, user_id, provider",
+                &[
+                    millis(cutoff),
+                    millis(requeue_before),
+                    millis(now),
+                    num(u64::from(limit)),
+                ],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Some((
+                    UserId::parse(&r.user_id)?,
+                    CredentialId::parse(&r.id)?,
+                    providers::find(&r.provider)?.info().id,
+                ))
+            })
+            .collect())
+    }
+
     async fn occupancy(
         &self,
         user: &UserId,
@@ -406,14 +452,14 @@ impl CredentialStore for D1Store<'_> {
     }
 
     async fn update(&self, c: &Credential, event: &AuditEvent) -> Result<Written, StoreError> {
-        self.write_if_current(c, &MUTABLE, mutable_values(c).into(), event)
+        self.write_if_current(c, &MUTABLE, mutable_values(c).into(), Some(event))
             .await
     }
 
     async fn record_check(
         &self,
         c: &Credential,
-        event: &AuditEvent,
+        event: Option<&AuditEvent>,
     ) -> Result<Written, StoreError> {
         let from = MUTABLE.len() - CHECK_COLUMNS;
         let values: Vec<JsValue> = mutable_values(c).into_iter().skip(from).collect();

@@ -6,6 +6,7 @@ mod audit_store;
 mod credential_store;
 mod db;
 mod fetch;
+mod jobs_queue;
 mod limits;
 mod runtime;
 mod webcrypto;
@@ -85,12 +86,16 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
         store: &audit_log,
     };
     let limiter = limits::BindingLimiter::new(&env);
+    let jobs = jobs_queue::QueueJobs {
+        queue: env.queue("JOBS_QUEUE").ok(),
+    };
     let log = |line: &str| worker::console_log!("{line}");
     let app = App {
         config: isolate.config(),
         store: &store,
         http: &fetch::FetchClient,
         upstream: &fetch::FetchUpstream,
+        jobs: &jobs,
         clock: &runtime::WorkerClock,
         jitter: &SystemJitter,
         audit: &sink,
@@ -106,9 +111,9 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     runtime::write_response(response)
 }
 
-/// Chaining rounds one cron run sweeps at most (three D1 queries each; with retention the
-/// run stays within the free plan's 50 queries).
-const CRON_CHAIN_ROUNDS: usize = 8;
+/// Chaining rounds one cron run sweeps at most (three D1 queries each; with retention and
+/// the revalidation claim the run stays within the free plan's 50 queries).
+const CRON_CHAIN_ROUNDS: usize = 7;
 
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
@@ -129,6 +134,25 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
         worker::console_error!("scheduled retention skipped: the configuration has problems");
         return;
     };
+    // The revalidation sweep: one claim, one queue call per hundred credentials due.
+    let jobs = jobs_queue::QueueJobs {
+        queue: env.queue("JOBS_QUEUE").ok(),
+    };
+    let now = Timestamp::from_millis(runtime::now_ms());
+    match crate::jobs::sweep(
+        &credential_store::D1Store::new(&db),
+        &jobs,
+        now,
+        config.revalidate_after_hours,
+    )
+    .await
+    {
+        Ok(n) => worker::console_log!(
+            "cron '{}': queued {n} credential(s) for revalidation",
+            event.cron()
+        ),
+        Err(e) => worker::console_error!("cron '{}': revalidation sweep failed: {e}", event.cron()),
+    }
     let days = config.audit_retention_days;
     let cutoff = Timestamp::from_millis(runtime::now_ms().saturating_sub(days * 86_400_000));
     match store.apply_retention(cutoff).await {
@@ -152,14 +176,24 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
     let log = |line: &str| worker::console_log!("{line}");
     let db = db::Db::new(&env);
     let store = audit_store::D1AuditStore::new(&db);
+    if QueueRole::of(&name) == Some(QueueRole::Jobs) {
+        return run_jobs(&env, &db, &store, &messages, &bodies).await;
+    }
     let dispositions = match QueueRole::of(&name) {
         Some(QueueRole::Audit) => crate::audit::consume(&store, &bodies, &log).await,
         Some(QueueRole::AuditDeadLetters) => {
             crate::audit::consume_dead_letters(&store, &bodies, &log).await
         }
-        // No job consumer exists yet, and an unknown queue is nobody's: keep the messages
-        // rather than drop them.
-        Some(QueueRole::Jobs | QueueRole::JobsDeadLetters) | None => {
+        // A job that kept failing: its claim expires and a later sweep queues it again.
+        Some(QueueRole::JobsDeadLetters) => {
+            worker::console_warn!(
+                "queue {name}: dropping {} job(s) that kept failing (a later sweep retries them)",
+                bodies.len()
+            );
+            vec![Disposition::Ack; bodies.len()]
+        }
+        // An unknown queue is nobody's: keep the messages rather than drop them.
+        Some(QueueRole::Jobs) | None => {
             worker::console_warn!(
                 "queue {name}: no consumer yet, retrying {} message(s)",
                 bodies.len()
@@ -174,5 +208,54 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
         }
     }
     // Returning an error would redeliver the whole batch: every message is settled above.
+    Ok(())
+}
+
+/// The jobs consumer: the sweep's checks, each message acknowledged or retried with the
+/// delay its job asked for; the audit chainer runs once if any status changed.
+async fn run_jobs(
+    env: &Env,
+    db: &db::Db,
+    audit: &audit_store::D1AuditStore<'_>,
+    messages: &[worker::RawMessage],
+    bodies: &[Value],
+) -> worker::Result<()> {
+    let isolate = isolate(env);
+    let Ok(config) = isolate.config() else {
+        worker::console_error!("jobs: the configuration has problems; retrying later");
+        for m in messages {
+            m.retry();
+        }
+        return Ok(());
+    };
+    let log = |line: &str| worker::console_log!("{line}");
+    let store = credential_store::D1Store::new(db);
+    let limiter = limits::BindingLimiter::new(env);
+    let vault = crate::vault::Vault {
+        config,
+        store: &store,
+        http: &fetch::FetchClient,
+        clock: &runtime::WorkerClock,
+        jitter: &SystemJitter,
+        limiter: &limiter,
+        log: &log,
+        infisical: isolate.infisical.as_ref(),
+    };
+    let ran = crate::jobs::run(&vault, bodies, &log).await;
+    for (m, outcome) in messages.iter().zip(ran.outcomes) {
+        match outcome {
+            crate::jobs::JobOutcome::Ack => m.ack(),
+            crate::jobs::JobOutcome::RetryAfter(s) => m.retry_with_options(
+                &worker::QueueRetryOptionsBuilder::new()
+                    .with_delay_seconds(s.min(43_200) as u32)
+                    .build(),
+            ),
+        }
+    }
+    if ran.events > 0 {
+        if let Err(e) = drain(audit, 1).await {
+            worker::console_error!("jobs: chaining failed ({e}); the events wait for the cron");
+        }
+    }
     Ok(())
 }

@@ -122,6 +122,7 @@ pub struct Prober<'a> {
     deadline: Timestamp,
     attempt_timeout_ms: u64,
     backoff: Backoff,
+    max_attempts: u32,
 }
 
 /// Attempts a call may take at most; bounds subrequests per invocation whatever the deadline.
@@ -145,7 +146,16 @@ impl<'a> Prober<'a> {
             deadline,
             attempt_timeout_ms,
             backoff: Backoff::default(),
+            max_attempts: MAX_ATTEMPTS,
         }
+    }
+
+    /// The same prober making one attempt per call: a refusal to retry comes back at once
+    /// with its wait (`Failure::RateLimited::retry_after_ms`), for a caller that retries
+    /// later itself (a queued job) rather than sleeping.
+    pub fn once(mut self) -> Self {
+        self.max_attempts = 1;
+        self
     }
 
     /// Sends the request `build` makes until `classify` accepts or rejects a response, or
@@ -196,7 +206,8 @@ impl<'a> Prober<'a> {
             let wait = hint_ms.unwrap_or_else(|| self.backoff.delay_ms(attempt - 1, self.jitter));
             let now = self.clock.now();
             let left = now.millis_until(self.deadline);
-            let no_room = attempt >= MAX_ATTEMPTS || wait.saturating_add(MIN_ATTEMPT_MS) > left;
+            let no_room =
+                attempt >= self.max_attempts || wait.saturating_add(MIN_ATTEMPT_MS) > left;
             if no_room {
                 return Err(match failure {
                     // Tell the caller when to come back instead of sleeping past the deadline.

@@ -18,7 +18,7 @@ use crate::providers::{self, Accepted, Provider};
 const WRITE_ATTEMPTS: usize = 3;
 
 /// Records a successful check on the row.
-fn apply_accepted(c: &mut Credential, accepted: Accepted, now: Timestamp) {
+pub(super) fn apply_accepted(c: &mut Credential, accepted: Accepted, now: Timestamp) {
     c.status = CredentialStatus::Valid;
     c.status_detail = None;
     c.warnings = accepted.warnings;
@@ -33,7 +33,12 @@ fn apply_accepted(c: &mut Credential, accepted: Accepted, now: Timestamp) {
 }
 
 /// Records a check that did not pass on the row.
-fn apply_refusal(c: &mut Credential, status: CredentialStatus, detail: &str, now: Timestamp) {
+pub(super) fn apply_refusal(
+    c: &mut Credential,
+    status: CredentialStatus,
+    detail: &str,
+    now: Timestamp,
+) {
     c.status = status;
     c.status_detail = Some(detail.to_owned());
     c.consecutive_failures += 1;
@@ -379,7 +384,7 @@ impl Vault<'_> {
                 "new_status": next.status.as_str(),
             }));
             let event = self.new_event(caller, facts);
-            match self.store.record_check(&next, &event).await? {
+            match self.store.record_check(&next, Some(&event)).await? {
                 Written::Done => {
                     facts.committed = Some(event.id);
                     next.version += 1;

@@ -174,11 +174,30 @@ impl Vault<'_> {
             self.config.validation_deadline_ms,
             self.config.probe_attempt_timeout_ms,
         );
+        Ok(self.check_with(&prober, provider, params, key).await)
+    }
+
+    /// The provider's word on `key` at `params` through `prober`, after the endpoint
+    /// guard; counted against no caller (the scheduled sweep's checks).
+    pub(super) async fn check_with(
+        &self,
+        prober: &Prober<'_>,
+        provider: &'static dyn Provider,
+        params: &CredentialParams,
+        key: &SecretKey,
+    ) -> Result<Accepted, Failure> {
+        if let Some(url) = &params.base_url {
+            if let Err(e) = check_base_url(url, self.config.allow_private_base_urls) {
+                return Err(Failure::Unreachable(format!(
+                    "The base_url is not allowed: it {e}"
+                )));
+            }
+        }
         let target = Target {
             bases: self.config.endpoints(provider.info().id),
             params,
         };
-        Ok(providers::check(provider, &prober, &target, key).await)
+        providers::check(provider, prober, &target, key).await
     }
 
     /// Counts one live provider check against the caller's network and user, and refuses

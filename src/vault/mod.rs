@@ -12,9 +12,11 @@ mod credentials;
 mod keys;
 mod preferences;
 pub mod resolution;
+mod revalidation;
 mod usage;
 
 pub use commands::{CredentialPatch, NewCredential};
+pub use revalidation::Revalidated;
 pub use usage::{KeyInUse, Verdict};
 
 use crate::audit::Origin;

@@ -210,7 +210,7 @@ impl Vault<'_> {
         facts.about(&c.id, Some(c.provider));
         facts.detail = Some(json!({"previous_status": from, "new_status": status, "in_use": true}));
         let event = facts.event(origin, &c.user_id, now, Some(code));
-        match self.store.record_check(&c, &event).await? {
+        match self.store.record_check(&c, Some(&event)).await? {
             Written::Done => Ok(Some(event.id)),
             // Changed or gone meanwhile: whatever landed is newer than this verdict.
             Written::Conflict | Written::Missing => Ok(None),

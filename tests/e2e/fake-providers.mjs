@@ -274,6 +274,7 @@ export function startFakeProviders() {
   const requests = [];
   const hanging = new Set();
   const revoked = new Set();
+  const limitOnce = new Map();
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://fake');
     if (url.pathname.startsWith('/redirect/')) {
@@ -293,6 +294,12 @@ export function startFakeProviders() {
     requests.push({ provider: name, method: req.method, path, region, query: url.search, key, headers: req.headers, at: Date.now() });
     const ok = () => p.ok(res, path, url.searchParams);
     const kind = revoked.has(key) ? 'invalid' : key === '' && p.keyless ? 'valid' : key.split('_')[1];
+    if (limitOnce.has(key)) {
+      const secs = limitOnce.get(key);
+      limitOnce.delete(key);
+      requests[requests.length - 1].limited = true;
+      return p.limited(res, secs);
+    }
     const op = operation(name, req.method, path);
     if (op) {
       const record = requests[requests.length - 1];
@@ -363,6 +370,8 @@ export function startFakeProviders() {
         sseSent,
         /** From now on the provider answers this key as invalid (a key revoked upstream). */
         revoke: (key) => revoked.add(key),
+        /** The next call with this key answers 429 in the provider's style, asking for `secs`. */
+        limitOnce: (key, secs) => limitOnce.set(key, secs),
         close: () => new Promise((done) => {
           for (const res of hanging) res.destroy();
           server.closeAllConnections?.();

@@ -64,6 +64,8 @@ struct World {
     provider_calls: std::cell::Cell<usize>,
     /// Every log line written.
     logs: std::cell::RefCell<Vec<String>>,
+    /// What was sent to the jobs queue.
+    jobs: crate::testing::MemoryJobs,
 }
 
 impl World {
@@ -82,6 +84,7 @@ impl World {
             address: std::cell::RefCell::new("203.0.113.7".into()),
             provider_calls: std::cell::Cell::new(0),
             logs: std::cell::RefCell::default(),
+            jobs: crate::testing::MemoryJobs::default(),
         }
     }
 
@@ -122,6 +125,7 @@ impl World {
             store: &self.store,
             http: &http,
             upstream: &http,
+            jobs: &self.jobs,
             clock: &self.clock,
             jitter: &FixedJitter(0.5),
             audit: &self.audit,
@@ -259,4 +263,5 @@ mod credentials;
 mod hardening;
 mod lifecycle;
 mod requests;
+mod sweep;
 mod usage;

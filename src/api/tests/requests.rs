@@ -123,6 +123,7 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
             store: &w.store,
             http: &http,
             upstream: &http,
+            jobs: &w.jobs,
             clock: &w.clock,
             jitter: &FixedJitter(0.5),
             audit: &w.audit,

@@ -63,6 +63,7 @@ impl World {
             store: &self.store,
             http: &http,
             upstream: &http,
+            jobs: &self.jobs,
             clock: &self.clock,
             jitter: &FixedJitter(0.5),
             audit: &self.audit,

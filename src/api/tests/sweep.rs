@@ -1,0 +1,208 @@
+//! The revalidation sweep: claiming what is due, the admin trigger, and the consumer's
+//! checks (bounded, spread per provider, back-off as a delayed retry, conditional writes,
+//! only status changes audited).
+
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::domain::{CredentialStatus, Timestamp};
+use crate::jobs::{run, Job, JobOutcome};
+use crate::testing::respond_with;
+use crate::vault::Vault;
+
+const ADMIN: &str = "svc-admin-token-for-sweeps";
+static JITTER: FixedJitter = FixedJitter(0.5);
+
+fn world() -> World {
+    let sha: String = Sha256::digest(ADMIN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tokens = format!(r#"[{{"name":"ops","sha256":"{sha}","scopes":["admin"]}}]"#);
+    World::with_config(&[("SERVICE_TOKENS", &tokens), ("REVALIDATE_AFTER_HOURS", "0")])
+}
+
+impl World {
+    fn sweep_now(&self) -> (u16, Value) {
+        let (s, v, _) = self.call_with_token(
+            "POST",
+            "/v1/admin/revalidate",
+            Some(ADMIN.into()),
+            None,
+            vec![],
+        );
+        (s, v)
+    }
+
+    /// Runs the queued jobs through the consumer with `script` as the providers' answers.
+    fn consume(&self, script: Vec<Scripted>) -> (Vec<JobOutcome>, usize) {
+        let http = FakeHttp::new(&self.clock, script);
+        let vault = Vault {
+            config: &self.config,
+            store: &self.store,
+            http: &http,
+            clock: &self.clock,
+            jitter: &JITTER,
+            limiter: &self.limiter,
+            log: &|_: &str| {},
+            infisical: None,
+        };
+        let bodies: Vec<Value> = self
+            .jobs
+            .sent
+            .borrow_mut()
+            .drain(..)
+            .map(|j| Value::String(serde_json::to_string(&j).unwrap()))
+            .collect();
+        let ran = block_on(run(&vault, &bodies, &|_: &str| {}));
+        block_on(crate::audit::drain(&self.audit, 5)).unwrap();
+        (ran.outcomes, http.calls())
+    }
+
+    fn status_of(&self, user: &str) -> CredentialStatus {
+        let rows = self.store.rows.borrow();
+        rows.iter()
+            .find(|c| c.user_id.as_str() == user)
+            .unwrap()
+            .status
+    }
+}
+
+#[test]
+fn a_sweep_claims_what_is_due_once_and_the_admin_can_start_one() {
+    let w = world();
+    for user in ["u_1", "u_2", "u_3"] {
+        assert_eq!(w.add_key(user, KEY, valid()).0, 201);
+    }
+    let (s, body) = w.sweep_now();
+    assert_eq!((s, body["queued"].as_u64()), (202, Some(3)), "{body}");
+    let sent = w.jobs.sent.borrow().clone();
+    assert!(sent
+        .iter()
+        .all(|j| matches!(j, Job::Revalidate { provider, .. } if provider == "elevenlabs")));
+    // Claimed: a second sweep within the hour queues nothing again.
+    assert_eq!(w.sweep_now().1["queued"], 0);
+    w.clock.advance(crate::jobs::CLAIM_TTL_MS + 1);
+    assert_eq!(
+        w.sweep_now().1["queued"],
+        3,
+        "a claim that expired is due again"
+    );
+    // Only an admin token starts one.
+    let (s, _, _) = w.call_with_token(
+        "POST",
+        "/v1/admin/revalidate",
+        Some(token("u_1")),
+        None,
+        vec![],
+    );
+    assert_eq!(s, 401);
+}
+
+#[test]
+fn the_consumer_flips_a_revoked_key_audits_only_the_change_and_spreads_per_provider() {
+    let w = world();
+    for user in ["u_1", "u_2", "u_3"] {
+        w.add_key(user, KEY, valid());
+    }
+    w.clock.advance(1000);
+    w.sweep_now();
+    let (outcomes, calls) = w.consume(vec![
+        // u_1: still valid (subscription, models); u_2: revoked.
+        respond(200, SUBSCRIPTION),
+        respond(200, MODELS),
+        respond(401, INVALID),
+    ]);
+    // Two checks of one provider per batch; the third waits a little.
+    assert_eq!(
+        outcomes,
+        [JobOutcome::Ack, JobOutcome::Ack, JobOutcome::RetryAfter(5)]
+    );
+    assert_eq!(calls, 3);
+    assert_eq!(w.status_of("u_1"), CredentialStatus::Valid);
+    assert_eq!(w.status_of("u_2"), CredentialStatus::InvalidKey);
+    let validated = |user: &str| -> Vec<_> {
+        w.actions(user)
+            .into_iter()
+            .filter(|(a, _, _)| a == "credential.validated")
+            .collect()
+    };
+    assert!(
+        validated("u_1").is_empty(),
+        "an unchanged status is not audited"
+    );
+    assert_eq!(
+        validated("u_2"),
+        [(
+            "credential.validated".to_string(),
+            "failure".to_string(),
+            Some("invalid_api_key".to_string())
+        )]
+    );
+}
+
+#[test]
+fn a_providers_back_off_becomes_a_delayed_retry_and_nothing_is_written() {
+    let w = world();
+    w.add_key("u_1", KEY, valid());
+    let before = w.stored();
+    w.clock.advance(1000);
+    w.sweep_now();
+    let limited = r#"{"detail":{"status":"too_many_concurrent_requests","message":"Too many concurrent requests."}}"#;
+    let (outcomes, calls) = w.consume(vec![respond_with(429, &[("retry-after", "7")], limited)]);
+    assert_eq!(
+        (outcomes.as_slice(), calls),
+        (&[JobOutcome::RetryAfter(7)][..], 1)
+    );
+    let after = w.stored();
+    assert_eq!(
+        (after.version, after.status),
+        (before.version, before.status)
+    );
+    // An outage says nothing about the key either.
+    w.clock.advance(crate::jobs::CLAIM_TTL_MS + 1);
+    w.sweep_now();
+    let (outcomes, _) = w.consume(vec![Scripted::Refuse]);
+    assert_eq!(outcomes, [JobOutcome::RetryAfter(60)]);
+    assert_eq!(w.stored().status, CredentialStatus::Valid);
+}
+
+#[test]
+fn a_sweep_never_undoes_a_rotation_and_a_redelivery_checks_nothing_twice() {
+    let w = world();
+    let id = w.added();
+    w.clock.advance(1000);
+    w.sweep_now();
+    let queued = w.jobs.sent.borrow().clone();
+    // The user rotates while the sweep's check of the old key is under way.
+    w.race(move |rows| {
+        rows[0].version += 1;
+        rows[0].key_hint = Some("…bbbb".into());
+    });
+    let (outcomes, _) = w.consume(vec![respond(401, INVALID)]);
+    assert_eq!(outcomes, [JobOutcome::Ack]);
+    let row = w.stored();
+    assert_eq!(
+        (row.status, row.key_hint.as_deref()),
+        (CredentialStatus::Valid, Some("…bbbb"))
+    );
+    assert!(!w
+        .actions("u_a")
+        .iter()
+        .any(|(a, _, r)| a == "credential.validated" && r.is_some()));
+
+    // The same message again, after a check that landed: nothing is asked.
+    w.clock.advance(1000);
+    let (s, _, _) = w.call(
+        "POST",
+        &format!("/v1/credentials/{id}/validate"),
+        Some("u_a"),
+        None,
+        valid(),
+    );
+    assert_eq!(s, 200);
+    *w.jobs.sent.borrow_mut() = queued;
+    let (outcomes, calls) = w.consume(vec![]);
+    assert_eq!((outcomes.as_slice(), calls), (&[JobOutcome::Ack][..], 0));
+    let _ = Timestamp::from_millis(0);
+}

@@ -1,0 +1,28 @@
+//! The core's jobs queue over `JOBS_QUEUE`.
+
+use async_trait::async_trait;
+use worker::Queue;
+
+use crate::jobs::Job;
+use crate::ports::JobQueue;
+
+pub(super) struct QueueJobs {
+    pub queue: Option<Queue>,
+}
+
+#[async_trait(?Send)]
+impl JobQueue for QueueJobs {
+    async fn send(&self, jobs: &[Job]) -> Result<(), String> {
+        let Some(queue) = &self.queue else {
+            return Err("JOBS_QUEUE is not bound".into());
+        };
+        let bodies: Vec<String> = jobs
+            .iter()
+            .map(|j| serde_json::to_string(j).unwrap_or_default())
+            .collect();
+        queue
+            .send_batch(bodies)
+            .await
+            .map_err(|e| format!("queue send failed ({e})"))
+    }
+}

@@ -1,0 +1,171 @@
+//! Background work on `JOBS_QUEUE`: the scheduled revalidation sweep (the cron claims
+//! what is due and fans it out; the consumer checks a bounded number per invocation).
+//! Pure: the queue and the store are ports, the checks are the vault's.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::audit::{Actor, ActorType, Origin};
+use crate::domain::{CredentialId, Timestamp, UserId};
+use crate::ports::{CredentialStore, JobQueue, StoreError};
+use crate::vault::{Revalidated, Vault};
+
+/// One message on `JOBS_QUEUE`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Job {
+    /// Check one stored credential, queued by a sweep at `queued_at` (ms).
+    Revalidate {
+        user_id: String,
+        credential_id: String,
+        provider: String,
+        queued_at: u64,
+    },
+}
+
+/// What to do with one message once its job ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    Ack,
+    /// Deliver it again after this many seconds (a provider's back-off, a busy provider).
+    RetryAfter(u64),
+}
+
+/// Credentials one cron run (or one admin request) fans out at most; the rest are due
+/// next time. One D1 statement claims them, one queue call sends each hundred.
+pub const SWEEP_FANOUT: u32 = 1000;
+/// Messages per queue send (the platform's batch limit).
+const SEND_CHUNK: usize = 100;
+/// A claim older than this is due again (its messages were lost or are still failing).
+pub const CLAIM_TTL_MS: u64 = 3_600_000;
+/// Checks of one provider in one consumer invocation; more wait a little, so one
+/// provider's many keys do not meet its rate limit at once.
+pub const PER_PROVIDER_PER_BATCH: usize = 2;
+/// How long a message spread to a later batch waits.
+const SPREAD_DELAY_SECONDS: u64 = 5;
+
+/// The actor of the sweep's events.
+pub fn sweep_origin() -> Origin {
+    Origin {
+        actor: Actor {
+            kind: ActorType::Service,
+            id: "revalidation".into(),
+        },
+        request_id: None,
+    }
+}
+
+/// Claims the credentials not validated for `after_hours` (oldest first, at most
+/// `SWEEP_FANOUT`, none claimed within the last hour) and queues one check each. Returns
+/// how many were queued. A failed send leaves its claims to expire and be swept again.
+pub async fn sweep(
+    store: &dyn CredentialStore,
+    queue: &dyn JobQueue,
+    now: Timestamp,
+    after_hours: u64,
+) -> Result<usize, SweepError> {
+    let cutoff = Timestamp::from_millis(now.as_millis().saturating_sub(after_hours * 3_600_000));
+    let requeue_before = Timestamp::from_millis(now.as_millis().saturating_sub(CLAIM_TTL_MS));
+    let due = store
+        .claim_due(cutoff, requeue_before, now, SWEEP_FANOUT)
+        .await
+        .map_err(SweepError::Store)?;
+    let jobs: Vec<Job> = due
+        .into_iter()
+        .map(|(user, id, provider)| Job::Revalidate {
+            user_id: user.as_str().to_owned(),
+            credential_id: id.as_str().to_owned(),
+            provider: provider.as_str().to_owned(),
+            queued_at: now.as_millis(),
+        })
+        .collect();
+    let mut sent = 0;
+    for chunk in jobs.chunks(SEND_CHUNK) {
+        queue.send(chunk).await.map_err(SweepError::Queue)?;
+        sent += chunk.len();
+    }
+    Ok(sent)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("claiming due credentials failed: {0}")]
+    Store(StoreError),
+    #[error("queueing the checks failed: {0}")]
+    Queue(String),
+}
+
+/// What one batch did: an outcome per message, in order, and how many audit events it
+/// wrote into the outbox (the chainer is to be told when there are any).
+#[derive(Debug, Default)]
+pub struct Ran {
+    pub outcomes: Vec<JobOutcome>,
+    pub events: usize,
+}
+
+/// Runs one batch of job messages. A message that is not a job is acknowledged (and
+/// logged): retrying it cannot make it one.
+pub async fn run(vault: &Vault<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
+    let origin = sweep_origin();
+    let mut per_provider: Vec<(String, usize)> = Vec::new();
+    let mut out = Vec::with_capacity(bodies.len());
+    let mut events = 0;
+    for body in bodies {
+        let job = match body {
+            Value::String(text) => serde_json::from_str::<Job>(text).ok(),
+            other => serde_json::from_value::<Job>(other.clone()).ok(),
+        };
+        let Some(Job::Revalidate {
+            user_id,
+            credential_id,
+            provider,
+            queued_at,
+        }) = job
+        else {
+            log("jobs: a message that is no job was dropped");
+            out.push(JobOutcome::Ack);
+            continue;
+        };
+        let seen = per_provider
+            .iter()
+            .find(|(p, _)| *p == provider)
+            .map_or(0, |(_, n)| *n);
+        if seen >= PER_PROVIDER_PER_BATCH {
+            out.push(JobOutcome::RetryAfter(SPREAD_DELAY_SECONDS));
+            continue;
+        }
+        per_provider.retain(|(p, _)| *p != provider);
+        per_provider.push((provider.clone(), seen + 1));
+        let (Some(user), Some(id)) = (UserId::parse(&user_id), CredentialId::parse(&credential_id))
+        else {
+            log("jobs: a revalidation names no valid credential; dropped");
+            out.push(JobOutcome::Ack);
+            continue;
+        };
+        let queued_at = Timestamp::from_millis(queued_at);
+        out.push(
+            match vault.revalidate(&user, &id, queued_at, &origin).await {
+                Ok(Revalidated::Deferred {
+                    retry_after_seconds,
+                }) => JobOutcome::RetryAfter(retry_after_seconds),
+                Ok(Revalidated::Changed { from, to }) => {
+                    events += 1;
+                    log(&format!("revalidation: {id} ({provider}) {from} -> {to}"));
+                    JobOutcome::Ack
+                }
+                Ok(_) => JobOutcome::Ack,
+                Err(e) => {
+                    log(&format!(
+                        "revalidation: {id} failed ({}); retrying",
+                        e.cause.as_deref().unwrap_or(e.code)
+                    ));
+                    JobOutcome::RetryAfter(30)
+                }
+            },
+        );
+    }
+    Ran {
+        outcomes: out,
+        events,
+    }
+}

@@ -1,0 +1,121 @@
+//! The scheduled sweep's check of one stored credential: the provider is asked once (a
+//! wait it asks for is the queue's to honour, never slept through here), the result is
+//! written through the same conditional write as a user's re-check (a sweep never undoes
+//! a rotation), and only a change of status is audited.
+
+use serde_json::json;
+
+use super::credentials::{apply_accepted, apply_refusal};
+use super::keys::status_of;
+use super::Vault;
+use crate::audit::{Action, Facts, Origin};
+use crate::domain::{CredentialId, CredentialStatus, Timestamp, UserId};
+use crate::error::ApiError;
+use crate::ports::Written;
+use crate::probe::{Failure, Prober};
+use crate::providers;
+
+/// What the sweep did with one credential.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Revalidated {
+    /// Checked; the status is the same as before (no event).
+    Unchanged(CredentialStatus),
+    /// Checked; the status changed, with its `credential.validated` event.
+    Changed {
+        from: CredentialStatus,
+        to: CredentialStatus,
+    },
+    /// The provider could not give an answer now (rate limited, unreachable, failing):
+    /// nothing written; ask again in this many seconds.
+    Deferred { retry_after_seconds: u64 },
+    /// Nothing to do: the credential is gone, was checked after it was queued, or changed
+    /// while it was checked (the change's own check stands).
+    Skipped(&'static str),
+}
+
+/// How long a transient failure waits before the message is tried again.
+const TRANSIENT_RETRY_SECONDS: u64 = 60;
+
+impl Vault<'_> {
+    /// Re-checks `user`'s credential `id`, queued at `queued_at`, for the sweep.
+    pub async fn revalidate(
+        &self,
+        user: &UserId,
+        id: &CredentialId,
+        queued_at: Timestamp,
+        origin: &Origin,
+    ) -> Result<Revalidated, ApiError> {
+        let Some(read) = self.store.get(user, id).await? else {
+            return Ok(Revalidated::Skipped("gone"));
+        };
+        // Redelivered, or re-checked by its user since it was queued: checked already.
+        if read.last_validated_at.is_some_and(|at| at >= queued_at) {
+            return Ok(Revalidated::Skipped("checked since it was queued"));
+        }
+        let provider = providers::find(read.provider.as_str())
+            .ok_or_else(|| ApiError::internal().caused_by("unknown provider in a stored row"))?;
+        let outcome = match self.open_key(&read)? {
+            Some(key) => {
+                let prober = Prober::new(
+                    self.http,
+                    self.clock,
+                    self.jitter,
+                    self.config.validation_deadline_ms,
+                    self.config.probe_attempt_timeout_ms,
+                )
+                .once();
+                match self.check_with(&prober, provider, &read.params, &key).await {
+                    Ok(accepted) => Ok(accepted),
+                    Err(Failure::RateLimited { retry_after_ms, .. }) => {
+                        return Ok(Revalidated::Deferred {
+                            retry_after_seconds: retry_after_ms.div_ceil(1000).max(1),
+                        })
+                    }
+                    // An outage says nothing about the key: ask again later.
+                    Err(Failure::Unreachable(_) | Failure::ProviderError(_)) => {
+                        return Ok(Revalidated::Deferred {
+                            retry_after_seconds: TRANSIENT_RETRY_SECONDS,
+                        })
+                    }
+                    Err(f) => Err((
+                        status_of(&f),
+                        f.message().to_owned(),
+                        ApiError::from_failure(read.provider, f.clone()).code,
+                    )),
+                }
+            }
+            None => Err((
+                CredentialStatus::NeedsReconfiguration,
+                "The stored key cannot be decrypted; enter it again.".to_owned(),
+                "decryption_failed",
+            )),
+        };
+        let now = self.clock.now();
+        let mut next = read.clone();
+        let mut facts = Facts::new(Action::CredentialValidated);
+        facts.about(&read.id, Some(read.provider));
+        match &outcome {
+            Ok(accepted) => apply_accepted(&mut next, accepted.clone(), now),
+            Err((status, detail, code)) => {
+                apply_refusal(&mut next, *status, detail, now);
+                facts.failure = Some(code);
+            }
+        }
+        let (from, to) = (read.status, next.status);
+        let event = (from != to).then(|| {
+            facts.detail = Some(json!({
+                "previous_status": from,
+                "new_status": to,
+                "scheduled": true,
+                "resets_at": next.quota.as_ref().and_then(|q| q.resets_at.clone()),
+            }));
+            facts.event(origin, user, now, None)
+        });
+        match self.store.record_check(&next, event.as_ref()).await? {
+            Written::Done if from == to => Ok(Revalidated::Unchanged(to)),
+            Written::Done => Ok(Revalidated::Changed { from, to }),
+            Written::Conflict => Ok(Revalidated::Skipped("changed while it was checked")),
+            Written::Missing => Ok(Revalidated::Skipped("gone")),
+        }
+    }
+}

@@ -124,3 +124,17 @@ CREATE TABLE IF NOT EXISTS jobs (
   created_at INTEGER NOT NULL,
   updated_at INTEGER NOT NULL
 );
+
+-- Key-health notices waiting for delivery to NOTIFY_WEBHOOK_URL (one per change of a
+-- credential's status, written by the audit chainer; id is the event's and the
+-- webhook-id). Delivery removes a notice; a failure moves next_attempt_at on.
+CREATE TABLE IF NOT EXISTS notifications (
+  id              TEXT PRIMARY KEY,
+  user_id         TEXT NOT NULL,
+  body            TEXT NOT NULL,
+  attempts        INTEGER NOT NULL DEFAULT 0,
+  next_attempt_at INTEGER NOT NULL,
+  last_error      TEXT,
+  created_at      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (next_attempt_at);

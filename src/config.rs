@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use crate::auth::{parse_service_tokens, JwtSettings, ServiceToken};
 use crate::crypto::{MasterKeyError, MasterKeys, SecretKey};
 use crate::domain::{CredentialParams, ProviderId};
+use crate::notify::WebhookSettings;
 use crate::providers;
 use crate::system_keys::InfisicalSettings;
 
@@ -80,6 +81,8 @@ pub struct Config {
     /// Where Infisical's secrets are read (`SYSTEM_KEYS_SOURCE = "infisical"`); the isolate
     /// takes it to build its cache.
     pub infisical: Option<InfisicalSettings>,
+    /// Key-health webhooks (`NOTIFY_WEBHOOK_URL`); `None` is off.
+    pub webhooks: Option<WebhookSettings>,
 }
 
 impl Config {
@@ -325,7 +328,8 @@ impl Config {
             err("ALLOW_PRIVATE_BASE_URLS", "may not be true in production");
         }
 
-        // Last: it reports into the same list.
+        // Last: these report into the same list.
+        let webhooks = WebhookSettings::parse(&get, allow_private_base_urls, &mut errors);
         let infisical = match system_keys_source {
             SystemKeysSource::Env => None,
             SystemKeysSource::Infisical => InfisicalSettings::parse(&get, environment, &mut errors),
@@ -352,6 +356,7 @@ impl Config {
                 system_key_params,
                 proxy_max_body_bytes,
                 infisical,
+                webhooks,
             })
         } else {
             Err(errors)

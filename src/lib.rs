@@ -14,6 +14,7 @@ pub mod domain;
 pub mod endpoint_guard;
 pub mod error;
 pub mod jobs;
+pub mod notify;
 pub mod ports;
 pub mod probe;
 pub mod providers;

@@ -38,6 +38,8 @@ pub struct ChainPlan {
     pub done: Vec<u64>,
     /// Keys these events used: (user, credential, when), for `credentials.last_used_at`.
     pub used: Vec<(String, String, u64)>,
+    /// Key-health notices these events make (changes of status), for the webhooks.
+    pub notices: Vec<crate::notify::Notice>,
 }
 
 impl ChainPlan {
@@ -78,6 +80,7 @@ pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPla
             out.used
                 .push((p.user_id.clone(), id.as_str().to_owned(), event.at));
         }
+        out.notices.extend(crate::notify::notice_of(&event));
         let prev = ends
             .entry(p.user_id.clone())
             .or_insert_with(ChainHead::genesis);

@@ -11,7 +11,7 @@ use super::db::{changes, json as json_arg, num, opt_text as opt, text, Db};
 use super::runtime::now_ms;
 use crate::audit::{AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
 use crate::domain::{Timestamp, UserId};
-use crate::ports::{AuditQuery, AuditStore, StoreError};
+use crate::ports::{AuditQuery, AuditStore, NotificationStore, StoreError, StoredNotice};
 
 /// Users whose old events one retention run removes (bounds D1 queries per invocation).
 const RETENTION_USERS_PER_RUN: u32 = 20;
@@ -60,6 +60,11 @@ pub(super) fn outbox_insert(
 
 pub(super) struct D1AuditStore<'a> {
     db: &'a Db,
+    /// Whether a commit also writes the key-health notices its events make
+    /// (`NOTIFY_WEBHOOK_URL` is set).
+    notify: bool,
+    /// How many notices this store's commits wrote (the caller then wakes the deliverer).
+    pub notices_written: std::cell::Cell<usize>,
 }
 
 const COLUMNS: &str =
@@ -114,7 +119,17 @@ impl Row {
 
 impl<'a> D1AuditStore<'a> {
     pub(super) fn new(db: &'a Db) -> Self {
-        Self { db }
+        Self {
+            db,
+            notify: false,
+            notices_written: std::cell::Cell::new(0),
+        }
+    }
+
+    /// The same store, writing key-health notices with its commits when `notify`.
+    pub(super) fn notifying(mut self, notify: bool) -> Self {
+        self.notify = notify;
+        self
     }
 
     /// `user`'s chained events the query selects.
@@ -287,6 +302,23 @@ impl AuditStore for D1AuditStore<'_> {
                 &[json_arg(&used)],
             )?);
         }
+        let notices = if self.notify { plan.notices.len() } else { 0 };
+        if notices > 0 {
+            // One per change of status; its id is the event's, so a commit that is retried
+            // (or a chainer that lost a race) writes none twice.
+            let rows: Vec<Value> = plan
+                .notices
+                .iter()
+                .map(|n| json!({"id": n.id, "user_id": n.user_id, "body": n.body}))
+                .collect();
+            statements.push(self.db.prepare(
+                "INSERT INTO notifications (id, user_id, body, attempts, next_attempt_at, created_at) \
+                 SELECT json_extract(value, '$.id'), json_extract(value, '$.user_id'), \
+                        json_extract(value, '$.body'), 0, ?2, ?2 FROM json_each(?1) WHERE true \
+                 ON CONFLICT (id) DO NOTHING",
+                &[json_arg(&rows), now.clone()],
+            )?);
+        }
         if !plan.dead.is_empty() {
             statements.push(
                 self.db
@@ -298,6 +330,8 @@ impl AuditStore for D1AuditStore<'_> {
             &[json_arg(&plan.done)],
         )?);
         self.db.batch(statements).await?;
+        self.notices_written
+            .set(self.notices_written.get() + notices);
         Ok(())
     }
 
@@ -390,5 +424,91 @@ impl AuditStore for D1AuditStore<'_> {
             removed += changes(&results, 1);
         }
         Ok(removed)
+    }
+}
+
+#[async_trait(?Send)]
+impl NotificationStore for D1AuditStore<'_> {
+    async fn claim(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<StoredNotice>, StoreError> {
+        #[derive(Deserialize)]
+        struct Row {
+            id: String,
+            body: String,
+            attempts: f64,
+        }
+        let rows: Vec<Row> = self
+            .db
+            .all(
+                "UPDATE notifications SET next_attempt_at = ?2 WHERE id IN ( \
+                   SELECT id FROM notifications WHERE next_attempt_at <= ?1 \
+                   ORDER BY next_attempt_at LIMIT ?3) \
+                 RETURNING id, body, attempts",
+                &[
+                    num(now.as_millis()),
+                    num(lease_until.as_millis()),
+                    num(u64::from(limit)),
+                ],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredNotice {
+                id: r.id,
+                body: r.body,
+                attempts: r.attempts as u32,
+            })
+            .collect())
+    }
+
+    async fn delivered(&self, id: &str) -> Result<(), StoreError> {
+        self.db
+            .run("DELETE FROM notifications WHERE id = ?1", &[text(id)])
+            .await
+            .map(|_| ())
+    }
+
+    async fn failed(
+        &self,
+        id: &str,
+        attempts: u32,
+        next_at: Timestamp,
+        problem: &str,
+    ) -> Result<(), StoreError> {
+        self.db
+            .run(
+                "UPDATE notifications SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 \
+                 WHERE id = ?1",
+                &[
+                    text(id),
+                    num(u64::from(attempts)),
+                    num(next_at.as_millis()),
+                    text(problem),
+                ],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        #[derive(Deserialize)]
+        struct Next {
+            at: Option<f64>,
+        }
+        let next: Option<Next> = self
+            .db
+            .first(
+                "SELECT MIN(next_attempt_at) AS at FROM notifications",
+                &[],
+                None,
+            )
+            .await?;
+        Ok(next
+            .and_then(|n| n.at)
+            .map(|at| Timestamp::from_millis(at as u64)))
     }
 }

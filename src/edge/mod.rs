@@ -79,7 +79,7 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     .await?;
     let db = db::Db::new(&env);
     let store = credential_store::D1Store::new(&db);
-    let audit_log = audit_store::D1AuditStore::new(&db);
+    let audit_log = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(config));
     let sink = audit_queue::OutboxAuditSink {
         queue: env.queue("AUDIT_QUEUE").ok(),
         db: &db,
@@ -108,7 +108,23 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     };
     // The core writes the request's one structured log line.
     let response = api::handle(&app, &request).await;
+    wake_deliverer(&jobs, &audit_log).await;
     runtime::write_response(response)
+}
+
+fn webhooks_on(config: Option<&Config>) -> bool {
+    config.is_some_and(|c| c.webhooks.is_some())
+}
+
+/// After a chaining that wrote key-health notices, the deliverer is woken on JOBS_QUEUE
+/// (the hourly cron wakes it anyway, for a wake-up that was lost).
+async fn wake_deliverer(jobs: &jobs_queue::QueueJobs, store: &audit_store::D1AuditStore<'_>) {
+    if store.notices_written.get() == 0 {
+        return;
+    }
+    if let Err(e) = crate::ports::JobQueue::send(jobs, &[crate::jobs::Job::Notify]).await {
+        worker::console_error!("webhooks: the deliverer could not be woken ({e}); the cron will");
+    }
 }
 
 /// Chaining rounds one cron run sweeps at most (three D1 queries each; with retention and
@@ -118,7 +134,11 @@ const CRON_CHAIN_ROUNDS: usize = 7;
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let db = db::Db::new(&env);
-    let store = audit_store::D1AuditStore::new(&db);
+    let config = isolate(&env).config().ok();
+    let store = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(config));
+    let jobs = jobs_queue::QueueJobs {
+        queue: env.queue("JOBS_QUEUE").ok(),
+    };
     // The sweeper: whatever a lost nudge left in the outbox is chained now.
     match drain(&store, CRON_CHAIN_ROUNDS).await {
         Ok(n) => worker::console_log!(
@@ -134,10 +154,16 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
         worker::console_error!("scheduled retention skipped: the configuration has problems");
         return;
     };
+    // Notices whose wake-up was lost (or that wait for a retry) are delivered.
+    if config.webhooks.is_some() {
+        if let Err(e) = crate::ports::JobQueue::send(&jobs, &[crate::jobs::Job::Notify]).await {
+            worker::console_error!(
+                "cron '{}': waking the webhook deliverer failed: {e}",
+                event.cron()
+            );
+        }
+    }
     // The revalidation sweep: one claim, one queue call per hundred credentials due.
-    let jobs = jobs_queue::QueueJobs {
-        queue: env.queue("JOBS_QUEUE").ok(),
-    };
     let now = Timestamp::from_millis(runtime::now_ms());
     match crate::jobs::sweep(
         &credential_store::D1Store::new(&db),
@@ -175,9 +201,13 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
         .collect();
     let log = |line: &str| worker::console_log!("{line}");
     let db = db::Db::new(&env);
-    let store = audit_store::D1AuditStore::new(&db);
+    let config = isolate(&env).config().ok();
+    let store = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(config));
+    let jobs = jobs_queue::QueueJobs {
+        queue: env.queue("JOBS_QUEUE").ok(),
+    };
     if QueueRole::of(&name) == Some(QueueRole::Jobs) {
-        return run_jobs(&env, &db, &store, &messages, &bodies).await;
+        return run_jobs(&env, &db, &store, &jobs, &messages, &bodies).await;
     }
     let dispositions = match QueueRole::of(&name) {
         Some(QueueRole::Audit) => crate::audit::consume(&store, &bodies, &log).await,
@@ -207,6 +237,7 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
             Disposition::Retry => m.retry(),
         }
     }
+    wake_deliverer(&jobs, &store).await;
     // Returning an error would redeliver the whole batch: every message is settled above.
     Ok(())
 }
@@ -217,6 +248,7 @@ async fn run_jobs(
     env: &Env,
     db: &db::Db,
     audit: &audit_store::D1AuditStore<'_>,
+    jobs: &jobs_queue::QueueJobs,
     messages: &[worker::RawMessage],
     bodies: &[Value],
 ) -> worker::Result<()> {
@@ -241,7 +273,14 @@ async fn run_jobs(
         log: &log,
         infisical: isolate.infisical.as_ref(),
     };
-    let ran = crate::jobs::run(&vault, bodies, &log).await;
+    let notifier = config
+        .webhooks
+        .as_ref()
+        .map(|settings| crate::jobs::Notifier {
+            store: audit,
+            settings,
+        });
+    let ran = crate::jobs::run(&vault, notifier.as_ref(), bodies, &log).await;
     for (m, outcome) in messages.iter().zip(ran.outcomes) {
         match outcome {
             crate::jobs::JobOutcome::Ack => m.ack(),
@@ -257,5 +296,6 @@ async fn run_jobs(
             worker::console_error!("jobs: chaining failed ({e}); the events wait for the cron");
         }
     }
+    wake_deliverer(jobs, audit).await;
     Ok(())
 }

@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use crate::audit::{Actor, ActorType, Origin};
 use crate::domain::{CredentialId, Timestamp, UserId};
-use crate::ports::{CredentialStore, JobQueue, StoreError};
+use crate::notify::{deliver, Delivered, WebhookSettings};
+use crate::ports::{CredentialStore, JobQueue, NotificationStore, StoreError};
 use crate::vault::{Revalidated, Vault};
 
 /// One message on `JOBS_QUEUE`.
@@ -21,6 +22,8 @@ pub enum Job {
         provider: String,
         queued_at: u64,
     },
+    /// Deliver the key-health notices that are due.
+    Notify,
 }
 
 /// What to do with one message once its job ran.
@@ -103,9 +106,20 @@ pub struct Ran {
     pub events: usize,
 }
 
+/// Where key-health notices wait, and where they go (when webhooks are on).
+pub struct Notifier<'a> {
+    pub store: &'a dyn NotificationStore,
+    pub settings: &'a WebhookSettings,
+}
+
 /// Runs one batch of job messages. A message that is not a job is acknowledged (and
 /// logged): retrying it cannot make it one.
-pub async fn run(vault: &Vault<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
+pub async fn run(
+    vault: &Vault<'_>,
+    notifier: Option<&Notifier<'_>>,
+    bodies: &[Value],
+    log: &dyn Fn(&str),
+) -> Ran {
     let origin = sweep_origin();
     let mut per_provider: Vec<(String, usize)> = Vec::new();
     let mut out = Vec::with_capacity(bodies.len());
@@ -115,16 +129,22 @@ pub async fn run(vault: &Vault<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran
             Value::String(text) => serde_json::from_str::<Job>(text).ok(),
             other => serde_json::from_value::<Job>(other.clone()).ok(),
         };
-        let Some(Job::Revalidate {
-            user_id,
-            credential_id,
-            provider,
-            queued_at,
-        }) = job
-        else {
-            log("jobs: a message that is no job was dropped");
-            out.push(JobOutcome::Ack);
-            continue;
+        let (user_id, credential_id, provider, queued_at) = match job {
+            Some(Job::Revalidate {
+                user_id,
+                credential_id,
+                provider,
+                queued_at,
+            }) => (user_id, credential_id, provider, queued_at),
+            Some(Job::Notify) => {
+                out.push(notify(vault, notifier, log).await);
+                continue;
+            }
+            None => {
+                log("jobs: a message that is no job was dropped");
+                out.push(JobOutcome::Ack);
+                continue;
+            }
         };
         let seen = per_provider
             .iter()
@@ -167,5 +187,28 @@ pub async fn run(vault: &Vault<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran
     Ran {
         outcomes: out,
         events,
+    }
+}
+
+/// Delivers what is due; while notices still wait, the message comes back when the
+/// earliest is due (the cron sends a fresh one every hour in case it is lost).
+async fn notify(
+    vault: &Vault<'_>,
+    notifier: Option<&Notifier<'_>>,
+    log: &dyn Fn(&str),
+) -> JobOutcome {
+    let Some(n) = notifier else {
+        return JobOutcome::Ack;
+    };
+    let now = vault.clock.now();
+    match deliver(n.store, vault.http, now, n.settings, log).await {
+        Ok(Delivered { next_due: None, .. }) => JobOutcome::Ack,
+        Ok(Delivered {
+            next_due: Some(at), ..
+        }) => JobOutcome::RetryAfter(now.millis_until(at).div_ceil(1000).max(1)),
+        Err(e) => {
+            log(&format!("webhooks: delivery failed ({e}); retrying"));
+            JobOutcome::RetryAfter(30)
+        }
     }
 }

@@ -46,6 +46,21 @@ pub(super) fn apply_refusal(
     c.updated_at = now;
 }
 
+/// What a check's event says of the status: before, after and, for a spent key, when its
+/// quota resets (where the provider says).
+pub(super) fn status_change(before: &Credential, after: &Credential) -> serde_json::Value {
+    let mut detail = json!({
+        "previous_status": before.status.as_str(),
+        "new_status": after.status.as_str(),
+    });
+    if after.status == CredentialStatus::QuotaExhausted {
+        if let Some(at) = after.quota.as_ref().and_then(|q| q.resets_at.clone()) {
+            detail["resets_at"] = json!(at);
+        }
+    }
+    detail
+}
+
 /// A chosen model must be one the provider lists for this key, when the list is known.
 fn check_model(
     provider: &'static dyn Provider,
@@ -379,10 +394,7 @@ impl Vault<'_> {
                 Ok(accepted) => apply_accepted(&mut next, accepted.clone(), now),
                 Err((status, detail, _)) => apply_refusal(&mut next, *status, detail, now),
             }
-            facts.detail = Some(json!({
-                "previous_status": current.status.as_str(),
-                "new_status": next.status.as_str(),
-            }));
+            facts.detail = Some(status_change(&current, &next));
             let event = self.new_event(caller, facts);
             match self.store.record_check(&next, Some(&event)).await? {
                 Written::Done => {

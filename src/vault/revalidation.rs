@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use super::credentials::{apply_accepted, apply_refusal};
+use super::credentials::{apply_accepted, apply_refusal, status_change};
 use super::keys::status_of;
 use super::Vault;
 use crate::audit::{Action, Facts, Origin};
@@ -103,12 +103,9 @@ impl Vault<'_> {
         }
         let (from, to) = (read.status, next.status);
         let event = (from != to).then(|| {
-            facts.detail = Some(json!({
-                "previous_status": from,
-                "new_status": to,
-                "scheduled": true,
-                "resets_at": next.quota.as_ref().and_then(|q| q.resets_at.clone()),
-            }));
+            let mut detail = status_change(&read, &next);
+            detail["scheduled"] = json!(true);
+            facts.detail = Some(detail);
             facts.event(origin, user, now, None)
         });
         match self.store.record_check(&next, event.as_ref()).await? {

@@ -54,7 +54,7 @@ impl World {
             .drain(..)
             .map(|j| Value::String(serde_json::to_string(&j).unwrap()))
             .collect();
-        let ran = block_on(run(&vault, &bodies, &|_: &str| {}));
+        let ran = block_on(run(&vault, None, &bodies, &|_: &str| {}));
         block_on(crate::audit::drain(&self.audit, 5)).unwrap();
         (ran.outcomes, http.calls())
     }

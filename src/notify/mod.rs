@@ -1,0 +1,458 @@
+//! Key-health webhooks: when a credential's status changes (a sweep, a re-check, a use),
+//! its owner's app is told at `NOTIFY_WEBHOOK_URL`, signed per the Standard Webhooks
+//! convention. The notice is made from the chained `credential.validated` event, written
+//! in the chainer's commit (so there is exactly one per change), and delivered from the
+//! jobs queue with retries and back-off; its id is the event's, so a receiver can drop a
+//! repeat. A notice never holds a key.
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::audit::{Action, AuditEvent};
+use crate::config::ConfigError;
+use crate::domain::Timestamp;
+use crate::endpoint_guard::check_base_url;
+use crate::ports::{HttpClient, HttpRequest, Method, NotificationStore, StoredNotice};
+
+/// A notice waiting to be delivered: its id (the event's), its owner and its body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notice {
+    pub id: String,
+    pub user_id: String,
+    pub body: String,
+}
+
+/// The notice a chained event makes, if it records a change of status.
+pub fn notice_of(event: &AuditEvent) -> Option<Notice> {
+    if event.action != Action::CredentialValidated {
+        return None;
+    }
+    let detail = event.detail.as_ref()?;
+    let from = detail.get("previous_status")?.as_str()?;
+    let to = detail.get("new_status")?.as_str()?;
+    if from == to {
+        return None;
+    }
+    let mut body = json!({
+        "type": "credential.status_changed",
+        "id": event.id,
+        "at": Timestamp::from_millis(event.at).to_rfc3339(),
+        "user_id": event.user_id,
+        "credential_id": event.credential_id,
+        "provider": event.provider,
+        "from": from,
+        "to": to,
+        "reason": event.reason,
+    });
+    if let Some(resets) = detail.get("resets_at").filter(|r| r.is_string()) {
+        body["resets_at"] = resets.clone();
+    }
+    Some(Notice {
+        id: event.id.clone(),
+        user_id: event.user_id.as_str().to_owned(),
+        body: body.to_string(),
+    })
+}
+
+/// Where and how notices go (`NOTIFY_WEBHOOK_URL`, `NOTIFY_WEBHOOK_SECRET`).
+pub struct WebhookSettings {
+    pub url: String,
+    secret: Zeroizing<Vec<u8>>,
+    /// The first retry's wait; each further one doubles it (`NOTIFY_RETRY_BASE_SECONDS`).
+    pub retry_base_ms: u64,
+}
+
+impl WebhookSettings {
+    /// The settings, if `NOTIFY_WEBHOOK_URL` is set; problems are named in `errors`.
+    pub fn parse(
+        get: &dyn Fn(&str) -> Option<String>,
+        allow_private: bool,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<Self> {
+        let url = get("NOTIFY_WEBHOOK_URL")?;
+        let mut err = |var: &'static str, problem: String| {
+            errors.push(ConfigError { var, problem });
+        };
+        let url = match check_base_url(&url, allow_private) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                err("NOTIFY_WEBHOOK_URL", format!("is not allowed: it {e}"));
+                None
+            }
+        };
+        let secret = match get("NOTIFY_WEBHOOK_SECRET") {
+            None => {
+                err(
+                    "NOTIFY_WEBHOOK_SECRET",
+                    "is required with NOTIFY_WEBHOOK_URL".into(),
+                );
+                None
+            }
+            Some(raw) => {
+                let raw = raw.trim();
+                let bytes = match raw.strip_prefix("whsec_") {
+                    Some(b64) => STANDARD.decode(b64).ok(),
+                    None => Some(raw.as_bytes().to_vec()),
+                };
+                match bytes {
+                    Some(b) if b.len() >= 24 => Some(Zeroizing::new(b)),
+                    _ => {
+                        err(
+                            "NOTIFY_WEBHOOK_SECRET",
+                            "must be at least 24 bytes (or whsec_ and their base64)".into(),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let retry_base_ms = match get("NOTIFY_RETRY_BASE_SECONDS") {
+            None => 30_000,
+            Some(raw) => match raw.trim().parse::<u64>() {
+                Ok(s) if (1..=3600).contains(&s) => s * 1000,
+                _ => {
+                    err(
+                        "NOTIFY_RETRY_BASE_SECONDS",
+                        "must be an integer from 1 to 3600".into(),
+                    );
+                    30_000
+                }
+            },
+        };
+        Some(Self {
+            url: url?,
+            secret: secret?,
+            retry_base_ms,
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(url: &str, secret: &[u8], retry_base_ms: u64) -> Self {
+        Self {
+            url: url.to_owned(),
+            secret: Zeroizing::new(secret.to_vec()),
+            retry_base_ms,
+        }
+    }
+
+    /// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` (HMAC takes a key of any length).
+    pub fn sign(&self, id: &str, timestamp: u64, body: &str) -> String {
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret) else {
+            return String::new();
+        };
+        mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    }
+}
+
+/// Notices one delivery run sends at most (one subrequest each).
+pub const DELIVERIES_PER_RUN: u32 = 10;
+/// Attempts before a notice is given up (with the default base, about a day and a half).
+pub const MAX_ATTEMPTS: u32 = 12;
+/// How long a claimed notice is left to its deliverer before another may take it.
+const LEASE_MS: u64 = 60_000;
+const TIMEOUT_MS: u64 = 5_000;
+
+/// What one delivery run did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Delivered {
+    pub sent: usize,
+    pub failed: usize,
+    /// When the earliest notice still waiting is due, if any is.
+    pub next_due: Option<Timestamp>,
+}
+
+/// Delivers the notices that are due (at most `DELIVERIES_PER_RUN`): a 2xx removes one;
+/// anything else is tried again after `retry_base · 2^(attempts-1)` (at most an hour),
+/// and given up (logged) after `MAX_ATTEMPTS`.
+pub async fn deliver(
+    store: &dyn NotificationStore,
+    http: &dyn HttpClient,
+    now: Timestamp,
+    settings: &WebhookSettings,
+    log: &dyn Fn(&str),
+) -> Result<Delivered, crate::ports::StoreError> {
+    let claimed = store
+        .claim(now, now.plus_millis(LEASE_MS), DELIVERIES_PER_RUN)
+        .await?;
+    let mut out = Delivered::default();
+    for StoredNotice { id, body, attempts } in claimed {
+        let timestamp = now.as_unix_seconds();
+        let request = HttpRequest {
+            method: Method::Post,
+            url: settings.url.clone(),
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("webhook-id".into(), id.clone()),
+                ("webhook-timestamp".into(), timestamp.to_string()),
+                (
+                    "webhook-signature".into(),
+                    settings.sign(&id, timestamp, &body),
+                ),
+            ],
+            body: Some(body.into_bytes()),
+            max_response_bytes: 4096,
+        };
+        let problem = match http.send(request, TIMEOUT_MS).await {
+            Ok(r) if (200..300).contains(&r.status) => None,
+            Ok(r) => Some(format!("the receiver answered {}", r.status)),
+            Err(e) => Some(e.to_string()),
+        };
+        match problem {
+            None => {
+                store.delivered(&id).await?;
+                out.sent += 1;
+            }
+            Some(problem) => {
+                out.failed += 1;
+                let attempts = attempts + 1;
+                if attempts >= MAX_ATTEMPTS {
+                    log(&format!(
+                        "webhooks: notice {id} given up after {attempts} attempts ({problem})"
+                    ));
+                    store.delivered(&id).await?;
+                    continue;
+                }
+                let wait = settings
+                    .retry_base_ms
+                    .saturating_mul(1 << (attempts - 1).min(20))
+                    .min(3_600_000);
+                log(&format!(
+                    "webhooks: notice {id} not delivered ({problem}); attempt {} in {} s",
+                    attempts + 1,
+                    wait / 1000
+                ));
+                store
+                    .failed(&id, attempts, now.plus_millis(wait), &problem)
+                    .await?;
+            }
+        }
+    }
+    out.next_due = store.next_due().await?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use async_trait::async_trait;
+    use futures::executor::block_on;
+
+    use super::*;
+    use crate::audit::{Actor, ActorType};
+    use crate::domain::{CredentialId, UserId};
+    use crate::ports::{Clock, StoreError};
+    use crate::testing::{respond, FakeClock, FakeHttp, Scripted};
+
+    fn status_change(from: &str, to: &str) -> AuditEvent {
+        let mut e = AuditEvent::new(
+            "ev_1".into(),
+            Timestamp::from_millis(1_800_000_000_000),
+            &UserId::parse("u_1").unwrap(),
+            Action::CredentialValidated,
+            Actor {
+                kind: ActorType::Service,
+                id: "revalidation".into(),
+            },
+        );
+        e.credential_id = CredentialId::parse("c_0123456789abcdef0123456789abcdef");
+        e.provider = Some("elevenlabs".into());
+        e.reason = Some("quota_exhausted".into());
+        e.detail = Some(
+            json!({"previous_status": from, "new_status": to, "resets_at": "2026-12-01T00:00:00Z"}),
+        );
+        e
+    }
+
+    #[test]
+    fn only_a_change_of_status_makes_a_notice_and_it_carries_no_key() {
+        let n = notice_of(&status_change("valid", "quota_exhausted")).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&n.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"type":"credential.status_changed","id":"ev_1","at":"2027-01-15T08:00:00Z",
+                   "user_id":"u_1","credential_id":"c_0123456789abcdef0123456789abcdef",
+                   "provider":"elevenlabs","from":"valid","to":"quota_exhausted",
+                   "reason":"quota_exhausted","resets_at":"2026-12-01T00:00:00Z"})
+        );
+        assert_eq!((n.id.as_str(), n.user_id.as_str()), ("ev_1", "u_1"));
+        assert!(notice_of(&status_change("valid", "valid")).is_none());
+        let mut created = status_change("valid", "invalid_key");
+        created.action = Action::CredentialCreated;
+        assert!(notice_of(&created).is_none());
+    }
+
+    #[test]
+    fn signatures_follow_standard_webhooks() {
+        // The convention's own example: secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.
+        let mut errors = Vec::new();
+        let get = |k: &str| match k {
+            "NOTIFY_WEBHOOK_URL" => Some("https://hooks.example/byok".to_owned()),
+            "NOTIFY_WEBHOOK_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()),
+            _ => None,
+        };
+        let s = WebhookSettings::parse(&get, false, &mut errors).unwrap();
+        assert!(errors.is_empty());
+        assert_eq!(
+            s.sign(
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                r#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn a_webhook_url_passes_the_address_guard_and_needs_a_secret() {
+        for (url, secret, var) in [
+            (
+                "http://10.0.0.1/hook",
+                Some("0123456789abcdef0123456789"),
+                "NOTIFY_WEBHOOK_URL",
+            ),
+            (
+                "https://169.254.169.254/latest",
+                Some("0123456789abcdef0123456789"),
+                "NOTIFY_WEBHOOK_URL",
+            ),
+            ("https://hooks.example/x", None, "NOTIFY_WEBHOOK_SECRET"),
+            (
+                "https://hooks.example/x",
+                Some("short"),
+                "NOTIFY_WEBHOOK_SECRET",
+            ),
+        ] {
+            let mut errors = Vec::new();
+            let get = |k: &str| match k {
+                "NOTIFY_WEBHOOK_URL" => Some(url.to_owned()),
+                "NOTIFY_WEBHOOK_SECRET" => secret.map(str::to_owned),
+                _ => None,
+            };
+            assert!(WebhookSettings::parse(&get, false, &mut errors).is_none());
+            assert_eq!(errors[0].var, var, "{url}");
+        }
+        let mut errors = Vec::new();
+        assert!(WebhookSettings::parse(&|_: &str| None, false, &mut errors).is_none());
+        assert!(errors.is_empty(), "unset is off, not an error");
+    }
+
+    #[derive(Default)]
+    struct Notices(RefCell<Vec<(StoredNotice, u64)>>);
+
+    #[async_trait(?Send)]
+    impl NotificationStore for Notices {
+        async fn claim(
+            &self,
+            now: Timestamp,
+            lease_until: Timestamp,
+            limit: u32,
+        ) -> Result<Vec<StoredNotice>, StoreError> {
+            let mut rows = self.0.borrow_mut();
+            let mut out = Vec::new();
+            for (n, at) in rows.iter_mut() {
+                if *at <= now.as_millis() && out.len() < limit as usize {
+                    *at = lease_until.as_millis();
+                    out.push(n.clone());
+                }
+            }
+            Ok(out)
+        }
+        async fn delivered(&self, id: &str) -> Result<(), StoreError> {
+            self.0.borrow_mut().retain(|(n, _)| n.id != id);
+            Ok(())
+        }
+        async fn failed(
+            &self,
+            id: &str,
+            attempts: u32,
+            next_at: Timestamp,
+            _problem: &str,
+        ) -> Result<(), StoreError> {
+            for (n, at) in self.0.borrow_mut().iter_mut().filter(|(n, _)| n.id == id) {
+                n.attempts = attempts;
+                *at = next_at.as_millis();
+            }
+            Ok(())
+        }
+        async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+            Ok(self
+                .0
+                .borrow()
+                .iter()
+                .map(|(_, at)| *at)
+                .min()
+                .map(Timestamp::from_millis))
+        }
+    }
+
+    #[test]
+    fn a_failing_receiver_gets_the_notice_once_it_recovers_signed_and_once() {
+        let clock = FakeClock::at(1_800_000_000_000);
+        let store = Notices::default();
+        store.0.borrow_mut().push((
+            StoredNotice {
+                id: "ev_1".into(),
+                body: r#"{"type":"credential.status_changed"}"#.into(),
+                attempts: 0,
+            },
+            0,
+        ));
+        let settings = WebhookSettings::for_tests(
+            "https://hooks.example/byok",
+            b"0123456789abcdef01234567",
+            1000,
+        );
+        let run = |script: Vec<Scripted>| {
+            let http = FakeHttp::new(&clock, script);
+            let d = block_on(deliver(
+                &store,
+                &http,
+                clock.now(),
+                &settings,
+                &|_: &str| {},
+            ))
+            .unwrap();
+            let sent = http.sent.borrow().clone();
+            (d, sent)
+        };
+        let (d, _) = run(vec![respond(500, "down")]);
+        assert_eq!((d.sent, d.failed), (0, 1));
+        let first_retry = d.next_due.unwrap();
+        assert_eq!(clock.now().millis_until(first_retry), 1000 - 20);
+        // Not due yet: nothing is sent.
+        let (d, sent) = run(vec![]);
+        assert_eq!((d.sent, sent.len()), (0, 0));
+        clock.advance(1000);
+        let (d, _) = run(vec![Scripted::Refuse]);
+        assert_eq!(d.failed, 1);
+        assert_eq!(
+            clock.now().millis_until(d.next_due.unwrap()),
+            2000,
+            "the wait doubles"
+        );
+        clock.advance(2000);
+        let (d, sent) = run(vec![respond(204, "")]);
+        assert_eq!((d.sent, d.next_due), (1, None));
+        let (url, headers, _) = &sent[0];
+        assert_eq!(url, "https://hooks.example/byok");
+        let header = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert_eq!(header("webhook-id"), "ev_1");
+        let ts: u64 = header("webhook-timestamp").parse().unwrap();
+        assert_eq!(ts, clock.now().as_unix_seconds());
+        assert_eq!(
+            header("webhook-signature"),
+            settings.sign("ev_1", ts, r#"{"type":"credential.status_changed"}"#)
+        );
+    }
+}

@@ -2,8 +2,11 @@
 // locally) claims every credential due and fans them out to the local jobs queue; the
 // consumer checks three per invocation against the fake providers, flips exactly the
 // revoked keys, audits only changes, and turns a provider's 429 into a delayed retry.
+// Each flip reaches a webhook receiver on loopback, signed per Standard Webhooks, once,
+// although the receiver fails its first two deliveries.
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import http from 'node:http';
 import { after, before, test } from 'node:test';
 
 import { startFakeProviders } from './fake-providers.mjs';
@@ -15,15 +18,52 @@ const PROVIDERS = ['elevenlabs', 'openai', 'anthropic', 'gemini', 'deepgram', 'm
 const USERS = 30;
 const PER_USER = 10;
 
+const WEBHOOK_SECRET = crypto.randomBytes(32);
+
+/** A webhook receiver: keeps every delivery; answers 503 to the first `failures`. */
+function startReceiver(failures) {
+  const deliveries = [];
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const ok = deliveries.length >= failures;
+      deliveries.push({ headers: req.headers, body: Buffer.concat(chunks).toString(), ok, at: Date.now() });
+      res.writeHead(ok ? 204 : 503);
+      res.end();
+    });
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+    url: `http://127.0.0.1:${server.address().port}/hooks/byok`,
+    deliveries,
+    close: () => new Promise((done) => { server.closeAllConnections?.(); server.close(() => done()); }),
+  })));
+}
+
+/** Whether a delivery carries a valid Standard Webhooks signature. */
+function signed({ headers, body }) {
+  const mac = crypto.createHmac('sha256', WEBHOOK_SECRET)
+    .update(`${headers['webhook-id']}.${headers['webhook-timestamp']}.${body}`).digest('base64');
+  return headers['webhook-signature'] === `v1,${mac}`;
+}
+
 let fake;
 let vault;
+let receiver;
 const creds = [];
 before(async () => {
   fake = await startFakeProviders();
+  receiver = await startReceiver(2);
   vault = await startVault({
     front: false,
-    secrets: { SERVICE_TOKENS: JSON.stringify([{ name: 'ops', sha256: sha(ADMIN), scopes: ['admin'] }]) },
-    vars: { ...fake.vars(), RATE_LIMITS: 'off', REVALIDATE_AFTER_HOURS: '0' },
+    secrets: {
+      SERVICE_TOKENS: JSON.stringify([{ name: 'ops', sha256: sha(ADMIN), scopes: ['admin'] }]),
+      NOTIFY_WEBHOOK_SECRET: `whsec_${WEBHOOK_SECRET.toString('base64')}`,
+    },
+    vars: {
+      ...fake.vars(), RATE_LIMITS: 'off', REVALIDATE_AFTER_HOURS: '0',
+      NOTIFY_WEBHOOK_URL: receiver.url, NOTIFY_RETRY_BASE_SECONDS: '1', ALLOW_PRIVATE_BASE_URLS: 'true',
+    },
   });
   // 300 credentials across 8 providers and 30 users, added through the API (each is
   // checked live once), ten at a time.
@@ -43,6 +83,7 @@ before(async () => {
 after(async () => {
   await vault?.stop();
   await fake?.close();
+  await receiver?.close();
 });
 
 const rows = async () => vault.sql('SELECT id, status, last_validated_at, version FROM credentials');
@@ -100,4 +141,37 @@ test('one sweep checks every credential, flips exactly the revoked ones, and wai
   const again = await vault.request('POST', '/v1/admin/revalidate', { token: ADMIN });
   assert.equal(again.status, 202, again.text);
   assert.equal(again.json.queued, 0);
+});
+
+test('each flip reaches the webhook once, signed, after the receiver recovers', async () => {
+  const revoked = creds.filter((_, i) => i % 10 === 3);
+  const deadline = Date.now() + 60_000;
+  let accepted = [];
+  while (Date.now() < deadline) {
+    accepted = receiver.deliveries.filter((d) => d.ok);
+    if (accepted.length >= revoked.length) break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  // The receiver failed the first two; every notice still arrived, once.
+  assert.equal(receiver.deliveries.filter((d) => !d.ok).length, 2);
+  assert.equal(accepted.length, revoked.length, `${accepted.length} of ${revoked.length} notices arrived`);
+  const ids = new Set(accepted.map((d) => d.headers['webhook-id']));
+  assert.equal(ids.size, accepted.length, 'a notice arrived twice');
+  const byCredential = new Map(revoked.map((c) => [c.id, c]));
+  for (const d of receiver.deliveries) {
+    assert.ok(signed(d), 'a bad signature');
+    assert.ok(Math.abs(Number(d.headers['webhook-timestamp']) - d.at / 1000) < 60);
+    const body = JSON.parse(d.body);
+    const c = byCredential.get(body.credential_id);
+    assert.ok(c, `a notice for ${body.credential_id}, which was not revoked`);
+    assert.equal(body.type, 'credential.status_changed');
+    assert.equal(body.id, d.headers['webhook-id']);
+    assert.deepEqual([body.user_id, body.provider, body.from, body.to, body.reason], [c.user, c.provider, 'valid', 'invalid_key', 'invalid_api_key']);
+    for (const k of creds) assert.ok(!d.body.includes(k.key), 'a key in a notice');
+  }
+  // The retry waited (NOTIFY_RETRY_BASE_SECONDS = 1).
+  const [first, second] = receiver.deliveries;
+  const retried = receiver.deliveries.find((d, i) => i > 1 && d.headers['webhook-id'] === first.headers['webhook-id']);
+  assert.ok(retried && retried.at - first.at >= 900, 'the failed notice was retried after its wait');
+  assert.ok(second);
 });

@@ -39,6 +39,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS credentials_fingerprint ON credentials (user_i
 CREATE INDEX IF NOT EXISTS credentials_by_last_validation ON credentials (last_validated_at);
 CREATE INDEX IF NOT EXISTS credentials_by_import_batch ON credentials (import_batch_id)
   WHERE import_batch_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS credentials_by_key_version ON credentials (key_version) WHERE key_version IS NOT NULL;
 
 -- The user's default credential and model per capability. Deleting a credential
 -- clears the preferences that pointed at it.
@@ -124,6 +125,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   created_at INTEGER NOT NULL,
   updated_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs (state, updated_at);
 
 -- Key-health notices waiting for delivery to NOTIFY_WEBHOOK_URL (one per change of a
 -- credential's status, written by the audit chainer; id is the event's and the

@@ -1,4 +1,5 @@
--- Migration 0004: the scheduled revalidation sweep and key-health notifications.
+-- Migration 0004: the scheduled revalidation sweep, key-health notifications and
+-- what master-key rotation looks up.
 
 -- When a sweep last queued the credential for a check (not a change of the row: the
 -- version does not move). A claim older than an hour is due again, so a lost message
@@ -18,4 +19,10 @@ CREATE TABLE notifications (
   last_error      TEXT,
   created_at      INTEGER NOT NULL
 );
-CREATE INDEX notifications_due ON notifications (next_attempt_at);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (next_attempt_at);
+
+-- Running jobs (the table is 0001's) are found by state, stalled ones by age.
+CREATE INDEX IF NOT EXISTS jobs_running ON jobs (state, updated_at);
+
+-- Which master key version each row is sealed under: health and rotation ask it.
+CREATE INDEX IF NOT EXISTS credentials_by_key_version ON credentials (key_version) WHERE key_version IS NOT NULL;

@@ -286,8 +286,19 @@ pub trait CredentialStore {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<(UserId, CredentialId, ProviderId)>, StoreError>;
-    /// Proves the database answers, at constant cost.
-    async fn ping(&self) -> Result<(), StoreError>;
+    /// Proves the database answers, at constant cost (one indexed row at most): returns a
+    /// master key version some row is sealed under that is not in `configured`, if any.
+    async fn ping(&self, configured: &[u32]) -> Result<Option<u32>, StoreError>;
+    /// Credentials sealed under a version other than `active`, whole (model lists
+    /// included), in id order after `after`, at most `limit`: a rewrap's next chunk.
+    async fn stale_keys(
+        &self,
+        active: u32,
+        after: Option<&CredentialId>,
+        limit: u32,
+    ) -> Result<Vec<Credential>, StoreError>;
+    /// How many credentials are sealed under a version other than `active`.
+    async fn count_stale(&self, active: u32) -> Result<u64, StoreError>;
     async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, StoreError>;
     /// Sets the preference with its event, if the user still holds the credential it names;
     /// `false` (and nothing written) if that credential is gone.
@@ -350,6 +361,41 @@ pub trait NotificationStore {
     ) -> Result<(), StoreError>;
     /// When the earliest waiting notice is due.
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
+}
+
+/// A background job's progress, as `GET /v1/admin/jobs/{id}` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub kind: String,
+    /// `running` or `done`.
+    pub state: String,
+    pub total: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Where the next chunk starts (the last credential id handled).
+    pub cursor: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// Where job progress is kept (`jobs`).
+#[async_trait(?Send)]
+pub trait JobStore {
+    async fn create_job(&self, job: &JobRecord) -> Result<(), StoreError>;
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// Records one chunk: the counts moved on, the cursor, the state.
+    async fn advance_job(
+        &self,
+        id: &str,
+        done: u64,
+        failed: u64,
+        cursor: Option<&str>,
+        state: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Running jobs not advanced since `before` (their message was lost), at most `limit`.
+    async fn stalled_jobs(&self, before: Timestamp, limit: u32) -> Result<Vec<String>, StoreError>;
 }
 
 /// Where background jobs go (`JOBS_QUEUE`).

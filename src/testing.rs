@@ -224,6 +224,8 @@ pub(crate) struct MemoryStore {
     pub reads: Cell<u32>,
     /// The sweep's claims: credential and when.
     pub claims: RefCell<Vec<(CredentialId, Timestamp)>>,
+    /// Background jobs' progress.
+    pub jobs: RefCell<Vec<crate::ports::JobRecord>>,
 }
 
 impl MemoryStore {
@@ -489,8 +491,89 @@ impl CredentialStore for MemoryStore {
         Ok(Some(provider))
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.check()
+    async fn ping(&self, configured: &[u32]) -> Result<Option<u32>, StoreError> {
+        self.check()?;
+        Ok(self
+            .rows
+            .borrow()
+            .iter()
+            .filter_map(|c| c.secret.as_ref().map(|s| s.key_version.get()))
+            .find(|v| !configured.contains(v)))
+    }
+
+    async fn stale_keys(
+        &self,
+        active: u32,
+        after: Option<&CredentialId>,
+        limit: u32,
+    ) -> Result<Vec<Credential>, StoreError> {
+        self.check()?;
+        let mut rows: Vec<Credential> = self
+            .rows
+            .borrow()
+            .iter()
+            .filter(|c| {
+                c.secret
+                    .as_ref()
+                    .is_some_and(|s| s.key_version.get() != active)
+            })
+            .filter(|c| after.is_none_or(|a| c.id.as_str() > a.as_str()))
+            .cloned()
+            .collect();
+        rows.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        rows.truncate(limit as usize);
+        Ok(rows)
+    }
+
+    async fn count_stale(&self, active: u32) -> Result<u64, StoreError> {
+        Ok(self.stale_keys(active, None, u32::MAX).await?.len() as u64)
+    }
+}
+
+#[async_trait(?Send)]
+impl crate::ports::JobStore for MemoryStore {
+    async fn create_job(&self, job: &crate::ports::JobRecord) -> Result<(), StoreError> {
+        self.check()?;
+        self.jobs.borrow_mut().push(job.clone());
+        Ok(())
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<crate::ports::JobRecord>, StoreError> {
+        self.check()?;
+        Ok(self.jobs.borrow().iter().find(|j| j.id == id).cloned())
+    }
+
+    async fn advance_job(
+        &self,
+        id: &str,
+        done: u64,
+        failed: u64,
+        cursor: Option<&str>,
+        state: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        for j in self.jobs.borrow_mut().iter_mut().filter(|j| j.id == id) {
+            j.done += done;
+            j.failed += failed;
+            if let Some(c) = cursor {
+                j.cursor = Some(c.to_owned());
+            }
+            j.state = state.to_owned();
+            j.updated_at = now;
+        }
+        Ok(())
+    }
+
+    async fn stalled_jobs(&self, before: Timestamp, limit: u32) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .jobs
+            .borrow()
+            .iter()
+            .filter(|j| j.state == "running" && j.updated_at < before)
+            .take(limit as usize)
+            .map(|j| j.id.clone())
+            .collect())
     }
 }
 

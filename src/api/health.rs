@@ -4,16 +4,24 @@
 use serde_json::json;
 
 use super::{App, Response};
+use crate::config::Config;
 use crate::crypto::MasterKeyError;
 use crate::error::ApiError;
 use crate::system_keys::SystemKeys;
 
 pub(super) async fn health(app: &App<'_>) -> Response {
-    let database_ok = match app.store.ping().await {
-        Ok(()) => true,
+    let configured: Vec<u32> = match app.config {
+        Ok(Config {
+            master_keys: Ok(keys),
+            ..
+        }) => keys.versions().map(|v| v.get()).collect(),
+        _ => Vec::new(),
+    };
+    let (database_ok, orphan) = match app.store.ping(&configured).await {
+        Ok(orphan) => (true, orphan),
         Err(e) => {
             (app.log)(&format!("health: database check failed: {e}"));
-            false
+            (false, None)
         }
     };
     // A configuration problem is reported before a database one.
@@ -25,6 +33,15 @@ pub(super) async fn health(app: &App<'_>) -> Response {
             ("error", "unknown", Some(e))
         }
         Ok(c) => match &c.master_keys {
+            // A version configured away while rows still use it: those keys cannot be read.
+            Ok(_) if orphan.is_some() => (
+                "ok",
+                "version_missing",
+                Some(ApiError::not_configured(format!(
+                    "Master key version {} seals stored keys but is not in MASTER_KEYS; put it back until a rotation has moved every row off it.",
+                    orphan.unwrap_or_default()
+                ))),
+            ),
             Ok(_) => ("ok", "ok", None),
             Err(e) => {
                 let check = if *e == MasterKeyError::Missing {

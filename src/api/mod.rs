@@ -139,6 +139,8 @@ pub struct App<'a> {
     pub upstream: &'a dyn crate::ports::Upstream,
     /// Where background jobs go (`JOBS_QUEUE`).
     pub jobs: &'a dyn crate::ports::JobQueue,
+    /// Where background jobs' progress is kept.
+    pub job_store: &'a dyn crate::ports::JobStore,
     /// Infisical's per-isolate cache of system keys (`SYSTEM_KEYS_SOURCE = "infisical"`).
     pub infisical: Option<&'a crate::system_keys::InfisicalCache>,
 }

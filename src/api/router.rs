@@ -55,6 +55,8 @@ pub(super) static ROUTES: &[Route] = &[
     Route { method: "GET",    path: "/v1/audit",                     handler: User(|c| Box::pin(audit::list(c))) },
     Route { method: "GET",    path: "/v1/audit/verify",              handler: User(|c| Box::pin(audit::verify(c))) },
     Route { method: "POST",   path: "/v1/admin/revalidate",          handler: Service(Scope::Admin, |c| Box::pin(admin::revalidate(c))) },
+    Route { method: "POST",   path: "/v1/admin/master-key/rotate",   handler: Service(Scope::Admin, |c| Box::pin(admin::rotate(c))) },
+    Route { method: "GET",    path: "/v1/admin/jobs/{id}",           handler: Service(Scope::Admin, |c| Box::pin(admin::job(c))) },
     Route { method: "POST",   path: "/v1/resolve",                   handler: Service(Scope::Resolve, |c| Box::pin(resolve::resolve(c))) },
     Route { method: "*",      path: "/v1/proxy/{provider}/{*}",      handler: Proxy(|c| Box::pin(proxy::proxy(c))) },
 ];
@@ -99,11 +101,18 @@ pub(crate) struct ServiceCtx<'r> {
     pub app: &'r App<'r>,
     pub config: &'r Config,
     pub request: &'r Request,
+    /// The `{…}` segments of the path, in order.
+    pub params: Vec<&'r str>,
     origin: Origin,
     note: &'r dyn Fn(&str),
 }
 
 impl<'r> ServiceCtx<'r> {
+    /// The path parameter at `i` (the route's pattern guarantees it is there).
+    pub(super) fn param(&self, i: usize) -> &'r str {
+        self.params.get(i).copied().unwrap_or_default()
+    }
+
     pub(super) fn vault(&self) -> Vault<'r> {
         vault(self.app, self.config, self.note)
     }
@@ -316,6 +325,7 @@ pub(super) async fn dispatch(
                 app,
                 config,
                 request,
+                params: params.clone(),
                 origin,
                 note: &note,
             };

@@ -12,7 +12,9 @@ use crate::domain::{
     Capability, Credential, CredentialId, CredentialParams, CredentialStatus, KeyColumns,
     Preference, ProviderId, Timestamp, UserId,
 };
-use crate::ports::{CredentialStore, Inserted, Occupancy, StoreError, Written};
+use crate::ports::{
+    CredentialStore, Inserted, JobRecord, JobStore, Occupancy, StoreError, Written,
+};
 use crate::providers;
 
 use super::audit_store::outbox_insert;
@@ -516,16 +518,50 @@ impl CredentialStore for D1Store<'_> {
             .map(|p| p.info().id))
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        // Constant cost: reads at most one row, whatever the table holds.
-        self.db
-            .first::<f64>(
-                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM credentials LIMIT 1)",
-                &[],
+    async fn ping(&self, configured: &[u32]) -> Result<Option<u32>, StoreError> {
+        // Constant cost: one row at most, found by the key-version index.
+        let versions: Vec<u32> = configured.to_vec();
+        let found: Option<f64> = self
+            .db
+            .first(
+                "SELECT key_version AS v FROM credentials WHERE key_version IS NOT NULL \
+                 AND key_version NOT IN (SELECT value FROM json_each(?1)) LIMIT 1",
+                &[json(&versions)],
+                Some("v"),
+            )
+            .await?;
+        Ok(found.map(|v| v as u32))
+    }
+
+    async fn stale_keys(
+        &self,
+        active: u32,
+        after: Option<&CredentialId>,
+        limit: u32,
+    ) -> Result<Vec<Credential>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM credentials WHERE key_version IS NOT NULL AND key_version != ?1 \
+             AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3"
+        );
+        let args = [
+            num(u64::from(active)),
+            opt_text(after.map(CredentialId::as_str)),
+            num(u64::from(limit)),
+        ];
+        let rows: Vec<Row> = self.db.all(&sql, &args).await?;
+        rows.into_iter().map(Row::into_credential).collect()
+    }
+
+    async fn count_stale(&self, active: u32) -> Result<u64, StoreError> {
+        let n: Option<f64> = self
+            .db
+            .first(
+                "SELECT COUNT(*) AS n FROM credentials WHERE key_version IS NOT NULL AND key_version != ?1",
+                &[num(u64::from(active))],
                 Some("n"),
             )
             .await?;
-        Ok(())
+        Ok(n.unwrap_or(0.0) as u64)
     }
 
     async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, StoreError> {
@@ -587,5 +623,106 @@ impl CredentialStore for D1Store<'_> {
             ])
             .await?;
         Ok(changes(&results, 1) > 0)
+    }
+}
+
+#[derive(Deserialize)]
+struct JobRow {
+    id: String,
+    kind: String,
+    state: String,
+    total: f64,
+    done: f64,
+    failed: f64,
+    cursor: Option<String>,
+    created_at: f64,
+    updated_at: f64,
+}
+
+#[async_trait(?Send)]
+impl JobStore for D1Store<'_> {
+    async fn create_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.db
+            .run(
+                "INSERT INTO jobs (id, kind, state, total, done, failed, cursor, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                &[
+                    text(&job.id),
+                    text(&job.kind),
+                    text(&job.state),
+                    num(job.total),
+                    num(job.done),
+                    num(job.failed),
+                    opt_text(job.cursor.as_deref()),
+                    millis(job.created_at),
+                    millis(job.updated_at),
+                ],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let row: Option<JobRow> = self
+            .db
+            .first(
+                "SELECT id, kind, state, total, done, failed, cursor, created_at, updated_at \
+                 FROM jobs WHERE id = ?1",
+                &[text(id)],
+                None,
+            )
+            .await?;
+        Ok(row.map(|r| JobRecord {
+            id: r.id,
+            kind: r.kind,
+            state: r.state,
+            total: r.total as u64,
+            done: r.done as u64,
+            failed: r.failed as u64,
+            cursor: r.cursor,
+            created_at: Timestamp::from_millis(r.created_at as u64),
+            updated_at: Timestamp::from_millis(r.updated_at as u64),
+        }))
+    }
+
+    async fn advance_job(
+        &self,
+        id: &str,
+        done: u64,
+        failed: u64,
+        cursor: Option<&str>,
+        state: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.db
+            .run(
+                "UPDATE jobs SET done = done + ?2, failed = failed + ?3, cursor = COALESCE(?4, cursor), \
+                 state = ?5, updated_at = ?6 WHERE id = ?1",
+                &[
+                    text(id),
+                    num(done),
+                    num(failed),
+                    opt_text(cursor),
+                    text(state),
+                    millis(now),
+                ],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn stalled_jobs(&self, before: Timestamp, limit: u32) -> Result<Vec<String>, StoreError> {
+        #[derive(Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let rows: Vec<Id> = self
+            .db
+            .all(
+                "SELECT id FROM jobs WHERE state = 'running' AND updated_at < ?1 LIMIT ?2",
+                &[millis(before), num(u64::from(limit))],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
     }
 }

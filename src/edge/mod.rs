@@ -96,6 +96,7 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
         http: &fetch::FetchClient,
         upstream: &fetch::FetchUpstream,
         jobs: &jobs,
+        job_store: &store,
         clock: &runtime::WorkerClock,
         jitter: &SystemJitter,
         audit: &sink,
@@ -163,16 +164,23 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
             );
         }
     }
-    // The revalidation sweep: one claim, one queue call per hundred credentials due.
+    // Jobs whose message was lost (a restart mid-rotation) carry on.
     let now = Timestamp::from_millis(runtime::now_ms());
-    match crate::jobs::sweep(
-        &credential_store::D1Store::new(&db),
-        &jobs,
-        now,
-        config.revalidate_after_hours,
-    )
-    .await
-    {
+    let credentials = credential_store::D1Store::new(&db);
+    let stalled_before = Timestamp::from_millis(now.as_millis().saturating_sub(300_000));
+    match crate::ports::JobStore::stalled_jobs(&credentials, stalled_before, 5).await {
+        Ok(stalled) => {
+            for job_id in stalled {
+                let job = [crate::jobs::Job::Rewrap { job_id }];
+                if let Err(e) = crate::ports::JobQueue::send(&jobs, &job).await {
+                    worker::console_error!("cron: resuming a stalled job failed: {e}");
+                }
+            }
+        }
+        Err(e) => worker::console_error!("cron: looking for stalled jobs failed: {e}"),
+    }
+    // The revalidation sweep: one claim, one queue call per hundred credentials due.
+    match crate::jobs::sweep(&credentials, &jobs, now, config.revalidate_after_hours).await {
         Ok(n) => worker::console_log!(
             "cron '{}': queued {n} credential(s) for revalidation",
             event.cron()
@@ -273,14 +281,19 @@ async fn run_jobs(
         log: &log,
         infisical: isolate.infisical.as_ref(),
     };
-    let notifier = config
-        .webhooks
-        .as_ref()
-        .map(|settings| crate::jobs::Notifier {
-            store: audit,
-            settings,
-        });
-    let ran = crate::jobs::run(&vault, notifier.as_ref(), bodies, &log).await;
+    let workers = crate::jobs::Workers {
+        vault: &vault,
+        notifier: config
+            .webhooks
+            .as_ref()
+            .map(|settings| crate::jobs::Notifier {
+                store: audit,
+                settings,
+            }),
+        progress: &store,
+        queue: jobs,
+    };
+    let ran = crate::jobs::run(&workers, bodies, &log).await;
     for (m, outcome) in messages.iter().zip(ran.outcomes) {
         match outcome {
             crate::jobs::JobOutcome::Ack => m.ack(),

@@ -2,13 +2,17 @@
 //! what is due and fans it out; the consumer checks a bounded number per invocation).
 //! Pure: the queue and the store are ports, the checks are the vault's.
 
+mod rotation;
+
+pub use rotation::{start_rotation, REWRAP_CHUNK};
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::audit::{Actor, ActorType, Origin};
 use crate::domain::{CredentialId, Timestamp, UserId};
 use crate::notify::{deliver, Delivered, WebhookSettings};
-use crate::ports::{CredentialStore, JobQueue, NotificationStore, StoreError};
+use crate::ports::{CredentialStore, JobQueue, JobStore, NotificationStore, StoreError};
 use crate::vault::{Revalidated, Vault};
 
 /// One message on `JOBS_QUEUE`.
@@ -24,6 +28,8 @@ pub enum Job {
     },
     /// Deliver the key-health notices that are due.
     Notify,
+    /// Re-encrypt the next chunk of a master-key rotation (`jobs` row `job_id`).
+    Rewrap { job_id: String },
 }
 
 /// What to do with one message once its job ran.
@@ -112,14 +118,19 @@ pub struct Notifier<'a> {
     pub settings: &'a WebhookSettings,
 }
 
+/// What the jobs consumer works with.
+pub struct Workers<'a> {
+    pub vault: &'a Vault<'a>,
+    pub notifier: Option<Notifier<'a>>,
+    pub progress: &'a dyn JobStore,
+    /// For a job's next step.
+    pub queue: &'a dyn JobQueue,
+}
+
 /// Runs one batch of job messages. A message that is not a job is acknowledged (and
 /// logged): retrying it cannot make it one.
-pub async fn run(
-    vault: &Vault<'_>,
-    notifier: Option<&Notifier<'_>>,
-    bodies: &[Value],
-    log: &dyn Fn(&str),
-) -> Ran {
+pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
+    let vault = w.vault;
     let origin = sweep_origin();
     let mut per_provider: Vec<(String, usize)> = Vec::new();
     let mut out = Vec::with_capacity(bodies.len());
@@ -137,7 +148,13 @@ pub async fn run(
                 queued_at,
             }) => (user_id, credential_id, provider, queued_at),
             Some(Job::Notify) => {
-                out.push(notify(vault, notifier, log).await);
+                out.push(notify(vault, w.notifier.as_ref(), log).await);
+                continue;
+            }
+            Some(Job::Rewrap { job_id }) => {
+                let (outcome, rewrapped) = rotation::step(w, &job_id, log).await;
+                events += rewrapped;
+                out.push(outcome);
                 continue;
             }
             None => {

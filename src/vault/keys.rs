@@ -250,3 +250,59 @@ impl Vault<'_> {
         }
     }
 }
+
+/// What a master-key rewrap did to one row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rewrap {
+    /// Sealed again under the active version (with its `master_key.rotated` event).
+    Done,
+    /// The row no longer decrypts under any configured version: left as it is.
+    Unreadable,
+    /// Changed or gone since it was read (a rotation by its user seals under the active
+    /// version anyway), or keyless: nothing to do.
+    Moved,
+}
+
+impl Vault<'_> {
+    /// Seals `read`'s key again under the active master key version, with a fresh
+    /// fingerprint, through the version-conditional write; what is written is opened back
+    /// first, so a row is never left under a key that cannot open it.
+    pub async fn rewrap(
+        &self,
+        read: &Credential,
+        origin: &crate::audit::Origin,
+    ) -> Result<Rewrap, ApiError> {
+        let keys = self.master_keys()?;
+        let Some(sealed) = &read.secret else {
+            return Ok(Rewrap::Moved);
+        };
+        let binding = read.binding();
+        let Ok(key) = open(keys, &binding, sealed) else {
+            return Ok(Rewrap::Unreadable);
+        };
+        let fresh = seal(keys, &binding, &key)
+            .map_err(|e| ApiError::internal().caused_by(format!("sealing: {e}")))?;
+        if !open(keys, &binding, &fresh).is_ok_and(|back| back.expose() == key.expose()) {
+            return Err(ApiError::internal().caused_by("a rewrapped key did not open back"));
+        }
+        let (from, to) = (sealed.key_version.get(), fresh.key_version.get());
+        let mut next = read.clone();
+        next.fingerprint = fingerprint(
+            keys,
+            keys.active(),
+            &read.user_id,
+            read.provider,
+            &fingerprint_material(&key, &read.params),
+        );
+        next.secret = Some(fresh);
+        next.updated_at = self.clock.now();
+        let mut facts = Facts::new(crate::audit::Action::MasterKeyRotated);
+        facts.about(&read.id, Some(read.provider));
+        facts.detail = Some(serde_json::json!({"from_version": from, "to_version": to}));
+        let event = facts.event(origin, &read.user_id, next.updated_at, None);
+        Ok(match self.store.update(&next, &event).await? {
+            crate::ports::Written::Done => Rewrap::Done,
+            _ => Rewrap::Moved,
+        })
+    }
+}

@@ -16,6 +16,7 @@ mod revalidation;
 mod usage;
 
 pub use commands::{CredentialPatch, NewCredential};
+pub use keys::Rewrap;
 pub use revalidation::Revalidated;
 pub use usage::{KeyInUse, Verdict};
 

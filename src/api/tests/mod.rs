@@ -126,6 +126,7 @@ impl World {
             http: &http,
             upstream: &http,
             jobs: &self.jobs,
+            job_store: &self.store,
             clock: &self.clock,
             jitter: &FixedJitter(0.5),
             audit: &self.audit,
@@ -263,5 +264,6 @@ mod credentials;
 mod hardening;
 mod lifecycle;
 mod requests;
+mod rotation;
 mod sweep;
 mod usage;

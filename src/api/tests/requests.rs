@@ -124,6 +124,7 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
             http: &http,
             upstream: &http,
             jobs: &w.jobs,
+            job_store: &w.store,
             clock: &w.clock,
             jitter: &FixedJitter(0.5),
             audit: &w.audit,

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::domain::{CredentialStatus, Timestamp};
-use crate::jobs::{run, Job, JobOutcome};
+use crate::jobs::{run, Job, JobOutcome, Workers};
 use crate::testing::respond_with;
 use crate::vault::Vault;
 
@@ -54,7 +54,13 @@ impl World {
             .drain(..)
             .map(|j| Value::String(serde_json::to_string(&j).unwrap()))
             .collect();
-        let ran = block_on(run(&vault, None, &bodies, &|_: &str| {}));
+        let workers = Workers {
+            vault: &vault,
+            notifier: None,
+            progress: &self.store,
+            queue: &self.jobs,
+        };
+        let ran = block_on(run(&workers, &bodies, &|_: &str| {}));
         block_on(crate::audit::drain(&self.audit, 5)).unwrap();
         (ran.outcomes, http.calls())
     }

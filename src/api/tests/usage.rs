@@ -64,6 +64,7 @@ impl World {
             http: &http,
             upstream: &http,
             jobs: &self.jobs,
+            job_store: &self.store,
             clock: &self.clock,
             jitter: &FixedJitter(0.5),
             audit: &self.audit,

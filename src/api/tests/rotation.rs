@@ -1,0 +1,220 @@
+//! Master-key rotation: the job re-encrypts every row under the active version in
+//! chunks, resumably; health names a version still in use but configured away.
+
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::jobs::{run, Job, Workers, REWRAP_CHUNK};
+use crate::vault::Vault;
+
+const ADMIN: &str = "svc-admin-token-for-rotations";
+const V2: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+static JITTER: FixedJitter = FixedJitter(0.5);
+
+fn tokens() -> String {
+    let sha: String = Sha256::digest(ADMIN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(r#"[{{"name":"ops","sha256":"{sha}","scopes":["admin"]}}]"#)
+}
+
+/// The world's configuration with `ring` as MASTER_KEYS and `active`.
+fn configured(ring: &str, active: &str) -> Config {
+    let tokens = tokens();
+    config_with(
+        false,
+        &[
+            ("SERVICE_TOKENS", &tokens),
+            ("MASTER_KEYS", ring),
+            ("MASTER_KEY_ACTIVE", active),
+        ],
+    )
+}
+
+fn both() -> String {
+    format!(r#"{{"1":"{MASTER}","2":"{V2}"}}"#)
+}
+
+impl World {
+    fn admin(&self, method: &str, path: &str) -> (u16, Value) {
+        let (s, v, _) = self.call_with_token(method, path, Some(ADMIN.into()), None, vec![]);
+        (s, v)
+    }
+
+    /// Runs every queued job message through the consumer, `rounds` times at most; how
+    /// many messages ran.
+    fn run_jobs(&self, rounds: usize) -> usize {
+        let mut ran = 0;
+        for _ in 0..rounds {
+            let bodies: Vec<Value> = self
+                .jobs
+                .sent
+                .borrow_mut()
+                .drain(..)
+                .map(|j| Value::String(serde_json::to_string(&j).unwrap()))
+                .collect();
+            if bodies.is_empty() {
+                break;
+            }
+            ran += bodies.len();
+            let http = FakeHttp::new(&self.clock, vec![]);
+            let vault = Vault {
+                config: &self.config,
+                store: &self.store,
+                http: &http,
+                clock: &self.clock,
+                jitter: &JITTER,
+                limiter: &self.limiter,
+                log: &|_: &str| {},
+                infisical: None,
+            };
+            let workers = Workers {
+                vault: &vault,
+                notifier: None,
+                progress: &self.store,
+                queue: &self.jobs,
+            };
+            block_on(run(&workers, &bodies, &|_: &str| {}));
+        }
+        block_on(crate::audit::drain(&self.audit, 20)).unwrap();
+        ran
+    }
+
+    fn versions(&self) -> Vec<u32> {
+        self.store
+            .rows
+            .borrow()
+            .iter()
+            .map(|c| c.secret.as_ref().unwrap().key_version.get())
+            .collect()
+    }
+}
+
+/// 25 users with a key each, sealed under version 1; then version 2 is made active.
+fn rotated_world() -> World {
+    let mut w = World::with_config(&[]);
+    for i in 0..25 {
+        assert_eq!(w.add_key(&format!("u_{i}"), KEY, valid()).0, 201);
+    }
+    w.config = configured(&both(), "2");
+    w
+}
+
+#[test]
+fn a_rotation_reencrypts_every_row_in_chunks_and_reports_progress() {
+    let w = rotated_world();
+    let (s, job) = w.admin("POST", "/v1/admin/master-key/rotate");
+    assert_eq!(
+        (s, job["total"].as_u64(), job["state"].as_str()),
+        (202, Some(25), Some("running")),
+        "{job}"
+    );
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    // One chunk: progress shows.
+    let first = w.jobs.sent.borrow().clone();
+    assert_eq!(first, [Job::Rewrap { job_id: id.clone() }]);
+    w.run_jobs(1);
+    let (_, progress) = w.admin("GET", &format!("/v1/admin/jobs/{id}"));
+    assert_eq!(
+        (progress["done"].as_u64(), progress["state"].as_str()),
+        (Some(u64::from(REWRAP_CHUNK)), Some("running"))
+    );
+    // The rest.
+    w.run_jobs(10);
+    let (_, progress) = w.admin("GET", &format!("/v1/admin/jobs/{id}"));
+    assert_eq!(
+        (
+            &progress["state"],
+            &progress["done"],
+            &progress["failed"],
+            &progress["total"]
+        ),
+        (&json!("done"), &json!(25), &json!(0), &json!(25))
+    );
+    assert!(w.versions().iter().all(|v| *v == 2));
+    // Every key still opens, under version 2 alone.
+    let mut w = w;
+    w.config = configured(&format!(r#"{{"2":"{V2}"}}"#), "2");
+    let (s, body, _) = w.call("GET", "/v1/health", None, None, vec![]);
+    assert_eq!(s, 200, "{body}");
+    let (s, c, _) = w.call(
+        "POST",
+        &format!("/v1/credentials/{}/validate", w.stored().id),
+        Some("u_0"),
+        None,
+        valid(),
+    );
+    assert_eq!((s, c["status"].as_str()), (200, Some("valid")), "{c}");
+    let trail = w.actions("u_3");
+    assert!(
+        trail
+            .iter()
+            .any(|(a, o, _)| a == "master_key.rotated" && o == "success"),
+        "{trail:?}"
+    );
+}
+
+#[test]
+fn a_lost_message_is_resumed_and_a_redelivery_redoes_nothing() {
+    let w = rotated_world();
+    let (_, job) = w.admin("POST", "/v1/admin/master-key/rotate");
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    w.run_jobs(1);
+    // The next step's message is lost (the server stopped).
+    let lost = w.jobs.sent.borrow_mut().drain(..).count();
+    assert_eq!(lost, 1);
+    // A redelivery of the first message carries on from the cursor, redoing nothing.
+    w.jobs
+        .sent
+        .borrow_mut()
+        .push(Job::Rewrap { job_id: id.clone() });
+    w.run_jobs(1);
+    w.jobs.sent.borrow_mut().clear();
+    let (_, progress) = w.admin("GET", &format!("/v1/admin/jobs/{id}"));
+    assert_eq!(progress["done"], 2 * REWRAP_CHUNK);
+    assert!(w.jobs.sent.borrow().is_empty(), "not stalled yet");
+    // Stalled: asking for the progress sets it going again.
+    w.clock.advance(31_000);
+    w.admin("GET", &format!("/v1/admin/jobs/{id}"));
+    w.run_jobs(10);
+    let (_, progress) = w.admin("GET", &format!("/v1/admin/jobs/{id}"));
+    assert_eq!(
+        (&progress["state"], &progress["done"]),
+        (&json!("done"), &json!(25))
+    );
+    assert!(w.versions().iter().all(|v| *v == 2));
+}
+
+#[test]
+fn health_names_a_version_still_in_use_that_is_configured_away() {
+    let mut w = World::with_config(&[]);
+    w.added();
+    w.config = configured(&format!(r#"{{"2":"{V2}"}}"#), "2");
+    let (s, body, _) = w.call("GET", "/v1/health", None, None, vec![]);
+    assert_eq!(
+        (s, body["checks"]["master_key"].as_str()),
+        (503, Some("version_missing")),
+        "{body}"
+    );
+    assert!(body["detail"].as_str().unwrap().contains("version 1"));
+}
+
+#[test]
+fn a_row_that_no_longer_opens_is_counted_failed_and_left_alone() {
+    let w = rotated_world();
+    {
+        let mut rows = w.store.rows.borrow_mut();
+        let sealed = rows[4].secret.as_mut().unwrap();
+        sealed.ciphertext[0] ^= 1;
+    }
+    let (_, job) = w.admin("POST", "/v1/admin/master-key/rotate");
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    w.run_jobs(10);
+    let (_, progress) = w.admin("GET", &format!("/v1/admin/jobs/{id}"));
+    assert_eq!(
+        (&progress["state"], &progress["done"], &progress["failed"]),
+        (&json!("done"), &json!(24), &json!(1))
+    );
+    assert_eq!(w.versions().iter().filter(|v| **v == 1).count(), 1);
+}

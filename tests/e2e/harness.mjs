@@ -104,9 +104,10 @@ export function withoutAuditQueueProducer(toml) {
  * worker of such a session, so it is the default exactly when RATE_LIMITS is off; a vault
  * with its live-check limits on runs alone, and `vault.sql` then asks wrangler itself.
  */
-export async function startVault({ secrets = {}, vars = {}, config, front = vars.RATE_LIMITS === 'off' } = {}) {
+export async function startVault({ secrets = {}, vars = {}, config, front = vars.RATE_LIMITS === 'off', state: reuse } = {}) {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'byok-e2e-'));
-  const state = path.join(dir, 'state');
+  // `state` carries an earlier vault's local D1 and queues over (a restart).
+  const state = reuse ?? path.join(dir, 'state');
   const all = {
     ENVIRONMENT: 'development',
     MASTER_KEY: crypto.randomBytes(32).toString('base64'),

@@ -367,7 +367,17 @@ impl CredentialStore for MemoryStore {
             })
             .cloned()
             .collect();
-        due.sort_by_key(|c| c.last_validated_at.map_or(0, Timestamp::as_millis));
+        // The least recently attempted first: a check that keeps failing goes to the back.
+        let attempted = |c: &Credential| {
+            let queued = claims
+                .iter()
+                .find(|(id, _)| *id == c.id)
+                .map_or(0, |(_, at)| at.as_millis());
+            c.last_validated_at
+                .map_or(0, Timestamp::as_millis)
+                .max(queued)
+        };
+        due.sort_by_key(|c| attempted(c));
         due.truncate(limit as usize);
         claims.retain(|(id, _)| !due.iter().any(|c| &c.id == id));
         claims.extend(due.iter().map(|c| (c.id.clone(), now)));

@@ -403,7 +403,8 @@ impl CredentialStore for D1Store<'_> {
                    SELECT id FROM credentials \
                    WHERE (last_validated_at IS NULL OR last_validated_at <= ?1) \
                      AND (revalidation_queued_at IS NULL OR revalidation_queued_at < ?2) \
-                   ORDER BY last_validated_at LIMIT ?4) \
+                   ORDER BY MAX(COALESCE(last_validated_at, 0), COALESCE(revalidation_queued_at, 0)) \
+                   LIMIT ?4) \
                  RETURNING id, user_id, provider",
                 &[
                     millis(cutoff),

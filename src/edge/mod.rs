@@ -79,7 +79,7 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     .await?;
     let db = db::Db::new(&env);
     let store = credential_store::D1Store::new(&db);
-    let audit_log = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(config));
+    let audit_log = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(&env));
     let sink = audit_queue::OutboxAuditSink {
         queue: env.queue("AUDIT_QUEUE").ok(),
         db: &db,
@@ -113,8 +113,11 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
     runtime::write_response(response)
 }
 
-fn webhooks_on(config: Option<&Config>) -> bool {
-    config.is_some_and(|c| c.webhooks.is_some())
+/// Whether chaining writes key-health notices: decided by the variable itself, so an
+/// isolate whose configuration has an unrelated problem still writes them (a notice not
+/// written with its event's commit is never written).
+fn webhooks_on(env: &Env) -> bool {
+    runtime::env_string(env, "NOTIFY_WEBHOOK_URL").is_some_and(|u| !u.trim().is_empty())
 }
 
 /// After a chaining that wrote key-health notices, the deliverer is woken on JOBS_QUEUE
@@ -135,8 +138,7 @@ const CRON_CHAIN_ROUNDS: usize = 7;
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let db = db::Db::new(&env);
-    let config = isolate(&env).config().ok();
-    let store = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(config));
+    let store = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(&env));
     let jobs = jobs_queue::QueueJobs {
         queue: env.queue("JOBS_QUEUE").ok(),
     };
@@ -179,13 +181,23 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
         }
         Err(e) => worker::console_error!("cron: looking for stalled jobs failed: {e}"),
     }
-    // The revalidation sweep: one claim, one queue call per hundred credentials due.
-    match crate::jobs::sweep(&credentials, &jobs, now, config.revalidate_after_hours).await {
-        Ok(n) => worker::console_log!(
-            "cron '{}': queued {n} credential(s) for revalidation",
+    // The revalidation sweep: one claim, one queue call per hundred credentials due
+    // (none without a master key: nothing could be opened).
+    if config.master_keys.is_err() {
+        worker::console_error!(
+            "cron '{}': no usable master key; no revalidation sweep",
             event.cron()
-        ),
-        Err(e) => worker::console_error!("cron '{}': revalidation sweep failed: {e}", event.cron()),
+        );
+    } else {
+        match crate::jobs::sweep(&credentials, &jobs, now, config.revalidate_after_hours).await {
+            Ok(n) => worker::console_log!(
+                "cron '{}': queued {n} credential(s) for revalidation",
+                event.cron()
+            ),
+            Err(e) => {
+                worker::console_error!("cron '{}': revalidation sweep failed: {e}", event.cron())
+            }
+        }
     }
     let days = config.audit_retention_days;
     let cutoff = Timestamp::from_millis(runtime::now_ms().saturating_sub(days * 86_400_000));
@@ -209,8 +221,7 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
         .collect();
     let log = |line: &str| worker::console_log!("{line}");
     let db = db::Db::new(&env);
-    let config = isolate(&env).config().ok();
-    let store = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(config));
+    let store = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(&env));
     let jobs = jobs_queue::QueueJobs {
         queue: env.queue("JOBS_QUEUE").ok(),
     };
@@ -262,9 +273,13 @@ async fn run_jobs(
 ) -> worker::Result<()> {
     let isolate = isolate(env);
     let Ok(config) = isolate.config() else {
-        worker::console_error!("jobs: the configuration has problems; retrying later");
+        worker::console_error!("jobs: the configuration has problems; retrying in 5 minutes");
         for m in messages {
-            m.retry();
+            m.retry_with_options(
+                &worker::QueueRetryOptionsBuilder::new()
+                    .with_delay_seconds(300)
+                    .build(),
+            );
         }
         return Ok(());
     };

@@ -135,6 +135,7 @@ pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
     let mut per_provider: Vec<(String, usize)> = Vec::new();
     let mut out = Vec::with_capacity(bodies.len());
     let mut events = 0;
+    let mut delivered = false;
     for body in bodies {
         let job = match body {
             Value::String(text) => serde_json::from_str::<Job>(text).ok(),
@@ -147,7 +148,13 @@ pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
                 provider,
                 queued_at,
             }) => (user_id, credential_id, provider, queued_at),
+            // One delivery run per invocation; another wake-up in the batch adds nothing.
+            Some(Job::Notify) if delivered => {
+                out.push(JobOutcome::Ack);
+                continue;
+            }
             Some(Job::Notify) => {
+                delivered = true;
                 out.push(notify(vault, w.notifier.as_ref(), log).await);
                 continue;
             }
@@ -155,6 +162,13 @@ pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
                 let (outcome, rewrapped) = rotation::step(w, &job_id, log).await;
                 events += rewrapped;
                 out.push(outcome);
+                continue;
+            }
+            // A kind this build does not know (a newer one, mid-deploy) waits for one that
+            // does; what is no job at all is dropped.
+            None if kind_of(body).is_some() => {
+                log("jobs: a job of an unknown kind; retrying later");
+                out.push(JobOutcome::RetryAfter(300));
                 continue;
             }
             None => {
@@ -228,4 +242,13 @@ async fn notify(
             JobOutcome::RetryAfter(30)
         }
     }
+}
+
+/// The `kind` a message names, if it is a JSON object with one.
+fn kind_of(body: &Value) -> Option<String> {
+    let value = match body {
+        Value::String(text) => serde_json::from_str::<Value>(text).ok()?,
+        other => other.clone(),
+    };
+    value.get("kind")?.as_str().map(str::to_owned)
 }

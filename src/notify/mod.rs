@@ -27,7 +27,10 @@ pub struct Notice {
 
 /// The notice a chained event makes, if it records a change of status.
 pub fn notice_of(event: &AuditEvent) -> Option<Notice> {
-    if event.action != Action::CredentialValidated {
+    if !matches!(
+        event.action,
+        Action::CredentialValidated | Action::CredentialRotated | Action::CredentialUpdated
+    ) {
         return None;
     }
     let detail = event.detail.as_ref()?;
@@ -77,7 +80,8 @@ impl WebhookSettings {
             errors.push(ConfigError { var, problem });
         };
         let url = match check_base_url(&url, allow_private) {
-            Ok(u) => Some(u),
+            // Sent to exactly as configured (a trailing slash can matter to a receiver).
+            Ok(_) => Some(url.trim().to_owned()),
             Err(e) => {
                 err("NOTIFY_WEBHOOK_URL", format!("is not allowed: it {e}"));
                 None
@@ -150,8 +154,9 @@ impl WebhookSettings {
 
 /// Notices one delivery run sends at most (one subrequest each).
 pub const DELIVERIES_PER_RUN: u32 = 10;
-/// Attempts before a notice is given up (with the default base, about a day and a half).
-pub const MAX_ATTEMPTS: u32 = 12;
+/// Attempts before a notice is given up: with the default base, five hours of doubling
+/// waits, then one an hour, about a day in all.
+pub const MAX_ATTEMPTS: u32 = 30;
 /// How long a claimed notice is left to its deliverer before another may take it.
 const LEASE_MS: u64 = 60_000;
 const TIMEOUT_MS: u64 = 5_000;
@@ -194,7 +199,8 @@ pub async fn deliver(
                 ),
             ],
             body: Some(body.into_bytes()),
-            max_response_bytes: 4096,
+            // A receiver may answer with a page; only its status counts.
+            max_response_bytes: 1024 * 1024,
         };
         let problem = match http.send(request, TIMEOUT_MS).await {
             Ok(r) if (200..300).contains(&r.status) => None,
@@ -284,6 +290,10 @@ mod tests {
         let mut created = status_change("valid", "invalid_key");
         created.action = Action::CredentialCreated;
         assert!(notice_of(&created).is_none());
+        // A dead key replaced by a good one is a change of status too.
+        let mut rotated = status_change("invalid_key", "valid");
+        rotated.action = Action::CredentialRotated;
+        assert!(notice_of(&rotated).is_some());
     }
 
     #[test]

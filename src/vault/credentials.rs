@@ -317,6 +317,18 @@ impl Vault<'_> {
                 next.model = model.clone();
             }
             next.updated_at = now;
+            // A new key can change the status (a dead key replaced): the event says so,
+            // and the key-health webhook follows from it.
+            let mut detail = json!({ "changed": changed });
+            if next.status != current.status {
+                if let Some(change) = status_change(&current, &next).as_object() {
+                    detail
+                        .as_object_mut()
+                        .into_iter()
+                        .for_each(|d| d.extend(change.clone()));
+                }
+            }
+            done.detail = Some(detail);
             let event = self.new_event(caller, &done);
             match self.store.update(&next, &event).await {
                 Ok(Written::Done) => {

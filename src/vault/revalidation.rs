@@ -35,6 +35,8 @@ pub enum Revalidated {
 
 /// How long a transient failure waits before the message is tried again.
 const TRANSIENT_RETRY_SECONDS: u64 = 60;
+/// The least a provider's back-off waits (a 429 without a hint is not retried at once).
+const MIN_BACK_OFF_SECONDS: u64 = 2;
 
 impl Vault<'_> {
     /// Re-checks `user`'s credential `id`, queued at `queued_at`, for the sweep.
@@ -52,6 +54,18 @@ impl Vault<'_> {
         if read.last_validated_at.is_some_and(|at| at >= queued_at) {
             return Ok(Revalidated::Skipped("checked since it was queued"));
         }
+        // A row sealed under a version that is not configured (an operator's mistake, or
+        // a rotation under way) says nothing about the key: leave it alone.
+        let keys = self.master_keys()?;
+        if read
+            .secret
+            .as_ref()
+            .is_some_and(|s| !keys.versions().any(|v| v == s.key_version))
+        {
+            return Ok(Revalidated::Skipped(
+                "its master key version is not configured",
+            ));
+        }
         let provider = providers::find(read.provider.as_str())
             .ok_or_else(|| ApiError::internal().caused_by("unknown provider in a stored row"))?;
         let outcome = match self.open_key(&read)? {
@@ -68,7 +82,9 @@ impl Vault<'_> {
                     Ok(accepted) => Ok(accepted),
                     Err(Failure::RateLimited { retry_after_ms, .. }) => {
                         return Ok(Revalidated::Deferred {
-                            retry_after_seconds: retry_after_ms.div_ceil(1000).max(1),
+                            retry_after_seconds: retry_after_ms
+                                .div_ceil(1000)
+                                .max(MIN_BACK_OFF_SECONDS),
                         })
                     }
                     // An outage says nothing about the key: ask again later.

@@ -212,3 +212,30 @@ fn a_sweep_never_undoes_a_rotation_and_a_redelivery_checks_nothing_twice() {
     assert_eq!((outcomes.as_slice(), calls), (&[JobOutcome::Ack][..], 0));
     let _ = Timestamp::from_millis(0);
 }
+
+#[test]
+fn a_row_under_a_master_key_version_configured_away_is_left_alone() {
+    let mut w = world();
+    w.added();
+    w.clock.advance(1000);
+    w.sweep_now();
+    let before = w.stored();
+    // Version 1 was dropped from the configuration by mistake.
+    let tokens = w.config.service_tokens.clone();
+    w.config = crate::config::Config::parse(|k| match k {
+        "AUTH_JWT_SECRET" => Some(SECRET.into()),
+        "AUTH_AUDIENCE" => Some(AUDIENCE.into()),
+        "MASTER_KEYS" => Some(r#"{"2":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="}"#.into()),
+        "REVALIDATE_AFTER_HOURS" => Some("0".into()),
+        _ => None,
+    })
+    .unwrap();
+    w.config.service_tokens = tokens;
+    let (outcomes, calls) = w.consume(vec![]);
+    assert_eq!((outcomes.as_slice(), calls), (&[JobOutcome::Ack][..], 0));
+    let after = w.stored();
+    assert_eq!(
+        (after.status, after.version),
+        (before.status, before.version)
+    );
+}

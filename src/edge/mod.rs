@@ -320,8 +320,16 @@ async fn run_jobs(
         }
     }
     if ran.events > 0 {
-        if let Err(e) = drain(audit, 1).await {
-            worker::console_error!("jobs: chaining failed ({e}); the events wait for the cron");
+        // The audit consumer (one at a time) chains them; chaining here could lose a race
+        // with it and leave them for the cron.
+        let nudged = match env.queue("AUDIT_QUEUE") {
+            Ok(q) => q.send(crate::audit::nudge_body("jobs")).await.is_ok(),
+            Err(_) => false,
+        };
+        if !nudged {
+            if let Err(e) = drain(audit, 1).await {
+                worker::console_error!("jobs: chaining failed ({e}); the events wait for the cron");
+            }
         }
     }
     wake_deliverer(jobs, audit).await;

@@ -157,9 +157,10 @@ pub const DELIVERIES_PER_RUN: u32 = 10;
 /// Attempts before a notice is given up: with the default base, five hours of doubling
 /// waits, then one an hour, about a day in all.
 pub const MAX_ATTEMPTS: u32 = 30;
-/// How long a claimed notice is left to its deliverer before another may take it.
-const LEASE_MS: u64 = 60_000;
-const TIMEOUT_MS: u64 = 5_000;
+/// How long a claimed notice is left to its deliverer before another may take it: twice
+/// a run's worst case (every receiver call timing out).
+const LEASE_MS: u64 = 2 * TIMEOUT_MS * DELIVERIES_PER_RUN as u64;
+const TIMEOUT_MS: u64 = 3_000;
 
 /// What one delivery run did.
 #[derive(Debug, Default, PartialEq)]

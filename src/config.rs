@@ -245,6 +245,12 @@ impl Config {
                 true
             }
         };
+        if revalidate_after_hours == 0 && environment == Environment::Production {
+            err(
+                "REVALIDATE_AFTER_HOURS",
+                "may not be 0 in production (every key would be probed every hour)",
+            );
+        }
         if !rate_limits && environment == Environment::Production {
             err("RATE_LIMITS", "may not be off in production");
         }
@@ -415,6 +421,22 @@ mod tests {
         assert_eq!(c.master_keys.as_ref().err(), Some(&MasterKeyError::Missing));
         let eleven = providers::find("elevenlabs").unwrap().info().id;
         assert_eq!(c.endpoints(eleven), ["https://api.elevenlabs.io"]);
+    }
+
+    #[test]
+    fn a_sweep_of_every_key_every_hour_is_for_development_only() {
+        let hours = ("REVALIDATE_AFTER_HOURS", "0");
+        let errors = Config::parse(vars(&[SECRET, AUDIENCE, hours]))
+            .err()
+            .unwrap();
+        assert_eq!(errors[0].var, "REVALIDATE_AFTER_HOURS");
+        let dev = ("ENVIRONMENT", "development");
+        assert_eq!(
+            Config::parse(vars(&[SECRET, hours, dev]))
+                .unwrap()
+                .revalidate_after_hours,
+            0
+        );
     }
 
     #[test]

@@ -298,12 +298,22 @@ impl CredentialStore for MemoryStore {
         id: &CredentialId,
     ) -> Result<Option<Credential>, StoreError> {
         self.check()?;
+        let claim = self
+            .claims
+            .borrow()
+            .iter()
+            .find(|(c, _)| c == id)
+            .map(|(_, at)| *at);
         Ok(self
             .rows
             .borrow()
             .iter()
             .find(|c| &c.user_id == user && &c.id == id)
-            .cloned())
+            .cloned()
+            .map(|c| Credential {
+                revalidation_queued_at: claim,
+                ..c
+            }))
     }
 
     async fn list(

@@ -75,6 +75,8 @@ pub struct Credential {
     pub last_validated_at: Option<Timestamp>,
     /// When the key was last used (resolve, proxy); set by the audit chainer.
     pub last_used_at: Option<Timestamp>,
+    /// When a revalidation sweep last claimed it: the claim its queued check must carry.
+    pub revalidation_queued_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// The row version: every write moves it on by one, and is conditional on the version

@@ -91,7 +91,8 @@ fn mutable_values(c: &Credential) -> [JsValue; 17] {
 
 const COLUMNS: &str = "id, user_id, provider, label, key_hint, key_version, nonce, ciphertext, \
     fingerprint, params, model, status, status_detail, warnings, quota, models, models_fetched_at, \
-    consecutive_failures, last_validated_at, created_at, updated_at, version, last_used_at";
+    consecutive_failures, last_validated_at, created_at, updated_at, version, last_used_at, \
+    revalidation_queued_at";
 
 #[derive(Deserialize)]
 struct Row {
@@ -118,6 +119,7 @@ struct Row {
     updated_at: f64,
     version: Option<f64>,
     last_used_at: Option<f64>,
+    revalidation_queued_at: Option<f64>,
     /// Only in `holdings`: the user's default for the capability, as JSON.
     #[serde(default)]
     preference: Option<String>,
@@ -163,6 +165,7 @@ impl Row {
             consecutive_failures: self.consecutive_failures.unwrap_or(0.0) as u32,
             last_validated_at: self.last_validated_at.map(ms),
             last_used_at: self.last_used_at.map(ms),
+            revalidation_queued_at: self.revalidation_queued_at.map(ms),
             created_at: ms(self.created_at),
             updated_at: ms(self.updated_at),
             version: self.version.unwrap_or(0.0) as u64,

@@ -237,6 +237,7 @@ mod tests {
             consecutive_failures: 0,
             last_validated_at: None,
             last_used_at: None,
+            revalidation_queued_at: None,
             created_at: now,
             updated_at: now,
             version: 1,

@@ -54,6 +54,14 @@ impl Vault<'_> {
         if read.last_validated_at.is_some_and(|at| at >= queued_at) {
             return Ok(Revalidated::Skipped("checked since it was queued"));
         }
+        // A later sweep claimed it again (this message waited past the claim's hour): the
+        // newer message checks it, this one does nothing.
+        if read
+            .revalidation_queued_at
+            .is_some_and(|at| at != queued_at)
+        {
+            return Ok(Revalidated::Skipped("superseded by a newer claim"));
+        }
         // A row sealed under a version that is not configured (an operator's mistake, or
         // a rotation under way) says nothing about the key: leave it alone.
         let keys = self.master_keys()?;

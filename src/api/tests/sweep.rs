@@ -19,7 +19,11 @@ fn world() -> World {
         .map(|b| format!("{b:02x}"))
         .collect();
     let tokens = format!(r#"[{{"name":"ops","sha256":"{sha}","scopes":["admin"]}}]"#);
-    World::with_config(&[("SERVICE_TOKENS", &tokens), ("REVALIDATE_AFTER_HOURS", "0")])
+    World::with_config(&[
+        ("SERVICE_TOKENS", &tokens),
+        ("REVALIDATE_AFTER_HOURS", "0"),
+        ("ENVIRONMENT", "development"),
+    ])
 }
 
 impl World {
@@ -227,6 +231,7 @@ fn a_row_under_a_master_key_version_configured_away_is_left_alone() {
         "AUTH_AUDIENCE" => Some(AUDIENCE.into()),
         "MASTER_KEYS" => Some(r#"{"2":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="}"#.into()),
         "REVALIDATE_AFTER_HOURS" => Some("0".into()),
+        "ENVIRONMENT" => Some("development".into()),
         _ => None,
     })
     .unwrap();
@@ -238,4 +243,28 @@ fn a_row_under_a_master_key_version_configured_away_is_left_alone() {
         (after.status, after.version),
         (before.status, before.version)
     );
+}
+
+#[test]
+fn a_message_that_outlived_its_claim_gives_way_to_the_newer_one() {
+    let w = world();
+    w.added();
+    w.clock.advance(1000);
+    w.sweep_now();
+    let old = w.jobs.sent.borrow_mut().drain(..).collect::<Vec<_>>();
+    // The check was deferred past the claim's hour; the next sweep claims it again.
+    w.clock.advance(crate::jobs::CLAIM_TTL_MS + 1);
+    w.sweep_now();
+    let new = w.jobs.sent.borrow_mut().drain(..).collect::<Vec<_>>();
+    assert_eq!(new.len(), 1);
+    *w.jobs.sent.borrow_mut() = old;
+    let (outcomes, calls) = w.consume(vec![]);
+    assert_eq!(
+        (outcomes.as_slice(), calls),
+        (&[JobOutcome::Ack][..], 0),
+        "the stale message checked"
+    );
+    *w.jobs.sent.borrow_mut() = new;
+    let (_, calls) = w.consume(valid());
+    assert_eq!(calls, 2, "the newer message checks it");
 }

@@ -11,8 +11,10 @@ use crate::domain::{CredentialId, Timestamp};
 use crate::ports::{CredentialStore, JobQueue, JobRecord, JobStore, StoreError};
 use crate::vault::Rewrap;
 
-/// Rows one message re-encrypts (each is one conditional write).
-pub const REWRAP_CHUNK: u32 = 10;
+/// Rows one message re-encrypts (each is one conditional write: with the chunk's read
+/// and its progress, 23 D1 queries, leaving room in the invocation's 50 for the other
+/// messages of its batch).
+pub const REWRAP_CHUNK: u32 = 20;
 
 fn origin() -> Origin {
     Origin {

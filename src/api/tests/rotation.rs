@@ -91,10 +91,13 @@ impl World {
     }
 }
 
-/// 25 users with a key each, sealed under version 1; then version 2 is made active.
+/// Two chunks and a bit of users with a key each, sealed under version 1; then version 2
+/// is made active.
+const USERS: u64 = 2 * REWRAP_CHUNK as u64 + 5;
+
 fn rotated_world() -> World {
     let mut w = World::with_config(&[]);
-    for i in 0..25 {
+    for i in 0..USERS {
         assert_eq!(w.add_key(&format!("u_{i}"), KEY, valid()).0, 201);
     }
     w.config = configured(&both(), "2");
@@ -107,7 +110,7 @@ fn a_rotation_reencrypts_every_row_in_chunks_and_reports_progress() {
     let (s, job) = w.admin("POST", "/v1/admin/master-key/rotate");
     assert_eq!(
         (s, job["total"].as_u64(), job["state"].as_str()),
-        (202, Some(25), Some("running")),
+        (202, Some(USERS), Some("running")),
         "{job}"
     );
     let id = job["job_id"].as_str().unwrap().to_owned();
@@ -130,7 +133,7 @@ fn a_rotation_reencrypts_every_row_in_chunks_and_reports_progress() {
             &progress["failed"],
             &progress["total"]
         ),
-        (&json!("done"), &json!(25), &json!(0), &json!(25))
+        (&json!("done"), &json!(USERS), &json!(0), &json!(USERS))
     );
     assert!(w.versions().iter().all(|v| *v == 2));
     // Every key still opens, under version 2 alone.
@@ -181,7 +184,7 @@ fn a_lost_message_is_resumed_and_a_redelivery_redoes_nothing() {
     let (_, progress) = w.admin("GET", &format!("/v1/admin/jobs/{id}"));
     assert_eq!(
         (&progress["state"], &progress["done"]),
-        (&json!("done"), &json!(25))
+        (&json!("done"), &json!(USERS))
     );
     assert!(w.versions().iter().all(|v| *v == 2));
 }
@@ -214,7 +217,7 @@ fn a_row_that_no_longer_opens_is_counted_failed_and_left_alone() {
     let (_, progress) = w.admin("GET", &format!("/v1/admin/jobs/{id}"));
     assert_eq!(
         (&progress["state"], &progress["done"], &progress["failed"]),
-        (&json!("done"), &json!(24), &json!(1))
+        (&json!("done"), &json!(USERS - 1), &json!(1))
     );
     assert_eq!(w.versions().iter().filter(|v| **v == 1).count(), 1);
 }

@@ -23,8 +23,7 @@ impl OutboxAuditSink<'_> {
     /// Sends `body` on the queue; says why not when it cannot.
     async fn send_body(&self, body: String) -> Result<(), String> {
         match &self.queue {
-            Some(queue) => queue
-                .send(body)
+            Some(queue) => super::queue_send::send(queue, body)
                 .await
                 .map_err(|e| format!("queue send failed ({e})")),
             None => Err("AUDIT_QUEUE is not bound".to_owned()),

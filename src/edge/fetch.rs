@@ -7,9 +7,7 @@ use async_trait::async_trait;
 use futures::future::{select, Either};
 use futures::StreamExt;
 use worker::wasm_bindgen::JsValue;
-use worker::{
-    AbortController, Delay, Fetch, Headers, Method as WMethod, RequestInit, RequestRedirect,
-};
+use worker::{web_sys, AbortController, Delay, Fetch};
 
 use crate::ports::{
     BodyStream, HttpClient, HttpError, HttpRequest, HttpResponse, Method, Streamed, Upstream,
@@ -17,27 +15,32 @@ use crate::ports::{
 
 pub(super) struct FetchClient;
 
-/// The Fetch request for `req`: redirects come back as they are.
+/// The Fetch request for `req`: redirects come back as they are. Built with web_sys's
+/// `RequestInit`: worker's own converts its `cf` properties too, code none of this uses.
 fn build(req: &HttpRequest) -> Result<worker::Request, HttpError> {
-    let headers = Headers::new();
-    for (name, value) in &req.headers {
-        // The error would quote the value, which may be a key: report only the name.
-        headers
-            .set(name, value)
-            .map_err(|_| HttpError::Network(format!("header {name} is not valid")))?;
+    let init = web_sys::RequestInit::new();
+    if !req.headers.is_empty() {
+        let headers = web_sys::Headers::new()
+            .map_err(|_| HttpError::Network("the request could not be built".into()))?;
+        for (name, value) in &req.headers {
+            // The error would quote the value, which may be a key: report only the name.
+            headers
+                .set(name, value)
+                .map_err(|_| HttpError::Network(format!("header {name} is not valid")))?;
+        }
+        init.set_headers(&headers);
     }
-    let mut init = RequestInit::new();
-    init.with_method(match req.method {
-        Method::Get => WMethod::Get,
-        Method::Post => WMethod::Post,
-    })
-    .with_headers(headers)
+    init.set_method(match req.method {
+        Method::Get => "GET",
+        Method::Post => "POST",
+    });
     // A redirect comes back as it is: its target never passed the endpoint guard.
-    .with_redirect(RequestRedirect::Manual);
+    init.set_redirect(web_sys::RequestRedirect::Manual);
     if let Some(body) = &req.body {
-        init.with_body(Some(JsValue::from(js_sys_bytes(body))));
+        init.set_body(&JsValue::from(js_sys_bytes(body)));
     }
-    worker::Request::new_with_init(&req.url, &init)
+    web_sys::Request::new_with_str_and_init(&req.url, &init)
+        .map(worker::Request::from)
         .map_err(|_| HttpError::Network("the request could not be built".into()))
 }
 

@@ -20,8 +20,7 @@ impl JobQueue for QueueJobs {
             .iter()
             .map(|j| serde_json::to_string(j).unwrap_or_default())
             .collect();
-        queue
-            .send_batch(bodies)
+        super::queue_send::send_batch(queue, bodies)
             .await
             .map_err(|e| format!("queue send failed ({e})"))
     }

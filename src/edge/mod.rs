@@ -8,6 +8,7 @@ mod db;
 mod fetch;
 mod jobs_queue;
 mod limits;
+mod queue_send;
 mod runtime;
 mod webcrypto;
 
@@ -323,7 +324,9 @@ async fn run_jobs(
         // The audit consumer (one at a time) chains them; chaining here could lose a race
         // with it and leave them for the cron.
         let nudged = match env.queue("AUDIT_QUEUE") {
-            Ok(q) => q.send(crate::audit::nudge_body("jobs")).await.is_ok(),
+            Ok(q) => queue_send::send(&q, crate::audit::nudge_body("jobs"))
+                .await
+                .is_ok(),
             Err(_) => false,
         };
         if !nudged {

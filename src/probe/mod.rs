@@ -166,6 +166,16 @@ impl<'a> Prober<'a> {
         build: impl Fn() -> HttpRequest,
         classify: impl Fn(&HttpResponse) -> Verdict,
     ) -> Result<HttpResponse, Failure> {
+        self.call_dyn(provider, &build, &classify).await
+    }
+
+    /// [`Prober::call`]'s loop, compiled once rather than once per caller's closures.
+    async fn call_dyn(
+        &self,
+        provider: &str,
+        build: &dyn Fn() -> HttpRequest,
+        classify: &dyn Fn(&HttpResponse) -> Verdict,
+    ) -> Result<HttpResponse, Failure> {
         let mut attempt = 0;
         loop {
             let now = self.clock.now();

@@ -37,7 +37,7 @@ pub fn nudge_body(event_id: &str) -> String {
 /// Reads a message body (the producers send JSON text).
 pub fn parse_message(body: &Value) -> Message {
     let value = match body {
-        Value::String(text) => match serde_json::from_str::<Value>(text) {
+        Value::String(text) => match serde_json::from_slice::<Value>(text.as_bytes()) {
             Ok(v) => v,
             Err(_) => return Message::Unreadable,
         },

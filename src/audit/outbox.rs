@@ -58,7 +58,7 @@ pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPla
     ordered.sort_by_key(|p| p.pos);
     for p in ordered {
         out.done.push(p.pos);
-        let event = match serde_json::from_str::<AuditEvent>(&p.body) {
+        let event = match serde_json::from_slice::<AuditEvent>(p.body.as_bytes()) {
             Ok(e) if e.user_id.as_str() == p.user_id => e,
             Ok(_) => {
                 out.dead

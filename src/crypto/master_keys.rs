@@ -67,8 +67,8 @@ impl MasterKeys {
     }
 
     fn from_ring(json: &str, active: Option<&str>) -> Result<Self, MasterKeyError> {
-        let raw: BTreeMap<String, String> =
-            serde_json::from_str(json).map_err(|_| MasterKeyError::MalformedKeyRing)?;
+        let raw: BTreeMap<String, String> = serde_json::from_slice(json.as_bytes())
+            .map_err(|_| MasterKeyError::MalformedKeyRing)?;
         let mut keys = BTreeMap::new();
         for (version, b64) in &raw {
             let v = version

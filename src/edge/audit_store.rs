@@ -99,7 +99,7 @@ impl Row {
         let detail = self
             .detail
             .as_deref()
-            .and_then(|d| serde_json::from_str::<Value>(d).ok());
+            .and_then(|d| serde_json::from_slice::<Value>(d.as_bytes()).ok());
         let value = json!({
             "id": self.id, "at": self.at as u64, "user_id": self.user_id, "action": self.action,
             "actor": {"type": self.actor_type, "id": self.actor_id},

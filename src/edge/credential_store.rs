@@ -126,7 +126,8 @@ struct Row {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(s: &Option<String>) -> Option<T> {
-    s.as_deref().and_then(|s| serde_json::from_str(s).ok())
+    s.as_deref()
+        .and_then(|s| serde_json::from_slice(s.as_bytes()).ok())
 }
 
 impl Row {

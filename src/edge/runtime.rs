@@ -25,7 +25,7 @@ pub(super) fn message_body(body: &worker::wasm_bindgen::JsValue) -> serde_json::
         None => worker::js_sys::JSON::stringify(body)
             .ok()
             .and_then(|s| s.as_string())
-            .and_then(|s| serde_json::from_str(&s).ok())
+            .and_then(|s| serde_json::from_slice(s.as_bytes()).ok())
             .unwrap_or(serde_json::Value::Null),
     }
 }

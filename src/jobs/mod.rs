@@ -138,7 +138,7 @@ pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
     let mut delivered = false;
     for body in bodies {
         let job = match body {
-            Value::String(text) => serde_json::from_str::<Job>(text).ok(),
+            Value::String(text) => serde_json::from_slice::<Job>(text.as_bytes()).ok(),
             other => serde_json::from_value::<Job>(other.clone()).ok(),
         };
         let (user_id, credential_id, provider, queued_at) = match job {
@@ -247,7 +247,7 @@ async fn notify(
 /// The `kind` a message names, if it is a JSON object with one.
 fn kind_of(body: &Value) -> Option<String> {
     let value = match body {
-        Value::String(text) => serde_json::from_str::<Value>(text).ok()?,
+        Value::String(text) => serde_json::from_slice::<Value>(text.as_bytes()).ok()?,
         other => other.clone(),
     };
     value.get("kind")?.as_str().map(str::to_owned)

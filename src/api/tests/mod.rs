@@ -20,6 +20,7 @@ const MODELS: &str = r#"[{"model_id":"eleven_multilingual_v2","name":"Eleven Mul
 const INVALID: &str = r#"{"detail":{"status":"invalid_api_key","message":"Invalid API key"}}"#;
 
 const AUDIENCE: &str = "https://app.example";
+static JITTER: FixedJitter = FixedJitter(0.5);
 
 fn config(master: bool) -> Config {
     config_with(master, &[])
@@ -120,23 +121,7 @@ impl World {
             assert!(!line.contains(KEY), "key in log: {line}");
             self.logs.borrow_mut().push(line.to_owned());
         };
-        let app = App {
-            config: Ok(&self.config),
-            store: &self.store,
-            http: &http,
-            upstream: &http,
-            jobs: &self.jobs,
-            job_store: &self.store,
-            clock: &self.clock,
-            jitter: &FixedJitter(0.5),
-            audit: &self.audit,
-            audit_log: &self.audit,
-            jwks: self.jwks.as_ref(),
-            signatures: &crate::testing::RustCryptoVerifier,
-            limiter: &self.limiter,
-            log: &log,
-            infisical: None,
-        };
+        let app = self.app(&http, &log);
         let mut headers = vec![
             ("content-type".to_string(), "application/json".to_string()),
             (
@@ -165,6 +150,60 @@ impl World {
         );
         let value = serde_json::from_str(&text).unwrap_or(Value::Null);
         (response.status, value, response)
+    }
+
+    /// The app over this world's seams, with `http` as the providers and `log` for lines.
+    fn app<'a>(&'a self, http: &'a FakeHttp<'a>, log: &'a dyn Fn(&str)) -> App<'a> {
+        App {
+            config: Ok(&self.config),
+            store: &self.store,
+            http,
+            upstream: http,
+            jobs: &self.jobs,
+            job_store: &self.store,
+            clock: &self.clock,
+            jitter: &JITTER,
+            audit: &self.audit,
+            audit_log: &self.audit,
+            jwks: self.jwks.as_ref(),
+            signatures: &crate::testing::RustCryptoVerifier,
+            limiter: &self.limiter,
+            log,
+            infisical: None,
+        }
+    }
+
+    /// Runs the job messages queued so far through the consumer, with `script` as the
+    /// providers' answers, then chains the events they wrote: the outcomes and how many
+    /// provider calls were made.
+    fn run_queued_jobs(&self, script: Vec<Scripted>) -> (Vec<crate::jobs::JobOutcome>, usize) {
+        let http = FakeHttp::new(&self.clock, script);
+        let vault = crate::vault::Vault {
+            config: &self.config,
+            store: &self.store,
+            http: &http,
+            clock: &self.clock,
+            jitter: &JITTER,
+            limiter: &self.limiter,
+            log: &|_: &str| {},
+            infisical: None,
+        };
+        let bodies: Vec<Value> = self
+            .jobs
+            .sent
+            .borrow_mut()
+            .drain(..)
+            .map(|j| Value::String(serde_json::to_string(&j).unwrap()))
+            .collect();
+        let workers = crate::jobs::Workers {
+            vault: &vault,
+            notifier: None,
+            progress: &self.store,
+            queue: &self.jobs,
+        };
+        let ran = block_on(crate::jobs::run(&workers, &bodies, &|_: &str| {}));
+        block_on(crate::audit::drain(&self.audit, 5)).unwrap();
+        (ran.outcomes, http.calls())
     }
 
     fn add(&self, user: &str) -> (u16, Value) {

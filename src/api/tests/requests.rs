@@ -118,23 +118,7 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
     let w = World::new();
     let preflight = |origin: &str| {
         let http = FakeHttp::new(&w.clock, vec![]);
-        let app = App {
-            config: Ok(&w.config),
-            store: &w.store,
-            http: &http,
-            upstream: &http,
-            jobs: &w.jobs,
-            job_store: &w.store,
-            clock: &w.clock,
-            jitter: &FixedJitter(0.5),
-            audit: &w.audit,
-            audit_log: &w.audit,
-            jwks: None,
-            signatures: &crate::testing::RustCryptoVerifier,
-            limiter: &w.limiter,
-            log: &|_: &str| {},
-            infisical: None,
-        };
+        let app = w.app(&http, &|_: &str| {});
         let request = Request {
             method: "OPTIONS".into(),
             url: Url::parse("https://vault.test/v1/credentials").unwrap(),

@@ -6,12 +6,10 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::domain::{CredentialStatus, Timestamp};
-use crate::jobs::{run, Job, JobOutcome, Workers};
+use crate::jobs::{Job, JobOutcome};
 use crate::testing::respond_with;
-use crate::vault::Vault;
 
 const ADMIN: &str = "svc-admin-token-for-sweeps";
-static JITTER: FixedJitter = FixedJitter(0.5);
 
 fn world() -> World {
     let sha: String = Sha256::digest(ADMIN.as_bytes())
@@ -40,33 +38,7 @@ impl World {
 
     /// Runs the queued jobs through the consumer with `script` as the providers' answers.
     fn consume(&self, script: Vec<Scripted>) -> (Vec<JobOutcome>, usize) {
-        let http = FakeHttp::new(&self.clock, script);
-        let vault = Vault {
-            config: &self.config,
-            store: &self.store,
-            http: &http,
-            clock: &self.clock,
-            jitter: &JITTER,
-            limiter: &self.limiter,
-            log: &|_: &str| {},
-            infisical: None,
-        };
-        let bodies: Vec<Value> = self
-            .jobs
-            .sent
-            .borrow_mut()
-            .drain(..)
-            .map(|j| Value::String(serde_json::to_string(&j).unwrap()))
-            .collect();
-        let workers = Workers {
-            vault: &vault,
-            notifier: None,
-            progress: &self.store,
-            queue: &self.jobs,
-        };
-        let ran = block_on(run(&workers, &bodies, &|_: &str| {}));
-        block_on(crate::audit::drain(&self.audit, 5)).unwrap();
-        (ran.outcomes, http.calls())
+        self.run_queued_jobs(script)
     }
 
     fn status_of(&self, user: &str) -> CredentialStatus {

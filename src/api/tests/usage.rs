@@ -58,23 +58,7 @@ impl World {
                 "key in log: {line}"
             );
         };
-        let app = App {
-            config: Ok(&self.config),
-            store: &self.store,
-            http: &http,
-            upstream: &http,
-            jobs: &self.jobs,
-            job_store: &self.store,
-            clock: &self.clock,
-            jitter: &FixedJitter(0.5),
-            audit: &self.audit,
-            audit_log: &self.audit,
-            jwks: None,
-            signatures: &crate::testing::RustCryptoVerifier,
-            limiter: &self.limiter,
-            log: &log,
-            infisical: None,
-        };
+        let app = self.app(&http, &log);
         let mut all = vec![
             (
                 "authorization".to_string(),

@@ -69,47 +69,44 @@ const DROPPED_QUERY: &[&str] = &[
     "code",
 ];
 
-pub(super) async fn proxy(ctx: &Ctx<'_>) -> Outcome {
-    let mut facts = Facts::new(Action::CredentialUsed);
-    match call(ctx, &mut facts).await {
-        // Refused before any key was chosen: nothing was used, nothing to audit.
-        Err(Early(e)) => Outcome::unaudited(Err(e)),
-        Ok(result) => Outcome::audited(result, facts),
-    }
+/// A refusal before any key was chosen (an unknown provider, an operation not allowed, a
+/// malformed option): nothing was used, so nothing is audited.
+fn refused(e: ApiError) -> Outcome {
+    Outcome::unaudited(Err(e))
 }
 
-/// A refusal before resolution (unknown provider, an operation not allowed).
-struct Early(ApiError);
-
-async fn call(ctx: &Ctx<'_>, facts: &mut Facts) -> Result<Result<Response, ApiError>, Early> {
-    let info = providers::find(ctx.param(0))
-        .ok_or_else(|| Early(ApiError::unknown_provider(ctx.param(0))))?
-        .info();
+pub(super) async fn proxy(ctx: &Ctx<'_>) -> Outcome {
+    let Some(info) = providers::find(ctx.param(0)).map(|p| p.info()) else {
+        return refused(ApiError::unknown_provider(ctx.param(0)));
+    };
     let path = upstream_path(ctx, info);
     let Some(operation) = info.operation(&ctx.request.method, path) else {
-        return Err(Early(
+        return refused(
             ApiError::forbidden(format!(
                 "{} {path} is not an operation the proxy forwards to {}.",
                 ctx.request.method, info.name
             ))
             .provider(info.id),
-        ));
+        );
     };
     let credential_id = match ctx.request.header("x-byok-credential-id") {
         None => None,
-        Some(raw) => Some(CredentialId::parse(raw.trim()).ok_or_else(|| {
-            Early(ApiError::invalid_request(vec![
-                crate::error::FieldError::new("X-Byok-Credential-Id", "is not a credential id"),
-            ]))
-        })?),
+        Some(raw) => match CredentialId::parse(raw.trim()) {
+            Some(id) => Some(id),
+            None => {
+                return refused(ApiError::invalid_request(vec![
+                    crate::error::FieldError::new("X-Byok-Credential-Id", "is not a credential id"),
+                ]))
+            }
+        },
     };
     let allow_fallback = match ctx.request.header("x-byok-allow-fallback").map(str::trim) {
         None | Some("true") => true,
         Some("false") => false,
         Some(_) => {
-            return Err(Early(ApiError::invalid_request(vec![
+            return refused(ApiError::invalid_request(vec![
                 crate::error::FieldError::new("X-Byok-Allow-Fallback", "must be true or false"),
-            ])))
+            ]))
         }
     };
     let ask = Ask {
@@ -118,8 +115,10 @@ async fn call(ctx: &Ctx<'_>, facts: &mut Facts) -> Result<Result<Response, ApiEr
         credential_id: credential_id.as_ref(),
         allow_fallback,
     };
+    let mut facts = Facts::new(Action::CredentialUsed);
     facts.provider = Some(info.id);
-    Ok(forward(ctx, info, operation, path, &ask, facts).await)
+    let result = forward(ctx, info, operation, path, &ask, &mut facts).await;
+    Outcome::audited(result, facts)
 }
 
 /// The provider's own path: what follows `/v1/proxy/{provider}`.

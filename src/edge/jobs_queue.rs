@@ -10,6 +10,15 @@ pub(super) struct QueueJobs {
     pub queue: Option<Queue>,
 }
 
+impl QueueJobs {
+    /// `JOBS_QUEUE`, if it is bound.
+    pub(super) fn new(env: &worker::Env) -> Self {
+        Self {
+            queue: env.queue("JOBS_QUEUE").ok(),
+        }
+    }
+}
+
 #[async_trait(?Send)]
 impl JobQueue for QueueJobs {
     async fn send(&self, jobs: &[Job]) -> Result<(), String> {

@@ -87,9 +87,7 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
         store: &audit_log,
     };
     let limiter = limits::BindingLimiter::new(&env);
-    let jobs = jobs_queue::QueueJobs {
-        queue: env.queue("JOBS_QUEUE").ok(),
-    };
+    let jobs = jobs_queue::QueueJobs::new(&env);
     let log = |line: &str| worker::console_log!("{line}");
     let app = App {
         config: isolate.config(),
@@ -140,9 +138,7 @@ const CRON_CHAIN_ROUNDS: usize = 7;
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let db = db::Db::new(&env);
     let store = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(&env));
-    let jobs = jobs_queue::QueueJobs {
-        queue: env.queue("JOBS_QUEUE").ok(),
-    };
+    let jobs = jobs_queue::QueueJobs::new(&env);
     // The sweeper: whatever a lost nudge left in the outbox is chained now.
     match drain(&store, CRON_CHAIN_ROUNDS).await {
         Ok(n) => worker::console_log!(
@@ -223,9 +219,7 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
     let log = |line: &str| worker::console_log!("{line}");
     let db = db::Db::new(&env);
     let store = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(&env));
-    let jobs = jobs_queue::QueueJobs {
-        queue: env.queue("JOBS_QUEUE").ok(),
-    };
+    let jobs = jobs_queue::QueueJobs::new(&env);
     if QueueRole::of(&name) == Some(QueueRole::Jobs) {
         return run_jobs(&env, &db, &store, &jobs, &messages, &bodies).await;
     }
@@ -322,18 +316,13 @@ async fn run_jobs(
     }
     if ran.events > 0 {
         // The audit consumer (one at a time) chains them; chaining here could lose a race
-        // with it and leave them for the cron.
-        let nudged = match env.queue("AUDIT_QUEUE") {
-            Ok(q) => queue_send::send(&q, crate::audit::nudge_body("jobs"))
-                .await
-                .is_ok(),
-            Err(_) => false,
+        // with it and leave them for the cron. The sink chains at once if it cannot nudge.
+        let sink = audit_queue::OutboxAuditSink {
+            queue: env.queue("AUDIT_QUEUE").ok(),
+            db,
+            store: audit,
         };
-        if !nudged {
-            if let Err(e) = drain(audit, 1).await {
-                worker::console_error!("jobs: chaining failed ({e}); the events wait for the cron");
-            }
-        }
+        crate::ports::AuditSink::nudge(&sink, "jobs").await;
     }
     wake_deliverer(jobs, audit).await;
     Ok(())

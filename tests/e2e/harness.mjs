@@ -1,5 +1,6 @@
 // Starts the real Worker under `wrangler dev` (workerd, local D1, local queues) on free
 // loopback ports with its own throw-away state directory, and always stops it.
+import assert from 'node:assert/strict';
 import { spawn, execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -68,6 +69,15 @@ export async function eventsOf(vault, user, n, timeoutMs = 20_000) {
     if (r.json.events.length >= n || Date.now() > deadline) return r.json.events.slice().reverse();
     await new Promise((res) => setTimeout(res, 250));
   }
+}
+
+/** A resolve answer's text for an assertion message: its `api_key` left out, so a failing
+ * test never prints a key. */
+export const withoutKey = (text) => text.replace(/"api_key":"[^"]*"/g, '"api_key":"…"');
+
+/** Asserts `actual` is the key `expected` without printing either when it is not. */
+export function assertSameKey(actual, expected, what = 'the key') {
+  assert.ok(actual === expected, `${what} is not the expected one`);
 }
 
 /** Applies migrations/ to the local D1 under `state`, as `scripts/dev.sh` does. */

@@ -6,7 +6,7 @@ import crypto from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 
 import { AUDIO, STREAM_GAP_MS, startFakeProviders } from './fake-providers.mjs';
-import { eventsOf, randomKey, startVault } from './harness.mjs';
+import { assertSameKey, eventsOf, randomKey, startVault, withoutKey } from './harness.mjs';
 
 const sha = (t) => crypto.createHash('sha256').update(t).digest('hex');
 const RESOLVER = `svc_${crypto.randomBytes(16).toString('hex')}`;
@@ -44,9 +44,9 @@ describe('resolve', () => {
   test("a service gets the user's key, and the use is audited with its source", async () => {
     const { id, key } = await add('u_res', 'elevenlabs');
     const r = await resolve({ user_id: 'u_res', capability: 'tts' });
-    assert.equal(r.status, 200, r.text);
+    assert.equal(r.status, 200, withoutKey(r.text));
     assert.equal(r.json.source, 'user');
-    assert.equal(r.json.api_key, key);
+    assertSameKey(r.json.api_key, key);
     assert.equal(r.json.credential_id, id);
     assert.equal(r.json.provider, 'elevenlabs');
     assert.equal(r.json.fallback_reason, null);
@@ -68,10 +68,10 @@ describe('resolve', () => {
 
   test('without a user key the system key serves, and the receipt says why', async () => {
     const r = await resolve({ user_id: 'u_sys', capability: 'llm', provider: 'openai' });
-    assert.equal(r.status, 200, r.text);
+    assert.equal(r.status, 200, withoutKey(r.text));
     assert.equal(r.json.source, 'system');
     assert.equal(r.json.fallback_reason, 'no_user_credential');
-    assert.equal(r.json.api_key, SYSTEM_OPENAI);
+    assertSameKey(r.json.api_key, SYSTEM_OPENAI, 'the system key');
     assert.equal(r.json.credential_id, null);
     const [use] = await usesOf('u_sys', 1);
     assert.equal(use.source, 'system');
@@ -86,7 +86,7 @@ describe('resolve', () => {
     const check = await vault.request('POST', `/v1/credentials/${id}/validate`, { user: 'u_dead' });
     assert.equal(check.json.status, 'invalid_key');
     const r = await resolve({ user_id: 'u_dead', capability: 'llm', provider: 'openai' });
-    assert.equal(r.json.source, 'system', r.text);
+    assert.equal(r.json.source, 'system', withoutKey(r.text));
     assert.equal(r.json.fallback_reason, 'user_credential_invalid');
     const none = await resolve({ user_id: 'u_dead', capability: 'llm', provider: 'openai', allow_fallback: false });
     assert.equal(none.status, 404, none.text);
@@ -121,7 +121,7 @@ describe('resolve under FALLBACK_POLICY=user_only', () => {
 
   test('a user with nothing gets no_credential naming the provider, never the system key', async () => {
     const r = await strict.request('POST', '/v1/resolve', { token: RESOLVER, body: { user_id: 'u_only', capability: 'llm', provider: 'openai' } });
-    assert.equal(r.status, 404, r.text);
+    assert.equal(r.status, 404, withoutKey(r.text));
     assert.equal(r.json.code, 'no_credential');
     assert.equal(r.json.provider, 'openai');
     assert.match(r.json.detail, /openai/);
@@ -248,7 +248,7 @@ describe('proxy', () => {
     assert.equal(res.headers.get('x-byok-fallback-reason'), 'no_user_credential');
     assert.equal(res.headers.get('x-byok-credential-id'), null);
     assert.equal((await res.json()).choices[0].message.content, 'Hello there!');
-    assert.equal(fake.requests.filter((r) => r.operation).at(-1).key, SYSTEM_OPENAI);
+    assertSameKey(fake.requests.filter((r) => r.operation).at(-1).key, SYSTEM_OPENAI, 'the key the provider saw');
     assert.ok(!vault.log().includes(SYSTEM_OPENAI));
   });
 });

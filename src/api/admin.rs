@@ -2,11 +2,14 @@
 
 use serde_json::json;
 
+use super::commands::{import_command, json_body};
 use super::router::{Outcome, ServiceCtx};
 use super::Response;
-use crate::error::ApiError;
+use crate::domain::BatchId;
+use crate::error::{ApiError, FieldError};
 use crate::jobs::{start_rotation, sweep, Job, SWEEP_FANOUT};
-use crate::ports::JobRecord;
+use crate::ports::{BatchRow, JobRecord};
+use crate::vault::{EntryOutcome, ImportReport, RollbackReport};
 
 /// A running job not advanced for this long has lost its message: it is sent again.
 const STALLED_MS: u64 = 30_000;
@@ -99,5 +102,152 @@ fn view(job: &JobRecord) -> serde_json::Value {
         "id": job.id, "kind": job.kind, "state": job.state,
         "total": job.total, "done": job.done, "failed": job.failed,
         "created_at": job.created_at.to_rfc3339(), "updated_at": job.updated_at.to_rfc3339(),
+    })
+}
+
+/// The kind of `jobs` row an import batch is recorded as.
+const IMPORT_KIND: &str = "import";
+
+/// `POST /v1/admin/import`: keys an operator already holds, for the users they belong
+/// to; a report per entry of what was created, skipped as a duplicate or rejected (and
+/// why). `dry_run` reports and changes nothing.
+pub(super) async fn import(ctx: &ServiceCtx<'_>) -> Outcome {
+    let app = ctx.app;
+    let result = async {
+        let command = import_command(ctx.config, json_body(ctx.request)?)?;
+        if let Some(batch) = &command.batch {
+            let known = app.job_store.job(batch.as_str()).await?;
+            if known.is_none_or(|j| j.kind != IMPORT_KIND) {
+                return Err(ApiError::invalid_request(vec![FieldError::new(
+                    "batch_id",
+                    "names no import batch",
+                )]));
+            }
+        }
+        let report = ctx
+            .vault()
+            .import(app.imports, &ctx.origin, &ctx.network, command)
+            .await?;
+        if let Some(event) = &report.committed {
+            app.audit.nudge(event).await;
+        }
+        (app.log)(&format!("import: {}", summary(&report)));
+        Ok(Response::json(200, &import_view(&report)))
+    }
+    .await;
+    Outcome::unaudited(result)
+}
+
+/// `POST /v1/admin/import/{batch_id}/rollback`: removes what the batch created, except
+/// rows their users have changed or made a default since; 404 for a batch never made.
+pub(super) async fn rollback(ctx: &ServiceCtx<'_>) -> Outcome {
+    let app = ctx.app;
+    let result = async {
+        let batch = BatchId::parse(ctx.param(0)).ok_or_else(ApiError::not_found)?;
+        let record = app
+            .job_store
+            .job(batch.as_str())
+            .await?
+            .filter(|j| j.kind == IMPORT_KIND)
+            .ok_or_else(ApiError::not_found)?;
+        let report = ctx
+            .vault()
+            .rollback_import(app.imports, &ctx.origin, &batch)
+            .await?;
+        if let Some(event) = &report.committed {
+            app.audit.nudge(event).await;
+        }
+        Ok(Response::json(
+            200,
+            &rollback_view(&batch, &record, &report),
+        ))
+    }
+    .await;
+    Outcome::unaudited(result)
+}
+
+fn summary(report: &ImportReport) -> serde_json::Value {
+    let count =
+        |f: fn(&EntryOutcome) -> bool| report.entries.iter().filter(|e| f(&e.outcome)).count();
+    json!({
+        "entries": report.entries.len(),
+        "created": count(|o| matches!(o, EntryOutcome::Created { .. })),
+        "skipped": count(|o| matches!(o, EntryOutcome::Skipped { .. })),
+        "rejected": count(|o| matches!(o, EntryOutcome::Rejected(_))),
+    })
+}
+
+fn import_view(report: &ImportReport) -> serde_json::Value {
+    let entries: Vec<serde_json::Value> = report
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(index, e)| {
+            let mut line = json!({"index": index, "user_id": e.user, "provider": e.provider});
+            let more = match &e.outcome {
+                EntryOutcome::Created {
+                    id,
+                    key_hint,
+                    status,
+                    checked,
+                } => json!({
+                    "outcome": "created", "credential_id": id, "key_hint": key_hint,
+                    "status": status, "validated": checked,
+                }),
+                EntryOutcome::Skipped { existing, same_as } => json!({
+                    "outcome": "skipped", "reason": "duplicate",
+                    "credential_id": existing, "same_as_entry": same_as,
+                }),
+                EntryOutcome::Rejected(problem) => {
+                    let mut body = problem.body();
+                    if let Some(b) = body.as_object_mut() {
+                        for member in ["type", "title", "status", "code", "detail"] {
+                            b.remove(member);
+                        }
+                        b.insert("outcome".into(), json!("rejected"));
+                        b.insert("reason".into(), json!(problem.code));
+                        b.insert(
+                            "message".into(),
+                            json!(problem.detail.as_deref().unwrap_or(problem.title)),
+                        );
+                    }
+                    body
+                }
+            };
+            if let (Some(l), Some(m)) = (line.as_object_mut(), more.as_object()) {
+                l.extend(m.clone());
+            }
+            line
+        })
+        .collect();
+    json!({
+        "batch_id": report.batch,
+        "dry_run": report.dry_run,
+        "validated": report.validated,
+        "summary": summary(report),
+        "entries": entries,
+    })
+}
+
+fn rollback_view(
+    batch: &BatchId,
+    record: &JobRecord,
+    report: &RollbackReport,
+) -> serde_json::Value {
+    let rows = |rows: &[BatchRow]| -> Vec<serde_json::Value> {
+        rows.iter()
+            .map(|r| json!({"credential_id": r.id, "user_id": r.user, "provider": r.provider}))
+            .collect()
+    };
+    json!({
+        "batch_id": batch,
+        "created": record.total,
+        "removed": report.removed.len(),
+        "removed_credentials": rows(&report.removed),
+        "kept": rows(&report.kept).into_iter().map(|mut k| {
+            k["reason"] = json!("default_for_capability");
+            k
+        }).collect::<Vec<_>>(),
+        "more": report.more,
     })
 }

@@ -5,11 +5,15 @@ use super::input::{is_json, JsonObject};
 use super::Request;
 use crate::config::Config;
 use crate::crypto::SecretKey;
-use crate::domain::{Credential, CredentialParams};
+use crate::domain::{BatchId, Credential, CredentialParams, UserId};
 use crate::endpoint_guard::check_base_url;
 use crate::error::{ApiError, FieldError};
 use crate::providers::{self, Provider};
-use crate::vault::{CredentialPatch, NewCredential};
+use crate::vault::{
+    CredentialPatch, ImportCommand, ImportEntry, NewCredential, MAX_IMPORT_ENTRIES,
+    MAX_VALIDATED_ENTRIES,
+};
+use serde_json::Value;
 
 const MAX_API_KEY: usize = 1024;
 const MAX_LABEL: usize = 100;
@@ -180,5 +184,97 @@ pub(super) fn credential_patch(
         model,
         region: wanted.region,
         base_url: wanted.base_url,
+    })
+}
+
+/// One import entry: `{"user_id","provider","api_key"?,"label"?,"params"?:{"region"?,
+/// "base_url"?},"model"?}`, read as adding the key would read it (the same fields, limits
+/// and checks), for the user it names.
+pub(super) fn import_entry(config: &Config, value: Value) -> Result<ImportEntry, ApiError> {
+    let Value::Object(map) = value else {
+        return Err(ApiError::invalid_request(vec![FieldError::new(
+            "entry",
+            "must be a JSON object",
+        )]));
+    };
+    let mut body = JsonObject::from_map(map);
+    if let Some(params) = body.take_object("params") {
+        for (name, value) in params {
+            let field = format!("params.{name}");
+            if !["region", "base_url"].contains(&name.as_str()) {
+                body.errors
+                    .push(FieldError::new(&field, "is not a known field"));
+            } else if !body.insert(name, value) {
+                body.errors.push(FieldError::new(&field, "is given twice"));
+            }
+        }
+    }
+    let user = body.string("user_id", true, UserId::MAX_LEN);
+    let user = user.and_then(|u| {
+        UserId::parse(&u).or_else(|| {
+            body.errors
+                .push(FieldError::new("user_id", "is not a user id"));
+            None
+        })
+    });
+    let credential = new_credential(config, body).map_err(|mut e| {
+        for f in &mut e.errors {
+            if f.field == "region" || f.field == "base_url" {
+                f.field = format!("params.{}", f.field);
+            }
+        }
+        e
+    })?;
+    let user = user.ok_or_else(ApiError::internal)?;
+    Ok(ImportEntry { user, credential })
+}
+
+/// `POST /v1/admin/import`: `{"entries":[…],"dry_run"?,"validate"?,"batch_id"?}`. The
+/// envelope must be right (400 otherwise); each entry is read on its own, and one that is
+/// wrong is reported as rejected while the others go ahead.
+pub(super) fn import_command(
+    config: &Config,
+    mut body: JsonObject,
+) -> Result<ImportCommand, ApiError> {
+    let dry_run = body.bool("dry_run").unwrap_or(false);
+    let validate = body.bool("validate").unwrap_or(false);
+    let batch = body.string("batch_id", false, 64).and_then(|b| {
+        BatchId::parse(&b).or_else(|| {
+            body.errors
+                .push(FieldError::new("batch_id", "is not an import batch id"));
+            None
+        })
+    });
+    let entries = body.take_array("entries", true);
+    if let Some(entries) = &entries {
+        let most = if validate {
+            MAX_VALIDATED_ENTRIES
+        } else {
+            MAX_IMPORT_ENTRIES
+        };
+        if entries.is_empty() {
+            body.errors
+                .push(FieldError::new("entries", "must hold at least one entry"));
+        } else if entries.len() > most {
+            body.errors.push(FieldError::new(
+                "entries",
+                format!(
+                    "holds {} entries; one request takes at most {most}{} (send the rest in further requests with this batch_id)",
+                    entries.len(),
+                    if validate { " when they are validated" } else { "" },
+                ),
+            ));
+        }
+    }
+    body.finish().map_err(ApiError::invalid_request)?;
+    Ok(ImportCommand {
+        dry_run,
+        validate,
+        batch,
+        entries: entries
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| import_entry(config, v))
+            .collect(),
     })
 }

@@ -27,11 +27,7 @@ impl JsonObject {
             return Err(body_error("a JSON object is required".into()));
         }
         match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(map)) => Ok(Self {
-                map,
-                read: BTreeSet::new(),
-                errors: Vec::new(),
-            }),
+            Ok(Value::Object(map)) => Ok(Self::from_map(map)),
             Ok(_) => Err(body_error("must be a JSON object".into())),
             Err(e) => Err(body_error(format!(
                 "is not valid JSON (line {}, column {})",
@@ -39,6 +35,57 @@ impl JsonObject {
                 e.column()
             ))),
         }
+    }
+
+    /// An object already parsed (an element of an array field).
+    pub fn from_map(map: Map<String, Value>) -> Self {
+        Self {
+            map,
+            read: BTreeSet::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// An array field, taken out of the object. `None` when absent, null or wrong (the
+    /// error is recorded).
+    pub fn take_array(&mut self, name: &str, required: bool) -> Option<Vec<Value>> {
+        self.read.insert(name.to_owned());
+        match self.map.remove(name) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.errors.push(FieldError::new(name, "is required"));
+                }
+                None
+            }
+            Some(Value::Array(items)) => Some(items),
+            Some(_) => {
+                self.errors.push(FieldError::new(name, "must be an array"));
+                None
+            }
+        }
+    }
+
+    /// An object field, taken out of the object. `None` when absent or null; an error
+    /// when not an object.
+    pub fn take_object(&mut self, name: &str) -> Option<Map<String, Value>> {
+        self.read.insert(name.to_owned());
+        match self.map.remove(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(m)) => Some(m),
+            Some(_) => {
+                self.errors.push(FieldError::new(name, "must be an object"));
+                None
+            }
+        }
+    }
+
+    /// Puts a field in (one lifted out of a nested object); `false` if it is there already.
+    pub fn insert(&mut self, name: String, value: Value) -> bool {
+        if self.map.contains_key(&name) {
+            return false;
+        }
+        self.map.insert(name, value);
+        true
     }
 
     /// A string field of 1..=`max_chars` characters, trimmed. `None` when absent, null or

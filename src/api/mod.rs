@@ -141,6 +141,8 @@ pub struct App<'a> {
     pub jobs: &'a dyn crate::ports::JobQueue,
     /// Where background jobs' progress is kept.
     pub job_store: &'a dyn crate::ports::JobStore,
+    /// Where imports write and what their rollback removes.
+    pub imports: &'a dyn crate::ports::ImportStore,
     /// Infisical's per-isolate cache of system keys (`SYSTEM_KEYS_SOURCE = "infisical"`).
     pub infisical: Option<&'a crate::system_keys::InfisicalCache>,
 }

@@ -54,6 +54,8 @@ pub(super) static ROUTES: &[Route] = &[
     Route { method: "PUT",    path: "/v1/preferences/{capability}",  handler: User(|c| Box::pin(preferences::put(c))) },
     Route { method: "GET",    path: "/v1/audit",                     handler: User(|c| Box::pin(audit::list(c))) },
     Route { method: "GET",    path: "/v1/audit/verify",              handler: User(|c| Box::pin(audit::verify(c))) },
+    Route { method: "POST",   path: "/v1/admin/import",              handler: Service(Scope::Admin, |c| Box::pin(admin::import(c))) },
+    Route { method: "POST",   path: "/v1/admin/import/{id}/rollback", handler: Service(Scope::Admin, |c| Box::pin(admin::rollback(c))) },
     Route { method: "POST",   path: "/v1/admin/revalidate",          handler: Service(Scope::Admin, |c| Box::pin(admin::revalidate(c))) },
     Route { method: "POST",   path: "/v1/admin/master-key/rotate",   handler: Service(Scope::Admin, |c| Box::pin(admin::rotate(c))) },
     Route { method: "GET",    path: "/v1/admin/jobs/{id}",           handler: Service(Scope::Admin, |c| Box::pin(admin::job(c))) },
@@ -103,7 +105,9 @@ pub(crate) struct ServiceCtx<'r> {
     pub request: &'r Request,
     /// The `{…}` segments of the path, in order.
     pub params: Vec<&'r str>,
-    origin: Origin,
+    pub origin: Origin,
+    /// What the per-address live-check limit counts (see [`Ctx`]).
+    pub network: String,
     note: &'r dyn Fn(&str),
 }
 
@@ -327,6 +331,7 @@ pub(super) async fn dispatch(
                 request,
                 params: params.clone(),
                 origin,
+                network: client_network(request.header("cf-connecting-ip")),
                 note: &note,
             };
             let outcome = handler(&ctx).await;

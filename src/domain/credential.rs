@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{Capability, CredentialId, ProviderId, Timestamp, UserId};
+use super::{BatchId, Capability, CredentialId, ProviderId, Timestamp, UserId};
 use crate::crypto::Sealed;
 
 crate::wire_enum! {
@@ -77,6 +77,9 @@ pub struct Credential {
     pub last_used_at: Option<Timestamp>,
     /// When a revalidation sweep last claimed it: the claim its queued check must carry.
     pub revalidation_queued_at: Option<Timestamp>,
+    /// The import batch that created it, while no user has changed it: a rollback of the
+    /// batch removes it. Any change by its user takes it out of the batch.
+    pub import_batch: Option<BatchId>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// The row version: every write moves it on by one, and is conditional on the version

@@ -45,9 +45,7 @@ impl CredentialId {
     /// Accepts only the shape we generate, so a path segment can never smuggle SQL
     /// wildcards or separators into lookups or AAD.
     pub fn parse(raw: &str) -> Option<Self> {
-        let rest = raw.strip_prefix(Self::PREFIX)?;
-        let ok = rest.len() == 32 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        ok.then(|| Self(raw.to_owned()))
+        random_shaped(raw, Self::PREFIX).then(|| Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -58,6 +56,27 @@ impl CredentialId {
 impl fmt::Display for CredentialId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// Opaque random id of an import batch: `imp_` followed by 32 lowercase hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BatchId(String);
+
+impl BatchId {
+    const PREFIX: &'static str = "imp_";
+
+    pub fn from_random(bytes: [u8; 16]) -> Self {
+        Self(format!("{}{}", Self::PREFIX, hex_bytes(&bytes)))
+    }
+
+    /// Accepts only the shape we generate.
+    pub fn parse(raw: &str) -> Option<Self> {
+        random_shaped(raw, Self::PREFIX).then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -138,7 +157,14 @@ macro_rules! string_id_serde {
     )+};
 }
 
-string_id_serde!(UserId, CredentialId, RequestId);
+string_id_serde!(UserId, CredentialId, BatchId, RequestId);
+
+/// Whether `raw` is `prefix` and 32 lowercase hex digits (128 random bits).
+fn random_shaped(raw: &str, prefix: &str) -> bool {
+    raw.strip_prefix(prefix).is_some_and(|rest| {
+        rest.len() == 32 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
 
 pub fn hex_bytes(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -9,5 +9,5 @@ pub mod wire;
 pub use credential::{
     key_hint, Credential, CredentialParams, CredentialStatus, KeyColumns, Model, Preference, Quota,
 };
-pub use ids::{hex_bytes, Capability, CredentialId, ProviderId, RequestId, UserId};
+pub use ids::{hex_bytes, BatchId, Capability, CredentialId, ProviderId, RequestId, UserId};
 pub use time::Timestamp;

@@ -4,21 +4,23 @@
 
 use async_trait::async_trait;
 use serde::Deserialize;
+use serde_json::Value;
 use worker::wasm_bindgen::JsValue;
 use worker::D1PreparedStatement;
 
 use crate::audit::AuditEvent;
 use crate::domain::{
-    Capability, Credential, CredentialId, CredentialParams, CredentialStatus, KeyColumns,
+    BatchId, Capability, Credential, CredentialId, CredentialParams, CredentialStatus, KeyColumns,
     Preference, ProviderId, Timestamp, UserId,
 };
 use crate::ports::{
-    CredentialStore, Inserted, JobRecord, JobStore, Occupancy, StoreError, Written,
+    BatchRow, BatchRows, CredentialStore, ImportRow, ImportStore, Inserted, JobRecord, JobStore,
+    Occupancy, StoreError, Written,
 };
 use crate::providers;
 
 use super::audit_store::outbox_insert;
-use super::db::{changes, json, millis, num, opt_millis, opt_text, text, unavailable, Db};
+use super::db::{changes, json, millis, num, opt_text, text, unavailable, Db};
 
 pub(super) struct D1Store<'a> {
     db: &'a Db,
@@ -31,14 +33,14 @@ impl<'a> D1Store<'a> {
 }
 
 /// `key_version`, `nonce`, `ciphertext` of a row (all NULL for a keyless credential).
-fn sealed_columns(c: &Credential) -> (JsValue, JsValue, JsValue) {
+fn sealed_columns(c: &Credential) -> [Value; 3] {
     match &c.secret {
-        Some(s) => (
-            JsValue::from(f64::from(s.key_version.get())),
-            text(&s.nonce_b64()),
-            text(&s.ciphertext_b64()),
-        ),
-        None => (JsValue::NULL, JsValue::NULL, JsValue::NULL),
+        Some(s) => [
+            Value::from(s.key_version.get()),
+            Value::from(s.nonce_b64()),
+            Value::from(s.ciphertext_b64()),
+        ],
+        None => [Value::Null, Value::Null, Value::Null],
     }
 }
 
@@ -46,7 +48,7 @@ fn sealed_columns(c: &Credential) -> (JsValue, JsValue, JsValue) {
 const CHECK_COLUMNS: usize = 9;
 
 /// The columns a credential's life changes, in the order of [`mutable_values`].
-const MUTABLE: [&str; 17] = [
+const MUTABLE: [&str; 18] = [
     "label",
     "key_hint",
     "key_version",
@@ -55,6 +57,7 @@ const MUTABLE: [&str; 17] = [
     "fingerprint",
     "params",
     "model",
+    "import_batch_id",
     "status",
     "status_detail",
     "warnings",
@@ -66,33 +69,60 @@ const MUTABLE: [&str; 17] = [
     "updated_at",
 ];
 
-fn mutable_values(c: &Credential) -> [JsValue; 17] {
-    let (version, nonce, ciphertext) = sealed_columns(c);
+/// A JSON column's text.
+fn json_text<T: serde::Serialize>(v: &T) -> Value {
+    Value::from(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
+}
+
+fn opt<T: Into<Value>>(v: Option<T>) -> Value {
+    v.map_or(Value::Null, Into::into)
+}
+
+/// The values of [`MUTABLE`], as JSON: bound one by one to a statement, or carried many
+/// rows at a time in one bound JSON text (an import).
+fn mutable_values(c: &Credential) -> [Value; 18] {
+    let [version, nonce, ciphertext] = sealed_columns(c);
     [
-        opt_text(c.label.as_deref()),
-        opt_text(c.key_hint.as_deref()),
+        opt(c.label.clone()),
+        opt(c.key_hint.clone()),
         version,
         nonce,
         ciphertext,
-        opt_text(c.fingerprint.as_deref()),
-        json(&c.params),
-        opt_text(c.model.as_deref()),
-        text(c.status.as_str()),
-        opt_text(c.status_detail.as_deref()),
-        json(&c.warnings),
-        c.quota.as_ref().map(json).unwrap_or(JsValue::NULL),
-        c.models.as_ref().map(json).unwrap_or(JsValue::NULL),
-        opt_millis(c.models_fetched_at),
-        JsValue::from(f64::from(c.consecutive_failures)),
-        opt_millis(c.last_validated_at),
-        millis(c.updated_at),
+        opt(c.fingerprint.clone()),
+        json_text(&c.params),
+        opt(c.model.clone()),
+        opt(c.import_batch.as_ref().map(|b| b.as_str().to_owned())),
+        Value::from(c.status.as_str()),
+        opt(c.status_detail.clone()),
+        json_text(&c.warnings),
+        c.quota.as_ref().map_or(Value::Null, json_text),
+        c.models.as_ref().map_or(Value::Null, json_text),
+        opt(c.models_fetched_at.map(Timestamp::as_millis)),
+        Value::from(c.consecutive_failures),
+        opt(c.last_validated_at.map(Timestamp::as_millis)),
+        Value::from(c.updated_at.as_millis()),
     ]
+}
+
+/// A JSON scalar as a bound parameter (integers as f64: D1 rejects BigInt).
+fn bound(v: &Value) -> JsValue {
+    match v {
+        Value::Null => JsValue::NULL,
+        Value::String(s) => text(s),
+        Value::Number(n) => JsValue::from(n.as_f64().unwrap_or_default()),
+        Value::Bool(b) => JsValue::from(*b),
+        other => text(&other.to_string()),
+    }
+}
+
+fn bound_all(values: &[Value]) -> Vec<JsValue> {
+    values.iter().map(bound).collect()
 }
 
 const COLUMNS: &str = "id, user_id, provider, label, key_hint, key_version, nonce, ciphertext, \
     fingerprint, params, model, status, status_detail, warnings, quota, models, models_fetched_at, \
     consecutive_failures, last_validated_at, created_at, updated_at, version, last_used_at, \
-    revalidation_queued_at";
+    revalidation_queued_at, import_batch_id";
 
 #[derive(Deserialize)]
 struct Row {
@@ -120,6 +150,7 @@ struct Row {
     version: Option<f64>,
     last_used_at: Option<f64>,
     revalidation_queued_at: Option<f64>,
+    import_batch_id: Option<String>,
     /// Only in `holdings`: the user's default for the capability, as JSON.
     #[serde(default)]
     preference: Option<String>,
@@ -167,6 +198,7 @@ impl Row {
             last_validated_at: self.last_validated_at.map(ms),
             last_used_at: self.last_used_at.map(ms),
             revalidation_queued_at: self.revalidation_queued_at.map(ms),
+            import_batch: self.import_batch_id.as_deref().and_then(BatchId::parse),
             created_at: ms(self.created_at),
             updated_at: ms(self.updated_at),
             version: self.version.unwrap_or(0.0) as u64,
@@ -285,7 +317,7 @@ impl CredentialStore for D1Store<'_> {
             text(c.provider.as_str()),
             millis(c.created_at),
         ];
-        args.extend(mutable_values(c));
+        args.extend(bound_all(&mutable_values(c)));
         args.push(json_list(fingerprints));
         args.push(num(u64::from(limit)));
         let results = self
@@ -435,31 +467,14 @@ impl CredentialStore for D1Store<'_> {
         user: &UserId,
         fingerprints: &[String],
     ) -> Result<Occupancy, StoreError> {
-        #[derive(Deserialize)]
-        struct Found {
-            duplicate: Option<String>,
-            count: f64,
-        }
-        let found: Option<Found> = self
-            .db
-            .first(
-                "SELECT (SELECT id FROM credentials WHERE user_id = ?1 \
-                   AND fingerprint IN (SELECT value FROM json_each(?2)) LIMIT 1) AS duplicate, \
-                 (SELECT COUNT(*) FROM credentials WHERE user_id = ?1) AS count",
-                &[text(user.as_str()), json_list(fingerprints)],
-                None,
-            )
+        let found = self
+            .occupancies(&[(user.clone(), fingerprints.to_vec())])
             .await?;
-        Ok(found
-            .map(|f| Occupancy {
-                duplicate: f.duplicate.as_deref().and_then(CredentialId::parse),
-                count: f.count as u32,
-            })
-            .unwrap_or_default())
+        Ok(found.into_iter().next().unwrap_or_default())
     }
 
     async fn update(&self, c: &Credential, event: &AuditEvent) -> Result<Written, StoreError> {
-        self.write_if_current(c, &MUTABLE, mutable_values(c).into(), Some(event))
+        self.write_if_current(c, &MUTABLE, bound_all(&mutable_values(c)), Some(event))
             .await
     }
 
@@ -469,7 +484,7 @@ impl CredentialStore for D1Store<'_> {
         event: Option<&AuditEvent>,
     ) -> Result<Written, StoreError> {
         let from = MUTABLE.len() - CHECK_COLUMNS;
-        let values: Vec<JsValue> = mutable_values(c).into_iter().skip(from).collect();
+        let values = bound_all(&mutable_values(c)[from..]);
         self.write_if_current(c, &MUTABLE[from..], values, event)
             .await
     }
@@ -628,6 +643,253 @@ impl CredentialStore for D1Store<'_> {
             ])
             .await?;
         Ok(changes(&results, 1) > 0)
+    }
+}
+
+/// The JSON text of `rows`, bound as one parameter and read with `json_each`: a statement
+/// over hundreds of rows binds one value (D1 allows 100 per statement).
+fn json_rows(rows: Vec<Value>) -> JsValue {
+    text(&Value::Array(rows).to_string())
+}
+
+/// Whether credential `c` is the default of its user for some capability.
+const IS_DEFAULT: &str =
+    "EXISTS (SELECT 1 FROM preferences p WHERE p.user_id = c.user_id AND p.credential_id = c.id)";
+
+#[async_trait(?Send)]
+impl ImportStore for D1Store<'_> {
+    async fn occupancies(
+        &self,
+        wanted: &[(UserId, Vec<String>)],
+    ) -> Result<Vec<Occupancy>, StoreError> {
+        #[derive(Deserialize)]
+        struct Found {
+            i: f64,
+            duplicate: Option<String>,
+            count: f64,
+        }
+        let list = wanted
+            .iter()
+            .map(|(user, prints)| serde_json::json!({"u": user.as_str(), "p": prints}))
+            .collect();
+        let found: Vec<Found> = self
+            .db
+            .all(
+                "SELECT j.key AS i, \
+                   (SELECT id FROM credentials WHERE user_id = json_extract(j.value, '$.u') \
+                     AND fingerprint IN (SELECT value FROM json_each(j.value, '$.p')) LIMIT 1) AS duplicate, \
+                   (SELECT COUNT(*) FROM credentials WHERE user_id = json_extract(j.value, '$.u')) AS count \
+                 FROM json_each(?1) AS j",
+                &[json_rows(list)],
+            )
+            .await?;
+        let mut out = vec![Occupancy::default(); wanted.len()];
+        for f in found {
+            if let Some(o) = out.get_mut(f.i as usize) {
+                *o = Occupancy {
+                    duplicate: f.duplicate.as_deref().and_then(CredentialId::parse),
+                    count: f.count as u32,
+                };
+            }
+        }
+        Ok(out)
+    }
+
+    async fn insert_batch(
+        &self,
+        batch: &BatchId,
+        rows: &[ImportRow],
+        limit: u32,
+        now: Timestamp,
+    ) -> Result<Vec<CredentialId>, StoreError> {
+        let columns: Vec<&str> = ["id", "user_id", "provider", "created_at"]
+            .into_iter()
+            .chain(MUTABLE)
+            .collect();
+        let picks: Vec<String> = (0..columns.len())
+            .map(|i| format!("json_extract(j.value, '$.r[{i}]')"))
+            .collect();
+        // Each row carries its values, its fingerprints and its rank among the rows of its
+        // user before it: the statement judges every row against the table as it stood
+        // before the statement, so the rank stands for the rows it adds ahead of this one.
+        let mut ranks: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        let mut credentials = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let c = &row.credential;
+            let rank = ranks.entry(c.user_id.as_str()).or_insert(0);
+            let mut values = vec![
+                Value::from(c.id.as_str()),
+                Value::from(c.user_id.as_str()),
+                Value::from(c.provider.as_str()),
+                Value::from(c.created_at.as_millis()),
+            ];
+            values.extend(mutable_values(c));
+            credentials.push(serde_json::json!({"r": values, "p": row.prints, "k": *rank}));
+            *rank += 1;
+            let body = serde_json::to_string(&row.event)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            events.push(serde_json::json!({
+                "i": row.event.id, "c": c.id.as_str(), "u": c.user_id.as_str(), "e": body,
+            }));
+        }
+        let insert = format!(
+            "INSERT OR IGNORE INTO credentials ({}) SELECT {} FROM json_each(?1) AS j \
+             WHERE NOT EXISTS (SELECT 1 FROM credentials c WHERE c.user_id = json_extract(j.value, '$.r[1]') \
+                 AND c.fingerprint IN (SELECT value FROM json_each(j.value, '$.p'))) \
+               AND (SELECT COUNT(*) FROM credentials c WHERE c.user_id = json_extract(j.value, '$.r[1]')) \
+                 + json_extract(j.value, '$.k') < ?2 \
+             ORDER BY j.key RETURNING id",
+            columns.join(", "),
+            picks.join(", ")
+        );
+        let stored_here =
+            "EXISTS (SELECT 1 FROM credentials c WHERE c.id = json_extract(j.value, '$.c') \
+             AND c.user_id = json_extract(j.value, '$.u') AND c.import_batch_id = ?2)";
+        let (batch_id, at, events) = (text(batch.as_str()), millis(now), json_rows(events));
+        let results = self
+            .db
+            .batch(vec![
+                self.db.prepare(
+                    "INSERT INTO jobs (id, kind, state, total, done, failed, created_at, updated_at) \
+                     VALUES (?1, 'import', 'done', 0, 0, 0, ?2, ?2) ON CONFLICT (id) DO NOTHING",
+                    &[batch_id.clone(), at.clone()],
+                )?,
+                self.db.prepare(
+                    &insert,
+                    &[json_rows(credentials), num(u64::from(limit))],
+                )?,
+                // The events of the rows stored, in the order sent; none for a row left out.
+                self.db.prepare(
+                    &format!(
+                        "INSERT INTO audit_outbox (id, user_id, event, created_at) \
+                         SELECT json_extract(j.value, '$.i'), json_extract(j.value, '$.u'), \
+                           json_extract(j.value, '$.e'), ?3 \
+                         FROM json_each(?1) AS j WHERE {stored_here} ORDER BY j.key"
+                    ),
+                    &[events.clone(), batch_id.clone(), num(super::runtime::now_ms())],
+                )?,
+                self.db.prepare(
+                    &format!(
+                        "UPDATE jobs SET total = total + (SELECT COUNT(*) FROM json_each(?1) AS j WHERE {stored_here}), \
+                           done = done + (SELECT COUNT(*) FROM json_each(?1) AS j WHERE {stored_here}), \
+                           updated_at = ?3 WHERE id = ?2"
+                    ),
+                    &[events, batch_id, at],
+                )?,
+            ])
+            .await?;
+        #[derive(Deserialize)]
+        struct Stored {
+            id: String,
+        }
+        let stored: Vec<Stored> = match results.get(1) {
+            Some(r) => r.results().map_err(unavailable)?,
+            None => Vec::new(),
+        };
+        Ok(stored
+            .iter()
+            .filter_map(|s| CredentialId::parse(&s.id))
+            .collect())
+    }
+
+    async fn batch_rows(&self, batch: &BatchId, limit: u32) -> Result<BatchRows, StoreError> {
+        #[derive(Deserialize)]
+        struct Found {
+            id: String,
+            user_id: String,
+            provider: String,
+            is_default: f64,
+        }
+        let found: Vec<Found> = self
+            .db
+            .all(
+                &format!(
+                    "SELECT * FROM (SELECT id, user_id, provider, 0 AS is_default FROM credentials c \
+                       WHERE import_batch_id = ?1 AND NOT {IS_DEFAULT} ORDER BY id LIMIT ?2) \
+                     UNION ALL \
+                     SELECT * FROM (SELECT id, user_id, provider, 1 AS is_default FROM credentials c \
+                       WHERE import_batch_id = ?1 AND {IS_DEFAULT} ORDER BY id LIMIT ?2)"
+                ),
+                &[text(batch.as_str()), num(u64::from(limit))],
+            )
+            .await?;
+        let mut out = BatchRows::default();
+        for f in found {
+            let (Some(user), Some(id), Some(p)) = (
+                UserId::parse(&f.user_id),
+                CredentialId::parse(&f.id),
+                providers::find(&f.provider),
+            ) else {
+                continue;
+            };
+            let row = BatchRow {
+                user,
+                id,
+                provider: p.info().id,
+            };
+            if f.is_default > 0.0 {
+                out.defaults.push(row);
+            } else {
+                out.removable.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_batch_rows(
+        &self,
+        batch: &BatchId,
+        rows: &[(CredentialId, AuditEvent)],
+    ) -> Result<Vec<CredentialId>, StoreError> {
+        let mut list = Vec::with_capacity(rows.len());
+        for (id, event) in rows {
+            let body =
+                serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            list.push(serde_json::json!({
+                "c": id.as_str(), "i": event.id, "u": event.user_id.as_str(), "e": body,
+            }));
+        }
+        let (list, batch_id) = (json_rows(list), text(batch.as_str()));
+        // One transaction: the event of each row still in the batch and nobody's default,
+        // then those rows.
+        let results = self
+            .db
+            .batch(vec![
+                self.db.prepare(
+                    &format!(
+                        "INSERT INTO audit_outbox (id, user_id, event, created_at) \
+                         SELECT json_extract(j.value, '$.i'), json_extract(j.value, '$.u'), \
+                           json_extract(j.value, '$.e'), ?3 \
+                         FROM json_each(?1) AS j WHERE EXISTS (SELECT 1 FROM credentials c \
+                           WHERE c.id = json_extract(j.value, '$.c') AND c.user_id = json_extract(j.value, '$.u') \
+                           AND c.import_batch_id = ?2 AND NOT {IS_DEFAULT}) \
+                         ORDER BY j.key"
+                    ),
+                    &[list.clone(), batch_id.clone(), num(super::runtime::now_ms())],
+                )?,
+                self.db.prepare(
+                    &format!(
+                        "DELETE FROM credentials AS c WHERE import_batch_id = ?2 \
+                           AND id IN (SELECT json_extract(value, '$.c') FROM json_each(?1)) \
+                           AND NOT {IS_DEFAULT} RETURNING id"
+                    ),
+                    &[list, batch_id],
+                )?,
+            ])
+            .await?;
+        #[derive(Deserialize)]
+        struct Removed {
+            id: String,
+        }
+        let removed: Vec<Removed> = match results.get(1) {
+            Some(r) => r.results().map_err(unavailable)?,
+            None => Vec::new(),
+        };
+        Ok(removed
+            .iter()
+            .filter_map(|r| CredentialId::parse(&r.id))
+            .collect())
     }
 }
 

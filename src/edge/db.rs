@@ -118,10 +118,6 @@ pub(super) fn millis(t: Timestamp) -> JsValue {
     num(t.as_millis())
 }
 
-pub(super) fn opt_millis(t: Option<Timestamp>) -> JsValue {
-    t.map(millis).unwrap_or(JsValue::NULL)
-}
-
 pub(super) fn json<T: serde::Serialize>(v: &T) -> JsValue {
     JsValue::from(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
 }

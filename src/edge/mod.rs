@@ -96,6 +96,7 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
         upstream: &fetch::FetchUpstream,
         jobs: &jobs,
         job_store: &store,
+        imports: &store,
         clock: &runtime::WorkerClock,
         jitter: &SystemJitter,
         audit: &sink,

@@ -62,7 +62,7 @@ pub(super) fn status_change(before: &Credential, after: &Credential) -> serde_js
 }
 
 /// A chosen model must be one the provider lists for this key, when the list is known.
-fn check_model(
+pub(super) fn check_model(
     provider: &'static dyn Provider,
     model: &str,
     known: Option<&[Model]>,
@@ -193,6 +193,7 @@ impl Vault<'_> {
             last_validated_at: None,
             last_used_at: None,
             revalidation_queued_at: None,
+            import_batch: None,
             created_at: now,
             updated_at: now,
             version: 0,
@@ -318,6 +319,9 @@ impl Vault<'_> {
                 next.model = model.clone();
             }
             next.updated_at = now;
+            // Its user's change takes it out of the import batch that created it: a
+            // rollback of the batch no longer removes it.
+            next.import_batch = None;
             // A new key can change the status (a dead key replaced): the event says so,
             // and the key-health webhook follows from it.
             let mut detail = json!({ "changed": changed });

@@ -69,6 +69,55 @@ fn fingerprints(
         .collect()
 }
 
+/// The fingerprints of `key` (at `params`) for `user` under every master key version:
+/// what its duplicates are found by.
+pub(super) fn key_prints(
+    keys: &MasterKeys,
+    user: &UserId,
+    provider: ProviderId,
+    key: &SecretKey,
+    params: &CredentialParams,
+) -> Vec<String> {
+    fingerprints(keys, user, provider, &fingerprint_material(key, params))
+}
+
+/// What a row stores of its key.
+pub(super) struct SealedKey {
+    /// `None` for a keyless endpoint.
+    pub secret: Option<Sealed>,
+    pub key_hint: Option<String>,
+    /// Under the active master key version.
+    pub fingerprint: Option<String>,
+}
+
+/// Seals `key` for the row `binding` names, under the active master key version.
+pub(super) fn seal_for_row(
+    keys: &MasterKeys,
+    binding: &Binding<'_>,
+    key: &SecretKey,
+    params: &CredentialParams,
+) -> Result<SealedKey, ApiError> {
+    let secret = if key.is_empty() {
+        None
+    } else {
+        Some(
+            seal(keys, binding, key)
+                .map_err(|e| ApiError::internal().caused_by(format!("sealing: {e}")))?,
+        )
+    };
+    Ok(SealedKey {
+        key_hint: secret.as_ref().map(|_| key_hint(key.expose())),
+        secret,
+        fingerprint: fingerprint(
+            keys,
+            keys.active(),
+            binding.user,
+            binding.provider,
+            &fingerprint_material(key, params),
+        ),
+    })
+}
+
 /// How a probe's refusal is recorded on a row.
 pub(super) fn status_of(f: &Failure) -> CredentialStatus {
     match f {
@@ -107,8 +156,7 @@ impl Vault<'_> {
         } = candidate;
         let info = provider.info();
         let keys = self.master_keys()?;
-        let material = fingerprint_material(key, params);
-        let prints = fingerprints(keys, caller.user, info.id, &material);
+        let prints = key_prints(keys, caller.user, info.id, key, params);
         // Checked again, atomically, when the row is written.
         let occupied = self.store.occupancy(caller.user, &prints).await?;
         match purpose {
@@ -131,18 +179,15 @@ impl Vault<'_> {
             .live_check(caller, provider, params, key)
             .await?
             .map_err(|f| ApiError::from_failure(info.id, f))?;
-        let secret = if key.is_empty() {
-            None
-        } else {
-            Some(
-                seal(keys, &Binding::new(caller.user, id, info.id), key)
-                    .map_err(|e| ApiError::internal().caused_by(format!("sealing: {e}")))?,
-            )
-        };
-        Ok(AcceptedKey {
-            key_hint: secret.as_ref().map(|_| key_hint(key.expose())),
+        let SealedKey {
             secret,
-            fingerprint: fingerprint(keys, keys.active(), caller.user, info.id, &material),
+            key_hint,
+            fingerprint,
+        } = seal_for_row(keys, &Binding::new(caller.user, id, info.id), key, params)?;
+        Ok(AcceptedKey {
+            secret,
+            key_hint,
+            fingerprint,
             prints,
             accepted,
         })

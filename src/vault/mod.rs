@@ -9,13 +9,18 @@
 
 mod commands;
 mod credentials;
+mod import;
 mod keys;
 mod preferences;
 pub mod resolution;
 mod revalidation;
 mod usage;
 
-pub use commands::{CredentialPatch, NewCredential};
+pub use commands::{CredentialPatch, ImportCommand, ImportEntry, NewCredential};
+pub use import::{
+    EntryOutcome, EntryReport, ImportReport, RollbackReport, MAX_IMPORT_ENTRIES,
+    MAX_VALIDATED_ENTRIES, ROLLBACK_CHUNK, UNCHECKED_WARNING,
+};
 pub use keys::Rewrap;
 pub use revalidation::Revalidated;
 pub use usage::{KeyInUse, Verdict};

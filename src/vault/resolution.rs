@@ -238,6 +238,7 @@ mod tests {
             last_validated_at: None,
             last_used_at: None,
             revalidation_queued_at: None,
+            import_batch: None,
             created_at: now,
             updated_at: now,
             version: 1,

@@ -161,6 +161,7 @@ impl World {
             upstream: http,
             jobs: &self.jobs,
             job_store: &self.store,
+            imports: &self.store,
             clock: &self.clock,
             jitter: &JITTER,
             audit: &self.audit,
@@ -214,6 +215,54 @@ impl World {
             Some(json!({"provider":"elevenlabs","api_key":KEY,"label":"Personal"})),
             vec![respond(200, SUBSCRIPTION), respond(200, MODELS)],
         );
+        (s, v)
+    }
+}
+
+/// A backend service's token with the `resolve` scope, and an operator's with `admin`.
+const RESOLVER: &str = "svc-resolve-token-0123456789";
+const ADMIN: &str = "svc-admin-token-0123456789";
+
+/// `SERVICE_TOKENS` holding both, by their SHA-256.
+fn service_tokens() -> String {
+    let sha = |t: &str| -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(t.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    format!(
+        r#"[{{"name":"tts-service","sha256":"{}","scopes":["resolve"]}},{{"name":"ops","sha256":"{}","scopes":["admin"]}}]"#,
+        sha(RESOLVER),
+        sha(ADMIN)
+    )
+}
+
+impl World {
+    /// A world where the services holding [`RESOLVER`] and [`ADMIN`] are known, with
+    /// `extra` variables.
+    fn with_services(extra: &[(&str, &str)]) -> Self {
+        let tokens = service_tokens();
+        let mut vars = vec![("SERVICE_TOKENS", tokens.as_str())];
+        vars.extend_from_slice(extra);
+        Self::with_config(&vars)
+    }
+
+    /// A call with the operator's token and no body.
+    fn admin(&self, method: &str, path: &str) -> (u16, Value) {
+        self.admin_with(method, path, None, vec![])
+    }
+
+    /// A call with the operator's token, `body` and `script` as the providers' answers.
+    fn admin_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        script: Vec<Scripted>,
+    ) -> (u16, Value) {
+        let (s, v, _) = self.call_with_token(method, path, Some(ADMIN.into()), body, script);
         (s, v)
     }
 }
@@ -301,6 +350,7 @@ fn actions(w: &World, user: &str) -> Vec<(String, String, Option<String>)> {
 mod audit;
 mod credentials;
 mod hardening;
+mod import;
 mod lifecycle;
 mod requests;
 mod rotation;

@@ -1,25 +1,14 @@
 //! Master-key rotation: the job re-encrypts every row under the active version in
 //! chunks, resumably; health names a version still in use but configured away.
 
-use sha2::{Digest, Sha256};
-
 use super::*;
 use crate::jobs::{Job, REWRAP_CHUNK};
 
-const ADMIN: &str = "svc-admin-token-for-rotations";
 const V2: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
-
-fn tokens() -> String {
-    let sha: String = Sha256::digest(ADMIN.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!(r#"[{{"name":"ops","sha256":"{sha}","scopes":["admin"]}}]"#)
-}
 
 /// The world's configuration with `ring` as MASTER_KEYS and `active`.
 fn configured(ring: &str, active: &str) -> Config {
-    let tokens = tokens();
+    let tokens = service_tokens();
     config_with(
         false,
         &[
@@ -35,11 +24,6 @@ fn both() -> String {
 }
 
 impl World {
-    fn admin(&self, method: &str, path: &str) -> (u16, Value) {
-        let (s, v, _) = self.call_with_token(method, path, Some(ADMIN.into()), None, vec![]);
-        (s, v)
-    }
-
     /// Runs the queued job messages (and those they queue) through the consumer, `rounds`
     /// times at most.
     fn run_jobs(&self, rounds: usize) {

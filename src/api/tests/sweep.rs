@@ -2,23 +2,13 @@
 //! checks (bounded, spread per provider, back-off as a delayed retry, conditional writes,
 //! only status changes audited).
 
-use sha2::{Digest, Sha256};
-
 use super::*;
 use crate::domain::{CredentialStatus, Timestamp};
 use crate::jobs::{Job, JobOutcome};
 use crate::testing::respond_with;
 
-const ADMIN: &str = "svc-admin-token-for-sweeps";
-
 fn world() -> World {
-    let sha: String = Sha256::digest(ADMIN.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let tokens = format!(r#"[{{"name":"ops","sha256":"{sha}","scopes":["admin"]}}]"#);
-    World::with_config(&[
-        ("SERVICE_TOKENS", &tokens),
+    World::with_services(&[
         ("REVALIDATE_AFTER_HOURS", "0"),
         ("ENVIRONMENT", "development"),
     ])

@@ -1,34 +1,12 @@
 //! Using keys: service tokens, `/v1/resolve` and its receipts, and the proxy.
 
-use sha2::{Digest, Sha256};
-
 use super::*;
 use crate::testing::respond_with;
 
-const RESOLVER: &str = "svc-resolve-token-0123456789";
-const ADMIN: &str = "svc-admin-token-0123456789";
 const SYSTEM: &str = "sk_system_0000111122223333444455556666";
 
-fn sha(t: &str) -> String {
-    Sha256::digest(t.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn tokens() -> String {
-    format!(
-        r#"[{{"name":"tts-service","sha256":"{}","scopes":["resolve"]}},{{"name":"ops","sha256":"{}","scopes":["admin"]}}]"#,
-        sha(RESOLVER),
-        sha(ADMIN)
-    )
-}
-
 fn world(extra: &[(&str, &str)]) -> World {
-    let tokens = tokens();
-    let mut vars = vec![("SERVICE_TOKENS", tokens.as_str())];
-    vars.extend_from_slice(extra);
-    World::with_config(&vars)
+    World::with_services(extra)
 }
 
 impl World {

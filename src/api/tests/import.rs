@@ -1,0 +1,401 @@
+//! Importing keys an operator holds (`POST /v1/admin/import`) and taking a batch back
+//! (`POST /v1/admin/import/{batch_id}/rollback`).
+
+use super::*;
+use crate::domain::CredentialStatus;
+use crate::vault::UNCHECKED_WARNING;
+
+const KEY3: &str = "sk_9999888877776666555544443333222211110000ffffeeee";
+
+impl World {
+    fn import(&self, body: Value, script: Vec<Scripted>) -> (u16, Value) {
+        self.admin_with("POST", "/v1/admin/import", Some(body), script)
+    }
+
+    fn rollback(&self, batch: &str) -> (u16, Value) {
+        self.admin("POST", &format!("/v1/admin/import/{batch}/rollback"))
+    }
+
+    /// What a dry run could change: rows, queued events, jobs.
+    fn footprint(&self) -> (usize, usize, usize) {
+        (
+            self.store.rows.borrow().len(),
+            self.store.outbox.rows.borrow().len(),
+            self.store.jobs.borrow().len(),
+        )
+    }
+}
+
+fn entry(user: &str, key: &str) -> Value {
+    json!({"user_id": user, "provider": "elevenlabs", "api_key": key, "label": "Imported"})
+}
+
+fn outcomes(report: &Value) -> Vec<String> {
+    report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let reason = e["reason"]
+                .as_str()
+                .map(|r| format!(":{r}"))
+                .unwrap_or_default();
+            format!("{}{reason}", e["outcome"].as_str().unwrap())
+        })
+        .collect()
+}
+
+/// Entries of every kind: u_a already holds KEY (added first), u_b gets KEY (twice in
+/// the request), u_c gets KEY2, and four entries are wrong in different ways.
+fn mixed() -> Value {
+    json!([
+        entry("u_a", KEY),
+        entry("u_b", KEY),
+        entry("u_b", KEY),
+        entry("u_c", KEY2),
+        {"user_id": "u_d", "provider": "nope", "api_key": KEY},
+        {"user_id": "u_e", "provider": "azure_speech", "api_key": KEY},
+        {"user_id": 5, "provider": "elevenlabs", "api_key": KEY},
+        "not an object",
+    ])
+}
+
+const MIXED: [&str; 8] = [
+    "skipped:duplicate",
+    "created",
+    "skipped:duplicate",
+    "created",
+    "rejected:unknown_provider",
+    "rejected:invalid_request",
+    "rejected:invalid_request",
+    "rejected:invalid_request",
+];
+
+#[test]
+fn a_dry_run_reports_every_entry_and_changes_nothing() {
+    let w = World::with_services(&[]);
+    let existing = w.added();
+    let before = w.footprint();
+    let (s, report) = w.import(json!({"dry_run": true, "entries": mixed()}), vec![]);
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(outcomes(&report), MIXED);
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["batch_id"], Value::Null);
+    assert_eq!(
+        report["summary"],
+        json!({"entries": 8, "created": 2, "skipped": 2, "rejected": 4})
+    );
+    let e = &report["entries"];
+    assert_eq!(e[0]["credential_id"], json!(existing));
+    assert_eq!(e[2]["same_as_entry"], 1);
+    assert_eq!(e[1]["credential_id"], Value::Null);
+    assert_eq!(e[5]["errors"][0]["field"], "params.region");
+    assert_eq!(e[6]["errors"][0]["field"], "user_id");
+    assert_eq!(w.footprint(), before, "a dry run wrote something");
+    assert_eq!(
+        w.provider_calls.get(),
+        2,
+        "only the first add checked a key"
+    );
+}
+
+#[test]
+fn the_real_run_creates_what_the_dry_run_promised_and_a_second_run_creates_nothing() {
+    let w = World::with_services(&[]);
+    let existing = w.added();
+    let (_, dry) = w.import(json!({"dry_run": true, "entries": mixed()}), vec![]);
+    let (s, real) = w.import(json!({"entries": mixed()}), vec![]);
+    assert_eq!(s, 200, "{real}");
+    assert_eq!(outcomes(&real), outcomes(&dry));
+    let batch = real["batch_id"].as_str().unwrap().to_owned();
+    assert!(batch.starts_with("imp_"), "{batch}");
+    assert_eq!(w.store.rows.borrow().len(), 3);
+
+    // The rows are sealed for their users, marked unchecked, and in the batch.
+    for (index, user, key) in [(1, "u_b", KEY), (3, "u_c", KEY2)] {
+        let e = &real["entries"][index];
+        assert_eq!(e["user_id"], user);
+        assert_eq!(e["validated"], false);
+        assert_eq!(e["key_hint"], format!("…{}", &key[key.len() - 4..]));
+        let id = e["credential_id"].as_str().unwrap();
+        let row = w
+            .store
+            .rows
+            .borrow()
+            .iter()
+            .find(|c| c.id.as_str() == id)
+            .cloned()
+            .unwrap();
+        assert_eq!(row.user_id.as_str(), user);
+        assert_eq!(row.import_batch.as_ref().unwrap().as_str(), batch);
+        assert_eq!(row.status, CredentialStatus::Valid);
+        assert_eq!(row.warnings, [UNCHECKED_WARNING]);
+        assert_eq!(row.last_validated_at, None, "due at the next sweep");
+        let keys = w.config.master_keys.as_ref().unwrap();
+        let opened = crate::crypto::open(keys, &row.binding(), row.secret.as_ref().unwrap());
+        assert_eq!(opened.unwrap().expose(), key);
+        let (_, view, _) = w.call(
+            "GET",
+            &format!("/v1/credentials/{id}"),
+            Some(user),
+            None,
+            vec![],
+        );
+        assert_eq!(view["warnings"], json!([UNCHECKED_WARNING]));
+    }
+    block_on(crate::audit::drain(&w.audit, 5)).unwrap();
+    assert_eq!(
+        w.actions("u_b")[0],
+        ("credential.imported".into(), "success".into(), None)
+    );
+    assert!(
+        w.actions("u_e").is_empty(),
+        "a rejected entry leaves no event"
+    );
+
+    // Importing the same entries again creates nothing, and names what holds each key.
+    let (s, again) = w.import(json!({"entries": mixed()}), vec![]);
+    assert_eq!(s, 200);
+    assert_eq!(again["summary"]["created"], 0, "{again}");
+    assert_eq!(again["entries"][0]["credential_id"], json!(existing));
+    assert_eq!(
+        again["entries"][1]["credential_id"],
+        real["entries"][1]["credential_id"]
+    );
+    assert_eq!(w.store.rows.borrow().len(), 3);
+    assert_eq!(
+        w.provider_calls.get(),
+        2,
+        "nothing was checked without validate"
+    );
+}
+
+#[test]
+fn validation_checks_each_new_key_and_rejects_the_dead_ones_with_the_providers_word() {
+    let w = World::with_services(&[]);
+    let (s, report) = w.import(
+        json!({"validate": true, "entries": [entry("u_a", KEY), entry("u_b", KEY2)]}),
+        vec![
+            respond(200, SUBSCRIPTION),
+            respond(200, MODELS),
+            respond(401, INVALID),
+        ],
+    );
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(outcomes(&report), ["created", "rejected:invalid_api_key"]);
+    assert_eq!(report["entries"][0]["validated"], true);
+    assert_eq!(report["entries"][1]["provider"], "elevenlabs");
+    assert!(report["entries"][1]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Invalid API key"));
+    let row = w.stored();
+    assert!(row.warnings.is_empty(), "{:?}", row.warnings);
+    assert!(row.last_validated_at.unwrap().as_millis() >= NOW_MS);
+    assert_eq!(row.quota.unwrap().used, Some(1200.0));
+    assert_eq!(w.store.rows.borrow().len(), 1);
+}
+
+#[test]
+fn validation_is_rate_limited_like_any_live_check() {
+    let mut w = World::with_services(&[]);
+    w.limiter = crate::testing::CountingLimiter::new(1);
+    let (s, report) = w.import(
+        json!({"validate": true, "entries": [entry("u_a", KEY), entry("u_b", KEY2)]}),
+        valid(),
+    );
+    assert_eq!(s, 200, "{report}");
+    // The operator's address has spent its one check on the first entry.
+    assert_eq!(outcomes(&report), ["created", "rejected:rate_limited"]);
+    assert!(
+        report["entries"][1]["retry_after_seconds"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        w.provider_calls.get(),
+        2,
+        "the refused entry reached no provider"
+    );
+    assert_eq!(w.store.rows.borrow().len(), 1);
+}
+
+#[test]
+fn an_import_never_takes_a_user_past_the_credential_limit() {
+    let w = World::with_services(&[("MAX_CREDENTIALS_PER_USER", "2")]);
+    w.added();
+    let entries = json!([entry("u_a", KEY2), entry("u_a", KEY3), entry("u_b", KEY3)]);
+    let (_, dry) = w.import(json!({"dry_run": true, "entries": entries}), vec![]);
+    let (_, real) = w.import(json!({"entries": entries}), vec![]);
+    let expected = ["created", "rejected:credential_limit_reached", "created"];
+    assert_eq!(outcomes(&dry), expected);
+    assert_eq!(outcomes(&real), expected);
+    assert_eq!(w.store.rows.borrow().len(), 3);
+}
+
+#[test]
+fn a_key_stored_by_a_parallel_request_meanwhile_is_reported_as_skipped() {
+    let w = World::with_services(&[]);
+    let held = w.added();
+    let theirs = w.stored();
+    w.store.rows.borrow_mut().clear();
+    // Between the import's read and its write, u_a's own request stores the same key.
+    w.race(move |rows| rows.push(theirs));
+    let (s, report) = w.import(json!({"entries": [entry("u_a", KEY)]}), vec![]);
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(outcomes(&report), ["skipped:duplicate"]);
+    assert_eq!(report["entries"][0]["credential_id"], json!(held));
+    assert_eq!(w.store.rows.borrow().len(), 1);
+}
+
+#[test]
+fn the_envelope_is_checked_whole_and_a_wrong_one_changes_nothing() {
+    let w = World::with_services(&[]);
+    let many: Vec<Value> = (0..=crate::vault::MAX_IMPORT_ENTRIES)
+        .map(|i| entry(&format!("u_{i}"), KEY))
+        .collect();
+    let checked: Vec<Value> = (0..=crate::vault::MAX_VALIDATED_ENTRIES)
+        .map(|i| entry(&format!("u_{i}"), KEY))
+        .collect();
+    for (body, field) in [
+        (json!({}), "entries"),
+        (json!({"entries": []}), "entries"),
+        (json!({"entries": {}}), "entries"),
+        (json!({"entries": many}), "entries"),
+        (json!({"entries": checked, "validate": true}), "entries"),
+        (
+            json!({"entries": [entry("u_a", KEY)], "dry_run": "yes"}),
+            "dry_run",
+        ),
+        (
+            json!({"entries": [entry("u_a", KEY)], "batch_id": "b_1"}),
+            "batch_id",
+        ),
+        (json!({"entries": [entry("u_a", KEY)], "extra": 1}), "extra"),
+    ] {
+        let (s, problem) = w.import(body, vec![]);
+        assert_eq!(s, 400, "{problem}");
+        assert_eq!(problem["code"], "invalid_request");
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    let (s, problem) = w.import(
+        json!({"entries": [entry("u_a", KEY)], "batch_id": "imp_00000000000000000000000000000000"}),
+        vec![],
+    );
+    assert_eq!(
+        (s, problem["errors"][0]["field"].as_str()),
+        (400, Some("batch_id"))
+    );
+    assert_eq!(w.footprint(), (0, 0, 0));
+}
+
+#[test]
+fn only_an_admin_service_may_import() {
+    let w = World::with_services(&[]);
+    let body = json!({"entries": [entry("u_a", KEY)]});
+    for (token, status) in [
+        (None, 401),
+        (Some(token("u_a")), 401),
+        (Some(RESOLVER.to_owned()), 403),
+    ] {
+        let (s, _, _) = w.call_with_token(
+            "POST",
+            "/v1/admin/import",
+            token,
+            Some(body.clone()),
+            vec![],
+        );
+        assert_eq!(s, status);
+    }
+    assert_eq!(w.footprint(), (0, 0, 0));
+}
+
+#[test]
+fn a_rollback_removes_exactly_the_rows_no_user_changed_or_chose_since() {
+    let w = World::with_services(&[]);
+    let own = w.add_key("u_z", KEY, valid()).1["credential"]["id"].clone();
+    let entries = json!([
+        entry("u_a", KEY),
+        entry("u_b", KEY),
+        entry("u_c", KEY),
+        entry("u_d", KEY)
+    ]);
+    let (_, report) = w.import(json!({"entries": entries}), vec![]);
+    let batch = report["batch_id"].as_str().unwrap().to_owned();
+    let id = |i: usize| {
+        report["entries"][i]["credential_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // u_a renames theirs; u_b makes theirs the TTS default; u_c re-checks theirs (a check
+    // is not a change); u_d does nothing.
+    assert_eq!(w.patch(&id(0), json!({"label": "Mine now"}), vec![]).0, 200);
+    let (s, _, _) = w.call(
+        "PUT",
+        "/v1/preferences/tts",
+        Some("u_b"),
+        Some(json!({"credential_id": id(1)})),
+        vec![],
+    );
+    assert_eq!(s, 200);
+    let path = format!("/v1/credentials/{}/validate", id(2));
+    assert_eq!(w.call("POST", &path, Some("u_c"), None, valid()).0, 200);
+
+    let (s, back) = w.rollback(&batch);
+    assert_eq!(s, 200, "{back}");
+    assert_eq!(back["created"], 4);
+    assert_eq!(back["removed"], 2);
+    let removed: Vec<&str> = back["removed_credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["credential_id"].as_str().unwrap())
+        .collect();
+    let mut expected = vec![id(2), id(3)];
+    expected.sort();
+    assert_eq!(removed, expected);
+    assert_eq!(back["kept"][0]["credential_id"], json!(id(1)));
+    assert_eq!(back["more"], false);
+    let left: Vec<String> = w
+        .store
+        .rows
+        .borrow()
+        .iter()
+        .map(|c| c.id.as_str().to_owned())
+        .collect();
+    assert_eq!(left.len(), 3);
+    for kept in [own.as_str().unwrap().to_owned(), id(0), id(1)] {
+        assert!(left.contains(&kept), "{kept} was removed");
+    }
+    block_on(crate::audit::drain(&w.audit, 5)).unwrap();
+    let trail = w.actions("u_d");
+    assert_eq!(trail.last().unwrap().0, "credential.deleted");
+
+    // Again: nothing more to remove. An unknown or malformed batch is not found.
+    let (s, again) = w.rollback(&batch);
+    assert_eq!((s, again["removed"].as_u64()), (200, Some(0)));
+    assert_eq!(w.rollback("imp_00000000000000000000000000000000").0, 404);
+    assert_eq!(w.rollback("imp_x").0, 404);
+}
+
+#[test]
+fn a_later_request_can_add_to_a_batch_and_one_rollback_takes_both_back() {
+    let w = World::with_services(&[]);
+    let (_, first) = w.import(json!({"entries": [entry("u_a", KEY)]}), vec![]);
+    let batch = first["batch_id"].as_str().unwrap();
+    let (s, second) = w.import(
+        json!({"entries": [entry("u_b", KEY)], "batch_id": batch}),
+        vec![],
+    );
+    assert_eq!(s, 200, "{second}");
+    assert_eq!(second["batch_id"], batch);
+    let (s, back) = w.rollback(batch);
+    assert_eq!(
+        (s, back["created"].as_u64(), back["removed"].as_u64()),
+        (200, Some(2), Some(2))
+    );
+    assert!(w.store.rows.borrow().is_empty());
+}

@@ -1,0 +1,432 @@
+//! Importing keys an operator already holds (a deployment's `.env`, another store's
+//! export) and taking an import back.
+//!
+//! An import decides every entry the way adding it would (refused input, a key the user
+//! already holds, the user's limit, optionally the provider's word), with the same
+//! checks, seal and fingerprints, but in bulk: one read finds every duplicate and count,
+//! one transaction stores every new row with its `credential.imported` event. A dry run
+//! decides the same way and writes nothing, so the real run creates what it promised
+//! (unless the data changed in between). A rollback removes the rows the batch created
+//! that no user has changed or chosen as a default since.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::json;
+
+use super::credentials::{apply_accepted, check_model};
+use super::keys::{key_prints, seal_for_row, SealedKey};
+use super::{Caller, ImportCommand, ImportEntry, Vault};
+use crate::audit::{Action, Facts, Origin};
+use crate::crypto::{random_bytes, Binding};
+use crate::domain::{BatchId, Credential, CredentialId, CredentialStatus, ProviderId, UserId};
+use crate::error::ApiError;
+use crate::ports::{BatchRow, ImportRow, ImportStore, Occupancy};
+use crate::providers::Accepted;
+
+/// Entries one import request takes at most: its work (one seal and one fingerprint per
+/// master key version each) stays a few milliseconds, and its writes one transaction.
+pub const MAX_IMPORT_ENTRIES: usize = 500;
+/// Entries one import request takes at most when each is checked live: a check is one to
+/// two provider calls, and one invocation may make 50 on the free plan.
+pub const MAX_VALIDATED_ENTRIES: usize = 25;
+/// Rows one rollback request removes at most; `more` says when to call again.
+pub const ROLLBACK_CHUNK: u32 = 500;
+
+/// What a stored key that was imported unchecked says until its first check.
+pub const UNCHECKED_WARNING: &str =
+    "Imported without a live check: the next scheduled revalidation checks it.";
+
+/// What happened (or, in a dry run, would happen) to one entry.
+#[derive(Debug)]
+pub enum EntryOutcome {
+    /// Stored (in a dry run: would be). The id and status are those of the new row; a dry
+    /// run has no id.
+    Created {
+        id: Option<CredentialId>,
+        key_hint: Option<String>,
+        status: CredentialStatus,
+        checked: bool,
+    },
+    /// Not stored: the user already holds this key, as `existing`, or an earlier entry
+    /// of this request (`same_as`) carries it.
+    Skipped {
+        existing: Option<CredentialId>,
+        same_as: Option<usize>,
+    },
+    /// Not stored, for the reason the error gives.
+    Rejected(ApiError),
+}
+
+/// One entry's line in the report: whose, which provider, and what happened.
+#[derive(Debug)]
+pub struct EntryReport {
+    pub user: Option<UserId>,
+    pub provider: Option<ProviderId>,
+    pub outcome: EntryOutcome,
+}
+
+/// What an import did (or would do).
+#[derive(Debug)]
+pub struct ImportReport {
+    /// The batch the rows went into; `None` for a dry run.
+    pub batch: Option<BatchId>,
+    pub dry_run: bool,
+    pub validated: bool,
+    /// In the order sent.
+    pub entries: Vec<EntryReport>,
+    /// One of the events written, for the audit chainer to be told.
+    pub committed: Option<String>,
+}
+
+/// What a rollback did.
+#[derive(Debug)]
+pub struct RollbackReport {
+    pub removed: Vec<BatchRow>,
+    /// Rows of the batch their users have chosen as a default since: kept.
+    pub kept: Vec<BatchRow>,
+    /// More rows of the batch wait: call again.
+    pub more: bool,
+    pub committed: Option<String>,
+}
+
+/// An entry that passed every check, ready to be sealed and stored.
+struct Planned<'e> {
+    index: usize,
+    entry: &'e ImportEntry,
+    prints: Vec<String>,
+    accepted: Option<Accepted>,
+}
+
+impl Vault<'_> {
+    /// Imports `command`'s entries for the operator `origin` (whose network `network` the
+    /// live checks are counted against, with each entry's user).
+    pub async fn import(
+        &self,
+        imports: &dyn ImportStore,
+        origin: &Origin,
+        network: &str,
+        command: ImportCommand,
+    ) -> Result<ImportReport, ApiError> {
+        let keys = self.master_keys()?;
+        let limit = self.config.max_credentials_per_user;
+        let ImportCommand {
+            dry_run,
+            validate,
+            batch,
+            entries,
+        } = command;
+
+        // Every duplicate and every user's count, in one read.
+        let prints: Vec<Option<Vec<String>>> = entries
+            .iter()
+            .map(|e| {
+                e.as_ref().ok().map(|e| {
+                    let c = &e.credential;
+                    key_prints(keys, &e.user, c.provider.info().id, &c.api_key, &c.params)
+                })
+            })
+            .collect();
+        let wanted: Vec<(UserId, Vec<String>)> = entries
+            .iter()
+            .zip(&prints)
+            .filter_map(|(e, p)| Some((e.as_ref().ok()?.user.clone(), p.clone()?)))
+            .collect();
+        let mut found = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            imports.occupancies(&wanted).await?
+        }
+        .into_iter();
+
+        let mut outcomes: Vec<Option<EntryOutcome>> = Vec::with_capacity(entries.len());
+        let mut planned: Vec<Planned<'_>> = Vec::new();
+        // The first entry of this request carrying each (user, key), and how many rows
+        // each user gains.
+        let mut seen: HashMap<(&UserId, &str), usize> = HashMap::new();
+        let mut gains: HashMap<&UserId, u32> = HashMap::new();
+        for (index, (entry, prints)) in entries.iter().zip(&prints).enumerate() {
+            let (entry, prints) = match (entry, prints) {
+                (Ok(e), Some(p)) => (e, p),
+                (Err(e), _) => {
+                    outcomes.push(Some(EntryOutcome::Rejected(e.clone())));
+                    continue;
+                }
+                (Ok(_), None) => {
+                    outcomes.push(Some(EntryOutcome::Rejected(ApiError::internal())));
+                    continue;
+                }
+            };
+            let occupancy: Occupancy = found.next().unwrap_or_default();
+            // Every print of one key is made under the same versions: the first stands for all.
+            let print = prints.first().map(String::as_str).unwrap_or_default();
+            if let Some(existing) = occupancy.duplicate {
+                outcomes.push(Some(EntryOutcome::Skipped {
+                    existing: Some(existing),
+                    same_as: None,
+                }));
+                continue;
+            }
+            if let Some(first) = seen.get(&(&entry.user, print)) {
+                outcomes.push(Some(EntryOutcome::Skipped {
+                    existing: None,
+                    same_as: Some(*first),
+                }));
+                continue;
+            }
+            let gained = gains.get(&entry.user).copied().unwrap_or(0);
+            if occupancy.count + gained >= limit {
+                outcomes.push(Some(EntryOutcome::Rejected(
+                    ApiError::credential_limit_reached(limit),
+                )));
+                continue;
+            }
+            let accepted = if validate {
+                match self.check_entry(entry, origin, network).await {
+                    Ok(accepted) => Some(accepted),
+                    Err(e) => {
+                        outcomes.push(Some(EntryOutcome::Rejected(e)));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            seen.insert((&entry.user, print), index);
+            gains.insert(&entry.user, gained + 1);
+            outcomes.push(None);
+            planned.push(Planned {
+                index,
+                entry,
+                prints: prints.clone(),
+                accepted,
+            });
+        }
+
+        let batch = match (dry_run, batch) {
+            (true, _) => None,
+            (false, Some(b)) => Some(b),
+            (false, None) => Some(BatchId::from_random(
+                random_bytes().map_err(|e| ApiError::internal().caused_by(e))?,
+            )),
+        };
+        let mut committed = None;
+        match &batch {
+            None => {
+                for p in &planned {
+                    outcomes[p.index] = Some(EntryOutcome::Created {
+                        id: None,
+                        key_hint: None,
+                        status: CredentialStatus::Valid,
+                        checked: p.accepted.is_some(),
+                    });
+                }
+            }
+            Some(batch) if !planned.is_empty() => {
+                let rows = self.rows_for(batch, origin, &planned)?;
+                let stored: HashSet<CredentialId> = imports
+                    .insert_batch(batch, &rows, limit, self.clock.now())
+                    .await?
+                    .into_iter()
+                    .collect();
+                committed = rows
+                    .iter()
+                    .find(|r| stored.contains(&r.credential.id))
+                    .map(|r| r.event.id.clone());
+                // What a parallel request stored meanwhile, for the rows that lost to it.
+                let lost: Vec<&ImportRow> = rows
+                    .iter()
+                    .filter(|r| !stored.contains(&r.credential.id))
+                    .collect();
+                let mut now_held = if lost.is_empty() {
+                    Vec::new()
+                } else {
+                    let again: Vec<(UserId, Vec<String>)> = lost
+                        .iter()
+                        .map(|r| (r.credential.user_id.clone(), r.prints.clone()))
+                        .collect();
+                    imports.occupancies(&again).await?
+                }
+                .into_iter();
+                for (p, row) in planned.iter().zip(&rows) {
+                    let c = &row.credential;
+                    outcomes[p.index] = Some(if stored.contains(&c.id) {
+                        EntryOutcome::Created {
+                            id: Some(c.id.clone()),
+                            key_hint: c.key_hint.clone(),
+                            status: c.status,
+                            checked: p.accepted.is_some(),
+                        }
+                    } else {
+                        match now_held.next().and_then(|o| o.duplicate) {
+                            Some(existing) => EntryOutcome::Skipped {
+                                existing: Some(existing),
+                                same_as: None,
+                            },
+                            None => {
+                                EntryOutcome::Rejected(ApiError::credential_limit_reached(limit))
+                            }
+                        }
+                    });
+                }
+            }
+            Some(_) => {}
+        }
+
+        let entries = entries
+            .iter()
+            .zip(outcomes)
+            .map(|(entry, outcome)| EntryReport {
+                user: entry.as_ref().ok().map(|e| e.user.clone()),
+                provider: entry.as_ref().ok().map(|e| e.credential.provider.info().id),
+                outcome: outcome.unwrap_or(EntryOutcome::Rejected(ApiError::internal())),
+            })
+            .collect();
+        Ok(ImportReport {
+            batch,
+            dry_run,
+            validated: validate,
+            entries,
+            committed,
+        })
+    }
+
+    /// The provider's word on an entry's key: counted against the entry's user and the
+    /// operator's network like any live check, and refused when either is over its limit.
+    async fn check_entry(
+        &self,
+        entry: &ImportEntry,
+        origin: &Origin,
+        network: &str,
+    ) -> Result<Accepted, ApiError> {
+        let caller = Caller {
+            user: &entry.user,
+            network,
+            origin,
+        };
+        let c = &entry.credential;
+        let info = c.provider.info();
+        let accepted = self
+            .live_check(&caller, c.provider, &c.params, &c.api_key)
+            .await?
+            .map_err(|f| ApiError::from_failure(info.id, f))?;
+        if let Some(model) = &c.model {
+            check_model(c.provider, model, accepted.models.as_deref())?;
+        }
+        Ok(accepted)
+    }
+
+    /// The rows (sealed for their ids) and events of what an import stores.
+    fn rows_for(
+        &self,
+        batch: &BatchId,
+        origin: &Origin,
+        planned: &[Planned<'_>],
+    ) -> Result<Vec<ImportRow>, ApiError> {
+        let keys = self.master_keys()?;
+        let now = self.clock.now();
+        planned
+            .iter()
+            .map(|p| {
+                let new = &p.entry.credential;
+                let provider = new.provider.info().id;
+                let id = CredentialId::from_random(
+                    random_bytes().map_err(|e| ApiError::internal().caused_by(e))?,
+                );
+                let SealedKey {
+                    secret,
+                    key_hint,
+                    fingerprint,
+                } = seal_for_row(
+                    keys,
+                    &Binding::new(&p.entry.user, &id, provider),
+                    &new.api_key,
+                    &new.params,
+                )?;
+                let mut credential = Credential {
+                    id,
+                    user_id: p.entry.user.clone(),
+                    provider,
+                    label: new.label.clone(),
+                    key_hint,
+                    secret,
+                    fingerprint,
+                    params: new.params.clone(),
+                    model: new.model.clone(),
+                    status: CredentialStatus::Valid,
+                    status_detail: None,
+                    warnings: vec![UNCHECKED_WARNING.to_owned()],
+                    quota: None,
+                    models: None,
+                    models_fetched_at: None,
+                    consecutive_failures: 0,
+                    last_validated_at: None,
+                    last_used_at: None,
+                    revalidation_queued_at: None,
+                    import_batch: Some(batch.clone()),
+                    created_at: now,
+                    updated_at: now,
+                    version: 0,
+                };
+                if let Some(accepted) = &p.accepted {
+                    apply_accepted(&mut credential, accepted.clone(), now);
+                }
+                let mut facts = Facts::new(Action::CredentialImported);
+                facts.about(&credential.id, Some(provider));
+                facts.detail = Some(json!({
+                    "import_batch_id": batch,
+                    "checked": p.accepted.is_some(),
+                }));
+                let event = facts.event(origin, &credential.user_id, now, None);
+                Ok(ImportRow {
+                    credential,
+                    prints: p.prints.clone(),
+                    event,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes back what `batch` created: every row of it that no user has changed or made
+    /// a default since, each with a `credential.deleted` event, up to [`ROLLBACK_CHUNK`]
+    /// per call.
+    pub async fn rollback_import(
+        &self,
+        imports: &dyn ImportStore,
+        origin: &Origin,
+        batch: &BatchId,
+    ) -> Result<RollbackReport, ApiError> {
+        let mut found = imports.batch_rows(batch, ROLLBACK_CHUNK + 1).await?;
+        let more = found.removable.len() > ROLLBACK_CHUNK as usize;
+        found.removable.truncate(ROLLBACK_CHUNK as usize);
+        let now = self.clock.now();
+        let doomed: Vec<(CredentialId, crate::audit::AuditEvent)> = found
+            .removable
+            .iter()
+            .map(|row| {
+                let mut facts = Facts::new(Action::CredentialDeleted);
+                facts.about(&row.id, Some(row.provider));
+                facts.detail = Some(json!({"import_batch_id": batch, "rolled_back": true}));
+                (row.id.clone(), facts.event(origin, &row.user, now, None))
+            })
+            .collect();
+        let removed = if doomed.is_empty() {
+            Vec::new()
+        } else {
+            imports.remove_batch_rows(batch, &doomed).await?
+        };
+        let committed = doomed
+            .iter()
+            .find(|(id, _)| removed.contains(id))
+            .map(|(_, e)| e.id.clone());
+        Ok(RollbackReport {
+            removed: found
+                .removable
+                .into_iter()
+                .filter(|r| removed.contains(&r.id))
+                .collect(),
+            kept: found.defaults,
+            more,
+            committed,
+        })
+    }
+}

@@ -221,7 +221,9 @@ impl Vault<'_> {
                     });
                 }
             }
-            Some(batch) if !planned.is_empty() => {
+            // Recorded even when it stores nothing, so the batch id it answers with can
+            // be added to and rolled back like any other.
+            Some(batch) => {
                 let rows = self.rows_for(batch, origin, &planned)?;
                 let stored: HashSet<CredentialId> = imports
                     .insert_batch(batch, &rows, limit, self.clock.now())
@@ -269,7 +271,6 @@ impl Vault<'_> {
                     });
                 }
             }
-            Some(_) => {}
         }
 
         let entries = entries

@@ -399,3 +399,18 @@ fn a_later_request_can_add_to_a_batch_and_one_rollback_takes_both_back() {
     );
     assert!(w.store.rows.borrow().is_empty());
 }
+
+#[test]
+fn a_run_that_stores_nothing_still_makes_a_batch_that_can_be_added_to() {
+    let w = World::with_services(&[]);
+    w.added();
+    let (_, first) = w.import(json!({"entries": [entry("u_a", KEY)]}), vec![]);
+    assert_eq!(outcomes(&first), ["skipped:duplicate"]);
+    let batch = first["batch_id"].as_str().unwrap();
+    let (s, second) = w.import(
+        json!({"entries": [entry("u_b", KEY)], "batch_id": batch}),
+        vec![],
+    );
+    assert_eq!((s, outcomes(&second)), (200, vec!["created".to_owned()]));
+    assert_eq!(w.rollback(batch).1["removed"], 1);
+}

@@ -712,12 +712,19 @@ impl ImportStore for D1Store<'_> {
         // Each row carries its values, its fingerprints and its rank among the rows of its
         // user before it: the statement judges every row against the table as it stood
         // before the statement, so the rank stands for the rows it adds ahead of this one.
-        let mut ranks: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        let mut ranks: Vec<(&str, u32)> = Vec::new();
         let mut credentials = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
             let c = &row.credential;
-            let rank = ranks.entry(c.user_id.as_str()).or_insert(0);
+            let i = ranks
+                .iter()
+                .position(|(u, _)| *u == c.user_id.as_str())
+                .unwrap_or_else(|| {
+                    ranks.push((c.user_id.as_str(), 0));
+                    ranks.len() - 1
+                });
+            let rank = &mut ranks[i].1;
             let mut values = vec![
                 Value::from(c.id.as_str()),
                 Value::from(c.user_id.as_str()),

@@ -9,8 +9,6 @@
 //! (unless the data changed in between). A rollback removes the rows the batch created
 //! that no user has changed or chosen as a default since.
 
-use std::collections::{HashMap, HashSet};
-
 use serde_json::json;
 
 use super::credentials::{apply_accepted, check_model};
@@ -141,9 +139,11 @@ impl Vault<'_> {
         let mut outcomes: Vec<Option<EntryOutcome>> = Vec::with_capacity(entries.len());
         let mut planned: Vec<Planned<'_>> = Vec::new();
         // The first entry of this request carrying each (user, key), and how many rows
-        // each user gains.
-        let mut seen: HashMap<(&UserId, &str), usize> = HashMap::new();
-        let mut gains: HashMap<&UserId, u32> = HashMap::new();
+        // each user gains. Scanned rather than hashed: a request holds a few hundred
+        // entries at most, and a map per key type costs the bundle more than the scan
+        // costs the CPU.
+        let mut seen: Vec<(&UserId, &str, usize)> = Vec::new();
+        let mut gains: Vec<(&UserId, u32)> = Vec::new();
         for (index, (entry, prints)) in entries.iter().zip(&prints).enumerate() {
             let (entry, prints) = match (entry, prints) {
                 (Ok(e), Some(p)) => (e, p),
@@ -166,14 +166,20 @@ impl Vault<'_> {
                 }));
                 continue;
             }
-            if let Some(first) = seen.get(&(&entry.user, print)) {
+            if let Some((_, _, first)) = seen
+                .iter()
+                .find(|(u, p, _)| *u == &entry.user && *p == print)
+            {
                 outcomes.push(Some(EntryOutcome::Skipped {
                     existing: None,
                     same_as: Some(*first),
                 }));
                 continue;
             }
-            let gained = gains.get(&entry.user).copied().unwrap_or(0);
+            let gained = gains
+                .iter()
+                .find(|(u, _)| *u == &entry.user)
+                .map_or(0, |(_, n)| *n);
             if occupancy.count + gained >= limit {
                 outcomes.push(Some(EntryOutcome::Rejected(
                     ApiError::credential_limit_reached(limit),
@@ -191,8 +197,11 @@ impl Vault<'_> {
             } else {
                 None
             };
-            seen.insert((&entry.user, print), index);
-            gains.insert(&entry.user, gained + 1);
+            seen.push((&entry.user, print, index));
+            match gains.iter_mut().find(|(u, _)| *u == &entry.user) {
+                Some((_, n)) => *n += 1,
+                None => gains.push((&entry.user, 1)),
+            }
             outcomes.push(None);
             planned.push(Planned {
                 index,
@@ -225,11 +234,9 @@ impl Vault<'_> {
             // be added to and rolled back like any other.
             Some(batch) => {
                 let rows = self.rows_for(batch, origin, &planned)?;
-                let stored: HashSet<CredentialId> = imports
+                let stored = imports
                     .insert_batch(batch, &rows, limit, self.clock.now())
-                    .await?
-                    .into_iter()
-                    .collect();
+                    .await?;
                 committed = rows
                     .iter()
                     .find(|r| stored.contains(&r.credential.id))

@@ -16,13 +16,16 @@
 //                       environment variable BYOK_ADMIN_TOKEN, never from the command line
 //   --dry-run           report what would happen; change nothing
 //   --validate          have the vault check every key live before storing it
-//   --chunk N           entries per request (default 200; 25 with --validate, the vault's limits)
-//   --batch-id ID       add to an earlier batch (one rollback then takes all of it back)
+//   --chunk N           entries per request (default and most 200; 25 with --validate); requests
+//                       also stay under the vault's 64 KiB body limit
+//   --batch-id ID       the batch to use (an earlier one to add to); by default the script names a
+//                       new one, so a request sent again after a lost answer lands in it
 //   --report FILE       write the per-entry report (JSON, no keys) there
 //   --out FILE          write the import request (it holds the keys: mode 0600) and send nothing
 //
 // Exit status: 0 every entry created or skipped as a duplicate, 1 some rejected, 2 it
 // could not run (bad arguments, unreadable file, the vault unreachable or refusing).
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -49,6 +52,26 @@ const PROVIDERS = Object.keys(ENV_KEYS);
 
 export class UsageError extends Error {}
 
+/** A quoted .env value: the text up to the matching unescaped quote (double quotes take
+ * \\n, \\t, \\" and \\\\ escapes, read in one pass), then nothing but a comment. */
+function quoted(rest, quote) {
+  let value = '';
+  for (let i = 1; i < rest.length; i++) {
+    const ch = rest[i];
+    if (ch === quote) {
+      const after = rest.slice(i + 1).trim();
+      return after === '' || after.startsWith('#') ? value : undefined;
+    }
+    if (ch === '\\' && quote === '"' && i + 1 < rest.length) {
+      const next = rest[++i];
+      value += { n: '\n', t: '\t', '"': '"', '\\': '\\' }[next] ?? `\\${next}`;
+    } else {
+      value += ch;
+    }
+  }
+  return undefined;
+}
+
 /** Reads a .env file: name → {value, line}. Values never appear in errors. */
 export function parseEnv(text, file = '.env') {
   const vars = new Map();
@@ -57,13 +80,13 @@ export function parseEnv(text, file = '.env') {
     if (!line || line.startsWith('#')) return;
     const m = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(line);
     if (!m) throw new UsageError(`${file}:${i + 1}: not a NAME=value line`);
-    let value = m[2];
-    const quote = value[0];
-    if ((quote === '"' || quote === "'") && value.length >= 2 && value.endsWith(quote)) {
-      value = value.slice(1, -1);
-      if (quote === '"') value = value.replace(/\\n/g, '\n').replace(/\\"/g, '"').replace(/\\\\/g, '\\');
+    const rest = m[2];
+    let value;
+    if (rest[0] === '"' || rest[0] === "'") {
+      value = quoted(rest, rest[0]);
+      if (value === undefined) throw new UsageError(`${file}:${i + 1}: ${m[1]} has an unclosed quote or text after it`);
     } else {
-      value = value.replace(/\s+#.*$/, '').trim();
+      value = rest.replace(/\s+#.*$/, '').trim();
     }
     vars.set(m[1], { value, line: i + 1 });
   });
@@ -156,50 +179,84 @@ export function progress(total, { stream = process.stderr } = {}) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Outcomes the vault says to send again: its own limits, the request's share of provider
+ * calls, a provider's back-off. */
+const RETRYABLE = new Set(['rate_limited', 'not_checked', 'provider_rate_limited']);
+/** The vault refuses bodies over 64 KiB: requests stay under this. */
+const MAX_BODY_BYTES = 60_000;
+
+/** Splits `indices` into requests of at most `count` entries and MAX_BODY_BYTES. */
+function chunks(indices, items, count) {
+  const out = [];
+  let current = [];
+  let bytes = 200;
+  for (const i of indices) {
+    const size = Buffer.byteLength(JSON.stringify(items[i].entry)) + 1;
+    if (current.length && (current.length >= count || bytes + size > MAX_BODY_BYTES)) {
+      out.push(current);
+      current = [];
+      bytes = 200;
+    }
+    current.push(i);
+    bytes += size;
+  }
+  if (current.length) out.push(current);
+  return out;
+}
+
+/** A batch id named in advance, so a request sent again after a lost answer lands in it. */
+export const newBatchId = () => `imp_${crypto.randomBytes(16).toString('hex')}`;
+
 /**
- * Sends `items` ({entry, source}) in chunks; returns the merged report. Entries the vault
- * refused for its own rate limit are sent again once the limit allows; an HTTP 429 or 503
- * is waited out and the chunk sent again.
+ * Sends `items` ({entry, source}) in requests the vault takes; returns the merged report
+ * (with what was done so far on `error.report` if it stops). Entries the vault says to send
+ * again are sent once the wait it names has passed; an HTTP 429 or 503 is waited out.
  */
 export async function sendAll(items, { url, token, dryRun, validate, chunk, batchId, onProgress, log = () => {} }) {
   const results = new Array(items.length);
   const counts = { created: 0, skipped: 0, rejected: 0 };
-  let batch = batchId ?? null;
+  const batch = dryRun ? null : batchId ?? newBatchId();
+  const report = () => ({
+    batch_id: batch, dry_run: dryRun, validated: validate,
+    summary: { entries: items.length, ...counts }, entries: results,
+  });
   let pending = items.map((_, i) => i);
   for (let round = 0; pending.length && round < 6; round++) {
-    const limited = [];
+    const again = [];
     let waitSeconds = 0;
-    for (let at = 0; at < pending.length; at += chunk) {
-      const indices = pending.slice(at, at + chunk);
+    for (const indices of chunks(pending, items, chunk)) {
       const body = { dry_run: dryRun, validate, entries: indices.map((i) => items[i].entry) };
       if (batch) body.batch_id = batch;
-      let report;
+      let answer;
       try {
-        report = await post(`${url}/v1/admin/import`, token, body, log);
+        answer = await post(`${url}/v1/admin/import`, token, body, log);
       } catch (e) {
         e.batch = batch;
+        e.report = report();
         throw e;
       }
-      if (!dryRun && report.batch_id) batch = report.batch_id;
-      report.entries.forEach((line, k) => {
+      answer.entries.forEach((line, k) => {
         const i = indices[k];
-        if (line.outcome === 'rejected' && line.reason === 'rate_limited' && round < 5) {
-          limited.push(i);
+        if (line.outcome === 'rejected' && RETRYABLE.has(line.reason) && round < 5) {
+          again.push(i);
           waitSeconds = Math.max(waitSeconds, line.retry_after_seconds ?? 60);
           return;
         }
-        results[i] = { source: items[i].source, ...line, index: undefined };
+        const { index, ...rest } = line;
+        if (rest.same_as_entry != null) rest.same_as_entry = indices[rest.same_as_entry];
+        results[i] = { source: items[i].source, ...rest };
         counts[line.outcome] = (counts[line.outcome] ?? 0) + 1;
       });
       onProgress?.(counts.created + counts.skipped + counts.rejected, counts);
     }
-    pending = limited;
+    pending = again.sort((a, b) => a - b);
     if (pending.length) {
-      log(`${pending.length} entries waited for the vault's live-check limit; sending them again in ${waitSeconds}s`);
-      await sleep(waitSeconds * 1000);
+      const wait = Math.min(waitSeconds, 120);
+      log(`${pending.length} entries are to be sent again (the vault's or a provider's limit); waiting ${wait}s`);
+      await sleep(wait * 1000);
     }
   }
-  return { batch_id: batch, dry_run: dryRun, validated: validate, summary: { entries: items.length, ...counts }, entries: results };
+  return report();
 }
 
 async function post(url, token, body, log) {
@@ -244,12 +301,24 @@ function parseArgs(argv) {
   }
   if (!opts.help && !opts.env === !opts.json) throw new UsageError('name one input: --env FILE or --json FILE');
   const most = opts.validate ? 25 : 200;
+  const target = (() => { try { return new URL(opts.url); } catch { throw new UsageError(`--url is not a URL: ${opts.url}`); } })();
+  const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(target.hostname);
+  if (target.protocol !== 'https:' && !(target.protocol === 'http:' && loopback)) {
+    throw new UsageError('--url must be https (plain http only to this machine): the token and the keys travel in it');
+  }
   opts.chunk = opts.chunk === undefined ? most : Number(opts.chunk);
   if (!Number.isInteger(opts.chunk) || opts.chunk < 1 || opts.chunk > most) {
     throw new UsageError(`--chunk must be 1..${most}${opts.validate ? ' with --validate' : ''}`);
   }
   opts.url = opts.url.replace(/\/+$/, '');
   return opts;
+}
+
+/** Writes JSON readable by its owner alone (a request file holds keys; a report may hold
+ * what an export had in the wrong column). */
+function writePrivate(file, value) {
+  fs.writeFileSync(file, `${JSON.stringify(value, null, 2)}\n`, { mode: 0o600 });
+  fs.chmodSync(file, 0o600);
 }
 
 export async function main(argv = process.argv.slice(2), env = process.env) {
@@ -278,7 +347,7 @@ export async function main(argv = process.argv.slice(2), env = process.env) {
     say(`${parsed.entries.length} entries from ${name}`);
     if (opts.out) {
       const request = { dry_run: opts.dryRun, validate: opts.validate, entries: parsed.entries.map((e) => e.entry) };
-      fs.writeFileSync(opts.out, `${JSON.stringify(request, null, 2)}\n`, { mode: 0o600 });
+      writePrivate(opts.out, request);
       say(`wrote the import request to ${opts.out} (it holds the keys; mode 0600)`);
       return 0;
     }
@@ -288,7 +357,7 @@ export async function main(argv = process.argv.slice(2), env = process.env) {
       url: opts.url, token, dryRun: opts.dryRun, validate: opts.validate, chunk: opts.chunk, batchId: opts.batchId,
       onProgress: progress(parsed.entries.length), log: say,
     });
-    if (opts.report) fs.writeFileSync(opts.report, `${JSON.stringify(report, null, 2)}\n`);
+    if (opts.report) writePrivate(opts.report, report);
     for (const line of report.entries.filter((e) => e?.outcome === 'rejected')) {
       say(`rejected ${line.source}: ${line.reason}${line.message ? ` (${line.message})` : ''}`);
     }
@@ -299,6 +368,7 @@ export async function main(argv = process.argv.slice(2), env = process.env) {
   } catch (e) {
     say(e instanceof UsageError ? e.message : `stopped: ${e.message}`);
     if (e.batch) say(`what was created so far is batch ${e.batch}: go on with --batch-id ${e.batch}, or roll it back`);
+    if (e.report && opts?.report) writePrivate(opts.report, e.report);
     return 2;
   }
 }

@@ -152,6 +152,14 @@ impl ApiError {
         e
     }
 
+    /// An import entry left unchecked: its request spent its share of provider calls.
+    pub fn not_checked() -> Self {
+        let mut e = Self::new(429, "not_checked", "Not checked in this request")
+            .detail("This request has used its share of provider calls; send this entry again.");
+        e.retry_after_seconds = Some(1);
+        e
+    }
+
     pub fn credential_limit_reached(limit: u32) -> Self {
         Self::new(409, "credential_limit_reached", "Too many stored keys").detail(format!(
             "You hold {limit} keys, the most one user may store; delete one to add another."

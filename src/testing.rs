@@ -659,7 +659,7 @@ impl crate::ports::ImportStore for MemoryStore {
                 .take(limit as usize)
                 .map(row)
                 .collect(),
-            defaults: defaults.into_iter().map(row).collect(),
+            defaults: defaults.into_iter().take(limit as usize).map(row).collect(),
         })
     }
 

@@ -116,11 +116,12 @@ pub(super) async fn import(ctx: &ServiceCtx<'_>) -> Outcome {
     let result = async {
         let command = import_command(ctx.config, json_body(ctx.request)?)?;
         if let Some(batch) = &command.batch {
+            // A new id starts a batch; a known one must be an import's.
             let known = app.job_store.job(batch.as_str()).await?;
-            if known.is_none_or(|j| j.kind != IMPORT_KIND) {
+            if known.is_some_and(|j| j.kind != IMPORT_KIND) {
                 return Err(ApiError::invalid_request(vec![FieldError::new(
                     "batch_id",
-                    "names no import batch",
+                    "names a job that is not an import",
                 )]));
             }
         }

@@ -223,6 +223,13 @@ pub(super) fn import_entry(config: &Config, value: Value) -> Result<ImportEntry,
                 f.field = format!("params.{}", f.field);
             }
         }
+        // An export with its columns shifted puts a key where the provider should be: the
+        // report never quotes what was there.
+        if e.code == "unknown_provider" {
+            e.detail = Some(
+                "The provider is not one this vault knows (GET /v1/providers lists them).".into(),
+            );
+        }
         e
     })?;
     let user = user.ok_or_else(ApiError::internal)?;
@@ -231,12 +238,13 @@ pub(super) fn import_entry(config: &Config, value: Value) -> Result<ImportEntry,
 
 /// `POST /v1/admin/import`: `{"entries":[…],"dry_run"?,"validate"?,"batch_id"?}`. The
 /// envelope must be right (400 otherwise); each entry is read on its own, and one that is
-/// wrong is reported as rejected while the others go ahead.
+/// wrong is reported as rejected while the others go ahead. An import is real only when
+/// `dry_run` is `false`: left out, it is a dry run.
 pub(super) fn import_command(
     config: &Config,
     mut body: JsonObject,
 ) -> Result<ImportCommand, ApiError> {
-    let dry_run = body.bool("dry_run").unwrap_or(false);
+    let dry_run = body.bool("dry_run").unwrap_or(true);
     let validate = body.bool("validate").unwrap_or(false);
     let batch = body.string("batch_id", false, 64).and_then(|b| {
         BatchId::parse(&b).or_else(|| {
@@ -259,7 +267,7 @@ pub(super) fn import_command(
             body.errors.push(FieldError::new(
                 "entries",
                 format!(
-                    "holds {} entries; one request takes at most {most}{} (send the rest in further requests with this batch_id)",
+                    "holds {} entries; one request takes at most {most}{} (send the rest in further requests with the same batch_id)",
                     entries.len(),
                     if validate { " when they are validated" } else { "" },
                 ),

@@ -709,22 +709,18 @@ impl ImportStore for D1Store<'_> {
         let picks: Vec<String> = (0..columns.len())
             .map(|i| format!("json_extract(j.value, '$.r[{i}]')"))
             .collect();
-        // Each row carries its values, its fingerprints and its rank among the rows of its
-        // user before it: the statement judges every row against the table as it stood
-        // before the statement, so the rank stands for the rows it adds ahead of this one.
+        // Rows go in as JSON texts of at most STATEMENT_BYTES (a validated row carries its
+        // model list; D1 takes a value of at most 2 MB), one INSERT each, in one
+        // transaction. Each row carries its values, its fingerprints and its rank among the
+        // rows of its user before it in the same statement: a statement judges its rows
+        // against the table as it stood before the statement (earlier statements' rows
+        // included), so the rank stands for the rows it adds ahead of this one.
+        const STATEMENT_BYTES: usize = 900_000;
+        let mut groups: Vec<(Vec<Value>, usize)> = vec![(Vec::new(), 0)];
         let mut ranks: Vec<(&str, u32)> = Vec::new();
-        let mut credentials = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
             let c = &row.credential;
-            let i = ranks
-                .iter()
-                .position(|(u, _)| *u == c.user_id.as_str())
-                .unwrap_or_else(|| {
-                    ranks.push((c.user_id.as_str(), 0));
-                    ranks.len() - 1
-                });
-            let rank = &mut ranks[i].1;
             let mut values = vec![
                 Value::from(c.id.as_str()),
                 Value::from(c.user_id.as_str()),
@@ -732,16 +728,37 @@ impl ImportStore for D1Store<'_> {
                 Value::from(c.created_at.as_millis()),
             ];
             values.extend(mutable_values(c));
-            credentials.push(serde_json::json!({"r": values, "p": row.prints, "k": *rank}));
-            *rank += 1;
+            let size = values.iter().map(|v| v.to_string().len()).sum::<usize>() + 256;
+            if groups
+                .last()
+                .is_some_and(|(g, bytes)| !g.is_empty() && bytes + size > STATEMENT_BYTES)
+            {
+                groups.push((Vec::new(), 0));
+                ranks.clear();
+            }
+            let i = ranks
+                .iter()
+                .position(|(u, _)| *u == c.user_id.as_str())
+                .unwrap_or_else(|| {
+                    ranks.push((c.user_id.as_str(), 0));
+                    ranks.len() - 1
+                });
+            let rank = ranks[i].1;
+            ranks[i].1 += 1;
+            if let Some((group, bytes)) = groups.last_mut() {
+                group.push(serde_json::json!({"r": values, "p": row.prints, "k": rank}));
+                *bytes += size;
+            }
             let body = serde_json::to_string(&row.event)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             events.push(serde_json::json!({
                 "i": row.event.id, "c": c.id.as_str(), "u": c.user_id.as_str(), "e": body,
             }));
         }
+        // No OR IGNORE: the WHERE clause is the guard, and a constraint that still fires
+        // (a race the clause cannot see) fails the whole transaction as a conflict.
         let insert = format!(
-            "INSERT OR IGNORE INTO credentials ({}) SELECT {} FROM json_each(?1) AS j \
+            "INSERT INTO credentials ({}) SELECT {} FROM json_each(?1) AS j \
              WHERE NOT EXISTS (SELECT 1 FROM credentials c WHERE c.user_id = json_extract(j.value, '$.r[1]') \
                  AND c.fingerprint IN (SELECT value FROM json_each(j.value, '$.p'))) \
                AND (SELECT COUNT(*) FROM credentials c WHERE c.user_id = json_extract(j.value, '$.r[1]')) \
@@ -754,50 +771,51 @@ impl ImportStore for D1Store<'_> {
             "EXISTS (SELECT 1 FROM credentials c WHERE c.id = json_extract(j.value, '$.c') \
              AND c.user_id = json_extract(j.value, '$.u') AND c.import_batch_id = ?2)";
         let (batch_id, at, events) = (text(batch.as_str()), millis(now), json_rows(events));
-        let results = self
-            .db
-            .batch(vec![
-                self.db.prepare(
-                    "INSERT INTO jobs (id, kind, state, total, done, failed, created_at, updated_at) \
-                     VALUES (?1, 'import', 'done', 0, 0, 0, ?2, ?2) ON CONFLICT (id) DO NOTHING",
-                    &[batch_id.clone(), at.clone()],
-                )?,
-                self.db.prepare(
-                    &insert,
-                    &[json_rows(credentials), num(u64::from(limit))],
-                )?,
-                // The events of the rows stored, in the order sent; none for a row left out.
-                self.db.prepare(
-                    &format!(
-                        "INSERT INTO audit_outbox (id, user_id, event, created_at) \
-                         SELECT json_extract(j.value, '$.i'), json_extract(j.value, '$.u'), \
-                           json_extract(j.value, '$.e'), ?3 \
-                         FROM json_each(?1) AS j WHERE {stored_here} ORDER BY j.key"
-                    ),
-                    &[events.clone(), batch_id.clone(), num(super::runtime::now_ms())],
-                )?,
-                self.db.prepare(
-                    &format!(
-                        "UPDATE jobs SET total = total + (SELECT COUNT(*) FROM json_each(?1) AS j WHERE {stored_here}), \
-                           done = done + (SELECT COUNT(*) FROM json_each(?1) AS j WHERE {stored_here}), \
-                           updated_at = ?3 WHERE id = ?2"
-                    ),
-                    &[events, batch_id, at],
-                )?,
-            ])
-            .await?;
+        let mut statements = vec![self.db.prepare(
+            "INSERT INTO jobs (id, kind, state, total, done, failed, created_at, updated_at) \
+             VALUES (?1, 'import', 'done', 0, 0, 0, ?2, ?2) ON CONFLICT (id) DO NOTHING",
+            &[batch_id.clone(), at.clone()],
+        )?];
+        let inserts = 1..1 + groups.len();
+        for (group, _) in groups {
+            statements.push(
+                self.db
+                    .prepare(&insert, &[json_rows(group), num(u64::from(limit))])?,
+            );
+        }
+        // The events of the rows stored, in the order sent; none for a row left out.
+        statements.push(self.db.prepare(
+            &format!(
+                "INSERT INTO audit_outbox (id, user_id, event, created_at) \
+                 SELECT json_extract(j.value, '$.i'), json_extract(j.value, '$.u'), \
+                   json_extract(j.value, '$.e'), ?3 \
+                 FROM json_each(?1) AS j WHERE {stored_here} ORDER BY j.key"
+            ),
+            &[
+                events.clone(),
+                batch_id.clone(),
+                num(super::runtime::now_ms()),
+            ],
+        )?);
+        statements.push(self.db.prepare(
+            &format!(
+                "UPDATE jobs SET total = total + (SELECT COUNT(*) FROM json_each(?1) AS j WHERE {stored_here}), \
+                   done = done + (SELECT COUNT(*) FROM json_each(?1) AS j WHERE {stored_here}), \
+                   updated_at = ?3 WHERE id = ?2"
+            ),
+            &[events, batch_id, at],
+        )?);
+        let results = self.db.batch(statements).await?;
         #[derive(Deserialize)]
         struct Stored {
             id: String,
         }
-        let stored: Vec<Stored> = match results.get(1) {
-            Some(r) => r.results().map_err(unavailable)?,
-            None => Vec::new(),
-        };
-        Ok(stored
-            .iter()
-            .filter_map(|s| CredentialId::parse(&s.id))
-            .collect())
+        let mut ids = Vec::new();
+        for r in results.get(inserts).unwrap_or_default() {
+            let stored: Vec<Stored> = r.results().map_err(unavailable)?;
+            ids.extend(stored.iter().filter_map(|s| CredentialId::parse(&s.id)));
+        }
+        Ok(ids)
     }
 
     async fn batch_rows(&self, batch: &BatchId, limit: u32) -> Result<BatchRows, StoreError> {

@@ -30,6 +30,7 @@ static INFO: ProviderInfo = ProviderInfo {
     ],
     supports_model_listing: true,
     supports_quota: false,
+    check_calls: 2,
     auth: Auth::Header("Ocp-Apim-Subscription-Key"),
     classify,
     #[rustfmt::skip]

@@ -22,6 +22,7 @@ static INFO: ProviderInfo = ProviderInfo {
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: true,
+    check_calls: 3,
     auth: Auth::Token,
     classify,
     #[rustfmt::skip]

@@ -23,6 +23,7 @@ static INFO: ProviderInfo = ProviderInfo {
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: false,
+    check_calls: MAX_MODEL_PAGES as u32,
     auth: Auth::Header("x-goog-api-key"),
     classify,
     #[rustfmt::skip]

@@ -19,6 +19,7 @@ static INFO: ProviderInfo = ProviderInfo {
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: false,
+    check_calls: 1,
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("Groq", r),
     #[rustfmt::skip]

@@ -77,6 +77,11 @@ pub struct ProviderInfo {
     pub fields: &'static [Field],
     pub supports_model_listing: bool,
     pub supports_quota: bool,
+    /// The most provider calls one check of a key makes when each call is tried once
+    /// (the probe, every page of a model list, the quota): what a caller with a budget
+    /// of subrequests keeps free before it starts one.
+    #[serde(skip)]
+    pub check_calls: u32,
     /// Where the provider lives; empty when the user supplies `base_url` (Ollama).
     #[serde(skip)]
     pub endpoints: &'static [Endpoint],

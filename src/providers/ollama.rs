@@ -32,6 +32,7 @@ static INFO: ProviderInfo = ProviderInfo {
     ],
     supports_model_listing: true,
     supports_quota: false,
+    check_calls: 1,
     auth: Auth::Bearer,
     classify,
     #[rustfmt::skip]

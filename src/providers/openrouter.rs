@@ -23,6 +23,7 @@ static INFO: ProviderInfo = ProviderInfo {
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: true,
+    check_calls: 2,
     auth: Auth::Bearer,
     classify,
     #[rustfmt::skip]

@@ -44,7 +44,9 @@ pub struct ImportCommand {
     pub dry_run: bool,
     /// Check every key live with its provider first (rate-limited like any check).
     pub validate: bool,
-    /// Add to this earlier batch (already known to exist) instead of starting one.
+    /// The batch the rows go into (an earlier one to add to, or one the caller named in
+    /// advance, so a request retried after a lost answer lands in the same batch);
+    /// otherwise a new one.
     pub batch: Option<crate::domain::BatchId>,
     pub entries: Vec<Result<ImportEntry, crate::error::ApiError>>,
 }

@@ -248,7 +248,7 @@ impl Vault<'_> {
     /// Counts one live provider check against the caller's network and user, and refuses
     /// it when either is over its limit. The network is counted first: a refused network
     /// spends nothing of the user's allowance.
-    async fn limit_live_check(&self, caller: &Caller<'_>) -> Result<(), ApiError> {
+    pub(super) async fn limit_live_check(&self, caller: &Caller<'_>) -> Result<(), ApiError> {
         if !self.config.rate_limits {
             return Ok(());
         }

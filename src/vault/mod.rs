@@ -18,8 +18,8 @@ mod usage;
 
 pub use commands::{CredentialPatch, ImportCommand, ImportEntry, NewCredential};
 pub use import::{
-    EntryOutcome, EntryReport, ImportReport, RollbackReport, MAX_IMPORT_ENTRIES,
-    MAX_VALIDATED_ENTRIES, ROLLBACK_CHUNK, UNCHECKED_WARNING,
+    EntryOutcome, EntryReport, ImportReport, RollbackReport, IMPORT_CALL_BUDGET,
+    MAX_IMPORT_ENTRIES, MAX_VALIDATED_ENTRIES, ROLLBACK_CHUNK, UNCHECKED_WARNING,
 };
 pub use keys::Rewrap;
 pub use revalidation::Revalidated;

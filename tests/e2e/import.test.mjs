@@ -107,7 +107,7 @@ describe('POST /v1/admin/import', () => {
   test('the real run creates what the dry run promised, sealed, audited and usable', async () => {
     assert.ok(dry, 'needs the dry run');
     const before = await footprint();
-    const r = await importing({ validate: true, entries: entries() });
+    const r = await importing({ dry_run: false, validate: true, entries: entries() });
     assert.equal(r.status, 200, r.text);
     real = r.json;
     assert.match(real.batch_id, /^imp_[0-9a-f]{32}$/);
@@ -144,7 +144,7 @@ describe('POST /v1/admin/import', () => {
   test('importing the same entries again creates no duplicates', async () => {
     assert.ok(real, 'needs the real run');
     const before = await footprint();
-    const r = await importing({ validate: true, entries: entries() });
+    const r = await importing({ dry_run: false, validate: true, entries: entries() });
     assert.equal(r.status, 200, r.text);
     assert.equal(r.json.summary.created, 0);
     assert.deepEqual(outcomes(r.json).slice(20), ['skipped:duplicate', 'skipped:duplicate', 'rejected:invalid_api_key', 'rejected:unknown_provider']);
@@ -227,7 +227,7 @@ describe('scripts/import.mjs', () => {
   test('reads .env names, quotes and byok-vault system key names; never a value in an error', () => {
     const vars = parseEnv([
       '# deployment keys',
-      'export OPENAI_API_KEY="sk-one"',
+      'export OPENAI_API_KEY="sk-one" # the team key',
       "ANTHROPIC_API_KEY='sk-two'",
       'SYSTEM_KEY_AZURE_SPEECH=az-three',
       'SYSTEM_KEY_AZURE_SPEECH_REGION=westeurope',
@@ -311,5 +311,8 @@ describe('scripts/import.mjs', () => {
     const usage = await script(['--env', path.join(tmp, 'deploy.env')]);
     assert.equal(usage.code, 2);
     assert.match(usage.out, /--user is required/);
+    const plain = await script(['--json', file, '--url', 'http://vault.example']);
+    assert.equal(plain.code, 2);
+    assert.match(plain.out, /must be https/);
   });
 });

@@ -104,7 +104,7 @@ fn the_real_run_creates_what_the_dry_run_promised_and_a_second_run_creates_nothi
     let w = World::with_services(&[]);
     let existing = w.added();
     let (_, dry) = w.import(json!({"dry_run": true, "entries": mixed()}), vec![]);
-    let (s, real) = w.import(json!({"entries": mixed()}), vec![]);
+    let (s, real) = w.import(json!({"dry_run": false, "entries": mixed()}), vec![]);
     assert_eq!(s, 200, "{real}");
     assert_eq!(outcomes(&real), outcomes(&dry));
     let batch = real["batch_id"].as_str().unwrap().to_owned();
@@ -154,7 +154,7 @@ fn the_real_run_creates_what_the_dry_run_promised_and_a_second_run_creates_nothi
     );
 
     // Importing the same entries again creates nothing, and names what holds each key.
-    let (s, again) = w.import(json!({"entries": mixed()}), vec![]);
+    let (s, again) = w.import(json!({"dry_run": false, "entries": mixed()}), vec![]);
     assert_eq!(s, 200);
     assert_eq!(again["summary"]["created"], 0, "{again}");
     assert_eq!(again["entries"][0]["credential_id"], json!(existing));
@@ -174,7 +174,7 @@ fn the_real_run_creates_what_the_dry_run_promised_and_a_second_run_creates_nothi
 fn validation_checks_each_new_key_and_rejects_the_dead_ones_with_the_providers_word() {
     let w = World::with_services(&[]);
     let (s, report) = w.import(
-        json!({"validate": true, "entries": [entry("u_a", KEY), entry("u_b", KEY2)]}),
+        json!({"dry_run": false, "validate": true, "entries": [entry("u_a", KEY), entry("u_b", KEY2)]}),
         vec![
             respond(200, SUBSCRIPTION),
             respond(200, MODELS),
@@ -201,7 +201,7 @@ fn validation_is_rate_limited_like_any_live_check() {
     let mut w = World::with_services(&[]);
     w.limiter = crate::testing::CountingLimiter::new(1);
     let (s, report) = w.import(
-        json!({"validate": true, "entries": [entry("u_a", KEY), entry("u_b", KEY2)]}),
+        json!({"dry_run": false, "validate": true, "entries": [entry("u_a", KEY), entry("u_b", KEY2)]}),
         valid(),
     );
     assert_eq!(s, 200, "{report}");
@@ -227,7 +227,7 @@ fn an_import_never_takes_a_user_past_the_credential_limit() {
     w.added();
     let entries = json!([entry("u_a", KEY2), entry("u_a", KEY3), entry("u_b", KEY3)]);
     let (_, dry) = w.import(json!({"dry_run": true, "entries": entries}), vec![]);
-    let (_, real) = w.import(json!({"entries": entries}), vec![]);
+    let (_, real) = w.import(json!({"dry_run": false, "entries": entries}), vec![]);
     let expected = ["created", "rejected:credential_limit_reached", "created"];
     assert_eq!(outcomes(&dry), expected);
     assert_eq!(outcomes(&real), expected);
@@ -242,7 +242,10 @@ fn a_key_stored_by_a_parallel_request_meanwhile_is_reported_as_skipped() {
     w.store.rows.borrow_mut().clear();
     // Between the import's read and its write, u_a's own request stores the same key.
     w.race(move |rows| rows.push(theirs));
-    let (s, report) = w.import(json!({"entries": [entry("u_a", KEY)]}), vec![]);
+    let (s, report) = w.import(
+        json!({"dry_run": false, "entries": [entry("u_a", KEY)]}),
+        vec![],
+    );
     assert_eq!(s, 200, "{report}");
     assert_eq!(outcomes(&report), ["skipped:duplicate"]);
     assert_eq!(report["entries"][0]["credential_id"], json!(held));
@@ -279,21 +282,82 @@ fn the_envelope_is_checked_whole_and_a_wrong_one_changes_nothing() {
         assert_eq!(problem["code"], "invalid_request");
         assert_eq!(problem["errors"][0]["field"], field, "{problem}");
     }
+    // A batch id that names another kind of job is refused.
+    w.store.jobs.borrow_mut().push(crate::ports::JobRecord {
+        id: BATCH.into(),
+        kind: "rewrap".into(),
+        state: "done".into(),
+        total: 0,
+        done: 0,
+        failed: 0,
+        cursor: None,
+        created_at: crate::domain::Timestamp::from_millis(NOW_MS),
+        updated_at: crate::domain::Timestamp::from_millis(NOW_MS),
+    });
     let (s, problem) = w.import(
-        json!({"entries": [entry("u_a", KEY)], "batch_id": "imp_00000000000000000000000000000000"}),
+        json!({"dry_run": false, "entries": [entry("u_a", KEY)], "batch_id": BATCH}),
         vec![],
     );
     assert_eq!(
         (s, problem["errors"][0]["field"].as_str()),
         (400, Some("batch_id"))
     );
+    assert_eq!(w.footprint(), (0, 0, 1));
+}
+
+const BATCH: &str = "imp_0123456789abcdef0123456789abcdef";
+
+#[test]
+fn an_import_is_a_dry_run_unless_it_says_otherwise() {
+    let w = World::with_services(&[]);
+    let (s, report) = w.import(json!({"entries": [entry("u_a", KEY)]}), vec![]);
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(
+        (report["dry_run"].as_bool(), report["batch_id"].as_str()),
+        (Some(true), None)
+    );
     assert_eq!(w.footprint(), (0, 0, 0));
+}
+
+#[test]
+fn a_dry_run_with_validation_checks_keys_and_still_writes_nothing() {
+    let w = World::with_services(&[]);
+    let (s, report) = w.import(
+        json!({"dry_run": true, "validate": true, "entries": [entry("u_a", KEY), entry("u_b", KEY2)]}),
+        vec![respond(200, SUBSCRIPTION), respond(200, MODELS), respond(401, INVALID)],
+    );
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(outcomes(&report), ["created", "rejected:invalid_api_key"]);
+    assert_eq!(w.provider_calls.get(), 3);
+    assert_eq!(w.footprint(), (0, 0, 0));
+}
+
+#[test]
+fn validation_stops_before_the_requests_provider_calls_run_out() {
+    let w = World::with_services(&[]);
+    let n = crate::vault::MAX_VALIDATED_ENTRIES;
+    let entries: Vec<Value> = (0..n).map(|i| entry(&format!("u_{i}"), KEY)).collect();
+    let script: Vec<Scripted> = (0..n).flat_map(|_| valid()).collect();
+    let (s, report) = w.import(
+        json!({"dry_run": false, "validate": true, "entries": entries}),
+        script,
+    );
+    assert_eq!(s, 200, "{report}");
+    // Each check here costs its worst case, 2 calls: a check starts while 2 more fit.
+    let fits = (crate::vault::IMPORT_CALL_BUDGET / 2) as usize;
+    let mut expected = vec!["created".to_owned(); fits];
+    assert!(fits < n, "the budget must bind in this test");
+    expected.resize(n, "rejected:not_checked".to_owned());
+    assert_eq!(outcomes(&report), expected);
+    assert!(w.provider_calls.get() as u32 <= crate::vault::IMPORT_CALL_BUDGET);
+    assert_eq!(report["entries"][n - 1]["retry_after_seconds"], 1);
+    assert_eq!(w.store.rows.borrow().len(), fits);
 }
 
 #[test]
 fn only_an_admin_service_may_import() {
     let w = World::with_services(&[]);
-    let body = json!({"entries": [entry("u_a", KEY)]});
+    let body = json!({"dry_run": false, "entries": [entry("u_a", KEY)]});
     for (token, status) in [
         (None, 401),
         (Some(token("u_a")), 401),
@@ -321,7 +385,7 @@ fn a_rollback_removes_exactly_the_rows_no_user_changed_or_chose_since() {
         entry("u_c", KEY),
         entry("u_d", KEY)
     ]);
-    let (_, report) = w.import(json!({"entries": entries}), vec![]);
+    let (_, report) = w.import(json!({"dry_run": false, "entries": entries}), vec![]);
     let batch = report["batch_id"].as_str().unwrap().to_owned();
     let id = |i: usize| {
         report["entries"][i]["credential_id"]
@@ -384,10 +448,13 @@ fn a_rollback_removes_exactly_the_rows_no_user_changed_or_chose_since() {
 #[test]
 fn a_later_request_can_add_to_a_batch_and_one_rollback_takes_both_back() {
     let w = World::with_services(&[]);
-    let (_, first) = w.import(json!({"entries": [entry("u_a", KEY)]}), vec![]);
+    let (_, first) = w.import(
+        json!({"dry_run": false, "entries": [entry("u_a", KEY)]}),
+        vec![],
+    );
     let batch = first["batch_id"].as_str().unwrap();
     let (s, second) = w.import(
-        json!({"entries": [entry("u_b", KEY)], "batch_id": batch}),
+        json!({"dry_run": false, "entries": [entry("u_b", KEY)], "batch_id": batch}),
         vec![],
     );
     assert_eq!(s, 200, "{second}");
@@ -404,13 +471,132 @@ fn a_later_request_can_add_to_a_batch_and_one_rollback_takes_both_back() {
 fn a_run_that_stores_nothing_still_makes_a_batch_that_can_be_added_to() {
     let w = World::with_services(&[]);
     w.added();
-    let (_, first) = w.import(json!({"entries": [entry("u_a", KEY)]}), vec![]);
+    let (_, first) = w.import(
+        json!({"dry_run": false, "entries": [entry("u_a", KEY)]}),
+        vec![],
+    );
     assert_eq!(outcomes(&first), ["skipped:duplicate"]);
     let batch = first["batch_id"].as_str().unwrap();
     let (s, second) = w.import(
-        json!({"entries": [entry("u_b", KEY)], "batch_id": batch}),
+        json!({"dry_run": false, "entries": [entry("u_b", KEY)], "batch_id": batch}),
         vec![],
     );
     assert_eq!((s, outcomes(&second)), (200, vec!["created".to_owned()]));
     assert_eq!(w.rollback(batch).1["removed"], 1);
+}
+
+#[test]
+fn a_user_filling_their_last_slot_meanwhile_wins_over_the_import() {
+    let w = World::with_services(&[("MAX_CREDENTIALS_PER_USER", "2")]);
+    w.added();
+    let mut theirs = w.stored();
+    theirs.id = crate::domain::CredentialId::from_random([9; 16]);
+    theirs.fingerprint = Some("v1:someone-elses-key".into());
+    // Between the import's read and its write, u_a's own request takes the last slot.
+    w.race(move |rows| rows.push(theirs));
+    let outbox = w.store.outbox.rows.borrow().len();
+    let (s, report) = w.import(
+        json!({"dry_run": false, "entries": [entry("u_a", KEY2)]}),
+        vec![],
+    );
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(outcomes(&report), ["rejected:credential_limit_reached"]);
+    assert_eq!(w.store.rows.borrow().len(), 2);
+    assert_eq!(
+        w.store.outbox.rows.borrow().len(),
+        outbox,
+        "an event without its row"
+    );
+    assert_eq!(w.store.jobs.borrow()[0].total, 0);
+}
+
+#[test]
+fn a_batch_named_in_advance_survives_a_retried_request() {
+    let w = World::with_services(&[]);
+    let body = json!({"dry_run": false, "batch_id": BATCH, "entries": [entry("u_a", KEY), entry("u_b", KEY)]});
+    let (_, first) = w.import(body.clone(), vec![]);
+    assert_eq!(
+        (
+            first["batch_id"].as_str(),
+            first["summary"]["created"].as_u64()
+        ),
+        (Some(BATCH), Some(2))
+    );
+    // The answer was lost; the operator sends the same request again.
+    let (_, again) = w.import(body, vec![]);
+    assert_eq!(outcomes(&again), ["skipped:duplicate", "skipped:duplicate"]);
+    let (_, back) = w.rollback(BATCH);
+    assert_eq!(back["removed"], 2);
+}
+
+#[test]
+fn rolling_back_one_batch_leaves_another_alone_and_a_rewrapped_row_still_goes() {
+    let mut w = World::with_services(&[]);
+    let (_, a) = w.import(
+        json!({"dry_run": false, "entries": [entry("u_a", KEY)]}),
+        vec![],
+    );
+    let (_, b) = w.import(
+        json!({"dry_run": false, "entries": [entry("u_a", KEY2)]}),
+        vec![],
+    );
+    // A master-key rotation re-seals both rows under version 2.
+    let v2 = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+    let ring = format!(r#"{{"1":"{MASTER}","2":"{v2}"}}"#);
+    let tokens = service_tokens();
+    w.config = config_with(
+        false,
+        &[
+            ("SERVICE_TOKENS", &tokens),
+            ("MASTER_KEYS", &ring),
+            ("MASTER_KEY_ACTIVE", "2"),
+        ],
+    );
+    assert_eq!(w.admin("POST", "/v1/admin/master-key/rotate").0, 202);
+    while !w.jobs.sent.borrow().is_empty() {
+        w.run_queued_jobs(vec![]);
+    }
+    assert!(w
+        .store
+        .rows
+        .borrow()
+        .iter()
+        .all(|c| c.secret.as_ref().unwrap().key_version.get() == 2));
+
+    let (s, back) = w.rollback(a["batch_id"].as_str().unwrap());
+    assert_eq!((s, back["removed"].as_u64()), (200, Some(1)));
+    let left: Vec<String> = w
+        .store
+        .rows
+        .borrow()
+        .iter()
+        .map(|c| c.id.as_str().to_owned())
+        .collect();
+    assert_eq!(left, [b["entries"][0]["credential_id"].as_str().unwrap()]);
+}
+
+#[test]
+fn a_large_batch_is_rolled_back_in_chunks() {
+    let w = World::with_services(&[]);
+    for round in 0..3 {
+        let entries: Vec<Value> = (0..crate::vault::MAX_IMPORT_ENTRIES)
+            .map(|i| entry(&format!("u_{round}_{i}"), KEY))
+            .collect();
+        let (s, r) = w.import(
+            json!({"dry_run": false, "batch_id": BATCH, "entries": entries}),
+            vec![],
+        );
+        assert_eq!((s, r["summary"]["created"].as_u64()), (200, Some(200)));
+    }
+    let (_, first) = w.rollback(BATCH);
+    assert_eq!(
+        (first["removed"].as_u64(), first["more"].as_bool()),
+        (Some(500), Some(true))
+    );
+    let (_, second) = w.rollback(BATCH);
+    assert_eq!(
+        (second["removed"].as_u64(), second["more"].as_bool()),
+        (Some(100), Some(false))
+    );
+    assert!(w.store.rows.borrow().is_empty());
 }

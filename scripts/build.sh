@@ -16,6 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f .toolchain/env.sh ] || { echo "run scripts/setup.sh first" >&2; exit 1; }
 . .toolchain/env.sh
+# The API description, served as a static asset (not wasm).
+node scripts/openapi-json.mjs
 out=build/index_bg.wasm
 if [ -f "$out" ] && [ -f build/index_bg.names.wasm ] && [ -f build/worker/shim.mjs ] && [ -f build/index.js ] &&
   [ -z "$(find src Cargo.toml Cargo.lock -newer "$out" -print -quit)" ]; then

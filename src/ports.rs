@@ -130,6 +130,13 @@ pub trait Upstream {
     async fn read(&self, body: BodyStream, limit: usize) -> Result<Vec<u8>, HttpError>;
 }
 
+/// The static files deployed beside the Worker (Workers static assets).
+#[async_trait(?Send)]
+pub trait Assets {
+    /// The file at `path` (such as `/openapi.json`), if it was deployed.
+    async fn read(&self, path: &str) -> Option<Vec<u8>>;
+}
+
 /// What a live check with a provider is counted against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LimitScope {

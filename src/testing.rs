@@ -1031,3 +1031,13 @@ impl crate::ports::SignatureVerifier for RustCryptoVerifier {
         }
     }
 }
+
+/// A deployment without static assets (the end-to-end tests serve the real ones).
+pub(crate) struct NoAssets;
+
+#[async_trait(?Send)]
+impl crate::ports::Assets for NoAssets {
+    async fn read(&self, _path: &str) -> Option<Vec<u8>> {
+        None
+    }
+}

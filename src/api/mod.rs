@@ -7,6 +7,7 @@ mod admin;
 mod audit;
 mod commands;
 mod credentials;
+mod description;
 mod health;
 pub mod input;
 mod preferences;
@@ -143,6 +144,8 @@ pub struct App<'a> {
     pub job_store: &'a dyn crate::ports::JobStore,
     /// Where imports write and what their rollback removes.
     pub imports: &'a dyn crate::ports::ImportStore,
+    /// The static files deployed beside the Worker (the API description among them).
+    pub assets: &'a dyn crate::ports::Assets,
     /// Infisical's per-isolate cache of system keys (`SYSTEM_KEYS_SOURCE = "infisical"`).
     pub infisical: Option<&'a crate::system_keys::InfisicalCache>,
 }

@@ -4,7 +4,8 @@
 use futures::future::LocalBoxFuture;
 
 use super::{
-    admin, audit, credentials, health, input, preferences, proxy, resolve, App, Request, Response,
+    admin, audit, credentials, description, health, input, preferences, proxy, resolve, App,
+    Request, Response,
 };
 use crate::audit::{Action, Actor, ActorType, Facts, Origin};
 use crate::auth::{bearer_token, find_service, AuthError, JwtVerifier, Scope, ServiceToken};
@@ -42,6 +43,7 @@ pub(super) struct Route {
 #[rustfmt::skip]
 pub(super) static ROUTES: &[Route] = &[
     Route { method: "GET",    path: "/v1/health",                    handler: Open(|a| Box::pin(health::health(a))) },
+    Route { method: "GET",    path: "/v1/openapi.json",              handler: Open(|a| Box::pin(description::openapi(a))) },
     Route { method: "GET",    path: "/v1/providers",                 handler: User(|c| Box::pin(credentials::providers(c))) },
     Route { method: "GET",    path: "/v1/credentials",               handler: User(|c| Box::pin(credentials::list(c))) },
     Route { method: "POST",   path: "/v1/credentials",               handler: User(|c| Box::pin(credentials::create(c))) },
@@ -425,6 +427,61 @@ fn configured<'a>(app: &App<'a>) -> Result<&'a Config, ApiError> {
 
 #[cfg(test)]
 mod tests {
+    /// The operations `docs/openapi.yaml` describes: (method, path) with every path
+    /// parameter written `{}`. Read line by line: the file keeps one layout (paths at two
+    /// spaces, operations at four).
+    fn described() -> Vec<(String, String)> {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml"))
+                .unwrap();
+        let mut out = Vec::new();
+        let mut path = None;
+        for line in text.lines() {
+            if let Some(p) = line.strip_prefix("  /").and_then(|p| p.strip_suffix(':')) {
+                path = Some(normalised(&format!("/{p}")));
+            } else if !line.starts_with("  ") && !line.is_empty() {
+                path = None;
+            } else if let (Some(p), Some(m)) = (&path, line.strip_prefix("    ")) {
+                for method in ["get", "post", "put", "patch", "delete"] {
+                    if m.starts_with(&format!("{method}:")) {
+                        out.push((method.to_uppercase(), p.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn normalised(path: &str) -> String {
+        path.split('/')
+            .map(|s| if s.starts_with('{') { "{}" } else { s })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    #[test]
+    fn every_route_is_described_and_every_described_operation_is_routed() {
+        let described = described();
+        assert!(described.len() > 20, "{described:?}");
+        for route in ROUTES {
+            let path = normalised(route.path);
+            let found = described
+                .iter()
+                .any(|(m, p)| *p == path && (route.method == "*" || m == route.method));
+            assert!(
+                found,
+                "{} {} is routed but not described",
+                route.method, route.path
+            );
+        }
+        for (method, path) in &described {
+            let routed = ROUTES
+                .iter()
+                .any(|r| normalised(r.path) == *path && (r.method == "*" || r.method == method));
+            assert!(routed, "{method} {path} is described but not routed");
+        }
+    }
+
     use super::*;
 
     #[test]

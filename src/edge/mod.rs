@@ -1,6 +1,7 @@
 //! The Worker glue (wasm32 only): entry points that build the core's seams from the
 //! environment and hand over to [`crate::api::handle`]. No business logic lives here.
 
+mod assets;
 mod audit_queue;
 mod audit_store;
 mod credential_store;
@@ -97,6 +98,7 @@ async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<
         jobs: &jobs,
         job_store: &store,
         imports: &store,
+        assets: &assets::AssetsBinding(&env),
         clock: &runtime::WorkerClock,
         jitter: &SystemJitter,
         audit: &sink,

@@ -40,3 +40,12 @@ test('every documented operation is routed by the Worker', async () => {
   }
   assert.ok(checked >= 12, `only ${checked} operations`);
 });
+
+test('GET /v1/openapi.json serves this description, with the API headers', async () => {
+  const r = await vault.request('GET', '/v1/openapi.json');
+  assert.equal(r.status, 200, r.text);
+  assert.match(r.headers.get('content-type'), /^application\/json/);
+  assert.equal(r.headers.get('cache-control'), 'no-store');
+  assert.match(r.headers.get('x-request-id') ?? '', /^req_[0-9a-f]{32}$/);
+  assert.deepEqual(r.json, spec);
+});

@@ -162,6 +162,7 @@ impl World {
             jobs: &self.jobs,
             job_store: &self.store,
             imports: &self.store,
+            assets: &crate::testing::NoAssets,
             clock: &self.clock,
             jitter: &JITTER,
             audit: &self.audit,

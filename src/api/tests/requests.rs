@@ -197,3 +197,12 @@ fn every_request_writes_one_json_log_line_with_its_route_status_and_cause() {
         .count();
     assert_eq!(lines, 3);
 }
+
+#[test]
+fn the_api_description_is_a_named_503_when_the_build_did_not_deploy_it() {
+    let w = World::new();
+    let (s, body, r) = w.call("GET", "/v1/openapi.json", None, None, vec![]);
+    assert_eq!(s, 503);
+    assert_eq!(body["code"], "not_configured");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+}

@@ -112,6 +112,18 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" >"$stamp"
 fi
 
+# --- Python tools for the contract tests (schemathesis), in a venv of their own ---------
+venv=.toolchain/venv
+stamp_py=$venv/.byok-requirements-sha256
+want_py=$(sha256sum tests/contract/requirements.txt | cut -d' ' -f1)
+if [ ! -f "$stamp_py" ] || [ "$(cat "$stamp_py")" != "$want_py" ]; then
+  command -v python3 >/dev/null || die "python3 is required for the contract tests"
+  log "pip install -r tests/contract/requirements.txt (into $venv)"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/contract/requirements.txt
+  echo "$want_py" >"$stamp_py"
+fi
+
 # --- environment for build, dev and tests -----------------------------------------------
 cat >.toolchain/env.sh <<ENV
 # Written by scripts/setup.sh; sourced by the other scripts.

@@ -39,13 +39,18 @@ fn view(e: &ChainedEvent) -> Value {
     })
 }
 
+/// A page's cursor: the position in the user's chain where the next page starts. Any
+/// such number is a valid position (the chain is the user's own), so it needs no
+/// disguise; the description gives its pattern.
 fn encode_cursor(seq: u64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("seq:{seq}"))
+    seq.to_string()
 }
 
 fn decode_cursor(raw: &str) -> Option<u64> {
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
-    text.strip_prefix("seq:")?.parse().ok()
+    if raw.is_empty() || raw.len() > 18 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse().ok()
 }
 
 fn parse_query(ctx: &Ctx<'_>) -> Result<AuditQuery, ApiError> {

@@ -295,7 +295,14 @@ pub(super) async fn dispatch(
             }
         }
         let error = match route {
-            Some(_) => ApiError::method_not_allowed(),
+            // RFC 9110: a 405 says which methods the resource takes.
+            Some(_) => {
+                let mut allowed: Vec<&str> = candidates.iter().map(|(r, _)| r.method).collect();
+                allowed.push("OPTIONS");
+                let mut e = ApiError::method_not_allowed();
+                e.headers.push(("allow", allowed.join(", ")));
+                e
+            }
             None => ApiError::not_found(),
         };
         return Dispatched::answer(route, Err(error));

@@ -55,7 +55,10 @@ pub(super) async fn read_request(
     limit: impl FnOnce(&str, Option<&str>) -> usize,
 ) -> worker::Result<Request> {
     let url = req.url()?;
-    let method = req.method().to_string();
+    // The method as sent: workers-rs's `Method` reads any method it does not know (QUERY,
+    // PROPFIND, …) as GET, which would run a GET route for it. Fetch has already
+    // normalised the standard ones (`get` → `GET`).
+    let method = req.inner().method();
     let headers: Vec<(String, String)> = req
         .headers()
         .entries()

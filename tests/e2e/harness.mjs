@@ -138,6 +138,7 @@ export async function startVault({ secrets = {}, vars = {}, config, front = vars
     fs.mkdirSync(runDir, { recursive: true });
     const toml = (config ?? ((t) => t))(await readFile(path.join(ROOT, 'wrangler.toml'), 'utf8'))
       .replace('main = "build/worker/shim.mjs"', 'main = "../../build/worker/shim.mjs"')
+      .replace('directory = "public"', 'directory = "../../public"')
       // Builds run from the first config's folder in a multi-config session.
       .replace('command = "bash scripts/build.sh"', `command = "bash ${path.join(ROOT, 'scripts', 'build.sh')}"\nwatch_dir = "../../src"`);
     const devVars = { ...Object.fromEntries(Object.entries(all).filter(([, v]) => v != null)), ...vars };

@@ -2,6 +2,7 @@
 // method and path is routed by the running Worker (never 405, never an unknown route).
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
@@ -48,4 +49,23 @@ test('GET /v1/openapi.json serves this description, with the API headers', async
   assert.equal(r.headers.get('cache-control'), 'no-store');
   assert.match(r.headers.get('x-request-id') ?? '', /^req_[0-9a-f]{32}$/);
   assert.deepEqual(r.json, spec);
+});
+
+test('a method a route does not take is a 405 that says which it does, even one the Rust library does not know', async () => {
+  // node:http, since fetch refuses to send TRACE.
+  const send = (method) => new Promise((resolve, reject) => {
+    const req = http.request(`${vault.base}/v1/credentials`, {
+      method, headers: { authorization: `Bearer ${vault.token('u_openapi')}` },
+    }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  for (const method of ['TRACE', 'QUERY', 'PROPFIND']) {
+    const res = await send(method);
+    assert.equal(res.statusCode, 405, method);
+    assert.equal(res.headers.allow, 'GET, POST, OPTIONS');
+  }
 });

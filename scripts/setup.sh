@@ -112,6 +112,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" >"$stamp"
 fi
 
+# --- Chromium for the browser tests (Debian's; Playwright drives it, never downloads one) -
+if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed"; then
+  log "apt-get install chromium (for the browser tests; once)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 # --- Python tools for the contract tests (schemathesis), in a venv of their own ---------
 venv=.toolchain/venv
 stamp_py=$venv/.byok-requirements-sha256

@@ -1,0 +1,207 @@
+// The provider-settings page in a real browser: Debian's Chromium (installed by
+// scripts/setup.sh), driven by playwright-core, against the Worker under wrangler dev with
+// the fake providers. A person adds a key and sees it masked, sees the provider's reason
+// for a bad one and when to retry a rate-limited one, picks a model, sets a default,
+// rotates, deletes after confirming; the <byok-keys> element works inside a host page on
+// another origin; axe-core finds no serious or critical accessibility violation.
+// Screenshots are kept in .test-runs/screenshots/.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http from 'node:http';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { chromium } from 'playwright-core';
+
+import { startFakeProviders } from './fake-providers.mjs';
+import { ROOT, freePort, randomKey, startVault } from './harness.mjs';
+
+const require = createRequire(import.meta.url);
+const AXE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+const SHOTS = path.join(ROOT, '.test-runs', 'screenshots');
+const CHROMIUM = process.env.BYOK_CHROMIUM ?? '/usr/bin/chromium';
+
+let fake;
+let vault;
+let browser;
+let host;
+let hostOrigin;
+before(async () => {
+  fake = await startFakeProviders();
+  // The host page of the embedding test lives on another origin, which CORS must allow.
+  const hostPort = await freePort();
+  hostOrigin = `http://127.0.0.1:${hostPort}`;
+  vault = await startVault({ vars: { ...fake.vars(), RATE_LIMITS: 'off', CORS_ALLOWED_ORIGINS: hostOrigin } });
+  host = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(`<!doctype html><html lang="en"><head><title>Host app</title>
+      <script type="module" src="${vault.base}/byok-keys.js"></script></head>
+      <body><main><h1>Host app settings</h1><byok-keys api-base="${vault.base}"></byok-keys></main>
+      <script type="module">
+        await customElements.whenDefined('byok-keys');
+        document.querySelector('byok-keys').token = () => window.appToken;
+      </script></body></html>`);
+  });
+  await new Promise((r) => host.listen(hostPort, '127.0.0.1', r));
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  fs.mkdirSync(SHOTS, { recursive: true });
+});
+after(async () => {
+  await browser?.close();
+  await new Promise((r) => (host ? host.close(r) : r()));
+  await vault?.stop();
+  await fake?.close();
+});
+
+/** A page signed in as `user` through the link scripts/dev.sh prints. `bypassCSP` lets a
+ * test inject axe-core into a page whose policy allows no script but its own. */
+async function signedIn(user, { bypassCSP = false } = {}) {
+  const page = await browser.newPage({ bypassCSP });
+  const token = vault.token(user, { exp: Math.floor(Date.now() / 1000) + 3600 });
+  await page.goto(`${vault.base}/#token=${token}`);
+  await page.getByRole('heading', { name: 'Your provider keys' }).waitFor();
+  return page;
+}
+
+async function addKey(page, provider, key, extra = {}) {
+  await page.getByLabel('Provider', { exact: true }).selectOption(provider);
+  await page.getByLabel('API key', { exact: true }).fill(key);
+  for (const [label, value] of Object.entries(extra)) await page.getByLabel(label, { exact: true }).fill(value);
+  await page.getByRole('button', { name: 'Check and save' }).click();
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+/** Serious and critical axe-core violations on the page, shadow DOM included. */
+async function violations(page) {
+  await page.addScriptTag({ content: AXE });
+  const result = await page.evaluate(async () => globalThis.axe.run(document, { resultTypes: ['violations'] }));
+  return result.violations
+    .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join(', ')})`);
+}
+
+describe('the settings page', () => {
+  test('guides the first key, shows a saved key masked, and never keeps the key', async () => {
+    const page = await signedIn('u_page');
+    assert.equal(new URL(page.url()).hash, '', 'the token stayed in the address bar');
+    const response = await page.request.get(`${vault.base}/`);
+    assert.match(response.headers()['content-security-policy'] ?? '', /script-src 'self'/);
+    await page.getByRole('heading', { name: 'No keys yet' }).waitFor();
+    await shot(page, '1-empty');
+
+    const key = randomKey('valid');
+    await addKey(page, 'elevenlabs', key);
+    await page.getByText('ElevenLabs accepted the key').waitFor();
+    const card = page.locator('article[data-credential]');
+    await card.getByText(`…${key.slice(-4)}`).waitFor();
+    await card.getByText('Valid', { exact: true }).waitFor();
+    const values = await page.locator('byok-keys input').evaluateAll((inputs) => inputs.map((i) => i.value));
+    assert.ok(!values.includes(key), 'the key is still in a field');
+    // The key is nowhere in the page, its storage or its cookies.
+    const html = await page.evaluate(() => document.querySelector('byok-keys').shadowRoot.innerHTML + document.body.innerHTML);
+    assert.ok(!html.includes(key), 'the key is in the page');
+    const stored = await page.evaluate(() => JSON.stringify([{ ...localStorage }, { ...sessionStorage }, document.cookie]));
+    assert.equal(stored, '[{},{},""]');
+    await shot(page, '2-added');
+    await page.close();
+  });
+
+  test("shows the provider's reason for a bad key and when to retry a rate-limited check", async () => {
+    const page = await signedIn('u_page_errors');
+    await addKey(page, 'elevenlabs', randomKey('invalid'));
+    await page.getByRole('alert').filter({ hasText: 'Invalid API key' }).waitFor();
+    await shot(page, '3-invalid');
+    await addKey(page, 'elevenlabs', randomKey('longwait'));
+    await page.getByRole('alert').filter({ hasText: /Try again in \d+ seconds/ }).waitFor();
+    await shot(page, '4-rate-limited');
+    assert.equal(await page.locator('article[data-credential]').count(), 0, 'a refused key was saved');
+    await page.close();
+  });
+
+  test('picks a model, sets a default, rotates, and deletes only after confirming', async () => {
+    const page = await signedIn('u_page_flow');
+    await addKey(page, 'elevenlabs', randomKey('valid'), { 'Label (optional)': 'Studio' });
+    const card = page.locator('article[data-credential]');
+    // After validation the model list is offered at once.
+    await card.getByLabel('Model', { exact: true }).selectOption('eleven_flash_v2_5');
+    await card.getByRole('button', { name: 'Use this model' }).click();
+    await page.getByText('The model is now eleven_flash_v2_5.').waitFor();
+    await card.getByText('eleven_flash_v2_5').waitFor();
+
+    const tts = page.getByLabel('Text to speech', { exact: true });
+    await tts.selectOption(await tts.locator('option', { hasText: 'ElevenLabs — Studio' }).getAttribute('value'));
+    await page.getByText(/Text to speech now uses ElevenLabs — Studio/).waitFor();
+    assert.match(await page.getByLabel('Text to speech', { exact: true }).inputValue(), /^c_/);
+
+    const rotated = randomKey('valid');
+    await card.getByRole('button', { name: 'Rotate key' }).click();
+    await card.getByLabel('New ElevenLabs key').fill(rotated);
+    await card.getByRole('button', { name: 'Save new key' }).click();
+    await page.getByText('The new key works and replaced the old one.').waitFor();
+    await card.getByText(`…${rotated.slice(-4)}`).waitFor();
+
+    await card.getByRole('button', { name: 'Re-check' }).click();
+    await page.getByText('The ElevenLabs key works.').waitFor();
+    assert.ok(!(await page.locator('byok-keys').innerText()).includes('null'), 'a missing value shows as "null"');
+    await shot(page, '5-flow');
+
+    await card.getByRole('button', { name: 'Delete' }).click();
+    const dialog = card.getByRole('alertdialog');
+    await dialog.waitFor();
+    await dialog.getByRole('button', { name: 'Keep it' }).click();
+    assert.equal(await card.count(), 1, 'deleted without confirming');
+    await card.getByRole('button', { name: 'Delete' }).click();
+    await card.getByRole('alertdialog').getByRole('button', { name: 'Delete key' }).click();
+    await page.getByText('The key was deleted.').waitFor();
+    assert.equal(await page.locator('article[data-credential]').count(), 0);
+
+    await page.getByRole('button', { name: 'Show activity' }).click();
+    await page.getByRole('cell', { name: 'credential.deleted (ElevenLabs)' }).first().waitFor({ timeout: 15_000 })
+      .catch(async () => {
+        // Events are chained about a second after the request: ask again once.
+        await page.getByRole('button', { name: 'Show activity' }).click();
+        await page.getByRole('cell', { name: 'credential.deleted (ElevenLabs)' }).first().waitFor();
+      });
+    await page.getByRole('button', { name: 'Verify log' }).click();
+    await page.getByText(/The activity log is intact: \d+ entries verified/).waitFor();
+    await shot(page, '6-deleted');
+    await page.close();
+  });
+
+  test('has no serious or critical accessibility violation, empty or with a key', async () => {
+    const page = await signedIn('u_page_a11y', { bypassCSP: true });
+    assert.deepEqual(await violations(page), []);
+    await addKey(page, 'openai', randomKey('valid'));
+    await page.getByText('OpenAI accepted the key').waitFor();
+    assert.deepEqual(await violations(page), []);
+    await page.close();
+  });
+});
+
+describe('the <byok-keys> element embedded in a host app', () => {
+  test('works on another origin with the host app token, and the key never reaches the host page', async () => {
+    const page = await browser.newPage();
+    const seen = [];
+    page.on('request', (r) => { if (r.url().startsWith(hostOrigin)) seen.push(r.postData() ?? ''); });
+    await page.goto(hostOrigin);
+    await page.evaluate((t) => { window.appToken = t; }, vault.token('u_embedded', { exp: Math.floor(Date.now() / 1000) + 3600 }));
+    await page.evaluate(() => document.querySelector('byok-keys').refresh());
+    await page.getByRole('heading', { name: 'No keys yet' }).waitFor();
+    const key = randomKey('valid');
+    await addKey(page, 'elevenlabs', key);
+    await page.getByText('ElevenLabs accepted the key').waitFor();
+    await shot(page, '7-embedded');
+    assert.ok(!seen.some((body) => body.includes(key)), 'the key went to the host app');
+    const stored = await page.evaluate(() => JSON.stringify([{ ...localStorage }, { ...sessionStorage }]));
+    assert.equal(stored, '[{},{}]');
+    await page.close();
+  });
+});

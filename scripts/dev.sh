@@ -2,8 +2,23 @@
 # Sets up everything needed and starts byok-vault locally: wrangler dev with a local D1
 # brought up to date by migrations/, local queues, and a .dev.vars with random secrets made on
 # the first run (never committed). Prints a dev token and a curl example.
+#
+#   bash scripts/dev.sh             the vault, with the real providers
+#   bash scripts/dev.sh --sandbox   the vault with stand-in providers (no internet, test keys)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SANDBOX=""
+for arg in "$@"; do
+  case "$arg" in
+    --sandbox) SANDBOX=1 ;;
+    *) echo "usage: bash scripts/dev.sh [--sandbox]" >&2; exit 2 ;;
+  esac
+done
+if [ -n "$SANDBOX" ]; then
+  echo "[dev] sandbox: stand-in providers answer instead of the real ones (keys below)"
+else
+  echo "[dev] real providers; add --sandbox for stand-ins that need no internet and no real keys"
+fi
 bash scripts/setup.sh
 . .toolchain/env.sh
 
@@ -43,9 +58,37 @@ PORT=$(free_port "${PORT:-8787}")
 INSPECTOR_PORT=$(free_port "${INSPECTOR_PORT:-9229}")
 TOKEN=$(node scripts/dev-token.mjs dev-user 24)
 
+# The sandbox: the fake providers the tests use, on a free port, stopped with the vault.
+SANDBOX_VARS=()
+if [ -n "$SANDBOX" ]; then
+  vars_file=$(mktemp)
+  node scripts/sandbox-providers.mjs >"$vars_file" &
+  sandbox_pid=$!
+  trap 'kill "$sandbox_pid" 2>/dev/null || true; rm -f "$vars_file"' EXIT
+  for _ in $(seq 50); do [ -s "$vars_file" ] && break; sleep 0.1; done
+  [ -s "$vars_file" ] || { echo "[dev] the sandbox providers did not start" >&2; exit 1; }
+  while IFS= read -r pair; do SANDBOX_VARS+=(--var "$pair"); done < <(node -e '
+    const vars = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+    for (const [k, v] of Object.entries(vars)) console.log(`${k}:${v}`);' "$vars_file")
+  SANDBOX_VARS+=(--var "SANDBOX:on" --var "ENVIRONMENT:development")
+  rnd() { node -e 'process.stdout.write(require("crypto").randomBytes(8).toString("hex"))'; }
+  cat <<KEYS
+
+Sandbox keys (any provider; what a key does is in its name):
+  works:         sk_valid_$(rnd)
+  refused:       sk_invalid_$(rnd)
+  rate limited:  sk_longwait_$(rnd)
+  quota used up: sk_quota_$(rnd)
+KEYS
+fi
+
 cat <<INFO
 
 byok-vault will listen on http://127.0.0.1:$PORT
+The settings page, signed in as "dev-user" (the token stays in the page):
+
+  http://127.0.0.1:$PORT/#token=$TOKEN
+
 A dev token for user "dev-user", valid 24 hours (make more: node scripts/dev-token.mjs <user> <hours>):
 
   export TOKEN=$TOKEN
@@ -70,4 +113,9 @@ and a frontend calls the provider through the proxy, the key never leaving the v
        http://127.0.0.1:$PORT/v1/proxy/elevenlabs/v1/text-to-speech/21m00Tcm4TlvDq8ikWAM
 
 INFO
-exec wrangler dev --ip 127.0.0.1 --port "$PORT" --inspector-port "$INSPECTOR_PORT" --test-scheduled
+if [ -n "$SANDBOX" ]; then
+  # Not exec: the sandbox providers are stopped when wrangler stops.
+  wrangler dev --ip 127.0.0.1 --port "$PORT" --inspector-port "$INSPECTOR_PORT" --test-scheduled "${SANDBOX_VARS[@]}"
+else
+  exec wrangler dev --ip 127.0.0.1 --port "$PORT" --inspector-port "$INSPECTOR_PORT" --test-scheduled
+fi

@@ -66,6 +66,9 @@ pub struct Config {
     /// Whether live provider checks are rate limited (`RATE_LIMITS`; off only outside
     /// production).
     pub rate_limits: bool,
+    /// The provider base URLs point at stand-ins (`SANDBOX`, set by `scripts/dev.sh
+    /// --sandbox`; never in production): health says so, and the settings page shows it.
+    pub sandbox: bool,
     /// The most credentials one user may hold (`MAX_CREDENTIALS_PER_USER`).
     pub max_credentials_per_user: u32,
     /// The backend services let in (`SERVICE_TOKENS`, hashes only).
@@ -237,14 +240,21 @@ impl Config {
             1024,
             MAX_PROXY_BODY_BYTES as u64,
         ) as usize;
-        let rate_limits = match get("RATE_LIMITS").as_deref() {
-            None | Some("on") => true,
+        // An on/off switch; anything else is an error (and the default holds).
+        let mut switch = |name: &'static str, default: bool| match get(name).as_deref() {
+            None => default,
+            Some("on") => true,
             Some("off") => false,
             Some(_) => {
-                err("RATE_LIMITS", "must be on or off");
-                true
+                err(name, "must be on or off");
+                default
             }
         };
+        let rate_limits = switch("RATE_LIMITS", true);
+        let sandbox = switch("SANDBOX", false);
+        if sandbox && environment == Environment::Production {
+            err("SANDBOX", "may not be on in production");
+        }
         if revalidate_after_hours == 0 && environment == Environment::Production {
             err(
                 "REVALIDATE_AFTER_HOURS",
@@ -356,6 +366,7 @@ impl Config {
                 system_keys_source,
                 cors_allowed_origins,
                 rate_limits,
+                sandbox,
                 max_credentials_per_user,
                 service_tokens,
                 system_keys_env,
@@ -530,6 +541,29 @@ mod tests {
         assert!(ok.is_ok());
         // Outside production both stay optional.
         assert!(Config::parse(vars(&[SECRET, ("ENVIRONMENT", "staging")])).is_ok());
+    }
+
+    #[test]
+    fn the_sandbox_is_off_by_default_and_never_on_in_production() {
+        assert!(!Config::parse(vars(&[SECRET, AUDIENCE])).unwrap().sandbox);
+        let dev = Config::parse(vars(&[
+            SECRET,
+            ("SANDBOX", "on"),
+            ("ENVIRONMENT", "development"),
+        ]));
+        assert!(dev.unwrap().sandbox);
+        let errors = Config::parse(vars(&[SECRET, AUDIENCE, ("SANDBOX", "on")]))
+            .err()
+            .unwrap();
+        assert_eq!(errors[0].var, "SANDBOX");
+        let errors = Config::parse(vars(&[
+            SECRET,
+            ("SANDBOX", "yes"),
+            ("ENVIRONMENT", "development"),
+        ]))
+        .err()
+        .unwrap();
+        assert_eq!(errors[0].var, "SANDBOX");
     }
 
     #[test]

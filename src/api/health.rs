@@ -64,6 +64,8 @@ pub(super) async fn health(app: &App<'_>) -> Response {
             log: app.log,
         };
         checks["system_keys"] = keys.health().await;
+        // Whether the providers are the real ones or the sandbox's stand-ins.
+        checks["providers"] = json!(if c.sandbox { "sandbox" } else { "live" });
     }
     let problem = problem.or_else(|| {
         (!database_ok).then(|| ApiError::unavailable("The database is not answering."))

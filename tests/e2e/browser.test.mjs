@@ -32,7 +32,7 @@ before(async () => {
   // The host page of the embedding test lives on another origin, which CORS must allow.
   const hostPort = await freePort();
   hostOrigin = `http://127.0.0.1:${hostPort}`;
-  vault = await startVault({ vars: { ...fake.vars(), RATE_LIMITS: 'off', CORS_ALLOWED_ORIGINS: hostOrigin } });
+  vault = await startVault({ vars: { ...fake.vars(), RATE_LIMITS: 'off', CORS_ALLOWED_ORIGINS: hostOrigin, SANDBOX: 'on' } });
   host = http.createServer((req, res) => {
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
     res.end(`<!doctype html><html lang="en"><head><title>Host app</title>
@@ -95,6 +95,8 @@ describe('the settings page', () => {
     const response = await page.request.get(`${vault.base}/`);
     assert.match(response.headers()['content-security-policy'] ?? '', /script-src 'self'/);
     await page.getByRole('heading', { name: 'No keys yet' }).waitFor();
+    // The fakes stand in for the providers here, and the page says so.
+    await page.getByRole('note').filter({ hasText: 'Sandbox' }).waitFor();
     await shot(page, '1-empty');
 
     const key = randomKey('valid');

@@ -68,8 +68,12 @@ fn health_is_ok_when_everything_is_usable() {
     assert_eq!(
         body,
         json!({"status":"ok","checks":{"config":"ok","master_key":"ok","database":"ok",
-            "system_keys":{"source":"env","tier":"env","ok":true}}})
+            "system_keys":{"source":"env","tier":"env","ok":true},"providers":"live"}})
     );
+    // The sandbox says so (the settings page shows it).
+    let w = World::with_config(&[("SANDBOX", "on"), ("ENVIRONMENT", "development")]);
+    let (_, body, _) = w.call("GET", "/v1/health", None, None, vec![]);
+    assert_eq!(body["checks"]["providers"], "sandbox");
     w.store.down.set(true);
     let (status, body, _) = w.call("GET", "/v1/health", None, None, vec![]);
     assert_eq!(status, 503);

@@ -195,6 +195,12 @@ export class ByokKeys extends HTMLElement {
     this.#credentials = credentials.body.credentials;
     this.#preferences = preferences.ok ? preferences.body : {};
     this.#sandbox = health.body?.checks?.providers === 'sandbox';
+    // The model lists of the defaults, for choosing each default's model.
+    const chosen = [...new Set(Object.values(this.#preferences).filter(Boolean).map((p) => p.credential_id))];
+    await Promise.all(chosen.filter((id) => !this.#models.has(id)).map(async (id) => {
+      const r = await this.#call('GET', `/v1/credentials/${id}/models`);
+      if (r.ok) this.#models.set(id, r.body.models);
+    }));
     this.#render();
   }
 
@@ -412,7 +418,21 @@ export class ByokKeys extends HTMLElement {
         this.#changed(`${CAPABILITY_TEXT[cap]} now uses ${select.selectedOptions[0].textContent}.`);
       });
       section.append(h('label', { for: id }, CAPABILITY_TEXT[cap]), select);
-      if (current?.model) section.append(h('span', {}, ` model ${current.model}`));
+      const models = current ? (this.#models.get(current.credential_id) ?? []).filter((m) => m.capabilities.includes(cap)) : [];
+      if (current && models.length) {
+        const mid = `${id}-model`;
+        const modelSelect = h('select', { id: mid },
+          h('option', { value: '' }, "The key's own model"),
+          models.map((m) => h('option', { value: m.id, selected: current.model === m.id }, m.name === m.id ? m.id : `${m.name} (${m.id})`)));
+        modelSelect.addEventListener('change', async () => {
+          const change = { credential_id: current.credential_id };
+          if (modelSelect.value) change.model = modelSelect.value;
+          const r = await this.#call('PUT', `/v1/preferences/${cap}`, change);
+          if (!r.ok) { this.#changed(explain(r.problem), 'bad'); return; }
+          this.#changed(`${CAPABILITY_TEXT[cap]} now uses the model ${modelSelect.value || "of the key"}.`);
+        });
+        section.append(h('label', { for: mid }, `${CAPABILITY_TEXT[cap]} model`), modelSelect);
+      }
     }
     return section;
   }

@@ -142,6 +142,12 @@ describe('the settings page', () => {
     await tts.selectOption(await tts.locator('option', { hasText: 'ElevenLabs — Studio' }).getAttribute('value'));
     await page.getByText(/Text to speech now uses ElevenLabs — Studio/).waitFor();
     assert.match(await page.getByLabel('Text to speech', { exact: true }).inputValue(), /^c_/);
+    // And the default's model.
+    await page.getByLabel('Text to speech model', { exact: true }).selectOption('eleven_multilingual_v2');
+    await page.getByText('Text to speech now uses the model eleven_multilingual_v2.').waitFor();
+    const prefs = await page.evaluate(async (t) => (await fetch('/v1/preferences', { headers: { authorization: `Bearer ${t}` } })).json(),
+      vault.token('u_page_flow'));
+    assert.equal(prefs.tts.model, 'eleven_multilingual_v2');
 
     const rotated = randomKey('valid');
     await card.getByRole('button', { name: 'Rotate key' }).click();

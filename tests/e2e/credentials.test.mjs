@@ -28,7 +28,7 @@ describe('a configured vault', () => {
   test('health is ok', async () => {
     const r = await vault.request('GET', '/v1/health');
     assert.equal(r.status, 200);
-    assert.deepEqual(r.json, { status: 'ok', checks: { config: 'ok', master_key: 'ok', database: 'ok', system_keys: { source: 'env', tier: 'env', ok: true } } });
+    assert.deepEqual(r.json, { status: 'ok', checks: { config: 'ok', master_key: 'ok', database: 'ok', system_keys: { source: 'env', tier: 'env', ok: true }, providers: 'live' } });
     assert.equal(r.headers.get('cache-control'), 'no-store');
     assert.match(r.headers.get('x-request-id'), /^req_[0-9a-f]{32}$/);
   });
@@ -245,7 +245,7 @@ describe('a vault without a master key', () => {
     const r = await vault.request('GET', '/v1/health');
     assert.equal(r.status, 503);
     assert.equal(r.json.code, 'not_configured');
-    assert.deepEqual(r.json.checks, { config: 'ok', master_key: 'missing', database: 'ok', system_keys: { source: 'env', tier: 'env', ok: true } });
+    assert.deepEqual(r.json.checks, { config: 'ok', master_key: 'missing', database: 'ok', system_keys: { source: 'env', tier: 'env', ok: true }, providers: 'live' });
   });
 
   test('adding a key stores nothing and asks no provider', async () => {

@@ -5,11 +5,14 @@
 //   <byok-keys api-base="https://vault.example"></byok-keys>
 //   document.querySelector('byok-keys').token = () => myApp.currentToken();
 //
-// Keys go from the person's keyboard straight to the vault: the element never stores one
-// (no localStorage, no sessionStorage, no cookie, no logging), clears the field as soon as
-// it has been sent, and the vault only ever answers with a masked hint. The host app's
-// code never sees a key. `token` is a string or a function returning one (called per request,
-// so a host can refresh it). Events: `byok-change` after anything changed.
+// Keys go from the person's keyboard to the vault: the element never stores one (no
+// localStorage, no sessionStorage, no cookie, no logging), clears the field as soon as it
+// has been sent, never hands one to the host app (no event or property carries it), and the
+// vault only ever answers with a masked hint. It runs in the host page, though: script the
+// host page runs could read what is typed, as it could anywhere on that page. `token` is a
+// property (never an attribute, so it stays out of the DOM): a string or a function returning
+// one, called per request so a host can refresh it. Events: `byok-change` after anything
+// changed.
 
 const STATUS_TEXT = {
   valid: 'Valid',
@@ -113,7 +116,7 @@ function styles() {
 }
 
 export class ByokKeys extends HTMLElement {
-  static observedAttributes = ['api-base', 'token'];
+  static observedAttributes = ['api-base'];
 
   #token = null;
   #providers = [];
@@ -125,6 +128,10 @@ export class ByokKeys extends HTMLElement {
   /** What the last action did, shown above the keys (and in the add form) until the next. */
   #notice = null;
   #addNotice = null;
+
+  /** One live region for the element's life: a region rebuilt with its text already in it
+   * is not announced, so messages are written into this one after each render. */
+  #live = h('div', { class: 'sr-only', 'aria-live': 'polite', role: 'status' });
 
   constructor() {
     super();
@@ -142,12 +149,10 @@ export class ByokKeys extends HTMLElement {
   }
 
   connectedCallback() {
-    if (this.hasAttribute('token') && this.#token == null) this.#token = this.getAttribute('token');
     this.refresh();
   }
 
   attributeChangedCallback(name, old, value) {
-    if (name === 'token' && value) this.#token = value;
     if (this.isConnected && old !== value) this.refresh();
   }
 
@@ -206,31 +211,30 @@ export class ByokKeys extends HTMLElement {
 
   #draw(children) {
     const root = this.shadowRoot;
-    root.replaceChildren(...children.filter((c) => c != null));
+    root.replaceChildren(...children.filter((c) => c != null), this.#live);
   }
 
   #render() {
-    const live = h('div', { class: 'sr-only', 'aria-live': 'polite', id: `${this.#id}-live` });
     this.#draw([
       this.#sandbox ? h('p', { class: 'banner', role: 'note' }, 'Sandbox: this vault talks to stand-in providers, not the real ones. Keys here are test keys.') : null,
       h('section', { 'aria-labelledby': `${this.#id}-keys` },
         h('h2', { id: `${this.#id}-keys` }, 'Your provider keys'),
-        h('div', { 'aria-live': 'polite', class: 'notice' }, this.#noticeEl(this.#notice)),
+        h('div', { class: 'notice', tabindex: '-1' }, this.#noticeEl(this.#notice)),
         this.#credentials.length ? h('div', { class: 'cards' }, this.#credentials.map((c) => this.#card(c))) : this.#emptyState()),
       this.#addForm(),
       this.#defaults(),
       this.#audit(),
-      live,
     ]);
   }
 
   #noticeEl(n) {
-    return n ? h('p', { class: `feedback ${n.tone}`, role: n.tone === 'bad' ? 'alert' : 'status' }, n.text) : null;
+    return n ? h('p', { class: `feedback ${n.tone}`, role: n.tone === 'bad' ? 'alert' : null }, n.text) : null;
   }
 
   #say(text) {
-    const live = this.shadowRoot.getElementById(`${this.#id}-live`);
-    if (live) live.textContent = text;
+    this.#live.textContent = '';
+    // A change the screen reader notices: written after the render, in the region that stayed.
+    setTimeout(() => { this.#live.textContent = text; }, 50);
   }
 
   #emptyState() {
@@ -257,7 +261,7 @@ export class ByokKeys extends HTMLElement {
       (c.warnings ?? []).map((w) => h('p', { class: 'feedback info' }, w)),
       feedback,
       h('div', { class: 'row' },
-        h('button', { class: 'secondary', type: 'button', onclick: (e) => this.#recheck(c, e.currentTarget, feedback) }, 'Re-check'),
+        h('button', { class: 'secondary', type: 'button', 'aria-description': `${name} ${c.key_hint ?? ''}`, onclick: (e) => this.#recheck(c, e.currentTarget, feedback) }, 'Re-check'),
         h('button', { class: 'secondary', type: 'button', onclick: () => this.#openRotate(c, card, feedback) }, 'Rotate key'),
         h('button', { class: 'secondary', type: 'button', onclick: () => this.#openModels(c, card, feedback) }, 'Choose model'),
         h('button', { class: 'danger', type: 'button', onclick: () => this.#confirmDelete(c, card) }, 'Delete')));
@@ -273,8 +277,12 @@ export class ByokKeys extends HTMLElement {
       feedback.replaceChildren(h('p', { class: 'feedback bad', role: 'alert' }, explain(r.problem, this.#providerName(c.provider))));
       return;
     }
-    if (r.body.status === 'valid') this.#changed(`The ${this.#providerName(c.provider)} key works.`);
-    else this.#changed(`The ${this.#providerName(c.provider)} key does not work: ${r.body.status_detail ?? STATUS_TEXT[r.body.status]}`, 'bad');
+    const name = this.#providerName(c.provider);
+    const detail = r.body.status_detail ?? STATUS_TEXT[r.body.status];
+    if (r.body.status === 'valid') this.#changed(`The ${name} key works.`);
+    else if (['rate_limited', 'unreachable', 'provider_error'].includes(r.body.status)) {
+      this.#changed(`${name} could not check the key now (${detail}). Try again in a minute.`, 'info');
+    } else this.#changed(`The ${name} key does not work: ${detail}`, 'bad');
   }
 
   #openRotate(c, card, feedback) {
@@ -392,7 +400,7 @@ export class ByokKeys extends HTMLElement {
         return;
       }
       this.#notice = null;
-      this.#addNotice = { tone: 'good', text: `${name} accepted the key. It is saved as ${r.body.credential.key_hint ?? 'a keyless endpoint'}.` };
+      this.#addNotice = { tone: 'good', text: `${name} accepted the key. It is saved${r.body.credential.key_hint && r.body.credential.key_hint !== '…' ? ` as ${r.body.credential.key_hint}` : ''}.` };
       await this.refresh();
       // Right after validation: pick the model the key will use.
       const card = this.shadowRoot.querySelector(`[data-credential="${r.body.credential.id}"]`);
@@ -411,28 +419,30 @@ export class ByokKeys extends HTMLElement {
       const select = h('select', { id, disabled: !usable.length },
         h('option', { value: '' }, usable.length ? 'None chosen' : 'Add a key that offers this first'),
         usable.map((c) => h('option', { value: c.id, selected: current?.credential_id === c.id }, `${this.#providerName(c.provider)}${c.label ? ` — ${c.label}` : ''} (${c.key_hint ?? 'no key'})`)));
-      select.addEventListener('change', async () => {
-        if (!select.value) return;
-        const r = await this.#call('PUT', `/v1/preferences/${cap}`, { credential_id: select.value });
-        if (!r.ok) { this.#say(explain(r.problem)); return; }
-        this.#changed(`${CAPABILITY_TEXT[cap]} now uses ${select.selectedOptions[0].textContent}.`);
-      });
-      section.append(h('label', { for: id }, CAPABILITY_TEXT[cap]), select);
+      const form = h('form', { 'aria-label': `${CAPABILITY_TEXT[cap]} default` }, h('label', { for: id }, CAPABILITY_TEXT[cap]), select);
+      // The default's model: one the provider lists for this capability, or the key's own.
       const models = current ? (this.#models.get(current.credential_id) ?? []).filter((m) => m.capabilities.includes(cap)) : [];
+      let modelSelect = null;
       if (current && models.length) {
         const mid = `${id}-model`;
-        const modelSelect = h('select', { id: mid },
+        modelSelect = h('select', { id: mid },
           h('option', { value: '' }, "The key's own model"),
           models.map((m) => h('option', { value: m.id, selected: current.model === m.id }, m.name === m.id ? m.id : `${m.name} (${m.id})`)));
-        modelSelect.addEventListener('change', async () => {
-          const change = { credential_id: current.credential_id };
-          if (modelSelect.value) change.model = modelSelect.value;
-          const r = await this.#call('PUT', `/v1/preferences/${cap}`, change);
-          if (!r.ok) { this.#changed(explain(r.problem), 'bad'); return; }
-          this.#changed(`${CAPABILITY_TEXT[cap]} now uses the model ${modelSelect.value || "of the key"}.`);
-        });
-        section.append(h('label', { for: mid }, `${CAPABILITY_TEXT[cap]} model`), modelSelect);
+        form.append(h('label', { for: mid }, `${CAPABILITY_TEXT[cap]} model`), modelSelect);
       }
+      form.append(h('div', { class: 'row' }, h('button', { type: 'submit', disabled: !usable.length }, `Save ${CAPABILITY_TEXT[cap]} default`)));
+      form.addEventListener('submit', async (e) => {
+        e.preventDefault();
+        if (!select.value) return;
+        const change = { credential_id: select.value };
+        // A model belongs to the key it was listed for: kept only if the key stays.
+        if (modelSelect?.value && select.value === current?.credential_id) change.model = modelSelect.value;
+        const r = await this.#call('PUT', `/v1/preferences/${cap}`, change);
+        if (!r.ok) { this.#changed(explain(r.problem), 'bad'); return; }
+        const what = select.selectedOptions[0].textContent;
+        this.#changed(`${CAPABILITY_TEXT[cap]} now uses ${what}${change.model ? ` with the model ${change.model}` : ''}.`);
+      });
+      section.append(form);
     }
     return section;
   }
@@ -445,9 +455,16 @@ export class ByokKeys extends HTMLElement {
       h('div', { class: 'row' },
         h('button', { class: 'secondary', type: 'button', onclick: () => this.#loadAudit(body) }, 'Show activity'),
         h('button', { class: 'secondary', type: 'button', onclick: async () => {
-          const r = await this.#call('GET', '/v1/audit/verify');
+          // The vault checks a bounded part of the chain per request: walk it to the end.
+          let checked = 0;
+          let r = await this.#call('GET', '/v1/audit/verify');
+          while (r.ok && r.body.ok && r.body.next_cursor) {
+            checked += r.body.checked;
+            r = await this.#call('GET', `/v1/audit/verify?cursor=${encodeURIComponent(r.body.next_cursor)}`);
+          }
+          if (r.ok) checked += r.body.checked;
           result.replaceChildren(r.ok && r.body.ok
-            ? h('p', { class: 'feedback good', role: 'status' }, `The activity log is intact: ${r.body.checked} entries verified.`)
+            ? h('p', { class: 'feedback good', role: 'status' }, `The activity log is intact: ${checked} entries verified.`)
             : h('p', { class: 'feedback bad', role: 'alert' }, r.ok ? `The activity log was altered at entry ${r.body.broken_seq}.` : explain(r.problem)));
         } }, 'Verify log')),
       result,
@@ -470,7 +487,11 @@ export class ByokKeys extends HTMLElement {
   async #changed(message, tone = 'good') {
     this.#notice = { tone, text: message };
     this.#addNotice = null;
+    this.#models.clear();
     await this.refresh();
+    this.#say(message);
+    // The control that was used is gone with the render: focus goes to what happened.
+    this.shadowRoot.querySelector('.notice')?.focus();
     this.dispatchEvent(new CustomEvent('byok-change', { bubbles: true, composed: true }));
   }
 }

@@ -15,7 +15,7 @@ for arg in "$@"; do
   esac
 done
 if [ -n "$SANDBOX" ]; then
-  echo "[dev] sandbox: stand-in providers answer instead of the real ones (keys below)"
+  echo "[dev] --sandbox: stand-in providers answer instead of the real ones (keys below)"
 else
   echo "[dev] real providers; add --sandbox for stand-ins that need no internet and no real keys"
 fi
@@ -64,7 +64,16 @@ if [ -n "$SANDBOX" ]; then
   vars_file=$(mktemp)
   node scripts/sandbox-providers.mjs >"$vars_file" &
   sandbox_pid=$!
-  trap 'kill "$sandbox_pid" 2>/dev/null || true; rm -f "$vars_file"' EXIT
+  wrangler_pid=""
+  # Whatever ends this script (Ctrl-C, a signal, an error) ends wrangler and the stand-ins.
+  cleanup() {
+    [ -n "$wrangler_pid" ] && kill "$wrangler_pid" 2>/dev/null
+    kill "$sandbox_pid" 2>/dev/null
+    rm -f "$vars_file"
+  }
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM HUP
   for _ in $(seq 50); do [ -s "$vars_file" ] && break; sleep 0.1; done
   [ -s "$vars_file" ] || { echo "[dev] the sandbox providers did not start" >&2; exit 1; }
   while IFS= read -r pair; do SANDBOX_VARS+=(--var "$pair"); done < <(node -e '
@@ -74,7 +83,7 @@ if [ -n "$SANDBOX" ]; then
   rnd() { node -e 'process.stdout.write(require("crypto").randomBytes(8).toString("hex"))'; }
   cat <<KEYS
 
-Sandbox keys (any provider; what a key does is in its name):
+Sandbox keys (any provider but Ollama, which takes your own base_url; what a key does is in its name):
   works:         sk_valid_$(rnd)
   refused:       sk_invalid_$(rnd)
   rate limited:  sk_longwait_$(rnd)
@@ -114,8 +123,10 @@ and a frontend calls the provider through the proxy, the key never leaving the v
 
 INFO
 if [ -n "$SANDBOX" ]; then
-  # Not exec: the sandbox providers are stopped when wrangler stops.
-  wrangler dev --ip 127.0.0.1 --port "$PORT" --inspector-port "$INSPECTOR_PORT" --test-scheduled "${SANDBOX_VARS[@]}"
+  # Not exec: the stand-in providers stop with wrangler, and wrangler with this script.
+  wrangler dev --ip 127.0.0.1 --port "$PORT" --inspector-port "$INSPECTOR_PORT" --test-scheduled "${SANDBOX_VARS[@]}" &
+  wrangler_pid=$!
+  wait "$wrangler_pid"
 else
   exec wrangler dev --ip 127.0.0.1 --port "$PORT" --inspector-port "$INSPECTOR_PORT" --test-scheduled
 fi

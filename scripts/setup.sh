@@ -126,7 +126,17 @@ want_py=$(sha256sum tests/contract/requirements.txt | cut -d' ' -f1)
 if [ ! -f "$stamp_py" ] || [ "$(cat "$stamp_py")" != "$want_py" ]; then
   command -v python3 >/dev/null || die "python3 is required for the contract tests"
   log "pip install -r tests/contract/requirements.txt (into $venv)"
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  if [ ! -x "$venv/bin/pip" ]; then
+    rm -rf "$venv"
+    # Debian's python3 makes venvs only with python3-venv installed.
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+      log "apt-get install python3-venv"
+      as_root apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      rm -rf "$venv"
+      python3 -m venv "$venv"
+    fi
+  fi
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/contract/requirements.txt
   echo "$want_py" >"$stamp_py"
 fi

@@ -298,6 +298,13 @@ pub(super) async fn dispatch(
             // RFC 9110: a 405 says which methods the resource takes.
             Some(_) => {
                 let mut allowed: Vec<&str> = candidates.iter().map(|(r, _)| r.method).collect();
+                // Open GET routes answer HEAD too (see the match above).
+                if candidates
+                    .iter()
+                    .any(|(r, _)| r.method == "GET" && matches!(r.handler, Open(_)))
+                {
+                    allowed.push("HEAD");
+                }
                 allowed.push("OPTIONS");
                 let mut e = ApiError::method_not_allowed();
                 e.headers.push(("allow", allowed.join(", ")));

@@ -75,6 +75,10 @@ async function addKey(page, provider, key, extra = {}) {
   await page.getByRole('button', { name: 'Check and save' }).click();
 }
 
+/** Where the element says what an action did (a screen reader hears it from a live region
+ * of its own, which repeats the text). */
+const notice = (page) => page.locator('byok-keys .notice');
+
 async function shot(page, name) {
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
 }
@@ -92,6 +96,7 @@ describe('the settings page', () => {
   test('guides the first key, shows a saved key masked, and never keeps the key', async () => {
     const page = await signedIn('u_page');
     assert.equal(new URL(page.url()).hash, '', 'the token stayed in the address bar');
+    await page.getByText('Signed in as u_page.').waitFor();
     const response = await page.request.get(`${vault.base}/`);
     assert.match(response.headers()['content-security-policy'] ?? '', /script-src 'self'/);
     await page.getByRole('heading', { name: 'No keys yet' }).waitFor();
@@ -135,16 +140,18 @@ describe('the settings page', () => {
     // After validation the model list is offered at once.
     await card.getByLabel('Model', { exact: true }).selectOption('eleven_flash_v2_5');
     await card.getByRole('button', { name: 'Use this model' }).click();
-    await page.getByText('The model is now eleven_flash_v2_5.').waitFor();
+    await notice(page).getByText('The model is now eleven_flash_v2_5.').waitFor();
     await card.getByText('eleven_flash_v2_5').waitFor();
 
     const tts = page.getByLabel('Text to speech', { exact: true });
     await tts.selectOption(await tts.locator('option', { hasText: 'ElevenLabs — Studio' }).getAttribute('value'));
-    await page.getByText(/Text to speech now uses ElevenLabs — Studio/).waitFor();
+    await page.getByRole('button', { name: 'Save Text to speech default' }).click();
+    await notice(page).getByText(/Text to speech now uses ElevenLabs — Studio/).waitFor();
     assert.match(await page.getByLabel('Text to speech', { exact: true }).inputValue(), /^c_/);
     // And the default's model.
     await page.getByLabel('Text to speech model', { exact: true }).selectOption('eleven_multilingual_v2');
-    await page.getByText('Text to speech now uses the model eleven_multilingual_v2.').waitFor();
+    await page.getByRole('button', { name: 'Save Text to speech default' }).click();
+    await notice(page).getByText(/with the model eleven_multilingual_v2\./).waitFor();
     const prefs = await page.evaluate(async (t) => (await fetch('/v1/preferences', { headers: { authorization: `Bearer ${t}` } })).json(),
       vault.token('u_page_flow'));
     assert.equal(prefs.tts.model, 'eleven_multilingual_v2');
@@ -153,11 +160,11 @@ describe('the settings page', () => {
     await card.getByRole('button', { name: 'Rotate key' }).click();
     await card.getByLabel('New ElevenLabs key').fill(rotated);
     await card.getByRole('button', { name: 'Save new key' }).click();
-    await page.getByText('The new key works and replaced the old one.').waitFor();
+    await notice(page).getByText('The new key works and replaced the old one.').waitFor();
     await card.getByText(`…${rotated.slice(-4)}`).waitFor();
 
     await card.getByRole('button', { name: 'Re-check' }).click();
-    await page.getByText('The ElevenLabs key works.').waitFor();
+    await notice(page).getByText('The ElevenLabs key works.').waitFor();
     assert.ok(!(await page.locator('byok-keys').innerText()).includes('null'), 'a missing value shows as "null"');
     await shot(page, '5-flow');
 
@@ -168,7 +175,7 @@ describe('the settings page', () => {
     assert.equal(await card.count(), 1, 'deleted without confirming');
     await card.getByRole('button', { name: 'Delete' }).click();
     await card.getByRole('alertdialog').getByRole('button', { name: 'Delete key' }).click();
-    await page.getByText('The key was deleted.').waitFor();
+    await notice(page).getByText('The key was deleted.').waitFor();
     assert.equal(await page.locator('article[data-credential]').count(), 0);
 
     await page.getByRole('button', { name: 'Show activity' }).click();

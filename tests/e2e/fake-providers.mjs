@@ -357,6 +357,7 @@ export function startFakeProviders() {
           ELEVENLABS_BASE_URL: `${url}/elevenlabs`,
           AZURE_SPEECH_STS_BASE_URL: `${url}/azure/{region}/sts`,
           AZURE_SPEECH_TTS_BASE_URL: `${url}/azure/{region}/tts`,
+          AZURE_SPEECH_STT_BASE_URL: `${url}/azure/{region}/stt`,
           GEMINI_BASE_URL: `${url}/gemini`,
           OPENAI_BASE_URL: `${url}/openai`,
           ANTHROPIC_BASE_URL: `${url}/anthropic`,

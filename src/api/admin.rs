@@ -132,8 +132,9 @@ pub(super) async fn import(ctx: &ServiceCtx<'_>) -> Outcome {
         if let Some(event) = &report.committed {
             app.audit.nudge(event).await;
         }
-        (app.log)(&format!("import: {}", summary(&report)));
-        Ok(Response::json(200, &import_view(&report)))
+        let view = import_view(&report);
+        (app.log)(&format!("import: {}", view["summary"]));
+        Ok(Response::json(200, &view))
     }
     .await;
     Outcome::unaudited(result)

@@ -225,10 +225,8 @@ pub(super) fn import_entry(config: &Config, value: Value) -> Result<ImportEntry,
         }
         // An export with its columns shifted puts a key where the provider should be: the
         // report never quotes what was there.
-        if e.code == "unknown_provider" {
-            e.detail = Some(
-                "The provider is not one this vault knows (GET /v1/providers lists them).".into(),
-            );
+        for f in e.errors.iter_mut().filter(|f| f.field == "provider") {
+            f.message = "is not a provider this vault knows (GET /v1/providers lists them)".into();
         }
         e
     })?;

@@ -31,54 +31,50 @@ impl fmt::Display for UserId {
     }
 }
 
-/// Opaque random id of a credential: `c_` followed by 32 lowercase hex digits (128 bits).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CredentialId(String);
+/// An opaque random id: a prefix and 32 lowercase hex digits (128 bits). `parse` accepts
+/// only the shape `from_random` makes, so a path segment can never smuggle SQL wildcards
+/// or separators into lookups or AAD.
+macro_rules! random_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+        pub struct $name(String);
 
-impl CredentialId {
-    const PREFIX: &'static str = "c_";
+        impl $name {
+            pub fn from_random(bytes: [u8; 16]) -> Self {
+                Self(format!("{}{}", $prefix, hex_bytes(&bytes)))
+            }
 
-    pub fn from_random(bytes: [u8; 16]) -> Self {
-        Self(format!("{}{}", Self::PREFIX, hex_bytes(&bytes)))
-    }
+            pub fn parse(raw: &str) -> Option<Self> {
+                let ok = raw.strip_prefix($prefix).is_some_and(|rest| {
+                    rest.len() == 32 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                });
+                ok.then(|| Self(raw.to_owned()))
+            }
 
-    /// Accepts only the shape we generate, so a path segment can never smuggle SQL
-    /// wildcards or separators into lookups or AAD.
-    pub fn parse(raw: &str) -> Option<Self> {
-        random_shaped(raw, Self::PREFIX).then(|| Self(raw.to_owned()))
-    }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl fmt::Display for CredentialId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Opaque random id of an import batch: `imp_` followed by 32 lowercase hex digits.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct BatchId(String);
-
-impl BatchId {
-    const PREFIX: &'static str = "imp_";
-
-    pub fn from_random(bytes: [u8; 16]) -> Self {
-        Self(format!("{}{}", Self::PREFIX, hex_bytes(&bytes)))
-    }
-
-    /// Accepts only the shape we generate.
-    pub fn parse(raw: &str) -> Option<Self> {
-        random_shaped(raw, Self::PREFIX).then(|| Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+random_id!(
+    /// A credential's id: `c_` and 32 hex digits.
+    CredentialId,
+    "c_"
+);
+random_id!(
+    /// An import batch's id: `imp_` and 32 hex digits.
+    BatchId,
+    "imp_"
+);
 
 /// Correlates a request's response, logs and audit events.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,13 +154,6 @@ macro_rules! string_id_serde {
 }
 
 string_id_serde!(UserId, CredentialId, BatchId, RequestId);
-
-/// Whether `raw` is `prefix` and 32 lowercase hex digits (128 random bits).
-fn random_shaped(raw: &str, prefix: &str) -> bool {
-    raw.strip_prefix(prefix).is_some_and(|rest| {
-        rest.len() == 32 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
-}
 
 pub fn hex_bytes(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

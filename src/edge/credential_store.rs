@@ -20,7 +20,7 @@ use crate::ports::{
 use crate::providers;
 
 use super::audit_store::outbox_insert;
-use super::db::{changes, json, millis, num, opt_text, text, unavailable, Db};
+use super::db::{changes, json, millis, num, opt_text, rows_of, text, Db};
 
 pub(super) struct D1Store<'a> {
     db: &'a Db,
@@ -274,10 +274,7 @@ impl D1Store<'_> {
             #[allow(dead_code)]
             version: f64,
         }
-        let still_there: Vec<Version> = match results.get(at + 1) {
-            Some(r) => r.results().map_err(unavailable)?,
-            None => Vec::new(),
-        };
+        let still_there: Vec<Version> = rows_of(&results, at + 1)?;
         Ok(if still_there.is_empty() {
             Written::Missing
         } else {
@@ -528,10 +525,7 @@ impl CredentialStore for D1Store<'_> {
         struct Deleted {
             provider: String,
         }
-        let deleted: Vec<Deleted> = match results.get(2) {
-            Some(r) => r.results().map_err(unavailable)?,
-            None => Vec::new(),
-        };
+        let deleted: Vec<Deleted> = rows_of(&results, 2)?;
         Ok(deleted
             .first()
             .and_then(|d| providers::find(&d.provider))
@@ -716,7 +710,9 @@ impl ImportStore for D1Store<'_> {
         // against the table as it stood before the statement (earlier statements' rows
         // included), so the rank stands for the rows it adds ahead of this one.
         const STATEMENT_BYTES: usize = 900_000;
-        let mut groups: Vec<(Vec<Value>, usize)> = vec![(Vec::new(), 0)];
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+        // Each statement's rows, as the JSON text of each (written once), and their length.
+        let mut groups: Vec<(Vec<String>, usize)> = vec![(Vec::new(), 0)];
         let mut ranks: Vec<(&str, u32)> = Vec::new();
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
@@ -728,11 +724,14 @@ impl ImportStore for D1Store<'_> {
                 Value::from(c.created_at.as_millis()),
             ];
             values.extend(mutable_values(c));
-            let size = values.iter().map(|v| v.to_string().len()).sum::<usize>() + 256;
-            if groups
-                .last()
-                .is_some_and(|(g, bytes)| !g.is_empty() && bytes + size > STATEMENT_BYTES)
-            {
+            let fields = format!(
+                "\"r\":{},\"p\":{}",
+                serde_json::to_string(&values).map_err(corrupt)?,
+                serde_json::to_string(&row.prints).map_err(corrupt)?
+            );
+            if groups.last().is_some_and(|(g, bytes)| {
+                !g.is_empty() && bytes + fields.len() + 16 > STATEMENT_BYTES
+            }) {
                 groups.push((Vec::new(), 0));
                 ranks.clear();
             }
@@ -746,11 +745,11 @@ impl ImportStore for D1Store<'_> {
             let rank = ranks[i].1;
             ranks[i].1 += 1;
             if let Some((group, bytes)) = groups.last_mut() {
-                group.push(serde_json::json!({"r": values, "p": row.prints, "k": rank}));
-                *bytes += size;
+                let text = format!("{{{fields},\"k\":{rank}}}");
+                *bytes += text.len() + 1;
+                group.push(text);
             }
-            let body = serde_json::to_string(&row.event)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let body = serde_json::to_string(&row.event).map_err(corrupt)?;
             events.push(serde_json::json!({
                 "i": row.event.id, "c": c.id.as_str(), "u": c.user_id.as_str(), "e": body,
             }));
@@ -778,10 +777,8 @@ impl ImportStore for D1Store<'_> {
         )?];
         let inserts = 1..1 + groups.len();
         for (group, _) in groups {
-            statements.push(
-                self.db
-                    .prepare(&insert, &[json_rows(group), num(u64::from(limit))])?,
-            );
+            let list = text(&format!("[{}]", group.join(",")));
+            statements.push(self.db.prepare(&insert, &[list, num(u64::from(limit))])?);
         }
         // The events of the rows stored, in the order sent; none for a row left out.
         statements.push(self.db.prepare(
@@ -811,8 +808,8 @@ impl ImportStore for D1Store<'_> {
             id: String,
         }
         let mut ids = Vec::new();
-        for r in results.get(inserts).unwrap_or_default() {
-            let stored: Vec<Stored> = r.results().map_err(unavailable)?;
+        for i in inserts {
+            let stored: Vec<Stored> = rows_of(&results, i)?;
             ids.extend(stored.iter().filter_map(|s| CredentialId::parse(&s.id)));
         }
         Ok(ids)
@@ -907,10 +904,7 @@ impl ImportStore for D1Store<'_> {
         struct Removed {
             id: String,
         }
-        let removed: Vec<Removed> = match results.get(1) {
-            Some(r) => r.results().map_err(unavailable)?,
-            None => Vec::new(),
-        };
+        let removed: Vec<Removed> = rows_of(&results, 1)?;
         Ok(removed
             .iter()
             .filter_map(|r| CredentialId::parse(&r.id))

@@ -93,6 +93,17 @@ impl Db {
     }
 }
 
+/// The rows statement `i` of a batch returned (none if the batch has no such statement).
+pub(super) fn rows_of<T: DeserializeOwned>(
+    results: &[D1Result],
+    i: usize,
+) -> Result<Vec<T>, StoreError> {
+    match results.get(i) {
+        Some(r) => r.results().map_err(unavailable),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// How many rows statement `i` of a batch changed (0 if the batch has no such statement).
 pub(super) fn changes(results: &[D1Result], i: usize) -> u64 {
     results

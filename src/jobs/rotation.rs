@@ -7,7 +7,7 @@
 use super::{Job, JobOutcome, Workers};
 use crate::audit::{Actor, ActorType, Origin};
 use crate::crypto::random_bytes;
-use crate::domain::{CredentialId, Timestamp};
+use crate::domain::{hex_bytes, CredentialId, Timestamp};
 use crate::ports::{CredentialStore, JobQueue, JobRecord, JobStore, StoreError};
 use crate::vault::Rewrap;
 
@@ -40,13 +40,7 @@ pub async fn start_rotation(
     let total = store.count_stale(active).await?;
     let random: [u8; 16] = random_bytes().unwrap_or_default();
     let job = JobRecord {
-        id: format!(
-            "job_{}",
-            random
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        ),
+        id: format!("job_{}", hex_bytes(&random)),
         kind: "rewrap".into(),
         state: if total == 0 { "done" } else { "running" }.into(),
         total,

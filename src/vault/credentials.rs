@@ -4,10 +4,11 @@
 
 use serde_json::json;
 
-use super::keys::{status_of, AcceptedKey, Candidate, Purpose};
+use super::keys::{status_of, AcceptedKey, Candidate, Purpose, SealedKey};
 use super::{Caller, CredentialPatch, NewCredential, Vault};
 use crate::audit::{Action, AuditEvent, Facts};
 use crate::crypto::random_bytes;
+use crate::domain::UserId;
 use crate::domain::{Credential, CredentialId, CredentialStatus, Model, ProviderId, Timestamp};
 use crate::error::{clip, ApiError, FieldError};
 use crate::ports::{Inserted, StoreError, Written};
@@ -16,6 +17,49 @@ use crate::providers::{self, Accepted, Provider};
 /// How often a conditional write is tried again after a concurrent change it may safely
 /// build on (a re-check's status, a label) before the operation gives up with 409.
 const WRITE_ATTEMPTS: usize = 3;
+
+/// A new credential's id, from the CSPRNG.
+pub(super) fn fresh_id() -> Result<CredentialId, ApiError> {
+    Ok(CredentialId::from_random(
+        random_bytes().map_err(|e| ApiError::internal().caused_by(e))?,
+    ))
+}
+
+/// A new row holding `user`'s key `new`, sealed for `id` as `sealed`: `valid`, with nothing
+/// yet learned from the provider (a check's result goes on top with [`apply_accepted`]).
+pub(super) fn new_row(
+    id: CredentialId,
+    user: &UserId,
+    new: &NewCredential,
+    sealed: SealedKey,
+    now: Timestamp,
+) -> Credential {
+    Credential {
+        id,
+        user_id: user.clone(),
+        provider: new.provider.info().id,
+        label: new.label.clone(),
+        key_hint: sealed.key_hint,
+        secret: sealed.secret,
+        fingerprint: sealed.fingerprint,
+        params: new.params.clone(),
+        model: new.model.clone(),
+        status: CredentialStatus::Valid,
+        status_detail: None,
+        warnings: Vec::new(),
+        quota: None,
+        models: None,
+        models_fetched_at: None,
+        consecutive_failures: 0,
+        last_validated_at: None,
+        last_used_at: None,
+        revalidation_queued_at: None,
+        import_batch: None,
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    }
+}
 
 /// Records a successful check on the row.
 pub(super) fn apply_accepted(c: &mut Credential, accepted: Accepted, now: Timestamp) {
@@ -147,13 +191,9 @@ impl Vault<'_> {
         let info = new.provider.info();
         facts.provider = Some(info.id);
         let limit = self.config.max_credentials_per_user;
-        let id = CredentialId::from_random(
-            random_bytes().map_err(|e| ApiError::internal().caused_by(e))?,
-        );
+        let id = fresh_id()?;
         let AcceptedKey {
-            secret,
-            key_hint,
-            fingerprint,
+            sealed,
             prints,
             accepted,
         } = self
@@ -173,31 +213,7 @@ impl Vault<'_> {
             check_model(new.provider, m, accepted.models.as_deref())?;
         }
         let now = self.clock.now();
-        let mut credential = Credential {
-            id,
-            user_id: caller.user.clone(),
-            provider: info.id,
-            label: new.label,
-            key_hint,
-            secret,
-            fingerprint,
-            params: new.params,
-            model: new.model,
-            status: CredentialStatus::Valid,
-            status_detail: None,
-            warnings: Vec::new(),
-            quota: None,
-            models: None,
-            models_fetched_at: None,
-            consecutive_failures: 0,
-            last_validated_at: None,
-            last_used_at: None,
-            revalidation_queued_at: None,
-            import_batch: None,
-            created_at: now,
-            updated_at: now,
-            version: 0,
-        };
+        let mut credential = new_row(id, caller.user, &new, sealed, now);
         apply_accepted(&mut credential, accepted, now);
         facts.about(&credential.id, None);
         let event = self.new_event(caller, facts);
@@ -262,7 +278,7 @@ impl Vault<'_> {
                     facts,
                 )
                 .await?;
-            if accepted.secret.is_some() {
+            if accepted.sealed.secret.is_some() {
                 changed.push("api_key");
             }
             if moved {
@@ -301,11 +317,11 @@ impl Vault<'_> {
         for _ in 0..WRITE_ATTEMPTS {
             let mut next = current.clone();
             if let Some((r, params)) = &rekey {
-                if let Some(secret) = &r.secret {
+                if let Some(secret) = &r.sealed.secret {
                     next.secret = Some(secret.clone());
-                    next.key_hint = r.key_hint.clone();
+                    next.key_hint = r.sealed.key_hint.clone();
                 }
-                next.fingerprint = r.fingerprint.clone();
+                next.fingerprint = r.sealed.fingerprint.clone();
                 next.params = params.clone();
                 apply_accepted(&mut next, r.accepted.clone(), now);
             }

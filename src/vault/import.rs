@@ -14,17 +14,16 @@ use std::cell::Cell;
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::credentials::{apply_accepted, check_model};
-use super::keys::{key_prints, seal_for_row, SealedKey};
+use super::credentials::{apply_accepted, check_model, fresh_id, new_row};
+use super::keys::{key_prints, seal_for_row};
 use super::{Caller, ImportCommand, ImportEntry, Vault};
 use crate::audit::{Action, Facts, Origin};
 use crate::crypto::{random_bytes, Binding};
-use crate::domain::{BatchId, Credential, CredentialId, CredentialStatus, ProviderId, UserId};
+use crate::domain::{BatchId, CredentialId, CredentialStatus, ProviderId, UserId};
 use crate::error::ApiError;
 use crate::ports::{
     BatchRow, HttpClient, HttpError, HttpRequest, HttpResponse, ImportRow, ImportStore, Occupancy,
 };
-use crate::probe::Prober;
 use crate::providers::Accepted;
 
 /// Entries one import request takes at most. Sealing and fingerprinting one costs about
@@ -353,14 +352,7 @@ impl Vault<'_> {
         let c = &entry.credential;
         let info = c.provider.info();
         self.limit_live_check(&caller).await?;
-        let prober = Prober::new(
-            self.http,
-            self.clock,
-            self.jitter,
-            self.config.validation_deadline_ms,
-            self.config.probe_attempt_timeout_ms,
-        )
-        .once();
+        let prober = self.prober().once();
         let accepted = self
             .check_with(&prober, c.provider, &c.params, &c.api_key)
             .await
@@ -385,44 +377,16 @@ impl Vault<'_> {
             .map(|p| {
                 let new = &p.entry.credential;
                 let provider = new.provider.info().id;
-                let id = CredentialId::from_random(
-                    random_bytes().map_err(|e| ApiError::internal().caused_by(e))?,
-                );
-                let SealedKey {
-                    secret,
-                    key_hint,
-                    fingerprint,
-                } = seal_for_row(
+                let id = fresh_id()?;
+                let sealed = seal_for_row(
                     keys,
                     &Binding::new(&p.entry.user, &id, provider),
                     &new.api_key,
                     &new.params,
                 )?;
-                let mut credential = Credential {
-                    id,
-                    user_id: p.entry.user.clone(),
-                    provider,
-                    label: new.label.clone(),
-                    key_hint,
-                    secret,
-                    fingerprint,
-                    params: new.params.clone(),
-                    model: new.model.clone(),
-                    status: CredentialStatus::Valid,
-                    status_detail: None,
-                    warnings: vec![UNCHECKED_WARNING.to_owned()],
-                    quota: None,
-                    models: None,
-                    models_fetched_at: None,
-                    consecutive_failures: 0,
-                    last_validated_at: None,
-                    last_used_at: None,
-                    revalidation_queued_at: None,
-                    import_batch: Some(batch.clone()),
-                    created_at: now,
-                    updated_at: now,
-                    version: 0,
-                };
+                let mut credential = new_row(id, &p.entry.user, new, sealed, now);
+                credential.warnings = vec![UNCHECKED_WARNING.to_owned()];
+                credential.import_batch = Some(batch.clone());
                 if let Some(accepted) = &p.accepted {
                     apply_accepted(&mut credential, accepted.clone(), now);
                 }

@@ -35,11 +35,8 @@ pub(super) struct Candidate<'k> {
 
 /// A key that passed every check, sealed for its row and ready to be written.
 pub(super) struct AcceptedKey {
-    /// `None` for a keyless endpoint.
-    pub secret: Option<Sealed>,
-    pub key_hint: Option<String>,
-    /// Under the active master key version.
-    pub fingerprint: Option<String>,
+    /// What the row stores of the key.
+    pub sealed: SealedKey,
     /// Under every master key version: what a duplicate is found by.
     pub prints: Vec<String>,
     /// What the provider said.
@@ -179,15 +176,8 @@ impl Vault<'_> {
             .live_check(caller, provider, params, key)
             .await?
             .map_err(|f| ApiError::from_failure(info.id, f))?;
-        let SealedKey {
-            secret,
-            key_hint,
-            fingerprint,
-        } = seal_for_row(keys, &Binding::new(caller.user, id, info.id), key, params)?;
         Ok(AcceptedKey {
-            secret,
-            key_hint,
-            fingerprint,
+            sealed: seal_for_row(keys, &Binding::new(caller.user, id, info.id), key, params)?,
             prints,
             accepted,
         })
@@ -212,14 +202,18 @@ impl Vault<'_> {
             }
         }
         self.limit_live_check(caller).await?;
-        let prober = Prober::new(
+        Ok(self.check_with(&self.prober(), provider, params, key).await)
+    }
+
+    /// A prober with the configured validation deadline and per-attempt timeout.
+    pub(super) fn prober(&self) -> Prober<'_> {
+        Prober::new(
             self.http,
             self.clock,
             self.jitter,
             self.config.validation_deadline_ms,
             self.config.probe_attempt_timeout_ms,
-        );
-        Ok(self.check_with(&prober, provider, params, key).await)
+        )
     }
 
     /// The provider's word on `key` at `params` through `prober`, after the endpoint

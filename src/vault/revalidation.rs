@@ -12,7 +12,7 @@ use crate::audit::{Action, Facts, Origin};
 use crate::domain::{CredentialId, CredentialStatus, Timestamp, UserId};
 use crate::error::ApiError;
 use crate::ports::Written;
-use crate::probe::{Failure, Prober};
+use crate::probe::Failure;
 use crate::providers;
 
 /// What the sweep did with one credential.
@@ -78,14 +78,7 @@ impl Vault<'_> {
             .ok_or_else(|| ApiError::internal().caused_by("unknown provider in a stored row"))?;
         let outcome = match self.open_key(&read)? {
             Some(key) => {
-                let prober = Prober::new(
-                    self.http,
-                    self.clock,
-                    self.jitter,
-                    self.config.validation_deadline_ms,
-                    self.config.probe_attempt_timeout_ms,
-                )
-                .once();
+                let prober = self.prober().once();
                 match self.check_with(&prober, provider, &read.params, &key).await {
                     Ok(accepted) => Ok(accepted),
                     Err(Failure::RateLimited { retry_after_ms, .. }) => {

@@ -12,17 +12,15 @@
 // lengths). The seeded credential's id is given for `{id}`, so its operations answer 200.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { startFakeProviders } from './fake-providers.mjs';
-import { ROOT, randomKey, startVault } from './harness.mjs';
+import { ROOT, randomKey, serviceTokens, startVault } from './harness.mjs';
 
 const SCHEMATHESIS = path.join(ROOT, '.toolchain', 'venv', 'bin', 'schemathesis');
-const sha = (t) => crypto.createHash('sha256').update(t).digest('hex');
-const SERVICE = `svc_${crypto.randomBytes(16).toString('hex')}`;
+const { tokens: { contract: SERVICE }, SERVICE_TOKENS } = serviceTokens({ contract: ['resolve', 'admin'] });
 /** Examples per operation: enough to walk every documented status, small enough for CI. */
 const EXAMPLES = Number(process.env.BYOK_CONTRACT_EXAMPLES ?? 25);
 const REPORTS = path.join(ROOT, '.test-runs', 'schemathesis');
@@ -34,7 +32,7 @@ before(async () => {
   fake = await startFakeProviders();
   vault = await startVault({
     secrets: {
-      SERVICE_TOKENS: JSON.stringify([{ name: 'contract', sha256: sha(SERVICE), scopes: ['resolve', 'admin'] }]),
+      SERVICE_TOKENS,
       SYSTEM_KEY_OPENAI: randomKey('valid'),
     },
     vars: { ...fake.vars(), RATE_LIMITS: 'off', REVALIDATE_AFTER_HOURS: '0' },

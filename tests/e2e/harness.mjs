@@ -38,6 +38,36 @@ export function freePort() {
 
 export const randomKey = (kind) => `sk_${kind}_${crypto.randomBytes(20).toString('hex')}`;
 
+/**
+ * Backend services for a vault: `{ name: [scopes] }` → a random token per name and the
+ * `SERVICE_TOKENS` secret that lists them (by SHA-256 only, as the vault takes them).
+ */
+export function serviceTokens(services) {
+  const tokens = {};
+  const entries = Object.entries(services).map(([name, scopes]) => {
+    tokens[name] = `svc_${crypto.randomBytes(16).toString('hex')}`;
+    return { name, sha256: crypto.createHash('sha256').update(tokens[name]).digest('hex'), scopes };
+  });
+  return { tokens, SERVICE_TOKENS: JSON.stringify(entries) };
+}
+
+/**
+ * Adds a valid key for each `{ user, provider }` of `todo`, `parallel` at a time; returns
+ * `{ user, provider, key, id }` for each, in the order they were stored.
+ */
+export async function addMany(vault, todo, parallel) {
+  const creds = [];
+  for (let i = 0; i < todo.length; i += parallel) {
+    await Promise.all(todo.slice(i, i + parallel).map(async ({ user, provider }) => {
+      const key = randomKey('valid');
+      const r = await vault.request('POST', '/v1/credentials', { user, body: { provider, api_key: key } });
+      assert.equal(r.status, 201, r.text);
+      creds.push({ user, provider, key, id: r.json.credential.id });
+    }));
+  }
+  return creds;
+}
+
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
 
 export function signJwt(claims, secret, header = { alg: 'HS256', typ: 'JWT' }) {

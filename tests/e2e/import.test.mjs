@@ -6,23 +6,19 @@
 // against the fake providers.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { startFakeProviders } from './fake-providers.mjs';
-import { ROOT, assertSameKey, eventsOf, randomKey, startVault, withoutKey } from './harness.mjs';
+import { ROOT, assertSameKey, eventsOf, randomKey, serviceTokens, startVault, withoutKey } from './harness.mjs';
 import { entriesFromEnv, entriesFromJson, parseEnv } from '../../scripts/import.mjs';
 
-const sha = (t) => crypto.createHash('sha256').update(t).digest('hex');
-const RESOLVER = `svc_${crypto.randomBytes(16).toString('hex')}`;
-const ADMIN = `svc_${crypto.randomBytes(16).toString('hex')}`;
-const SERVICE_TOKENS = JSON.stringify([
-  { name: 'tts-service', sha256: sha(RESOLVER), scopes: ['resolve'] },
-  { name: 'ops', sha256: sha(ADMIN), scopes: ['admin'] },
-]);
+const {
+  tokens: { 'tts-service': RESOLVER, ops: ADMIN },
+  SERVICE_TOKENS,
+} = serviceTokens({ 'tts-service': ['resolve'], ops: ['admin'] });
 
 let fake;
 let vault;

@@ -7,27 +7,22 @@ import crypto from 'node:crypto';
 import { after, before, test } from 'node:test';
 
 import { startFakeProviders } from './fake-providers.mjs';
-import { assertSameKey, randomKey, startVault, withoutKey } from './harness.mjs';
+import { addMany, assertSameKey, serviceTokens, startVault, withoutKey } from './harness.mjs';
 
 const M1 = crypto.randomBytes(32).toString('base64');
 const M2 = crypto.randomBytes(32).toString('base64');
-const ADMIN = `svc_${crypto.randomBytes(16).toString('hex')}`;
-const RESOLVER = `svc_${crypto.randomBytes(16).toString('hex')}`;
-const sha = (t) => crypto.createHash('sha256').update(t).digest('hex');
+const { tokens: { ops: ADMIN, svc: RESOLVER }, SERVICE_TOKENS } = serviceTokens({ ops: ['admin'], svc: ['resolve'] });
 const COMMON = {
   AUTH_JWT_SECRET: crypto.randomBytes(32).toString('hex'),
   MASTER_KEY: null,
-  SERVICE_TOKENS: JSON.stringify([
-    { name: 'ops', sha256: sha(ADMIN), scopes: ['admin'] },
-    { name: 'svc', sha256: sha(RESOLVER), scopes: ['resolve'] },
-  ]),
+  SERVICE_TOKENS,
 };
 const N = 500;
 
 let fake;
 let vault;
 let state;
-const creds = [];
+let creds = [];
 const start = async (ring, active) => {
   vault = await startVault({
     front: false,
@@ -43,14 +38,7 @@ before(async () => {
   fake = await startFakeProviders();
   await start({ 1: M1 }, '1');
   const todo = Array.from({ length: N }, (_, i) => ({ user: `u_rot_${i % 50}`, provider: i % 2 ? 'openai' : 'elevenlabs' }));
-  for (let i = 0; i < todo.length; i += 20) {
-    await Promise.all(todo.slice(i, i + 20).map(async ({ user, provider }) => {
-      const key = randomKey('valid');
-      const r = await vault.request('POST', '/v1/credentials', { user, body: { provider, api_key: key } });
-      assert.equal(r.status, 201, r.text);
-      creds.push({ user, provider, key, id: r.json.credential.id });
-    }));
-  }
+  creds = await addMany(vault, todo, 20);
 });
 after(async () => {
   await vault?.stop();

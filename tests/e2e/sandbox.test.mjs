@@ -10,6 +10,10 @@ import { ROOT, freePort } from './harness.mjs';
 
 let child;
 let out = '';
+/** dev.sh's output for a failure message, without the dev token or the sandbox keys. */
+const shown = (text) => text
+  .replace(/(#token=|TOKEN=)[^\s'"]+/g, '$1…')
+  .replace(/sk_[a-z]+_[0-9a-f]+/g, 'sk_…');
 let base;
 before(async () => {
   const port = await freePort();
@@ -29,8 +33,8 @@ before(async () => {
         if (r.ok) { base = m[1]; break; }
       } catch { /* not yet */ }
     }
-    if (child.exitCode !== null) throw new Error(`dev.sh exited (${child.exitCode}):\n${out.slice(-3000)}`);
-    if (Date.now() > deadline) throw new Error(`dev.sh --sandbox never answered:\n${out.slice(-3000)}`);
+    if (child.exitCode !== null) throw new Error(`dev.sh exited (${child.exitCode}):\n${shown(out.slice(-3000))}`);
+    if (Date.now() > deadline) throw new Error(`dev.sh --sandbox never answered:\n${shown(out.slice(-3000))}`);
     await new Promise((r) => setTimeout(r, 500));
   }
 });

@@ -10,10 +10,9 @@ import http from 'node:http';
 import { after, before, test } from 'node:test';
 
 import { startFakeProviders } from './fake-providers.mjs';
-import { eventsOf, randomKey, startVault } from './harness.mjs';
+import { addMany, eventsOf, serviceTokens, startVault } from './harness.mjs';
 
-const ADMIN = `svc_${crypto.randomBytes(16).toString('hex')}`;
-const sha = (t) => crypto.createHash('sha256').update(t).digest('hex');
+const { tokens: { ops: ADMIN }, SERVICE_TOKENS } = serviceTokens({ ops: ['admin'] });
 const PROVIDERS = ['elevenlabs', 'openai', 'anthropic', 'gemini', 'deepgram', 'mistral', 'groq', 'openrouter'];
 const USERS = 30;
 const PER_USER = 10;
@@ -50,14 +49,14 @@ function signed({ headers, body }) {
 let fake;
 let vault;
 let receiver;
-const creds = [];
+let creds = [];
 before(async () => {
   fake = await startFakeProviders();
   receiver = await startReceiver(2);
   vault = await startVault({
     front: false,
     secrets: {
-      SERVICE_TOKENS: JSON.stringify([{ name: 'ops', sha256: sha(ADMIN), scopes: ['admin'] }]),
+      SERVICE_TOKENS,
       NOTIFY_WEBHOOK_SECRET: `whsec_${WEBHOOK_SECRET.toString('base64')}`,
     },
     vars: {
@@ -71,14 +70,7 @@ before(async () => {
   for (let u = 0; u < USERS; u++) {
     for (let i = 0; i < PER_USER; i++) todo.push({ user: `u_sweep_${u}`, provider: PROVIDERS[(u * PER_USER + i) % PROVIDERS.length] });
   }
-  for (let i = 0; i < todo.length; i += 10) {
-    await Promise.all(todo.slice(i, i + 10).map(async ({ user, provider }) => {
-      const key = randomKey('valid');
-      const r = await vault.request('POST', '/v1/credentials', { user, body: { provider, api_key: key } });
-      assert.equal(r.status, 201, r.text);
-      creds.push({ user, provider, key, id: r.json.credential.id });
-    }));
-  }
+  creds = await addMany(vault, todo, 10);
 });
 after(async () => {
   await vault?.stop();

@@ -2,19 +2,15 @@
 // receipt); users call providers through the streaming proxy, which keeps keys inside.
 // Under wrangler dev (workerd, local D1, local queues) against the fake providers.
 import assert from 'node:assert/strict';
-import crypto from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 
 import { AUDIO, STREAM_GAP_MS, startFakeProviders } from './fake-providers.mjs';
-import { assertSameKey, eventsOf, randomKey, startVault, withoutKey } from './harness.mjs';
+import { assertSameKey, eventsOf, randomKey, serviceTokens, startVault, withoutKey } from './harness.mjs';
 
-const sha = (t) => crypto.createHash('sha256').update(t).digest('hex');
-const RESOLVER = `svc_${crypto.randomBytes(16).toString('hex')}`;
-const ADMIN = `svc_${crypto.randomBytes(16).toString('hex')}`;
-const SERVICE_TOKENS = JSON.stringify([
-  { name: 'tts-service', sha256: sha(RESOLVER), scopes: ['resolve'] },
-  { name: 'ops', sha256: sha(ADMIN), scopes: ['admin'] },
-]);
+const {
+  tokens: { 'tts-service': RESOLVER, ops: ADMIN },
+  SERVICE_TOKENS,
+} = serviceTokens({ 'tts-service': ['resolve'], ops: ['admin'] });
 const SYSTEM_OPENAI = randomKey('valid');
 
 let fake;

@@ -53,7 +53,8 @@ fn mixed() -> Value {
         entry("u_b", KEY),
         entry("u_b", KEY),
         entry("u_c", KEY2),
-        {"user_id": "u_d", "provider": "nope", "api_key": KEY},
+        // Columns shifted: the key stands where the provider should (never quoted back).
+        {"user_id": "u_d", "provider": KEY, "api_key": "Imported"},
         {"user_id": "u_e", "provider": "azure_speech", "api_key": KEY},
         {"user_id": 5, "provider": "elevenlabs", "api_key": KEY},
         "not an object",
@@ -91,6 +92,11 @@ fn a_dry_run_reports_every_entry_and_changes_nothing() {
     assert_eq!(e[1]["credential_id"], Value::Null);
     assert_eq!(e[5]["errors"][0]["field"], "params.region");
     assert_eq!(e[6]["errors"][0]["field"], "user_id");
+    // Not even a clipped piece of a key in the provider column is quoted back.
+    assert!(
+        !report.to_string().contains(&KEY[..12]),
+        "the provider column was quoted back"
+    );
     assert_eq!(w.footprint(), before, "a dry run wrote something");
     assert_eq!(
         w.provider_calls.get(),

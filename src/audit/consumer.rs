@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::{drain, AuditEvent};
+use super::{drain, drain_rounds, AuditEvent};
 use crate::ports::AuditStore;
 
 /// Chaining rounds one consumer invocation runs at most (three D1 queries each).
@@ -59,15 +59,22 @@ fn text_of(body: &Value) -> String {
     }
 }
 
+/// What the main consumer decided for a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consumed {
+    /// One per message, in order.
+    pub dispositions: Vec<Disposition>,
+    /// Chaining stopped at its bound with events still waiting: the glue puts a fresh
+    /// nudge on the queue, so a backlog larger than one invocation's rounds (a large
+    /// import, a burst) keeps moving instead of waiting for the hourly cron.
+    pub more_waiting: bool,
+}
+
 /// The main consumer. Whole events go into the outbox (in order of time: that is the
 /// order they happened in), then the outbox is chained. A message is acknowledged once
 /// what it carries is safe: an event once it is in the outbox, a nudge once the outbox
 /// was chained. Unreadable messages are retried, and reach the dead-letter queue.
-pub async fn consume(
-    store: &dyn AuditStore,
-    bodies: &[Value],
-    log: &dyn Fn(&str),
-) -> Vec<Disposition> {
+pub async fn consume(store: &dyn AuditStore, bodies: &[Value], log: &dyn Fn(&str)) -> Consumed {
     let mut out = vec![Disposition::Retry; bodies.len()];
     let mut nudges = Vec::new();
     let mut events: Vec<(usize, AuditEvent)> = Vec::new();
@@ -91,17 +98,23 @@ pub async fn consume(
             )),
         }
     }
-    if nudges.is_empty() && !out.contains(&Disposition::Ack) {
-        return out;
+    let mut more_waiting = false;
+    if !nudges.is_empty() || out.contains(&Disposition::Ack) {
+        match drain_rounds(store, CONSUMER_ROUNDS).await {
+            Ok(drained) => {
+                nudges.iter().for_each(|i| out[*i] = Disposition::Ack);
+                more_waiting = drained.more;
+            }
+            // The events are safe in the outbox; the nudges are retried (and the cron sweeps).
+            Err(e) => log(&format!(
+                "audit: chaining the outbox failed ({e}); retrying the nudges"
+            )),
+        }
     }
-    match drain(store, CONSUMER_ROUNDS).await {
-        Ok(_) => nudges.iter().for_each(|i| out[*i] = Disposition::Ack),
-        // The events are safe in the outbox; the nudges are retried (and the cron sweeps).
-        Err(e) => log(&format!(
-            "audit: chaining the outbox failed ({e}); retrying the nudges"
-        )),
+    Consumed {
+        dispositions: out,
+        more_waiting,
     }
-    out
 }
 
 /// The dead-letter consumer: one more try at what the messages carry, else each message is

@@ -20,10 +20,11 @@ use serde_json::{json, Value};
 pub use canonical::canonical_json;
 pub use chain::{chain, link, ChainHead, ChainedEvent, GENESIS_HASH};
 pub use consumer::{
-    consume, consume_dead_letters, nudge_body, parse_message, Disposition, Message, CONSUMER_ROUNDS,
+    consume, consume_dead_letters, nudge_body, parse_message, Consumed, Disposition, Message,
+    CONSUMER_ROUNDS,
 };
 pub use facts::{Facts, Origin};
-pub use outbox::{drain, plan, ChainPlan, PendingEvent, ROUND_SIZE};
+pub use outbox::{drain, drain_rounds, plan, ChainPlan, Drained, PendingEvent, ROUND_SIZE};
 pub use verify::{Verification, Verifier};
 
 use crate::domain::{hex_bytes, CredentialId, RequestId, Timestamp, UserId};

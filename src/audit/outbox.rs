@@ -102,11 +102,28 @@ pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPla
 /// Returns how many events were chained. A round that loses a race with another chainer
 /// (its batch fails on the chain's uniqueness rules and changes nothing) is read again.
 pub async fn drain(store: &dyn AuditStore, rounds: usize) -> Result<usize, StoreError> {
+    drain_rounds(store, rounds).await.map(|d| d.chained)
+}
+
+/// What a bounded drain did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    pub chained: usize,
+    /// It stopped at its last round with that round full: more events may wait.
+    pub more: bool,
+}
+
+/// [`drain`], also saying whether it stopped at its bound with events left behind, so a
+/// queue consumer can ask for another pass instead of leaving them to the cron.
+pub async fn drain_rounds(store: &dyn AuditStore, rounds: usize) -> Result<Drained, StoreError> {
     let mut chained = 0;
     for _ in 0..rounds {
         let pending = store.pending(ROUND_SIZE).await?;
         if pending.is_empty() {
-            break;
+            return Ok(Drained {
+                chained,
+                more: false,
+            });
         }
         let mut users: Vec<String> = pending.iter().map(|p| p.user_id.clone()).collect();
         users.sort();
@@ -119,10 +136,16 @@ pub async fn drain(store: &dyn AuditStore, rounds: usize) -> Result<usize, Store
             Err(e) => return Err(e),
         }
         if pending.len() < ROUND_SIZE as usize {
-            break;
+            return Ok(Drained {
+                chained,
+                more: false,
+            });
         }
     }
-    Ok(chained)
+    Ok(Drained {
+        chained,
+        more: rounds > 0,
+    })
 }
 
 #[cfg(test)]

@@ -258,7 +258,7 @@ mod consumers {
             json!("not an event"),
             msg(&event(1, Action::CredentialCreated)),
         ];
-        let out = block_on(consume(&store, &bodies, &|_| {}));
+        let out = block_on(consume(&store, &bodies, &|_| {})).dispositions;
         assert_eq!(
             out,
             [Disposition::Ack, Disposition::Retry, Disposition::Ack]
@@ -282,7 +282,8 @@ mod consumers {
             &store,
             &[msg(&e), msg(&event(2, Action::CredentialViewed))],
             &|_| {},
-        ));
+        ))
+        .dispositions;
         assert_eq!(again, [Disposition::Ack, Disposition::Ack]);
         assert_eq!(store.rows.borrow().len(), 2);
         let user = UserId::parse("u_1").unwrap();
@@ -294,6 +295,30 @@ mod consumers {
     }
 
     #[test]
+    fn a_backlog_beyond_one_invocation_asks_for_another_pass_until_it_is_chained() {
+        use crate::audit::{nudge_body, CONSUMER_ROUNDS, ROUND_SIZE};
+        let store = MemoryAudit::default();
+        let backlog = CONSUMER_ROUNDS * ROUND_SIZE as usize + 30;
+        let events: Vec<AuditEvent> = (1..=backlog as u64)
+            .map(|n| event(n, Action::CredentialImported))
+            .collect();
+        block_on(store.enqueue(&events)).unwrap();
+        let nudge = [Value::String(nudge_body("ev_0001"))];
+        let first = block_on(consume(&store, &nudge, &|_| {}));
+        assert_eq!(first.dispositions, [Disposition::Ack]);
+        assert!(first.more_waiting, "the bound was reached with events left");
+        assert_eq!(store.rows.borrow().len(), backlog - 30);
+        let second = block_on(consume(&store, &nudge, &|_| {}));
+        assert!(!second.more_waiting, "nothing is left: no further pass");
+        assert_eq!(store.rows.borrow().len(), backlog);
+        // Exactly at the bound: one more pass finds the outbox empty and stops.
+        let exact = MemoryAudit::default();
+        block_on(exact.enqueue(&events[..CONSUMER_ROUNDS * ROUND_SIZE as usize])).unwrap();
+        assert!(block_on(consume(&exact, &nudge, &|_| {})).more_waiting);
+        assert!(!block_on(consume(&exact, &nudge, &|_| {})).more_waiting);
+    }
+
+    #[test]
     fn a_failing_store_retries_the_messages_it_could_not_take() {
         let store = MemoryAudit::default();
         store.down.set(true);
@@ -301,7 +326,8 @@ mod consumers {
             &store,
             &[msg(&event(1, Action::CredentialCreated))],
             &|_| {},
-        ));
+        ))
+        .dispositions;
         assert_eq!(out, [Disposition::Retry]);
     }
 

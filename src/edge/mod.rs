@@ -226,8 +226,13 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
     if QueueRole::of(&name) == Some(QueueRole::Jobs) {
         return run_jobs(&env, &db, &store, &jobs, &messages, &bodies).await;
     }
+    let mut more_waiting = false;
     let dispositions = match QueueRole::of(&name) {
-        Some(QueueRole::Audit) => crate::audit::consume(&store, &bodies, &log).await,
+        Some(QueueRole::Audit) => {
+            let consumed = crate::audit::consume(&store, &bodies, &log).await;
+            more_waiting = consumed.more_waiting;
+            consumed.dispositions
+        }
         Some(QueueRole::AuditDeadLetters) => {
             crate::audit::consume_dead_letters(&store, &bodies, &log).await
         }
@@ -252,6 +257,18 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
         match d {
             Disposition::Ack => m.ack(),
             Disposition::Retry => m.retry(),
+        }
+    }
+    if more_waiting {
+        // A backlog larger than one invocation's rounds: another pass, now, not at the cron.
+        let sent = match env.queue("AUDIT_QUEUE") {
+            Ok(q) => queue_send::send(&q, crate::audit::nudge_body("backlog"))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            worker::console_warn!("audit: a backlog waits for the cron (no new nudge: {e})");
         }
     }
     wake_deliverer(&jobs, &store).await;

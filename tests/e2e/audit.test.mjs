@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { startFakeProviders } from './fake-providers.mjs';
-import { eventsOf, randomKey, startVault, withoutAuditQueueProducer } from './harness.mjs';
+import { eventsOf, randomKey, serviceTokens, startVault, withoutAuditQueueProducer } from './harness.mjs';
 
 const add = (vault, user, api_key) =>
   vault.request('POST', '/v1/credentials', { user, body: { provider: 'elevenlabs', api_key } });
@@ -174,12 +174,13 @@ describe('the audit trail without a queue producer', () => {
 describe('audit messages delivered by hand to the real local queue', () => {
   let fake;
   let vault;
+  const { tokens, SERVICE_TOKENS } = serviceTokens({ operator: ['admin'] });
   before(async () => {
     fake = await startFakeProviders();
     // tests/e2e/front fronts the vault and can put any message on its audit queue.
     // wrangler dev binds no [[ratelimits]] to the second worker of a multi-config session,
     // so the vault's own live-check limits are off here.
-    vault = await startVault({ vars: { ...fake.vars(), RATE_LIMITS: 'off' }, front: true });
+    vault = await startVault({ secrets: { SERVICE_TOKENS }, vars: { ...fake.vars(), RATE_LIMITS: 'off' }, front: true });
   });
   after(async () => {
     await vault?.stop();
@@ -223,5 +224,29 @@ describe('audit messages delivered by hand to the real local queue', () => {
       await new Promise((res) => setTimeout(res, 1000));
     }
     assert.deepEqual(rows, [{ body: 'this is not an audit event', reason: 'not an audit event' }]);
+  });
+
+  test('a backlog larger than one consumer invocation chains to the end, not at the hourly cron', async () => {
+    // 1 200 events from six imports at once: their few nudges arrive in one or two batches,
+    // and one invocation chains at most 500.
+    const entries = (b) => Array.from({ length: 200 }, (_, i) => ({
+      user_id: `u_backlog_${b}_${i % 40}`, provider: 'openai', api_key: randomKey('valid'),
+    }));
+    const answers = await Promise.all([0, 1, 2, 3, 4, 5].map((b) => vault.request('POST', '/v1/admin/import', {
+      token: tokens.operator, body: { dry_run: false, validate: false, entries: entries(b) },
+    })));
+    for (const r of answers) assert.equal(r.status, 200, r.text);
+    const count = async () => (await vault.sql(
+      "SELECT (SELECT COUNT(*) FROM audit_events WHERE user_id LIKE 'u_backlog_%') AS chained, (SELECT COUNT(*) FROM audit_outbox) AS waiting",
+    ))[0];
+    const deadline = Date.now() + 30_000;
+    let now = await count();
+    while ((now.chained < 1200 || now.waiting > 0) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+      now = await count();
+    }
+    assert.deepEqual(now, { chained: 1200, waiting: 0 });
+    const verify = await vault.request('GET', '/v1/audit/verify', { user: 'u_backlog_5_39' });
+    assert.equal(verify.json.ok, true, verify.text);
   });
 });

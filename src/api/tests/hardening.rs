@@ -324,7 +324,10 @@ mod audit_outbox {
         }
         audit.queries.set(0);
         let out = block_on(consume(&audit, &bodies, &|_| {}));
-        assert!(out.iter().all(|d| *d == crate::audit::Disposition::Ack));
+        assert!(out
+            .dispositions
+            .iter()
+            .all(|d| *d == crate::audit::Disposition::Ack));
         assert_eq!(audit.rows.borrow().len(), 50);
         // pending, heads, commit, and one more pending that finds the outbox empty.
         assert!(audit.queries.get() <= 4, "{} queries", audit.queries.get());

@@ -237,12 +237,24 @@ pub trait CredentialStore {
     async fn get(&self, user: &UserId, id: &CredentialId)
         -> Result<Option<Credential>, StoreError>;
     /// The user's credentials, newest first, without their model lists (`models` is
-    /// `None`: a listing does not show them).
+    /// `None`: a listing does not show them), with `seen` (the listing's event) put into
+    /// the audit outbox in the same transaction: a read is one round trip.
     async fn list(
         &self,
         user: &UserId,
         provider: Option<ProviderId>,
+        seen: &AuditEvent,
     ) -> Result<Vec<Credential>, StoreError>;
+    /// The user's credential `id` (as [`get`](Self::get)), its viewing put into the audit
+    /// outbox in the same transaction: `seen`, with the row's provider, when the row is
+    /// there; `missing` when it is not.
+    async fn view(
+        &self,
+        user: &UserId,
+        id: &CredentialId,
+        seen: &AuditEvent,
+        missing: &AuditEvent,
+    ) -> Result<Option<Credential>, StoreError>;
     /// Which of the user's credentials holds one of `fingerprints`, and how many they hold.
     async fn occupancy(
         &self,

@@ -229,6 +229,27 @@ pub(crate) struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// The user's rows as a listing shows them: newest first, without model lists.
+    fn listing(
+        &self,
+        user: &UserId,
+        provider: Option<ProviderId>,
+    ) -> Result<Vec<Credential>, StoreError> {
+        self.check()?;
+        let mut out: Vec<_> = self
+            .rows
+            .borrow()
+            .iter()
+            .filter(|c| &c.user_id == user && provider.is_none_or(|p| c.provider == p))
+            .map(|c| Credential {
+                models: None,
+                ..c.clone()
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         if self.down.get() {
             Err(StoreError::Unavailable("test database is down".into()))
@@ -316,23 +337,33 @@ impl CredentialStore for MemoryStore {
             }))
     }
 
+    async fn view(
+        &self,
+        user: &UserId,
+        id: &CredentialId,
+        seen: &AuditEvent,
+        missing: &AuditEvent,
+    ) -> Result<Option<Credential>, StoreError> {
+        let found = self.get(user, id).await?;
+        match &found {
+            Some(c) => {
+                let mut event = seen.clone();
+                event.provider = Some(c.provider.as_str().to_owned());
+                self.outbox.push(&event);
+            }
+            None => self.outbox.push(missing),
+        }
+        Ok(found)
+    }
+
     async fn list(
         &self,
         user: &UserId,
         provider: Option<ProviderId>,
+        seen: &AuditEvent,
     ) -> Result<Vec<Credential>, StoreError> {
-        self.check()?;
-        let mut out: Vec<_> = self
-            .rows
-            .borrow()
-            .iter()
-            .filter(|c| &c.user_id == user && provider.is_none_or(|p| c.provider == p))
-            .map(|c| Credential {
-                models: None,
-                ..c.clone()
-            })
-            .collect();
-        out.reverse();
+        let out = self.listing(user, provider)?;
+        self.outbox.push(seen);
         Ok(out)
     }
 
@@ -343,7 +374,7 @@ impl CredentialStore for MemoryStore {
         providers: &[ProviderId],
     ) -> Result<(Vec<Credential>, Option<Preference>), StoreError> {
         self.reads.set(self.reads.get() + 1);
-        let mut held = self.list(user, None).await?;
+        let mut held = self.listing(user, None)?;
         held.retain(|c| providers.contains(&c.provider));
         let default = self
             .prefs

@@ -60,7 +60,7 @@ pub(super) async fn get(ctx: &Ctx<'_>) -> Outcome {
     let result = async {
         let credential = ctx
             .vault()
-            .owned(&ctx.caller(), ctx.param(0), &mut facts)
+            .view(&ctx.caller(), ctx.param(0), &mut facts)
             .await?;
         Ok(Response::json(200, &views::credential(&credential)))
     }

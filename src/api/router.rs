@@ -382,8 +382,9 @@ pub(super) async fn dispatch(
     };
     if let (Some(facts), Some(user)) = (&outcome.audit, &user) {
         match (&facts.committed, &outcome.result) {
-            // Written with the change: the chainer only needs to know.
-            (Some(id), Ok(_)) => app.audit.nudge(id).await,
+            // Written with the change (or the read) it describes, whatever its outcome:
+            // the chainer only needs to know.
+            (Some(id), _) => app.audit.nudge(id).await,
             _ => {
                 let failure = outcome.result.as_ref().err().map(|e| e.code);
                 let event = facts.event(&origin, user, app.clock.now(), failure);

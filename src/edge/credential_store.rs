@@ -358,10 +358,50 @@ impl CredentialStore for D1Store<'_> {
         row.map(Row::into_credential).transpose()
     }
 
+    async fn view(
+        &self,
+        user: &UserId,
+        id: &CredentialId,
+        seen: &AuditEvent,
+        missing: &AuditEvent,
+    ) -> Result<Option<Credential>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM credentials WHERE user_id = ?1 AND id = ?2");
+        let args = [text(user.as_str()), text(id.as_str())];
+        let body = serde_json::to_string(seen).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let held = "EXISTS (SELECT 1 FROM credentials WHERE user_id = ?5 AND id = ?6)";
+        // One transaction: the row, and the event that says whether it was there (with
+        // its provider read from the row).
+        let results = self
+            .db
+            .batch(vec![
+                self.db.prepare(&sql, &args)?,
+                self.db.prepare(
+                    "INSERT INTO audit_outbox (id, user_id, event, created_at) \
+                     SELECT ?3, ?1, json_set(?4, '$.provider', provider), ?5 \
+                     FROM credentials WHERE user_id = ?1 AND id = ?2",
+                    &[
+                        args[0].clone(),
+                        args[1].clone(),
+                        text(&seen.id),
+                        text(&body),
+                        num(super::runtime::now_ms()),
+                    ],
+                )?,
+                outbox_insert(self.db, missing, &format!("NOT {held}"), args.to_vec())?,
+            ])
+            .await?;
+        let rows: Vec<Row> = rows_of(&results, 0)?;
+        rows.into_iter()
+            .next()
+            .map(Row::into_credential)
+            .transpose()
+    }
+
     async fn list(
         &self,
         user: &UserId,
         provider: Option<ProviderId>,
+        seen: &AuditEvent,
     ) -> Result<Vec<Credential>, StoreError> {
         // A listing shows no models: their column (up to a few hundred KB a row) stays
         // unread.
@@ -371,7 +411,15 @@ impl CredentialStore for D1Store<'_> {
              ORDER BY created_at DESC, id"
         );
         let args = [text(user.as_str()), opt_text(provider.map(|p| p.as_str()))];
-        let rows: Vec<Row> = self.db.all(&sql, &args).await?;
+        // The listing's event rides in the same transaction: one round trip.
+        let results = self
+            .db
+            .batch(vec![
+                self.db.prepare(&sql, &args)?,
+                outbox_insert(self.db, seen, "", Vec::new())?,
+            ])
+            .await?;
+        let rows: Vec<Row> = rows_of(&results, 0)?;
         rows.into_iter().map(Row::into_credential).collect()
     }
 

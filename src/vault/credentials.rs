@@ -168,7 +168,37 @@ impl Vault<'_> {
             .ok_or_else(ApiError::not_found)
     }
 
-    /// The caller's credentials, newest first (without their model lists).
+    /// The caller's credential `raw_id` for showing it: [`owned`](Self::owned), with the
+    /// viewing's event (a success, or a `not_found` failure) written in the same round
+    /// trip as the read.
+    pub async fn view(
+        &self,
+        caller: &Caller<'_>,
+        raw_id: &str,
+        facts: &mut Facts,
+    ) -> Result<Credential, ApiError> {
+        let id = CredentialId::parse(raw_id).ok_or_else(ApiError::not_found)?;
+        facts.about(&id, None);
+        let seen = self.new_event(caller, facts);
+        let missing = facts.event(
+            caller.origin,
+            caller.user,
+            Timestamp::from_millis(seen.at),
+            Some(ApiError::not_found().code),
+        );
+        let missing = AuditEvent {
+            id: seen.id.clone(),
+            ..missing
+        };
+        let found = self.store.view(caller.user, &id, &seen, &missing).await?;
+        facts.committed = Some(seen.id);
+        let credential = found.ok_or_else(ApiError::not_found)?;
+        facts.provider = Some(credential.provider);
+        Ok(credential)
+    }
+
+    /// The caller's credentials, newest first (without their model lists), the listing's
+    /// event written in the same round trip.
     pub async fn list(
         &self,
         caller: &Caller<'_>,
@@ -176,7 +206,10 @@ impl Vault<'_> {
         facts: &mut Facts,
     ) -> Result<Vec<Credential>, ApiError> {
         facts.provider = provider.or(facts.provider);
-        Ok(self.store.list(caller.user, provider).await?)
+        let seen = self.new_event(caller, facts);
+        let rows = self.store.list(caller.user, provider, &seen).await?;
+        facts.committed = Some(seen.id);
+        Ok(rows)
     }
 
     /// Adds a key: checked live with its provider before anything is stored, sealed for its

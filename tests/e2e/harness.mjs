@@ -144,7 +144,7 @@ export function withoutAuditQueueProducer(toml) {
  * worker of such a session, so it is the default exactly when RATE_LIMITS is off; a vault
  * with its live-check limits on runs alone, and `vault.sql` then asks wrangler itself.
  */
-export async function startVault({ secrets = {}, vars = {}, config, front = vars.RATE_LIMITS === 'off', state: reuse } = {}) {
+export async function startVault({ secrets = {}, vars = {}, config, front = vars.RATE_LIMITS === 'off', state: reuse, pollMs = 250 } = {}) {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'byok-e2e-'));
   // `state` carries an earlier vault's local D1 and queues over (a restart).
   const state = reuse ?? path.join(dir, 'state');
@@ -199,6 +199,10 @@ export async function startVault({ secrets = {}, vars = {}, config, front = vars
   const base = `http://127.0.0.1:${port}`;
   const vault = {
     base, dir, state, logPath, secrets: all,
+    /** wrangler's process group (the benchmark reads its processes' CPU time). */
+    pgid: child.pid,
+    /** When the first answer came (ms since the epoch). */
+    readyAt: undefined,
 
     token(sub, claims = {}, { secret = all.AUTH_JWT_SECRET, header } = {}) {
       return signJwt({ sub, exp: Math.floor(Date.now() / 1000) + 600, ...claims }, secret, header);
@@ -284,9 +288,10 @@ export async function startVault({ secrets = {}, vars = {}, config, front = vars
     try {
       const res = await fetch(`${base}/v1/health`);
       await res.arrayBuffer();
+      vault.readyAt = Date.now();
       return vault;
     } catch { /* not listening yet */ }
-    await new Promise((r) => setTimeout(r, 250));
+    await new Promise((r) => setTimeout(r, pollMs));
   }
   await vault.stop();
   throw new Error(`wrangler dev was not ready within ${READY_TIMEOUT_MS} ms:\n${vault.log().slice(-3000)}`);

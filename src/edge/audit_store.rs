@@ -2,12 +2,11 @@
 //! letters. The only audit SQL.
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use worker::wasm_bindgen::JsValue;
 use worker::D1PreparedStatement;
 
-use super::db::{changes, json as json_arg, num, opt_text as opt, text, Db};
+use super::db::{changes, json as json_arg, num, opt_text as opt, text, Db, Row as D1Row};
 use super::runtime::now_ms;
 use crate::audit::{AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
 use crate::domain::{Timestamp, UserId};
@@ -71,7 +70,6 @@ const COLUMNS: &str =
     "id, user_id, seq, at, action, actor_type, actor_id, credential_id, provider, \
     outcome, reason, source, request_id, detail, prev_hash, hash";
 
-#[derive(Deserialize)]
 struct Row {
     id: String,
     user_id: String,
@@ -92,6 +90,27 @@ struct Row {
 }
 
 impl Row {
+    fn read(r: &D1Row) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: r.text("id")?,
+            user_id: r.text("user_id")?,
+            seq: r.num("seq")?,
+            at: r.num("at")?,
+            action: r.text("action")?,
+            actor_type: r.text("actor_type")?,
+            actor_id: r.text("actor_id")?,
+            credential_id: r.opt_text("credential_id")?,
+            provider: r.opt_text("provider")?,
+            outcome: r.text("outcome")?,
+            reason: r.opt_text("reason")?,
+            source: r.opt_text("source")?,
+            request_id: r.opt_text("request_id")?,
+            detail: r.opt_text("detail")?,
+            prev_hash: r.text("prev_hash")?,
+            hash: r.text("hash")?,
+        })
+    }
+
     /// Rebuilds the event exactly as it was hashed; a row that no longer parses (e.g. an
     /// edited action) is returned with a blank event of `user` (whose rows these are), so
     /// verification reports it broken.
@@ -139,22 +158,26 @@ impl<'a> D1AuditStore<'a> {
         sql: &str,
         args: &[JsValue],
     ) -> Result<Vec<ChainedEvent>, StoreError> {
-        let rows: Vec<Row> = self.db.all(sql, args).await?;
+        let rows = self
+            .db
+            .all(sql, args)
+            .await?
+            .iter()
+            .map(Row::read)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows.into_iter().map(|r| r.into_chained(user)).collect())
     }
 
     async fn anchor(&self, table: &str, user: &str) -> Result<Option<ChainHead>, StoreError> {
-        #[derive(Deserialize)]
-        struct Anchor {
-            seq: f64,
-            hash: String,
-        }
         let sql = format!("SELECT seq, hash FROM {table} WHERE user_id = ?1");
-        let a: Option<Anchor> = self.db.first(&sql, &[text(user)], None).await?;
-        Ok(a.map(|a| ChainHead {
-            seq: a.seq as u64,
-            hash: a.hash,
-        }))
+        let a = self.db.first(&sql, &[text(user)]).await?;
+        a.map(|a| {
+            Ok(ChainHead {
+                seq: a.num("seq")? as u64,
+                hash: a.text("hash")?,
+            })
+        })
+        .transpose()
     }
 }
 
@@ -182,56 +205,42 @@ impl AuditStore for D1AuditStore<'_> {
     }
 
     async fn pending(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError> {
-        #[derive(Deserialize)]
-        struct Pending {
-            pos: f64,
-            user_id: String,
-            event: String,
-        }
-        let rows: Vec<Pending> = self
-            .db
+        self.db
             .all(
                 "SELECT pos, user_id, event FROM audit_outbox ORDER BY pos LIMIT ?1",
                 &[num(u64::from(limit))],
             )
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| PendingEvent {
-                pos: r.pos as u64,
-                user_id: r.user_id,
-                body: r.event,
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(PendingEvent {
+                    pos: r.num("pos")? as u64,
+                    user_id: r.text("user_id")?,
+                    body: r.text("event")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn heads(&self, users: &[String]) -> Result<Vec<(String, ChainHead)>, StoreError> {
-        #[derive(Deserialize)]
-        struct Head {
-            user_id: String,
-            seq: f64,
-            hash: String,
-        }
-        let rows: Vec<Head> = self
-            .db
+        self.db
             .all(
                 "SELECT user_id, seq, hash FROM audit_heads \
                  WHERE user_id IN (SELECT value FROM json_each(?1))",
                 &[json_arg(&users)],
             )
-            .await?;
-        Ok(rows
-            .into_iter()
+            .await?
+            .iter()
             .map(|h| {
-                (
-                    h.user_id,
+                Ok((
+                    h.text("user_id")?,
                     ChainHead {
-                        seq: h.seq as u64,
-                        hash: h.hash,
+                        seq: h.num("seq")? as u64,
+                        hash: h.text("hash")?,
                     },
-                )
+                ))
             })
-            .collect())
+            .collect()
     }
 
     async fn commit(&self, plan: &ChainPlan) -> Result<(), StoreError> {
@@ -389,14 +398,13 @@ impl AuditStore for D1AuditStore<'_> {
     }
 
     async fn apply_retention(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
-        #[derive(Deserialize)]
         struct Old {
             user_id: String,
             seq: f64,
             hash: String,
         }
         // The newest old event of each user becomes that user's checkpoint.
-        let old: Vec<Old> = self
+        let old = self
             .db
             .all(
                 "SELECT e.user_id, e.seq, e.hash FROM audit_events e JOIN \
@@ -404,7 +412,16 @@ impl AuditStore for D1AuditStore<'_> {
                  ON e.user_id = o.user_id AND e.seq = o.seq",
                 &[num(cutoff.as_millis()), num(u64::from(RETENTION_USERS_PER_RUN))],
             )
-            .await?;
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Old {
+                    user_id: r.text("user_id")?,
+                    seq: r.num("seq")?,
+                    hash: r.text("hash")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let mut removed = 0;
         for o in old {
             let results = self
@@ -435,14 +452,7 @@ impl NotificationStore for D1AuditStore<'_> {
         lease_until: Timestamp,
         limit: u32,
     ) -> Result<Vec<StoredNotice>, StoreError> {
-        #[derive(Deserialize)]
-        struct Row {
-            id: String,
-            body: String,
-            attempts: f64,
-        }
-        let rows: Vec<Row> = self
-            .db
+        self.db
             .all(
                 "UPDATE notifications SET next_attempt_at = ?2 WHERE id IN ( \
                    SELECT id FROM notifications WHERE next_attempt_at <= ?1 \
@@ -454,15 +464,16 @@ impl NotificationStore for D1AuditStore<'_> {
                     num(u64::from(limit)),
                 ],
             )
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredNotice {
-                id: r.id,
-                body: r.body,
-                attempts: r.attempts as u32,
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(StoredNotice {
+                    id: r.text("id")?,
+                    body: r.text("body")?,
+                    attempts: r.num("attempts")? as u32,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn delivered(&self, id: &str) -> Result<(), StoreError> {
@@ -495,20 +506,14 @@ impl NotificationStore for D1AuditStore<'_> {
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        #[derive(Deserialize)]
-        struct Next {
-            at: Option<f64>,
-        }
-        let next: Option<Next> = self
+        let next = self
             .db
-            .first(
-                "SELECT MIN(next_attempt_at) AS at FROM notifications",
-                &[],
-                None,
-            )
+            .first("SELECT MIN(next_attempt_at) AS at FROM notifications", &[])
             .await?;
-        Ok(next
-            .and_then(|n| n.at)
-            .map(|at| Timestamp::from_millis(at as u64)))
+        let at = match next {
+            Some(n) => n.opt_num("at")?,
+            None => None,
+        };
+        Ok(at.map(|at| Timestamp::from_millis(at as u64)))
     }
 }

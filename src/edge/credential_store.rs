@@ -20,7 +20,7 @@ use crate::ports::{
 use crate::providers;
 
 use super::audit_store::outbox_insert;
-use super::db::{changes, json, millis, num, opt_text, rows_of, text, Db};
+use super::db::{changes, json, millis, num, opt_text, rows_of, text, Db, Row as D1Row};
 
 pub(super) struct D1Store<'a> {
     db: &'a Db,
@@ -124,7 +124,6 @@ const COLUMNS: &str = "id, user_id, provider, label, key_hint, key_version, nonc
     consecutive_failures, last_validated_at, created_at, updated_at, version, last_used_at, \
     revalidation_queued_at, import_batch_id";
 
-#[derive(Deserialize)]
 struct Row {
     id: String,
     user_id: String,
@@ -152,7 +151,6 @@ struct Row {
     revalidation_queued_at: Option<f64>,
     import_batch_id: Option<String>,
     /// Only in `holdings`: the user's default for the capability, as JSON.
-    #[serde(default)]
     preference: Option<String>,
 }
 
@@ -162,6 +160,43 @@ fn parse_json<T: serde::de::DeserializeOwned>(s: &Option<String>) -> Option<T> {
 }
 
 impl Row {
+    fn read(r: &D1Row) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: r.text("id")?,
+            user_id: r.text("user_id")?,
+            provider: r.text("provider")?,
+            label: r.opt_text("label")?,
+            key_hint: r.opt_text("key_hint")?,
+            key_version: r.opt_num("key_version")?,
+            nonce: r.opt_text("nonce")?,
+            ciphertext: r.opt_text("ciphertext")?,
+            fingerprint: r.opt_text("fingerprint")?,
+            params: r.opt_text("params")?,
+            model: r.opt_text("model")?,
+            status: r.text("status")?,
+            status_detail: r.opt_text("status_detail")?,
+            warnings: r.opt_text("warnings")?,
+            quota: r.opt_text("quota")?,
+            models: r.opt_text("models")?,
+            models_fetched_at: r.opt_num("models_fetched_at")?,
+            consecutive_failures: r.opt_num("consecutive_failures")?,
+            last_validated_at: r.opt_num("last_validated_at")?,
+            created_at: r.num("created_at")?,
+            updated_at: r.num("updated_at")?,
+            version: r.opt_num("version")?,
+            last_used_at: r.opt_num("last_used_at")?,
+            revalidation_queued_at: r.opt_num("revalidation_queued_at")?,
+            import_batch_id: r.opt_text("import_batch_id")?,
+            preference: r.opt_text("preference")?,
+        })
+    }
+
+    /// Every row read first (a malformed one fails the query), then turned into
+    /// credentials.
+    fn all(rows: &[D1Row]) -> Result<Vec<Self>, StoreError> {
+        rows.iter().map(Self::read).collect()
+    }
+
     fn into_credential(self) -> Result<Credential, StoreError> {
         let corrupt = |what: &str| StoreError::Corrupt(format!("credential {}: {what}", self.id));
         let id = CredentialId::parse(&self.id).ok_or_else(|| corrupt("id"))?;
@@ -269,12 +304,10 @@ impl D1Store<'_> {
         if changed > 0 {
             return Ok(Written::Done);
         }
-        #[derive(Deserialize)]
-        struct Version {
-            #[allow(dead_code)]
-            version: f64,
-        }
-        let still_there: Vec<Version> = rows_of(&results, at + 1)?;
+        let still_there = rows_of(&results, at + 1)?
+            .iter()
+            .map(|r| r.num("version"))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(if still_there.is_empty() {
             Written::Missing
         } else {
@@ -354,8 +387,12 @@ impl CredentialStore for D1Store<'_> {
     ) -> Result<Option<Credential>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM credentials WHERE user_id = ?1 AND id = ?2");
         let args = [text(user.as_str()), text(id.as_str())];
-        let row: Option<Row> = self.db.first(&sql, &args, None).await?;
-        row.map(Row::into_credential).transpose()
+        let row = self.db.first(&sql, &args).await?;
+        row.as_ref()
+            .map(Row::read)
+            .transpose()?
+            .map(Row::into_credential)
+            .transpose()
     }
 
     async fn view(
@@ -390,7 +427,7 @@ impl CredentialStore for D1Store<'_> {
                 outbox_insert(self.db, missing, &format!("NOT {held}"), args.to_vec())?,
             ])
             .await?;
-        let rows: Vec<Row> = rows_of(&results, 0)?;
+        let rows = Row::all(&rows_of(&results, 0)?)?;
         rows.into_iter()
             .next()
             .map(Row::into_credential)
@@ -419,7 +456,7 @@ impl CredentialStore for D1Store<'_> {
                 outbox_insert(self.db, seen, "", Vec::new())?,
             ])
             .await?;
-        let rows: Vec<Row> = rows_of(&results, 0)?;
+        let rows = Row::all(&rows_of(&results, 0)?)?;
         rows.into_iter().map(Row::into_credential).collect()
     }
 
@@ -444,7 +481,7 @@ impl CredentialStore for D1Store<'_> {
         );
         let names: Vec<&str> = providers.iter().map(|p| p.as_str()).collect();
         let args = [text(user.as_str()), text(capability.as_str()), json(&names)];
-        let rows: Vec<Row> = self.db.all(&sql, &args).await?;
+        let rows = Row::all(&self.db.all(&sql, &args).await?)?;
         let default: Option<Default> = rows.first().and_then(|r| parse_json(&r.preference));
         let held = rows
             .into_iter()
@@ -469,15 +506,9 @@ impl CredentialStore for D1Store<'_> {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<(UserId, CredentialId, ProviderId)>, StoreError> {
-        #[derive(Deserialize)]
-        struct Claimed {
-            id: String,
-            user_id: String,
-            provider: String,
-        }
         // One statement: select the oldest due rows (by the last-validation index) and mark
         // them claimed, returning what was claimed. The version does not move.
-        let rows: Vec<Claimed> = self
+        let rows = self
             .db
             .all(
                 "UPDATE credentials SET revalidation_queued_at = ?3 WHERE id IN ( \
@@ -494,14 +525,17 @@ impl CredentialStore for D1Store<'_> {
                     num(u64::from(limit)),
                 ],
             )
-            .await?;
+            .await?
+            .iter()
+            .map(|r| Ok((r.text("id")?, r.text("user_id")?, r.text("provider")?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(rows
             .into_iter()
-            .filter_map(|r| {
+            .filter_map(|(id, user_id, provider)| {
                 Some((
-                    UserId::parse(&r.user_id)?,
-                    CredentialId::parse(&r.id)?,
-                    providers::find(&r.provider)?.info().id,
+                    UserId::parse(&user_id)?,
+                    CredentialId::parse(&id)?,
+                    providers::find(&provider)?.info().id,
                 ))
             })
             .collect())
@@ -569,27 +603,26 @@ impl CredentialStore for D1Store<'_> {
                 )?,
             ])
             .await?;
-        #[derive(Deserialize)]
-        struct Deleted {
-            provider: String,
-        }
-        let deleted: Vec<Deleted> = rows_of(&results, 2)?;
+        let deleted = rows_of(&results, 2)?
+            .iter()
+            .map(|r| r.text("provider"))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(deleted
             .first()
-            .and_then(|d| providers::find(&d.provider))
+            .and_then(|provider| providers::find(provider))
             .map(|p| p.info().id))
     }
 
     async fn ping(&self, configured: &[u32]) -> Result<Option<u32>, StoreError> {
         // Constant cost: one row at most, found by the key-version index.
         let versions: Vec<u32> = configured.to_vec();
-        let found: Option<f64> = self
+        let found = self
             .db
-            .first(
+            .first_num(
                 "SELECT key_version AS v FROM credentials WHERE key_version IS NOT NULL \
                  AND key_version NOT IN (SELECT value FROM json_each(?1)) LIMIT 1",
                 &[json(&versions)],
-                Some("v"),
+                "v",
             )
             .await?;
         Ok(found.map(|v| v as u32))
@@ -610,24 +643,23 @@ impl CredentialStore for D1Store<'_> {
             opt_text(after.map(CredentialId::as_str)),
             num(u64::from(limit)),
         ];
-        let rows: Vec<Row> = self.db.all(&sql, &args).await?;
+        let rows = Row::all(&self.db.all(&sql, &args).await?)?;
         rows.into_iter().map(Row::into_credential).collect()
     }
 
     async fn count_stale(&self, active: u32) -> Result<u64, StoreError> {
-        let n: Option<f64> = self
+        let n = self
             .db
-            .first(
+            .first_num(
                 "SELECT COUNT(*) AS n FROM credentials WHERE key_version IS NOT NULL AND key_version != ?1",
                 &[num(u64::from(active))],
-                Some("n"),
+                "n",
             )
             .await?;
         Ok(n.unwrap_or(0.0) as u64)
     }
 
     async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, StoreError> {
-        #[derive(Deserialize)]
         struct Row {
             capability: String,
             credential_id: String,
@@ -637,7 +669,20 @@ impl CredentialStore for D1Store<'_> {
         let sql = "SELECT p.capability, p.credential_id, c.provider, p.model FROM preferences p \
                    JOIN credentials c ON c.id = p.credential_id AND c.user_id = p.user_id \
                    WHERE p.user_id = ?1 ORDER BY p.capability";
-        let rows: Vec<Row> = self.db.all(sql, &[text(user.as_str())]).await?;
+        let rows = self
+            .db
+            .all(sql, &[text(user.as_str())])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Row {
+                    capability: r.text("capability")?,
+                    credential_id: r.text("credential_id")?,
+                    provider: r.text("provider")?,
+                    model: r.opt_text("model")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(rows
             .into_iter()
             .filter_map(|r| {
@@ -704,7 +749,6 @@ impl ImportStore for D1Store<'_> {
         &self,
         wanted: &[(UserId, Vec<String>)],
     ) -> Result<Vec<Occupancy>, StoreError> {
-        #[derive(Deserialize)]
         struct Found {
             i: f64,
             duplicate: Option<String>,
@@ -714,7 +758,7 @@ impl ImportStore for D1Store<'_> {
             .iter()
             .map(|(user, prints)| serde_json::json!({"u": user.as_str(), "p": prints}))
             .collect();
-        let found: Vec<Found> = self
+        let found = self
             .db
             .all(
                 "SELECT j.key AS i, \
@@ -724,7 +768,16 @@ impl ImportStore for D1Store<'_> {
                  FROM json_each(?1) AS j",
                 &[json_rows(list)],
             )
-            .await?;
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Found {
+                    i: r.num("i")?,
+                    duplicate: r.opt_text("duplicate")?,
+                    count: r.num("count")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let mut out = vec![Occupancy::default(); wanted.len()];
         for f in found {
             if let Some(o) = out.get_mut(f.i as usize) {
@@ -851,27 +904,25 @@ impl ImportStore for D1Store<'_> {
             &[events, batch_id, at],
         )?);
         let results = self.db.batch(statements).await?;
-        #[derive(Deserialize)]
-        struct Stored {
-            id: String,
-        }
         let mut ids = Vec::new();
         for i in inserts {
-            let stored: Vec<Stored> = rows_of(&results, i)?;
-            ids.extend(stored.iter().filter_map(|s| CredentialId::parse(&s.id)));
+            let stored = rows_of(&results, i)?
+                .iter()
+                .map(|r| r.text("id"))
+                .collect::<Result<Vec<_>, _>>()?;
+            ids.extend(stored.iter().filter_map(|id| CredentialId::parse(id)));
         }
         Ok(ids)
     }
 
     async fn batch_rows(&self, batch: &BatchId, limit: u32) -> Result<BatchRows, StoreError> {
-        #[derive(Deserialize)]
         struct Found {
             id: String,
             user_id: String,
             provider: String,
             is_default: f64,
         }
-        let found: Vec<Found> = self
+        let found = self
             .db
             .all(
                 &format!(
@@ -883,7 +934,17 @@ impl ImportStore for D1Store<'_> {
                 ),
                 &[text(batch.as_str()), num(u64::from(limit))],
             )
-            .await?;
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Found {
+                    id: r.text("id")?,
+                    user_id: r.text("user_id")?,
+                    provider: r.text("provider")?,
+                    is_default: r.num("is_default")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let mut out = BatchRows::default();
         for f in found {
             let (Some(user), Some(id), Some(p)) = (
@@ -948,19 +1009,17 @@ impl ImportStore for D1Store<'_> {
                 )?,
             ])
             .await?;
-        #[derive(Deserialize)]
-        struct Removed {
-            id: String,
-        }
-        let removed: Vec<Removed> = rows_of(&results, 1)?;
+        let removed = rows_of(&results, 1)?
+            .iter()
+            .map(|r| r.text("id"))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(removed
             .iter()
-            .filter_map(|r| CredentialId::parse(&r.id))
+            .filter_map(|id| CredentialId::parse(id))
             .collect())
     }
 }
 
-#[derive(Deserialize)]
 struct JobRow {
     id: String,
     kind: String,
@@ -997,15 +1056,29 @@ impl JobStore for D1Store<'_> {
     }
 
     async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
-        let row: Option<JobRow> = self
+        let row = self
             .db
             .first(
                 "SELECT id, kind, state, total, done, failed, cursor, created_at, updated_at \
                  FROM jobs WHERE id = ?1",
                 &[text(id)],
-                None,
             )
             .await?;
+        let row = row
+            .map(|r| -> Result<JobRow, StoreError> {
+                Ok(JobRow {
+                    id: r.text("id")?,
+                    kind: r.text("kind")?,
+                    state: r.text("state")?,
+                    total: r.num("total")?,
+                    done: r.num("done")?,
+                    failed: r.num("failed")?,
+                    cursor: r.opt_text("cursor")?,
+                    created_at: r.num("created_at")?,
+                    updated_at: r.num("updated_at")?,
+                })
+            })
+            .transpose()?;
         Ok(row.map(|r| JobRecord {
             id: r.id,
             kind: r.kind,
@@ -1046,17 +1119,14 @@ impl JobStore for D1Store<'_> {
     }
 
     async fn stalled_jobs(&self, before: Timestamp, limit: u32) -> Result<Vec<String>, StoreError> {
-        #[derive(Deserialize)]
-        struct Id {
-            id: String,
-        }
-        let rows: Vec<Id> = self
-            .db
+        self.db
             .all(
                 "SELECT id FROM jobs WHERE state = 'running' AND updated_at < ?1 LIMIT ?2",
                 &[millis(before), num(u64::from(limit))],
             )
-            .await?;
-        Ok(rows.into_iter().map(|r| r.id).collect())
+            .await?
+            .iter()
+            .map(|r| r.text("id"))
+            .collect()
     }
 }

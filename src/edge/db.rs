@@ -1,8 +1,12 @@
 //! The D1 binding, shared by the repositories for one invocation: statements, result
 //! reading and value conversion in one place. Integers are bound as f64 (D1 rejects
 //! BigInt); timestamps are Unix milliseconds.
+//!
+//! Rows are read as the JS objects D1 returns, column by column ([`Row`]), not through a
+//! serde `Deserialize` per row type: one reader in the wasm instead of one per shape.
 
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use worker::js_sys::Reflect;
 use worker::wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement, D1Result, Env};
 
@@ -10,6 +14,66 @@ use crate::domain::Timestamp;
 use crate::ports::StoreError;
 
 pub(super) struct Db(Result<D1Database, String>);
+
+/// A value D1 returned, handed over untouched (a row object, or one column's value).
+#[derive(Deserialize)]
+struct Raw(#[serde(with = "serde_wasm_bindgen::preserve")] JsValue);
+
+/// One result row: the object D1 returns, read by column name. Each reader accepts what
+/// serde read into the same Rust type: text is a JS string, a number a JS number, and an
+/// `opt_` column may also be null or missing. Anything else fails the query with the
+/// message worker gave a row that did not deserialise.
+pub(super) struct Row(JsValue);
+
+fn mistyped() -> StoreError {
+    StoreError::Unavailable("wasm-bindgen serialization error".into())
+}
+
+/// Null or undefined (a missing column reads as undefined).
+fn nullish(v: &JsValue) -> bool {
+    v.loose_eq(&JsValue::NULL)
+}
+
+/// A column value read as an optional number (`None` for null or undefined).
+fn opt_number(v: &JsValue) -> Result<Option<f64>, StoreError> {
+    if nullish(v) {
+        return Ok(None);
+    }
+    v.as_f64().map(Some).ok_or_else(mistyped)
+}
+
+impl Row {
+    fn get(&self, column: &str) -> JsValue {
+        Reflect::get(&self.0, &JsValue::from(column)).unwrap_or(JsValue::UNDEFINED)
+    }
+
+    pub(super) fn text(&self, column: &str) -> Result<String, StoreError> {
+        self.get(column).as_string().ok_or_else(mistyped)
+    }
+
+    pub(super) fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        let v = self.get(column);
+        if nullish(&v) {
+            return Ok(None);
+        }
+        v.as_string().map(Some).ok_or_else(mistyped)
+    }
+
+    pub(super) fn num(&self, column: &str) -> Result<f64, StoreError> {
+        self.get(column).as_f64().ok_or_else(mistyped)
+    }
+
+    pub(super) fn opt_num(&self, column: &str) -> Result<Option<f64>, StoreError> {
+        opt_number(&self.get(column))
+    }
+}
+
+/// Rows as D1 returned them; each must be an object.
+fn rows(raw: Vec<Raw>) -> Result<Vec<Row>, StoreError> {
+    raw.into_iter()
+        .map(|Raw(v)| if v.is_object() { Ok(Row(v)) } else { Err(mistyped()) })
+        .collect()
+}
 
 /// A D1 error as the core sees it: a uniqueness rule that refused a write means another
 /// request got there first; anything else means the database is not usable now.
@@ -45,30 +109,44 @@ impl Db {
             .map_err(unavailable)
     }
 
-    pub(super) async fn all<T: DeserializeOwned>(
-        &self,
-        sql: &str,
-        args: &[JsValue],
-    ) -> Result<Vec<T>, StoreError> {
-        self.prepare(sql, args)?
+    pub(super) async fn all(&self, sql: &str, args: &[JsValue]) -> Result<Vec<Row>, StoreError> {
+        let raw = self
+            .prepare(sql, args)?
             .all()
             .await
             .map_err(unavailable)?
             .results()
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        rows(raw)
     }
 
-    /// The first row (or, with `column`, that column of it).
-    pub(super) async fn first<T: DeserializeOwned>(
+    /// The first row, if any.
+    pub(super) async fn first(
         &self,
         sql: &str,
         args: &[JsValue],
-        column: Option<&str>,
-    ) -> Result<Option<T>, StoreError> {
-        self.prepare(sql, args)?
-            .first(column)
+    ) -> Result<Option<Row>, StoreError> {
+        let raw: Option<Raw> = self
+            .prepare(sql, args)?
+            .first(None)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        Ok(rows(raw.into_iter().collect())?.pop())
+    }
+
+    /// `column` of the first row, as a number (`None` if there is no row or it is null).
+    pub(super) async fn first_num(
+        &self,
+        sql: &str,
+        args: &[JsValue],
+        column: &str,
+    ) -> Result<Option<f64>, StoreError> {
+        let raw: Option<Raw> = self
+            .prepare(sql, args)?
+            .first(Some(column))
+            .await
+            .map_err(unavailable)?;
+        raw.map_or(Ok(None), |Raw(v)| opt_number(&v))
     }
 
     /// Runs a statement and returns how many rows it changed.
@@ -94,12 +172,9 @@ impl Db {
 }
 
 /// The rows statement `i` of a batch returned (none if the batch has no such statement).
-pub(super) fn rows_of<T: DeserializeOwned>(
-    results: &[D1Result],
-    i: usize,
-) -> Result<Vec<T>, StoreError> {
+pub(super) fn rows_of(results: &[D1Result], i: usize) -> Result<Vec<Row>, StoreError> {
     match results.get(i) {
-        Some(r) => r.results().map_err(unavailable),
+        Some(r) => rows(r.results().map_err(unavailable)?),
         None => Ok(Vec::new()),
     }
 }

@@ -48,6 +48,12 @@ impl ChainPlan {
     }
 }
 
+/// An outbox row's event. Read through a `Value`, as the queue consumer and the store read
+/// theirs, so the wasm holds one `AuditEvent` deserialiser, not a second for JSON text.
+fn read_event(body: &str) -> serde_json::Result<AuditEvent> {
+    serde_json::from_slice::<serde_json::Value>(body.as_bytes()).and_then(serde_json::from_value)
+}
+
 /// Links `pending` (in outbox order, which is commit order) onto their users' chains,
 /// which end at `heads` (a user not named there starts at genesis).
 pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPlan {
@@ -58,7 +64,7 @@ pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPla
     ordered.sort_by_key(|p| p.pos);
     for p in ordered {
         out.done.push(p.pos);
-        let event = match serde_json::from_slice::<AuditEvent>(p.body.as_bytes()) {
+        let event = match read_event(&p.body) {
             Ok(e) if e.user_id.as_str() == p.user_id => e,
             Ok(_) => {
                 out.dead

@@ -137,9 +137,11 @@ pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
     let mut events = 0;
     let mut delivered = false;
     for body in bodies {
+        // A message that is not text is read as its JSON text: one `Job` deserialiser in
+        // the wasm, not a second for `Value`s.
         let job = match body {
             Value::String(text) => serde_json::from_slice::<Job>(text.as_bytes()).ok(),
-            other => serde_json::from_value::<Job>(other.clone()).ok(),
+            other => serde_json::from_slice::<Job>(other.to_string().as_bytes()).ok(),
         };
         let (user_id, credential_id, provider, queued_at) = match job {
             Some(Job::Revalidate {

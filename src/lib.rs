@@ -22,6 +22,7 @@ pub mod ports;
 pub mod probe;
 pub mod providers;
 pub mod queues;
+mod small_sort;
 pub mod system_keys;
 pub mod text;
 pub mod vault;

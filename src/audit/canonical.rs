@@ -15,7 +15,7 @@ fn write(value: &Value, out: &mut String) {
     match value {
         Value::Object(map) => {
             let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            members.sort_by(|a, b| a.0.cmp(b.0));
+            crate::small_sort::sort_by(&mut members, |a, b| a.0.cmp(b.0));
             out.push('{');
             for (i, (k, v)) in members.into_iter().enumerate() {
                 if i > 0 {

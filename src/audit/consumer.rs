@@ -88,7 +88,9 @@ pub async fn consume(store: &dyn AuditStore, bodies: &[Value], log: &dyn Fn(&str
         }
     }
     if !events.is_empty() {
-        events.sort_by(|(_, a), (_, b)| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+        crate::small_sort::sort_by(&mut events, |(_, a), (_, b)| {
+            a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id))
+        });
         let batch: Vec<AuditEvent> = events.iter().map(|(_, e)| e.clone()).collect();
         match store.enqueue(&batch).await {
             Ok(()) => events.iter().for_each(|(i, _)| out[*i] = Disposition::Ack),

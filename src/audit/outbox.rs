@@ -61,7 +61,7 @@ pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPla
     let mut touched: Vec<String> = Vec::new();
     let mut out = ChainPlan::default();
     let mut ordered: Vec<&PendingEvent> = pending.iter().collect();
-    ordered.sort_by_key(|p| p.pos);
+    crate::small_sort::sort_by(&mut ordered, |a, b| a.pos.cmp(&b.pos));
     for p in ordered {
         out.done.push(p.pos);
         let event = match read_event(&p.body) {
@@ -132,7 +132,7 @@ pub async fn drain_rounds(store: &dyn AuditStore, rounds: usize) -> Result<Drain
             });
         }
         let mut users: Vec<String> = pending.iter().map(|p| p.user_id.clone()).collect();
-        users.sort();
+        crate::small_sort::sort_by(&mut users, String::cmp);
         users.dedup();
         let heads = store.heads(&users).await?;
         let plan = plan(&pending, &heads);

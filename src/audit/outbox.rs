@@ -57,7 +57,12 @@ fn read_event(body: &str) -> serde_json::Result<AuditEvent> {
 /// Links `pending` (in outbox order, which is commit order) onto their users' chains,
 /// which end at `heads` (a user not named there starts at genesis).
 pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPlan {
-    let mut ends: BTreeMap<String, ChainHead> = heads.iter().cloned().collect();
+    // Inserted one by one: collecting into a BTreeMap sorts first, with a sort of its own
+    // in the wasm. The last head of a repeated user counts, as when collecting.
+    let mut ends: BTreeMap<String, ChainHead> = BTreeMap::new();
+    for (user, head) in heads {
+        ends.insert(user.clone(), head.clone());
+    }
     let mut touched: Vec<String> = Vec::new();
     let mut out = ChainPlan::default();
     let mut ordered: Vec<&PendingEvent> = pending.iter().collect();

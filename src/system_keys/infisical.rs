@@ -312,9 +312,15 @@ fn collect(list: RawList) -> Secrets {
             && !value.chars().any(is_hidden);
         seen.insert(s.secret_key, usable.then_some(value));
     }
-    seen.into_iter()
-        .filter_map(|(k, v)| Some((k, v?)))
-        .collect()
+    // Inserted one by one: collecting into a BTreeMap sorts first, with a sort of its own
+    // in the wasm.
+    let mut secrets = Secrets::new();
+    for (k, v) in seen {
+        if let Some(v) = v {
+            secrets.insert(k, v);
+        }
+    }
+    secrets
 }
 
 /// How long a failed answer asks not to be asked again: its `retry-after` (seconds),

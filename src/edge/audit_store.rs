@@ -158,13 +158,7 @@ impl<'a> D1AuditStore<'a> {
         sql: &str,
         args: &[JsValue],
     ) -> Result<Vec<ChainedEvent>, StoreError> {
-        let rows = self
-            .db
-            .all(sql, args)
-            .await?
-            .iter()
-            .map(Row::read)
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = self.db.all(sql, args).await?.read(Row::read)?;
         Ok(rows.into_iter().map(|r| r.into_chained(user)).collect())
     }
 
@@ -211,15 +205,13 @@ impl AuditStore for D1AuditStore<'_> {
                 &[num(u64::from(limit))],
             )
             .await?
-            .iter()
-            .map(|r| {
+            .read(|r| {
                 Ok(PendingEvent {
                     pos: r.num("pos")? as u64,
                     user_id: r.text("user_id")?,
                     body: r.text("event")?,
                 })
             })
-            .collect()
     }
 
     async fn heads(&self, users: &[String]) -> Result<Vec<(String, ChainHead)>, StoreError> {
@@ -230,8 +222,7 @@ impl AuditStore for D1AuditStore<'_> {
                 &[json_arg(&users)],
             )
             .await?
-            .iter()
-            .map(|h| {
+            .read(|h| {
                 Ok((
                     h.text("user_id")?,
                     ChainHead {
@@ -240,7 +231,6 @@ impl AuditStore for D1AuditStore<'_> {
                     },
                 ))
             })
-            .collect()
     }
 
     async fn commit(&self, plan: &ChainPlan) -> Result<(), StoreError> {
@@ -413,15 +403,13 @@ impl AuditStore for D1AuditStore<'_> {
                 &[num(cutoff.as_millis()), num(u64::from(RETENTION_USERS_PER_RUN))],
             )
             .await?
-            .iter()
-            .map(|r| {
+            .read(|r| {
                 Ok(Old {
                     user_id: r.text("user_id")?,
                     seq: r.num("seq")?,
                     hash: r.text("hash")?,
                 })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            })?;
         let mut removed = 0;
         for o in old {
             let results = self
@@ -465,15 +453,13 @@ impl NotificationStore for D1AuditStore<'_> {
                 ],
             )
             .await?
-            .iter()
-            .map(|r| {
+            .read(|r| {
                 Ok(StoredNotice {
                     id: r.text("id")?,
                     body: r.text("body")?,
                     attempts: r.num("attempts")? as u32,
                 })
             })
-            .collect()
     }
 
     async fn delivered(&self, id: &str) -> Result<(), StoreError> {

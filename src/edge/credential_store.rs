@@ -191,12 +191,6 @@ impl Row {
         })
     }
 
-    /// Every row read first (a malformed one fails the query), then turned into
-    /// credentials.
-    fn all(rows: &[D1Row]) -> Result<Vec<Self>, StoreError> {
-        rows.iter().map(Self::read).collect()
-    }
-
     fn into_credential(self) -> Result<Credential, StoreError> {
         let corrupt = |what: &str| StoreError::Corrupt(format!("credential {}: {what}", self.id));
         let id = CredentialId::parse(&self.id).ok_or_else(|| corrupt("id"))?;
@@ -304,10 +298,7 @@ impl D1Store<'_> {
         if changed > 0 {
             return Ok(Written::Done);
         }
-        let still_there = rows_of(&results, at + 1)?
-            .iter()
-            .map(|r| r.num("version"))
-            .collect::<Result<Vec<_>, _>>()?;
+        let still_there = rows_of(&results, at + 1)?.read(|r| r.num("version"))?;
         Ok(if still_there.is_empty() {
             Written::Missing
         } else {
@@ -427,7 +418,7 @@ impl CredentialStore for D1Store<'_> {
                 outbox_insert(self.db, missing, &format!("NOT {held}"), args.to_vec())?,
             ])
             .await?;
-        let rows = Row::all(&rows_of(&results, 0)?)?;
+        let rows = rows_of(&results, 0)?.read(Row::read)?;
         rows.into_iter()
             .next()
             .map(Row::into_credential)
@@ -456,7 +447,7 @@ impl CredentialStore for D1Store<'_> {
                 outbox_insert(self.db, seen, "", Vec::new())?,
             ])
             .await?;
-        let rows = Row::all(&rows_of(&results, 0)?)?;
+        let rows = rows_of(&results, 0)?.read(Row::read)?;
         rows.into_iter().map(Row::into_credential).collect()
     }
 
@@ -481,7 +472,7 @@ impl CredentialStore for D1Store<'_> {
         );
         let names: Vec<&str> = providers.iter().map(|p| p.as_str()).collect();
         let args = [text(user.as_str()), text(capability.as_str()), json(&names)];
-        let rows = Row::all(&self.db.all(&sql, &args).await?)?;
+        let rows = self.db.all(&sql, &args).await?.read(Row::read)?;
         let default: Option<Default> = rows.first().and_then(|r| parse_json(&r.preference));
         let held = rows
             .into_iter()
@@ -526,9 +517,7 @@ impl CredentialStore for D1Store<'_> {
                 ],
             )
             .await?
-            .iter()
-            .map(|r| Ok((r.text("id")?, r.text("user_id")?, r.text("provider")?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .read(|r| Ok((r.text("id")?, r.text("user_id")?, r.text("provider")?)))?;
         Ok(rows
             .into_iter()
             .filter_map(|(id, user_id, provider)| {
@@ -603,10 +592,7 @@ impl CredentialStore for D1Store<'_> {
                 )?,
             ])
             .await?;
-        let deleted = rows_of(&results, 2)?
-            .iter()
-            .map(|r| r.text("provider"))
-            .collect::<Result<Vec<_>, _>>()?;
+        let deleted = rows_of(&results, 2)?.read(|r| r.text("provider"))?;
         Ok(deleted
             .first()
             .and_then(|provider| providers::find(provider))
@@ -643,7 +629,7 @@ impl CredentialStore for D1Store<'_> {
             opt_text(after.map(CredentialId::as_str)),
             num(u64::from(limit)),
         ];
-        let rows = Row::all(&self.db.all(&sql, &args).await?)?;
+        let rows = self.db.all(&sql, &args).await?.read(Row::read)?;
         rows.into_iter().map(Row::into_credential).collect()
     }
 
@@ -669,20 +655,14 @@ impl CredentialStore for D1Store<'_> {
         let sql = "SELECT p.capability, p.credential_id, c.provider, p.model FROM preferences p \
                    JOIN credentials c ON c.id = p.credential_id AND c.user_id = p.user_id \
                    WHERE p.user_id = ?1 ORDER BY p.capability";
-        let rows = self
-            .db
-            .all(sql, &[text(user.as_str())])
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(Row {
-                    capability: r.text("capability")?,
-                    credential_id: r.text("credential_id")?,
-                    provider: r.text("provider")?,
-                    model: r.opt_text("model")?,
-                })
+        let rows = self.db.all(sql, &[text(user.as_str())]).await?.read(|r| {
+            Ok(Row {
+                capability: r.text("capability")?,
+                credential_id: r.text("credential_id")?,
+                provider: r.text("provider")?,
+                model: r.opt_text("model")?,
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        })?;
         Ok(rows
             .into_iter()
             .filter_map(|r| {
@@ -769,15 +749,13 @@ impl ImportStore for D1Store<'_> {
                 &[json_rows(list)],
             )
             .await?
-            .iter()
-            .map(|r| {
+            .read(|r| {
                 Ok(Found {
                     i: r.num("i")?,
                     duplicate: r.opt_text("duplicate")?,
                     count: r.num("count")?,
                 })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            })?;
         let mut out = vec![Occupancy::default(); wanted.len()];
         for f in found {
             if let Some(o) = out.get_mut(f.i as usize) {
@@ -906,10 +884,7 @@ impl ImportStore for D1Store<'_> {
         let results = self.db.batch(statements).await?;
         let mut ids = Vec::new();
         for i in inserts {
-            let stored = rows_of(&results, i)?
-                .iter()
-                .map(|r| r.text("id"))
-                .collect::<Result<Vec<_>, _>>()?;
+            let stored = rows_of(&results, i)?.read(|r| r.text("id"))?;
             ids.extend(stored.iter().filter_map(|id| CredentialId::parse(id)));
         }
         Ok(ids)
@@ -935,16 +910,14 @@ impl ImportStore for D1Store<'_> {
                 &[text(batch.as_str()), num(u64::from(limit))],
             )
             .await?
-            .iter()
-            .map(|r| {
+            .read(|r| {
                 Ok(Found {
                     id: r.text("id")?,
                     user_id: r.text("user_id")?,
                     provider: r.text("provider")?,
                     is_default: r.num("is_default")?,
                 })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            })?;
         let mut out = BatchRows::default();
         for f in found {
             let (Some(user), Some(id), Some(p)) = (
@@ -1009,10 +982,7 @@ impl ImportStore for D1Store<'_> {
                 )?,
             ])
             .await?;
-        let removed = rows_of(&results, 1)?
-            .iter()
-            .map(|r| r.text("id"))
-            .collect::<Result<Vec<_>, _>>()?;
+        let removed = rows_of(&results, 1)?.read(|r| r.text("id"))?;
         Ok(removed
             .iter()
             .filter_map(|id| CredentialId::parse(id))
@@ -1125,8 +1095,6 @@ impl JobStore for D1Store<'_> {
                 &[millis(before), num(u64::from(limit))],
             )
             .await?
-            .iter()
-            .map(|r| r.text("id"))
-            .collect()
+            .read(|r| r.text("id"))
     }
 }

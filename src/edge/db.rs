@@ -68,11 +68,34 @@ impl Row {
     }
 }
 
+/// The rows a statement returned.
+pub(super) struct Rows(Vec<Row>);
+
+impl Rows {
+    /// Every row read with `read`, all of them before any is used: the first that fails
+    /// fails the query.
+    pub(super) fn read<T>(
+        &self,
+        read: impl Fn(&Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::with_capacity(self.0.len());
+        for row in &self.0 {
+            out.push(read(row)?);
+        }
+        Ok(out)
+    }
+}
+
 /// Rows as D1 returned them; each must be an object.
-fn rows(raw: Vec<Raw>) -> Result<Vec<Row>, StoreError> {
-    raw.into_iter()
-        .map(|Raw(v)| if v.is_object() { Ok(Row(v)) } else { Err(mistyped()) })
-        .collect()
+fn rows(raw: Vec<Raw>) -> Result<Rows, StoreError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for Raw(v) in raw {
+        if !v.is_object() {
+            return Err(mistyped());
+        }
+        out.push(Row(v));
+    }
+    Ok(Rows(out))
 }
 
 /// A D1 error as the core sees it: a uniqueness rule that refused a write means another
@@ -109,7 +132,7 @@ impl Db {
             .map_err(unavailable)
     }
 
-    pub(super) async fn all(&self, sql: &str, args: &[JsValue]) -> Result<Vec<Row>, StoreError> {
+    pub(super) async fn all(&self, sql: &str, args: &[JsValue]) -> Result<Rows, StoreError> {
         let raw = self
             .prepare(sql, args)?
             .all()
@@ -131,7 +154,7 @@ impl Db {
             .first(None)
             .await
             .map_err(unavailable)?;
-        Ok(rows(raw.into_iter().collect())?.pop())
+        Ok(rows(raw.into_iter().collect())?.0.pop())
     }
 
     /// `column` of the first row, as a number (`None` if there is no row or it is null).
@@ -172,10 +195,10 @@ impl Db {
 }
 
 /// The rows statement `i` of a batch returned (none if the batch has no such statement).
-pub(super) fn rows_of(results: &[D1Result], i: usize) -> Result<Vec<Row>, StoreError> {
+pub(super) fn rows_of(results: &[D1Result], i: usize) -> Result<Rows, StoreError> {
     match results.get(i) {
         Some(r) => rows(r.results().map_err(unavailable)?),
-        None => Ok(Vec::new()),
+        None => Ok(Rows(Vec::new())),
     }
 }
 

@@ -5,8 +5,6 @@
 //! their users' chains: [`plan`] decides, the store carries the plan out in one
 //! transaction, and a chainer that lost a race to another simply reads again.
 
-use std::collections::BTreeMap;
-
 use super::{link, Action, AuditEvent, ChainHead, ChainedEvent, Outcome, Source};
 use crate::ports::{AuditStore, StoreError};
 
@@ -54,14 +52,26 @@ fn read_event(body: &str) -> serde_json::Result<AuditEvent> {
     serde_json::from_slice::<serde_json::Value>(body.as_bytes()).and_then(serde_json::from_value)
 }
 
+/// Where `user`'s chain ends in `ends`; a user not there yet starts at genesis.
+fn end_of<'a>(ends: &'a mut Vec<(String, ChainHead)>, user: &str) -> &'a mut ChainHead {
+    let i = match ends.iter().position(|(u, _)| u == user) {
+        Some(i) => i,
+        None => {
+            ends.push((user.to_owned(), ChainHead::genesis()));
+            ends.len() - 1
+        }
+    };
+    &mut ends[i].1
+}
+
 /// Links `pending` (in outbox order, which is commit order) onto their users' chains,
 /// which end at `heads` (a user not named there starts at genesis).
 pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPlan {
-    // Inserted one by one: collecting into a BTreeMap sorts first, with a sort of its own
-    // in the wasm. The last head of a repeated user counts, as when collecting.
-    let mut ends: BTreeMap<String, ChainHead> = BTreeMap::new();
+    // Where each user's chain ends: a short list (one round's users), scanned, not a map
+    // compiled for this one entry type. The last head of a repeated user counts.
+    let mut ends: Vec<(String, ChainHead)> = Vec::new();
     for (user, head) in heads {
-        ends.insert(user.clone(), head.clone());
+        *end_of(&mut ends, user) = head.clone();
     }
     let mut touched: Vec<String> = Vec::new();
     let mut out = ChainPlan::default();
@@ -92,9 +102,7 @@ pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPla
                 .push((p.user_id.clone(), id.as_str().to_owned(), event.at));
         }
         out.notices.extend(crate::notify::notice_of(&event));
-        let prev = ends
-            .entry(p.user_id.clone())
-            .or_insert_with(ChainHead::genesis);
+        let prev = end_of(&mut ends, &p.user_id);
         let linked = link(prev, event);
         *prev = linked.head();
         if !touched.contains(&p.user_id) {
@@ -104,7 +112,10 @@ pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPla
     }
     out.heads = touched
         .into_iter()
-        .filter_map(|u| ends.get(&u).cloned().map(|h| (u, h)))
+        .filter_map(|u| {
+            let (_, head) = ends.iter().find(|(e, _)| *e == u)?;
+            Some((u, head.clone()))
+        })
         .collect();
     out
 }

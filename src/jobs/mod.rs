@@ -6,7 +6,7 @@ mod rotation;
 
 pub use rotation::{start_rotation, REWRAP_CHUNK};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::audit::{Actor, ActorType, Origin};
@@ -15,8 +15,8 @@ use crate::notify::{deliver, Delivered, WebhookSettings};
 use crate::ports::{CredentialStore, JobQueue, JobStore, NotificationStore, StoreError};
 use crate::vault::{Revalidated, Vault};
 
-/// One message on `JOBS_QUEUE`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One message on `JOBS_QUEUE`: written with serde, read back with [`Job::from_json`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Job {
     /// Check one stored credential, queued by a sweep at `queued_at` (ms).
@@ -30,6 +30,30 @@ pub enum Job {
     Notify,
     /// Re-encrypt the next chunk of a master-key rotation (`jobs` row `job_id`).
     Rewrap { job_id: String },
+}
+
+impl Job {
+    /// A job from the JSON object serde writes for it: `kind` names the variant, the other
+    /// members are its fields, members it does not know are ignored. Read by hand: serde's
+    /// internally tagged enums buffer every member first, with a deserialiser of their own
+    /// in the wasm (several KB) for this one type. Shapes the vault never writes (an
+    /// integer `kind`, an array, a repeated member) are no job.
+    pub fn from_json(value: &Value) -> Option<Job> {
+        let text = |name: &str| value.get(name)?.as_str().map(str::to_owned);
+        match value.get("kind")?.as_str()? {
+            "revalidate" => Some(Job::Revalidate {
+                user_id: text("user_id")?,
+                credential_id: text("credential_id")?,
+                provider: text("provider")?,
+                queued_at: value.get("queued_at")?.as_u64()?,
+            }),
+            "notify" => Some(Job::Notify),
+            "rewrap" => Some(Job::Rewrap {
+                job_id: text("job_id")?,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// What to do with one message once its job ran.
@@ -137,11 +161,11 @@ pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
     let mut events = 0;
     let mut delivered = false;
     for body in bodies {
-        // A message that is not text is read as its JSON text: one `Job` deserialiser in
-        // the wasm, not a second for `Value`s.
         let job = match body {
-            Value::String(text) => serde_json::from_slice::<Job>(text.as_bytes()).ok(),
-            other => serde_json::from_slice::<Job>(other.to_string().as_bytes()).ok(),
+            Value::String(text) => serde_json::from_slice::<Value>(text.as_bytes())
+                .ok()
+                .and_then(|v| Job::from_json(&v)),
+            other => Job::from_json(other),
         };
         let (user_id, credential_id, provider, queued_at) = match job {
             Some(Job::Revalidate {
@@ -253,4 +277,65 @@ fn kind_of(body: &Value) -> Option<String> {
         other => other.clone(),
     };
     value.get("kind")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_job_reads_back_as_written() {
+        let jobs = [
+            Job::Revalidate {
+                user_id: "u1".into(),
+                credential_id: "cred_1".into(),
+                provider: "openai".into(),
+                queued_at: 1_700_000_000_000,
+            },
+            Job::Notify,
+            Job::Rewrap {
+                job_id: "job_1".into(),
+            },
+        ];
+        for job in jobs {
+            let text = serde_json::to_string(&job).unwrap();
+            let value: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(Job::from_json(&value), Some(job));
+        }
+    }
+
+    #[test]
+    fn unknown_members_are_ignored_and_a_bad_field_is_no_job() {
+        let read = |v: Value| Job::from_json(&v);
+        assert_eq!(
+            read(json!({"kind": "rewrap", "job_id": "j", "extra": [1]})),
+            Some(Job::Rewrap { job_id: "j".into() })
+        );
+        assert_eq!(
+            read(json!({"kind": "notify", "extra": 1})),
+            Some(Job::Notify)
+        );
+        let revalidate = json!({"kind": "revalidate", "user_id": "u", "credential_id": "c",
+            "provider": "p", "queued_at": 5});
+        assert!(read(revalidate.clone()).is_some());
+        for (member, bad) in [
+            ("queued_at", json!(-1)),
+            ("queued_at", json!(1.5)),
+            ("queued_at", json!("5")),
+            ("user_id", json!(7)),
+            ("provider", Value::Null),
+            ("kind", json!("sweep")),
+            ("kind", json!(0)),
+        ] {
+            let mut v = revalidate.clone();
+            v[member] = bad;
+            assert_eq!(read(v), None, "{member}");
+        }
+        let mut missing = revalidate;
+        missing.as_object_mut().unwrap().remove("credential_id");
+        assert_eq!(read(missing), None);
+        assert_eq!(read(json!(["revalidate"])), None);
+        assert_eq!(read(json!("notify")), None);
+    }
 }

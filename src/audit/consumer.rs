@@ -46,9 +46,9 @@ pub fn parse_message(body: &Value) -> Message {
     if value.get("nudge").is_some_and(Value::is_string) {
         return Message::Nudge;
     }
-    match serde_json::from_value(value) {
-        Ok(e) => Message::Event(Box::new(e)),
-        Err(_) => Message::Unreadable,
+    match AuditEvent::from_json(&value) {
+        Some(e) => Message::Event(Box::new(e)),
+        None => Message::Unreadable,
     }
 }
 

@@ -137,6 +137,44 @@ impl AuditEvent {
         }
     }
 
+    /// An event from the JSON object serde writes for it: members it does not know are
+    /// ignored, an optional one may be null or missing, anything else out of shape makes
+    /// it no event. Read by hand: serde's reader of a `Value` (several KB of the wasm)
+    /// served only this type. The array form serde also took is never written, and is
+    /// no event here.
+    pub fn from_json(v: &Value) -> Option<AuditEvent> {
+        /// An optional member: null or missing is `None`; anything else must `read`.
+        fn opt<'v, T>(
+            v: &'v Value,
+            name: &str,
+            read: impl Fn(&'v Value) -> Option<T>,
+        ) -> Option<Option<T>> {
+            match v.get(name) {
+                None | Some(Value::Null) => Some(None),
+                Some(x) => read(x).map(Some),
+            }
+        }
+        let text = |name: &str| v.get(name)?.as_str();
+        let actor = v.get("actor")?;
+        Some(AuditEvent {
+            id: text("id")?.to_owned(),
+            at: v.get("at")?.as_u64()?,
+            user_id: UserId::parse(text("user_id")?)?,
+            action: Action::parse(text("action")?)?,
+            actor: Actor {
+                kind: ActorType::parse(actor.get("type")?.as_str()?)?,
+                id: actor.get("id")?.as_str()?.to_owned(),
+            },
+            credential_id: opt(v, "credential_id", |x| CredentialId::parse(x.as_str()?))?,
+            provider: opt(v, "provider", |x| x.as_str().map(str::to_owned))?,
+            outcome: Outcome::parse(text("outcome")?)?,
+            reason: opt(v, "reason", |x| x.as_str().map(str::to_owned))?,
+            source: opt(v, "source", |x| Source::parse(x.as_str()?))?,
+            request_id: opt(v, "request_id", |x| RequestId::parse(x.as_str()?))?,
+            detail: opt(v, "detail", |x| Some(x.clone()))?,
+        })
+    }
+
     /// Stands in for a stored row that no longer parses (say, an edited action): its hash
     /// cannot match the stored one, so verification reports that row as broken.
     pub fn unreadable(id: &str, user: &UserId) -> Self {

@@ -47,9 +47,10 @@ impl ChainPlan {
 }
 
 /// An outbox row's event. Read through a `Value`, as the queue consumer and the store read
-/// theirs, so the wasm holds one `AuditEvent` deserialiser, not a second for JSON text.
-fn read_event(body: &str) -> serde_json::Result<AuditEvent> {
-    serde_json::from_slice::<serde_json::Value>(body.as_bytes()).and_then(serde_json::from_value)
+/// theirs, so the wasm holds one `AuditEvent` reader, not a second for JSON text.
+fn read_event(body: &str) -> Option<AuditEvent> {
+    let value = serde_json::from_slice::<serde_json::Value>(body.as_bytes()).ok()?;
+    AuditEvent::from_json(&value)
 }
 
 /// Where `user`'s chain ends in `ends`; a user not there yet starts at genesis.
@@ -80,13 +81,13 @@ pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPla
     for p in ordered {
         out.done.push(p.pos);
         let event = match read_event(&p.body) {
-            Ok(e) if e.user_id.as_str() == p.user_id => e,
-            Ok(_) => {
+            Some(e) if e.user_id.as_str() == p.user_id => e,
+            Some(_) => {
                 out.dead
                     .push((p.body.clone(), "outbox row filed under another user".into()));
                 continue;
             }
-            Err(_) => {
+            None => {
                 out.dead
                     .push((p.body.clone(), "unreadable outbox row".into()));
                 continue;

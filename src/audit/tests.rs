@@ -383,3 +383,74 @@ mod consumers {
         );
     }
 }
+
+#[test]
+fn from_json_reads_events_as_serde_does() {
+    let full = {
+        let mut e = event(1, Action::CredentialUsed);
+        e.outcome = Outcome::Failure;
+        e.reason = Some("invalid_key".into());
+        e.source = Some(Source::System);
+        e.detail = Some(json!({"model": "m", "n": 1.5, "list": [1, null]}));
+        e.actor.kind = ActorType::Service;
+        e
+    };
+    let bare = AuditEvent::new(
+        "ev_2".into(),
+        Timestamp::from_millis(7),
+        &UserId::parse("u_2").unwrap(),
+        Action::CredentialCreated,
+        Actor {
+            kind: ActorType::User,
+            id: "u_2".into(),
+        },
+    );
+    for e in [full, bare] {
+        let value = serde_json::to_value(&e).unwrap();
+        assert_eq!(AuditEvent::from_json(&value).as_ref(), Some(&e));
+        // Variations serde takes or refuses, read the same way.
+        let mut variations = vec![json!({"extra": 1}), json!({"detail": null})];
+        for (name, bad) in [
+            ("at", json!(-1)),
+            ("at", json!(1.5)),
+            ("id", json!(3)),
+            ("user_id", json!("not a user id")),
+            ("action", json!("credential.exploded")),
+            ("actor", json!({"type": "robot", "id": "x"})),
+            ("actor", json!({"type": "user"})),
+            ("credential_id", json!("c_short")),
+            ("source", json!("elsewhere")),
+            ("reason", json!(false)),
+            ("request_id", json!(12)),
+        ] {
+            variations.push(json!({ name: bad }));
+        }
+        for change in variations {
+            let mut v = value.clone();
+            for (k, x) in change.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let ours = AuditEvent::from_json(&v);
+            let serde = serde_json::from_value::<AuditEvent>(v.clone()).ok();
+            assert_eq!(ours, serde, "{v}");
+        }
+        for name in ["id", "at", "user_id", "action", "actor", "outcome"] {
+            let mut v = value.clone();
+            v.as_object_mut().unwrap().remove(name);
+            assert_eq!(AuditEvent::from_json(&v), None, "{name}");
+        }
+        for name in [
+            "credential_id",
+            "provider",
+            "reason",
+            "source",
+            "request_id",
+            "detail",
+        ] {
+            let mut v = value.clone();
+            v.as_object_mut().unwrap().remove(name);
+            let serde = serde_json::from_value::<AuditEvent>(v.clone()).ok();
+            assert_eq!(AuditEvent::from_json(&v), serde, "{name}");
+        }
+    }
+}

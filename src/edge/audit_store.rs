@@ -125,8 +125,8 @@ impl Row {
             "credential_id": self.credential_id, "provider": self.provider, "outcome": self.outcome,
             "reason": self.reason, "source": self.source, "request_id": self.request_id, "detail": detail,
         });
-        let event = serde_json::from_value(value)
-            .unwrap_or_else(|_| AuditEvent::unreadable(&self.id, user));
+        let event =
+            AuditEvent::from_json(&value).unwrap_or_else(|| AuditEvent::unreadable(&self.id, user));
         ChainedEvent {
             event,
             seq: self.seq as u64,

@@ -3,7 +3,8 @@
 // Each `first`/`all`/`run`/`raw` of a statement, each `batch` and each `exec` is one round
 // trip to the database; the count and the time spent waiting on them come back in the
 // answer's `x-bench-d1-round-trips` and `x-bench-d1-ms` headers. Nothing here is deployed:
-// `wrangler dev` runs it only from bench/bench.mjs.
+// `wrangler dev` runs it only from bench/bench.mjs (and the round-trip test). It also
+// answers GET /__bench/rows, the same rows a listing reads, straight from JS.
 //
 // workers-rs checks a binding's constructor name, so the wrapper is made with
 // Object.create over the real binding: the name is still "D1Database", and every method
@@ -48,8 +49,22 @@ class Tally {
 
 const vault = Vault.prototype;
 
+// What GET /v1/credentials reads (src/edge/credential_store.rs COLUMNS, models left out),
+// asked and answered in plain JS: the floor for a listing, so the benchmark can tell the
+// runtime's and D1's cost of the rows from what the Worker adds to them.
+const LISTING = `SELECT id, user_id, provider, label, key_hint, key_version, nonce, ciphertext,
+  fingerprint, params, model, status, status_detail, warnings, quota, NULL AS models, models_fetched_at,
+  consecutive_failures, last_validated_at, created_at, updated_at, version, last_used_at,
+  revalidation_queued_at, import_batch_id
+  FROM credentials WHERE user_id = ?1 AND (?2 IS NULL OR provider = ?2) ORDER BY created_at DESC, id`;
+
 export default class extends WorkerEntrypoint {
   async fetch(request) {
+    const url = new URL(request.url);
+    if (url.pathname === '/__bench/rows') {
+      const { results } = await this.env.DB.prepare(LISTING).bind(url.searchParams.get('user'), null).all();
+      return Response.json({ credentials: results });
+    }
     const tally = new Tally();
     const env = Object.create(this.env, { DB: { value: countingDb(this.env.DB, tally) } });
     const response = await vault.fetch.call({ env, ctx: this.ctx }, request);

@@ -1,6 +1,6 @@
-//! Native micro-benchmarks of the core's hot paths: sealing and opening a key (HKDF data
-//! key + AES-256-GCM), the duplicate fingerprint (HMAC-SHA256), HS256 token verification,
-//! and linking an audit event into its user's hash chain. Not part of the test command:
+//! Native micro-benchmarks of the core's hot paths: the HKDF data-key derivation, sealing
+//! and opening a key (HKDF data key + AES-256-GCM), the duplicate fingerprint
+//! (HMAC-SHA256), HS256 token verification, and linking an audit event into its user's hash chain. Not part of the test command:
 //! `cargo bench --bench core` prints one line per path (median of 7 timed batches, each of
 //! enough iterations to last about 50 ms, after a warm-up). Speeds here are the host's;
 //! the Worker runs the same code compiled to wasm, a few times slower.
@@ -72,6 +72,17 @@ fn main() {
     let sealed = seal(&keys, &binding, &key).unwrap();
 
     println!("byok-vault core hot paths (native, release)");
+    // The derivation every key operation starts with (envelope.rs `data_key`): the user's
+    // data key from the master key.
+    let master = [7u8; 32];
+    let info = format!("credential|{}", user.as_str());
+    measure("HKDF-SHA256 data-key derivation", || {
+        let mut out = [0u8; 32];
+        hkdf::Hkdf::<Sha256>::new(None, black_box(&master))
+            .expand(black_box(info.as_bytes()), &mut out)
+            .unwrap();
+        black_box(out);
+    });
     measure("seal (HKDF + AES-256-GCM)", || {
         black_box(seal(&keys, &binding, black_box(&key)).unwrap());
     });

@@ -201,6 +201,8 @@ export async function startVault({ secrets = {}, vars = {}, config, front = vars
     base, dir, state, logPath, secrets: all,
     /** wrangler's process group (the benchmark reads its processes' CPU time). */
     pgid: child.pid,
+    /** The DevTools port of the Worker (the benchmark profiles its CPU there). */
+    inspectorPort: inspector,
     /** When the first answer came (ms since the epoch). */
     readyAt: undefined,
 

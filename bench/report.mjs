@@ -1,0 +1,78 @@
+// The benchmark's report: every number of a run in tables, and each budget of issue 12
+// checked against the floors of the same run.
+
+const fmt = (v) => (v === null || v === undefined ? '–' : typeof v === 'number' ? String(v) : v);
+const ratio = (a, b) => Math.round((a / b) * 100) / 100;
+
+/** The budgets, each a check over the run's results. */
+export function budgets(r) {
+  // Floors measured twice (start and end of the run): their mean is the floor.
+  const mean = (a, b, key) => (b ? (a[key] + b[key]) / 2 : a[key]);
+  const f1p50 = mean(r.f1, r.f1_end, 'p50_ms');
+  const f1p99 = mean(r.f1, r.f1_end, 'p99_ms');
+  const f0cpu = mean(r.f0, r.f0_end, 'workerd_cpu_ms');
+  const f1cpu = mean(r.f1, r.f1_end, 'workerd_cpu_ms');
+  const out = [];
+  const check = (what, value, limit, unit = '') => out.push({ what, value, limit, unit, ok: value <= limit });
+  for (const key of ['list_50', 'get', 'resolve']) {
+    check(`${r[key].name}: p50 / F1 p50`, ratio(r[key].p50_ms, f1p50), 1.5, '×');
+    check(`${r[key].name}: p99 / F1 p99`, ratio(r[key].p99_ms, f1p99), 2, '×');
+  }
+  for (const key of ['create', 'preferences']) {
+    check(`${r[key].name}: p50 / F1 p50`, ratio(r[key].p50_ms, f1p50), 2.5, '×');
+  }
+  check('proxy: added p50 / F1 p50', ratio(r.proxy.p50_ms - r.proxy_direct.p50_ms, f1p50), 1.5, '×');
+  for (const key of ['list_50', 'get', 'resolve']) check(`${r[key].name}: D1 round trips`, Number(String(r[key].d1_round_trips).split('-').pop()), 1);
+  for (const key of ['create', 'preferences']) check(`${r[key].name}: D1 round trips`, Number(String(r[key].d1_round_trips).split('-').pop()), 2);
+  check('list at 500 / list at 5 (p50)', ratio(r.list_500.p50_ms, r.list_5.p50_ms), 2, '×');
+  check('resolve at the large table / at 1 000 rows (p50)', ratio(r.resolve_100k.p50_ms, r.resolve_1k.p50_ms), 1.2, '×');
+  // Each of these does one D1 round trip, as F1 does: what it costs beyond F1 is its own
+  // work (and the larger D1 answer it reads), the runtime's per-request cost cancelled.
+  for (const key of ['list_50', 'get', 'resolve']) {
+    check(`${r[key].name}: CPU over F1 (ms/request)`, Math.round((r[key].workerd_cpu_ms - f1cpu) * 1000) / 1000, 1, ' ms');
+  }
+  check('cold start: the Worker\'s startup (wrangler check startup)', r.bundle.startup_profile_ms, 100, ' ms');
+  check('bundle, gzipped (wrangler\'s count)', r.bundle.upload_gzip_kib, 400, ' KiB');
+  return { out, f1p50, f1p99, f0cpu, f1cpu };
+}
+
+export function render(r, { at, duration, connections }) {
+  const { out, f1p50, f1p99, f0cpu, f1cpu } = budgets(r);
+  const rows = Object.values(r).filter((x) => x && x.p50_ms !== undefined);
+  const lines = [
+    `# byok-vault benchmark, ${at.toISOString()}`,
+    '',
+    `wrk, 1 thread, ${connections} connections, ${duration} s per operation after a warm-up; wrangler dev (workerd, local D1, local queues).`,
+    `Floors: F1 p50 ${Math.round(f1p50 * 100) / 100} ms, p99 ${Math.round(f1p99 * 100) / 100} ms (mean of the start and the end of the run); workerd CPU per request: F0 ${f0cpu} ms, F1 ${f1cpu} ms.`,
+    '',
+    '| operation | p50 ms | p90 ms | p99 ms | req/s | D1 round trips | D1 wait ms | workerd CPU ms/req | errors |',
+    '|---|---|---|---|---|---|---|---|---|',
+    ...rows.map((x) => `| ${x.name} | ${x.p50_ms} | ${x.p90_ms} | ${x.p99_ms} | ${x.rps} | ${fmt(x.d1_round_trips)} | ${fmt(x.d1_wait_ms)} | ${x.workerd_cpu_ms} | ${x.errors} |`),
+    '',
+    `Streamed answer, time to first byte (p50): direct ${r.stream_ttfb.direct_p50_ms} ms, through the proxy ${r.stream_ttfb.proxy_p50_ms} ms.`,
+    '',
+    `Audit backlog: ${r.audit_backlog.events} imported events chained at ${r.audit_backlog.chained_per_s} events/s by one consumer at a time (imports took ${r.audit_backlog.import_ms} ms; the chain caught up ${r.audit_backlog.drained_ms_after_import} ms after the last).`,
+    '',
+    `Audit pipeline: ${r.audit.events_offered_per_s} events/s offered, ${r.audit.events_chained_per_s} events/s from request to chained row (${r.audit.events_chained} events; the backlog drained ${r.audit.backlog_drained_ms_after_load} ms after the load stopped); lag from answer to chained row under load p50 ${r.audit.lag_p50_ms} ms, p99 ${r.audit.lag_p99_ms} ms (${r.audit.lag_samples} samples).`,
+    '',
+    `Cold start: the Worker's startup ${r.bundle.startup_profile_ms} ms (wrangler check startup's profile; ${r.bundle.startup_busy_ms} ms of it sampled busy); compiling the wasm in node ${r.bundle.node_compile_ms} ms. Local runtime, for context: workerd start → first answer ${r.cold_start.workerd_start_to_first_answer_ms} ms (${r.cold_start.workerd_processes} workerd processes; wrangler spawn → first answer ${r.cold_start.wrangler_spawn_to_first_answer_ms} ms); the first resolve after it ${r.cold_start.first_resolve_ms} ms.`,
+    '',
+    `Bundle: wasm ${r.bundle.wasm_bytes} bytes, ${r.bundle.wasm_gzip_bytes} gzipped; wrangler's upload ${r.bundle.upload_kib} KiB, ${r.bundle.upload_gzip_kib} KiB gzipped.`,
+    '',
+    'Storage (SQLite pages in use, tables with their indexes):',
+    '',
+    '| table | rows | bytes | bytes/row |',
+    '|---|---|---|---|',
+    ...Object.entries(r.storage).map(([t, s]) => `| ${t} | ${s.rows} | ${s.bytes} | ${fmt(s.bytes_per_row)} |`),
+    '',
+    '## Budgets',
+    '',
+    '| budget | measured | limit | |',
+    '|---|---|---|---|',
+    ...out.map((b) => `| ${b.what} | ${b.value}${b.unit} | ${b.limit}${b.unit} | ${b.ok ? 'met' : '**missed**'} |`),
+    '',
+  ];
+  const errors = rows.filter((x) => x.errors > 0).map((x) => x.name);
+  if (errors.length) lines.push(`**Requests failed in:** ${errors.join(', ')}`, '');
+  return { report: lines.join('\n'), missed: out.some((b) => !b.ok) || errors.length > 0 };
+}

@@ -55,7 +55,7 @@ export function render(r, { at, duration, connections }) {
     '',
     `Audit pipeline: ${r.audit.events_offered_per_s} events/s offered, ${r.audit.events_chained_per_s} events/s from request to chained row (${r.audit.events_chained} events; the backlog drained ${r.audit.backlog_drained_ms_after_load} ms after the load stopped); lag from answer to chained row under load p50 ${r.audit.lag_p50_ms} ms, p99 ${r.audit.lag_p99_ms} ms (${r.audit.lag_samples} samples).`,
     '',
-    `Cold start: the Worker's startup ${r.bundle.startup_profile_ms} ms (wrangler check startup's profile; ${r.bundle.startup_busy_ms} ms of it sampled busy); compiling the wasm in node ${r.bundle.node_compile_ms} ms. Local runtime, for context: workerd start → first answer ${r.cold_start.workerd_start_to_first_answer_ms} ms (${r.cold_start.workerd_processes} workerd processes; wrangler spawn → first answer ${r.cold_start.wrangler_spawn_to_first_answer_ms} ms); the first resolve after it ${r.cold_start.first_resolve_ms} ms.`,
+    `Cold start: the Worker's startup ${r.bundle.startup_profile_ms} ms (wrangler check startup's profile; ${r.bundle.startup_busy_ms} ms of it sampled busy). Local runtime, for context: workerd start → first answer ${r.cold_start.workerd_start_to_first_answer_ms} ms (${r.cold_start.workerd_processes} workerd processes; wrangler spawn → first answer ${r.cold_start.wrangler_spawn_to_first_answer_ms} ms); the first resolve after it ${r.cold_start.first_resolve_ms} ms.`,
     '',
     `Bundle: wasm ${r.bundle.wasm_bytes} bytes, ${r.bundle.wasm_gzip_bytes} gzipped; wrangler's upload ${r.bundle.upload_kib} KiB, ${r.bundle.upload_gzip_kib} KiB gzipped.`,
     '',

@@ -600,13 +600,22 @@ impl CredentialStore for D1Store<'_> {
     }
 
     async fn ping(&self, configured: &[u32]) -> Result<Option<u32>, StoreError> {
-        // Constant cost: one row at most, found by the key-version index.
+        // Constant cost, whatever the table's size: the distinct versions in use are walked
+        // by seeking the key-version index from one to the next (a loose index scan), so
+        // the work is one seek per version, not one step per row. (Asking for a row whose
+        // version is not configured scans every row when there is none: 14 ms at 100 000
+        // rows, measured by the benchmark.)
         let versions: Vec<u32> = configured.to_vec();
         let found = self
             .db
             .first_num(
-                "SELECT key_version AS v FROM credentials WHERE key_version IS NOT NULL \
-                 AND key_version NOT IN (SELECT value FROM json_each(?1)) LIMIT 1",
+                "WITH RECURSIVE used(v) AS ( \
+                   SELECT MIN(key_version) FROM credentials WHERE key_version IS NOT NULL \
+                   UNION ALL \
+                   SELECT (SELECT MIN(key_version) FROM credentials WHERE key_version > used.v) \
+                   FROM used WHERE used.v IS NOT NULL) \
+                 SELECT v FROM used WHERE v IS NOT NULL \
+                   AND v NOT IN (SELECT value FROM json_each(?1)) LIMIT 1",
                 &[json(&versions)],
                 "v",
             )

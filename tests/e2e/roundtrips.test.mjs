@@ -75,4 +75,21 @@ describe('D1 round trips per request', () => {
     assert.equal(put.status, 200);
     assert.ok(trips(put) <= 2, `PUT /v1/preferences/llm: ${trips(put)}`);
   });
+
+  test('health finds a stored key version that is no longer configured, in one round trip', async () => {
+    const id = created.json.credential.id;
+    assert.equal((await vault.request('GET', '/v1/health')).status, 200);
+    // Versions 1 (configured) and 9 (not) in use: the walk over the versions finds 9.
+    await vault.sql(`UPDATE credentials SET key_version = 9 WHERE id = '${id}'`);
+    try {
+      const r = await vault.request('GET', '/v1/health');
+      assert.equal(r.status, 503, r.text);
+      assert.equal(r.json.checks.master_key, 'version_missing');
+      assert.match(r.json.detail, /version 9/);
+      assert.equal(trips(r), 1);
+    } finally {
+      await vault.sql(`UPDATE credentials SET key_version = 1 WHERE id = '${id}'`);
+    }
+    assert.equal((await vault.request('GET', '/v1/health')).status, 200);
+  });
 });

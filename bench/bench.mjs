@@ -278,7 +278,9 @@ try {
   results.f0 = await measure(vault, 'F0 GET /v1/providers (no I/O)', [{ method: 'GET', path: '/v1/providers', headers: user('u_list5') }]);
   results.f1 = await measure(vault, 'F1 GET /v1/health (one D1 query)', [{ method: 'GET', path: '/v1/health' }]);
   // The same rows a listing reads, asked and answered by plain JS in the same isolate.
-  results.rows_js_50 = await measure(vault, 'the listing\'s query in plain JS (50 rows)', [{ method: 'GET', path: '/__bench/rows?user=u_list50' }], { counts: false });
+  for (const n of [50, 500]) {
+    results[`rows_js_${n}`] = await measure(vault, `the listing's query in plain JS (${n} rows)`, [{ method: 'GET', path: `/__bench/rows?user=u_list${n}` }], { counts: false });
+  }
   for (const n of [5, 50, 500]) {
     results[`list_${n}`] = await measure(vault, `GET /v1/credentials (${n})`, [{ method: 'GET', path: '/v1/credentials', headers: user(`u_list${n}`) }]);
   }

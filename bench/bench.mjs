@@ -277,6 +277,7 @@ try {
 
   results.f0 = await measure(vault, 'F0 GET /v1/providers (no I/O)', [{ method: 'GET', path: '/v1/providers', headers: user('u_list5') }]);
   results.f1 = await measure(vault, 'F1 GET /v1/health (one D1 query)', [{ method: 'GET', path: '/v1/health' }]);
+  results.f1q = await measure(vault, 'one trivial query and one queue message, plain JS', [{ method: 'GET', path: '/__bench/f1q' }], { counts: false });
   // The same rows a listing reads, asked and answered by plain JS in the same isolate.
   for (const n of [50, 500]) {
     results[`rows_js_${n}`] = await measure(vault, `the listing's query in plain JS (${n} rows)`, [{ method: 'GET', path: `/__bench/rows?user=u_list${n}` }], { counts: false });
@@ -309,6 +310,10 @@ try {
     method: 'POST', path: `${new URL(direct).pathname}/v1/chat/completions`,
     headers: { authorization: `Bearer ${randomKey('valid')}`, 'content-type': 'application/json' }, body: chat,
   }], { base: directBase, counts: false });
+  results.forward_js = await measure(vault, 'the same call forwarded by plain JS in the Worker', [{
+    method: 'POST', path: `/__bench/forward?to=${encodeURIComponent(`${direct}/v1/chat/completions`)}`,
+    headers: { authorization: `Bearer ${randomKey('valid')}`, 'content-type': 'application/json' }, body: chat,
+  }], { counts: false });
   results.proxy = await measure(vault, 'the same call through /v1/proxy', [{
     method: 'POST', path: '/v1/proxy/openai/v1/chat/completions',
     headers: { ...user('u_list5'), 'content-type': 'application/json' }, body: chat,

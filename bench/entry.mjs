@@ -4,7 +4,9 @@
 // trip to the database; the count and the time spent waiting on them come back in the
 // answer's `x-bench-d1-round-trips` and `x-bench-d1-ms` headers. Nothing here is deployed:
 // `wrangler dev` runs it only from bench/bench.mjs (and the round-trip test). It also
-// answers GET /__bench/rows, the same rows a listing reads, straight from JS.
+// answers, as floors in plain JS: GET /__bench/rows, the same rows a listing reads;
+// /__bench/forward, one subrequest passed through; /__bench/f1q, one trivial query and one
+// audit queue message.
 //
 // workers-rs checks a binding's constructor name, so the wrapper is made with
 // Object.create over the real binding: the name is still "D1Database", and every method
@@ -61,6 +63,19 @@ const LISTING = `SELECT id, user_id, provider, label, key_hint, key_version, non
 export default class extends WorkerEntrypoint {
   async fetch(request) {
     const url = new URL(request.url);
+    if (url.pathname === '/__bench/f1q') {
+      // F1's one trivial query and one message on the audit queue (a nudge, as every audited
+      // request sends one): the I/O of a read or a resolve, with none of the Worker's code.
+      const row = await this.env.DB.prepare('SELECT 1 AS one').first();
+      await this.env.AUDIT_QUEUE.send(JSON.stringify({ nudge: 'bench' }), { contentType: 'json' });
+      return Response.json(row);
+    }
+    if (url.pathname === '/__bench/forward') {
+      // One subrequest, its answer streamed back: the runtime's own cost of what the proxy
+      // does around its key lookup. The target is the bench's fake provider (loopback).
+      const upstream = await fetch(url.searchParams.get('to'), { method: request.method, headers: request.headers, body: request.body });
+      return new Response(upstream.body, { status: upstream.status, headers: upstream.headers });
+    }
     if (url.pathname === '/__bench/rows') {
       const { results } = await this.env.DB.prepare(LISTING).bind(url.searchParams.get('user'), null).all();
       return Response.json({ credentials: results });

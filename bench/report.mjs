@@ -26,18 +26,31 @@ export function budgets(r) {
   for (const key of ['create', 'preferences']) check(`${r[key].name}: D1 round trips`, Number(String(r[key].d1_round_trips).split('-').pop()), 2);
   check('list at 500 / list at 5 (p50)', ratio(r.list_500.p50_ms, r.list_5.p50_ms), 2, '×');
   check('resolve at the large table / at 1 000 rows (p50)', ratio(r.resolve_100k.p50_ms, r.resolve_1k.p50_ms), 1.2, '×');
-  // Each of these does one D1 round trip, as F1 does: what it costs beyond F1 is its own
-  // work (and the larger D1 answer it reads), the runtime's per-request cost cancelled.
+  // Each of these does one D1 round trip and sends one audit queue message: what it costs
+  // beyond plain JS doing that much I/O is the Worker's own work (with, for the listing,
+  // the larger D1 answer it reads). workerd's CPU, all of it: an upper bound.
+  // The listing's floor reads its 50 rows: plain JS asking the same query, plus what one
+  // queue message adds to F1.
+  const queueCpu = r.f1q.workerd_cpu_ms - r.f1.workerd_cpu_ms;
+  const ioFloor = { list_50: r.rows_js_50.workerd_cpu_ms + queueCpu, get: r.f1q.workerd_cpu_ms, resolve: r.f1q.workerd_cpu_ms };
   for (const key of ['list_50', 'get', 'resolve']) {
-    check(`${r[key].name}: CPU over F1 (ms/request)`, Math.round((r[key].workerd_cpu_ms - f1cpu) * 1000) / 1000, 1, ' ms');
+    check(`${r[key].name}: CPU over plain JS doing its I/O (ms/request)`, Math.round((r[key].workerd_cpu_ms - ioFloor[key]) * 1000) / 1000, 1, ' ms');
   }
   check('cold start: the Worker\'s startup (wrangler check startup)', r.bundle.startup_profile_ms, 100, ' ms');
   check('bundle, gzipped (wrangler\'s count)', r.bundle.upload_gzip_kib, 400, ' KiB');
-  return { out, f1p50, f1p99, f0cpu, f1cpu };
+  // Where a budget cannot be met by any code on this runtime, the same run shows it: the
+  // floor of the work itself, done by plain JS in the same Worker.
+  const floors = [
+    ['list at 500 / list at 5 (p50), when plain JS reads the 500 rows', ratio(r.rows_js_500.p50_ms, r.list_5.p50_ms), '×'],
+    ['proxy: CPU over plain JS doing its I/O (one query, one message, one forwarded call)',
+      Math.round((r.proxy.workerd_cpu_ms - (r.f1q.workerd_cpu_ms + r.forward_js.workerd_cpu_ms - f0cpu)) * 1000) / 1000, ' ms'],
+    ['proxy: added p50 / F1 p50, when plain JS forwards the call (no key lookup)', ratio(r.forward_js.p50_ms - r.proxy_direct.p50_ms, f1p50), '×'],
+  ];
+  return { out, floors, f1p50, f1p99, f0cpu, f1cpu };
 }
 
 export function render(r, { at, duration, connections }) {
-  const { out, f1p50, f1p99, f0cpu, f1cpu } = budgets(r);
+  const { out, floors, f1p50, f1p99, f0cpu, f1cpu } = budgets(r);
   const rows = Object.values(r).filter((x) => x && x.p50_ms !== undefined);
   const lines = [
     `# byok-vault benchmark, ${at.toISOString()}`,
@@ -70,6 +83,12 @@ export function render(r, { at, duration, connections }) {
     '| budget | measured | limit | |',
     '|---|---|---|---|',
     ...out.map((b) => `| ${b.what} | ${b.value}${b.unit} | ${b.limit}${b.unit} | ${b.ok ? 'met' : '**missed**'} |`),
+    '',
+    'The floors of the missed ones, measured in the same run:',
+    '',
+    '| floor | measured |',
+    '|---|---|',
+    ...floors.map(([what, value, unit]) => `| ${what} | ${value}${unit} |`),
     '',
   ];
   const errors = rows.filter((x) => x.errors > 0).map((x) => x.name);

@@ -2,8 +2,10 @@
 // wrapper that counts, for each request, the calls the Worker makes into the D1 binding.
 // Each `first`/`all`/`run`/`raw` of a statement, each `batch` and each `exec` is one round
 // trip to the database; the count and the time spent waiting on them come back in the
-// answer's `x-bench-d1-round-trips` and `x-bench-d1-ms` headers. Nothing here is deployed:
-// `wrangler dev` runs it only from bench/bench.mjs (and the round-trip test). It also
+// answer's `x-bench-d1-round-trips` and `x-bench-d1-ms` headers. Nothing here is deployed,
+// and nothing may be: its /__bench routes answer stored rows (ciphertext included) and
+// forward a request anywhere. wrangler.toml's `main` is the Worker's own shim; `wrangler
+// dev` runs this file only from bench/bench.mjs (and the round-trip test). It also
 // answers, as floors in plain JS: GET /__bench/rows, the same rows a listing reads;
 // /__bench/forward, one subrequest passed through; /__bench/f1q, one trivial query and one
 // audit queue message.

@@ -238,7 +238,10 @@ pub trait CredentialStore {
         -> Result<Option<Credential>, StoreError>;
     /// The user's credentials, newest first, without their model lists (`models` is
     /// `None`: a listing does not show them), with `seen` (the listing's event) put into
-    /// the audit outbox in the same transaction: a read is one round trip.
+    /// the audit outbox in the same transaction: a read is one round trip. A
+    /// [`StoreError::Corrupt`] from this or [`view`](Self::view) means the transaction ran
+    /// (the event is written) and a row could not be read; any other error, that nothing
+    /// was written.
     async fn list(
         &self,
         user: &UserId,

@@ -132,7 +132,9 @@ pub async fn drain(store: &dyn AuditStore, rounds: usize) -> Result<usize, Store
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Drained {
     pub chained: usize,
-    /// It stopped at its last round with that round full: more events may wait.
+    /// Its last round committed a full round and the bound stopped it: more events may
+    /// wait. A round that lost a race chained nothing and never sets it, so a conflict that
+    /// does not clear cannot keep asking for passes.
     pub more: bool,
 }
 
@@ -140,6 +142,8 @@ pub struct Drained {
 /// queue consumer can ask for another pass instead of leaving them to the cron.
 pub async fn drain_rounds(store: &dyn AuditStore, rounds: usize) -> Result<Drained, StoreError> {
     let mut chained = 0;
+    // Whether the last round committed a full round: only then may more wait.
+    let mut full = false;
     for _ in 0..rounds {
         let pending = store.pending(ROUND_SIZE).await?;
         if pending.is_empty() {
@@ -155,7 +159,10 @@ pub async fn drain_rounds(store: &dyn AuditStore, rounds: usize) -> Result<Drain
         let plan = plan(&pending, &heads);
         match store.commit(&plan).await {
             Ok(()) => chained += plan.rows.len(),
-            Err(StoreError::Conflict(_)) => continue,
+            Err(StoreError::Conflict(_)) => {
+                full = false;
+                continue;
+            }
             Err(e) => return Err(e),
         }
         if pending.len() < ROUND_SIZE as usize {
@@ -164,10 +171,11 @@ pub async fn drain_rounds(store: &dyn AuditStore, rounds: usize) -> Result<Drain
                 more: false,
             });
         }
+        full = true;
     }
     Ok(Drained {
         chained,
-        more: rounds > 0,
+        more: full,
     })
 }
 

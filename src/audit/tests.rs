@@ -319,6 +319,24 @@ mod consumers {
     }
 
     #[test]
+    fn a_conflict_that_does_not_clear_asks_for_no_further_pass() {
+        use crate::audit::{link, nudge_body, ChainHead, CONSUMER_ROUNDS, ROUND_SIZE};
+        let store = MemoryAudit::default();
+        let events: Vec<AuditEvent> = (1..=(CONSUMER_ROUNDS * ROUND_SIZE as usize) as u64 + 1)
+            .map(|n| event(n, Action::CredentialImported))
+            .collect();
+        block_on(store.enqueue(&events)).unwrap();
+        // A chained row the user's head does not know of: every round's seq 1 collides.
+        store.rows.borrow_mut().push(link(
+            &ChainHead::genesis(),
+            event(9_999, Action::CredentialViewed),
+        ));
+        let out = block_on(consume(&store, &[Value::String(nudge_body("x"))], &|_| {}));
+        assert!(!out.more_waiting, "nothing was chained: no new nudge");
+        assert_eq!(store.rows.borrow().len(), 1);
+    }
+
+    #[test]
     fn a_failing_store_retries_the_messages_it_could_not_take() {
         let store = MemoryAudit::default();
         store.down.set(true);

@@ -395,7 +395,10 @@ impl CredentialStore for D1Store<'_> {
     ) -> Result<Option<Credential>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM credentials WHERE user_id = ?1 AND id = ?2");
         let args = [text(user.as_str()), text(id.as_str())];
-        let body = serde_json::to_string(seen).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Before the batch nothing is written: a failure here is no Corrupt (see the port).
+        let unwritten = |e: StoreError| StoreError::Unavailable(e.to_string());
+        let body =
+            serde_json::to_string(seen).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let held = "EXISTS (SELECT 1 FROM credentials WHERE user_id = ?5 AND id = ?6)";
         // One transaction: the row, and the event that says whether it was there (with
         // its provider read from the row).
@@ -415,7 +418,8 @@ impl CredentialStore for D1Store<'_> {
                         num(super::runtime::now_ms()),
                     ],
                 )?,
-                outbox_insert(self.db, missing, &format!("NOT {held}"), args.to_vec())?,
+                outbox_insert(self.db, missing, &format!("NOT {held}"), args.to_vec())
+                    .map_err(unwritten)?,
             ])
             .await?;
         let rows = rows_of(&results, 0)?.read(Row::read)?;
@@ -444,7 +448,9 @@ impl CredentialStore for D1Store<'_> {
             .db
             .batch(vec![
                 self.db.prepare(&sql, &args)?,
-                outbox_insert(self.db, seen, "", Vec::new())?,
+                // Before the batch nothing is written: a failure here is no Corrupt.
+                outbox_insert(self.db, seen, "", Vec::new())
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?,
             ])
             .await?;
         let rows = rows_of(&results, 0)?.read(Row::read)?;

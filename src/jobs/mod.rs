@@ -37,7 +37,7 @@ impl Job {
     /// members are its fields, members it does not know are ignored. Read by hand: serde's
     /// internally tagged enums buffer every member first, with a deserialiser of their own
     /// in the wasm (several KB) for this one type. Shapes the vault never writes (an
-    /// integer `kind`, an array, a repeated member) are no job.
+    /// integer `kind`, an array) are no job; a repeated member counts with its last value.
     pub fn from_json(value: &Value) -> Option<Job> {
         let text = |name: &str| value.get(name)?.as_str().map(str::to_owned);
         match value.get("kind")?.as_str()? {

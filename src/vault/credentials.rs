@@ -190,8 +190,8 @@ impl Vault<'_> {
             id: seen.id.clone(),
             ..missing
         };
-        let found = self.store.view(caller.user, &id, &seen, &missing).await?;
-        facts.committed = Some(seen.id);
+        let found = self.store.view(caller.user, &id, &seen, &missing).await;
+        let found = committed_read(found, facts, seen.id)?;
         let credential = found.ok_or_else(ApiError::not_found)?;
         facts.provider = Some(credential.provider);
         Ok(credential)
@@ -207,9 +207,8 @@ impl Vault<'_> {
     ) -> Result<Vec<Credential>, ApiError> {
         facts.provider = provider.or(facts.provider);
         let seen = self.new_event(caller, facts);
-        let rows = self.store.list(caller.user, provider, &seen).await?;
-        facts.committed = Some(seen.id);
-        Ok(rows)
+        let rows = self.store.list(caller.user, provider, &seen).await;
+        committed_read(rows, facts, seen.id)
     }
 
     /// Adds a key: checked live with its provider before anything is stored, sealed for its
@@ -503,5 +502,51 @@ impl Vault<'_> {
         facts.provider = Some(provider);
         facts.committed = Some(event.id);
         Ok(())
+    }
+}
+
+/// A read that writes its own event (list, view): the event is written whenever the read's
+/// transaction ran, which a row that could not be read (`Corrupt`) does not undo, so the
+/// router must not record a second one.
+fn committed_read<T>(
+    read: Result<T, StoreError>,
+    facts: &mut Facts,
+    event_id: String,
+) -> Result<T, ApiError> {
+    match read {
+        Ok(v) => {
+            facts.committed = Some(event_id);
+            Ok(v)
+        }
+        Err(e @ StoreError::Corrupt(_)) => {
+            facts.committed = Some(event_id);
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod committed_read_tests {
+    use super::*;
+
+    #[test]
+    fn a_read_whose_transaction_ran_keeps_its_event_even_when_a_row_is_unreadable() {
+        let mut facts = Facts::new(Action::CredentialViewed);
+        let corrupt: Result<(), _> = Err(StoreError::Corrupt("credential c_1: provider".into()));
+        assert!(committed_read(corrupt, &mut facts, "ev_1".into()).is_err());
+        assert_eq!(facts.committed.as_deref(), Some("ev_1"), "no second event");
+
+        let mut facts = Facts::new(Action::CredentialViewed);
+        let down: Result<(), _> = Err(StoreError::Unavailable("D1 down".into()));
+        assert!(committed_read(down, &mut facts, "ev_2".into()).is_err());
+        assert_eq!(
+            facts.committed, None,
+            "nothing was written: the router records it"
+        );
+
+        let mut facts = Facts::new(Action::CredentialViewed);
+        assert!(committed_read(Ok(()), &mut facts, "ev_3".into()).is_ok());
+        assert_eq!(facts.committed.as_deref(), Some("ev_3"));
     }
 }

@@ -162,39 +162,35 @@ const userEntries = (user, n, providers = ['openai']) => Array.from({ length: n 
   user_id: user, provider: providers[i % providers.length], api_key: randomKey('valid'), label: `bench ${i}`,
 }));
 
-/** Waits until the audit consumer has chained everything sent so far: a sentinel event
- * sent now is chained (one consumer at a time, in order). Returns when it was. */
-async function drained(vault, resolveToken, timeoutMs = 180_000) {
+/** Resolves for the sentinel user and waits until that use's event is chained; returns
+ * when the answer came and when the chained row was seen (ms since the epoch). */
+async function sentinel(vault, resolveToken, timeoutMs = 180_000) {
   const sent = await vault.request('POST', '/v1/resolve', {
     token: resolveToken, body: { user_id: 'u_sentinel', capability: 'llm' },
   });
   if (sent.status !== 200) throw new Error(`sentinel resolve answered ${sent.status}`);
+  const answered = Date.now();
   const id = sent.headers.get('x-request-id');
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const r = await vault.request('GET', '/v1/audit?limit=1', { user: 'u_sentinel' });
-    if (r.json?.events?.[0]?.request_id === id) return Date.now();
-    await sleep(50);
+  while (Date.now() - answered < timeoutMs) {
+    const r = await vault.request('GET', '/v1/audit?limit=5', { user: 'u_sentinel' });
+    if (r.json?.events?.some((e) => e.request_id === id)) return { answered, chained: Date.now() };
+    await sleep(20);
   }
-  throw new Error('the audit queue did not drain');
+  throw new Error('a sentinel event was not chained in time: the audit queue did not drain');
+}
+
+/** Waits until the audit consumer has chained everything sent so far: a sentinel event
+ * sent now is chained (one consumer at a time, in order). Returns when it was. */
+async function drained(vault, resolveToken) {
+  return (await sentinel(vault, resolveToken)).chained;
 }
 
 /** Lag from a resolve's answer to its event's chained row, sampled while wrk runs. */
 async function lagSamples(vault, resolveToken, until) {
   const lags = [];
   while (Date.now() < until) {
-    const sent = await vault.request('POST', '/v1/resolve', {
-      token: resolveToken, body: { user_id: 'u_sentinel', capability: 'llm' },
-    });
-    const answered = Date.now();
-    const id = sent.headers.get('x-request-id');
-    for (;;) {
-      const r = await vault.request('GET', '/v1/audit?limit=5', { user: 'u_sentinel' });
-      if (r.json?.events?.some((e) => e.request_id === id)) break;
-      if (Date.now() - answered > 120_000) throw new Error('a sampled event was not chained in 2 minutes');
-      await sleep(20);
-    }
-    lags.push(Date.now() - answered);
+    const { answered, chained } = await sentinel(vault, resolveToken, 120_000);
+    lags.push(chained - answered);
     await sleep(200);
   }
   return lags;

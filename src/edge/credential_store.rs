@@ -249,6 +249,30 @@ fn holds_sql(user: usize, list: usize) -> String {
 }
 
 impl D1Store<'_> {
+    /// The statement that puts `event` about credential `id` into the outbox with its
+    /// provider read from the row, written only if the user holds that row (a view, a
+    /// delete: the event names what it found, never another user's credential).
+    fn event_of_row(
+        &self,
+        user: &UserId,
+        id: &CredentialId,
+        event: &AuditEvent,
+    ) -> Result<D1PreparedStatement, StoreError> {
+        let body = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.db.prepare(
+            "INSERT INTO audit_outbox (id, user_id, event, created_at) \
+             SELECT ?3, ?1, json_set(?4, '$.provider', provider), ?5 \
+             FROM credentials WHERE user_id = ?1 AND id = ?2",
+            &[
+                text(user.as_str()),
+                text(id.as_str()),
+                text(&event.id),
+                text(&body),
+                num(super::runtime::now_ms()),
+            ],
+        )
+    }
+
     /// The statements of a conditional write: the event into the outbox if the row is
     /// still at `c.version`, then `UPDATE … SET <columns>, version = version + 1` under the
     /// same condition, then the row's version as it stands afterwards.
@@ -397,27 +421,13 @@ impl CredentialStore for D1Store<'_> {
         let args = [text(user.as_str()), text(id.as_str())];
         // Before the batch nothing is written: a failure here is no Corrupt (see the port).
         let unwritten = |e: StoreError| StoreError::Unavailable(e.to_string());
-        let body =
-            serde_json::to_string(seen).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let held = "EXISTS (SELECT 1 FROM credentials WHERE user_id = ?5 AND id = ?6)";
-        // One transaction: the row, and the event that says whether it was there (with
-        // its provider read from the row).
+        // One transaction: the row, and the event that says whether it was there.
         let results = self
             .db
             .batch(vec![
                 self.db.prepare(&sql, &args)?,
-                self.db.prepare(
-                    "INSERT INTO audit_outbox (id, user_id, event, created_at) \
-                     SELECT ?3, ?1, json_set(?4, '$.provider', provider), ?5 \
-                     FROM credentials WHERE user_id = ?1 AND id = ?2",
-                    &[
-                        args[0].clone(),
-                        args[1].clone(),
-                        text(&seen.id),
-                        text(&body),
-                        num(super::runtime::now_ms()),
-                    ],
-                )?,
+                self.event_of_row(user, id, seen).map_err(unwritten)?,
                 outbox_insert(self.db, missing, &format!("NOT {held}"), args.to_vec())
                     .map_err(unwritten)?,
             ])
@@ -570,24 +580,11 @@ impl CredentialStore for D1Store<'_> {
         event: &AuditEvent,
     ) -> Result<Option<ProviderId>, StoreError> {
         let args = [text(user.as_str()), text(id.as_str())];
-        let body = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        // One transaction: the event (its provider read from the row), the preferences that
-        // pointed at the row, and the row itself.
+        // One transaction: the event, the preferences that pointed at the row, and the row.
         let results = self
             .db
             .batch(vec![
-                self.db.prepare(
-                    "INSERT INTO audit_outbox (id, user_id, event, created_at) \
-                     SELECT ?3, ?1, json_set(?4, '$.provider', provider), ?5 \
-                     FROM credentials WHERE user_id = ?1 AND id = ?2",
-                    &[
-                        args[0].clone(),
-                        args[1].clone(),
-                        text(&event.id),
-                        text(&body),
-                        num(super::runtime::now_ms()),
-                    ],
-                )?,
+                self.event_of_row(user, id, event)?,
                 self.db.prepare(
                     "DELETE FROM preferences WHERE user_id = ?1 AND credential_id = ?2",
                     &args,

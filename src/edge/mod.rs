@@ -260,16 +260,14 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
         }
     }
     if more_waiting {
-        // A backlog larger than one invocation's rounds: another pass, now, not at the cron.
-        let sent = match env.queue("AUDIT_QUEUE") {
-            Ok(q) => queue_send::send(&q, crate::audit::nudge_body("backlog"))
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        // A backlog larger than one invocation's rounds: another pass, now, not at the cron
+        // (the sink chains a round at once if the queue cannot take the nudge).
+        let sink = audit_queue::OutboxAuditSink {
+            queue: env.queue("AUDIT_QUEUE").ok(),
+            db: &db,
+            store: &store,
         };
-        if let Err(e) = sent {
-            worker::console_warn!("audit: a backlog waits for the cron (no new nudge: {e})");
-        }
+        crate::ports::AuditSink::nudge(&sink, "backlog").await;
     }
     wake_deliverer(&jobs, &store).await;
     // Returning an error would redeliver the whole batch: every message is settled above.

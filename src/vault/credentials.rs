@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::keys::{status_of, AcceptedKey, Candidate, Purpose, SealedKey};
 use super::{Caller, CredentialPatch, NewCredential, Vault};
-use crate::audit::{Action, AuditEvent, Facts};
+use crate::audit::{Action, AuditEvent, Facts, Outcome};
 use crate::crypto::random_bytes;
 use crate::domain::UserId;
 use crate::domain::{Credential, CredentialId, CredentialStatus, Model, ProviderId, Timestamp};
@@ -180,16 +180,10 @@ impl Vault<'_> {
         let id = CredentialId::parse(raw_id).ok_or_else(ApiError::not_found)?;
         facts.about(&id, None);
         let seen = self.new_event(caller, facts);
-        let missing = facts.event(
-            caller.origin,
-            caller.user,
-            Timestamp::from_millis(seen.at),
-            Some(ApiError::not_found().code),
-        );
-        let missing = AuditEvent {
-            id: seen.id.clone(),
-            ..missing
-        };
+        // The same event (one id: only one of the two is written), as the miss it may be.
+        let mut missing = seen.clone();
+        missing.outcome = Outcome::Failure;
+        missing.reason = Some(ApiError::not_found().code.to_owned());
         let found = self.store.view(caller.user, &id, &seen, &missing).await;
         let found = committed_read(found, facts, seen.id)?;
         let credential = found.ok_or_else(ApiError::not_found)?;

@@ -143,11 +143,19 @@ impl ApiError {
 
     /// The vault's own limit on live provider checks (not the provider's).
     pub fn rate_limited(scope: crate::ports::LimitScope, retry_after_seconds: u64) -> Self {
-        let mut e = Self::new(429, "rate_limited", "Too many live checks")
-            .detail(format!(
+        let mut e = if scope.is_system_key_use() {
+            Self::new(429, "rate_limited", "Too many calls on the service's own keys").detail(
+                format!(
+                    "Without a key of your own, calls use the service's keys at a limited rate per {}; try again in {retry_after_seconds} s, or add your own key.",
+                    scope.as_str()
+                ),
+            )
+        } else {
+            Self::new(429, "rate_limited", "Too many live checks").detail(format!(
                 "Keys are checked with their provider at a limited rate per {}; try again in {retry_after_seconds} s.",
                 scope.as_str()
-            ));
+            ))
+        };
         e.retry_after_seconds = Some(retry_after_seconds);
         e
     }

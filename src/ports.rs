@@ -89,6 +89,9 @@ pub enum HttpError {
     Network(String),
     #[error("the answer is larger than {0} bytes")]
     TooLarge(usize),
+    /// A forwarded request body passed its limit (the call was cut off).
+    #[error("the request body is larger than {0} bytes")]
+    RequestTooLarge(usize),
 }
 
 #[async_trait(?Send)]
@@ -123,11 +126,24 @@ pub struct Streamed {
 #[async_trait(?Send)]
 pub trait Upstream {
     /// Sends `request` and waits at most `timeout_ms` for the answer's head; never follows
-    /// a redirect; leaves the body unread.
-    async fn open(&self, request: HttpRequest, timeout_ms: u64) -> Result<Streamed, HttpError>;
+    /// a redirect; leaves the body unread. `body`, the caller's own (from
+    /// [`Request::forward_body`](crate::api::Request)), flows into the call as it arrives
+    /// and replaces `request.body`.
+    async fn open(
+        &self,
+        request: HttpRequest,
+        body: Option<BodyStream>,
+        timeout_ms: u64,
+    ) -> Result<Streamed, HttpError>;
     /// Reads at most `limit` bytes of a body that is not passed on as it is (an error the
-    /// vault must judge); more is [`HttpError::TooLarge`].
-    async fn read(&self, body: BodyStream, limit: usize) -> Result<Vec<u8>, HttpError>;
+    /// vault must judge), within `timeout_ms`; more is [`HttpError::TooLarge`], later
+    /// [`HttpError::Timeout`].
+    async fn read(
+        &self,
+        body: BodyStream,
+        limit: usize,
+        timeout_ms: u64,
+    ) -> Result<Vec<u8>, HttpError>;
 }
 
 /// The static files deployed beside the Worker (Workers static assets).
@@ -137,19 +153,34 @@ pub trait Assets {
     async fn read(&self, path: &str) -> Option<Vec<u8>>;
 }
 
-/// What a live check with a provider is counted against.
+/// What the vault's own rate limits count, and against whom.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LimitScope {
+    /// Live checks of keys with their provider, per user.
     User,
+    /// Live checks, per client address.
     ClientAddress,
+    /// Uses of the operator's system keys (proxy, resolve), per user.
+    SystemKeyUser,
+    /// Uses of the operator's system keys, per client address.
+    SystemKeyAddress,
 }
 
 impl LimitScope {
+    /// Whom the limit counts, for a message.
     pub fn as_str(self) -> &'static str {
         match self {
-            LimitScope::User => "user",
-            LimitScope::ClientAddress => "client address",
+            LimitScope::User | LimitScope::SystemKeyUser => "user",
+            LimitScope::ClientAddress | LimitScope::SystemKeyAddress => "client address",
         }
+    }
+
+    /// Whether the limit is on system-key use (not on live checks).
+    pub fn is_system_key_use(self) -> bool {
+        matches!(
+            self,
+            LimitScope::SystemKeyUser | LimitScope::SystemKeyAddress
+        )
     }
 }
 
@@ -157,10 +188,11 @@ impl LimitScope {
 #[error("the rate limiter is unavailable: {0}")]
 pub struct LimiterError(pub String);
 
-/// Counts live provider checks (the Workers Rate Limiting binding in the Worker).
+/// Counts live provider checks and system-key uses (the Workers Rate Limiting bindings in
+/// the Worker).
 #[async_trait(?Send)]
 pub trait RateLimiter {
-    /// Counts one check for `key` in `scope`; `false` when that is over the limit.
+    /// Counts one for `key` in `scope`; `false` when that is over the limit.
     async fn allow(&self, scope: LimitScope, key: &str) -> Result<bool, LimiterError>;
 }
 

@@ -145,14 +145,85 @@ impl HttpClient for FakeHttp<'_> {
     }
 }
 
+/// A request body in host tests: bytes, read or forwarded within the limit asked for.
+pub(crate) struct Bytes(pub Vec<u8>);
+
+/// A body [`Bytes`] forwarded: the bytes and the limit the forwarding stream would hold
+/// them to.
+pub(crate) struct Forwarded {
+    pub bytes: Vec<u8>,
+    pub limit: usize,
+}
+
+#[async_trait(?Send)]
+impl crate::api::IncomingBody for Bytes {
+    async fn read(self: Box<Self>, limit: usize) -> Result<Vec<u8>, crate::api::BodyError> {
+        if self.0.len() > limit {
+            return Err(crate::api::BodyError::TooLarge(limit));
+        }
+        Ok(self.0)
+    }
+
+    fn forward(self: Box<Self>, limit: usize) -> crate::ports::BodyStream {
+        crate::ports::BodyStream(Box::new(Forwarded {
+            bytes: self.0,
+            limit,
+        }))
+    }
+}
+
+/// A body that says whether anything read or forwarded it; otherwise [`Bytes`].
+pub(crate) struct Watched {
+    bytes: Vec<u8>,
+    touched: Rc<Cell<bool>>,
+}
+
+impl Watched {
+    /// The body, and the flag that turns true when it is touched.
+    pub(crate) fn new(bytes: Vec<u8>) -> (Self, Rc<Cell<bool>>) {
+        let touched = Rc::new(Cell::new(false));
+        (
+            Self {
+                bytes,
+                touched: touched.clone(),
+            },
+            touched,
+        )
+    }
+}
+
+#[async_trait(?Send)]
+impl crate::api::IncomingBody for Watched {
+    async fn read(self: Box<Self>, limit: usize) -> Result<Vec<u8>, crate::api::BodyError> {
+        self.touched.set(true);
+        Box::new(Bytes(self.bytes)).read(limit).await
+    }
+
+    fn forward(self: Box<Self>, limit: usize) -> crate::ports::BodyStream {
+        self.touched.set(true);
+        Box::new(Bytes(self.bytes)).forward(limit)
+    }
+}
+
 /// The proxy's path over the same script: the body comes back whole, as the "stream".
 #[async_trait(?Send)]
 impl crate::ports::Upstream for FakeHttp<'_> {
     async fn open(
         &self,
         mut req: HttpRequest,
+        body: Option<crate::ports::BodyStream>,
         timeout_ms: u64,
     ) -> Result<crate::ports::Streamed, HttpError> {
+        if let Some(body) = body {
+            let forwarded = *body
+                .0
+                .downcast::<Forwarded>()
+                .expect("a forwarded test body");
+            if forwarded.bytes.len() > forwarded.limit {
+                return Err(HttpError::RequestTooLarge(forwarded.limit));
+            }
+            req.body = Some(forwarded.bytes);
+        }
         if let Some(body) = &req.body {
             self.bodies.borrow_mut().push(body.clone());
         }
@@ -169,6 +240,7 @@ impl crate::ports::Upstream for FakeHttp<'_> {
         &self,
         body: crate::ports::BodyStream,
         limit: usize,
+        _timeout_ms: u64,
     ) -> Result<Vec<u8>, HttpError> {
         let bytes = *body.0.downcast::<Vec<u8>>().expect("a fake body");
         if bytes.len() > limit {
@@ -1004,7 +1076,7 @@ impl RateLimiter for CountingLimiter {
         }
         let mut seen = self.seen.borrow_mut();
         let n = seen
-            .entry((scope.as_str().to_owned(), key.to_owned()))
+            .entry((format!("{scope:?}"), key.to_owned()))
             .or_default();
         *n += 1;
         Ok(*n <= self.limit)

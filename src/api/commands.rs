@@ -26,7 +26,7 @@ pub(super) fn json_body(request: &Request) -> Result<JsonObject, ApiError> {
     if !is_json(request.header("content-type")) {
         return Err(ApiError::unsupported_media_type());
     }
-    JsonObject::parse(&request.body)
+    JsonObject::parse(request.body())
 }
 
 /// A key's text: no whitespace inside (the JSON reader already refused hidden characters

@@ -16,6 +16,9 @@ mod resolve;
 mod router;
 mod views;
 
+use std::cell::{OnceCell, RefCell};
+
+use async_trait::async_trait;
 use serde_json::{json, Value};
 use url::Url;
 
@@ -29,18 +32,36 @@ use crate::ports::{
     SignatureVerifier,
 };
 
-/// An incoming request, already read whole.
+/// An incoming request. Its body is not read until the route and the caller are known
+/// (the router reads a JSON route's body after authentication; the proxy forwards its
+/// body unread), so an anonymous caller never makes the Worker hold a byte of it.
 pub struct Request {
     pub method: String,
     pub url: Url,
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    /// The body was declared larger than its route takes ([`body_limit`]) and not read.
-    pub oversized: bool,
+    /// The body as it arrives, until the router reads it or the proxy forwards it.
+    incoming: RefCell<Option<Box<dyn IncomingBody>>>,
+    /// The body the router read (a JSON route's, within its limit).
+    body: OnceCell<Vec<u8>>,
 }
 
 impl Request {
+    pub fn new(
+        method: impl Into<String>,
+        url: Url,
+        headers: Vec<(String, String)>,
+        body: Box<dyn IncomingBody>,
+    ) -> Self {
+        Self {
+            method: method.into(),
+            url,
+            headers,
+            incoming: RefCell::new(Some(body)),
+            body: OnceCell::new(),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -54,6 +75,76 @@ impl Request {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
     }
+
+    /// The body the router read; empty for a route that takes none.
+    pub fn body(&self) -> &[u8] {
+        self.body.get().map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The length the caller declared (`Content-Length`), if any.
+    fn declared_length(&self) -> Option<u64> {
+        self.header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    }
+
+    /// Whether the caller declared a body longer than `limit`: refused before a byte of
+    /// it is read.
+    fn declared_over(&self, limit: usize) -> bool {
+        self.declared_length()
+            .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+    }
+
+    /// Reads the body, at most `limit` bytes: 413 as soon as more arrives, without
+    /// waiting for the rest.
+    async fn read_body(&self, limit: usize) -> Result<(), ApiError> {
+        if self.declared_over(limit) {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        let incoming = self.incoming.borrow_mut().take();
+        let bytes = match incoming {
+            Some(body) => body.read(limit).await.map_err(|e| match e {
+                BodyError::TooLarge(n) => ApiError::payload_too_large(n),
+                BodyError::Broken(why) => {
+                    ApiError::invalid_request(vec![crate::error::FieldError::new(
+                        "body",
+                        "could not be read",
+                    )])
+                    .caused_by(format!("request body: {why}"))
+                }
+            })?,
+            None => Vec::new(),
+        };
+        let _ = self.body.set(bytes);
+        Ok(())
+    }
+
+    /// The body, unread, to send on upstream (once): a call whose body passes `limit`
+    /// bytes fails with [`HttpError::RequestTooLarge`](crate::ports::HttpError).
+    pub(crate) fn forward_body(&self, limit: usize) -> Option<crate::ports::BodyStream> {
+        let incoming = self.incoming.borrow_mut().take()?;
+        Some(incoming.forward(limit))
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is longer than {0} bytes")]
+    TooLarge(usize),
+    #[error("the body could not be read: {0}")]
+    Broken(String),
+}
+
+/// A request's body as it arrives: the Worker's stream, or bytes in host tests.
+#[async_trait(?Send)]
+pub trait IncomingBody {
+    /// The whole body; [`BodyError::TooLarge`] as soon as more than `limit` bytes have
+    /// arrived, without waiting for the rest (which is never read).
+    async fn read(self: Box<Self>, limit: usize) -> Result<Vec<u8>, BodyError>;
+    /// The body for an upstream call, left unread: it flows into the call as it arrives,
+    /// and a call whose body passes `limit` bytes fails with
+    /// [`HttpError::RequestTooLarge`](crate::ports::HttpError).
+    fn forward(self: Box<Self>, limit: usize) -> crate::ports::BodyStream;
 }
 
 #[derive(Debug)]
@@ -150,10 +241,30 @@ pub struct App<'a> {
     pub infisical: Option<&'a crate::system_keys::InfisicalCache>,
 }
 
+/// An answer, and the audit I/O its request left for after it.
+pub struct Handled {
+    pub response: Response,
+    pub after: Vec<After>,
+}
+
+/// Audit I/O a request leaves for after its answer: the Worker runs it under `waitUntil`,
+/// so it neither delays the answer (a use's event is no longer sent before the first byte)
+/// nor is lost when the caller hangs up.
+#[derive(Debug)]
+pub enum After {
+    /// An event of an operation that wrote nothing else (a refusal): into the outbox.
+    Record(crate::audit::AuditEvent),
+    /// A key's use: whole onto the audit queue.
+    Send(crate::audit::AuditEvent),
+    /// An event written with its change waits in the outbox: tell the chainer.
+    Nudge(String),
+}
+
 /// Answers one request. Never panics on input; every error becomes problem+json. Writes
 /// one structured log line for the request (route, status, duration, request id, error
-/// code and its cause; never a secret).
-pub async fn handle(app: &App<'_>, request: &Request) -> Response {
+/// code and its cause; never a secret). What is left for after the answer comes with it:
+/// [`finish`] carries it out.
+pub async fn handle(app: &App<'_>, request: &Request) -> Handled {
     let started = app.clock.now();
     let request_id = RequestId::from_random(random_bytes().unwrap_or_default());
     let dispatched = router::dispatch(app, request, &request_id).await;
@@ -175,23 +286,22 @@ pub async fn handle(app: &App<'_>, request: &Request) -> Response {
         "failure": dispatched.failure,
     });
     (app.log)(&line.to_string());
-    response
-        .with_header("cache-control", "no-store")
-        .with_header("x-request-id", request_id.as_str())
+    Handled {
+        response: response
+            .with_header("cache-control", "no-store")
+            .with_header("x-request-id", request_id.as_str()),
+        after: dispatched.after,
+    }
 }
 
-/// How many bytes of body a request may carry, decided from its head before the body is
-/// read: `PROXY_MAX_BODY_BYTES` through the proxy for a caller presenting a token shaped
-/// like a JWT (checked properly once the body is in), 64 KiB anywhere else (and without a
-/// usable configuration): an anonymous caller never makes the Worker hold more.
-pub fn body_limit(config: Option<&Config>, path: &str, authorization: Option<&str>) -> usize {
-    let jwt_shaped = crate::auth::bearer_token(authorization).is_some_and(|t| {
-        let parts: Vec<&str> = t.split('.').collect();
-        parts.len() == 3 && parts.iter().all(|p| !p.is_empty())
-    });
-    match config {
-        Some(c) if path.starts_with("/v1/proxy/") && jwt_shaped => c.proxy_max_body_bytes,
-        _ => input::MAX_BODY_BYTES,
+/// Carries out what a request left for after its answer, in order.
+pub async fn finish(app: &App<'_>, after: Vec<After>) {
+    for work in after {
+        match work {
+            After::Record(event) => app.audit.record(&event).await,
+            After::Send(event) => app.audit.send(&event).await,
+            After::Nudge(id) => app.audit.nudge(&id).await,
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 use serde_json::json;
 
 use super::router::{Ctx, Outcome};
-use super::Response;
+use super::{After, Response};
 use crate::audit::{Action, Facts, Source};
 use crate::domain::CredentialId;
 use crate::endpoint_guard::check_base_url;
@@ -26,6 +26,9 @@ use crate::vault::{KeyInUse, Verdict};
 const HEAD_TIMEOUT_MS: u64 = 120_000;
 /// The most of an error answer that is read (to judge the key by it and pass it on).
 const ERROR_BODY_BYTES: usize = 64 * 1024;
+/// How long an error answer's body has to arrive once its head is in: a provider that
+/// sends a head and then trickles (or stalls) cannot hold the request open.
+const ERROR_BODY_TIMEOUT_MS: u64 = 10_000;
 
 /// The caller's request headers that reach the provider (all others, the caller's
 /// credentials and cookies, any key header, billing selectors such as
@@ -140,7 +143,9 @@ async fn forward(
     facts: &mut Facts,
 ) -> Result<Response, ApiError> {
     let vault = ctx.vault();
-    let key = vault.key_for(&ctx.user, ask, facts).await?;
+    let key = vault
+        .key_for(&ctx.user, ctx.caller().network, ask, facts)
+        .await?;
     let receipts = receipts(&key);
     let with_receipts = |mut e: ApiError| {
         e.headers.extend(receipts.iter().cloned());
@@ -164,12 +169,18 @@ async fn forward(
         method: operation.method,
         url,
         headers,
-        body: (operation.method == Method::Post).then(|| ctx.request.body.clone()),
+        body: None,
         max_response_bytes: ERROR_BODY_BYTES,
+    };
+    // The caller's body flows into the call as it arrives, never held here.
+    let body = if operation.method == Method::Post {
+        ctx.request.forward_body(ctx.config.proxy_max_body_bytes)
+    } else {
+        None
     };
     let upstream = ctx.app.upstream;
     let answer = upstream
-        .open(request, HEAD_TIMEOUT_MS)
+        .open(request, body, HEAD_TIMEOUT_MS)
         .await
         .map_err(|e| with_receipts(unreachable(info, &e)))?;
     facts.detail = Some(json!({
@@ -219,7 +230,7 @@ async fn forward(
     // An error: read it (bounded) and judge the key by it.
     let status = answer.status;
     let body = upstream
-        .read(answer.body, ERROR_BODY_BYTES)
+        .read(answer.body, ERROR_BODY_BYTES, ERROR_BODY_TIMEOUT_MS)
         .await
         .map_err(|e| with_receipts(unreachable(info, &e)))?;
     let judged = HttpResponse {
@@ -293,7 +304,7 @@ async fn judge(
         .mark_in_use(credential, verdict, message, ctx.origin())
         .await
     {
-        Ok(Some(event)) => ctx.app.audit.nudge(&event).await,
+        Ok(Some(event)) => ctx.later(After::Nudge(event)),
         Ok(None) => {}
         Err(e) => (ctx.app.log)(&format!(
             "proxy: credential {} could not be marked: {}",
@@ -417,8 +428,11 @@ fn receipts(key: &KeyInUse) -> Vec<(&'static str, String)> {
     out
 }
 
+/// What a failed upstream call answers: the provider's fault, or the caller's body.
 fn unreachable(info: &ProviderInfo, e: &HttpError) -> ApiError {
     match e {
+        // The caller's own body passed the limit while it was being forwarded.
+        HttpError::RequestTooLarge(n) => ApiError::payload_too_large(*n),
         HttpError::TooLarge(n) => ApiError::provider_error(
             info.id,
             format!("{}'s error answer is larger than {n} bytes.", info.name),

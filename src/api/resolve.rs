@@ -75,7 +75,11 @@ pub(super) async fn resolve(ctx: &ServiceCtx<'_>) -> Outcome {
         allow_fallback,
     };
     let result = async {
-        let key = ctx.vault().key_for(&user, &ask, &mut facts).await?;
+        // The service's own address is what the per-address limit on system keys counts.
+        let key = ctx
+            .vault()
+            .key_for(&user, &ctx.network, &ask, &mut facts)
+            .await?;
         Ok(Response::json(
             200,
             &json!({

@@ -3,8 +3,10 @@
 
 use futures::future::LocalBoxFuture;
 
+use std::cell::RefCell;
+
 use super::{
-    admin, audit, credentials, description, health, input, preferences, proxy, resolve, App,
+    admin, audit, credentials, description, health, input, preferences, proxy, resolve, After, App,
     Request, Response,
 };
 use crate::audit::{Action, Actor, ActorType, Facts, Origin};
@@ -151,9 +153,16 @@ pub(crate) struct Ctx<'r> {
     origin: Origin,
     /// Notes that are not errors (a key that no longer decrypts), tagged with the request.
     note: &'r dyn Fn(&str),
+    /// Audit I/O the handler leaves for after the answer.
+    later: &'r RefCell<Vec<After>>,
 }
 
 impl<'r> Ctx<'r> {
+    /// Leaves `after` for once the answer is on its way.
+    pub(super) fn later(&self, after: After) {
+        self.later.borrow_mut().push(after);
+    }
+
     /// The path parameter at `i` (the route's pattern guarantees it is there).
     pub(super) fn param(&self, i: usize) -> &'r str {
         self.params.get(i).copied().unwrap_or_default()
@@ -242,6 +251,8 @@ pub(super) struct Dispatched {
     /// An operation that answered 200 but whose point failed (a re-check of a dead key):
     /// its code.
     pub failure: Option<&'static str>,
+    /// The audit I/O left for after the answer.
+    pub after: Vec<After>,
 }
 
 impl Dispatched {
@@ -250,13 +261,25 @@ impl Dispatched {
             route,
             result,
             failure: None,
+            after: Vec::new(),
         }
     }
 }
 
-/// Finds the request's route and runs it. Every `User` route is authenticated first; an
-/// audited operation has exactly one event whatever its outcome (written with its change,
-/// or recorded here).
+/// Who a request's caller turned out to be.
+enum Authenticated<'c> {
+    Service(&'c ServiceToken),
+    User(UserId),
+}
+
+/// Methods whose body a JSON route reads.
+fn takes_body(method: &str) -> bool {
+    matches!(method, "POST" | "PUT" | "PATCH")
+}
+
+/// Finds the request's route and runs it. Every route but the open ones authenticates its
+/// caller before a byte of the body is read; an audited operation has exactly one event
+/// whatever its outcome (written with its change, or left for after the answer).
 pub(super) async fn dispatch(
     app: &App<'_>,
     request: &Request,
@@ -283,13 +306,13 @@ pub(super) async fn dispatch(
             || (method == "HEAD" && r.method == "GET" && matches!(r.handler, Open(_)))
     }) else {
         let route = candidates.first().map(|(r, _)| r.path);
-        // Health answers its own 405; anywhere else the configuration and the body size
-        // are checked first, as for a known route.
+        // Health answers its own 405; anywhere else the configuration and the declared body
+        // size are checked first, as for a known route (no body is read for a refusal).
         if !candidates.iter().any(|(r, _)| matches!(r.handler, Open(_))) {
             if let Err(e) = configured(app) {
                 return Dispatched::answer(route, Err(e));
             }
-            if request.oversized || request.body.len() > input::MAX_BODY_BYTES {
+            if request.declared_over(input::MAX_BODY_BYTES) {
                 let e = ApiError::payload_too_large(input::MAX_BODY_BYTES);
                 return Dispatched::answer(route, Err(e));
             }
@@ -314,57 +337,74 @@ pub(super) async fn dispatch(
         };
         return Dispatched::answer(route, Err(error));
     };
-    let (body_limit, handler) = match route.handler {
-        Open(open) => return Dispatched::answer(Some(route.path), Ok(open(app).await)),
-        Proxy(_) => (None, route.handler),
-        handler => (Some(input::MAX_BODY_BYTES), handler),
-    };
+    let at = Some(route.path);
+    if let Open(open) = route.handler {
+        return Dispatched::answer(at, Ok(open(app).await));
+    }
     let config = match configured(app) {
         Ok(c) => c,
-        Err(e) => return Dispatched::answer(Some(route.path), Err(e)),
+        Err(e) => return Dispatched::answer(at, Err(e)),
     };
-    let limit = body_limit.unwrap_or(config.proxy_max_body_bytes);
-    if request.oversized || request.body.len() > limit {
-        return Dispatched::answer(Some(route.path), Err(ApiError::payload_too_large(limit)));
+    // Who is calling, before anything of the body is read.
+    let caller = match route.handler {
+        Service(scope, _) => {
+            authenticate_service(config, request, scope).map(Authenticated::Service)
+        }
+        _ => authenticate(app, config, request)
+            .await
+            .map(Authenticated::User),
+    };
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => return Dispatched::answer(at, Err(e)),
+    };
+    // The body: the proxy forwards its own unread (only its declared size is judged here);
+    // a JSON route's is read now, within 64 KiB.
+    let body = match route.handler {
+        Proxy(_) if request.declared_over(config.proxy_max_body_bytes) => {
+            Err(ApiError::payload_too_large(config.proxy_max_body_bytes))
+        }
+        Proxy(_) => Ok(()),
+        _ if takes_body(method) => request.read_body(input::MAX_BODY_BYTES).await,
+        _ if request.declared_over(input::MAX_BODY_BYTES) => {
+            Err(ApiError::payload_too_large(input::MAX_BODY_BYTES))
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = body {
+        return Dispatched::answer(at, Err(e));
     }
     let note = |line: &str| (app.log)(&format!("{} {line}", request_id.as_str()));
-    let (outcome, origin, user) = match handler {
-        Service(scope, handler) => {
-            let service = match authenticate_service(config, request, scope) {
-                Ok(s) => s,
-                Err(e) => return Dispatched::answer(Some(route.path), Err(e)),
-            };
-            let origin = Origin {
-                actor: Actor {
-                    kind: ActorType::Service,
-                    id: service.name.clone(),
-                },
-                request_id: Some(request_id.clone()),
-            };
+    let later = RefCell::new(Vec::new());
+    let network = client_network(request.header("cf-connecting-ip"));
+    let (outcome, origin, user) = match (route.handler, caller) {
+        (Service(_, handler), Authenticated::Service(service)) => {
             let ctx = ServiceCtx {
                 app,
                 config,
                 request,
                 params: params.clone(),
-                origin,
-                network: client_network(request.header("cf-connecting-ip")),
+                origin: Origin {
+                    actor: Actor {
+                        kind: ActorType::Service,
+                        id: service.name.clone(),
+                    },
+                    request_id: Some(request_id.clone()),
+                },
+                network,
                 note: &note,
             };
             let outcome = handler(&ctx).await;
             let user = outcome.user.clone();
             (outcome, ctx.origin, user)
         }
-        User(handler) | Proxy(handler) => {
-            let user = match authenticate(app, config, request).await {
-                Ok(u) => u,
-                Err(e) => return Dispatched::answer(Some(route.path), Err(e)),
-            };
+        (User(handler) | Proxy(handler), Authenticated::User(user)) => {
             let ctx = Ctx {
                 app,
                 config,
                 request,
                 params: params.clone(),
-                network: client_network(request.header("cf-connecting-ip")),
+                network,
                 origin: Origin {
                     actor: Actor {
                         kind: ActorType::User,
@@ -374,39 +414,43 @@ pub(super) async fn dispatch(
                 },
                 user,
                 note: &note,
+                later: &later,
             };
             let outcome = handler(&ctx).await;
             (outcome, ctx.origin, Some(ctx.user))
         }
-        Open(_) => unreachable_route(),
+        _ => unreachable_route(),
     };
+    let mut after = later.into_inner();
     if let (Some(facts), Some(user)) = (&outcome.audit, &user) {
-        match (&facts.committed, &outcome.result) {
+        after.push(match (&facts.committed, &outcome.result) {
             // Written with the change (or the read) it describes, whatever its outcome:
             // the chainer only needs to know.
-            (Some(id), _) => app.audit.nudge(id).await,
+            (Some(id), _) => After::Nudge(id.clone()),
             _ => {
                 let failure = outcome.result.as_ref().err().map(|e| e.code);
                 let event = facts.event(&origin, user, app.clock.now(), failure);
                 if facts.action == Action::CredentialUsed {
                     // A use changes nothing: no D1 write on its path.
-                    app.audit.send(&event).await;
+                    After::Send(event)
                 } else {
-                    app.audit.record(&event).await;
+                    After::Record(event)
                 }
             }
-        }
+        });
     }
     Dispatched {
-        route: Some(route.path),
+        route: at,
         failure: outcome.audit.as_ref().and_then(|f| f.failure),
         result: outcome.result,
+        after,
     }
 }
 
-/// `Open` routes are answered before any caller is authenticated.
+/// `Open` routes are answered before any caller is authenticated, and a route's handler
+/// kind decides how its caller is authenticated.
 fn unreachable_route() -> ! {
-    unreachable!("open routes return before authentication")
+    unreachable!("open routes return before authentication; callers match their routes")
 }
 
 /// The service whose token the request carries, if it holds `scope`: 401 for no token or

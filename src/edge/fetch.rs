@@ -9,15 +9,17 @@ use futures::StreamExt;
 use worker::wasm_bindgen::JsValue;
 use worker::{web_sys, AbortController, Delay, Fetch};
 
+use super::runtime::Outgoing;
 use crate::ports::{
     BodyStream, HttpClient, HttpError, HttpRequest, HttpResponse, Method, Streamed, Upstream,
 };
 
 pub(super) struct FetchClient;
 
-/// The Fetch request for `req`: redirects come back as they are. Built with web_sys's
-/// `RequestInit`: worker's own converts its `cf` properties too, code none of this uses.
-fn build(req: &HttpRequest) -> Result<worker::Request, HttpError> {
+/// The Fetch request for `req` (with `forwarded`, a caller's body, instead of its own):
+/// redirects come back as they are. Built with web_sys's `RequestInit`: worker's own
+/// converts its `cf` properties too, code none of this uses.
+fn build(req: &HttpRequest, forwarded: Option<&Outgoing>) -> Result<worker::Request, HttpError> {
     let init = web_sys::RequestInit::new();
     if !req.headers.is_empty() {
         let headers = web_sys::Headers::new()
@@ -36,8 +38,19 @@ fn build(req: &HttpRequest) -> Result<worker::Request, HttpError> {
     });
     // A redirect comes back as it is: its target never passed the endpoint guard.
     init.set_redirect(web_sys::RequestRedirect::Manual);
-    if let Some(body) = &req.body {
-        init.set_body(&JsValue::from(js_sys_bytes(body)));
+    match forwarded {
+        Some(Outgoing::Stream(stream) | Outgoing::Counted { stream, .. }) => init.set_body(stream),
+        Some(Outgoing::Broken) => {
+            return Err(HttpError::Network(
+                "the request body could not be forwarded".into(),
+            ))
+        }
+        Some(Outgoing::Empty) => {}
+        None => {
+            if let Some(body) = &req.body {
+                init.set_body(&JsValue::from(js_sys_bytes(body)));
+            }
+        }
     }
     web_sys::Request::new_with_str_and_init(&req.url, &init)
         .map(worker::Request::from)
@@ -47,7 +60,7 @@ fn build(req: &HttpRequest) -> Result<worker::Request, HttpError> {
 #[async_trait(?Send)]
 impl HttpClient for FetchClient {
     async fn send(&self, req: HttpRequest, timeout_ms: u64) -> Result<HttpResponse, HttpError> {
-        let request = build(&req)?;
+        let request = build(&req, None)?;
         let controller = AbortController::default();
         let signal = controller.signal();
         let deadline = Delay::from(Duration::from_millis(timeout_ms));
@@ -99,8 +112,20 @@ pub(super) struct FetchUpstream;
 
 #[async_trait(?Send)]
 impl Upstream for FetchUpstream {
-    async fn open(&self, req: HttpRequest, timeout_ms: u64) -> Result<Streamed, HttpError> {
-        let request = build(&req)?;
+    async fn open(
+        &self,
+        req: HttpRequest,
+        body: Option<BodyStream>,
+        timeout_ms: u64,
+    ) -> Result<Streamed, HttpError> {
+        let forwarded = match body {
+            Some(b) => Some(
+                *b.0.downcast::<Outgoing>()
+                    .map_err(|_| HttpError::Network("not a forwarded body".into()))?,
+            ),
+            None => None,
+        };
+        let request = build(&req, forwarded.as_ref())?;
         let controller = AbortController::default();
         let signal = controller.signal();
         let fetch = Fetch::Request(request);
@@ -116,7 +141,13 @@ impl Upstream for FetchUpstream {
                     .collect(),
                 body: BodyStream(Box::new(response)),
             }),
-            Either::Left((Err(e), _)) => Err(HttpError::Network(network_reason(&e))),
+            Either::Left((Err(e), _)) => Err(match &forwarded {
+                // The counting stream cut the call off: the caller sent too much.
+                Some(Outgoing::Counted { over, limit, .. }) if over.get() => {
+                    HttpError::RequestTooLarge(*limit)
+                }
+                _ => HttpError::Network(network_reason(&e)),
+            }),
             Either::Right(_) => {
                 controller.abort();
                 Err(HttpError::Timeout(timeout_ms))
@@ -125,12 +156,23 @@ impl Upstream for FetchUpstream {
         outcome
     }
 
-    async fn read(&self, body: BodyStream, limit: usize) -> Result<Vec<u8>, HttpError> {
+    async fn read(
+        &self,
+        body: BodyStream,
+        limit: usize,
+        timeout_ms: u64,
+    ) -> Result<Vec<u8>, HttpError> {
         let mut response = body
             .0
             .downcast::<worker::Response>()
             .map_err(|_| HttpError::Network("not a fetched body".into()))?;
-        read_at_most(&mut response, limit).await
+        let read = Box::pin(read_at_most(&mut response, limit));
+        let deadline = Delay::from(Duration::from_millis(timeout_ms));
+        let outcome = match select(read, Box::pin(deadline)).await {
+            Either::Left((outcome, _)) => outcome,
+            Either::Right(_) => Err(HttpError::Timeout(timeout_ms)),
+        };
+        outcome
     }
 }
 

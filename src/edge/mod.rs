@@ -72,47 +72,61 @@ fn isolate(env: &Env) -> &'static Isolate {
 }
 
 #[event(fetch)]
-async fn fetch(req: worker::Request, env: Env, _ctx: Context) -> worker::Result<worker::Response> {
-    let isolate = isolate(&env);
-    let config = isolate.config().ok();
-    let request = runtime::read_request(req, |path, authorization| {
-        api::body_limit(config, path, authorization)
-    })
-    .await?;
-    let db = db::Db::new(&env);
-    let store = credential_store::D1Store::new(&db);
-    let audit_log = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(&env));
-    let sink = audit_queue::OutboxAuditSink {
-        queue: env.queue("AUDIT_QUEUE").ok(),
-        db: &db,
-        store: &audit_log,
-    };
-    let limiter = limits::BindingLimiter::new(&env);
-    let jobs = jobs_queue::QueueJobs::new(&env);
-    let log = |line: &str| worker::console_log!("{line}");
-    let app = App {
-        config: isolate.config(),
-        store: &store,
-        http: &fetch::FetchClient,
-        upstream: &fetch::FetchUpstream,
-        jobs: &jobs,
-        job_store: &store,
-        imports: &store,
-        assets: &assets::AssetsBinding(&env),
-        clock: &runtime::WorkerClock,
-        jitter: &SystemJitter,
-        audit: &sink,
-        audit_log: &audit_log,
-        jwks: isolate.jwks.as_ref(),
-        signatures: &webcrypto::WebCryptoVerifier,
-        limiter: &limiter,
-        log: &log,
-        infisical: isolate.infisical.as_ref(),
-    };
-    // The core writes the request's one structured log line.
-    let response = api::handle(&app, &request).await;
-    wake_deliverer(&jobs, &audit_log).await;
-    runtime::write_response(response)
+async fn fetch(req: worker::Request, env: Env, ctx: Context) -> worker::Result<worker::Response> {
+    // The whole request runs under `waitUntil` and hands its answer back here: when the
+    // caller hangs up, the runtime cancels this function but lets the task finish, so a
+    // call that already reached a provider still records its use. What the request left
+    // for after its answer (its audit I/O) runs there too, off the answer's path.
+    let (answer, answered) = futures::channel::oneshot::channel();
+    ctx.wait_until(async move {
+        let request = match runtime::read_request(&req) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = answer.send(Err(e));
+                return;
+            }
+        };
+        let isolate = isolate(&env);
+        let db = db::Db::new(&env);
+        let store = credential_store::D1Store::new(&db);
+        let audit_log = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(&env));
+        let sink = audit_queue::OutboxAuditSink {
+            queue: env.queue("AUDIT_QUEUE").ok(),
+            db: &db,
+            store: &audit_log,
+        };
+        let limiter = limits::BindingLimiter::new(&env);
+        let jobs = jobs_queue::QueueJobs::new(&env);
+        let log = |line: &str| worker::console_log!("{line}");
+        let app = App {
+            config: isolate.config(),
+            store: &store,
+            http: &fetch::FetchClient,
+            upstream: &fetch::FetchUpstream,
+            jobs: &jobs,
+            job_store: &store,
+            imports: &store,
+            assets: &assets::AssetsBinding(&env),
+            clock: &runtime::WorkerClock,
+            jitter: &SystemJitter,
+            audit: &sink,
+            audit_log: &audit_log,
+            jwks: isolate.jwks.as_ref(),
+            signatures: &webcrypto::WebCryptoVerifier,
+            limiter: &limiter,
+            log: &log,
+            infisical: isolate.infisical.as_ref(),
+        };
+        // The core writes the request's one structured log line.
+        let handled = api::handle(&app, &request).await;
+        // A caller who hung up gets nothing; the rest still runs.
+        let _ = answer.send(runtime::write_response(handled.response));
+        api::finish(&app, handled.after).await;
+        wake_deliverer(&jobs, &audit_log).await;
+    });
+    answered
+        .await
+        .unwrap_or_else(|_| Err(worker::Error::RustError("the request was dropped".into())))
 }
 
 /// Whether chaining writes key-health notices: decided by the variable itself, so an

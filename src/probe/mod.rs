@@ -207,7 +207,8 @@ impl<'a> Prober<'a> {
                         "{provider} sent an answer larger than {limit} bytes"
                     )))
                 }
-                Err(HttpError::Network(e)) => (
+                // (A probe forwards no caller's body, so it never meets a body limit.)
+                Err(e @ (HttpError::Network(_) | HttpError::RequestTooLarge(_))) => (
                     Failure::Unreachable(format!("{provider} could not be reached: {e}")),
                     None,
                 ),

@@ -240,29 +240,41 @@ impl Vault<'_> {
     }
 
     /// Counts one live provider check against the caller's network and user, and refuses
-    /// it when either is over its limit. The network is counted first: a refused network
-    /// spends nothing of the user's allowance.
+    /// it when either is over its limit.
     pub(super) async fn limit_live_check(&self, caller: &Caller<'_>) -> Result<(), ApiError> {
+        self.count_against([
+            (LimitScope::ClientAddress, caller.network),
+            (LimitScope::User, caller.user.as_str()),
+        ])
+        .await
+    }
+
+    /// Counts one use against each of `limits` in turn (with `RATE_LIMITS` on), and
+    /// refuses when one is over: the network comes first, so a refused network spends
+    /// nothing of the user's allowance.
+    pub(super) async fn count_against(
+        &self,
+        limits: [(LimitScope, &str); 2],
+    ) -> Result<(), ApiError> {
         if !self.config.rate_limits {
             return Ok(());
         }
-        for (scope, key) in [
-            (LimitScope::ClientAddress, caller.network),
-            (LimitScope::User, caller.user.as_str()),
-        ] {
+        for (scope, key) in limits {
+            let what = if scope.is_system_key_use() {
+                "system-key uses"
+            } else {
+                "live checks"
+            };
             match self.limiter.allow(scope, key).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    return Err(
-                        ApiError::rate_limited(scope, RATE_LIMIT_PERIOD_SECONDS).caused_by(
-                            format!("the {} limit on live checks is reached", scope.as_str()),
-                        ),
-                    )
+                    return Err(ApiError::rate_limited(scope, RATE_LIMIT_PERIOD_SECONDS)
+                        .caused_by(format!("the {} limit on {what} is reached", scope.as_str())))
                 }
                 Err(e) => {
-                    return Err(ApiError::not_configured(
-                        "The rate limiter for live checks is not available.",
-                    )
+                    return Err(ApiError::not_configured(format!(
+                        "The rate limiter for {what} is not available."
+                    ))
                     .caused_by(e))
                 }
             }

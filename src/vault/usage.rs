@@ -10,7 +10,7 @@ use crate::audit::{Action, Facts, Origin, Source};
 use crate::crypto::SecretKey;
 use crate::domain::{Credential, CredentialParams, CredentialStatus, ProviderId, UserId};
 use crate::error::ApiError;
-use crate::ports::Written;
+use crate::ports::{LimitScope, Written};
 use crate::providers;
 use crate::system_keys::{SystemKeys, Tier};
 
@@ -51,11 +51,15 @@ impl Vault<'_> {
         }
     }
 
-    /// The key for `ask`, on behalf of `user`, with `facts` (a `credential.used` event)
-    /// filled in as it is decided. One D1 read when a user key serves.
+    /// The key for `ask`, on behalf of `user` calling from `network`, with `facts` (a
+    /// `credential.used` event) filled in as it is decided. One D1 read when a user key
+    /// serves. A system key is counted against the user's and the network's limits on
+    /// system-key use first, and refused (429) past them: the operator's keys are no
+    /// open tap.
     pub async fn key_for(
         &self,
         user: &UserId,
+        network: &str,
         ask: &Ask<'_>,
         facts: &mut Facts,
     ) -> Result<KeyInUse, ApiError> {
@@ -110,6 +114,11 @@ impl Vault<'_> {
                         "fallback_reason": reason, "tier": found.tier, "model": model,
                         "requested_credential_id": ask.credential_id,
                     }));
+                    self.count_against([
+                        (LimitScope::SystemKeyAddress, network),
+                        (LimitScope::SystemKeyUser, user.as_str()),
+                    ])
+                    .await?;
                     return Ok(KeyInUse {
                         source: Source::System,
                         provider,

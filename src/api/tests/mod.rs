@@ -44,6 +44,14 @@ fn config_with(master: bool, extra: &[(&str, &str)]) -> Config {
     .unwrap()
 }
 
+/// Answers `request` and carries out what it left for after its answer, as the Worker
+/// does under `waitUntil`.
+async fn handle_all(app: &App<'_>, request: &Request) -> Response {
+    let handled = handle(app, request).await;
+    finish(app, handled.after).await;
+    handled.response
+}
+
 fn token(sub: &str) -> String {
     sign_hs256(
         &json!({"alg":"HS256"}),
@@ -132,14 +140,15 @@ impl World {
         if let Some(t) = bearer {
             headers.push(("authorization".into(), format!("Bearer {t}")));
         }
-        let request = Request {
-            method: method.into(),
-            url: Url::parse(&format!("https://vault.test{path}")).unwrap(),
+        let request = Request::new(
+            method,
+            Url::parse(&format!("https://vault.test{path}")).unwrap(),
             headers,
-            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
-            oversized: false,
-        };
-        let response = block_on(handle(&app, &request));
+            Box::new(crate::testing::Bytes(
+                body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            )),
+        );
+        let response = block_on(handle_all(&app, &request));
         self.provider_calls
             .set(self.provider_calls.get() + http.calls());
         let text = String::from_utf8(response.body.clone()).unwrap();

@@ -119,17 +119,16 @@ fn cors_preflight_is_answered_for_allowed_origins_only() {
     let preflight = |origin: &str| {
         let http = FakeHttp::new(&w.clock, vec![]);
         let app = w.app(&http, &|_: &str| {});
-        let request = Request {
-            method: "OPTIONS".into(),
-            url: Url::parse("https://vault.test/v1/credentials").unwrap(),
-            headers: vec![
+        let request = Request::new(
+            "OPTIONS",
+            Url::parse("https://vault.test/v1/credentials").unwrap(),
+            vec![
                 ("origin".into(), origin.into()),
                 ("access-control-request-method".into(), "POST".into()),
             ],
-            body: vec![],
-            oversized: false,
-        };
-        block_on(handle(&app, &request))
+            Box::new(crate::testing::Bytes(vec![])),
+        );
+        block_on(handle_all(&app, &request))
     };
     let ok = preflight("https://app.example");
     assert_eq!(ok.status, 204);

@@ -29,6 +29,20 @@ impl World {
         headers: &[(&str, &str)],
         script: Vec<Scripted>,
     ) -> (Response, Vec<crate::testing::Sent>, Vec<Vec<u8>>) {
+        let body = crate::testing::Bytes(br#"{"text":"Hello"}"#.to_vec());
+        self.proxy_with(method, path, headers, Box::new(body), script)
+    }
+
+    /// `proxy` with a body of the test's choosing (and the caller's own `authorization`,
+    /// when `headers` has one).
+    fn proxy_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Box<dyn crate::api::IncomingBody>,
+        script: Vec<Scripted>,
+    ) -> (Response, Vec<crate::testing::Sent>, Vec<Vec<u8>>) {
         let http = FakeHttp::new(&self.clock, script);
         let log = |line: &str| {
             assert!(
@@ -38,22 +52,23 @@ impl World {
         };
         let app = self.app(&http, &log);
         let mut all = vec![
-            (
-                "authorization".to_string(),
-                format!("Bearer {}", token("u_a")),
-            ),
             ("cookie".to_string(), "session=abc".to_string()),
             ("content-type".to_string(), "application/json".to_string()),
         ];
+        if !headers.iter().any(|(k, _)| *k == "authorization") {
+            all.push((
+                "authorization".to_string(),
+                format!("Bearer {}", token("u_a")),
+            ));
+        }
         all.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let request = Request {
-            method: method.into(),
-            url: Url::parse(&format!("https://vault.test{path}")).unwrap(),
-            headers: all,
-            body: br#"{"text":"Hello"}"#.to_vec(),
-            oversized: false,
-        };
-        let response = block_on(handle(&app, &request));
+        let request = Request::new(
+            method,
+            Url::parse(&format!("https://vault.test{path}")).unwrap(),
+            all,
+            body,
+        );
+        let response = block_on(handle_all(&app, &request));
         let sent = http.sent.borrow().clone();
         let bodies = http.bodies.borrow().clone();
         (response, sent, bodies)
@@ -569,31 +584,79 @@ fn a_system_fallback_names_no_credential_in_its_event() {
 }
 
 #[test]
-fn only_a_jwt_shaped_caller_may_send_the_proxy_a_large_body() {
-    let c = config_with(true, &[("PROXY_MAX_BODY_BYTES", "2000000")]);
-    let bearer = format!("Bearer {}", token("u_a"));
-    assert_eq!(
-        body_limit(
-            Some(&c),
-            "/v1/proxy/openai/v1/audio/transcriptions",
-            Some(&bearer)
-        ),
-        2_000_000
-    );
-    for auth in [None, Some("Bearer not-a-jwt"), Some("Basic a.b.c")] {
-        assert_eq!(
-            body_limit(Some(&c), "/v1/proxy/openai/v1/audio/transcriptions", auth),
-            64 * 1024
+fn the_proxy_touches_no_body_before_the_caller_is_authenticated() {
+    let w = world(&[("PROXY_MAX_BODY_BYTES", "2000000")]);
+    w.added();
+    let path = "/v1/proxy/elevenlabs/v1/speech-to-text";
+    // A token shaped like a JWT but not one the vault issued, a service's, none at all.
+    for auth in ["Bearer a.b.c", &format!("Bearer {RESOLVER}"), "Basic a.b.c"] {
+        let (body, touched) = crate::testing::Watched::new(vec![b'x'; 1_500_000]);
+        let (r, sent, _) = w.proxy_with(
+            "POST",
+            path,
+            &[("authorization", auth), ("content-length", "1500000")],
+            Box::new(body),
+            vec![],
         );
+        assert_eq!((r.status, sent.len()), (401, 0), "{auth}");
+        assert!(!touched.get(), "{auth}: the body was touched");
     }
-    assert_eq!(
-        body_limit(Some(&c), "/v1/credentials", Some(&bearer)),
-        64 * 1024
+}
+
+#[test]
+fn the_proxy_forwards_the_body_unread_and_refuses_one_past_its_limit() {
+    let w = world(&[("PROXY_MAX_BODY_BYTES", "2000000")]);
+    w.added();
+    let path = "/v1/proxy/elevenlabs/v1/speech-to-text";
+    // Declared past the limit: refused before any of it is read, no provider asked.
+    let (body, touched) = crate::testing::Watched::new(vec![]);
+    let (r, sent, _) = w.proxy_with(
+        "POST",
+        path,
+        &[("content-length", "2000001")],
+        Box::new(body),
+        vec![],
     );
-    assert_eq!(
-        body_limit(None, "/v1/proxy/openai/x", Some(&bearer)),
-        64 * 1024
+    assert_eq!((r.status, sent.len()), (413, 0));
+    assert!(!touched.get());
+    // Within it: the bytes reach the provider as they were sent, held to the limit.
+    let audio = vec![7u8; 1_900_000];
+    let (r, _, bodies) = w.proxy_with(
+        "POST",
+        path,
+        &[],
+        Box::new(crate::testing::Bytes(audio.clone())),
+        vec![respond(200, r#"{"text":"hi"}"#)],
     );
+    assert_eq!(r.status, 200);
+    assert!(bodies == vec![audio], "the body changed on its way");
+    // Chunked past it: the forwarding stream cuts the call off, and the caller gets 413.
+    let (r, _, _) = w.proxy_with(
+        "POST",
+        path,
+        &[],
+        Box::new(crate::testing::Bytes(vec![7u8; 2_000_001])),
+        vec![],
+    );
+    assert_eq!(r.status, 413);
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["code"], "payload_too_large");
+}
+
+#[test]
+fn a_proxy_refusal_never_touches_the_body() {
+    let w = world(&[]);
+    w.added();
+    for path in [
+        "/v1/proxy/elevenlabs/v1/user",
+        "/v1/proxy/nope/v1/chat/completions",
+    ] {
+        let (body, touched) = crate::testing::Watched::new(b"{}".to_vec());
+        let (r, sent, _) = w.proxy_with("POST", path, &[], Box::new(body), vec![]);
+        assert!(matches!(r.status, 403 | 400 | 404), "{path}: {}", r.status);
+        assert_eq!(sent.len(), 0);
+        assert!(!touched.get(), "{path}: the body was touched");
+    }
 }
 
 #[test]
@@ -631,4 +694,122 @@ fn a_system_key_that_needs_a_region_is_used_in_the_configured_one() {
         vec![],
     );
     assert_eq!((r.status, sent.len()), (503, 0));
+}
+
+/// A world with the system key for ElevenLabs and a limiter that lets `limit` through per
+/// scope and key.
+fn limited_world(limit: u32) -> World {
+    let mut w = world(&[("SYSTEM_KEY_ELEVENLABS", SYSTEM)]);
+    w.limiter = crate::testing::CountingLimiter::new(limit);
+    w
+}
+
+#[test]
+fn the_system_key_is_refused_past_the_users_limit_before_any_provider_call() {
+    let w = limited_world(3);
+    let tts = "/v1/proxy/elevenlabs/v1/text-to-speech/voice123";
+    for _ in 0..3 {
+        let (r, sent, _) = w.proxy("POST", tts, &[], vec![respond(200, "ID3")]);
+        assert_eq!((r.status, sent.len()), (200, 1));
+        assert_eq!(r.header("x-byok-source"), Some("system"));
+    }
+    let (r, sent, _) = w.proxy("POST", tts, &[], vec![]);
+    assert_eq!((r.status, sent.len()), (429, 0), "the provider was called");
+    assert_eq!(r.header("retry-after"), Some("60"));
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    assert_eq!(body["retry_after_seconds"], 60);
+    // Resolve hands the system key out under the same count.
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"tts","provider":"elevenlabs"}));
+    assert_eq!((s, &body["code"]), (429, &json!("rate_limited")), "{body}");
+    assert!(body.get("api_key").is_none());
+    // Each refusal is on the user's trail as a failed use of the system key.
+    let uses = w.uses();
+    assert_eq!(
+        uses[..2],
+        [
+            (
+                "failure".into(),
+                Some("rate_limited".into()),
+                Some("system".into())
+            ),
+            (
+                "failure".into(),
+                Some("rate_limited".into()),
+                Some("system".into())
+            )
+        ]
+    );
+    // Another user from elsewhere is not held back by it.
+    let other = format!("Bearer {}", token("u_b"));
+    *w.address.borrow_mut() = "198.51.100.9".into();
+    let (r, _, _) = w.proxy_with(
+        "POST",
+        tts,
+        &[
+            ("authorization", &other),
+            ("cf-connecting-ip", "198.51.100.9"),
+        ],
+        Box::new(crate::testing::Bytes(b"{}".to_vec())),
+        vec![respond(200, "ID3")],
+    );
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn the_system_key_is_refused_past_the_addresss_limit_whoever_asks() {
+    let w = limited_world(2);
+    let tts = "/v1/proxy/elevenlabs/v1/text-to-speech/voice123";
+    let mut statuses = Vec::new();
+    for user in ["u_1", "u_2", "u_3"] {
+        let auth = format!("Bearer {}", token(user));
+        let (r, _, _) = w.proxy_with(
+            "POST",
+            tts,
+            &[
+                ("authorization", &auth),
+                ("cf-connecting-ip", "203.0.113.50"),
+            ],
+            Box::new(crate::testing::Bytes(b"{}".to_vec())),
+            vec![respond(200, "ID3")],
+        );
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    // The address was counted first: the refused caller spent nothing of its own count.
+    let seen = w.limiter.seen.borrow();
+    assert_eq!(
+        seen.get(&("SystemKeyUser".to_owned(), "u_3".to_owned())),
+        None
+    );
+}
+
+#[test]
+fn a_users_own_key_is_not_counted_against_the_system_key_limits() {
+    let w = limited_world(1);
+    w.added();
+    let tts = "/v1/proxy/elevenlabs/v1/text-to-speech/voice123";
+    for _ in 0..3 {
+        let (r, _, _) = w.proxy("POST", tts, &[], vec![respond(200, "ID3")]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-byok-source"), Some("user"));
+    }
+}
+
+#[test]
+fn without_rate_limits_system_key_use_is_not_counted() {
+    let mut w = world(&[
+        ("SYSTEM_KEY_ELEVENLABS", SYSTEM),
+        ("RATE_LIMITS", "off"),
+        ("ENVIRONMENT", "development"),
+    ]);
+    w.limiter = crate::testing::CountingLimiter::new(0);
+    let (r, _, _) = w.proxy(
+        "POST",
+        "/v1/proxy/elevenlabs/v1/text-to-speech/voice123",
+        &[],
+        vec![respond(200, "ID3")],
+    );
+    assert_eq!(r.status, 200);
+    assert!(w.limiter.seen.borrow().is_empty());
 }

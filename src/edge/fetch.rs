@@ -126,8 +126,13 @@ impl Upstream for FetchUpstream {
             None => None,
         };
         let request = build(&req, forwarded.as_ref())?;
-        let controller = AbortController::default();
-        let signal = controller.signal();
+        // A counted body cuts its call off through the call's own controller.
+        let controller = match &forwarded {
+            Some(Outgoing::Counted { call, .. }) => call.clone(),
+            _ => web_sys::AbortController::new()
+                .map_err(|_| HttpError::Network("the request could not be built".into()))?,
+        };
+        let signal = worker::AbortSignal::from(controller.signal());
         let fetch = Fetch::Request(request);
         let call = Box::pin(fetch.send_with_signal(&signal));
         let deadline = Delay::from(Duration::from_millis(timeout_ms));

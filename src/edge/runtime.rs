@@ -133,17 +133,25 @@ impl IncomingBody for WorkerBody {
             Some(stream) if self.framed => Outgoing::Stream(stream),
             // Chunked, of unknown length: it goes on through a stream that counts it and
             // cuts the call off past the limit.
-            Some(stream) => match web_sys::TransformStream::new() {
-                Ok(counted) => {
+            Some(stream) => match (
+                web_sys::TransformStream::new(),
+                web_sys::AbortController::new(),
+            ) {
+                (Ok(counted), Ok(call)) => {
                     let over = Rc::new(Cell::new(false));
-                    spawn_local(pump(stream, counted.writable(), limit, over.clone()));
+                    let cut = Cut {
+                        over: over.clone(),
+                        call: call.clone(),
+                    };
+                    spawn_local(pump(stream, counted.writable(), limit, cut));
                     Outgoing::Counted {
                         stream: counted.readable(),
                         over,
                         limit,
+                        call,
                     }
                 }
-                Err(_) => Outgoing::Broken,
+                _ => Outgoing::Broken,
             },
         };
         BodyStream(Box::new(outgoing))
@@ -154,24 +162,33 @@ impl IncomingBody for WorkerBody {
 pub(super) enum Outgoing {
     Empty,
     Stream(web_sys::ReadableStream),
-    /// Through a counting stream; `over` once it passed `limit` and cut the call off.
+    /// Through a counting stream; `over` once it passed `limit` and cut the call off
+    /// (through `call`, the call's abort controller).
     Counted {
         stream: web_sys::ReadableStream,
         over: Rc<Cell<bool>>,
         limit: usize,
+        call: web_sys::AbortController,
     },
     /// The counting stream could not be made: the call is not sent.
     Broken,
 }
 
+/// How a pump cuts its call off: the flag the call's failure is read by, and the call.
+struct Cut {
+    over: Rc<Cell<bool>>,
+    call: web_sys::AbortController,
+}
+
 /// Moves `from` into `to` chunk by chunk (JS values, never copied into the wasm), as fast as
-/// the upstream call takes them; past `limit` bytes it errors the stream, which fails the
-/// call, and stops reading the caller's body.
+/// the upstream call takes them. Past `limit` bytes it aborts the call (ending the stream
+/// alone would let the runtime finish the upload cleanly, and the provider would take a
+/// cut-off body for a whole one) and stops reading the caller's body.
 async fn pump(
     from: web_sys::ReadableStream,
     to: web_sys::WritableStream,
     limit: usize,
-    over: Rc<Cell<bool>>,
+    cut: Cut,
 ) {
     let reader: ReadableStreamDefaultReader = from.get_reader().unchecked_into();
     let Ok(writer) = to.get_writer() else {
@@ -188,7 +205,8 @@ async fn pump(
             Ok(Some(chunk)) => {
                 total = total.saturating_add(chunk.length() as usize);
                 if total > limit {
-                    over.set(true);
+                    cut.over.set(true);
+                    cut.call.abort();
                     let _ = reader.cancel();
                     let reason = JsValue::from_str("the request body is over its limit");
                     let _ = JsFuture::from(writer.abort_with_reason(&reason)).await;

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use worker::wasm_bindgen::JsValue;
 use worker::{web_sys, AbortController, Delay, Fetch};
 
-use super::runtime::Outgoing;
+use super::body::Outgoing;
 use crate::ports::{
     BodyStream, HttpClient, HttpError, HttpRequest, HttpResponse, Method, Streamed, Upstream,
 };

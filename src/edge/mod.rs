@@ -4,6 +4,7 @@
 mod assets;
 mod audit_queue;
 mod audit_store;
+mod body;
 mod credential_store;
 mod db;
 mod fetch;

@@ -2,19 +2,12 @@
 
 use std::time::Duration;
 
-use std::cell::Cell;
-use std::rc::Rc;
-
 use async_trait::async_trait;
-use worker::js_sys::{Reflect, Uint8Array};
-use worker::wasm_bindgen::{JsCast, JsValue};
-use worker::wasm_bindgen_futures::{spawn_local, JsFuture};
-use worker::web_sys::{self, ReadableStreamDefaultReader};
 use worker::{Date, Delay, Env, Headers};
 
-use crate::api::{BodyError, IncomingBody, Request, Response};
+use crate::api::{Request, Response};
 use crate::domain::Timestamp;
-use crate::ports::{BodyStream, Clock};
+use crate::ports::Clock;
 
 /// A var or secret as text (both are plain strings to the Worker).
 pub(super) fn env_string(env: &Env, name: &str) -> Option<String> {
@@ -69,164 +62,8 @@ pub(super) fn read_request(req: &worker::Request) -> worker::Result<Request> {
     // A body framed by its Content-Length cannot grow past what it declared (the router
     // refuses a declared length past the route's limit before reading anything).
     let framed = headers.iter().any(|(k, _)| k == "content-length");
-    let body = WorkerBody {
-        stream: req.inner().body(),
-        framed,
-    };
+    let body = super::body::WorkerBody::new(req.inner().body(), framed);
     Ok(Request::new(method, url, headers, Box::new(body)))
-}
-
-/// A request's body as the runtime hands it over: a stream, read only when the core asks.
-struct WorkerBody {
-    stream: Option<web_sys::ReadableStream>,
-    framed: bool,
-}
-
-/// The next chunk of `reader`; `None` at the end.
-async fn next_chunk(reader: &ReadableStreamDefaultReader) -> Result<Option<Uint8Array>, String> {
-    let why = |e: JsValue| {
-        e.as_string()
-            .unwrap_or_else(|| "the stream failed".to_owned())
-    };
-    let result = JsFuture::from(reader.read()).await.map_err(why)?;
-    if Reflect::get(&result, &"done".into())
-        .map_err(why)?
-        .as_bool()
-        .unwrap_or(true)
-    {
-        return Ok(None);
-    }
-    let value = Reflect::get(&result, &"value".into()).map_err(why)?;
-    value
-        .dyn_into::<Uint8Array>()
-        .map(Some)
-        .map_err(|_| "a body chunk is not bytes".to_owned())
-}
-
-#[async_trait(?Send)]
-impl IncomingBody for WorkerBody {
-    async fn read(self: Box<Self>, limit: usize) -> Result<Vec<u8>, BodyError> {
-        let Some(stream) = self.stream else {
-            return Ok(Vec::new());
-        };
-        let reader: ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
-        let mut body = Vec::new();
-        while let Some(chunk) = next_chunk(&reader).await.map_err(BodyError::Broken)? {
-            let n = chunk.length() as usize;
-            if body.len() + n > limit {
-                // Refused now: the rest is never waited for, nor read.
-                let _ = reader.cancel();
-                return Err(BodyError::TooLarge(limit));
-            }
-            let start = body.len();
-            body.resize(start + n, 0);
-            chunk.copy_to(&mut body[start..]);
-        }
-        Ok(body)
-    }
-
-    fn forward(self: Box<Self>, limit: usize) -> BodyStream {
-        let outgoing = match self.stream {
-            None => Outgoing::Empty,
-            // Framed by a Content-Length within the limit: it goes on as it is, and the
-            // upstream call gets the same length.
-            Some(stream) if self.framed => Outgoing::Stream(stream),
-            // Chunked, of unknown length: it goes on through a stream that counts it and
-            // cuts the call off past the limit.
-            Some(stream) => match (
-                web_sys::TransformStream::new(),
-                web_sys::AbortController::new(),
-            ) {
-                (Ok(counted), Ok(call)) => {
-                    let over = Rc::new(Cell::new(false));
-                    let cut = Cut {
-                        over: over.clone(),
-                        call: call.clone(),
-                    };
-                    spawn_local(pump(stream, counted.writable(), limit, cut));
-                    Outgoing::Counted {
-                        stream: counted.readable(),
-                        over,
-                        limit,
-                        call,
-                    }
-                }
-                _ => Outgoing::Broken,
-            },
-        };
-        BodyStream(Box::new(outgoing))
-    }
-}
-
-/// A caller's body on its way upstream (see [`super::fetch`]).
-pub(super) enum Outgoing {
-    Empty,
-    Stream(web_sys::ReadableStream),
-    /// Through a counting stream; `over` once it passed `limit` and cut the call off
-    /// (through `call`, the call's abort controller).
-    Counted {
-        stream: web_sys::ReadableStream,
-        over: Rc<Cell<bool>>,
-        limit: usize,
-        call: web_sys::AbortController,
-    },
-    /// The counting stream could not be made: the call is not sent.
-    Broken,
-}
-
-/// How a pump cuts its call off: the flag the call's failure is read by, and the call.
-struct Cut {
-    over: Rc<Cell<bool>>,
-    call: web_sys::AbortController,
-}
-
-/// Moves `from` into `to` chunk by chunk (JS values, never copied into the wasm), as fast as
-/// the upstream call takes them. Past `limit` bytes it aborts the call (ending the stream
-/// alone would let the runtime finish the upload cleanly, and the provider would take a
-/// cut-off body for a whole one) and stops reading the caller's body.
-async fn pump(
-    from: web_sys::ReadableStream,
-    to: web_sys::WritableStream,
-    limit: usize,
-    cut: Cut,
-) {
-    let reader: ReadableStreamDefaultReader = from.get_reader().unchecked_into();
-    let Ok(writer) = to.get_writer() else {
-        let _ = reader.cancel();
-        return;
-    };
-    let mut total = 0usize;
-    loop {
-        match next_chunk(&reader).await {
-            Ok(None) => {
-                let _ = JsFuture::from(writer.close()).await;
-                return;
-            }
-            Ok(Some(chunk)) => {
-                total = total.saturating_add(chunk.length() as usize);
-                if total > limit {
-                    cut.over.set(true);
-                    cut.call.abort();
-                    let _ = reader.cancel();
-                    let reason = JsValue::from_str("the request body is over its limit");
-                    let _ = JsFuture::from(writer.abort_with_reason(&reason)).await;
-                    return;
-                }
-                // The call is gone (answered, failed): stop reading the caller's body.
-                if JsFuture::from(writer.write_with_chunk(&chunk))
-                    .await
-                    .is_err()
-                {
-                    let _ = reader.cancel();
-                    return;
-                }
-            }
-            Err(why) => {
-                let _ = JsFuture::from(writer.abort_with_reason(&JsValue::from_str(&why))).await;
-                return;
-            }
-        }
-    }
 }
 
 pub(super) fn write_response(response: Response) -> worker::Result<worker::Response> {

@@ -26,9 +26,9 @@ use crate::vault::{KeyInUse, Verdict};
 const HEAD_TIMEOUT_MS: u64 = 120_000;
 /// The most of an error answer that is read (to judge the key by it and pass it on).
 const ERROR_BODY_BYTES: usize = 64 * 1024;
-/// How long an error answer's body has to arrive once its head is in: a provider that
-/// sends a head and then trickles (or stalls) cannot hold the request open.
-const ERROR_BODY_TIMEOUT_MS: u64 = 10_000;
+/// How long an error answer's body (at most 64 KiB) has to arrive once its head is in: a
+/// provider that sends a head and then trickles (or stalls) cannot hold the request open.
+const ERROR_BODY_TIMEOUT_MS: u64 = 5_000;
 
 /// The caller's request headers that reach the provider (all others, the caller's
 /// credentials and cookies, any key header, billing selectors such as

@@ -37,8 +37,17 @@ async function until(check, what, ms = 20_000) {
 function startStandIn() {
   const requests = [];
   let hold = false;
+  let stall = false;
   const held = [];
+  const stalled = new Set();
   const server = http.createServer((req, res) => {
+    if (stall) {
+      // An error whose head comes at once and whose body never ends.
+      res.writeHead(500, { 'content-type': 'application/json' });
+      res.write('{"detail":{"status":"internal","message":"');
+      stalled.add(res);
+      return;
+    }
     const record = { path: req.url, headers: req.headers, chunks: [], ended: false, aborted: false };
     requests.push(record);
     req.on('data', (c) => record.chunks.push(c));
@@ -62,9 +71,14 @@ function startStandIn() {
         base: `http://127.0.0.1:${port}/elevenlabs`,
         requests,
         hold: (on) => { hold = on; },
+        stall: (on) => { stall = on; },
         release: () => { while (held.length) held.shift()(); },
         held: () => held.length,
-        close: () => new Promise((done) => { server.closeAllConnections?.(); server.close(() => done()); }),
+        close: () => new Promise((done) => {
+          for (const res of stalled) res.destroy();
+          server.closeAllConnections?.();
+          server.close(() => done());
+        }),
       });
     });
   });
@@ -264,12 +278,27 @@ describe('request bodies', () => {
     assert.ok(r, 'no answer until the body ended');
     assert.equal(r.status, 413, r.text);
     assert.equal(r.json.code, 'payload_too_large');
-    // What reached the provider was cut off before its end: never taken for a whole body.
+    // The call may be cut off before it even connects; if it reached the provider, the
+    // provider saw it cut off before its end: never a cut-off body taken for a whole one.
     const got = standIn.requests.slice(before);
-    assert.equal(got.length, 1);
-    await until(() => got[0].aborted, 'the provider to see the call cut off');
-    assert.equal(got[0].ended, false, 'the provider took a cut-off body for a whole one');
-    assert.ok(Buffer.concat(got[0].chunks).length <= LIMIT, 'more than the limit reached the provider');
+    assert.ok(got.length <= 1, `${got.length} calls`);
+    for (const call of got) {
+      await until(() => call.aborted || call.ended, 'the provider to see the call end');
+      assert.equal(call.ended, false, 'the provider took a cut-off body for a whole one');
+      assert.ok(Buffer.concat(call.chunks).length <= LIMIT, 'more than the limit reached the provider');
+    }
+  });
+
+  test('an error answer whose body stalls is given up on: the caller is answered', async () => {
+    standIn.stall(true);
+    try {
+      const r = await within(send(direct, STT, { user: 'u_stall', body: Buffer.from('abc') }), 30_000);
+      assert.ok(r, 'no answer while the provider\'s error body stalls');
+      assert.equal(r.status, 504, r.text);
+      assert.equal(r.json.code, 'provider_unreachable');
+    } finally {
+      standIn.stall(false);
+    }
   });
 
   test('a use that reached the provider is recorded when the caller hangs up', async () => {

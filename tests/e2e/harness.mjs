@@ -124,6 +124,21 @@ export async function eventsOf(vault, user, n, timeoutMs = 20_000) {
   }
 }
 
+/**
+ * For a burst against the local Rate Limiting binding, which counts in fixed windows aligned
+ * to the clock (floor(now / period), as miniflare implements it): waits, if less than
+ * `needMs` of the current window is left, until the next one begins, then returns
+ * `windows()`, how many windows have begun since (1 while the burst stays in this one).
+ * A burst of N calls against a limit L then has at least N - L × windows() refused, an
+ * assertion that holds however the burst falls across a window's edge.
+ */
+export async function rateWindow(needMs, periodMs = 60_000) {
+  const left = periodMs - (Date.now() % periodMs);
+  if (left < needMs) await new Promise((r) => setTimeout(r, left + 50));
+  const first = Math.floor(Date.now() / periodMs);
+  return () => Math.floor(Date.now() / periodMs) - first + 1;
+}
+
 /** A resolve answer's text for an assertion message: its `api_key` left out, so a failing
  * test never prints a key. */
 export const withoutKey = (text) => text.replace(/"api_key":"[^"]*"/g, '"api_key":"…"');

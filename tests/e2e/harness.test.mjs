@@ -174,7 +174,7 @@ switch (process.env.FAKE_MODE) {
   });
 
   test('its own process answering 404 is not the vault either', async () => {
-    const { result, error, ran } = await attempt('answers-404', { timeoutMs: 3_000 });
+    const { result, error, ran } = await attempt('answers-404', { timeoutMs: 8_000 });
     assert.equal(result, undefined);
     assert.match(error.message, /GET \/v1\/health answered 404 without the vault's shape/);
     assert.equal(ran.length, 1, 'a process that answers is not started again');

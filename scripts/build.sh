@@ -16,6 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f .toolchain/env.sh ] || { echo "run scripts/setup.sh first" >&2; exit 1; }
 . .toolchain/env.sh
+# One build at a time per checkout: wrangler dev runs this script for every vault a test
+# starts, and vaults may start at once; the others then find build/ up to date.
+mkdir -p build
+exec 9>build/.lock
+flock 9
 # The API description, served as a static asset (not wasm).
 node scripts/openapi-json.mjs
 out=build/index_bg.wasm

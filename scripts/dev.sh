@@ -50,36 +50,59 @@ SERVICE_TOKEN=$(sed -n 's/^# dev service token (scopes resolve, admin): //p' .de
 wrangler d1 migrations apply DB --local >/dev/null
 echo "[dev] local D1 migrations applied"
 
-free_port() { node -e '
-  const s = require("net").createServer();
-  s.listen(Number(process.argv[1]), "127.0.0.1", () => { process.stdout.write(String(s.address().port)); s.close(); })
-   .on("error", () => { s.listen(0, "127.0.0.1"); });' "$1"; }
-PORT=$(free_port "${PORT:-8787}")
-INSPECTOR_PORT=$(free_port "${INSPECTOR_PORT:-9229}")
+# Ports: PORT and INSPECTOR_PORT when set (0: any free port, assigned as wrangler binds it);
+# otherwise wrangler's own choice, 8787 and 9229 or the next free ones. No port is picked
+# here and handed over later, so none can be taken in between; the links below are
+# printed once wrangler says which port it serves on.
+PORT_ARGS=()
+[ -n "${PORT:-}" ] && PORT_ARGS+=(--port "$PORT")
+[ -n "${INSPECTOR_PORT:-}" ] && PORT_ARGS+=(--inspector-port "$INSPECTOR_PORT")
 TOKEN=$(node scripts/dev-token.mjs dev-user 24)
 
-# The sandbox: the fake providers the tests use, on a free port, stopped with the vault.
+url_file=$(mktemp)
+sandbox_pid=""
+wrangler_pid=""
+# Whatever ends this script (Ctrl-C, a signal, an error) ends wrangler and the stand-ins.
+cleanup() {
+  [ -n "$wrangler_pid" ] && kill "$wrangler_pid" 2>/dev/null
+  [ -n "$sandbox_pid" ] && kill "$sandbox_pid" 2>/dev/null
+  rm -f "$url_file" "$url_file.tmp" "${vars_file:-}"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+# The sandbox: the fake providers the tests use, on a port the OS assigns, stopped with the vault.
 SANDBOX_VARS=()
 if [ -n "$SANDBOX" ]; then
   vars_file=$(mktemp)
   node scripts/sandbox-providers.mjs >"$vars_file" &
   sandbox_pid=$!
-  wrangler_pid=""
-  # Whatever ends this script (Ctrl-C, a signal, an error) ends wrangler and the stand-ins.
-  cleanup() {
-    [ -n "$wrangler_pid" ] && kill "$wrangler_pid" 2>/dev/null
-    kill "$sandbox_pid" 2>/dev/null
-    rm -f "$vars_file"
-  }
-  trap cleanup EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM HUP
-  for _ in $(seq 50); do [ -s "$vars_file" ] && break; sleep 0.1; done
-  [ -s "$vars_file" ] || { echo "[dev] the sandbox providers did not start" >&2; exit 1; }
+  # Their one line of vars, once complete (a newline ends it), unless they exit first.
+  line_done() { [ "$(wc -l <"$vars_file")" -ge 1 ]; }
+  for _ in $(seq 300); do
+    line_done || ! kill -0 "$sandbox_pid" 2>/dev/null && break
+    sleep 0.1
+  done
+  line_done || { echo "[dev] the sandbox providers did not start" >&2; exit 1; }
   while IFS= read -r pair; do SANDBOX_VARS+=(--var "$pair"); done < <(node -e '
     const vars = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
     for (const [k, v] of Object.entries(vars)) console.log(`${k}:${v}`);' "$vars_file")
   SANDBOX_VARS+=(--var "SANDBOX:on" --var "ENVIRONMENT:development")
+fi
+
+# wrangler on this terminal (stdin kept: its hotkeys work), through scripts/wrangler-dev.mjs,
+# which writes the URL wrangler serves on once it says.
+node scripts/wrangler-dev.mjs "$url_file" --ip 127.0.0.1 "${PORT_ARGS[@]}" --test-scheduled "${SANDBOX_VARS[@]}" <&0 &
+wrangler_pid=$!
+while [ ! -s "$url_file" ] && kill -0 "$wrangler_pid" 2>/dev/null; do sleep 0.2; done
+if [ ! -s "$url_file" ]; then
+  wait "$wrangler_pid"
+  exit $?
+fi
+BASE=$(cat "$url_file")
+
+if [ -n "$SANDBOX" ]; then
   rnd() { node -e 'process.stdout.write(require("crypto").randomBytes(8).toString("hex"))'; }
   cat <<KEYS
 
@@ -93,40 +116,33 @@ fi
 
 cat <<INFO
 
-byok-vault will listen on http://127.0.0.1:$PORT
+byok-vault is listening on $BASE
 The settings page, signed in as "dev-user" (the token stays in the page):
 
-  http://127.0.0.1:$PORT/#token=$TOKEN
+  $BASE/#token=$TOKEN
 
 A dev token for user "dev-user", valid 24 hours (make more: node scripts/dev-token.mjs <user> <hours>):
 
   export TOKEN=$TOKEN
 
-  curl -s http://127.0.0.1:$PORT/v1/health
-  curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$PORT/v1/providers
+  curl -s $BASE/v1/health
+  curl -s -H "Authorization: Bearer \$TOKEN" $BASE/v1/providers
   curl -s -X POST -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
        -d '{"provider":"elevenlabs","api_key":"<your ElevenLabs key>","label":"Personal"}' \\
-       http://127.0.0.1:$PORT/v1/credentials
-  curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:$PORT/v1/credentials
+       $BASE/v1/credentials
+  curl -s -H "Authorization: Bearer \$TOKEN" $BASE/v1/credentials
 
 A backend service resolves the key for a user's call (service token from .dev.vars):
 
   export SERVICE_TOKEN=$SERVICE_TOKEN
   curl -s -X POST -H "Authorization: Bearer \$SERVICE_TOKEN" -H 'Content-Type: application/json' \\
-       -d '{"user_id":"dev-user","capability":"tts"}' http://127.0.0.1:$PORT/v1/resolve
+       -d '{"user_id":"dev-user","capability":"tts"}' $BASE/v1/resolve
 
 and a frontend calls the provider through the proxy, the key never leaving the vault:
 
   curl -s -X POST -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
        -d '{"text":"Hello","model_id":"eleven_multilingual_v2"}' -o hello.mp3 \\
-       http://127.0.0.1:$PORT/v1/proxy/elevenlabs/v1/text-to-speech/21m00Tcm4TlvDq8ikWAM
+       $BASE/v1/proxy/elevenlabs/v1/text-to-speech/21m00Tcm4TlvDq8ikWAM
 
 INFO
-if [ -n "$SANDBOX" ]; then
-  # Not exec: the stand-in providers stop with wrangler, and wrangler with this script.
-  wrangler dev --ip 127.0.0.1 --port "$PORT" --inspector-port "$INSPECTOR_PORT" --test-scheduled "${SANDBOX_VARS[@]}" &
-  wrangler_pid=$!
-  wait "$wrangler_pid"
-else
-  exec wrangler dev --ip 127.0.0.1 --port "$PORT" --inspector-port "$INSPECTOR_PORT" --test-scheduled
-fi
+wait "$wrangler_pid"

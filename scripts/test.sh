@@ -25,7 +25,8 @@ echo "== wasm build"
 bash scripts/build.sh >build.log 2>&1 || { tail -50 build.log; exit 1; }
 
 echo "== end-to-end tests (wrangler dev + fake providers)"
-node --test --test-concurrency=1 --test-reporter=spec tests/e2e/*.test.mjs 2>&1 | tee "$out/e2e.log"
+# A test that hangs fails after 10 minutes (the longest takes about 2) and the run goes on.
+node --test --test-concurrency=1 --test-timeout=600000 --test-reporter=spec tests/e2e/*.test.mjs 2>&1 | tee "$out/e2e.log"
 
 # One closing line for both runners.
 passed=$(( $(grep -oE '[0-9]+ passed' "$out/cargo.log" | awk '{s+=$1} END {print s+0}') + $(grep -oE 'ℹ pass [0-9]+' "$out/e2e.log" | awk '{s+=$3} END {print s+0}') ))

@@ -15,7 +15,7 @@ import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
 import { startFakeProviders } from './fake-providers.mjs';
-import { ROOT, freePort, randomKey, startVault } from './harness.mjs';
+import { ROOT, randomKey, startVault } from './harness.mjs';
 
 const require = createRequire(import.meta.url);
 const AXE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
@@ -29,10 +29,9 @@ let host;
 let hostOrigin;
 before(async () => {
   fake = await startFakeProviders();
-  // The host page of the embedding test lives on another origin, which CORS must allow.
-  const hostPort = await freePort();
-  hostOrigin = `http://127.0.0.1:${hostPort}`;
-  vault = await startVault({ vars: { ...fake.vars(), RATE_LIMITS: 'off', CORS_ALLOWED_ORIGINS: hostOrigin, SANDBOX: 'on' } });
+  // The host page of the embedding test lives on another origin, which CORS must allow. It
+  // listens first (on a port the OS assigns) so that origin is known before the vault
+  // starts; its page is asked for only once the vault is up.
   host = http.createServer((req, res) => {
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
     res.end(`<!doctype html><html lang="en"><head><title>Host app</title>
@@ -43,7 +42,9 @@ before(async () => {
         document.querySelector('byok-keys').token = () => window.appToken;
       </script></body></html>`);
   });
-  await new Promise((r) => host.listen(hostPort, '127.0.0.1', r));
+  await new Promise((r) => host.listen(0, '127.0.0.1', r));
+  hostOrigin = `http://127.0.0.1:${host.address().port}`;
+  vault = await startVault({ vars: { ...fake.vars(), RATE_LIMITS: 'off', CORS_ALLOWED_ORIGINS: hostOrigin, SANDBOX: 'on' } });
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -53,6 +54,7 @@ before(async () => {
 });
 after(async () => {
   await browser?.close();
+  host?.closeAllConnections?.();
   await new Promise((r) => (host ? host.close(r) : r()));
   await vault?.stop();
   await fake?.close();

@@ -25,7 +25,9 @@
 //   huge         the probe passes; the model list is larger than the vault reads
 //   busy         valid for checks; every real operation answers 429 with Retry-After: 7
 //   spent        valid for checks; every real operation answers the provider's quota error
-// and `revoke(key)` makes any key invalid from then on.
+// and `revoke(key)` makes any key invalid from then on. `hold(key)` makes a key's calls
+// wait until the test releases them, and `holdStreamEnd()` holds back the last chunk of the
+// SSE streams: a test orders events by what it saw, never by how long it slept.
 //
 // Real operations (what the vault's proxy forwards) answer too: ElevenLabs text-to-speech
 // returns AUDIO (its `/stream` variant in three chunks STREAM_GAP_MS apart), OpenAI chat
@@ -250,6 +252,8 @@ function operation(name, method, path) {
       res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
       const words = ['Hello', ' there', '!'];
       for (let i = 0; i < words.length; i++) {
+        // A test may hold the last chunk back until it has seen the first (holdStreamEnd).
+        if (i === words.length - 1) await state.streamEnd;
         res.write(`data: ${JSON.stringify(chunk(i, words[i]))}\n\n`);
         state.sseSent.push(Date.now());
         if (i < words.length - 1) await sleep(STREAM_GAP_MS);
@@ -268,8 +272,24 @@ function operation(name, method, path) {
   return undefined;
 }
 
+/**
+ * A gate: `wait` settles when `open()` is called, or by itself after `maxMs`; then
+ * `open.timedOut` says which.
+ */
+function gate(maxMs) {
+  let resolve;
+  const wait = new Promise((r) => { resolve = r; });
+  const open = () => { clearTimeout(timer); resolve(); };
+  open.timedOut = false;
+  const timer = setTimeout(() => { open.timedOut = true; resolve(); }, maxMs);
+  return { wait, open };
+}
+
 export function startFakeProviders() {
   const sseSent = [];
+  // Keys whose answers wait (hold), and the SSE streams' last chunk (holdStreamEnd).
+  const holds = new Map();
+  const streams = { sseSent, streamEnd: null };
   const seen = new Map();
   const requests = [];
   const hanging = new Set();
@@ -291,18 +311,28 @@ export function startFakeProviders() {
     const key = p.key(req.headers) ?? '';
     const count = (seen.get(`${name}:${key}`) ?? 0) + 1;
     seen.set(`${name}:${key}`, count);
-    requests.push({ provider: name, method: req.method, path, region, query: url.search, key, headers: req.headers, at: Date.now() });
+    const record = { provider: name, method: req.method, path, region, query: url.search, key, headers: req.headers, at: Date.now() };
+    requests.push(record);
+    const held = holds.get(key);
+    if (held) {
+      held.wait.then(() => answer(record, p, count, url, req, res));
+      return undefined;
+    }
+    return answer(record, p, count, url, req, res);
+  });
+  /** Answers the request `record` (recorded when it arrived). */
+  function answer(record, p, count, url, req, res) {
+    const { provider: name, key, path } = record;
     const ok = () => p.ok(res, path, url.searchParams);
     const kind = revoked.has(key) ? 'invalid' : key === '' && p.keyless ? 'valid' : key.split('_')[1];
     if (limitOnce.has(key)) {
       const secs = limitOnce.get(key);
       limitOnce.delete(key);
-      requests[requests.length - 1].limited = true;
+      record.limited = true;
       return p.limited(res, secs);
     }
     const op = operation(name, req.method, path);
     if (op) {
-      const record = requests[requests.length - 1];
       const chunks = [];
       req.on('data', (c) => chunks.push(c));
       req.on('end', () => {
@@ -312,7 +342,7 @@ export function startFakeProviders() {
           case 'invalid': return p.invalid(res);
           case 'busy': return p.limited(res, 7);
           case 'spent': return (p.quota ?? p.invalid)(res);
-          default: return op(res, record.body, { sseSent });
+          default: return op(res, record.body, streams);
         }
       });
       return undefined;
@@ -343,7 +373,7 @@ export function startFakeProviders() {
       case 'huge': return p.primary(path) ? ok() : p.huge(res);
       default: return p.invalid(res);
     }
-  });
+  }
   return new Promise((resolve) => {
     server.listen(0, '127.0.0.1', () => {
       const { port } = server.address();
@@ -373,7 +403,31 @@ export function startFakeProviders() {
         revoke: (key) => revoked.add(key),
         /** The next call with this key answers 429 in the provider's style, asking for `secs`. */
         limitOnce: (key, secs) => limitOnce.set(key, secs),
+        /**
+         * From now on every call with this key waits (it is recorded in `requests` when it
+         * arrives) until the returned function is called, or `maxMs` has passed: a test
+         * lands a change while a check is certainly in flight, without guessing a delay.
+         */
+        hold(key, { maxMs = 30_000 } = {}) {
+          const g = gate(maxMs);
+          holds.set(key, g);
+          g.wait.then(() => { if (holds.get(key) === g) holds.delete(key); });
+          return g.open;
+        },
+        /**
+         * SSE streams started from now on send their last chunk only when the returned
+         * function is called (or after `maxMs`, and then its `timedOut` is true): a test
+         * that sees the first chunk before releasing it knows the stream was not buffered,
+         * however slow the machine.
+         */
+        holdStreamEnd({ maxMs = 10_000 } = {}) {
+          const g = gate(maxMs);
+          streams.streamEnd = g.wait;
+          g.wait.then(() => { if (streams.streamEnd === g.wait) streams.streamEnd = null; });
+          return g.open;
+        },
         close: () => new Promise((done) => {
+          for (const g of holds.values()) g.open();
           for (const res of hanging) res.destroy();
           server.closeAllConnections?.();
           server.close(() => done());

@@ -160,24 +160,37 @@ describe('proxy', () => {
   test('an SSE chat stream reaches the client chunk by chunk', async () => {
     await add('u_sse', 'openai');
     const sentBefore = fake.sseSent.length;
-    const res = await proxy('u_sse', 'POST', 'openai/v1/chat/completions', {
-      body: JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'Hi' }] }),
-    });
-    assert.equal(res.status, 200);
-    assert.match(res.headers.get('content-type'), /text\/event-stream/);
-    const reader = res.body.getReader();
-    const decoder = new TextDecoder();
+    // The fake sends its last chunk only once the client has the first (or after 10 s): a
+    // proxy that buffered would deliver nothing before it, on a fast machine or a slow one.
+    const release = fake.holdStreamEnd();
     let text = '';
     let firstAt;
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      if (firstAt === undefined && decoder.decode(value, { stream: true }).includes('data:')) firstAt = Date.now();
-      text += decoder.decode(value);
+    let beforeTheEnd;
+    try {
+      const res = await proxy('u_sse', 'POST', 'openai/v1/chat/completions', {
+        body: JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'Hi' }] }),
+      });
+      assert.equal(res.status, 200);
+      assert.match(res.headers.get('content-type'), /text\/event-stream/);
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+        if (firstAt === undefined && text.includes('data:')) {
+          firstAt = Date.now();
+          beforeTheEnd = !release.timedOut;
+          release();
+        }
+      }
+    } finally {
+      release();
     }
     const sent = fake.sseSent.slice(sentBefore);
     assert.equal(sent.length, 3);
-    assert.ok(firstAt < sent[2], `the first chunk arrived at ${firstAt}, after the last was sent at ${sent[2]}`);
+    assert.ok(beforeTheEnd, 'the first chunk arrived only after the fake had sent the last');
+    assert.ok(firstAt <= sent[2], `the first chunk arrived at ${firstAt}, after the last was sent at ${sent[2]}`);
     assert.ok(sent[2] - sent[0] >= 2 * STREAM_GAP_MS - 50);
     assert.match(text, /"content":"Hello"/);
     assert.match(text, /data: \[DONE\]/);

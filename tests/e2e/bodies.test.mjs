@@ -10,11 +10,10 @@
 // pass on an answer that comes while the client is still sending.
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 
-import { eventsOf, randomKey, startVault } from './harness.mjs';
+import { eventsOf, internals, randomKey, startVault } from './harness.mjs';
 
 const SYSTEM = randomKey('valid');
 const LIMIT = 1_000_000;
@@ -145,25 +144,8 @@ const within = (promise, ms) => Promise.race([promise, sleep(ms).then(() => null
  * listening sockets of the processes wrangler started, as the one that answers as the vault.
  */
 async function runtimeBase(vault) {
-  const pids = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((pid) => {
-    try {
-      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-      return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2] === String(vault.pgid);
-    } catch { return false; }
-  });
-  const sockets = new Set();
-  for (const pid of pids) {
-    for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-      try {
-        const m = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
-        if (m) sockets.add(m[1]);
-      } catch { /* closed meanwhile */ }
-    }
-  }
-  const ports = fs.readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)
-    .map((l) => l.trim().split(/\s+/))
-    .filter((c) => c.length > 9 && c[3] === '0A' && sockets.has(c[9]))
-    .map((c) => parseInt(c[1].split(':')[1], 16))
+  const ports = (internals.listeningSockets(vault.pgid) ?? [])
+    .map((s) => s.port)
     .filter((p) => `http://127.0.0.1:${p}` !== vault.base);
   for (const port of ports) {
     try {

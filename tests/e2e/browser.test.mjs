@@ -3,7 +3,8 @@
 // the fake providers. A person adds a key and sees it masked, sees the provider's reason
 // for a bad one and when to retry a rate-limited one, picks a model, sets a default,
 // rotates, deletes after confirming; the <byok-keys> element works inside a host page on
-// another origin; axe-core finds no serious or critical accessibility violation.
+// another origin; axe-core finds no serious or critical accessibility violation; the page
+// loads (and a flow without a refusal runs) without a single console error.
 // Screenshots are kept in .test-runs/screenshots/.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -58,13 +59,34 @@ after(async () => {
   await fake?.close();
 });
 
-/** A page signed in as `user` through the link scripts/dev.sh prints. `bypassCSP` lets a
- * test inject axe-core into a page whose policy allows no script but its own. */
+/** A new page that keeps every console error and uncaught exception it sees (a resource
+ * that answers 404 is one: Chromium logs it). */
+async function watchedPage(options = {}) {
+  const page = await browser.newPage(options);
+  page.consoleErrors = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error') page.consoleErrors.push(`${m.text()} (${m.location().url ?? ''})`);
+  });
+  page.on('pageerror', (e) => page.consoleErrors.push(`uncaught: ${e.message}`));
+  return page;
+}
+
+/** Asserts the page logged no console error, once its network is quiet (the icon a
+ * browser asks for after the load counts too). */
+async function assertNoConsoleErrors(page, when) {
+  await page.waitForLoadState('networkidle');
+  assert.deepEqual(page.consoleErrors, [], `console errors ${when}`);
+}
+
+/** A page signed in as `user` through the link scripts/dev.sh prints, loaded without a
+ * console error. `bypassCSP` lets a test inject axe-core into a page whose policy allows
+ * no script but its own. */
 async function signedIn(user, { bypassCSP = false } = {}) {
-  const page = await browser.newPage({ bypassCSP });
+  const page = await watchedPage({ bypassCSP });
   const token = vault.token(user, { exp: Math.floor(Date.now() / 1000) + 3600 });
   await page.goto(`${vault.base}/#token=${token}`);
   await page.getByRole('heading', { name: 'Your provider keys' }).waitFor();
+  await assertNoConsoleErrors(page, 'on load');
   return page;
 }
 
@@ -118,6 +140,7 @@ describe('the settings page', () => {
     const stored = await page.evaluate(() => JSON.stringify([{ ...localStorage }, { ...sessionStorage }, document.cookie]));
     assert.equal(stored, '[{},{},""]');
     await shot(page, '2-added');
+    await assertNoConsoleErrors(page, 'after adding a key');
     await page.close();
   });
 
@@ -188,6 +211,7 @@ describe('the settings page', () => {
     await page.getByRole('button', { name: 'Verify log' }).click();
     await page.getByText(/The activity log is intact: \d+ entries verified/).waitFor();
     await shot(page, '6-deleted');
+    await assertNoConsoleErrors(page, 'through the whole flow');
     await page.close();
   });
 
@@ -203,7 +227,7 @@ describe('the settings page', () => {
 
 describe('the <byok-keys> element embedded in a host app', () => {
   test('works on another origin with the host app token, and the key never reaches the host page', async () => {
-    const page = await browser.newPage();
+    const page = await watchedPage();
     const seen = [];
     page.on('request', (r) => { if (r.url().startsWith(hostOrigin)) seen.push(r.postData() ?? ''); });
     await page.goto(hostOrigin);
@@ -217,6 +241,7 @@ describe('the <byok-keys> element embedded in a host app', () => {
     assert.ok(!seen.some((body) => body.includes(key)), 'the key went to the host app');
     const stored = await page.evaluate(() => JSON.stringify([{ ...localStorage }, { ...sessionStorage }]));
     assert.equal(stored, '[{},{}]');
+    await assertNoConsoleErrors(page, 'in the host app');
     await page.close();
   });
 });

@@ -98,6 +98,18 @@ pub trait HttpClient {
     /// the endpoint guard cannot bounce the call somewhere that would not. Reads at most
     /// `request.max_response_bytes` of the body.
     async fn send(&self, request: HttpRequest, timeout_ms: u64) -> Result<HttpResponse, HttpError>;
+
+    /// Sends one request for its status alone (a webhook delivery): reads at most
+    /// `request.max_response_bytes` of the body and drops the rest, so a long answer is
+    /// never an error. This default asks [`send`](Self::send), which does fail on a long
+    /// body: a client that reads from a network overrides it.
+    async fn send_for_status(
+        &self,
+        request: HttpRequest,
+        timeout_ms: u64,
+    ) -> Result<u16, HttpError> {
+        self.send(request, timeout_ms).await.map(|r| r.status)
+    }
 }
 
 /// An answer's body left unread: the Worker pipes it to the client as it arrives (the

@@ -143,6 +143,16 @@ impl HttpClient for FakeHttp<'_> {
             None => panic!("unscripted request to {}", req.url),
         }
     }
+
+    /// As the Worker's client: the body past the bound is dropped, never an error.
+    async fn send_for_status(
+        &self,
+        mut req: HttpRequest,
+        timeout_ms: u64,
+    ) -> Result<u16, HttpError> {
+        req.max_response_bytes = usize::MAX;
+        self.send(req, timeout_ms).await.map(|r| r.status)
+    }
 }
 
 /// The proxy's path over the same script: the body comes back whole, as the "stream".

@@ -383,11 +383,14 @@ pub trait ImportStore {
     /// Stores `rows` under `batch`, each with its event, in one transaction, leaving out
     /// any whose user meanwhile holds one of its fingerprints or would pass `limit`
     /// credentials (counted with the rows before it in `rows`); records the batch (as a
-    /// `jobs` row of kind `import`, its total the rows stored). Returns the ids stored.
+    /// `jobs` row of kind `import`, its total the rows stored). `refused` (the events of
+    /// entries skipped because their user holds the key) go into the outbox in the same
+    /// transaction. Returns the ids stored.
     async fn insert_batch(
         &self,
         batch: &BatchId,
         rows: &[ImportRow],
+        refused: &[AuditEvent],
         limit: u32,
         now: Timestamp,
     ) -> Result<Vec<CredentialId>, StoreError>;

@@ -609,12 +609,16 @@ impl crate::ports::ImportStore for MemoryStore {
         &self,
         batch: &crate::domain::BatchId,
         rows: &[crate::ports::ImportRow],
+        refused: &[AuditEvent],
         limit: u32,
         now: Timestamp,
     ) -> Result<Vec<CredentialId>, StoreError> {
         self.check()?;
         if let Some(race) = self.before_write.borrow_mut().take() {
             race(&mut self.rows.borrow_mut());
+        }
+        for event in refused {
+            self.outbox.push(event);
         }
         // As the D1 statement does: every row's condition is judged against the table as
         // it was before the statement, its count plus the rows before it in `rows`.

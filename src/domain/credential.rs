@@ -17,6 +17,10 @@ crate::wire_enum! {
         ProviderError = "provider_error",
         /// The stored ciphertext cannot be decrypted (e.g. its master key version is gone).
         NeedsReconfiguration = "needs_reconfiguration",
+        /// Not yet checked: stored by an operator's import without a live check. Never
+        /// preferred over a key its user added or confirmed, and never called at an
+        /// endpoint the importer chose (`base_url`), until a check succeeds.
+        Unverified = "unverified",
     }
 }
 

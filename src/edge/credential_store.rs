@@ -784,6 +784,7 @@ impl ImportStore for D1Store<'_> {
         &self,
         batch: &BatchId,
         rows: &[ImportRow],
+        refused: &[AuditEvent],
         limit: u32,
         now: Timestamp,
     ) -> Result<Vec<CredentialId>, StoreError> {
@@ -893,6 +894,25 @@ impl ImportStore for D1Store<'_> {
             ),
             &[events, batch_id, at],
         )?);
+        if !refused.is_empty() {
+            // Entries refused because their user holds the key: each user's chain says an
+            // import tried it, and which of their credentials holds it.
+            let mut list = Vec::with_capacity(refused.len());
+            for event in refused {
+                list.push(serde_json::json!({
+                    "i": event.id, "u": event.user_id.as_str(),
+                    "e": serde_json::to_string(event).map_err(corrupt)?,
+                }));
+            }
+            statements.push(self.db.prepare(
+                "INSERT INTO audit_outbox (id, user_id, event, created_at) \
+                 SELECT json_extract(j.value, '$.i'), json_extract(j.value, '$.u'), \
+                   json_extract(j.value, '$.e'), ?2 \
+                 FROM json_each(?1) AS j WHERE true ORDER BY j.key \
+                 ON CONFLICT (id) DO NOTHING",
+                &[json_rows(list), num(super::runtime::now_ms())],
+            )?);
+        }
         let results = self.db.batch(statements).await?;
         let mut ids = Vec::new();
         for i in inserts {

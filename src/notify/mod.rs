@@ -492,9 +492,13 @@ mod tests {
         let page = "x".repeat(5 * 1024 * 1024);
         let http = FakeHttp::new(&clock, vec![respond(200, &page)]);
         let lines = RefCell::new(Vec::new());
-        let d = block_on(deliver(&store, &http, clock.now(), &settings, &|l: &str| {
-            lines.borrow_mut().push(l.to_owned())
-        }))
+        let d = block_on(deliver(
+            &store,
+            &http,
+            clock.now(),
+            &settings,
+            &|l: &str| lines.borrow_mut().push(l.to_owned()),
+        ))
         .unwrap();
         assert_eq!((d.sent, d.failed, d.next_due), (1, 0, None), "{lines:?}");
         assert!(store.0.borrow().is_empty(), "the notice is still queued");

@@ -16,12 +16,13 @@ import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
 import { startFakeProviders } from './fake-providers.mjs';
-import { ROOT, freePort, randomKey, startVault } from './harness.mjs';
+import { ROOT, freePort, randomKey, serviceTokens, startVault } from './harness.mjs';
 
 const require = createRequire(import.meta.url);
 const AXE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 const SHOTS = path.join(ROOT, '.test-runs', 'screenshots');
 const CHROMIUM = process.env.BYOK_CHROMIUM ?? '/usr/bin/chromium';
+const { tokens: { ops: ADMIN }, SERVICE_TOKENS } = serviceTokens({ ops: ['admin'] });
 
 let fake;
 let vault;
@@ -33,7 +34,10 @@ before(async () => {
   // The host page of the embedding test lives on another origin, which CORS must allow.
   const hostPort = await freePort();
   hostOrigin = `http://127.0.0.1:${hostPort}`;
-  vault = await startVault({ vars: { ...fake.vars(), RATE_LIMITS: 'off', CORS_ALLOWED_ORIGINS: hostOrigin, SANDBOX: 'on' } });
+  vault = await startVault({
+    secrets: { SERVICE_TOKENS },
+    vars: { ...fake.vars(), RATE_LIMITS: 'off', CORS_ALLOWED_ORIGINS: hostOrigin, SANDBOX: 'on' },
+  });
   host = http.createServer((req, res) => {
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
     res.end(`<!doctype html><html lang="en"><head><title>Host app</title>
@@ -212,6 +216,24 @@ describe('the settings page', () => {
     await page.getByText(/The activity log is intact: \d+ entries verified/).waitFor();
     await shot(page, '6-deleted');
     await assertNoConsoleErrors(page, 'through the whole flow');
+    await page.close();
+  });
+
+  test('shows a key an operator imported unchecked as not yet checked, until a re-check confirms it', async () => {
+    const key = randomKey('valid');
+    const r = await vault.request('POST', '/v1/admin/import', {
+      token: ADMIN, body: { dry_run: false, entries: [{ user_id: 'u_page_imported', provider: 'openai', api_key: key, label: 'From the old app' }] },
+    });
+    assert.equal(r.status, 200, r.text);
+    const page = await signedIn('u_page_imported');
+    const card = page.locator('article[data-credential]');
+    await card.getByText('Not yet checked', { exact: true }).waitFor();
+    await shot(page, '8-unverified');
+    await card.getByRole('button', { name: 'Re-check' }).click();
+    await notice(page).getByText('The OpenAI key works.').waitFor();
+    await card.getByText('Valid', { exact: true }).waitFor();
+    assert.equal(await card.getByText('Not yet checked').count(), 0);
+    await assertNoConsoleErrors(page, 'with an imported key');
     await page.close();
   });
 

@@ -222,9 +222,14 @@ pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
         let queued_at = Timestamp::from_millis(queued_at);
         out.push(
             match vault.revalidate(&user, &id, queued_at, &origin).await {
-                Ok(Revalidated::Deferred {
-                    retry_after_seconds,
-                }) => JobOutcome::RetryAfter(retry_after_seconds),
+                Ok(
+                    Revalidated::Deferred {
+                        retry_after_seconds,
+                    }
+                    | Revalidated::Limited {
+                        retry_after_seconds,
+                    },
+                ) => JobOutcome::RetryAfter(retry_after_seconds),
                 Ok(Revalidated::Changed { from, to }) => {
                     events += 1;
                     log(&format!("revalidation: {id} ({provider}) {from} -> {to}"));

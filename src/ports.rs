@@ -310,12 +310,14 @@ pub trait CredentialStore {
         capability: Capability,
         providers: &[ProviderId],
     ) -> Result<(Vec<Credential>, Option<Preference>), StoreError>;
-    /// Claims for the revalidation sweep, in one statement, the credentials last validated
-    /// at or before `cutoff` (or never), oldest first, at most `limit`, leaving out those claimed
-    /// after `requeue_before`; marks them claimed at `now` (without moving their version).
+    /// Claims for the revalidation sweep, in one statement, the credentials never
+    /// validated or last validated at or before `cutoffs[n]`, where `n` is the row's
+    /// `dead_checks` (a row past the list is not due), oldest first, at most `limit`,
+    /// leaving out those claimed after `requeue_before`; marks them claimed at `now`
+    /// (without moving their version). `cutoffs[0]` is the latest of them.
     async fn claim_due(
         &self,
-        cutoff: Timestamp,
+        cutoffs: &[Timestamp],
         requeue_before: Timestamp,
         now: Timestamp,
         limit: u32,

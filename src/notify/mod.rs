@@ -17,11 +17,13 @@ use crate::domain::Timestamp;
 use crate::endpoint_guard::check_base_url;
 use crate::ports::{HttpClient, HttpRequest, Method, NotificationStore, StoredNotice};
 
-/// A notice waiting to be delivered: its id (the event's), its owner and its body.
+/// A notice waiting to be delivered: its id (the event's), its owner, the credential it
+/// is about (deleting that credential removes it) and its body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Notice {
     pub id: String,
     pub user_id: String,
+    pub credential_id: Option<String>,
     pub body: String,
 }
 
@@ -56,6 +58,7 @@ pub fn notice_of(event: &AuditEvent) -> Option<Notice> {
     Some(Notice {
         id: event.id.clone(),
         user_id: event.user_id.as_str().to_owned(),
+        credential_id: event.credential_id.as_ref().map(|c| c.as_str().to_owned()),
         body: body.to_string(),
     })
 }
@@ -291,6 +294,11 @@ mod tests {
                    "reason":"quota_exhausted","resets_at":"2026-12-01T00:00:00Z"})
         );
         assert_eq!((n.id.as_str(), n.user_id.as_str()), ("ev_1", "u_1"));
+        // Which credential it is about: deleting that credential removes the notice.
+        assert_eq!(
+            n.credential_id.as_deref(),
+            Some("c_0123456789abcdef0123456789abcdef")
+        );
         assert!(notice_of(&status_change("valid", "valid")).is_none());
         let mut created = status_change("valid", "invalid_key");
         created.action = Action::CredentialCreated;

@@ -268,6 +268,7 @@ mod tests {
             models: None,
             models_fetched_at: None,
             consecutive_failures: 0,
+            dead_checks: 0,
             last_validated_at: None,
             last_used_at: None,
             revalidation_queued_at: None,

@@ -44,7 +44,7 @@ pub enum Revalidated {
 
 /// What the sweep's checks of imported rows are counted under in the per-address limit:
 /// all of them together, as one client address (no address reads like this).
-pub const SWEEP_LIMIT_KEY: &str = "sweep";
+const SWEEP_LIMIT_KEY: &str = "sweep";
 
 /// Whether the sweep's check of `c` counts against the live-check limits: a row no check
 /// has confirmed, or one an import created that its user has not touched since.
@@ -154,6 +154,14 @@ impl Vault<'_> {
                 facts.failure = Some(code);
             }
         }
+        // One more scheduled check that found it dead (the sweep waits longer next time,
+        // and stops after `jobs::DEAD_CHECKS_MAX`); anything else starts over.
+        next.dead_checks = match next.status {
+            CredentialStatus::InvalidKey | CredentialStatus::NeedsReconfiguration => {
+                read.dead_checks.saturating_add(1)
+            }
+            _ => 0,
+        };
         let (from, to) = (read.status, next.status);
         let event = (from != to).then(|| {
             let mut detail = status_change(&read, &next);

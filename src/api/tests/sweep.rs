@@ -349,3 +349,92 @@ fn the_sweeps_check_of_a_key_its_user_added_is_not_counted() {
     assert_eq!(w.counted("user", "u_a"), added);
     assert_eq!(w.counted("client address", "sweep"), 0);
 }
+
+#[test]
+fn a_dead_key_is_rechecked_less_and_less_often_then_not_until_its_user_acts() {
+    let w = world();
+    let id = w.added();
+    let day = 86_400_000;
+    let queued = |w: &World| w.sweep_now().1["queued"].as_u64().unwrap();
+    // The sweep finds it revoked.
+    w.clock.advance(1000);
+    assert_eq!(queued(&w), 1);
+    w.consume(vec![respond(401, INVALID)]);
+    assert_eq!(w.stored().status, CredentialStatus::InvalidKey);
+    // Then asks again after 1, 2, 4, 8 and 16 days, never sooner.
+    for wait in [day, 2 * day, 4 * day, 8 * day, 16 * day] {
+        w.clock.advance(wait - 1);
+        assert_eq!(queued(&w), 0, "asked again before {} days", wait / day);
+        w.clock.advance(1);
+        assert_eq!(queued(&w), 1, "not asked after {} days", wait / day);
+        let (_, calls) = w.consume(vec![respond(401, INVALID)]);
+        assert_eq!(calls, 1);
+    }
+    // Six checks in a row found it dead: no more, however long it stays.
+    w.clock.advance(365 * day);
+    assert_eq!(queued(&w), 0, "a key dead for a month is still asked");
+    assert_eq!(w.stored().dead_checks, crate::jobs::DEAD_CHECKS_MAX);
+    // Its user re-checks it (still dead): the usual schedule again.
+    // (A token for now: a year has passed since the world's own were minted.)
+    let now_token = || {
+        sign_hs256(
+            &json!({"alg":"HS256"}),
+            &json!({"sub":"u_a","exp":w.clock.now().as_unix_seconds() + 600,"aud":AUDIENCE}),
+            SECRET.as_bytes(),
+        )
+    };
+    let path = format!("/v1/credentials/{id}/validate");
+    let (s, body, _) = w.call_with_token(
+        "POST",
+        &path,
+        Some(now_token()),
+        None,
+        vec![respond(401, INVALID)],
+    );
+    assert_eq!((s, body["status"].as_str()), (200, Some("invalid_key")));
+    assert_eq!(w.stored().dead_checks, 0);
+    w.clock.advance(1000);
+    assert_eq!(queued(&w), 1);
+    // A rotation to a working key ends it too; a key found working is never backed off.
+    w.consume(vec![respond(401, INVALID)]);
+    assert_eq!(w.stored().dead_checks, 1);
+    let (s, _, _) = w.call_with_token(
+        "PATCH",
+        &format!("/v1/credentials/{id}"),
+        Some(now_token()),
+        Some(json!({"api_key": KEY2})),
+        valid(),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(
+        (w.stored().status, w.stored().dead_checks),
+        (CredentialStatus::Valid, 0)
+    );
+}
+
+#[test]
+fn deleting_a_credential_removes_its_notices_not_yet_delivered() {
+    let w = world();
+    let id = w.added();
+    let other = w.add_key("u_b", KEY2, valid()).1["credential"]["id"].clone();
+    w.clock.advance(1000);
+    w.sweep_now();
+    // Both keys were revoked: a notice each waits for delivery.
+    w.consume(vec![respond(401, INVALID), respond(401, INVALID)]);
+    let notices = || -> Vec<Option<String>> {
+        w.audit
+            .outbox
+            .notices
+            .borrow()
+            .iter()
+            .map(|n| n.credential_id.clone())
+            .collect()
+    };
+    assert_eq!(notices().len(), 2);
+    assert_eq!(w.delete(&id), 204);
+    assert_eq!(
+        notices(),
+        [other.as_str().map(str::to_owned)],
+        "u_a's notice is still queued"
+    );
+}

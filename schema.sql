@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS credentials (
   import_batch_id      TEXT,
   version              INTEGER NOT NULL DEFAULT 0,
   last_used_at         INTEGER,          -- set by the audit chainer from credential.used
-  revalidation_queued_at INTEGER         -- when a sweep last queued it for a check
+  revalidation_queued_at INTEGER,        -- when a sweep last queued it for a check
+  dead_checks          INTEGER NOT NULL DEFAULT 0 -- scheduled checks in a row that found it dead
 );
 CREATE INDEX IF NOT EXISTS credentials_by_user ON credentials (user_id, created_at DESC);
 CREATE UNIQUE INDEX IF NOT EXISTS credentials_fingerprint ON credentials (user_id, fingerprint)
@@ -128,8 +129,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_running ON jobs (state, updated_at);
 
 -- Key-health notices waiting for delivery to NOTIFY_WEBHOOK_URL (one per change of a
--- credential's status, written by the audit chainer; id is the event's and the
--- webhook-id). Delivery removes a notice; a failure moves next_attempt_at on.
+-- credential's status, written by the audit chainer while the credential exists; id is
+-- the event's and the webhook-id). Delivery removes a notice; a failure moves
+-- next_attempt_at on; deleting the credential removes its notices in the same transaction.
 CREATE TABLE IF NOT EXISTS notifications (
   id              TEXT PRIMARY KEY,
   user_id         TEXT NOT NULL,
@@ -137,6 +139,9 @@ CREATE TABLE IF NOT EXISTS notifications (
   attempts        INTEGER NOT NULL DEFAULT 0,
   next_attempt_at INTEGER NOT NULL,
   last_error      TEXT,
-  created_at      INTEGER NOT NULL
+  created_at      INTEGER NOT NULL,
+  credential_id   TEXT
 );
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications (next_attempt_at);
+CREATE INDEX IF NOT EXISTS notifications_by_credential ON notifications (credential_id)
+  WHERE credential_id IS NOT NULL;

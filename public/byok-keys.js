@@ -23,6 +23,7 @@ const STATUS_TEXT = {
   unreachable: 'Unreachable',
   provider_error: 'Provider error',
   needs_reconfiguration: 'Needs re-entry',
+  unverified: 'Not yet checked',
 };
 const CAPABILITY_TEXT = { tts: 'Text to speech', stt: 'Speech to text', llm: 'Chat (LLM)' };
 
@@ -245,7 +246,7 @@ export class ByokKeys extends HTMLElement {
 
   #card(c) {
     const status = c.status;
-    const tone = status === 'valid' ? 'good' : status === 'rate_limited' || status === 'unreachable' ? 'wait' : 'bad';
+    const tone = status === 'valid' ? 'good' : ['rate_limited', 'unreachable', 'unverified'].includes(status) ? 'wait' : 'bad';
     const name = this.#providerName(c.provider);
     const feedback = h('div', { 'aria-live': 'polite' });
     const card = h('article', { class: 'card', 'aria-label': `${name} key ${c.label ?? ''}`.trim(), 'data-credential': c.id },

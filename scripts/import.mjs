@@ -2,9 +2,10 @@
 // Moves keys a deployment holds today (a `.env` of system keys, or a JSON export of
 // per-user keys) into byok-vault through POST /v1/admin/import, in chunks the vault
 // takes, with a progress bar. Never prints a key: reports name entries by file and line.
+// Like the endpoint, it only reports what would happen unless told to import (--commit).
 //
 //   BYOK_ADMIN_TOKEN=… node scripts/import.mjs --env deploy.env --user ops --url https://vault.example
-//   BYOK_ADMIN_TOKEN=… node scripts/import.mjs --json export.json --url … --dry-run
+//   BYOK_ADMIN_TOKEN=… node scripts/import.mjs --json export.json --url … --commit
 //   node scripts/import.mjs --env deploy.env --user ops --out request.json   (writes the request only)
 //
 // Options:
@@ -14,8 +15,10 @@
 //   --user ID           whose keys the .env ones become (and the default for JSON entries without one)
 //   --url URL           the vault (default http://127.0.0.1:8787); the token is read from the
 //                       environment variable BYOK_ADMIN_TOKEN, never from the command line
-//   --dry-run           report what would happen; change nothing
-//   --validate          have the vault check every key live before storing it
+//   --commit            import for real (without it: a dry run, which reports what would happen
+//                       and changes nothing; --dry-run says so explicitly)
+//   --validate          have the vault check every key live before storing it (without it the
+//                       rows are "unverified" until the vault's revalidation checks them)
 //   --chunk N           entries per request (default and most 200; 25 with --validate); requests
 //                       also stay under the vault's 64 KiB body limit
 //   --batch-id ID       the batch to use (an earlier one to add to); by default the script names a
@@ -212,7 +215,7 @@ export const newBatchId = () => `imp_${crypto.randomBytes(16).toString('hex')}`;
  * (with what was done so far on `error.report` if it stops). Entries the vault says to send
  * again are sent once the wait it names has passed; an HTTP 429 or 503 is waited out.
  */
-export async function sendAll(items, { url, token, dryRun, validate, chunk, batchId, onProgress, log = () => {} }) {
+export async function sendAll(items, { url, token, dryRun = true, validate, chunk, batchId, onProgress, log = () => {} }) {
   const results = new Array(items.length);
   const counts = { created: 0, skipped: 0, rejected: 0 };
   const batch = dryRun ? null : batchId ?? newBatchId();
@@ -289,17 +292,23 @@ async function post(url, token, body, log) {
 }
 
 function parseArgs(argv) {
-  const opts = { url: 'http://127.0.0.1:8787', dryRun: false, validate: false };
+  // A dry run unless told otherwise, as the endpoint is.
+  const opts = { url: 'http://127.0.0.1:8787', dryRun: true, validate: false };
+  let commit = false;
+  let dry = false;
   const takes = { '--env': 'env', '--json': 'json', '--user': 'user', '--url': 'url', '--chunk': 'chunk', '--batch-id': 'batchId', '--report': 'report', '--out': 'out' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
-    if (a === '--dry-run') opts.dryRun = true;
+    if (a === '--dry-run') dry = true;
+    else if (a === '--commit') commit = true;
     else if (a === '--validate') opts.validate = true;
     else if (a === '--help' || a === '-h') opts.help = true;
     else if (takes[a] && i + 1 < argv.length) opts[takes[a]] = argv[++i];
     else throw new UsageError(`unknown or incomplete argument: ${a}`);
   }
   if (!opts.help && !opts.env === !opts.json) throw new UsageError('name one input: --env FILE or --json FILE');
+  if (commit && dry) throw new UsageError('--commit and --dry-run contradict each other');
+  opts.dryRun = !commit;
   const most = opts.validate ? 25 : 200;
   const target = (() => { try { return new URL(opts.url); } catch { throw new UsageError(`--url is not a URL: ${opts.url}`); } })();
   const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(target.hostname);
@@ -363,6 +372,7 @@ export async function main(argv = process.argv.slice(2), env = process.env) {
     }
     const s = report.summary;
     say(`${opts.dryRun ? 'dry run: would create' : 'created'} ${s.created}, skipped ${s.skipped} as duplicates, rejected ${s.rejected}`);
+    if (opts.dryRun) say('nothing was imported: run again with --commit to import');
     if (report.batch_id) say(`batch ${report.batch_id} (undo with POST /v1/admin/import/${report.batch_id}/rollback)`);
     return s.rejected ? 1 : 0;
   } catch (e) {

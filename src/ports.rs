@@ -101,6 +101,18 @@ pub trait HttpClient {
     /// the endpoint guard cannot bounce the call somewhere that would not. Reads at most
     /// `request.max_response_bytes` of the body.
     async fn send(&self, request: HttpRequest, timeout_ms: u64) -> Result<HttpResponse, HttpError>;
+
+    /// Sends one request for its status alone (a webhook delivery): reads at most
+    /// `request.max_response_bytes` of the body and drops the rest, so a long answer is
+    /// never an error. This default asks [`send`](Self::send), which does fail on a long
+    /// body: a client that reads from a network overrides it.
+    async fn send_for_status(
+        &self,
+        request: HttpRequest,
+        timeout_ms: u64,
+    ) -> Result<u16, HttpError> {
+        self.send(request, timeout_ms).await.map(|r| r.status)
+    }
 }
 
 /// An answer's body left unread: the Worker pipes it to the client as it arrives (the
@@ -330,12 +342,14 @@ pub trait CredentialStore {
         capability: Capability,
         providers: &[ProviderId],
     ) -> Result<(Vec<Credential>, Option<Preference>), StoreError>;
-    /// Claims for the revalidation sweep, in one statement, the credentials last validated
-    /// at or before `cutoff` (or never), oldest first, at most `limit`, leaving out those claimed
-    /// after `requeue_before`; marks them claimed at `now` (without moving their version).
+    /// Claims for the revalidation sweep, in one statement, the credentials never
+    /// validated or last validated at or before `cutoffs[n]`, where `n` is the row's
+    /// `dead_checks` (a row past the list is not due), oldest first, at most `limit`,
+    /// leaving out those claimed after `requeue_before`; marks them claimed at `now`
+    /// (without moving their version). `cutoffs[0]` is the latest of them.
     async fn claim_due(
         &self,
-        cutoff: Timestamp,
+        cutoffs: &[Timestamp],
         requeue_before: Timestamp,
         now: Timestamp,
         limit: u32,
@@ -403,11 +417,14 @@ pub trait ImportStore {
     /// Stores `rows` under `batch`, each with its event, in one transaction, leaving out
     /// any whose user meanwhile holds one of its fingerprints or would pass `limit`
     /// credentials (counted with the rows before it in `rows`); records the batch (as a
-    /// `jobs` row of kind `import`, its total the rows stored). Returns the ids stored.
+    /// `jobs` row of kind `import`, its total the rows stored). `refused` (the events of
+    /// entries skipped because their user holds the key) go into the outbox in the same
+    /// transaction. Returns the ids stored.
     async fn insert_batch(
         &self,
         batch: &BatchId,
         rows: &[ImportRow],
+        refused: &[AuditEvent],
         limit: u32,
         now: Timestamp,
     ) -> Result<Vec<CredentialId>, StoreError>;

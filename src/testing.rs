@@ -143,6 +143,16 @@ impl HttpClient for FakeHttp<'_> {
             None => panic!("unscripted request to {}", req.url),
         }
     }
+
+    /// As the Worker's client: the body past the bound is dropped, never an error.
+    async fn send_for_status(
+        &self,
+        mut req: HttpRequest,
+        timeout_ms: u64,
+    ) -> Result<u16, HttpError> {
+        req.max_response_bytes = usize::MAX;
+        self.send(req, timeout_ms).await.map(|r| r.status)
+    }
 }
 
 /// A request body in host tests: bytes, read or forwarded within the limit asked for.
@@ -264,6 +274,18 @@ impl Jitter for FixedJitter {
 pub(crate) struct MemoryOutbox {
     pub rows: RefCell<Vec<PendingEvent>>,
     next: Cell<u64>,
+    /// Key-health notices the chainer wrote and no delete has removed (the
+    /// `notifications` table).
+    pub notices: RefCell<Vec<crate::notify::Notice>>,
+}
+
+impl MemoryOutbox {
+    /// A credential's delete takes its notices with it, as the D1 store's does.
+    fn forget_notices(&self, user: &UserId, id: &CredentialId) {
+        self.notices.borrow_mut().retain(|n| {
+            !(n.user_id == user.as_str() && n.credential_id.as_deref() == Some(id.as_str()))
+        });
+    }
 }
 
 impl MemoryOutbox {
@@ -460,7 +482,7 @@ impl CredentialStore for MemoryStore {
 
     async fn claim_due(
         &self,
-        cutoff: Timestamp,
+        cutoffs: &[Timestamp],
         requeue_before: Timestamp,
         now: Timestamp,
         limit: u32,
@@ -471,7 +493,12 @@ impl CredentialStore for MemoryStore {
             .rows
             .borrow()
             .iter()
-            .filter(|c| c.last_validated_at.is_none_or(|at| at <= cutoff))
+            .filter(|c| match c.last_validated_at {
+                None => true,
+                Some(at) => cutoffs
+                    .get(c.dead_checks as usize)
+                    .is_some_and(|cutoff| at <= *cutoff),
+            })
             .filter(|c| {
                 claims
                     .iter()
@@ -552,6 +579,7 @@ impl CredentialStore for MemoryStore {
             row.models = c.models.clone();
             row.models_fetched_at = c.models_fetched_at;
             row.consecutive_failures = c.consecutive_failures;
+            row.dead_checks = c.dead_checks;
             row.last_validated_at = c.last_validated_at;
             row.updated_at = c.updated_at;
         })
@@ -608,6 +636,7 @@ impl CredentialStore for MemoryStore {
             .borrow_mut()
             .retain(|(u, p)| !(u == user && &p.credential_id == id));
         let provider = rows.remove(i).provider;
+        self.outbox.forget_notices(user, id);
         let mut event = event.clone();
         event.provider = Some(provider.as_str().to_owned());
         self.outbox.push(&event);
@@ -671,12 +700,16 @@ impl crate::ports::ImportStore for MemoryStore {
         &self,
         batch: &crate::domain::BatchId,
         rows: &[crate::ports::ImportRow],
+        refused: &[AuditEvent],
         limit: u32,
         now: Timestamp,
     ) -> Result<Vec<CredentialId>, StoreError> {
         self.check()?;
         if let Some(race) = self.before_write.borrow_mut().take() {
             race(&mut self.rows.borrow_mut());
+        }
+        for event in refused {
+            self.outbox.push(event);
         }
         // As the D1 statement does: every row's condition is judged against the table as
         // it was before the statement, its count plus the rows before it in `rows`.
@@ -786,7 +819,8 @@ impl crate::ports::ImportStore for MemoryStore {
             }) else {
                 continue;
             };
-            table.remove(i);
+            let gone = table.remove(i);
+            self.outbox.forget_notices(&gone.user_id, id);
             self.outbox.push(event);
             removed.push(id.clone());
         }
@@ -919,6 +953,10 @@ impl AuditStore for MemoryAudit {
             return Err(StoreError::Conflict("UNIQUE constraint failed".into()));
         }
         self.rows.borrow_mut().extend(plan.rows.iter().cloned());
+        self.outbox
+            .notices
+            .borrow_mut()
+            .extend(plan.notices.iter().cloned());
         self.heads.borrow_mut().extend(plan.heads.iter().cloned());
         self.dead_letters
             .borrow_mut()

@@ -17,6 +17,10 @@ crate::wire_enum! {
         ProviderError = "provider_error",
         /// The stored ciphertext cannot be decrypted (e.g. its master key version is gone).
         NeedsReconfiguration = "needs_reconfiguration",
+        /// Not yet checked: stored by an operator's import without a live check. Never
+        /// preferred over a key its user added or confirmed, and never called at an
+        /// endpoint the importer chose (`base_url`), until a check succeeds.
+        Unverified = "unverified",
     }
 }
 
@@ -72,6 +76,11 @@ pub struct Credential {
     pub models: Option<Vec<Model>>,
     pub models_fetched_at: Option<Timestamp>,
     pub consecutive_failures: u32,
+    /// Scheduled checks in a row that found the key dead (`invalid_key`,
+    /// `needs_reconfiguration`): the sweep spaces its re-checks out by it and stops after
+    /// `jobs::DEAD_CHECKS_MAX`. Any success, and any act of its user (a re-check, a
+    /// rotation, any change), sets it back to 0.
+    pub dead_checks: u32,
     pub last_validated_at: Option<Timestamp>,
     /// When the key was last used (resolve, proxy); set by the audit chainer.
     pub last_used_at: Option<Timestamp>,

@@ -305,15 +305,20 @@ impl AuditStore for D1AuditStore<'_> {
         if notices > 0 {
             // One per change of status; its id is the event's, so a commit that is retried
             // (or a chainer that lost a race) writes none twice.
+            // A notice of a credential deleted meanwhile is not written (its delete took
+            // the ones already written with it).
             let rows: Vec<Value> = plan
                 .notices
                 .iter()
-                .map(|n| json!({"id": n.id, "user_id": n.user_id, "body": n.body}))
+                .map(|n| json!({"id": n.id, "user_id": n.user_id, "c": n.credential_id, "body": n.body}))
                 .collect();
             statements.push(self.db.prepare(
-                "INSERT INTO notifications (id, user_id, body, attempts, next_attempt_at, created_at) \
+                "INSERT INTO notifications (id, user_id, credential_id, body, attempts, next_attempt_at, created_at) \
                  SELECT json_extract(value, '$.id'), json_extract(value, '$.user_id'), \
-                        json_extract(value, '$.body'), 0, ?2, ?2 FROM json_each(?1) WHERE true \
+                        json_extract(value, '$.c'), json_extract(value, '$.body'), 0, ?2, ?2 \
+                 FROM json_each(?1) WHERE json_extract(value, '$.c') IS NULL OR EXISTS ( \
+                   SELECT 1 FROM credentials c WHERE c.id = json_extract(value, '$.c') \
+                     AND c.user_id = json_extract(value, '$.user_id')) \
                  ON CONFLICT (id) DO NOTHING",
                 &[json_arg(&rows), now.clone()],
             )?);

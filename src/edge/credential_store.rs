@@ -44,11 +44,11 @@ fn sealed_columns(c: &Credential) -> [Value; 3] {
     }
 }
 
-/// The columns a re-check owns: the last 9 of [`MUTABLE`].
-const CHECK_COLUMNS: usize = 9;
+/// The columns a re-check owns: the last 10 of [`MUTABLE`].
+const CHECK_COLUMNS: usize = 10;
 
 /// The columns a credential's life changes, in the order of [`mutable_values`].
-const MUTABLE: [&str; 18] = [
+const MUTABLE: [&str; 19] = [
     "label",
     "key_hint",
     "key_version",
@@ -65,6 +65,7 @@ const MUTABLE: [&str; 18] = [
     "models",
     "models_fetched_at",
     "consecutive_failures",
+    "dead_checks",
     "last_validated_at",
     "updated_at",
 ];
@@ -80,7 +81,7 @@ fn opt<T: Into<Value>>(v: Option<T>) -> Value {
 
 /// The values of [`MUTABLE`], as JSON: bound one by one to a statement, or carried many
 /// rows at a time in one bound JSON text (an import).
-fn mutable_values(c: &Credential) -> [Value; 18] {
+fn mutable_values(c: &Credential) -> [Value; 19] {
     let [version, nonce, ciphertext] = sealed_columns(c);
     [
         opt(c.label.clone()),
@@ -99,6 +100,7 @@ fn mutable_values(c: &Credential) -> [Value; 18] {
         c.models.as_ref().map_or(Value::Null, json_text),
         opt(c.models_fetched_at.map(Timestamp::as_millis)),
         Value::from(c.consecutive_failures),
+        Value::from(c.dead_checks),
         opt(c.last_validated_at.map(Timestamp::as_millis)),
         Value::from(c.updated_at.as_millis()),
     ]
@@ -122,7 +124,7 @@ fn bound_all(values: &[Value]) -> Vec<JsValue> {
 const COLUMNS: &str = "id, user_id, provider, label, key_hint, key_version, nonce, ciphertext, \
     fingerprint, params, model, status, status_detail, warnings, quota, models, models_fetched_at, \
     consecutive_failures, last_validated_at, created_at, updated_at, version, last_used_at, \
-    revalidation_queued_at, import_batch_id";
+    revalidation_queued_at, import_batch_id, dead_checks";
 
 struct Row {
     id: String,
@@ -143,6 +145,7 @@ struct Row {
     models: Option<String>,
     models_fetched_at: Option<f64>,
     consecutive_failures: Option<f64>,
+    dead_checks: Option<f64>,
     last_validated_at: Option<f64>,
     created_at: f64,
     updated_at: f64,
@@ -180,6 +183,7 @@ impl Row {
             models: r.opt_text("models")?,
             models_fetched_at: r.opt_num("models_fetched_at")?,
             consecutive_failures: r.opt_num("consecutive_failures")?,
+            dead_checks: r.opt_num("dead_checks")?,
             last_validated_at: r.opt_num("last_validated_at")?,
             created_at: r.num("created_at")?,
             updated_at: r.num("updated_at")?,
@@ -224,6 +228,7 @@ impl Row {
             models: parse_json(&self.models),
             models_fetched_at: self.models_fetched_at.map(ms),
             consecutive_failures: self.consecutive_failures.unwrap_or(0.0) as u32,
+            dead_checks: self.dead_checks.unwrap_or(0.0) as u32,
             last_validated_at: self.last_validated_at.map(ms),
             last_used_at: self.last_used_at.map(ms),
             revalidation_queued_at: self.revalidation_queued_at.map(ms),
@@ -508,28 +513,36 @@ impl CredentialStore for D1Store<'_> {
 
     async fn claim_due(
         &self,
-        cutoff: Timestamp,
+        cutoffs: &[Timestamp],
         requeue_before: Timestamp,
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<(UserId, CredentialId, ProviderId)>, StoreError> {
         // One statement: select the oldest due rows (by the last-validation index) and mark
-        // them claimed, returning what was claimed. The version does not move.
+        // them claimed, returning what was claimed. The version does not move. A row's
+        // cutoff is the one at its `dead_checks` (past the list: not due); the first is
+        // the latest of them, which bounds the index range.
+        let Some(first) = cutoffs.first() else {
+            return Ok(Vec::new());
+        };
+        let list: Vec<u64> = cutoffs.iter().map(|c| c.as_millis()).collect();
         let rows = self
             .db
             .all(
                 "UPDATE credentials SET revalidation_queued_at = ?3 WHERE id IN ( \
                    SELECT id FROM credentials \
-                   WHERE (last_validated_at IS NULL OR last_validated_at <= ?1) \
+                   WHERE (last_validated_at IS NULL OR (last_validated_at <= ?1 \
+                       AND last_validated_at <= json_extract(?5, '$[' || dead_checks || ']'))) \
                      AND (revalidation_queued_at IS NULL OR revalidation_queued_at < ?2) \
                    ORDER BY MAX(COALESCE(last_validated_at, 0), COALESCE(revalidation_queued_at, 0)) \
                    LIMIT ?4) \
                  RETURNING id, user_id, provider",
                 &[
-                    millis(cutoff),
+                    millis(*first),
                     millis(requeue_before),
                     millis(now),
                     num(u64::from(limit)),
+                    json(&list),
                 ],
             )
             .await?
@@ -580,7 +593,8 @@ impl CredentialStore for D1Store<'_> {
         event: &AuditEvent,
     ) -> Result<Option<ProviderId>, StoreError> {
         let args = [text(user.as_str()), text(id.as_str())];
-        // One transaction: the event, the preferences that pointed at the row, and the row.
+        // One transaction: the event, the preferences that pointed at the row, its
+        // key-health notices not yet delivered, and the row.
         let results = self
             .db
             .batch(vec![
@@ -590,12 +604,16 @@ impl CredentialStore for D1Store<'_> {
                     &args,
                 )?,
                 self.db.prepare(
+                    "DELETE FROM notifications WHERE user_id = ?1 AND credential_id = ?2",
+                    &args,
+                )?,
+                self.db.prepare(
                     "DELETE FROM credentials WHERE user_id = ?1 AND id = ?2 RETURNING provider",
                     &args,
                 )?,
             ])
             .await?;
-        let deleted = rows_of(&results, 2)?.read(|r| r.text("provider"))?;
+        let deleted = rows_of(&results, 3)?.read(|r| r.text("provider"))?;
         Ok(deleted
             .first()
             .and_then(|provider| providers::find(provider))
@@ -784,6 +802,7 @@ impl ImportStore for D1Store<'_> {
         &self,
         batch: &BatchId,
         rows: &[ImportRow],
+        refused: &[AuditEvent],
         limit: u32,
         now: Timestamp,
     ) -> Result<Vec<CredentialId>, StoreError> {
@@ -893,6 +912,25 @@ impl ImportStore for D1Store<'_> {
             ),
             &[events, batch_id, at],
         )?);
+        if !refused.is_empty() {
+            // Entries refused because their user holds the key: each user's chain says an
+            // import tried it, and which of their credentials holds it.
+            let mut list = Vec::with_capacity(refused.len());
+            for event in refused {
+                list.push(serde_json::json!({
+                    "i": event.id, "u": event.user_id.as_str(),
+                    "e": serde_json::to_string(event).map_err(corrupt)?,
+                }));
+            }
+            statements.push(self.db.prepare(
+                "INSERT INTO audit_outbox (id, user_id, event, created_at) \
+                 SELECT json_extract(j.value, '$.i'), json_extract(j.value, '$.u'), \
+                   json_extract(j.value, '$.e'), ?2 \
+                 FROM json_each(?1) AS j WHERE true ORDER BY j.key \
+                 ON CONFLICT (id) DO NOTHING",
+                &[json_rows(list), num(super::runtime::now_ms())],
+            )?);
+        }
         let results = self.db.batch(statements).await?;
         let mut ids = Vec::new();
         for i in inserts {
@@ -990,7 +1028,14 @@ impl ImportStore for D1Store<'_> {
                            AND id IN (SELECT json_extract(value, '$.c') FROM json_each(?1)) \
                            AND NOT {IS_DEFAULT} RETURNING id"
                     ),
-                    &[list, batch_id],
+                    &[list.clone(), batch_id],
+                )?,
+                // The notices of the rows just removed (a row kept still exists).
+                self.db.prepare(
+                    "DELETE FROM notifications WHERE credential_id IN \
+                       (SELECT json_extract(value, '$.c') FROM json_each(?1)) \
+                     AND NOT EXISTS (SELECT 1 FROM credentials c WHERE c.id = notifications.credential_id)",
+                    &[list],
                 )?,
             ])
             .await?;

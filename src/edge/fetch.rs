@@ -105,6 +105,41 @@ impl HttpClient for FetchClient {
         };
         outcome
     }
+
+    async fn send_for_status(&self, req: HttpRequest, timeout_ms: u64) -> Result<u16, HttpError> {
+        let request = build(&req, None)?;
+        let controller = AbortController::default();
+        let signal = controller.signal();
+        let deadline = Delay::from(Duration::from_millis(timeout_ms));
+        let fetch = Fetch::Request(request);
+        let head = Box::pin(fetch.send_with_signal(&signal));
+        let outcome = match select(head, Box::pin(deadline)).await {
+            Either::Left((Ok(mut response), deadline)) => {
+                let status = response.status_code();
+                // At most `limit` bytes of the body are read, within what is left of the
+                // timeout; past them (or past the timeout) the answer stands as it is.
+                let limit = req.max_response_bytes;
+                let drain = Box::pin(async move {
+                    if let Ok(mut stream) = response.stream() {
+                        let mut read = 0;
+                        while read < limit {
+                            match stream.next().await {
+                                Some(Ok(chunk)) => read += chunk.len(),
+                                _ => break,
+                            }
+                        }
+                    }
+                });
+                let _ = select(drain, deadline).await;
+                Ok(status)
+            }
+            Either::Left((Err(e), _)) => Err(HttpError::Network(network_reason(&e))),
+            Either::Right(_) => Err(HttpError::Timeout(timeout_ms)),
+        };
+        // Whatever of the body is still coming is not wanted.
+        controller.abort();
+        outcome
+    }
 }
 
 /// The proxy's calls: the answer's head within the timeout, its body left to stream.

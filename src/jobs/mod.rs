@@ -76,6 +76,27 @@ pub const CLAIM_TTL_MS: u64 = 3_600_000;
 pub const PER_PROVIDER_PER_BATCH: usize = 2;
 /// How long a message spread to a later batch waits.
 const SPREAD_DELAY_SECONDS: u64 = 5;
+/// Scheduled checks in a row that may find a key dead before the sweep stops checking it
+/// until its user acts (see [`due_cutoffs`]).
+pub const DEAD_CHECKS_MAX: u32 = 6;
+const DAY_MS: u64 = 86_400_000;
+
+/// The waits of the sweep's schedule, by a row's `dead_checks`: a key not found dead is
+/// due `after_hours` after its last check; one the sweep found dead `n` times in a row
+/// waits 2ⁿ⁻¹ days (at least `after_hours`): 1, 2, 4, 8 and 16 days, so a dead key is
+/// asked five more times over about a month after the sweep first found it dead, then no
+/// more until its user re-checks, rotates or changes it (or it is found working). A key
+/// refused at the provider stays refused; asking every day forever only spends the
+/// provider's goodwill.
+pub fn due_waits_ms(after_hours: u64) -> Vec<u64> {
+    let after = after_hours.saturating_mul(3_600_000);
+    (0..DEAD_CHECKS_MAX)
+        .map(|n| match n {
+            0 => after,
+            n => after.max(DAY_MS << (n - 1)),
+        })
+        .collect()
+}
 
 /// The actor of the sweep's events.
 pub fn sweep_origin() -> Origin {
@@ -88,8 +109,9 @@ pub fn sweep_origin() -> Origin {
     }
 }
 
-/// Claims the credentials not validated for `after_hours` (oldest first, at most
-/// `SWEEP_FANOUT`, none claimed within the last hour) and queues one check each. Returns
+/// Claims the credentials not validated for `after_hours` (a dead key: as
+/// [`due_waits_ms`] says; oldest first, at most `SWEEP_FANOUT`, none claimed within the
+/// last hour) and queues one check each. Returns
 /// how many were queued. A failed send leaves its claims to expire and be swept again.
 pub async fn sweep(
     store: &dyn CredentialStore,
@@ -97,10 +119,13 @@ pub async fn sweep(
     now: Timestamp,
     after_hours: u64,
 ) -> Result<usize, SweepError> {
-    let cutoff = Timestamp::from_millis(now.as_millis().saturating_sub(after_hours * 3_600_000));
+    let cutoffs: Vec<Timestamp> = due_waits_ms(after_hours)
+        .into_iter()
+        .map(|wait| Timestamp::from_millis(now.as_millis().saturating_sub(wait)))
+        .collect();
     let requeue_before = Timestamp::from_millis(now.as_millis().saturating_sub(CLAIM_TTL_MS));
     let due = store
-        .claim_due(cutoff, requeue_before, now, SWEEP_FANOUT)
+        .claim_due(&cutoffs, requeue_before, now, SWEEP_FANOUT)
         .await
         .map_err(SweepError::Store)?;
     let jobs: Vec<Job> = due
@@ -222,9 +247,14 @@ pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
         let queued_at = Timestamp::from_millis(queued_at);
         out.push(
             match vault.revalidate(&user, &id, queued_at, &origin).await {
-                Ok(Revalidated::Deferred {
-                    retry_after_seconds,
-                }) => JobOutcome::RetryAfter(retry_after_seconds),
+                Ok(
+                    Revalidated::Deferred {
+                        retry_after_seconds,
+                    }
+                    | Revalidated::Limited {
+                        retry_after_seconds,
+                    },
+                ) => JobOutcome::RetryAfter(retry_after_seconds),
                 Ok(Revalidated::Changed { from, to }) => {
                     events += 1;
                     log(&format!("revalidation: {id} ({provider}) {from} -> {to}"));
@@ -283,6 +313,23 @@ fn kind_of(body: &Value) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_dead_key_is_asked_less_and_less_often_then_not_at_all() {
+        let day = DAY_MS;
+        assert_eq!(
+            due_waits_ms(24),
+            [day, day, 2 * day, 4 * day, 8 * day, 16 * day]
+        );
+        // A sweep interval longer than the back-off's step is never shortened by it.
+        let week = 7 * day;
+        assert_eq!(
+            due_waits_ms(168),
+            [week, week, week, week, 8 * day, 16 * day]
+        );
+        assert_eq!(due_waits_ms(0)[0], 0);
+        assert_eq!(due_waits_ms(0).len() as u32, DEAD_CHECKS_MAX);
+    }
 
     #[test]
     fn every_job_reads_back_as_written() {

@@ -17,11 +17,13 @@ use crate::domain::Timestamp;
 use crate::endpoint_guard::check_base_url;
 use crate::ports::{HttpClient, HttpRequest, Method, NotificationStore, StoredNotice};
 
-/// A notice waiting to be delivered: its id (the event's), its owner and its body.
+/// A notice waiting to be delivered: its id (the event's), its owner, the credential it
+/// is about (deleting that credential removes it) and its body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Notice {
     pub id: String,
     pub user_id: String,
+    pub credential_id: Option<String>,
     pub body: String,
 }
 
@@ -56,6 +58,7 @@ pub fn notice_of(event: &AuditEvent) -> Option<Notice> {
     Some(Notice {
         id: event.id.clone(),
         user_id: event.user_id.as_str().to_owned(),
+        credential_id: event.credential_id.as_ref().map(|c| c.as_str().to_owned()),
         body: body.to_string(),
     })
 }
@@ -154,9 +157,12 @@ impl WebhookSettings {
 
 /// Notices one delivery run sends at most (one subrequest each).
 pub const DELIVERIES_PER_RUN: u32 = 10;
-/// Attempts before a notice is given up: with the default base, five hours of doubling
-/// waits, then one an hour, about a day in all.
+/// Attempts before a notice is given up: with the default base (30 s), doubling waits up
+/// to the hourly cap (about an hour in all), then one an hour: about a day in all.
 pub const MAX_ATTEMPTS: u32 = 30;
+/// The most of a receiver's answer read: its status is what counts, and a 2xx is a
+/// delivery whatever follows it.
+pub const RECEIVER_READ_BYTES: usize = 4 * 1024;
 /// How long a claimed notice is left to its deliverer before another may take it: twice
 /// a run's worst case (every receiver call timing out).
 const LEASE_MS: u64 = 2 * TIMEOUT_MS * DELIVERIES_PER_RUN as u64;
@@ -171,7 +177,8 @@ pub struct Delivered {
     pub next_due: Option<Timestamp>,
 }
 
-/// Delivers the notices that are due (at most `DELIVERIES_PER_RUN`): a 2xx removes one;
+/// Delivers the notices that are due (at most `DELIVERIES_PER_RUN`): a 2xx removes one
+/// (whatever its body: at most `RECEIVER_READ_BYTES` of it are read);
 /// anything else is tried again after `retry_base · 2^(attempts-1)` (at most an hour),
 /// and given up (logged) after `MAX_ATTEMPTS`.
 pub async fn deliver(
@@ -200,12 +207,12 @@ pub async fn deliver(
                 ),
             ],
             body: Some(body.into_bytes()),
-            // A receiver may answer with a page; only its status counts.
-            max_response_bytes: 1024 * 1024,
+            // A receiver may answer with a page of any size; only its status counts.
+            max_response_bytes: RECEIVER_READ_BYTES,
         };
-        let problem = match http.send(request, TIMEOUT_MS).await {
-            Ok(r) if (200..300).contains(&r.status) => None,
-            Ok(r) => Some(format!("the receiver answered {}", r.status)),
+        let problem = match http.send_for_status(request, TIMEOUT_MS).await {
+            Ok(status) if (200..300).contains(&status) => None,
+            Ok(status) => Some(format!("the receiver answered {status}")),
             Err(e) => Some(e.to_string()),
         };
         match problem {
@@ -287,6 +294,11 @@ mod tests {
                    "reason":"quota_exhausted","resets_at":"2026-12-01T00:00:00Z"})
         );
         assert_eq!((n.id.as_str(), n.user_id.as_str()), ("ev_1", "u_1"));
+        // Which credential it is about: deleting that credential removes the notice.
+        assert_eq!(
+            n.credential_id.as_deref(),
+            Some("c_0123456789abcdef0123456789abcdef")
+        );
         assert!(notice_of(&status_change("valid", "valid")).is_none());
         let mut created = status_change("valid", "invalid_key");
         created.action = Action::CredentialCreated;
@@ -465,5 +477,50 @@ mod tests {
             header("webhook-signature"),
             settings.sign("ev_1", ts, r#"{"type":"credential.status_changed"}"#)
         );
+    }
+
+    #[test]
+    fn a_2xx_with_a_large_body_is_a_delivery_and_is_not_sent_again() {
+        let clock = FakeClock::at(1_800_000_000_000);
+        let store = Notices::default();
+        store.0.borrow_mut().push((
+            StoredNotice {
+                id: "ev_1".into(),
+                body: r#"{"type":"credential.status_changed"}"#.into(),
+                attempts: 0,
+            },
+            0,
+        ));
+        let settings = WebhookSettings::for_tests(
+            "https://hooks.example/byok",
+            b"0123456789abcdef01234567",
+            1000,
+        );
+        // A receiver that answers 200 with a 5 MB page (a framework's debug page, say).
+        let page = "x".repeat(5 * 1024 * 1024);
+        let http = FakeHttp::new(&clock, vec![respond(200, &page)]);
+        let lines = RefCell::new(Vec::new());
+        let d = block_on(deliver(
+            &store,
+            &http,
+            clock.now(),
+            &settings,
+            &|l: &str| lines.borrow_mut().push(l.to_owned()),
+        ))
+        .unwrap();
+        assert_eq!((d.sent, d.failed, d.next_due), (1, 0, None), "{lines:?}");
+        assert!(store.0.borrow().is_empty(), "the notice is still queued");
+        // Nothing is due any more: a later run sends nothing (the fake has no answer left).
+        clock.advance(3_600_000);
+        let later = FakeHttp::new(&clock, vec![]);
+        let d = block_on(deliver(
+            &store,
+            &later,
+            clock.now(),
+            &settings,
+            &|_: &str| {},
+        ))
+        .unwrap();
+        assert_eq!((d.sent, later.sent.borrow().len()), (0, 0));
     }
 }

@@ -51,6 +51,7 @@ pub(super) fn new_row(
         models: None,
         models_fetched_at: None,
         consecutive_failures: 0,
+        dead_checks: 0,
         last_validated_at: None,
         last_used_at: None,
         revalidation_queued_at: None,
@@ -72,6 +73,7 @@ pub(super) fn apply_accepted(c: &mut Credential, accepted: Accepted, now: Timest
         c.models_fetched_at = Some(now);
     }
     c.consecutive_failures = 0;
+    c.dead_checks = 0;
     c.last_validated_at = Some(now);
     c.updated_at = now;
 }
@@ -364,6 +366,8 @@ impl Vault<'_> {
             // Its user's change takes it out of the import batch that created it: a
             // rollback of the batch no longer removes it.
             next.import_batch = None;
+            // Its user has touched it: the sweep checks it on the usual schedule again.
+            next.dead_checks = 0;
             // A new key can change the status (a dead key replaced): the event says so,
             // and the key-health webhook follows from it.
             let mut detail = json!({ "changed": changed });
@@ -453,6 +457,8 @@ impl Vault<'_> {
                 Ok(accepted) => apply_accepted(&mut next, accepted.clone(), now),
                 Err((status, detail, _)) => apply_refusal(&mut next, *status, detail, now),
             }
+            // Its user asked: a dead key is checked on the usual schedule again.
+            next.dead_checks = 0;
             facts.detail = Some(status_change(&current, &next));
             let event = self.new_event(caller, facts);
             match self.store.record_check(&next, Some(&event)).await? {

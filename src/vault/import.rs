@@ -8,6 +8,13 @@
 //! decides the same way and writes nothing, so the real run creates what it promised
 //! (unless the data changed in between). A rollback removes the rows the batch created
 //! that no user has changed or chosen as a default since.
+//!
+//! A row stored without a live check is `unverified` until one succeeds: the resolution
+//! rule never prefers it over a key its user added or confirmed (nor calls an endpoint it
+//! names), and the sweep's check of it counts against the live-check limits. Whether a
+//! user holds a given key is never told unaudited: a dry run (which writes nothing) does
+//! not name the credential that holds it, and a real run that finds it held names it and
+//! writes a `credential.imported` failure (`duplicate_credential`) on that user's chain.
 
 use std::cell::Cell;
 
@@ -17,7 +24,7 @@ use serde_json::json;
 use super::credentials::{apply_accepted, check_model, fresh_id, new_row};
 use super::keys::{key_prints, seal_for_row};
 use super::{Caller, ImportCommand, ImportEntry, Vault};
-use crate::audit::{Action, Facts, Origin};
+use crate::audit::{Action, AuditEvent, Facts, Origin};
 use crate::crypto::{random_bytes, Binding};
 use crate::domain::{BatchId, CredentialId, CredentialStatus, ProviderId, UserId};
 use crate::error::ApiError;
@@ -54,8 +61,9 @@ pub enum EntryOutcome {
         status: CredentialStatus,
         checked: bool,
     },
-    /// Not stored: the user already holds this key, as `existing`, or an earlier entry
-    /// of this request (`same_as`) carries it.
+    /// Not stored: the user already holds this key, as `existing` (named in a real run
+    /// only, where the finding is audited), or an earlier entry of this request
+    /// (`same_as`) carries it.
     Skipped {
         existing: Option<CredentialId>,
         same_as: Option<usize>,
@@ -169,6 +177,8 @@ impl Vault<'_> {
         };
         let mut outcomes: Vec<Option<EntryOutcome>> = Vec::with_capacity(entries.len());
         let mut planned: Vec<Planned<'_>> = Vec::new();
+        // Entries skipped because their user holds the key: (index, holder).
+        let mut held: Vec<(usize, CredentialId)> = Vec::new();
         // The first entry of this request carrying each (user, key), and how many rows
         // each user gains. Scanned rather than hashed: a request holds a few hundred
         // entries at most, and a map per key type costs the bundle more than the scan
@@ -191,8 +201,10 @@ impl Vault<'_> {
             // Every print of one key is made under the same versions: the first stands for all.
             let print = prints.first().map(String::as_str).unwrap_or_default();
             if let Some(existing) = occupancy.duplicate {
+                // Named below, in a real run, with its event.
+                held.push((index, existing));
                 outcomes.push(Some(EntryOutcome::Skipped {
-                    existing: Some(existing),
+                    existing: None,
                     same_as: None,
                 }));
                 continue;
@@ -261,7 +273,11 @@ impl Vault<'_> {
                     outcomes[p.index] = Some(EntryOutcome::Created {
                         id: None,
                         key_hint: None,
-                        status: CredentialStatus::Valid,
+                        status: if p.accepted.is_some() {
+                            CredentialStatus::Valid
+                        } else {
+                            CredentialStatus::Unverified
+                        },
                         checked: p.accepted.is_some(),
                     });
                 }
@@ -270,13 +286,27 @@ impl Vault<'_> {
             // be added to and rolled back like any other.
             Some(batch) => {
                 let rows = self.rows_for(batch, origin, &planned)?;
+                let refused: Vec<AuditEvent> = held
+                    .iter()
+                    .filter_map(|(index, existing)| {
+                        let e = entries[*index].as_ref().ok()?;
+                        Some(held_event(batch, origin, e, existing, self.clock.now()))
+                    })
+                    .collect();
                 let stored = imports
-                    .insert_batch(batch, &rows, limit, self.clock.now())
+                    .insert_batch(batch, &rows, &refused, limit, self.clock.now())
                     .await?;
+                for (index, existing) in held.drain(..) {
+                    outcomes[index] = Some(EntryOutcome::Skipped {
+                        existing: Some(existing),
+                        same_as: None,
+                    });
+                }
                 committed = rows
                     .iter()
                     .find(|r| stored.contains(&r.credential.id))
-                    .map(|r| r.event.id.clone());
+                    .map(|r| r.event.id.clone())
+                    .or_else(|| refused.first().map(|e| e.id.clone()));
                 // What a parallel request stored meanwhile, for the rows that lost to it.
                 let lost: Vec<&ImportRow> = rows
                     .iter()
@@ -292,6 +322,8 @@ impl Vault<'_> {
                     imports.occupancies(&again).await?
                 }
                 .into_iter();
+                // What lost to a key stored meanwhile is named, and audited, too.
+                let mut lost_to: Vec<AuditEvent> = Vec::new();
                 for (p, row) in planned.iter().zip(&rows) {
                     let c = &row.credential;
                     outcomes[p.index] = Some(if stored.contains(&c.id) {
@@ -303,15 +335,25 @@ impl Vault<'_> {
                         }
                     } else {
                         match now_held.next().and_then(|o| o.duplicate) {
-                            Some(existing) => EntryOutcome::Skipped {
-                                existing: Some(existing),
-                                same_as: None,
-                            },
+                            Some(existing) => {
+                                let now = self.clock.now();
+                                lost_to.push(held_event(batch, origin, p.entry, &existing, now));
+                                EntryOutcome::Skipped {
+                                    existing: Some(existing),
+                                    same_as: None,
+                                }
+                            }
                             None => {
                                 EntryOutcome::Rejected(ApiError::credential_limit_reached(limit))
                             }
                         }
                     });
+                }
+                if !lost_to.is_empty() {
+                    imports
+                        .insert_batch(batch, &[], &lost_to, limit, self.clock.now())
+                        .await?;
+                    committed = committed.or_else(|| lost_to.first().map(|e| e.id.clone()));
                 }
             }
         }
@@ -385,6 +427,8 @@ impl Vault<'_> {
                     &new.params,
                 )?;
                 let mut credential = new_row(id, &p.entry.user, new, sealed, now);
+                // No check has confirmed it (yet): see the module's doc.
+                credential.status = CredentialStatus::Unverified;
                 credential.warnings = vec![UNCHECKED_WARNING.to_owned()];
                 credential.import_batch = Some(batch.clone());
                 if let Some(accepted) = &p.accepted {
@@ -449,4 +493,19 @@ impl Vault<'_> {
             committed,
         })
     }
+}
+
+/// The event an entry refused because its user holds the key writes on that user's chain:
+/// an import tried this key, and `existing` holds it.
+fn held_event(
+    batch: &BatchId,
+    origin: &Origin,
+    entry: &ImportEntry,
+    existing: &CredentialId,
+    now: crate::domain::Timestamp,
+) -> AuditEvent {
+    let mut facts = Facts::new(Action::CredentialImported);
+    facts.about(existing, Some(entry.credential.provider.info().id));
+    facts.detail = Some(json!({"import_batch_id": batch, "skipped": "duplicate"}));
+    facts.event(origin, &entry.user, now, Some("duplicate_credential"))
 }

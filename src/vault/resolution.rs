@@ -6,6 +6,14 @@
 //! (`no_credential`). A credential in a dead state is skipped, and when that is why
 //! nothing was found, the answer says so. A system key is never used silently: the
 //! decision carries why.
+//!
+//! A row no check has confirmed (`unverified`: an operator's import without a live check)
+//! is never preferred over a key its user added or confirmed, whatever its age; it serves
+//! only when the user holds nothing else usable there (or chose it as their default), as
+//! the operator's import for that user: its calls go to the provider's own endpoint, where
+//! the system key would have taken them anyway. One whose calls would go to an endpoint
+//! the row names (`base_url`: Ollama) is never used at all until a check succeeds there:
+//! the endpoint is the importer's choice, not the user's.
 
 use crate::config::FallbackPolicy;
 use crate::domain::{Capability, Credential, CredentialId, CredentialStatus, ProviderId};
@@ -68,7 +76,8 @@ pub enum Decision<'c> {
 #[derive(Debug, Clone)]
 pub struct Missing<'c> {
     pub provider: Option<ProviderId>,
-    /// The user's credentials skipped because they are dead.
+    /// The user's credentials skipped because they cannot serve (dead, or not yet
+    /// checked at an endpoint of the importer's choosing).
     pub skipped: Vec<&'c Credential>,
     /// Whether a system key was allowed (and so found missing) or not allowed at all.
     pub system_allowed: bool,
@@ -82,6 +91,30 @@ pub fn is_dead(status: CredentialStatus) -> bool {
             | CredentialStatus::QuotaExhausted
             | CredentialStatus::NeedsReconfiguration
     )
+}
+
+/// Whether a credential's calls go to an endpoint its row names (`base_url`) rather than
+/// to the provider's fixed one.
+fn names_its_endpoint(c: &Credential) -> bool {
+    c.params.base_url.is_some()
+        || providers::find(c.provider.as_str()).is_some_and(|p| p.info().has_field("base_url"))
+}
+
+/// A credential that may serve a call: not dead, and not an unconfirmed row at an endpoint
+/// its importer chose.
+pub fn is_usable(c: &Credential) -> bool {
+    let unconfirmed_elsewhere = c.status == CredentialStatus::Unverified && names_its_endpoint(c);
+    !is_dead(c.status) && !unconfirmed_elsewhere
+}
+
+/// How a usable credential ranks (lower first): a key that works, then one its user added
+/// or confirmed that is only held up for now, then one no check has confirmed.
+fn rank(status: CredentialStatus) -> u8 {
+    match status {
+        CredentialStatus::Valid => 0,
+        CredentialStatus::Unverified => 2,
+        _ => 1,
+    }
 }
 
 fn serves(provider: ProviderId, capability: Capability) -> bool {
@@ -139,7 +172,7 @@ pub fn decide<'c>(
                 FallbackReason::PolicySystemOnly,
                 Vec::new(),
             )
-        } else if is_dead(c.status) {
+        } else if !is_usable(c) {
             fallback(
                 Some(c.provider),
                 model,
@@ -168,8 +201,10 @@ pub fn decide<'c>(
             Vec::new(),
         );
     }
-    // A dead default does not pin the provider: the user's other keys come first.
-    let live_default = default_credential.filter(|c| !is_dead(c.status));
+    // A dead default does not pin the provider: the user's other keys come first. An
+    // unconfirmed one the user chose as default is theirs to choose (unless its endpoint
+    // is the importer's).
+    let live_default = default_credential.filter(|c| is_usable(c));
     let provider = ask.provider.or(live_default.map(|c| c.provider));
     let candidates: Vec<&Credential> = credentials
         .iter()
@@ -178,16 +213,14 @@ pub fn decide<'c>(
             None => serves(c.provider, ask.capability),
         })
         .collect();
-    // A valid key first, then any usable one.
+    // A valid key first, then any other usable one its user added or confirmed, then one
+    // no check has confirmed; newest first within each.
     let pick = |of: &dyn Fn(&Credential) -> bool| {
-        let mut usable = candidates
+        candidates
             .iter()
             .copied()
-            .filter(|c| of(c) && !is_dead(c.status));
-        let first = usable.clone().next();
-        usable
-            .find(|c| c.status == CredentialStatus::Valid)
-            .or(first)
+            .filter(|c| of(c) && is_usable(c))
+            .min_by_key(|c| rank(c.status))
     };
     let chosen = live_default
         // The dead default's provider still comes first, then any other.
@@ -235,6 +268,7 @@ mod tests {
             models: None,
             models_fetched_at: None,
             consecutive_failures: 0,
+            dead_checks: 0,
             last_validated_at: None,
             last_used_at: None,
             revalidation_queued_at: None,
@@ -506,5 +540,181 @@ mod tests {
             decide(UserThenSystem, &ask(&gone, Some("openai")), &creds, None),
             Decision::Unknown
         ));
+    }
+
+    /// One row of the unverified table: what the user holds (newest first, as the store
+    /// lists them), their default, what is asked, and which credential serves (or none).
+    struct Case {
+        what: &'static str,
+        held: Vec<(u8, &'static str, CredentialStatus)>,
+        default: Option<u8>,
+        provider: Option<&'static str>,
+        exact: Option<u8>,
+        capability: Capability,
+        serves: Option<u8>,
+    }
+
+    #[test]
+    fn an_unverified_row_never_outranks_its_users_own_key_and_never_calls_an_importers_endpoint() {
+        use CredentialStatus::{InvalidKey, RateLimited, Unreachable, Unverified, Valid};
+        let llm = Capability::Llm;
+        let case = |what, held, default, provider, exact, serves| Case {
+            what,
+            held,
+            default,
+            provider,
+            exact,
+            capability: llm,
+            serves,
+        };
+        let table = [
+            // Rows 1 are imported (and newer); rows 2 the user's own.
+            case(
+                "newer import vs the user's valid key",
+                vec![(1, "openai", Unverified), (2, "openai", Valid)],
+                None,
+                Some("openai"),
+                None,
+                Some(2),
+            ),
+            case(
+                "newer import vs the user's key held up by the provider",
+                vec![(1, "openai", Unverified), (2, "openai", RateLimited)],
+                None,
+                Some("openai"),
+                None,
+                Some(2),
+            ),
+            case(
+                "newer import vs the user's unreachable key",
+                vec![(1, "openai", Unverified), (2, "openai", Unreachable)],
+                None,
+                Some("openai"),
+                None,
+                Some(2),
+            ),
+            case(
+                "no provider asked: the user's key of another provider first",
+                vec![(1, "openai", Unverified), (2, "anthropic", Valid)],
+                None,
+                None,
+                None,
+                Some(2),
+            ),
+            case(
+                "the only key, at the provider's own endpoint",
+                vec![(1, "openai", Unverified)],
+                None,
+                Some("openai"),
+                None,
+                Some(1),
+            ),
+            case(
+                "beside the user's dead key",
+                vec![(1, "openai", Unverified), (2, "openai", InvalidKey)],
+                None,
+                Some("openai"),
+                None,
+                Some(1),
+            ),
+            case(
+                "the user chose it as their default",
+                vec![(1, "openai", Unverified), (2, "openai", Valid)],
+                Some(1),
+                None,
+                None,
+                Some(1),
+            ),
+            case(
+                "asked for exactly",
+                vec![(1, "openai", Unverified), (2, "openai", Valid)],
+                None,
+                None,
+                Some(1),
+                Some(1),
+            ),
+            // Ollama: the endpoint is the row's base_url, the importer's choice.
+            case(
+                "Ollama, the only key",
+                vec![(1, "ollama", Unverified)],
+                None,
+                Some("ollama"),
+                None,
+                None,
+            ),
+            case(
+                "Ollama, asked for exactly",
+                vec![(1, "ollama", Unverified)],
+                None,
+                None,
+                Some(1),
+                None,
+            ),
+            case(
+                "Ollama, the user's default",
+                vec![(1, "ollama", Unverified)],
+                Some(1),
+                None,
+                None,
+                None,
+            ),
+            case(
+                "Ollama, no provider asked",
+                vec![(1, "ollama", Unverified), (2, "openai", RateLimited)],
+                None,
+                None,
+                None,
+                Some(2),
+            ),
+            case(
+                "Ollama once checked",
+                vec![(1, "ollama", Valid)],
+                None,
+                Some("ollama"),
+                None,
+                Some(1),
+            ),
+        ];
+        for c in table {
+            let mut held: Vec<Credential> = c
+                .held
+                .iter()
+                .map(|(n, p, s)| credential(*n, p, *s))
+                .collect();
+            for h in held.iter_mut().filter(|h| h.provider.as_str() == "ollama") {
+                h.params.base_url = Some("https://ollama.importer.example".into());
+            }
+            let id_of = |n: u8| CredentialId::from_random([n; 16]);
+            let exact = c.exact.map(id_of);
+            let ask = Ask {
+                capability: c.capability,
+                provider: c.provider.map(id),
+                credential_id: exact.as_ref(),
+                allow_fallback: true,
+            };
+            let default = c.default.map(|n| Default {
+                credential_id: id_of(n),
+                model: None,
+            });
+            let got = match decide(UserThenSystem, &ask, &held, default.as_ref()) {
+                Decision::User { credential, .. } => Some(
+                    c.held
+                        .iter()
+                        .find(|(n, ..)| credential.id == id_of(*n))
+                        .unwrap()
+                        .0,
+                ),
+                Decision::System {
+                    reason, missing, ..
+                } => {
+                    // Not served: the answer names the row it could not use.
+                    assert_eq!(reason, FallbackReason::UserCredentialInvalid, "{}", c.what);
+                    assert!(!missing.skipped.is_empty(), "{}", c.what);
+                    None
+                }
+                other => panic!("{}: {other:?}", c.what),
+            };
+            assert_eq!(got, c.serves, "{}", c.what);
+        }
     }
 }

@@ -2,14 +2,20 @@
 //! wait it asks for is the queue's to honour, never slept through here), the result is
 //! written through the same conditional write as a user's re-check (a sweep never undoes
 //! a rotation), and only a change of status is audited.
+//!
+//! A check of an imported row (one no check has confirmed, or one still in its import
+//! batch) counts against the live-check limits like a user's: per the row's user, and all
+//! such checks together as one client address ([`SWEEP_LIMIT_KEY`]). Otherwise an import
+//! followed by a sweep would test keys faster than adding them could. A check the limits
+//! refuse waits (the message comes back later); nothing is written.
 
 use serde_json::json;
 
 use super::credentials::{apply_accepted, apply_refusal, status_change};
-use super::keys::status_of;
-use super::Vault;
+use super::keys::{status_of, RATE_LIMIT_PERIOD_SECONDS};
+use super::{Caller, Vault};
 use crate::audit::{Action, Facts, Origin};
-use crate::domain::{CredentialId, CredentialStatus, Timestamp, UserId};
+use crate::domain::{Credential, CredentialId, CredentialStatus, Timestamp, UserId};
 use crate::error::ApiError;
 use crate::ports::Written;
 use crate::probe::Failure;
@@ -28,9 +34,22 @@ pub enum Revalidated {
     /// The provider could not give an answer now (rate limited, unreachable, failing):
     /// nothing written; ask again in this many seconds.
     Deferred { retry_after_seconds: u64 },
+    /// The vault's own limits on live checks refused the check of an imported row now:
+    /// nothing asked, nothing written; ask again in this many seconds.
+    Limited { retry_after_seconds: u64 },
     /// Nothing to do: the credential is gone, was checked after it was queued, or changed
     /// while it was checked (the change's own check stands).
     Skipped(&'static str),
+}
+
+/// What the sweep's checks of imported rows are counted under in the per-address limit:
+/// all of them together, as one client address (no address reads like this).
+const SWEEP_LIMIT_KEY: &str = "sweep";
+
+/// Whether the sweep's check of `c` counts against the live-check limits: a row no check
+/// has confirmed, or one an import created that its user has not touched since.
+fn counted(c: &Credential) -> bool {
+    c.status == CredentialStatus::Unverified || c.import_batch.is_some()
 }
 
 /// How long a transient failure waits before the message is tried again.
@@ -78,6 +97,23 @@ impl Vault<'_> {
             .ok_or_else(|| ApiError::internal().caused_by("unknown provider in a stored row"))?;
         let outcome = match self.open_key(&read)? {
             Some(key) => {
+                if counted(&read) {
+                    let caller = Caller {
+                        user,
+                        network: SWEEP_LIMIT_KEY,
+                        origin,
+                    };
+                    // Refused (or the limiter is out of reach): not checked now, not marked.
+                    if let Err(e) = self.limit_live_check(&caller).await {
+                        (self.log)(&format!(
+                            "revalidation: {id} waits ({})",
+                            e.cause.as_deref().unwrap_or(e.code)
+                        ));
+                        return Ok(Revalidated::Limited {
+                            retry_after_seconds: RATE_LIMIT_PERIOD_SECONDS,
+                        });
+                    }
+                }
                 let prober = self.prober().once();
                 match self.check_with(&prober, provider, &read.params, &key).await {
                     Ok(accepted) => Ok(accepted),
@@ -118,6 +154,14 @@ impl Vault<'_> {
                 facts.failure = Some(code);
             }
         }
+        // One more scheduled check that found it dead (the sweep waits longer next time,
+        // and stops after `jobs::DEAD_CHECKS_MAX`); anything else starts over.
+        next.dead_checks = match next.status {
+            CredentialStatus::InvalidKey | CredentialStatus::NeedsReconfiguration => {
+                read.dead_checks.saturating_add(1)
+            }
+            _ => 0,
+        };
         let (from, to) = (read.status, next.status);
         let event = (from != to).then(|| {
             let mut detail = status_change(&read, &next);

@@ -3,7 +3,8 @@
 // the fake providers. A person adds a key and sees it masked, sees the provider's reason
 // for a bad one and when to retry a rate-limited one, picks a model, sets a default,
 // rotates, deletes after confirming; the <byok-keys> element works inside a host page on
-// another origin; axe-core finds no serious or critical accessibility violation.
+// another origin; axe-core finds no serious or critical accessibility violation; the page
+// loads (and a flow without a refusal runs) without a single console error.
 // Screenshots are kept in .test-runs/screenshots/.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -15,12 +16,13 @@ import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
 import { startFakeProviders } from './fake-providers.mjs';
-import { ROOT, randomKey, startVault } from './harness.mjs';
+import { ROOT, randomKey, serviceTokens, startVault } from './harness.mjs';
 
 const require = createRequire(import.meta.url);
 const AXE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 const SHOTS = path.join(ROOT, '.test-runs', 'screenshots');
 const CHROMIUM = process.env.BYOK_CHROMIUM ?? '/usr/bin/chromium';
+const { tokens: { ops: ADMIN }, SERVICE_TOKENS } = serviceTokens({ ops: ['admin'] });
 
 let fake;
 let vault;
@@ -44,7 +46,10 @@ before(async () => {
   });
   await new Promise((r) => host.listen(0, '127.0.0.1', r));
   hostOrigin = `http://127.0.0.1:${host.address().port}`;
-  vault = await startVault({ vars: { ...fake.vars(), RATE_LIMITS: 'off', CORS_ALLOWED_ORIGINS: hostOrigin, SANDBOX: 'on' } });
+  vault = await startVault({
+    secrets: { SERVICE_TOKENS },
+    vars: { ...fake.vars(), RATE_LIMITS: 'off', CORS_ALLOWED_ORIGINS: hostOrigin, SANDBOX: 'on' },
+  });
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -60,13 +65,34 @@ after(async () => {
   await fake?.close();
 });
 
-/** A page signed in as `user` through the link scripts/dev.sh prints. `bypassCSP` lets a
- * test inject axe-core into a page whose policy allows no script but its own. */
+/** A new page that keeps every console error and uncaught exception it sees (a resource
+ * that answers 404 is one: Chromium logs it). */
+async function watchedPage(options = {}) {
+  const page = await browser.newPage(options);
+  page.consoleErrors = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error') page.consoleErrors.push(`${m.text()} (${m.location().url ?? ''})`);
+  });
+  page.on('pageerror', (e) => page.consoleErrors.push(`uncaught: ${e.message}`));
+  return page;
+}
+
+/** Asserts the page logged no console error, once its network is quiet (the icon a
+ * browser asks for after the load counts too). */
+async function assertNoConsoleErrors(page, when) {
+  await page.waitForLoadState('networkidle');
+  assert.deepEqual(page.consoleErrors, [], `console errors ${when}`);
+}
+
+/** A page signed in as `user` through the link scripts/dev.sh prints, loaded without a
+ * console error. `bypassCSP` lets a test inject axe-core into a page whose policy allows
+ * no script but its own. */
 async function signedIn(user, { bypassCSP = false } = {}) {
-  const page = await browser.newPage({ bypassCSP });
+  const page = await watchedPage({ bypassCSP });
   const token = vault.token(user, { exp: Math.floor(Date.now() / 1000) + 3600 });
   await page.goto(`${vault.base}/#token=${token}`);
   await page.getByRole('heading', { name: 'Your provider keys' }).waitFor();
+  await assertNoConsoleErrors(page, 'on load');
   return page;
 }
 
@@ -120,6 +146,7 @@ describe('the settings page', () => {
     const stored = await page.evaluate(() => JSON.stringify([{ ...localStorage }, { ...sessionStorage }, document.cookie]));
     assert.equal(stored, '[{},{},""]');
     await shot(page, '2-added');
+    await assertNoConsoleErrors(page, 'after adding a key');
     await page.close();
   });
 
@@ -190,6 +217,25 @@ describe('the settings page', () => {
     await page.getByRole('button', { name: 'Verify log' }).click();
     await page.getByText(/The activity log is intact: \d+ entries verified/).waitFor();
     await shot(page, '6-deleted');
+    await assertNoConsoleErrors(page, 'through the whole flow');
+    await page.close();
+  });
+
+  test('shows a key an operator imported unchecked as not yet checked, until a re-check confirms it', async () => {
+    const key = randomKey('valid');
+    const r = await vault.request('POST', '/v1/admin/import', {
+      token: ADMIN, body: { dry_run: false, entries: [{ user_id: 'u_page_imported', provider: 'openai', api_key: key, label: 'From the old app' }] },
+    });
+    assert.equal(r.status, 200, r.text);
+    const page = await signedIn('u_page_imported');
+    const card = page.locator('article[data-credential]');
+    await card.getByText('Not yet checked', { exact: true }).waitFor();
+    await shot(page, '8-unverified');
+    await card.getByRole('button', { name: 'Re-check' }).click();
+    await notice(page).getByText('The OpenAI key works.').waitFor();
+    await card.getByText('Valid', { exact: true }).waitFor();
+    assert.equal(await card.getByText('Not yet checked').count(), 0);
+    await assertNoConsoleErrors(page, 'with an imported key');
     await page.close();
   });
 
@@ -205,7 +251,7 @@ describe('the settings page', () => {
 
 describe('the <byok-keys> element embedded in a host app', () => {
   test('works on another origin with the host app token, and the key never reaches the host page', async () => {
-    const page = await browser.newPage();
+    const page = await watchedPage();
     const seen = [];
     page.on('request', (r) => { if (r.url().startsWith(hostOrigin)) seen.push(r.postData() ?? ''); });
     await page.goto(hostOrigin);
@@ -219,6 +265,7 @@ describe('the <byok-keys> element embedded in a host app', () => {
     assert.ok(!seen.some((body) => body.includes(key)), 'the key went to the host app');
     const stored = await page.evaluate(() => JSON.stringify([{ ...localStorage }, { ...sessionStorage }]));
     assert.equal(stored, '[{},{}]');
+    await assertNoConsoleErrors(page, 'in the host app');
     await page.close();
   });
 });

@@ -1,9 +1,12 @@
 // End to end: moving keys an operator holds into the vault. POST /v1/admin/import with a
-// dry run (which changes nothing), the real run (which creates what the dry run promised),
-// a second run (which creates no duplicates), a rollback (which removes exactly the rows
-// of the batch that no user changed since), and scripts/import.mjs turning a .env and a
-// JSON export into import requests. Under wrangler dev (workerd, local D1, local queues)
-// against the fake providers.
+// dry run (which changes nothing and names no credential a user holds), the real run
+// (which creates what the dry run promised, and tells a user whose key it found held), a
+// second run (which creates no duplicates), a rollback (which removes exactly the rows
+// of the batch that no user changed since), rows imported unchecked (never preferred over
+// the user's own key; an Ollama row's base_url never called before a check succeeds), and
+// scripts/import.mjs turning a .env and a JSON export into import requests (a dry run
+// unless told --commit). Under wrangler dev (workerd, local D1, local queues) against the
+// fake providers.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -25,7 +28,7 @@ let vault;
 let tmp;
 before(async () => {
   fake = await startFakeProviders();
-  vault = await startVault({ secrets: { SERVICE_TOKENS }, vars: { ...fake.vars(), RATE_LIMITS: 'off' } });
+  vault = await startVault({ secrets: { SERVICE_TOKENS }, vars: { ...fake.vars(), RATE_LIMITS: 'off', ALLOW_PRIVATE_BASE_URLS: 'true' } });
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'byok-import-'));
 });
 after(async () => {
@@ -92,7 +95,10 @@ describe('POST /v1/admin/import', () => {
       ...keys.map(() => 'created'),
       'skipped:duplicate', 'skipped:duplicate', 'rejected:invalid_api_key', 'rejected:unknown_provider',
     ]);
-    assert.equal(dry.entries[20].credential_id, held.id);
+    // Skipped as held, but which credential holds it is not told: a dry run writes no
+    // event that would let the user see someone asked (issue 18: this named held.id).
+    assert.equal(dry.entries[20].credential_id, null);
+    assert.ok(!r.text.includes(held.id), 'the dry run named the holder');
     assert.equal(dry.entries[21].same_as_entry, 3);
     assert.match(dry.entries[22].message, /incorrect api key|invalid/i);
     assert.deepEqual(dry.summary, { entries: 24, created: 20, skipped: 2, rejected: 2 });
@@ -130,6 +136,11 @@ describe('POST /v1/admin/import', () => {
     const imported = events.filter((e) => e.action === 'credential.imported');
     assert.equal(imported.length, 5);
     assert.deepEqual(imported[0].actor, { type: 'service', id: 'ops' });
+    // The real run names the credential that held a key, and tells its user so.
+    assert.equal(real.entries[20].credential_id, held.id);
+    await waitFor(async () => (await eventsOf(vault, 'u_imp_0', 1, 0)).some((e) => e.action === 'credential.imported'
+      && e.outcome === 'failure' && e.reason === 'duplicate_credential' && e.credential_id === held.id
+      && e.actor.id === 'ops'));
     // No key in the database, the queues or the log.
     for (const k of [keys[0].api_key, keys[13].api_key]) {
       assert.deepEqual(await vault.stateFilesContaining(k), []);
@@ -196,6 +207,67 @@ describe('POST /v1/admin/import', () => {
   });
 });
 
+describe('rows imported without a check', () => {
+  const importOne = async (entry) => {
+    const r = await importing({ dry_run: false, entries: [entry] });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.entries[0].outcome, 'created', r.text);
+    assert.equal(r.json.entries[0].status, 'unverified');
+    return r.json.entries[0].credential_id;
+  };
+
+  test("never take over from the user's own key, in resolve or the proxy", async () => {
+    const own = randomKey('valid');
+    const added = await vault.request('POST', '/v1/credentials', { user: 'u_own', body: { provider: 'openai', api_key: own } });
+    assert.equal(added.status, 201, added.text);
+    const planted = randomKey('valid');
+    const id = await importOne({ user_id: 'u_own', provider: 'openai', api_key: planted });
+    const listed = await vault.request('GET', '/v1/credentials', { user: 'u_own' });
+    assert.equal(listed.json.credentials.find((c) => c.id === id).status, 'unverified');
+
+    const res = await vault.request('POST', '/v1/resolve', { token: RESOLVER, body: { user_id: 'u_own', capability: 'llm', provider: 'openai' } });
+    assert.equal(res.status, 200, withoutKey(res.text));
+    assert.equal(res.json.credential_id, added.json.credential.id);
+    assertSameKey(res.json.api_key, own, "the user's own key");
+    const calls = fake.requests.length;
+    const p = await vault.request('POST', '/v1/proxy/openai/v1/chat/completions', {
+      user: 'u_own', body: { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hi' }] },
+    });
+    assert.equal(p.status, 200, p.text);
+    assert.equal(p.headers.get('x-byok-credential-id'), added.json.credential.id);
+    const sent = fake.requests.slice(calls).filter((r) => r.operation);
+    assert.ok(sent.length > 0 && sent.every((r) => r.key === own), 'the proxy used another key than the user\'s own');
+  });
+
+  test("an Ollama row's base_url is never called until a check there succeeds", async () => {
+    const calls = () => fake.requests.filter((r) => r.provider === 'ollama').length;
+    const before = calls();
+    const id = await importOne({ user_id: 'u_oll', provider: 'ollama', params: { base_url: fake.base('ollama') } });
+    for (const body of [
+      { user_id: 'u_oll', capability: 'llm', provider: 'ollama' },
+      { user_id: 'u_oll', capability: 'llm', credential_id: id },
+    ]) {
+      const r = await vault.request('POST', '/v1/resolve', { token: RESOLVER, body });
+      assert.equal(r.status, 404, withoutKey(r.text));
+      assert.equal(r.json.code, 'no_credential');
+    }
+    const p = await vault.request('POST', '/v1/proxy/ollama/api/chat', {
+      user: 'u_oll', body: { model: 'llama3.2', messages: [{ role: 'user', content: 'Hi' }], stream: false },
+    });
+    assert.equal(p.status, 404, p.text);
+    assert.equal(calls(), before, "the importer's base_url was called");
+
+    // The user checks it: the one call there is the check; from then on it serves.
+    const v = await vault.request('POST', `/v1/credentials/${id}/validate`, { user: 'u_oll' });
+    assert.equal(v.status, 200, v.text);
+    assert.equal(v.json.status, 'valid');
+    assert.equal(calls(), before + 1);
+    const r = await vault.request('POST', '/v1/resolve', { token: RESOLVER, body: { user_id: 'u_oll', capability: 'llm', provider: 'ollama' } });
+    assert.equal(r.status, 200, withoutKey(r.text));
+    assert.equal(r.json.credential_id, id);
+  });
+});
+
 async function waitFor(check, timeoutMs = 20_000) {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
@@ -250,7 +322,7 @@ describe('scripts/import.mjs', () => {
     const env = path.join(tmp, 'deploy.env');
     fs.writeFileSync(env, `OPENAI_API_KEY=${openai}\nELEVENLABS_API_KEY="${eleven}"\nPORT=8080\n`);
     const report = path.join(tmp, 'env-report.json');
-    const r = await script(['--env', env, '--user', 'u_env', '--url', vault.base, '--validate', '--report', report]);
+    const r = await script(['--env', env, '--user', 'u_env', '--url', vault.base, '--validate', '--commit', '--report', report]);
     assert.equal(r.code, 0, r.out.replaceAll(openai, '…').replaceAll(eleven, '…'));
     assert.ok(!r.out.includes(openai) && !r.out.includes(eleven), 'a key reached the output');
     assert.match(r.out, /\[#+\] 2\/2 entries/);
@@ -273,13 +345,17 @@ describe('scripts/import.mjs', () => {
     const report = path.join(tmp, 'export-report.json');
     const before = await footprint();
 
-    const dry = await script(['--json', file, '--url', vault.base, '--dry-run', '--report', report]);
-    assert.equal(dry.code, 0, dry.out);
-    assert.match(dry.out, /would create 450/);
-    const { credentials, jobs } = await footprint();
-    assert.deepEqual({ credentials, jobs }, { credentials: before.credentials, jobs: before.jobs }, 'the dry run wrote something');
+    // Without --commit the script only reports, as the endpoint does.
+    for (const flags of [[], ['--dry-run']]) {
+      const dry = await script(['--json', file, '--url', vault.base, ...flags, '--report', report]);
+      assert.equal(dry.code, 0, dry.out);
+      assert.match(dry.out, /would create 450/);
+      assert.match(dry.out, /run again with --commit/);
+      const { credentials, jobs } = await footprint();
+      assert.deepEqual({ credentials, jobs }, { credentials: before.credentials, jobs: before.jobs }, `the dry run (${flags}) wrote something`);
+    }
 
-    const r = await script(['--json', file, '--url', vault.base, '--report', report]);
+    const r = await script(['--json', file, '--url', vault.base, '--commit', '--report', report]);
     assert.equal(r.code, 0, r.out);
     assert.equal((r.out.match(/\[[#.]+\] \d+\/450 entries/g) ?? []).length, 3, 'a progress line per request');
     const written = JSON.parse(fs.readFileSync(report, 'utf8'));
@@ -288,7 +364,7 @@ describe('scripts/import.mjs', () => {
     assert.equal((await batchRows(written.batch_id)).length, n);
     assert.ok(!r.out.includes(exported[0].key) && !fs.readFileSync(report, 'utf8').includes(exported[0].key));
 
-    const again = await script(['--json', file, '--url', vault.base]);
+    const again = await script(['--json', file, '--url', vault.base, '--commit']);
     assert.equal(again.code, 0, again.out);
     assert.match(again.out, /created 0, skipped 450/);
 
@@ -301,7 +377,7 @@ describe('scripts/import.mjs', () => {
   test('a refused request stops the script with the reason, and bad arguments say what is wrong', async () => {
     const file = path.join(tmp, 'one.json');
     fs.writeFileSync(file, JSON.stringify([{ user_id: 'u_x', provider: 'openai', api_key: randomKey('valid') }]));
-    const refused = await script(['--json', file, '--url', vault.base], { BYOK_ADMIN_TOKEN: RESOLVER });
+    const refused = await script(['--json', file, '--url', vault.base, '--commit'], { BYOK_ADMIN_TOKEN: RESOLVER });
     assert.equal(refused.code, 2);
     assert.match(refused.out, /403 forbidden/);
     const usage = await script(['--env', path.join(tmp, 'deploy.env')]);
@@ -310,5 +386,8 @@ describe('scripts/import.mjs', () => {
     const plain = await script(['--json', file, '--url', 'http://vault.example']);
     assert.equal(plain.code, 2);
     assert.match(plain.out, /must be https/);
+    const both = await script(['--json', file, '--url', vault.base, '--commit', '--dry-run']);
+    assert.equal(both.code, 2);
+    assert.match(both.out, /contradict/);
   });
 });

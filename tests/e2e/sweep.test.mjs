@@ -3,14 +3,18 @@
 // consumer checks three per invocation against the fake providers, flips exactly the
 // revoked keys, audits only changes, and turns a provider's 429 into a delayed retry.
 // Each flip reaches a webhook receiver on loopback, signed per Standard Webhooks, once,
-// although the receiver fails its first two deliveries.
+// although the receiver fails its first two deliveries; a 2xx with a large body is one
+// delivery; deleting a credential removes its notice not yet delivered. A dead key is
+// asked less and less often (and not at all after six tries) until its user acts. With
+// the live-check limits on, the sweep's checks of imported rows count against them, per
+// user and in total, and a refused check comes back later.
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import http from 'node:http';
-import { after, before, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 
 import { startFakeProviders } from './fake-providers.mjs';
-import { addMany, eventsOf, serviceTokens, startVault } from './harness.mjs';
+import { addMany, eventsOf, randomKey, serviceTokens, startVault } from './harness.mjs';
 
 const { tokens: { ops: ADMIN }, SERVICE_TOKENS } = serviceTokens({ ops: ['admin'] });
 const PROVIDERS = ['elevenlabs', 'openai', 'anthropic', 'gemini', 'deepgram', 'mistral', 'groq', 'openrouter'];
@@ -19,24 +23,32 @@ const PER_USER = 10;
 
 const WEBHOOK_SECRET = crypto.randomBytes(32);
 
-/** A webhook receiver: keeps every delivery; answers 503 to the first `failures`. */
+/** A webhook receiver: keeps every delivery; answers 503 to the first `failures`, then as
+ * `mode` says: `ok` (204), `page` (200 with a 3 MB page), `down` (503). */
 function startReceiver(failures) {
   const deliveries = [];
+  const receiver = { mode: 'ok' };
   const server = http.createServer((req, res) => {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
     req.on('end', () => {
-      const ok = deliveries.length >= failures;
+      const ok = deliveries.length >= failures && receiver.mode !== 'down';
       deliveries.push({ headers: req.headers, body: Buffer.concat(chunks).toString(), ok, at: Date.now() });
+      if (ok && receiver.mode === 'page') {
+        res.on('error', () => {}); // the vault stops reading early: that is the point
+        res.writeHead(200, { 'content-type': 'text/html' });
+        res.end(`<html><body>${'Thanks! '.repeat(384 * 1024)}</body></html>`);
+        return;
+      }
       res.writeHead(ok ? 204 : 503);
       res.end();
     });
   });
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(Object.assign(receiver, {
     url: `http://127.0.0.1:${server.address().port}/hooks/byok`,
     deliveries,
     close: () => new Promise((done) => { server.closeAllConnections?.(); server.close(() => done()); }),
-  })));
+  }))));
 }
 
 /** Whether a delivery carries a valid Standard Webhooks signature. */
@@ -166,4 +178,141 @@ test('each flip reaches the webhook once, signed, after the receiver recovers', 
   const retried = receiver.deliveries.find((d, i) => i > 1 && d.headers['webhook-id'] === first.headers['webhook-id']);
   assert.ok(retried && retried.at - first.at >= 900, 'the failed notice was retried after its wait');
   assert.ok(second);
+});
+
+async function waitFor(check, what, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting: ${what}`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+/** The user revokes nothing: the provider does, and the user's re-check sees it. */
+async function flip(c) {
+  fake.revoke(c.key);
+  const r = await vault.request('POST', `/v1/credentials/${c.id}/validate`, { user: c.user });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.json.status, 'invalid_key');
+}
+
+const noticesOf = async (id) => vault.sql(`SELECT id, attempts FROM notifications WHERE credential_id = '${id}'`);
+
+test('a receiver answering 2xx with a large page has the notice, once', async () => {
+  receiver.mode = 'page';
+  const c = creds.find((x, i) => i % 10 === 5);
+  const seen = receiver.deliveries.length;
+  await flip(c);
+  const mine = () => receiver.deliveries.slice(seen).filter((d) => JSON.parse(d.body).credential_id === c.id);
+  await waitFor(async () => mine().length > 0, 'the notice reached the receiver');
+  // Delivered: the notice is gone, not waiting for another attempt.
+  await waitFor(async () => (await noticesOf(c.id)).length === 0, 'the delivered notice left the queue');
+  assert.equal(mine().length, 1, 'the notice was sent again');
+  const id = mine()[0].headers['webhook-id'];
+  assert.ok(!vault.log().includes(`notice ${id} not delivered`), 'the delivery was counted as failed');
+});
+
+test("deleting a credential removes its notice that is waiting for delivery", async () => {
+  receiver.mode = 'down';
+  const c = creds.find((x, i) => i % 10 === 6);
+  const other = creds.find((x, i) => i % 10 === 7);
+  await flip(c);
+  await flip(other);
+  await waitFor(async () => (await noticesOf(c.id)).length === 1 && (await noticesOf(other.id)).length === 1,
+    'both notices are queued');
+  const d = await vault.request('DELETE', `/v1/credentials/${c.id}`, { user: c.user });
+  assert.equal(d.status, 204, d.text);
+  const deletedAt = Date.now();
+  // In the delete's own transaction: gone at once; another credential's stays.
+  assert.deepEqual(await noticesOf(c.id), [], "the deleted credential's notice is still queued");
+  assert.equal((await noticesOf(other.id)).length, 1);
+  receiver.mode = 'ok';
+  await waitFor(async () => receiver.deliveries.some((d2) => d2.ok && JSON.parse(d2.body).credential_id === other.id),
+    "the other credential's notice", 90_000);
+  assert.ok(!receiver.deliveries.some((d2) => JSON.parse(d2.body).credential_id === c.id && d2.at > deletedAt),
+    "the deleted credential's notice was sent after the delete");
+});
+
+test('a dead key is asked less and less often, then not until its user acts', async () => {
+  // Three keys the first sweep found revoked (dead_checks 1): one checked 23 h ago, one
+  // 25 h ago, one found dead six times and last asked a year ago.
+  const [a, b, c] = creds.filter((_, i) => i % 10 === 3 && i > 0).slice(0, 3);
+  const now = Date.now();
+  const hour = 3_600_000;
+  const set = (x, lastMs, dead) => vault.sql(`UPDATE credentials SET last_validated_at = ${lastMs}, dead_checks = ${dead},
+    revalidation_queued_at = NULL WHERE id = '${x.id}'`);
+  await set(a, now - 23 * hour, 1);
+  await set(b, now - 25 * hour, 1);
+  await set(c, now - 365 * 24 * hour, 6);
+  // REVALIDATE_AFTER_HOURS is 0 here: a key not found dead would be due at once.
+  const r = await vault.request('POST', '/v1/admin/revalidate', { token: ADMIN });
+  assert.equal(r.status, 202, r.text);
+  assert.equal(r.json.queued, 1, 'only the key dead for more than a day is asked again');
+  const claimed = await vault.sql(`SELECT id FROM credentials WHERE revalidation_queued_at IS NOT NULL
+    AND id IN ('${a.id}', '${b.id}', '${c.id}')`);
+  assert.deepEqual(claimed.map((x) => x.id), [b.id]);
+  await waitFor(async () => (await vault.sql(`SELECT dead_checks FROM credentials WHERE id = '${b.id}'`))[0].dead_checks === 2,
+    'the check found it dead a second time');
+  // Its user re-checks the one left alone: the usual schedule again.
+  const v = await vault.request('POST', `/v1/credentials/${c.id}/validate`, { user: c.user });
+  assert.equal(v.status, 200, v.text);
+  assert.equal((await vault.sql(`SELECT dead_checks FROM credentials WHERE id = '${c.id}'`))[0].dead_checks, 0);
+});
+
+describe('the sweep under the live-check limits', () => {
+  const { tokens: { ops: OPS }, SERVICE_TOKENS: TOKENS } = serviceTokens({ ops: ['admin'] });
+  const PER_USER = 1;
+  const IN_TOTAL = 2;
+  let limited;
+  let fake2;
+  before(async () => {
+    fake2 = await startFakeProviders();
+    limited = await startVault({
+      secrets: { SERVICE_TOKENS: TOKENS },
+      vars: { ...fake2.vars(), RATE_LIMITS: 'on', REVALIDATE_AFTER_HOURS: '0' },
+      // Small limits, so that a few keys need several of the binding's minute windows.
+      config: (toml) => toml
+        .replace('namespace_id = "1001"\nsimple = { limit = 10, period = 60 }', `namespace_id = "1001"\nsimple = { limit = ${PER_USER}, period = 60 }`)
+        .replace('namespace_id = "1002"\nsimple = { limit = 60, period = 60 }', `namespace_id = "1002"\nsimple = { limit = ${IN_TOTAL}, period = 60 }`),
+    });
+  });
+  after(async () => {
+    await limited?.stop();
+    await fake2?.close();
+  });
+
+  test('checks of imported keys count per user and in total; a refused one waits and is never marked', async () => {
+    // One user with three imported keys; five users with one each. None was checked.
+    const providers = ['openai', 'anthropic', 'mistral', 'groq', 'gemini'];
+    const mine = Array.from({ length: 3 }, (_, i) => ({ user_id: 'u_lim_a', provider: providers[i], api_key: randomKey('valid') }));
+    const singles = Array.from({ length: 5 }, (_, i) => ({ user_id: `u_lim_${i}`, provider: providers[i], api_key: randomKey('valid') }));
+    const r = await limited.request('POST', '/v1/admin/import', { token: OPS, body: { dry_run: false, entries: [...mine, ...singles] } });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.summary.created, 8, r.text);
+    assert.equal(fake2.requests.length, 0, 'the import asked a provider');
+
+    const s = await limited.request('POST', '/v1/admin/revalidate', { token: OPS });
+    assert.equal(s.status, 202, s.text);
+    assert.equal(s.json.queued, 8);
+    // Every key is checked in the end, each once, and comes out valid: a refused check
+    // was not dropped, and marked nothing meanwhile.
+    const rows = async () => limited.sql("SELECT status FROM credentials WHERE user_id LIKE 'u_lim_%'");
+    await waitFor(async () => {
+      const now = await rows();
+      assert.ok(now.every((x) => x.status === 'unverified' || x.status === 'valid'), JSON.stringify(now));
+      return now.every((x) => x.status === 'valid');
+    }, 'every imported key checked', 480_000);
+    const first = (key) => Math.min(...fake2.requests.filter((q) => q.key === key).map((q) => q.at));
+    const span = (entries) => {
+      const at = entries.map((e) => first(e.api_key));
+      return Math.max(...at) - Math.min(...at);
+    };
+    // The binding counts in fixed minute windows. One key of u_lim_a's per window means
+    // their three first calls fall in three windows: more than a minute apart, wherever
+    // in the minute the sweep started. The five single keys are held only by the total
+    // (two per window): three windows too.
+    assert.ok(span(mine) > 58_000, `u_lim_a's keys were checked ${span(mine)} ms apart`);
+    assert.ok(span(singles) > 58_000, `the single keys were checked ${span(singles)} ms apart`);
+    assert.match(limited.log(), /revalidation: c_[0-9a-f]+ waits \(the (user|client address) limit on live checks is reached\)/);
+  });
 });

@@ -87,7 +87,14 @@ fn a_dry_run_reports_every_entry_and_changes_nothing() {
         json!({"entries": 8, "created": 2, "skipped": 2, "rejected": 4})
     );
     let e = &report["entries"];
-    assert_eq!(e[0]["credential_id"], json!(existing));
+    // Which credential holds the key is not told: a dry run writes no event that would
+    // tell its user someone asked (issue 18: this assertion named `existing` before).
+    assert_eq!(e[0]["credential_id"], Value::Null);
+    assert!(
+        !report.to_string().contains(&existing),
+        "the holder was named"
+    );
+    assert_eq!(e[1]["status"], "unverified");
     assert_eq!(e[2]["same_as_entry"], 1);
     assert_eq!(e[1]["credential_id"], Value::Null);
     assert_eq!(e[5]["errors"][0]["field"], "params.region");
@@ -134,7 +141,9 @@ fn the_real_run_creates_what_the_dry_run_promised_and_a_second_run_creates_nothi
             .unwrap();
         assert_eq!(row.user_id.as_str(), user);
         assert_eq!(row.import_batch.as_ref().unwrap().as_str(), batch);
-        assert_eq!(row.status, CredentialStatus::Valid);
+        // No check has confirmed it (issue 18: it was stored as `valid` before).
+        assert_eq!(row.status, CredentialStatus::Unverified);
+        assert_eq!(e["status"], "unverified");
         assert_eq!(row.warnings, [UNCHECKED_WARNING]);
         assert_eq!(row.last_validated_at, None, "due at the next sweep");
         let keys = w.config.master_keys.as_ref().unwrap();
@@ -148,6 +157,7 @@ fn the_real_run_creates_what_the_dry_run_promised_and_a_second_run_creates_nothi
             vec![],
         );
         assert_eq!(view["warnings"], json!([UNCHECKED_WARNING]));
+        assert_eq!(view["status"], "unverified");
     }
     block_on(crate::audit::drain(&w.audit, 5)).unwrap();
     assert_eq!(
@@ -605,4 +615,167 @@ fn a_large_batch_is_rolled_back_in_chunks() {
         (Some(100), Some(false))
     );
     assert!(w.store.rows.borrow().is_empty());
+}
+
+/// A service's resolve for `user`: status and answer.
+fn resolve(w: &World, body: Value) -> (u16, Value) {
+    let (s, v, _) = w.call_with_token(
+        "POST",
+        "/v1/resolve",
+        Some(RESOLVER.into()),
+        Some(body),
+        vec![],
+    );
+    (s, v)
+}
+
+#[test]
+fn a_real_run_names_the_credential_holding_a_key_and_tells_its_user() {
+    let w = World::with_services(&[]);
+    let existing = w.added();
+    let (s, report) = w.import(
+        json!({"dry_run": false, "entries": [entry("u_a", KEY)]}),
+        vec![],
+    );
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(outcomes(&report), ["skipped:duplicate"]);
+    assert_eq!(report["entries"][0]["credential_id"], json!(existing));
+    block_on(crate::audit::drain(&w.audit, 5)).unwrap();
+    let (_, trail, _) = w.call("GET", "/v1/audit?limit=200", Some("u_a"), None, vec![]);
+    let told = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "credential.imported")
+        .cloned()
+        .expect("no event on the holder's chain");
+    assert_eq!(
+        (
+            told["outcome"].as_str(),
+            told["reason"].as_str(),
+            told["credential_id"].as_str()
+        ),
+        (
+            Some("failure"),
+            Some("duplicate_credential"),
+            Some(existing.as_str())
+        )
+    );
+    assert_eq!(told["actor"]["type"], "service");
+}
+
+#[test]
+fn an_import_without_validate_never_takes_over_from_the_users_own_key() {
+    let w = World::with_services(&[]);
+    let own = w.added();
+    w.clock.advance(1000);
+    // The operator imports another key for u_a, unchecked: the newer row.
+    let (_, report) = w.import(
+        json!({"dry_run": false, "entries": [entry("u_a", KEY2)]}),
+        vec![],
+    );
+    let planted = report["entries"][0]["credential_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ask = json!({"user_id": "u_a", "capability": "tts", "provider": "elevenlabs"});
+    let (s, r) = resolve(&w, ask.clone());
+    assert_eq!((s, r["credential_id"].as_str()), (200, Some(own.as_str())));
+    assert_eq!(r["api_key"], KEY, "the user's own key serves");
+    // Not even when the user's key is held up by the provider for now.
+    w.store
+        .rows
+        .borrow_mut()
+        .iter_mut()
+        .filter(|c| c.id.as_str() == own)
+        .for_each(|c| c.status = CredentialStatus::RateLimited);
+    let (_, r) = resolve(&w, ask.clone());
+    assert_eq!(r["credential_id"], json!(own));
+    // Once its user has checked it (and it works), it is theirs like any other key.
+    let path = format!("/v1/credentials/{planted}/validate");
+    let (s, checked, _) = w.call("POST", &path, Some("u_a"), None, valid());
+    assert_eq!((s, checked["status"].as_str()), (200, Some("valid")));
+    let (_, r) = resolve(&w, ask);
+    assert_eq!(r["credential_id"], json!(planted), "the newest valid key");
+}
+
+#[test]
+fn an_unverified_key_serves_a_user_who_holds_nothing_else_for_the_provider() {
+    let w = World::with_services(&[]);
+    let (_, report) = w.import(
+        json!({"dry_run": false, "entries": [entry("u_b", KEY)]}),
+        vec![],
+    );
+    let id = report["entries"][0]["credential_id"].clone();
+    let (s, r) = resolve(
+        &w,
+        json!({"user_id": "u_b", "capability": "tts", "provider": "elevenlabs"}),
+    );
+    assert_eq!(
+        (s, &r["credential_id"], &r["source"]),
+        (200, &id, &json!("user"))
+    );
+}
+
+#[test]
+fn an_unverified_ollama_row_is_never_called_until_a_check_succeeds_there() {
+    let w = World::with_services(&[]);
+    let base = "https://ollama.importer.example";
+    let (s, report) = w.import(
+        json!({"dry_run": false, "entries": [
+            {"user_id": "u_o", "provider": "ollama", "params": {"base_url": base}}
+        ]}),
+        vec![],
+    );
+    assert_eq!((s, outcomes(&report)), (200, vec!["created".to_owned()]));
+    let id = report["entries"][0]["credential_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(report["entries"][0]["status"], "unverified");
+    // Asked for by provider, by default or exactly: no call reaches the importer's
+    // endpoint (the fake providers have no answer scripted: a call would panic).
+    for ask in [
+        json!({"user_id": "u_o", "capability": "llm", "provider": "ollama"}),
+        json!({"user_id": "u_o", "capability": "llm"}),
+        json!({"user_id": "u_o", "capability": "llm", "credential_id": id}),
+    ] {
+        let (s, r) = resolve(&w, ask.clone());
+        assert_eq!(
+            (s, r["code"].as_str()),
+            (404, Some("no_credential")),
+            "{ask}"
+        );
+        assert_eq!(r["skipped"][0]["status"], "unverified", "{r}");
+    }
+    let (s, _, _) = w.call(
+        "PUT",
+        "/v1/preferences/llm",
+        Some("u_o"),
+        Some(json!({"credential_id": id})),
+        vec![],
+    );
+    assert_eq!(s, 200);
+    let (s, _) = resolve(&w, json!({"user_id": "u_o", "capability": "llm"}));
+    assert_eq!(s, 404, "the default is not used either");
+    assert_eq!(
+        w.provider_calls.get(),
+        0,
+        "the importer's endpoint was called"
+    );
+    // Its user checks it there: from then on it serves.
+    let tags = r#"{"models":[{"name":"llama3.2:latest"}]}"#;
+    let path = format!("/v1/credentials/{id}/validate");
+    let (s, checked, _) = w.call("POST", &path, Some("u_o"), None, vec![respond(200, tags)]);
+    assert_eq!(
+        (s, checked["status"].as_str()),
+        (200, Some("valid")),
+        "{checked}"
+    );
+    let (s, r) = resolve(
+        &w,
+        json!({"user_id": "u_o", "capability": "llm", "provider": "ollama"}),
+    );
+    assert_eq!((s, r["credential_id"].as_str()), (200, Some(id.as_str())));
+    assert_eq!(r["params"]["base_url"], base);
 }

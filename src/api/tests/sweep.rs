@@ -230,3 +230,211 @@ fn a_message_that_outlived_its_claim_gives_way_to_the_newer_one() {
     let (_, calls) = w.consume(valid());
     assert_eq!(calls, 2, "the newer message checks it");
 }
+
+impl World {
+    /// The operator imports `entries` without a check (a real run).
+    fn import_unchecked(&self, entries: Value) {
+        let (s, _, _) = self.call_with_token(
+            "POST",
+            "/v1/admin/import",
+            Some(ADMIN.into()),
+            Some(json!({"dry_run": false, "entries": entries})),
+            vec![],
+        );
+        assert_eq!(s, 200);
+    }
+
+    /// What the limiter counted for `scope` and `key`.
+    fn counted(&self, scope: &str, key: &str) -> u32 {
+        let seen = self.limiter.seen.borrow();
+        seen.get(&(scope.to_owned(), key.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Spends the limiter's whole allowance for `scope` and `key`.
+    fn spend(&self, scope: &str, key: &str, n: u32) {
+        self.limiter
+            .seen
+            .borrow_mut()
+            .insert((scope.to_owned(), key.to_owned()), n);
+    }
+
+    fn row_of(&self, user: &str) -> crate::domain::Credential {
+        let rows = self.store.rows.borrow();
+        rows.iter()
+            .find(|c| c.user_id.as_str() == user)
+            .unwrap()
+            .clone()
+    }
+}
+
+fn imported(user: &str, key: &str) -> Value {
+    json!({"user_id": user, "provider": "elevenlabs", "api_key": key})
+}
+
+#[test]
+fn the_sweeps_check_of_an_imported_row_counts_against_its_users_limit_and_waits_when_refused() {
+    let w = world();
+    w.import_unchecked(json!([imported("u_a", KEY), imported("u_b", KEY2)]));
+    // u_a has spent this minute's live checks (adding keys, say).
+    w.spend("User", "u_a", 1000);
+    let before = w.row_of("u_a");
+    w.sweep_now();
+    let queued = w.jobs.sent.borrow().clone();
+    let (outcomes, calls) = w.consume(valid());
+    // u_a's check waits a minute and asks nothing; u_b's runs.
+    assert_eq!(outcomes, [JobOutcome::RetryAfter(60), JobOutcome::Ack]);
+    assert_eq!(calls, 2, "only u_b's key was checked");
+    let after = w.row_of("u_a");
+    assert_eq!(
+        (after.status, after.version, after.last_validated_at),
+        (CredentialStatus::Unverified, before.version, None),
+        "a refused check marks nothing"
+    );
+    assert_eq!(w.row_of("u_b").status, CredentialStatus::Valid);
+    assert_eq!(w.counted("User", "u_b"), 1);
+    assert_eq!(
+        w.counted("ClientAddress", "sweep"),
+        2,
+        "every imported row's check"
+    );
+    // The message comes back once the minute has passed: now it is checked.
+    w.spend("User", "u_a", 0);
+    *w.jobs.sent.borrow_mut() = queued[..1].to_vec();
+    let (outcomes, calls) = w.consume(valid());
+    assert_eq!((outcomes.as_slice(), calls), (&[JobOutcome::Ack][..], 2));
+    assert_eq!(w.row_of("u_a").status, CredentialStatus::Valid);
+}
+
+#[test]
+fn the_sweeps_checks_of_imported_rows_share_one_limit_in_total() {
+    let w = world();
+    w.import_unchecked(json!([imported("u_a", KEY), imported("u_b", KEY2)]));
+    w.spend("ClientAddress", "sweep", 1000);
+    w.sweep_now();
+    let (outcomes, calls) = w.consume(vec![]);
+    assert_eq!(
+        (outcomes.as_slice(), calls),
+        (
+            &[JobOutcome::RetryAfter(60), JobOutcome::RetryAfter(60)][..],
+            0
+        )
+    );
+    assert_eq!(
+        w.counted("User", "u_a"),
+        0,
+        "a refused total spends no user's allowance"
+    );
+    // A limiter out of reach checks nothing either.
+    w.spend("ClientAddress", "sweep", 0);
+    w.limiter.down.set(true);
+    w.clock.advance(crate::jobs::CLAIM_TTL_MS + 1);
+    w.sweep_now();
+    let (outcomes, calls) = w.consume(vec![]);
+    assert_eq!((outcomes.len(), calls), (2, 0));
+    assert!(outcomes.iter().all(|o| *o == JobOutcome::RetryAfter(60)));
+    assert_eq!(w.row_of("u_a").status, CredentialStatus::Unverified);
+}
+
+#[test]
+fn the_sweeps_check_of_a_key_its_user_added_is_not_counted() {
+    let w = world();
+    w.add_key("u_a", KEY, valid());
+    let added = w.counted("User", "u_a");
+    w.clock.advance(1000);
+    w.sweep_now();
+    let (outcomes, _) = w.consume(valid());
+    assert_eq!(outcomes, [JobOutcome::Ack]);
+    assert_eq!(w.counted("User", "u_a"), added);
+    assert_eq!(w.counted("ClientAddress", "sweep"), 0);
+}
+
+#[test]
+fn a_dead_key_is_rechecked_less_and_less_often_then_not_until_its_user_acts() {
+    let w = world();
+    let id = w.added();
+    let day = 86_400_000;
+    let queued = |w: &World| w.sweep_now().1["queued"].as_u64().unwrap();
+    // The sweep finds it revoked.
+    w.clock.advance(1000);
+    assert_eq!(queued(&w), 1);
+    w.consume(vec![respond(401, INVALID)]);
+    assert_eq!(w.stored().status, CredentialStatus::InvalidKey);
+    // Then asks again after 1, 2, 4, 8 and 16 days, never sooner.
+    for wait in [day, 2 * day, 4 * day, 8 * day, 16 * day] {
+        w.clock.advance(wait - 1);
+        assert_eq!(queued(&w), 0, "asked again before {} days", wait / day);
+        w.clock.advance(1);
+        assert_eq!(queued(&w), 1, "not asked after {} days", wait / day);
+        let (_, calls) = w.consume(vec![respond(401, INVALID)]);
+        assert_eq!(calls, 1);
+    }
+    // Six checks in a row found it dead: no more, however long it stays.
+    w.clock.advance(365 * day);
+    assert_eq!(queued(&w), 0, "a key dead for a month is still asked");
+    assert_eq!(w.stored().dead_checks, crate::jobs::DEAD_CHECKS_MAX);
+    // Its user re-checks it (still dead): the usual schedule again.
+    // (A token for now: a year has passed since the world's own were minted.)
+    let now_token = || {
+        sign_hs256(
+            &json!({"alg":"HS256"}),
+            &json!({"sub":"u_a","exp":w.clock.now().as_unix_seconds() + 600,"aud":AUDIENCE}),
+            SECRET.as_bytes(),
+        )
+    };
+    let path = format!("/v1/credentials/{id}/validate");
+    let (s, body, _) = w.call_with_token(
+        "POST",
+        &path,
+        Some(now_token()),
+        None,
+        vec![respond(401, INVALID)],
+    );
+    assert_eq!((s, body["status"].as_str()), (200, Some("invalid_key")));
+    assert_eq!(w.stored().dead_checks, 0);
+    w.clock.advance(1000);
+    assert_eq!(queued(&w), 1);
+    // A rotation to a working key ends it too; a key found working is never backed off.
+    w.consume(vec![respond(401, INVALID)]);
+    assert_eq!(w.stored().dead_checks, 1);
+    let (s, _, _) = w.call_with_token(
+        "PATCH",
+        &format!("/v1/credentials/{id}"),
+        Some(now_token()),
+        Some(json!({"api_key": KEY2})),
+        valid(),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(
+        (w.stored().status, w.stored().dead_checks),
+        (CredentialStatus::Valid, 0)
+    );
+}
+
+#[test]
+fn deleting_a_credential_removes_its_notices_not_yet_delivered() {
+    let w = world();
+    let id = w.added();
+    let other = w.add_key("u_b", KEY2, valid()).1["credential"]["id"].clone();
+    w.clock.advance(1000);
+    w.sweep_now();
+    // Both keys were revoked: a notice each waits for delivery.
+    w.consume(vec![respond(401, INVALID), respond(401, INVALID)]);
+    let notices = || -> Vec<Option<String>> {
+        w.audit
+            .outbox
+            .notices
+            .borrow()
+            .iter()
+            .map(|n| n.credential_id.clone())
+            .collect()
+    };
+    assert_eq!(notices().len(), 2);
+    assert_eq!(w.delete(&id), 204);
+    assert_eq!(
+        notices(),
+        [other.as_str().map(str::to_owned)],
+        "u_a's notice is still queued"
+    );
+}

@@ -6,7 +6,10 @@ use std::rc::Rc;
 
 use async_trait::async_trait;
 
-use crate::audit::{AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
+use crate::audit::{
+    Anchor, AnchorKind, Anchors, AuditEvent, ChainHead, ChainPlan, ChainedEvent, Heads,
+    LegacyWindow, PendingEvent, Resealed, Sealer, Unsettled,
+};
 use crate::domain::{
     Capability, Credential, CredentialId, Preference, ProviderId, Timestamp, UserId,
 };
@@ -226,6 +229,23 @@ pub(crate) struct MemoryStore {
     pub claims: RefCell<Vec<(CredentialId, Timestamp)>>,
     /// Background jobs' progress.
     pub jobs: RefCell<Vec<crate::ports::JobRecord>>,
+    /// The audit log's heads and checkpoints, which health's check of master key versions
+    /// reads with the credentials (as the D1 query reads both tables).
+    pub anchors: [AnchorTable; 2],
+}
+
+/// A table of audit anchors by user, shared by the two in-memory stores.
+pub(crate) type AnchorTable = Rc<RefCell<std::collections::BTreeMap<String, Anchor>>>;
+
+/// The master key ring the in-memory chainer seals with by default: the API tests' version 1.
+pub(crate) fn test_ring() -> crate::crypto::MasterKeys {
+    let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+    crate::crypto::MasterKeys::for_tests(&[(1, key)], 1)
+}
+
+/// A sealer over [`test_ring`], writing at the API tests' time.
+pub(crate) fn test_sealer() -> Sealer {
+    Sealer::new(&test_ring(), Timestamp::from_millis(1_800_000_000_000))
 }
 
 impl MemoryStore {
@@ -544,11 +564,22 @@ impl CredentialStore for MemoryStore {
 
     async fn ping(&self, configured: &[u32]) -> Result<Option<u32>, StoreError> {
         self.check()?;
+        let anchors: Vec<u32> = self
+            .anchors
+            .iter()
+            .flat_map(|t| {
+                t.borrow()
+                    .values()
+                    .filter_map(|a| a.mac_version)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         Ok(self
             .rows
             .borrow()
             .iter()
             .filter_map(|c| c.secret.as_ref().map(|s| s.key_version.get()))
+            .chain(anchors)
             .find(|v| !configured.contains(v)))
     }
 
@@ -738,23 +769,29 @@ impl crate::ports::JobStore for MemoryStore {
     async fn advance_job(
         &self,
         id: &str,
+        from: Option<&str>,
         done: u64,
         failed: u64,
         cursor: Option<&str>,
         state: &str,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.check()?;
+        let mut advanced = false;
         for j in self.jobs.borrow_mut().iter_mut().filter(|j| j.id == id) {
             j.done += done;
+            if j.state != "running" || j.cursor.as_deref() != from {
+                continue;
+            }
             j.failed += failed;
             if let Some(c) = cursor {
                 j.cursor = Some(c.to_owned());
             }
             j.state = state.to_owned();
             j.updated_at = now;
+            advanced = true;
         }
-        Ok(())
+        Ok(advanced)
     }
 
     async fn stalled_jobs(&self, before: Timestamp, limit: u32) -> Result<Vec<String>, StoreError> {
@@ -771,20 +808,70 @@ impl crate::ports::JobStore for MemoryStore {
 
 /// An audit log in memory: the outbox and the chained log, chained by the same core logic
 /// as the D1 store.
-#[derive(Default)]
 pub(crate) struct MemoryAudit {
     pub rows: RefCell<Vec<ChainedEvent>>,
-    pub heads: RefCell<std::collections::BTreeMap<String, ChainHead>>,
-    pub checkpoints: RefCell<std::collections::BTreeMap<String, ChainHead>>,
+    pub heads: AnchorTable,
+    pub checkpoints: AnchorTable,
     pub dead_letters: RefCell<Vec<(String, String)>>,
     pub down: Cell<bool>,
     pub outbox: Rc<MemoryOutbox>,
     /// Queries made of the outbox and the chain (enqueue, pending, heads, commit), as D1
     /// would count them.
     pub queries: Cell<u32>,
+    /// The `audit_legacy` row (none: closed) and when it was written.
+    pub legacy: Cell<LegacyWindow>,
+    pub legacy_since: Cell<u64>,
+    /// What `settle` takes as now when it writes the window (Unix ms).
+    pub clock: Cell<u64>,
+    /// Users who hold a credential (D1 reads the credentials table).
+    pub holders: RefCell<Vec<String>>,
+    /// What the sink's own chaining seals with; `None`: no usable master key.
+    pub sealer: RefCell<Option<Sealer>>,
+}
+
+impl Default for MemoryAudit {
+    fn default() -> Self {
+        Self {
+            rows: RefCell::default(),
+            heads: AnchorTable::default(),
+            checkpoints: AnchorTable::default(),
+            dead_letters: RefCell::default(),
+            down: Cell::new(false),
+            outbox: Rc::default(),
+            queries: Cell::new(0),
+            legacy: Cell::new(LegacyWindow::Closed),
+            legacy_since: Cell::new(0),
+            clock: Cell::new(1_800_000_000_000),
+            holders: RefCell::default(),
+            sealer: RefCell::new(Some(test_sealer())),
+        }
+    }
 }
 
 impl MemoryAudit {
+    /// Seals with `keys` (none: no usable master key) from now on, writing at `now`.
+    pub(crate) fn use_master(&self, keys: Option<&crate::crypto::MasterKeys>, now: Timestamp) {
+        *self.sealer.borrow_mut() = keys.map(|k| Sealer::new(k, now));
+    }
+
+    /// Records `point` as `user`'s head, sealed as a chainer seals a new chain's head.
+    pub(crate) fn set_head(&self, user: &str, point: &ChainHead) {
+        let sealer = self.sealer.borrow();
+        let sealer = sealer.as_ref().expect("a sealer");
+        let head = sealer
+            .successor(AnchorKind::Head, user, None, point, self.legacy.get())
+            .expect("a new head");
+        self.heads.borrow_mut().insert(user.to_owned(), head);
+    }
+
+    /// The anchor table of `kind`.
+    fn table(&self, kind: AnchorKind) -> &AnchorTable {
+        match kind {
+            AnchorKind::Head => &self.heads,
+            AnchorKind::Checkpoint => &self.checkpoints,
+        }
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         self.queries.set(self.queries.get() + 1);
         if self.down.get() {
@@ -824,15 +911,18 @@ impl AuditStore for MemoryAudit {
             .collect())
     }
 
-    async fn heads(&self, users: &[String]) -> Result<Vec<(String, ChainHead)>, StoreError> {
+    async fn heads(&self, users: &[String]) -> Result<Heads, StoreError> {
         self.check()?;
-        Ok(self
-            .heads
-            .borrow()
-            .iter()
-            .filter(|(u, _)| users.contains(u))
-            .map(|(u, h)| (u.clone(), h.clone()))
-            .collect())
+        Ok(Heads {
+            heads: self
+                .heads
+                .borrow()
+                .iter()
+                .filter(|(u, _)| users.contains(u))
+                .map(|(u, h)| (u.clone(), h.clone()))
+                .collect(),
+            window: self.legacy.get(),
+        })
     }
 
     async fn commit(&self, plan: &ChainPlan) -> Result<(), StoreError> {
@@ -847,7 +937,7 @@ impl AuditStore for MemoryAudit {
             return Err(StoreError::Conflict("UNIQUE constraint failed".into()));
         }
         self.rows.borrow_mut().extend(plan.rows.iter().cloned());
-        self.heads.borrow_mut().extend(plan.heads.iter().cloned());
+        self.heads.borrow_mut().extend(plan.anchors.iter().cloned());
         self.dead_letters
             .borrow_mut()
             .extend(plan.dead.iter().cloned());
@@ -898,15 +988,20 @@ impl AuditStore for MemoryAudit {
         Ok(out)
     }
 
-    async fn anchors(
-        &self,
-        user: &UserId,
-    ) -> Result<(Option<ChainHead>, Option<ChainHead>), StoreError> {
+    async fn anchors(&self, user: &UserId) -> Result<Anchors, StoreError> {
         self.check()?;
-        Ok((
-            self.checkpoints.borrow().get(user.as_str()).cloned(),
-            self.heads.borrow().get(user.as_str()).cloned(),
-        ))
+        Ok(Anchors {
+            checkpoint: self.checkpoints.borrow().get(user.as_str()).cloned(),
+            head: self.heads.borrow().get(user.as_str()).cloned(),
+            window: self.legacy.get(),
+            holds_credentials: self.holders.borrow().iter().any(|h| h == user.as_str()),
+            pending: self
+                .outbox
+                .rows
+                .borrow()
+                .iter()
+                .any(|p| p.user_id == user.as_str()),
+        })
     }
 
     async fn store_dead_letters(&self, letters: &[(String, String)]) -> Result<(), StoreError> {
@@ -917,7 +1012,7 @@ impl AuditStore for MemoryAudit {
         Ok(())
     }
 
-    async fn apply_retention(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
+    async fn apply_retention(&self, cutoff: Timestamp, sealer: &Sealer) -> Result<u64, StoreError> {
         self.check()?;
         let mut rows = self.rows.borrow_mut();
         let mut last_old: std::collections::BTreeMap<String, ChainHead> = Default::default();
@@ -929,14 +1024,90 @@ impl AuditStore for MemoryAudit {
                 *e = r.head();
             }
         }
+        let mut checkpoints = self.checkpoints.borrow_mut();
+        let mut moved = std::collections::BTreeMap::new();
+        for (user, point) in last_old {
+            let prev = checkpoints.get(&user);
+            let window = self.legacy.get();
+            if let Ok(cp) = sealer.successor(AnchorKind::Checkpoint, &user, prev, &point, window) {
+                moved.insert(user, cp);
+            }
+        }
         let before = rows.len();
         rows.retain(|r| {
-            last_old
+            moved
                 .get(r.event.user_id.as_str())
                 .is_none_or(|cp| r.seq > cp.seq)
         });
-        self.checkpoints.borrow_mut().extend(last_old);
+        checkpoints.extend(moved);
         Ok((before - rows.len()) as u64)
+    }
+
+    async fn legacy_window(&self) -> Result<(LegacyWindow, u64), StoreError> {
+        self.check()?;
+        Ok((self.legacy.get(), self.legacy_since.get()))
+    }
+
+    async fn strict_seal_exists(&self, configured: &[u32]) -> Result<bool, StoreError> {
+        self.check()?;
+        let strict = |t: &AnchorTable| {
+            t.borrow().values().any(|a| {
+                a.mac.as_deref().is_some_and(|m| m.starts_with("s:"))
+                    && a.mac_version.is_some_and(|v| configured.contains(&v))
+            })
+        };
+        Ok(strict(&self.heads) || strict(&self.checkpoints))
+    }
+
+    async fn unsettled(
+        &self,
+        active: u32,
+        configured: &[u32],
+        legacy_open: bool,
+        limit: u32,
+    ) -> Result<Vec<Unsettled>, StoreError> {
+        self.check()?;
+        let mut out = Vec::new();
+        for kind in AnchorKind::ALL {
+            for (user, a) in self.table(*kind).borrow().iter() {
+                let wanted = match (a.mac.as_deref(), a.mac_version) {
+                    (None, None) => legacy_open,
+                    (Some(mac), Some(v)) if configured.contains(&v) => {
+                        v != active || (!legacy_open && mac.starts_with("t:"))
+                    }
+                    _ => false,
+                };
+                if wanted {
+                    out.push(Unsettled {
+                        kind: *kind,
+                        user: user.clone(),
+                        anchor: a.clone(),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|u| u.anchor.mac.is_some());
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    async fn settle(
+        &self,
+        resealed: &[Resealed],
+        window: Option<LegacyWindow>,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        for r in resealed {
+            let mut table = self.table(r.kind).borrow_mut();
+            if let Some(stored) = table.get_mut(&r.user).filter(|a| **a == r.from) {
+                *stored = r.to.clone();
+            }
+        }
+        if let Some(w) = window {
+            self.legacy.set(w);
+            self.legacy_since.set(self.clock.get());
+        }
+        Ok(())
     }
 }
 
@@ -953,7 +1124,9 @@ impl AuditSink for MemoryAudit {
     }
 
     async fn nudge(&self, _event_id: &str) {
-        let _ = crate::audit::drain(self, 1).await;
+        if let Some(sealer) = self.sealer.borrow().as_ref() {
+            let _ = crate::audit::drain(self, sealer, 1).await;
+        }
     }
 
     async fn send(&self, event: &AuditEvent) {

@@ -149,7 +149,7 @@ fn the_real_run_creates_what_the_dry_run_promised_and_a_second_run_creates_nothi
         );
         assert_eq!(view["warnings"], json!([UNCHECKED_WARNING]));
     }
-    block_on(crate::audit::drain(&w.audit, 5)).unwrap();
+    w.chain(5);
     assert_eq!(
         w.actions("u_b")[0],
         ("credential.imported".into(), "success".into(), None)
@@ -440,7 +440,7 @@ fn a_rollback_removes_exactly_the_rows_no_user_changed_or_chose_since() {
     for kept in [own.as_str().unwrap().to_owned(), id(0), id(1)] {
         assert!(left.contains(&kept), "{kept} was removed");
     }
-    block_on(crate::audit::drain(&w.audit, 5)).unwrap();
+    w.chain(5);
     let trail = w.actions("u_d");
     assert_eq!(trail.last().unwrap().0, "credential.deleted");
 

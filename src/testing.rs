@@ -232,6 +232,10 @@ pub(crate) struct MemoryStore {
     /// The audit log's heads and checkpoints, which health's check of master key versions
     /// reads with the credentials (as the D1 query reads both tables).
     pub anchors: [AnchorTable; 2],
+    /// What the next `stale_keys` and `job` read instead of what is stored, once: a step
+    /// that read them before another step wrote (a delayed message racing a resumed one).
+    pub stale_read: RefCell<Option<Vec<Credential>>>,
+    pub job_read: RefCell<Option<crate::ports::JobRecord>>,
 }
 
 /// A table of audit anchors by user, shared by the two in-memory stores.
@@ -590,6 +594,9 @@ impl CredentialStore for MemoryStore {
         limit: u32,
     ) -> Result<Vec<Credential>, StoreError> {
         self.check()?;
+        if let Some(read_earlier) = self.stale_read.borrow_mut().take() {
+            return Ok(read_earlier);
+        }
         let mut rows: Vec<Credential> = self
             .rows
             .borrow()
@@ -763,6 +770,9 @@ impl crate::ports::JobStore for MemoryStore {
 
     async fn job(&self, id: &str) -> Result<Option<crate::ports::JobRecord>, StoreError> {
         self.check()?;
+        if let Some(read_earlier) = self.job_read.borrow_mut().take() {
+            return Ok(Some(read_earlier));
+        }
         Ok(self.jobs.borrow().iter().find(|j| j.id == id).cloned())
     }
 

@@ -379,6 +379,7 @@ fn actions(w: &World, user: &str) -> Vec<(String, String, Option<String>)> {
     events
 }
 
+mod anchors;
 mod audit;
 mod credentials;
 mod hardening;

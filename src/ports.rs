@@ -531,8 +531,10 @@ pub trait AuditStore {
         limit: u32,
     ) -> Result<Vec<ChainedEvent>, StoreError>;
     /// The retention checkpoint (where the stored chain starts) and the recorded head, as
-    /// stored, with the legacy window and what shows that a chain must exist, in one query.
-    async fn anchors(&self, user: &UserId) -> Result<Anchors, StoreError>;
+    /// stored, with the legacy window (and, when it is not closed, whether a strict seal
+    /// exists under one of `configured`) and what shows that a chain must exist, in one
+    /// query.
+    async fn anchors(&self, user: &UserId, configured: &[u32]) -> Result<Anchors, StoreError>;
     /// Keeps messages that could not be processed, as received: (body, reason), in one
     /// statement.
     async fn store_dead_letters(&self, letters: &[(String, String)]) -> Result<(), StoreError>;
@@ -541,22 +543,17 @@ pub trait AuditStore {
     /// whose checkpoint is sealed under a version not configured is left as it is).
     /// Returns how many events were removed.
     async fn apply_retention(&self, cutoff: Timestamp, sealer: &Sealer) -> Result<u64, StoreError>;
-    /// The legacy window as stored (no row: closed), and since when (Unix ms).
-    async fn legacy_window(&self) -> Result<(LegacyWindow, u64), StoreError>;
-    /// Whether any anchor carries a strict seal (under one of `configured`), which the
-    /// vault writes only once the legacy window was closed; its MAC is not checked: a
-    /// forged one only makes verification stricter.
-    async fn strict_seal_exists(&self, configured: &[u32]) -> Result<bool, StoreError>;
-    /// Anchors that may need sealing, at most `limit`, unsealed ones first: unsealed ones
-    /// (only when `legacy_open`), those sealed under a `configured` version other than
-    /// `active`, and, when the window is closed, those trusted on first use.
+    /// In one query, what [`crate::audit::settle`] needs: the legacy window, since when,
+    /// whether a strict seal exists (under one of `configured`), and the anchors that may
+    /// need sealing, at most `limit`, in this order: unsealed ones while the stored window
+    /// is not closed, those sealed under a `configured` version other than `active`, and
+    /// those trusted on first use (under `active`) once it is closed.
     async fn unsettled(
         &self,
         active: u32,
         configured: &[u32],
-        legacy_open: bool,
         limit: u32,
-    ) -> Result<Vec<Unsettled>, StoreError>;
+    ) -> Result<Unsettled, StoreError>;
     /// Writes re-sealed anchors, each only if the stored one is still as it was read, and
     /// the legacy window (as of now) when `window` is given, in one transaction.
     async fn settle(

@@ -836,7 +836,7 @@ pub(crate) struct MemoryAudit {
     /// Users who hold a credential (D1 reads the credentials table).
     pub holders: RefCell<Vec<String>>,
     /// What the sink's own chaining seals with; `None`: no usable master key.
-    pub sealer: RefCell<Option<Sealer>>,
+    pub sealer: RefCell<Option<Rc<Sealer>>>,
 }
 
 impl Default for MemoryAudit {
@@ -853,7 +853,7 @@ impl Default for MemoryAudit {
             legacy_since: Cell::new(0),
             clock: Cell::new(1_800_000_000_000),
             holders: RefCell::default(),
-            sealer: RefCell::new(Some(test_sealer())),
+            sealer: RefCell::new(Some(Rc::new(test_sealer()))),
         }
     }
 }
@@ -861,7 +861,7 @@ impl Default for MemoryAudit {
 impl MemoryAudit {
     /// Seals with `keys` (none: no usable master key) from now on, writing at `now`.
     pub(crate) fn use_master(&self, keys: Option<&crate::crypto::MasterKeys>, now: Timestamp) {
-        *self.sealer.borrow_mut() = keys.map(|k| Sealer::new(k, now));
+        *self.sealer.borrow_mut() = keys.map(|k| Rc::new(Sealer::new(k, now)));
     }
 
     /// Records `point` as `user`'s head, sealed as a chainer seals a new chain's head.
@@ -872,6 +872,17 @@ impl MemoryAudit {
             .successor(AnchorKind::Head, user, None, point, self.legacy.get())
             .expect("a new head");
         self.heads.borrow_mut().insert(user.to_owned(), head);
+    }
+
+    /// Whether any anchor carries a strict seal under one of `configured`.
+    fn strict_seal(&self, configured: &[u32]) -> bool {
+        let strict = |t: &AnchorTable| {
+            t.borrow().values().any(|a| {
+                a.mac.as_deref().is_some_and(|m| m.starts_with("s:"))
+                    && a.mac_version.is_some_and(|v| configured.contains(&v))
+            })
+        };
+        strict(&self.heads) || strict(&self.checkpoints)
     }
 
     /// The anchor table of `kind`.
@@ -998,12 +1009,13 @@ impl AuditStore for MemoryAudit {
         Ok(out)
     }
 
-    async fn anchors(&self, user: &UserId) -> Result<Anchors, StoreError> {
+    async fn anchors(&self, user: &UserId, configured: &[u32]) -> Result<Anchors, StoreError> {
         self.check()?;
         Ok(Anchors {
             checkpoint: self.checkpoints.borrow().get(user.as_str()).cloned(),
             head: self.heads.borrow().get(user.as_str()).cloned(),
             window: self.legacy.get(),
+            strict_seal: self.legacy.get() != LegacyWindow::Closed && self.strict_seal(configured),
             holds_credentials: self.holders.borrow().iter().any(|h| h == user.as_str()),
             pending: self
                 .outbox
@@ -1053,52 +1065,40 @@ impl AuditStore for MemoryAudit {
         Ok((before - rows.len()) as u64)
     }
 
-    async fn legacy_window(&self) -> Result<(LegacyWindow, u64), StoreError> {
-        self.check()?;
-        Ok((self.legacy.get(), self.legacy_since.get()))
-    }
-
-    async fn strict_seal_exists(&self, configured: &[u32]) -> Result<bool, StoreError> {
-        self.check()?;
-        let strict = |t: &AnchorTable| {
-            t.borrow().values().any(|a| {
-                a.mac.as_deref().is_some_and(|m| m.starts_with("s:"))
-                    && a.mac_version.is_some_and(|v| configured.contains(&v))
-            })
-        };
-        Ok(strict(&self.heads) || strict(&self.checkpoints))
-    }
-
     async fn unsettled(
         &self,
         active: u32,
         configured: &[u32],
-        legacy_open: bool,
         limit: u32,
-    ) -> Result<Vec<Unsettled>, StoreError> {
+    ) -> Result<Unsettled, StoreError> {
         self.check()?;
-        let mut out = Vec::new();
+        let stored = self.legacy.get();
+        let mut anchors = Vec::new();
         for kind in AnchorKind::ALL {
             for (user, a) in self.table(*kind).borrow().iter() {
-                let wanted = match (a.mac.as_deref(), a.mac_version) {
-                    (None, None) => legacy_open,
-                    (Some(mac), Some(v)) if configured.contains(&v) => {
-                        v != active || (!legacy_open && mac.starts_with("t:"))
+                let rank = match (a.mac.as_deref(), a.mac_version) {
+                    (None, None) if stored != LegacyWindow::Closed => 0,
+                    (Some(_), Some(v)) if configured.contains(&v) && v != active => 1,
+                    (Some(mac), Some(v))
+                        if v == active
+                            && mac.starts_with("t:")
+                            && stored == LegacyWindow::Closed =>
+                    {
+                        2
                     }
-                    _ => false,
+                    _ => continue,
                 };
-                if wanted {
-                    out.push(Unsettled {
-                        kind: *kind,
-                        user: user.clone(),
-                        anchor: a.clone(),
-                    });
-                }
+                anchors.push((rank, *kind, user.clone(), a.clone()));
             }
         }
-        out.sort_by_key(|u| u.anchor.mac.is_some());
-        out.truncate(limit as usize);
-        Ok(out)
+        anchors.sort_by_key(|(rank, ..)| *rank);
+        anchors.truncate(limit as usize);
+        Ok(Unsettled {
+            window: stored,
+            since: self.legacy_since.get(),
+            strict_seal: self.strict_seal(configured),
+            anchors: anchors.into_iter().map(|(_, k, u, a)| (k, u, a)).collect(),
+        })
     }
 
     async fn settle(
@@ -1134,8 +1134,9 @@ impl AuditSink for MemoryAudit {
     }
 
     async fn nudge(&self, _event_id: &str) {
-        if let Some(sealer) = self.sealer.borrow().as_ref() {
-            let _ = crate::audit::drain(self, sealer, 1).await;
+        let sealer = self.sealer.borrow().clone();
+        if let Some(sealer) = sealer {
+            let _ = crate::audit::drain(self, &sealer, 1).await;
         }
     }
 

@@ -6,8 +6,7 @@ use serde_json::{json, Value};
 use super::router::{Ctx, Outcome};
 use super::Response;
 use crate::audit::{
-    judge_anchor, Action, Anchor, AnchorKind, Anchors, Break, ChainHead, ChainedEvent,
-    LegacyWindow, SealCheck, Sealer, Verifier,
+    judge_anchor, Action, Anchor, AnchorKind, Break, ChainHead, ChainedEvent, Sealer, Verifier,
 };
 use crate::crypto::{tag, verify_tag, MasterKeys};
 use crate::domain::{CredentialId, Timestamp, UserId};
@@ -169,25 +168,6 @@ pub(super) async fn verify(ctx: &Ctx<'_>) -> Outcome {
     Outcome::unaudited(verify_chain(ctx, &ctx.user).await)
 }
 
-/// Whether the legacy window admits an unsealed anchor: it is open and no strict seal
-/// shows it was ever closed. Asked only when an anchor is unsealed.
-async fn legacy_accepted(
-    ctx: &Ctx<'_>,
-    anchors: &Anchors,
-    keys: &MasterKeys,
-    known: &mut Option<bool>,
-) -> Result<bool, ApiError> {
-    if let Some(k) = known {
-        return Ok(*k);
-    }
-    let accepted = anchors.window != LegacyWindow::Closed && {
-        let configured: Vec<u32> = keys.versions().map(|v| v.get()).collect();
-        !ctx.app.audit_log.strict_seal_exists(&configured).await?
-    };
-    *known = Some(accepted);
-    Ok(accepted)
-}
-
 /// The answer for a checkpoint that cannot be trusted: nothing after it can be.
 fn broken(checked: u64, seq: u64, why: Break, checkpoint: &Anchor) -> Value {
     json!({
@@ -226,16 +206,14 @@ async fn verify_chain(ctx: &Ctx<'_>, user: &UserId) -> Result<Response, ApiError
     }
     let log = ctx.app.audit_log;
     let sealer = Sealer::new(keys, ctx.app.clock.now());
-    let anchors = log.anchors(user).await?;
-    let mut legacy = None;
+    let configured: Vec<u32> = keys.versions().map(|v| v.get()).collect();
+    let anchors = log.anchors(user, &configured).await?;
     let before = cursor.as_ref().map_or(0, |c| c.checked);
     // Every page checks the start: a checkpoint whose seal fails trusts nothing after it.
     let mut sealed = true;
     if let Some(cp) = &anchors.checkpoint {
         let check = sealer.check(AnchorKind::Checkpoint, user.as_str(), cp);
-        let admit = check == SealCheck::Unsealed
-            && legacy_accepted(ctx, &anchors, keys, &mut legacy).await?;
-        match judge_anchor(check, AnchorKind::Checkpoint, admit) {
+        match judge_anchor(check, AnchorKind::Checkpoint, anchors.legacy_admitted()) {
             Ok(s) => sealed &= s,
             Err(why) => return Ok(Response::json(200, &broken(before, cp.seq + 1, why, cp))),
         }
@@ -300,9 +278,7 @@ async fn verify_chain(ctx: &Ctx<'_>, user: &UserId) -> Result<Response, ApiError
     match &anchors.head {
         Some(h) => {
             let check = sealer.check(AnchorKind::Head, user.as_str(), h);
-            let admit = check == SealCheck::Unsealed
-                && legacy_accepted(ctx, &anchors, keys, &mut legacy).await?;
-            match judge_anchor(check, AnchorKind::Head, admit) {
+            match judge_anchor(check, AnchorKind::Head, anchors.legacy_admitted()) {
                 Ok(s) => {
                     sealed &= s;
                     shown = Some((h, s));

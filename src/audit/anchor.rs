@@ -132,6 +132,13 @@ impl Default for LegacyWindow {
     }
 }
 
+impl Anchors {
+    /// Whether an unsealed anchor is still admitted as one written before seals existed.
+    pub fn legacy_admitted(&self) -> bool {
+        self.window != LegacyWindow::Closed && !self.strict_seal
+    }
+}
+
 impl Heads {
     /// The chain points alone, as [`super::plan`] links after them.
     pub fn points(&self) -> Vec<(String, ChainHead)> {
@@ -149,6 +156,10 @@ pub struct Anchors {
     pub checkpoint: Option<Anchor>,
     pub head: Option<Anchor>,
     pub window: LegacyWindow,
+    /// A strict seal exists: the window was closed, whatever its row says (the vault
+    /// writes one only then; its MAC is not checked, a forged one only makes
+    /// verification stricter).
+    pub strict_seal: bool,
     /// The user holds a credential: every credential was written with an event, so a
     /// chain (a head) must exist once the outbox is chained.
     pub holds_credentials: bool,
@@ -298,12 +309,16 @@ impl Sealer {
     }
 }
 
-/// An anchor that [`settle`] may have to seal or re-seal.
-#[derive(Clone, Debug, PartialEq)]
+/// What [`settle`] reads in one query.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Unsettled {
-    pub kind: AnchorKind,
-    pub user: String,
-    pub anchor: Anchor,
+    /// The legacy window as stored, and since when (Unix ms).
+    pub window: LegacyWindow,
+    pub since: u64,
+    /// A strict seal exists (see [`Anchors::strict_seal`]).
+    pub strict_seal: bool,
+    /// Anchors that may need sealing: (kind, user, anchor).
+    pub anchors: Vec<(AnchorKind, String, Anchor)>,
 }
 
 /// A re-sealed anchor: written only if the stored one is still `from`.
@@ -333,45 +348,46 @@ pub struct Settled {
 /// verified. A seal that does not verify is marked `broken`, never re-sealed. Anchors
 /// under a version that is not configured are left for health to name. With
 /// `move_window` (the cron's pass) the window moves on: `Closing` when none is left
-/// unsealed, `Closed` when still none is, [`CLOSING_MS`] later. Four D1 queries at most
-/// (the window, the proof that it was closed, the anchors, one batch of writes).
+/// unsealed, `Closed` when still none is, [`CLOSING_MS`] later. Two D1 queries at most
+/// (what to do, one batch of writes).
 pub async fn settle(
     store: &dyn AuditStore,
     sealer: &Sealer,
     limit: u32,
     move_window: bool,
 ) -> Result<Settled, StoreError> {
-    let configured = sealer.configured();
-    let (stored, since) = store.legacy_window().await?;
-    let mut window = stored;
-    if window != LegacyWindow::Closed && store.strict_seal_exists(&configured).await? {
-        // A strict seal exists only once the window was closed: the row was changed since.
-        window = LegacyWindow::Closed;
-    }
-    let open = window != LegacyWindow::Closed;
-    let todo = store
-        .unsettled(sealer.active(), &configured, open, limit)
+    let found = store
+        .unsettled(sealer.active(), &sealer.configured(), limit)
         .await?;
+    let stored = found.window;
+    // A strict seal exists only once the window was closed: the row was changed since.
+    let window = if found.strict_seal {
+        LegacyWindow::Closed
+    } else {
+        stored
+    };
+    let open = window != LegacyWindow::Closed;
+    let todo = found.anchors;
     // Unsealed anchors come first: if the first is sealed, none is left unsealed.
-    let legacy_left = todo.first().is_some_and(|u| u.anchor.mac.is_none());
+    let legacy_left = todo.first().is_some_and(|(_, _, a)| a.mac.is_none());
     let mut out = Settled {
         more: todo.len() >= limit as usize,
         ..Settled::default()
     };
     let mut writes = Vec::with_capacity(todo.len());
-    for u in todo {
-        let to = match sealer.check(u.kind, &u.user, &u.anchor) {
-            SealCheck::Unsealed if open => sealer.reseal(u.kind, &u.user, &u.anchor, false),
+    for (kind, user, anchor) in todo {
+        let to = match sealer.check(kind, &user, &anchor) {
+            SealCheck::Unsealed if open => sealer.reseal(kind, &user, &anchor, false),
             SealCheck::Sealed { strict, version } => {
                 // Already under the active version, and strict unless the window is open.
                 if version == sealer.active() && (strict || open) {
                     continue;
                 }
-                sealer.reseal(u.kind, &u.user, &u.anchor, strict || !open)
+                sealer.reseal(kind, &user, &anchor, strict || !open)
             }
-            SealCheck::Broken if u.anchor.mac.as_deref() != Some(BROKEN_SEAL) => {
+            SealCheck::Broken if anchor.mac.as_deref() != Some(BROKEN_SEAL) => {
                 out.broken += 1;
-                Anchor::broken(&u.anchor.point(), u.anchor.at)
+                Anchor::broken(&anchor.point(), anchor.at)
             }
             _ => continue,
         };
@@ -379,13 +395,13 @@ pub async fn settle(
             out.resealed += 1;
         }
         writes.push(Resealed {
-            kind: u.kind,
-            user: u.user,
-            from: u.anchor,
+            kind,
+            user,
+            from: anchor,
             to,
         });
     }
-    let settled_for = sealer.now.saturating_sub(since);
+    let settled_for = sealer.now.saturating_sub(found.since);
     let next = match (window, legacy_left) {
         // Put right when a strict seal contradicts the row.
         (LegacyWindow::Closed, _) => {

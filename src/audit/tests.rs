@@ -289,7 +289,7 @@ mod consumers {
         assert_eq!(store.rows.borrow().len(), 2);
         let user = UserId::parse("u_1").unwrap();
         let page = block_on(store.chain_page(&user, 0, 10)).unwrap();
-        let head = block_on(store.anchors(&user))
+        let head = block_on(store.anchors(&user, &[1]))
             .unwrap()
             .head
             .map(|h| h.point());
@@ -396,7 +396,7 @@ mod consumers {
         .unwrap();
         assert_eq!(removed, 2);
         let user = UserId::parse("u_1").unwrap();
-        let anchors = block_on(store.anchors(&user)).unwrap();
+        let anchors = block_on(store.anchors(&user, &[1])).unwrap();
         let (checkpoint, head) = (
             anchors.checkpoint.map(|c| c.point()),
             anchors.head.map(|h| h.point()),

@@ -89,16 +89,85 @@ fn window_of(state: Option<String>) -> LegacyWindow {
         .unwrap_or(LegacyWindow::Closed)
 }
 
-/// The table of anchors of `kind`.
-fn anchor_table(kind: AnchorKind) -> &'static str {
-    match kind {
-        AnchorKind::Head => "audit_heads",
-        AnchorKind::Checkpoint => "audit_checkpoints",
-    }
+/// Whether any anchor carries a strict seal under a version of the JSON array `$list`:
+/// per version, a range of a seal index.
+macro_rules! strict_seal {
+    ($list:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM audit_heads WHERE mac_version IN (SELECT value FROM json_each(",
+            $list,
+            ")) AND mac >= 's:' AND mac < 's;') OR EXISTS (SELECT 1 FROM audit_checkpoints \
+             WHERE mac_version IN (SELECT value FROM json_each(",
+            $list,
+            ")) AND mac >= 's:' AND mac < 's;'))"
+        )
+    };
 }
+
+/// Re-seals the anchors of `$table` that `?1` (a JSON array) names, each only if it is
+/// still as it was read.
+macro_rules! reseal {
+    ($table:literal) => {
+        concat!(
+            "UPDATE ", $table, " SET mac = x.mac, mac_version = x.v FROM \
+               (SELECT json_extract(value, '$.u') AS u, json_extract(value, '$.seq') AS seq, \
+                       json_extract(value, '$.hash') AS hash, json_extract(value, '$.at') AS at, \
+                       json_extract(value, '$.old') AS old, json_extract(value, '$.oldv') AS oldv, \
+                       json_extract(value, '$.mac') AS mac, json_extract(value, '$.v') AS v \
+                FROM json_each(?1)) AS x \
+             WHERE ", $table, ".user_id = x.u AND ", $table, ".seq = x.seq AND ", $table, ".hash = x.hash \
+               AND ", $table, ".updated_at = x.at AND ", $table, ".mac IS x.old AND ", $table, ".mac_version IS x.oldv"
+        )
+    };
+}
+const RESEAL_HEADS: &str = reseal!("audit_heads");
+const RESEAL_CHECKPOINTS: &str = reseal!("audit_checkpoints");
 
 /// The legacy window, as a scalar subquery.
 const WINDOW: &str = "(SELECT state FROM audit_legacy WHERE id = 1)";
+
+/// Whether a strict seal exists under a version of the JSON array ?2.
+const STRICT: &str = strict_seal!("?2");
+
+/// One part of [`UNSETTLED`]: one range of a seal index, bounded on its own.
+macro_rules! unsettled {
+    ($rank:literal, $kind:literal, $table:literal, $where:literal) => {
+        concat!(
+            " UNION ALL SELECT * FROM (SELECT ",
+            $rank,
+            " AS rank, '",
+            $kind,
+            "' AS kind, user_id, \
+             seq, hash, updated_at, mac, mac_version FROM ",
+            $table,
+            " WHERE ",
+            $where,
+            " LIMIT ?3)"
+        )
+    };
+}
+
+/// What `settle` reads (?1 the active version, ?2 the other configured ones, ?3 the limit,
+/// ?4 every configured one): first a row of facts (the window, since when, whether a strict
+/// seal exists), then the anchors the stored window still admits unsealed, those under
+/// another configured version, and, once the window is closed, those trusted on first use.
+const UNSETTLED: &str = concat!(
+    "SELECT -1 AS rank, 'facts' AS kind, (SELECT state FROM audit_legacy WHERE id = 1) AS user_id, \
+     (SELECT updated_at FROM audit_legacy WHERE id = 1) AS seq, NULL AS hash, ",
+    strict_seal!("?4"),
+    " AS updated_at, NULL AS mac, NULL AS mac_version",
+    unsettled!("0", "head", "audit_heads", "mac_version IS NULL AND mac IS NULL \
+        AND (SELECT state FROM audit_legacy WHERE id = 1) IN ('open', 'closing')"),
+    unsettled!("0", "checkpoint", "audit_checkpoints", "mac_version IS NULL AND mac IS NULL \
+        AND (SELECT state FROM audit_legacy WHERE id = 1) IN ('open', 'closing')"),
+    unsettled!("1", "head", "audit_heads", "mac_version IN (SELECT value FROM json_each(?2))"),
+    unsettled!("1", "checkpoint", "audit_checkpoints", "mac_version IN (SELECT value FROM json_each(?2))"),
+    unsettled!("2", "head", "audit_heads", "mac_version = ?1 AND mac >= 't:' AND mac < 't;' \
+        AND COALESCE((SELECT state FROM audit_legacy WHERE id = 1), 'closed') = 'closed'"),
+    unsettled!("2", "checkpoint", "audit_checkpoints", "mac_version = ?1 AND mac >= 't:' AND mac < 't;' \
+        AND COALESCE((SELECT state FROM audit_legacy WHERE id = 1), 'closed') = 'closed'"),
+    " ORDER BY rank LIMIT ?3 + 1"
+);
 
 const COLUMNS: &str =
     "id, user_id, seq, at, action, actor_type, actor_id, credential_id, provider, \
@@ -401,7 +470,7 @@ impl AuditStore for D1AuditStore<'_> {
         .await
     }
 
-    async fn anchors(&self, user: &UserId) -> Result<Anchors, StoreError> {
+    async fn anchors(&self, user: &UserId, configured: &[u32]) -> Result<Anchors, StoreError> {
         // Both anchors and, as a row of their own, the facts: whether the user holds a
         // credential or waits on the outbox, and the legacy window.
         let rows = self
@@ -413,9 +482,10 @@ impl AuditStore for D1AuditStore<'_> {
                      UNION ALL SELECT 'checkpoint', seq, hash, updated_at, mac, mac_version \
                        FROM audit_checkpoints WHERE user_id = ?1 \
                      UNION ALL SELECT 'facts', EXISTS (SELECT 1 FROM credentials WHERE user_id = ?1), \
-                       EXISTS (SELECT 1 FROM audit_outbox WHERE user_id = ?1), NULL, {WINDOW}, NULL"
+                       EXISTS (SELECT 1 FROM audit_outbox WHERE user_id = ?1), \
+                       CASE WHEN {WINDOW} IN ('open', 'closing') THEN {STRICT} ELSE 0 END, {WINDOW}, NULL"
                 ),
-                &[text(user.as_str())],
+                &[text(user.as_str()), json_arg(&configured.to_vec())],
             )
             .await?;
         enum Part {
@@ -423,6 +493,7 @@ impl AuditStore for D1AuditStore<'_> {
             Facts {
                 holds: bool,
                 pending: bool,
+                strict: bool,
                 legacy: Option<String>,
             },
         }
@@ -433,6 +504,7 @@ impl AuditStore for D1AuditStore<'_> {
                 _ => Part::Facts {
                     holds: r.num("seq")? > 0.0,
                     pending: r.num("hash")? > 0.0,
+                    strict: r.num("updated_at")? > 0.0,
                     legacy: r.opt_text("mac")?,
                 },
             })
@@ -445,10 +517,12 @@ impl AuditStore for D1AuditStore<'_> {
                 Part::Facts {
                     holds,
                     pending,
+                    strict,
                     legacy,
                 } => {
                     out.holds_credentials = holds;
                     out.pending = pending;
+                    out.strict_seal = strict;
                     out.window = window_of(legacy);
                 }
             }
@@ -559,96 +633,60 @@ impl AuditStore for D1AuditStore<'_> {
         Ok(removed)
     }
 
-    async fn legacy_window(&self) -> Result<(LegacyWindow, u64), StoreError> {
-        let row = self
-            .db
-            .first(
-                "SELECT state, updated_at FROM audit_legacy WHERE id = 1",
-                &[],
-            )
-            .await?;
-        Ok(match row {
-            Some(r) => (
-                window_of(r.opt_text("state")?),
-                r.opt_num("updated_at")?.unwrap_or(0.0) as u64,
-            ),
-            None => (LegacyWindow::Closed, 0),
-        })
-    }
-
-    async fn strict_seal_exists(&self, configured: &[u32]) -> Result<bool, StoreError> {
-        // Per version, a range of the seal index: cheap whatever the tables' size.
-        let found = self
-            .db
-            .first_num(
-                "SELECT EXISTS (SELECT 1 FROM audit_heads \
-                   WHERE mac_version IN (SELECT value FROM json_each(?1)) AND mac >= 's:' AND mac < 's;') \
-                 OR EXISTS (SELECT 1 FROM audit_checkpoints \
-                   WHERE mac_version IN (SELECT value FROM json_each(?1)) AND mac >= 's:' AND mac < 's;') AS found",
-                &[json_arg(&configured)],
-                "found",
-            )
-            .await?;
-        Ok(found.unwrap_or(0.0) > 0.0)
-    }
-
     async fn unsettled(
         &self,
         active: u32,
         configured: &[u32],
-        legacy_open: bool,
         limit: u32,
-    ) -> Result<Vec<Unsettled>, StoreError> {
-        // Each part is one range of a seal index, bounded on its own; unsealed ones first.
+    ) -> Result<Unsettled, StoreError> {
         let others: Vec<u32> = configured
             .iter()
             .copied()
             .filter(|v| *v != active)
             .collect();
-        let mut parts = Vec::new();
-        for table in ["audit_heads", "audit_checkpoints"] {
-            let kind = if table == "audit_heads" {
-                "head"
-            } else {
-                "checkpoint"
-            };
-            let columns =
-                format!("'{kind}' AS kind, user_id, seq, hash, updated_at, mac, mac_version");
-            if legacy_open {
-                parts.push(format!(
-                    "SELECT 0 AS rank, * FROM (SELECT {columns} FROM {table} \
-                     WHERE mac_version IS NULL AND mac IS NULL LIMIT ?3)"
-                ));
-            } else {
-                parts.push(format!(
-                    "SELECT 2 AS rank, * FROM (SELECT {columns} FROM {table} \
-                     WHERE mac_version = ?1 AND mac >= 't:' AND mac < 't;' LIMIT ?3)"
-                ));
-            }
-            parts.push(format!(
-                "SELECT 1 AS rank, * FROM (SELECT {columns} FROM {table} \
-                 WHERE mac_version IN (SELECT value FROM json_each(?2)) LIMIT ?3)"
-            ));
-        }
-        let sql = format!("{} ORDER BY rank LIMIT ?3", parts.join(" UNION ALL "));
-        self.db
+        let rows = self
+            .db
             .all(
-                &sql,
+                UNSETTLED,
                 &[
                     num(u64::from(active)),
                     json_arg(&others),
                     num(u64::from(limit)),
+                    json_arg(&configured.to_vec()),
                 ],
             )
-            .await?
-            .read(|r| {
-                let kind = AnchorKind::parse(&r.text("kind")?).unwrap_or(AnchorKind::Head);
-                Ok(Unsettled {
-                    kind,
-                    user: r.text("user_id")?,
-                    anchor: read_anchor(r)?,
-                })
+            .await?;
+        let mut out = Unsettled::default();
+        for row in rows.read(|r| {
+            Ok(match r.text("kind")?.as_str() {
+                // The facts: the window (as user_id), since when (seq), a strict seal
+                // (updated_at).
+                "facts" => Err((
+                    r.opt_text("user_id")?,
+                    r.opt_num("seq")?,
+                    r.num("updated_at")?,
+                )),
+                kind => Ok((
+                    if kind == "checkpoint" {
+                        AnchorKind::Checkpoint
+                    } else {
+                        AnchorKind::Head
+                    },
+                    r.text("user_id")?,
+                    read_anchor(r)?,
+                )),
             })
+        })? {
+            match row {
+                Ok(anchor) => out.anchors.push(anchor),
+                Err((state, since, strict)) => {
+                    out.window = window_of(state);
+                    out.since = since.unwrap_or(0.0) as u64;
+                    out.strict_seal = strict > 0.0;
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn settle(
@@ -670,22 +708,13 @@ impl AuditStore for D1AuditStore<'_> {
             if rows.is_empty() {
                 continue;
             }
-            let table = anchor_table(*kind);
+            let sql = match kind {
+                AnchorKind::Head => RESEAL_HEADS,
+                AnchorKind::Checkpoint => RESEAL_CHECKPOINTS,
+            };
             // Only where the anchor is still as it was read: one moved meanwhile (by a
             // chainer, by retention) was sealed by whoever moved it.
-            statements.push(self.db.prepare(
-                &format!(
-                    "UPDATE {table} SET mac = x.mac, mac_version = x.v FROM \
-                       (SELECT json_extract(value, '$.u') AS u, json_extract(value, '$.seq') AS seq, \
-                               json_extract(value, '$.hash') AS hash, json_extract(value, '$.at') AS at, \
-                               json_extract(value, '$.old') AS old, json_extract(value, '$.oldv') AS oldv, \
-                               json_extract(value, '$.mac') AS mac, json_extract(value, '$.v') AS v \
-                        FROM json_each(?1)) AS x \
-                     WHERE {table}.user_id = x.u AND {table}.seq = x.seq AND {table}.hash = x.hash \
-                       AND {table}.updated_at = x.at AND {table}.mac IS x.old AND {table}.mac_version IS x.oldv"
-                ),
-                &[json_arg(&rows)],
-            )?);
+            statements.push(self.db.prepare(sql, &[json_arg(&rows)])?);
         }
         if let Some(w) = window {
             statements.push(self.db.prepare(

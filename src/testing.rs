@@ -1073,6 +1073,12 @@ impl AuditStore for MemoryAudit {
     ) -> Result<Unsettled, StoreError> {
         self.check()?;
         let stored = self.legacy.get();
+        let unsealed_left = AnchorKind::ALL.iter().any(|k| {
+            self.table(*k)
+                .borrow()
+                .values()
+                .any(|a| a.mac.is_none() && a.mac_version.is_none())
+        });
         let mut anchors = Vec::new();
         for kind in AnchorKind::ALL {
             for (user, a) in self.table(*kind).borrow().iter() {
@@ -1097,6 +1103,7 @@ impl AuditStore for MemoryAudit {
             window: stored,
             since: self.legacy_since.get(),
             strict_seal: self.strict_seal(configured),
+            unsealed_left,
             anchors: anchors.into_iter().map(|(_, k, u, a)| (k, u, a)).collect(),
         })
     }

@@ -317,6 +317,8 @@ pub struct Unsettled {
     pub since: u64,
     /// A strict seal exists (see [`Anchors::strict_seal`]).
     pub strict_seal: bool,
+    /// Some anchor is unsealed.
+    pub unsealed_left: bool,
     /// Anchors that may need sealing: (kind, user, anchor).
     pub anchors: Vec<(AnchorKind, String, Anchor)>,
 }
@@ -347,8 +349,8 @@ pub struct Settled {
 /// window is closed, re-sealed (strict) under the active version after their seal is
 /// verified. A seal that does not verify is marked `broken`, never re-sealed. Anchors
 /// under a version that is not configured are left for health to name. With
-/// `move_window` (the cron's pass) the window moves on: `Closing` when none is left
-/// unsealed, `Closed` when still none is, [`CLOSING_MS`] later. Two D1 queries at most
+/// `move_window` (the cron's pass) the window moves on: `Closing` when it leaves none
+/// unsealed, `Closed` when a pass finds none, [`CLOSING_MS`] after the last that found one. Two D1 queries at most
 /// (what to do, one batch of writes).
 pub async fn settle(
     store: &dyn AuditStore,
@@ -368,8 +370,10 @@ pub async fn settle(
     };
     let open = window != LegacyWindow::Closed;
     let todo = found.anchors;
-    // Unsealed anchors come first: if the first is sealed, none is left unsealed.
-    let legacy_left = todo.first().is_some_and(|(_, _, a)| a.mac.is_none());
+    // Unsealed anchors were found, and some may be left after this pass (it could not
+    // read them all).
+    let found_unsealed = found.unsealed_left;
+    let legacy_left = found_unsealed && todo.len() >= limit as usize;
     let mut out = Settled {
         more: todo.len() >= limit as usize,
         ..Settled::default()
@@ -402,17 +406,18 @@ pub async fn settle(
         });
     }
     let settled_for = sealer.now.saturating_sub(found.since);
-    let next = match (window, legacy_left) {
+    let next = match window {
         // Put right when a strict seal contradicts the row.
-        (LegacyWindow::Closed, _) => {
-            (stored != LegacyWindow::Closed).then_some(LegacyWindow::Closed)
-        }
+        LegacyWindow::Closed => (stored != LegacyWindow::Closed).then_some(LegacyWindow::Closed),
         _ if !move_window => None,
-        (LegacyWindow::Open, true) => None,
-        (LegacyWindow::Open, false) => Some(LegacyWindow::Closing),
-        (LegacyWindow::Closing, true) => Some(LegacyWindow::Open),
-        (LegacyWindow::Closing, false) if settled_for >= CLOSING_MS => Some(LegacyWindow::Closed),
-        (LegacyWindow::Closing, false) => None,
+        LegacyWindow::Open if legacy_left => None,
+        LegacyWindow::Open => Some(LegacyWindow::Closing),
+        LegacyWindow::Closing if legacy_left => Some(LegacyWindow::Open),
+        // Written again: the wait starts over after any unsealed anchor (a chainer that
+        // read one before this pass may still write its unsealed successor).
+        LegacyWindow::Closing if found_unsealed => Some(LegacyWindow::Closing),
+        LegacyWindow::Closing if settled_for >= CLOSING_MS => Some(LegacyWindow::Closed),
+        LegacyWindow::Closing => None,
     };
     if !writes.is_empty() || next.is_some() {
         store.settle(&writes, next).await?;

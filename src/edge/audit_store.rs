@@ -89,6 +89,13 @@ fn window_of(state: Option<String>) -> LegacyWindow {
         .unwrap_or(LegacyWindow::Closed)
 }
 
+/// The legacy window, as stored, for the SQL below.
+macro_rules! window {
+    () => {
+        "(SELECT state FROM audit_legacy WHERE id = 1)"
+    };
+}
+
 /// Whether any anchor carries a strict seal under a version of the JSON array `$list`:
 /// per version, a range of a seal index.
 macro_rules! strict_seal {
@@ -124,49 +131,49 @@ const RESEAL_HEADS: &str = reseal!("audit_heads");
 const RESEAL_CHECKPOINTS: &str = reseal!("audit_checkpoints");
 
 /// The legacy window, as a scalar subquery.
-const WINDOW: &str = "(SELECT state FROM audit_legacy WHERE id = 1)";
+const WINDOW: &str = window!();
 
 /// Whether a strict seal exists under a version of the JSON array ?2.
 const STRICT: &str = strict_seal!("?2");
 
-/// One part of [`UNSETTLED`]: one range of a seal index, bounded on its own.
+/// One part of [`UNSETTLED`], for one table: the anchors the stored window still admits
+/// unsealed, those under another configured version, and, once the window is closed, those
+/// trusted on first use; each condition a range of the seal index.
 macro_rules! unsettled {
-    ($rank:literal, $kind:literal, $table:literal, $where:literal) => {
+    ($kind:literal, $table:literal) => {
         concat!(
-            " UNION ALL SELECT * FROM (SELECT ",
-            $rank,
-            " AS rank, '",
+            " UNION ALL SELECT * FROM (SELECT '",
             $kind,
-            "' AS kind, user_id, \
-             seq, hash, updated_at, mac, mac_version FROM ",
+            "' AS kind, user_id, seq, hash, \
+             updated_at, mac, mac_version FROM ",
             $table,
-            " WHERE ",
-            $where,
-            " LIMIT ?3)"
+            " WHERE (mac_version IS NULL AND mac IS NULL \
+             AND ",
+            window!(),
+            " IN ('open', 'closing')) \
+             OR mac_version IN (SELECT value FROM json_each(?2)) \
+             OR (mac_version = ?1 AND mac >= 't:' AND mac < 't;' \
+             AND COALESCE(",
+            window!(),
+            ", 'closed') = 'closed') LIMIT ?3)"
         )
     };
 }
 
 /// What `settle` reads (?1 the active version, ?2 the other configured ones, ?3 the limit,
-/// ?4 every configured one): first a row of facts (the window, since when, whether a strict
-/// seal exists), then the anchors the stored window still admits unsealed, those under
-/// another configured version, and, once the window is closed, those trusted on first use.
+/// ?4 every configured one): a row of facts (the window, since when, whether a strict seal
+/// exists, whether an unsealed anchor is left), then the anchors to seal or re-seal.
+/// (D1 allows few terms in a compound SELECT: one per table.)
 const UNSETTLED: &str = concat!(
-    "SELECT -1 AS rank, 'facts' AS kind, (SELECT state FROM audit_legacy WHERE id = 1) AS user_id, \
-     (SELECT updated_at FROM audit_legacy WHERE id = 1) AS seq, NULL AS hash, ",
+    "SELECT 'facts' AS kind, ", window!(), " AS user_id, \
+     (SELECT updated_at FROM audit_legacy WHERE id = 1) AS seq, \
+     (EXISTS (SELECT 1 FROM audit_heads WHERE mac_version IS NULL AND mac IS NULL) \
+      OR EXISTS (SELECT 1 FROM audit_checkpoints WHERE mac_version IS NULL AND mac IS NULL)) AS hash, ",
     strict_seal!("?4"),
     " AS updated_at, NULL AS mac, NULL AS mac_version",
-    unsettled!("0", "head", "audit_heads", "mac_version IS NULL AND mac IS NULL \
-        AND (SELECT state FROM audit_legacy WHERE id = 1) IN ('open', 'closing')"),
-    unsettled!("0", "checkpoint", "audit_checkpoints", "mac_version IS NULL AND mac IS NULL \
-        AND (SELECT state FROM audit_legacy WHERE id = 1) IN ('open', 'closing')"),
-    unsettled!("1", "head", "audit_heads", "mac_version IN (SELECT value FROM json_each(?2))"),
-    unsettled!("1", "checkpoint", "audit_checkpoints", "mac_version IN (SELECT value FROM json_each(?2))"),
-    unsettled!("2", "head", "audit_heads", "mac_version = ?1 AND mac >= 't:' AND mac < 't;' \
-        AND COALESCE((SELECT state FROM audit_legacy WHERE id = 1), 'closed') = 'closed'"),
-    unsettled!("2", "checkpoint", "audit_checkpoints", "mac_version = ?1 AND mac >= 't:' AND mac < 't;' \
-        AND COALESCE((SELECT state FROM audit_legacy WHERE id = 1), 'closed') = 'closed'"),
-    " ORDER BY rank LIMIT ?3 + 1"
+    unsettled!("head", "audit_heads"),
+    unsettled!("checkpoint", "audit_checkpoints"),
+    " LIMIT ?3 + 1"
 );
 
 const COLUMNS: &str =
@@ -665,6 +672,7 @@ impl AuditStore for D1AuditStore<'_> {
                     r.opt_text("user_id")?,
                     r.opt_num("seq")?,
                     r.num("updated_at")?,
+                    r.num("hash")?,
                 )),
                 kind => Ok((
                     if kind == "checkpoint" {
@@ -679,10 +687,11 @@ impl AuditStore for D1AuditStore<'_> {
         })? {
             match row {
                 Ok(anchor) => out.anchors.push(anchor),
-                Err((state, since, strict)) => {
+                Err((state, since, strict, unsealed)) => {
                     out.window = window_of(state);
                     out.since = since.unwrap_or(0.0) as u64;
                     out.strict_seal = strict > 0.0;
+                    out.unsealed_left = unsealed > 0.0;
                 }
             }
         }

@@ -477,22 +477,37 @@ fn legacy_anchors_verify_unsealed_until_the_cron_seals_them_then_the_window_clos
     // A legacy chain moves on unsealed until the pass has sealed it.
     w.more("u_a", 1);
     assert_eq!(w.audit.heads.borrow()["u_a"].mac, None);
-    // The pass seals both heads as they are.
+    // The pass seals both heads as they are, and leaves none: the window starts closing.
     assert_eq!(w.settle().resealed, 2);
-    assert_eq!(w.audit.legacy.get(), LegacyWindow::Open);
+    assert_eq!(w.audit.legacy.get(), LegacyWindow::Closing);
     for user in ["u_a", "u_b"] {
         let v = w.verify(user);
         assert_eq!((&v["ok"], &v["sealed"]), (&json!(true), &json!(true)));
     }
-    // The window starts closing once a pass finds none left, and closes once a pass
-    // long enough after finds none either.
+    // It closes only once a pass finds none, long enough after the last that found one:
+    // a chainer that read an unsealed head before that pass may still write after it.
     w.settle();
     assert_eq!(w.audit.legacy.get(), LegacyWindow::Closing);
+    let rewind = || {
+        // (The window has been closing for long enough: its row is dated back.)
+        let since = w.audit.legacy_since.get();
+        w.audit.legacy_since.set(since - CLOSING_MS);
+    };
+    {
+        let mut heads = w.audit.heads.borrow_mut();
+        let h = heads.get_mut("u_b").unwrap();
+        (h.mac, h.mac_version) = (None, None);
+    }
+    rewind();
+    assert_eq!(w.settle().resealed, 1);
+    assert_eq!(
+        w.audit.legacy.get(),
+        LegacyWindow::Closing,
+        "the wait starts over"
+    );
     w.settle();
     assert_eq!(w.audit.legacy.get(), LegacyWindow::Closing);
-    // (The window has been closing for long enough: its row is dated back.)
-    let since = w.audit.legacy_since.get();
-    w.audit.legacy_since.set(since - CLOSING_MS);
+    rewind();
     w.settle();
     assert_eq!(w.audit.legacy.get(), LegacyWindow::Closed);
     // Then the trusted-on-first-use seals become strict ones.

@@ -33,8 +33,9 @@ fn origin() -> Origin {
     }
 }
 
-/// Starts a rotation to `active`: a `jobs` row counting what is to do, and its first
-/// message. `Err` only when the row cannot be written; a message that could not be sent
+/// Starts a rotation to `active`: a `jobs` row counting the credentials to re-encrypt,
+/// and its first message (sent even when there are none: the audit anchors may need
+/// re-sealing). `Err` only when the row cannot be written; a message that could not be sent
 /// is picked up by the stall check (`GET /v1/admin/jobs/{id}`, the cron).
 pub async fn start_rotation(
     store: &dyn CredentialStore,
@@ -49,7 +50,8 @@ pub async fn start_rotation(
     let job = JobRecord {
         id: format!("job_{}", hex_bytes(&random)),
         kind: "rewrap".into(),
-        state: if total == 0 { "done" } else { "running" }.into(),
+        // Running even with no row to re-encrypt: the audit anchors may still need it.
+        state: "running".into(),
         total,
         done: 0,
         failed: 0,
@@ -58,15 +60,13 @@ pub async fn start_rotation(
         updated_at: now,
     };
     progress.create_job(&job).await?;
-    if total > 0 {
-        if let Err(e) = queue
-            .send(&[Job::Rewrap {
-                job_id: job.id.clone(),
-            }])
-            .await
-        {
-            log(&format!("rotation: job {} queued late ({e})", job.id));
-        }
+    if let Err(e) = queue
+        .send(&[Job::Rewrap {
+            job_id: job.id.clone(),
+        }])
+        .await
+    {
+        log(&format!("rotation: job {} queued late ({e})", job.id));
     }
     Ok(job)
 }

@@ -571,3 +571,27 @@ fn a_head_whose_seal_fails_is_followed_by_a_broken_one_not_a_fresh_seal() {
     assert!(w.audit.outbox.rows.borrow().is_empty());
     assert_eq!(w.reason("u_a"), broken("head_invalid"));
 }
+
+#[test]
+fn a_rotation_with_no_key_to_re_encrypt_still_reseals_the_chains() {
+    let mut w = World::with_services(&[]);
+    w.trail("u_a", 1);
+    let id = w.store.rows.borrow()[0].id.to_string();
+    assert_eq!(w.delete(&id), 204);
+    w.config = both_active_2();
+    let (s, job) = w.admin("POST", "/v1/admin/master-key/rotate");
+    assert_eq!((s, &job["total"]), (202, &json!(0)));
+    w.run_queued_jobs(vec![]);
+    let (_, progress) = w.admin(
+        "GET",
+        &format!("/v1/admin/jobs/{}", job["job_id"].as_str().unwrap()),
+    );
+    assert_eq!(
+        (&progress["state"], &progress["done"]),
+        (&json!("done"), &json!(0))
+    );
+    w.config = only_2();
+    let (s, body, _) = w.call("GET", "/v1/health", None, None, vec![]);
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(w.verify("u_a")["head"]["key_version"], 2);
+}

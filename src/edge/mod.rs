@@ -168,7 +168,7 @@ async fn wake_deliverer(jobs: &jobs_queue::QueueJobs, store: &audit_store::D1Aud
 /// queries).
 const CRON_CHAIN_ROUNDS: usize = 7;
 
-/// Audit anchors one cron run seals or re-seals at most (four D1 queries).
+/// Audit anchors one cron run seals or re-seals at most (two D1 queries).
 const CRON_ANCHORS: u32 = 500;
 
 #[event(scheduled)]

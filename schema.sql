@@ -87,20 +87,39 @@ CREATE TABLE IF NOT EXISTS audit_outbox (
   created_at INTEGER NOT NULL
 );
 
--- Where a user's chain starts after retention removed older events.
+-- Where a user's chain starts after retention removed older events. Sealed like the
+-- head (below).
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
-  user_id    TEXT PRIMARY KEY,
-  seq        INTEGER NOT NULL,
-  hash       TEXT NOT NULL,
-  updated_at INTEGER NOT NULL
+  user_id     TEXT PRIMARY KEY,
+  seq         INTEGER NOT NULL,
+  hash        TEXT NOT NULL,
+  updated_at  INTEGER NOT NULL,
+  mac         TEXT,
+  mac_version INTEGER
 );
+CREATE INDEX IF NOT EXISTS audit_checkpoints_by_seal ON audit_checkpoints (mac_version, mac);
 
 -- Where each user's chain ends: moved in the same transaction as the rows it covers,
--- so removing the newest events is detected too.
+-- so removing the newest events is detected too. Sealed: `mac` is 's:' or 't:' and a
+-- 128-bit HMAC tag (hex) under a key derived from master key `mac_version`, over the
+-- anchor's kind, user, seq, hash and updated_at, or 'broken' (it follows an anchor whose
+-- seal did not verify); both NULL only for an anchor written before seals existed.
 CREATE TABLE IF NOT EXISTS audit_heads (
-  user_id    TEXT PRIMARY KEY,
-  seq        INTEGER NOT NULL,
-  hash       TEXT NOT NULL,
+  user_id     TEXT PRIMARY KEY,
+  seq         INTEGER NOT NULL,
+  hash        TEXT NOT NULL,
+  updated_at  INTEGER NOT NULL,
+  mac         TEXT,
+  mac_version INTEGER
+);
+CREATE INDEX IF NOT EXISTS audit_heads_by_seal ON audit_heads (mac_version, mac);
+
+-- The legacy window: one row while anchors written before seals existed may remain
+-- ('open', then 'closing' and 'closed' as the cron finds none left). No row: there never
+-- were any, and an anchor without a seal is a break.
+CREATE TABLE IF NOT EXISTS audit_legacy (
+  id         INTEGER PRIMARY KEY CHECK (id = 1),
+  state      TEXT NOT NULL CHECK (state IN ('open', 'closing', 'closed')),
   updated_at INTEGER NOT NULL
 );
 

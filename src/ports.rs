@@ -5,7 +5,10 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::audit::{Action, AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
+use crate::audit::{
+    Action, Anchors, AuditEvent, ChainPlan, ChainedEvent, Heads, LegacyWindow, PendingEvent,
+    Resealed, Sealer, Unsettled,
+};
 use crate::auth::Algorithm;
 use crate::domain::{
     BatchId, Capability, Credential, CredentialId, Preference, ProviderId, Timestamp, UserId,
@@ -513,16 +516,21 @@ pub struct JobRecord {
 pub trait JobStore {
     async fn create_job(&self, job: &JobRecord) -> Result<(), StoreError>;
     async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
-    /// Records one chunk: the counts moved on, the cursor, the state.
+    /// Records one chunk that started at cursor `from`: `done` is always added (each row
+    /// is re-sealed by one step only, whichever counts it); the failures, the cursor and
+    /// the state only if the job is still running at `from` (`false` when another step of
+    /// the same job got there first).
+    #[allow(clippy::too_many_arguments)]
     async fn advance_job(
         &self,
         id: &str,
+        from: Option<&str>,
         done: u64,
         failed: u64,
         cursor: Option<&str>,
         state: &str,
         now: Timestamp,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     /// Running jobs not advanced since `before` (their message was lost), at most `limit`.
     async fn stalled_jobs(&self, before: Timestamp, limit: u32) -> Result<Vec<String>, StoreError>;
 }
@@ -552,8 +560,9 @@ pub trait AuditStore {
     async fn enqueue(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
     /// The oldest pending events, at most `limit`, in outbox order.
     async fn pending(&self, limit: u32) -> Result<Vec<PendingEvent>, StoreError>;
-    /// Where each of `users`' chains ends now (users without events are left out).
-    async fn heads(&self, users: &[String]) -> Result<Vec<(String, ChainHead)>, StoreError>;
+    /// Where each of `users`' chains ends now, sealed as stored (users without events are
+    /// left out), and the legacy window, in one query.
+    async fn heads(&self, users: &[String]) -> Result<Heads, StoreError>;
     /// Carries out a chaining plan in one transaction: the chained rows, the moved heads,
     /// the dead letters, and the outbox rows they came from removed. Fails whole, with
     /// [`StoreError::Conflict`], when another chainer got there first.
@@ -570,17 +579,37 @@ pub trait AuditStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<ChainedEvent>, StoreError>;
-    /// The retention checkpoint (where the stored chain starts) and the recorded head.
-    async fn anchors(
-        &self,
-        user: &UserId,
-    ) -> Result<(Option<ChainHead>, Option<ChainHead>), StoreError>;
+    /// The retention checkpoint (where the stored chain starts) and the recorded head, as
+    /// stored, with the legacy window (and, when it is not closed, whether a strict seal
+    /// exists under one of `configured`) and what shows that a chain must exist, in one
+    /// query.
+    async fn anchors(&self, user: &UserId, configured: &[u32]) -> Result<Anchors, StoreError>;
     /// Keeps messages that could not be processed, as received: (body, reason), in one
     /// statement.
     async fn store_dead_letters(&self, letters: &[(String, String)]) -> Result<(), StoreError>;
     /// Removes events older than `cutoff`, moving each affected user's checkpoint to the
-    /// last removed event. Returns how many events were removed.
-    async fn apply_retention(&self, cutoff: Timestamp) -> Result<u64, StoreError>;
+    /// last removed event, sealed by `sealer` after the checkpoint it replaces (a user
+    /// whose checkpoint is sealed under a version not configured is left as it is).
+    /// Returns how many events were removed.
+    async fn apply_retention(&self, cutoff: Timestamp, sealer: &Sealer) -> Result<u64, StoreError>;
+    /// In one query, what [`crate::audit::settle`] needs: the legacy window, since when,
+    /// whether a strict seal exists (under one of `configured`), and the anchors that may
+    /// need sealing, at most `limit`, in this order: unsealed ones while the stored window
+    /// is not closed, those sealed under a `configured` version other than `active`, and
+    /// those trusted on first use (under `active`) once it is closed.
+    async fn unsettled(
+        &self,
+        active: u32,
+        configured: &[u32],
+        limit: u32,
+    ) -> Result<Unsettled, StoreError>;
+    /// Writes re-sealed anchors, each only if the stored one is still as it was read, and
+    /// the legacy window (as of now) when `window` is given, in one transaction.
+    async fn settle(
+        &self,
+        resealed: &[Resealed],
+        window: Option<LegacyWindow>,
+    ) -> Result<(), StoreError>;
 }
 
 /// An issuer's public key from its JWKS, already checked for shape and size: RSA (at

@@ -6,7 +6,10 @@ use std::rc::Rc;
 
 use async_trait::async_trait;
 
-use crate::audit::{AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
+use crate::audit::{
+    Anchor, AnchorKind, Anchors, AuditEvent, ChainHead, ChainPlan, ChainedEvent, Heads,
+    LegacyWindow, PendingEvent, Resealed, Sealer, Unsettled,
+};
 use crate::domain::{
     Capability, Credential, CredentialId, Preference, ProviderId, Timestamp, UserId,
 };
@@ -320,6 +323,27 @@ pub(crate) struct MemoryStore {
     pub claims: RefCell<Vec<(CredentialId, Timestamp)>>,
     /// Background jobs' progress.
     pub jobs: RefCell<Vec<crate::ports::JobRecord>>,
+    /// The audit log's heads and checkpoints, which health's check of master key versions
+    /// reads with the credentials (as the D1 query reads both tables).
+    pub anchors: [AnchorTable; 2],
+    /// What the next `stale_keys` and `job` read instead of what is stored, once: a step
+    /// that read them before another step wrote (a delayed message racing a resumed one).
+    pub stale_read: RefCell<Option<Vec<Credential>>>,
+    pub job_read: RefCell<Option<crate::ports::JobRecord>>,
+}
+
+/// A table of audit anchors by user, shared by the two in-memory stores.
+pub(crate) type AnchorTable = Rc<RefCell<std::collections::BTreeMap<String, Anchor>>>;
+
+/// The master key ring the in-memory chainer seals with by default: the API tests' version 1.
+pub(crate) fn test_ring() -> crate::crypto::MasterKeys {
+    let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+    crate::crypto::MasterKeys::for_tests(&[(1, key)], 1)
+}
+
+/// A sealer over [`test_ring`], writing at the API tests' time.
+pub(crate) fn test_sealer() -> Sealer {
+    Sealer::new(&test_ring(), Timestamp::from_millis(1_800_000_000_000))
 }
 
 impl MemoryStore {
@@ -645,11 +669,22 @@ impl CredentialStore for MemoryStore {
 
     async fn ping(&self, configured: &[u32]) -> Result<Option<u32>, StoreError> {
         self.check()?;
+        let anchors: Vec<u32> = self
+            .anchors
+            .iter()
+            .flat_map(|t| {
+                t.borrow()
+                    .values()
+                    .filter_map(|a| a.mac_version)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         Ok(self
             .rows
             .borrow()
             .iter()
             .filter_map(|c| c.secret.as_ref().map(|s| s.key_version.get()))
+            .chain(anchors)
             .find(|v| !configured.contains(v)))
     }
 
@@ -660,6 +695,9 @@ impl CredentialStore for MemoryStore {
         limit: u32,
     ) -> Result<Vec<Credential>, StoreError> {
         self.check()?;
+        if let Some(read_earlier) = self.stale_read.borrow_mut().take() {
+            return Ok(read_earlier);
+        }
         let mut rows: Vec<Credential> = self
             .rows
             .borrow()
@@ -838,29 +876,38 @@ impl crate::ports::JobStore for MemoryStore {
 
     async fn job(&self, id: &str) -> Result<Option<crate::ports::JobRecord>, StoreError> {
         self.check()?;
+        if let Some(read_earlier) = self.job_read.borrow_mut().take() {
+            return Ok(Some(read_earlier));
+        }
         Ok(self.jobs.borrow().iter().find(|j| j.id == id).cloned())
     }
 
     async fn advance_job(
         &self,
         id: &str,
+        from: Option<&str>,
         done: u64,
         failed: u64,
         cursor: Option<&str>,
         state: &str,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.check()?;
+        let mut advanced = false;
         for j in self.jobs.borrow_mut().iter_mut().filter(|j| j.id == id) {
             j.done += done;
+            if j.state != "running" || j.cursor.as_deref() != from {
+                continue;
+            }
             j.failed += failed;
             if let Some(c) = cursor {
                 j.cursor = Some(c.to_owned());
             }
             j.state = state.to_owned();
             j.updated_at = now;
+            advanced = true;
         }
-        Ok(())
+        Ok(advanced)
     }
 
     async fn stalled_jobs(&self, before: Timestamp, limit: u32) -> Result<Vec<String>, StoreError> {
@@ -877,20 +924,81 @@ impl crate::ports::JobStore for MemoryStore {
 
 /// An audit log in memory: the outbox and the chained log, chained by the same core logic
 /// as the D1 store.
-#[derive(Default)]
 pub(crate) struct MemoryAudit {
     pub rows: RefCell<Vec<ChainedEvent>>,
-    pub heads: RefCell<std::collections::BTreeMap<String, ChainHead>>,
-    pub checkpoints: RefCell<std::collections::BTreeMap<String, ChainHead>>,
+    pub heads: AnchorTable,
+    pub checkpoints: AnchorTable,
     pub dead_letters: RefCell<Vec<(String, String)>>,
     pub down: Cell<bool>,
     pub outbox: Rc<MemoryOutbox>,
     /// Queries made of the outbox and the chain (enqueue, pending, heads, commit), as D1
     /// would count them.
     pub queries: Cell<u32>,
+    /// The `audit_legacy` row (none: closed) and when it was written.
+    pub legacy: Cell<LegacyWindow>,
+    pub legacy_since: Cell<u64>,
+    /// What `settle` takes as now when it writes the window (Unix ms).
+    pub clock: Cell<u64>,
+    /// Users who hold a credential (D1 reads the credentials table).
+    pub holders: RefCell<Vec<String>>,
+    /// What the sink's own chaining seals with; `None`: no usable master key.
+    pub sealer: RefCell<Option<Rc<Sealer>>>,
+}
+
+impl Default for MemoryAudit {
+    fn default() -> Self {
+        Self {
+            rows: RefCell::default(),
+            heads: AnchorTable::default(),
+            checkpoints: AnchorTable::default(),
+            dead_letters: RefCell::default(),
+            down: Cell::new(false),
+            outbox: Rc::default(),
+            queries: Cell::new(0),
+            legacy: Cell::new(LegacyWindow::Closed),
+            legacy_since: Cell::new(0),
+            clock: Cell::new(1_800_000_000_000),
+            holders: RefCell::default(),
+            sealer: RefCell::new(Some(Rc::new(test_sealer()))),
+        }
+    }
 }
 
 impl MemoryAudit {
+    /// Seals with `keys` (none: no usable master key) from now on, writing at `now`.
+    pub(crate) fn use_master(&self, keys: Option<&crate::crypto::MasterKeys>, now: Timestamp) {
+        *self.sealer.borrow_mut() = keys.map(|k| Rc::new(Sealer::new(k, now)));
+    }
+
+    /// Records `point` as `user`'s head, sealed as a chainer seals a new chain's head.
+    pub(crate) fn set_head(&self, user: &str, point: &ChainHead) {
+        let sealer = self.sealer.borrow();
+        let sealer = sealer.as_ref().expect("a sealer");
+        let head = sealer
+            .successor(AnchorKind::Head, user, None, point, self.legacy.get())
+            .expect("a new head");
+        self.heads.borrow_mut().insert(user.to_owned(), head);
+    }
+
+    /// Whether any anchor carries a strict seal under one of `configured`.
+    fn strict_seal(&self, configured: &[u32]) -> bool {
+        let strict = |t: &AnchorTable| {
+            t.borrow().values().any(|a| {
+                a.mac.as_deref().is_some_and(|m| m.starts_with("s:"))
+                    && a.mac_version.is_some_and(|v| configured.contains(&v))
+            })
+        };
+        strict(&self.heads) || strict(&self.checkpoints)
+    }
+
+    /// The anchor table of `kind`.
+    fn table(&self, kind: AnchorKind) -> &AnchorTable {
+        match kind {
+            AnchorKind::Head => &self.heads,
+            AnchorKind::Checkpoint => &self.checkpoints,
+        }
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         self.queries.set(self.queries.get() + 1);
         if self.down.get() {
@@ -930,15 +1038,18 @@ impl AuditStore for MemoryAudit {
             .collect())
     }
 
-    async fn heads(&self, users: &[String]) -> Result<Vec<(String, ChainHead)>, StoreError> {
+    async fn heads(&self, users: &[String]) -> Result<Heads, StoreError> {
         self.check()?;
-        Ok(self
-            .heads
-            .borrow()
-            .iter()
-            .filter(|(u, _)| users.contains(u))
-            .map(|(u, h)| (u.clone(), h.clone()))
-            .collect())
+        Ok(Heads {
+            heads: self
+                .heads
+                .borrow()
+                .iter()
+                .filter(|(u, _)| users.contains(u))
+                .map(|(u, h)| (u.clone(), h.clone()))
+                .collect(),
+            window: self.legacy.get(),
+        })
     }
 
     async fn commit(&self, plan: &ChainPlan) -> Result<(), StoreError> {
@@ -957,7 +1068,7 @@ impl AuditStore for MemoryAudit {
             .notices
             .borrow_mut()
             .extend(plan.notices.iter().cloned());
-        self.heads.borrow_mut().extend(plan.heads.iter().cloned());
+        self.heads.borrow_mut().extend(plan.anchors.iter().cloned());
         self.dead_letters
             .borrow_mut()
             .extend(plan.dead.iter().cloned());
@@ -1008,15 +1119,21 @@ impl AuditStore for MemoryAudit {
         Ok(out)
     }
 
-    async fn anchors(
-        &self,
-        user: &UserId,
-    ) -> Result<(Option<ChainHead>, Option<ChainHead>), StoreError> {
+    async fn anchors(&self, user: &UserId, configured: &[u32]) -> Result<Anchors, StoreError> {
         self.check()?;
-        Ok((
-            self.checkpoints.borrow().get(user.as_str()).cloned(),
-            self.heads.borrow().get(user.as_str()).cloned(),
-        ))
+        Ok(Anchors {
+            checkpoint: self.checkpoints.borrow().get(user.as_str()).cloned(),
+            head: self.heads.borrow().get(user.as_str()).cloned(),
+            window: self.legacy.get(),
+            strict_seal: self.legacy.get() != LegacyWindow::Closed && self.strict_seal(configured),
+            holds_credentials: self.holders.borrow().iter().any(|h| h == user.as_str()),
+            pending: self
+                .outbox
+                .rows
+                .borrow()
+                .iter()
+                .any(|p| p.user_id == user.as_str()),
+        })
     }
 
     async fn store_dead_letters(&self, letters: &[(String, String)]) -> Result<(), StoreError> {
@@ -1027,7 +1144,7 @@ impl AuditStore for MemoryAudit {
         Ok(())
     }
 
-    async fn apply_retention(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
+    async fn apply_retention(&self, cutoff: Timestamp, sealer: &Sealer) -> Result<u64, StoreError> {
         self.check()?;
         let mut rows = self.rows.borrow_mut();
         let mut last_old: std::collections::BTreeMap<String, ChainHead> = Default::default();
@@ -1039,14 +1156,85 @@ impl AuditStore for MemoryAudit {
                 *e = r.head();
             }
         }
+        let mut checkpoints = self.checkpoints.borrow_mut();
+        let mut moved = std::collections::BTreeMap::new();
+        for (user, point) in last_old {
+            let prev = checkpoints.get(&user);
+            let window = self.legacy.get();
+            if let Ok(cp) = sealer.successor(AnchorKind::Checkpoint, &user, prev, &point, window) {
+                moved.insert(user, cp);
+            }
+        }
         let before = rows.len();
         rows.retain(|r| {
-            last_old
+            moved
                 .get(r.event.user_id.as_str())
                 .is_none_or(|cp| r.seq > cp.seq)
         });
-        self.checkpoints.borrow_mut().extend(last_old);
+        checkpoints.extend(moved);
         Ok((before - rows.len()) as u64)
+    }
+
+    async fn unsettled(
+        &self,
+        active: u32,
+        configured: &[u32],
+        limit: u32,
+    ) -> Result<Unsettled, StoreError> {
+        self.check()?;
+        let stored = self.legacy.get();
+        let unsealed_left = AnchorKind::ALL.iter().any(|k| {
+            self.table(*k)
+                .borrow()
+                .values()
+                .any(|a| a.mac.is_none() && a.mac_version.is_none())
+        });
+        let mut anchors = Vec::new();
+        for kind in AnchorKind::ALL {
+            for (user, a) in self.table(*kind).borrow().iter() {
+                let rank = match (a.mac.as_deref(), a.mac_version) {
+                    (None, None) if stored != LegacyWindow::Closed => 0,
+                    (Some(_), Some(v)) if configured.contains(&v) && v != active => 1,
+                    (Some(mac), Some(v))
+                        if v == active
+                            && mac.starts_with("t:")
+                            && stored == LegacyWindow::Closed =>
+                    {
+                        2
+                    }
+                    _ => continue,
+                };
+                anchors.push((rank, *kind, user.clone(), a.clone()));
+            }
+        }
+        anchors.sort_by_key(|(rank, ..)| *rank);
+        anchors.truncate(limit as usize);
+        Ok(Unsettled {
+            window: stored,
+            since: self.legacy_since.get(),
+            strict_seal: self.strict_seal(configured),
+            unsealed_left,
+            anchors: anchors.into_iter().map(|(_, k, u, a)| (k, u, a)).collect(),
+        })
+    }
+
+    async fn settle(
+        &self,
+        resealed: &[Resealed],
+        window: Option<LegacyWindow>,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        for r in resealed {
+            let mut table = self.table(r.kind).borrow_mut();
+            if let Some(stored) = table.get_mut(&r.user).filter(|a| **a == r.from) {
+                *stored = r.to.clone();
+            }
+        }
+        if let Some(w) = window {
+            self.legacy.set(w);
+            self.legacy_since.set(self.clock.get());
+        }
+        Ok(())
     }
 }
 
@@ -1063,7 +1251,10 @@ impl AuditSink for MemoryAudit {
     }
 
     async fn nudge(&self, _event_id: &str) {
-        let _ = crate::audit::drain(self, 1).await;
+        let sealer = self.sealer.borrow().clone();
+        if let Some(sealer) = sealer {
+            let _ = crate::audit::drain(self, &sealer, 1).await;
+        }
     }
 
     async fn send(&self, event: &AuditEvent) {

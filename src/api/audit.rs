@@ -5,7 +5,9 @@ use serde_json::{json, Value};
 
 use super::router::{Ctx, Outcome};
 use super::Response;
-use crate::audit::{Action, ChainHead, ChainedEvent, Verifier};
+use crate::audit::{
+    judge_anchor, Action, Anchor, AnchorKind, Break, ChainHead, ChainedEvent, Sealer, Verifier,
+};
 use crate::crypto::{tag, verify_tag, MasterKeys};
 use crate::domain::{CredentialId, Timestamp, UserId};
 use crate::error::{ApiError, FieldError};
@@ -159,18 +161,33 @@ impl VerifyCursor {
 /// `GET /v1/audit/verify`: recomputes the caller's chain. Bounded per request: at most
 /// `VERIFY_PER_REQUEST` events are checked, and when more remain the answer carries
 /// `next_cursor` (pass it back as `?cursor=`); `checked` counts from the chain's start.
+/// The chain's start (the retention checkpoint) and its end (the head) are trusted only
+/// with a seal that verifies under the master key; the last page says so (`sealed`) and
+/// gives the head (`head`), which a client may keep to notice a later rollback.
 pub(super) async fn verify(ctx: &Ctx<'_>) -> Outcome {
     Outcome::unaudited(verify_chain(ctx, &ctx.user).await)
 }
 
+/// The answer for a checkpoint that cannot be trusted: nothing after it can be.
+fn broken(checked: u64, seq: u64, why: Break, checkpoint: &Anchor) -> Value {
+    json!({
+        "ok": false, "checked": checked, "broken_seq": seq, "broken_reason": why.code(),
+        "sealed": false, "starts_after_seq": checkpoint.seq,
+    })
+}
+
 async fn verify_chain(ctx: &Ctx<'_>, user: &UserId) -> Result<Response, ApiError> {
-    // Cursors are signed under the master key; without one, a chain longer than a page
-    // cannot be verified.
-    let keys = ctx.config.master_keys.as_ref().ok();
+    // The anchors are sealed, and cursors signed, under the master key: without one
+    // nothing can be verified.
+    let keys = ctx.config.master_keys.as_ref().map_err(|_| {
+        ApiError::not_configured(
+            "Verifying the audit chain needs the master key, which seals its ends.",
+        )
+    })?;
     let mut cursor = None;
     for (name, value) in ctx.request.url.query_pairs() {
         match name.as_ref() {
-            "cursor" => match keys.and_then(|k| VerifyCursor::decode(&value, k, user)) {
+            "cursor" => match VerifyCursor::decode(&value, keys, user) {
                 Some(c) => cursor = Some(c),
                 None => {
                     return Err(ApiError::invalid_request(vec![FieldError::new(
@@ -188,16 +205,28 @@ async fn verify_chain(ctx: &Ctx<'_>, user: &UserId) -> Result<Response, ApiError
         }
     }
     let log = ctx.app.audit_log;
-    let (checkpoint, head) = log.anchors(user).await?;
-    let (start, before) = match &cursor {
-        Some(c) => (
-            ChainHead {
-                seq: c.seq,
-                hash: c.hash.clone(),
-            },
-            c.checked,
-        ),
-        None => (checkpoint.clone().unwrap_or_else(ChainHead::genesis), 0),
+    let sealer = Sealer::new(keys, ctx.app.clock.now());
+    let configured: Vec<u32> = keys.versions().map(|v| v.get()).collect();
+    let anchors = log.anchors(user, &configured).await?;
+    let before = cursor.as_ref().map_or(0, |c| c.checked);
+    // Every page checks the start: a checkpoint whose seal fails trusts nothing after it.
+    let mut sealed = true;
+    if let Some(cp) = &anchors.checkpoint {
+        let check = sealer.check(AnchorKind::Checkpoint, user.as_str(), cp);
+        match judge_anchor(check, AnchorKind::Checkpoint, anchors.legacy_admitted()) {
+            Ok(s) => sealed &= s,
+            Err(why) => return Ok(Response::json(200, &broken(before, cp.seq + 1, why, cp))),
+        }
+    }
+    let start = match &cursor {
+        Some(c) => ChainHead {
+            seq: c.seq,
+            hash: c.hash.clone(),
+        },
+        None => anchors
+            .checkpoint
+            .as_ref()
+            .map_or_else(ChainHead::genesis, Anchor::point),
     };
     let mut verifier = Verifier::new(start.clone());
     let mut after = start.seq;
@@ -220,6 +249,7 @@ async fn verify_chain(ctx: &Ctx<'_>, user: &UserId) -> Result<Response, ApiError
             _ => break,
         }
     }
+    let checkpoint = anchors.checkpoint.as_ref();
     if more {
         // Everything read so far holds: the next request goes on from here.
         let end = verifier.position();
@@ -229,7 +259,7 @@ async fn verify_chain(ctx: &Ctx<'_>, user: &UserId) -> Result<Response, ApiError
             hash: end.hash,
             checked: before + v.checked,
         };
-        let signed = keys.and_then(|k| next.encode(k, user)).ok_or_else(|| {
+        let signed = next.encode(keys, user).ok_or_else(|| {
             ApiError::not_configured(
                 "Verifying a chain this long needs the master key, which signs the page cursor.",
             )
@@ -240,10 +270,51 @@ async fn verify_chain(ctx: &Ctx<'_>, user: &UserId) -> Result<Response, ApiError
         }
         return Ok(Response::json(200, &body));
     }
-    let v = verifier.finish(head.as_ref());
-    let mut body = json!({ "ok": v.ok, "checked": before + v.checked });
+    // The last page: where the chain ends. A break in the links comes first, being the
+    // earliest; then an end that is not sealed, or not where the chain ends.
+    let chain_start = checkpoint.map_or(0, |cp| cp.seq) + 1;
+    let mut why = None;
+    let mut shown = None;
+    match &anchors.head {
+        Some(h) => {
+            let check = sealer.check(AnchorKind::Head, user.as_str(), h);
+            match judge_anchor(check, AnchorKind::Head, anchors.legacy_admitted()) {
+                Ok(s) => {
+                    sealed &= s;
+                    shown = Some((h, s));
+                    why = verifier
+                        .end_break(&h.point())
+                        .map(|b| (verifier.position().seq + 1, b));
+                }
+                Err(fault) => why = Some((chain_start, fault)),
+            }
+        }
+        None if read > 0 || before > 0 || checkpoint.is_some() => {
+            why = Some((chain_start, Break::HeadMissing));
+        }
+        None if anchors.holds_credentials && !anchors.pending => {
+            why = Some((chain_start, Break::ChainMissing));
+        }
+        None => {}
+    }
+    let v = verifier.finish(None);
     if let Some(seq) = v.broken_seq {
+        why = Some((seq, Break::Link));
+    }
+    let mut body = json!({
+        "ok": why.is_none(), "checked": before + v.checked, "sealed": sealed && why.is_none(),
+    });
+    if let Some((seq, why)) = why {
         body["broken_seq"] = json!(seq);
+        body["broken_reason"] = json!(why.code());
+    }
+    if let Some((h, s)) = shown {
+        body["head"] = json!({
+            "seq": h.seq,
+            "hash": h.hash,
+            "sealed_at": s.then(|| Timestamp::from_millis(h.at).to_rfc3339_millis()),
+            "key_version": h.mac_version.filter(|_| s),
+        });
     }
     if let Some(cp) = checkpoint {
         body["starts_after_seq"] = json!(cp.seq);

@@ -4,10 +4,12 @@
 //! a producer that could not write the outbox, a whole event. The consumer files whole
 //! events into the outbox, by id, then chains what waits; its cost in D1 queries is
 //! bounded by the number of rounds, not by the number of messages or users in the batch.
+//! Without a usable master key nothing is chained (a head could not be sealed): events are
+//! still filed, and wait in the outbox for a chainer that has one.
 
 use serde_json::Value;
 
-use super::{drain, drain_rounds, AuditEvent};
+use super::{drain, drain_rounds, AuditEvent, Sealer};
 use crate::ports::AuditStore;
 
 /// Chaining rounds one consumer invocation runs at most (three D1 queries each).
@@ -73,8 +75,15 @@ pub struct Consumed {
 /// The main consumer. Whole events go into the outbox (in order of time: that is the
 /// order they happened in), then the outbox is chained. A message is acknowledged once
 /// what it carries is safe: an event once it is in the outbox, a nudge once the outbox
-/// was chained. Unreadable messages are retried, and reach the dead-letter queue.
-pub async fn consume(store: &dyn AuditStore, bodies: &[Value], log: &dyn Fn(&str)) -> Consumed {
+/// was chained (or, without a `sealer`, once there is nothing this consumer can do for it:
+/// its event waits in the outbox). Unreadable messages are retried, and reach the
+/// dead-letter queue.
+pub async fn consume(
+    store: &dyn AuditStore,
+    sealer: Option<&Sealer>,
+    bodies: &[Value],
+    log: &dyn Fn(&str),
+) -> Consumed {
     let mut out = vec![Disposition::Retry; bodies.len()];
     let mut nudges = Vec::new();
     let mut events: Vec<(usize, AuditEvent)> = Vec::new();
@@ -101,8 +110,18 @@ pub async fn consume(store: &dyn AuditStore, bodies: &[Value], log: &dyn Fn(&str
         }
     }
     let mut more_waiting = false;
+    let Some(sealer) = sealer else {
+        if !nudges.is_empty() {
+            log("audit: no usable master key; events wait in the outbox until one is configured");
+            nudges.iter().for_each(|i| out[*i] = Disposition::Ack);
+        }
+        return Consumed {
+            dispositions: out,
+            more_waiting,
+        };
+    };
     if !nudges.is_empty() || out.contains(&Disposition::Ack) {
-        match drain_rounds(store, CONSUMER_ROUNDS).await {
+        match drain_rounds(store, sealer, CONSUMER_ROUNDS).await {
             Ok(drained) => {
                 nudges.iter().for_each(|i| out[*i] = Disposition::Ack);
                 more_waiting = drained.more;
@@ -127,6 +146,7 @@ pub async fn consume(store: &dyn AuditStore, bodies: &[Value], log: &dyn Fn(&str
 /// event waits in the outbox for the cron.
 pub async fn consume_dead_letters(
     store: &dyn AuditStore,
+    sealer: Option<&Sealer>,
     bodies: &[Value],
     log: &dyn Fn(&str),
 ) -> Vec<Disposition> {
@@ -164,8 +184,14 @@ pub async fn consume_dead_letters(
             dead.iter().for_each(|(i, _)| out[*i] = Disposition::Retry);
         }
     }
+    let Some(sealer) = sealer else {
+        if nudges.len() + events.len() > 0 {
+            log("audit: no usable master key; events wait in the outbox until one is configured");
+        }
+        return out;
+    };
     if nudges.len() + events.len() > 0 {
-        if let Err(e) = drain(store, CONSUMER_ROUNDS).await {
+        if let Err(e) = drain(store, sealer, CONSUMER_ROUNDS).await {
             log(&format!(
                 "audit: chaining the outbox failed ({e}); retrying the nudges"
             ));

@@ -3,8 +3,11 @@
 //! Each user's events form a chain: `seq` counts up from 1 and
 //! `hash = hex(SHA-256(prev_hash ‖ canonical JSON of the event))`, where the first
 //! `prev_hash` is 64 zeros (or a retention checkpoint). Editing, removing or reordering a
-//! stored event breaks the chain at that `seq`.
+//! stored event breaks the chain at that `seq`; the head and the checkpoint that say where
+//! the chain ends and starts are sealed under the master key (`anchor`), so a chain cannot
+//! be recomputed, cut short or moved by whoever can only write the database.
 
+mod anchor;
 mod canonical;
 mod chain;
 mod consumer;
@@ -17,6 +20,10 @@ use std::cell::Cell;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub use anchor::{
+    settle, Anchor, AnchorKind, Anchors, Heads, LegacyWindow, Resealed, SealCheck, Sealer, Settled,
+    Unsettled, BROKEN_SEAL, CLOSING_MS,
+};
 pub use canonical::canonical_json;
 pub use chain::{chain, link, ChainHead, ChainedEvent, GENESIS_HASH};
 pub use consumer::{
@@ -25,7 +32,7 @@ pub use consumer::{
 };
 pub use facts::{Facts, Origin};
 pub use outbox::{drain, drain_rounds, plan, ChainPlan, Drained, PendingEvent, ROUND_SIZE};
-pub use verify::{Verification, Verifier};
+pub use verify::{judge_anchor, Break, Verification, Verifier};
 
 use crate::domain::{hex_bytes, CredentialId, RequestId, Timestamp, UserId};
 

@@ -2,10 +2,15 @@
 //! the same D1 transaction as the change it describes, so an event exists exactly when
 //! its operation happened. Chainers (the queue consumer on a nudge, the cron as a
 //! sweeper, a request whose nudge could not be sent) turn pending events into links of
-//! their users' chains: [`plan`] decides, the store carries the plan out in one
-//! transaction, and a chainer that lost a race to another simply reads again.
+//! their users' chains: [`plan`] decides, [`ChainPlan::seal`] seals the heads it moves,
+//! the store carries the plan out in one transaction, and a chainer that lost a race to
+//! another simply reads again. Chaining needs the master key (a head is sealed under it):
+//! without one, events wait in the outbox.
 
-use super::{link, Action, AuditEvent, ChainHead, ChainedEvent, Outcome, Source};
+use super::{
+    link, Action, Anchor, AnchorKind, AuditEvent, ChainHead, ChainedEvent, Heads, Outcome, Sealer,
+    Source,
+};
 use crate::ports::{AuditStore, StoreError};
 
 /// Pending events one round reads and chains. A round costs three D1 queries (pending,
@@ -29,6 +34,8 @@ pub struct ChainPlan {
     pub rows: Vec<ChainedEvent>,
     /// Where each touched user's chain ends afterwards.
     pub heads: Vec<(String, ChainHead)>,
+    /// Those heads as written: sealed ([`ChainPlan::seal`]).
+    pub anchors: Vec<(String, Anchor)>,
     /// Outbox rows that cannot be chained (unreadable), kept as dead letters:
     /// (body, reason).
     pub dead: Vec<(String, String)>,
@@ -43,6 +50,25 @@ pub struct ChainPlan {
 impl ChainPlan {
     pub fn is_empty(&self) -> bool {
         self.done.is_empty()
+    }
+
+    /// Seals the heads this plan moves, each after the head it replaces in `before` (one
+    /// HMAC to check it, one to seal the new one). `Err(version)`: a head is sealed under
+    /// a master key version that is not configured; nothing may be written until it is.
+    pub fn seal(&mut self, before: &Heads, sealer: &Sealer) -> Result<(), u32> {
+        let mut anchors = Vec::with_capacity(self.heads.len());
+        for (user, head) in &self.heads {
+            let prev = before
+                .heads
+                .iter()
+                .rev()
+                .find(|(u, _)| u == user)
+                .map(|(_, a)| a);
+            let anchor = sealer.successor(AnchorKind::Head, user, prev, head, before.window)?;
+            anchors.push((user.clone(), anchor));
+        }
+        self.anchors = anchors;
+        Ok(())
     }
 }
 
@@ -121,11 +147,16 @@ pub fn plan(pending: &[PendingEvent], heads: &[(String, ChainHead)]) -> ChainPla
     out
 }
 
-/// Chains what waits in the outbox, at most `rounds` rounds of [`ROUND_SIZE`] events.
-/// Returns how many events were chained. A round that loses a race with another chainer
-/// (its batch fails on the chain's uniqueness rules and changes nothing) is read again.
-pub async fn drain(store: &dyn AuditStore, rounds: usize) -> Result<usize, StoreError> {
-    drain_rounds(store, rounds).await.map(|d| d.chained)
+/// Chains what waits in the outbox, at most `rounds` rounds of [`ROUND_SIZE`] events,
+/// sealing the heads it moves with `sealer`. Returns how many events were chained. A round
+/// that loses a race with another chainer (its batch fails on the chain's uniqueness rules
+/// and changes nothing) is read again.
+pub async fn drain(
+    store: &dyn AuditStore,
+    sealer: &Sealer,
+    rounds: usize,
+) -> Result<usize, StoreError> {
+    drain_rounds(store, sealer, rounds).await.map(|d| d.chained)
 }
 
 /// What a bounded drain did.
@@ -140,7 +171,11 @@ pub struct Drained {
 
 /// [`drain`], also saying whether it stopped at its bound with events left behind, so a
 /// queue consumer can ask for another pass instead of leaving them to the cron.
-pub async fn drain_rounds(store: &dyn AuditStore, rounds: usize) -> Result<Drained, StoreError> {
+pub async fn drain_rounds(
+    store: &dyn AuditStore,
+    sealer: &Sealer,
+    rounds: usize,
+) -> Result<Drained, StoreError> {
     let mut chained = 0;
     // Whether the last round committed a full round: only then may more wait.
     let mut full = false;
@@ -156,7 +191,13 @@ pub async fn drain_rounds(store: &dyn AuditStore, rounds: usize) -> Result<Drain
         crate::small_sort::sort_by(&mut users, String::cmp);
         users.dedup();
         let heads = store.heads(&users).await?;
-        let plan = plan(&pending, &heads);
+        let mut plan = plan(&pending, &heads.points());
+        plan.seal(&heads, sealer).map_err(|v| {
+            StoreError::Corrupt(format!(
+                "a chain's head is sealed under master key version {v}, which is not configured; \
+                 its events wait in the outbox until the version is back"
+            ))
+        })?;
         match store.commit(&plan).await {
             Ok(()) => chained += plan.rows.len(),
             Err(StoreError::Conflict(_)) => {

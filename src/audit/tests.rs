@@ -244,7 +244,7 @@ mod consumers {
 
     use super::*;
     use crate::ports::AuditStore;
-    use crate::testing::MemoryAudit;
+    use crate::testing::{test_sealer, MemoryAudit};
 
     fn msg(e: &AuditEvent) -> Value {
         Value::String(serde_json::to_string(e).unwrap())
@@ -258,7 +258,7 @@ mod consumers {
             json!("not an event"),
             msg(&event(1, Action::CredentialCreated)),
         ];
-        let out = block_on(consume(&store, &bodies, &|_| {})).dispositions;
+        let out = block_on(consume(&store, Some(&test_sealer()), &bodies, &|_| {})).dispositions;
         assert_eq!(
             out,
             [Disposition::Ack, Disposition::Retry, Disposition::Ack]
@@ -277,9 +277,10 @@ mod consumers {
     fn a_redelivered_message_leaves_one_row_and_an_intact_chain() {
         let store = MemoryAudit::default();
         let e = event(1, Action::CredentialCreated);
-        block_on(consume(&store, &[msg(&e)], &|_| {}));
+        block_on(consume(&store, Some(&test_sealer()), &[msg(&e)], &|_| {}));
         let again = block_on(consume(
             &store,
+            Some(&test_sealer()),
             &[msg(&e), msg(&event(2, Action::CredentialViewed))],
             &|_| {},
         ))
@@ -288,7 +289,10 @@ mod consumers {
         assert_eq!(store.rows.borrow().len(), 2);
         let user = UserId::parse("u_1").unwrap();
         let page = block_on(store.chain_page(&user, 0, 10)).unwrap();
-        let (_, head) = block_on(store.anchors(&user)).unwrap();
+        let head = block_on(store.anchors(&user, &[1]))
+            .unwrap()
+            .head
+            .map(|h| h.point());
         let mut v = Verifier::new(ChainHead::genesis());
         page.iter().for_each(|r| v.push(r));
         assert!(v.finish(head.as_ref()).ok);
@@ -304,18 +308,18 @@ mod consumers {
             .collect();
         block_on(store.enqueue(&events)).unwrap();
         let nudge = [Value::String(nudge_body("ev_0001"))];
-        let first = block_on(consume(&store, &nudge, &|_| {}));
+        let first = block_on(consume(&store, Some(&test_sealer()), &nudge, &|_| {}));
         assert_eq!(first.dispositions, [Disposition::Ack]);
         assert!(first.more_waiting, "the bound was reached with events left");
         assert_eq!(store.rows.borrow().len(), backlog - 30);
-        let second = block_on(consume(&store, &nudge, &|_| {}));
+        let second = block_on(consume(&store, Some(&test_sealer()), &nudge, &|_| {}));
         assert!(!second.more_waiting, "nothing is left: no further pass");
         assert_eq!(store.rows.borrow().len(), backlog);
         // Exactly at the bound: one more pass finds the outbox empty and stops.
         let exact = MemoryAudit::default();
         block_on(exact.enqueue(&events[..CONSUMER_ROUNDS * ROUND_SIZE as usize])).unwrap();
-        assert!(block_on(consume(&exact, &nudge, &|_| {})).more_waiting);
-        assert!(!block_on(consume(&exact, &nudge, &|_| {})).more_waiting);
+        assert!(block_on(consume(&exact, Some(&test_sealer()), &nudge, &|_| {})).more_waiting);
+        assert!(!block_on(consume(&exact, Some(&test_sealer()), &nudge, &|_| {})).more_waiting);
     }
 
     #[test]
@@ -331,7 +335,12 @@ mod consumers {
             &ChainHead::genesis(),
             event(9_999, Action::CredentialViewed),
         ));
-        let out = block_on(consume(&store, &[Value::String(nudge_body("x"))], &|_| {}));
+        let out = block_on(consume(
+            &store,
+            Some(&test_sealer()),
+            &[Value::String(nudge_body("x"))],
+            &|_| {},
+        ));
         assert!(!out.more_waiting, "nothing was chained: no new nudge");
         assert_eq!(store.rows.borrow().len(), 1);
     }
@@ -342,6 +351,7 @@ mod consumers {
         store.down.set(true);
         let out = block_on(consume(
             &store,
+            Some(&test_sealer()),
             &[msg(&event(1, Action::CredentialCreated))],
             &|_| {},
         ))
@@ -354,6 +364,7 @@ mod consumers {
         let store = MemoryAudit::default();
         let out = block_on(consume_dead_letters(
             &store,
+            Some(&test_sealer()),
             &[
                 msg(&event(1, Action::CredentialCreated)),
                 json!({"junk": true}),
@@ -378,12 +389,18 @@ mod consumers {
             .map(|n| event(n, Action::CredentialViewed))
             .collect();
         block_on(store.enqueue(&events)).unwrap();
-        block_on(drain(&store, 1)).unwrap();
-        let removed =
-            block_on(store.apply_retention(Timestamp::from_millis(1_800_000_000_003))).unwrap();
+        block_on(drain(&store, &test_sealer(), 1)).unwrap();
+        let removed = block_on(
+            store.apply_retention(Timestamp::from_millis(1_800_000_000_003), &test_sealer()),
+        )
+        .unwrap();
         assert_eq!(removed, 2);
         let user = UserId::parse("u_1").unwrap();
-        let (checkpoint, head) = block_on(store.anchors(&user)).unwrap();
+        let anchors = block_on(store.anchors(&user, &[1])).unwrap();
+        let (checkpoint, head) = (
+            anchors.checkpoint.map(|c| c.point()),
+            anchors.head.map(|h| h.point()),
+        );
         let checkpoint = checkpoint.unwrap();
         assert_eq!(checkpoint.seq, 2);
         let mut v = Verifier::new(checkpoint);

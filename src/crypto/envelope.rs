@@ -216,7 +216,7 @@ pub fn verify_tag(keys: &MasterKeys, purpose: &str, parts: &[&str], tag_hex: &st
     tag_mac(keys, purpose, parts).is_some_and(|mac| mac.verify_truncated_left(&given).is_ok())
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
+pub(super) fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }

@@ -1,13 +1,16 @@
 //! Where keys are encrypted: master keys, per-user data keys, the AES-256-GCM envelope,
-//! duplicate fingerprints and the zeroizing type that holds a plaintext key.
+//! duplicate fingerprints, the MACs that mark what the vault wrote, and the zeroizing type
+//! that holds a plaintext key.
 
 mod envelope;
+mod mac;
 mod master_keys;
 mod secret;
 
 pub use envelope::{
     fingerprint, open, seal, tag, verify_tag, Binding, OpenError, SealError, Sealed,
 };
+pub use mac::{MacCheck, MacKeys};
 pub use master_keys::{KeyVersion, MasterKeyError, MasterKeys};
 pub use secret::SecretKey;
 

@@ -7,7 +7,9 @@ use worker::Queue;
 
 use super::audit_store::{outbox_insert, D1AuditStore};
 use super::db::Db;
-use crate::audit::{drain, nudge_body, AuditEvent};
+use crate::audit::{drain, nudge_body, AuditEvent, Sealer};
+use crate::crypto::MasterKeys;
+use crate::domain::Timestamp;
 use crate::ports::AuditSink;
 
 /// A request's audit path: events into the outbox, nudges onto `AUDIT_QUEUE`; chaining at
@@ -17,6 +19,8 @@ pub(super) struct OutboxAuditSink<'a> {
     pub queue: Option<Queue>,
     pub db: &'a Db,
     pub store: &'a D1AuditStore<'a>,
+    /// What chaining at once seals heads with; without it events wait in the outbox.
+    pub keys: Option<&'a MasterKeys>,
 }
 
 impl OutboxAuditSink<'_> {
@@ -32,7 +36,14 @@ impl OutboxAuditSink<'_> {
 
     /// Chains what waits in the outbox now, for a request whose queue is out of reach.
     async fn chain_now(&self, event_id: &str) {
-        if let Err(e) = drain(self.store, 1).await {
+        let Some(keys) = self.keys else {
+            worker::console_error!(
+                "audit: no usable master key to seal the chain; event {event_id} waits in the outbox"
+            );
+            return;
+        };
+        let sealer = Sealer::new(keys, Timestamp::from_millis(super::runtime::now_ms()));
+        if let Err(e) = drain(self.store, &sealer, 1).await {
             worker::console_error!(
                 "audit: chaining failed ({e}); event {event_id} waits in the outbox for the cron"
             );

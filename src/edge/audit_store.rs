@@ -1,5 +1,5 @@
-//! The audit log over D1: the outbox, the chained log, heads, checkpoints and dead
-//! letters. The only audit SQL.
+//! The audit log over D1: the outbox, the chained log, heads, checkpoints (with their
+//! seals and the legacy window) and dead letters. The only audit SQL.
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -8,7 +8,10 @@ use worker::D1PreparedStatement;
 
 use super::db::{changes, json as json_arg, num, opt_text as opt, text, Db, Row as D1Row};
 use super::runtime::now_ms;
-use crate::audit::{AuditEvent, ChainHead, ChainPlan, ChainedEvent, PendingEvent};
+use crate::audit::{
+    Anchor, AnchorKind, Anchors, AuditEvent, ChainPlan, ChainedEvent, Heads, LegacyWindow,
+    PendingEvent, Resealed, Sealer, Unsettled,
+};
 use crate::domain::{Timestamp, UserId};
 use crate::ports::{AuditQuery, AuditStore, NotificationStore, StoreError, StoredNotice};
 
@@ -65,6 +68,113 @@ pub(super) struct D1AuditStore<'a> {
     /// How many notices this store's commits wrote (the caller then wakes the deliverer).
     pub notices_written: std::cell::Cell<usize>,
 }
+
+/// An anchor from a row with `seq, hash, updated_at, mac, mac_version`.
+fn read_anchor(r: &D1Row) -> Result<Anchor, StoreError> {
+    Ok(Anchor {
+        seq: r.num("seq")? as u64,
+        hash: r.text("hash")?,
+        at: r.num("updated_at")? as u64,
+        mac: r.opt_text("mac")?,
+        mac_version: r.opt_num("mac_version")?.map(|v| v as u32),
+    })
+}
+
+/// The legacy window a stored `state` names (no row, or one this build does not know:
+/// closed, the strict reading).
+fn window_of(state: Option<String>) -> LegacyWindow {
+    state
+        .as_deref()
+        .and_then(LegacyWindow::parse)
+        .unwrap_or(LegacyWindow::Closed)
+}
+
+/// The legacy window, as stored, for the SQL below.
+macro_rules! window {
+    () => {
+        "(SELECT state FROM audit_legacy WHERE id = 1)"
+    };
+}
+
+/// Whether any anchor carries a strict seal under a version of the JSON array `$list`:
+/// per version, a range of a seal index.
+macro_rules! strict_seal {
+    ($list:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM audit_heads WHERE mac_version IN (SELECT value FROM json_each(",
+            $list,
+            ")) AND mac >= 's:' AND mac < 's;') OR EXISTS (SELECT 1 FROM audit_checkpoints \
+             WHERE mac_version IN (SELECT value FROM json_each(",
+            $list,
+            ")) AND mac >= 's:' AND mac < 's;'))"
+        )
+    };
+}
+
+/// Re-seals the anchors of `$table` that `?1` (a JSON array) names, each only if it is
+/// still as it was read.
+macro_rules! reseal {
+    ($table:literal) => {
+        concat!(
+            "UPDATE ", $table, " SET mac = x.mac, mac_version = x.v FROM \
+               (SELECT json_extract(value, '$.u') AS u, json_extract(value, '$.seq') AS seq, \
+                       json_extract(value, '$.hash') AS hash, json_extract(value, '$.at') AS at, \
+                       json_extract(value, '$.old') AS old, json_extract(value, '$.oldv') AS oldv, \
+                       json_extract(value, '$.mac') AS mac, json_extract(value, '$.v') AS v \
+                FROM json_each(?1)) AS x \
+             WHERE ", $table, ".user_id = x.u AND ", $table, ".seq = x.seq AND ", $table, ".hash = x.hash \
+               AND ", $table, ".updated_at = x.at AND ", $table, ".mac IS x.old AND ", $table, ".mac_version IS x.oldv"
+        )
+    };
+}
+const RESEAL_HEADS: &str = reseal!("audit_heads");
+const RESEAL_CHECKPOINTS: &str = reseal!("audit_checkpoints");
+
+/// The legacy window, as a scalar subquery.
+const WINDOW: &str = window!();
+
+/// Whether a strict seal exists under a version of the JSON array ?2.
+const STRICT: &str = strict_seal!("?2");
+
+/// One part of [`UNSETTLED`], for one table: the anchors the stored window still admits
+/// unsealed, those under another configured version, and, once the window is closed, those
+/// trusted on first use; each condition a range of the seal index.
+macro_rules! unsettled {
+    ($kind:literal, $table:literal) => {
+        concat!(
+            " UNION ALL SELECT * FROM (SELECT '",
+            $kind,
+            "' AS kind, user_id, seq, hash, \
+             updated_at, mac, mac_version FROM ",
+            $table,
+            " WHERE (mac_version IS NULL AND mac IS NULL \
+             AND ",
+            window!(),
+            " IN ('open', 'closing')) \
+             OR mac_version IN (SELECT value FROM json_each(?2)) \
+             OR (mac_version = ?1 AND mac >= 't:' AND mac < 't;' \
+             AND COALESCE(",
+            window!(),
+            ", 'closed') = 'closed') LIMIT ?3)"
+        )
+    };
+}
+
+/// What `settle` reads (?1 the active version, ?2 the other configured ones, ?3 the limit,
+/// ?4 every configured one): a row of facts (the window, since when, whether a strict seal
+/// exists, whether an unsealed anchor is left), then the anchors to seal or re-seal.
+/// (D1 allows few terms in a compound SELECT: one per table.)
+const UNSETTLED: &str = concat!(
+    "SELECT 'facts' AS kind, ", window!(), " AS user_id, \
+     (SELECT updated_at FROM audit_legacy WHERE id = 1) AS seq, \
+     (EXISTS (SELECT 1 FROM audit_heads WHERE mac_version IS NULL AND mac IS NULL) \
+      OR EXISTS (SELECT 1 FROM audit_checkpoints WHERE mac_version IS NULL AND mac IS NULL)) AS hash, ",
+    strict_seal!("?4"),
+    " AS updated_at, NULL AS mac, NULL AS mac_version",
+    unsettled!("head", "audit_heads"),
+    unsettled!("checkpoint", "audit_checkpoints"),
+    " LIMIT ?3 + 1"
+);
 
 const COLUMNS: &str =
     "id, user_id, seq, at, action, actor_type, actor_id, credential_id, provider, \
@@ -161,18 +271,6 @@ impl<'a> D1AuditStore<'a> {
         let rows = self.db.all(sql, args).await?.read(Row::read)?;
         Ok(rows.into_iter().map(|r| r.into_chained(user)).collect())
     }
-
-    async fn anchor(&self, table: &str, user: &str) -> Result<Option<ChainHead>, StoreError> {
-        let sql = format!("SELECT seq, hash FROM {table} WHERE user_id = ?1");
-        let a = self.db.first(&sql, &[text(user)]).await?;
-        a.map(|a| {
-            Ok(ChainHead {
-                seq: a.num("seq")? as u64,
-                hash: a.text("hash")?,
-            })
-        })
-        .transpose()
-    }
 }
 
 #[async_trait(?Send)]
@@ -214,23 +312,32 @@ impl AuditStore for D1AuditStore<'_> {
             })
     }
 
-    async fn heads(&self, users: &[String]) -> Result<Vec<(String, ChainHead)>, StoreError> {
-        self.db
+    async fn heads(&self, users: &[String]) -> Result<Heads, StoreError> {
+        // The heads and, in the same query, the legacy window (a row of its own).
+        let rows = self
+            .db
             .all(
-                "SELECT user_id, seq, hash FROM audit_heads \
-                 WHERE user_id IN (SELECT value FROM json_each(?1))",
+                &format!(
+                    "SELECT user_id, seq, hash, updated_at, mac, mac_version, NULL AS legacy \
+                     FROM audit_heads WHERE user_id IN (SELECT value FROM json_each(?1)) \
+                     UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, {WINDOW}"
+                ),
                 &[json_arg(&users)],
             )
-            .await?
-            .read(|h| {
-                Ok((
-                    h.text("user_id")?,
-                    ChainHead {
-                        seq: h.num("seq")? as u64,
-                        hash: h.text("hash")?,
-                    },
-                ))
+            .await?;
+        let mut out = Heads::default();
+        for (user, legacy, anchor) in rows.read(|r| {
+            Ok(match r.opt_text("user_id")? {
+                Some(user) => (Some(user), None, Some(read_anchor(r)?)),
+                None => (None, r.opt_text("legacy")?, None),
             })
+        })? {
+            match (user, anchor) {
+                (Some(user), Some(anchor)) => out.heads.push((user, anchor)),
+                _ => out.window = window_of(legacy),
+            }
+        }
+        Ok(out)
     }
 
     async fn commit(&self, plan: &ChainPlan) -> Result<(), StoreError> {
@@ -269,18 +376,24 @@ impl AuditStore for D1AuditStore<'_> {
                 ),
                 &[json_arg(&rows)],
             )?);
+            // The heads, sealed (the time they are written is sealed with them).
             let heads: Vec<Value> = plan
-                .heads
+                .anchors
                 .iter()
-                .map(|(u, h)| json!({"user_id": u, "seq": h.seq, "hash": h.hash}))
+                .map(|(u, a)| {
+                    json!({"user_id": u, "seq": a.seq, "hash": a.hash, "at": a.at,
+                           "mac": a.mac, "v": a.mac_version})
+                })
                 .collect();
             statements.push(self.db.prepare(
-                "INSERT INTO audit_heads (user_id, seq, hash, updated_at) \
+                "INSERT INTO audit_heads (user_id, seq, hash, updated_at, mac, mac_version) \
                  SELECT json_extract(value, '$.user_id'), json_extract(value, '$.seq'), \
-                        json_extract(value, '$.hash'), ?2 FROM json_each(?1) WHERE true \
+                        json_extract(value, '$.hash'), json_extract(value, '$.at'), \
+                        json_extract(value, '$.mac'), json_extract(value, '$.v') \
+                 FROM json_each(?1) WHERE true \
                  ON CONFLICT (user_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
-                 updated_at = excluded.updated_at",
-                &[json_arg(&heads), now.clone()],
+                 updated_at = excluded.updated_at, mac = excluded.mac, mac_version = excluded.mac_version",
+                &[json_arg(&heads)],
             )?);
         }
         if !plan.used.is_empty() {
@@ -369,14 +482,64 @@ impl AuditStore for D1AuditStore<'_> {
         .await
     }
 
-    async fn anchors(
-        &self,
-        user: &UserId,
-    ) -> Result<(Option<ChainHead>, Option<ChainHead>), StoreError> {
-        Ok((
-            self.anchor("audit_checkpoints", user.as_str()).await?,
-            self.anchor("audit_heads", user.as_str()).await?,
-        ))
+    async fn anchors(&self, user: &UserId, configured: &[u32]) -> Result<Anchors, StoreError> {
+        // Both anchors and, as a row of their own, the facts: whether the user holds a
+        // credential or waits on the outbox, and the legacy window.
+        let rows = self
+            .db
+            .all(
+                &format!(
+                    "SELECT 'head' AS kind, seq, hash, updated_at, mac, mac_version FROM audit_heads \
+                       WHERE user_id = ?1 \
+                     UNION ALL SELECT 'checkpoint', seq, hash, updated_at, mac, mac_version \
+                       FROM audit_checkpoints WHERE user_id = ?1 \
+                     UNION ALL SELECT 'facts', EXISTS (SELECT 1 FROM credentials WHERE user_id = ?1), \
+                       EXISTS (SELECT 1 FROM audit_outbox WHERE user_id = ?1), \
+                       CASE WHEN {WINDOW} IN ('open', 'closing') THEN {STRICT} ELSE 0 END, {WINDOW}, NULL"
+                ),
+                &[text(user.as_str()), json_arg(&configured.to_vec())],
+            )
+            .await?;
+        enum Part {
+            Anchor(AnchorKind, Anchor),
+            Facts {
+                holds: bool,
+                pending: bool,
+                strict: bool,
+                legacy: Option<String>,
+            },
+        }
+        let parts = rows.read(|r| {
+            Ok(match r.text("kind")?.as_str() {
+                "head" => Part::Anchor(AnchorKind::Head, read_anchor(r)?),
+                "checkpoint" => Part::Anchor(AnchorKind::Checkpoint, read_anchor(r)?),
+                _ => Part::Facts {
+                    holds: r.num("seq")? > 0.0,
+                    pending: r.num("hash")? > 0.0,
+                    strict: r.num("updated_at")? > 0.0,
+                    legacy: r.opt_text("mac")?,
+                },
+            })
+        })?;
+        let mut out = Anchors::default();
+        for part in parts {
+            match part {
+                Part::Anchor(AnchorKind::Head, a) => out.head = Some(a),
+                Part::Anchor(AnchorKind::Checkpoint, a) => out.checkpoint = Some(a),
+                Part::Facts {
+                    holds,
+                    pending,
+                    strict,
+                    legacy,
+                } => {
+                    out.holds_credentials = holds;
+                    out.pending = pending;
+                    out.strict_seal = strict;
+                    out.window = window_of(legacy);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn store_dead_letters(&self, letters: &[(String, String)]) -> Result<(), StoreError> {
@@ -392,38 +555,84 @@ impl AuditStore for D1AuditStore<'_> {
         Ok(())
     }
 
-    async fn apply_retention(&self, cutoff: Timestamp) -> Result<u64, StoreError> {
+    async fn apply_retention(&self, cutoff: Timestamp, sealer: &Sealer) -> Result<u64, StoreError> {
         struct Old {
             user_id: String,
             seq: f64,
             hash: String,
+            checkpoint: Option<Anchor>,
+            legacy: Option<String>,
         }
-        // The newest old event of each user becomes that user's checkpoint.
+        // The newest old event of each user becomes that user's checkpoint, sealed after
+        // the checkpoint it replaces.
         let old = self
             .db
             .all(
-                "SELECT e.user_id, e.seq, e.hash FROM audit_events e JOIN \
-                 (SELECT user_id, MAX(seq) AS seq FROM audit_events WHERE at < ?1 GROUP BY user_id LIMIT ?2) o \
-                 ON e.user_id = o.user_id AND e.seq = o.seq",
+                &format!(
+                    "SELECT e.user_id, e.seq, e.hash, c.seq AS cp_seq, c.hash AS cp_hash, \
+                       c.updated_at AS cp_at, c.mac AS cp_mac, c.mac_version AS cp_version, \
+                       {WINDOW} AS legacy \
+                     FROM audit_events e JOIN \
+                     (SELECT user_id, MAX(seq) AS seq FROM audit_events WHERE at < ?1 GROUP BY user_id LIMIT ?2) o \
+                     ON e.user_id = o.user_id AND e.seq = o.seq \
+                     LEFT JOIN audit_checkpoints c ON c.user_id = e.user_id"
+                ),
                 &[num(cutoff.as_millis()), num(u64::from(RETENTION_USERS_PER_RUN))],
             )
             .await?
             .read(|r| {
+                let checkpoint = match r.opt_num("cp_seq")? {
+                    Some(seq) => Some(Anchor {
+                        seq: seq as u64,
+                        hash: r.text("cp_hash")?,
+                        at: r.num("cp_at")? as u64,
+                        mac: r.opt_text("cp_mac")?,
+                        mac_version: r.opt_num("cp_version")?.map(|v| v as u32),
+                    }),
+                    None => None,
+                };
                 Ok(Old {
                     user_id: r.text("user_id")?,
                     seq: r.num("seq")?,
                     hash: r.text("hash")?,
+                    checkpoint,
+                    legacy: r.opt_text("legacy")?,
                 })
             })?;
         let mut removed = 0;
         for o in old {
+            let point = crate::audit::ChainHead {
+                seq: o.seq as u64,
+                hash: o.hash.clone(),
+            };
+            let window = window_of(o.legacy);
+            // A checkpoint sealed under a version no longer configured stays where it is
+            // (health names the version) rather than being replaced by a broken one.
+            let Ok(cp) = sealer.successor(
+                AnchorKind::Checkpoint,
+                &o.user_id,
+                o.checkpoint.as_ref(),
+                &point,
+                window,
+            ) else {
+                continue;
+            };
             let results = self
                 .db
                 .batch(vec![
                     self.db.prepare(
-                        "INSERT INTO audit_checkpoints (user_id, seq, hash, updated_at) VALUES (?1, ?2, ?3, ?4) \
-                         ON CONFLICT (user_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, updated_at = excluded.updated_at",
-                        &[text(o.user_id.as_str()), num(o.seq as u64), text(o.hash.as_str()), num(now_ms())],
+                        "INSERT INTO audit_checkpoints (user_id, seq, hash, updated_at, mac, mac_version) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                         ON CONFLICT (user_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
+                         updated_at = excluded.updated_at, mac = excluded.mac, mac_version = excluded.mac_version",
+                        &[
+                            text(o.user_id.as_str()),
+                            num(cp.seq),
+                            text(cp.hash.as_str()),
+                            num(cp.at),
+                            opt(cp.mac.as_deref()),
+                            cp.mac_version.map(|v| num(u64::from(v))).unwrap_or(JsValue::NULL),
+                        ],
                     )?,
                     self.db.prepare(
                         "DELETE FROM audit_events WHERE user_id = ?1 AND seq <= ?2",
@@ -434,6 +643,104 @@ impl AuditStore for D1AuditStore<'_> {
             removed += changes(&results, 1);
         }
         Ok(removed)
+    }
+
+    async fn unsettled(
+        &self,
+        active: u32,
+        configured: &[u32],
+        limit: u32,
+    ) -> Result<Unsettled, StoreError> {
+        let others: Vec<u32> = configured
+            .iter()
+            .copied()
+            .filter(|v| *v != active)
+            .collect();
+        let rows = self
+            .db
+            .all(
+                UNSETTLED,
+                &[
+                    num(u64::from(active)),
+                    json_arg(&others),
+                    num(u64::from(limit)),
+                    json_arg(&configured.to_vec()),
+                ],
+            )
+            .await?;
+        let mut out = Unsettled::default();
+        for row in rows.read(|r| {
+            Ok(match r.text("kind")?.as_str() {
+                // The facts: the window (as user_id), since when (seq), a strict seal
+                // (updated_at).
+                "facts" => Err((
+                    r.opt_text("user_id")?,
+                    r.opt_num("seq")?,
+                    r.num("updated_at")?,
+                    r.num("hash")?,
+                )),
+                kind => Ok((
+                    if kind == "checkpoint" {
+                        AnchorKind::Checkpoint
+                    } else {
+                        AnchorKind::Head
+                    },
+                    r.text("user_id")?,
+                    read_anchor(r)?,
+                )),
+            })
+        })? {
+            match row {
+                Ok(anchor) => out.anchors.push(anchor),
+                Err((state, since, strict, unsealed)) => {
+                    out.window = window_of(state);
+                    out.since = since.unwrap_or(0.0) as u64;
+                    out.strict_seal = strict > 0.0;
+                    out.unsealed_left = unsealed > 0.0;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn settle(
+        &self,
+        resealed: &[Resealed],
+        window: Option<LegacyWindow>,
+    ) -> Result<(), StoreError> {
+        let mut statements = Vec::with_capacity(3);
+        for kind in AnchorKind::ALL {
+            let rows: Vec<Value> = resealed
+                .iter()
+                .filter(|r| r.kind == *kind)
+                .map(|r| {
+                    json!({"u": r.user, "seq": r.from.seq, "hash": r.from.hash, "at": r.from.at,
+                           "old": r.from.mac, "oldv": r.from.mac_version,
+                           "mac": r.to.mac, "v": r.to.mac_version})
+                })
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let sql = match kind {
+                AnchorKind::Head => RESEAL_HEADS,
+                AnchorKind::Checkpoint => RESEAL_CHECKPOINTS,
+            };
+            // Only where the anchor is still as it was read: one moved meanwhile (by a
+            // chainer, by retention) was sealed by whoever moved it.
+            statements.push(self.db.prepare(sql, &[json_arg(&rows)])?);
+        }
+        if let Some(w) = window {
+            statements.push(self.db.prepare(
+                "INSERT INTO audit_legacy (id, state, updated_at) VALUES (1, ?1, ?2) \
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                &[text(w.as_str()), num(now_ms())],
+            )?);
+        }
+        if !statements.is_empty() {
+            self.db.batch(statements).await?;
+        }
+        Ok(())
     }
 }
 

@@ -621,11 +621,12 @@ impl CredentialStore for D1Store<'_> {
     }
 
     async fn ping(&self, configured: &[u32]) -> Result<Option<u32>, StoreError> {
-        // Constant cost, whatever the table's size: the distinct versions in use are walked
-        // by seeking the key-version index from one to the next (a loose index scan), so
-        // the work is one seek per version, not one step per row. (Asking for a row whose
-        // version is not configured scans every row when there is none: 14 ms at 100 000
-        // rows, measured by the benchmark.)
+        // Constant cost, whatever the tables' size: the distinct versions in use (by the
+        // credentials and by the audit chains' anchors) are walked by seeking each
+        // version index from one to the next (a loose index scan), so the work is one seek
+        // per version, not one step per row. (Asking for a row whose version is not
+        // configured scans every row when there is none: 14 ms at 100 000 rows, measured
+        // by the benchmark.)
         let versions: Vec<u32> = configured.to_vec();
         let found = self
             .db
@@ -634,8 +635,19 @@ impl CredentialStore for D1Store<'_> {
                    SELECT MIN(key_version) FROM credentials WHERE key_version IS NOT NULL \
                    UNION ALL \
                    SELECT (SELECT MIN(key_version) FROM credentials WHERE key_version > used.v) \
-                   FROM used WHERE used.v IS NOT NULL) \
-                 SELECT v FROM used WHERE v IS NOT NULL \
+                   FROM used WHERE used.v IS NOT NULL), \
+                 heads(v) AS ( \
+                   SELECT MIN(mac_version) FROM audit_heads WHERE mac_version IS NOT NULL \
+                   UNION ALL \
+                   SELECT (SELECT MIN(mac_version) FROM audit_heads WHERE mac_version > heads.v) \
+                   FROM heads WHERE heads.v IS NOT NULL), \
+                 checkpoints(v) AS ( \
+                   SELECT MIN(mac_version) FROM audit_checkpoints WHERE mac_version IS NOT NULL \
+                   UNION ALL \
+                   SELECT (SELECT MIN(mac_version) FROM audit_checkpoints WHERE mac_version > checkpoints.v) \
+                   FROM checkpoints WHERE checkpoints.v IS NOT NULL) \
+                 SELECT v FROM (SELECT v FROM used UNION ALL SELECT v FROM heads \
+                   UNION ALL SELECT v FROM checkpoints) WHERE v IS NOT NULL \
                    AND v NOT IN (SELECT value FROM json_each(?1)) LIMIT 1",
                 &[json(&versions)],
                 "v",
@@ -1122,27 +1134,37 @@ impl JobStore for D1Store<'_> {
     async fn advance_job(
         &self,
         id: &str,
+        from: Option<&str>,
         done: u64,
         failed: u64,
         cursor: Option<&str>,
         state: &str,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.db
-            .run(
-                "UPDATE jobs SET done = done + ?2, failed = failed + ?3, cursor = COALESCE(?4, cursor), \
-                 state = ?5, updated_at = ?6 WHERE id = ?1",
-                &[
-                    text(id),
-                    num(done),
-                    num(failed),
-                    opt_text(cursor),
-                    text(state),
-                    millis(now),
-                ],
-            )
-            .await
-            .map(|_| ())
+    ) -> Result<bool, StoreError> {
+        // One transaction: the step's own rows always count; the cursor, the failures and
+        // the state move only from where the step started.
+        let results = self
+            .db
+            .batch(vec![
+                self.db.prepare(
+                    "UPDATE jobs SET failed = failed + ?2, cursor = COALESCE(?3, cursor), \
+                     state = ?4, updated_at = ?5 WHERE id = ?1 AND state = 'running' AND cursor IS ?6",
+                    &[
+                        text(id),
+                        num(failed),
+                        opt_text(cursor),
+                        text(state),
+                        millis(now),
+                        opt_text(from),
+                    ],
+                )?,
+                self.db.prepare(
+                    "UPDATE jobs SET done = done + ?2 WHERE id = ?1",
+                    &[text(id), num(done)],
+                )?,
+            ])
+            .await?;
+        Ok(changes(&results, 0) > 0)
     }
 
     async fn stalled_jobs(&self, before: Timestamp, limit: u32) -> Result<Vec<String>, StoreError> {

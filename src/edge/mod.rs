@@ -18,9 +18,10 @@ use serde_json::Value;
 use worker::{event, Context, Env, MessageBatch, MessageExt, ScheduleContext, ScheduledEvent};
 
 use crate::api::{self, App};
-use crate::audit::{drain, Disposition};
+use crate::audit::{drain, settle, Disposition, Sealer};
 use crate::auth::JwksCache;
 use crate::config::{Config, ConfigError};
+use crate::crypto::MasterKeys;
 use crate::domain::Timestamp;
 use crate::ports::AuditStore;
 use crate::probe::SystemJitter;
@@ -33,11 +34,29 @@ struct Isolate {
     config: Result<Config, Vec<ConfigError>>,
     jwks: Option<JwksCache>,
     infisical: Option<InfisicalCache>,
+    /// The master keys when the configuration has other problems: the audit chainer
+    /// still seals with them, so events keep being chained.
+    keys_alone: Option<MasterKeys>,
 }
 
 impl Isolate {
     fn config(&self) -> Result<&Config, &[ConfigError]> {
         self.config.as_ref().map_err(Vec::as_slice)
+    }
+
+    /// The master keys the audit chain is sealed with, if any are usable.
+    fn chain_keys(&self) -> Option<&MasterKeys> {
+        match &self.config {
+            Ok(c) => c.master_keys.as_ref().ok(),
+            Err(_) => self.keys_alone.as_ref(),
+        }
+    }
+
+    /// A sealer for the audit chain's anchors, writing now; none without a master key
+    /// (then nothing is chained: an unsealed head would later read as tampered).
+    fn sealer(&self) -> Option<Sealer> {
+        self.chain_keys()
+            .map(|k| Sealer::new(k, Timestamp::from_millis(runtime::now_ms())))
     }
 }
 
@@ -62,11 +81,21 @@ fn isolate(env: &Env) -> &'static Isolate {
                 .ok()
                 .and_then(|c| c.infisical.take())
                 .map(InfisicalCache::new);
+            let keys_alone = config.is_err().then(|| {
+                let var = |name| runtime::env_string(env, name);
+                MasterKeys::from_config(
+                    var("MASTER_KEYS").as_deref(),
+                    var("MASTER_KEY_ACTIVE").as_deref(),
+                    var("MASTER_KEY").as_deref(),
+                )
+                .ok()
+            });
             // Leaked once per isolate on purpose: every request borrows it.
             Box::leak(Box::new(Isolate {
                 config,
                 jwks,
                 infisical,
+                keys_alone: keys_alone.flatten(),
             }))
         })
     })
@@ -95,6 +124,7 @@ async fn fetch(req: worker::Request, env: Env, ctx: Context) -> worker::Result<w
             queue: env.queue("AUDIT_QUEUE").ok(),
             db: &db,
             store: &audit_log,
+            keys: isolate.chain_keys(),
         };
         let limiter = limits::BindingLimiter::new(&env);
         let jobs = jobs_queue::QueueJobs::new(&env);
@@ -148,27 +178,46 @@ async fn wake_deliverer(jobs: &jobs_queue::QueueJobs, store: &audit_store::D1Aud
     }
 }
 
-/// Chaining rounds one cron run sweeps at most (three D1 queries each; with retention and
-/// the revalidation claim the run stays within the free plan's 50 queries).
+/// Chaining rounds one cron run sweeps at most (three D1 queries each; with retention, the
+/// anchors' pass and the revalidation claim the run stays within the free plan's 50
+/// queries).
 const CRON_CHAIN_ROUNDS: usize = 7;
+
+/// Audit anchors one cron run seals or re-seals at most (two D1 queries).
+const CRON_ANCHORS: u32 = 500;
 
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let db = db::Db::new(&env);
     let store = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(&env));
     let jobs = jobs_queue::QueueJobs::new(&env);
-    // The sweeper: whatever a lost nudge left in the outbox is chained now.
-    match drain(&store, CRON_CHAIN_ROUNDS).await {
-        Ok(n) => worker::console_log!(
-            "cron '{}': chained {n} pending audit event(s)",
-            event.cron()
-        ),
-        Err(e) => worker::console_error!(
-            "cron '{}': chaining the audit outbox failed: {e}",
+    let isolate = isolate(&env);
+    let sealer = isolate.sealer();
+    // The sweeper: whatever a lost nudge left in the outbox is chained now (not without a
+    // master key to seal the heads: the events wait).
+    match &sealer {
+        Some(sealer) => match drain(&store, sealer, CRON_CHAIN_ROUNDS).await {
+            Ok(n) => worker::console_log!(
+                "cron '{}': chained {n} pending audit event(s)",
+                event.cron()
+            ),
+            Err(e) => worker::console_error!(
+                "cron '{}': chaining the audit outbox failed: {e}",
+                event.cron()
+            ),
+        },
+        None => worker::console_error!(
+            "cron '{}': no usable master key; audit events wait in the outbox",
             event.cron()
         ),
     }
-    let Ok(config) = isolate(&env).config() else {
+    // The anchors' pass: legacy anchors sealed, anchors under an old version re-sealed.
+    if let Some(sealer) = &sealer {
+        if let Err(e) = settle(&store, sealer, CRON_ANCHORS, true).await {
+            worker::console_error!("cron: sealing the audit anchors failed: {e}");
+        }
+    }
+    let Ok(config) = isolate.config() else {
         worker::console_error!("scheduled retention skipped: the configuration has problems");
         return;
     };
@@ -216,7 +265,11 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     }
     let days = config.audit_retention_days;
     let cutoff = Timestamp::from_millis(runtime::now_ms().saturating_sub(days * 86_400_000));
-    match store.apply_retention(cutoff).await {
+    // Retention moves checkpoints, which are sealed: not without a master key.
+    let Some(sealer) = &sealer else {
+        return;
+    };
+    match store.apply_retention(cutoff, sealer).await {
         Ok(n) => worker::console_log!(
             "cron '{}': audit retention removed {n} event(s) older than {days} days",
             event.cron()
@@ -242,14 +295,16 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
         return run_jobs(&env, &db, &store, &jobs, &messages, &bodies).await;
     }
     let mut more_waiting = false;
+    let keys = isolate(&env).chain_keys();
+    let sealer = isolate(&env).sealer();
     let dispositions = match QueueRole::of(&name) {
         Some(QueueRole::Audit) => {
-            let consumed = crate::audit::consume(&store, &bodies, &log).await;
+            let consumed = crate::audit::consume(&store, sealer.as_ref(), &bodies, &log).await;
             more_waiting = consumed.more_waiting;
             consumed.dispositions
         }
         Some(QueueRole::AuditDeadLetters) => {
-            crate::audit::consume_dead_letters(&store, &bodies, &log).await
+            crate::audit::consume_dead_letters(&store, sealer.as_ref(), &bodies, &log).await
         }
         // A job that kept failing: its claim expires and a later sweep queues it again.
         Some(QueueRole::JobsDeadLetters) => {
@@ -281,6 +336,7 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
             queue: env.queue("AUDIT_QUEUE").ok(),
             db: &db,
             store: &store,
+            keys,
         };
         crate::ports::AuditSink::nudge(&sink, "backlog").await;
     }
@@ -335,6 +391,7 @@ async fn run_jobs(
             }),
         progress: &store,
         queue: jobs,
+        audit,
     };
     let ran = crate::jobs::run(&workers, bodies, &log).await;
     for (m, outcome) in messages.iter().zip(ran.outcomes) {
@@ -354,6 +411,7 @@ async fn run_jobs(
             queue: env.queue("AUDIT_QUEUE").ok(),
             db,
             store: audit,
+            keys: isolate.chain_keys(),
         };
         crate::ports::AuditSink::nudge(&sink, "jobs").await;
     }

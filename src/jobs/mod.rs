@@ -4,7 +4,7 @@
 
 mod rotation;
 
-pub use rotation::{start_rotation, REWRAP_CHUNK};
+pub use rotation::{start_rotation, ANCHOR_CHUNK, REWRAP_CHUNK};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -174,6 +174,8 @@ pub struct Workers<'a> {
     pub progress: &'a dyn JobStore,
     /// For a job's next step.
     pub queue: &'a dyn JobQueue,
+    /// The audit chains, whose anchors a rotation re-seals.
+    pub audit: &'a dyn crate::ports::AuditStore,
 }
 
 /// Runs one batch of job messages. A message that is not a job is acknowledged (and

@@ -1,20 +1,27 @@
 //! Master-key rotation as a job: every row sealed under another version is sealed again
-//! under the active one, a chunk per message. Resumable and idempotent: a chunk selects
-//! rows still under an old version after the job's cursor, and moves the cursor and the
-//! counts on only after its writes; a redelivery redoes nothing that landed, and a row
-//! is never written under a key that cannot open it (the vault checks each one).
+//! under the active one, a chunk per message, and so is every anchor of the audit chains.
+//! Resumable and idempotent: a chunk selects rows still under an old version after the
+//! job's cursor, and moves the cursor and the counts on only after its writes, and only
+//! from the cursor it started at; a row already under the active version is left alone.
+//! So a step that runs twice (a resumed job while the first message was only delayed)
+//! re-seals nothing twice, writes one `master_key.rotated` event per row and never counts
+//! past the total, and a row is never written under a key that cannot open it (the vault
+//! checks each one).
 
 use super::{Job, JobOutcome, Workers};
-use crate::audit::{Actor, ActorType, Origin};
+use crate::audit::{settle, Actor, ActorType, Origin, Sealer};
 use crate::crypto::random_bytes;
 use crate::domain::{hex_bytes, CredentialId, Timestamp};
 use crate::ports::{CredentialStore, JobQueue, JobRecord, JobStore, StoreError};
 use crate::vault::Rewrap;
 
-/// Rows one message re-encrypts (each is one conditional write: with the chunk's read
-/// and its progress, 23 D1 queries, leaving room in the invocation's 50 for the other
-/// messages of its batch).
+/// Rows one message re-encrypts (each is one conditional write: with the chunk's read,
+/// the anchors' pass and its progress, 27 D1 queries at most, leaving room in the
+/// invocation's 50 for the other messages of its batch).
 pub const REWRAP_CHUNK: u32 = 20;
+
+/// Audit anchors one message re-seals (one read, one batch of writes).
+pub const ANCHOR_CHUNK: u32 = 200;
 
 fn origin() -> Origin {
     Origin {
@@ -26,8 +33,9 @@ fn origin() -> Origin {
     }
 }
 
-/// Starts a rotation to `active`: a `jobs` row counting what is to do, and its first
-/// message. `Err` only when the row cannot be written; a message that could not be sent
+/// Starts a rotation to `active`: a `jobs` row counting the credentials to re-encrypt,
+/// and its first message (sent even when there are none: the audit anchors may need
+/// re-sealing). `Err` only when the row cannot be written; a message that could not be sent
 /// is picked up by the stall check (`GET /v1/admin/jobs/{id}`, the cron).
 pub async fn start_rotation(
     store: &dyn CredentialStore,
@@ -42,7 +50,8 @@ pub async fn start_rotation(
     let job = JobRecord {
         id: format!("job_{}", hex_bytes(&random)),
         kind: "rewrap".into(),
-        state: if total == 0 { "done" } else { "running" }.into(),
+        // Running even with no row to re-encrypt: the audit anchors may still need it.
+        state: "running".into(),
         total,
         done: 0,
         failed: 0,
@@ -51,15 +60,13 @@ pub async fn start_rotation(
         updated_at: now,
     };
     progress.create_job(&job).await?;
-    if total > 0 {
-        if let Err(e) = queue
-            .send(&[Job::Rewrap {
-                job_id: job.id.clone(),
-            }])
-            .await
-        {
-            log(&format!("rotation: job {} queued late ({e})", job.id));
-        }
+    if let Err(e) = queue
+        .send(&[Job::Rewrap {
+            job_id: job.id.clone(),
+        }])
+        .await
+    {
+        log(&format!("rotation: job {} queued late ({e})", job.id));
     }
     Ok(job)
 }
@@ -94,7 +101,8 @@ async fn try_step(
         .as_ref()
         .map_err(|e| e.to_string())?;
     let active = keys.active().get();
-    let after = job.cursor.as_deref().and_then(CredentialId::parse);
+    let from = job.cursor.as_deref();
+    let after = from.and_then(CredentialId::parse);
     let chunk = vault
         .store
         .stale_keys(active, after.as_ref(), REWRAP_CHUNK)
@@ -118,14 +126,23 @@ async fn try_step(
         match outcome {
             Rewrap::Done => done += 1,
             Rewrap::Unreadable => failed += 1,
-            Rewrap::Moved => {}
+            Rewrap::Moved | Rewrap::Current => {}
         }
     }
-    let finished = chunk.len() < REWRAP_CHUNK as usize;
+    // The audit chains' heads and checkpoints under an old version, re-sealed (after
+    // their seal is checked) under the active one. The cron's pass moves the legacy
+    // window; this one leaves it alone.
+    let sealer = Sealer::new(keys, vault.clock.now());
+    let anchors = settle(w.audit, &sealer, ANCHOR_CHUNK, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let finished = chunk.len() < REWRAP_CHUNK as usize && !anchors.more;
     let cursor = chunk.last().map(|c| c.id.as_str().to_owned());
-    w.progress
+    let advanced = w
+        .progress
         .advance_job(
             job_id,
+            from,
             done,
             failed,
             cursor.as_deref(),
@@ -134,6 +151,14 @@ async fn try_step(
         )
         .await
         .map_err(|e| e.to_string())?;
+    if !advanced {
+        // Another step of this job started at the same cursor and recorded its chunk
+        // first, and queued what follows: this one's rows are counted, and it stops.
+        log(&format!(
+            "rotation: job {job_id} was advanced by another step meanwhile; this one stops"
+        ));
+        return Ok((JobOutcome::Ack, done as usize));
+    }
     if finished {
         log(&format!("rotation: job {job_id} finished"));
     } else if let Err(e) = w

@@ -312,6 +312,9 @@ pub enum Rewrap {
     /// Changed or gone since it was read (a rotation by its user seals under the active
     /// version anyway), or keyless: nothing to do.
     Moved,
+    /// Already under the active version (another step of the job, or its user, sealed it
+    /// meanwhile): left alone, with no event.
+    Current,
 }
 
 impl Vault<'_> {
@@ -327,6 +330,9 @@ impl Vault<'_> {
         let Some(sealed) = &read.secret else {
             return Ok(Rewrap::Moved);
         };
+        if sealed.key_version == keys.active() {
+            return Ok(Rewrap::Current);
+        }
         let binding = read.binding();
         let Ok(key) = open(keys, &binding, sealed) else {
             return Ok(Rewrap::Unreadable);

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
+import { verdict } from './anchors.mjs';
 import { startFakeProviders } from './fake-providers.mjs';
 import { eventsOf, randomKey, startVault, withoutAuditQueueProducer } from './harness.mjs';
 
@@ -97,8 +98,8 @@ describe('the audit trail through the local queue', () => {
   });
 
   test('the chains verify', async () => {
-    assert.deepEqual((await vault.request('GET', '/v1/audit/verify', { user: 'u_alice' })).json, { ok: true, checked: 5 });
-    assert.deepEqual((await vault.request('GET', '/v1/audit/verify', { user: 'u_bob' })).json, { ok: true, checked: 2 });
+    assert.deepEqual(verdict((await vault.request('GET', '/v1/audit/verify', { user: 'u_alice' })).json), { ok: true, checked: 5 });
+    assert.deepEqual(verdict((await vault.request('GET', '/v1/audit/verify', { user: 'u_bob' })).json), { ok: true, checked: 2 });
   });
 
   test('no test key, token or secret is in the audit table or the log', async () => {
@@ -115,13 +116,13 @@ describe('the audit trail through the local queue', () => {
   test('an edited row breaks the chain at its seq', async () => {
     await vault.sql("UPDATE audit_events SET outcome = 'success', reason = NULL WHERE user_id = 'u_alice' AND seq = 4");
     const r = await vault.request('GET', '/v1/audit/verify', { user: 'u_alice' });
-    assert.deepEqual(r.json, { ok: false, checked: 3, broken_seq: 4 });
+    assert.deepEqual(verdict(r.json), { ok: false, checked: 3, broken_seq: 4 });
   });
 
   test('a deleted row breaks the chain where it was', async () => {
     await vault.sql("DELETE FROM audit_events WHERE user_id = 'u_bob' AND seq = 1");
     const r = await vault.request('GET', '/v1/audit/verify', { user: 'u_bob' });
-    assert.deepEqual(r.json, { ok: false, checked: 0, broken_seq: 1 });
+    assert.deepEqual(verdict(r.json), { ok: false, checked: 0, broken_seq: 1 });
   });
 
   test('retention removes old events and the rest of the chain still verifies', async () => {
@@ -137,7 +138,8 @@ describe('the audit trail through the local queue', () => {
     const left = await eventsOf(vault, 'u_carol', 0);
     assert.deepEqual(left.map((e) => e.seq), [3, 4]);
     const r = await vault.request('GET', '/v1/audit/verify', { user: 'u_carol' });
-    assert.deepEqual(r.json, { ok: true, checked: 2, starts_after_seq: 2 });
+    assert.deepEqual(verdict(r.json), { ok: true, checked: 2, starts_after_seq: 2 });
+    assert.equal(r.json.sealed, true, 'the checkpoint retention wrote is sealed');
   });
 });
 
@@ -162,7 +164,7 @@ describe('the audit trail without a queue producer', () => {
     assert.deepEqual(shape(alice), session.alice);
     assert.deepEqual(shape(bob), session.bob);
     assertChainShape(alice, 'u_alice');
-    assert.deepEqual((await vault.request('GET', '/v1/audit/verify', { user: 'u_alice' })).json, { ok: true, checked: 5 });
+    assert.deepEqual(verdict((await vault.request('GET', '/v1/audit/verify', { user: 'u_alice' })).json), { ok: true, checked: 5 });
     assert.match(vault.log(), /AUDIT_QUEUE is not bound; writing event ev_[0-9a-f]+ directly/);
     // Nothing waits in the outbox, and a cron sweep chains nothing twice.
     assert.deepEqual(await vault.sql('SELECT COUNT(*) AS n FROM audit_outbox'), [{ n: 0 }]);
@@ -212,7 +214,7 @@ describe('audit messages delivered by hand to the real local queue', () => {
     const rows = await vault.sql("SELECT id, seq FROM audit_events WHERE user_id = 'u_dave' ORDER BY seq");
     assert.deepEqual(rows.map((r) => r.id), [original.id, fresh.id]);
     assert.deepEqual(events.map((e) => e.seq), [1, 2]);
-    assert.deepEqual((await vault.request('GET', '/v1/audit/verify', { user: 'u_dave' })).json, { ok: true, checked: 2 });
+    assert.deepEqual(verdict((await vault.request('GET', '/v1/audit/verify', { user: 'u_dave' })).json), { ok: true, checked: 2 });
   });
 
   test('a message that is not an event is retried, then kept by the dead-letter consumer', async () => {
@@ -250,6 +252,6 @@ describe('audit messages delivered by hand to the real local queue', () => {
     }
     assert.deepEqual(now, { chained: 1200, waiting: 0 });
     const verify = await vault.request('GET', '/v1/audit/verify', { user: 'u_backlog_39' });
-    assert.deepEqual(verify.json, { ok: true, checked: 30 });
+    assert.deepEqual(verdict(verify.json), { ok: true, checked: 30 });
   });
 });

@@ -6,6 +6,7 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
+import { anchorSeal, verdict } from './anchors.mjs';
 import { echoOf, startFakeProviders } from './fake-providers.mjs';
 import { eventsOf, localSql, randomKey, rateWindow, startVault } from './harness.mjs';
 
@@ -219,7 +220,7 @@ describe('provider text, concurrency, outbox, endpoints and bounds', () => {
     }
     const events = await eventsOf(vault, user, 1);
     assert.deepEqual(events.map((e) => [e.id, e.seq]), [[event.id, 1]]);
-    assert.deepEqual((await vault.request('GET', '/v1/audit/verify', { user })).json, { ok: true, checked: 1 });
+    assert.deepEqual(verdict((await vault.request('GET', '/v1/audit/verify', { user })).json), { ok: true, checked: 1 });
     assert.deepEqual(await vault.sql('SELECT COUNT(*) AS n FROM audit_outbox'), [{ n: 0 }]);
   });
 
@@ -230,7 +231,8 @@ describe('provider text, concurrency, outbox, endpoints and bounds', () => {
     const file = path.join(vault.dir, 'long-chain.sql');
     await writeFile(file, sql);
     await localSql(vault.state, { file });
-    await vault.sql(`INSERT INTO audit_heads (user_id, seq, hash, updated_at) VALUES ('${user}', ${n}, '${head}', 0)`);
+    const seal = anchorSeal(vault.secrets.MASTER_KEY, { user, seq: n, hash: head, at: 0 });
+    await vault.sql(`INSERT INTO audit_heads (user_id, seq, hash, updated_at, mac, mac_version) VALUES ('${user}', ${n}, '${head}', 0, '${seal.mac}', 1)`);
     let cursor;
     let pages = 0;
     let last;
@@ -242,7 +244,7 @@ describe('provider text, concurrency, outbox, endpoints and bounds', () => {
       last = r.json;
       pages += 1;
     } while (cursor && pages < 10);
-    assert.deepEqual(last, { ok: true, checked: n });
+    assert.deepEqual(verdict(last), { ok: true, checked: n });
     assert.equal(pages, 3);
     // An edited row deep in the chain is found by following the pages.
     await vault.sql(`UPDATE audit_events SET outcome = 'failure' WHERE user_id = '${user}' AND seq = 7777`);
@@ -253,7 +255,7 @@ describe('provider text, concurrency, outbox, endpoints and bounds', () => {
       cursor = r.json.next_cursor;
       if (!cursor) break;
     }
-    assert.deepEqual(last, { ok: false, checked: 7776, broken_seq: 7777 });
+    assert.deepEqual(verdict(last), { ok: false, checked: 7776, broken_seq: 7777 });
   });
 });
 

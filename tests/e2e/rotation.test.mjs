@@ -1,7 +1,8 @@
 // End to end: master-key rotation of 500 credentials under wrangler dev. Version 2 is
 // added and made active; the job re-encrypts every row in chunks through the local jobs
-// queue, reporting progress; the dev server is stopped mid-job and started again on the
-// same local state, and the job finishes; every key then opens under version 2 alone.
+// queue, reporting progress, and re-seals the audit chains' anchors; the dev server is
+// stopped mid-job and started again on the same local state, and the job finishes; every
+// key then opens, and every audit chain verifies, under version 2 alone.
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { after, before, test } from 'node:test';
@@ -49,6 +50,11 @@ const job = async (id) => (await vault.request('GET', `/v1/admin/jobs/${id}`, { 
 
 test('500 keys are re-encrypted under the new version, through a restart mid-job', async () => {
   await vault.stop();
+  // Version 1 configured away too early: the audit chains sealed under it do not verify.
+  await start({ 2: M2 }, '2');
+  const early = await vault.request('GET', '/v1/audit/verify', { user: 'u_rot_3' });
+  assert.deepEqual([early.json.ok, early.json.broken_reason], [false, 'head_key_version_unknown'], early.text);
+  await vault.stop();
   await start({ 1: M1, 2: M2 }, '2');
   const r = await vault.request('POST', '/v1/admin/master-key/rotate', { token: ADMIN });
   assert.equal(r.status, 202, r.text);
@@ -82,10 +88,23 @@ test('500 keys are re-encrypted under the new version, through a restart mid-job
   assert.equal(left[0].n, 0, 'a row is still under version 1');
   await vault.stop();
 
-  // Version 1 is configured away: health is fine and every sampled key still resolves.
+  // Version 1 is configured away: health is fine (no key and no audit anchor needs it)
+  // and every sampled key still resolves.
   await start({ 2: M2 }, '2');
   const health = await vault.request('GET', '/v1/health');
   assert.equal(health.status, 200, health.text);
+  // One master_key.rotated event per row, whatever ran twice; every chain verifies under
+  // version 2 alone.
+  const chained = Date.now() + 60_000;
+  while ((await vault.sql('SELECT COUNT(*) AS n FROM audit_outbox'))[0].n > 0 && Date.now() < chained) {
+    await new Promise((res) => setTimeout(res, 1000));
+  }
+  const rotated = await vault.sql("SELECT COUNT(*) AS n, COUNT(DISTINCT credential_id) AS rows FROM audit_events WHERE action = 'master_key.rotated'");
+  assert.deepEqual(rotated, [{ n: N, rows: N }]);
+  for (const user of ['u_rot_0', 'u_rot_3', 'u_rot_49']) {
+    const v = await vault.request('GET', '/v1/audit/verify', { user });
+    assert.deepEqual([v.json.ok, v.json.sealed, v.json.head?.key_version], [true, true, 2], v.text);
+  }
   for (const c of creds.filter((_, i) => i % 50 === 7)) {
     const res = await vault.request('POST', '/v1/resolve', { token: RESOLVER, body: { user_id: c.user, capability: c.provider === 'openai' ? 'llm' : 'tts', credential_id: c.id } });
     assert.equal(res.status, 200, withoutKey(res.text));

@@ -121,10 +121,15 @@ fn the_audit_list_pages_filters_and_verifies() {
         );
     }
     let (_, v, _) = w.call("GET", "/v1/audit/verify", Some("u_a"), None, vec![]);
-    assert_eq!(v, json!({"ok": true, "checked": 5}));
+    assert_eq!(verdict(&v), json!({"ok": true, "checked": 5}));
+    assert_eq!((&v["sealed"], &v["head"]["seq"]), (&json!(true), &json!(5)));
     w.audit.rows.borrow_mut()[2].event.action = crate::audit::Action::CredentialDeleted;
     let (_, v, _) = w.call("GET", "/v1/audit/verify", Some("u_a"), None, vec![]);
-    assert_eq!(v, json!({"ok": false, "checked": 2, "broken_seq": 3}));
+    assert_eq!(
+        verdict(&v),
+        json!({"ok": false, "checked": 2, "broken_seq": 3})
+    );
+    assert_eq!(v["broken_reason"], "link");
 }
 
 #[test]

@@ -159,7 +159,7 @@ fn the_real_run_creates_what_the_dry_run_promised_and_a_second_run_creates_nothi
         assert_eq!(view["warnings"], json!([UNCHECKED_WARNING]));
         assert_eq!(view["status"], "unverified");
     }
-    block_on(crate::audit::drain(&w.audit, 5)).unwrap();
+    w.chain(5);
     assert_eq!(
         w.actions("u_b")[0],
         ("credential.imported".into(), "success".into(), None)
@@ -450,7 +450,7 @@ fn a_rollback_removes_exactly_the_rows_no_user_changed_or_chose_since() {
     for kept in [own.as_str().unwrap().to_owned(), id(0), id(1)] {
         assert!(left.contains(&kept), "{kept} was removed");
     }
-    block_on(crate::audit::drain(&w.audit, 5)).unwrap();
+    w.chain(5);
     let trail = w.actions("u_d");
     assert_eq!(trail.last().unwrap().0, "credential.deleted");
 
@@ -640,7 +640,7 @@ fn a_real_run_names_the_credential_holding_a_key_and_tells_its_user() {
     assert_eq!(s, 200, "{report}");
     assert_eq!(outcomes(&report), ["skipped:duplicate"]);
     assert_eq!(report["entries"][0]["credential_id"], json!(existing));
-    block_on(crate::audit::drain(&w.audit, 5)).unwrap();
+    w.chain(5);
     let (_, trail, _) = w.call("GET", "/v1/audit?limit=200", Some("u_a"), None, vec![]);
     let told = trail["events"]
         .as_array()

@@ -85,6 +85,7 @@ impl World {
             config: config(true),
             store: MemoryStore {
                 outbox: audit.outbox.clone(),
+                anchors: [audit.heads.clone(), audit.checkpoints.clone()],
                 ..Default::default()
             },
             audit,
@@ -125,6 +126,7 @@ impl World {
         script: Vec<Scripted>,
     ) -> (u16, Value, Response) {
         let http = FakeHttp::new(&self.clock, script);
+        self.seal_with_config();
         let log = |line: &str| {
             assert!(!line.contains(KEY), "key in log: {line}");
             self.logs.borrow_mut().push(line.to_owned());
@@ -211,10 +213,27 @@ impl World {
             notifier: None,
             progress: &self.store,
             queue: &self.jobs,
+            audit: &self.audit,
         };
         let ran = block_on(crate::jobs::run(&workers, &bodies, &|_: &str| {}));
-        block_on(crate::audit::drain(&self.audit, 5)).unwrap();
+        self.chain(5);
         (ran.outcomes, http.calls())
+    }
+
+    /// The in-memory chainer seals with this world's master keys (as the Worker's does with
+    /// its configuration's), at this world's time.
+    fn seal_with_config(&self) {
+        self.audit
+            .use_master(self.config.master_keys.as_ref().ok(), self.clock.now());
+        self.audit.clock.set(self.clock.now().as_millis());
+    }
+
+    /// Chains what waits in the outbox, `rounds` rounds at most, as the consumer would.
+    fn chain(&self, rounds: usize) {
+        self.seal_with_config();
+        let sealer = self.audit.sealer.borrow();
+        let sealer = sealer.as_ref().expect("the world has a master key");
+        block_on(crate::audit::drain(&self.audit, sealer, rounds)).unwrap();
     }
 
     fn add(&self, user: &str) -> (u16, Value) {
@@ -339,6 +358,18 @@ impl World {
     }
 }
 
+/// A verification answer without the members that say how its ends were sealed (`sealed`,
+/// `head`, `broken_reason`): what it said before they were added.
+fn verdict(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        for added in ["sealed", "head", "broken_reason"] {
+            o.remove(added);
+        }
+    }
+    v
+}
+
 fn actions(w: &World, user: &str) -> Vec<(String, String, Option<String>)> {
     let (_, body, _) = w.call("GET", "/v1/audit?limit=200", Some(user), None, vec![]);
     let mut events: Vec<_> = body["events"]
@@ -357,6 +388,7 @@ fn actions(w: &World, user: &str) -> Vec<(String, String, Option<String>)> {
     events
 }
 
+mod anchors;
 mod audit;
 mod credentials;
 mod hardening;

@@ -175,3 +175,118 @@ fn a_row_that_no_longer_opens_is_counted_failed_and_left_alone() {
     );
     assert_eq!(w.versions().iter().filter(|v| **v == 1).count(), 1);
 }
+
+impl World {
+    /// `user`'s `master_key.rotated` events: (from, to) versions.
+    fn rewraps(&self, user: &str) -> Vec<(u64, u64)> {
+        let path = "/v1/audit?action=master_key.rotated&limit=200";
+        let (_, body, _) = self.call("GET", path, Some(user), None, vec![]);
+        body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let d = &e["detail"];
+                (
+                    d["from_version"].as_u64().unwrap(),
+                    d["to_version"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_step_racing_another_from_the_same_cursor_reseals_nothing_twice() {
+    let w = rotated_world();
+    let (_, job) = w.admin("POST", "/v1/admin/master-key/rotate");
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    // What a delayed delivery of the first message reads before the first step writes:
+    // the job at its start, and the first chunk's rows under version 1.
+    let job_then = w.store.jobs.borrow()[0].clone();
+    let rows_then = block_on(crate::ports::CredentialStore::stale_keys(
+        &w.store,
+        2,
+        None,
+        REWRAP_CHUNK,
+    ))
+    .unwrap();
+    w.run_jobs(1);
+    let next = w.jobs.sent.borrow_mut().drain(..).collect::<Vec<_>>();
+    assert_eq!(next.len(), 1);
+    // The delayed step runs now, on what it read then.
+    *w.store.job_read.borrow_mut() = Some(job_then);
+    *w.store.stale_read.borrow_mut() = Some(rows_then);
+    w.jobs
+        .sent
+        .borrow_mut()
+        .push(Job::Rewrap { job_id: id.clone() });
+    w.run_queued_jobs(vec![]);
+    assert!(
+        w.jobs.sent.borrow().is_empty(),
+        "the step that lost queues nothing more"
+    );
+    let (_, progress) = w.admin("GET", &format!("/v1/admin/jobs/{id}"));
+    assert_eq!(progress["done"], REWRAP_CHUNK, "{progress}");
+    // The job carries on from where the first step left it, and ends.
+    w.jobs.sent.borrow_mut().extend(next);
+    w.run_jobs(10);
+    let (_, progress) = w.admin("GET", &format!("/v1/admin/jobs/{id}"));
+    assert_eq!(
+        (
+            &progress["state"],
+            &progress["done"],
+            &progress["failed"],
+            &progress["total"]
+        ),
+        (&json!("done"), &json!(USERS), &json!(0), &json!(USERS))
+    );
+    // One event per row, and every row under version 2.
+    for i in 0..USERS {
+        assert_eq!(w.rewraps(&format!("u_{i}")), [(1, 2)], "u_{i}");
+    }
+    assert!(w.versions().iter().all(|v| *v == 2));
+}
+
+#[test]
+fn a_row_already_under_the_active_version_is_left_alone() {
+    let w = rotated_world();
+    let (_, job) = w.admin("POST", "/v1/admin/master-key/rotate");
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    // Between the step's read and its first write, that row's user rotates their key,
+    // which seals it under the active version 2.
+    let first = w
+        .store
+        .rows
+        .borrow()
+        .iter()
+        .map(|c| c.id.clone())
+        .min_by(|a, b| a.as_str().cmp(b.as_str()))
+        .unwrap();
+    let owner = w
+        .store
+        .rows
+        .borrow()
+        .iter()
+        .find(|c| c.id == first)
+        .unwrap()
+        .user_id
+        .clone();
+    w.race(move |rows: &mut Vec<Credential>| {
+        let v1: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let v2: [u8; 32] = std::array::from_fn(|i| 32 + i as u8);
+        let ring = crate::crypto::MasterKeys::for_tests(&[(1, v1), (2, v2)], 2);
+        let row = rows.iter_mut().find(|c| c.id == first).unwrap();
+        let secret = crate::crypto::SecretKey::new(KEY.into());
+        row.secret = Some(crate::crypto::seal(&ring, &row.binding(), &secret).unwrap());
+        row.version += 1;
+    });
+    w.run_jobs(10);
+    let (_, progress) = w.admin("GET", &format!("/v1/admin/jobs/{id}"));
+    assert_eq!(
+        (&progress["state"], &progress["done"], &progress["failed"]),
+        (&json!("done"), &json!(USERS - 1), &json!(0))
+    );
+    assert_eq!(w.rewraps(owner.as_str()), []);
+    assert!(w.versions().iter().all(|v| *v == 2));
+}

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::{parse_service_tokens, JwtSettings, ServiceToken};
 use crate::crypto::{MasterKeyError, MasterKeys, SecretKey};
-use crate::domain::{CredentialParams, ProviderId};
+use crate::domain::{ConfigError, CredentialParams, Environment, ProviderId};
 use crate::notify::WebhookSettings;
 use crate::providers;
 use crate::system_keys::InfisicalSettings;
@@ -19,13 +19,6 @@ use crate::system_keys::InfisicalSettings;
 /// The most any proxied request body may be, whatever `PROXY_MAX_BODY_BYTES` says (the
 /// Worker reads it into memory).
 pub const MAX_PROXY_BODY_BYTES: usize = 32 << 20;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Environment {
-    Development,
-    Staging,
-    Production,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FallbackPolicy {
@@ -38,14 +31,6 @@ pub enum FallbackPolicy {
 pub enum SystemKeysSource {
     Env,
     Infisical,
-}
-
-/// One problem with one variable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{var}: {problem}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub problem: String,
 }
 
 pub struct Config {

@@ -3,8 +3,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::auth::AuthError;
+use crate::domain::StoreError;
 use crate::domain::{CredentialId, ProviderId};
-use crate::ports::StoreError;
 use crate::probe::Failure;
 
 /// One field's problem in a request body or query.
@@ -142,7 +142,7 @@ impl ApiError {
     }
 
     /// The vault's own limit on live provider checks (not the provider's).
-    pub fn rate_limited(scope: crate::ports::LimitScope, retry_after_seconds: u64) -> Self {
+    pub fn rate_limited(scope: crate::limits::LimitScope, retry_after_seconds: u64) -> Self {
         let mut e = if scope.is_system_key_use() {
             Self::new(429, "rate_limited", "Too many calls on the service's own keys").detail(
                 format!(

@@ -10,14 +10,15 @@ use crate::audit::{
     Anchor, AnchorKind, Anchors, AuditEvent, ChainHead, ChainPlan, ChainedEvent, Heads,
     LegacyWindow, PendingEvent, Resealed, Sealer, Unsettled,
 };
+use crate::audit::{AuditQuery, AuditSink, AuditStore};
 use crate::domain::{
     Capability, Credential, CredentialId, Preference, ProviderId, Timestamp, UserId,
 };
-use crate::ports::{
-    AuditQuery, AuditSink, AuditStore, Clock, CredentialStore, HttpClient, HttpError, HttpRequest,
-    HttpResponse, Inserted, Jitter, LimitScope, LimiterError, Occupancy, RateLimiter, StoreError,
-    Written,
-};
+use crate::domain::{Clock, StoreError};
+use crate::http::{HttpClient, HttpError, HttpRequest, HttpResponse};
+use crate::limits::{LimitScope, LimiterError, RateLimiter};
+use crate::probe::Jitter;
+use crate::vault::{CredentialStore, Inserted, Occupancy, Written};
 
 /// A clock that only moves when the code under test sleeps (or an HTTP call takes time).
 pub(crate) struct FakeClock {
@@ -177,8 +178,8 @@ impl crate::api::IncomingBody for Bytes {
         Ok(self.0)
     }
 
-    fn forward(self: Box<Self>, limit: usize) -> crate::ports::BodyStream {
-        crate::ports::BodyStream(Box::new(Forwarded {
+    fn forward(self: Box<Self>, limit: usize) -> crate::http::BodyStream {
+        crate::http::BodyStream(Box::new(Forwarded {
             bytes: self.0,
             limit,
         }))
@@ -212,7 +213,7 @@ impl crate::api::IncomingBody for Watched {
         Box::new(Bytes(self.bytes)).read(limit).await
     }
 
-    fn forward(self: Box<Self>, limit: usize) -> crate::ports::BodyStream {
+    fn forward(self: Box<Self>, limit: usize) -> crate::http::BodyStream {
         self.touched.set(true);
         Box::new(Bytes(self.bytes)).forward(limit)
     }
@@ -220,13 +221,13 @@ impl crate::api::IncomingBody for Watched {
 
 /// The proxy's path over the same script: the body comes back whole, as the "stream".
 #[async_trait(?Send)]
-impl crate::ports::Upstream for FakeHttp<'_> {
+impl crate::http::Upstream for FakeHttp<'_> {
     async fn open(
         &self,
         mut req: HttpRequest,
-        body: Option<crate::ports::BodyStream>,
+        body: Option<crate::http::BodyStream>,
         timeout_ms: u64,
-    ) -> Result<crate::ports::Streamed, HttpError> {
+    ) -> Result<crate::http::Streamed, HttpError> {
         if let Some(body) = body {
             let forwarded = *body
                 .0
@@ -242,16 +243,16 @@ impl crate::ports::Upstream for FakeHttp<'_> {
         }
         req.max_response_bytes = usize::MAX;
         let r = HttpClient::send(self, req, timeout_ms).await?;
-        Ok(crate::ports::Streamed {
+        Ok(crate::http::Streamed {
             status: r.status,
             headers: r.headers,
-            body: crate::ports::BodyStream(Box::new(r.body)),
+            body: crate::http::BodyStream(Box::new(r.body)),
         })
     }
 
     async fn read(
         &self,
-        body: crate::ports::BodyStream,
+        body: crate::http::BodyStream,
         limit: usize,
         _timeout_ms: u64,
     ) -> Result<Vec<u8>, HttpError> {
@@ -322,14 +323,14 @@ pub(crate) struct MemoryStore {
     /// The sweep's claims: credential and when.
     pub claims: RefCell<Vec<(CredentialId, Timestamp)>>,
     /// Background jobs' progress.
-    pub jobs: RefCell<Vec<crate::ports::JobRecord>>,
+    pub jobs: RefCell<Vec<crate::jobs::JobRecord>>,
     /// The audit log's heads and checkpoints, which health's check of master key versions
     /// reads with the credentials (as the D1 query reads both tables).
     pub anchors: [AnchorTable; 2],
     /// What the next `stale_keys` and `job` read instead of what is stored, once: a step
     /// that read them before another step wrote (a delayed message racing a resumed one).
     pub stale_read: RefCell<Option<Vec<Credential>>>,
-    pub job_read: RefCell<Option<crate::ports::JobRecord>>,
+    pub job_read: RefCell<Option<crate::jobs::JobRecord>>,
 }
 
 /// A table of audit anchors by user, shared by the two in-memory stores.
@@ -721,7 +722,7 @@ impl CredentialStore for MemoryStore {
 }
 
 #[async_trait(?Send)]
-impl crate::ports::ImportStore for MemoryStore {
+impl crate::vault::ImportStore for MemoryStore {
     async fn occupancies(
         &self,
         wanted: &[(UserId, Vec<String>)],
@@ -737,7 +738,7 @@ impl crate::ports::ImportStore for MemoryStore {
     async fn insert_batch(
         &self,
         batch: &crate::domain::BatchId,
-        rows: &[crate::ports::ImportRow],
+        rows: &[crate::vault::ImportRow],
         refused: &[AuditEvent],
         limit: u32,
         now: Timestamp,
@@ -789,7 +790,7 @@ impl crate::ports::ImportStore for MemoryStore {
                 j.done += stored.len() as u64;
                 j.updated_at = now;
             }
-            None => jobs.push(crate::ports::JobRecord {
+            None => jobs.push(crate::jobs::JobRecord {
                 id: batch.as_str().to_owned(),
                 kind: "import".into(),
                 state: "done".into(),
@@ -808,7 +809,7 @@ impl crate::ports::ImportStore for MemoryStore {
         &self,
         batch: &crate::domain::BatchId,
         limit: u32,
-    ) -> Result<crate::ports::BatchRows, StoreError> {
+    ) -> Result<crate::vault::BatchRows, StoreError> {
         self.check()?;
         let prefs = self.prefs.borrow();
         let mut rows: Vec<Credential> = self
@@ -819,7 +820,7 @@ impl crate::ports::ImportStore for MemoryStore {
             .cloned()
             .collect();
         rows.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-        let row = |c: Credential| crate::ports::BatchRow {
+        let row = |c: Credential| crate::vault::BatchRow {
             user: c.user_id,
             id: c.id,
             provider: c.provider,
@@ -827,7 +828,7 @@ impl crate::ports::ImportStore for MemoryStore {
         let (defaults, removable): (Vec<Credential>, Vec<Credential>) = rows
             .into_iter()
             .partition(|c| prefs.iter().any(|(_, p)| p.credential_id == c.id));
-        Ok(crate::ports::BatchRows {
+        Ok(crate::vault::BatchRows {
             removable: removable
                 .into_iter()
                 .take(limit as usize)
@@ -867,14 +868,14 @@ impl crate::ports::ImportStore for MemoryStore {
 }
 
 #[async_trait(?Send)]
-impl crate::ports::JobStore for MemoryStore {
-    async fn create_job(&self, job: &crate::ports::JobRecord) -> Result<(), StoreError> {
+impl crate::jobs::JobStore for MemoryStore {
+    async fn create_job(&self, job: &crate::jobs::JobRecord) -> Result<(), StoreError> {
         self.check()?;
         self.jobs.borrow_mut().push(job.clone());
         Ok(())
     }
 
-    async fn job(&self, id: &str) -> Result<Option<crate::ports::JobRecord>, StoreError> {
+    async fn job(&self, id: &str) -> Result<Option<crate::jobs::JobRecord>, StoreError> {
         self.check()?;
         if let Some(read_earlier) = self.job_read.borrow_mut().take() {
             return Ok(Some(read_earlier));
@@ -1270,7 +1271,7 @@ pub(crate) struct MemoryJobs {
 }
 
 #[async_trait(?Send)]
-impl crate::ports::JobQueue for MemoryJobs {
+impl crate::jobs::JobQueue for MemoryJobs {
     async fn send(&self, jobs: &[crate::jobs::Job]) -> Result<(), String> {
         if self.down.get() {
             return Err("test queue is down".into());
@@ -1316,15 +1317,15 @@ impl RateLimiter for CountingLimiter {
 pub(crate) struct RustCryptoVerifier;
 
 #[async_trait(?Send)]
-impl crate::ports::SignatureVerifier for RustCryptoVerifier {
+impl crate::auth::SignatureVerifier for RustCryptoVerifier {
     async fn verify(
         &self,
         alg: crate::auth::Algorithm,
-        key: &crate::ports::PublicJwk,
+        key: &crate::auth::PublicJwk,
         input: &[u8],
         signature: &[u8],
     ) -> bool {
-        use crate::ports::PublicJwk;
+        use crate::auth::PublicJwk;
         use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
         let d = |s: &str| URL_SAFE_NO_PAD.decode(s).unwrap_or_default();
         match (alg, key) {
@@ -1368,7 +1369,7 @@ impl crate::ports::SignatureVerifier for RustCryptoVerifier {
 pub(crate) struct NoAssets;
 
 #[async_trait(?Send)]
-impl crate::ports::Assets for NoAssets {
+impl crate::api::Assets for NoAssets {
     async fn read(&self, _path: &str) -> Option<Vec<u8>> {
         None
     }

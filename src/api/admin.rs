@@ -3,12 +3,13 @@
 use serde_json::json;
 
 use super::commands::{import_command, json_body};
-use super::router::{Outcome, ServiceCtx};
+use super::context::{Outcome, ServiceCtx};
 use super::Response;
 use crate::domain::BatchId;
 use crate::error::{ApiError, FieldError};
+use crate::jobs::JobRecord;
 use crate::jobs::{start_rotation, sweep, Job, SWEEP_FANOUT};
-use crate::ports::{BatchRow, JobRecord};
+use crate::vault::BatchRow;
 use crate::vault::{EntryOutcome, ImportReport, RollbackReport};
 
 /// A running job not advanced for this long has lost its message: it is sent again.

@@ -3,15 +3,15 @@
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use serde_json::{json, Value};
 
-use super::router::{Ctx, Outcome};
+use super::context::{Ctx, Outcome};
 use super::Response;
+use crate::audit::AuditQuery;
 use crate::audit::{
     judge_anchor, Action, Anchor, AnchorKind, Break, ChainHead, ChainedEvent, Sealer, Verifier,
 };
 use crate::crypto::{tag, verify_tag, MasterKeys};
 use crate::domain::{CredentialId, Timestamp, UserId};
 use crate::error::{ApiError, FieldError};
-use crate::ports::AuditQuery;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::commands::{credential_patch, json_body, new_credential};
-use super::router::{Ctx, Outcome};
+use super::context::{Ctx, Outcome};
 use super::{views, Response};
 use crate::audit::{Action, Facts};
 use crate::domain::ProviderId;

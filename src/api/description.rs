@@ -2,8 +2,17 @@
 //! the build writes it as a static asset beside the Worker (it is not in the wasm), and
 //! this route serves it with the API's own headers.
 
+use async_trait::async_trait;
+
 use super::{App, Response};
 use crate::error::ApiError;
+
+/// The static files deployed beside the Worker (Workers static assets).
+#[async_trait(?Send)]
+pub trait Assets {
+    /// The file at `path` (such as `/openapi.json`), if it was deployed.
+    async fn read(&self, path: &str) -> Option<Vec<u8>>;
+}
 
 /// Where the build puts the description among the static assets.
 pub(super) const ASSET: &str = "/openapi.json";

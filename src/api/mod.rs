@@ -6,6 +6,7 @@
 mod admin;
 mod audit;
 mod commands;
+mod context;
 mod credentials;
 mod description;
 mod health;
@@ -16,21 +17,27 @@ mod resolve;
 mod router;
 mod views;
 
+pub use description::Assets;
+
 use std::cell::{OnceCell, RefCell};
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use url::Url;
 
+use crate::audit::{AuditSink, AuditStore};
 use crate::auth::JwksCache;
-use crate::config::{Config, ConfigError};
+use crate::auth::SignatureVerifier;
+use crate::config::Config;
 use crate::crypto::random_bytes;
+use crate::domain::Clock;
+use crate::domain::ConfigError;
 use crate::domain::RequestId;
 use crate::error::ApiError;
-use crate::ports::{
-    AuditSink, AuditStore, Clock, CredentialStore, HttpClient, Jitter, RateLimiter,
-    SignatureVerifier,
-};
+use crate::http::HttpClient;
+use crate::limits::RateLimiter;
+use crate::probe::Jitter;
+use crate::vault::CredentialStore;
 
 /// An incoming request. Its body is not read until the route and the caller are known
 /// (the router reads a JSON route's body after authentication; the proxy forwards its
@@ -119,8 +126,8 @@ impl Request {
     }
 
     /// The body, unread, to send on upstream (once): a call whose body passes `limit`
-    /// bytes fails with [`HttpError::RequestTooLarge`](crate::ports::HttpError).
-    pub(crate) fn forward_body(&self, limit: usize) -> Option<crate::ports::BodyStream> {
+    /// bytes fails with [`HttpError::RequestTooLarge`](crate::http::HttpError).
+    pub(crate) fn forward_body(&self, limit: usize) -> Option<crate::http::BodyStream> {
         let incoming = self.incoming.borrow_mut().take()?;
         Some(incoming.forward(limit))
     }
@@ -143,8 +150,8 @@ pub trait IncomingBody {
     async fn read(self: Box<Self>, limit: usize) -> Result<Vec<u8>, BodyError>;
     /// The body for an upstream call, left unread: it flows into the call as it arrives,
     /// and a call whose body passes `limit` bytes fails with
-    /// [`HttpError::RequestTooLarge`](crate::ports::HttpError).
-    fn forward(self: Box<Self>, limit: usize) -> crate::ports::BodyStream;
+    /// [`HttpError::RequestTooLarge`](crate::http::HttpError).
+    fn forward(self: Box<Self>, limit: usize) -> crate::http::BodyStream;
 }
 
 #[derive(Debug)]
@@ -153,7 +160,7 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     /// A body to pipe through unread instead of `body` (a proxied answer).
-    pub stream: Option<crate::ports::BodyStream>,
+    pub stream: Option<crate::http::BodyStream>,
 }
 
 impl Response {
@@ -228,15 +235,15 @@ pub struct App<'a> {
     /// Where operational log lines go. Never given a secret.
     pub log: &'a dyn Fn(&str),
     /// Proxied calls, whose answers are piped back unread.
-    pub upstream: &'a dyn crate::ports::Upstream,
+    pub upstream: &'a dyn crate::http::Upstream,
     /// Where background jobs go (`JOBS_QUEUE`).
-    pub jobs: &'a dyn crate::ports::JobQueue,
+    pub jobs: &'a dyn crate::jobs::JobQueue,
     /// Where background jobs' progress is kept.
-    pub job_store: &'a dyn crate::ports::JobStore,
+    pub job_store: &'a dyn crate::jobs::JobStore,
     /// Where imports write and what their rollback removes.
-    pub imports: &'a dyn crate::ports::ImportStore,
+    pub imports: &'a dyn crate::vault::ImportStore,
     /// The static files deployed beside the Worker (the API description among them).
-    pub assets: &'a dyn crate::ports::Assets,
+    pub assets: &'a dyn crate::api::Assets,
     /// Infisical's per-isolate cache of system keys (`SYSTEM_KEYS_SOURCE = "infisical"`).
     pub infisical: Option<&'a crate::system_keys::InfisicalCache>,
 }

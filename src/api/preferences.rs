@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::commands::json_body;
-use super::router::{Ctx, Outcome};
+use super::context::{Ctx, Outcome};
 use super::Response;
 use crate::audit::{Action, Facts};
 use crate::domain::{Capability, CredentialId, Preference};

@@ -3,18 +3,18 @@
 //!
 //! The core decides everything here (the caller, the allow-listed operation, the key, the
 //! upstream request's head) and the Worker pipes the bodies: the upstream answer comes
-//! back as a [`BodyStream`](crate::ports::BodyStream) the core never reads, except an
+//! back as a [`BodyStream`](crate::http::BodyStream) the core never reads, except an
 //! error answer, which it reads (bounded) to judge the key by it.
 
 use serde_json::json;
 
-use super::router::{Ctx, Outcome};
+use super::context::{Ctx, Outcome};
 use super::{After, Response};
 use crate::audit::{Action, Facts, Source};
 use crate::domain::CredentialId;
 use crate::endpoint_guard::check_base_url;
 use crate::error::ApiError;
-use crate::ports::{HttpError, HttpRequest, HttpResponse, Method};
+use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
 use crate::probe::{Failure, Verdict as Judged};
 use crate::providers::{self, ProviderInfo, Target};
 use crate::text::ProviderText;

@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::commands::json_body;
-use super::router::{Outcome, ServiceCtx};
+use super::context::{Outcome, ServiceCtx};
 use super::Response;
 use crate::audit::{Action, Facts};
 use crate::domain::{Capability, CredentialId, UserId};

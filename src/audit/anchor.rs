@@ -24,9 +24,10 @@
 //! the cron) re-seals the others, so version N can be removed once health stops naming it.
 
 use super::ChainHead;
+use crate::audit::AuditStore;
 use crate::crypto::{KeyVersion, MacCheck, MacKeys, MasterKeys};
+use crate::domain::StoreError;
 use crate::domain::Timestamp;
-use crate::ports::{AuditStore, StoreError};
 
 /// The HKDF purpose of the anchors' MAC key.
 const PURPOSE: &str = "audit-anchor";

@@ -10,7 +10,7 @@
 use serde_json::Value;
 
 use super::{drain, drain_rounds, AuditEvent, Sealer};
-use crate::ports::AuditStore;
+use crate::audit::AuditStore;
 
 /// Chaining rounds one consumer invocation runs at most (three D1 queries each).
 pub const CONSUMER_ROUNDS: usize = 5;

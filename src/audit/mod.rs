@@ -13,6 +13,7 @@ mod chain;
 mod consumer;
 mod facts;
 mod outbox;
+mod store;
 mod verify;
 
 use std::cell::Cell;
@@ -32,6 +33,7 @@ pub use consumer::{
 };
 pub use facts::{Facts, Origin};
 pub use outbox::{drain, drain_rounds, plan, ChainPlan, Drained, PendingEvent, ROUND_SIZE};
+pub use store::{AuditQuery, AuditSink, AuditStore};
 pub use verify::{judge_anchor, Break, Verification, Verifier};
 
 use crate::domain::{hex_bytes, CredentialId, RequestId, Timestamp, UserId};

@@ -11,7 +11,8 @@ use super::{
     link, Action, Anchor, AnchorKind, AuditEvent, ChainHead, ChainedEvent, Heads, Outcome, Sealer,
     Source,
 };
-use crate::ports::{AuditStore, StoreError};
+use crate::audit::AuditStore;
+use crate::domain::StoreError;
 
 /// Pending events one round reads and chains. A round costs three D1 queries (pending,
 /// heads, one batch) whatever the number of users in it.

@@ -243,7 +243,7 @@ mod consumers {
     use futures::executor::block_on;
 
     use super::*;
-    use crate::ports::AuditStore;
+    use crate::audit::AuditStore;
     use crate::testing::{test_sealer, MemoryAudit};
 
     fn msg(e: &AuditEvent) -> Value {

@@ -10,10 +10,10 @@ use std::cell::{Cell, RefCell};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use serde::Deserialize;
 
-use super::{AuthError, JwtSettings};
-use crate::auth::jwt::Algorithm;
+use super::token::{Algorithm, AuthError, JwtSettings};
+use crate::auth::{PublicJwk, SignatureVerifier};
 use crate::domain::Timestamp;
-use crate::ports::{HttpClient, HttpRequest, PublicJwk, SignatureVerifier};
+use crate::http::{HttpClient, HttpRequest};
 
 const MIN_REFETCH_MS: u64 = 10_000;
 const FETCH_TIMEOUT_MS: u64 = 3_000;
@@ -367,7 +367,7 @@ mod tests {
             let http = FakeHttp::new(&self.clock, script);
             let v =
                 JwtVerifier::new(&self.settings).with_jwks(&self.cache, &http, &RustCryptoVerifier);
-            let out = block_on(v.verify(token, crate::ports::Clock::now(&self.clock)))
+            let out = block_on(v.verify(token, crate::domain::Clock::now(&self.clock)))
                 .map(|u| u.as_str().to_owned());
             (out, http.calls())
         }
@@ -545,12 +545,12 @@ mod tests {
     }
 
     #[async_trait::async_trait(?Send)]
-    impl crate::ports::HttpClient for SlowFirstFetch<'_> {
+    impl crate::http::HttpClient for SlowFirstFetch<'_> {
         async fn send(
             &self,
             _: HttpRequest,
             _: u64,
-        ) -> Result<crate::ports::HttpResponse, crate::ports::HttpError> {
+        ) -> Result<crate::http::HttpResponse, crate::http::HttpError> {
             self.calls.set(self.calls.get() + 1);
             if self.calls.get() == 1 {
                 let v = JwtVerifier::new(self.settings).with_jwks(
@@ -565,7 +565,7 @@ mod tests {
                     .map(|u| u.as_str().to_owned());
                 *self.second_result.borrow_mut() = Some(r);
             }
-            Ok(crate::ports::HttpResponse {
+            Ok(crate::http::HttpResponse {
                 status: 200,
                 headers: vec![],
                 body: self.jwks.clone().into_bytes(),
@@ -600,7 +600,7 @@ mod tests {
         issuer.settings.jwks_url = None;
         // No URL, no cache: the verifier knows no key set.
         assert!(JwksCache::for_settings(&issuer.settings).is_none());
-        let now = crate::ports::Clock::now(&issuer.clock);
+        let now = crate::domain::Clock::now(&issuer.clock);
         let out = block_on(
             JwtVerifier::new(&issuer.settings).verify(&token("RS256", "r1", &k, "u"), now),
         );

@@ -4,10 +4,14 @@
 mod jwks;
 pub(crate) mod jwt;
 mod service;
+mod signature;
+mod token;
 
 pub use jwks::JwksCache;
-pub use jwt::{Algorithm, AuthError, JwtSettings, JwtVerifier};
+pub use jwt::JwtVerifier;
 pub use service::{find_service, parse_service_tokens, Scope, ServiceToken};
+pub use signature::{PublicJwk, SignatureVerifier};
+pub use token::{Algorithm, AuthError, JwtSettings};
 
 /// The token of an `Authorization: Bearer <token>` header, if that is what it holds.
 pub fn bearer_token(header: Option<&str>) -> Option<&str> {

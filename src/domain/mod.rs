@@ -3,6 +3,8 @@
 
 pub mod credential;
 pub mod ids;
+mod settings;
+mod store;
 pub mod time;
 pub mod wire;
 
@@ -10,4 +12,6 @@ pub use credential::{
     key_hint, Credential, CredentialParams, CredentialStatus, KeyColumns, Model, Preference, Quota,
 };
 pub use ids::{hex_bytes, BatchId, Capability, CredentialId, ProviderId, RequestId, UserId};
-pub use time::Timestamp;
+pub use settings::{ConfigError, Environment};
+pub use store::StoreError;
+pub use time::{Clock, Timestamp};

@@ -3,6 +3,15 @@
 
 use std::fmt;
 
+use async_trait::async_trait;
+
+/// The time now, and waiting (the Worker's `Date` and timers; a fake clock in tests).
+#[async_trait(?Send)]
+pub trait Clock {
+    fn now(&self) -> Timestamp;
+    async fn sleep(&self, ms: u64);
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timestamp(u64);
 

@@ -8,7 +8,7 @@ use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::{web_sys, Env};
 
-use crate::ports::Assets;
+use crate::api::Assets;
 
 pub(super) struct AssetsBinding<'a>(pub &'a Env);
 

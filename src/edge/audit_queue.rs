@@ -7,10 +7,10 @@ use worker::Queue;
 
 use super::audit_store::{outbox_insert, D1AuditStore};
 use super::db::Db;
+use crate::audit::AuditSink;
 use crate::audit::{drain, nudge_body, AuditEvent, Sealer};
 use crate::crypto::MasterKeys;
 use crate::domain::Timestamp;
-use crate::ports::AuditSink;
 
 /// A request's audit path: events into the outbox, nudges onto `AUDIT_QUEUE`; chaining at
 /// once when the queue is missing or failing, the whole event on the queue when the

@@ -12,8 +12,10 @@ use crate::audit::{
     Anchor, AnchorKind, Anchors, AuditEvent, ChainPlan, ChainedEvent, Heads, LegacyWindow,
     PendingEvent, Resealed, Sealer, Unsettled,
 };
+use crate::audit::{AuditQuery, AuditStore};
+use crate::domain::StoreError;
 use crate::domain::{Timestamp, UserId};
-use crate::ports::{AuditQuery, AuditStore, NotificationStore, StoreError, StoredNotice};
+use crate::notify::{NotificationStore, StoredNotice};
 
 /// Users whose old events one retention run removes (bounds D1 queries per invocation).
 const RETENTION_USERS_PER_RUN: u32 = 20;

@@ -12,7 +12,7 @@ use worker::wasm_bindgen_futures::{spawn_local, JsFuture};
 use worker::web_sys::{self, ReadableStreamDefaultReader};
 
 use crate::api::{BodyError, IncomingBody};
-use crate::ports::BodyStream;
+use crate::http::BodyStream;
 
 /// A request's body as the runtime hands it over: a stream, read only when the core asks.
 pub(super) struct WorkerBody {

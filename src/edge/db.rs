@@ -14,8 +14,8 @@ use worker::js_sys::JSON;
 use worker::wasm_bindgen::JsValue;
 use worker::{D1Database, D1PreparedStatement, D1Result, Env};
 
+use crate::domain::StoreError;
 use crate::domain::Timestamp;
-use crate::ports::StoreError;
 
 pub(super) struct Db(Result<D1Database, String>);
 

@@ -10,7 +10,7 @@ use worker::wasm_bindgen::JsValue;
 use worker::{web_sys, AbortController, Delay, Fetch};
 
 use super::body::Outgoing;
-use crate::ports::{
+use crate::http::{
     BodyStream, HttpClient, HttpError, HttpRequest, HttpResponse, Method, Streamed, Upstream,
 };
 

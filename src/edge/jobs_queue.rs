@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use worker::Queue;
 
 use crate::jobs::Job;
-use crate::ports::JobQueue;
+use crate::jobs::JobQueue;
 
 pub(super) struct QueueJobs {
     pub queue: Option<Queue>,

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use worker::{Env, RateLimiter as Binding};
 
-use crate::ports::{LimitScope, LimiterError, RateLimiter};
+use crate::limits::{LimitScope, LimiterError, RateLimiter};
 
 const PER_USER: &str = "LIVE_CHECKS_PER_USER";
 const PER_ADDRESS: &str = "LIVE_CHECKS_PER_ADDRESS";

@@ -18,12 +18,13 @@ use serde_json::Value;
 use worker::{event, Context, Env, MessageBatch, MessageExt, ScheduleContext, ScheduledEvent};
 
 use crate::api::{self, App};
+use crate::audit::AuditStore;
 use crate::audit::{drain, settle, Disposition, Sealer};
 use crate::auth::JwksCache;
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::crypto::MasterKeys;
+use crate::domain::ConfigError;
 use crate::domain::Timestamp;
-use crate::ports::AuditStore;
 use crate::probe::SystemJitter;
 use crate::queues::QueueRole;
 use crate::system_keys::InfisicalCache;
@@ -173,7 +174,7 @@ async fn wake_deliverer(jobs: &jobs_queue::QueueJobs, store: &audit_store::D1Aud
     if store.notices_written.get() == 0 {
         return;
     }
-    if let Err(e) = crate::ports::JobQueue::send(jobs, &[crate::jobs::Job::Notify]).await {
+    if let Err(e) = crate::jobs::JobQueue::send(jobs, &[crate::jobs::Job::Notify]).await {
         worker::console_error!("webhooks: the deliverer could not be woken ({e}); the cron will");
     }
 }
@@ -223,7 +224,7 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     };
     // Notices whose wake-up was lost (or that wait for a retry) are delivered.
     if config.webhooks.is_some() {
-        if let Err(e) = crate::ports::JobQueue::send(&jobs, &[crate::jobs::Job::Notify]).await {
+        if let Err(e) = crate::jobs::JobQueue::send(&jobs, &[crate::jobs::Job::Notify]).await {
             worker::console_error!(
                 "cron '{}': waking the webhook deliverer failed: {e}",
                 event.cron()
@@ -234,11 +235,11 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let now = Timestamp::from_millis(runtime::now_ms());
     let credentials = credential_store::D1Store::new(&db);
     let stalled_before = Timestamp::from_millis(now.as_millis().saturating_sub(300_000));
-    match crate::ports::JobStore::stalled_jobs(&credentials, stalled_before, 5).await {
+    match crate::jobs::JobStore::stalled_jobs(&credentials, stalled_before, 5).await {
         Ok(stalled) => {
             for job_id in stalled {
                 let job = [crate::jobs::Job::Rewrap { job_id }];
-                if let Err(e) = crate::ports::JobQueue::send(&jobs, &job).await {
+                if let Err(e) = crate::jobs::JobQueue::send(&jobs, &job).await {
                     worker::console_error!("cron: resuming a stalled job failed: {e}");
                 }
             }
@@ -338,7 +339,7 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
             store: &store,
             keys,
         };
-        crate::ports::AuditSink::nudge(&sink, "backlog").await;
+        crate::audit::AuditSink::nudge(&sink, "backlog").await;
     }
     wake_deliverer(&jobs, &store).await;
     // Returning an error would redeliver the whole batch: every message is settled above.
@@ -413,7 +414,7 @@ async fn run_jobs(
             store: audit,
             keys: isolate.chain_keys(),
         };
-        crate::ports::AuditSink::nudge(&sink, "jobs").await;
+        crate::audit::AuditSink::nudge(&sink, "jobs").await;
     }
     wake_deliverer(jobs, audit).await;
     Ok(())

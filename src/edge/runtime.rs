@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use worker::{Date, Delay, Env, Headers};
 
 use crate::api::{Request, Response};
+use crate::domain::Clock;
 use crate::domain::Timestamp;
-use crate::ports::Clock;
 
 /// A var or secret as text (both are plain strings to the Worker).
 pub(super) fn env_string(env: &Env, name: &str) -> Option<String> {

@@ -8,7 +8,7 @@ use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 
 use crate::auth::Algorithm;
-use crate::ports::{PublicJwk, SignatureVerifier};
+use crate::auth::{PublicJwk, SignatureVerifier};
 
 pub(super) struct WebCryptoVerifier;
 

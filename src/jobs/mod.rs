@@ -3,16 +3,20 @@
 //! Pure: the queue and the store are ports, the checks are the vault's.
 
 mod rotation;
+mod store;
 
 pub use rotation::{start_rotation, ANCHOR_CHUNK, REWRAP_CHUNK};
+pub use store::{JobQueue, JobRecord, JobStore};
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::audit::{Actor, ActorType, Origin};
+use crate::domain::StoreError;
 use crate::domain::{CredentialId, Timestamp, UserId};
+use crate::notify::NotificationStore;
 use crate::notify::{deliver, Delivered, WebhookSettings};
-use crate::ports::{CredentialStore, JobQueue, JobStore, NotificationStore, StoreError};
+use crate::vault::CredentialStore;
 use crate::vault::{Revalidated, Vault};
 
 /// One message on `JOBS_QUEUE`: written with serde, read back with [`Job::from_json`].
@@ -175,7 +179,7 @@ pub struct Workers<'a> {
     /// For a job's next step.
     pub queue: &'a dyn JobQueue,
     /// The audit chains, whose anchors a rotation re-seals.
-    pub audit: &'a dyn crate::ports::AuditStore,
+    pub audit: &'a dyn crate::audit::AuditStore,
 }
 
 /// Runs one batch of job messages. A message that is not a job is acknowledged (and

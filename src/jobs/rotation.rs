@@ -11,8 +11,10 @@
 use super::{Job, JobOutcome, Workers};
 use crate::audit::{settle, Actor, ActorType, Origin, Sealer};
 use crate::crypto::random_bytes;
+use crate::domain::StoreError;
 use crate::domain::{hex_bytes, CredentialId, Timestamp};
-use crate::ports::{CredentialStore, JobQueue, JobRecord, JobStore, StoreError};
+use crate::jobs::{JobQueue, JobRecord, JobStore};
+use crate::vault::CredentialStore;
 use crate::vault::Rewrap;
 
 /// Rows one message re-encrypts (each is one conditional write: with the chunk's read,

@@ -5,6 +5,10 @@
 //! jobs queue with retries and back-off; its id is the event's, so a receiver can drop a
 //! repeat. A notice never holds a key.
 
+mod store;
+
+pub use store::{NotificationStore, StoredNotice};
+
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use hmac::{Hmac, Mac};
 use serde_json::json;
@@ -12,10 +16,10 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::audit::{Action, AuditEvent};
-use crate::config::ConfigError;
+use crate::domain::ConfigError;
 use crate::domain::Timestamp;
 use crate::endpoint_guard::check_base_url;
-use crate::ports::{HttpClient, HttpRequest, Method, NotificationStore, StoredNotice};
+use crate::http::{HttpClient, HttpRequest, Method};
 
 /// A notice waiting to be delivered: its id (the event's), its owner, the credential it
 /// is about (deleting that credential removes it) and its body.
@@ -187,7 +191,7 @@ pub async fn deliver(
     now: Timestamp,
     settings: &WebhookSettings,
     log: &dyn Fn(&str),
-) -> Result<Delivered, crate::ports::StoreError> {
+) -> Result<Delivered, crate::domain::StoreError> {
     let claimed = store
         .claim(now, now.plus_millis(LEASE_MS), DELIVERIES_PER_RUN)
         .await?;
@@ -258,8 +262,8 @@ mod tests {
 
     use super::*;
     use crate::audit::{Actor, ActorType};
+    use crate::domain::{Clock, StoreError};
     use crate::domain::{CredentialId, UserId};
-    use crate::ports::{Clock, StoreError};
     use crate::testing::{respond, FakeClock, FakeHttp, Scripted};
 
     fn status_change(from: &str, to: &str) -> AuditEvent {

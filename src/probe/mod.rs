@@ -4,11 +4,12 @@
 mod retry;
 
 pub use retry::{
-    google_retry_delay_ms, header_hint_ms, message_retry_delay_ms, Backoff, SystemJitter,
+    google_retry_delay_ms, header_hint_ms, message_retry_delay_ms, Backoff, Jitter, SystemJitter,
 };
 
+use crate::domain::Clock;
 use crate::domain::Timestamp;
-use crate::ports::{Clock, HttpClient, HttpError, HttpRequest, HttpResponse, Jitter};
+use crate::http::{HttpClient, HttpError, HttpRequest, HttpResponse};
 
 /// Why a key was not accepted (or a call did not get through). Messages are for people
 /// and may quote the provider: `providers::check` cleans them before anyone sees them.

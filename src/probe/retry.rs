@@ -2,7 +2,13 @@
 //! when it does not (sleep = uniform(0, min(cap, base * 2^attempt))).
 
 use crate::domain::Timestamp;
-use crate::ports::{HttpResponse, Jitter};
+use crate::http::HttpResponse;
+
+/// Randomness for back-off jitter (not for keys: those use the CSPRNG in `crypto`).
+pub trait Jitter {
+    /// A uniform value in `[0, 1)`.
+    fn unit(&self) -> f64;
+}
 
 /// Jitter from the platform CSPRNG.
 pub struct SystemJitter;

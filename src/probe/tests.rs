@@ -174,7 +174,7 @@ fn a_redirect_is_a_failure_and_is_never_followed() {
 
 #[test]
 fn an_answer_over_the_size_cap_is_a_failure_and_not_retried() {
-    let huge = "x".repeat(crate::ports::MAX_RESPONSE_BYTES + 1);
+    let huge = "x".repeat(crate::http::MAX_RESPONSE_BYTES + 1);
     let (out, _, calls, _) = run(vec![respond(200, &huge)], 10_000);
     assert!(matches!(&out, Err(Failure::ProviderError(m)) if m.contains("larger than")));
     assert_eq!(calls, 1);

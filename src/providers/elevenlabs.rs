@@ -10,7 +10,7 @@ use super::{
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota, Timestamp};
-use crate::ports::{HttpRequest, HttpResponse, Method};
+use crate::http::{HttpRequest, HttpResponse, Method};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct ElevenLabs;

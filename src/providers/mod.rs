@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, CredentialParams, Model, ProviderId, Quota};
-use crate::ports::{HttpResponse, Method};
+use crate::http::{HttpResponse, Method};
 use crate::probe::{Failure, Prober, Verdict, MAX_MESSAGE_CHARS};
 use crate::text::ProviderText;
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{bearer, json_str, Accepted, Auth, Field, Operation, Provider, ProviderInfo, Target};
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
-use crate::ports::{HttpRequest, HttpResponse, Method};
+use crate::http::{HttpRequest, HttpResponse, Method};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct Ollama;

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, ProviderId};
-use crate::ports::Method;
+use crate::http::Method;
 use crate::probe::{Failure, Prober};
 
 pub(super) struct OpenAi;

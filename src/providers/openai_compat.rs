@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::{bearer, json_str, Accepted, Target};
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model};
-use crate::ports::{HttpRequest, HttpResponse};
+use crate::http::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 /// `{"error":{"message"}}` (OpenAI, Groq), `{"message"}` or `{"detail"}` (Mistral).

@@ -27,10 +27,11 @@ use url::Url;
 use zeroize::Zeroizing;
 
 use super::Tier;
-use crate::config::{ConfigError, Environment};
 use crate::crypto::SecretKey;
+use crate::domain::Clock;
 use crate::domain::Timestamp;
-use crate::ports::{Clock, HttpClient, HttpRequest, HttpResponse, Method};
+use crate::domain::{ConfigError, Environment};
+use crate::http::{HttpClient, HttpRequest, HttpResponse, Method};
 use crate::text::{is_hidden, ProviderText};
 
 const DEFAULT_HOST: &str = "https://app.infisical.com";
@@ -642,7 +643,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::ports::HttpError;
+    use crate::http::HttpError;
     use crate::testing::FakeClock;
 
     const HOST: &str = "https://infisical.test";

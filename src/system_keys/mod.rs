@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use crate::crypto::SecretKey;
+use crate::domain::Clock;
 use crate::domain::ProviderId;
-use crate::ports::{Clock, HttpClient};
+use crate::http::HttpClient;
 pub use infisical::{InfisicalCache, InfisicalSettings, Served};
 
 crate::wire_enum! {

@@ -8,11 +8,12 @@ use super::keys::{status_of, AcceptedKey, Candidate, Purpose, SealedKey};
 use super::{Caller, CredentialPatch, NewCredential, Vault};
 use crate::audit::{Action, AuditEvent, Facts, Outcome};
 use crate::crypto::random_bytes;
+use crate::domain::StoreError;
 use crate::domain::UserId;
 use crate::domain::{Credential, CredentialId, CredentialStatus, Model, ProviderId, Timestamp};
 use crate::error::{clip, ApiError, FieldError};
-use crate::ports::{Inserted, StoreError, Written};
 use crate::providers::{self, Accepted, Provider};
+use crate::vault::{Inserted, Written};
 
 /// How often a conditional write is tried again after a concurrent change it may safely
 /// build on (a re-check's status, a label) before the operation gives up with 409.

@@ -28,10 +28,9 @@ use crate::audit::{Action, AuditEvent, Facts, Origin};
 use crate::crypto::{random_bytes, Binding};
 use crate::domain::{BatchId, CredentialId, CredentialStatus, ProviderId, UserId};
 use crate::error::ApiError;
-use crate::ports::{
-    BatchRow, HttpClient, HttpError, HttpRequest, HttpResponse, ImportRow, ImportStore, Occupancy,
-};
+use crate::http::{HttpClient, HttpError, HttpRequest, HttpResponse};
 use crate::providers::Accepted;
+use crate::vault::{BatchRow, ImportRow, ImportStore, Occupancy};
 
 /// Entries one import request takes at most. Sealing and fingerprinting one costs about
 /// 9 µs natively (measured: 500 in 4.4 ms, release build); a few times that in wasm keeps

@@ -8,7 +8,7 @@ use crate::domain::{key_hint, Credential, CredentialId, CredentialParams, Creden
 use crate::domain::{ProviderId, UserId};
 use crate::endpoint_guard::check_base_url;
 use crate::error::ApiError;
-use crate::ports::LimitScope;
+use crate::limits::LimitScope;
 use crate::probe::{Failure, Prober};
 use crate::providers::{self, Accepted, Provider, Target};
 
@@ -358,7 +358,7 @@ impl Vault<'_> {
         facts.detail = Some(serde_json::json!({"from_version": from, "to_version": to}));
         let event = facts.event(origin, &read.user_id, next.updated_at, None);
         Ok(match self.store.update(&next, &event).await? {
-            crate::ports::Written::Done => Rewrap::Done,
+            crate::vault::Written::Done => Rewrap::Done,
             _ => Rewrap::Moved,
         })
     }

@@ -10,10 +10,12 @@
 mod commands;
 mod credentials;
 mod import;
+mod import_store;
 mod keys;
 mod preferences;
 pub mod resolution;
 mod revalidation;
+mod store;
 mod usage;
 
 pub use commands::{CredentialPatch, ImportCommand, ImportEntry, NewCredential};
@@ -21,14 +23,19 @@ pub use import::{
     EntryOutcome, EntryReport, ImportReport, RollbackReport, IMPORT_CALL_BUDGET,
     MAX_IMPORT_ENTRIES, MAX_VALIDATED_ENTRIES, ROLLBACK_CHUNK, UNCHECKED_WARNING,
 };
+pub use import_store::{BatchRow, BatchRows, ImportRow, ImportStore};
 pub use keys::Rewrap;
 pub use revalidation::Revalidated;
+pub use store::{CredentialStore, Inserted, Occupancy, Written};
 pub use usage::{KeyInUse, Verdict};
 
 use crate::audit::Origin;
 use crate::config::Config;
+use crate::domain::Clock;
 use crate::domain::UserId;
-use crate::ports::{Clock, CredentialStore, HttpClient, Jitter, RateLimiter};
+use crate::http::HttpClient;
+use crate::limits::RateLimiter;
+use crate::probe::Jitter;
 use crate::system_keys::InfisicalCache;
 
 /// Everything an operation may use: configuration and the platform behind the seams.

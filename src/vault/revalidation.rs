@@ -17,9 +17,9 @@ use super::{Caller, Vault};
 use crate::audit::{Action, Facts, Origin};
 use crate::domain::{Credential, CredentialId, CredentialStatus, Timestamp, UserId};
 use crate::error::ApiError;
-use crate::ports::Written;
 use crate::probe::Failure;
 use crate::providers;
+use crate::vault::Written;
 
 /// What the sweep did with one credential.
 #[derive(Clone, Debug, PartialEq)]

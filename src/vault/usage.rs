@@ -10,9 +10,10 @@ use crate::audit::{Action, Facts, Origin, Source};
 use crate::crypto::SecretKey;
 use crate::domain::{Credential, CredentialParams, CredentialStatus, ProviderId, UserId};
 use crate::error::ApiError;
-use crate::ports::{LimitScope, Written};
+use crate::limits::LimitScope;
 use crate::providers;
 use crate::system_keys::{SystemKeys, Tier};
+use crate::vault::Written;
 
 /// The key a call uses, and the receipt that says whose it is and why.
 pub struct KeyInUse {

@@ -4,8 +4,8 @@
 //! are sealed without letting a stripped seal pass for one of them.
 
 use super::*;
+use crate::audit::AuditStore;
 use crate::audit::{AuditEvent, ChainHead, LegacyWindow, CLOSING_MS};
-use crate::ports::AuditStore;
 
 const V2: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 

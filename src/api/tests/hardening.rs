@@ -117,7 +117,7 @@ mod provider_text {
         let w = World::new();
         let huge = format!(
             "[{{\"model_id\":\"m\",\"name\":\"{}\"}}]",
-            "x".repeat(crate::ports::MAX_RESPONSE_BYTES)
+            "x".repeat(crate::http::MAX_RESPONSE_BYTES)
         );
         let (s, body, _) = w.add_key(
             "u_a",

@@ -299,7 +299,7 @@ fn the_envelope_is_checked_whole_and_a_wrong_one_changes_nothing() {
         assert_eq!(problem["errors"][0]["field"], field, "{problem}");
     }
     // A batch id that names another kind of job is refused.
-    w.store.jobs.borrow_mut().push(crate::ports::JobRecord {
+    w.store.jobs.borrow_mut().push(crate::jobs::JobRecord {
         id: BATCH.into(),
         kind: "rewrap".into(),
         state: "done".into(),

@@ -25,7 +25,8 @@
 
 use super::ChainHead;
 use crate::audit::AuditStore;
-use crate::crypto::{KeyVersion, MacCheck, MacKeys, MasterKeys};
+use crate::crypto::{MacCheck, MacKeys, MasterKeys};
+use crate::domain::KeyVersion;
 use crate::domain::StoreError;
 use crate::domain::Timestamp;
 

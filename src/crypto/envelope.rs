@@ -4,17 +4,14 @@
 //! are sealed under a key of their own. AAD = "byok-vault/v1|user|credential|provider",
 //! so a ciphertext copied to another row, user or provider does not open.
 
-use std::fmt;
-
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use base64::{engine::general_purpose::STANDARD, Engine as _};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::{random_bytes, KeyVersion, MasterKeys, RandomError, SecretKey};
+use super::{random_bytes, MasterKeys, RandomError, SecretKey};
 
 /// Why a key could not be sealed. Neither happens in practice; both are still reported.
 #[derive(Debug, thiserror::Error)]
@@ -26,43 +23,7 @@ pub enum SealError {
     #[error("AES-GCM refused the plaintext")]
     Cipher,
 }
-use crate::domain::{hex_bytes, CredentialId, ProviderId, UserId};
-
-/// A sealed key as stored: master key version, nonce, and ciphertext with its tag.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Sealed {
-    pub key_version: KeyVersion,
-    pub nonce: [u8; 12],
-    pub ciphertext: Vec<u8>,
-}
-
-impl fmt::Debug for Sealed {
-    // Even ciphertext stays out of logs.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Sealed(v{})", self.key_version.get())
-    }
-}
-
-impl Sealed {
-    pub fn nonce_b64(&self) -> String {
-        STANDARD.encode(self.nonce)
-    }
-
-    pub fn ciphertext_b64(&self) -> String {
-        STANDARD.encode(&self.ciphertext)
-    }
-
-    /// Rebuilds a sealed value from its stored columns; `None` if they are not well formed.
-    pub fn from_stored(key_version: u32, nonce_b64: &str, ciphertext_b64: &str) -> Option<Self> {
-        let nonce = STANDARD.decode(nonce_b64).ok()?.try_into().ok()?;
-        let ciphertext = STANDARD.decode(ciphertext_b64).ok()?;
-        Some(Self {
-            key_version: KeyVersion::new(key_version)?,
-            nonce,
-            ciphertext,
-        })
-    }
-}
+use crate::domain::{hex_bytes, Credential, CredentialId, KeyVersion, ProviderId, Sealed, UserId};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
@@ -97,6 +58,11 @@ impl<'a> Binding<'a> {
             credential,
             provider,
         }
+    }
+
+    /// What `credential`'s ciphertext is bound to.
+    pub fn of(credential: &'a Credential) -> Self {
+        Self::new(&credential.user_id, &credential.id, credential.provider)
     }
 
     fn aad(&self) -> String {

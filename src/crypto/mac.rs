@@ -10,8 +10,9 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::envelope::decode_hex;
-use super::{KeyVersion, MasterKeys};
+use super::MasterKeys;
 use crate::domain::hex_bytes;
+use crate::domain::KeyVersion;
 
 /// The MAC keys of one purpose, one per configured master key version.
 pub struct MacKeys {

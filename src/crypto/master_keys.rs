@@ -5,19 +5,7 @@ use std::collections::BTreeMap;
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use zeroize::Zeroizing;
 
-/// The version of a master key; stored next to every ciphertext.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct KeyVersion(u32);
-
-impl KeyVersion {
-    pub fn new(v: u32) -> Option<Self> {
-        (v > 0).then_some(Self(v))
-    }
-
-    pub fn get(self) -> u32 {
-        self.0
-    }
-}
+use crate::domain::KeyVersion;
 
 /// Why the master keys cannot be used. Messages name variables, never values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +40,7 @@ impl MasterKeys {
         match (blank(keys_json), blank(single)) {
             (Some(json), _) => Self::from_ring(json, blank(active)),
             (None, Some(one)) => {
-                let v1 = KeyVersion(1);
+                let v1 = KeyVersion::FIRST;
                 let key = decode_key(one).ok_or_else(|| MasterKeyError::BadKey("1".into()))?;
                 if blank(active).is_some_and(|a| a != "1") {
                     return Err(MasterKeyError::BadActive);
@@ -76,7 +64,7 @@ impl MasterKeys {
                 .ok()
                 .and_then(KeyVersion::new)
                 .ok_or(MasterKeyError::MalformedKeyRing)?;
-            let key = decode_key(b64).ok_or_else(|| MasterKeyError::BadKey(v.0.to_string()))?;
+            let key = decode_key(b64).ok_or_else(|| MasterKeyError::BadKey(v.get().to_string()))?;
             keys.insert(v, key);
         }
         let active = match active {
@@ -106,11 +94,16 @@ impl MasterKeys {
     pub fn for_tests(pairs: &[(u32, [u8; 32])], active: u32) -> Self {
         let keys = pairs
             .iter()
-            .map(|(v, k)| (KeyVersion(*v), Zeroizing::new(*k)))
+            .map(|(v, k)| {
+                (
+                    KeyVersion::new(*v).expect("a test version"),
+                    Zeroizing::new(*k),
+                )
+            })
             .collect();
         Self {
             keys,
-            active: KeyVersion(active),
+            active: KeyVersion::new(active).expect("a test version"),
         }
     }
 }

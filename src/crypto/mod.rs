@@ -7,11 +7,9 @@ mod mac;
 mod master_keys;
 mod secret;
 
-pub use envelope::{
-    fingerprint, open, seal, tag, verify_tag, Binding, OpenError, SealError, Sealed,
-};
+pub use envelope::{fingerprint, open, seal, tag, verify_tag, Binding, OpenError, SealError};
 pub use mac::{MacCheck, MacKeys};
-pub use master_keys::{KeyVersion, MasterKeyError, MasterKeys};
+pub use master_keys::{MasterKeyError, MasterKeys};
 pub use secret::SecretKey;
 
 /// Fills `buf` from the platform CSPRNG (the OS on the host, `crypto.getRandomValues` in

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::Sealed;
 use super::{BatchId, Capability, CredentialId, ProviderId, Timestamp, UserId};
-use crate::crypto::Sealed;
 
 crate::wire_enum! {
     /// Where a credential stands after its last check.
@@ -141,13 +141,6 @@ pub struct Preference {
     pub credential_id: CredentialId,
     pub provider: ProviderId,
     pub model: Option<String>,
-}
-
-impl Credential {
-    /// What this row's ciphertext is bound to.
-    pub fn binding(&self) -> crate::crypto::Binding<'_> {
-        crate::crypto::Binding::new(&self.user_id, &self.id, self.provider)
-    }
 }
 
 /// The only part of a key the API ever shows: `…` and its last 4 characters.

@@ -3,6 +3,7 @@
 
 pub mod credential;
 pub mod ids;
+mod sealed;
 mod settings;
 mod store;
 pub mod time;
@@ -12,6 +13,7 @@ pub use credential::{
     key_hint, Credential, CredentialParams, CredentialStatus, KeyColumns, Model, Preference, Quota,
 };
 pub use ids::{hex_bytes, BatchId, Capability, CredentialId, ProviderId, RequestId, UserId};
+pub use sealed::{KeyVersion, Sealed};
 pub use settings::{ConfigError, Environment};
 pub use store::StoreError;
 pub use time::{Clock, Timestamp};

@@ -3,7 +3,8 @@
 
 use super::{Caller, Vault};
 use crate::audit::Facts;
-use crate::crypto::{fingerprint, open, seal, Binding, MasterKeys, Sealed, SecretKey};
+use crate::crypto::{fingerprint, open, seal, Binding, MasterKeys, SecretKey};
+use crate::domain::Sealed;
 use crate::domain::{key_hint, Credential, CredentialId, CredentialParams, CredentialStatus};
 use crate::domain::{ProviderId, UserId};
 use crate::endpoint_guard::check_base_url;
@@ -292,7 +293,7 @@ impl Vault<'_> {
             return Ok((c.status != CredentialStatus::NeedsReconfiguration)
                 .then(|| SecretKey::new(String::new())));
         };
-        match open(keys, &c.binding(), sealed) {
+        match open(keys, &Binding::of(c), sealed) {
             Ok(key) => Ok(Some(key)),
             Err(e) => {
                 (self.log)(&format!("credential {} cannot be decrypted: {e}", c.id));
@@ -333,7 +334,7 @@ impl Vault<'_> {
         if sealed.key_version == keys.active() {
             return Ok(Rewrap::Current);
         }
-        let binding = read.binding();
+        let binding = Binding::of(read);
         let Ok(key) = open(keys, &binding, sealed) else {
             return Ok(Rewrap::Unreadable);
         };

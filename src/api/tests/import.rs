@@ -147,7 +147,11 @@ fn the_real_run_creates_what_the_dry_run_promised_and_a_second_run_creates_nothi
         assert_eq!(row.warnings, [UNCHECKED_WARNING]);
         assert_eq!(row.last_validated_at, None, "due at the next sweep");
         let keys = w.config.master_keys.as_ref().unwrap();
-        let opened = crate::crypto::open(keys, &row.binding(), row.secret.as_ref().unwrap());
+        let opened = crate::crypto::open(
+            keys,
+            &crate::crypto::Binding::of(&row),
+            row.secret.as_ref().unwrap(),
+        );
         assert_eq!(opened.unwrap().expose(), key);
         let (_, view, _) = w.call(
             "GET",

@@ -278,7 +278,8 @@ fn a_row_already_under_the_active_version_is_left_alone() {
         let ring = crate::crypto::MasterKeys::for_tests(&[(1, v1), (2, v2)], 2);
         let row = rows.iter_mut().find(|c| c.id == first).unwrap();
         let secret = crate::crypto::SecretKey::new(KEY.into());
-        row.secret = Some(crate::crypto::seal(&ring, &row.binding(), &secret).unwrap());
+        row.secret =
+            Some(crate::crypto::seal(&ring, &crate::crypto::Binding::of(row), &secret).unwrap());
         row.version += 1;
     });
     w.run_jobs(10);

@@ -23,9 +23,9 @@ pub mod notify;
 pub mod probe;
 pub mod providers;
 pub mod queues;
+pub mod redact;
 mod small_sort;
 pub mod system_keys;
-pub mod text;
 pub mod vault;
 
 #[cfg(target_arch = "wasm32")]

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, FieldError};
-use crate::text::is_hidden;
+use crate::redact::is_hidden;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
 use crate::probe::{Failure, Verdict as Judged};
 use crate::providers::{self, ProviderInfo, Target};
-use crate::text::ProviderText;
+use crate::redact::ProviderText;
 use crate::vault::resolution::Ask;
 use crate::vault::{KeyInUse, Verdict};
 

@@ -68,7 +68,7 @@ impl Failure {
     }
 
     /// The same failure with its message made safe to store, log and show.
-    pub fn cleaned(self, text: &crate::text::ProviderText) -> Self {
+    pub fn cleaned(self, text: &crate::redact::ProviderText) -> Self {
         self.with_message(|m| text.clean(m, MAX_MESSAGE_CHARS))
     }
 }

@@ -23,7 +23,7 @@ use crate::crypto::SecretKey;
 use crate::domain::{Capability, CredentialParams, Model, ProviderId, Quota};
 use crate::http::{HttpResponse, Method};
 use crate::probe::{Failure, Prober, Verdict, MAX_MESSAGE_CHARS};
-use crate::text::ProviderText;
+use crate::redact::ProviderText;
 
 static REGISTRY: &[&dyn Provider] = &[
     &elevenlabs::ElevenLabs,

@@ -344,7 +344,7 @@ impl From<StoreError> for ApiError {
 /// characters that would make it read as something else.
 pub(crate) fn clip(s: &str, max: usize) -> String {
     s.chars()
-        .filter(|c| !crate::text::is_hidden(*c))
+        .filter(|c| !crate::redact::is_hidden(*c))
         .take(max)
         .collect()
 }

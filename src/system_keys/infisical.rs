@@ -32,7 +32,7 @@ use crate::domain::Clock;
 use crate::domain::Timestamp;
 use crate::domain::{ConfigError, Environment};
 use crate::http::{HttpClient, HttpRequest, HttpResponse, Method};
-use crate::text::{is_hidden, ProviderText};
+use crate::redact::{is_hidden, ProviderText};
 
 const DEFAULT_HOST: &str = "https://app.infisical.com";
 const FETCH_TIMEOUT_MS: u64 = 3_000;

@@ -1,10 +1,10 @@
-//! The API's error: one type, one mapping to RFC 9457 problem+json, stable `code`s.
+//! What can stop an operation, in the operations' own words. The HTTP layer turns each into
+//! problem+json in exactly one place (`api/problem.rs`); jobs match on it.
 
-use serde_json::{json, Map, Value};
+use std::fmt;
 
-use crate::auth::AuthError;
-use crate::domain::StoreError;
-use crate::domain::{CredentialId, ProviderId};
+use crate::domain::{Capability, CredentialId, CredentialStatus, ProviderId, StoreError};
+use crate::limits::{LimitScope, Refusal};
 use crate::probe::Failure;
 
 /// One field's problem in a request body or query.
@@ -23,320 +23,153 @@ impl FieldError {
     }
 }
 
-/// An API error: boxed, so `Result<T, ApiError>` stays one pointer wide on the happy path.
+/// Why an operation did not happen (nothing was written, unless a variant says otherwise).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ApiError(Box<Problem>);
-
-/// The members of a problem details body.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    pub status: u16,
-    pub code: &'static str,
-    pub title: &'static str,
-    pub detail: Option<String>,
-    pub provider: Option<ProviderId>,
-    pub errors: Vec<FieldError>,
-    pub retry_after_seconds: Option<u64>,
-    pub credential_id: Option<CredentialId>,
-    /// Further members for this problem type (e.g. the health checks).
-    pub extra: Map<String, Value>,
-    /// Headers the answer carries besides the problem's own (a proxy call's receipts).
-    pub headers: Vec<(&'static str, String)>,
-    /// What went wrong underneath, for the request's log line; never part of the body.
-    /// Holds no secret: store and platform messages, failure kinds, ids.
-    pub cause: Option<String>,
-}
-
-impl std::ops::Deref for ApiError {
-    type Target = Problem;
-    fn deref(&self) -> &Problem {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for ApiError {
-    fn deref_mut(&mut self) -> &mut Problem {
-        &mut self.0
-    }
-}
-
-impl ApiError {
-    fn new(status: u16, code: &'static str, title: &'static str) -> Self {
-        Self(Box::new(Problem {
-            status,
-            code,
-            title,
-            detail: None,
-            provider: None,
-            errors: Vec::new(),
-            retry_after_seconds: None,
-            credential_id: None,
-            extra: Map::new(),
-            headers: Vec::new(),
-            cause: None,
-        }))
-    }
-
-    /// The same error, remembering what caused it (logged once, never shown).
-    pub fn caused_by(mut self, cause: impl std::fmt::Display) -> Self {
-        self.cause = Some(cause.to_string());
-        self
-    }
-
-    pub fn detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
-        self
-    }
-
-    pub fn provider(mut self, provider: ProviderId) -> Self {
-        self.provider = Some(provider);
-        self
-    }
-
-    pub fn unauthorized(reason: AuthError) -> Self {
-        Self::new(401, "unauthorized", "Authentication required").detail(reason.to_string())
-    }
-
-    pub fn not_found() -> Self {
-        Self::new(404, "not_found", "Not found")
-    }
-
-    pub fn method_not_allowed() -> Self {
-        Self::new(405, "method_not_allowed", "Method not allowed")
-    }
-
-    pub fn invalid_request(errors: Vec<FieldError>) -> Self {
-        let mut e = Self::new(400, "invalid_request", "The request is not valid");
-        e.errors = errors;
-        e
-    }
-
-    pub fn unsupported_media_type() -> Self {
-        Self::new(
-            415,
-            "unsupported_media_type",
-            "Send the body as application/json",
-        )
-    }
-
-    pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(413, "payload_too_large", "The request body is too large")
-            .detail(format!("Bodies may be at most {limit} bytes."))
-    }
-
-    pub fn unknown_provider(name: &str) -> Self {
-        let mut e = Self::new(400, "unknown_provider", "Unknown provider")
-            .detail("See GET /v1/providers for the providers this service supports.");
-        e.errors = vec![FieldError::new(
-            "provider",
-            format!("'{}' is not a supported provider", clip(name, 40)),
-        )];
-        e
-    }
-
-    pub fn duplicate(existing: CredentialId) -> Self {
-        let mut e = Self::new(409, "duplicate_credential", "This key is already stored")
-            .detail("You already stored this key for this provider.");
-        e.credential_id = Some(existing);
-        e
-    }
-
-    /// The vault's own limit on live provider checks (not the provider's).
-    pub fn rate_limited(scope: crate::limits::LimitScope, retry_after_seconds: u64) -> Self {
-        let mut e = if scope.is_system_key_use() {
-            Self::new(429, "rate_limited", "Too many calls on the service's own keys").detail(
-                format!(
-                    "Without a key of your own, calls use the service's keys at a limited rate per {}; try again in {retry_after_seconds} s, or add your own key.",
-                    scope.as_str()
-                ),
-            )
-        } else {
-            Self::new(429, "rate_limited", "Too many live checks").detail(format!(
-                "Keys are checked with their provider at a limited rate per {}; try again in {retry_after_seconds} s.",
-                scope.as_str()
-            ))
-        };
-        e.retry_after_seconds = Some(retry_after_seconds);
-        e
-    }
-
+pub enum Error {
+    /// No such object of the caller's: another user's is as missing as one that never was.
+    NotFound(Option<&'static str>),
+    /// What was asked for does not hold, field by field.
+    Invalid(Vec<FieldError>),
+    /// The provider named is not one this vault knows (with any other field's problem).
+    UnknownProvider(Vec<FieldError>),
+    /// The user already holds this key, as this credential.
+    Duplicate(CredentialId),
+    /// The user holds as many keys as they may.
+    LimitReached(u32),
+    /// A concurrent change got there first and must not be overwritten.
+    Conflict {
+        detail: &'static str,
+        cause: Option<String>,
+    },
+    /// Moving a key to another destination needs the key in the same request.
+    SecretRequired,
+    /// The vault's own rate limit in `scope` refused it, before any provider was asked.
+    RateLimited(LimitScope),
     /// An import entry left unchecked: its request spent its share of provider calls.
-    pub fn not_checked() -> Self {
-        let mut e = Self::new(429, "not_checked", "Not checked in this request")
-            .detail("This request has used its share of provider calls; send this entry again.");
-        e.retry_after_seconds = Some(1);
-        e
-    }
+    NotChecked,
+    /// The provider did not accept the key (its answer, cleaned).
+    Refused {
+        provider: ProviderId,
+        failure: Failure,
+    },
+    /// Nothing may serve this call: the user must add a key.
+    NoCredential(Box<NoCredential>),
+    /// The deployment lacks what this needs (a master key, a limiter binding, a setting).
+    NotConfigured {
+        detail: String,
+        cause: Option<String>,
+    },
+    /// The store failed.
+    Store(StoreError),
+    /// A fault of the vault's own; `cause` is for the log only.
+    Internal(String),
+}
 
-    pub fn credential_limit_reached(limit: u32) -> Self {
-        Self::new(409, "credential_limit_reached", "Too many stored keys").detail(format!(
-            "You hold {limit} keys, the most one user may store; delete one to add another."
-        ))
-    }
+/// Why no key may serve a call: for whom, what was skipped, in words for the user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoCredential {
+    pub provider: Option<ProviderId>,
+    pub capability: Capability,
+    /// The user's credentials that could not be used, and why.
+    pub skipped: Vec<(CredentialId, CredentialStatus)>,
+    pub detail: String,
+    /// For the log: which rule said no.
+    pub cause: String,
+}
 
-    /// A conditional write lost to a concurrent change it must not overwrite.
-    pub fn conflict(detail: impl Into<String>) -> Self {
-        Self::new(409, "conflict", "The credential changed meanwhile").detail(detail)
-    }
-
-    pub fn secret_required() -> Self {
-        let mut e = Self::new(400, "secret_required", "The key is required for this change")
-            .detail("Changing where the key is used (region or base_url) needs the key in the same request.");
-        e.errors = vec![FieldError::new(
-            "api_key",
-            "is required when region or base_url changes",
-        )];
-        e
-    }
-
+impl Error {
     pub fn not_configured(detail: impl Into<String>) -> Self {
-        Self::new(503, "not_configured", "The service is not configured").detail(detail)
-    }
-
-    pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(503, "unavailable", "The service is unavailable").detail(detail)
-    }
-
-    pub fn with(mut self, name: &str, value: Value) -> Self {
-        self.extra.insert(name.to_owned(), value);
-        self
-    }
-
-    pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(403, "forbidden", "Not allowed").detail(detail)
-    }
-
-    /// Nothing the vault may use for this call: the user must add a key.
-    pub fn no_credential(detail: impl Into<String>) -> Self {
-        Self::new(404, "no_credential", "No usable key for this call").detail(detail)
-    }
-
-    /// The user's stored key was refused by its provider in use: it must be replaced.
-    pub fn credential_invalid(provider: ProviderId, id: CredentialId) -> Self {
-        let mut e = Self::new(424, "credential_invalid", "The stored key stopped working")
-            .detail(format!(
-                "{provider} refused the stored key; add a new one (its status is now invalid_key)."
-            ))
-            .provider(provider);
-        e.credential_id = Some(id);
-        e
-    }
-
-    /// The key in use has run out of quota.
-    pub fn quota_exhausted(provider: ProviderId, detail: impl Into<String>) -> Self {
-        Self::new(402, "quota_exhausted", "The key has no quota left")
-            .detail(detail)
-            .provider(provider)
-    }
-
-    pub fn provider_error(provider: ProviderId, detail: impl Into<String>) -> Self {
-        Self::new(502, "provider_error", "The provider failed to answer")
-            .detail(detail)
-            .provider(provider)
-    }
-
-    pub fn provider_unreachable(provider: ProviderId, detail: impl Into<String>) -> Self {
-        Self::new(
-            504,
-            "provider_unreachable",
-            "The provider could not be reached",
-        )
-        .detail(detail)
-        .provider(provider)
-    }
-
-    pub fn internal() -> Self {
-        Self::new(500, "internal", "Internal error")
-    }
-
-    /// A provider check that did not accept the key, as the contract maps it.
-    pub fn from_failure(provider: ProviderId, failure: Failure) -> Self {
-        let e = match &failure {
-            Failure::InvalidKey(_) => {
-                Self::new(422, "invalid_api_key", "The provider rejected this API key")
-            }
-            Failure::InsufficientScope(_) => Self::new(
-                422,
-                "insufficient_scope",
-                "The key lacks a permission this service needs",
-            ),
-            Failure::QuotaExhausted(_) => {
-                Self::new(422, "quota_exhausted", "The key has no quota left")
-            }
-            Failure::RateLimited { retry_after_ms, .. } => {
-                let mut e = Self::new(
-                    429,
-                    "provider_rate_limited",
-                    "The provider is rate limiting this key",
-                );
-                e.retry_after_seconds = Some(retry_after_ms.div_ceil(1000).max(1));
-                e
-            }
-            Failure::Unreachable(_) => Self::new(
-                504,
-                "provider_unreachable",
-                "The provider could not be reached",
-            ),
-            Failure::ProviderError(_) => {
-                Self::new(502, "provider_error", "The provider failed to answer")
-            }
-        };
-        e.detail(failure.message())
-            .provider(provider)
-            .caused_by(format!("{provider} check: {}", failure.kind()))
-    }
-
-    pub fn type_uri(&self) -> String {
-        format!(
-            "https://byok-vault.dev/problems/{}",
-            self.code.replace('_', "-")
-        )
-    }
-
-    pub fn body(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("type".into(), json!(self.type_uri()));
-        m.insert("title".into(), json!(self.title));
-        m.insert("status".into(), json!(self.status));
-        m.insert("code".into(), json!(self.code));
-        if let Some(d) = &self.detail {
-            m.insert("detail".into(), json!(d));
+        Self::NotConfigured {
+            detail: detail.into(),
+            cause: None,
         }
-        if let Some(p) = self.provider {
-            m.insert("provider".into(), json!(p));
+    }
+
+    pub fn conflict(detail: &'static str) -> Self {
+        Self::Conflict {
+            detail,
+            cause: None,
         }
-        if !self.errors.is_empty() {
-            let errors: Vec<Value> = self
-                .errors
-                .iter()
-                .map(|e| json!({"field": e.field, "message": e.message}))
-                .collect();
-            m.insert("errors".into(), Value::Array(errors));
+    }
+
+    pub fn internal(cause: impl fmt::Display) -> Self {
+        Self::Internal(cause.to_string())
+    }
+
+    /// The stable code the contract names this by (an audit event's `reason` too).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound(_) => "not_found",
+            Error::Invalid(_) => "invalid_request",
+            Error::UnknownProvider(_) => "unknown_provider",
+            Error::Duplicate(_) => "duplicate_credential",
+            Error::LimitReached(_) => "credential_limit_reached",
+            Error::Conflict { .. } | Error::Store(StoreError::Conflict(_)) => "conflict",
+            Error::SecretRequired => "secret_required",
+            Error::RateLimited(_) => "rate_limited",
+            Error::NotChecked => "not_checked",
+            Error::Refused { failure, .. } => failure.code(),
+            Error::NoCredential(_) => "no_credential",
+            Error::NotConfigured { .. } => "not_configured",
+            Error::Store(_) | Error::Internal(_) => "internal",
         }
-        if let Some(s) = self.retry_after_seconds {
-            m.insert("retry_after_seconds".into(), json!(s));
-        }
-        if let Some(id) = &self.credential_id {
-            m.insert("credential_id".into(), json!(id));
-        }
-        for (k, v) in &self.extra {
-            m.insert(k.clone(), v.clone());
-        }
-        Value::Object(m)
     }
 }
 
-impl From<StoreError> for ApiError {
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Over(scope) => Error::RateLimited(scope),
+            Refusal::Unavailable(scope, e) => {
+                let what = if scope.is_system_key_use() {
+                    "system-key uses"
+                } else {
+                    "live checks"
+                };
+                Error::NotConfigured {
+                    detail: format!("The rate limiter for {what} is not available."),
+                    cause: Some(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
-        // The caller learns nothing of the internals; the cause goes to the log line.
-        let error = match e {
-            // A uniqueness rule refused a write: another request got there first.
-            StoreError::Conflict(_) => ApiError::conflict(
-                "Another request changed the same thing at the same moment; try again.",
-            ),
-            StoreError::Unavailable(_) | StoreError::Corrupt(_) => ApiError::internal(),
-        };
-        error.caused_by(e)
+        Error::Store(e)
+    }
+}
+
+/// What went wrong underneath, for a log line: never shown to a caller, never a secret
+/// (store and platform messages, failure kinds, ids).
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::RateLimited(scope) => {
+                let what = if scope.is_system_key_use() {
+                    "system-key uses"
+                } else {
+                    "live checks"
+                };
+                write!(f, "the {} limit on {what} is reached", scope.as_str())
+            }
+            Error::Refused { provider, failure } => {
+                write!(f, "{provider} check: {}", failure.kind())
+            }
+            Error::NoCredential(n) => f.write_str(&n.cause),
+            Error::Conflict {
+                cause: Some(cause), ..
+            }
+            | Error::NotConfigured {
+                cause: Some(cause), ..
+            }
+            | Error::Internal(cause) => f.write_str(cause),
+            Error::Conflict { detail, .. } => f.write_str(detail),
+            Error::NotConfigured { detail, .. } => f.write_str(detail),
+            Error::Store(e) => write!(f, "{e}"),
+            other => f.write_str(other.code()),
+        }
     }
 }
 
@@ -347,67 +180,4 @@ pub(crate) fn clip(s: &str, max: usize) -> String {
         .filter(|c| !crate::redact::is_hidden(*c))
         .take(max)
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn problem_bodies_have_the_contract_shape() {
-        let p = ProviderId::new("elevenlabs");
-        let e = ApiError::from_failure(
-            p,
-            Failure::InvalidKey("ElevenLabs says: Invalid API key".into()),
-        );
-        assert_eq!(
-            e.body(),
-            json!({"type":"https://byok-vault.dev/problems/invalid-api-key","title":"The provider rejected this API key",
-                   "status":422,"code":"invalid_api_key","detail":"ElevenLabs says: Invalid API key","provider":"elevenlabs"})
-        );
-    }
-
-    #[test]
-    fn a_cause_is_kept_for_the_log_and_never_shown() {
-        let e = ApiError::from(StoreError::Unavailable("D1_ERROR: disk I/O".into()));
-        assert_eq!(e.code, "internal");
-        assert_eq!(
-            e.cause.as_deref(),
-            Some("the database is unavailable: D1_ERROR: disk I/O")
-        );
-        assert!(!e.body().to_string().contains("D1_ERROR"));
-    }
-
-    #[test]
-    fn failures_map_to_the_contract_statuses() {
-        let p = ProviderId::new("elevenlabs");
-        let m = || "m".to_string();
-        let cases = [
-            (Failure::InvalidKey(m()), 422, "invalid_api_key"),
-            (Failure::InsufficientScope(m()), 422, "insufficient_scope"),
-            (Failure::QuotaExhausted(m()), 422, "quota_exhausted"),
-            (
-                Failure::RateLimited {
-                    retry_after_ms: 1500,
-                    message: m(),
-                },
-                429,
-                "provider_rate_limited",
-            ),
-            (Failure::Unreachable(m()), 504, "provider_unreachable"),
-            (Failure::ProviderError(m()), 502, "provider_error"),
-        ];
-        for (f, status, code) in cases {
-            let e = ApiError::from_failure(p, f);
-            assert_eq!((e.status, e.code), (status, code));
-        }
-        let rl = ApiError::from_failure(
-            p,
-            Failure::RateLimited {
-                retry_after_ms: 1500,
-                message: m(),
-            },
-        );
-        assert_eq!(rl.retry_after_seconds, Some(2));
-    }
 }

@@ -46,3 +46,42 @@ pub trait RateLimiter {
     /// Counts one for `key` in `scope`; `false` when that is over the limit.
     async fn allow(&self, scope: LimitScope, key: &str) -> Result<bool, LimiterError>;
 }
+
+/// How long a caller refused by the vault's own limits is told to wait: the period of the
+/// rate-limit bindings in wrangler.toml.
+pub const RATE_LIMIT_PERIOD_SECONDS: u64 = 60;
+
+/// Why a count was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the limit in this scope.
+    Over(LimitScope),
+    /// The limiter could not be asked for this scope: the limits fail closed.
+    Unavailable(LimitScope, LimiterError),
+}
+
+/// The vault's limits as an operation counts against them: the limiter, and whether they
+/// are on (`RATE_LIMITS`).
+#[derive(Clone, Copy)]
+pub struct Limits<'a> {
+    pub limiter: &'a dyn RateLimiter,
+    pub on: bool,
+}
+
+impl Limits<'_> {
+    /// Counts one against each of `limits` in turn, and refuses when one is over: the
+    /// network comes first, so a refused network spends nothing of the user's allowance.
+    pub async fn count(&self, limits: [(LimitScope, &str); 2]) -> Result<(), Refusal> {
+        if !self.on {
+            return Ok(());
+        }
+        for (scope, key) in limits {
+            match self.limiter.allow(scope, key).await {
+                Ok(true) => {}
+                Ok(false) => return Err(Refusal::Over(scope)),
+                Err(e) => return Err(Refusal::Unavailable(scope, e)),
+            }
+        }
+        Ok(())
+    }
+}

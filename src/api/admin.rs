@@ -4,9 +4,10 @@ use serde_json::json;
 
 use super::commands::{import_command, json_body};
 use super::context::{Outcome, ServiceCtx};
+use super::problem::ApiError;
 use super::Response;
 use crate::domain::BatchId;
-use crate::error::{ApiError, FieldError};
+use crate::error::FieldError;
 use crate::jobs::JobRecord;
 use crate::jobs::{start_rotation, sweep, Job, SWEEP_FANOUT};
 use crate::vault::BatchRow;
@@ -201,7 +202,8 @@ fn import_view(report: &ImportReport) -> serde_json::Value {
                     "outcome": "skipped", "reason": "duplicate",
                     "credential_id": existing, "same_as_entry": same_as,
                 }),
-                EntryOutcome::Rejected(problem) => {
+                EntryOutcome::Rejected(refusal) => {
+                    let problem = ApiError::from(refusal.clone());
                     let mut body = problem.body();
                     if let Some(b) = body.as_object_mut() {
                         for member in ["type", "title", "status", "code", "detail"] {

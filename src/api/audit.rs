@@ -4,6 +4,7 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use serde_json::{json, Value};
 
 use super::context::{Ctx, Outcome};
+use super::problem::ApiError;
 use super::Response;
 use crate::audit::AuditQuery;
 use crate::audit::{
@@ -11,7 +12,7 @@ use crate::audit::{
 };
 use crate::crypto::{tag, verify_tag, MasterKeys};
 use crate::domain::{CredentialId, Timestamp, UserId};
-use crate::error::{ApiError, FieldError};
+use crate::error::FieldError;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;

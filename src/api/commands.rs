@@ -2,12 +2,13 @@
 //! every problem reported at once as a field error, unknown fields refused.
 
 use super::input::{is_json, JsonObject};
+use super::problem::ApiError;
 use super::Request;
 use crate::config::Config;
 use crate::crypto::SecretKey;
 use crate::domain::{BatchId, Credential, CredentialParams, UserId};
 use crate::endpoint_guard::check_base_url;
-use crate::error::{ApiError, FieldError};
+use crate::error::{Error, FieldError};
 use crate::providers::{self, Provider};
 use crate::vault::{
     CredentialPatch, ImportCommand, ImportEntry, NewCredential, MAX_IMPORT_ENTRIES,
@@ -234,6 +235,16 @@ pub(super) fn import_entry(config: &Config, value: Value) -> Result<ImportEntry,
     Ok(ImportEntry { user, credential })
 }
 
+/// Why an import entry was refused, as the import reports it: the fields' problems (or
+/// the unknown provider) the entry's parse found.
+fn entry_refusal(e: ApiError) -> Error {
+    match e.code {
+        "unknown_provider" => Error::UnknownProvider(e.errors.clone()),
+        "invalid_request" => Error::Invalid(e.errors.clone()),
+        _ => Error::internal(e.cause.clone().unwrap_or_else(|| e.code.to_owned())),
+    }
+}
+
 /// `POST /v1/admin/import`: `{"entries":[…],"dry_run"?,"validate"?,"batch_id"?}`. The
 /// envelope must be right (400 otherwise); each entry is read on its own, and one that is
 /// wrong is reported as rejected while the others go ahead. An import is real only when
@@ -280,7 +291,7 @@ pub(super) fn import_command(
         entries: entries
             .unwrap_or_default()
             .into_iter()
-            .map(|v| import_entry(config, v))
+            .map(|v| import_entry(config, v).map_err(entry_refusal))
             .collect(),
     })
 }

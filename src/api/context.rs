@@ -3,11 +3,11 @@
 
 use std::cell::RefCell;
 
+use super::problem::ApiError;
 use super::{After, App, Request, Response};
 use crate::audit::{Facts, Origin};
 use crate::config::Config;
 use crate::domain::UserId;
-use crate::error::ApiError;
 use crate::vault::{Caller, Vault};
 
 /// What a handler did: its answer, and (for an audited operation) what its audit event

@@ -5,10 +5,11 @@ use serde_json::json;
 
 use super::commands::{credential_patch, json_body, new_credential};
 use super::context::{Ctx, Outcome};
+use super::problem::ApiError;
 use super::{views, Response};
 use crate::audit::{Action, Facts};
 use crate::domain::ProviderId;
-use crate::error::{ApiError, FieldError};
+use crate::error::FieldError;
 use crate::providers;
 
 pub(super) async fn providers(_: &Ctx<'_>) -> Outcome {
@@ -126,7 +127,7 @@ pub(super) async fn models(ctx: &Ctx<'_>) -> Outcome {
                 Ok(c) => c,
                 Err(e) => {
                     facts.action = Action::CredentialViewed;
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
         }

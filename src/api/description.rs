@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 
+use super::problem::ApiError;
 use super::{App, Response};
-use crate::error::ApiError;
 
 /// The static files deployed beside the Worker (Workers static assets).
 #[async_trait(?Send)]

@@ -3,10 +3,10 @@
 
 use serde_json::json;
 
+use super::problem::ApiError;
 use super::{App, Response};
 use crate::config::Config;
 use crate::crypto::MasterKeyError;
-use crate::error::ApiError;
 use crate::system_keys::SystemKeys;
 
 pub(super) async fn health(app: &App<'_>) -> Response {

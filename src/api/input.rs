@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
-use crate::error::{ApiError, FieldError};
+use super::problem::ApiError;
+use crate::error::FieldError;
 use crate::redact::is_hidden;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -12,6 +12,7 @@ mod description;
 mod health;
 pub mod input;
 mod preferences;
+pub mod problem;
 mod proxy;
 mod resolve;
 mod router;
@@ -33,11 +34,11 @@ use crate::crypto::random_bytes;
 use crate::domain::Clock;
 use crate::domain::ConfigError;
 use crate::domain::RequestId;
-use crate::error::ApiError;
 use crate::http::HttpClient;
 use crate::limits::RateLimiter;
 use crate::probe::Jitter;
 use crate::vault::CredentialStore;
+use problem::ApiError;
 
 /// An incoming request. Its body is not read until the route and the caller are known
 /// (the router reads a JSON route's body after authentication; the proxy forwards its

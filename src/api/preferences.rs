@@ -5,10 +5,11 @@ use serde_json::{json, Value};
 
 use super::commands::json_body;
 use super::context::{Ctx, Outcome};
+use super::problem::ApiError;
 use super::Response;
 use crate::audit::{Action, Facts};
 use crate::domain::{Capability, CredentialId, Preference};
-use crate::error::{ApiError, FieldError};
+use crate::error::FieldError;
 
 fn view(p: &Preference) -> Value {
     json!({"credential_id": p.credential_id, "provider": p.provider, "model": p.model})

@@ -9,11 +9,11 @@
 use serde_json::json;
 
 use super::context::{Ctx, Outcome};
+use super::problem::ApiError;
 use super::{After, Response};
 use crate::audit::{Action, Facts, Source};
 use crate::domain::CredentialId;
 use crate::endpoint_guard::check_base_url;
-use crate::error::ApiError;
 use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
 use crate::probe::{Failure, Verdict as Judged};
 use crate::providers::{self, ProviderInfo, Target};
@@ -308,8 +308,7 @@ async fn judge(
         Ok(None) => {}
         Err(e) => (ctx.app.log)(&format!(
             "proxy: credential {} could not be marked: {}",
-            credential.id,
-            e.cause.as_deref().unwrap_or(e.code)
+            credential.id, e
         )),
     }
     match verdict {

@@ -6,10 +6,11 @@ use serde_json::json;
 
 use super::commands::json_body;
 use super::context::{Outcome, ServiceCtx};
+use super::problem::ApiError;
 use super::Response;
 use crate::audit::{Action, Facts};
 use crate::domain::{Capability, CredentialId, UserId};
-use crate::error::{ApiError, FieldError};
+use crate::error::FieldError;
 use crate::providers;
 use crate::vault::resolution::Ask;
 

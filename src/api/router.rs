@@ -6,6 +6,7 @@ use futures::future::LocalBoxFuture;
 use std::cell::RefCell;
 
 use super::context::{client_network, Ctx, Outcome, ServiceCtx};
+use super::problem::ApiError;
 use super::{
     admin, audit, credentials, description, health, input, preferences, proxy, resolve, After, App,
     Request, Response,
@@ -14,7 +15,6 @@ use crate::audit::{Action, Actor, ActorType, Origin};
 use crate::auth::{bearer_token, find_service, AuthError, JwtVerifier, Scope, ServiceToken};
 use crate::config::Config;
 use crate::domain::{RequestId, UserId};
-use crate::error::ApiError;
 
 /// A route's handler. `Open` ones answer without configuration or a caller (health);
 /// `User` ones run for an authenticated user.

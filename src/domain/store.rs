@@ -1,6 +1,6 @@
 //! What can go wrong with a store, whichever one: the vocabulary every storage seam answers in.
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("the database is unavailable: {0}")]
     Unavailable(String),

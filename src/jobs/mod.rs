@@ -268,10 +268,7 @@ pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
                 }
                 Ok(_) => JobOutcome::Ack,
                 Err(e) => {
-                    log(&format!(
-                        "revalidation: {id} failed ({}); retrying",
-                        e.cause.as_deref().unwrap_or(e.code)
-                    ));
+                    log(&format!("revalidation: {id} failed ({e}); retrying"));
                     JobOutcome::RetryAfter(30)
                 }
             },

@@ -113,7 +113,10 @@ async fn try_step(
     let origin = origin();
     let (mut done, mut failed) = (0u64, 0u64);
     for read in &chunk {
-        let mut outcome = vault.rewrap(read, &origin).await.map_err(|e| e.code)?;
+        let mut outcome = vault
+            .rewrap(read, &origin)
+            .await
+            .map_err(|e| e.to_string())?;
         if outcome == Rewrap::Moved {
             // Changed meanwhile (a label, a re-check): once more on what is there now.
             if let Some(now) = vault
@@ -122,7 +125,10 @@ async fn try_step(
                 .await
                 .map_err(|e| e.to_string())?
             {
-                outcome = vault.rewrap(&now, &origin).await.map_err(|e| e.code)?;
+                outcome = vault
+                    .rewrap(&now, &origin)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
         }
         match outcome {

@@ -50,6 +50,19 @@ impl Failure {
         }
     }
 
+    /// The contract's code for a check that ended so (an audit event's `reason`, a
+    /// problem's `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Failure::InvalidKey(_) => "invalid_api_key",
+            Failure::InsufficientScope(_) => "insufficient_scope",
+            Failure::QuotaExhausted(_) => "quota_exhausted",
+            Failure::RateLimited { .. } => "provider_rate_limited",
+            Failure::Unreachable(_) => "provider_unreachable",
+            Failure::ProviderError(_) => "provider_error",
+        }
+    }
+
     fn with_message(self, f: impl FnOnce(&str) -> String) -> Self {
         match self {
             Failure::InvalidKey(m) => Failure::InvalidKey(f(&m)),

@@ -48,5 +48,5 @@ pub struct ImportCommand {
     /// advance, so a request retried after a lost answer lands in the same batch);
     /// otherwise a new one.
     pub batch: Option<crate::domain::BatchId>,
-    pub entries: Vec<Result<ImportEntry, crate::error::ApiError>>,
+    pub entries: Vec<Result<ImportEntry, crate::error::Error>>,
 }

@@ -11,7 +11,7 @@ use crate::crypto::random_bytes;
 use crate::domain::StoreError;
 use crate::domain::UserId;
 use crate::domain::{Credential, CredentialId, CredentialStatus, Model, ProviderId, Timestamp};
-use crate::error::{clip, ApiError, FieldError};
+use crate::error::{clip, Error, FieldError};
 use crate::providers::{self, Accepted, Provider};
 use crate::vault::{Inserted, Written};
 
@@ -20,9 +20,9 @@ use crate::vault::{Inserted, Written};
 const WRITE_ATTEMPTS: usize = 3;
 
 /// A new credential's id, from the CSPRNG.
-pub(super) fn fresh_id() -> Result<CredentialId, ApiError> {
+pub(super) fn fresh_id() -> Result<CredentialId, Error> {
     Ok(CredentialId::from_random(
-        random_bytes().map_err(|e| ApiError::internal().caused_by(e))?,
+        random_bytes().map_err(Error::internal)?,
     ))
 }
 
@@ -113,10 +113,10 @@ pub(super) fn check_model(
     provider: &'static dyn Provider,
     model: &str,
     known: Option<&[Model]>,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     match known {
         Some(models) if !models.iter().any(|m| m.id == model) => {
-            Err(ApiError::invalid_request(vec![FieldError::new(
+            Err(Error::Invalid(vec![FieldError::new(
                 "model",
                 format!(
                     "{} does not offer '{}' to this key",
@@ -134,9 +134,9 @@ fn same_key(then: &Credential, now: &Credential) -> bool {
     then.fingerprint == now.fingerprint && then.params == now.params && then.secret == now.secret
 }
 
-fn provider_of(c: &Credential) -> Result<&'static dyn Provider, ApiError> {
+fn provider_of(c: &Credential) -> Result<&'static dyn Provider, Error> {
     providers::find(c.provider.as_str())
-        .ok_or_else(|| ApiError::internal().caused_by(format!("unknown provider {}", c.provider)))
+        .ok_or_else(|| Error::internal(format!("unknown provider {}", c.provider)))
 }
 
 impl Vault<'_> {
@@ -151,24 +151,24 @@ impl Vault<'_> {
         caller: &Caller<'_>,
         raw_id: &str,
         facts: &mut Facts,
-    ) -> Result<Credential, ApiError> {
-        let id = CredentialId::parse(raw_id).ok_or_else(ApiError::not_found)?;
+    ) -> Result<Credential, Error> {
+        let id = CredentialId::parse(raw_id).ok_or(Error::NotFound(None))?;
         facts.about(&id, None);
         let credential = self
             .store
             .get(caller.user, &id)
             .await?
-            .ok_or_else(ApiError::not_found)?;
+            .ok_or(Error::NotFound(None))?;
         facts.provider = Some(credential.provider);
         Ok(credential)
     }
 
     /// The row as it is now, after a conditional write found it changed; 404 if it is gone.
-    async fn reload(&self, c: &Credential) -> Result<Credential, ApiError> {
+    async fn reload(&self, c: &Credential) -> Result<Credential, Error> {
         self.store
             .get(&c.user_id, &c.id)
             .await?
-            .ok_or_else(ApiError::not_found)
+            .ok_or(Error::NotFound(None))
     }
 
     /// The caller's credential `raw_id` for showing it: [`owned`](Self::owned), with the
@@ -179,17 +179,17 @@ impl Vault<'_> {
         caller: &Caller<'_>,
         raw_id: &str,
         facts: &mut Facts,
-    ) -> Result<Credential, ApiError> {
-        let id = CredentialId::parse(raw_id).ok_or_else(ApiError::not_found)?;
+    ) -> Result<Credential, Error> {
+        let id = CredentialId::parse(raw_id).ok_or(Error::NotFound(None))?;
         facts.about(&id, None);
         let seen = self.new_event(caller, facts);
         // The same event (one id: only one of the two is written), as the miss it may be.
         let mut missing = seen.clone();
         missing.outcome = Outcome::Failure;
-        missing.reason = Some(ApiError::not_found().code.to_owned());
+        missing.reason = Some(Error::NotFound(None).code().to_owned());
         let found = self.store.view(caller.user, &id, &seen, &missing).await;
         let found = committed_read(found, facts, seen.id)?;
-        let credential = found.ok_or_else(ApiError::not_found)?;
+        let credential = found.ok_or(Error::NotFound(None))?;
         facts.provider = Some(credential.provider);
         Ok(credential)
     }
@@ -201,7 +201,7 @@ impl Vault<'_> {
         caller: &Caller<'_>,
         provider: Option<ProviderId>,
         facts: &mut Facts,
-    ) -> Result<Vec<Credential>, ApiError> {
+    ) -> Result<Vec<Credential>, Error> {
         facts.provider = provider.or(facts.provider);
         let seen = self.new_event(caller, facts);
         let rows = self.store.list(caller.user, provider, &seen).await;
@@ -216,7 +216,7 @@ impl Vault<'_> {
         caller: &Caller<'_>,
         new: NewCredential,
         facts: &mut Facts,
-    ) -> Result<Credential, ApiError> {
+    ) -> Result<Credential, Error> {
         let info = new.provider.info();
         facts.provider = Some(info.id);
         let limit = self.config.max_credentials_per_user;
@@ -257,9 +257,9 @@ impl Vault<'_> {
             }
             Inserted::Duplicate(existing) => {
                 facts.about(&existing, None);
-                Err(ApiError::duplicate(existing))
+                Err(Error::Duplicate(existing))
             }
-            Inserted::LimitReached => Err(ApiError::credential_limit_reached(limit)),
+            Inserted::LimitReached => Err(Error::LimitReached(limit)),
         }
     }
 
@@ -273,7 +273,7 @@ impl Vault<'_> {
         read: Credential,
         patch: CredentialPatch,
         facts: &mut Facts,
-    ) -> Result<Credential, ApiError> {
+    ) -> Result<Credential, Error> {
         let provider = provider_of(&read)?;
         let mut params = read.params.clone();
         let moved = (patch.region.is_some() && patch.region != params.region)
@@ -286,7 +286,7 @@ impl Vault<'_> {
         }
         // The stored key is never sent to a destination the user has just typed in.
         if moved && patch.api_key.is_none() && read.secret.is_some() {
-            return Err(ApiError::secret_required());
+            return Err(Error::SecretRequired);
         }
 
         let mut changed = Vec::new();
@@ -389,11 +389,11 @@ impl Vault<'_> {
                     next.version += 1;
                     return Ok(next);
                 }
-                Ok(Written::Missing) => return Err(ApiError::not_found()),
+                Ok(Written::Missing) => return Err(Error::NotFound(None)),
                 Ok(Written::Conflict) => {
                     current = self.reload(&read).await?;
                     if rekey.is_some() && !same_key(&read, &current) {
-                        return Err(ApiError::conflict(
+                        return Err(Error::conflict(
                             "The key was changed by another request meanwhile; this change was not made.",
                         ));
                     }
@@ -403,15 +403,17 @@ impl Vault<'_> {
                     let prints: Vec<String> = next.fingerprint.iter().cloned().collect();
                     let holder = self.store.occupancy(caller.user, &prints).await?.duplicate;
                     return Err(match holder.filter(|e| *e != read.id) {
-                        Some(existing) => ApiError::duplicate(existing),
-                        None => ApiError::conflict("A concurrent change got there first."),
-                    }
-                    .caused_by(cause));
+                        Some(existing) => Error::Duplicate(existing),
+                        None => Error::Conflict {
+                            detail: "A concurrent change got there first.",
+                            cause: Some(cause),
+                        },
+                    });
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ApiError::conflict(
+        Err(Error::conflict(
             "The credential kept changing while this request tried to save; try again.",
         ))
     }
@@ -426,7 +428,7 @@ impl Vault<'_> {
         caller: &Caller<'_>,
         read: Credential,
         facts: &mut Facts,
-    ) -> Result<Credential, ApiError> {
+    ) -> Result<Credential, Error> {
         let provider = provider_of(&read)?;
         // Err((status, detail, audit reason)) when the key did not pass.
         let outcome = match self.open_key(&read)? {
@@ -435,11 +437,7 @@ impl Vault<'_> {
                 .await?
             {
                 Ok(accepted) => Ok(accepted),
-                Err(f) => Err((
-                    status_of(&f),
-                    f.message().to_owned(),
-                    ApiError::from_failure(read.provider, f.clone()).code,
-                )),
+                Err(f) => Err((status_of(&f), f.message().to_owned(), f.code())),
             },
             None => Err((
                 CredentialStatus::NeedsReconfiguration,
@@ -468,18 +466,18 @@ impl Vault<'_> {
                     next.version += 1;
                     return Ok(next);
                 }
-                Written::Missing => return Err(ApiError::not_found()),
+                Written::Missing => return Err(Error::NotFound(None)),
                 Written::Conflict => {
                     current = self.reload(&read).await?;
                     if !same_key(&read, &current) {
-                        return Err(ApiError::conflict(
+                        return Err(Error::conflict(
                             "The key was replaced while it was being checked; the new key was checked when it was saved.",
                         ));
                     }
                 }
             }
         }
-        Err(ApiError::conflict(
+        Err(Error::conflict(
             "The credential kept changing while it was being checked; try again.",
         ))
     }
@@ -491,15 +489,15 @@ impl Vault<'_> {
         caller: &Caller<'_>,
         raw_id: &str,
         facts: &mut Facts,
-    ) -> Result<(), ApiError> {
-        let id = CredentialId::parse(raw_id).ok_or_else(ApiError::not_found)?;
+    ) -> Result<(), Error> {
+        let id = CredentialId::parse(raw_id).ok_or(Error::NotFound(None))?;
         facts.about(&id, None);
         let event = self.new_event(caller, facts);
         let provider = self
             .store
             .delete(caller.user, &id, &event)
             .await?
-            .ok_or_else(ApiError::not_found)?;
+            .ok_or(Error::NotFound(None))?;
         facts.provider = Some(provider);
         facts.committed = Some(event.id);
         Ok(())
@@ -513,7 +511,7 @@ fn committed_read<T>(
     read: Result<T, StoreError>,
     facts: &mut Facts,
     event_id: String,
-) -> Result<T, ApiError> {
+) -> Result<T, Error> {
     match read {
         Ok(v) => {
             facts.committed = Some(event_id);

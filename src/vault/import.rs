@@ -27,7 +27,7 @@ use super::{Caller, ImportCommand, ImportEntry, Vault};
 use crate::audit::{Action, AuditEvent, Facts, Origin};
 use crate::crypto::{random_bytes, Binding};
 use crate::domain::{BatchId, CredentialId, CredentialStatus, ProviderId, UserId};
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::http::{HttpClient, HttpError, HttpRequest, HttpResponse};
 use crate::providers::Accepted;
 use crate::vault::{BatchRow, ImportRow, ImportStore, Occupancy};
@@ -68,7 +68,7 @@ pub enum EntryOutcome {
         same_as: Option<usize>,
     },
     /// Not stored, for the reason the error gives.
-    Rejected(ApiError),
+    Rejected(Error),
 }
 
 /// One entry's line in the report: whose, which provider, and what happened.
@@ -134,7 +134,7 @@ impl Vault<'_> {
         origin: &Origin,
         network: &str,
         command: ImportCommand,
-    ) -> Result<ImportReport, ApiError> {
+    ) -> Result<ImportReport, Error> {
         let keys = self.master_keys()?;
         let limit = self.config.max_credentials_per_user;
         let ImportCommand {
@@ -192,7 +192,9 @@ impl Vault<'_> {
                     continue;
                 }
                 (Ok(_), None) => {
-                    outcomes.push(Some(EntryOutcome::Rejected(ApiError::internal())));
+                    outcomes.push(Some(EntryOutcome::Rejected(Error::internal(
+                        "an entry without fingerprints",
+                    ))));
                     continue;
                 }
             };
@@ -223,15 +225,13 @@ impl Vault<'_> {
                 .find(|(u, _)| *u == &entry.user)
                 .map_or(0, |(_, n)| *n);
             if occupancy.count + gained >= limit {
-                outcomes.push(Some(EntryOutcome::Rejected(
-                    ApiError::credential_limit_reached(limit),
-                )));
+                outcomes.push(Some(EntryOutcome::Rejected(Error::LimitReached(limit))));
                 continue;
             }
             let accepted = if validate {
                 let most = entry.credential.provider.info().check_calls;
                 if counted.calls.get() + most > IMPORT_CALL_BUDGET {
-                    outcomes.push(Some(EntryOutcome::Rejected(ApiError::not_checked())));
+                    outcomes.push(Some(EntryOutcome::Rejected(Error::NotChecked)));
                     continue;
                 }
                 match checker.check_entry(entry, origin, network).await {
@@ -262,7 +262,7 @@ impl Vault<'_> {
             (true, _) => None,
             (false, Some(b)) => Some(b),
             (false, None) => Some(BatchId::from_random(
-                random_bytes().map_err(|e| ApiError::internal().caused_by(e))?,
+                random_bytes().map_err(Error::internal)?,
             )),
         };
         let mut committed = None;
@@ -342,9 +342,7 @@ impl Vault<'_> {
                                     same_as: None,
                                 }
                             }
-                            None => {
-                                EntryOutcome::Rejected(ApiError::credential_limit_reached(limit))
-                            }
+                            None => EntryOutcome::Rejected(Error::LimitReached(limit)),
                         }
                     });
                 }
@@ -363,7 +361,9 @@ impl Vault<'_> {
             .map(|(entry, outcome)| EntryReport {
                 user: entry.as_ref().ok().map(|e| e.user.clone()),
                 provider: entry.as_ref().ok().map(|e| e.credential.provider.info().id),
-                outcome: outcome.unwrap_or(EntryOutcome::Rejected(ApiError::internal())),
+                outcome: outcome.unwrap_or(EntryOutcome::Rejected(Error::internal(
+                    "an entry without an outcome",
+                ))),
             })
             .collect();
         Ok(ImportReport {
@@ -384,7 +384,7 @@ impl Vault<'_> {
         entry: &ImportEntry,
         origin: &Origin,
         network: &str,
-    ) -> Result<Accepted, ApiError> {
+    ) -> Result<Accepted, Error> {
         let caller = Caller {
             user: &entry.user,
             network,
@@ -397,7 +397,10 @@ impl Vault<'_> {
         let accepted = self
             .check_with(&prober, c.provider, &c.params, &c.api_key)
             .await
-            .map_err(|f| ApiError::from_failure(info.id, f))?;
+            .map_err(|failure| Error::Refused {
+                provider: info.id,
+                failure,
+            })?;
         if let Some(model) = &c.model {
             check_model(c.provider, model, accepted.models.as_deref())?;
         }
@@ -410,7 +413,7 @@ impl Vault<'_> {
         batch: &BatchId,
         origin: &Origin,
         planned: &[Planned<'_>],
-    ) -> Result<Vec<ImportRow>, ApiError> {
+    ) -> Result<Vec<ImportRow>, Error> {
         let keys = self.master_keys()?;
         let now = self.clock.now();
         planned
@@ -457,7 +460,7 @@ impl Vault<'_> {
         imports: &dyn ImportStore,
         origin: &Origin,
         batch: &BatchId,
-    ) -> Result<RollbackReport, ApiError> {
+    ) -> Result<RollbackReport, Error> {
         let mut found = imports.batch_rows(batch, ROLLBACK_CHUNK + 1).await?;
         let more = found.removable.len() > ROLLBACK_CHUNK as usize;
         found.removable.truncate(ROLLBACK_CHUNK as usize);

@@ -8,14 +8,10 @@ use crate::domain::Sealed;
 use crate::domain::{key_hint, Credential, CredentialId, CredentialParams, CredentialStatus};
 use crate::domain::{ProviderId, UserId};
 use crate::endpoint_guard::check_base_url;
-use crate::error::ApiError;
-use crate::limits::LimitScope;
+use crate::error::Error;
+use crate::limits::{LimitScope, Limits};
 use crate::probe::{Failure, Prober};
 use crate::providers::{self, Accepted, Provider, Target};
-
-/// How long a caller refused by the vault's own limits is told to wait: the period of the
-/// rate-limit bindings in wrangler.toml.
-pub(super) const RATE_LIMIT_PERIOD_SECONDS: u64 = 60;
 
 /// What a new key is being accepted for.
 pub(super) enum Purpose {
@@ -94,14 +90,11 @@ pub(super) fn seal_for_row(
     binding: &Binding<'_>,
     key: &SecretKey,
     params: &CredentialParams,
-) -> Result<SealedKey, ApiError> {
+) -> Result<SealedKey, Error> {
     let secret = if key.is_empty() {
         None
     } else {
-        Some(
-            seal(keys, binding, key)
-                .map_err(|e| ApiError::internal().caused_by(format!("sealing: {e}")))?,
-        )
+        Some(seal(keys, binding, key).map_err(|e| Error::internal(format!("sealing: {e}")))?)
     };
     Ok(SealedKey {
         key_hint: secret.as_ref().map(|_| key_hint(key.expose())),
@@ -129,11 +122,11 @@ pub(super) fn status_of(f: &Failure) -> CredentialStatus {
 }
 
 impl Vault<'_> {
-    pub(super) fn master_keys(&self) -> Result<&MasterKeys, ApiError> {
+    pub(super) fn master_keys(&self) -> Result<&MasterKeys, Error> {
         self.config
             .master_keys
             .as_ref()
-            .map_err(|e| ApiError::not_configured(e.to_string()))
+            .map_err(|e| Error::not_configured(e.to_string()))
     }
 
     /// Accepts a candidate key: refused as a duplicate (or past
@@ -145,7 +138,7 @@ impl Vault<'_> {
         candidate: Candidate<'_>,
         purpose: Purpose,
         facts: &mut Facts,
-    ) -> Result<AcceptedKey, ApiError> {
+    ) -> Result<AcceptedKey, Error> {
         let Candidate {
             provider,
             id,
@@ -161,22 +154,25 @@ impl Vault<'_> {
             Purpose::Add { limit } => {
                 if let Some(existing) = occupied.duplicate {
                     facts.about(&existing, None);
-                    return Err(ApiError::duplicate(existing));
+                    return Err(Error::Duplicate(existing));
                 }
                 if occupied.count >= limit {
-                    return Err(ApiError::credential_limit_reached(limit));
+                    return Err(Error::LimitReached(limit));
                 }
             }
             Purpose::Replace => {
                 if let Some(existing) = occupied.duplicate.filter(|e| e != id) {
-                    return Err(ApiError::duplicate(existing));
+                    return Err(Error::Duplicate(existing));
                 }
             }
         }
         let accepted = self
             .live_check(caller, provider, params, key)
             .await?
-            .map_err(|f| ApiError::from_failure(info.id, f))?;
+            .map_err(|failure| Error::Refused {
+                provider: info.id,
+                failure,
+            })?;
         Ok(AcceptedKey {
             sealed: seal_for_row(keys, &Binding::new(caller.user, id, info.id), key, params)?,
             prints,
@@ -194,7 +190,7 @@ impl Vault<'_> {
         provider: &'static dyn Provider,
         params: &CredentialParams,
         key: &SecretKey,
-    ) -> Result<Result<Accepted, Failure>, ApiError> {
+    ) -> Result<Result<Accepted, Failure>, Error> {
         if let Some(url) = &params.base_url {
             if let Err(e) = check_base_url(url, self.config.allow_private_base_urls) {
                 return Ok(Err(Failure::Unreachable(format!(
@@ -240,52 +236,29 @@ impl Vault<'_> {
         providers::check(provider, prober, &target, key).await
     }
 
-    /// Counts one live provider check against the caller's network and user, and refuses
-    /// it when either is over its limit.
-    pub(super) async fn limit_live_check(&self, caller: &Caller<'_>) -> Result<(), ApiError> {
-        self.count_against([
-            (LimitScope::ClientAddress, caller.network),
-            (LimitScope::User, caller.user.as_str()),
-        ])
-        .await
+    /// The vault's limits, as this deployment has them.
+    pub(super) fn limits(&self) -> Limits<'_> {
+        Limits {
+            limiter: self.limiter,
+            on: self.config.rate_limits,
+        }
     }
 
-    /// Counts one use against each of `limits` in turn (with `RATE_LIMITS` on), and
-    /// refuses when one is over: the network comes first, so a refused network spends
-    /// nothing of the user's allowance.
-    pub(super) async fn count_against(
-        &self,
-        limits: [(LimitScope, &str); 2],
-    ) -> Result<(), ApiError> {
-        if !self.config.rate_limits {
-            return Ok(());
-        }
-        for (scope, key) in limits {
-            let what = if scope.is_system_key_use() {
-                "system-key uses"
-            } else {
-                "live checks"
-            };
-            match self.limiter.allow(scope, key).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(ApiError::rate_limited(scope, RATE_LIMIT_PERIOD_SECONDS)
-                        .caused_by(format!("the {} limit on {what} is reached", scope.as_str())))
-                }
-                Err(e) => {
-                    return Err(ApiError::not_configured(format!(
-                        "The rate limiter for {what} is not available."
-                    ))
-                    .caused_by(e))
-                }
-            }
-        }
-        Ok(())
+    /// Counts one live provider check against the caller's network and user, and refuses
+    /// it when either is over its limit.
+    pub(super) async fn limit_live_check(&self, caller: &Caller<'_>) -> Result<(), Error> {
+        Ok(self
+            .limits()
+            .count([
+                (LimitScope::ClientAddress, caller.network),
+                (LimitScope::User, caller.user.as_str()),
+            ])
+            .await?)
     }
 
     /// The stored key in the clear; `None` when it no longer decrypts (a master key
     /// version removed, a tampered row). A keyless credential has the empty key.
-    pub(super) fn open_key(&self, c: &Credential) -> Result<Option<SecretKey>, ApiError> {
+    pub(super) fn open_key(&self, c: &Credential) -> Result<Option<SecretKey>, Error> {
         let keys = self.master_keys()?;
         let Some(sealed) = &c.secret else {
             // No envelope: a keyless endpoint, or columns that no longer make one (shown
@@ -326,7 +299,7 @@ impl Vault<'_> {
         &self,
         read: &Credential,
         origin: &crate::audit::Origin,
-    ) -> Result<Rewrap, ApiError> {
+    ) -> Result<Rewrap, Error> {
         let keys = self.master_keys()?;
         let Some(sealed) = &read.secret else {
             return Ok(Rewrap::Moved);
@@ -338,10 +311,10 @@ impl Vault<'_> {
         let Ok(key) = open(keys, &binding, sealed) else {
             return Ok(Rewrap::Unreadable);
         };
-        let fresh = seal(keys, &binding, &key)
-            .map_err(|e| ApiError::internal().caused_by(format!("sealing: {e}")))?;
+        let fresh =
+            seal(keys, &binding, &key).map_err(|e| Error::internal(format!("sealing: {e}")))?;
         if !open(keys, &binding, &fresh).is_ok_and(|back| back.expose() == key.expose()) {
-            return Err(ApiError::internal().caused_by("a rewrapped key did not open back"));
+            return Err(Error::internal("a rewrapped key did not open back"));
         }
         let (from, to) = (sealed.key_version.get(), fresh.key_version.get());
         let mut next = read.clone();

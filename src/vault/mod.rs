@@ -3,7 +3,8 @@
 //! consumers and the import next). Pure: it reaches the platform only through the ports.
 //! Operations take typed commands (parsed once, at the edge of the API), fill in the
 //! [`Facts`] of their audit event as they go, write that event with their change, and
-//! answer in `ApiError`s that keep their cause for the request's log line.
+//! answer in the operations' own [`Error`](crate::error::Error)s, which keep their cause for
+//! the request's log line.
 //!
 //! [`Facts`]: crate::audit::Facts
 

@@ -5,11 +5,11 @@ use serde_json::json;
 use super::{Caller, Vault};
 use crate::audit::Facts;
 use crate::domain::{Capability, CredentialId, Preference, UserId};
-use crate::error::{clip, ApiError, FieldError};
+use crate::error::{clip, Error, FieldError};
 use crate::providers;
 
 impl Vault<'_> {
-    pub async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, ApiError> {
+    pub async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, Error> {
         Ok(self.store.preferences(user).await?)
     }
 
@@ -23,19 +23,19 @@ impl Vault<'_> {
         id: CredentialId,
         model: Option<String>,
         facts: &mut Facts,
-    ) -> Result<Preference, ApiError> {
+    ) -> Result<Preference, Error> {
         facts.about(&id, None);
         let credential = self
             .store
             .get(caller.user, &id)
             .await?
-            .ok_or_else(|| ApiError::not_found().detail("No such credential."))?;
+            .ok_or(Error::NotFound(Some("No such credential.")))?;
         facts.provider = Some(credential.provider);
         let info = providers::find(credential.provider.as_str())
-            .ok_or_else(ApiError::internal)?
+            .ok_or_else(|| Error::internal(format!("unknown provider {}", credential.provider)))?
             .info();
         if !info.capabilities.contains(&capability) {
-            return Err(ApiError::invalid_request(vec![FieldError::new(
+            return Err(Error::Invalid(vec![FieldError::new(
                 "credential_id",
                 format!("{} does not offer {}", info.name, capability.as_str()),
             )]));
@@ -45,7 +45,7 @@ impl Vault<'_> {
             let fits = known
                 .is_some_and(|x| x.capabilities.is_empty() || x.capabilities.contains(&capability));
             if !fits {
-                return Err(ApiError::invalid_request(vec![FieldError::new(
+                return Err(Error::Invalid(vec![FieldError::new(
                     "model",
                     format!(
                         "{} offers no {} model '{}' to this key",
@@ -70,7 +70,7 @@ impl Vault<'_> {
             .await?
         {
             // Deleted by a concurrent request since it was read.
-            return Err(ApiError::not_found().detail("No such credential."));
+            return Err(Error::NotFound(Some("No such credential.")));
         }
         facts.committed = Some(event.id);
         Ok(preference)

@@ -12,11 +12,12 @@
 use serde_json::json;
 
 use super::credentials::{apply_accepted, apply_refusal, status_change};
-use super::keys::{status_of, RATE_LIMIT_PERIOD_SECONDS};
+use super::keys::status_of;
 use super::{Caller, Vault};
 use crate::audit::{Action, Facts, Origin};
 use crate::domain::{Credential, CredentialId, CredentialStatus, Timestamp, UserId};
-use crate::error::ApiError;
+use crate::error::Error;
+use crate::limits::RATE_LIMIT_PERIOD_SECONDS;
 use crate::probe::Failure;
 use crate::providers;
 use crate::vault::Written;
@@ -65,7 +66,7 @@ impl Vault<'_> {
         id: &CredentialId,
         queued_at: Timestamp,
         origin: &Origin,
-    ) -> Result<Revalidated, ApiError> {
+    ) -> Result<Revalidated, Error> {
         let Some(read) = self.store.get(user, id).await? else {
             return Ok(Revalidated::Skipped("gone"));
         };
@@ -94,7 +95,7 @@ impl Vault<'_> {
             ));
         }
         let provider = providers::find(read.provider.as_str())
-            .ok_or_else(|| ApiError::internal().caused_by("unknown provider in a stored row"))?;
+            .ok_or_else(|| Error::internal("unknown provider in a stored row"))?;
         let outcome = match self.open_key(&read)? {
             Some(key) => {
                 if counted(&read) {
@@ -105,10 +106,7 @@ impl Vault<'_> {
                     };
                     // Refused (or the limiter is out of reach): not checked now, not marked.
                     if let Err(e) = self.limit_live_check(&caller).await {
-                        (self.log)(&format!(
-                            "revalidation: {id} waits ({})",
-                            e.cause.as_deref().unwrap_or(e.code)
-                        ));
+                        (self.log)(&format!("revalidation: {id} waits ({e})"));
                         return Ok(Revalidated::Limited {
                             retry_after_seconds: RATE_LIMIT_PERIOD_SECONDS,
                         });
@@ -130,11 +128,7 @@ impl Vault<'_> {
                             retry_after_seconds: TRANSIENT_RETRY_SECONDS,
                         })
                     }
-                    Err(f) => Err((
-                        status_of(&f),
-                        f.message().to_owned(),
-                        ApiError::from_failure(read.provider, f.clone()).code,
-                    )),
+                    Err(f) => Err((status_of(&f), f.message().to_owned(), f.code())),
                 }
             }
             None => Err((

@@ -9,7 +9,7 @@ use super::Vault;
 use crate::audit::{Action, Facts, Origin, Source};
 use crate::crypto::SecretKey;
 use crate::domain::{Credential, CredentialParams, CredentialStatus, ProviderId, UserId};
-use crate::error::ApiError;
+use crate::error::{Error, FieldError, NoCredential};
 use crate::limits::LimitScope;
 use crate::providers;
 use crate::system_keys::{SystemKeys, Tier};
@@ -63,7 +63,7 @@ impl Vault<'_> {
         network: &str,
         ask: &Ask<'_>,
         facts: &mut Facts,
-    ) -> Result<KeyInUse, ApiError> {
+    ) -> Result<KeyInUse, Error> {
         if let Some(p) = ask.provider {
             facts.provider = Some(p);
         }
@@ -75,11 +75,7 @@ impl Vault<'_> {
             .filter(|i| i.capabilities.contains(&ask.capability))
             .map(|i| i.id)
             .collect();
-        let (mut held, default) = self
-            .store
-            .holdings(user, ask.capability, &serving)
-            .await
-            .map_err(ApiError::from)?;
+        let (mut held, default) = self.store.holdings(user, ask.capability, &serving).await?;
         let default = default.map(|p| Default {
             credential_id: p.credential_id,
             model: p.model,
@@ -88,14 +84,12 @@ impl Vault<'_> {
         for _ in 0..=held.len() {
             let dead = match decide(self.config.fallback_policy, ask, &held, default.as_ref()) {
                 Decision::Mismatch(why) => {
-                    return Err(ApiError::invalid_request(vec![
-                        crate::error::FieldError::new("credential_id", why),
-                    ]))
+                    return Err(Error::Invalid(vec![FieldError::new("credential_id", why)]))
                 }
                 Decision::Nothing(missing) => return Err(no_credential(ask, &missing)),
                 // Not the user's (or gone): as for any other object, indistinguishable.
                 Decision::Unknown => {
-                    return Err(ApiError::not_found().detail("The user has no such credential."))
+                    return Err(Error::NotFound(Some("The user has no such credential.")))
                 }
                 Decision::System {
                     provider,
@@ -115,11 +109,12 @@ impl Vault<'_> {
                         "fallback_reason": reason, "tier": found.tier, "model": model,
                         "requested_credential_id": ask.credential_id,
                     }));
-                    self.count_against([
-                        (LimitScope::SystemKeyAddress, network),
-                        (LimitScope::SystemKeyUser, user.as_str()),
-                    ])
-                    .await?;
+                    self.limits()
+                        .count([
+                            (LimitScope::SystemKeyAddress, network),
+                            (LimitScope::SystemKeyUser, user.as_str()),
+                        ])
+                        .await?;
                     return Ok(KeyInUse {
                         source: Source::System,
                         provider,
@@ -161,7 +156,7 @@ impl Vault<'_> {
                 c.status = CredentialStatus::NeedsReconfiguration;
             }
         }
-        Err(ApiError::internal().caused_by("resolution did not settle"))
+        Err(Error::internal("resolution did not settle"))
     }
 
     /// The system key of `provider`, or of the first provider offering the capability that
@@ -197,7 +192,7 @@ impl Vault<'_> {
         verdict: Verdict,
         detail: &str,
         origin: &Origin,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, Error> {
         let (status, code) = match verdict {
             Verdict::Refused => (CredentialStatus::InvalidKey, "credential_invalid"),
             Verdict::QuotaExhausted => (CredentialStatus::QuotaExhausted, "quota_exhausted"),
@@ -229,7 +224,7 @@ impl Vault<'_> {
 }
 
 /// `no_credential`, naming the provider, why, and what to do.
-fn no_credential(ask: &Ask<'_>, missing: &Missing<'_>) -> ApiError {
+fn no_credential(ask: &Ask<'_>, missing: &Missing<'_>) -> Error {
     let what = match missing.provider {
         Some(p) => format!("{p} key"),
         None => format!("key for {}", ask.capability),
@@ -245,18 +240,15 @@ fn no_credential(ask: &Ask<'_>, missing: &Missing<'_>) -> ApiError {
     } else {
         "a system key may not be used for this call"
     };
-    let mut e = ApiError::no_credential(format!(
-        "No usable {what}: {why}, and {system}. Add a {what} in your settings."
-    ));
-    if let Some(p) = missing.provider {
-        e = e.provider(p);
-    }
-    let skipped: Vec<_> = missing
-        .skipped
-        .iter()
-        .map(|c| json!({"credential_id": c.id, "status": c.status}))
-        .collect();
-    e.with("capability", json!(ask.capability))
-        .with("skipped", json!(skipped))
-        .caused_by(format!("no_credential ({why}; {system})"))
+    Error::NoCredential(Box::new(NoCredential {
+        provider: missing.provider,
+        capability: ask.capability,
+        skipped: missing
+            .skipped
+            .iter()
+            .map(|c| (c.id.clone(), c.status))
+            .collect(),
+        detail: format!("No usable {what}: {why}, and {system}. Add a {what} in your settings."),
+        cause: format!("no_credential ({why}; {system})"),
+    }))
 }

@@ -22,7 +22,7 @@ FLOORS = [
     ("crypto", ["crypto"]),
     # The core's services: seams, providers, the operations and their rules.
     ("services", ["http", "limits", "redact", "probe", "providers", "auth", "audit", "notify",
-                  "system_keys", "config", "error", "vault", "credentials", "usage", "import",
+                  "system_keys", "config", "error", "checks", "credentials", "usage", "import",
                   "rewrap", "revalidation"]),
     # Who asks for the operations: HTTP requests and background jobs.
     ("api/jobs", ["api", "jobs"]),

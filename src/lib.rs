@@ -2,8 +2,10 @@
 //!
 //! The crate has two halves. Everything outside `edge` is the pure core: it knows
 //! nothing of Workers, compiles on the host and is tested with `cargo test`. It reaches
-//! the outside world only through the small traits in [`ports`]. `edge` is the thin glue
-//! compiled for wasm32 only: entry points, D1, Fetch, queues, clock.
+//! the outside world only through small traits (seams), each beside the code that uses
+//! it. `edge` is the thin glue compiled for wasm32 only: entry points, D1, Fetch, queues,
+//! clock. `scripts/modules.py` holds the modules to their floors: domain, crypto, the
+//! core's services, api and jobs, edge.
 
 // clippy.toml keeps serde_json::from_str out of the Worker; tests may use it.
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
@@ -11,12 +13,15 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod checks;
 pub mod config;
+pub mod credentials;
 pub mod crypto;
 pub mod domain;
 pub mod endpoint_guard;
 pub mod error;
 pub mod http;
+pub mod import;
 pub mod jobs;
 pub mod limits;
 pub mod notify;
@@ -24,9 +29,11 @@ pub mod probe;
 pub mod providers;
 pub mod queues;
 pub mod redact;
+pub mod revalidation;
+pub mod rewrap;
 mod small_sort;
 pub mod system_keys;
-pub mod vault;
+pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod edge;

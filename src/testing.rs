@@ -11,6 +11,7 @@ use crate::audit::{
     LegacyWindow, PendingEvent, Resealed, Sealer, Unsettled,
 };
 use crate::audit::{AuditQuery, AuditSink, AuditStore};
+use crate::credentials::{CredentialStore, Inserted, Occupancy, Written};
 use crate::domain::{
     Capability, Credential, CredentialId, Preference, ProviderId, Timestamp, UserId,
 };
@@ -18,7 +19,6 @@ use crate::domain::{Clock, StoreError};
 use crate::http::{HttpClient, HttpError, HttpRequest, HttpResponse};
 use crate::limits::{LimitScope, LimiterError, RateLimiter};
 use crate::probe::Jitter;
-use crate::vault::{CredentialStore, Inserted, Occupancy, Written};
 
 /// A clock that only moves when the code under test sleeps (or an HTTP call takes time).
 pub(crate) struct FakeClock {
@@ -722,7 +722,7 @@ impl CredentialStore for MemoryStore {
 }
 
 #[async_trait(?Send)]
-impl crate::vault::ImportStore for MemoryStore {
+impl crate::import::ImportStore for MemoryStore {
     async fn occupancies(
         &self,
         wanted: &[(UserId, Vec<String>)],
@@ -738,7 +738,7 @@ impl crate::vault::ImportStore for MemoryStore {
     async fn insert_batch(
         &self,
         batch: &crate::domain::BatchId,
-        rows: &[crate::vault::ImportRow],
+        rows: &[crate::import::ImportRow],
         refused: &[AuditEvent],
         limit: u32,
         now: Timestamp,
@@ -809,7 +809,7 @@ impl crate::vault::ImportStore for MemoryStore {
         &self,
         batch: &crate::domain::BatchId,
         limit: u32,
-    ) -> Result<crate::vault::BatchRows, StoreError> {
+    ) -> Result<crate::import::BatchRows, StoreError> {
         self.check()?;
         let prefs = self.prefs.borrow();
         let mut rows: Vec<Credential> = self
@@ -820,7 +820,7 @@ impl crate::vault::ImportStore for MemoryStore {
             .cloned()
             .collect();
         rows.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-        let row = |c: Credential| crate::vault::BatchRow {
+        let row = |c: Credential| crate::import::BatchRow {
             user: c.user_id,
             id: c.id,
             provider: c.provider,
@@ -828,7 +828,7 @@ impl crate::vault::ImportStore for MemoryStore {
         let (defaults, removable): (Vec<Credential>, Vec<Credential>) = rows
             .into_iter()
             .partition(|c| prefs.iter().any(|(_, p)| p.credential_id == c.id));
-        Ok(crate::vault::BatchRows {
+        Ok(crate::import::BatchRows {
             removable: removable
                 .into_iter()
                 .take(limit as usize)

@@ -8,10 +8,9 @@ use super::problem::ApiError;
 use super::Response;
 use crate::domain::BatchId;
 use crate::error::FieldError;
+use crate::import::{BatchRow, EntryOutcome, ImportReport, RollbackReport};
 use crate::jobs::JobRecord;
 use crate::jobs::{start_rotation, sweep, Job, SWEEP_FANOUT};
-use crate::vault::BatchRow;
-use crate::vault::{EntryOutcome, ImportReport, RollbackReport};
 
 /// A running job not advanced for this long has lost its message: it is sent again.
 const STALLED_MS: u64 = 30_000;
@@ -128,8 +127,8 @@ pub(super) async fn import(ctx: &ServiceCtx<'_>) -> Outcome {
             }
         }
         let report = ctx
-            .vault()
-            .import(app.imports, &ctx.origin, &ctx.network, command)
+            .imports()
+            .import(&ctx.origin, &ctx.network, command)
             .await?;
         if let Some(event) = &report.committed {
             app.audit.nudge(event).await;
@@ -154,10 +153,7 @@ pub(super) async fn rollback(ctx: &ServiceCtx<'_>) -> Outcome {
             .await?
             .filter(|j| j.kind == IMPORT_KIND)
             .ok_or_else(ApiError::not_found)?;
-        let report = ctx
-            .vault()
-            .rollback_import(app.imports, &ctx.origin, &batch)
-            .await?;
+        let report = ctx.imports().rollback(&ctx.origin, &batch).await?;
         if let Some(event) = &report.committed {
             app.audit.nudge(event).await;
         }

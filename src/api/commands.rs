@@ -5,15 +5,13 @@ use super::input::{is_json, JsonObject};
 use super::problem::ApiError;
 use super::Request;
 use crate::config::Config;
+use crate::credentials::{CredentialPatch, NewCredential};
 use crate::crypto::SecretKey;
 use crate::domain::{BatchId, Credential, CredentialParams, UserId};
 use crate::endpoint_guard::check_base_url;
 use crate::error::{Error, FieldError};
+use crate::import::{ImportCommand, ImportEntry, MAX_IMPORT_ENTRIES, MAX_VALIDATED_ENTRIES};
 use crate::providers::{self, Provider};
-use crate::vault::{
-    CredentialPatch, ImportCommand, ImportEntry, NewCredential, MAX_IMPORT_ENTRIES,
-    MAX_VALIDATED_ENTRIES,
-};
 use serde_json::Value;
 
 const MAX_API_KEY: usize = 1024;

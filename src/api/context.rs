@@ -5,10 +5,13 @@ use std::cell::RefCell;
 
 use super::problem::ApiError;
 use super::{After, App, Request, Response};
-use crate::audit::{Facts, Origin};
+use crate::audit::{Caller, Facts, Origin};
+use crate::checks::LiveChecks;
 use crate::config::Config;
+use crate::credentials::Credentials;
 use crate::domain::UserId;
-use crate::vault::{Caller, Vault};
+use crate::import::Imports;
+use crate::usage::KeyUse;
 
 /// What a handler did: its answer, and (for an audited operation) what its audit event
 /// says, as one value.
@@ -64,18 +67,38 @@ impl<'r> ServiceCtx<'r> {
         self.params.get(i).copied().unwrap_or_default()
     }
 
-    pub(super) fn vault(&self) -> Vault<'r> {
-        vault(self.app, self.config, self.note)
+    /// Using keys: resolve hands one to a service.
+    pub(super) fn key_use(&self) -> KeyUse<'r> {
+        key_use(self.app, self.config, self.note)
+    }
+
+    /// Importing keys and taking an import back.
+    pub(super) fn imports(&self) -> Imports<'r> {
+        Imports {
+            config: self.config,
+            store: self.app.imports,
+            checks: live_checks(self.app, self.config),
+        }
     }
 }
 
-fn vault<'r>(app: &'r App<'r>, config: &'r Config, note: &'r dyn Fn(&str)) -> Vault<'r> {
-    Vault {
+/// The operations, each built from the request's seams with only what it needs.
+fn live_checks<'r>(app: &'r App<'r>, config: &'r Config) -> LiveChecks<'r> {
+    LiveChecks {
+        config,
+        http: app.http,
+        clock: app.clock,
+        jitter: app.jitter,
+        limiter: app.limiter,
+    }
+}
+
+fn key_use<'r>(app: &'r App<'r>, config: &'r Config, note: &'r dyn Fn(&str)) -> KeyUse<'r> {
+    KeyUse {
         config,
         store: app.store,
         http: app.http,
         clock: app.clock,
-        jitter: app.jitter,
         limiter: app.limiter,
         log: note,
         infisical: app.infisical,
@@ -111,8 +134,20 @@ impl<'r> Ctx<'r> {
         self.params.get(i).copied().unwrap_or_default()
     }
 
-    pub(super) fn vault(&self) -> Vault<'r> {
-        vault(self.app, self.config, self.note)
+    /// The operations on the caller's credentials and defaults.
+    pub(super) fn credentials(&self) -> Credentials<'r> {
+        Credentials {
+            config: self.config,
+            store: self.app.store,
+            checks: live_checks(self.app, self.config),
+            clock: self.app.clock,
+            log: self.note,
+        }
+    }
+
+    /// Using keys: the proxy's call gets one.
+    pub(super) fn key_use(&self) -> KeyUse<'r> {
+        key_use(self.app, self.config, self.note)
     }
 
     pub(super) fn origin(&self) -> &Origin {

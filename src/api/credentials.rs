@@ -21,7 +21,10 @@ pub(super) async fn create(ctx: &Ctx<'_>) -> Outcome {
     let mut facts = Facts::new(Action::CredentialCreated);
     let result = async {
         let command = new_credential(ctx.config, json_body(ctx.request)?)?;
-        let credential = ctx.vault().add(&ctx.caller(), command, &mut facts).await?;
+        let credential = ctx
+            .credentials()
+            .add(&ctx.caller(), command, &mut facts)
+            .await?;
         let body = json!({
             "credential": views::credential(&credential),
             "models": views::models(credential.models.as_deref()),
@@ -46,7 +49,7 @@ pub(super) async fn list(ctx: &Ctx<'_>) -> Outcome {
             ),
         };
         let rows = ctx
-            .vault()
+            .credentials()
             .list(&ctx.caller(), provider, &mut facts)
             .await?;
         let list: Vec<_> = rows.iter().map(views::credential).collect();
@@ -60,7 +63,7 @@ pub(super) async fn get(ctx: &Ctx<'_>) -> Outcome {
     let mut facts = Facts::new(Action::CredentialViewed);
     let result = async {
         let credential = ctx
-            .vault()
+            .credentials()
             .view(&ctx.caller(), ctx.param(0), &mut facts)
             .await?;
         Ok(Response::json(200, &views::credential(&credential)))
@@ -75,11 +78,11 @@ pub(super) async fn update(ctx: &Ctx<'_>) -> Outcome {
     let mut facts = Facts::new(Action::CredentialUpdated);
     let result = async {
         let body = json_body(ctx.request)?;
-        let vault = ctx.vault();
+        let credentials = ctx.credentials();
         let caller = ctx.caller();
-        let read = vault.owned(&caller, ctx.param(0), &mut facts).await?;
+        let read = credentials.owned(&caller, ctx.param(0), &mut facts).await?;
         let patch = credential_patch(ctx.config, body, &read)?;
-        let credential = vault.change(&caller, read, patch, &mut facts).await?;
+        let credential = credentials.change(&caller, read, patch, &mut facts).await?;
         Ok(Response::json(200, &views::credential(&credential)))
     }
     .await;
@@ -89,10 +92,10 @@ pub(super) async fn update(ctx: &Ctx<'_>) -> Outcome {
 pub(super) async fn validate(ctx: &Ctx<'_>) -> Outcome {
     let mut facts = Facts::new(Action::CredentialValidated);
     let result = async {
-        let vault = ctx.vault();
+        let credentials = ctx.credentials();
         let caller = ctx.caller();
-        let read = vault.owned(&caller, ctx.param(0), &mut facts).await?;
-        let credential = vault.recheck(&caller, read, &mut facts).await?;
+        let read = credentials.owned(&caller, ctx.param(0), &mut facts).await?;
+        let credential = credentials.recheck(&caller, read, &mut facts).await?;
         Ok(Response::json(200, &views::credential(&credential)))
     }
     .await;
@@ -114,16 +117,16 @@ pub(super) async fn models(ctx: &Ctx<'_>) -> Outcome {
                 )]));
             }
         };
-        let vault = ctx.vault();
+        let credentials = ctx.credentials();
         let caller = ctx.caller();
-        let mut credential = vault.owned(&caller, ctx.param(0), &mut facts).await?;
+        let mut credential = credentials.owned(&caller, ctx.param(0), &mut facts).await?;
         let supported = providers::find(credential.provider.as_str())
             .is_some_and(|p| p.info().supports_model_listing);
         if supported && (refresh || credential.models_fetched_at.is_none()) {
             // A re-check that happened is audited as one; one refused before it could
             // happen stays a view that failed.
             facts.action = Action::CredentialValidated;
-            credential = match vault.recheck(&caller, credential, &mut facts).await {
+            credential = match credentials.recheck(&caller, credential, &mut facts).await {
                 Ok(c) => c,
                 Err(e) => {
                     facts.action = Action::CredentialViewed;
@@ -144,7 +147,7 @@ pub(super) async fn models(ctx: &Ctx<'_>) -> Outcome {
 pub(super) async fn delete(ctx: &Ctx<'_>) -> Outcome {
     let mut facts = Facts::new(Action::CredentialDeleted);
     let result = async {
-        ctx.vault()
+        ctx.credentials()
             .delete(&ctx.caller(), ctx.param(0), &mut facts)
             .await?;
         Ok(Response::empty(204))

@@ -30,6 +30,7 @@ use crate::audit::{AuditSink, AuditStore};
 use crate::auth::JwksCache;
 use crate::auth::SignatureVerifier;
 use crate::config::Config;
+use crate::credentials::CredentialStore;
 use crate::crypto::random_bytes;
 use crate::domain::Clock;
 use crate::domain::ConfigError;
@@ -37,7 +38,6 @@ use crate::domain::RequestId;
 use crate::http::HttpClient;
 use crate::limits::RateLimiter;
 use crate::probe::Jitter;
-use crate::vault::CredentialStore;
 use problem::ApiError;
 
 /// An incoming request. Its body is not read until the route and the caller are known
@@ -242,7 +242,7 @@ pub struct App<'a> {
     /// Where background jobs' progress is kept.
     pub job_store: &'a dyn crate::jobs::JobStore,
     /// Where imports write and what their rollback removes.
-    pub imports: &'a dyn crate::vault::ImportStore,
+    pub imports: &'a dyn crate::import::ImportStore,
     /// The static files deployed beside the Worker (the API description among them).
     pub assets: &'a dyn crate::api::Assets,
     /// Infisical's per-isolate cache of system keys (`SYSTEM_KEYS_SOURCE = "infisical"`).

@@ -17,7 +17,7 @@ fn view(p: &Preference) -> Value {
 
 pub(super) async fn get(ctx: &Ctx<'_>) -> Outcome {
     let result = async {
-        let prefs = ctx.vault().preferences(&ctx.user).await?;
+        let prefs = ctx.credentials().preferences(&ctx.user).await?;
         let mut body = json!({"tts": null, "stt": null, "llm": null});
         for p in &prefs {
             body[p.capability.as_str()] = view(p);
@@ -49,7 +49,7 @@ pub(super) async fn put(ctx: &Ctx<'_>) -> Outcome {
         body.finish().map_err(ApiError::invalid_request)?;
         let id = id.ok_or_else(ApiError::internal)?;
         let preference = ctx
-            .vault()
+            .credentials()
             .choose(&ctx.caller(), capability, id, model, &mut facts)
             .await?;
         let mut out = view(&preference);

@@ -18,8 +18,7 @@ use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
 use crate::probe::{Failure, Verdict as Judged};
 use crate::providers::{self, ProviderInfo, Target};
 use crate::redact::ProviderText;
-use crate::vault::resolution::Ask;
-use crate::vault::{KeyInUse, Verdict};
+use crate::usage::{Ask, KeyInUse, Verdict};
 
 /// How long the provider has to start answering (a long completion streams its head
 /// early; a non-streamed one may think for a while).
@@ -142,8 +141,8 @@ async fn forward(
     ask: &Ask<'_>,
     facts: &mut Facts,
 ) -> Result<Response, ApiError> {
-    let vault = ctx.vault();
-    let key = vault
+    let key = ctx
+        .key_use()
         .key_for(&ctx.user, ctx.caller().network, ask, facts)
         .await?;
     let receipts = receipts(&key);
@@ -300,7 +299,7 @@ async fn judge(
         };
     };
     match ctx
-        .vault()
+        .key_use()
         .mark_in_use(credential, verdict, message, ctx.origin())
         .await
     {

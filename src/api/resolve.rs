@@ -12,7 +12,7 @@ use crate::audit::{Action, Facts};
 use crate::domain::{Capability, CredentialId, UserId};
 use crate::error::FieldError;
 use crate::providers;
-use crate::vault::resolution::Ask;
+use crate::usage::Ask;
 
 pub(super) async fn resolve(ctx: &ServiceCtx<'_>) -> Outcome {
     let mut facts = Facts::new(Action::CredentialUsed);
@@ -78,7 +78,7 @@ pub(super) async fn resolve(ctx: &ServiceCtx<'_>) -> Outcome {
     let result = async {
         // The service's own address is what the per-address limit on system keys counts.
         let key = ctx
-            .vault()
+            .key_use()
             .key_for(&user, &ctx.network, &ask, &mut facts)
             .await?;
         Ok(Response::json(

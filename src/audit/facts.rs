@@ -77,6 +77,16 @@ impl Facts {
     }
 }
 
+/// Who an operation acts for, and where the request came from.
+pub struct Caller<'a> {
+    pub user: &'a UserId,
+    /// What the per-address live-check limit counts: the client's address, an IPv6 one
+    /// cut to its /64.
+    pub network: &'a str,
+    /// The actor and request every event of this request carries.
+    pub origin: &'a Origin,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

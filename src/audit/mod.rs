@@ -31,7 +31,7 @@ pub use consumer::{
     consume, consume_dead_letters, nudge_body, parse_message, Consumed, Disposition, Message,
     CONSUMER_ROUNDS,
 };
-pub use facts::{Facts, Origin};
+pub use facts::{Caller, Facts, Origin};
 pub use outbox::{drain, drain_rounds, plan, ChainPlan, Drained, PendingEvent, ROUND_SIZE};
 pub use store::{AuditQuery, AuditSink, AuditStore};
 pub use verify::{judge_anchor, Break, Verification, Verifier};

@@ -9,16 +9,15 @@ use worker::wasm_bindgen::JsValue;
 use worker::D1PreparedStatement;
 
 use crate::audit::AuditEvent;
+use crate::credentials::{CredentialStore, Inserted, Occupancy, Written};
 use crate::domain::StoreError;
 use crate::domain::{
     BatchId, Capability, Credential, CredentialId, CredentialParams, CredentialStatus, KeyColumns,
     Preference, ProviderId, Timestamp, UserId,
 };
+use crate::import::{BatchRow, BatchRows, ImportRow, ImportStore};
 use crate::jobs::{JobRecord, JobStore};
 use crate::providers;
-use crate::vault::{
-    BatchRow, BatchRows, CredentialStore, ImportRow, ImportStore, Inserted, Occupancy, Written,
-};
 
 use super::audit_store::outbox_insert;
 use super::db::{changes, json, millis, num, opt_text, rows_of, text, Db, Row as D1Row};

@@ -371,24 +371,33 @@ async fn run_jobs(
     let log = |line: &str| worker::console_log!("{line}");
     let store = credential_store::D1Store::new(db);
     let limiter = limits::BindingLimiter::new(env);
-    let vault = crate::vault::Vault {
+    let checks = crate::checks::LiveChecks {
         config,
-        store: &store,
         http: &fetch::FetchClient,
         clock: &runtime::WorkerClock,
         jitter: &SystemJitter,
         limiter: &limiter,
-        log: &log,
-        infisical: isolate.infisical.as_ref(),
     };
     let workers = crate::jobs::Workers {
-        vault: &vault,
+        revalidation: crate::revalidation::Revalidation {
+            config,
+            store: &store,
+            checks,
+            log: &log,
+        },
+        rewrap: crate::rewrap::Rewrap {
+            config,
+            store: &store,
+            clock: &runtime::WorkerClock,
+        },
         notifier: config
             .webhooks
             .as_ref()
             .map(|settings| crate::jobs::Notifier {
                 store: audit,
                 settings,
+                http: &fetch::FetchClient,
+                clock: &runtime::WorkerClock,
             }),
         progress: &store,
         queue: jobs,

@@ -1,6 +1,6 @@
 //! Background work on `JOBS_QUEUE`: the scheduled revalidation sweep (the cron claims
 //! what is due and fans it out; the consumer checks a bounded number per invocation).
-//! Pure: the queue and the store are ports, the checks are the vault's.
+//! Pure: the queue and the stores are seams, the checks are `revalidation`'s.
 
 mod rotation;
 mod store;
@@ -12,12 +12,15 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::audit::{Actor, ActorType, Origin};
+use crate::credentials::CredentialStore;
+use crate::domain::Clock;
 use crate::domain::StoreError;
 use crate::domain::{CredentialId, Timestamp, UserId};
+use crate::http::HttpClient;
 use crate::notify::NotificationStore;
 use crate::notify::{deliver, Delivered, WebhookSettings};
-use crate::vault::CredentialStore;
-use crate::vault::{Revalidated, Vault};
+use crate::revalidation::{Revalidated, Revalidation};
+use crate::rewrap::Rewrap;
 
 /// One message on `JOBS_QUEUE`: written with serde, read back with [`Job::from_json`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -169,11 +172,16 @@ pub struct Ran {
 pub struct Notifier<'a> {
     pub store: &'a dyn NotificationStore,
     pub settings: &'a WebhookSettings,
+    pub http: &'a dyn HttpClient,
+    pub clock: &'a dyn Clock,
 }
 
 /// What the jobs consumer works with.
 pub struct Workers<'a> {
-    pub vault: &'a Vault<'a>,
+    /// The sweep's checks.
+    pub revalidation: Revalidation<'a>,
+    /// Master-key rotation, row by row.
+    pub rewrap: Rewrap<'a>,
     pub notifier: Option<Notifier<'a>>,
     pub progress: &'a dyn JobStore,
     /// For a job's next step.
@@ -185,7 +193,6 @@ pub struct Workers<'a> {
 /// Runs one batch of job messages. A message that is not a job is acknowledged (and
 /// logged): retrying it cannot make it one.
 pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
-    let vault = w.vault;
     let origin = sweep_origin();
     let mut per_provider: Vec<(String, usize)> = Vec::new();
     let mut out = Vec::with_capacity(bodies.len());
@@ -212,7 +219,7 @@ pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
             }
             Some(Job::Notify) => {
                 delivered = true;
-                out.push(notify(vault, w.notifier.as_ref(), log).await);
+                out.push(notify(w.notifier.as_ref(), log).await);
                 continue;
             }
             Some(Job::Rewrap { job_id }) => {
@@ -252,7 +259,11 @@ pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
         };
         let queued_at = Timestamp::from_millis(queued_at);
         out.push(
-            match vault.revalidate(&user, &id, queued_at, &origin).await {
+            match w
+                .revalidation
+                .revalidate(&user, &id, queued_at, &origin)
+                .await
+            {
                 Ok(
                     Revalidated::Deferred {
                         retry_after_seconds,
@@ -282,16 +293,12 @@ pub async fn run(w: &Workers<'_>, bodies: &[Value], log: &dyn Fn(&str)) -> Ran {
 
 /// Delivers what is due; while notices still wait, the message comes back when the
 /// earliest is due (the cron sends a fresh one every hour in case it is lost).
-async fn notify(
-    vault: &Vault<'_>,
-    notifier: Option<&Notifier<'_>>,
-    log: &dyn Fn(&str),
-) -> JobOutcome {
+async fn notify(notifier: Option<&Notifier<'_>>, log: &dyn Fn(&str)) -> JobOutcome {
     let Some(n) = notifier else {
         return JobOutcome::Ack;
     };
-    let now = vault.clock.now();
-    match deliver(n.store, vault.http, now, n.settings, log).await {
+    let now = n.clock.now();
+    match deliver(n.store, n.http, now, n.settings, log).await {
         Ok(Delivered { next_due: None, .. }) => JobOutcome::Ack,
         Ok(Delivered {
             next_due: Some(at), ..

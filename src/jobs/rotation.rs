@@ -10,12 +10,12 @@
 
 use super::{Job, JobOutcome, Workers};
 use crate::audit::{settle, Actor, ActorType, Origin, Sealer};
+use crate::credentials::CredentialStore;
 use crate::crypto::random_bytes;
 use crate::domain::StoreError;
 use crate::domain::{hex_bytes, CredentialId, Timestamp};
 use crate::jobs::{JobQueue, JobRecord, JobStore};
-use crate::vault::CredentialStore;
-use crate::vault::Rewrap;
+use crate::rewrap::Rewrapped;
 
 /// Rows one message re-encrypts (each is one conditional write: with the chunk's read,
 /// the anchors' pass and its progress, 27 D1 queries at most, leaving room in the
@@ -89,7 +89,7 @@ async fn try_step(
     job_id: &str,
     log: &dyn Fn(&str),
 ) -> Result<(JobOutcome, usize), String> {
-    let vault = w.vault;
+    let rewrap = &w.rewrap;
     let Some(job) = w.progress.job(job_id).await.map_err(|e| e.to_string())? else {
         log(&format!("rotation: no job {job_id}; dropped"));
         return Ok((JobOutcome::Ack, 0));
@@ -97,7 +97,7 @@ async fn try_step(
     if job.state != "running" {
         return Ok((JobOutcome::Ack, 0));
     }
-    let keys = vault
+    let keys = rewrap
         .config
         .master_keys
         .as_ref()
@@ -105,7 +105,7 @@ async fn try_step(
     let active = keys.active().get();
     let from = job.cursor.as_deref();
     let after = from.and_then(CredentialId::parse);
-    let chunk = vault
+    let chunk = rewrap
         .store
         .stale_keys(active, after.as_ref(), REWRAP_CHUNK)
         .await
@@ -113,34 +113,34 @@ async fn try_step(
     let origin = origin();
     let (mut done, mut failed) = (0u64, 0u64);
     for read in &chunk {
-        let mut outcome = vault
+        let mut outcome = rewrap
             .rewrap(read, &origin)
             .await
             .map_err(|e| e.to_string())?;
-        if outcome == Rewrap::Moved {
+        if outcome == Rewrapped::Moved {
             // Changed meanwhile (a label, a re-check): once more on what is there now.
-            if let Some(now) = vault
+            if let Some(now) = rewrap
                 .store
                 .get(&read.user_id, &read.id)
                 .await
                 .map_err(|e| e.to_string())?
             {
-                outcome = vault
+                outcome = rewrap
                     .rewrap(&now, &origin)
                     .await
                     .map_err(|e| e.to_string())?;
             }
         }
         match outcome {
-            Rewrap::Done => done += 1,
-            Rewrap::Unreadable => failed += 1,
-            Rewrap::Moved | Rewrap::Current => {}
+            Rewrapped::Done => done += 1,
+            Rewrapped::Unreadable => failed += 1,
+            Rewrapped::Moved | Rewrapped::Current => {}
         }
     }
     // The audit chains' heads and checkpoints under an old version, re-sealed (after
     // their seal is checked) under the active one. The cron's pass moves the legacy
     // window; this one leaves it alone.
-    let sealer = Sealer::new(keys, vault.clock.now());
+    let sealer = Sealer::new(keys, rewrap.clock.now());
     let anchors = settle(w.audit, &sealer, ANCHOR_CHUNK, false)
         .await
         .map_err(|e| e.to_string())?;
@@ -155,7 +155,7 @@ async fn try_step(
             failed,
             cursor.as_deref(),
             if finished { "done" } else { "running" },
-            vault.clock.now(),
+            rewrap.clock.now(),
         )
         .await
         .map_err(|e| e.to_string())?;

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::domain::CredentialStatus;
-use crate::vault::UNCHECKED_WARNING;
+use crate::import::UNCHECKED_WARNING;
 
 const KEY3: &str = "sk_9999888877776666555544443333222211110000ffffeeee";
 
@@ -275,10 +275,10 @@ fn a_key_stored_by_a_parallel_request_meanwhile_is_reported_as_skipped() {
 #[test]
 fn the_envelope_is_checked_whole_and_a_wrong_one_changes_nothing() {
     let w = World::with_services(&[]);
-    let many: Vec<Value> = (0..=crate::vault::MAX_IMPORT_ENTRIES)
+    let many: Vec<Value> = (0..=crate::import::MAX_IMPORT_ENTRIES)
         .map(|i| entry(&format!("u_{i}"), KEY))
         .collect();
-    let checked: Vec<Value> = (0..=crate::vault::MAX_VALIDATED_ENTRIES)
+    let checked: Vec<Value> = (0..=crate::import::MAX_VALIDATED_ENTRIES)
         .map(|i| entry(&format!("u_{i}"), KEY))
         .collect();
     for (body, field) in [
@@ -355,7 +355,7 @@ fn a_dry_run_with_validation_checks_keys_and_still_writes_nothing() {
 #[test]
 fn validation_stops_before_the_requests_provider_calls_run_out() {
     let w = World::with_services(&[]);
-    let n = crate::vault::MAX_VALIDATED_ENTRIES;
+    let n = crate::import::MAX_VALIDATED_ENTRIES;
     let entries: Vec<Value> = (0..n).map(|i| entry(&format!("u_{i}"), KEY)).collect();
     let script: Vec<Scripted> = (0..n).flat_map(|_| valid()).collect();
     let (s, report) = w.import(
@@ -364,12 +364,12 @@ fn validation_stops_before_the_requests_provider_calls_run_out() {
     );
     assert_eq!(s, 200, "{report}");
     // Each check here costs its worst case, 2 calls: a check starts while 2 more fit.
-    let fits = (crate::vault::IMPORT_CALL_BUDGET / 2) as usize;
+    let fits = (crate::import::IMPORT_CALL_BUDGET / 2) as usize;
     let mut expected = vec!["created".to_owned(); fits];
     assert!(fits < n, "the budget must bind in this test");
     expected.resize(n, "rejected:not_checked".to_owned());
     assert_eq!(outcomes(&report), expected);
-    assert!(w.provider_calls.get() as u32 <= crate::vault::IMPORT_CALL_BUDGET);
+    assert!(w.provider_calls.get() as u32 <= crate::import::IMPORT_CALL_BUDGET);
     assert_eq!(report["entries"][n - 1]["retry_after_seconds"], 1);
     assert_eq!(w.store.rows.borrow().len(), fits);
 }
@@ -599,7 +599,7 @@ fn rolling_back_one_batch_leaves_another_alone_and_a_rewrapped_row_still_goes() 
 fn a_large_batch_is_rolled_back_in_chunks() {
     let w = World::with_services(&[]);
     for round in 0..3 {
-        let entries: Vec<Value> = (0..crate::vault::MAX_IMPORT_ENTRIES)
+        let entries: Vec<Value> = (0..crate::import::MAX_IMPORT_ENTRIES)
             .map(|i| entry(&format!("u_{round}_{i}"), KEY))
             .collect();
         let (s, r) = w.import(

@@ -191,15 +191,12 @@ impl World {
     /// provider calls were made.
     fn run_queued_jobs(&self, script: Vec<Scripted>) -> (Vec<crate::jobs::JobOutcome>, usize) {
         let http = FakeHttp::new(&self.clock, script);
-        let vault = crate::vault::Vault {
+        let checks = crate::checks::LiveChecks {
             config: &self.config,
-            store: &self.store,
             http: &http,
             clock: &self.clock,
             jitter: &JITTER,
             limiter: &self.limiter,
-            log: &|_: &str| {},
-            infisical: None,
         };
         let bodies: Vec<Value> = self
             .jobs
@@ -209,7 +206,17 @@ impl World {
             .map(|j| Value::String(serde_json::to_string(&j).unwrap()))
             .collect();
         let workers = crate::jobs::Workers {
-            vault: &vault,
+            revalidation: crate::revalidation::Revalidation {
+                config: &self.config,
+                store: &self.store,
+                checks,
+                log: &|_: &str| {},
+            },
+            rewrap: crate::rewrap::Rewrap {
+                config: &self.config,
+                store: &self.store,
+                clock: &self.clock,
+            },
             notifier: None,
             progress: &self.store,
             queue: &self.jobs,

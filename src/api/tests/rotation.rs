@@ -204,7 +204,7 @@ fn a_step_racing_another_from_the_same_cursor_reseals_nothing_twice() {
     // What a delayed delivery of the first message reads before the first step writes:
     // the job at its start, and the first chunk's rows under version 1.
     let job_then = w.store.jobs.borrow()[0].clone();
-    let rows_then = block_on(crate::vault::CredentialStore::stale_keys(
+    let rows_then = block_on(crate::credentials::CredentialStore::stale_keys(
         &w.store,
         2,
         None,

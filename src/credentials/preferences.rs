@@ -2,13 +2,13 @@
 
 use serde_json::json;
 
-use super::{Caller, Vault};
-use crate::audit::Facts;
+use super::Credentials;
+use crate::audit::{Caller, Facts};
 use crate::domain::{Capability, CredentialId, Preference, UserId};
 use crate::error::{clip, Error, FieldError};
 use crate::providers;
 
-impl Vault<'_> {
+impl Credentials<'_> {
     pub async fn preferences(&self, user: &UserId) -> Result<Vec<Preference>, Error> {
         Ok(self.store.preferences(user).await?)
     }

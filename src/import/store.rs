@@ -1,9 +1,9 @@
-//! Where imports write and what their rollback removes: the seam of `vault::import`.
+//! Where imports write and what their rollback removes: the seam of `import`.
 
 use async_trait::async_trait;
 
-use super::store::Occupancy;
 use crate::audit::AuditEvent;
+use crate::credentials::Occupancy;
 use crate::domain::{BatchId, Credential, CredentialId, ProviderId, StoreError, Timestamp, UserId};
 
 /// A credential an import creates: the row (its `import_batch` set), the fingerprints

@@ -1,145 +1,44 @@
-//! The operations on credentials: load an owned one, list, add, change or rotate, re-check,
-//! delete. Every write is conditional on the row version it read and carries its audit
-//! event into the same transaction.
+//! The operations on a user's credentials: load an owned one, list, add, change or rotate,
+//! re-check, delete, and the defaults per capability. Every write is conditional on the
+//! row version it read and carries its audit event into the same transaction.
+
+mod commands;
+pub(crate) mod keys;
+mod preferences;
+pub(crate) mod rows;
+mod store;
+
+pub use commands::{CredentialPatch, NewCredential};
+pub use store::{CredentialStore, Inserted, Occupancy, Written};
 
 use serde_json::json;
 
-use super::keys::{status_of, AcceptedKey, Candidate, Purpose, SealedKey};
-use super::{Caller, CredentialPatch, NewCredential, Vault};
-use crate::audit::{Action, AuditEvent, Facts, Outcome};
-use crate::crypto::random_bytes;
-use crate::domain::StoreError;
-use crate::domain::UserId;
-use crate::domain::{Credential, CredentialId, CredentialStatus, Model, ProviderId, Timestamp};
-use crate::error::{clip, Error, FieldError};
-use crate::providers::{self, Accepted, Provider};
-use crate::vault::{Inserted, Written};
+use crate::audit::{Action, AuditEvent, Caller, Facts, Outcome};
+use crate::checks::LiveChecks;
+use crate::config::Config;
+use crate::domain::{Clock, Credential, CredentialId, ProviderId, StoreError};
+use crate::error::Error;
+use keys::{master_keys, open_stored, AcceptedKey, Candidate, Purpose};
+use rows::{
+    apply_accepted, check_model, fresh_id, new_row, provider_of, same_key, status_change, Checked,
+};
 
 /// How often a conditional write is tried again after a concurrent change it may safely
 /// build on (a re-check's status, a label) before the operation gives up with 409.
 const WRITE_ATTEMPTS: usize = 3;
 
-/// A new credential's id, from the CSPRNG.
-pub(super) fn fresh_id() -> Result<CredentialId, Error> {
-    Ok(CredentialId::from_random(
-        random_bytes().map_err(Error::internal)?,
-    ))
+/// A user's credentials: what an operation on them needs (the settings, the store, live
+/// checks, the time, a log for notes that are not errors).
+pub struct Credentials<'a> {
+    pub config: &'a Config,
+    pub store: &'a dyn CredentialStore,
+    pub checks: LiveChecks<'a>,
+    pub clock: &'a dyn Clock,
+    /// Where notes go that are not errors (a key that no longer decrypts). Never a secret.
+    pub log: &'a dyn Fn(&str),
 }
 
-/// A new row holding `user`'s key `new`, sealed for `id` as `sealed`: `valid`, with nothing
-/// yet learned from the provider (a check's result goes on top with [`apply_accepted`]).
-pub(super) fn new_row(
-    id: CredentialId,
-    user: &UserId,
-    new: &NewCredential,
-    sealed: SealedKey,
-    now: Timestamp,
-) -> Credential {
-    Credential {
-        id,
-        user_id: user.clone(),
-        provider: new.provider.info().id,
-        label: new.label.clone(),
-        key_hint: sealed.key_hint,
-        secret: sealed.secret,
-        fingerprint: sealed.fingerprint,
-        params: new.params.clone(),
-        model: new.model.clone(),
-        status: CredentialStatus::Valid,
-        status_detail: None,
-        warnings: Vec::new(),
-        quota: None,
-        models: None,
-        models_fetched_at: None,
-        consecutive_failures: 0,
-        dead_checks: 0,
-        last_validated_at: None,
-        last_used_at: None,
-        revalidation_queued_at: None,
-        import_batch: None,
-        created_at: now,
-        updated_at: now,
-        version: 0,
-    }
-}
-
-/// Records a successful check on the row.
-pub(super) fn apply_accepted(c: &mut Credential, accepted: Accepted, now: Timestamp) {
-    c.status = CredentialStatus::Valid;
-    c.status_detail = None;
-    c.warnings = accepted.warnings;
-    c.quota = accepted.quota.or(c.quota.take());
-    if let Some(models) = accepted.models {
-        c.models = Some(models);
-        c.models_fetched_at = Some(now);
-    }
-    c.consecutive_failures = 0;
-    c.dead_checks = 0;
-    c.last_validated_at = Some(now);
-    c.updated_at = now;
-}
-
-/// Records a check that did not pass on the row.
-pub(super) fn apply_refusal(
-    c: &mut Credential,
-    status: CredentialStatus,
-    detail: &str,
-    now: Timestamp,
-) {
-    c.status = status;
-    c.status_detail = Some(detail.to_owned());
-    c.consecutive_failures += 1;
-    c.last_validated_at = Some(now);
-    c.updated_at = now;
-}
-
-/// What a check's event says of the status: before, after and, for a spent key, when its
-/// quota resets (where the provider says).
-pub(super) fn status_change(before: &Credential, after: &Credential) -> serde_json::Value {
-    let mut detail = json!({
-        "previous_status": before.status.as_str(),
-        "new_status": after.status.as_str(),
-    });
-    if after.status == CredentialStatus::QuotaExhausted {
-        if let Some(at) = after.quota.as_ref().and_then(|q| q.resets_at.clone()) {
-            detail["resets_at"] = json!(at);
-        }
-    }
-    detail
-}
-
-/// A chosen model must be one the provider lists for this key, when the list is known.
-pub(super) fn check_model(
-    provider: &'static dyn Provider,
-    model: &str,
-    known: Option<&[Model]>,
-) -> Result<(), Error> {
-    match known {
-        Some(models) if !models.iter().any(|m| m.id == model) => {
-            Err(Error::Invalid(vec![FieldError::new(
-                "model",
-                format!(
-                    "{} does not offer '{}' to this key",
-                    provider.info().name,
-                    clip(model, 60)
-                ),
-            )]))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Whether `now` still holds the key (and destination) that `then` held.
-fn same_key(then: &Credential, now: &Credential) -> bool {
-    then.fingerprint == now.fingerprint && then.params == now.params && then.secret == now.secret
-}
-
-fn provider_of(c: &Credential) -> Result<&'static dyn Provider, Error> {
-    providers::find(c.provider.as_str())
-        .ok_or_else(|| Error::internal(format!("unknown provider {}", c.provider)))
-}
-
-impl Vault<'_> {
+impl Credentials<'_> {
     fn new_event(&self, caller: &Caller<'_>, facts: &Facts) -> AuditEvent {
         facts.event(caller.origin, caller.user, self.clock.now(), None)
     }
@@ -430,32 +329,26 @@ impl Vault<'_> {
         facts: &mut Facts,
     ) -> Result<Credential, Error> {
         let provider = provider_of(&read)?;
-        // Err((status, detail, audit reason)) when the key did not pass.
-        let outcome = match self.open_key(&read)? {
+        let keys = master_keys(self.config)?;
+        let outcome = match open_stored(keys, &read, self.log) {
             Some(key) => match self
-                .live_check(caller, provider, &read.params, &key)
+                .checks
+                .check(caller, provider, &read.params, &key)
                 .await?
             {
-                Ok(accepted) => Ok(accepted),
-                Err(f) => Err((status_of(&f), f.message().to_owned(), f.code())),
+                Ok(accepted) => Checked::Passed(accepted),
+                Err(f) => Checked::refused(&f),
             },
-            None => Err((
-                CredentialStatus::NeedsReconfiguration,
-                "The stored key cannot be decrypted; enter it again.".to_owned(),
-                "decryption_failed",
-            )),
+            None => Checked::undecryptable(),
         };
-        if let Err((_, _, reason)) = &outcome {
+        if let Some(reason) = outcome.failure() {
             facts.failure = Some(reason);
         }
         let now = self.clock.now();
         let mut current = read.clone();
         for _ in 0..WRITE_ATTEMPTS {
             let mut next = current.clone();
-            match &outcome {
-                Ok(accepted) => apply_accepted(&mut next, accepted.clone(), now),
-                Err((status, detail, _)) => apply_refusal(&mut next, *status, detail, now),
-            }
+            outcome.apply(&mut next, now);
             // Its user asked: a dead key is checked on the usual schedule again.
             next.dead_checks = 0;
             facts.detail = Some(status_change(&current, &next));

@@ -21,16 +21,41 @@ use std::cell::Cell;
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::credentials::{apply_accepted, check_model, fresh_id, new_row};
-use super::keys::{key_prints, seal_for_row};
-use super::{Caller, ImportCommand, ImportEntry, Vault};
-use crate::audit::{Action, AuditEvent, Facts, Origin};
+mod store;
+
+pub use store::{BatchRow, BatchRows, ImportRow, ImportStore};
+
+use crate::audit::{Action, AuditEvent, Caller, Facts, Origin};
+use crate::checks::LiveChecks;
+use crate::config::Config;
+use crate::credentials::keys::{key_prints, master_keys, seal_for_row};
+use crate::credentials::rows::{apply_accepted, check_model, fresh_id, new_row};
+use crate::credentials::{NewCredential, Occupancy};
 use crate::crypto::{random_bytes, Binding};
 use crate::domain::{BatchId, CredentialId, CredentialStatus, ProviderId, UserId};
 use crate::error::Error;
 use crate::http::{HttpClient, HttpError, HttpRequest, HttpResponse};
 use crate::providers::Accepted;
-use crate::vault::{BatchRow, ImportRow, ImportStore, Occupancy};
+
+/// One entry of an import: a key for a user, as adding it would take it.
+pub struct ImportEntry {
+    pub user: UserId,
+    pub credential: NewCredential,
+}
+
+/// `POST /v1/admin/import`: the entries in the order sent, each parsed or refused as it
+/// was read (a refused entry is reported, the others still go ahead).
+pub struct ImportCommand {
+    /// Report what would happen; change nothing.
+    pub dry_run: bool,
+    /// Check every key live with its provider first (rate-limited like any check).
+    pub validate: bool,
+    /// The batch the rows go into (an earlier one to add to, or one the caller named in
+    /// advance, so a request retried after a lost answer lands in the same batch);
+    /// otherwise a new one.
+    pub batch: Option<BatchId>,
+    pub entries: Vec<Result<ImportEntry, Error>>,
+}
 
 /// Entries one import request takes at most. Sealing and fingerprinting one costs about
 /// 9 µs natively (measured: 500 in 4.4 ms, release build); a few times that in wasm keeps
@@ -125,18 +150,26 @@ struct Planned<'e> {
     accepted: Option<Accepted>,
 }
 
-impl Vault<'_> {
+/// Importing keys for users and taking an import back: what it needs (the settings, the
+/// import store, live checks for a validating import, the time).
+pub struct Imports<'a> {
+    pub config: &'a Config,
+    pub store: &'a dyn ImportStore,
+    pub checks: LiveChecks<'a>,
+}
+
+impl Imports<'_> {
     /// Imports `command`'s entries for the operator `origin` (whose network `network` the
     /// live checks are counted against, with each entry's user).
     pub async fn import(
         &self,
-        imports: &dyn ImportStore,
         origin: &Origin,
         network: &str,
         command: ImportCommand,
     ) -> Result<ImportReport, Error> {
-        let keys = self.master_keys()?;
+        let keys = master_keys(self.config)?;
         let limit = self.config.max_credentials_per_user;
+        let imports = self.store;
         let ImportCommand {
             dry_run,
             validate,
@@ -167,11 +200,14 @@ impl Vault<'_> {
         .into_iter();
 
         let counted = Counted {
-            inner: self.http,
+            inner: self.checks.http,
             calls: Cell::new(0),
         };
-        let checker = Vault {
-            http: &counted,
+        let checker = Imports {
+            checks: LiveChecks {
+                http: &counted,
+                ..self.checks
+            },
             ..*self
         };
         let mut outcomes: Vec<Option<EntryOutcome>> = Vec::with_capacity(entries.len());
@@ -289,11 +325,17 @@ impl Vault<'_> {
                     .iter()
                     .filter_map(|(index, existing)| {
                         let e = entries[*index].as_ref().ok()?;
-                        Some(held_event(batch, origin, e, existing, self.clock.now()))
+                        Some(held_event(
+                            batch,
+                            origin,
+                            e,
+                            existing,
+                            self.checks.clock.now(),
+                        ))
                     })
                     .collect();
                 let stored = imports
-                    .insert_batch(batch, &rows, &refused, limit, self.clock.now())
+                    .insert_batch(batch, &rows, &refused, limit, self.checks.clock.now())
                     .await?;
                 for (index, existing) in held.drain(..) {
                     outcomes[index] = Some(EntryOutcome::Skipped {
@@ -335,7 +377,7 @@ impl Vault<'_> {
                     } else {
                         match now_held.next().and_then(|o| o.duplicate) {
                             Some(existing) => {
-                                let now = self.clock.now();
+                                let now = self.checks.clock.now();
                                 lost_to.push(held_event(batch, origin, p.entry, &existing, now));
                                 EntryOutcome::Skipped {
                                     existing: Some(existing),
@@ -348,7 +390,7 @@ impl Vault<'_> {
                 }
                 if !lost_to.is_empty() {
                     imports
-                        .insert_batch(batch, &[], &lost_to, limit, self.clock.now())
+                        .insert_batch(batch, &[], &lost_to, limit, self.checks.clock.now())
                         .await?;
                     committed = committed.or_else(|| lost_to.first().map(|e| e.id.clone()));
                 }
@@ -392,9 +434,10 @@ impl Vault<'_> {
         };
         let c = &entry.credential;
         let info = c.provider.info();
-        self.limit_live_check(&caller).await?;
-        let prober = self.prober().once();
+        self.checks.count(&caller).await?;
+        let prober = self.checks.prober().once();
         let accepted = self
+            .checks
             .check_with(&prober, c.provider, &c.params, &c.api_key)
             .await
             .map_err(|failure| Error::Refused {
@@ -414,8 +457,8 @@ impl Vault<'_> {
         origin: &Origin,
         planned: &[Planned<'_>],
     ) -> Result<Vec<ImportRow>, Error> {
-        let keys = self.master_keys()?;
-        let now = self.clock.now();
+        let keys = master_keys(self.config)?;
+        let now = self.checks.clock.now();
         planned
             .iter()
             .map(|p| {
@@ -455,16 +498,16 @@ impl Vault<'_> {
     /// Takes back what `batch` created: every row of it that no user has changed or made
     /// a default since, each with a `credential.deleted` event, up to [`ROLLBACK_CHUNK`]
     /// per call.
-    pub async fn rollback_import(
+    pub async fn rollback(
         &self,
-        imports: &dyn ImportStore,
         origin: &Origin,
         batch: &BatchId,
     ) -> Result<RollbackReport, Error> {
+        let imports = self.store;
         let mut found = imports.batch_rows(batch, ROLLBACK_CHUNK + 1).await?;
         let more = found.removable.len() > ROLLBACK_CHUNK as usize;
         found.removable.truncate(ROLLBACK_CHUNK as usize);
-        let now = self.clock.now();
+        let now = self.checks.clock.now();
         let doomed: Vec<(CredentialId, crate::audit::AuditEvent)> = found
             .removable
             .iter()

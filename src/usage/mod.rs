@@ -1,19 +1,43 @@
 //! Using a key: which one a call gets (the user's, or the system's as a receipted
-//! fallback), in the clear for that call only; and what a provider's refusal of a user's
-//! key in use does to the credential. Shared by `/v1/resolve` and the proxy.
+//! fallback, decided by the one rule in [`choice`]), in the clear for that call only, and
+//! what a provider's refusal of a user's key in use does to the credential ([`refused`]).
+//! Shared by `/v1/resolve` and the proxy.
+
+pub mod choice;
+mod refused;
+
+pub use choice::{Ask, FallbackReason};
+pub use refused::Verdict;
 
 use serde_json::json;
 
-use super::resolution::{decide, Ask, Decision, Default, FallbackReason, Missing};
-use super::Vault;
-use crate::audit::{Action, Facts, Origin, Source};
+use crate::audit::{Facts, Source};
+use crate::config::Config;
+use crate::credentials::keys::{master_keys, open_stored};
+use crate::credentials::CredentialStore;
 use crate::crypto::SecretKey;
-use crate::domain::{Credential, CredentialParams, CredentialStatus, ProviderId, UserId};
+use crate::domain::{Clock, Credential, CredentialParams, CredentialStatus, ProviderId, UserId};
 use crate::error::{Error, FieldError, NoCredential};
-use crate::limits::LimitScope;
+use crate::http::HttpClient;
+use crate::limits::{LimitScope, Limits, RateLimiter};
 use crate::providers;
-use crate::system_keys::{SystemKeys, Tier};
-use crate::vault::Written;
+use crate::system_keys::{InfisicalCache, SystemKeys, Tier};
+use choice::{decide, Decision, Default, Missing};
+
+/// Using keys: what picking and handing out a key needs (the settings, the store, the
+/// system keys' sources, the limits on system-key use, the time, a log).
+pub struct KeyUse<'a> {
+    pub config: &'a Config,
+    pub store: &'a dyn CredentialStore,
+    /// For Infisical, when system keys come from there.
+    pub http: &'a dyn HttpClient,
+    pub clock: &'a dyn Clock,
+    pub limiter: &'a dyn RateLimiter,
+    /// Where notes go that are not errors (a key that no longer decrypts). Never a secret.
+    pub log: &'a dyn Fn(&str),
+    /// Infisical's per-isolate cache, when system keys come from there.
+    pub infisical: Option<&'a InfisicalCache>,
+}
 
 /// The key a call uses, and the receipt that says whose it is and why.
 pub struct KeyInUse {
@@ -32,16 +56,7 @@ pub struct KeyInUse {
     pub params: CredentialParams,
 }
 
-/// How a call's provider answered a key in use, as far as the key's health goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The key was refused (401/403): it is dead.
-    Refused,
-    /// The key has no quota left.
-    QuotaExhausted,
-}
-
-impl Vault<'_> {
+impl KeyUse<'_> {
     fn system_keys(&self) -> SystemKeys<'_> {
         SystemKeys {
             env: &self.config.system_keys_env,
@@ -109,12 +124,15 @@ impl Vault<'_> {
                         "fallback_reason": reason, "tier": found.tier, "model": model,
                         "requested_credential_id": ask.credential_id,
                     }));
-                    self.limits()
-                        .count([
-                            (LimitScope::SystemKeyAddress, network),
-                            (LimitScope::SystemKeyUser, user.as_str()),
-                        ])
-                        .await?;
+                    Limits {
+                        limiter: self.limiter,
+                        on: self.config.rate_limits,
+                    }
+                    .count([
+                        (LimitScope::SystemKeyAddress, network),
+                        (LimitScope::SystemKeyUser, user.as_str()),
+                    ])
+                    .await?;
                     return Ok(KeyInUse {
                         source: Source::System,
                         provider,
@@ -133,7 +151,7 @@ impl Vault<'_> {
                 }
                 Decision::User { credential, model } => {
                     facts.about(&credential.id, Some(credential.provider));
-                    match self.open_key(credential)? {
+                    match open_stored(master_keys(self.config)?, credential, self.log) {
                         Some(key) => {
                             facts.source = Some(Source::User);
                             facts.detail = Some(json!({"model": model}));
@@ -179,46 +197,6 @@ impl Vault<'_> {
                 }
                 None
             }
-        }
-    }
-
-    /// A provider refused the user's key in use (or said it ran out): the credential
-    /// takes that status, with its `credential.validated` failure event, unless the row
-    /// changed since it was read (a rotation that landed meanwhile is not undone). Returns
-    /// the id of the event written with the change, for the chainer to be told.
-    pub async fn mark_in_use(
-        &self,
-        credential: &Credential,
-        verdict: Verdict,
-        detail: &str,
-        origin: &Origin,
-    ) -> Result<Option<String>, Error> {
-        let (status, code) = match verdict {
-            Verdict::Refused => (CredentialStatus::InvalidKey, "credential_invalid"),
-            Verdict::QuotaExhausted => (CredentialStatus::QuotaExhausted, "quota_exhausted"),
-        };
-        let now = self.clock.now();
-        // The row whole (the use read it without its model list), unless it changed since.
-        let Some(mut c) = self.store.get(&credential.user_id, &credential.id).await? else {
-            return Ok(None);
-        };
-        if c.version != credential.version {
-            return Ok(None);
-        }
-        let from = c.status;
-        c.status = status;
-        c.status_detail = Some(detail.to_owned());
-        c.consecutive_failures = c.consecutive_failures.saturating_add(1);
-        c.last_validated_at = Some(now);
-        c.updated_at = now;
-        let mut facts = Facts::new(Action::CredentialValidated);
-        facts.about(&c.id, Some(c.provider));
-        facts.detail = Some(json!({"previous_status": from, "new_status": status, "in_use": true}));
-        let event = facts.event(origin, &c.user_id, now, Some(code));
-        match self.store.record_check(&c, Some(&event)).await? {
-            Written::Done => Ok(Some(event.id)),
-            // Changed or gone meanwhile: whatever landed is newer than this verdict.
-            Written::Conflict | Written::Missing => Ok(None),
         }
     }
 }

@@ -30,23 +30,3 @@ pub struct CredentialPatch {
     pub region: Option<String>,
     pub base_url: Option<String>,
 }
-
-/// One entry of an import: a key for a user, as adding it would take it.
-pub struct ImportEntry {
-    pub user: crate::domain::UserId,
-    pub credential: NewCredential,
-}
-
-/// `POST /v1/admin/import`: the entries in the order sent, each parsed or refused as it
-/// was read (a refused entry is reported, the others still go ahead).
-pub struct ImportCommand {
-    /// Report what would happen; change nothing.
-    pub dry_run: bool,
-    /// Check every key live with its provider first (rate-limited like any check).
-    pub validate: bool,
-    /// The batch the rows go into (an earlier one to add to, or one the caller named in
-    /// advance, so a request retried after a lost answer lands in the same batch);
-    /// otherwise a new one.
-    pub batch: Option<crate::domain::BatchId>,
-    pub entries: Vec<Result<ImportEntry, crate::error::Error>>,
-}

@@ -11,16 +11,17 @@
 
 use serde_json::json;
 
-use super::credentials::{apply_accepted, apply_refusal, status_change};
-use super::keys::status_of;
-use super::{Caller, Vault};
-use crate::audit::{Action, Facts, Origin};
+use crate::audit::{Action, Caller, Facts, Origin};
+use crate::checks::LiveChecks;
+use crate::config::Config;
+use crate::credentials::keys::{master_keys, open_stored};
+use crate::credentials::rows::{status_change, Checked};
+use crate::credentials::{CredentialStore, Written};
 use crate::domain::{Credential, CredentialId, CredentialStatus, Timestamp, UserId};
 use crate::error::Error;
 use crate::limits::RATE_LIMIT_PERIOD_SECONDS;
 use crate::probe::Failure;
 use crate::providers;
-use crate::vault::Written;
 
 /// What the sweep did with one credential.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,7 +59,16 @@ const TRANSIENT_RETRY_SECONDS: u64 = 60;
 /// The least a provider's back-off waits (a 429 without a hint is not retried at once).
 const MIN_BACK_OFF_SECONDS: u64 = 2;
 
-impl Vault<'_> {
+/// The sweep's checks: what re-checking a stored key on schedule needs.
+pub struct Revalidation<'a> {
+    pub config: &'a Config,
+    pub store: &'a dyn CredentialStore,
+    pub checks: LiveChecks<'a>,
+    /// Where notes go that are not errors (a check that waits). Never a secret.
+    pub log: &'a dyn Fn(&str),
+}
+
+impl Revalidation<'_> {
     /// Re-checks `user`'s credential `id`, queued at `queued_at`, for the sweep.
     pub async fn revalidate(
         &self,
@@ -84,7 +94,7 @@ impl Vault<'_> {
         }
         // A row sealed under a version that is not configured (an operator's mistake, or
         // a rotation under way) says nothing about the key: leave it alone.
-        let keys = self.master_keys()?;
+        let keys = master_keys(self.config)?;
         if read
             .secret
             .as_ref()
@@ -96,7 +106,7 @@ impl Vault<'_> {
         }
         let provider = providers::find(read.provider.as_str())
             .ok_or_else(|| Error::internal("unknown provider in a stored row"))?;
-        let outcome = match self.open_key(&read)? {
+        let outcome = match open_stored(keys, &read, self.log) {
             Some(key) => {
                 if counted(&read) {
                     let caller = Caller {
@@ -105,16 +115,20 @@ impl Vault<'_> {
                         origin,
                     };
                     // Refused (or the limiter is out of reach): not checked now, not marked.
-                    if let Err(e) = self.limit_live_check(&caller).await {
+                    if let Err(e) = self.checks.count(&caller).await {
                         (self.log)(&format!("revalidation: {id} waits ({e})"));
                         return Ok(Revalidated::Limited {
                             retry_after_seconds: RATE_LIMIT_PERIOD_SECONDS,
                         });
                     }
                 }
-                let prober = self.prober().once();
-                match self.check_with(&prober, provider, &read.params, &key).await {
-                    Ok(accepted) => Ok(accepted),
+                let prober = self.checks.prober().once();
+                match self
+                    .checks
+                    .check_with(&prober, provider, &read.params, &key)
+                    .await
+                {
+                    Ok(accepted) => Checked::Passed(accepted),
                     Err(Failure::RateLimited { retry_after_ms, .. }) => {
                         return Ok(Revalidated::Deferred {
                             retry_after_seconds: retry_after_ms
@@ -128,26 +142,17 @@ impl Vault<'_> {
                             retry_after_seconds: TRANSIENT_RETRY_SECONDS,
                         })
                     }
-                    Err(f) => Err((status_of(&f), f.message().to_owned(), f.code())),
+                    Err(f) => Checked::refused(&f),
                 }
             }
-            None => Err((
-                CredentialStatus::NeedsReconfiguration,
-                "The stored key cannot be decrypted; enter it again.".to_owned(),
-                "decryption_failed",
-            )),
+            None => Checked::undecryptable(),
         };
-        let now = self.clock.now();
+        let now = self.checks.clock.now();
         let mut next = read.clone();
         let mut facts = Facts::new(Action::CredentialValidated);
         facts.about(&read.id, Some(read.provider));
-        match &outcome {
-            Ok(accepted) => apply_accepted(&mut next, accepted.clone(), now),
-            Err((status, detail, code)) => {
-                apply_refusal(&mut next, *status, detail, now);
-                facts.failure = Some(code);
-            }
-        }
+        outcome.apply(&mut next, now);
+        facts.failure = outcome.failure();
         // One more scheduled check that found it dead (the sweep waits longer next time,
         // and stops after `jobs::DEAD_CHECKS_MAX`); anything else starts over.
         next.dead_checks = match next.status {

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 
 use super::problem::ApiError;
 use super::{After, App, Request, Response};
-use crate::audit::{Caller, Facts, Origin};
+use crate::audit::{Caller, Facts, Origin, Trail};
 use crate::checks::LiveChecks;
 use crate::config::Config;
 use crate::credentials::Credentials;
@@ -142,6 +142,14 @@ impl<'r> Ctx<'r> {
             checks: live_checks(self.app, self.config),
             clock: self.app.clock,
             log: self.note,
+        }
+    }
+
+    /// The caller's audit trail, to read and to check.
+    pub(super) fn trail(&self) -> Trail<'r> {
+        Trail {
+            store: self.app.audit_log,
+            clock: self.app.clock,
         }
     }
 

@@ -14,6 +14,7 @@ mod consumer;
 mod facts;
 mod outbox;
 mod store;
+mod trail;
 mod verify;
 
 use std::cell::Cell;
@@ -34,6 +35,7 @@ pub use consumer::{
 pub use facts::{Caller, Facts, Origin};
 pub use outbox::{drain, drain_rounds, plan, ChainPlan, Drained, PendingEvent, ROUND_SIZE};
 pub use store::{AuditQuery, AuditSink, AuditStore};
+pub use trail::{Head, Page, Trail, Verified};
 pub use verify::{judge_anchor, Break, Verification, Verifier};
 
 use crate::domain::{hex_bytes, CredentialId, RequestId, Timestamp, UserId};

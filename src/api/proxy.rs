@@ -42,9 +42,6 @@ const FORWARDED_REQUEST_HEADERS: &[&str] = &[
     "x-microsoft-outputformat",
 ];
 
-/// The API version Anthropic requires, set when the caller sends none.
-const ANTHROPIC_VERSION: &str = "2023-06-01";
-
 /// The provider's answer headers that reach the caller. Anything else (cookies, the
 /// provider's CORS, HSTS and reporting policies that would bind the vault's own origin,
 /// the operator's organisation ids) stays behind; the provider's request id comes as
@@ -158,8 +155,10 @@ async fn forward(
         .filter(|(n, _)| FORWARDED_REQUEST_HEADERS.contains(&n.as_str()))
         .cloned()
         .collect();
-    if info.id.as_str() == "anthropic" && ctx.request.header("anthropic-version").is_none() {
-        headers.push(("anthropic-version".into(), ANTHROPIC_VERSION.into()));
+    for (name, value) in info.call_headers {
+        if ctx.request.header(name).is_none() {
+            headers.push(((*name).to_owned(), (*value).to_owned()));
+        }
     }
     if let Some((name, value)) = info.auth.header(&key.key) {
         headers.push((name.to_owned(), value));

@@ -27,10 +27,26 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("x-api-key"),
     classify,
     #[rustfmt::skip]
+    call_headers: &[("anthropic-version", VERSION)],
     operations: &[
-        Operation { method: Method::Post, path: "/v1/messages", capability: Capability::Llm, endpoint: 0 },
-        Operation { method: Method::Post, path: "/v1/messages/count_tokens", capability: Capability::Llm, endpoint: 0 },
-        Operation { method: Method::Get, path: "/v1/models", capability: Capability::Llm, endpoint: 0 },
+        Operation {
+            method: Method::Post,
+            path: "/v1/messages",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/v1/messages/count_tokens",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Get,
+            path: "/v1/models",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
     ],
     endpoints: &[Endpoint {
         var: "ANTHROPIC_BASE_URL",

@@ -34,10 +34,26 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("Ocp-Apim-Subscription-Key"),
     classify,
     #[rustfmt::skip]
+    call_headers: &[],
     operations: &[
-        Operation { method: Method::Post, path: "/cognitiveservices/v1", capability: Capability::Tts, endpoint: 1 },
-        Operation { method: Method::Get, path: "/cognitiveservices/voices/list", capability: Capability::Tts, endpoint: 1 },
-        Operation { method: Method::Post, path: "/speech/recognition/conversation/cognitiveservices/v1", capability: Capability::Stt, endpoint: 2 },
+        Operation {
+            method: Method::Post,
+            path: "/cognitiveservices/v1",
+            capability: Capability::Tts,
+            endpoint: 1,
+        },
+        Operation {
+            method: Method::Get,
+            path: "/cognitiveservices/voices/list",
+            capability: Capability::Tts,
+            endpoint: 1,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/speech/recognition/conversation/cognitiveservices/v1",
+            capability: Capability::Stt,
+            endpoint: 2,
+        },
     ],
     endpoints: &[
         Endpoint {

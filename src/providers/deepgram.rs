@@ -26,10 +26,26 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Token,
     classify,
     #[rustfmt::skip]
+    call_headers: &[],
     operations: &[
-        Operation { method: Method::Post, path: "/v1/listen", capability: Capability::Stt, endpoint: 0 },
-        Operation { method: Method::Post, path: "/v1/speak", capability: Capability::Tts, endpoint: 0 },
-        Operation { method: Method::Get, path: "/v1/models", capability: Capability::Stt, endpoint: 0 },
+        Operation {
+            method: Method::Post,
+            path: "/v1/listen",
+            capability: Capability::Stt,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/v1/speak",
+            capability: Capability::Tts,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Get,
+            path: "/v1/models",
+            capability: Capability::Stt,
+            endpoint: 0,
+        },
     ],
     endpoints: &[Endpoint {
         var: "DEEPGRAM_BASE_URL",

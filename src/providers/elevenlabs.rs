@@ -26,14 +26,50 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("xi-api-key"),
     classify,
     #[rustfmt::skip]
+    call_headers: &[],
     operations: &[
-        Operation { method: Method::Post, path: "/v1/text-to-speech/{}", capability: Capability::Tts, endpoint: 0 },
-        Operation { method: Method::Post, path: "/v1/text-to-speech/{}/stream", capability: Capability::Tts, endpoint: 0 },
-        Operation { method: Method::Post, path: "/v1/text-to-speech/{}/with-timestamps", capability: Capability::Tts, endpoint: 0 },
-        Operation { method: Method::Post, path: "/v1/text-to-speech/{}/stream/with-timestamps", capability: Capability::Tts, endpoint: 0 },
-        Operation { method: Method::Post, path: "/v1/speech-to-text", capability: Capability::Stt, endpoint: 0 },
-        Operation { method: Method::Get, path: "/v1/models", capability: Capability::Tts, endpoint: 0 },
-        Operation { method: Method::Get, path: "/v1/voices", capability: Capability::Tts, endpoint: 0 },
+        Operation {
+            method: Method::Post,
+            path: "/v1/text-to-speech/{}",
+            capability: Capability::Tts,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/v1/text-to-speech/{}/stream",
+            capability: Capability::Tts,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/v1/text-to-speech/{}/with-timestamps",
+            capability: Capability::Tts,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/v1/text-to-speech/{}/stream/with-timestamps",
+            capability: Capability::Tts,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/v1/speech-to-text",
+            capability: Capability::Stt,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Get,
+            path: "/v1/models",
+            capability: Capability::Tts,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Get,
+            path: "/v1/voices",
+            capability: Capability::Tts,
+            endpoint: 0,
+        },
     ],
     endpoints: &[Endpoint {
         var: "ELEVENLABS_BASE_URL",

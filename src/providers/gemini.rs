@@ -27,11 +27,32 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("x-goog-api-key"),
     classify,
     #[rustfmt::skip]
+    call_headers: &[],
     operations: &[
-        Operation { method: Method::Post, path: "/v1beta/models/{}:generateContent", capability: Capability::Llm, endpoint: 0 },
-        Operation { method: Method::Post, path: "/v1beta/models/{}:streamGenerateContent", capability: Capability::Llm, endpoint: 0 },
-        Operation { method: Method::Post, path: "/v1beta/models/{}:countTokens", capability: Capability::Llm, endpoint: 0 },
-        Operation { method: Method::Get, path: "/v1beta/models", capability: Capability::Llm, endpoint: 0 },
+        Operation {
+            method: Method::Post,
+            path: "/v1beta/models/{}:generateContent",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/v1beta/models/{}:streamGenerateContent",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/v1beta/models/{}:countTokens",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Get,
+            path: "/v1beta/models",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
     ],
     endpoints: &[Endpoint {
         var: "GEMINI_BASE_URL",

@@ -23,11 +23,32 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("Groq", r),
     #[rustfmt::skip]
+    call_headers: &[],
     operations: &[
-        Operation { method: Method::Post, path: "/openai/v1/chat/completions", capability: Capability::Llm, endpoint: 0 },
-        Operation { method: Method::Post, path: "/openai/v1/audio/transcriptions", capability: Capability::Stt, endpoint: 0 },
-        Operation { method: Method::Post, path: "/openai/v1/audio/speech", capability: Capability::Tts, endpoint: 0 },
-        Operation { method: Method::Get, path: "/openai/v1/models", capability: Capability::Llm, endpoint: 0 },
+        Operation {
+            method: Method::Post,
+            path: "/openai/v1/chat/completions",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/openai/v1/audio/transcriptions",
+            capability: Capability::Stt,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/openai/v1/audio/speech",
+            capability: Capability::Tts,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Get,
+            path: "/openai/v1/models",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
     ],
     endpoints: &[Endpoint {
         var: "GROQ_BASE_URL",

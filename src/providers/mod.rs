@@ -91,6 +91,10 @@ pub struct ProviderInfo {
     /// How the provider's answer to a call judges the key (the probe's own rules).
     #[serde(skip)]
     pub classify: fn(&HttpResponse) -> Verdict,
+    /// Headers every real operation carries, set when the caller sends none (Anthropic's
+    /// API version).
+    #[serde(skip)]
+    pub call_headers: &'static [(&'static str, &'static str)],
     /// The real operations the proxy forwards; nothing else reaches the provider.
     #[serde(skip)]
     pub operations: &'static [Operation],

@@ -36,10 +36,26 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify,
     #[rustfmt::skip]
+    call_headers: &[],
     operations: &[
-        Operation { method: Method::Post, path: "/api/chat", capability: Capability::Llm, endpoint: 0 },
-        Operation { method: Method::Post, path: "/api/generate", capability: Capability::Llm, endpoint: 0 },
-        Operation { method: Method::Get, path: "/api/tags", capability: Capability::Llm, endpoint: 0 },
+        Operation {
+            method: Method::Post,
+            path: "/api/chat",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/api/generate",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Get,
+            path: "/api/tags",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
     ],
     endpoints: &[],
 };

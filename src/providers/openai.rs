@@ -24,13 +24,44 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("OpenAI", r),
     #[rustfmt::skip]
+    call_headers: &[],
     operations: &[
-        Operation { method: Method::Post, path: "/v1/chat/completions", capability: Capability::Llm, endpoint: 0 },
-        Operation { method: Method::Post, path: "/v1/responses", capability: Capability::Llm, endpoint: 0 },
-        Operation { method: Method::Post, path: "/v1/audio/speech", capability: Capability::Tts, endpoint: 0 },
-        Operation { method: Method::Post, path: "/v1/audio/transcriptions", capability: Capability::Stt, endpoint: 0 },
-        Operation { method: Method::Post, path: "/v1/audio/translations", capability: Capability::Stt, endpoint: 0 },
-        Operation { method: Method::Get, path: "/v1/models", capability: Capability::Llm, endpoint: 0 },
+        Operation {
+            method: Method::Post,
+            path: "/v1/chat/completions",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/v1/responses",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/v1/audio/speech",
+            capability: Capability::Tts,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/v1/audio/transcriptions",
+            capability: Capability::Stt,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Post,
+            path: "/v1/audio/translations",
+            capability: Capability::Stt,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Get,
+            path: "/v1/models",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
     ],
     endpoints: &[Endpoint {
         var: "OPENAI_BASE_URL",

@@ -27,9 +27,20 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify,
     #[rustfmt::skip]
+    call_headers: &[],
     operations: &[
-        Operation { method: Method::Post, path: "/api/v1/chat/completions", capability: Capability::Llm, endpoint: 0 },
-        Operation { method: Method::Get, path: "/api/v1/models", capability: Capability::Llm, endpoint: 0 },
+        Operation {
+            method: Method::Post,
+            path: "/api/v1/chat/completions",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
+        Operation {
+            method: Method::Get,
+            path: "/api/v1/models",
+            capability: Capability::Llm,
+            endpoint: 0,
+        },
     ],
     endpoints: &[Endpoint {
         var: "OPENROUTER_BASE_URL",

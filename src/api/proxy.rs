@@ -6,8 +6,6 @@
 //! back as a [`BodyStream`](crate::http::BodyStream) the core never reads, except an
 //! error answer, which it reads (bounded) to judge the key by it.
 
-use serde_json::json;
-
 use super::context::{Ctx, Outcome};
 use super::problem::ApiError;
 use super::{After, Response};
@@ -18,7 +16,7 @@ use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
 use crate::probe::{Failure, Verdict as Judged};
 use crate::providers::{self, ProviderInfo, Target};
 use crate::redact::ProviderText;
-use crate::usage::{Ask, KeyInUse, Verdict};
+use crate::usage::{record, Ask, KeyInUse, Verdict};
 
 /// How long the provider has to start answering (a long completion streams its head
 /// early; a non-streamed one may think for a while).
@@ -181,13 +179,7 @@ async fn forward(
         .open(request, body, HEAD_TIMEOUT_MS)
         .await
         .map_err(|e| with_receipts(unreachable(info, &e)))?;
-    facts.detail = Some(json!({
-        "operation": format!("{} {}", operation.method.as_str(), operation.path),
-        "status": answer.status,
-        "model": key.model,
-        "fallback_reason": key.fallback_reason,
-        "tier": key.tier,
-    }));
+    record::proxied(facts, &key, operation, answer.status);
     if (300..400).contains(&answer.status) {
         return Err(with_receipts(ApiError::provider_error(
             info.id,

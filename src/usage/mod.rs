@@ -4,12 +4,11 @@
 //! Shared by `/v1/resolve` and the proxy.
 
 pub mod choice;
+pub mod record;
 mod refused;
 
 pub use choice::{Ask, FallbackReason};
 pub use refused::Verdict;
-
-use serde_json::json;
 
 use crate::audit::{Facts, Source};
 use crate::config::Config;
@@ -79,12 +78,7 @@ impl KeyUse<'_> {
         ask: &Ask<'_>,
         facts: &mut Facts,
     ) -> Result<KeyInUse, Error> {
-        if let Some(p) = ask.provider {
-            facts.provider = Some(p);
-        }
-        if let Some(id) = ask.credential_id {
-            facts.credential_id = Some(id.clone());
-        }
+        record::asked(facts, ask);
         let serving: Vec<ProviderId> = providers::all()
             .map(|p| p.info())
             .filter(|i| i.capabilities.contains(&ask.capability))
@@ -115,15 +109,7 @@ impl KeyUse<'_> {
                     let Some((provider, found)) = self.system_key(provider, ask).await else {
                         return Err(no_credential(ask, &missing));
                     };
-                    // The event names the key that served: the system's, not a credential
-                    // (one asked for, or one that would not open, is only mentioned).
-                    facts.provider = Some(provider);
-                    facts.source = Some(Source::System);
-                    facts.credential_id = None;
-                    facts.detail = Some(json!({
-                        "fallback_reason": reason, "tier": found.tier, "model": model,
-                        "requested_credential_id": ask.credential_id,
-                    }));
+                    record::system_key(facts, ask, provider, reason, found.tier, &model);
                     Limits {
                         limiter: self.limiter,
                         on: self.config.rate_limits,
@@ -150,11 +136,10 @@ impl KeyUse<'_> {
                     });
                 }
                 Decision::User { credential, model } => {
-                    facts.about(&credential.id, Some(credential.provider));
+                    record::user_credential(facts, credential);
                     match open_stored(master_keys(self.config)?, credential, self.log) {
                         Some(key) => {
-                            facts.source = Some(Source::User);
-                            facts.detail = Some(json!({"model": model}));
+                            record::user_key(facts, &model);
                             return Ok(KeyInUse {
                                 source: Source::User,
                                 provider: credential.provider,

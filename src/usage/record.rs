@@ -1,0 +1,65 @@
+//! Where a use of a key is recorded: every resolve and every proxied call leaves one
+//! `credential.used` event, whatever its outcome, saying whose key served (a user's
+//! credential, or the system's and why), with which model and, for the proxy, which
+//! operation and what the provider answered. The event changes nothing, so it goes whole
+//! onto the audit queue after the answer (`api::After::Send`); the chainer sets the
+//! credential's `last_used_at` from it.
+
+use serde_json::json;
+
+use super::{Ask, FallbackReason, KeyInUse};
+use crate::audit::{Facts, Source};
+use crate::domain::{Credential, ProviderId};
+use crate::providers::Operation;
+use crate::system_keys::Tier;
+
+/// What was asked for, before anything is decided (a refusal names it).
+pub(super) fn asked(facts: &mut Facts, ask: &Ask<'_>) {
+    if let Some(p) = ask.provider {
+        facts.provider = Some(p);
+    }
+    if let Some(id) = ask.credential_id {
+        facts.credential_id = Some(id.clone());
+    }
+}
+
+/// A credential of the user's is about to serve (or turned out not to open).
+pub(super) fn user_credential(facts: &mut Facts, credential: &Credential) {
+    facts.about(&credential.id, Some(credential.provider));
+}
+
+/// The user's credential serves, with `model`.
+pub(super) fn user_key(facts: &mut Facts, model: &Option<String>) {
+    facts.source = Some(Source::User);
+    facts.detail = Some(json!({ "model": model }));
+}
+
+/// The system key of `provider` serves, and why: the event names the system's key, not a
+/// credential (one asked for, or one that would not open, is only mentioned).
+pub(super) fn system_key(
+    facts: &mut Facts,
+    ask: &Ask<'_>,
+    provider: ProviderId,
+    reason: FallbackReason,
+    tier: Tier,
+    model: &Option<String>,
+) {
+    facts.provider = Some(provider);
+    facts.source = Some(Source::System);
+    facts.credential_id = None;
+    facts.detail = Some(json!({
+        "fallback_reason": reason, "tier": tier, "model": model,
+        "requested_credential_id": ask.credential_id,
+    }));
+}
+
+/// A proxied call reached the provider: which operation, and the status it answered.
+pub fn proxied(facts: &mut Facts, key: &KeyInUse, operation: &Operation, status: u16) {
+    facts.detail = Some(json!({
+        "operation": format!("{} {}", operation.method.as_str(), operation.path),
+        "status": status,
+        "model": key.model,
+        "fallback_reason": key.fallback_reason,
+        "tier": key.tier,
+    }));
+}

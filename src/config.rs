@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::{parse_service_tokens, JwtSettings, ServiceToken};
 use crate::crypto::{MasterKeyError, MasterKeys, SecretKey};
-use crate::domain::{ConfigError, CredentialParams, Environment, ProviderId};
+use crate::domain::{ConfigError, CredentialParams, Environment, ProviderId, Vars};
 use crate::notify::WebhookSettings;
 use crate::providers;
 use crate::system_keys::InfisicalSettings;
@@ -77,94 +77,59 @@ impl Config {
     /// Reads every variable through `get` (vars and secrets alike; blank means unset) and
     /// returns either a whole configuration or every problem found.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
-        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        let mut errors = Vec::new();
-        let mut err = |var: &'static str, problem: &str| {
-            errors.push(ConfigError {
-                var,
-                problem: problem.to_owned(),
-            });
-        };
-
-        let environment = match get("ENVIRONMENT").as_deref() {
-            None | Some("production") => Environment::Production,
-            Some("staging") => Environment::Staging,
-            Some("development") => Environment::Development,
-            Some(_) => {
-                err("ENVIRONMENT", "must be development, staging or production");
-                Environment::Production
-            }
-        };
+        let mut vars = Vars::new(&get);
+        let environment = Environment::parse(&mut vars);
 
         let master_keys = MasterKeys::from_config(
-            get("MASTER_KEYS").as_deref(),
-            get("MASTER_KEY_ACTIVE").as_deref(),
-            get("MASTER_KEY").as_deref(),
+            vars.get("MASTER_KEYS").as_deref(),
+            vars.get("MASTER_KEY_ACTIVE").as_deref(),
+            vars.get("MASTER_KEY").as_deref(),
         );
 
-        let hs256_secret = get("AUTH_JWT_SECRET").map(|s| Zeroizing::new(s.into_bytes()));
+        let hs256_secret = vars
+            .get("AUTH_JWT_SECRET")
+            .map(|s| Zeroizing::new(s.into_bytes()));
         if hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
-            err("AUTH_JWT_SECRET", "must be at least 32 bytes");
+            vars.problem("AUTH_JWT_SECRET", "must be at least 32 bytes");
         }
-        if hs256_secret.is_none() && get("AUTH_JWKS_URL").is_none() {
-            err(
+        if hs256_secret.is_none() && vars.get("AUTH_JWKS_URL").is_none() {
+            vars.problem(
                 "AUTH_JWT_SECRET",
                 "no user authentication is configured (set AUTH_JWT_SECRET or AUTH_JWKS_URL)",
             );
         }
-        let jwks_url = get("AUTH_JWKS_URL").and_then(|raw| match Url::parse(raw.trim()) {
-            Ok(u)
-                if u.scheme() == "https"
-                    || (u.scheme() == "http" && environment == Environment::Development) =>
-            {
-                Some(raw.trim().to_owned())
-            }
-            _ => {
-                err(
-                    "AUTH_JWKS_URL",
-                    "must be an https URL (http only in development)",
-                );
-                None
-            }
-        });
-        let jwks_ttl_ms = match get("AUTH_JWKS_CACHE_SECONDS") {
-            None => 600_000,
-            Some(raw) => match raw.trim().parse::<u64>() {
-                Ok(s) if (10..=86_400).contains(&s) => s * 1000,
-                _ => {
-                    err(
-                        "AUTH_JWKS_CACHE_SECONDS",
-                        "must be an integer from 10 to 86400",
-                    );
-                    600_000
+        let jwks_url = vars
+            .get("AUTH_JWKS_URL")
+            .and_then(|raw| match Url::parse(raw.trim()) {
+                Ok(u)
+                    if u.scheme() == "https"
+                        || (u.scheme() == "http" && environment == Environment::Development) =>
+                {
+                    Some(raw.trim().to_owned())
                 }
-            },
-        };
-        let jwks_max_stale_ms = match get("AUTH_JWKS_MAX_STALE_SECONDS") {
-            None => 3_600_000,
-            Some(raw) => match raw.trim().parse::<u64>() {
-                Ok(s) if s <= 7 * 86_400 => s * 1000,
                 _ => {
-                    err(
-                        "AUTH_JWKS_MAX_STALE_SECONDS",
-                        "must be an integer from 0 to 604800",
+                    vars.problem(
+                        "AUTH_JWKS_URL",
+                        "must be an https URL (http only in development)",
                     );
-                    3_600_000
+                    None
                 }
-            },
-        };
-        let issuer = get("AUTH_ISSUER");
-        let audience = get("AUTH_AUDIENCE");
+            });
+        let jwks_ttl_ms = vars.number("AUTH_JWKS_CACHE_SECONDS", 600, 10, 86_400) * 1000;
+        let jwks_max_stale_ms =
+            vars.number("AUTH_JWKS_MAX_STALE_SECONDS", 3_600, 0, 7 * 86_400) * 1000;
+        let issuer = vars.get("AUTH_ISSUER");
+        let audience = vars.get("AUTH_AUDIENCE");
         // A token minted for another app of the same issuer must not open this vault.
         if environment == Environment::Production {
             if audience.is_none() {
-                err(
+                vars.problem(
                     "AUTH_AUDIENCE",
                     "is required in production (the aud every user token must carry)",
                 );
             }
             if jwks_url.is_some() && issuer.is_none() {
-                err(
+                vars.problem(
                     "AUTH_ISSUER",
                     "is required in production when AUTH_JWKS_URL is set",
                 );
@@ -184,97 +149,71 @@ impl Config {
             let info = p.info();
             let mut bases = Vec::new();
             for endpoint in info.endpoints {
-                let raw = get(endpoint.var).unwrap_or_else(|| endpoint.default.to_owned());
+                let raw = vars
+                    .get(endpoint.var)
+                    .unwrap_or_else(|| endpoint.default.to_owned());
                 match parse_base_url(&raw) {
                     Some(base) => bases.push(base),
-                    None => err(endpoint.var, "must be an absolute http(s) URL"),
+                    None => vars.problem(endpoint.var, "must be an absolute http(s) URL"),
                 }
             }
             provider_endpoints.insert(info.id, bases);
         }
 
-        let mut flag = |var: &'static str, default: bool| match get(var).as_deref() {
-            None => default,
-            Some("true") | Some("1") => true,
-            Some("false") | Some("0") => false,
-            Some(_) => {
-                err(var, "must be true or false");
-                default
-            }
-        };
-        let allow_private_base_urls = flag("ALLOW_PRIVATE_BASE_URLS", false);
+        let allow_private_base_urls = vars.flag("ALLOW_PRIVATE_BASE_URLS", false);
 
-        let mut number = |var: &'static str, default: u64, min: u64, max: u64| match get(var) {
-            None => default,
-            Some(raw) => match raw.trim().parse::<u64>() {
-                Ok(n) if (min..=max).contains(&n) => n,
-                _ => {
-                    err(var, &format!("must be an integer from {min} to {max}"));
-                    default
-                }
-            },
-        };
-        let validation_deadline_ms = number("VALIDATION_DEADLINE_MS", 10_000, 500, 60_000);
-        let probe_attempt_timeout_ms = number("PROBE_ATTEMPT_TIMEOUT_MS", 4_000, 100, 60_000);
-        let revalidate_after_hours = number("REVALIDATE_AFTER_HOURS", 24, 0, 24 * 365);
-        let audit_retention_days = number("AUDIT_RETENTION_DAYS", 365, 1, 36_500);
-        let max_credentials_per_user = number("MAX_CREDENTIALS_PER_USER", 100, 1, 10_000) as u32;
-        let proxy_max_body_bytes = number(
+        let validation_deadline_ms = vars.number("VALIDATION_DEADLINE_MS", 10_000, 500, 60_000);
+        let probe_attempt_timeout_ms = vars.number("PROBE_ATTEMPT_TIMEOUT_MS", 4_000, 100, 60_000);
+        let revalidate_after_hours = vars.number("REVALIDATE_AFTER_HOURS", 24, 0, 24 * 365);
+        let audit_retention_days = vars.number("AUDIT_RETENTION_DAYS", 365, 1, 36_500);
+        let max_credentials_per_user =
+            vars.number("MAX_CREDENTIALS_PER_USER", 100, 1, 10_000) as u32;
+        let proxy_max_body_bytes = vars.number(
             "PROXY_MAX_BODY_BYTES",
             25 << 20,
             1024,
             MAX_PROXY_BODY_BYTES as u64,
         ) as usize;
-        // An on/off switch; anything else is an error (and the default holds).
-        let mut switch = |name: &'static str, default: bool| match get(name).as_deref() {
-            None => default,
-            Some("on") => true,
-            Some("off") => false,
-            Some(_) => {
-                err(name, "must be on or off");
-                default
-            }
-        };
-        let rate_limits = switch("RATE_LIMITS", true);
-        let sandbox = switch("SANDBOX", false);
+        let rate_limits = vars.switch("RATE_LIMITS", true);
+        let sandbox = vars.switch("SANDBOX", false);
         if sandbox && environment == Environment::Production {
-            err("SANDBOX", "may not be on in production");
+            vars.problem("SANDBOX", "may not be on in production");
         }
         if revalidate_after_hours == 0 && environment == Environment::Production {
-            err(
+            vars.problem(
                 "REVALIDATE_AFTER_HOURS",
                 "may not be 0 in production (every key would be probed every hour)",
             );
         }
         if !rate_limits && environment == Environment::Production {
-            err("RATE_LIMITS", "may not be off in production");
+            vars.problem("RATE_LIMITS", "may not be off in production");
         }
 
-        let fallback_policy = match get("FALLBACK_POLICY").as_deref() {
-            None | Some("user_then_system") => FallbackPolicy::UserThenSystem,
-            Some("user_only") => FallbackPolicy::UserOnly,
-            Some("system_only") => FallbackPolicy::SystemOnly,
-            Some(_) => {
-                err(
-                    "FALLBACK_POLICY",
-                    "must be user_then_system, user_only or system_only",
-                );
-                FallbackPolicy::UserThenSystem
-            }
+        let fallback_policy = {
+            use FallbackPolicy::*;
+            vars.choice(
+                "FALLBACK_POLICY",
+                &[
+                    ("user_then_system", UserThenSystem),
+                    ("user_only", UserOnly),
+                    ("system_only", SystemOnly),
+                ],
+                "must be user_then_system, user_only or system_only",
+            )
         };
-        let system_keys_source = match get("SYSTEM_KEYS_SOURCE").as_deref() {
-            None | Some("env") => SystemKeysSource::Env,
-            Some("infisical") => SystemKeysSource::Infisical,
-            Some(_) => {
-                err("SYSTEM_KEYS_SOURCE", "must be env or infisical");
-                SystemKeysSource::Env
-            }
-        };
+        let system_keys_source = vars.choice(
+            "SYSTEM_KEYS_SOURCE",
+            &[
+                ("env", SystemKeysSource::Env),
+                ("infisical", SystemKeysSource::Infisical),
+            ],
+            "must be env or infisical",
+        );
 
-        let service_tokens = match get("SERVICE_TOKENS") {
+        let service_tokens = match vars.get("SERVICE_TOKENS") {
             None => Vec::new(),
             Some(raw) => parse_service_tokens(&raw).unwrap_or_else(|problem| {
-                err("SERVICE_TOKENS", &problem);
+                vars.problem("SERVICE_TOKENS", problem);
                 Vec::new()
             }),
         };
@@ -283,18 +222,22 @@ impl Config {
         for p in providers::all() {
             let id = p.info().id;
             let name = crate::system_keys::secret_name(id);
-            if let Some(key) = get(&name) {
+            if let Some(key) = vars.get(&name) {
                 system_keys_env.insert(id, SecretKey::new(key.trim().to_owned()));
             }
-            let region = get(&format!("{name}_REGION")).map(|r| r.trim().to_owned());
-            let base_url = get(&format!("{name}_BASE_URL")).map(|b| b.trim().to_owned());
+            let region = vars
+                .get(&format!("{name}_REGION"))
+                .map(|r| r.trim().to_owned());
+            let base_url = vars
+                .get(&format!("{name}_BASE_URL"))
+                .map(|b| b.trim().to_owned());
             if region.as_deref().is_some_and(|r| {
                 r.is_empty()
                     || !r
                         .bytes()
                         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             }) {
-                err(
+                vars.problem(
                     "SYSTEM_KEY_<PROVIDER>_REGION",
                     "must be a region name of a-z, 0-9 and -",
                 );
@@ -305,7 +248,11 @@ impl Config {
         }
 
         let mut cors_allowed_origins = Vec::new();
-        for origin in get("CORS_ALLOWED_ORIGINS").unwrap_or_default().split(',') {
+        for origin in vars
+            .get("CORS_ALLOWED_ORIGINS")
+            .unwrap_or_default()
+            .split(',')
+        {
             let origin = origin.trim();
             if origin.is_empty() {
                 continue;
@@ -318,7 +265,7 @@ impl Config {
                 {
                     cors_allowed_origins.push(origin.trim_end_matches('/').to_owned());
                 }
-                _ => err(
+                _ => vars.problem(
                     "CORS_ALLOWED_ORIGINS",
                     "must be a comma-separated list of origins like https://app.example",
                 ),
@@ -326,16 +273,17 @@ impl Config {
         }
 
         if allow_private_base_urls && environment == Environment::Production {
-            err("ALLOW_PRIVATE_BASE_URLS", "may not be true in production");
+            vars.problem("ALLOW_PRIVATE_BASE_URLS", "may not be true in production");
         }
 
         // Last: these report into the same list.
-        let webhooks = WebhookSettings::parse(&get, allow_private_base_urls, &mut errors);
+        let webhooks = WebhookSettings::parse(&mut vars, allow_private_base_urls);
         let infisical = match system_keys_source {
             SystemKeysSource::Env => None,
-            SystemKeysSource::Infisical => InfisicalSettings::parse(&get, environment, &mut errors),
+            SystemKeysSource::Infisical => InfisicalSettings::parse(&mut vars, environment),
         };
 
+        let errors = vars.finish();
         if errors.is_empty() {
             Ok(Config {
                 environment,

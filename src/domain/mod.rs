@@ -14,6 +14,8 @@ pub use credential::{
 };
 pub use ids::{hex_bytes, BatchId, Capability, CredentialId, ProviderId, RequestId, UserId};
 pub use sealed::{KeyVersion, Sealed};
-pub use settings::{ConfigError, Environment};
+#[cfg(test)]
+pub(crate) use settings::read_vars;
+pub use settings::{ConfigError, Environment, Vars};
 pub use store::StoreError;
 pub use time::{Clock, Timestamp};

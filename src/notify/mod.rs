@@ -16,8 +16,8 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::audit::{Action, AuditEvent};
-use crate::domain::ConfigError;
 use crate::domain::Timestamp;
+use crate::domain::Vars;
 use crate::endpoint_guard::check_base_url;
 use crate::http::{HttpClient, HttpRequest, Method};
 
@@ -76,29 +76,22 @@ pub struct WebhookSettings {
 }
 
 impl WebhookSettings {
-    /// The settings, if `NOTIFY_WEBHOOK_URL` is set; problems are named in `errors`.
-    pub fn parse(
-        get: &dyn Fn(&str) -> Option<String>,
-        allow_private: bool,
-        errors: &mut Vec<ConfigError>,
-    ) -> Option<Self> {
-        let url = get("NOTIFY_WEBHOOK_URL")?;
-        let mut err = |var: &'static str, problem: String| {
-            errors.push(ConfigError { var, problem });
-        };
+    /// The settings, if `NOTIFY_WEBHOOK_URL` is set; problems are noted in `vars`.
+    pub fn parse(vars: &mut Vars, allow_private: bool) -> Option<Self> {
+        let url = vars.get("NOTIFY_WEBHOOK_URL")?;
         let url = match check_base_url(&url, allow_private) {
             // Sent to exactly as configured (a trailing slash can matter to a receiver).
             Ok(_) => Some(url.trim().to_owned()),
             Err(e) => {
-                err("NOTIFY_WEBHOOK_URL", format!("is not allowed: it {e}"));
+                vars.problem("NOTIFY_WEBHOOK_URL", format!("is not allowed: it {e}"));
                 None
             }
         };
-        let secret = match get("NOTIFY_WEBHOOK_SECRET") {
+        let secret = match vars.get("NOTIFY_WEBHOOK_SECRET") {
             None => {
-                err(
+                vars.problem(
                     "NOTIFY_WEBHOOK_SECRET",
-                    "is required with NOTIFY_WEBHOOK_URL".into(),
+                    "is required with NOTIFY_WEBHOOK_URL",
                 );
                 None
             }
@@ -111,28 +104,16 @@ impl WebhookSettings {
                 match bytes {
                     Some(b) if b.len() >= 24 => Some(Zeroizing::new(b)),
                     _ => {
-                        err(
+                        vars.problem(
                             "NOTIFY_WEBHOOK_SECRET",
-                            "must be at least 24 bytes (or whsec_ and their base64)".into(),
+                            "must be at least 24 bytes (or whsec_ and their base64)",
                         );
                         None
                     }
                 }
             }
         };
-        let retry_base_ms = match get("NOTIFY_RETRY_BASE_SECONDS") {
-            None => 30_000,
-            Some(raw) => match raw.trim().parse::<u64>() {
-                Ok(s) if (1..=3600).contains(&s) => s * 1000,
-                _ => {
-                    err(
-                        "NOTIFY_RETRY_BASE_SECONDS",
-                        "must be an integer from 1 to 3600".into(),
-                    );
-                    30_000
-                }
-            },
-        };
+        let retry_base_ms = vars.number("NOTIFY_RETRY_BASE_SECONDS", 30, 1, 3600) * 1000;
         Some(Self {
             url: url?,
             secret: secret?,
@@ -262,7 +243,7 @@ mod tests {
 
     use super::*;
     use crate::audit::{Actor, ActorType};
-    use crate::domain::{Clock, StoreError};
+    use crate::domain::{read_vars, Clock, StoreError};
     use crate::domain::{CredentialId, UserId};
     use crate::testing::{respond, FakeClock, FakeHttp, Scripted};
 
@@ -316,13 +297,17 @@ mod tests {
     #[test]
     fn signatures_follow_standard_webhooks() {
         // The convention's own example: secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.
-        let mut errors = Vec::new();
-        let get = |k: &str| match k {
-            "NOTIFY_WEBHOOK_URL" => Some("https://hooks.example/byok".to_owned()),
-            "NOTIFY_WEBHOOK_SECRET" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned()),
-            _ => None,
-        };
-        let s = WebhookSettings::parse(&get, false, &mut errors).unwrap();
+        let (s, errors) = read_vars(
+            &[
+                ("NOTIFY_WEBHOOK_URL", "https://hooks.example/byok"),
+                (
+                    "NOTIFY_WEBHOOK_SECRET",
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                ),
+            ],
+            |v| WebhookSettings::parse(v, false),
+        );
+        let s = s.unwrap();
         assert!(errors.is_empty());
         assert_eq!(
             s.sign(
@@ -354,17 +339,14 @@ mod tests {
                 "NOTIFY_WEBHOOK_SECRET",
             ),
         ] {
-            let mut errors = Vec::new();
-            let get = |k: &str| match k {
-                "NOTIFY_WEBHOOK_URL" => Some(url.to_owned()),
-                "NOTIFY_WEBHOOK_SECRET" => secret.map(str::to_owned),
-                _ => None,
-            };
-            assert!(WebhookSettings::parse(&get, false, &mut errors).is_none());
+            let mut pairs = vec![("NOTIFY_WEBHOOK_URL", url)];
+            pairs.extend(secret.map(|s| ("NOTIFY_WEBHOOK_SECRET", s)));
+            let (s, errors) = read_vars(&pairs, |v| WebhookSettings::parse(v, false));
+            assert!(s.is_none());
             assert_eq!(errors[0].var, var, "{url}");
         }
-        let mut errors = Vec::new();
-        assert!(WebhookSettings::parse(&|_: &str| None, false, &mut errors).is_none());
+        let (s, errors) = read_vars(&[], |v| WebhookSettings::parse(v, false));
+        assert!(s.is_none());
         assert!(errors.is_empty(), "unset is off, not an error");
     }
 

@@ -30,7 +30,7 @@ use super::Tier;
 use crate::crypto::SecretKey;
 use crate::domain::Clock;
 use crate::domain::Timestamp;
-use crate::domain::{ConfigError, Environment};
+use crate::domain::{Environment, Vars};
 use crate::http::{HttpClient, HttpRequest, HttpResponse, Method};
 use crate::redact::{is_hidden, ProviderText};
 
@@ -69,37 +69,21 @@ pub struct InfisicalSettings {
     pub max_stale_ms: u64,
 }
 
-fn problem(errors: &mut Vec<ConfigError>, var: &'static str, text: String) {
-    errors.push(ConfigError { var, problem: text });
-}
-
 impl InfisicalSettings {
     /// The settings of `SYSTEM_KEYS_SOURCE = "infisical"`, or `None` with every problem
-    /// added to `errors` (each names its variable, never its value).
-    pub fn parse(
-        get: &dyn Fn(&str) -> Option<String>,
-        environment: Environment,
-        errors: &mut Vec<ConfigError>,
-    ) -> Option<InfisicalSettings> {
-        let before = errors.len();
-        let get = |name: &str| {
-            get(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let required = |var: &'static str, errors: &mut Vec<ConfigError>| {
-            let v = get(var);
+    /// noted in `vars` (each names its variable, never its value).
+    pub fn parse(vars: &mut Vars, environment: Environment) -> Option<InfisicalSettings> {
+        let before = vars.problems();
+        let get = |vars: &Vars, name: &str| vars.get(name).map(|v| v.trim().to_owned());
+        let required = |vars: &mut Vars, var: &'static str| {
+            let v = get(vars, var);
             if v.is_none() {
-                problem(
-                    errors,
-                    var,
-                    "is required when SYSTEM_KEYS_SOURCE is infisical".into(),
-                );
+                vars.problem(var, "is required when SYSTEM_KEYS_SOURCE is infisical");
             }
             v.unwrap_or_default()
         };
 
-        let host = get("INFISICAL_HOST").unwrap_or_else(|| DEFAULT_HOST.into());
+        let host = get(vars, "INFISICAL_HOST").unwrap_or_else(|| DEFAULT_HOST.into());
         let host = host.trim_end_matches('/').to_owned();
         let host_ok = Url::parse(&host).is_ok_and(|u| {
             (u.scheme() == "https"
@@ -111,22 +95,21 @@ impl InfisicalSettings {
                 && u.password().is_none()
         });
         if !host_ok {
-            problem(
-                errors,
+            vars.problem(
                 "INFISICAL_HOST",
-                "must be an https URL (http only in development)".into(),
+                "must be an https URL (http only in development)",
             );
         }
-        let client_id = required("INFISICAL_CLIENT_ID", errors);
-        let client_secret = Zeroizing::new(required("INFISICAL_CLIENT_SECRET", errors));
-        let project_id = required("INFISICAL_PROJECT_ID", errors);
+        let client_id = required(vars, "INFISICAL_CLIENT_ID");
+        let client_secret = Zeroizing::new(required(vars, "INFISICAL_CLIENT_SECRET"));
+        let project_id = required(vars, "INFISICAL_PROJECT_ID");
 
         let (deployment, expected) = match environment {
             Environment::Development => ("development", "dev"),
             Environment::Staging => ("staging", "staging"),
             Environment::Production => ("production", "prod"),
         };
-        let slug = required("INFISICAL_ENVIRONMENT", errors);
+        let slug = required(vars, "INFISICAL_ENVIRONMENT");
         if !slug.is_empty() && slug != expected {
             let text = if ["dev", "staging", "prod"].contains(&slug.as_str()) {
                 format!(
@@ -137,36 +120,21 @@ impl InfisicalSettings {
                     "must be {expected} (the Infisical environment of ENVIRONMENT {deployment})"
                 )
             };
-            problem(errors, "INFISICAL_ENVIRONMENT", text);
+            vars.problem("INFISICAL_ENVIRONMENT", text);
         }
 
-        let secret_path = get("INFISICAL_SECRET_PATH").unwrap_or_else(|| "/".into());
+        let secret_path = get(vars, "INFISICAL_SECRET_PATH").unwrap_or_else(|| "/".into());
         if !secret_path.starts_with('/') || secret_path.chars().any(is_hidden) {
-            problem(
-                errors,
+            vars.problem(
                 "INFISICAL_SECRET_PATH",
-                "must be a folder path starting with /".into(),
+                "must be a folder path starting with /",
             );
         }
 
-        let mut seconds = |var: &'static str, default: u64, min: u64, max: u64| match get(var) {
-            None => default * 1000,
-            Some(raw) => match raw.parse::<u64>() {
-                Ok(n) if (min..=max).contains(&n) => n * 1000,
-                _ => {
-                    problem(
-                        errors,
-                        var,
-                        format!("must be an integer from {min} to {max}"),
-                    );
-                    default * 1000
-                }
-            },
-        };
-        let cache_ttl_ms = seconds("INFISICAL_CACHE_TTL_SECONDS", 60, 1, 3600);
-        let max_stale_ms = seconds("INFISICAL_MAX_STALE_SECONDS", 3600, 0, 86_400);
+        let cache_ttl_ms = vars.number("INFISICAL_CACHE_TTL_SECONDS", 60, 1, 3600) * 1000;
+        let max_stale_ms = vars.number("INFISICAL_MAX_STALE_SECONDS", 3600, 0, 86_400) * 1000;
 
-        (errors.len() == before).then(|| InfisicalSettings {
+        (vars.problems() == before).then(|| InfisicalSettings {
             host,
             client_id,
             client_secret,
@@ -643,6 +611,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
+    use crate::domain::{read_vars, ConfigError};
     use crate::http::HttpError;
     use crate::testing::FakeClock;
 
@@ -1283,13 +1252,7 @@ mod tests {
         pairs: &[(&str, &str)],
         env: Environment,
     ) -> (Option<InfisicalSettings>, Vec<ConfigError>) {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let mut errors = vec![];
-        let s = InfisicalSettings::parse(&|k| map.get(k).cloned(), env, &mut errors);
-        (s, errors)
+        read_vars(pairs, |v| InfisicalSettings::parse(v, env))
     }
 
     const REQUIRED: [(&str, &str); 4] = [

@@ -7,9 +7,8 @@
 use std::collections::BTreeMap;
 
 use url::Url;
-use zeroize::Zeroizing;
 
-use crate::auth::{parse_service_tokens, JwtSettings, ServiceToken};
+use crate::auth::{AuthSettings, JwtSettings, ServiceToken};
 use crate::crypto::{MasterKeyError, MasterKeys, SecretKey};
 use crate::domain::{ConfigError, CredentialParams, Environment, ProviderId, Vars};
 use crate::notify::WebhookSettings;
@@ -86,63 +85,7 @@ impl Config {
             vars.get("MASTER_KEY").as_deref(),
         );
 
-        let hs256_secret = vars
-            .get("AUTH_JWT_SECRET")
-            .map(|s| Zeroizing::new(s.into_bytes()));
-        if hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
-            vars.problem("AUTH_JWT_SECRET", "must be at least 32 bytes");
-        }
-        if hs256_secret.is_none() && vars.get("AUTH_JWKS_URL").is_none() {
-            vars.problem(
-                "AUTH_JWT_SECRET",
-                "no user authentication is configured (set AUTH_JWT_SECRET or AUTH_JWKS_URL)",
-            );
-        }
-        let jwks_url = vars
-            .get("AUTH_JWKS_URL")
-            .and_then(|raw| match Url::parse(raw.trim()) {
-                Ok(u)
-                    if u.scheme() == "https"
-                        || (u.scheme() == "http" && environment == Environment::Development) =>
-                {
-                    Some(raw.trim().to_owned())
-                }
-                _ => {
-                    vars.problem(
-                        "AUTH_JWKS_URL",
-                        "must be an https URL (http only in development)",
-                    );
-                    None
-                }
-            });
-        let jwks_ttl_ms = vars.number("AUTH_JWKS_CACHE_SECONDS", 600, 10, 86_400) * 1000;
-        let jwks_max_stale_ms =
-            vars.number("AUTH_JWKS_MAX_STALE_SECONDS", 3_600, 0, 7 * 86_400) * 1000;
-        let issuer = vars.get("AUTH_ISSUER");
-        let audience = vars.get("AUTH_AUDIENCE");
-        // A token minted for another app of the same issuer must not open this vault.
-        if environment == Environment::Production {
-            if audience.is_none() {
-                vars.problem(
-                    "AUTH_AUDIENCE",
-                    "is required in production (the aud every user token must carry)",
-                );
-            }
-            if jwks_url.is_some() && issuer.is_none() {
-                vars.problem(
-                    "AUTH_ISSUER",
-                    "is required in production when AUTH_JWKS_URL is set",
-                );
-            }
-        }
-        let jwt = JwtSettings {
-            hs256_secret,
-            issuer,
-            audience,
-            jwks_url,
-            jwks_ttl_ms,
-            jwks_max_stale_ms,
-        };
+        let auth = AuthSettings::parse(&mut vars, environment);
 
         let mut provider_endpoints = BTreeMap::new();
         for p in providers::all() {
@@ -210,13 +153,6 @@ impl Config {
             "must be env or infisical",
         );
 
-        let service_tokens = match vars.get("SERVICE_TOKENS") {
-            None => Vec::new(),
-            Some(raw) => parse_service_tokens(&raw).unwrap_or_else(|problem| {
-                vars.problem("SERVICE_TOKENS", problem);
-                Vec::new()
-            }),
-        };
         let mut system_keys_env = BTreeMap::new();
         let mut system_key_params = BTreeMap::new();
         for p in providers::all() {
@@ -288,7 +224,7 @@ impl Config {
             Ok(Config {
                 environment,
                 master_keys,
-                jwt,
+                jwt: auth.jwt,
                 provider_endpoints,
                 allow_private_base_urls,
                 validation_deadline_ms,
@@ -301,7 +237,7 @@ impl Config {
                 rate_limits,
                 sandbox,
                 max_credentials_per_user,
-                service_tokens,
+                service_tokens: auth.service_tokens,
                 system_keys_env,
                 system_key_params,
                 proxy_max_body_bytes,
@@ -426,12 +362,6 @@ mod tests {
     }
 
     #[test]
-    fn some_user_authentication_is_required() {
-        let errors = Config::parse(vars(&[])).err().unwrap();
-        assert_eq!(errors[0].var, "AUTH_JWT_SECRET");
-    }
-
-    #[test]
     fn private_base_urls_are_never_allowed_in_production() {
         let errors = Config::parse(vars(&[
             SECRET,
@@ -447,33 +377,6 @@ mod tests {
             ("ENVIRONMENT", "development"),
         ]));
         assert!(dev.is_ok());
-    }
-
-    #[test]
-    fn production_requires_an_audience_and_with_a_jwks_an_issuer() {
-        let errors = Config::parse(vars(&[SECRET])).err().unwrap();
-        assert_eq!(
-            errors.iter().map(|e| e.var).collect::<Vec<_>>(),
-            ["AUTH_AUDIENCE"]
-        );
-        let errors = Config::parse(vars(&[
-            AUDIENCE,
-            ("AUTH_JWKS_URL", "https://issuer.example/jwks.json"),
-        ]))
-        .err()
-        .unwrap();
-        assert_eq!(
-            errors.iter().map(|e| e.var).collect::<Vec<_>>(),
-            ["AUTH_ISSUER"]
-        );
-        let ok = Config::parse(vars(&[
-            AUDIENCE,
-            ("AUTH_JWKS_URL", "https://issuer.example/jwks.json"),
-            ("AUTH_ISSUER", "https://issuer.example/"),
-        ]));
-        assert!(ok.is_ok());
-        // Outside production both stay optional.
-        assert!(Config::parse(vars(&[SECRET, ("ENVIRONMENT", "staging")])).is_ok());
     }
 
     #[test]

@@ -4,12 +4,14 @@
 mod jwks;
 pub(crate) mod jwt;
 mod service;
+mod settings;
 mod signature;
 mod token;
 
 pub use jwks::JwksCache;
 pub use jwt::JwtVerifier;
-pub use service::{find_service, parse_service_tokens, Scope, ServiceToken};
+pub use service::{find_service, Scope, ServiceToken};
+pub use settings::AuthSettings;
 pub use signature::{PublicJwk, SignatureVerifier};
 pub use token::{Algorithm, AuthError, JwtSettings};
 

@@ -33,7 +33,7 @@ struct Raw {
 
 /// Parses `SERVICE_TOKENS`: a JSON list of `{"name","sha256","scopes"}`. The problem, if
 /// any, in words that quote no value.
-pub fn parse_service_tokens(raw: &str) -> Result<Vec<ServiceToken>, String> {
+pub(super) fn parse_service_tokens(raw: &str) -> Result<Vec<ServiceToken>, String> {
     let list: Vec<Raw> = serde_json::from_slice(raw.as_bytes())
         .map_err(|_| "must be a JSON list of {\"name\",\"sha256\",\"scopes\"}".to_owned())?;
     let mut out = Vec::with_capacity(list.len());

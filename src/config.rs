@@ -79,11 +79,7 @@ impl Config {
         let mut vars = Vars::new(&get);
         let environment = Environment::parse(&mut vars);
 
-        let master_keys = MasterKeys::from_config(
-            vars.get("MASTER_KEYS").as_deref(),
-            vars.get("MASTER_KEY_ACTIVE").as_deref(),
-            vars.get("MASTER_KEY").as_deref(),
-        );
+        let master_keys = MasterKeys::from_vars(&vars);
 
         let auth = AuthSettings::parse(&mut vars, environment);
 

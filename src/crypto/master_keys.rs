@@ -1,11 +1,13 @@
-//! The master key ring, from the `MASTER_KEYS`/`MASTER_KEY_ACTIVE` (or `MASTER_KEY`) secrets.
+//! The master key ring, from the `MASTER_KEYS`/`MASTER_KEY_ACTIVE` (or `MASTER_KEY`) secrets:
+//! the keys section of the configuration. Kept apart from the other sections' problems:
+//! without it the service still answers health and listings.
 
 use std::collections::BTreeMap;
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use zeroize::Zeroizing;
 
-use crate::domain::KeyVersion;
+use crate::domain::{KeyVersion, Vars};
 
 /// Why the master keys cannot be used. Messages name variables, never values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +29,15 @@ pub struct MasterKeys {
 }
 
 impl MasterKeys {
+    /// The ring the Worker's secrets configure.
+    pub fn from_vars(vars: &Vars) -> Result<Self, MasterKeyError> {
+        Self::from_config(
+            vars.get("MASTER_KEYS").as_deref(),
+            vars.get("MASTER_KEY_ACTIVE").as_deref(),
+            vars.get("MASTER_KEY").as_deref(),
+        )
+    }
+
     /// `keys_json` is `MASTER_KEYS`, `active` is `MASTER_KEY_ACTIVE`, `single` is
     /// `MASTER_KEY` (accepted as version 1 when `MASTER_KEYS` is absent).
     pub fn from_config(

@@ -12,7 +12,7 @@ use crate::auth::{AuthSettings, JwtSettings, ServiceToken};
 use crate::crypto::{MasterKeyError, MasterKeys, SecretKey};
 use crate::domain::{ConfigError, CredentialParams, Environment, ProviderId, Vars};
 use crate::notify::WebhookSettings;
-use crate::providers;
+use crate::providers::{self, ProviderSettings};
 use crate::system_keys::InfisicalSettings;
 
 /// The most any proxied request body may be, whatever `PROXY_MAX_BODY_BYTES` says (the
@@ -83,26 +83,7 @@ impl Config {
 
         let auth = AuthSettings::parse(&mut vars, environment);
 
-        let mut provider_endpoints = BTreeMap::new();
-        for p in providers::all() {
-            let info = p.info();
-            let mut bases = Vec::new();
-            for endpoint in info.endpoints {
-                let raw = vars
-                    .get(endpoint.var)
-                    .unwrap_or_else(|| endpoint.default.to_owned());
-                match parse_base_url(&raw) {
-                    Some(base) => bases.push(base),
-                    None => vars.problem(endpoint.var, "must be an absolute http(s) URL"),
-                }
-            }
-            provider_endpoints.insert(info.id, bases);
-        }
-
-        let allow_private_base_urls = vars.flag("ALLOW_PRIVATE_BASE_URLS", false);
-
-        let validation_deadline_ms = vars.number("VALIDATION_DEADLINE_MS", 10_000, 500, 60_000);
-        let probe_attempt_timeout_ms = vars.number("PROBE_ATTEMPT_TIMEOUT_MS", 4_000, 100, 60_000);
+        let providers = ProviderSettings::parse(&mut vars, environment);
         let revalidate_after_hours = vars.number("REVALIDATE_AFTER_HOURS", 24, 0, 24 * 365);
         let audit_retention_days = vars.number("AUDIT_RETENTION_DAYS", 365, 1, 36_500);
         let max_credentials_per_user =
@@ -114,10 +95,6 @@ impl Config {
             MAX_PROXY_BODY_BYTES as u64,
         ) as usize;
         let rate_limits = vars.switch("RATE_LIMITS", true);
-        let sandbox = vars.switch("SANDBOX", false);
-        if sandbox && environment == Environment::Production {
-            vars.problem("SANDBOX", "may not be on in production");
-        }
         if revalidate_after_hours == 0 && environment == Environment::Production {
             vars.problem(
                 "REVALIDATE_AFTER_HOURS",
@@ -204,12 +181,8 @@ impl Config {
             }
         }
 
-        if allow_private_base_urls && environment == Environment::Production {
-            vars.problem("ALLOW_PRIVATE_BASE_URLS", "may not be true in production");
-        }
-
         // Last: these report into the same list.
-        let webhooks = WebhookSettings::parse(&mut vars, allow_private_base_urls);
+        let webhooks = WebhookSettings::parse(&mut vars, providers.allow_private_base_urls);
         let infisical = match system_keys_source {
             SystemKeysSource::Env => None,
             SystemKeysSource::Infisical => InfisicalSettings::parse(&mut vars, environment),
@@ -221,17 +194,17 @@ impl Config {
                 environment,
                 master_keys,
                 jwt: auth.jwt,
-                provider_endpoints,
-                allow_private_base_urls,
-                validation_deadline_ms,
-                probe_attempt_timeout_ms,
+                provider_endpoints: providers.endpoints,
+                allow_private_base_urls: providers.allow_private_base_urls,
+                validation_deadline_ms: providers.validation_deadline_ms,
+                probe_attempt_timeout_ms: providers.probe_attempt_timeout_ms,
                 revalidate_after_hours,
                 audit_retention_days,
                 fallback_policy,
                 system_keys_source,
                 cors_allowed_origins,
                 rate_limits,
-                sandbox,
+                sandbox: providers.sandbox,
                 max_credentials_per_user,
                 service_tokens: auth.service_tokens,
                 system_keys_env,
@@ -251,20 +224,6 @@ impl Config {
             .map(Vec::as_slice)
             .unwrap_or_default()
     }
-}
-
-/// An absolute http(s) base URL without credentials, query or fragment; `{region}` may
-/// stand in a host label. Returned without a trailing slash.
-fn parse_base_url(raw: &str) -> Option<String> {
-    let raw = raw.trim().trim_end_matches('/');
-    let url = Url::parse(&raw.replace("{region}", "region")).ok()?;
-    let ok = matches!(url.scheme(), "http" | "https")
-        && url.host().is_some()
-        && url.query().is_none()
-        && url.fragment().is_none()
-        && url.username().is_empty()
-        && url.password().is_none();
-    ok.then(|| raw.to_owned())
 }
 
 #[cfg(test)]
@@ -316,18 +275,6 @@ mod tests {
     }
 
     #[test]
-    fn base_urls_can_be_redirected() {
-        let c = Config::parse(vars(&[
-            SECRET,
-            AUDIENCE,
-            ("ELEVENLABS_BASE_URL", "http://127.0.0.1:9999/"),
-        ]))
-        .unwrap();
-        let eleven = providers::find("elevenlabs").unwrap().info().id;
-        assert_eq!(c.endpoints(eleven), ["http://127.0.0.1:9999"]);
-    }
-
-    #[test]
     fn every_bad_value_is_reported_by_name_without_its_value() {
         let errors = Config::parse(vars(&[
             ("AUTH_JWT_SECRET", "short-secret-value"),
@@ -355,47 +302,6 @@ mod tests {
         assert!(errors
             .iter()
             .all(|e| !e.to_string().contains("short-secret-value")));
-    }
-
-    #[test]
-    fn private_base_urls_are_never_allowed_in_production() {
-        let errors = Config::parse(vars(&[
-            SECRET,
-            AUDIENCE,
-            ("ALLOW_PRIVATE_BASE_URLS", "true"),
-        ]))
-        .err()
-        .unwrap();
-        assert_eq!(errors[0].var, "ALLOW_PRIVATE_BASE_URLS");
-        let dev = Config::parse(vars(&[
-            SECRET,
-            ("ALLOW_PRIVATE_BASE_URLS", "true"),
-            ("ENVIRONMENT", "development"),
-        ]));
-        assert!(dev.is_ok());
-    }
-
-    #[test]
-    fn the_sandbox_is_off_by_default_and_never_on_in_production() {
-        assert!(!Config::parse(vars(&[SECRET, AUDIENCE])).unwrap().sandbox);
-        let dev = Config::parse(vars(&[
-            SECRET,
-            ("SANDBOX", "on"),
-            ("ENVIRONMENT", "development"),
-        ]));
-        assert!(dev.unwrap().sandbox);
-        let errors = Config::parse(vars(&[SECRET, AUDIENCE, ("SANDBOX", "on")]))
-            .err()
-            .unwrap();
-        assert_eq!(errors[0].var, "SANDBOX");
-        let errors = Config::parse(vars(&[
-            SECRET,
-            ("SANDBOX", "yes"),
-            ("ENVIRONMENT", "development"),
-        ]))
-        .err()
-        .unwrap();
-        assert_eq!(errors[0].var, "SANDBOX");
     }
 
     #[test]

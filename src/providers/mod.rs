@@ -13,6 +13,7 @@ mod ollama;
 mod openai;
 mod openai_compat;
 mod openrouter;
+mod settings;
 #[cfg(test)]
 mod testing;
 
@@ -24,6 +25,7 @@ use crate::domain::{Capability, CredentialParams, Model, ProviderId, Quota};
 use crate::http::{HttpResponse, Method};
 use crate::probe::{Failure, Prober, Verdict, MAX_MESSAGE_CHARS};
 use crate::redact::ProviderText;
+pub use settings::ProviderSettings;
 
 static REGISTRY: &[&dyn Provider] = &[
     &elevenlabs::ElevenLabs,

@@ -11,13 +11,10 @@ use url::Url;
 use crate::auth::{AuthSettings, JwtSettings, ServiceToken};
 use crate::crypto::{MasterKeyError, MasterKeys, SecretKey};
 use crate::domain::{ConfigError, CredentialParams, Environment, ProviderId, Vars};
+use crate::limits::LimitSettings;
 use crate::notify::WebhookSettings;
 use crate::providers::{self, ProviderSettings};
 use crate::system_keys::InfisicalSettings;
-
-/// The most any proxied request body may be, whatever `PROXY_MAX_BODY_BYTES` says (the
-/// Worker reads it into memory).
-pub const MAX_PROXY_BODY_BYTES: usize = 32 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FallbackPolicy {
@@ -86,24 +83,13 @@ impl Config {
         let providers = ProviderSettings::parse(&mut vars, environment);
         let revalidate_after_hours = vars.number("REVALIDATE_AFTER_HOURS", 24, 0, 24 * 365);
         let audit_retention_days = vars.number("AUDIT_RETENTION_DAYS", 365, 1, 36_500);
-        let max_credentials_per_user =
-            vars.number("MAX_CREDENTIALS_PER_USER", 100, 1, 10_000) as u32;
-        let proxy_max_body_bytes = vars.number(
-            "PROXY_MAX_BODY_BYTES",
-            25 << 20,
-            1024,
-            MAX_PROXY_BODY_BYTES as u64,
-        ) as usize;
-        let rate_limits = vars.switch("RATE_LIMITS", true);
         if revalidate_after_hours == 0 && environment == Environment::Production {
             vars.problem(
                 "REVALIDATE_AFTER_HOURS",
                 "may not be 0 in production (every key would be probed every hour)",
             );
         }
-        if !rate_limits && environment == Environment::Production {
-            vars.problem("RATE_LIMITS", "may not be off in production");
-        }
+        let limits = LimitSettings::parse(&mut vars, environment);
 
         let fallback_policy = {
             use FallbackPolicy::*;
@@ -203,13 +189,13 @@ impl Config {
                 fallback_policy,
                 system_keys_source,
                 cors_allowed_origins,
-                rate_limits,
+                rate_limits: limits.rate_limits,
                 sandbox: providers.sandbox,
-                max_credentials_per_user,
+                max_credentials_per_user: limits.max_credentials_per_user,
                 service_tokens: auth.service_tokens,
                 system_keys_env,
                 system_key_params,
-                proxy_max_body_bytes,
+                proxy_max_body_bytes: limits.proxy_max_body_bytes,
                 infisical,
                 webhooks,
             })
@@ -302,27 +288,5 @@ mod tests {
         assert!(errors
             .iter()
             .all(|e| !e.to_string().contains("short-secret-value")));
-    }
-
-    #[test]
-    fn rate_limits_may_be_off_only_outside_production() {
-        let errors = Config::parse(vars(&[SECRET, AUDIENCE, ("RATE_LIMITS", "off")]))
-            .err()
-            .unwrap();
-        assert_eq!(errors[0].var, "RATE_LIMITS");
-        let dev = Config::parse(vars(&[
-            SECRET,
-            ("RATE_LIMITS", "off"),
-            ("ENVIRONMENT", "development"),
-        ]))
-        .unwrap();
-        assert!(!dev.rate_limits);
-        let bad = Config::parse(vars(&[SECRET, AUDIENCE, ("RATE_LIMITS", "maybe")]))
-            .err()
-            .unwrap();
-        assert_eq!(bad[0].var, "RATE_LIMITS");
-        let limit =
-            Config::parse(vars(&[SECRET, AUDIENCE, ("MAX_CREDENTIALS_PER_USER", "3")])).unwrap();
-        assert_eq!(limit.max_credentials_per_user, 3);
     }
 }

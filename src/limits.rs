@@ -1,8 +1,48 @@
-//! The vault's own rate limits: what they count (live checks with providers, uses of the
-//! operator's system keys), against whom, and the seam that counts them (the Workers Rate
-//! Limiting bindings in `edge/limits.rs`).
+//! The vault's own limits: the rate limits, what they count (live checks with providers,
+//! uses of the operator's system keys), against whom, and the seam that counts them (the
+//! Workers Rate Limiting bindings in `edge/limits.rs`); and the limits section of the
+//! configuration (`RATE_LIMITS`, `MAX_CREDENTIALS_PER_USER`, `PROXY_MAX_BODY_BYTES`).
 
 use async_trait::async_trait;
+
+use crate::domain::{Environment, Vars};
+
+/// The most any proxied request body may be, whatever `PROXY_MAX_BODY_BYTES` says (the
+/// Worker reads it into memory).
+pub const MAX_PROXY_BODY_BYTES: usize = 32 << 20;
+
+/// How much one caller may do.
+pub struct LimitSettings {
+    /// Whether live provider checks and system-key uses are rate limited (`RATE_LIMITS`;
+    /// off only outside production).
+    pub rate_limits: bool,
+    /// The most credentials one user may hold (`MAX_CREDENTIALS_PER_USER`).
+    pub max_credentials_per_user: u32,
+    /// The largest request body the proxy forwards (`PROXY_MAX_BODY_BYTES`).
+    pub proxy_max_body_bytes: usize,
+}
+
+impl LimitSettings {
+    pub fn parse(vars: &mut Vars, environment: Environment) -> LimitSettings {
+        let max_credentials_per_user =
+            vars.number("MAX_CREDENTIALS_PER_USER", 100, 1, 10_000) as u32;
+        let proxy_max_body_bytes = vars.number(
+            "PROXY_MAX_BODY_BYTES",
+            25 << 20,
+            1024,
+            MAX_PROXY_BODY_BYTES as u64,
+        ) as usize;
+        let rate_limits = vars.switch("RATE_LIMITS", true);
+        if !rate_limits && environment == Environment::Production {
+            vars.problem("RATE_LIMITS", "may not be off in production");
+        }
+        LimitSettings {
+            rate_limits,
+            max_credentials_per_user,
+            proxy_max_body_bytes,
+        }
+    }
+}
 
 /// What the vault's own rate limits count, and against whom.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,5 +123,37 @@ impl Limits<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{read_vars, ConfigError};
+
+    /// The limits section of a deployment whose ENVIRONMENT is in `pairs` (production if
+    /// not).
+    fn parse(pairs: &[(&str, &str)]) -> Result<LimitSettings, Vec<ConfigError>> {
+        let (limits, errors) = read_vars(pairs, |v| {
+            let environment = Environment::parse(v);
+            LimitSettings::parse(v, environment)
+        });
+        if errors.is_empty() {
+            Ok(limits)
+        } else {
+            Err(errors)
+        }
+    }
+
+    #[test]
+    fn rate_limits_may_be_off_only_outside_production() {
+        let errors = parse(&[("RATE_LIMITS", "off")]).err().unwrap();
+        assert_eq!(errors[0].var, "RATE_LIMITS");
+        let dev = parse(&[("RATE_LIMITS", "off"), ("ENVIRONMENT", "development")]).unwrap();
+        assert!(!dev.rate_limits);
+        let bad = parse(&[("RATE_LIMITS", "maybe")]).err().unwrap();
+        assert_eq!(bad[0].var, "RATE_LIMITS");
+        let limit = parse(&[("MAX_CREDENTIALS_PER_USER", "3")]).unwrap();
+        assert_eq!(limit.max_credentials_per_user, 3);
     }
 }

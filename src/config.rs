@@ -13,21 +13,8 @@ use crate::crypto::{MasterKeyError, MasterKeys, SecretKey};
 use crate::domain::{ConfigError, CredentialParams, Environment, ProviderId, Vars};
 use crate::limits::LimitSettings;
 use crate::notify::WebhookSettings;
-use crate::providers::{self, ProviderSettings};
-use crate::system_keys::InfisicalSettings;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FallbackPolicy {
-    UserThenSystem,
-    UserOnly,
-    SystemOnly,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SystemKeysSource {
-    Env,
-    Infisical,
-}
+use crate::providers::ProviderSettings;
+use crate::system_keys::{FallbackPolicy, InfisicalSettings, SystemKeySettings, SystemKeysSource};
 
 pub struct Config {
     pub environment: Environment,
@@ -91,57 +78,6 @@ impl Config {
         }
         let limits = LimitSettings::parse(&mut vars, environment);
 
-        let fallback_policy = {
-            use FallbackPolicy::*;
-            vars.choice(
-                "FALLBACK_POLICY",
-                &[
-                    ("user_then_system", UserThenSystem),
-                    ("user_only", UserOnly),
-                    ("system_only", SystemOnly),
-                ],
-                "must be user_then_system, user_only or system_only",
-            )
-        };
-        let system_keys_source = vars.choice(
-            "SYSTEM_KEYS_SOURCE",
-            &[
-                ("env", SystemKeysSource::Env),
-                ("infisical", SystemKeysSource::Infisical),
-            ],
-            "must be env or infisical",
-        );
-
-        let mut system_keys_env = BTreeMap::new();
-        let mut system_key_params = BTreeMap::new();
-        for p in providers::all() {
-            let id = p.info().id;
-            let name = crate::system_keys::secret_name(id);
-            if let Some(key) = vars.get(&name) {
-                system_keys_env.insert(id, SecretKey::new(key.trim().to_owned()));
-            }
-            let region = vars
-                .get(&format!("{name}_REGION"))
-                .map(|r| r.trim().to_owned());
-            let base_url = vars
-                .get(&format!("{name}_BASE_URL"))
-                .map(|b| b.trim().to_owned());
-            if region.as_deref().is_some_and(|r| {
-                r.is_empty()
-                    || !r
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            }) {
-                vars.problem(
-                    "SYSTEM_KEY_<PROVIDER>_REGION",
-                    "must be a region name of a-z, 0-9 and -",
-                );
-            }
-            if region.is_some() || base_url.is_some() {
-                system_key_params.insert(id, CredentialParams { region, base_url });
-            }
-        }
-
         let mut cors_allowed_origins = Vec::new();
         for origin in vars
             .get("CORS_ALLOWED_ORIGINS")
@@ -169,10 +105,7 @@ impl Config {
 
         // Last: these report into the same list.
         let webhooks = WebhookSettings::parse(&mut vars, providers.allow_private_base_urls);
-        let infisical = match system_keys_source {
-            SystemKeysSource::Env => None,
-            SystemKeysSource::Infisical => InfisicalSettings::parse(&mut vars, environment),
-        };
+        let system_keys = SystemKeySettings::parse(&mut vars, environment);
 
         let errors = vars.finish();
         if errors.is_empty() {
@@ -186,17 +119,17 @@ impl Config {
                 probe_attempt_timeout_ms: providers.probe_attempt_timeout_ms,
                 revalidate_after_hours,
                 audit_retention_days,
-                fallback_policy,
-                system_keys_source,
+                fallback_policy: system_keys.fallback_policy,
+                system_keys_source: system_keys.source,
                 cors_allowed_origins,
                 rate_limits: limits.rate_limits,
                 sandbox: providers.sandbox,
                 max_credentials_per_user: limits.max_credentials_per_user,
                 service_tokens: auth.service_tokens,
-                system_keys_env,
-                system_key_params,
+                system_keys_env: system_keys.env,
+                system_key_params: system_keys.params,
                 proxy_max_body_bytes: limits.proxy_max_body_bytes,
-                infisical,
+                infisical: system_keys.infisical,
                 webhooks,
             })
         } else {
@@ -217,6 +150,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::providers;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs

@@ -7,6 +7,7 @@
 //!   an outage, for a bounded time) → the Worker's secrets.
 
 pub mod infisical;
+mod settings;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use crate::domain::Clock;
 use crate::domain::ProviderId;
 use crate::http::HttpClient;
 pub use infisical::{InfisicalCache, InfisicalSettings, Served};
+pub use settings::{FallbackPolicy, SystemKeySettings, SystemKeysSource};
 
 crate::wire_enum! {
     /// Which tier served a system key.

@@ -15,9 +15,9 @@
 //! the row names (`base_url`: Ollama) is never used at all until a check succeeds there:
 //! the endpoint is the importer's choice, not the user's.
 
-use crate::config::FallbackPolicy;
 use crate::domain::{Capability, Credential, CredentialId, CredentialStatus, ProviderId};
 use crate::providers;
+use crate::system_keys::FallbackPolicy;
 
 crate::wire_enum! {
     /// Why a call went to the system key.

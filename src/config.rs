@@ -1,5 +1,23 @@
 //! Typed configuration, parsed once per isolate from the Worker's vars and secrets.
 //!
+//! Each section is parsed by the module that owns it, through one reader
+//! ([`Vars`]) that keeps every problem in one list, so they are all reported together:
+//!
+//! | section | variables | parsed in |
+//! |---|---|---|
+//! | environment | `ENVIRONMENT` | `domain::Environment::parse` |
+//! | keys | `MASTER_KEYS`, `MASTER_KEY_ACTIVE`, `MASTER_KEY` | `crypto::MasterKeys::from_vars` |
+//! | auth | `AUTH_*`, `SERVICE_TOKENS` | `auth/settings.rs` |
+//! | providers | `<PROVIDER>_BASE_URL`, `ALLOW_PRIVATE_BASE_URLS`, `SANDBOX`, `VALIDATION_DEADLINE_MS`, `PROBE_ATTEMPT_TIMEOUT_MS` | `providers/settings.rs` |
+//! | limits | `RATE_LIMITS`, `MAX_CREDENTIALS_PER_USER`, `PROXY_MAX_BODY_BYTES` | `limits.rs` |
+//! | jobs | `REVALIDATE_AFTER_HOURS`, `AUDIT_RETENTION_DAYS` | here ([`JobSettings`]) |
+//! | API | `CORS_ALLOWED_ORIGINS` | here |
+//! | notify | `NOTIFY_*` | `notify::WebhookSettings::parse` |
+//! | system keys | `FALLBACK_POLICY`, `SYSTEM_KEYS_SOURCE`, `SYSTEM_KEY_*`, `INFISICAL_*` | `system_keys/settings.rs`, `system_keys/infisical/settings.rs` |
+//!
+//! The jobs' and the API's sections are parsed here because their readers (`jobs/`,
+//! `api/`) sit on the floor above this one, which may not be imported from here.
+//!
 //! A missing or malformed value is a [`ConfigError`] that names the variable (never its
 //! value); `/v1/health` reports it and the API answers 503 `not_configured`. The master
 //! key ring is kept apart: without it the service still answers health and listings.
@@ -16,6 +34,7 @@ use crate::notify::WebhookSettings;
 use crate::providers::ProviderSettings;
 use crate::system_keys::{FallbackPolicy, InfisicalSettings, SystemKeySettings, SystemKeysSource};
 
+/// Every section's values, gathered for the requests and the jobs to read.
 pub struct Config {
     pub environment: Environment,
     /// `Err` when no usable master key is configured: nothing may be written then.
@@ -62,48 +81,12 @@ impl Config {
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
         let mut vars = Vars::new(&get);
         let environment = Environment::parse(&mut vars);
-
         let master_keys = MasterKeys::from_vars(&vars);
-
         let auth = AuthSettings::parse(&mut vars, environment);
-
         let providers = ProviderSettings::parse(&mut vars, environment);
-        let revalidate_after_hours = vars.number("REVALIDATE_AFTER_HOURS", 24, 0, 24 * 365);
-        let audit_retention_days = vars.number("AUDIT_RETENTION_DAYS", 365, 1, 36_500);
-        if revalidate_after_hours == 0 && environment == Environment::Production {
-            vars.problem(
-                "REVALIDATE_AFTER_HOURS",
-                "may not be 0 in production (every key would be probed every hour)",
-            );
-        }
         let limits = LimitSettings::parse(&mut vars, environment);
-
-        let mut cors_allowed_origins = Vec::new();
-        for origin in vars
-            .get("CORS_ALLOWED_ORIGINS")
-            .unwrap_or_default()
-            .split(',')
-        {
-            let origin = origin.trim();
-            if origin.is_empty() {
-                continue;
-            }
-            match Url::parse(origin) {
-                Ok(u)
-                    if matches!(u.scheme(), "http" | "https")
-                        && u.path() == "/"
-                        && u.query().is_none() =>
-                {
-                    cors_allowed_origins.push(origin.trim_end_matches('/').to_owned());
-                }
-                _ => vars.problem(
-                    "CORS_ALLOWED_ORIGINS",
-                    "must be a comma-separated list of origins like https://app.example",
-                ),
-            }
-        }
-
-        // Last: these report into the same list.
+        let jobs = JobSettings::parse(&mut vars, environment);
+        let cors_allowed_origins = cors_allowed_origins(&mut vars);
         let webhooks = WebhookSettings::parse(&mut vars, providers.allow_private_base_urls);
         let system_keys = SystemKeySettings::parse(&mut vars, environment);
 
@@ -117,8 +100,8 @@ impl Config {
                 allow_private_base_urls: providers.allow_private_base_urls,
                 validation_deadline_ms: providers.validation_deadline_ms,
                 probe_attempt_timeout_ms: providers.probe_attempt_timeout_ms,
-                revalidate_after_hours,
-                audit_retention_days,
+                revalidate_after_hours: jobs.revalidate_after_hours,
+                audit_retention_days: jobs.audit_retention_days,
                 fallback_policy: system_keys.fallback_policy,
                 system_keys_source: system_keys.source,
                 cors_allowed_origins,
@@ -143,6 +126,62 @@ impl Config {
             .map(Vec::as_slice)
             .unwrap_or_default()
     }
+}
+
+/// The jobs section: what the hourly cron does.
+pub struct JobSettings {
+    /// A key unchecked for this long is re-checked by the sweep (0: every hour, only
+    /// outside production).
+    pub revalidate_after_hours: u64,
+    /// Audit events older than this are removed.
+    pub audit_retention_days: u64,
+}
+
+impl JobSettings {
+    pub fn parse(vars: &mut Vars, environment: Environment) -> JobSettings {
+        let revalidate_after_hours = vars.number("REVALIDATE_AFTER_HOURS", 24, 0, 24 * 365);
+        let audit_retention_days = vars.number("AUDIT_RETENTION_DAYS", 365, 1, 36_500);
+        if revalidate_after_hours == 0 && environment == Environment::Production {
+            vars.problem(
+                "REVALIDATE_AFTER_HOURS",
+                "may not be 0 in production (every key would be probed every hour)",
+            );
+        }
+        JobSettings {
+            revalidate_after_hours,
+            audit_retention_days,
+        }
+    }
+}
+
+/// The API's section: the origins whose pages may call it from a browser
+/// (`CORS_ALLOWED_ORIGINS`, comma-separated), without a trailing slash.
+fn cors_allowed_origins(vars: &mut Vars) -> Vec<String> {
+    let mut origins = Vec::new();
+    for origin in vars
+        .get("CORS_ALLOWED_ORIGINS")
+        .unwrap_or_default()
+        .split(',')
+    {
+        let origin = origin.trim();
+        if origin.is_empty() {
+            continue;
+        }
+        match Url::parse(origin) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.path() == "/"
+                    && u.query().is_none() =>
+            {
+                origins.push(origin.trim_end_matches('/').to_owned());
+            }
+            _ => vars.problem(
+                "CORS_ALLOWED_ORIGINS",
+                "must be a comma-separated list of origins like https://app.example",
+            ),
+        }
+    }
+    origins
 }
 
 #[cfg(test)]

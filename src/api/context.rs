@@ -1,10 +1,8 @@
 //! What a route's handler gets (the request, its caller, the way to the operations) and
 //! what it gives back (its answer and its audit event): the handlers' side of the router.
 
-use std::cell::RefCell;
-
 use super::problem::ApiError;
-use super::{After, App, Request, Response};
+use super::{App, Request, Response};
 use crate::audit::{Caller, Facts, Origin, Trail};
 use crate::checks::LiveChecks;
 use crate::config::Config;
@@ -119,16 +117,9 @@ pub(crate) struct Ctx<'r> {
     pub(super) origin: Origin,
     /// Notes that are not errors (a key that no longer decrypts), tagged with the request.
     pub(super) note: &'r dyn Fn(&str),
-    /// Audit I/O the handler leaves for after the answer.
-    pub(super) later: &'r RefCell<Vec<After>>,
 }
 
 impl<'r> Ctx<'r> {
-    /// Leaves `after` for once the answer is on its way.
-    pub(super) fn later(&self, after: After) {
-        self.later.borrow_mut().push(after);
-    }
-
     /// The path parameter at `i` (the route's pattern guarantees it is there).
     pub(super) fn param(&self, i: usize) -> &'r str {
         self.params.get(i).copied().unwrap_or_default()

@@ -249,29 +249,19 @@ pub struct App<'a> {
     pub infisical: Option<&'a crate::system_keys::InfisicalCache>,
 }
 
-/// An answer, and the audit I/O its request left for after it.
+/// An answer, and the uses of keys its request left to record after it.
 pub struct Handled {
     pub response: Response,
-    pub after: Vec<After>,
-}
-
-/// Audit I/O a request leaves for after its answer: the Worker runs it under `waitUntil`,
-/// so it neither delays the answer (a use's event is no longer sent before the first byte)
-/// nor is lost when the caller hangs up.
-#[derive(Debug)]
-pub enum After {
-    /// An event of an operation that wrote nothing else (a refusal): into the outbox.
-    Record(crate::audit::AuditEvent),
-    /// A key's use: whole onto the audit queue.
-    Send(crate::audit::AuditEvent),
-    /// An event written with its change waits in the outbox: tell the chainer.
-    Nudge(String),
+    /// `credential.used` events: the Worker sends them under `waitUntil` once the answer is
+    /// on its way ([`finish`]), so they add nothing to the time to the first byte and are
+    /// not lost when the caller hangs up (the whole request runs under `waitUntil`).
+    pub uses: Vec<crate::audit::AuditEvent>,
 }
 
 /// Answers one request. Never panics on input; every error becomes problem+json. Writes
 /// one structured log line for the request (route, status, duration, request id, error
-/// code and its cause; never a secret). What is left for after the answer comes with it:
-/// [`finish`] carries it out.
+/// code and its cause; never a secret). The uses of keys to record come with it: [`finish`]
+/// sends them.
 pub async fn handle(app: &App<'_>, request: &Request) -> Handled {
     let started = app.clock.now();
     let request_id = RequestId::from_random(random_bytes().unwrap_or_default());
@@ -298,18 +288,14 @@ pub async fn handle(app: &App<'_>, request: &Request) -> Handled {
         response: response
             .with_header("cache-control", "no-store")
             .with_header("x-request-id", request_id.as_str()),
-        after: dispatched.after,
+        uses: dispatched.uses,
     }
 }
 
-/// Carries out what a request left for after its answer, in order.
-pub async fn finish(app: &App<'_>, after: Vec<After>) {
-    for work in after {
-        match work {
-            After::Record(event) => app.audit.record(&event).await,
-            After::Send(event) => app.audit.send(&event).await,
-            After::Nudge(id) => app.audit.nudge(&id).await,
-        }
+/// Records the uses a request left for after its answer, in order.
+pub async fn finish(app: &App<'_>, uses: Vec<crate::audit::AuditEvent>) {
+    for event in uses {
+        app.audit.send(&event).await;
     }
 }
 

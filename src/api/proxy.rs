@@ -8,7 +8,7 @@
 
 use super::context::{Ctx, Outcome};
 use super::problem::ApiError;
-use super::{After, Response};
+use super::Response;
 use crate::audit::{Action, Facts, Source};
 use crate::domain::CredentialId;
 use crate::endpoint_guard::check_base_url;
@@ -294,7 +294,7 @@ async fn judge(
         .mark_in_use(credential, verdict, message, ctx.origin())
         .await
     {
-        Ok(Some(event)) => ctx.later(After::Nudge(event)),
+        Ok(Some(event)) => ctx.app.audit.nudge(&event).await,
         Ok(None) => {}
         Err(e) => (ctx.app.log)(&format!(
             "proxy: credential {} could not be marked: {}",

@@ -3,15 +3,13 @@
 
 use futures::future::LocalBoxFuture;
 
-use std::cell::RefCell;
-
 use super::context::{client_network, Ctx, Outcome, ServiceCtx};
 use super::problem::ApiError;
 use super::{
-    admin, audit, credentials, description, health, input, preferences, proxy, resolve, After, App,
+    admin, audit, credentials, description, health, input, preferences, proxy, resolve, App,
     Request, Response,
 };
-use crate::audit::{Action, Actor, ActorType, Origin};
+use crate::audit::{Action, Actor, ActorType, AuditEvent, Origin};
 use crate::auth::{bearer_token, find_service, AuthError, JwtVerifier, Scope, ServiceToken};
 use crate::config::Config;
 use crate::domain::{RequestId, UserId};
@@ -116,8 +114,8 @@ pub(super) struct Dispatched {
     /// An operation that answered 200 but whose point failed (a re-check of a dead key):
     /// its code.
     pub failure: Option<&'static str>,
-    /// The audit I/O left for after the answer.
-    pub after: Vec<After>,
+    /// The uses of keys to record after the answer (`credential.used` events).
+    pub uses: Vec<AuditEvent>,
 }
 
 impl Dispatched {
@@ -126,7 +124,7 @@ impl Dispatched {
             route,
             result,
             failure: None,
-            after: Vec::new(),
+            uses: Vec::new(),
         }
     }
 }
@@ -144,7 +142,8 @@ fn takes_body(method: &str) -> bool {
 
 /// Finds the request's route and runs it. Every route but the open ones authenticates its
 /// caller before a byte of the body is read; an audited operation has exactly one event
-/// whatever its outcome (written with its change, or left for after the answer).
+/// whatever its outcome (written with its change, recorded here, or, for a use, sent after
+/// the answer).
 pub(super) async fn dispatch(
     app: &App<'_>,
     request: &Request,
@@ -240,7 +239,6 @@ pub(super) async fn dispatch(
         return Dispatched::answer(at, Err(e));
     }
     let note = |line: &str| (app.log)(&format!("{} {line}", request_id.as_str()));
-    let later = RefCell::new(Vec::new());
     let network = client_network(request.header("cf-connecting-ip"));
     let (outcome, origin, user) = match (route.handler, caller) {
         (Service(_, handler), Authenticated::Service(service)) => {
@@ -279,36 +277,36 @@ pub(super) async fn dispatch(
                 },
                 user,
                 note: &note,
-                later: &later,
             };
             let outcome = handler(&ctx).await;
             (outcome, ctx.origin, Some(ctx.user))
         }
         _ => unreachable_route(),
     };
-    let mut after = later.into_inner();
+    let mut uses = Vec::new();
     if let (Some(facts), Some(user)) = (&outcome.audit, &user) {
-        after.push(match (&facts.committed, &outcome.result) {
+        match (&facts.committed, &outcome.result) {
             // Written with the change (or the read) it describes, whatever its outcome:
             // the chainer only needs to know.
-            (Some(id), _) => After::Nudge(id.clone()),
+            (Some(id), _) => app.audit.nudge(id).await,
             _ => {
                 let failure = outcome.result.as_ref().err().map(|e| e.code);
                 let event = facts.event(&origin, user, app.clock.now(), failure);
                 if facts.action == Action::CredentialUsed {
-                    // A use changes nothing: no D1 write on its path.
-                    After::Send(event)
+                    // A use changes nothing: no D1 write on its path, and it goes after
+                    // the answer, off the time to its first byte.
+                    uses.push(event);
                 } else {
-                    After::Record(event)
+                    app.audit.record(&event).await;
                 }
             }
-        });
+        }
     }
     Dispatched {
         route: at,
         failure: outcome.audit.as_ref().and_then(|f| f.failure),
         result: outcome.result,
-        after,
+        uses,
     }
 }
 

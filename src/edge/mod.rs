@@ -153,7 +153,7 @@ async fn fetch(req: worker::Request, env: Env, ctx: Context) -> worker::Result<w
         let handled = api::handle(&app, &request).await;
         // A caller who hung up gets nothing; the rest still runs.
         let _ = answer.send(runtime::write_response(handled.response));
-        api::finish(&app, handled.after).await;
+        api::finish(&app, handled.uses).await;
         wake_deliverer(&jobs, &audit_log).await;
     });
     answered

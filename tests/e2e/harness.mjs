@@ -150,7 +150,18 @@ export function assertSameKey(actual, expected, what = 'the key') {
 
 /** Applies migrations/ to the local D1 under `state`, as `scripts/dev.sh` does. */
 export async function applyMigrations(state) {
-  await run(WRANGLER, ['d1', 'migrations', 'apply', 'DB', '--local', '--persist-to', state], { cwd: ROOT });
+  // Applying is idempotent (applied migrations are recorded): a run that wrangler's local D1
+  // failed now and then under load ("false == true", SQLITE_BUSY) is simply run again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await run(WRANGLER, ['d1', 'migrations', 'apply', 'DB', '--local', '--persist-to', state], { cwd: ROOT });
+      return;
+    } catch (e) {
+      const d1Error = /false == true|SQLITE_BUSY|database is locked|internal error/.test(`${e.stdout ?? ''}${e.stderr ?? ''}`);
+      if (!d1Error || attempt >= 4) throw e;
+      await new Promise((r) => setTimeout(r, 500 * attempt));
+    }
+  }
 }
 
 /**

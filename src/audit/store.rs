@@ -1,5 +1,5 @@
 //! The audit log's seams: where a request's events go (the sink: outbox and queue) and the
-//! stored log the chainer, the reader and the verifier use (D1 in `edge/audit_store.rs`).
+//! stored log the chainer, the reader and the verifier use (D1 in `edge/d1/audit.rs`).
 
 use async_trait::async_trait;
 

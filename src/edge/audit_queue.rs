@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use worker::Queue;
 
-use super::audit_store::{outbox_insert, D1AuditStore};
-use super::db::Db;
+use super::d1::audit::{outbox_insert, D1AuditStore};
+use super::d1::Db;
 use crate::audit::AuditSink;
 use crate::audit::{drain, nudge_body, AuditEvent, Sealer};
 use crate::crypto::MasterKeys;

@@ -3,10 +3,8 @@
 
 mod assets;
 mod audit_queue;
-mod audit_store;
 mod body;
-mod credential_store;
-mod db;
+mod d1;
 mod fetch;
 mod jobs_queue;
 mod limits;
@@ -118,9 +116,11 @@ async fn fetch(req: worker::Request, env: Env, ctx: Context) -> worker::Result<w
             }
         };
         let isolate = isolate(&env);
-        let db = db::Db::new(&env);
-        let store = credential_store::D1Store::new(&db);
-        let audit_log = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(&env));
+        let db = d1::Db::new(&env);
+        let store = d1::credentials::D1Credentials::new(&db);
+        let job_store = d1::jobs::D1Jobs::new(&db);
+        let imports = d1::imports::D1Imports::new(&db);
+        let audit_log = d1::audit::D1AuditStore::new(&db).notifying(webhooks_on(&env));
         let sink = audit_queue::OutboxAuditSink {
             queue: env.queue("AUDIT_QUEUE").ok(),
             db: &db,
@@ -136,8 +136,8 @@ async fn fetch(req: worker::Request, env: Env, ctx: Context) -> worker::Result<w
             http: &fetch::FetchClient,
             upstream: &fetch::FetchUpstream,
             jobs: &jobs,
-            job_store: &store,
-            imports: &store,
+            job_store: &job_store,
+            imports: &imports,
             assets: &assets::AssetsBinding(&env),
             clock: &runtime::WorkerClock,
             jitter: &SystemJitter,
@@ -170,7 +170,7 @@ fn webhooks_on(env: &Env) -> bool {
 
 /// After a chaining that wrote key-health notices, the deliverer is woken on JOBS_QUEUE
 /// (the hourly cron wakes it anyway, for a wake-up that was lost).
-async fn wake_deliverer(jobs: &jobs_queue::QueueJobs, store: &audit_store::D1AuditStore<'_>) {
+async fn wake_deliverer(jobs: &jobs_queue::QueueJobs, store: &d1::audit::D1AuditStore<'_>) {
     if store.notices_written.get() == 0 {
         return;
     }
@@ -189,8 +189,8 @@ const CRON_ANCHORS: u32 = 500;
 
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
-    let db = db::Db::new(&env);
-    let store = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(&env));
+    let db = d1::Db::new(&env);
+    let store = d1::audit::D1AuditStore::new(&db).notifying(webhooks_on(&env));
     let jobs = jobs_queue::QueueJobs::new(&env);
     let isolate = isolate(&env);
     let sealer = isolate.sealer();
@@ -233,9 +233,10 @@ async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     }
     // Jobs whose message was lost (a restart mid-rotation) carry on.
     let now = Timestamp::from_millis(runtime::now_ms());
-    let credentials = credential_store::D1Store::new(&db);
+    let credentials = d1::credentials::D1Credentials::new(&db);
+    let job_store = d1::jobs::D1Jobs::new(&db);
     let stalled_before = Timestamp::from_millis(now.as_millis().saturating_sub(300_000));
-    match crate::jobs::JobStore::stalled_jobs(&credentials, stalled_before, 5).await {
+    match crate::jobs::JobStore::stalled_jobs(&job_store, stalled_before, 5).await {
         Ok(stalled) => {
             for job_id in stalled {
                 let job = [crate::jobs::Job::Rewrap { job_id }];
@@ -289,8 +290,8 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
         .map(|m| runtime::message_body(&m.body()))
         .collect();
     let log = |line: &str| worker::console_log!("{line}");
-    let db = db::Db::new(&env);
-    let store = audit_store::D1AuditStore::new(&db).notifying(webhooks_on(&env));
+    let db = d1::Db::new(&env);
+    let store = d1::audit::D1AuditStore::new(&db).notifying(webhooks_on(&env));
     let jobs = jobs_queue::QueueJobs::new(&env);
     if QueueRole::of(&name) == Some(QueueRole::Jobs) {
         return run_jobs(&env, &db, &store, &jobs, &messages, &bodies).await;
@@ -350,8 +351,8 @@ async fn queue(batch: MessageBatch<Value>, env: Env, _ctx: Context) -> worker::R
 /// delay its job asked for; the audit chainer runs once if any status changed.
 async fn run_jobs(
     env: &Env,
-    db: &db::Db,
-    audit: &audit_store::D1AuditStore<'_>,
+    db: &d1::Db,
+    audit: &d1::audit::D1AuditStore<'_>,
     jobs: &jobs_queue::QueueJobs,
     messages: &[worker::RawMessage],
     bodies: &[Value],
@@ -369,7 +370,9 @@ async fn run_jobs(
         return Ok(());
     };
     let log = |line: &str| worker::console_log!("{line}");
-    let store = credential_store::D1Store::new(db);
+    let store = d1::credentials::D1Credentials::new(db);
+    let job_store = d1::jobs::D1Jobs::new(db);
+    let notices = d1::notices::D1Notices::new(db);
     let limiter = limits::BindingLimiter::new(env);
     let vault = crate::vault::Vault {
         config,
@@ -387,10 +390,10 @@ async fn run_jobs(
             .webhooks
             .as_ref()
             .map(|settings| crate::jobs::Notifier {
-                store: audit,
+                store: &notices,
                 settings,
             }),
-        progress: &store,
+        progress: &job_store,
         queue: jobs,
         audit,
     };

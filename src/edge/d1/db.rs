@@ -17,7 +17,7 @@ use worker::{D1Database, D1PreparedStatement, D1Result, Env};
 use crate::domain::StoreError;
 use crate::domain::Timestamp;
 
-pub(super) struct Db(Result<D1Database, String>);
+pub(in crate::edge) struct Db(Result<D1Database, String>);
 
 /// A value D1 returned, handed over untouched (a row object, or one column's value).
 #[derive(Deserialize)]
@@ -125,7 +125,7 @@ pub(super) fn unavailable(e: worker::Error) -> StoreError {
 
 impl Db {
     /// The `DB` binding; a missing binding makes every query fail as unavailable.
-    pub(super) fn new(env: &Env) -> Self {
+    pub(in crate::edge) fn new(env: &Env) -> Self {
         Self(env.d1("DB").map_err(|e| format!("binding DB: {e}")))
     }
 
@@ -243,4 +243,10 @@ pub(super) fn millis(t: Timestamp) -> JsValue {
 
 pub(super) fn json<T: serde::Serialize>(v: &T) -> JsValue {
     JsValue::from(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
+}
+
+/// The JSON text of `rows`, bound as one parameter and read with `json_each`: a statement
+/// over hundreds of rows binds one value (D1 allows 100 per statement).
+pub(super) fn json_rows(rows: Vec<Value>) -> JsValue {
+    text(&Value::Array(rows).to_string())
 }

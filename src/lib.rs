@@ -22,7 +22,6 @@ pub mod limits;
 pub mod notify;
 pub mod probe;
 pub mod providers;
-pub mod queues;
 pub mod redact;
 mod small_sort;
 pub mod system_keys;

@@ -96,4 +96,7 @@ pub trait AuditStore {
         resealed: &[Resealed],
         window: Option<LegacyWindow>,
     ) -> Result<(), StoreError>;
+    /// How many key-health notices this store's commits wrote so far (none while webhooks
+    /// are off): after a chaining that wrote any, the deliverer is woken.
+    fn notices_written(&self) -> usize;
 }

@@ -18,7 +18,9 @@ use crate::domain::Timestamp;
 pub(super) struct OutboxAuditSink<'a> {
     pub queue: Option<Queue>,
     pub db: &'a Db,
-    pub store: &'a D1AuditStore<'a>,
+    /// The audit log the sink chains into when it cannot nudge (the invocation's one, so
+    /// the notices its commits write are counted there).
+    pub store: D1AuditStore<'a>,
     /// What chaining at once seals heads with; without it events wait in the outbox.
     pub keys: Option<&'a MasterKeys>,
 }
@@ -43,7 +45,7 @@ impl OutboxAuditSink<'_> {
             return;
         };
         let sealer = Sealer::new(keys, Timestamp::from_millis(super::runtime::now_ms()));
-        if let Err(e) = drain(self.store, &sealer, 1).await {
+        if let Err(e) = drain(&self.store, &sealer, 1).await {
             worker::console_error!(
                 "audit: chaining failed ({e}); event {event_id} waits in the outbox for the cron"
             );

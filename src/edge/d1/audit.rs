@@ -67,7 +67,7 @@ pub(in crate::edge) struct D1AuditStore<'a> {
     /// (`NOTIFY_WEBHOOK_URL` is set).
     notify: bool,
     /// How many notices this store's commits wrote (the caller then wakes the deliverer).
-    pub notices_written: std::cell::Cell<usize>,
+    notices_written: std::cell::Cell<usize>,
 }
 
 /// An anchor from a row with `seq, hash, updated_at, mac, mac_version`.
@@ -742,5 +742,9 @@ impl AuditStore for D1AuditStore<'_> {
             self.db.batch(statements).await?;
         }
         Ok(())
+    }
+
+    fn notices_written(&self) -> usize {
+        self.notices_written.get()
     }
 }

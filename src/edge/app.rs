@@ -3,6 +3,8 @@
 //! limiter, the clock and the log. A request sees it as an [`App`], the cron and the queue
 //! consumers as a [`Background`].
 
+use worker::wasm_bindgen::JsValue;
+use worker::web_sys::console;
 use worker::Env;
 
 use super::assets::AssetsBinding;
@@ -110,14 +112,15 @@ fn webhooks_on(env: &Env) -> bool {
 
 /// An operational log line. The core writes the request's one structured line here.
 fn log(line: &str) {
-    worker::console_log!("{line}");
+    console::log_1(&JsValue::from_str(line));
 }
 
-/// A background log line, at its level.
+/// A background log line, at its level (as `console_log!` and its siblings write it).
 pub(super) fn log_at(level: Level, line: &str) {
+    let line = JsValue::from_str(line);
     match level {
-        Level::Info => worker::console_log!("{line}"),
-        Level::Warn => worker::console_warn!("{line}"),
-        Level::Error => worker::console_error!("{line}"),
+        Level::Info => console::log_1(&line),
+        Level::Warn => console::warn_1(&line),
+        Level::Error => console::error_1(&line),
     }
 }

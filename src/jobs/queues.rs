@@ -96,7 +96,7 @@ pub async fn consume(bg: &Background<'_>, queue: &str, bodies: &[Value]) -> Batc
             let sealer = bg.sealer();
             let consumed = crate::audit::consume(bg.audit, sealer.as_ref(), bodies, &info).await;
             Batch {
-                settle: consumed.dispositions.into_iter().map(settled).collect(),
+                settle: settled(&consumed.dispositions),
                 // A backlog larger than one invocation's rounds: another pass, now, not at
                 // the cron (the sink chains a round at once if the queue cannot take it).
                 nudged: consumed.more_waiting.then_some("backlog"),
@@ -106,7 +106,7 @@ pub async fn consume(bg: &Background<'_>, queue: &str, bodies: &[Value]) -> Batc
             let sealer = bg.sealer();
             let settle = consume_dead_letters(bg.audit, sealer.as_ref(), bodies, &info).await;
             Batch {
-                settle: settle.into_iter().map(settled).collect(),
+                settle: settled(&settle),
                 nudged: None,
             }
         }
@@ -134,11 +134,15 @@ pub async fn consume(bg: &Background<'_>, queue: &str, bodies: &[Value]) -> Batc
     batch
 }
 
-fn settled(d: Disposition) -> Settle {
-    match d {
-        Disposition::Ack => Settle::Ack,
-        Disposition::Retry => Settle::Retry,
+fn settled(dispositions: &[Disposition]) -> Vec<Settle> {
+    let mut out = Vec::with_capacity(dispositions.len());
+    for d in dispositions {
+        out.push(match d {
+            Disposition::Ack => Settle::Ack,
+            Disposition::Retry => Settle::Retry,
+        });
     }
+    out
 }
 
 /// The jobs consumer: the sweep's checks, deliveries and rotation steps, each message
@@ -169,8 +173,8 @@ async fn jobs(bg: &Background<'_>, config: &Config, bodies: &[Value]) -> Batch {
     Batch {
         settle: ran
             .outcomes
-            .into_iter()
-            .map(|outcome| match outcome {
+            .iter()
+            .map(|outcome| match *outcome {
                 JobOutcome::Ack => Settle::Ack,
                 JobOutcome::RetryAfter(s) => {
                     Settle::RetryAfter(s.min(MAX_RETRY_DELAY_SECONDS) as u32)

@@ -13,10 +13,11 @@ use crate::domain::{
     Capability, Credential, CredentialId, Preference, ProviderId, Timestamp, UserId,
 };
 use crate::providers;
-use crate::vault::{CredentialStore, Inserted, Occupancy, Written};
+use crate::vault::{CredentialStore, ImportStore, Inserted, Occupancy, Written};
 
 use super::audit::outbox_insert;
-use super::db::{changes, json, json_rows, millis, num, opt_text, rows_of, text, Db};
+use super::db::{changes, json, millis, num, opt_text, rows_of, text, Db};
+use super::imports::D1Imports;
 use super::rows::{bound_all, mutable_values, parse_json, Row, CHECK_COLUMNS, COLUMNS, MUTABLE};
 use crate::edge::runtime::now_ms;
 
@@ -354,7 +355,10 @@ impl CredentialStore for D1Credentials<'_> {
         user: &UserId,
         fingerprints: &[String],
     ) -> Result<Occupancy, StoreError> {
-        let found = occupancies(self.db, &[(user.clone(), fingerprints.to_vec())]).await?;
+        // The import's question, for one user.
+        let found = D1Imports::new(self.db)
+            .occupancies(&[(user.clone(), fingerprints.to_vec())])
+            .await?;
         Ok(found.into_iter().next().unwrap_or_default())
     }
 
@@ -541,48 +545,4 @@ impl CredentialStore for D1Credentials<'_> {
             .await?;
         Ok(changes(&results, 1) > 0)
     }
-}
-
-/// For each (user, fingerprints): which credential of the user already holds one of them,
-/// and how many credentials the user has, in one query.
-pub(super) async fn occupancies(
-    db: &Db,
-    wanted: &[(UserId, Vec<String>)],
-) -> Result<Vec<Occupancy>, StoreError> {
-    struct Found {
-        i: f64,
-        duplicate: Option<String>,
-        count: f64,
-    }
-    let list = wanted
-        .iter()
-        .map(|(user, prints)| serde_json::json!({"u": user.as_str(), "p": prints}))
-        .collect();
-    let found = db
-        .all(
-            "SELECT j.key AS i, \
-               (SELECT id FROM credentials WHERE user_id = json_extract(j.value, '$.u') \
-                 AND fingerprint IN (SELECT value FROM json_each(j.value, '$.p')) LIMIT 1) AS duplicate, \
-               (SELECT COUNT(*) FROM credentials WHERE user_id = json_extract(j.value, '$.u')) AS count \
-             FROM json_each(?1) AS j",
-            &[json_rows(list)],
-        )
-        .await?
-        .read(|r| {
-            Ok(Found {
-                i: r.num("i")?,
-                duplicate: r.opt_text("duplicate")?,
-                count: r.num("count")?,
-            })
-        })?;
-    let mut out = vec![Occupancy::default(); wanted.len()];
-    for f in found {
-        if let Some(o) = out.get_mut(f.i as usize) {
-            *o = Occupancy {
-                duplicate: f.duplicate.as_deref().and_then(CredentialId::parse),
-                count: f.count as u32,
-            };
-        }
-    }
-    Ok(out)
 }

@@ -10,7 +10,6 @@ use crate::domain::{BatchId, CredentialId, Timestamp, UserId};
 use crate::providers;
 use crate::vault::{BatchRow, BatchRows, ImportRow, ImportStore, Occupancy};
 
-use super::credentials::occupancies;
 use super::db::{json_rows, millis, num, rows_of, text, Db};
 use super::rows::{mutable_values, MUTABLE};
 use crate::edge::runtime::now_ms;
@@ -35,7 +34,43 @@ impl ImportStore for D1Imports<'_> {
         &self,
         wanted: &[(UserId, Vec<String>)],
     ) -> Result<Vec<Occupancy>, StoreError> {
-        occupancies(self.db, wanted).await
+        struct Found {
+            i: f64,
+            duplicate: Option<String>,
+            count: f64,
+        }
+        let list = wanted
+            .iter()
+            .map(|(user, prints)| serde_json::json!({"u": user.as_str(), "p": prints}))
+            .collect();
+        let found = self
+            .db
+            .all(
+                "SELECT j.key AS i, \
+                   (SELECT id FROM credentials WHERE user_id = json_extract(j.value, '$.u') \
+                     AND fingerprint IN (SELECT value FROM json_each(j.value, '$.p')) LIMIT 1) AS duplicate, \
+                   (SELECT COUNT(*) FROM credentials WHERE user_id = json_extract(j.value, '$.u')) AS count \
+                 FROM json_each(?1) AS j",
+                &[json_rows(list)],
+            )
+            .await?
+            .read(|r| {
+                Ok(Found {
+                    i: r.num("i")?,
+                    duplicate: r.opt_text("duplicate")?,
+                    count: r.num("count")?,
+                })
+            })?;
+        let mut out = vec![Occupancy::default(); wanted.len()];
+        for f in found {
+            if let Some(o) = out.get_mut(f.i as usize) {
+                *o = Occupancy {
+                    duplicate: f.duplicate.as_deref().and_then(CredentialId::parse),
+                    count: f.count as u32,
+                };
+            }
+        }
+        Ok(out)
     }
 
     async fn insert_batch(

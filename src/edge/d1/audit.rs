@@ -202,24 +202,26 @@ struct Row {
 
 impl Row {
     fn read(r: &D1Row) -> Result<Self, StoreError> {
-        Ok(Self {
-            id: r.text("id")?,
-            user_id: r.text("user_id")?,
-            seq: r.num("seq")?,
-            at: r.num("at")?,
-            action: r.text("action")?,
-            actor_type: r.text("actor_type")?,
-            actor_id: r.text("actor_id")?,
-            credential_id: r.opt_text("credential_id")?,
-            provider: r.opt_text("provider")?,
-            outcome: r.text("outcome")?,
-            reason: r.opt_text("reason")?,
-            source: r.opt_text("source")?,
-            request_id: r.opt_text("request_id")?,
-            detail: r.opt_text("detail")?,
-            prev_hash: r.text("prev_hash")?,
-            hash: r.text("hash")?,
-        })
+        let mut c = r.columns();
+        let row = Self {
+            id: c.text("id"),
+            user_id: c.text("user_id"),
+            seq: c.num("seq"),
+            at: c.num("at"),
+            action: c.text("action"),
+            actor_type: c.text("actor_type"),
+            actor_id: c.text("actor_id"),
+            credential_id: c.opt_text("credential_id"),
+            provider: c.opt_text("provider"),
+            outcome: c.text("outcome"),
+            reason: c.opt_text("reason"),
+            source: c.opt_text("source"),
+            request_id: c.opt_text("request_id"),
+            detail: c.opt_text("detail"),
+            prev_hash: c.text("prev_hash"),
+            hash: c.text("hash"),
+        };
+        c.finish(row)
     }
 
     /// Rebuilds the event exactly as it was hashed; a row that no longer parses (e.g. an

@@ -72,6 +72,60 @@ impl Row {
             v => v.as_f64().map(Some).ok_or_else(mistyped),
         }
     }
+
+    /// Its columns, for reading many of them.
+    pub(super) fn columns(&self) -> Columns<'_> {
+        Columns {
+            row: self,
+            mistyped: false,
+        }
+    }
+}
+
+/// A row's columns read one after another, a mistyped one remembered instead of returned
+/// at once: one check at the end ([`Columns::finish`]) rather than a return, and the
+/// clean-up of every column read before it, after each. The error is the same either way.
+pub(super) struct Columns<'r> {
+    row: &'r Row,
+    mistyped: bool,
+}
+
+impl Columns<'_> {
+    fn note<T: Default>(&mut self, read: Result<T, StoreError>) -> T {
+        read.unwrap_or_else(|_| {
+            self.mistyped = true;
+            T::default()
+        })
+    }
+
+    pub(super) fn text(&mut self, column: &str) -> String {
+        let read = self.row.text(column);
+        self.note(read)
+    }
+
+    pub(super) fn opt_text(&mut self, column: &str) -> Option<String> {
+        let read = self.row.opt_text(column);
+        self.note(read)
+    }
+
+    pub(super) fn num(&mut self, column: &str) -> f64 {
+        let read = self.row.num(column);
+        self.note(read)
+    }
+
+    pub(super) fn opt_num(&mut self, column: &str) -> Option<f64> {
+        let read = self.row.opt_num(column);
+        self.note(read)
+    }
+
+    /// `value`, read from the row, unless a column was mistyped.
+    pub(super) fn finish<T>(self, value: T) -> Result<T, StoreError> {
+        if self.mistyped {
+            Err(mistyped())
+        } else {
+            Ok(value)
+        }
+    }
 }
 
 /// The rows a statement returned.

@@ -147,35 +147,37 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(s: &Option<String>) -> 
 
 impl Row {
     pub(super) fn read(r: &D1Row) -> Result<Self, StoreError> {
-        Ok(Self {
-            id: r.text("id")?,
-            user_id: r.text("user_id")?,
-            provider: r.text("provider")?,
-            label: r.opt_text("label")?,
-            key_hint: r.opt_text("key_hint")?,
-            key_version: r.opt_num("key_version")?,
-            nonce: r.opt_text("nonce")?,
-            ciphertext: r.opt_text("ciphertext")?,
-            fingerprint: r.opt_text("fingerprint")?,
-            params: r.opt_text("params")?,
-            model: r.opt_text("model")?,
-            status: r.text("status")?,
-            status_detail: r.opt_text("status_detail")?,
-            warnings: r.opt_text("warnings")?,
-            quota: r.opt_text("quota")?,
-            models: r.opt_text("models")?,
-            models_fetched_at: r.opt_num("models_fetched_at")?,
-            consecutive_failures: r.opt_num("consecutive_failures")?,
-            dead_checks: r.opt_num("dead_checks")?,
-            last_validated_at: r.opt_num("last_validated_at")?,
-            created_at: r.num("created_at")?,
-            updated_at: r.num("updated_at")?,
-            version: r.opt_num("version")?,
-            last_used_at: r.opt_num("last_used_at")?,
-            revalidation_queued_at: r.opt_num("revalidation_queued_at")?,
-            import_batch_id: r.opt_text("import_batch_id")?,
-            preference: r.opt_text("preference")?,
-        })
+        let mut c = r.columns();
+        let row = Self {
+            id: c.text("id"),
+            user_id: c.text("user_id"),
+            provider: c.text("provider"),
+            label: c.opt_text("label"),
+            key_hint: c.opt_text("key_hint"),
+            key_version: c.opt_num("key_version"),
+            nonce: c.opt_text("nonce"),
+            ciphertext: c.opt_text("ciphertext"),
+            fingerprint: c.opt_text("fingerprint"),
+            params: c.opt_text("params"),
+            model: c.opt_text("model"),
+            status: c.text("status"),
+            status_detail: c.opt_text("status_detail"),
+            warnings: c.opt_text("warnings"),
+            quota: c.opt_text("quota"),
+            models: c.opt_text("models"),
+            models_fetched_at: c.opt_num("models_fetched_at"),
+            consecutive_failures: c.opt_num("consecutive_failures"),
+            dead_checks: c.opt_num("dead_checks"),
+            last_validated_at: c.opt_num("last_validated_at"),
+            created_at: c.num("created_at"),
+            updated_at: c.num("updated_at"),
+            version: c.opt_num("version"),
+            last_used_at: c.opt_num("last_used_at"),
+            revalidation_queued_at: c.opt_num("revalidation_queued_at"),
+            import_batch_id: c.opt_text("import_batch_id"),
+            preference: c.opt_text("preference"),
+        };
+        c.finish(row)
     }
 
     pub(super) fn into_credential(self) -> Result<Credential, StoreError> {

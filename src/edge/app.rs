@@ -8,7 +8,6 @@ use worker::web_sys::console;
 use worker::Env;
 
 use super::assets::AssetsBinding;
-use super::audit_queue::OutboxAuditSink;
 use super::d1::audit::D1AuditStore;
 use super::d1::credentials::D1Credentials;
 use super::d1::imports::D1Imports;
@@ -16,8 +15,9 @@ use super::d1::jobs::D1Jobs;
 use super::d1::notices::D1Notices;
 use super::d1::Db;
 use super::isolate::{isolate, Isolate};
-use super::jobs_queue::QueueJobs;
 use super::limits::BindingLimiter;
+use super::queues::audit::OutboxAuditSink;
+use super::queues::jobs::QueueJobs;
 use super::runtime::{env_string, WorkerClock};
 use super::{fetch, webcrypto};
 use crate::api::App;

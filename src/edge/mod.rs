@@ -6,14 +6,12 @@
 
 mod app;
 mod assets;
-mod audit_queue;
 mod body;
 mod d1;
 mod fetch;
 mod isolate;
-mod jobs_queue;
 mod limits;
-mod queue_send;
+mod queues;
 mod runtime;
 mod webcrypto;
 

@@ -14,6 +14,7 @@ use super::{run, JobOutcome, Notifier, Workers};
 use crate::audit::{consume_dead_letters, Disposition};
 use crate::config::Config;
 
+/// What a queue carries, read from its name: which consumer its messages go to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueRole {
     /// Nudges and whole audit events: chain the outbox.

@@ -53,7 +53,7 @@ class Tally {
 
 const vault = Vault.prototype;
 
-// What GET /v1/credentials reads (src/edge/credential_store.rs COLUMNS, models left out),
+// What GET /v1/credentials reads (src/edge/d1/rows.rs COLUMNS, models left out),
 // asked and answered in plain JS: the floor for a listing, so the benchmark can tell the
 // runtime's and D1's cost of the rows from what the Worker adds to them.
 const LISTING = `SELECT id, user_id, provider, label, key_hint, key_version, nonce, ciphertext,

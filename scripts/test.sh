@@ -13,6 +13,9 @@ trap 'rm -rf "$out"' EXIT
 echo "== host unit tests (cargo test)"
 cargo test --locked 2>&1 | tee "$out/cargo.log"
 
+echo "== module graph (no import cycle, no import above its floor: scripts/modules.py)"
+python3 scripts/modules.py
+
 echo "== lints (clippy on the host and wasm32 targets; warnings are errors)"
 if cargo clippy --version >/dev/null 2>&1; then
   cargo clippy --locked --all-targets -q -- -D warnings

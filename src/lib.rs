@@ -27,7 +27,6 @@ pub mod limits;
 pub mod notify;
 pub mod probe;
 pub mod providers;
-pub mod queues;
 pub mod redact;
 pub mod revalidation;
 pub mod rewrap;

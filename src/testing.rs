@@ -944,6 +944,8 @@ pub(crate) struct MemoryAudit {
     pub holders: RefCell<Vec<String>>,
     /// What the sink's own chaining seals with; `None`: no usable master key.
     pub sealer: RefCell<Option<Rc<Sealer>>>,
+    /// Key-health notices the commits wrote.
+    pub notices_written: Cell<usize>,
 }
 
 impl Default for MemoryAudit {
@@ -961,6 +963,7 @@ impl Default for MemoryAudit {
             clock: Cell::new(1_800_000_000_000),
             holders: RefCell::default(),
             sealer: RefCell::new(Some(Rc::new(test_sealer()))),
+            notices_written: Cell::new(0),
         }
     }
 }
@@ -1069,6 +1072,8 @@ impl AuditStore for MemoryAudit {
             .notices
             .borrow_mut()
             .extend(plan.notices.iter().cloned());
+        self.notices_written
+            .set(self.notices_written.get() + plan.notices.len());
         self.heads.borrow_mut().extend(plan.anchors.iter().cloned());
         self.dead_letters
             .borrow_mut()
@@ -1236,6 +1241,9 @@ impl AuditStore for MemoryAudit {
             self.legacy_since.set(self.clock.get());
         }
         Ok(())
+    }
+    fn notices_written(&self) -> usize {
+        self.notices_written.get()
     }
 }
 

@@ -1,5 +1,5 @@
 //! `/v1/providers` and `/v1/credentials`: the HTTP side only (parse the request into a
-//! command, call the operation, render the answer). The operations are in `crate::vault`.
+//! command, call the operation, render the answer). The operations are in `crate::credentials`.
 
 use serde_json::json;
 

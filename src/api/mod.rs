@@ -1,7 +1,8 @@
 //! The HTTP API as pure functions: a [`Request`] in, a [`Response`] out. Routing (the
 //! table in `router`), auth, parsing bodies into commands, CORS and the problem+json
-//! mapping all live here, testable on the host; the operations themselves are in
-//! `crate::vault`, and the Worker glue only converts to and from the platform's types.
+//! mapping (`problem`) all live here, testable on the host; the operations themselves are
+//! the core's services (`credentials`, `usage`, `import`, `audit::Trail`), built for each
+//! request in `context`, and the Worker glue only converts to and from the platform's types.
 
 mod admin;
 mod audit;

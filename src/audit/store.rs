@@ -1,5 +1,5 @@
 //! The audit log's seams: where a request's events go (the sink: outbox and queue) and the
-//! stored log the chainer, the reader and the verifier use (D1 in `edge/audit_store.rs`).
+//! stored log the chainer, the reader and the verifier use (D1 in `edge/d1/audit.rs`).
 
 use async_trait::async_trait;
 
@@ -96,4 +96,7 @@ pub trait AuditStore {
         resealed: &[Resealed],
         window: Option<LegacyWindow>,
     ) -> Result<(), StoreError>;
+    /// How many key-health notices this store's commits wrote so far (none while webhooks
+    /// are off): after a chaining that wrote any, the deliverer is woken.
+    fn notices_written(&self) -> usize;
 }

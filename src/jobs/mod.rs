@@ -1,10 +1,22 @@
-//! Background work on `JOBS_QUEUE`: the scheduled revalidation sweep (the cron claims
-//! what is due and fans it out; the consumer checks a bounded number per invocation).
-//! Pure: the queue and the stores are seams, the checks are `revalidation`'s.
+//! Background work: the cron's run and its policy (`cron.rs`), the queue consumers' entry
+//! point (`queues.rs`), and the jobs on `JOBS_QUEUE` (here): the scheduled revalidation
+//! sweep (the cron claims what is due and fans it out; the consumer checks a bounded number
+//! per invocation), key-health deliveries and master-key rotation's steps. Pure: the
+//! queues and the stores are seams, the checks are `revalidation`'s.
 
+mod background;
+mod cron;
+mod queues;
 mod rotation;
 mod store;
+#[cfg(test)]
+mod testing;
 
+pub use background::{wake_deliverer, Background, Level};
+pub use cron::{
+    cron, CronRun, Step, ANCHORS_PER_RUN, CHAIN_ROUNDS, STALLED_PER_RUN, STALL_WINDOW_MS,
+};
+pub use queues::{consume, Batch, QueueRole, Settle, MAX_RETRY_DELAY_SECONDS};
 pub use rotation::{start_rotation, ANCHOR_CHUNK, REWRAP_CHUNK};
 pub use store::{JobQueue, JobRecord, JobStore};
 

@@ -7,7 +7,6 @@ use worker::wasm_bindgen::JsValue;
 use worker::D1PreparedStatement;
 
 use super::db::{changes, json as json_arg, num, opt_text as opt, text, Db, Row as D1Row};
-use super::runtime::now_ms;
 use crate::audit::{
     Anchor, AnchorKind, Anchors, AuditEvent, ChainPlan, ChainedEvent, Heads, LegacyWindow,
     PendingEvent, Resealed, Sealer, Unsettled,
@@ -15,7 +14,7 @@ use crate::audit::{
 use crate::audit::{AuditQuery, AuditStore};
 use crate::domain::StoreError;
 use crate::domain::{Timestamp, UserId};
-use crate::notify::{NotificationStore, StoredNotice};
+use crate::edge::runtime::now_ms;
 
 /// Users whose old events one retention run removes (bounds D1 queries per invocation).
 const RETENTION_USERS_PER_RUN: u32 = 20;
@@ -36,7 +35,7 @@ fn dead_letter_rows(letters: &[(String, String)]) -> JsValue {
 /// placeholders `?5` on, bound to `condition_args`), the row is written only when the
 /// condition holds: the same condition that guards the change the event describes, in the
 /// same batch.
-pub(super) fn outbox_insert(
+pub(in crate::edge) fn outbox_insert(
     db: &Db,
     event: &AuditEvent,
     condition: &str,
@@ -62,13 +61,13 @@ pub(super) fn outbox_insert(
     db.prepare(&sql, &args)
 }
 
-pub(super) struct D1AuditStore<'a> {
+pub(in crate::edge) struct D1AuditStore<'a> {
     db: &'a Db,
     /// Whether a commit also writes the key-health notices its events make
     /// (`NOTIFY_WEBHOOK_URL` is set).
     notify: bool,
     /// How many notices this store's commits wrote (the caller then wakes the deliverer).
-    pub notices_written: std::cell::Cell<usize>,
+    notices_written: std::cell::Cell<usize>,
 }
 
 /// An anchor from a row with `seq, hash, updated_at, mac, mac_version`.
@@ -203,24 +202,26 @@ struct Row {
 
 impl Row {
     fn read(r: &D1Row) -> Result<Self, StoreError> {
-        Ok(Self {
-            id: r.text("id")?,
-            user_id: r.text("user_id")?,
-            seq: r.num("seq")?,
-            at: r.num("at")?,
-            action: r.text("action")?,
-            actor_type: r.text("actor_type")?,
-            actor_id: r.text("actor_id")?,
-            credential_id: r.opt_text("credential_id")?,
-            provider: r.opt_text("provider")?,
-            outcome: r.text("outcome")?,
-            reason: r.opt_text("reason")?,
-            source: r.opt_text("source")?,
-            request_id: r.opt_text("request_id")?,
-            detail: r.opt_text("detail")?,
-            prev_hash: r.text("prev_hash")?,
-            hash: r.text("hash")?,
-        })
+        let mut c = r.columns();
+        let row = Self {
+            id: c.text("id"),
+            user_id: c.text("user_id"),
+            seq: c.num("seq"),
+            at: c.num("at"),
+            action: c.text("action"),
+            actor_type: c.text("actor_type"),
+            actor_id: c.text("actor_id"),
+            credential_id: c.opt_text("credential_id"),
+            provider: c.opt_text("provider"),
+            outcome: c.text("outcome"),
+            reason: c.opt_text("reason"),
+            source: c.opt_text("source"),
+            request_id: c.opt_text("request_id"),
+            detail: c.opt_text("detail"),
+            prev_hash: c.text("prev_hash"),
+            hash: c.text("hash"),
+        };
+        c.finish(row)
     }
 
     /// Rebuilds the event exactly as it was hashed; a row that no longer parses (e.g. an
@@ -249,7 +250,7 @@ impl Row {
 }
 
 impl<'a> D1AuditStore<'a> {
-    pub(super) fn new(db: &'a Db) -> Self {
+    pub(in crate::edge) fn new(db: &'a Db) -> Self {
         Self {
             db,
             notify: false,
@@ -258,7 +259,7 @@ impl<'a> D1AuditStore<'a> {
     }
 
     /// The same store, writing key-health notices with its commits when `notify`.
-    pub(super) fn notifying(mut self, notify: bool) -> Self {
+    pub(in crate::edge) fn notifying(mut self, notify: bool) -> Self {
         self.notify = notify;
         self
     }
@@ -744,76 +745,8 @@ impl AuditStore for D1AuditStore<'_> {
         }
         Ok(())
     }
-}
 
-#[async_trait(?Send)]
-impl NotificationStore for D1AuditStore<'_> {
-    async fn claim(
-        &self,
-        now: Timestamp,
-        lease_until: Timestamp,
-        limit: u32,
-    ) -> Result<Vec<StoredNotice>, StoreError> {
-        self.db
-            .all(
-                "UPDATE notifications SET next_attempt_at = ?2 WHERE id IN ( \
-                   SELECT id FROM notifications WHERE next_attempt_at <= ?1 \
-                   ORDER BY next_attempt_at LIMIT ?3) \
-                 RETURNING id, body, attempts",
-                &[
-                    num(now.as_millis()),
-                    num(lease_until.as_millis()),
-                    num(u64::from(limit)),
-                ],
-            )
-            .await?
-            .read(|r| {
-                Ok(StoredNotice {
-                    id: r.text("id")?,
-                    body: r.text("body")?,
-                    attempts: r.num("attempts")? as u32,
-                })
-            })
-    }
-
-    async fn delivered(&self, id: &str) -> Result<(), StoreError> {
-        self.db
-            .run("DELETE FROM notifications WHERE id = ?1", &[text(id)])
-            .await
-            .map(|_| ())
-    }
-
-    async fn failed(
-        &self,
-        id: &str,
-        attempts: u32,
-        next_at: Timestamp,
-        problem: &str,
-    ) -> Result<(), StoreError> {
-        self.db
-            .run(
-                "UPDATE notifications SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 \
-                 WHERE id = ?1",
-                &[
-                    text(id),
-                    num(u64::from(attempts)),
-                    num(next_at.as_millis()),
-                    text(problem),
-                ],
-            )
-            .await
-            .map(|_| ())
-    }
-
-    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        let next = self
-            .db
-            .first("SELECT MIN(next_attempt_at) AS at FROM notifications", &[])
-            .await?;
-        let at = match next {
-            Some(n) => n.opt_num("at")?,
-            None => None,
-        };
-        Ok(at.map(|at| Timestamp::from_millis(at as u64)))
+    fn notices_written(&self) -> usize {
+        self.notices_written.get()
     }
 }

@@ -17,7 +17,7 @@ use worker::{D1Database, D1PreparedStatement, D1Result, Env};
 use crate::domain::StoreError;
 use crate::domain::Timestamp;
 
-pub(super) struct Db(Result<D1Database, String>);
+pub(in crate::edge) struct Db(Result<D1Database, String>);
 
 /// A value D1 returned, handed over untouched (a row object, or one column's value).
 #[derive(Deserialize)]
@@ -70,6 +70,60 @@ impl Row {
         match self.get(column) {
             Value::Null => Ok(None),
             v => v.as_f64().map(Some).ok_or_else(mistyped),
+        }
+    }
+
+    /// Its columns, for reading many of them.
+    pub(super) fn columns(&self) -> Columns<'_> {
+        Columns {
+            row: self,
+            mistyped: false,
+        }
+    }
+}
+
+/// A row's columns read one after another, a mistyped one remembered instead of returned
+/// at once: one check at the end ([`Columns::finish`]) rather than a return, and the
+/// clean-up of every column read before it, after each. The error is the same either way.
+pub(super) struct Columns<'r> {
+    row: &'r Row,
+    mistyped: bool,
+}
+
+impl Columns<'_> {
+    fn note<T: Default>(&mut self, read: Result<T, StoreError>) -> T {
+        read.unwrap_or_else(|_| {
+            self.mistyped = true;
+            T::default()
+        })
+    }
+
+    pub(super) fn text(&mut self, column: &str) -> String {
+        let read = self.row.text(column);
+        self.note(read)
+    }
+
+    pub(super) fn opt_text(&mut self, column: &str) -> Option<String> {
+        let read = self.row.opt_text(column);
+        self.note(read)
+    }
+
+    pub(super) fn num(&mut self, column: &str) -> f64 {
+        let read = self.row.num(column);
+        self.note(read)
+    }
+
+    pub(super) fn opt_num(&mut self, column: &str) -> Option<f64> {
+        let read = self.row.opt_num(column);
+        self.note(read)
+    }
+
+    /// `value`, read from the row, unless a column was mistyped.
+    pub(super) fn finish<T>(self, value: T) -> Result<T, StoreError> {
+        if self.mistyped {
+            Err(mistyped())
+        } else {
+            Ok(value)
         }
     }
 }
@@ -125,7 +179,7 @@ pub(super) fn unavailable(e: worker::Error) -> StoreError {
 
 impl Db {
     /// The `DB` binding; a missing binding makes every query fail as unavailable.
-    pub(super) fn new(env: &Env) -> Self {
+    pub(in crate::edge) fn new(env: &Env) -> Self {
         Self(env.d1("DB").map_err(|e| format!("binding DB: {e}")))
     }
 
@@ -243,4 +297,10 @@ pub(super) fn millis(t: Timestamp) -> JsValue {
 
 pub(super) fn json<T: serde::Serialize>(v: &T) -> JsValue {
     JsValue::from(serde_json::to_string(v).unwrap_or_else(|_| "null".into()))
+}
+
+/// The JSON text of `rows`, bound as one parameter and read with `json_each`: a statement
+/// over hundreds of rows binds one value (D1 allows 100 per statement).
+pub(super) fn json_rows(rows: Vec<Value>) -> JsValue {
+    text(&Value::Array(rows).to_string())
 }

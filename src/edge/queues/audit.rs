@@ -5,20 +5,23 @@
 use async_trait::async_trait;
 use worker::Queue;
 
-use super::audit_store::{outbox_insert, D1AuditStore};
-use super::db::Db;
+use super::send;
 use crate::audit::AuditSink;
 use crate::audit::{drain, nudge_body, AuditEvent, Sealer};
 use crate::crypto::MasterKeys;
 use crate::domain::Timestamp;
+use crate::edge::d1::audit::{outbox_insert, D1AuditStore};
+use crate::edge::d1::Db;
 
 /// A request's audit path: events into the outbox, nudges onto `AUDIT_QUEUE`; chaining at
 /// once when the queue is missing or failing, the whole event on the queue when the
 /// outbox is.
-pub(super) struct OutboxAuditSink<'a> {
+pub(in crate::edge) struct OutboxAuditSink<'a> {
     pub queue: Option<Queue>,
     pub db: &'a Db,
-    pub store: &'a D1AuditStore<'a>,
+    /// The audit log the sink chains into when it cannot nudge (the invocation's one, so
+    /// the notices its commits write are counted there).
+    pub store: D1AuditStore<'a>,
     /// What chaining at once seals heads with; without it events wait in the outbox.
     pub keys: Option<&'a MasterKeys>,
 }
@@ -27,7 +30,7 @@ impl OutboxAuditSink<'_> {
     /// Sends `body` on the queue; says why not when it cannot.
     async fn send_body(&self, body: String) -> Result<(), String> {
         match &self.queue {
-            Some(queue) => super::queue_send::send(queue, body)
+            Some(queue) => send::send(queue, body)
                 .await
                 .map_err(|e| format!("queue send failed ({e})")),
             None => Err("AUDIT_QUEUE is not bound".to_owned()),
@@ -42,8 +45,8 @@ impl OutboxAuditSink<'_> {
             );
             return;
         };
-        let sealer = Sealer::new(keys, Timestamp::from_millis(super::runtime::now_ms()));
-        if let Err(e) = drain(self.store, &sealer, 1).await {
+        let sealer = Sealer::new(keys, Timestamp::from_millis(crate::edge::runtime::now_ms()));
+        if let Err(e) = drain(&self.store, &sealer, 1).await {
             worker::console_error!(
                 "audit: chaining failed ({e}); event {event_id} waits in the outbox for the cron"
             );

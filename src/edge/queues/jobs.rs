@@ -6,13 +6,13 @@ use worker::Queue;
 use crate::jobs::Job;
 use crate::jobs::JobQueue;
 
-pub(super) struct QueueJobs {
+pub(in crate::edge) struct QueueJobs {
     pub queue: Option<Queue>,
 }
 
 impl QueueJobs {
     /// `JOBS_QUEUE`, if it is bound.
-    pub(super) fn new(env: &worker::Env) -> Self {
+    pub(in crate::edge) fn new(env: &worker::Env) -> Self {
         Self {
             queue: env.queue("JOBS_QUEUE").ok(),
         }
@@ -29,7 +29,7 @@ impl JobQueue for QueueJobs {
             .iter()
             .map(|j| serde_json::to_string(j).unwrap_or_default())
             .collect();
-        super::queue_send::send_batch(queue, bodies)
+        super::send::send_batch(queue, bodies)
             .await
             .map_err(|e| format!("queue send failed ({e})"))
     }

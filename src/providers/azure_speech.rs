@@ -33,8 +33,8 @@ static INFO: ProviderInfo = ProviderInfo {
     check_calls: 2,
     auth: Auth::Header("Ocp-Apim-Subscription-Key"),
     classify,
-    #[rustfmt::skip]
     call_headers: &[],
+    #[rustfmt::skip]
     operations: &[
         Operation {
             method: Method::Post,

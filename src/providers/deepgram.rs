@@ -25,8 +25,8 @@ static INFO: ProviderInfo = ProviderInfo {
     check_calls: 3,
     auth: Auth::Token,
     classify,
-    #[rustfmt::skip]
     call_headers: &[],
+    #[rustfmt::skip]
     operations: &[
         Operation {
             method: Method::Post,

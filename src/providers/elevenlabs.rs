@@ -25,8 +25,8 @@ static INFO: ProviderInfo = ProviderInfo {
     check_calls: 2,
     auth: Auth::Header("xi-api-key"),
     classify,
-    #[rustfmt::skip]
     call_headers: &[],
+    #[rustfmt::skip]
     operations: &[
         Operation {
             method: Method::Post,

@@ -26,8 +26,8 @@ static INFO: ProviderInfo = ProviderInfo {
     check_calls: MAX_MODEL_PAGES as u32,
     auth: Auth::Header("x-goog-api-key"),
     classify,
-    #[rustfmt::skip]
     call_headers: &[],
+    #[rustfmt::skip]
     operations: &[
         Operation {
             method: Method::Post,

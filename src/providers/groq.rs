@@ -22,8 +22,8 @@ static INFO: ProviderInfo = ProviderInfo {
     check_calls: 1,
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("Groq", r),
-    #[rustfmt::skip]
     call_headers: &[],
+    #[rustfmt::skip]
     operations: &[
         Operation {
             method: Method::Post,

@@ -23,8 +23,8 @@ static INFO: ProviderInfo = ProviderInfo {
     check_calls: 1,
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("Mistral", r),
-    #[rustfmt::skip]
     call_headers: &[],
+    #[rustfmt::skip]
     operations: &[
         Operation {
             method: Method::Post,

@@ -35,8 +35,8 @@ static INFO: ProviderInfo = ProviderInfo {
     check_calls: 1,
     auth: Auth::Bearer,
     classify,
-    #[rustfmt::skip]
     call_headers: &[],
+    #[rustfmt::skip]
     operations: &[
         Operation {
             method: Method::Post,

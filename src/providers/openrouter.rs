@@ -26,8 +26,8 @@ static INFO: ProviderInfo = ProviderInfo {
     check_calls: 2,
     auth: Auth::Bearer,
     classify,
-    #[rustfmt::skip]
     call_headers: &[],
+    #[rustfmt::skip]
     operations: &[
         Operation {
             method: Method::Post,

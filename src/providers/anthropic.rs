@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    json_str, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
-    MAX_MODEL_PAGES,
+    json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
+    API_KEY, MAX_MODEL_PAGES,
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
@@ -27,6 +27,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("x-api-key"),
     classify,
     call_headers: &[("anthropic-version", VERSION)],
+    sdk_key: &[KeyCarrier::Header("x-api-key")],
     #[rustfmt::skip]
     operations: &[
         Operation {

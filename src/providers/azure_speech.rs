@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    json_str, Accepted, Auth, Endpoint, Field, Operation, Provider, ProviderInfo, Target, API_KEY,
+    json_str, Accepted, Auth, Endpoint, Field, KeyCarrier, Operation, Provider, ProviderInfo,
+    Target, API_KEY,
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
@@ -34,6 +35,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("Ocp-Apim-Subscription-Key"),
     classify,
     call_headers: &[],
+    sdk_key: &[KeyCarrier::Header("Ocp-Apim-Subscription-Key")],
     #[rustfmt::skip]
     operations: &[
         Operation {

@@ -6,7 +6,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    json_str, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
+    json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
+    API_KEY,
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota};
@@ -26,6 +27,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Token,
     classify,
     call_headers: &[],
+    sdk_key: &[KeyCarrier::Authorization("Token")],
     #[rustfmt::skip]
     operations: &[
         Operation {

@@ -6,7 +6,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    json_str, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
+    json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
+    API_KEY,
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota, Timestamp};
@@ -26,6 +27,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("xi-api-key"),
     classify,
     call_headers: &[],
+    sdk_key: &[KeyCarrier::Header("xi-api-key")],
     #[rustfmt::skip]
     operations: &[
         Operation {

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    json_str, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
-    MAX_MODEL_PAGES,
+    json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
+    API_KEY, MAX_MODEL_PAGES,
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
@@ -27,6 +27,10 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("x-goog-api-key"),
     classify,
     call_headers: &[],
+    sdk_key: &[
+        KeyCarrier::Header("x-goog-api-key"),
+        KeyCarrier::Query("key"),
+    ],
     #[rustfmt::skip]
     operations: &[
         Operation {

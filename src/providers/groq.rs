@@ -23,6 +23,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("Groq", r),
     call_headers: &[],
+    sdk_key: &[],
     #[rustfmt::skip]
     operations: &[
         Operation {

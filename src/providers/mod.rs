@@ -97,9 +97,25 @@ pub struct ProviderInfo {
     /// API version).
     #[serde(skip)]
     pub call_headers: &'static [(&'static str, &'static str)],
+    /// Where the provider's official SDK puts its API key, besides `Authorization: Bearer`
+    /// (which every provider's route takes): the user's vault token is accepted there too,
+    /// so an unmodified SDK works with only its base URL changed.
+    #[serde(skip)]
+    pub sdk_key: &'static [KeyCarrier],
     /// The real operations the proxy forwards; nothing else reaches the provider.
     #[serde(skip)]
     pub operations: &'static [Operation],
+}
+
+/// Where a caller's SDK carries the key it was given (for the proxy: the vault token).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyCarrier {
+    /// `Authorization: <scheme> <key>` with a scheme other than Bearer (Deepgram's `Token`).
+    Authorization(&'static str),
+    /// A header of its own (`x-api-key`).
+    Header(&'static str),
+    /// A query parameter (`?key=`).
+    Query(&'static str),
 }
 
 /// How a provider's real operations carry the key.

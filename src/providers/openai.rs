@@ -24,6 +24,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("OpenAI", r),
     call_headers: &[],
+    sdk_key: &[],
     #[rustfmt::skip]
     operations: &[
         Operation {

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
-use crate::http::{HttpRequest, HttpResponse, Method};
+use crate::http::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct Anthropic;
@@ -30,24 +30,11 @@ static INFO: ProviderInfo = ProviderInfo {
     sdk_key: &[KeyCarrier::Header("x-api-key")],
     #[rustfmt::skip]
     operations: &[
-        Operation {
-            method: Method::Post,
-            path: "/v1/messages",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1/messages/count_tokens",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/v1/models",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
+        // Streamed or not, a message is one path (`"stream": true` in the body).
+        Operation::post("/v1/messages", Capability::Llm),
+        Operation::post("/v1/messages/count_tokens", Capability::Llm),
+        Operation::get("/v1/models", Capability::Llm),
+        Operation::get("/v1/models/{}", Capability::Llm),
     ],
     endpoints: &[Endpoint {
         var: "ANTHROPIC_BASE_URL",

@@ -38,24 +38,14 @@ static INFO: ProviderInfo = ProviderInfo {
     sdk_key: &[KeyCarrier::Header("Ocp-Apim-Subscription-Key")],
     #[rustfmt::skip]
     operations: &[
-        Operation {
-            method: Method::Post,
-            path: "/cognitiveservices/v1",
-            capability: Capability::Tts,
-            endpoint: 1,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/cognitiveservices/voices/list",
-            capability: Capability::Tts,
-            endpoint: 1,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/speech/recognition/conversation/cognitiveservices/v1",
-            capability: Capability::Stt,
-            endpoint: 2,
-        },
+        // Endpoint 1 is the region's TTS host, 2 its STT host, 0 its cognitive-services
+        // host (where the fast transcription API lives).
+        Operation::post("/cognitiveservices/v1", Capability::Tts).at(1),
+        Operation::get("/cognitiveservices/voices/list", Capability::Tts).at(1),
+        Operation::post("/speech/recognition/conversation/cognitiveservices/v1", Capability::Stt).at(2),
+        Operation::post("/speech/recognition/interactive/cognitiveservices/v1", Capability::Stt).at(2),
+        Operation::post("/speech/recognition/dictation/cognitiveservices/v1", Capability::Stt).at(2),
+        Operation::post("/speechtotext/transcriptions:transcribe", Capability::Stt),
     ],
     endpoints: &[
         Endpoint {

@@ -289,6 +289,93 @@ fn the_proxy_injects_the_users_key_and_strips_the_callers_credentials() {
 }
 
 #[test]
+fn embedding_is_a_capability_of_its_own_for_defaults_resolve_and_the_proxy() {
+    let w = world(&[]);
+    let models = r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","created":1,"owned_by":"system"},{"id":"text-embedding-3-small","object":"model","created":1,"owned_by":"system"}]}"#;
+    let (s, body, _) = w.call(
+        "POST",
+        "/v1/credentials",
+        Some("u_a"),
+        Some(json!({"provider":"openai","api_key":KEY})),
+        vec![respond(200, models)],
+    );
+    assert_eq!(s, 201, "{body}");
+    let id = body["credential"]["id"].as_str().unwrap().to_owned();
+    let put = |model: &str| {
+        w.call(
+            "PUT",
+            "/v1/preferences/embedding",
+            Some("u_a"),
+            Some(json!({"credential_id": id, "model": model})),
+            vec![],
+        )
+    };
+    // A chat model is no embedding model, and the other way round.
+    assert_eq!(put("gpt-4o-mini").0, 400);
+    let (s, body, _) = put("text-embedding-3-small");
+    assert_eq!(
+        (s, &body["capability"]),
+        (200, &json!("embedding")),
+        "{body}"
+    );
+    let (_, prefs, _) = w.call("GET", "/v1/preferences", Some("u_a"), None, vec![]);
+    assert_eq!(
+        prefs["embedding"],
+        json!({"credential_id": id, "provider": "openai", "model": "text-embedding-3-small"})
+    );
+
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"embedding"}));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        (&body["credential_id"], &body["model"], &body["api_key"]),
+        (&json!(id), &json!("text-embedding-3-small"), &json!(KEY))
+    );
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"vectors"}));
+    assert_eq!(s, 400);
+    assert_eq!(
+        body["errors"][0]["message"],
+        "must be tts, stt, llm or embedding"
+    );
+    let (s, body) =
+        w.resolve(json!({"user_id":"u_a","capability":"embedding","provider":"anthropic"}));
+    assert_eq!(
+        (s, body["errors"][0]["field"].as_str()),
+        (400, Some("provider"))
+    );
+
+    let embeddings = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-0.2]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":2,"total_tokens":2}}"#;
+    let (r, sent, bodies) = w.proxy(
+        "POST",
+        "/v1/proxy/openai/v1/embeddings",
+        &[],
+        vec![respond(200, embeddings)],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, "https://api.openai.com/v1/embeddings");
+    assert!(sent[0]
+        .1
+        .contains(&("authorization".into(), format!("Bearer {KEY}"))));
+    assert_eq!(bodies[0], br#"{"text":"Hello"}"#);
+    assert_eq!(r.header("x-byok-credential-id"), Some(id.as_str()));
+    let (_, events, _) = w.call(
+        "GET",
+        "/v1/audit?action=credential.used",
+        Some("u_a"),
+        None,
+        vec![],
+    );
+    assert_eq!(
+        events["events"][0]["detail"]["operation"], "POST /v1/embeddings",
+        "{events}"
+    );
+
+    // A look-alike is refused before any key is chosen.
+    let (r, sent, _) = w.proxy("GET", "/v1/proxy/openai/v1/embeddings", &[], vec![]);
+    assert_eq!((r.status, sent.len()), (403, 0));
+}
+
+#[test]
 fn the_proxy_refuses_what_is_not_allow_listed_before_any_upstream_call() {
     let w = world(&[("SYSTEM_KEY_ELEVENLABS", SYSTEM)]);
     for (method, path) in [

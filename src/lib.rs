@@ -24,6 +24,7 @@ pub mod http;
 pub mod import;
 pub mod jobs;
 pub mod limits;
+pub mod metering;
 pub mod notify;
 pub mod probe;
 pub mod providers;

@@ -32,7 +32,10 @@ CREATE TABLE IF NOT EXISTS credentials (
   version              INTEGER NOT NULL DEFAULT 0,
   last_used_at         INTEGER,          -- set by the audit chainer from credential.used
   revalidation_queued_at INTEGER,        -- when a sweep last queued it for a check
-  dead_checks          INTEGER NOT NULL DEFAULT 0 -- scheduled checks in a row that found it dead
+  dead_checks          INTEGER NOT NULL DEFAULT 0, -- scheduled checks in a row that found it dead
+  priority             INTEGER NOT NULL DEFAULT 0, -- order among the user's keys (lower first)
+  cooldown_until       INTEGER,                    -- skipped after the user's others until then (ms)
+  cooldown_reason      TEXT                        -- rate_limited | quota_exhausted
 );
 CREATE INDEX IF NOT EXISTS credentials_by_user ON credentials (user_id, created_at DESC);
 CREATE UNIQUE INDEX IF NOT EXISTS credentials_fingerprint ON credentials (user_id, fingerprint)

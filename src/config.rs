@@ -9,7 +9,7 @@
 //! | keys | `MASTER_KEYS`, `MASTER_KEY_ACTIVE`, `MASTER_KEY` | `crypto::MasterKeys::from_vars` |
 //! | auth | `AUTH_*`, `SERVICE_TOKENS` | `auth/settings.rs` |
 //! | providers | `<PROVIDER>_BASE_URL`, `ALLOW_PRIVATE_BASE_URLS`, `SANDBOX`, `VALIDATION_DEADLINE_MS`, `PROBE_ATTEMPT_TIMEOUT_MS` | `providers/settings.rs` |
-//! | limits | `RATE_LIMITS`, `MAX_CREDENTIALS_PER_USER`, `PROXY_MAX_BODY_BYTES` | `limits.rs` |
+//! | limits | `RATE_LIMITS`, `MAX_CREDENTIALS_PER_USER`, `PROXY_MAX_BODY_BYTES`, `PROXY_MAX_ATTEMPTS` | `limits.rs` |
 //! | jobs | `REVALIDATE_AFTER_HOURS`, `AUDIT_RETENTION_DAYS` | here ([`JobSettings`]) |
 //! | API | `CORS_ALLOWED_ORIGINS` | here |
 //! | notify | `NOTIFY_*` | `notify::WebhookSettings::parse` |
@@ -68,6 +68,8 @@ pub struct Config {
     pub system_key_params: BTreeMap<ProviderId, CredentialParams>,
     /// The largest request body the proxy forwards (`PROXY_MAX_BODY_BYTES`).
     pub proxy_max_body_bytes: usize,
+    /// How many of a user's keys one proxied call may try (`PROXY_MAX_ATTEMPTS`).
+    pub proxy_max_attempts: u32,
     /// Where Infisical's secrets are read (`SYSTEM_KEYS_SOURCE = "infisical"`); the isolate
     /// takes it to build its cache.
     pub infisical: Option<InfisicalSettings>,
@@ -112,6 +114,7 @@ impl Config {
                 system_keys_env: system_keys.env,
                 system_key_params: system_keys.params,
                 proxy_max_body_bytes: limits.proxy_max_body_bytes,
+                proxy_max_attempts: limits.proxy_max_attempts,
                 infisical: system_keys.infisical,
                 webhooks,
             })

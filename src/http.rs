@@ -152,4 +152,15 @@ pub trait Upstream {
         limit: usize,
         timeout_ms: u64,
     ) -> Result<Vec<u8>, HttpError>;
+    /// Passes `body` on as it is, as fast as the caller takes it, showing each chunk to
+    /// `watch` as it goes by (never holding it back to read it); [`Ended`] resolves once
+    /// the body has gone on whole (`true`) or was cut off (`false`: the caller hung up, the
+    /// provider broke off).
+    fn watch(&self, body: BodyStream, watch: Watcher) -> (BodyStream, Ended);
 }
+
+/// What is shown each chunk of a watched body ([`Upstream::watch`]).
+pub type Watcher = Box<dyn FnMut(&[u8])>;
+
+/// Whether a watched body went on whole ([`Upstream::watch`]).
+pub type Ended = futures::future::LocalBoxFuture<'static, bool>;

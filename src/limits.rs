@@ -1,7 +1,8 @@
 //! The vault's own limits: the rate limits, what they count (live checks with providers,
 //! uses of the operator's system keys), against whom, and the seam that counts them (the
 //! Workers Rate Limiting bindings in `edge/limits.rs`); and the limits section of the
-//! configuration (`RATE_LIMITS`, `MAX_CREDENTIALS_PER_USER`, `PROXY_MAX_BODY_BYTES`).
+//! configuration (`RATE_LIMITS`, `MAX_CREDENTIALS_PER_USER`, `PROXY_MAX_BODY_BYTES`,
+//! `PROXY_MAX_ATTEMPTS`).
 
 use async_trait::async_trait;
 
@@ -20,6 +21,8 @@ pub struct LimitSettings {
     pub max_credentials_per_user: u32,
     /// The largest request body the proxy forwards (`PROXY_MAX_BODY_BYTES`).
     pub proxy_max_body_bytes: usize,
+    /// How many of a user's keys one proxied call may try (`PROXY_MAX_ATTEMPTS`).
+    pub proxy_max_attempts: u32,
 }
 
 impl LimitSettings {
@@ -32,6 +35,7 @@ impl LimitSettings {
             1024,
             MAX_PROXY_BODY_BYTES as u64,
         ) as usize;
+        let proxy_max_attempts = vars.number("PROXY_MAX_ATTEMPTS", 3, 1, 10) as u32;
         let rate_limits = vars.switch("RATE_LIMITS", true);
         if !rate_limits && environment == Environment::Production {
             vars.problem("RATE_LIMITS", "may not be off in production");
@@ -40,6 +44,7 @@ impl LimitSettings {
             rate_limits,
             max_credentials_per_user,
             proxy_max_body_bytes,
+            proxy_max_attempts,
         }
     }
 }

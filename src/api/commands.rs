@@ -144,8 +144,11 @@ pub(super) fn new_credential(
     })
 }
 
+/// The places a key may take among its user's keys (lower is tried first).
+const PRIORITIES: std::ops::RangeInclusive<i64> = -1_000_000..=1_000_000;
+
 /// `PATCH /v1/credentials/{id}`: any of `api_key`, `label`, `model`, `region`,
-/// `base_url`, read against the stored `credential` (its provider says which fields it
+/// `base_url`, `priority`, read against the stored `credential` (its provider says which fields it
 /// takes; its hint, which `api_key` is only the current one echoed back).
 pub(super) fn credential_patch(
     config: &Config,
@@ -163,17 +166,20 @@ pub(super) fn credential_patch(
     let model = body
         .has("model")
         .then(|| body.string("model", false, MAX_MODEL));
+    let priority = body.integer("priority", PRIORITIES);
     let region = body.string("region", false, MAX_REGION);
     let base_url = body.string("base_url", false, MAX_BASE_URL);
     let wanted = destination(config, &mut body, provider, (region, base_url), false);
     if body.errors.is_empty()
-        && !["api_key", "label", "model", "region", "base_url"]
-            .iter()
-            .any(|f| body.has(f))
+        && ![
+            "api_key", "label", "model", "region", "base_url", "priority",
+        ]
+        .iter()
+        .any(|f| body.has(f))
     {
         body.errors.push(FieldError::new(
             "body",
-            "must name at least one of api_key, label, model, region, base_url",
+            "must name at least one of api_key, label, model, region, base_url, priority",
         ));
     }
     body.finish().map_err(ApiError::invalid_request)?;
@@ -183,6 +189,7 @@ pub(super) fn credential_patch(
         model,
         region: wanted.region,
         base_url: wanted.base_url,
+        priority,
     })
 }
 

@@ -19,6 +19,11 @@ pub(crate) struct Outcome {
     /// Whose trail the event belongs to when that is not the caller's (a service acting
     /// for a user).
     pub user: Option<UserId>,
+    /// The uses of keys the provider refused before `audit`'s took over (a failover), in
+    /// order, each with its failure.
+    pub earlier: Vec<Facts>,
+    /// The answer's metering, to finish once it has been passed on.
+    pub metering: Option<crate::metering::Watch>,
 }
 
 impl Outcome {
@@ -28,6 +33,8 @@ impl Outcome {
             result,
             audit: None,
             user: None,
+            earlier: Vec::new(),
+            metering: None,
         }
     }
 
@@ -36,6 +43,8 @@ impl Outcome {
             result,
             audit: Some(facts),
             user: None,
+            earlier: Vec::new(),
+            metering: None,
         }
     }
 

@@ -147,6 +147,26 @@ impl JsonObject {
         }
     }
 
+    /// An integer in `range`, if the body names one (null counts as absent).
+    pub fn integer(&mut self, name: &str, range: std::ops::RangeInclusive<i64>) -> Option<i64> {
+        self.read.insert(name.to_owned());
+        match self.map.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_i64().is_some_and(|v| range.contains(&v)) => n.as_i64(),
+            Some(_) => {
+                self.errors.push(FieldError::new(
+                    name,
+                    format!(
+                        "must be an integer from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+                None
+            }
+        }
+    }
+
     /// Whether the body names this field at all (even as null).
     pub fn bool(&mut self, name: &str) -> Option<bool> {
         self.read.insert(name.to_owned());

@@ -263,6 +263,9 @@ pub struct Handled {
     /// on its way ([`finish`]), so they add nothing to the time to the first byte and are
     /// not lost when the caller hangs up (the whole request runs under `waitUntil`).
     pub uses: Vec<crate::audit::AuditEvent>,
+    /// A proxied answer's usage, read as it streams to the caller: recorded by [`finish`]
+    /// once it has gone on whole or was cut.
+    pub metering: Option<crate::metering::Watch>,
 }
 
 /// Answers one request. Never panics on input; every error becomes problem+json. Writes
@@ -296,14 +299,39 @@ pub async fn handle(app: &App<'_>, request: &Request) -> Handled {
             .with_header("cache-control", "no-store")
             .with_header("x-request-id", request_id.as_str()),
         uses: dispatched.uses,
+        metering: dispatched.metering,
     }
 }
 
 /// Records the uses a request left for after its answer, in order.
-pub async fn finish(app: &App<'_>, uses: Vec<crate::audit::AuditEvent>) {
+pub async fn finish(
+    app: &App<'_>,
+    uses: Vec<crate::audit::AuditEvent>,
+    metering: Option<crate::metering::Watch>,
+) {
     for event in uses {
         app.audit.send(&event).await;
     }
+    if let Some(watch) = metering {
+        let (call, usage) = watch.finish().await;
+        record_usage(app, &call, &usage).await;
+    }
+}
+
+/// Keeps one call's usage. Interim: a log line (no key, no token), until the usage store.
+async fn record_usage(app: &App<'_>, call: &crate::metering::Call, usage: &crate::metering::Usage) {
+    let line = json!({
+        "metered": call.provider.as_str(),
+        "source": call.source.as_str(),
+        "credential_id": call.credential_id,
+        "model": usage.model,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "characters": usage.characters,
+        "audio_seconds": usage.audio_seconds,
+        "incomplete": usage.incomplete,
+    });
+    (app.log)(&line.to_string());
 }
 
 /// The request headers a preflight allows: the ones the page asks for, and those a

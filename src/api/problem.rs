@@ -47,6 +47,12 @@ impl std::ops::DerefMut for ApiError {
 }
 
 impl ApiError {
+    /// The same error, with `headers` added (the proxy's receipts).
+    pub fn with_headers(mut self, headers: Vec<(&'static str, String)>) -> Self {
+        self.headers.extend(headers);
+        self
+    }
+
     fn new(status: u16, code: &'static str, title: &'static str) -> Self {
         Self(Box::new(Problem {
             status,

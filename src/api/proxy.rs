@@ -10,9 +10,10 @@ use super::context::{Ctx, Outcome};
 use super::problem::ApiError;
 use super::Response;
 use crate::audit::{Action, Facts, Source};
-use crate::domain::CredentialId;
+use crate::domain::{Capability, CredentialId};
 use crate::endpoint_guard::check_base_url;
 use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
+use crate::metering::{self, Watch};
 use crate::probe::{Failure, Verdict as Judged};
 use crate::providers::{self, ProviderInfo, Target};
 use crate::redact::ProviderText;
@@ -26,6 +27,9 @@ const ERROR_BODY_BYTES: usize = 64 * 1024;
 /// How long an error answer's body (at most 64 KiB) has to arrive once its head is in: a
 /// provider that sends a head and then trickles (or stalls) cannot hold the request open.
 const ERROR_BODY_TIMEOUT_MS: u64 = 5_000;
+/// The largest caller's body kept to be sent again to the user's next key when the
+/// provider refuses one; a larger body streams through and gets no failover.
+const REPLAY_MAX_BYTES: usize = 1024 * 1024;
 
 /// The caller's request headers that reach the provider (all others, the caller's
 /// credentials and cookies, any key header, billing selectors such as
@@ -117,8 +121,20 @@ pub(super) async fn proxy(ctx: &Ctx<'_>) -> Outcome {
     };
     let mut facts = Facts::new(Action::CredentialUsed);
     facts.provider = Some(info.id);
-    let result = forward(ctx, info, operation, path, &ask, &mut facts).await;
-    Outcome::audited(result, facts)
+    let mut after = After::default();
+    let result = forward(ctx, info, operation, path, &ask, &mut facts, &mut after).await;
+    let mut outcome = Outcome::audited(result, facts);
+    outcome.earlier = after.earlier;
+    outcome.metering = after.metering;
+    outcome
+}
+
+/// What a proxied call leaves besides its answer: the uses of keys refused before the one
+/// that answered, and the answer's metering.
+#[derive(Default)]
+struct After {
+    earlier: Vec<Facts>,
+    metering: Option<Watch>,
 }
 
 /// The provider's own path: what follows `/v1/proxy/{provider}`.
@@ -138,17 +154,142 @@ async fn forward(
     path: &str,
     ask: &Ask<'_>,
     facts: &mut Facts,
+    after: &mut After,
 ) -> Result<Response, ApiError> {
-    let key = ctx
-        .key_use()
+    let key_use = ctx.key_use();
+    let mut key = key_use
         .key_for(&ctx.user, ctx.caller().network, ask, facts)
         .await?;
-    let receipts = receipts(&key);
-    let with_receipts = |mut e: ApiError| {
-        e.headers.extend(receipts.iter().cloned());
-        e
+    // A body small enough to be kept is read first, so that the next key can be sent it
+    // again; a larger one (or one of unknown length) streams through, and gets one key.
+    let held = if operation.method == Method::Post && replayable(ctx) {
+        ctx.request
+            .read_body(ctx.config.proxy_max_body_bytes)
+            .await
+            .map_err(|e| e.with_headers(receipts(&key, 1)))?;
+        Some(ctx.request.body().to_vec())
+    } else {
+        None
     };
-    let url = upstream_url(ctx, info, operation, path, &key).map_err(with_receipts)?;
+    let tries = if operation.method == Method::Get || held.is_some() {
+        ctx.config.proxy_max_attempts
+    } else {
+        1
+    };
+    let mut attempt = 1;
+    loop {
+        let body = match &held {
+            Some(bytes) => Sent::Held(bytes.clone()),
+            None if operation.method == Method::Post => Sent::Streamed,
+            None => Sent::Nothing,
+        };
+        let step = call(ctx, info, operation, path, &key, body, attempt, facts).await;
+        let refusal = match step {
+            Step::Answer(Ok(mut response)) => {
+                if let Some(stream) = response.stream.take() {
+                    let (stream, watch) = watch_usage(
+                        ctx,
+                        info,
+                        operation,
+                        &key,
+                        held.as_deref(),
+                        &response,
+                        stream,
+                    );
+                    response.stream = Some(stream);
+                    after.metering = Some(watch);
+                }
+                return Ok(response);
+            }
+            Step::Answer(Err(e)) => return Err(e),
+            Step::Refused(refusal) => refusal,
+        };
+        // Refused before any byte went to the caller: the user's next key takes over.
+        if attempt < tries {
+            let mut next_facts = Facts::new(Action::CredentialUsed);
+            next_facts.provider = Some(info.id);
+            if let Some(next) = key_use.next_key(&mut key, &mut next_facts)? {
+                facts.failure = Some(refusal.code());
+                after.earlier.push(std::mem::replace(facts, next_facts));
+                key = next;
+                attempt += 1;
+                continue;
+            }
+        }
+        return refusal.answer();
+    }
+}
+
+/// Whether the caller's body is kept to be sent again to the next key: framed by a length
+/// within [`REPLAY_MAX_BYTES`] (and the proxy's own limit).
+fn replayable(ctx: &Ctx<'_>) -> bool {
+    ctx.request.declared_length().is_some_and(|n| {
+        n <= REPLAY_MAX_BYTES as u64 && n <= ctx.config.proxy_max_body_bytes as u64
+    })
+}
+
+/// The caller's body for one attempt.
+enum Sent {
+    Nothing,
+    /// Kept, sent to each key in turn.
+    Held(Vec<u8>),
+    /// Streamed through, once.
+    Streamed,
+}
+
+/// What one attempt came to.
+enum Step {
+    /// The answer (the provider's own, or the vault's refusal) for the caller.
+    Answer(Result<Response, ApiError>),
+    /// The provider refused the user's key before any byte of its answer went on: the
+    /// next key may take over; if none does, this is the answer.
+    Refused(Refusal),
+}
+
+struct Refusal {
+    why: RefusedFor,
+    answer: Result<Response, ApiError>,
+}
+
+#[derive(Clone, Copy)]
+enum RefusedFor {
+    BadKey,
+    Spent,
+    RateLimited,
+}
+
+impl Refusal {
+    fn code(&self) -> &'static str {
+        match self.why {
+            RefusedFor::BadKey => "credential_invalid",
+            RefusedFor::Spent => "quota_exhausted",
+            RefusedFor::RateLimited => "provider_rate_limited",
+        }
+    }
+
+    fn answer(self) -> Result<Response, ApiError> {
+        self.answer
+    }
+}
+
+/// One call of the provider with `key`, attempt number `attempt`.
+#[allow(clippy::too_many_arguments)]
+async fn call(
+    ctx: &Ctx<'_>,
+    info: &'static ProviderInfo,
+    operation: &providers::Operation,
+    path: &str,
+    key: &KeyInUse,
+    sent: Sent,
+    attempt: u32,
+    facts: &mut Facts,
+) -> Step {
+    let receipts = receipts(key, attempt);
+    let with_receipts = |e: ApiError| e.with_headers(receipts.clone());
+    let url = match upstream_url(ctx, info, operation, path, key) {
+        Ok(u) => u,
+        Err(e) => return Step::Answer(Err(with_receipts(e))),
+    };
     let mut headers: Vec<(String, String)> = ctx
         .request
         .headers
@@ -164,33 +305,36 @@ async fn forward(
     if let Some((name, value)) = info.auth.header(&key.key) {
         headers.push((name.to_owned(), value));
     }
+    let (body, stream) = match sent {
+        Sent::Nothing => (None, None),
+        Sent::Held(bytes) => (Some(bytes), None),
+        // The caller's body flows into the call as it arrives, never held here.
+        Sent::Streamed => (
+            None,
+            ctx.request.forward_body(ctx.config.proxy_max_body_bytes),
+        ),
+    };
     let request = HttpRequest {
         method: operation.method,
         url,
         headers,
-        body: None,
+        body,
         max_response_bytes: ERROR_BODY_BYTES,
     };
-    // The caller's body flows into the call as it arrives, never held here.
-    let body = if operation.method == Method::Post {
-        ctx.request.forward_body(ctx.config.proxy_max_body_bytes)
-    } else {
-        None
-    };
     let upstream = ctx.app.upstream;
-    let answer = upstream
-        .open(request, body, HEAD_TIMEOUT_MS)
-        .await
-        .map_err(|e| with_receipts(unreachable(info, &e)))?;
-    record::proxied(facts, &key, operation, answer.status);
+    let answer = match upstream.open(request, stream, HEAD_TIMEOUT_MS).await {
+        Ok(a) => a,
+        Err(e) => return Step::Answer(Err(with_receipts(unreachable(info, &e)))),
+    };
+    record::proxied(facts, key, operation, answer.status, attempt);
     if (300..400).contains(&answer.status) {
-        return Err(with_receipts(ApiError::provider_error(
+        return Step::Answer(Err(with_receipts(ApiError::provider_error(
             info.id,
             format!(
                 "{} answered with a redirect, which the vault does not follow.",
                 info.name
             ),
-        )));
+        ))));
     }
     let own_key = key.credential.is_some();
     // An answer that is the provider's own says so (and with which status), so a client
@@ -219,32 +363,43 @@ async fn forward(
             .collect()
     };
     if answer.status < 400 {
-        return Ok(Response {
+        return Step::Answer(Ok(Response {
             status: answer.status,
             headers: pass_headers(&answer.headers),
             body: Vec::new(),
             stream: Some(answer.body),
-        });
+        }));
     }
 
     // An error: read it (bounded) and judge the key by it.
     let status = answer.status;
-    let body = upstream
+    let body = match upstream
         .read(answer.body, ERROR_BODY_BYTES, ERROR_BODY_TIMEOUT_MS)
         .await
-        .map_err(|e| with_receipts(unreachable(info, &e)))?;
+    {
+        Ok(b) => b,
+        Err(e) => return Step::Answer(Err(with_receipts(unreachable(info, &e)))),
+    };
     let judged = HttpResponse {
         status,
         headers: answer.headers,
         body,
     };
     let text = ProviderText::new(&key.key);
-    let verdict = key_verdict(info, &judged);
-    if let Some((verdict, message)) = verdict {
+    if let Some((verdict, message)) = key_verdict(info, &judged) {
         let message = text.clean(&message, crate::probe::MAX_MESSAGE_CHARS);
-        return Err(with_receipts(
-            judge(ctx, info, &key, verdict, &message).await,
-        ));
+        let error = with_receipts(judge(ctx, info, key, verdict, &message).await);
+        return match (&key.credential, verdict) {
+            (Some(_), Verdict::Refused) => Step::Refused(Refusal {
+                why: RefusedFor::BadKey,
+                answer: Err(error),
+            }),
+            (Some(_), Verdict::QuotaExhausted) => Step::Refused(Refusal {
+                why: RefusedFor::Spent,
+                answer: Err(error),
+            }),
+            (None, _) => Step::Answer(Err(error)),
+        };
     }
     facts.failure = Some(if status == 429 {
         "provider_rate_limited"
@@ -253,25 +408,76 @@ async fn forward(
     });
     // Passed on as it came (a 429 with its Retry-After), unless it quotes the key: a
     // system key must never reach a user, nor a key reach a log through an error page.
-    if text.quotes_key(&String::from_utf8_lossy(&judged.body)) {
+    let answer = if text.quotes_key(&String::from_utf8_lossy(&judged.body)) {
         (ctx.app.log)(&format!(
             "proxy: {}'s {status} answer quoted the key and was withheld",
             info.id
         ));
-        return Err(with_receipts(ApiError::provider_error(
+        Err(with_receipts(ApiError::provider_error(
             info.id,
             format!(
                 "{} answered {status}; its answer was withheld because it quoted the key.",
                 info.name
             ),
-        )));
+        )))
+    } else {
+        Ok(Response {
+            status,
+            headers: pass_headers(&judged.headers),
+            body: judged.body.clone(),
+            stream: None,
+        })
+    };
+    // A user's key the provider rate-limited cools down, and the next may take over.
+    if let (429, Some(credential)) = (status, &key.credential) {
+        let wait = crate::probe::header_hint_ms(&judged, ctx.app.clock.now());
+        if let Err(e) = ctx.key_use().cool_down(credential, wait).await {
+            (ctx.app.log)(&format!(
+                "proxy: credential {} could not be cooled down: {e}",
+                credential.id
+            ));
+        }
+        return Step::Refused(Refusal {
+            why: RefusedFor::RateLimited,
+            answer,
+        });
     }
-    Ok(Response {
-        status,
-        headers: pass_headers(&judged.headers),
-        body: judged.body,
-        stream: None,
-    })
+    Step::Answer(answer)
+}
+
+/// Starts reading the usage of a call's answer as it streams to the caller.
+fn watch_usage(
+    ctx: &Ctx<'_>,
+    info: &ProviderInfo,
+    operation: &providers::Operation,
+    key: &KeyInUse,
+    held: Option<&[u8]>,
+    response: &Response,
+    stream: crate::http::BodyStream,
+) -> (crate::http::BodyStream, Watch) {
+    let dialect = metering::dialect_of(info.id);
+    let characters = match (operation.capability, held) {
+        (Capability::Tts, Some(body)) => metering::spoken_characters(dialect, body),
+        _ => None,
+    };
+    let call = metering::Call {
+        user: ctx.user.clone(),
+        at: ctx.app.clock.now(),
+        provider: info.id,
+        source: key.source,
+        credential_id: key.credential.as_ref().map(|c| c.id.clone()),
+        model: key.model.clone(),
+        capability: operation.capability,
+        characters,
+        usage_in_answer: operation.method == Method::Post
+            && operation.capability != Capability::Tts,
+    };
+    let content_type = response
+        .headers
+        .iter()
+        .find(|(n, _)| n == "content-type")
+        .map(|(_, v)| v.as_str());
+    Watch::start(ctx.app.upstream, stream, dialect, content_type, call)
 }
 
 /// What a refused or spent key does: a user's credential takes the status (with its
@@ -414,14 +620,21 @@ fn names_invalid_key(answer: &HttpResponse) -> bool {
             })
 }
 
-/// The headers that say whose key served the call, and why.
-fn receipts(key: &KeyInUse) -> Vec<(&'static str, String)> {
-    let mut out = vec![("x-byok-source", key.source.as_str().to_owned())];
+/// The headers that say whose key served the call, why, and how many keys were tried.
+fn receipts(key: &KeyInUse, attempts: u32) -> Vec<(&'static str, String)> {
+    let mut out = vec![
+        ("x-byok-source", key.source.as_str().to_owned()),
+        ("x-byok-attempts", attempts.to_string()),
+    ];
     if let Some(c) = &key.credential {
         out.push(("x-byok-credential-id", c.id.as_str().to_owned()));
     }
     if let Some(r) = key.fallback_reason {
         out.push(("x-byok-fallback-reason", r.as_str().to_owned()));
+    }
+    if !key.skipped.is_empty() {
+        let ids: Vec<&str> = key.skipped.iter().map(|c| c.id.as_str()).collect();
+        out.push(("x-byok-skipped", ids.join(", ")));
     }
     debug_assert!(key.source == Source::System || key.fallback_reason.is_none());
     out

@@ -150,6 +150,8 @@ pub(super) struct Dispatched {
     pub failure: Option<&'static str>,
     /// The uses of keys to record after the answer (`credential.used` events).
     pub uses: Vec<AuditEvent>,
+    /// The answer's metering, finished after it.
+    pub metering: Option<crate::metering::Watch>,
 }
 
 impl Dispatched {
@@ -159,6 +161,7 @@ impl Dispatched {
             result,
             failure: None,
             uses: Vec::new(),
+            metering: None,
         }
     }
 }
@@ -324,6 +327,12 @@ pub(super) async fn dispatch(
         _ => unreachable_route(),
     };
     let mut uses = Vec::new();
+    if let Some(user) = &user {
+        // The keys a failover passed over, each its own use, before the one that answered.
+        for facts in &outcome.earlier {
+            uses.push(facts.event(&origin, user, app.clock.now(), None));
+        }
+    }
     if let (Some(facts), Some(user)) = (&outcome.audit, &user) {
         match (&facts.committed, &outcome.result) {
             // Written with the change (or the read) it describes, whatever its outcome:
@@ -347,6 +356,7 @@ pub(super) async fn dispatch(
         failure: outcome.audit.as_ref().and_then(|f| f.failure),
         result: outcome.result,
         uses,
+        metering: outcome.metering,
     }
 }
 

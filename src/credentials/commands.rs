@@ -29,4 +29,6 @@ pub struct CredentialPatch {
     /// A new region or base_url, checked like [`NewCredential::params`].
     pub region: Option<String>,
     pub base_url: Option<String>,
+    /// A new place among the user's keys for the provider (lower first).
+    pub priority: Option<i64>,
 }

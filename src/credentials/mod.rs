@@ -226,6 +226,9 @@ impl Credentials<'_> {
         if patch.model.is_some() {
             changed.push("model");
         }
+        if patch.priority.is_some() {
+            changed.push("priority");
+        }
         // What changed names the event: a rotation, a model chosen, or an update.
         let action = if changed.contains(&"api_key") {
             Action::CredentialRotated
@@ -255,6 +258,9 @@ impl Credentials<'_> {
             }
             if let Some(label) = &patch.label {
                 next.label = label.clone();
+            }
+            if let Some(priority) = patch.priority {
+                next.priority = priority;
             }
             if let Some(model) = &patch.model {
                 if let Some(m) = model {

@@ -47,6 +47,8 @@ pub(crate) fn new_row(
         consecutive_failures: 0,
         dead_checks: 0,
         last_validated_at: None,
+        priority: 0,
+        cooldown: None,
         last_used_at: None,
         revalidation_queued_at: None,
         import_batch: None,
@@ -68,6 +70,8 @@ pub(crate) fn apply_accepted(c: &mut Credential, accepted: Accepted, now: Timest
     }
     c.consecutive_failures = 0;
     c.dead_checks = 0;
+    // A key that works is no longer cooling down.
+    c.cooldown = None;
     c.last_validated_at = Some(now);
     c.updated_at = now;
 }

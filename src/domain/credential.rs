@@ -57,6 +57,31 @@ pub struct CredentialParams {
     pub base_url: Option<String>,
 }
 
+crate::wire_enum! {
+    /// Why a key is cooling down.
+    pub enum CooldownReason {
+        /// The provider answered 429: the key waits out its `Retry-After` (bounded).
+        RateLimited = "rate_limited",
+        /// The provider said the key's quota is spent: it waits for the quota to reset.
+        QuotaExhausted = "quota_exhausted",
+    }
+}
+
+/// A key the provider refused for a while: until `until` it is tried only after its
+/// user's other keys, then as before, without anyone touching it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cooldown {
+    pub until: Timestamp,
+    pub reason: CooldownReason,
+}
+
+impl Cooldown {
+    /// Whether it still holds at `now`.
+    pub fn holds(&self, now: Timestamp) -> bool {
+        now < self.until
+    }
+}
+
 /// A credential row: everything the vault stores about one key.
 #[derive(Clone, Debug)]
 pub struct Credential {
@@ -82,6 +107,11 @@ pub struct Credential {
     /// rotation, any change), sets it back to 0.
     pub dead_checks: u32,
     pub last_validated_at: Option<Timestamp>,
+    /// Its place among its user's keys for one provider (lower first), after the
+    /// capability's default.
+    pub priority: i64,
+    /// Set while the provider refuses it for a while (rate, quota).
+    pub cooldown: Option<Cooldown>,
     /// When the key was last used (resolve, proxy); set by the audit chainer.
     pub last_used_at: Option<Timestamp>,
     /// When a revalidation sweep last claimed it: the claim its queued check must carry.

@@ -10,7 +10,8 @@ pub mod time;
 pub mod wire;
 
 pub use credential::{
-    key_hint, Credential, CredentialParams, CredentialStatus, KeyColumns, Model, Preference, Quota,
+    key_hint, Cooldown, CooldownReason, Credential, CredentialParams, CredentialStatus, KeyColumns,
+    Model, Preference, Quota,
 };
 pub use ids::{hex_bytes, BatchId, Capability, CredentialId, ProviderId, RequestId, UserId};
 pub use sealed::{KeyVersion, Sealed};

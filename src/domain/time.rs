@@ -60,6 +60,37 @@ impl Timestamp {
         format!("{}.{:03}Z", &seconds[..seconds.len() - 1], self.0 % 1000)
     }
 
+    /// Parses an RFC 3339 UTC time as the vault and providers write it:
+    /// `2026-12-01T00:00:00Z`, with optional fractional seconds (ignored).
+    pub fn parse_rfc3339(raw: &str) -> Option<Self> {
+        let raw = raw.trim().strip_suffix('Z')?;
+        let (date, time) = raw.split_once('T')?;
+        let mut d = date.split('-');
+        let year: i64 = d.next()?.parse().ok()?;
+        let month: u32 = d.next()?.parse().ok()?;
+        let day: u32 = d.next()?.parse().ok()?;
+        let time = time.split('.').next()?;
+        let mut t = time.split(':');
+        let h: u64 = t.next()?.parse().ok()?;
+        let m: u64 = t.next()?.parse().ok()?;
+        let s: u64 = t.next()?.parse().ok()?;
+        if d.next().is_some() || t.next().is_some() {
+            return None;
+        }
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || h > 23
+            || m > 59
+            || s > 60
+            || year < 1970
+        {
+            return None;
+        }
+        let days = days_from_civil(year, month, day);
+        let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + s;
+        Some(Self::from_unix_seconds(secs))
+    }
+
     /// Parses an IMF-fixdate, the form RFC 9110 requires senders to use:
     /// `Sun, 06 Nov 1994 08:49:37 GMT`.
     pub fn parse_http_date(raw: &str) -> Option<Self> {
@@ -131,6 +162,24 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_reads_back_what_the_vault_writes() {
+        let t = Timestamp::from_millis(1_764_547_200_000);
+        assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
+        assert_eq!(
+            Timestamp::parse_rfc3339("2025-12-01T00:00:00.250Z"),
+            Some(t)
+        );
+        for bad in [
+            "2025-12-01",
+            "2025-13-01T00:00:00Z",
+            "2025-12-01T00:00:00+01:00",
+            "",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn formats_rfc3339_in_utc() {

@@ -168,3 +168,84 @@ async fn pump(from: web_sys::ReadableStream, to: web_sys::WritableStream, limit:
         }
     }
 }
+
+/// A provider's answer passed on through a stream of its own, each chunk shown to `watch`
+/// (copied into the wasm to be read) after it has gone on: the caller's pace sets the pace
+/// (each write waits for the caller to take the one before), nothing is held back, and
+/// the answer's end, or its cutting off, is told through the returned future.
+pub(super) fn watched(
+    body: worker::ResponseBody,
+    watch: crate::http::Watcher,
+) -> (worker::ResponseBody, crate::http::Ended) {
+    let stream = match body {
+        worker::ResponseBody::Stream(s) => s,
+        // Held whole (or empty): shown at once.
+        worker::ResponseBody::Body(bytes) => {
+            let mut watch = watch;
+            watch(&bytes);
+            return (
+                worker::ResponseBody::Body(bytes),
+                Box::pin(futures::future::ready(true)),
+            );
+        }
+        worker::ResponseBody::Empty => {
+            return (
+                worker::ResponseBody::Empty,
+                Box::pin(futures::future::ready(true)),
+            )
+        }
+    };
+    let Ok(passed) = web_sys::TransformStream::new() else {
+        // Not watched rather than not answered: its usage is recorded incomplete.
+        return (
+            worker::ResponseBody::Stream(stream),
+            Box::pin(futures::future::ready(false)),
+        );
+    };
+    let (ended, done) = futures::channel::oneshot::channel();
+    let writable = passed.writable();
+    spawn_local(async move {
+        let whole = pass_watching(stream, writable, watch).await;
+        let _ = ended.send(whole);
+    });
+    (
+        worker::ResponseBody::Stream(passed.readable()),
+        Box::pin(async move { done.await.unwrap_or(false) }),
+    )
+}
+
+/// Moves `from` into `to` chunk by chunk, showing each to `watch`; whether it all went on.
+async fn pass_watching(
+    from: web_sys::ReadableStream,
+    to: web_sys::WritableStream,
+    mut watch: crate::http::Watcher,
+) -> bool {
+    let reader: ReadableStreamDefaultReader = from.get_reader().unchecked_into();
+    let Ok(writer) = to.get_writer() else {
+        let _ = reader.cancel();
+        return false;
+    };
+    let mut copy = Vec::new();
+    loop {
+        match next_chunk(&reader).await {
+            Ok(None) => return JsFuture::from(writer.close()).await.is_ok(),
+            Ok(Some(chunk)) => {
+                // The caller hung up: stop reading the provider's answer.
+                if JsFuture::from(writer.write_with_chunk(&chunk))
+                    .await
+                    .is_err()
+                {
+                    let _ = reader.cancel();
+                    return false;
+                }
+                copy.resize(chunk.length() as usize, 0);
+                chunk.copy_to(&mut copy);
+                watch(&copy);
+            }
+            Err(why) => {
+                let _ = JsFuture::from(writer.abort_with_reason(&JsValue::from_str(&why))).await;
+                return false;
+            }
+        }
+    }
+}

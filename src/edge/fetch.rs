@@ -11,7 +11,7 @@ use worker::{web_sys, AbortController, Delay, Fetch};
 
 use super::body::Outgoing;
 use crate::http::{
-    BodyStream, HttpClient, HttpError, HttpRequest, HttpResponse, Method, Streamed, Upstream,
+    BodyStream, Ended, HttpClient, HttpError, HttpRequest, HttpResponse, Method, Streamed, Upstream,
 };
 
 pub(super) struct FetchClient;
@@ -213,6 +213,21 @@ impl Upstream for FetchUpstream {
             Either::Right(_) => Err(HttpError::Timeout(timeout_ms)),
         };
         outcome
+    }
+
+    fn watch(&self, body: BodyStream, watch: crate::http::Watcher) -> (BodyStream, Ended) {
+        let response = match body.0.downcast::<worker::Response>() {
+            Ok(r) => r,
+            Err(other) => return (BodyStream(other), Box::pin(futures::future::ready(false))),
+        };
+        let (body, ended) = super::body::watched(response.into_parts().1, watch);
+        match worker::Response::from_body(body) {
+            Ok(r) => (BodyStream(Box::new(r)), ended),
+            Err(_) => (
+                BodyStream(Box::new(())),
+                Box::pin(futures::future::ready(false)),
+            ),
+        }
     }
 }
 

@@ -44,7 +44,7 @@ async fn fetch(req: worker::Request, env: Env, ctx: Context) -> worker::Result<w
         let handled = api::handle(&app, &request).await;
         // A caller who hung up gets nothing; the rest still runs.
         let _ = answer.send(runtime::write_response(handled.response));
-        api::finish(&app, handled.uses).await;
+        api::finish(&app, handled.uses, handled.metering).await;
         jobs::wake_deliverer(app.jobs, app.audit_log, &app::log_at).await;
     });
     answered

@@ -5,6 +5,13 @@
 mod read;
 mod sse;
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::audit::Source;
+use crate::domain::{Capability, CredentialId, ProviderId, Timestamp, UserId};
+use crate::http::{BodyStream, Ended, Upstream};
+
 pub use read::{spoken_characters, Dialect, Reader, MAX_JSON_BYTES};
 
 /// What one call used. A count the answer did not state stays 0 with `incomplete` set: a
@@ -19,4 +26,98 @@ pub struct Usage {
     pub model: Option<String>,
     /// The answer ended (or was cut) before its usage was read whole.
     pub incomplete: bool,
+}
+
+/// Whose call a metered answer served, and what its request already says.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub user: UserId,
+    pub at: Timestamp,
+    pub provider: ProviderId,
+    pub source: Source,
+    /// The user's credential that served; `None` for a system key.
+    pub credential_id: Option<CredentialId>,
+    /// The model the call was resolved with (the answer's own, when it names one, wins).
+    pub model: Option<String>,
+    /// What the call is billed by.
+    pub capability: Capability,
+    /// Text to speech: the characters the request asked to be spoken, when its body was
+    /// read (`None`: not known).
+    pub characters: Option<u64>,
+    /// Whether the answer carries a usage to read (a completion, a transcript); not a
+    /// model list, whose call alone is counted.
+    pub usage_in_answer: bool,
+}
+
+/// One proxied answer's usage, read as it is passed on ([`Watch::start`]) and told once it
+/// has gone on whole or was cut ([`Watch::finish`]), after the answer.
+pub struct Watch {
+    ended: Ended,
+    reader: Rc<RefCell<Reader>>,
+    pub call: Call,
+}
+
+impl Watch {
+    /// Passes `body` (an answer in `dialect`, of `content_type`) through `upstream`'s tap.
+    pub fn start(
+        upstream: &dyn Upstream,
+        body: BodyStream,
+        dialect: Dialect,
+        content_type: Option<&str>,
+        call: Call,
+    ) -> (BodyStream, Watch) {
+        let reader = Rc::new(RefCell::new(Reader::new(dialect, content_type)));
+        let feeding = reader.clone();
+        let (body, ended) = upstream.watch(
+            body,
+            Box::new(move |chunk| feeding.borrow_mut().feed(chunk)),
+        );
+        (
+            body,
+            Watch {
+                ended,
+                reader,
+                call,
+            },
+        )
+    }
+
+    /// Waits for the answer to have gone on (or been cut), and says what the call used.
+    pub async fn finish(self) -> (Call, Usage) {
+        let ended = self.ended.await;
+        let reader = std::mem::replace(
+            &mut *self.reader.borrow_mut(),
+            Reader::new(Dialect::OpenAi, None),
+        );
+        let mut usage = reader.finish(ended);
+        let call = self.call;
+        match call.capability {
+            // Speech is billed by the characters asked for, whatever the audio's bytes.
+            Capability::Tts => {
+                usage.characters = call.characters.unwrap_or(0);
+                usage.incomplete = !ended || call.characters.is_none();
+            }
+            // An answer that carries no usage of its own (a model list) is complete once
+            // it has gone on whole: the call itself is what is counted.
+            _ if !call.usage_in_answer => usage.incomplete = !ended,
+            _ => {}
+        }
+        if usage.model.is_none() {
+            usage.model = call.model.clone();
+        }
+        (call, usage)
+    }
+}
+
+/// The dialect of a provider's answers.
+pub fn dialect_of(provider: ProviderId) -> Dialect {
+    match provider.as_str() {
+        "anthropic" => Dialect::Anthropic,
+        "gemini" => Dialect::Gemini,
+        "deepgram" => Dialect::Deepgram,
+        "elevenlabs" => Dialect::ElevenLabs,
+        "azure_speech" => Dialect::Azure,
+        "ollama" => Dialect::Ollama,
+        _ => Dialect::OpenAi,
+    }
 }

@@ -315,6 +315,7 @@ impl CredentialStore for MemoryStore {
             row.models_fetched_at = c.models_fetched_at;
             row.consecutive_failures = c.consecutive_failures;
             row.dead_checks = c.dead_checks;
+            row.cooldown = c.cooldown;
             row.last_validated_at = c.last_validated_at;
             row.updated_at = c.updated_at;
         })

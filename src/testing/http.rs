@@ -158,4 +158,19 @@ impl crate::http::Upstream for FakeHttp<'_> {
         }
         Ok(bytes)
     }
+
+    /// The whole body goes by at once, in chunks of 7 bytes (so a reader meets events
+    /// split across chunks), and it always ends whole.
+    fn watch(
+        &self,
+        body: crate::http::BodyStream,
+        mut watch: crate::http::Watcher,
+    ) -> (crate::http::BodyStream, crate::http::Ended) {
+        let bytes = *body.0.downcast::<Vec<u8>>().expect("a fake body");
+        bytes.chunks(7).for_each(&mut *watch);
+        (
+            crate::http::BodyStream(Box::new(bytes)),
+            Box::pin(futures::future::ready(true)),
+        )
+    }
 }

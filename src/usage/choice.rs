@@ -15,7 +15,9 @@
 //! the row names (`base_url`: Ollama) is never used at all until a check succeeds there:
 //! the endpoint is the importer's choice, not the user's.
 
-use crate::domain::{Capability, Credential, CredentialId, CredentialStatus, ProviderId};
+use crate::domain::{
+    Capability, Credential, CredentialId, CredentialStatus, ProviderId, Timestamp,
+};
 use crate::providers;
 use crate::system_keys::FallbackPolicy;
 
@@ -51,10 +53,14 @@ pub struct Default {
 /// What a call may use, as far as the user's own keys decide it.
 #[derive(Debug)]
 pub enum Decision<'c> {
-    /// The user's credential, with the model to use.
+    /// The user's credential, with the model to use; `then`, the user's other keys for
+    /// the same provider that may take over (in order) when the provider refuses it;
+    /// `skipped`, the keys passed over because they are cooling down while another serves.
     User {
         credential: &'c Credential,
         model: Option<String>,
+        then: Vec<&'c Credential>,
+        skipped: Vec<&'c Credential>,
     },
     /// The system key of `provider` (of the first provider with one that offers the
     /// capability, when `None`), if there is one; else nothing, for `missing`.
@@ -100,11 +106,22 @@ fn names_its_endpoint(c: &Credential) -> bool {
         || providers::find(c.provider.as_str()).is_some_and(|p| p.info().has_field("base_url"))
 }
 
-/// A credential that may serve a call: not dead, and not an unconfirmed row at an endpoint
-/// its importer chose.
-pub fn is_usable(c: &Credential) -> bool {
+/// A credential that may serve a call at `now`: not dead, and not an unconfirmed row at an
+/// endpoint its importer chose. A key whose quota ran out is dead until its cooldown (the
+/// quota's reset) has passed, then tried again; one without a cooldown waits for a check.
+pub fn is_usable(c: &Credential, now: Timestamp) -> bool {
     let unconfirmed_elsewhere = c.status == CredentialStatus::Unverified && names_its_endpoint(c);
-    !is_dead(c.status) && !unconfirmed_elsewhere
+    let dead = match c.status {
+        CredentialStatus::QuotaExhausted => c.cooldown.is_none_or(|d| d.holds(now)),
+        status => is_dead(status),
+    };
+    !dead && !unconfirmed_elsewhere
+}
+
+/// Whether a usable key is cooling down at `now` (the provider rate-limited it): it is
+/// tried only after its user's other keys.
+fn is_cooling(c: &Credential, now: Timestamp) -> bool {
+    c.cooldown.is_some_and(|d| d.holds(now))
 }
 
 /// How a usable credential ranks (lower first): a key that works, then one its user added
@@ -117,13 +134,22 @@ fn rank(status: CredentialStatus) -> u8 {
     }
 }
 
+/// The keys that take over, in order: those not cooling down, then the cooling ones (a
+/// cooling key is still the user's, tried after all their others rather than not at all).
+fn then_with<'c>(mut then: Vec<&'c Credential>, cooling: &[&'c Credential]) -> Vec<&'c Credential> {
+    then.extend_from_slice(cooling);
+    then
+}
+
 fn serves(provider: ProviderId, capability: Capability) -> bool {
     providers::find(provider.as_str()).is_some_and(|p| p.info().capabilities.contains(&capability))
 }
 
-/// Decides which key a call uses, from the user's `credentials` and `default` for the
-/// capability. A `System` decision still needs the system key looked up.
+/// Decides which key a call uses at `now`, from the user's `credentials` and `default` for
+/// the capability, and which of the user's keys take over, in order, if the provider refuses
+/// it. A `System` decision still needs the system key looked up.
 pub fn decide<'c>(
+    now: Timestamp,
     policy: FallbackPolicy,
     ask: &Ask<'_>,
     credentials: &'c [Credential],
@@ -172,7 +198,7 @@ pub fn decide<'c>(
                 FallbackReason::PolicySystemOnly,
                 Vec::new(),
             )
-        } else if !is_usable(c) {
+        } else if !is_usable(c, now) {
             fallback(
                 Some(c.provider),
                 model,
@@ -183,6 +209,8 @@ pub fn decide<'c>(
             Decision::User {
                 credential: c,
                 model,
+                then: Vec::new(),
+                skipped: Vec::new(),
             }
         };
     }
@@ -204,7 +232,7 @@ pub fn decide<'c>(
     // A dead default does not pin the provider: the user's other keys come first. An
     // unconfirmed one the user chose as default is theirs to choose (unless its endpoint
     // is the importer's).
-    let live_default = default_credential.filter(|c| is_usable(c));
+    let live_default = default_credential.filter(|c| is_usable(c, now));
     let provider = ask.provider.or(live_default.map(|c| c.provider));
     let candidates: Vec<&Credential> = credentials
         .iter()
@@ -213,23 +241,42 @@ pub fn decide<'c>(
             None => serves(c.provider, ask.capability),
         })
         .collect();
-    // A valid key first, then any other usable one its user added or confirmed, then one
-    // no check has confirmed; newest first within each.
-    let pick = |of: &dyn Fn(&Credential) -> bool| {
-        candidates
+    // The order keys are tried in: one not cooling down first; then the default; then,
+    // by the user's `priority`, a valid key, any other usable one its user added or
+    // confirmed, one no check has confirmed (never ahead of the user's own, whatever its
+    // priority); newest first within each (the stable sort keeps the store's order).
+    let is_default = |c: &Credential| live_default.is_some_and(|d| d.id == c.id);
+    let mut pool: Vec<&Credential> = candidates
+        .iter()
+        .copied()
+        .filter(|c| is_usable(c, now))
+        .collect();
+    pool.sort_by_key(|c| {
+        (
+            is_cooling(c, now),
+            !is_default(c),
+            c.status == CredentialStatus::Unverified,
+            c.priority,
+            rank(c.status),
+        )
+    });
+    // No provider asked: the dead default's provider still comes first, then any other.
+    let chosen = pool
+        .iter()
+        .copied()
+        .find(|c| default_credential.is_some_and(|d| d.provider == c.provider))
+        .or_else(|| pool.first().copied());
+    if let Some(c) = chosen {
+        let (skipped, then) = pool
             .iter()
             .copied()
-            .filter(|c| of(c) && is_usable(c))
-            .min_by_key(|c| rank(c.status))
-    };
-    let chosen = live_default
-        // The dead default's provider still comes first, then any other.
-        .or_else(|| pick(&|c| default_credential.is_some_and(|d| d.provider == c.provider)))
-        .or_else(|| pick(&|_| true));
-    if let Some(c) = chosen {
+            .filter(|o| o.provider == c.provider && o.id != c.id)
+            .partition(|o| is_cooling(o, now) && !is_cooling(c, now));
         return Decision::User {
             credential: c,
             model: model_of(c),
+            then: then_with(then, &skipped),
+            skipped,
         };
     }
     // Nothing of the user's can serve: the system key of the provider asked for (or of
@@ -246,7 +293,11 @@ pub fn decide<'c>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{CredentialParams, Timestamp, UserId};
+    use crate::domain::{CredentialParams, UserId};
+
+    fn t0() -> Timestamp {
+        Timestamp::from_millis(1_800_000_000_000)
+    }
     use FallbackPolicy::{SystemOnly, UserOnly, UserThenSystem};
 
     fn credential(n: u8, provider: &str, status: CredentialStatus) -> Credential {
@@ -270,6 +321,8 @@ mod tests {
             consecutive_failures: 0,
             dead_checks: 0,
             last_validated_at: None,
+            priority: 0,
+            cooldown: None,
             last_used_at: None,
             revalidation_queued_at: None,
             import_batch: None,
@@ -340,10 +393,11 @@ mod tests {
             credential_id: None,
             allow_fallback: allow,
         };
-        match decide(policy, &ask, &creds, default.as_ref()) {
+        match decide(t0(), policy, &ask, &creds, default.as_ref()) {
             Decision::User {
                 credential,
                 model: m,
+                ..
             } => {
                 let n = (1..=3)
                     .find(|n| credential.id == CredentialId::from_random([*n; 16]))
@@ -448,15 +502,16 @@ mod tests {
         };
         // The default's provider is chosen; its dead key gives way to a usable one.
         let Decision::User { credential, .. } =
-            decide(UserThenSystem, &ask, &creds, Some(&default))
+            decide(t0(), UserThenSystem, &ask, &creds, Some(&default))
         else {
             panic!()
         };
         assert_eq!(credential.id, creds[2].id);
         // Asked for another provider: the default does not count.
         ask.provider = Some(id("openai"));
-        let Decision::User { credential, model } =
-            decide(UserThenSystem, &ask, &creds, Some(&default))
+        let Decision::User {
+            credential, model, ..
+        } = decide(t0(), UserThenSystem, &ask, &creds, Some(&default))
         else {
             panic!()
         };
@@ -473,7 +528,7 @@ mod tests {
         let some_live = [creds[0].clone(), creds[1].clone()];
         ask.provider = None;
         let Decision::User { credential, .. } =
-            decide(UserThenSystem, &ask, &some_live, Some(&dead_default))
+            decide(t0(), UserThenSystem, &ask, &some_live, Some(&dead_default))
         else {
             panic!()
         };
@@ -481,13 +536,14 @@ mod tests {
         // ... and when nothing of the user's lives, the default's provider falls back.
         let all_dead = [creds[1].clone()];
         assert!(matches!(
-            decide(UserThenSystem, &ask, &all_dead, Some(&dead_default)),
+            decide(t0(), UserThenSystem, &ask, &all_dead, Some(&dead_default)),
             Decision::System { provider: Some(p), reason: FallbackReason::UserCredentialInvalid, .. }
                 if p.as_str() == "anthropic"
         ));
         // No provider and no default: a valid key of any provider with the capability.
         ask.provider = None;
-        let Decision::User { credential, .. } = decide(UserThenSystem, &ask, &creds, None) else {
+        let Decision::User { credential, .. } = decide(t0(), UserThenSystem, &ask, &creds, None)
+        else {
             panic!()
         };
         assert_eq!(credential.id, creds[0].id);
@@ -510,19 +566,20 @@ mod tests {
             providers::find(p).unwrap().info().id
         }
         assert!(matches!(
-            decide(UserThenSystem, &ask(&creds[0].id, None), &creds, None),
+            decide(t0(), UserThenSystem, &ask(&creds[0].id, None), &creds, None),
             Decision::User { credential, .. } if credential.id == creds[0].id
         ));
         assert!(matches!(
-            decide(UserThenSystem, &ask(&creds[1].id, None), &creds, None),
+            decide(t0(), UserThenSystem, &ask(&creds[1].id, None), &creds, None),
             Decision::System { reason: FallbackReason::UserCredentialInvalid, provider: Some(p), .. } if p.as_str() == "openai"
         ));
         assert!(matches!(
-            decide(UserOnly, &ask(&creds[1].id, None), &creds, None),
+            decide(t0(), UserOnly, &ask(&creds[1].id, None), &creds, None),
             Decision::Nothing(Missing { ref skipped, .. }) if skipped.len() == 1
         ));
         assert!(matches!(
             decide(
+                t0(),
                 UserThenSystem,
                 &ask(&creds[0].id, Some("anthropic")),
                 &creds,
@@ -531,13 +588,19 @@ mod tests {
             Decision::Mismatch(_)
         ));
         assert!(matches!(
-            decide(UserThenSystem, &ask(&creds[2].id, None), &creds, None),
+            decide(t0(), UserThenSystem, &ask(&creds[2].id, None), &creds, None),
             Decision::Mismatch(_)
         ));
         // Another user's (or a deleted) credential is simply not there.
         let gone = CredentialId::from_random([9; 16]);
         assert!(matches!(
-            decide(UserThenSystem, &ask(&gone, Some("openai")), &creds, None),
+            decide(
+                t0(),
+                UserThenSystem,
+                &ask(&gone, Some("openai")),
+                &creds,
+                None
+            ),
             Decision::Unknown
         ));
     }
@@ -696,7 +759,7 @@ mod tests {
                 credential_id: id_of(n),
                 model: None,
             });
-            let got = match decide(UserThenSystem, &ask, &held, default.as_ref()) {
+            let got = match decide(t0(), UserThenSystem, &ask, &held, default.as_ref()) {
                 Decision::User { credential, .. } => Some(
                     c.held
                         .iter()

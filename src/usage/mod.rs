@@ -53,6 +53,11 @@ pub struct KeyInUse {
     /// Where the key is used: the credential's region and base URL, or the system key's
     /// (`SYSTEM_KEY_<PROVIDER>_REGION`, `…_BASE_URL`).
     pub params: CredentialParams,
+    /// The user's other keys for the provider that may take over, in the order they are
+    /// tried, when the provider refuses this one (already read: no further D1 read).
+    pub then: Vec<Credential>,
+    /// The user's keys passed over because they are cooling down while this one serves.
+    pub skipped: Vec<Credential>,
 }
 
 impl KeyUse<'_> {
@@ -91,7 +96,15 @@ impl KeyUse<'_> {
         });
         // A key that no longer decrypts is as dead as a refused one: decide again without it.
         for _ in 0..=held.len() {
-            let dead = match decide(self.config.fallback_policy, ask, &held, default.as_ref()) {
+            let now = self.clock.now();
+            let decided = decide(
+                now,
+                self.config.fallback_policy,
+                ask,
+                &held,
+                default.as_ref(),
+            );
+            let dead = match decided {
                 Decision::Mismatch(why) => {
                     return Err(Error::Invalid(vec![FieldError::new("credential_id", why)]))
                 }
@@ -127,6 +140,8 @@ impl KeyUse<'_> {
                         fallback_reason: Some(reason),
                         tier: Some(found.tier),
                         key: found.key,
+                        then: Vec::new(),
+                        skipped: Vec::new(),
                         params: self
                             .config
                             .system_key_params
@@ -135,21 +150,18 @@ impl KeyUse<'_> {
                             .unwrap_or_default(),
                     });
                 }
-                Decision::User { credential, model } => {
+                Decision::User {
+                    credential,
+                    model,
+                    then,
+                    skipped,
+                } => {
                     record::user_credential(facts, credential);
-                    match open_stored(master_keys(self.config)?, credential, self.log) {
-                        Some(key) => {
-                            record::user_key(facts, &model);
-                            return Ok(KeyInUse {
-                                source: Source::User,
-                                provider: credential.provider,
-                                model,
-                                credential: Some(credential.clone()),
-                                fallback_reason: None,
-                                tier: None,
-                                key,
-                                params: credential.params.clone(),
-                            });
+                    match self.open(credential, model, facts)? {
+                        Some(mut key) => {
+                            key.then = then.into_iter().cloned().collect();
+                            key.skipped = skipped.into_iter().cloned().collect();
+                            return Ok(key);
                         }
                         None => credential.id.clone(),
                     }
@@ -160,6 +172,52 @@ impl KeyUse<'_> {
             }
         }
         Err(Error::internal("resolution did not settle"))
+    }
+
+    /// The key of the user's `credential`, to serve with `model`; `None` when it no longer
+    /// decrypts (the note says so, never the key).
+    fn open(
+        &self,
+        credential: &Credential,
+        model: Option<String>,
+        facts: &mut Facts,
+    ) -> Result<Option<KeyInUse>, Error> {
+        let Some(key) = open_stored(master_keys(self.config)?, credential, self.log) else {
+            return Ok(None);
+        };
+        record::user_key(facts, &model);
+        Ok(Some(KeyInUse {
+            source: Source::User,
+            provider: credential.provider,
+            model,
+            credential: Some(credential.clone()),
+            fallback_reason: None,
+            tier: None,
+            key,
+            params: credential.params.clone(),
+            then: Vec::new(),
+            skipped: Vec::new(),
+        }))
+    }
+
+    /// The next of the user's keys to take over from `key`, which the provider refused
+    /// before any byte of its answer was passed on: the first of `key.then` that opens,
+    /// with the rest still to come after it. `facts` is the new attempt's event.
+    pub fn next_key(
+        &self,
+        key: &mut KeyInUse,
+        facts: &mut Facts,
+    ) -> Result<Option<KeyInUse>, Error> {
+        while !key.then.is_empty() {
+            let credential = key.then.remove(0);
+            record::user_credential(facts, &credential);
+            let model = credential.model.clone();
+            if let Some(mut next) = self.open(&credential, model, facts)? {
+                next.then = std::mem::take(&mut key.then);
+                return Ok(Some(next));
+            }
+        }
+        Ok(None)
     }
 
     /// The system key of `provider`, or of the first provider offering the capability that

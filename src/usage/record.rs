@@ -53,9 +53,17 @@ pub(super) fn system_key(
     }));
 }
 
-/// A proxied call reached the provider: which operation, and the status it answered.
-pub fn proxied(facts: &mut Facts, key: &KeyInUse, operation: &Operation, status: u16) {
+/// A proxied call reached the provider: which operation, the status it answered, and which
+/// of the keys tried it was (1 unless a failover moved on from refused ones).
+pub fn proxied(
+    facts: &mut Facts,
+    key: &KeyInUse,
+    operation: &Operation,
+    status: u16,
+    attempt: u32,
+) {
     facts.detail = Some(json!({
+        "attempt": attempt,
         "operation": format!("{} {}", operation.method.as_str(), operation.path),
         "status": status,
         "model": key.model,

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::KeyUse;
 use crate::audit::{Action, Facts, Origin};
 use crate::credentials::Written;
-use crate::domain::{Credential, CredentialStatus};
+use crate::domain::{Cooldown, CooldownReason, Credential, CredentialStatus, Timestamp};
 use crate::error::Error;
 
 /// How a call's provider answered a key in use, as far as the key's health goes.
@@ -14,9 +14,18 @@ use crate::error::Error;
 pub enum Verdict {
     /// The key was refused (401/403): it is dead.
     Refused,
-    /// The key has no quota left.
+    /// The key has no quota left: it cools down until the quota resets (or an hour).
     QuotaExhausted,
 }
+
+/// How long a key the provider rate-limited waits at most, whatever its `Retry-After`
+/// says, and at least (a 429 without one).
+const RATE_COOLDOWN_MAX_MS: u64 = 15 * 60 * 1000;
+const RATE_COOLDOWN_MIN_MS: u64 = 1000;
+/// How long a spent key waits when the provider does not say when its quota resets.
+const QUOTA_COOLDOWN_MS: u64 = 60 * 60 * 1000;
+/// The furthest reset a spent key's cooldown believes (a month and a day).
+const QUOTA_COOLDOWN_MAX_MS: u64 = 32 * 24 * 60 * 60 * 1000;
 
 impl KeyUse<'_> {
     /// A provider refused the user's key in use (or said it ran out): the credential
@@ -48,6 +57,19 @@ impl KeyUse<'_> {
         c.consecutive_failures = c.consecutive_failures.saturating_add(1);
         c.last_validated_at = Some(now);
         c.updated_at = now;
+        if verdict == Verdict::QuotaExhausted {
+            // Until the quota resets, as far as the provider said when; else an hour.
+            let reset = c
+                .quota
+                .as_ref()
+                .and_then(|q| q.resets_at.as_deref())
+                .and_then(Timestamp::parse_rfc3339)
+                .filter(|at| *at > now && now.millis_until(*at) <= QUOTA_COOLDOWN_MAX_MS);
+            c.cooldown = Some(Cooldown {
+                until: reset.unwrap_or(now.plus_millis(QUOTA_COOLDOWN_MS)),
+                reason: CooldownReason::QuotaExhausted,
+            });
+        }
         let mut facts = Facts::new(Action::CredentialValidated);
         facts.about(&c.id, Some(c.provider));
         facts.detail = Some(json!({"previous_status": from, "new_status": status, "in_use": true}));
@@ -57,5 +79,30 @@ impl KeyUse<'_> {
             // Changed or gone meanwhile: whatever landed is newer than this verdict.
             Written::Conflict | Written::Missing => Ok(None),
         }
+    }
+
+    /// The provider rate-limited the user's key in use: it cools down for `wait_ms`
+    /// (bounded), tried after its user's other keys until then. Its status stays: a 429
+    /// says nothing against the key. Not written if the row changed since it was read.
+    pub async fn cool_down(
+        &self,
+        credential: &Credential,
+        wait_ms: Option<u64>,
+    ) -> Result<(), Error> {
+        let wait = wait_ms
+            .unwrap_or(RATE_COOLDOWN_MIN_MS)
+            .clamp(RATE_COOLDOWN_MIN_MS, RATE_COOLDOWN_MAX_MS);
+        let Some(mut c) = self.store.get(&credential.user_id, &credential.id).await? else {
+            return Ok(());
+        };
+        if c.version != credential.version {
+            return Ok(());
+        }
+        c.cooldown = Some(Cooldown {
+            until: self.clock.now().plus_millis(wait),
+            reason: CooldownReason::RateLimited,
+        });
+        self.store.record_check(&c, None).await?;
+        Ok(())
     }
 }

@@ -48,7 +48,7 @@ fn config_with(master: bool, extra: &[(&str, &str)]) -> Config {
 /// does under `waitUntil`.
 async fn handle_all(app: &App<'_>, request: &Request) -> Response {
     let handled = handle(app, request).await;
-    finish(app, handled.uses).await;
+    finish(app, handled.uses, handled.metering).await;
     handled.response
 }
 

@@ -1095,3 +1095,190 @@ fn every_429_the_vault_answers_itself_says_when_to_come_back() {
         assert!(r.header("retry-after").is_some(), "{}", e.code);
     }
 }
+
+/// The key an upstream request carried (ElevenLabs' `xi-api-key`).
+fn key_sent(sent: &crate::testing::Sent) -> &str {
+    sent.1
+        .iter()
+        .find(|(n, _)| n == "xi-api-key")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default()
+}
+
+impl World {
+    /// `u_a` holds two ElevenLabs keys: KEY (older) and KEY2 (newer); their ids.
+    fn two_keys(&self) -> (String, String) {
+        let first = self.added();
+        let (s, body, _) = self.add_key("u_a", KEY2, valid());
+        assert_eq!(s, 201, "{body}");
+        (first, body["credential"]["id"].as_str().unwrap().to_owned())
+    }
+
+    fn row(&self, id: &str) -> Credential {
+        self.store
+            .rows
+            .borrow()
+            .iter()
+            .find(|c| c.id.as_str() == id)
+            .unwrap()
+            .clone()
+    }
+}
+
+const TTS: &str = "/v1/proxy/elevenlabs/v1/text-to-speech/voice123";
+/// The test body's length: a body framed by its length is kept for a failover.
+const FRAMED: (&str, &str) = ("content-length", "16");
+
+#[test]
+fn a_rate_limited_key_gives_way_to_the_next_within_the_request_and_cools_down() {
+    let w = world(&[]);
+    let (older, newer) = w.two_keys();
+    let limited = respond_with(
+        429,
+        &[("retry-after", "30")],
+        r#"{"detail":{"status":"too_many_concurrent_requests"}}"#,
+    );
+    let (r, sent, bodies) = w.proxy("POST", TTS, &[FRAMED], vec![limited, respond(200, "ID3")]);
+    assert_eq!(r.status, 200);
+    // The newest key was tried first, refused, and the older one served.
+    assert_eq!(sent.len(), 2);
+    assert_eq!((key_sent(&sent[0]), key_sent(&sent[1])), (KEY2, KEY));
+    // Both were sent the caller's whole body.
+    assert_eq!(bodies, vec![br#"{"text":"Hello"}"#.to_vec(); 2]);
+    assert_eq!(r.header("x-byok-credential-id"), Some(older.as_str()));
+    assert_eq!(r.header("x-byok-attempts"), Some("2"));
+    // One use per key tried.
+    let uses = w.uses();
+    assert_eq!(uses.len(), 2, "{uses:?}");
+    assert_eq!(uses[0].0, "success");
+    assert_eq!(
+        (uses[1].0.as_str(), uses[1].1.as_deref()),
+        ("failure", Some("provider_rate_limited"))
+    );
+    // The refused key cools down for its Retry-After, its status untouched.
+    let cooled = w.row(&newer);
+    let cooldown = cooled.cooldown.expect("a cooldown");
+    assert_eq!(cooldown.reason, crate::domain::CooldownReason::RateLimited);
+    // (The fake provider's answers took a moment of the fake clock since.)
+    let left = w.clock.now().millis_until(cooldown.until);
+    assert!((29_000..=30_000).contains(&left), "{left}");
+    assert_eq!(cooled.status, crate::domain::CredentialStatus::Valid);
+
+    // While it cools, the other key is tried first, and the next answer says which was
+    // passed over.
+    let (r, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+    assert_eq!((r.status, key_sent(&sent[0])), (200, KEY));
+    assert_eq!(r.header("x-byok-attempts"), Some("1"));
+    assert_eq!(r.header("x-byok-skipped"), Some(newer.as_str()));
+    // After its cooldown it is first again, without anyone touching it.
+    w.clock.advance(31_000);
+    let (_, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+    assert_eq!(key_sent(&sent[0]), KEY2);
+}
+
+#[test]
+fn a_bad_or_spent_key_gives_way_and_a_spent_one_cools_until_its_quota_resets() {
+    let w = world(&[]);
+    let (_, newer) = w.two_keys();
+    let quota =
+        r#"{"detail":{"status":"quota_exceeded","message":"This request exceeds your quota."}}"#;
+    let (r, sent, _) = w.proxy(
+        "POST",
+        TTS,
+        &[FRAMED],
+        vec![respond(401, quota), respond(200, "ID3")],
+    );
+    assert_eq!((r.status, sent.len()), (200, 2));
+    let spent = w.row(&newer);
+    assert_eq!(
+        spent.status,
+        crate::domain::CredentialStatus::QuotaExhausted
+    );
+    let cooldown = spent.cooldown.expect("a cooldown");
+    assert_eq!(
+        cooldown.reason,
+        crate::domain::CooldownReason::QuotaExhausted
+    );
+    assert!(w.clock.now().millis_until(cooldown.until) > 0);
+    // A spent key is not tried while it cools.
+    let (_, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+    assert_eq!((sent.len(), key_sent(&sent[0])), (1, KEY));
+
+    // A key the provider refuses as bad is marked and the next serves.
+    let w = world(&[]);
+    let (older, newer) = w.two_keys();
+    let bad = r#"{"detail":{"status":"invalid_api_key","message":"Invalid API key"}}"#;
+    let (r, _, _) = w.proxy(
+        "POST",
+        TTS,
+        &[FRAMED],
+        vec![respond(401, bad), respond(200, "ID3")],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-byok-credential-id"), Some(older.as_str()));
+    assert_eq!(
+        w.row(&newer).status,
+        crate::domain::CredentialStatus::InvalidKey
+    );
+}
+
+#[test]
+fn failover_stops_at_the_limit_and_a_streamed_body_gets_one_key() {
+    let limited = || {
+        respond_with(
+            429,
+            &[("retry-after", "5")],
+            r#"{"detail":{"status":"too_many_concurrent_requests"}}"#,
+        )
+    };
+    // PROXY_MAX_ATTEMPTS = 1: the refusal is the answer.
+    let w = world(&[("PROXY_MAX_ATTEMPTS", "1")]);
+    w.two_keys();
+    let (r, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![limited()]);
+    assert_eq!((r.status, sent.len()), (429, 1));
+    assert_eq!(r.header("x-byok-attempts"), Some("1"));
+    // A body of unknown length streams through: no failover.
+    let w = world(&[]);
+    w.two_keys();
+    let (r, sent, _) = w.proxy("POST", TTS, &[], vec![limited()]);
+    assert_eq!((r.status, sent.len()), (429, 1));
+    // Every key refused: the last refusal is the answer, each use audited.
+    let w = world(&[]);
+    w.two_keys();
+    let (r, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![limited(), limited()]);
+    assert_eq!((r.status, sent.len()), (429, 2));
+    assert_eq!(r.header("x-byok-attempts"), Some("2"));
+    assert_eq!(w.uses().len(), 2);
+}
+
+#[test]
+fn priority_orders_a_users_keys_and_the_default_comes_first() {
+    let w = world(&[]);
+    let (older, newer) = w.two_keys();
+    // Newest first when nothing is set; a lower priority goes first.
+    let (s, body) = w.patch(&older, json!({"priority": -1}), vec![]);
+    assert_eq!((s, &body["priority"]), (200, &json!(-1)), "{body}");
+    let (_, sent, _) = w.proxy("POST", TTS, &[], vec![respond(200, "ID3")]);
+    assert_eq!(key_sent(&sent[0]), KEY);
+    // The capability's default goes before any priority.
+    let (s, body, _) = w.call(
+        "PUT",
+        "/v1/preferences/tts",
+        Some("u_a"),
+        Some(json!({"credential_id": newer})),
+        vec![],
+    );
+    assert_eq!(s, 200, "{body}");
+    let (_, sent, _) = w.proxy("POST", TTS, &[], vec![respond(200, "ID3")]);
+    assert_eq!(key_sent(&sent[0]), KEY2);
+    // A priority must be a whole number in range; nothing changes otherwise.
+    for bad in [json!(1.5), json!("1"), json!(10_000_000)] {
+        let (s, body) = w.patch(&older, json!({"priority": bad}), vec![]);
+        assert_eq!(
+            (s, &body["code"]),
+            (400, &json!("invalid_request")),
+            "{body}"
+        );
+    }
+    assert_eq!(w.row(&older).priority, -1);
+}

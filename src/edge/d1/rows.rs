@@ -7,8 +7,8 @@ use worker::wasm_bindgen::JsValue;
 
 use crate::domain::StoreError;
 use crate::domain::{
-    BatchId, Credential, CredentialId, CredentialParams, CredentialStatus, KeyColumns, ProviderId,
-    Timestamp, UserId,
+    BatchId, Cooldown, CooldownReason, Credential, CredentialId, CredentialParams,
+    CredentialStatus, KeyColumns, ProviderId, Timestamp, UserId,
 };
 use crate::providers;
 
@@ -26,11 +26,11 @@ fn sealed_columns(c: &Credential) -> [Value; 3] {
     }
 }
 
-/// The columns a re-check owns: the last 10 of [`MUTABLE`].
-pub(super) const CHECK_COLUMNS: usize = 10;
+/// The columns a re-check (or a key's use) owns: the last 12 of [`MUTABLE`].
+pub(super) const CHECK_COLUMNS: usize = 12;
 
 /// The columns a credential's life changes, in the order of [`mutable_values`].
-pub(super) const MUTABLE: [&str; 19] = [
+pub(super) const MUTABLE: [&str; 22] = [
     "label",
     "key_hint",
     "key_version",
@@ -39,6 +39,7 @@ pub(super) const MUTABLE: [&str; 19] = [
     "fingerprint",
     "params",
     "model",
+    "priority",
     "import_batch_id",
     "status",
     "status_detail",
@@ -48,6 +49,8 @@ pub(super) const MUTABLE: [&str; 19] = [
     "models_fetched_at",
     "consecutive_failures",
     "dead_checks",
+    "cooldown_until",
+    "cooldown_reason",
     "last_validated_at",
     "updated_at",
 ];
@@ -63,7 +66,7 @@ fn opt<T: Into<Value>>(v: Option<T>) -> Value {
 
 /// The values of [`MUTABLE`], as JSON: bound one by one to a statement, or carried many
 /// rows at a time in one bound JSON text (an import).
-pub(super) fn mutable_values(c: &Credential) -> [Value; 19] {
+pub(super) fn mutable_values(c: &Credential) -> [Value; 22] {
     let [version, nonce, ciphertext] = sealed_columns(c);
     [
         opt(c.label.clone()),
@@ -74,6 +77,7 @@ pub(super) fn mutable_values(c: &Credential) -> [Value; 19] {
         opt(c.fingerprint.clone()),
         json_text(&c.params),
         opt(c.model.clone()),
+        Value::from(c.priority),
         opt(c.import_batch.as_ref().map(|b| b.as_str().to_owned())),
         Value::from(c.status.as_str()),
         opt(c.status_detail.clone()),
@@ -83,6 +87,8 @@ pub(super) fn mutable_values(c: &Credential) -> [Value; 19] {
         opt(c.models_fetched_at.map(Timestamp::as_millis)),
         Value::from(c.consecutive_failures),
         Value::from(c.dead_checks),
+        opt(c.cooldown.map(|d| d.until.as_millis())),
+        opt(c.cooldown.map(|d| d.reason.as_str())),
         opt(c.last_validated_at.map(Timestamp::as_millis)),
         Value::from(c.updated_at.as_millis()),
     ]
@@ -107,7 +113,7 @@ pub(super) const COLUMNS: &str =
     "id, user_id, provider, label, key_hint, key_version, nonce, ciphertext, \
     fingerprint, params, model, status, status_detail, warnings, quota, models, models_fetched_at, \
     consecutive_failures, last_validated_at, created_at, updated_at, version, last_used_at, \
-    revalidation_queued_at, import_batch_id, dead_checks";
+    revalidation_queued_at, import_batch_id, dead_checks, priority, cooldown_until, cooldown_reason";
 
 pub(super) struct Row {
     id: String,
@@ -129,6 +135,9 @@ pub(super) struct Row {
     models_fetched_at: Option<f64>,
     consecutive_failures: Option<f64>,
     dead_checks: Option<f64>,
+    priority: Option<f64>,
+    cooldown_until: Option<f64>,
+    cooldown_reason: Option<String>,
     last_validated_at: Option<f64>,
     created_at: f64,
     updated_at: f64,
@@ -168,6 +177,9 @@ impl Row {
             models_fetched_at: c.opt_num("models_fetched_at"),
             consecutive_failures: c.opt_num("consecutive_failures"),
             dead_checks: c.opt_num("dead_checks"),
+            priority: c.opt_num("priority"),
+            cooldown_until: c.opt_num("cooldown_until"),
+            cooldown_reason: c.opt_text("cooldown_reason"),
             last_validated_at: c.opt_num("last_validated_at"),
             created_at: c.num("created_at"),
             updated_at: c.num("updated_at"),
@@ -214,6 +226,16 @@ impl Row {
             models_fetched_at: self.models_fetched_at.map(ms),
             consecutive_failures: self.consecutive_failures.unwrap_or(0.0) as u32,
             dead_checks: self.dead_checks.unwrap_or(0.0) as u32,
+            priority: self.priority.unwrap_or(0.0) as i64,
+            cooldown: match (self.cooldown_until, self.cooldown_reason.as_deref()) {
+                (Some(until), Some(reason)) => {
+                    CooldownReason::parse(reason).map(|reason| Cooldown {
+                        until: ms(until),
+                        reason,
+                    })
+                }
+                _ => None,
+            },
             last_validated_at: self.last_validated_at.map(ms),
             last_used_at: self.last_used_at.map(ms),
             revalidation_queued_at: self.revalidation_queued_at.map(ms),

@@ -94,6 +94,12 @@ pub(super) async fn resolve(ctx: &ServiceCtx<'_>) -> Outcome {
                 "api_key": key.key.expose(),
                 "params": {"region": key.params.region, "base_url": key.params.base_url},
                 "system_key_tier": key.tier,
+                // The user's keys passed over because they are cooling down.
+                "skipped": key.skipped.iter().map(|c| json!({
+                    "credential_id": c.id,
+                    "reason": c.cooldown.map(|d| d.reason.as_str()),
+                    "until": c.cooldown.map(|d| d.until.to_rfc3339()),
+                })).collect::<Vec<_>>(),
             }),
         ))
     }

@@ -1282,3 +1282,27 @@ fn priority_orders_a_users_keys_and_the_default_comes_first() {
     }
     assert_eq!(w.row(&older).priority, -1);
 }
+
+#[test]
+fn resolve_never_hands_out_a_cooling_key_while_another_serves_and_says_which_it_skipped() {
+    let w = world(&[]);
+    let (older, newer) = w.two_keys();
+    let limited = respond_with(
+        429,
+        &[("retry-after", "60")],
+        r#"{"detail":{"status":"too_many_concurrent_requests"}}"#,
+    );
+    w.proxy("POST", TTS, &[FRAMED], vec![limited, respond(200, "ID3")]);
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"tts"}));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        (body["credential_id"].as_str(), body["api_key"].as_str()),
+        (Some(older.as_str()), Some(KEY))
+    );
+    assert_eq!(body["skipped"][0]["credential_id"], newer.as_str());
+    assert_eq!(body["skipped"][0]["reason"], "rate_limited");
+    // Its cooldown over, nothing is skipped.
+    w.clock.advance(61_000);
+    let (_, body) = w.resolve(json!({"user_id":"u_a","capability":"tts"}));
+    assert_eq!(body["skipped"], json!([]));
+}

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS credentials (
   dead_checks          INTEGER NOT NULL DEFAULT 0, -- scheduled checks in a row that found it dead
   priority             INTEGER NOT NULL DEFAULT 0, -- order among the user's keys (lower first)
   cooldown_until       INTEGER,                    -- skipped after the user's others until then (ms)
-  cooldown_reason      TEXT                        -- rate_limited | quota_exhausted
+  cooldown_reason      TEXT,                       -- rate_limited | quota_exhausted
+  budget               TEXT                        -- the user's cap on this key (JSON)
 );
 CREATE INDEX IF NOT EXISTS credentials_by_user ON credentials (user_id, created_at DESC);
 CREATE UNIQUE INDEX IF NOT EXISTS credentials_fingerprint ON credentials (user_id, fingerprint)
@@ -167,3 +168,24 @@ CREATE TABLE IF NOT EXISTS notifications (
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications (next_attempt_at);
 CREATE INDEX IF NOT EXISTS notifications_by_credential ON notifications (credential_id)
   WHERE credential_id IS NOT NULL;
+
+-- Budgets: the operator's per-user overrides of SYSTEM_KEY_BUDGETS, and each budget's
+-- counters per period (see migrations/0009_budgets.sql).
+CREATE TABLE IF NOT EXISTS budget_overrides (
+  user_id    TEXT PRIMARY KEY,
+  budgets    TEXT NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS budget_use (
+  scope         TEXT NOT NULL,
+  period        TEXT NOT NULL,
+  user_id       TEXT NOT NULL,
+  requests      REAL NOT NULL DEFAULT 0,
+  input_tokens  REAL NOT NULL DEFAULT 0,
+  output_tokens REAL NOT NULL DEFAULT 0,
+  characters    REAL NOT NULL DEFAULT 0,
+  audio_seconds REAL NOT NULL DEFAULT 0,
+  told          INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (scope, period)
+);
+CREATE INDEX IF NOT EXISTS budget_use_by_user ON budget_use (user_id, period);

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod budgets;
 pub mod checks;
 pub mod config;
 pub mod credentials;

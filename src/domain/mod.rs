@@ -1,6 +1,7 @@
 //! Domain vocabulary: identifiers, capabilities, credential records and their statuses.
 //! Everything here is plain data that is valid by construction.
 
+mod budget;
 pub mod credential;
 pub mod ids;
 mod sealed;
@@ -8,6 +9,8 @@ mod settings;
 mod store;
 pub mod time;
 pub mod wire;
+
+pub use budget::{Amounts, Budget, Period, Unit, UNITS};
 
 pub use credential::{
     key_hint, Cooldown, CooldownReason, Credential, CredentialParams, CredentialStatus, KeyColumns,

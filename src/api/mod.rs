@@ -17,6 +17,7 @@ pub mod problem;
 mod proxy;
 mod resolve;
 mod router;
+mod usage;
 mod views;
 
 pub use description::Assets;
@@ -250,6 +251,9 @@ pub struct App<'a> {
     pub job_store: &'a dyn crate::jobs::JobStore,
     /// Where imports write and what their rollback removes.
     pub imports: &'a dyn crate::import::ImportStore,
+    /// The metered usage (`GET /v1/usage`, `/v1/admin/usage`; a call's usage is recorded
+    /// with [`crate::metering::record`]).
+    pub usage: &'a dyn crate::metering::UsageStore,
     /// The static files deployed beside the Worker (the API description among them).
     pub assets: &'a dyn crate::api::Assets,
     /// Infisical's per-isolate cache of system keys (`SYSTEM_KEYS_SOURCE = "infisical"`).

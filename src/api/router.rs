@@ -8,7 +8,7 @@ use futures::future::LocalBoxFuture;
 use super::context::{client_network, Ctx, Outcome, ServiceCtx};
 use super::problem::ApiError;
 use super::{
-    admin, audit, credentials, description, health, input, preferences, proxy, resolve, App,
+    admin, audit, credentials, description, health, input, preferences, proxy, resolve, usage, App,
     Request, Response,
 };
 use crate::audit::{Action, Actor, ActorType, AuditEvent, Origin};
@@ -59,11 +59,13 @@ pub(super) static ROUTES: &[Route] = &[
     Route { method: "PUT",    path: "/v1/preferences/{capability}",  handler: User(|c| Box::pin(preferences::put(c))) },
     Route { method: "GET",    path: "/v1/audit",                     handler: User(|c| Box::pin(audit::list(c))) },
     Route { method: "GET",    path: "/v1/audit/verify",              handler: User(|c| Box::pin(audit::verify(c))) },
+    Route { method: "GET",    path: "/v1/usage",                     handler: User(|c| Box::pin(usage::list(c))) },
     Route { method: "POST",   path: "/v1/admin/import",              handler: Service(Scope::Admin, |c| Box::pin(admin::import(c))) },
     Route { method: "POST",   path: "/v1/admin/import/{id}/rollback", handler: Service(Scope::Admin, |c| Box::pin(admin::rollback(c))) },
     Route { method: "POST",   path: "/v1/admin/revalidate",          handler: Service(Scope::Admin, |c| Box::pin(admin::revalidate(c))) },
     Route { method: "POST",   path: "/v1/admin/master-key/rotate",   handler: Service(Scope::Admin, |c| Box::pin(admin::rotate(c))) },
     Route { method: "GET",    path: "/v1/admin/jobs/{id}",           handler: Service(Scope::Admin, |c| Box::pin(admin::job(c))) },
+    Route { method: "GET",    path: "/v1/admin/usage",               handler: Service(Scope::Admin, |c| Box::pin(usage::admin(c))) },
     Route { method: "POST",   path: "/v1/resolve",                   handler: Service(Scope::Resolve, |c| Box::pin(resolve::resolve(c))) },
     Route { method: "*",      path: "/v1/proxy/{provider}/{*}",      handler: Proxy(|c| Box::pin(proxy::proxy(c))) },
 ];

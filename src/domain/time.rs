@@ -91,6 +91,34 @@ impl Timestamp {
         Some(Self::from_unix_seconds(secs))
     }
 
+    /// Its UTC calendar day, `YYYY-MM-DD`.
+    pub fn utc_day(self) -> String {
+        self.to_rfc3339()[..10].to_owned()
+    }
+
+    /// The start (midnight UTC) of the calendar day written `YYYY-MM-DD`; `None` for any
+    /// other shape or a day the calendar does not have (`2026-02-30`).
+    pub fn parse_utc_day(raw: &str) -> Option<Self> {
+        let b = raw.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+            return None;
+        }
+        if !(digits(0..4) && digits(5..7) && digits(8..10)) {
+            return None;
+        }
+        let year: i64 = raw[..4].parse().ok()?;
+        let month: u32 = raw[5..7].parse().ok()?;
+        let day: u32 = raw[8..].parse().ok()?;
+        if year < 1970 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+            return None;
+        }
+        let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+        let at = Self::from_unix_seconds(days * 86_400);
+        // A day past its month's end lands in the next month: not the day written.
+        (at.utc_day() == raw).then_some(at)
+    }
+
     /// Parses an IMF-fixdate, the form RFC 9110 requires senders to use:
     /// `Sun, 06 Nov 1994 08:49:37 GMT`.
     pub fn parse_http_date(raw: &str) -> Option<Self> {
@@ -203,6 +231,29 @@ mod tests {
             Timestamp::from_millis(1_796_083_200_042).to_rfc3339_millis(),
             "2026-12-01T00:00:00.042Z"
         );
+    }
+
+    #[test]
+    fn reads_and_writes_utc_days() {
+        let t = Timestamp::parse_utc_day("2024-02-29").unwrap();
+        assert_eq!(t.to_rfc3339(), "2024-02-29T00:00:00Z");
+        assert_eq!(t.plus_millis(86_399_999).utc_day(), "2024-02-29");
+        assert_eq!(t.plus_millis(86_400_000).utc_day(), "2024-03-01");
+        for bad in [
+            "2023-02-29",
+            "2024-13-01",
+            "2024-00-10",
+            "2024-04-31",
+            "2024-4-01",
+            "24-04-01",
+            "2024-04-01T00:00:00Z",
+            "２０２４-04-01",
+            "1969-12-31",
+            "+024-04-01",
+            "",
+        ] {
+            assert_eq!(Timestamp::parse_utc_day(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::d1::credentials::D1Credentials;
 use super::d1::imports::D1Imports;
 use super::d1::jobs::D1Jobs;
 use super::d1::notices::D1Notices;
+use super::d1::usage::D1Usage;
 use super::d1::Db;
 use super::isolate::{isolate, Isolate};
 use super::limits::BindingLimiter;
@@ -31,6 +32,7 @@ pub(super) struct Platform<'a> {
     imports: D1Imports<'a>,
     progress: D1Jobs<'a>,
     notices: D1Notices<'a>,
+    usage: D1Usage<'a>,
     /// The audit sink, holding the audit log it chains into.
     audit: OutboxAuditSink<'a>,
     jobs: QueueJobs,
@@ -47,6 +49,7 @@ impl<'a> Platform<'a> {
             imports: D1Imports::new(db),
             progress: D1Jobs::new(db),
             notices: D1Notices::new(db),
+            usage: D1Usage::new(db),
             audit: OutboxAuditSink {
                 queue: env.queue("AUDIT_QUEUE").ok(),
                 db,
@@ -69,6 +72,7 @@ impl<'a> Platform<'a> {
             jobs: &self.jobs,
             job_store: &self.progress,
             imports: &self.imports,
+            usage: &self.usage,
             assets: &self.assets,
             clock: &WorkerClock,
             jitter: &SystemJitter,

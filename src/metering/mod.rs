@@ -1,9 +1,11 @@
 //! Metering: what each call a key serves uses, read from the provider's answer as it
 //! streams past (never holding it back), in the units budgets count: requests, input and
-//! output tokens, characters spoken, seconds of audio transcribed.
+//! output tokens, characters spoken, seconds of audio transcribed; and where it is kept
+//! (`store.rs`: the usage table's seam, and [`record`], a call's hand-off to it).
 
 mod read;
 mod sse;
+mod store;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -13,6 +15,9 @@ use crate::domain::{Capability, CredentialId, ProviderId, Timestamp, UserId};
 use crate::http::{BodyStream, Ended, Upstream};
 
 pub use read::{spoken_characters, Dialect, Reader, MAX_JSON_BYTES};
+pub use store::{
+    record, GroupBy, Kept, Metered, UsageQuery, UsageRow, UsageStore, NO_MODEL, SYSTEM_KEY,
+};
 
 /// What one call used. A count the answer did not state stays 0 with `incomplete` set: a
 /// usage that never arrived is never taken for none.

@@ -9,6 +9,7 @@ mod http;
 mod import;
 mod jobs;
 mod limits;
+mod metering;
 mod time;
 
 pub(crate) use api::*;
@@ -18,4 +19,5 @@ pub(crate) use credentials::*;
 pub(crate) use http::*;
 pub(crate) use jobs::*;
 pub(crate) use limits::*;
+pub(crate) use metering::*;
 pub(crate) use time::*;

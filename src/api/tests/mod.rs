@@ -75,6 +75,8 @@ struct World {
     logs: std::cell::RefCell<Vec<String>>,
     /// What was sent to the jobs queue.
     jobs: crate::testing::MemoryJobs,
+    /// The metered usage.
+    usage: crate::testing::MemoryUsage,
 }
 
 impl World {
@@ -95,6 +97,7 @@ impl World {
             provider_calls: std::cell::Cell::new(0),
             logs: std::cell::RefCell::default(),
             jobs: crate::testing::MemoryJobs::default(),
+            usage: crate::testing::MemoryUsage::default(),
         }
     }
 
@@ -173,6 +176,7 @@ impl World {
             jobs: &self.jobs,
             job_store: &self.store,
             imports: &self.store,
+            usage: &self.usage,
             assets: &crate::testing::NoAssets,
             clock: &self.clock,
             jitter: &JITTER,
@@ -401,6 +405,7 @@ mod credentials;
 mod hardening;
 mod import;
 mod lifecycle;
+mod metered;
 mod requests;
 mod rotation;
 mod sweep;

@@ -9,5 +9,6 @@ pub(super) mod imports;
 pub(super) mod jobs;
 pub(super) mod notices;
 mod rows;
+pub(super) mod usage;
 
 pub(super) use db::Db;

@@ -322,20 +322,18 @@ pub async fn finish(
     }
 }
 
-/// Keeps one call's usage. Interim: a log line (no key, no token), until the usage store.
+/// Keeps one call's usage (a store that fails is logged, never a secret).
 async fn record_usage(app: &App<'_>, call: &crate::metering::Call, usage: &crate::metering::Usage) {
-    let line = json!({
-        "metered": call.provider.as_str(),
-        "source": call.source.as_str(),
-        "credential_id": call.credential_id,
-        "model": usage.model,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "characters": usage.characters,
-        "audio_seconds": usage.audio_seconds,
-        "incomplete": usage.incomplete,
-    });
-    (app.log)(&line.to_string());
+    let metered = crate::metering::Metered {
+        user_id: call.user.clone(),
+        at: call.at,
+        provider: call.provider,
+        source: call.source,
+        credential_id: call.credential_id.clone(),
+        model: usage.model.clone(),
+        usage: usage.clone(),
+    };
+    crate::metering::record(app.usage, &metered, app.log).await;
 }
 
 /// The request headers a preflight allows: the ones the page asks for, and those a

@@ -1306,3 +1306,107 @@ fn resolve_never_hands_out_a_cooling_key_while_another_serves_and_says_which_it_
     let (_, body) = w.resolve(json!({"user_id":"u_a","capability":"tts"}));
     assert_eq!(body["skipped"], json!([]));
 }
+
+impl World {
+    /// `u_a`'s usage rows: (provider, source, credential_id, requests, input, output,
+    /// characters, audio_seconds, incomplete).
+    fn metered(&self) -> Vec<Value> {
+        let (s, body, _) = self.call("GET", "/v1/usage", Some("u_a"), None, vec![]);
+        assert_eq!(s, 200, "{body}");
+        body["usage"].as_array().unwrap().clone()
+    }
+}
+
+#[test]
+fn the_proxy_meters_each_call_as_its_answer_streams_past() {
+    let w = world(&[("SYSTEM_KEY_OPENAI", SYSTEM)]);
+    let id = w.added();
+    // Speech: the characters asked for.
+    let (r, _, _) = w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+    assert_eq!(r.status, 200);
+    // Transcription: the seconds of audio the answer says.
+    let stt = r#"{"language_code":"en","text":"hi there","words":[{"text":"hi","start":0.1,"end":0.5,"type":"word"},{"text":"there","start":0.6,"end":2.5,"type":"word"}]}"#;
+    let (r, _, _) = w.proxy(
+        "POST",
+        "/v1/proxy/elevenlabs/v1/speech-to-text",
+        &[],
+        vec![respond_with(
+            200,
+            &[("content-type", "application/json")],
+            stt,
+        )],
+    );
+    assert_eq!(r.status, 200);
+    // A streamed chat on the operator's key: the tokens of its usage chunk.
+    let stream = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":7,\"total_tokens\":18}}\n\n",
+        "data: [DONE]\n\n"
+    );
+    let (r, _, _) = w.proxy(
+        "POST",
+        "/v1/proxy/openai/v1/chat/completions",
+        &[],
+        vec![respond_with(
+            200,
+            &[("content-type", "text/event-stream")],
+            stream,
+        )],
+    );
+    assert_eq!(r.status, 200);
+    let rows = w.metered();
+    let find = |provider: &str, source: &str| {
+        rows.iter()
+            .find(|r| {
+                r["provider"] == provider
+                    && r["source"] == source
+                    && r["requests"].as_u64() == Some(1)
+                    && (provider != "elevenlabs" || r["characters"].as_u64().is_some())
+            })
+            .cloned()
+    };
+    let tts_or_stt: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["provider"] == "elevenlabs")
+        .collect();
+    assert_eq!(tts_or_stt.len(), 1, "{rows:?}");
+    let el = tts_or_stt[0];
+    assert_eq!(el["credential_id"], id.as_str());
+    assert_eq!(el["requests"], 2);
+    assert_eq!(el["characters"], 5);
+    assert_eq!(el["audio_seconds"], 2.5);
+    assert_eq!(el["incomplete"], 0);
+    let chat = find("openai", "system").expect("the chat's row");
+    assert_eq!(
+        (
+            chat["input_tokens"].as_u64(),
+            chat["output_tokens"].as_u64()
+        ),
+        (Some(11), Some(7))
+    );
+    assert_eq!(chat["model"], "gpt-4o-mini");
+    assert!(chat["credential_id"].is_null());
+    assert_eq!(chat["incomplete"], 0);
+}
+
+#[test]
+fn a_stream_whose_usage_never_arrives_is_recorded_incomplete_not_as_zero() {
+    let w = world(&[("SYSTEM_KEY_OPENAI", SYSTEM)]);
+    let cut = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    w.proxy(
+        "POST",
+        "/v1/proxy/openai/v1/chat/completions",
+        &[],
+        vec![respond_with(
+            200,
+            &[("content-type", "text/event-stream")],
+            cut,
+        )],
+    );
+    let rows = w.metered();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0]["requests"].as_u64(), rows[0]["incomplete"].as_u64()),
+        (Some(1), Some(1))
+    );
+}

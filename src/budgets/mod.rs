@@ -188,7 +188,6 @@ pub fn most_used(budget: &Budget, after: &Amounts) -> Option<(Unit, f64, f64)> {
                 .map(|l| (u, l, after.get(u)))
         })
         .max_by(|a, b| (a.2 / a.1).total_cmp(&(b.2 / b.1)))
-        .map(|(u, l, used)| (u, l, used))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! | jobs | `REVALIDATE_AFTER_HOURS`, `AUDIT_RETENTION_DAYS` | here ([`JobSettings`]) |
 //! | API | `CORS_ALLOWED_ORIGINS` | here |
 //! | notify | `NOTIFY_*` | `notify::WebhookSettings::parse` |
+//! | budgets | `SYSTEM_KEY_BUDGETS` | `budgets/settings.rs` |
 //! | system keys | `FALLBACK_POLICY`, `SYSTEM_KEYS_SOURCE`, `SYSTEM_KEY_*`, `INFISICAL_*` | `system_keys/settings.rs`, `system_keys/infisical/settings.rs` |
 //!
 //! The jobs' and the API's sections are parsed here because their readers (`jobs/`,
@@ -75,6 +76,8 @@ pub struct Config {
     pub infisical: Option<InfisicalSettings>,
     /// Key-health webhooks (`NOTIFY_WEBHOOK_URL`); `None` is off.
     pub webhooks: Option<WebhookSettings>,
+    /// Each user's default budgets on system-key use (`SYSTEM_KEY_BUDGETS`).
+    pub system_key_budgets: crate::budgets::SystemBudgets,
 }
 
 impl Config {
@@ -91,6 +94,7 @@ impl Config {
         let cors_allowed_origins = cors_allowed_origins(&mut vars);
         let webhooks = WebhookSettings::parse(&mut vars, providers.allow_private_base_urls);
         let system_keys = SystemKeySettings::parse(&mut vars, environment);
+        let budgets = crate::budgets::BudgetSettings::parse(&mut vars);
 
         let errors = vars.finish();
         if errors.is_empty() {
@@ -117,6 +121,7 @@ impl Config {
                 proxy_max_attempts: limits.proxy_max_attempts,
                 infisical: system_keys.infisical,
                 webhooks,
+                system_key_budgets: budgets.system,
             })
         } else {
             Err(errors)

@@ -256,6 +256,8 @@ pub struct App<'a> {
     pub usage: &'a dyn crate::metering::UsageStore,
     /// The static files deployed beside the Worker (the API description among them).
     pub assets: &'a dyn crate::api::Assets,
+    /// Budgets' counters and the operators' per-user budgets.
+    pub budgets: &'a dyn crate::budgets::BudgetStore,
     /// Infisical's per-isolate cache of system keys (`SYSTEM_KEYS_SOURCE = "infisical"`).
     pub infisical: Option<&'a crate::system_keys::InfisicalCache>,
 }

@@ -49,6 +49,7 @@ pub(crate) fn new_row(
         last_validated_at: None,
         priority: 0,
         cooldown: None,
+        budget: None,
         last_used_at: None,
         revalidation_queued_at: None,
         import_batch: None,

@@ -112,6 +112,8 @@ pub struct Credential {
     pub priority: i64,
     /// Set while the provider refuses it for a while (rate, quota).
     pub cooldown: Option<Cooldown>,
+    /// Its user's cap on what it may spend in a period.
+    pub budget: Option<super::Budget>,
     /// When the key was last used (resolve, proxy); set by the audit chainer.
     pub last_used_at: Option<Timestamp>,
     /// When a revalidation sweep last claimed it: the claim its queued check must carry.

@@ -9,6 +9,7 @@ use worker::Env;
 
 use super::assets::AssetsBinding;
 use super::d1::audit::D1AuditStore;
+use super::d1::budgets::D1Budgets;
 use super::d1::credentials::D1Credentials;
 use super::d1::imports::D1Imports;
 use super::d1::jobs::D1Jobs;
@@ -33,6 +34,7 @@ pub(super) struct Platform<'a> {
     progress: D1Jobs<'a>,
     notices: D1Notices<'a>,
     usage: D1Usage<'a>,
+    budgets: D1Budgets<'a>,
     /// The audit sink, holding the audit log it chains into.
     audit: OutboxAuditSink<'a>,
     jobs: QueueJobs,
@@ -50,6 +52,7 @@ impl<'a> Platform<'a> {
             progress: D1Jobs::new(db),
             notices: D1Notices::new(db),
             usage: D1Usage::new(db),
+            budgets: D1Budgets::new(db),
             audit: OutboxAuditSink {
                 queue: env.queue("AUDIT_QUEUE").ok(),
                 db,
@@ -73,6 +76,7 @@ impl<'a> Platform<'a> {
             job_store: &self.progress,
             imports: &self.imports,
             usage: &self.usage,
+            budgets: &self.budgets,
             assets: &self.assets,
             clock: &WorkerClock,
             jitter: &SystemJitter,

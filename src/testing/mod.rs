@@ -4,6 +4,7 @@
 mod api;
 mod audit;
 mod auth;
+mod budgets;
 mod credentials;
 mod http;
 mod import;
@@ -15,6 +16,7 @@ mod time;
 pub(crate) use api::*;
 pub(crate) use audit::*;
 pub(crate) use auth::*;
+pub(crate) use budgets::*;
 pub(crate) use credentials::*;
 pub(crate) use http::*;
 pub(crate) use jobs::*;

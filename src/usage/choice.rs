@@ -323,6 +323,7 @@ mod tests {
             last_validated_at: None,
             priority: 0,
             cooldown: None,
+            budget: None,
             last_used_at: None,
             revalidation_queued_at: None,
             import_batch: None,

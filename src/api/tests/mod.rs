@@ -77,6 +77,8 @@ struct World {
     jobs: crate::testing::MemoryJobs,
     /// The metered usage.
     usage: crate::testing::MemoryUsage,
+    /// Budgets' counters.
+    budgets: crate::testing::MemoryBudgets,
 }
 
 impl World {
@@ -98,6 +100,7 @@ impl World {
             logs: std::cell::RefCell::default(),
             jobs: crate::testing::MemoryJobs::default(),
             usage: crate::testing::MemoryUsage::default(),
+            budgets: crate::testing::MemoryBudgets::default(),
         }
     }
 
@@ -177,6 +180,7 @@ impl World {
             job_store: &self.store,
             imports: &self.store,
             usage: &self.usage,
+            budgets: &self.budgets,
             assets: &crate::testing::NoAssets,
             clock: &self.clock,
             jitter: &JITTER,

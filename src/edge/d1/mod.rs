@@ -3,6 +3,7 @@
 //! describes writes its event into the outbox in the same transaction.
 
 pub(super) mod audit;
+pub(super) mod budgets;
 pub(super) mod credentials;
 mod db;
 pub(super) mod imports;

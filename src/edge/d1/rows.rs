@@ -30,7 +30,7 @@ fn sealed_columns(c: &Credential) -> [Value; 3] {
 pub(super) const CHECK_COLUMNS: usize = 12;
 
 /// The columns a credential's life changes, in the order of [`mutable_values`].
-pub(super) const MUTABLE: [&str; 22] = [
+pub(super) const MUTABLE: [&str; 23] = [
     "label",
     "key_hint",
     "key_version",
@@ -40,6 +40,7 @@ pub(super) const MUTABLE: [&str; 22] = [
     "params",
     "model",
     "priority",
+    "budget",
     "import_batch_id",
     "status",
     "status_detail",
@@ -66,7 +67,7 @@ fn opt<T: Into<Value>>(v: Option<T>) -> Value {
 
 /// The values of [`MUTABLE`], as JSON: bound one by one to a statement, or carried many
 /// rows at a time in one bound JSON text (an import).
-pub(super) fn mutable_values(c: &Credential) -> [Value; 22] {
+pub(super) fn mutable_values(c: &Credential) -> [Value; 23] {
     let [version, nonce, ciphertext] = sealed_columns(c);
     [
         opt(c.label.clone()),
@@ -78,6 +79,9 @@ pub(super) fn mutable_values(c: &Credential) -> [Value; 22] {
         json_text(&c.params),
         opt(c.model.clone()),
         Value::from(c.priority),
+        c.budget
+            .as_ref()
+            .map_or(Value::Null, |b| Value::from(b.to_json().to_string())),
         opt(c.import_batch.as_ref().map(|b| b.as_str().to_owned())),
         Value::from(c.status.as_str()),
         opt(c.status_detail.clone()),
@@ -113,7 +117,7 @@ pub(super) const COLUMNS: &str =
     "id, user_id, provider, label, key_hint, key_version, nonce, ciphertext, \
     fingerprint, params, model, status, status_detail, warnings, quota, models, models_fetched_at, \
     consecutive_failures, last_validated_at, created_at, updated_at, version, last_used_at, \
-    revalidation_queued_at, import_batch_id, dead_checks, priority, cooldown_until, cooldown_reason";
+    revalidation_queued_at, import_batch_id, dead_checks, priority, cooldown_until, cooldown_reason, budget";
 
 pub(super) struct Row {
     id: String,
@@ -138,6 +142,7 @@ pub(super) struct Row {
     priority: Option<f64>,
     cooldown_until: Option<f64>,
     cooldown_reason: Option<String>,
+    budget: Option<String>,
     last_validated_at: Option<f64>,
     created_at: f64,
     updated_at: f64,
@@ -180,6 +185,7 @@ impl Row {
             priority: c.opt_num("priority"),
             cooldown_until: c.opt_num("cooldown_until"),
             cooldown_reason: c.opt_text("cooldown_reason"),
+            budget: c.opt_text("budget"),
             last_validated_at: c.opt_num("last_validated_at"),
             created_at: c.num("created_at"),
             updated_at: c.num("updated_at"),
@@ -236,6 +242,8 @@ impl Row {
                 }
                 _ => None,
             },
+            budget: parse_json::<serde_json::Value>(&self.budget)
+                .and_then(|v| crate::domain::Budget::parse(&v, "budget").ok()),
             last_validated_at: self.last_validated_at.map(ms),
             last_used_at: self.last_used_at.map(ms),
             revalidation_queued_at: self.revalidation_queued_at.map(ms),

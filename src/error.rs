@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-use crate::domain::{Capability, CredentialId, CredentialStatus, ProviderId, StoreError};
+use crate::domain::{
+    Capability, CredentialId, CredentialStatus, Period, ProviderId, StoreError, Timestamp, Unit,
+};
 use crate::limits::{LimitScope, Refusal};
 use crate::probe::Failure;
 
@@ -54,6 +56,8 @@ pub enum Error {
     },
     /// Nothing may serve this call: the user must add a key.
     NoCredential(Box<NoCredential>),
+    /// The call would start past a budget (nothing was counted, no provider was asked).
+    BudgetExceeded(Box<BudgetExceeded>),
     /// The deployment lacks what this needs (a master key, a limiter binding, a setting).
     NotConfigured {
         detail: String,
@@ -63,6 +67,24 @@ pub enum Error {
     Store(StoreError),
     /// A fault of the vault's own; `cause` is for the log only.
     Internal(String),
+}
+
+/// The budget a call would have passed: whose, over which period, in which unit, and when
+/// it is whole again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetExceeded {
+    /// `system` (the operator's limit on system-key use) or `credential` (the user's own
+    /// cap on a key).
+    pub scope: &'static str,
+    pub provider: ProviderId,
+    pub credential_id: Option<CredentialId>,
+    pub period: Period,
+    pub unit: Unit,
+    pub limit: f64,
+    pub used: f64,
+    pub resets_at: Timestamp,
+    /// Seconds until `resets_at` (at least 1).
+    pub retry_after_seconds: u64,
 }
 
 /// Why no key may serve a call: for whom, what was skipped, in words for the user.
@@ -110,6 +132,7 @@ impl Error {
             Error::NotChecked => "not_checked",
             Error::Refused { failure, .. } => failure.code(),
             Error::NoCredential(_) => "no_credential",
+            Error::BudgetExceeded(_) => "budget_exceeded",
             Error::NotConfigured { .. } => "not_configured",
             Error::Store(_) | Error::Internal(_) => "internal",
         }

@@ -167,19 +167,31 @@ pub(super) fn credential_patch(
         .has("model")
         .then(|| body.string("model", false, MAX_MODEL));
     let priority = body.integer("priority", PRIORITIES);
+    let budget = body.value("budget").map(|v| match v {
+        Value::Null => Ok(None),
+        v => crate::budgets::parse_budget(&v, "budget").map(Some),
+    });
+    let budget = match budget {
+        Some(Ok(b)) => Some(b),
+        Some(Err(errors)) => {
+            body.errors.extend(errors);
+            None
+        }
+        None => None,
+    };
     let region = body.string("region", false, MAX_REGION);
     let base_url = body.string("base_url", false, MAX_BASE_URL);
     let wanted = destination(config, &mut body, provider, (region, base_url), false);
     if body.errors.is_empty()
         && ![
-            "api_key", "label", "model", "region", "base_url", "priority",
+            "api_key", "label", "model", "region", "base_url", "priority", "budget",
         ]
         .iter()
         .any(|f| body.has(f))
     {
         body.errors.push(FieldError::new(
             "body",
-            "must name at least one of api_key, label, model, region, base_url, priority",
+            "must name at least one of api_key, label, model, region, base_url, priority, budget",
         ));
     }
     body.finish().map_err(ApiError::invalid_request)?;
@@ -190,6 +202,7 @@ pub(super) fn credential_patch(
         region: wanted.region,
         base_url: wanted.base_url,
         priority,
+        budget,
     })
 }
 

@@ -100,7 +100,11 @@ fn live_checks<'r>(app: &'r App<'r>, config: &'r Config) -> LiveChecks<'r> {
     }
 }
 
-fn key_use<'r>(app: &'r App<'r>, config: &'r Config, note: &'r dyn Fn(&str)) -> KeyUse<'r> {
+pub(super) fn key_use<'r>(
+    app: &'r App<'r>,
+    config: &'r Config,
+    note: &'r dyn Fn(&str),
+) -> KeyUse<'r> {
     KeyUse {
         config,
         store: app.store,
@@ -109,6 +113,7 @@ fn key_use<'r>(app: &'r App<'r>, config: &'r Config, note: &'r dyn Fn(&str)) -> 
         limiter: app.limiter,
         log: note,
         infisical: app.infisical,
+        budgets: app.budgets,
     }
 }
 

@@ -147,6 +147,12 @@ impl JsonObject {
         }
     }
 
+    /// The field's value as it is, if the body names it (null included).
+    pub fn value(&mut self, name: &str) -> Option<Value> {
+        self.read.insert(name.to_owned());
+        self.map.get(name).cloned()
+    }
+
     /// An integer in `range`, if the body names one (null counts as absent).
     pub fn integer(&mut self, name: &str, range: std::ops::RangeInclusive<i64>) -> Option<i64> {
         self.read.insert(name.to_owned());

@@ -321,6 +321,9 @@ pub async fn finish(
     if let Some(watch) = metering {
         let (call, usage) = watch.finish().await;
         record_usage(app, &call, &usage).await;
+        if let (Some(admitted), Ok(config)) = (&call.admitted, app.config) {
+            settle_budget(app, config, &call, admitted, &usage).await;
+        }
     }
 }
 
@@ -336,6 +339,37 @@ async fn record_usage(app: &App<'_>, call: &crate::metering::Call, usage: &crate
         usage: usage.clone(),
     };
     crate::metering::record(app.usage, &metered, app.log).await;
+}
+
+/// Settles a metered call's budget claim with what it used; a threshold it crossed wakes
+/// the webhooks' deliverer.
+async fn settle_budget(
+    app: &App<'_>,
+    config: &Config,
+    call: &crate::metering::Call,
+    admitted: &crate::usage::Admitted,
+    usage: &crate::metering::Usage,
+) {
+    use crate::budgets::{Amounts, Unit};
+    let mut used = Amounts::default();
+    used.set(Unit::Requests, 1.0);
+    used.set(Unit::InputTokens, usage.input_tokens as f64);
+    used.set(Unit::OutputTokens, usage.output_tokens as f64);
+    used.set(Unit::Characters, usage.characters as f64);
+    used.set(Unit::AudioSeconds, usage.audio_seconds);
+    let note = |line: &str| (app.log)(line);
+    let key_use = context::key_use(app, config, &note);
+    match key_use.settle(admitted, &used, call.provider).await {
+        Ok(crossed) if !crossed.is_empty() => {
+            if let Err(e) = app.jobs.send(&[crate::jobs::Job::Notify]).await {
+                (app.log)(&format!(
+                    "budgets: the webhooks' deliverer could not be woken ({e})"
+                ));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => (app.log)(&format!("budgets: a claim could not be settled: {e}")),
+    }
 }
 
 /// The request headers a preflight allows: the ones the page asks for, and those a

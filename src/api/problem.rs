@@ -157,6 +157,36 @@ impl ApiError {
         e
     }
 
+    /// A call that would start past a budget: which one, and when it is whole again.
+    pub fn budget_exceeded(b: &crate::error::BudgetExceeded) -> Self {
+        let whose = match b.scope {
+            "system" => "your allowance on the service's keys",
+            _ => "the budget you set on this key",
+        };
+        let mut e = Self::new(429, "budget_exceeded", "Budget used up").detail(format!(
+            "This call would go past {whose} ({} {} per {}); it is whole again at {}.",
+            number(b.limit),
+            b.unit.as_str().replace('_', " "),
+            b.period.as_str(),
+            b.resets_at.to_rfc3339()
+        ));
+        e.retry_after_seconds = Some(b.retry_after_seconds);
+        e.credential_id = b.credential_id.clone();
+        e.provider(b.provider).with(
+            "budget",
+            json!({
+                "scope": b.scope,
+                "provider": b.provider,
+                "credential_id": b.credential_id,
+                "period": b.period.as_str(),
+                "unit": b.unit.as_str(),
+                "limit": number(b.limit),
+                "used": number(b.used),
+                "resets_at": b.resets_at.to_rfc3339(),
+            }),
+        )
+    }
+
     /// An import entry left unchecked: its request spent its share of provider calls.
     pub fn not_checked() -> Self {
         let mut e = Self::new(429, "not_checked", "Not checked in this request")
@@ -361,6 +391,7 @@ impl From<Error> for ApiError {
                     .with("skipped", json!(skipped))
                     .caused_by(n.cause)
             }
+            Error::BudgetExceeded(b) => ApiError::budget_exceeded(&b),
             Error::NotConfigured { detail, cause: c } => {
                 let e = ApiError::not_configured(detail);
                 match c {
@@ -371,6 +402,15 @@ impl From<Error> for ApiError {
             Error::Store(s) => ApiError::from(s),
             Error::Internal(_) => ApiError::internal().caused_by(cause),
         }
+    }
+}
+
+/// A whole amount as an integer in JSON.
+fn number(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 9e15 {
+        json!(v as i64)
+    } else {
+        json!(v)
     }
 }
 

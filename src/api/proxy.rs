@@ -10,14 +10,16 @@ use super::context::{Ctx, Outcome};
 use super::problem::ApiError;
 use super::Response;
 use crate::audit::{Action, Facts, Source};
+use crate::budgets::{Amounts, Unit};
 use crate::domain::{Capability, CredentialId};
 use crate::endpoint_guard::check_base_url;
+use crate::error::Error;
 use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
 use crate::metering::{self, Watch};
 use crate::probe::{Failure, Verdict as Judged};
 use crate::providers::{self, ProviderInfo, Target};
 use crate::redact::ProviderText;
-use crate::usage::{record, Ask, KeyInUse, Verdict};
+use crate::usage::{record, Admitted, Ask, KeyInUse, Verdict};
 
 /// How long the provider has to start answering (a long completion streams its head
 /// early; a non-streamed one may think for a while).
@@ -176,8 +178,29 @@ async fn forward(
     } else {
         1
     };
+    let reserve = reservation(info, operation, held.as_deref());
     let mut attempt = 1;
     loop {
+        // The key's budget first: one at its budget gives way to the next like a cooling
+        // one, before the provider is contacted (nothing of the body has gone yet).
+        let admitted = match key_use.admit(&ctx.user, &key, &reserve).await {
+            Ok(a) => a,
+            Err(Error::BudgetExceeded(b)) => {
+                let mut next_facts = Facts::new(Action::CredentialUsed);
+                next_facts.provider = Some(info.id);
+                if key.credential.is_some() {
+                    if let Some(next) = key_use.next_key(&mut key, &mut next_facts)? {
+                        facts.failure = Some("budget_exceeded");
+                        after.earlier.push(std::mem::replace(facts, next_facts));
+                        key = next;
+                        continue;
+                    }
+                }
+                let e: ApiError = Error::BudgetExceeded(b).into();
+                return Err(e.with_headers(receipts(&key, attempt)));
+            }
+            Err(e) => return Err(ApiError::from(e).with_headers(receipts(&key, attempt))),
+        };
         let body = match &held {
             Some(bytes) => Sent::Held(bytes.clone()),
             None if operation.method == Method::Post => Sent::Streamed,
@@ -186,24 +209,35 @@ async fn forward(
         let step = call(ctx, info, operation, path, &key, body, attempt, facts).await;
         let refusal = match step {
             Step::Answer(Ok(mut response)) => {
-                if let Some(stream) = response.stream.take() {
-                    let (stream, watch) = watch_usage(
-                        ctx,
-                        info,
-                        operation,
-                        &key,
-                        held.as_deref(),
-                        &response,
-                        stream,
-                    );
-                    response.stream = Some(stream);
-                    after.metering = Some(watch);
+                let mut admitted = admitted;
+                match watch_usage(
+                    ctx,
+                    info,
+                    operation,
+                    &key,
+                    held.as_deref(),
+                    &mut response,
+                    &mut admitted,
+                ) {
+                    Some(watch) => after.metering = Some(watch),
+                    None => settle_unused(ctx, admitted.as_ref(), info).await,
                 }
                 return Ok(response);
             }
-            Step::Answer(Err(e)) => return Err(e),
+            Step::Answer(Err(e)) => {
+                settle_unused(ctx, admitted.as_ref(), info).await;
+                return Err(e);
+            }
             Step::Refused(refusal) => refusal,
         };
+        // The provider refused the key: what it claimed of its budget is given back.
+        if let Some(a) = &admitted {
+            if let Err(e) = key_use.release(a).await {
+                (ctx.app.log)(&format!(
+                    "proxy: a budget claim could not be given back: {e}"
+                ));
+            }
+        }
         // Refused before any byte went to the caller: the user's next key takes over.
         if attempt < tries {
             let mut next_facts = Facts::new(Action::CredentialUsed);
@@ -217,6 +251,58 @@ async fn forward(
             }
         }
         return refusal.answer();
+    }
+}
+
+/// What a call claims of a budget before it starts: the characters a speech request asks
+/// for, and the output tokens a completion may take (its `max_tokens`, where it says).
+fn reservation(
+    info: &ProviderInfo,
+    operation: &providers::Operation,
+    held: Option<&[u8]>,
+) -> Amounts {
+    let mut reserve = Amounts::default();
+    reserve.set(Unit::Requests, 1.0);
+    let Some(body) = held else {
+        return reserve;
+    };
+    match operation.capability {
+        Capability::Tts => {
+            if let Some(n) = metering::spoken_characters(metering::dialect_of(info.id), body) {
+                reserve.set(Unit::Characters, n as f64);
+            }
+        }
+        Capability::Llm => {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+                let max = [
+                    "/max_tokens",
+                    "/max_completion_tokens",
+                    "/max_output_tokens",
+                    "/generationConfig/maxOutputTokens",
+                ]
+                .iter()
+                .find_map(|p| v.pointer(p).and_then(serde_json::Value::as_f64))
+                .filter(|n| n.is_finite() && *n >= 0.0);
+                if let Some(n) = max {
+                    reserve.set(Unit::OutputTokens, n);
+                }
+            }
+        }
+        _ => {}
+    }
+    reserve
+}
+
+/// An admitted call that used nothing the vault can read (an error answer): the request
+/// stays counted, the rest of its claim is given back.
+async fn settle_unused(ctx: &Ctx<'_>, admitted: Option<&Admitted>, info: &ProviderInfo) {
+    let Some(a) = admitted else {
+        return;
+    };
+    let mut used = Amounts::default();
+    used.set(Unit::Requests, 1.0);
+    if let Err(e) = ctx.key_use().settle(a, &used, info.id).await {
+        (ctx.app.log)(&format!("proxy: a budget claim could not be settled: {e}"));
     }
 }
 
@@ -445,16 +531,19 @@ async fn call(
     Step::Answer(answer)
 }
 
-/// Starts reading the usage of a call's answer as it streams to the caller.
+/// Starts reading the usage of a call's answer as it streams to the caller (taking the
+/// budget claim along, to be settled once it has gone on).
 fn watch_usage(
     ctx: &Ctx<'_>,
     info: &ProviderInfo,
     operation: &providers::Operation,
     key: &KeyInUse,
     held: Option<&[u8]>,
-    response: &Response,
-    stream: crate::http::BodyStream,
-) -> (crate::http::BodyStream, Watch) {
+    response: &mut Response,
+    admitted: &mut Option<Admitted>,
+) -> Option<Watch> {
+    let stream = response.stream.take()?;
+    let admitted = admitted.take();
     let dialect = metering::dialect_of(info.id);
     let characters = match (operation.capability, held) {
         (Capability::Tts, Some(body)) => metering::spoken_characters(dialect, body),
@@ -471,13 +560,16 @@ fn watch_usage(
         characters,
         usage_in_answer: operation.method == Method::Post
             && operation.capability != Capability::Tts,
+        admitted,
     };
     let content_type = response
         .headers
         .iter()
         .find(|(n, _)| n == "content-type")
         .map(|(_, v)| v.as_str());
-    Watch::start(ctx.app.upstream, stream, dialect, content_type, call)
+    let (stream, watch) = Watch::start(ctx.app.upstream, stream, dialect, content_type, call);
+    response.stream = Some(stream);
+    Some(watch)
 }
 
 /// What a refused or spent key does: a user's credential takes the status (with its

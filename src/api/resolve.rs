@@ -79,10 +79,30 @@ pub(super) async fn resolve(ctx: &ServiceCtx<'_>) -> Outcome {
     };
     let result = async {
         // The service's own address is what the per-address limit on system keys counts.
-        let key = ctx
-            .key_use()
+        let key_use = ctx.key_use();
+        let mut key = key_use
             .key_for(&user, &ctx.network, &ask, &mut facts)
             .await?;
+        // The call counts one request against the key's budget; a key at its budget gives
+        // way to the user's next one, as on the proxy.
+        let mut one = crate::budgets::Amounts::default();
+        one.set(crate::budgets::Unit::Requests, 1.0);
+        loop {
+            match key_use.admit(&user, &key, &one).await {
+                Ok(_) => break,
+                Err(crate::error::Error::BudgetExceeded(b)) => {
+                    let mut next_facts = facts.clone();
+                    match key_use.next_key(&mut key, &mut next_facts)? {
+                        Some(next) if key.credential.is_some() => {
+                            key = next;
+                            facts = next_facts;
+                        }
+                        _ => return Err(crate::error::Error::BudgetExceeded(b).into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(Response::json(
             200,
             &json!({

@@ -19,6 +19,7 @@ pub(super) fn credential(c: &Credential) -> Value {
         "priority": c.priority,
         "cooldown_until": c.cooldown.map(|d| d.until.to_rfc3339()),
         "cooldown_reason": c.cooldown.map(|d| d.reason.as_str()),
+        "budget": c.budget.as_ref().map(crate::domain::Budget::to_json),
         "last_validated_at": c.last_validated_at.map(|t| t.to_rfc3339()),
         "last_used_at": c.last_used_at.map(|t| t.to_rfc3339()),
         "created_at": c.created_at.to_rfc3339(),

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 pub use crate::domain::{Amounts, Budget, Period, Unit, UNITS};
-use crate::domain::{CredentialId, ProviderId, StoreError, UserId};
+use crate::domain::{CredentialId, ProviderId, StoreError, Timestamp, UserId};
 use crate::error::FieldError;
 
 pub use settings::BudgetSettings;
@@ -140,6 +140,9 @@ pub trait BudgetStore {
     /// whether this call is the one that marked it (and so tells).
     async fn mark_told(&self, scope: &Scope, period: &str, percent: u8)
         -> Result<bool, StoreError>;
+    /// Puts a threshold's webhook notice in the key-health webhooks' queue (delivered,
+    /// signed and retried like theirs).
+    async fn tell(&self, notice: &crate::notify::Notice, now: Timestamp) -> Result<(), StoreError>;
     /// The counters of each of `scopes` in its period (zeros where nothing was counted).
     async fn used(&self, scopes: &[(Scope, String)]) -> Result<Vec<Amounts>, StoreError>;
     /// The operator's budgets for `user`'s system-key use, overriding the default.

@@ -31,4 +31,6 @@ pub struct CredentialPatch {
     pub base_url: Option<String>,
     /// A new place among the user's keys for the provider (lower first).
     pub priority: Option<i64>,
+    /// A new cap on what the key may spend (`Some(None)` removes it).
+    pub budget: Option<Option<crate::domain::Budget>>,
 }

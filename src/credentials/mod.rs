@@ -229,6 +229,9 @@ impl Credentials<'_> {
         if patch.priority.is_some() {
             changed.push("priority");
         }
+        if patch.budget.is_some() {
+            changed.push("budget");
+        }
         // What changed names the event: a rotation, a model chosen, or an update.
         let action = if changed.contains(&"api_key") {
             Action::CredentialRotated
@@ -261,6 +264,9 @@ impl Credentials<'_> {
             }
             if let Some(priority) = patch.priority {
                 next.priority = priority;
+            }
+            if let Some(budget) = &patch.budget {
+                next.budget = budget.clone();
             }
             if let Some(model) = &patch.model {
                 if let Some(m) = model {

@@ -14,6 +14,8 @@ use crate::domain::{StoreError, UserId};
 pub(crate) struct MemoryBudgets {
     pub counters: RefCell<BTreeMap<(String, String), (Amounts, u8)>>,
     pub overrides: RefCell<BTreeMap<String, SystemBudgets>>,
+    /// The threshold notices told.
+    pub told: RefCell<Vec<crate::notify::Notice>>,
 }
 
 #[async_trait(?Send)]
@@ -67,6 +69,15 @@ impl BudgetStore for MemoryBudgets {
         }
         entry.1 |= flag;
         Ok(true)
+    }
+
+    async fn tell(
+        &self,
+        notice: &crate::notify::Notice,
+        _now: crate::domain::Timestamp,
+    ) -> Result<(), StoreError> {
+        self.told.borrow_mut().push(notice.clone());
+        Ok(())
     }
 
     async fn used(&self, scopes: &[(Scope, String)]) -> Result<Vec<Amounts>, StoreError> {

@@ -3,10 +3,12 @@
 //! what a provider's refusal of a user's key in use does to the credential ([`refused`]).
 //! Shared by `/v1/resolve` and the proxy.
 
+mod budget;
 pub mod choice;
 pub mod record;
 mod refused;
 
+pub use budget::{Admitted, Crossed};
 pub use choice::{Ask, FallbackReason};
 pub use refused::Verdict;
 
@@ -36,6 +38,8 @@ pub struct KeyUse<'a> {
     pub log: &'a dyn Fn(&str),
     /// Infisical's per-isolate cache, when system keys come from there.
     pub infisical: Option<&'a InfisicalCache>,
+    /// Budgets' counters, and the operators' per-user budgets.
+    pub budgets: &'a dyn crate::budgets::BudgetStore,
 }
 
 /// The key a call uses, and the receipt that says whose it is and why.

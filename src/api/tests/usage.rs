@@ -1410,3 +1410,207 @@ fn a_stream_whose_usage_never_arrives_is_recorded_incomplete_not_as_zero() {
         (Some(1), Some(1))
     );
 }
+
+/// A budget refusal's members: (status, code, budget.scope, budget.unit, Retry-After).
+fn refusal(r: &Response) -> (u16, Value) {
+    (
+        r.status,
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn the_operators_budget_on_system_key_use_refuses_before_the_provider_and_says_until_when() {
+    let w = world(&[
+        ("SYSTEM_KEY_ELEVENLABS", SYSTEM),
+        (
+            "SYSTEM_KEY_BUDGETS",
+            r#"{"*":{"period":"day","requests":1}}"#,
+        ),
+    ]);
+    let (r, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+    assert_eq!((r.status, sent.len()), (200, 1));
+    let (r, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![]);
+    let (status, body) = refusal(&r);
+    assert_eq!((status, sent.len()), (429, 0), "{body}");
+    assert_eq!(body["code"], "budget_exceeded");
+    assert_eq!(body["budget"]["scope"], "system");
+    assert_eq!(body["budget"]["unit"], "requests");
+    assert_eq!(
+        (
+            body["budget"]["limit"].as_u64(),
+            body["budget"]["used"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    assert_eq!(body["retry_after_seconds"].as_u64(), Some(retry));
+    let resets =
+        crate::domain::Timestamp::parse_rfc3339(body["budget"]["resets_at"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(resets.as_millis() % 86_400_000, 0);
+    // Resolve counts against the same budget.
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"tts"}));
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (429, Some("budget_exceeded")),
+        "{body}"
+    );
+    // Another user has a budget of their own.
+    let (s, _) = w.resolve(json!({"user_id":"u_b","capability":"tts"}));
+    assert_eq!(s, 200);
+    // The next day it is whole again.
+    w.clock.advance(86_400_000);
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"tts"}));
+    assert_eq!(s, 200, "{body}");
+}
+
+#[test]
+fn a_users_cap_on_their_key_makes_it_give_way_and_then_refuses() {
+    let w = world(&[]);
+    let (older, newer) = w.two_keys();
+    // 5 characters a day on the newer key (tried first): one "Hello" fits, the next does
+    // not, and the older key takes over.
+    let (s, body) = w.patch(
+        &newer,
+        json!({"budget": {"period":"day","characters":5}}),
+        vec![],
+    );
+    assert_eq!(
+        (s, &body["budget"]),
+        (200, &json!({"period":"day","characters":5})),
+        "{body}"
+    );
+    let (r, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+    assert_eq!((r.status, key_sent(&sent[0])), (200, KEY2));
+    let (r, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+    assert_eq!((r.status, sent.len(), key_sent(&sent[0])), (200, 1, KEY));
+    assert_eq!(r.header("x-byok-credential-id"), Some(older.as_str()));
+    // Both at their budget: budget_exceeded, never no_credential, and no provider call.
+    let (s, _) = w.patch(
+        &older,
+        json!({"budget": {"period":"month","requests":1}}),
+        vec![],
+    );
+    assert_eq!(s, 200);
+    // (A budget counts from when it is set.)
+    let (r, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+    assert_eq!((r.status, key_sent(&sent[0])), (200, KEY));
+    let (r, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![]);
+    let (status, body) = refusal(&r);
+    assert_eq!((status, sent.len()), (429, 0), "{body}");
+    assert_eq!(
+        (body["code"].as_str(), body["budget"]["scope"].as_str()),
+        (Some("budget_exceeded"), Some("credential"))
+    );
+    // A bad budget changes nothing; null removes it.
+    for bad in [
+        json!({"period":"week","requests":1}),
+        json!({"period":"day"}),
+        json!(5),
+    ] {
+        let (s, body) = w.patch(&older, json!({"budget": bad}), vec![]);
+        assert_eq!(
+            (s, &body["code"]),
+            (400, &json!("invalid_request")),
+            "{body}"
+        );
+    }
+    let (s, body) = w.patch(&older, json!({"budget": null}), vec![]);
+    assert_eq!((s, &body["budget"]), (200, &Value::Null));
+    let (r, _, _) = w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn token_budgets_reserve_the_requests_max_tokens_and_settle_what_was_used() {
+    let w = world(&[
+        ("SYSTEM_KEY_OPENAI", SYSTEM),
+        (
+            "SYSTEM_KEY_BUDGETS",
+            r#"{"openai":{"period":"month","output_tokens":100}}"#,
+        ),
+    ]);
+    let chat = "/v1/proxy/openai/v1/chat/completions";
+    let answer = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":30,"total_tokens":35}}"#;
+    let ask = |max: u32| {
+        let body = format!(r#"{{"model":"gpt-4o-mini","max_tokens":{max},"messages":[]}}"#);
+        let len = body.len().to_string();
+        let (r, sent, _) = w.proxy_with(
+            "POST",
+            chat,
+            &[("content-length", &len)],
+            Box::new(crate::testing::Bytes(body.into_bytes())),
+            vec![respond_with(
+                200,
+                &[("content-type", "application/json")],
+                answer,
+            )],
+        );
+        (r.status, sent.len())
+    };
+    // More than the whole budget: refused before the provider.
+    assert_eq!(ask(200), (429, 0));
+    // 60 reserved, 30 used: 70 left after it is settled.
+    assert_eq!(ask(60), (200, 1));
+    assert_eq!(ask(60), (200, 1));
+    // 60 used now: a reservation of 60 no longer fits, one of 40 does.
+    assert_eq!(ask(60), (429, 0));
+    assert_eq!(ask(40), (200, 1));
+}
+
+#[test]
+fn crossing_80_and_100_percent_tells_the_webhook_once_each() {
+    let w = world(&[
+        ("SYSTEM_KEY_ELEVENLABS", SYSTEM),
+        (
+            "SYSTEM_KEY_BUDGETS",
+            r#"{"elevenlabs":{"period":"day","requests":5}}"#,
+        ),
+    ]);
+    let told = || -> Vec<Value> {
+        w.budgets
+            .told
+            .borrow()
+            .iter()
+            .map(|n| serde_json::from_str(&n.body).unwrap())
+            .collect()
+    };
+    for _ in 0..3 {
+        w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+    }
+    assert!(told().is_empty());
+    w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+    let notices = told();
+    assert_eq!(notices.len(), 1);
+    let n = &notices[0];
+    assert_eq!(
+        (n["type"].as_str(), n["percent"].as_u64()),
+        (Some("usage.threshold"), Some(80))
+    );
+    assert_eq!(
+        (
+            n["scope"].as_str(),
+            n["unit"].as_str(),
+            n["limit"].as_u64(),
+            n["used"].as_u64()
+        ),
+        (Some("system"), Some("requests"), Some(5), Some(4))
+    );
+    assert_eq!(
+        (n["user_id"].as_str(), n["provider"].as_str()),
+        (Some("u_a"), Some("elevenlabs"))
+    );
+    w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+    w.proxy("POST", TTS, &[FRAMED], vec![]);
+    let notices = told();
+    assert_eq!(
+        notices
+            .iter()
+            .map(|n| n["percent"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [80, 100]
+    );
+    assert!(!notices.iter().any(|n| n.to_string().contains(SYSTEM)));
+}

@@ -137,6 +137,27 @@ impl BudgetStore for D1Budgets<'_> {
         Ok(changed == 1)
     }
 
+    async fn tell(
+        &self,
+        notice: &crate::notify::Notice,
+        now: crate::domain::Timestamp,
+    ) -> Result<(), StoreError> {
+        self.db
+            .run(
+                "INSERT OR IGNORE INTO notifications (id, user_id, credential_id, body, attempts, next_attempt_at, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5)",
+                &[
+                    text(&notice.id),
+                    text(&notice.user_id),
+                    notice.credential_id.as_deref().map_or(JsValue::NULL, text),
+                    text(&notice.body),
+                    super::db::num(now.as_millis()),
+                ],
+            )
+            .await
+            .map(|_| ())
+    }
+
     async fn used(&self, scopes: &[(Scope, String)]) -> Result<Vec<Amounts>, StoreError> {
         if scopes.is_empty() {
             return Ok(Vec::new());

@@ -52,7 +52,7 @@ pub(super) async fn list(ctx: &Ctx<'_>) -> Outcome {
             .credentials()
             .list(&ctx.caller(), provider, &mut facts)
             .await?;
-        let list: Vec<_> = rows.iter().map(views::credential).collect();
+        let list = shown(ctx, &rows).await;
         Ok(Response::json(200, &json!({ "credentials": list })))
     }
     .await;
@@ -66,7 +66,8 @@ pub(super) async fn get(ctx: &Ctx<'_>) -> Outcome {
             .credentials()
             .view(&ctx.caller(), ctx.param(0), &mut facts)
             .await?;
-        Ok(Response::json(200, &views::credential(&credential)))
+        let shown = shown(ctx, std::slice::from_ref(&credential)).await;
+        Ok(Response::json(200, &shown[0]))
     }
     .await;
     Outcome::audited(result, facts)
@@ -83,7 +84,8 @@ pub(super) async fn update(ctx: &Ctx<'_>) -> Outcome {
         let read = credentials.owned(&caller, ctx.param(0), &mut facts).await?;
         let patch = credential_patch(ctx.config, body, &read)?;
         let credential = credentials.change(&caller, read, patch, &mut facts).await?;
-        Ok(Response::json(200, &views::credential(&credential)))
+        let shown = shown(ctx, std::slice::from_ref(&credential)).await;
+        Ok(Response::json(200, &shown[0]))
     }
     .await;
     Outcome::audited(result, facts)
@@ -154,4 +156,44 @@ pub(super) async fn delete(ctx: &Ctx<'_>) -> Outcome {
     }
     .await;
     Outcome::audited(result, facts)
+}
+
+/// Credentials as shown, each with what this period has used of its budget
+/// (`usage_this_period`, null without a budget): one read of the budgets' counters, only
+/// when a key has a budget. Counters that cannot be read show as null, never as zero.
+async fn shown(ctx: &Ctx<'_>, rows: &[crate::domain::Credential]) -> Vec<serde_json::Value> {
+    use crate::budgets::Scope;
+    let now = ctx.app.clock.now();
+    let scopes: Vec<(Scope, String)> = rows
+        .iter()
+        .filter_map(|c| {
+            c.budget.as_ref().map(|b| {
+                (
+                    Scope::Credential {
+                        user: c.user_id.clone(),
+                        id: c.id.clone(),
+                    },
+                    b.period.key(now),
+                )
+            })
+        })
+        .collect();
+    let used = if scopes.is_empty() {
+        Vec::new()
+    } else {
+        ctx.app.budgets.used(&scopes).await.unwrap_or_default()
+    };
+    let mut used = used.into_iter();
+    rows.iter()
+        .map(|c| {
+            let mut v = views::credential(c);
+            let this = c
+                .budget
+                .as_ref()
+                .and_then(|_| used.next())
+                .map(|a| a.to_json());
+            v["usage_this_period"] = json!(this);
+            v
+        })
+        .collect()
 }

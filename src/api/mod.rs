@@ -6,6 +6,7 @@
 
 mod admin;
 mod audit;
+mod budgets;
 mod commands;
 mod context;
 mod credentials;

@@ -8,8 +8,8 @@ use futures::future::LocalBoxFuture;
 use super::context::{client_network, Ctx, Outcome, ServiceCtx};
 use super::problem::ApiError;
 use super::{
-    admin, audit, credentials, description, health, input, preferences, proxy, resolve, usage, App,
-    Request, Response,
+    admin, audit, budgets, credentials, description, health, input, preferences, proxy, resolve,
+    usage, App, Request, Response,
 };
 use crate::audit::{Action, Actor, ActorType, AuditEvent, Origin};
 use crate::auth::{bearer_token, find_service, AuthError, JwtVerifier, Scope, ServiceToken};
@@ -66,6 +66,9 @@ pub(super) static ROUTES: &[Route] = &[
     Route { method: "POST",   path: "/v1/admin/master-key/rotate",   handler: Service(Scope::Admin, |c| Box::pin(admin::rotate(c))) },
     Route { method: "GET",    path: "/v1/admin/jobs/{id}",           handler: Service(Scope::Admin, |c| Box::pin(admin::job(c))) },
     Route { method: "GET",    path: "/v1/admin/usage",               handler: Service(Scope::Admin, |c| Box::pin(usage::admin(c))) },
+    Route { method: "GET",    path: "/v1/admin/budgets/{id}",        handler: Service(Scope::Admin, |c| Box::pin(budgets::get(c))) },
+    Route { method: "PUT",    path: "/v1/admin/budgets/{id}",        handler: Service(Scope::Admin, |c| Box::pin(budgets::put(c))) },
+    Route { method: "DELETE", path: "/v1/admin/budgets/{id}",        handler: Service(Scope::Admin, |c| Box::pin(budgets::delete(c))) },
     Route { method: "POST",   path: "/v1/resolve",                   handler: Service(Scope::Resolve, |c| Box::pin(resolve::resolve(c))) },
     Route { method: "*",      path: "/v1/proxy/{provider}/{*}",      handler: Proxy(|c| Box::pin(proxy::proxy(c))) },
 ];

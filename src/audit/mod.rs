@@ -54,6 +54,8 @@ crate::wire_enum! {
         PreferenceUpdated = "preference.updated",
         CredentialImported = "credential.imported",
         MasterKeyRotated = "master_key.rotated",
+        /// An operator changed a user's budgets on system-key use.
+        BudgetUpdated = "budget.updated",
     }
 }
 

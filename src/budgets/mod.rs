@@ -60,6 +60,16 @@ pub fn parse_system_budgets(value: &Value, field: &str) -> Result<SystemBudgets,
     }
 }
 
+/// The `SYSTEM_KEY_BUDGETS` shape of `budgets`.
+pub fn system_budgets_json(budgets: &SystemBudgets) -> Value {
+    Value::Object(
+        budgets
+            .iter()
+            .map(|(k, b)| (k.clone(), b.to_json()))
+            .collect(),
+    )
+}
+
 /// The budget on a user's system-key use of `provider`: the provider's own, else `*`'s.
 pub fn system_budget_for(budgets: &SystemBudgets, provider: ProviderId) -> Option<(&str, &Budget)> {
     budgets
@@ -147,6 +157,14 @@ pub trait BudgetStore {
     async fn used(&self, scopes: &[(Scope, String)]) -> Result<Vec<Amounts>, StoreError>;
     /// The operator's budgets for `user`'s system-key use, overriding the default.
     async fn overrides(&self, user: &UserId) -> Result<Option<SystemBudgets>, StoreError>;
+    /// Sets (or, `None`, removes) `user`'s budgets on system-key use, with `event` (its
+    /// `budget.updated`) in the audit outbox in the same transaction.
+    async fn set_overrides(
+        &self,
+        user: &UserId,
+        budgets: Option<&SystemBudgets>,
+        event: &crate::audit::AuditEvent,
+    ) -> Result<(), StoreError>;
 }
 
 /// The first unit whose limit the claim would pass, given `used` so far (the rule

@@ -14,6 +14,8 @@ use crate::domain::{StoreError, UserId};
 pub(crate) struct MemoryBudgets {
     pub counters: RefCell<BTreeMap<(String, String), (Amounts, u8)>>,
     pub overrides: RefCell<BTreeMap<String, SystemBudgets>>,
+    /// The audit outbox the `budget.updated` events go to, with the overrides.
+    pub outbox: std::rc::Rc<super::MemoryOutbox>,
     /// The threshold notices told.
     pub told: RefCell<Vec<crate::notify::Notice>>,
 }
@@ -95,5 +97,22 @@ impl BudgetStore for MemoryBudgets {
 
     async fn overrides(&self, user: &UserId) -> Result<Option<SystemBudgets>, StoreError> {
         Ok(self.overrides.borrow().get(user.as_str()).cloned())
+    }
+
+    async fn set_overrides(
+        &self,
+        user: &UserId,
+        budgets: Option<&SystemBudgets>,
+        event: &crate::audit::AuditEvent,
+    ) -> Result<(), StoreError> {
+        match budgets {
+            Some(b) => self
+                .overrides
+                .borrow_mut()
+                .insert(user.as_str().to_owned(), b.clone()),
+            None => self.overrides.borrow_mut().remove(user.as_str()),
+        };
+        self.outbox.push(event);
+        Ok(())
     }
 }

@@ -84,6 +84,10 @@ struct World {
 impl World {
     fn new() -> Self {
         let audit = MemoryAudit::default();
+        let budgets = crate::testing::MemoryBudgets {
+            outbox: audit.outbox.clone(),
+            ..Default::default()
+        };
         Self {
             jwks: None,
             config: config(true),
@@ -100,7 +104,7 @@ impl World {
             logs: std::cell::RefCell::default(),
             jobs: crate::testing::MemoryJobs::default(),
             usage: crate::testing::MemoryUsage::default(),
-            budgets: crate::testing::MemoryBudgets::default(),
+            budgets,
         }
     }
 

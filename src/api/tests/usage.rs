@@ -1484,6 +1484,31 @@ fn a_users_cap_on_their_key_makes_it_give_way_and_then_refuses() {
     );
     let (r, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
     assert_eq!((r.status, key_sent(&sent[0])), (200, KEY2));
+    // The key shows what this period has used of its budget.
+    let (_, shown, _) = w.call(
+        "GET",
+        &format!("/v1/credentials/{newer}"),
+        Some("u_a"),
+        None,
+        vec![],
+    );
+    assert_eq!(
+        (
+            shown["usage_this_period"]["characters"].as_u64(),
+            shown["usage_this_period"]["requests"].as_u64()
+        ),
+        (Some(5), Some(1)),
+        "{shown}"
+    );
+    let (_, listed, _) = w.call("GET", "/v1/credentials", Some("u_a"), None, vec![]);
+    let other = listed["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == older.as_str())
+        .unwrap()
+        .clone();
+    assert!(other["usage_this_period"].is_null());
     let (r, sent, _) = w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
     assert_eq!((r.status, sent.len(), key_sent(&sent[0])), (200, 1, KEY));
     assert_eq!(r.header("x-byok-credential-id"), Some(older.as_str()));
@@ -1613,4 +1638,65 @@ fn crossing_80_and_100_percent_tells_the_webhook_once_each() {
         [80, 100]
     );
     assert!(!notices.iter().any(|n| n.to_string().contains(SYSTEM)));
+}
+
+#[test]
+fn operators_set_a_users_budgets_which_override_the_default_and_are_audited() {
+    let w = world(&[
+        ("SYSTEM_KEY_ELEVENLABS", SYSTEM),
+        (
+            "SYSTEM_KEY_BUDGETS",
+            r#"{"*":{"period":"day","requests":1}}"#,
+        ),
+    ]);
+    let (s, body) = w.admin("GET", "/v1/admin/budgets/u_a");
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["source"], "default");
+    assert_eq!(body["budgets"], json!({"*":{"period":"day","requests":1}}));
+    // u_a may make three calls a day on ElevenLabs' system key.
+    let (s, body) = w.admin_with(
+        "PUT",
+        "/v1/admin/budgets/u_a",
+        Some(json!({"elevenlabs":{"period":"day","requests":3}})),
+        vec![],
+    );
+    assert_eq!((s, body["source"].as_str()), (200, Some("user")), "{body}");
+    for _ in 0..3 {
+        let (r, _, _) = w.proxy("POST", TTS, &[FRAMED], vec![respond(200, "ID3")]);
+        assert_eq!(r.status, 200);
+    }
+    let (r, _, _) = w.proxy("POST", TTS, &[FRAMED], vec![]);
+    assert_eq!(r.status, 429);
+    let (_, body) = w.admin("GET", "/v1/admin/budgets/u_a");
+    assert_eq!(body["this_period"]["elevenlabs"]["used"]["requests"], 3);
+    // The change is on the user's own trail.
+    let (_, trail, _) = w.call(
+        "GET",
+        "/v1/audit?action=budget.updated",
+        Some("u_a"),
+        None,
+        vec![],
+    );
+    let events = trail["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{trail}");
+    assert_eq!(events[0]["actor"]["type"], "service");
+    // A malformed body changes nothing; DELETE goes back to the default.
+    let (s, body) = w.admin_with(
+        "PUT",
+        "/v1/admin/budgets/u_a",
+        Some(json!({"elevenlabs":{"period":"fortnight","requests":3}})),
+        vec![],
+    );
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    let (_, body) = w.admin("GET", "/v1/admin/budgets/u_a");
+    assert_eq!(body["source"], "user");
+    let (s, body) = w.admin("DELETE", "/v1/admin/budgets/u_a");
+    assert_eq!((s, body["source"].as_str()), (200, Some("default")));
+    // Users may not.
+    let (s, _, _) = w.call("GET", "/v1/admin/budgets/u_a", Some("u_a"), None, vec![]);
+    assert_eq!(s, 401);
 }

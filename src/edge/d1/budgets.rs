@@ -191,6 +191,31 @@ impl BudgetStore for D1Budgets<'_> {
             .collect())
     }
 
+    async fn set_overrides(
+        &self,
+        user: &UserId,
+        budgets: Option<&SystemBudgets>,
+        event: &crate::audit::AuditEvent,
+    ) -> Result<(), StoreError> {
+        let outbox = super::audit::outbox_insert(self.db, event, "", Vec::new())?;
+        let write = match budgets {
+            Some(b) => self.db.prepare(
+                "INSERT INTO budget_overrides (user_id, budgets, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (user_id) DO UPDATE SET budgets = excluded.budgets, updated_at = excluded.updated_at",
+                &[
+                    text(user.as_str()),
+                    text(&crate::budgets::system_budgets_json(b).to_string()),
+                    JsValue::from(event.at as f64),
+                ],
+            )?,
+            None => self.db.prepare(
+                "DELETE FROM budget_overrides WHERE user_id = ?1",
+                &[text(user.as_str())],
+            )?,
+        };
+        self.db.batch(vec![outbox, write]).await.map(|_| ())
+    }
+
     async fn overrides(&self, user: &UserId) -> Result<Option<SystemBudgets>, StoreError> {
         let Some(row) = self
             .db

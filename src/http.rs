@@ -152,15 +152,23 @@ pub trait Upstream {
         limit: usize,
         timeout_ms: u64,
     ) -> Result<Vec<u8>, HttpError>;
-    /// Passes `body` on as it is, as fast as the caller takes it, showing each chunk to
-    /// `watch` as it goes by (never holding it back to read it); [`Ended`] resolves once
+    /// Passes `body` on as fast as the caller takes it, showing each chunk to `tap` as it
+    /// goes by (which may say to pass on other bytes in its place); [`Ended`] resolves once
     /// the body has gone on whole (`true`) or was cut off (`false`: the caller hung up, the
     /// provider broke off).
-    fn watch(&self, body: BodyStream, watch: Watcher) -> (BodyStream, Ended);
+    fn watch(&self, body: BodyStream, tap: Box<dyn Tap>) -> (BodyStream, Ended);
 }
 
-/// What is shown each chunk of a watched body ([`Upstream::watch`]).
-pub type Watcher = Box<dyn FnMut(&[u8])>;
+/// What a watched body's chunks are shown to ([`Upstream::watch`]).
+pub trait Tap {
+    /// The next chunk; `None` passes it on as it is, `Some(bytes)` passes `bytes` instead
+    /// (none at all when empty).
+    fn chunk(&mut self, chunk: &[u8]) -> Option<Vec<u8>>;
+    /// The body ended whole: any bytes still to pass on.
+    fn end(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+}
 
 /// Whether a watched body went on whole ([`Upstream::watch`]).
 pub type Ended = futures::future::LocalBoxFuture<'static, bool>;

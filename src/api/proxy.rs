@@ -173,6 +173,15 @@ async fn forward(
     } else {
         None
     };
+    // A streamed chat is asked for its usage, to meter it; the caller who did not ask for it
+    // does not see it.
+    let (held, strip) = match held {
+        Some(body) => {
+            let (body, strip) = ask_for_usage(info, operation, body);
+            (Some(body), strip)
+        }
+        None => (None, false),
+    };
     let tries = if operation.method == Method::Get || held.is_some() {
         ctx.config.proxy_max_attempts
     } else {
@@ -215,7 +224,7 @@ async fn forward(
                     info,
                     operation,
                     &key,
-                    held.as_deref(),
+                    (held.as_deref(), strip),
                     &mut response,
                     &mut admitted,
                 ) {
@@ -251,6 +260,41 @@ async fn forward(
             }
         }
         return refusal.answer();
+    }
+}
+
+/// A streamed OpenAI chat whose caller did not ask for its usage is asked for it
+/// (`stream_options.include_usage`), so that the call can be metered: the new body, and
+/// whether the usage chunk is to be left out of what the caller receives. Anything else
+/// goes as it came.
+fn ask_for_usage(
+    info: &ProviderInfo,
+    operation: &providers::Operation,
+    body: Vec<u8>,
+) -> (Vec<u8>, bool) {
+    if info.id.as_str() != "openai" || operation.path != "/v1/chat/completions" {
+        return (body, false);
+    }
+    let Ok(serde_json::Value::Object(mut v)) = serde_json::from_slice::<serde_json::Value>(&body)
+    else {
+        return (body, false);
+    };
+    if v.get("stream") != Some(&serde_json::Value::Bool(true)) {
+        return (body, false);
+    }
+    let options = v
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::json!({}));
+    let Some(options) = options.as_object_mut() else {
+        return (body, false);
+    };
+    if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
+        return (body, false);
+    }
+    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+    match serde_json::to_vec(&v) {
+        Ok(asked) => (asked, true),
+        Err(_) => (body, false),
     }
 }
 
@@ -538,7 +582,7 @@ fn watch_usage(
     info: &ProviderInfo,
     operation: &providers::Operation,
     key: &KeyInUse,
-    held: Option<&[u8]>,
+    (held, strip): (Option<&[u8]>, bool),
     response: &mut Response,
     admitted: &mut Option<Admitted>,
 ) -> Option<Watch> {
@@ -567,7 +611,8 @@ fn watch_usage(
         .iter()
         .find(|(n, _)| n == "content-type")
         .map(|(_, v)| v.as_str());
-    let (stream, watch) = Watch::start(ctx.app.upstream, stream, dialect, content_type, call);
+    let (stream, watch) =
+        Watch::start(ctx.app.upstream, stream, dialect, content_type, call, strip);
     response.stream = Some(stream);
     Some(watch)
 }

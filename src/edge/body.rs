@@ -169,30 +169,33 @@ async fn pump(from: web_sys::ReadableStream, to: web_sys::WritableStream, limit:
     }
 }
 
-/// A provider's answer passed on through a stream of its own, each chunk shown to `watch`
-/// (copied into the wasm to be read) after it has gone on: the caller's pace sets the pace
-/// (each write waits for the caller to take the one before), nothing is held back, and
-/// the answer's end, or its cutting off, is told through the returned future.
+/// A provider's answer passed on through a stream of its own, each chunk shown to `tap`
+/// (copied into the wasm to be read) on its way: the caller's pace sets the pace (each
+/// write waits for the caller to take the one before), and the answer's end, or its
+/// cutting off, is told through the returned future.
 pub(super) fn watched(
     body: worker::ResponseBody,
-    watch: crate::http::Watcher,
+    mut tap: Box<dyn crate::http::Tap>,
 ) -> (worker::ResponseBody, crate::http::Ended) {
     let stream = match body {
         worker::ResponseBody::Stream(s) => s,
         // Held whole (or empty): shown at once.
         worker::ResponseBody::Body(bytes) => {
-            let mut watch = watch;
-            watch(&bytes);
+            let mut passed = tap.chunk(&bytes).unwrap_or(bytes);
+            passed.extend(tap.end().unwrap_or_default());
             return (
-                worker::ResponseBody::Body(bytes),
+                worker::ResponseBody::Body(passed),
                 Box::pin(futures::future::ready(true)),
             );
         }
         worker::ResponseBody::Empty => {
-            return (
-                worker::ResponseBody::Empty,
-                Box::pin(futures::future::ready(true)),
-            )
+            let rest = tap.end().unwrap_or_default();
+            let body = if rest.is_empty() {
+                worker::ResponseBody::Empty
+            } else {
+                worker::ResponseBody::Body(rest)
+            };
+            return (body, Box::pin(futures::future::ready(true)));
         }
     };
     let Ok(passed) = web_sys::TransformStream::new() else {
@@ -205,7 +208,7 @@ pub(super) fn watched(
     let (ended, done) = futures::channel::oneshot::channel();
     let writable = passed.writable();
     spawn_local(async move {
-        let whole = pass_watching(stream, writable, watch).await;
+        let whole = pass_watching(stream, writable, tap).await;
         let _ = ended.send(whole);
     });
     (
@@ -214,11 +217,11 @@ pub(super) fn watched(
     )
 }
 
-/// Moves `from` into `to` chunk by chunk, showing each to `watch`; whether it all went on.
+/// Moves `from` into `to` chunk by chunk as `tap` lets it; whether it all went on.
 async fn pass_watching(
     from: web_sys::ReadableStream,
     to: web_sys::WritableStream,
-    mut watch: crate::http::Watcher,
+    mut tap: Box<dyn crate::http::Tap>,
 ) -> bool {
     let reader: ReadableStreamDefaultReader = from.get_reader().unchecked_into();
     let Ok(writer) = to.get_writer() else {
@@ -227,23 +230,40 @@ async fn pass_watching(
     };
     let mut copy = Vec::new();
     loop {
-        match next_chunk(&reader).await {
-            Ok(None) => return JsFuture::from(writer.close()).await.is_ok(),
-            Ok(Some(chunk)) => {
-                // The caller hung up: stop reading the provider's answer.
-                if JsFuture::from(writer.write_with_chunk(&chunk))
-                    .await
-                    .is_err()
-                {
-                    let _ = reader.cancel();
-                    return false;
+        let next = match next_chunk(&reader).await {
+            Ok(None) => {
+                if let Some(rest) = tap.end().filter(|r| !r.is_empty()) {
+                    let rest = Uint8Array::from(rest.as_slice());
+                    if JsFuture::from(writer.write_with_chunk(&rest))
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
                 }
+                return JsFuture::from(writer.close()).await.is_ok();
+            }
+            Ok(Some(chunk)) => {
                 copy.resize(chunk.length() as usize, 0);
                 chunk.copy_to(&mut copy);
-                watch(&copy);
+                match tap.chunk(&copy) {
+                    None => Some(chunk),
+                    Some(other) if other.is_empty() => None,
+                    Some(other) => Some(Uint8Array::from(other.as_slice())),
+                }
             }
             Err(why) => {
                 let _ = JsFuture::from(writer.abort_with_reason(&JsValue::from_str(&why))).await;
+                return false;
+            }
+        };
+        // The caller hung up: stop reading the provider's answer.
+        if let Some(chunk) = next {
+            if JsFuture::from(writer.write_with_chunk(&chunk))
+                .await
+                .is_err()
+            {
+                let _ = reader.cancel();
                 return false;
             }
         }

@@ -215,12 +215,12 @@ impl Upstream for FetchUpstream {
         outcome
     }
 
-    fn watch(&self, body: BodyStream, watch: crate::http::Watcher) -> (BodyStream, Ended) {
+    fn watch(&self, body: BodyStream, tap: Box<dyn crate::http::Tap>) -> (BodyStream, Ended) {
         let response = match body.0.downcast::<worker::Response>() {
             Ok(r) => r,
             Err(other) => return (BodyStream(other), Box::pin(futures::future::ready(false))),
         };
-        let (body, ended) = super::body::watched(response.into_parts().1, watch);
+        let (body, ended) = super::body::watched(response.into_parts().1, tap);
         match worker::Response::from_body(body) {
             Ok(r) => (BodyStream(Box::new(r)), ended),
             Err(_) => (

@@ -6,13 +6,14 @@
 mod read;
 mod sse;
 mod store;
+mod strip;
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::audit::Source;
 use crate::domain::{Capability, CredentialId, ProviderId, Timestamp, UserId};
-use crate::http::{BodyStream, Ended, Upstream};
+use crate::http::{BodyStream, Ended, Tap, Upstream};
 
 pub use read::{spoken_characters, Dialect, Reader, MAX_JSON_BYTES};
 pub use store::{
@@ -65,20 +66,22 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Passes `body` (an answer in `dialect`, of `content_type`) through `upstream`'s tap.
+    /// Passes `body` (an answer in `dialect`, of `content_type`) through `upstream`'s tap;
+    /// with `strip`, the usage chunk the vault asked for is left out of what passes.
     pub fn start(
         upstream: &dyn Upstream,
         body: BodyStream,
         dialect: Dialect,
         content_type: Option<&str>,
         call: Call,
+        strip: bool,
     ) -> (BodyStream, Watch) {
         let reader = Rc::new(RefCell::new(Reader::new(dialect, content_type)));
-        let feeding = reader.clone();
-        let (body, ended) = upstream.watch(
-            body,
-            Box::new(move |chunk| feeding.borrow_mut().feed(chunk)),
-        );
+        let tap = Meter {
+            reader: reader.clone(),
+            strip: strip.then(strip::Strip::default),
+        };
+        let (body, ended) = upstream.watch(body, Box::new(tap));
         (
             body,
             Watch {
@@ -113,6 +116,23 @@ impl Watch {
             usage.model = call.model.clone();
         }
         (call, usage)
+    }
+}
+
+/// The tap on a metered answer: the reader sees every byte the provider sent.
+struct Meter {
+    reader: Rc<RefCell<Reader>>,
+    strip: Option<strip::Strip>,
+}
+
+impl Tap for Meter {
+    fn chunk(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        self.reader.borrow_mut().feed(chunk);
+        self.strip.as_mut().map(|s| s.chunk(chunk))
+    }
+
+    fn end(&mut self) -> Option<Vec<u8>> {
+        self.strip.as_mut().map(strip::Strip::end)
     }
 }
 

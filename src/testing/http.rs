@@ -160,16 +160,23 @@ impl crate::http::Upstream for FakeHttp<'_> {
     }
 
     /// The whole body goes by at once, in chunks of 7 bytes (so a reader meets events
-    /// split across chunks), and it always ends whole.
+    /// split across chunks), as the tap lets it, and it always ends whole.
     fn watch(
         &self,
         body: crate::http::BodyStream,
-        mut watch: crate::http::Watcher,
+        mut tap: Box<dyn crate::http::Tap>,
     ) -> (crate::http::BodyStream, crate::http::Ended) {
         let bytes = *body.0.downcast::<Vec<u8>>().expect("a fake body");
-        bytes.chunks(7).for_each(&mut *watch);
+        let mut passed = Vec::new();
+        for chunk in bytes.chunks(7) {
+            match tap.chunk(chunk) {
+                None => passed.extend_from_slice(chunk),
+                Some(other) => passed.extend(other),
+            }
+        }
+        passed.extend(tap.end().unwrap_or_default());
         (
-            crate::http::BodyStream(Box::new(bytes)),
+            crate::http::BodyStream(Box::new(passed)),
             Box::pin(futures::future::ready(true)),
         )
     }

@@ -1700,3 +1700,60 @@ fn operators_set_a_users_budgets_which_override_the_default_and_are_audited() {
     let (s, _, _) = w.call("GET", "/v1/admin/budgets/u_a", Some("u_a"), None, vec![]);
     assert_eq!(s, 401);
 }
+
+/// The bytes a streamed answer passed on.
+fn streamed(mut r: Response) -> Vec<u8> {
+    let body = r.stream.take().expect("a streamed answer");
+    *body.0.downcast::<Vec<u8>>().expect("the fake's bytes")
+}
+
+#[test]
+fn a_streamed_chat_is_asked_for_its_usage_which_the_caller_sees_only_if_they_asked() {
+    let w = world(&[("SYSTEM_KEY_OPENAI", SYSTEM)]);
+    let stream = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2,\"total_tokens\":6}}\n\n",
+        "data: [DONE]\n\n"
+    );
+    let chat = |body: &str| {
+        let len = body.len().to_string();
+        w.proxy_with(
+            "POST",
+            "/v1/proxy/openai/v1/chat/completions",
+            &[("content-length", &len)],
+            Box::new(crate::testing::Bytes(body.as_bytes().to_vec())),
+            vec![respond_with(
+                200,
+                &[("content-type", "text/event-stream")],
+                stream,
+            )],
+        )
+    };
+    // Not asked by the caller: asked by the vault, and left out of the answer.
+    let (r, _, bodies) = chat(r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#);
+    let sent: Value = serde_json::from_slice(&bodies[0]).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    let got = String::from_utf8(streamed(r)).unwrap();
+    assert!(!got.contains("prompt_tokens"), "{got}");
+    assert!(
+        got.contains("\"Hi\"") && got.ends_with("data: [DONE]\n\n"),
+        "{got}"
+    );
+    // Asked by the caller: passed on as it came.
+    let (r, _, bodies) = chat(
+        r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+    );
+    assert_eq!(bodies[0], br#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#.to_vec());
+    assert_eq!(streamed(r), stream.as_bytes());
+    // Both metered.
+    let rows = w.metered();
+    assert_eq!(
+        (
+            rows[0]["requests"].as_u64(),
+            rows[0]["input_tokens"].as_u64(),
+            rows[0]["output_tokens"].as_u64()
+        ),
+        (Some(2), Some(8), Some(4)),
+        "{rows:?}"
+    );
+}

@@ -30,19 +30,19 @@ const COUNTERS: &str = "requests, input_tokens, output_tokens, characters, audio
 const OPEN: &str = "INSERT INTO budget_use (scope, period, user_id) VALUES (?1, ?2, ?3) \
      ON CONFLICT (scope, period) DO NOTHING";
 
-/// The claim, counted only if every limit still holds with it (?4..?8 the reservation,
-/// ?9..?13 the limits, null where none): for requests `used + 1 ≤ limit`; for the rest
+/// The claim, counted only if every limit still holds with it (?3..?7 the reservation,
+/// ?8..?12 the limits, null where none): for requests `used + 1 ≤ limit`; for the rest
 /// `used < limit` and `used + reserve ≤ limit`.
 const CLAIM: &str = "UPDATE budget_use SET \
-     requests = requests + ?4, input_tokens = input_tokens + ?5, \
-     output_tokens = output_tokens + ?6, characters = characters + ?7, \
-     audio_seconds = audio_seconds + ?8 \
+     requests = requests + ?3, input_tokens = input_tokens + ?4, \
+     output_tokens = output_tokens + ?5, characters = characters + ?6, \
+     audio_seconds = audio_seconds + ?7 \
      WHERE scope = ?1 AND period = ?2 \
-     AND (?9 IS NULL OR requests + ?4 <= ?9) \
-     AND (?10 IS NULL OR (input_tokens < ?10 AND input_tokens + ?5 <= ?10)) \
-     AND (?11 IS NULL OR (output_tokens < ?11 AND output_tokens + ?6 <= ?11)) \
-     AND (?12 IS NULL OR (characters < ?12 AND characters + ?7 <= ?12)) \
-     AND (?13 IS NULL OR (audio_seconds < ?13 AND audio_seconds + ?8 <= ?13)) \
+     AND (?8 IS NULL OR requests + ?3 <= ?8) \
+     AND (?9 IS NULL OR (input_tokens < ?9 AND input_tokens + ?4 <= ?9)) \
+     AND (?10 IS NULL OR (output_tokens < ?10 AND output_tokens + ?5 <= ?10)) \
+     AND (?11 IS NULL OR (characters < ?11 AND characters + ?6 <= ?11)) \
+     AND (?12 IS NULL OR (audio_seconds < ?12 AND audio_seconds + ?7 <= ?12)) \
      RETURNING requests, input_tokens, output_tokens, characters, audio_seconds";
 
 fn amounts_of(r: &Row) -> Result<Amounts, StoreError> {

@@ -4,6 +4,7 @@
 // own answer. Under wrangler dev (workerd, local D1, local queues) against the fake
 // providers: which key served is read from what the fake saw, never from the vault alone.
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 
 import { startFakeProviders } from './fake-providers.mjs';
@@ -210,5 +211,163 @@ describe('failover', () => {
     const creds = await credentials(user);
     assert.equal(creds[keys[x].id].priority, 10);
     assert.equal(creds[keys[y].id].priority, 20);
+  });
+});
+
+/** The data of each server-sent event in `body` (a provider's stream), parsed; not [DONE]. */
+const events = (body) => body.toString().split(/\r?\n/)
+  .filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim())
+  .filter((d) => d !== '[DONE]').map((d) => JSON.parse(d));
+/** The user's usage rows (GET /v1/usage) once they count at least `n` requests. */
+const usageOf = (user, n = 1) => until(`usage of ${user}`, async () => {
+  const r = await vault.request('GET', '/v1/usage', { user });
+  assert.equal(r.status, 200, r.text);
+  return r.json.usage.reduce((s, x) => s + x.requests, 0) >= n ? r.json.usage : undefined;
+});
+const json = { 'content-type': 'application/json' };
+const zero = { input_tokens: 0, output_tokens: 0, characters: 0, audio_seconds: 0 };
+
+/** A multipart body with one audio file, as the STT clients send it. */
+function multipart(fields) {
+  const boundary = `----byok${Date.now()}`;
+  const parts = Object.entries(fields).map(([name, v]) => Buffer.concat([
+    Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${name}"${Buffer.isBuffer(v) ? '; filename="a.wav"\r\nContent-Type: audio/wav' : ''}\r\n\r\n`),
+    Buffer.isBuffer(v) ? v : Buffer.from(v), Buffer.from('\r\n'),
+  ]));
+  return { body: Buffer.concat([...parts, Buffer.from(`--${boundary}--\r\n`)]), headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } };
+}
+const WAV = Buffer.alloc(2048, 7);
+const SPOKEN = 'Grüße aus der Küche, 100 % echt!';
+
+// Each case: the call, and what the fake itself sent (or was sent) that the row must show.
+const metered = [
+  ['OpenAI chat', 'openai', 'openai/v1/chat/completions', { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Hi' }] }, (sent) => {
+    const { usage, model } = JSON.parse(sent.body);
+    return { input_tokens: usage.prompt_tokens, output_tokens: usage.completion_tokens, model };
+  }],
+  ['OpenAI chat, streamed with include_usage', 'openai', 'openai/v1/chat/completions', { model: 'gpt-4o-mini', stream: true, stream_options: { include_usage: true }, messages: [{ role: 'user', content: 'Hi' }] }, (sent) => {
+    const last = events(sent.body).filter((e) => e.usage).at(-1);
+    return { input_tokens: last.usage.prompt_tokens, output_tokens: last.usage.completion_tokens, model: last.model };
+  }],
+  ['Anthropic messages', 'anthropic', 'anthropic/v1/messages', { model: 'claude-sonnet-4-5', max_tokens: 64, messages: [{ role: 'user', content: 'Hi' }] }, (sent) => {
+    const { usage, model } = JSON.parse(sent.body);
+    return { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens, model };
+  }],
+  ['Anthropic messages, streamed', 'anthropic', 'anthropic/v1/messages', { model: 'claude-sonnet-4-5', max_tokens: 64, stream: true, messages: [{ role: 'user', content: 'Hi' }] }, (sent) => {
+    const all = events(sent.body);
+    const start = all.find((e) => e.type === 'message_start').message;
+    // message_delta's output_tokens is cumulative: the last one is the count.
+    const deltas = all.filter((e) => e.type === 'message_delta');
+    return { input_tokens: start.usage.input_tokens, output_tokens: deltas.at(-1).usage.output_tokens, model: start.model };
+  }],
+  ['Gemini generateContent', 'gemini', 'gemini/v1beta/models/gemini-2.0-flash:generateContent', { contents: [{ parts: [{ text: 'Hi' }] }] }, (sent) => {
+    const { usageMetadata: u, modelVersion } = JSON.parse(sent.body);
+    return { input_tokens: u.promptTokenCount, output_tokens: u.candidatesTokenCount, model: modelVersion };
+  }],
+  ['Gemini streamGenerateContent?alt=sse', 'gemini', 'gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse', { contents: [{ parts: [{ text: 'Hi' }] }] }, (sent) => {
+    const last = events(sent.body).filter((e) => e.usageMetadata).at(-1);
+    return { input_tokens: last.usageMetadata.promptTokenCount, output_tokens: last.usageMetadata.candidatesTokenCount, model: last.modelVersion };
+  }],
+  ['ElevenLabs text to speech', 'elevenlabs', 'elevenlabs/v1/text-to-speech/voice123', { text: SPOKEN, model_id: 'eleven_multilingual_v2' }, (sent, received) => {
+    assert.ok(sent.body.length > 0, 'no audio');
+    return { characters: [...JSON.parse(received).text].length };
+  }],
+  ['ElevenLabs speech to text', 'elevenlabs', 'elevenlabs/v1/speech-to-text', multipart({ model_id: 'scribe_v1', file: WAV }), (sent) => {
+    const { words } = JSON.parse(sent.body);
+    return { audio_seconds: Math.max(...words.map((w) => w.end)) };
+  }],
+  ['Deepgram listen', 'deepgram', 'deepgram/v1/listen?model=nova-3', { body: WAV, headers: { 'content-type': 'audio/wav' } }, (sent) => {
+    return { audio_seconds: JSON.parse(sent.body).metadata.duration };
+  }],
+];
+
+describe('metering', () => {
+  for (const [name, provider, path, request, expected] of metered) {
+    test(`${name}: the usage row shows what the provider reported`, async () => {
+      const user = `u_meter_${name.replace(/[^A-Za-z]+/g, '_').toLowerCase()}`;
+      const { id } = await add(user, provider);
+      const { body, headers } = request.body ? request : { body: JSON.stringify(request), headers: json };
+      const r = await call(user, path, body, headers);
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.upstream.length, 1);
+      const { sent } = r.upstream[0];
+      assert.ok(r.bytes.equals(sent.body), 'the caller got what the provider sent');
+      const want = expected(sent, r.upstream[0].body);
+      const rows = await usageOf(user);
+      assert.equal(rows.length, 1, JSON.stringify(rows));
+      const [row] = rows;
+      const { model, ...counts } = { ...zero, ...want };
+      assert.deepEqual(
+        { provider: row.provider, credential_id: row.credential_id, source: row.source, requests: row.requests, incomplete: row.incomplete, input_tokens: row.input_tokens, output_tokens: row.output_tokens, characters: row.characters, audio_seconds: row.audio_seconds },
+        { provider, credential_id: id, source: 'user', requests: 1, incomplete: 0, ...counts },
+      );
+      if (model !== undefined) assert.equal(row.model, model);
+      assert.ok(Object.values(counts).some((v) => v > 0), 'the fake reported nothing to compare');
+    });
+  }
+
+  /**
+   * Starts a streamed chat call on a connection of its own, the fake holding the stream's
+   * last chunks back, and cuts that connection once the first event has arrived: closed
+   * (FIN), or with `reset`, reset (RST) as a dropped network or a killed client leaves it.
+   * Then lets the fake finish its stream (the usage chunk comes last).
+   */
+  async function cutStream(user, { reset = false } = {}) {
+    const body = JSON.stringify({ model: 'gpt-4o-mini', stream: true, stream_options: { include_usage: true }, messages: [{ role: 'user', content: 'Hi' }] });
+    const release = fake.holdStreamEnd({ maxMs: 30_000 });
+    try {
+      return await new Promise((resolve, reject) => {
+        const req = http.request(`${vault.base}/v1/proxy/openai/v1/chat/completions`, {
+          method: 'POST', agent: false,
+          headers: { authorization: `Bearer ${vault.token(user)}`, ...json, 'content-length': Buffer.byteLength(body) },
+        }, (res) => {
+          let seen = '';
+          res.on('data', (c) => {
+            seen += c;
+            if (!seen.includes('data:') || req.destroyed) return;
+            if (reset) req.socket.resetAndDestroy(); else req.destroy();
+            resolve({ status: res.statusCode, seen });
+          });
+          res.on('end', () => reject(new Error('the stream ended before the client cut it')));
+        });
+        req.on('error', () => { /* the cut itself */ });
+        req.end(body);
+      });
+    } finally {
+      release();
+    }
+  }
+
+  test('a stream the client cuts off is recorded incomplete, never as a complete zero', async () => {
+    const user = 'u_meter_cut';
+    const { id } = await add(user, 'openai');
+    const from = fake.requests.length;
+    const { status, seen } = await cutStream(user);
+    assert.equal(status, 200);
+    assert.ok(!seen.includes('"usage":{'), 'the client saw the usage before it hung up');
+    const rows = await usageOf(user);
+    assert.equal(rows.length, 1, JSON.stringify(rows));
+    assert.equal(rows[0].credential_id, id);
+    assert.equal(rows[0].requests, 1);
+    assert.equal(rows[0].incomplete, 1, `a cut stream was recorded complete: ${JSON.stringify(rows[0])}`);
+    assert.equal(fake.requests.slice(from).filter((r) => r.method === 'POST').length, 1);
+  });
+
+  // Known bug, reported: when the client's connection is reset mid-stream, the vault's
+  // pass-through waits forever on a write nobody takes, workerd cancels the request as hung
+  // ("Network connection lost", then "canceled this request because ... hung"), and the
+  // call is never metered. (A fetch aborted by undici resets its connection now and then,
+  // which made a fetch-based version of the test above fail about one run in ten.)
+  test('a stream whose client connection is reset is still recorded incomplete', { todo: 'the vault never records it (src/edge/body.rs pass_watching)' }, async () => {
+    const user = 'u_meter_reset';
+    await add(user, 'openai');
+    const { status } = await cutStream(user, { reset: true });
+    assert.equal(status, 200);
+    const rows = await until('a usage row of the reset stream', async () => {
+      const r = await vault.request('GET', '/v1/usage', { user });
+      return r.json.usage.length ? r.json.usage : undefined;
+    }, 8_000);
+    assert.equal(rows[0].requests, 1);
+    assert.equal(rows[0].incomplete, 1);
   });
 });

@@ -25,6 +25,8 @@
 //   huge         the probe passes; the model list is larger than the vault reads
 //   busy         valid for checks; every real operation answers 429 with Retry-After: 7
 //   spent        valid for checks; every real operation answers the provider's quota error
+//   spentreset   as spent, and where the provider tells when its quota resets (ElevenLabs's
+//                subscription), that is 3 days from now
 // and `revoke(key)` makes any key invalid from then on. `hold(key)` makes a key's calls
 // wait until the test releases them, and `holdStreamEnd()` holds back the last chunk of the
 // SSE streams: a test orders events by what it saw, never by how long it slept.
@@ -69,6 +71,11 @@ const sseEvents = (res, events) => {
   res.end();
 };
 
+/** ElevenLabs's subscription, its character quota resetting at `resetUnix` (seconds). */
+const subscription = (resetUnix) => ({ tier: 'creator', status: 'active', character_count: 1200, character_limit: 10000, next_character_count_reset_unix: resetUnix, voice_slots_used: 1, voice_limit: 30, currency: 'usd' });
+/** When a `spentreset` key's quota resets: 3 days from now, to the second. */
+const resetSoon = () => Math.floor(Date.now() / 1000) + 3 * 86_400;
+
 const MODEL_PAGES = 2; // providers that page their model list get two pages
 export const SLOW_MS = 1500;
 
@@ -92,7 +99,7 @@ const providers = {
     huge: (res) => json(res, 200, [{ model_id: 'eleven_huge', name: 'x'.repeat(3 * 1024 * 1024) }]),
     ok(res, path) {
       if (path === '/v1/user/subscription') {
-        return json(res, 200, { tier: 'creator', status: 'active', character_count: 1200, character_limit: 10000, next_character_count_reset_unix: 1796083200, voice_slots_used: 1, voice_limit: 30, currency: 'usd' });
+        return json(res, 200, subscription(1796083200));
       }
       if (path === '/v1/models') {
         return json(res, 200, [
@@ -103,6 +110,7 @@ const providers = {
       return json(res, 404, { detail: { status: 'not_found', message: 'Not found' } });
     },
     invalid: (res) => json(res, 401, { detail: { status: 'invalid_api_key', message: 'Invalid API key' } }),
+    spentreset: (res, path, ok) => (path === '/v1/user/subscription' ? json(res, 200, subscription(resetSoon())) : ok()),
     noscope: (res, path, ok) => (path === '/v1/user/subscription'
       ? json(res, 401, { detail: { status: 'missing_permissions', message: 'The API key you used is missing the permission user_read to execute this operation.' } })
       : ok()),
@@ -474,7 +482,8 @@ export function startFakeProviders() {
         switch (kind) {
           case 'invalid': return p.invalid(res);
           case 'busy': return p.limited(res, 7);
-          case 'spent': return (p.quota ?? p.invalid)(res);
+          case 'spent':
+          case 'spentreset': return (p.quota ?? p.invalid)(res);
           default: return op(res, record.body, streams, url.searchParams);
         }
       });
@@ -484,6 +493,7 @@ export function startFakeProviders() {
       case 'valid':
       case 'busy':
       case 'spent': return ok();
+      case 'spentreset': return p.spentreset ? p.spentreset(res, path, ok) : ok();
       case 'invalid': return p.invalid(res);
       case 'noscope': return p.noscope ? p.noscope(res, path, ok) : ok();
       case 'forbidden': return (p.forbidden ?? p.invalid)(res);

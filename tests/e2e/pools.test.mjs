@@ -190,6 +190,29 @@ describe('failover', () => {
     }
   });
 
+  test('a spent key whose provider says when its quota resets cools until then', async () => {
+    const user = 'u_pool_reset';
+    const A = await add(user, 'elevenlabs', 'spentreset'); // its quota resets in 3 days
+    const B = await add(user, 'elevenlabs');
+    await setPriority(user, B, 1);
+    const resets = (await credentials(user))[A.id].quota.resets_at;
+    assert.ok(Date.parse(resets) > Date.now() + 2 * 86_400_000, resets);
+    const speak = () => call(user, 'elevenlabs/v1/text-to-speech/voice123', JSON.stringify({ text: 'Hello', model_id: 'eleven_multilingual_v2' }));
+    const r = await speak();
+    assert.equal(r.status, 200, r.text);
+    assert.deepEqual(named(r.upstream, { A, B }), ['A', 'B']);
+    assert.equal(JSON.parse(r.upstream[0].sent.body).detail.status, 'quota_exceeded');
+    assert.equal(r.headers.get('x-byok-credential-id'), B.id);
+    assert.ok(r.bytes.equals(r.upstream[1].sent.body), "the caller got B's audio");
+    const a = (await credentials(user))[A.id];
+    assert.equal(a.status, 'quota_exhausted');
+    assert.equal(a.cooldown_reason, 'quota_exhausted');
+    assert.equal(a.cooldown_until, resets, 'A cools until its quota resets');
+    const next = await speak();
+    assert.equal(next.status, 200, next.text);
+    assert.deepEqual(named(next.upstream, { A, B }), ['B']);
+  });
+
   test('PATCH priority reorders which key is tried first', async () => {
     const user = 'u_pool_prio';
     const keys = { A: await add(user, 'openai'), B: await add(user, 'openai') };

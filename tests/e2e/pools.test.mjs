@@ -69,12 +69,14 @@ const chat = (user) => call(user, 'openai/v1/chat/completions', JSON.stringify({
 /** The keys the fake saw, named (a failing assertion never prints a key). */
 const named = (records, keys) => records.map((r) => Object.entries(keys).find(([, k]) => k.key === r.key)?.[0] ?? 'another key');
 
-/** The user's `credential.used` events once there are at least `n`, oldest first. */
+/** The user's `credential.used` events once there are `n`, in the order the keys were
+ * tried (the attempt each event names). */
 const usesOf = (user, n) => until(`${n} credential.used events of ${user}`, async () => {
   const r = await vault.request('GET', '/v1/audit?limit=200', { user });
   assert.equal(r.status, 200, r.text);
-  const uses = r.json.events.filter((e) => e.action === 'credential.used').reverse();
-  return uses.length >= n ? uses : undefined;
+  const uses = r.json.events.filter((e) => e.action === 'credential.used');
+  assert.ok(uses.length <= n, `more than ${n} uses: ${JSON.stringify(uses)}`);
+  return uses.length === n ? uses.sort((a, b) => a.detail.attempt - b.detail.attempt) : undefined;
 });
 
 describe('failover', () => {
@@ -96,7 +98,7 @@ describe('failover', () => {
     assert.ok(r.bytes.equals(r.upstream[1].sent.body), "the caller got B's answer as the provider sent it");
 
     // One credential.used event per key tried.
-    const uses = (await usesOf(user, 2)).slice(-2);
+    const uses = await usesOf(user, 2);
     assert.deepEqual(uses.map((e) => [e.credential_id, e.outcome, e.reason, e.detail?.attempt]),
       [[A.id, 'failure', 'provider_rate_limited', 1], [B.id, 'success', null, 2]], JSON.stringify(uses));
 
@@ -177,7 +179,7 @@ describe('failover', () => {
     assert.ok(until >= Math.floor(before / 1000) * 1000 + 3600_000 && until <= afterCall + 3600_000, creds[A.id].cooldown_until);
     assert.equal(creds[B.id].status, 'valid');
 
-    const uses = (await usesOf(user, 2)).slice(-2);
+    const uses = await usesOf(user, 2);
     assert.deepEqual(uses.map((e) => [e.credential_id, e.outcome, e.reason, e.detail?.attempt]),
       [[A.id, 'failure', 'quota_exhausted', 1], [B.id, 'success', null, 2]], JSON.stringify(uses));
 

@@ -25,16 +25,23 @@
 //   huge         the probe passes; the model list is larger than the vault reads
 //   busy         valid for checks; every real operation answers 429 with Retry-After: 7
 //   spent        valid for checks; every real operation answers the provider's quota error
+//   spentreset   as spent, and where the provider tells when its quota resets (ElevenLabs's
+//                subscription), that is 3 days from now
 // and `revoke(key)` makes any key invalid from then on. `hold(key)` makes a key's calls
 // wait until the test releases them, and `holdStreamEnd()` holds back the last chunk of the
 // SSE streams: a test orders events by what it saw, never by how long it slept.
 //
-// Real operations (what the vault's proxy forwards) answer too: ElevenLabs text-to-speech
-// returns AUDIO (its `/stream` variant in three chunks STREAM_GAP_MS apart), OpenAI chat
-// completions with `"stream": true` send an SSE stream of three chunks STREAM_GAP_MS
-// apart (the time each was sent is kept in `sseSent`), Anthropic messages and Gemini
-// generateContent answer their JSON shapes. Each operation's request (headers and body)
-// is kept in `requests`. A path starting `/redirect/`
+// Real operations (what the vault's proxy forwards, and the official SDKs call) answer too:
+// ElevenLabs text-to-speech returns AUDIO (its `/stream` variant in three chunks
+// STREAM_GAP_MS apart), OpenAI chat completions with `"stream": true` send an SSE stream of
+// three chunks STREAM_GAP_MS apart (the time each was sent is kept in `sseSent`; with
+// `stream_options.include_usage` a last chunk carries the usage), Anthropic messages (with
+// `"stream": true` its event sequence) and Gemini generateContent / streamGenerateContent
+// (`?alt=sse`) answer their shapes; OpenAI embeddings (floats or base64) and Gemini
+// embedContent / batchEmbedContents answer EMBEDDING; OpenAI speech and Deepgram speak answer
+// AUDIO; OpenAI and ElevenLabs transcriptions answer TRANSCRIPT, Deepgram listen its results
+// JSON (with metadata.duration). Each operation's request (headers and body)
+// is kept in `requests`, with what the fake answered (`sent`). A path starting `/redirect/`
 // answers 302 to the same path without that prefix (a base_url that bounces elsewhere).
 import http from 'node:http';
 
@@ -47,6 +54,27 @@ const json = (res, status, body, headers = {}) => {
 export const AUDIO = Buffer.from(Array.from({ length: 3000 }, (_, i) => (i * 7 + 3) % 256));
 export const STREAM_GAP_MS = 300;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** What the fake embeddings answer: values a float32 holds exactly, so base64 loses nothing. */
+export const EMBEDDING = [0.125, -0.5, 0.25, 0.75, -0.0625];
+/** What the fake transcriptions answer (OpenAI, ElevenLabs). */
+export const TRANSCRIPT = 'Hello there.';
+const parse = (body) => { try { return JSON.parse(body.toString() || '{}'); } catch { return {}; } };
+const float32Base64 = (values) => {
+  const b = Buffer.alloc(values.length * 4);
+  values.forEach((v, i) => b.writeFloatLE(v, i * 4));
+  return b.toString('base64');
+};
+/** Writes named SSE events (`event:` and `data:` lines), as Anthropic streams. */
+const sseEvents = (res, events) => {
+  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
+  for (const [event, data] of events) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+  res.end();
+};
+
+/** ElevenLabs's subscription, its character quota resetting at `resetUnix` (seconds). */
+const subscription = (resetUnix) => ({ tier: 'creator', status: 'active', character_count: 1200, character_limit: 10000, next_character_count_reset_unix: resetUnix, voice_slots_used: 1, voice_limit: 30, currency: 'usd' });
+/** When a `spentreset` key's quota resets: 3 days from now, to the second. */
+const resetSoon = () => Math.floor(Date.now() / 1000) + 3 * 86_400;
 
 const MODEL_PAGES = 2; // providers that page their model list get two pages
 export const SLOW_MS = 1500;
@@ -71,7 +99,7 @@ const providers = {
     huge: (res) => json(res, 200, [{ model_id: 'eleven_huge', name: 'x'.repeat(3 * 1024 * 1024) }]),
     ok(res, path) {
       if (path === '/v1/user/subscription') {
-        return json(res, 200, { tier: 'creator', status: 'active', character_count: 1200, character_limit: 10000, next_character_count_reset_unix: 1796083200, voice_slots_used: 1, voice_limit: 30, currency: 'usd' });
+        return json(res, 200, subscription(1796083200));
       }
       if (path === '/v1/models') {
         return json(res, 200, [
@@ -82,6 +110,7 @@ const providers = {
       return json(res, 404, { detail: { status: 'not_found', message: 'Not found' } });
     },
     invalid: (res) => json(res, 401, { detail: { status: 'invalid_api_key', message: 'Invalid API key' } }),
+    spentreset: (res, path, ok) => (path === '/v1/user/subscription' ? json(res, 200, subscription(resetSoon())) : ok()),
     noscope: (res, path, ok) => (path === '/v1/user/subscription'
       ? json(res, 401, { detail: { status: 'missing_permissions', message: 'The API key you used is missing the permission user_read to execute this operation.' } })
       : ok()),
@@ -244,32 +273,143 @@ function operation(name, method, path) {
   }
   if (name === 'openai' && method === 'POST' && path === '/v1/chat/completions') {
     return async (res, body, state) => {
-      const request = JSON.parse(body.toString() || '{}');
-      const chunk = (i, content) => ({ id: 'chatcmpl-fake', object: 'chat.completion.chunk', created: 1732500000, model: request.model ?? 'gpt-4o-mini', choices: [{ index: 0, delta: { content }, finish_reason: null }] });
+      const request = parse(body);
+      const model = request.model ?? 'gpt-4o-mini';
+      const usage = { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 };
+      // With include_usage every chunk carries `usage: null` and one more, before [DONE],
+      // carries the usage with no choices.
+      const withUsage = request.stream_options?.include_usage === true;
+      const chunk = (choices, extra = {}) => ({ id: 'chatcmpl-fake', object: 'chat.completion.chunk', created: 1732500000, model, choices, ...(withUsage ? { usage: null } : {}), ...extra });
       if (!request.stream) {
-        return json(res, 200, { id: 'chatcmpl-fake', object: 'chat.completion', created: 1732500000, model: request.model ?? 'gpt-4o-mini', choices: [{ index: 0, message: { role: 'assistant', content: 'Hello there!' }, finish_reason: 'stop' }], usage: { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 } });
+        return json(res, 200, { id: 'chatcmpl-fake', object: 'chat.completion', created: 1732500000, model, choices: [{ index: 0, message: { role: 'assistant', content: 'Hello there!' }, finish_reason: 'stop' }], usage });
       }
       res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
       const words = ['Hello', ' there', '!'];
       for (let i = 0; i < words.length; i++) {
         // A test may hold the last chunk back until it has seen the first (holdStreamEnd).
         if (i === words.length - 1) await state.streamEnd;
-        res.write(`data: ${JSON.stringify(chunk(i, words[i]))}\n\n`);
+        res.write(`data: ${JSON.stringify(chunk([{ index: 0, delta: { content: words[i] }, finish_reason: null }]))}\n\n`);
         state.sseSent.push(Date.now());
         if (i < words.length - 1) await sleep(STREAM_GAP_MS);
       }
+      res.write(`data: ${JSON.stringify(chunk([{ index: 0, delta: {}, finish_reason: 'stop' }]))}\n\n`);
+      if (withUsage) res.write(`data: ${JSON.stringify(chunk([], { usage }))}\n\n`);
       res.write('data: [DONE]\n\n');
       res.end();
       return undefined;
     };
   }
-  if (name === 'anthropic' && method === 'POST' && path === '/v1/messages') {
-    return async (res) => json(res, 200, { id: 'msg_fake', type: 'message', role: 'assistant', model: 'claude-sonnet-4-5', content: [{ type: 'text', text: 'Hello!' }], stop_reason: 'end_turn', usage: { input_tokens: 5, output_tokens: 2 } });
+  if (name === 'openai' && method === 'POST' && path === '/v1/embeddings') {
+    return async (res, body) => {
+      const request = parse(body);
+      // The SDKs ask for base64 (little-endian float32s) unless the app asks for floats.
+      const embedding = request.encoding_format === 'base64' ? float32Base64(EMBEDDING) : EMBEDDING;
+      const inputs = Array.isArray(request.input) ? request.input : [request.input];
+      json(res, 200, { object: 'list', data: inputs.map((_, index) => ({ object: 'embedding', index, embedding })), model: request.model ?? 'text-embedding-3-small', usage: { prompt_tokens: 1, total_tokens: 1 } });
+    };
   }
-  if (name === 'gemini' && method === 'POST' && /^\/v1beta\/models\/[^/]+:generateContent$/.test(path)) {
-    return async (res) => json(res, 200, { candidates: [{ content: { role: 'model', parts: [{ text: 'Hello!' }] }, finishReason: 'STOP' }], usageMetadata: { promptTokenCount: 3, candidatesTokenCount: 2, totalTokenCount: 5 } });
+  if ((name === 'openai' && method === 'POST' && path === '/v1/audio/speech')
+    || (name === 'deepgram' && method === 'POST' && path === '/v1/speak')) {
+    return async (res) => { res.writeHead(200, { 'content-type': 'audio/mpeg' }); res.end(AUDIO); };
+  }
+  if (name === 'openai' && method === 'POST' && path === '/v1/audio/transcriptions') {
+    return async (res, body) => {
+      // Multipart: only the response format matters here (verbose_json adds the duration).
+      const verbose = /name="response_format"\r\n\r\nverbose_json/.test(body.toString('latin1'));
+      json(res, 200, verbose
+        ? { task: 'transcribe', language: 'english', duration: 0.5, text: TRANSCRIPT, segments: [] }
+        : { text: TRANSCRIPT, usage: { type: 'duration', seconds: 1 } });
+    };
+  }
+  if (name === 'anthropic' && method === 'POST' && path === '/v1/messages') {
+    return async (res, body) => {
+      const request = parse(body);
+      const model = request.model ?? 'claude-sonnet-4-5';
+      if (!request.stream) {
+        return json(res, 200, { id: 'msg_fake', type: 'message', role: 'assistant', model, content: [{ type: 'text', text: 'Hello!' }], stop_reason: 'end_turn', stop_sequence: null, usage: { input_tokens: 5, output_tokens: 2 } });
+      }
+      // The real event sequence: message_start (input usage), one text block, message_delta
+      // (cumulative output usage), message_stop.
+      const words = ['Hello', ' there', '!'];
+      sseEvents(res, [
+        ['message_start', { type: 'message_start', message: { id: 'msg_fake', type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, usage: { input_tokens: 5, output_tokens: 1 } } }],
+        ['content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }],
+        ['ping', { type: 'ping' }],
+        ...words.map((text) => ['content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text } }]),
+        ['content_block_stop', { type: 'content_block_stop', index: 0 }],
+        ['message_delta', { type: 'message_delta', delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: 3 } }],
+        ['message_stop', { type: 'message_stop' }],
+      ]);
+      return undefined;
+    };
+  }
+  const gemini = name === 'gemini' && method === 'POST' && /^\/v1(beta)?\/models\/[^/:]+:([A-Za-z]+)$/.exec(path);
+  if (gemini && gemini[2] === 'generateContent') {
+    return async (res) => json(res, 200, { candidates: [{ content: { role: 'model', parts: [{ text: 'Hello!' }] }, finishReason: 'STOP', index: 0 }], usageMetadata: { promptTokenCount: 3, candidatesTokenCount: 2, totalTokenCount: 5 }, modelVersion: 'gemini-2.0-flash', responseId: 'resp-fake' });
+  }
+  if (gemini && gemini[2] === 'streamGenerateContent') {
+    return async (res, body, state, query) => {
+      const words = ['Hello', ' there', '!'];
+      const chunks = words.map((text, i) => ({
+        candidates: [{ content: { role: 'model', parts: [{ text }] }, index: 0, ...(i === words.length - 1 ? { finishReason: 'STOP' } : {}) }],
+        usageMetadata: i === words.length - 1
+          ? { promptTokenCount: 3, candidatesTokenCount: 3, totalTokenCount: 6 }
+          : { promptTokenCount: 3, totalTokenCount: 3 },
+        modelVersion: 'gemini-2.0-flash',
+        responseId: 'resp-fake',
+      }));
+      if (query.get('alt') !== 'sse') return json(res, 200, chunks); // without alt=sse: one JSON array
+      // Gemini separates its SSE events with CRLFs.
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      for (const c of chunks) res.write(`data: ${JSON.stringify(c)}\r\n\r\n`);
+      res.end();
+      return undefined;
+    };
+  }
+  if (gemini && gemini[2] === 'embedContent') {
+    return async (res) => json(res, 200, { embedding: { values: EMBEDDING } });
+  }
+  if (gemini && gemini[2] === 'batchEmbedContents') {
+    return async (res, body) => json(res, 200, { embeddings: (parse(body).requests ?? [{}]).map(() => ({ values: EMBEDDING })) });
+  }
+  if (name === 'elevenlabs' && method === 'POST' && path === '/v1/speech-to-text') {
+    return async (res) => json(res, 200, {
+      language_code: 'eng', language_probability: 0.98, text: TRANSCRIPT, transcription_id: 'tr_fake', audio_duration_secs: 0.5,
+      words: [
+        { text: 'Hello', start: 0, end: 0.2, type: 'word', speaker_id: 'speaker_0', logprob: -0.01 },
+        { text: ' ', start: 0.2, end: 0.25, type: 'spacing', speaker_id: 'speaker_0', logprob: 0 },
+        { text: 'there.', start: 0.25, end: 0.5, type: 'word', speaker_id: 'speaker_0', logprob: -0.02 },
+      ],
+    });
+  }
+  if (name === 'deepgram' && method === 'POST' && path === '/v1/listen') {
+    return async (res) => json(res, 200, {
+      metadata: {
+        transaction_key: 'deprecated', request_id: '5b8e1a7c-2f1d-4c3b-9a0e-6d7f8e9a0b1c', sha256: 'a'.repeat(64), created: '2026-12-01T12:00:00.000Z',
+        duration: 0.5, channels: 1, models: ['1abfe86b-e047-4eed-858a-35e5625b41ee'],
+        model_info: { '1abfe86b-e047-4eed-858a-35e5625b41ee': { name: 'general-nova-3', version: '2025-01-01.0', arch: 'nova-3' } },
+      },
+      results: { channels: [{ alternatives: [{ transcript: 'hello there', confidence: 0.99, words: [
+        { word: 'hello', start: 0, end: 0.2, confidence: 0.99 },
+        { word: 'there', start: 0.25, end: 0.5, confidence: 0.98 },
+      ] }] }] },
+    });
   }
   return undefined;
+}
+
+/** Keeps what the fake answers to `record` in `record.sent` (status and body bytes), so a
+ * test can compare what a client got with what the provider sent. */
+function keepSent(res, record) {
+  const chunks = [];
+  const keep = (c, enc) => { if (c != null && typeof c !== 'function') chunks.push(Buffer.from(c, typeof enc === 'string' ? enc : undefined)); };
+  const { write, end } = res;
+  res.write = (c, ...rest) => { keep(c, rest[0]); return write.call(res, c, ...rest); };
+  res.end = (c, ...rest) => {
+    keep(c, rest[0]);
+    record.sent = { status: res.statusCode, body: Buffer.concat(chunks) };
+    return end.call(res, c, ...rest);
+  };
 }
 
 /**
@@ -313,6 +453,7 @@ export function startFakeProviders() {
     seen.set(`${name}:${key}`, count);
     const record = { provider: name, method: req.method, path, region, query: url.search, key, headers: req.headers, at: Date.now() };
     requests.push(record);
+    keepSent(res, record);
     const held = holds.get(key);
     if (held) {
       held.wait.then(() => answer(record, p, count, url, req, res));
@@ -341,8 +482,9 @@ export function startFakeProviders() {
         switch (kind) {
           case 'invalid': return p.invalid(res);
           case 'busy': return p.limited(res, 7);
-          case 'spent': return (p.quota ?? p.invalid)(res);
-          default: return op(res, record.body, streams);
+          case 'spent':
+          case 'spentreset': return (p.quota ?? p.invalid)(res);
+          default: return op(res, record.body, streams, url.searchParams);
         }
       });
       return undefined;
@@ -351,6 +493,7 @@ export function startFakeProviders() {
       case 'valid':
       case 'busy':
       case 'spent': return ok();
+      case 'spentreset': return p.spentreset ? p.spentreset(res, path, ok) : ok();
       case 'invalid': return p.invalid(res);
       case 'noscope': return p.noscope ? p.noscope(res, path, ok) : ok();
       case 'forbidden': return (p.forbidden ?? p.invalid)(res);

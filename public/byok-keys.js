@@ -26,6 +26,25 @@ const STATUS_TEXT = {
   unverified: 'Not yet checked',
 };
 const CAPABILITY_TEXT = { tts: 'Text to speech', stt: 'Speech to text', llm: 'Chat (LLM)', embedding: 'Embeddings' };
+/** The units a budget may limit, and how one of each reads (`tokens`, input and output
+ * together, is what a chat or embedding key shows when no budget names a unit). */
+const UNIT_TEXT = {
+  requests: ['request', 'requests'],
+  input_tokens: ['input token', 'input tokens'],
+  output_tokens: ['output token', 'output tokens'],
+  characters: ['character', 'characters'],
+  audio_seconds: ['second of audio', 'seconds of audio'],
+  tokens: ['token', 'tokens'],
+};
+const BUDGET_UNITS = ['requests', 'input_tokens', 'output_tokens', 'characters', 'audio_seconds'];
+/** The unit that fits what a key is used for, when its budget names none. */
+const CAPABILITY_UNIT = { tts: 'characters', stt: 'audio_seconds', llm: 'tokens', embedding: 'tokens' };
+const PERIOD_TEXT = { day: 'today', month: 'this month' };
+const PER_PERIOD = { day: 'a day', month: 'a month' };
+const COOLING_TEXT = { rate_limited: 'rate limited', quota_exhausted: 'quota spent' };
+/** Days the chart of a key's use spans, ending today (UTC days, as usage is kept). */
+const CHART_DAYS = 30;
+const DAY_MS = 86_400_000;
 
 const STYLE = `
 :host { display: block; font: 15px/1.45 system-ui, sans-serif; color: #1c1e21; max-width: 60rem; }
@@ -59,6 +78,21 @@ button:focus-visible, input:focus-visible, select:focus-visible { outline: 3px s
 table { border-collapse: collapse; width: 100%; font-size: .9rem; }
 th, td { text-align: left; padding: .25rem .4rem; border-bottom: 1px solid #dadde1; }
 .hint { font-family: ui-monospace, monospace; }
+.usage { margin: .5rem 0; font-size: .9rem; }
+.usage p { margin: .2rem 0; }
+.meter { height: .55rem; border-radius: .3rem; background: #e4e6eb; overflow: hidden; margin: .15rem 0 .35rem; }
+.meter > div { height: 100%; background: #1b5fd0; }
+.meter.full > div { background: #b3261e; }
+.spark { display: block; width: 100%; max-width: 15rem; height: 2.2rem; }
+.spark rect { fill: #1b5fd0; }
+.spark rect.none { fill: #c9ccd1; }
+.spark rect.today { fill: #0b3d91; }
+.caption { color: #4b4f56; font-size: .85rem; }
+.pool { margin-bottom: .8rem; }
+.pool > p { margin: 0 0 .4rem; color: #4b4f56; }
+ol.cards { list-style: none; padding: 0; margin: 0; }
+.field-error { color: #8a1410; font-size: .85rem; margin: .15rem 0 0; }
+.field-error:empty { display: none; }
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
 `;
 
@@ -80,6 +114,91 @@ function quotaText(q) {
   return `${n(q.used)} of ${n(q.limit)} ${q.unit} used${resets}`;
 }
 
+const num = (n) => Number(n).toLocaleString(undefined, { maximumFractionDigits: 1 });
+const unitText = (unit, n) => UNIT_TEXT[unit][n === 1 ? 0 : 1];
+/** The UTC day (`YYYY-MM-DD`) of a moment: usage is kept per UTC day. */
+const utcDay = (ms) => new Date(ms).toISOString().slice(0, 10);
+/** A UTC day as the person's locale writes a short date. */
+const dayText = (day) => new Date(`${day}T00:00:00Z`).toLocaleDateString(undefined, { day: 'numeric', month: 'short', timeZone: 'UTC' });
+
+/** How much of `unit` a usage row (or a `usage_this_period`) counts. */
+function amount(row, unit) {
+  if (!row) return 0;
+  if (unit === 'tokens') return (row.input_tokens ?? 0) + (row.output_tokens ?? 0);
+  return row[unit] ?? 0;
+}
+
+/** The first day of the budget period that holds today (UTC, as the vault counts). */
+function periodStart(period, now = Date.now()) {
+  const today = utcDay(now);
+  return period === 'day' ? today : `${today.slice(0, 8)}01`;
+}
+
+/** When the period that holds now ends, and a budget is whole again. */
+function periodEnd(period, now = Date.now()) {
+  const d = new Date(now);
+  return period === 'day'
+    ? new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() + 1))
+    : new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1));
+}
+
+/** When a cooldown ends, in the person's locale and time zone (with the date when not today). */
+function untilText(iso) {
+  const at = new Date(iso);
+  const time = at.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
+  return at.toDateString() === new Date().toDateString() ? time : `${at.toLocaleDateString(undefined, { day: 'numeric', month: 'short' })} ${time}`;
+}
+
+/** A user's keys for one provider in the order the vault tries them, leaving out what
+ * changes from call to call (a cooldown, a capability's default): a key no check has
+ * confirmed after the others, then `priority` (lower first), then a valid key before a
+ * failing one, then as the vault lists them (newest first). */
+function inOrder(keys, priorities = new Map()) {
+  const p = (c) => (priorities.has(c.id) ? priorities.get(c.id) : c.priority ?? 0);
+  const rank = (c) => (c.status === 'valid' ? 0 : c.status === 'unverified' ? 2 : 1);
+  const unverified = (c) => (c.status === 'unverified' ? 1 : 0);
+  return keys.map((c, i) => ({ c, i }))
+    .sort((a, b) => unverified(a.c) - unverified(b.c) || p(a.c) - p(b.c) || rank(a.c) - rank(b.c) || a.i - b.i)
+    .map(({ c }) => c);
+}
+
+/** The fewest priority changes (`[{id, priority}]`) that put `ordered[from]` at `to`, or
+ * null when the vault's order cannot have it there (a key no check has confirmed never goes
+ * ahead of a confirmed one). Each key in turn keeps its number; the others on either side
+ * take the nearest that keeps them in place (an equal one where the tie already falls the
+ * right way), and the plan that changes fewest keys wins. */
+function planMove(ordered, from, to) {
+  const want = [...ordered];
+  const [moved] = want.splice(from, 1);
+  want.splice(to, 0, moved);
+  const pos = new Map(ordered.map((c, i) => [c.id, i]));
+  // Whether `a` goes before `b` when their priorities are equal.
+  const first = (a, b) => {
+    const pair = pos.get(a.id) < pos.get(b.id) ? [a, b] : [b, a];
+    return inOrder(pair, new Map([[a.id, 0], [b.id, 0]]))[0] === a;
+  };
+  const works = (changes) => {
+    const order = inOrder(ordered, new Map(changes.map((x) => [x.id, x.priority])));
+    return order.every((c, i) => c.id === want[i].id) && changes.every((x) => Math.abs(x.priority) <= 1_000_000);
+  };
+  let best = null;
+  for (let m = 0; m < want.length; m++) {
+    const q = want.map((c) => c.priority ?? 0);
+    for (let k = m - 1; k >= 0; k--) {
+      if (q[k] > q[k + 1] || (q[k] === q[k + 1] && !first(want[k], want[k + 1]))) q[k] = first(want[k], want[k + 1]) ? q[k + 1] : q[k + 1] - 1;
+    }
+    for (let k = m + 1; k < want.length; k++) {
+      if (q[k] < q[k - 1] || (q[k] === q[k - 1] && !first(want[k - 1], want[k]))) q[k] = first(want[k - 1], want[k]) ? q[k - 1] : q[k - 1] + 1;
+    }
+    const changes = want.map((c, i) => ({ id: c.id, priority: q[i] })).filter((x, i) => x.priority !== (want[i].priority ?? 0));
+    // Of two as short, the one that renumbers the key the person moved.
+    const better = !best || changes.length < best.length
+      || (changes.length === best.length && changes.some((x) => x.id === moved.id) && !best.some((x) => x.id === moved.id));
+    if (better && works(changes)) best = changes;
+  }
+  return best;
+}
+
 /** An element made with its attributes and children (text is always set as text). */
 function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -90,6 +209,14 @@ function h(tag, attrs = {}, ...children) {
     else el.setAttribute(k, v === true ? '' : v);
   }
   for (const c of children.flat()) if (c != null) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return el;
+}
+
+/** An SVG element with its attributes and children. */
+function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS('http://www.w3.org/2000/svg', tag);
+  for (const [k, v] of Object.entries(attrs)) if (v != null) el.setAttribute(k, v);
+  el.append(...children);
   return el;
 }
 
@@ -125,6 +252,10 @@ export class ByokKeys extends HTMLElement {
   #preferences = {};
   #models = new Map(); // credential id → [{id, name}]
   #sandbox = false;
+  /** The user's metered use (GET /v1/usage rows) over the chart's days and this month. */
+  #usage = { rows: [], truncated: false, ok: false };
+  /** Timers that take a cooldown's badge away when it ends. */
+  #timers = [];
   #id = `byok-${++counter}`;
   /** What the last action did, shown above the keys (and in the add form) until the next. */
   #notice = null;
@@ -186,11 +317,15 @@ export class ByokKeys extends HTMLElement {
       this.#draw([h('p', { class: 'feedback info', role: 'status' }, 'Sign in to manage your provider keys.')]);
       return;
     }
-    const [providers, credentials, preferences, health] = await Promise.all([
+    // One range holds both the chart's days and the month so far.
+    const now = Date.now();
+    const from = [utcDay(now - (CHART_DAYS - 1) * DAY_MS), periodStart('month', now)].sort()[0];
+    const [providers, credentials, preferences, health, usage] = await Promise.all([
       this.#call('GET', '/v1/providers'),
       this.#call('GET', '/v1/credentials'),
       this.#call('GET', '/v1/preferences'),
       this.#call('GET', '/v1/health'),
+      this.#call('GET', `/v1/usage?from=${from}&to=${utcDay(now)}`),
     ]);
     if (!providers.ok || !credentials.ok) {
       const p = providers.ok ? credentials.problem : providers.problem;
@@ -201,6 +336,7 @@ export class ByokKeys extends HTMLElement {
     this.#credentials = credentials.body.credentials;
     this.#preferences = preferences.ok ? preferences.body : {};
     this.#sandbox = health.body?.checks?.providers === 'sandbox';
+    this.#usage = usage.ok ? { rows: usage.body.usage ?? [], truncated: !!usage.body.truncated, ok: true } : { rows: [], truncated: false, ok: false };
     // The model lists of the defaults, for choosing each default's model.
     const chosen = [...new Set(Object.values(this.#preferences).filter(Boolean).map((p) => p.credential_id))];
     await Promise.all(chosen.filter((id) => !this.#models.has(id)).map(async (id) => {
@@ -216,16 +352,36 @@ export class ByokKeys extends HTMLElement {
   }
 
   #render() {
+    for (const t of this.#timers) clearTimeout(t);
+    this.#timers = [];
     this.#draw([
       this.#sandbox ? h('p', { class: 'banner', role: 'note' }, 'Sandbox: this vault talks to stand-in providers, not the real ones. Keys here are test keys.') : null,
       h('section', { 'aria-labelledby': `${this.#id}-keys` },
         h('h2', { id: `${this.#id}-keys` }, 'Your provider keys'),
         h('div', { class: 'notice', tabindex: '-1' }, this.#noticeEl(this.#notice)),
-        this.#credentials.length ? h('div', { class: 'cards' }, this.#credentials.map((c) => this.#card(c))) : this.#emptyState()),
+        this.#credentials.length ? this.#keyList() : this.#emptyState()),
       this.#addForm(),
       this.#defaults(),
       this.#audit(),
     ]);
+  }
+
+  /** The keys, a provider's several keys together in the order the vault tries them (and
+   * that the person can change), then the keys that are their provider's only one. */
+  #keyList() {
+    const byProvider = new Map();
+    for (const c of this.#credentials) byProvider.set(c.provider, [...(byProvider.get(c.provider) ?? []), c]);
+    const pools = [];
+    const single = [];
+    for (const [provider, keys] of byProvider) {
+      if (keys.length === 1) { single.push(this.#card(keys[0], null)); continue; }
+      const ordered = inOrder(keys);
+      const id = `${this.#id}-pool-${provider}`;
+      pools.push(h('div', { class: 'pool' },
+        h('p', { id }, `Your ${keys.length} ${this.#providerName(provider)} keys, in the order they are tried. A key that is cooling down waits until the others have been tried, and a key you chose as a default goes first for that use.`),
+        h('ol', { class: 'cards', 'aria-labelledby': id }, ordered.map((c, i) => h('li', {}, this.#card(c, { ordered, index: i }))))));
+    }
+    return h('div', {}, pools, single.length ? h('div', { class: 'cards' }, single) : null);
   }
 
   #noticeEl(n) {
@@ -244,29 +400,227 @@ export class ByokKeys extends HTMLElement {
       h('p', {}, 'Add the API key of a provider you use (ElevenLabs, OpenAI, Anthropic, …) below. It is checked with the provider before it is saved, stored encrypted, and only ever shown masked.'));
   }
 
-  #card(c) {
+  #card(c, pool) {
     const status = c.status;
     const tone = status === 'valid' ? 'good' : ['rate_limited', 'unreachable', 'unverified'].includes(status) ? 'wait' : 'bad';
     const name = this.#providerName(c.provider);
     const feedback = h('div', { 'aria-live': 'polite' });
     const card = h('article', { class: 'card', 'aria-label': `${name} key ${c.label ?? ''}`.trim(), 'data-credential': c.id },
       h('h3', {}, name, c.label ? ` — ${c.label}` : ''),
-      h('span', { class: `status ${tone}` }, STATUS_TEXT[status] ?? status),
+      h('span', { class: `status ${tone}` }, STATUS_TEXT[status] ?? status), ' ',
+      this.#coolingBadge(c),
       c.status_detail ? h('p', { class: 'feedback bad' }, c.status_detail) : null,
       h('dl', {},
+        pool ? [h('dt', {}, 'Order'), h('dd', {}, `${pool.index + 1} of ${pool.ordered.length}${pool.index === 0 ? ' (tried first)' : ''}`)] : null,
         h('dt', {}, 'Key'), h('dd', { class: 'hint' }, c.key_hint ?? '—'),
         h('dt', {}, 'Model'), h('dd', {}, c.model ?? 'provider default'),
         h('dt', {}, 'Quota'), h('dd', {}, quotaText(c.quota)),
         h('dt', {}, 'Last check'), h('dd', {}, ago(c.last_validated_at)),
         h('dt', {}, 'Last use'), h('dd', {}, ago(c.last_used_at))),
       (c.warnings ?? []).map((w) => h('p', { class: 'feedback info' }, w)),
+      this.#usageOf(c),
       feedback,
+      pool ? this.#moveButtons(c, pool, feedback) : null,
       h('div', { class: 'row' },
         h('button', { class: 'secondary', type: 'button', 'aria-description': `${name} ${c.key_hint ?? ''}`, onclick: (e) => this.#recheck(c, e.currentTarget, feedback) }, 'Re-check'),
         h('button', { class: 'secondary', type: 'button', onclick: () => this.#openRotate(c, card, feedback) }, 'Rotate key'),
         h('button', { class: 'secondary', type: 'button', onclick: () => this.#openModels(c, card, feedback) }, 'Choose model'),
+        h('button', { class: 'secondary', type: 'button', onclick: () => this.#openBudget(c, card, feedback) }, c.budget ? 'Change budget' : 'Set budget'),
+        c.budget ? h('button', { class: 'secondary', type: 'button', onclick: (e) => this.#removeBudget(c, e.currentTarget, feedback) }, 'Remove budget') : null,
         h('button', { class: 'danger', type: 'button', onclick: () => this.#confirmDelete(c, card) }, 'Delete')));
     return card;
+  }
+
+  /** A key as a sentence names it: its provider, label and hint. */
+  #keyName(c) {
+    return `${this.#providerName(c.provider)} key ${c.label ? `${c.label} ` : ''}(${c.key_hint ?? 'no key'})`;
+  }
+
+  /** "Cooling down until 14:05 (rate limited)" while the vault holds the key back; it goes
+   * when the cooldown ends (the vault tries the key again then, untouched). */
+  #coolingBadge(c) {
+    const left = Date.parse(c.cooldown_until ?? '') - Date.now();
+    if (!(left > 0)) return null;
+    const why = COOLING_TEXT[c.cooldown_reason];
+    const badge = h('span', { class: 'status wait' }, `Cooling down until ${untilText(c.cooldown_until)}${why ? ` (${why})` : ''}`);
+    if (left < 2 ** 31 - 1) this.#timers.push(setTimeout(() => badge.remove(), left));
+    return badge;
+  }
+
+  /** The units a key's use is shown in: its budget's, else the one that fits what the key
+   * does (its use as a default first, else its provider's first capability). */
+  #unitsOf(c) {
+    const limited = BUDGET_UNITS.filter((u) => c.budget?.[u] != null);
+    if (limited.length) return limited;
+    const caps = this.#providers.find((p) => p.id === c.provider)?.capabilities ?? [];
+    const asDefault = caps.find((cap) => this.#preferences[cap]?.credential_id === c.id);
+    return [CAPABILITY_UNIT[asDefault ?? caps[0]] ?? 'requests'];
+  }
+
+  /** This period's use against the budget (a bar per limited unit), and a chart of the
+   * last days' use. The period's use is the vault's own count when it gives one
+   * (`usage_this_period`), else the sum of the key's metered days. */
+  #usageOf(c) {
+    const period = c.budget?.period ?? 'month';
+    const units = this.#unitsOf(c);
+    const rows = this.#usage.rows.filter((r) => r.credential_id === c.id);
+    if (!this.#usage.ok && !c.usage_this_period && !c.budget) return null;
+    const start = periodStart(period);
+    const counted = !!c.usage_this_period;
+    const used = (unit) => (counted ? amount(c.usage_this_period, unit) : rows.filter((r) => r.day >= start).reduce((n, r) => n + amount(r, unit), 0));
+    // A list cut short by the vault counts only part of the days.
+    const atLeast = !counted && this.#usage.truncated ? 'at least ' : '';
+    const known = counted || this.#usage.ok;
+    const block = h('div', { class: 'usage' });
+    for (const unit of units) {
+      const n = used(unit);
+      const limit = c.budget?.[unit];
+      const id = `${this.#id}-use-${c.id}-${unit}`;
+      if (limit == null) {
+        block.append(h('p', {}, `${atLeast}${num(n)} ${unitText(unit, n)} ${PERIOD_TEXT[period]}`));
+        continue;
+      }
+      if (!known) {
+        block.append(h('p', {}, `Budget: ${num(limit)} ${unitText(unit, limit)} ${PER_PERIOD[period]}`));
+        continue;
+      }
+      const spent = n >= limit;
+      const text = `${atLeast}${num(n)} / ${num(limit)} ${unitText(unit, limit)} ${PERIOD_TEXT[period]}`;
+      const fill = h('div', {});
+      // CSSOM, not a style attribute: the page's CSP allows no inline style.
+      fill.style.width = `${limit > 0 ? Math.min(100, (n / limit) * 100) : 100}%`;
+      block.append(h('p', { id }, text),
+        h('div', { class: `meter${spent ? ' full' : ''}`, role: 'meter', 'aria-labelledby': id, 'aria-valuemin': '0', 'aria-valuemax': String(limit), 'aria-valuenow': String(Math.min(n, limit)), 'aria-valuetext': text }, fill));
+      if (spent) block.append(h('p', { class: 'feedback bad' }, `Budget reached: calls with this key wait until ${periodEnd(period).toLocaleString(undefined, { day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit' })}, and go to your next key meanwhile.`));
+    }
+    if (this.#usage.ok) block.append(this.#chart(units[0], rows));
+    return block;
+  }
+
+  /** A bar per day of the last CHART_DAYS (UTC) days, today last, with a summary in words
+   * for screen readers; each bar's value shows on hover. */
+  #chart(unit, rows) {
+    const now = Date.now();
+    const days = Array.from({ length: CHART_DAYS }, (_, i) => utcDay(now - (CHART_DAYS - 1 - i) * DAY_MS));
+    const perDay = new Map();
+    for (const r of rows) perDay.set(r.day, (perDay.get(r.day) ?? 0) + amount(r, unit));
+    const values = days.map((d) => perDay.get(d) ?? 0);
+    const total = values.reduce((a, b) => a + b, 0);
+    const max = Math.max(...values);
+    const active = values.filter((v) => v > 0).length;
+    const what = UNIT_TEXT[unit][1];
+    const summary = total === 0
+      ? `No ${what} used in the last ${CHART_DAYS} days.`
+      : `${what[0].toUpperCase()}${what.slice(1)} per day over the last ${CHART_DAYS} days: ${num(total)} in all, on ${active} day${active === 1 ? '' : 's'}; the most, ${num(max)}, on ${dayText(days[values.indexOf(max)])}.`;
+    const [W, H] = [5, 30];
+    return h('div', {},
+      svg('svg', { class: 'spark', viewBox: `0 0 ${CHART_DAYS * W} ${H}`, preserveAspectRatio: 'none', role: 'img', 'aria-label': summary },
+        ...days.map((day, i) => {
+          const v = values[i];
+          const height = v ? Math.max(2, (v / max) * H) : 1;
+          return svg('rect', { x: i * W, y: H - height, width: W - 1, height, class: v ? (i === CHART_DAYS - 1 ? 'today' : null) : 'none', 'data-day': day },
+            svg('title', {}, `${dayText(day)}: ${num(v)} ${unitText(unit, v)}`));
+        })),
+      h('p', { class: 'caption', 'aria-hidden': 'true' }, `Last ${CHART_DAYS} days: ${num(total)} ${unitText(unit, total)}`));
+  }
+
+  /** Move up / Move down among the provider's keys; a move the vault's order cannot make
+   * (an unconfirmed key ahead of a confirmed one) is not offered. */
+  #moveButtons(c, { ordered, index }, feedback) {
+    const move = (to, dir, text) => {
+      const changes = to >= 0 && to < ordered.length ? planMove(ordered, index, to) : null;
+      return changes && h('button', {
+        class: 'secondary', type: 'button', 'data-move': dir, 'aria-description': this.#keyName(c),
+        onclick: (e) => this.#move(c, changes, to, ordered.length, dir, e.currentTarget, feedback),
+      }, text);
+    };
+    const buttons = [move(index - 1, 'up', 'Move up'), move(index + 1, 'down', 'Move down')].filter(Boolean);
+    return buttons.length ? h('div', { class: 'row' }, buttons) : null;
+  }
+
+  async #move(c, changes, to, n, dir, button, feedback) {
+    button.disabled = true;
+    for (const x of changes) {
+      const r = await this.#call('PATCH', `/v1/credentials/${x.id}`, { priority: x.priority });
+      if (!r.ok) {
+        // Part of a renumbering may have landed: draw what the vault now holds.
+        await this.#changed(`The order did not change as asked. ${explain(r.problem)}`, 'bad');
+        return;
+      }
+    }
+    // Focus stays on the key that moved, so it can be moved again from the keyboard.
+    await this.#changed(`The ${this.#keyName(c)} is now ${to + 1} of ${n}${to === 0 ? ', tried first' : ''}.`, 'good', () => {
+      const card = this.shadowRoot.querySelector(`[data-credential="${c.id}"]`);
+      return card?.querySelector(`[data-move="${dir}"]`) ?? card?.querySelector('[data-move]');
+    });
+  }
+
+  /** The budget form: a period, a unit, a limit; the vault's problems are shown beside the
+   * field they name. */
+  #openBudget(c, card, feedback) {
+    card.querySelector('form')?.remove();
+    const base = `${this.#id}-budget-${c.id}`;
+    const shown = BUDGET_UNITS.find((u) => c.budget?.[u] != null) ?? this.#unitsOf(c).map((u) => (u === 'tokens' ? 'output_tokens' : u))[0];
+    const field = (name, text, control) => {
+      const error = h('p', { id: `${base}-${name}-error`, class: 'field-error' });
+      return { name, control, error, el: [h('label', { for: control.id }, text), control, error] };
+    };
+    const period = field('period', 'Period', h('select', { id: `${base}-period` },
+      ['day', 'month'].map((p) => h('option', { value: p, selected: (c.budget?.period ?? 'month') === p }, p === 'day' ? 'Per day' : 'Per month'))));
+    const unit = field('unit', 'Unit', h('select', { id: `${base}-unit` },
+      BUDGET_UNITS.map((u) => h('option', { value: u, selected: u === shown }, `${UNIT_TEXT[u][1][0].toUpperCase()}${UNIT_TEXT[u][1].slice(1)}`))));
+    const limit = field('limit', 'Limit', h('input', { id: `${base}-limit`, type: 'number', min: '0', step: 'any', inputmode: 'decimal', required: true, value: c.budget?.[shown] ?? '' }));
+    const problems = h('div', { 'aria-live': 'polite' });
+    const button = h('button', { type: 'submit' }, 'Save budget');
+    const form = h('form', { 'aria-label': 'Budget' },
+      c.budget && BUDGET_UNITS.filter((u) => c.budget[u] != null).length > 1 ? h('p', { class: 'feedback info' }, 'Saving replaces every limit of the current budget with this one.') : null,
+      period.el, unit.el, limit.el, problems,
+      h('div', { class: 'row' }, button, h('button', { class: 'secondary', type: 'button', onclick: () => form.remove() }, 'Cancel')));
+    const fields = [period, unit, limit];
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      for (const f of fields) {
+        f.error.textContent = '';
+        f.control.removeAttribute('aria-invalid');
+        f.control.removeAttribute('aria-describedby');
+      }
+      problems.replaceChildren();
+      const budget = { period: period.control.value, [unit.control.value]: Number(limit.control.value) };
+      button.disabled = true;
+      const r = await this.#call('PATCH', `/v1/credentials/${c.id}`, { budget });
+      button.disabled = false;
+      if (r.ok) {
+        const n = budget[unit.control.value];
+        this.#changed(`The ${this.#keyName(c)} now has a budget of ${num(n)} ${unitText(unit.control.value, n)} ${PER_PERIOD[budget.period]}.`);
+        return;
+      }
+      // `budget.period` goes beside the period; a unit's limit, or the budget as a whole,
+      // beside the limit; anything else under the form.
+      const rest = [];
+      for (const err of r.problem?.errors ?? []) {
+        const f = err.field === 'budget.period' ? period : err.field === 'budget' || err.field?.startsWith('budget.') ? limit : null;
+        if (!f) { rest.push(err); continue; }
+        f.error.textContent = [f.error.textContent, `${f.el[0].textContent} ${err.message}.`].filter(Boolean).join(' ');
+        f.control.setAttribute('aria-invalid', 'true');
+        f.control.setAttribute('aria-describedby', f.error.id);
+      }
+      const invalid = fields.find((f) => f.error.textContent);
+      if (!invalid || rest.length) problems.replaceChildren(h('p', { class: 'feedback bad', role: 'alert' }, explain({ ...r.problem, errors: rest })));
+      invalid?.control.focus();
+    });
+    card.append(form);
+    limit.control.focus();
+  }
+
+  async #removeBudget(c, button, feedback) {
+    button.disabled = true;
+    const r = await this.#call('PATCH', `/v1/credentials/${c.id}`, { budget: null });
+    button.disabled = false;
+    if (!r.ok) {
+      feedback.replaceChildren(h('p', { class: 'feedback bad', role: 'alert' }, explain(r.problem)));
+      return;
+    }
+    this.#changed(`The budget on the ${this.#keyName(c)} was removed.`);
   }
 
   async #recheck(c, button, feedback) {
@@ -485,14 +839,14 @@ export class ByokKeys extends HTMLElement {
       h('td', {}, e.outcome === 'success' ? 'done' : `failed: ${e.reason}`))));
   }
 
-  async #changed(message, tone = 'good') {
+  async #changed(message, tone = 'good', focusOn = null) {
     this.#notice = { tone, text: message };
     this.#addNotice = null;
     this.#models.clear();
     await this.refresh();
     this.#say(message);
     // The control that was used is gone with the render: focus goes to what happened.
-    this.shadowRoot.querySelector('.notice')?.focus();
+    (focusOn?.() ?? this.shadowRoot.querySelector('.notice'))?.focus();
     this.dispatchEvent(new CustomEvent('byok-change', { bubbles: true, composed: true }));
   }
 }

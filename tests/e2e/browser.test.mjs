@@ -4,7 +4,10 @@
 // for a bad one and when to retry a rate-limited one, picks a model, sets a default,
 // rotates, deletes after confirming; the <byok-keys> element works inside a host page on
 // another origin; axe-core finds no serious or critical accessibility violation; the page
-// loads (and a flow without a refusal runs) without a single console error.
+// loads (and a flow without a refusal runs) without a single console error. With several
+// keys for one provider, a person sees and changes the order they are tried in, sees a key
+// that is cooling down and until when, sets and removes a key's budget, and sees the key's
+// use this period against its budget and over the last 30 days.
 // Screenshots are kept in .test-runs/screenshots/.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -87,8 +90,8 @@ async function assertNoConsoleErrors(page, when) {
 /** A page signed in as `user` through the link scripts/dev.sh prints, loaded without a
  * console error. `bypassCSP` lets a test inject axe-core into a page whose policy allows
  * no script but its own. */
-async function signedIn(user, { bypassCSP = false } = {}) {
-  const page = await watchedPage({ bypassCSP });
+async function signedIn(user, { bypassCSP = false, ...options } = {}) {
+  const page = await watchedPage({ bypassCSP, ...options });
   const token = vault.token(user, { exp: Math.floor(Date.now() / 1000) + 3600 });
   await page.goto(`${vault.base}/#token=${token}`);
   await page.getByRole('heading', { name: 'Your provider keys' }).waitFor();
@@ -266,6 +269,166 @@ describe('the <byok-keys> element embedded in a host app', () => {
     const stored = await page.evaluate(() => JSON.stringify([{ ...localStorage }, { ...sessionStorage }]));
     assert.equal(stored, '[{},{}]');
     await assertNoConsoleErrors(page, 'in the host app');
+    await page.close();
+  });
+});
+
+describe("a person's several keys, their use and budgets", () => {
+  /** Adds a key through the API (the page's own add form is tested above). */
+  async function addByApi(user, provider) {
+    const key = randomKey('valid');
+    const r = await vault.request('POST', '/v1/credentials', { user, body: { provider, api_key: key } });
+    assert.equal(r.status, 201, r.text);
+    return { id: r.json.credential.id, key };
+  }
+  const credentials = async (user) => (await vault.request('GET', '/v1/credentials', { user })).json.credentials;
+  /** The order the vault tries a user's valid keys for a provider in: `priority`, then as
+   * it lists them (newest first). */
+  const triedOrder = (list, provider) => list.map((c, i) => ({ c, i })).filter(({ c }) => c.provider === provider)
+    .sort((a, b) => a.c.priority - b.c.priority || a.i - b.i).map(({ c }) => c.id);
+  /** The keys of the page's list for a provider, top to bottom. */
+  const shownOrder = (page) => page.locator('byok-keys ol article[data-credential]').evaluateAll((els) => els.map((e) => e.dataset.credential));
+  const tts = (user, text) => fetch(`${vault.base}/v1/proxy/elevenlabs/v1/text-to-speech/voice123?output_format=mp3_44100_128`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${vault.token(user)}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ text, model_id: 'eleven_multilingual_v2' }),
+  });
+
+  test('shows the order keys are tried in, and a click or a key press changes it', async () => {
+    const user = 'u_page_pool';
+    const a = await addByApi(user, 'elevenlabs');
+    const b = await addByApi(user, 'elevenlabs');
+    const c = await addByApi(user, 'elevenlabs');
+    const page = await signedIn(user);
+    // Newest first while no priority was set.
+    assert.deepEqual(await shownOrder(page), triedOrder(await credentials(user), 'elevenlabs'));
+    assert.deepEqual(await shownOrder(page), [c.id, b.id, a.id]);
+    const cardOf = (k) => page.locator(`article[data-credential="${k.id}"]`);
+    await cardOf(c).getByText('1 of 3 (tried first)').waitFor();
+    assert.equal(await cardOf(c).getByRole('button', { name: 'Move up' }).count(), 0);
+
+    await cardOf(a).getByRole('button', { name: 'Move up' }).click();
+    await notice(page).getByText(/is now 2 of 3\.$/).waitFor();
+    let listed = await credentials(user);
+    assert.deepEqual(triedOrder(listed, 'elevenlabs'), [c.id, a.id, b.id]);
+    assert.ok(listed.some((k) => k.priority !== 0), 'no priority changed');
+    assert.deepEqual(await shownOrder(page), [c.id, a.id, b.id]);
+
+    // From the keyboard: focus stayed on the key that moved; Enter moves it again.
+    const focused = await page.evaluate(() => {
+      const el = document.querySelector('byok-keys').shadowRoot.activeElement;
+      return [el?.closest('article')?.dataset.credential, el?.textContent];
+    });
+    assert.deepEqual(focused, [a.id, 'Move up']);
+    await page.keyboard.press('Enter');
+    await notice(page).getByText(/is now 1 of 3, tried first\.$/).waitFor();
+    listed = await credentials(user);
+    assert.deepEqual(triedOrder(listed, 'elevenlabs'), [a.id, c.id, b.id]);
+    assert.deepEqual(await shownOrder(page), [a.id, c.id, b.id]);
+    await cardOf(a).getByText('1 of 3 (tried first)').waitFor();
+    await shot(page, '9-order');
+    await assertNoConsoleErrors(page, 'while ordering keys');
+    await page.close();
+  });
+
+  test('shows a key that a 429 cooled down, until when in the person\'s time, and why', async () => {
+    const user = 'u_page_cool';
+    const older = await addByApi(user, 'elevenlabs');
+    const newer = await addByApi(user, 'elevenlabs');
+    // The newer key is tried first; the provider turns it away for 15 minutes.
+    fake.limitOnce(newer.key, 900);
+    const res = await tts(user, 'Hi');
+    await res.arrayBuffer();
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('x-byok-credential-id'), older.id);
+    const cooled = (await credentials(user)).find((k) => k.id === newer.id);
+    assert.equal(cooled.cooldown_reason, 'rate_limited');
+
+    const page = await signedIn(user, { locale: 'en-US', timezoneId: 'Asia/Kolkata' });
+    const time = await page.evaluate((iso) => new Date(iso).toLocaleTimeString('en-US', { hour: '2-digit', minute: '2-digit', timeZone: 'Asia/Kolkata' }), cooled.cooldown_until);
+    const escaped = time.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    // The date shows too when the cooldown ends on another day there.
+    await page.locator(`article[data-credential="${newer.id}"]`).getByText(new RegExp(`^Cooling down until ([A-Z][a-z]{2} \\d{1,2} )?${escaped} \\(rate limited\\)$`)).waitFor();
+    assert.equal(await page.locator(`article[data-credential="${older.id}"]`).getByText(/Cooling down/).count(), 0);
+    await shot(page, '10-cooling');
+    await assertNoConsoleErrors(page, 'with a cooling key');
+    await page.close();
+  });
+
+  test('sets a budget (the vault\'s refusal shown beside the field) and removes it', async () => {
+    const user = 'u_page_budget';
+    await addByApi(user, 'elevenlabs');
+    const page = await signedIn(user);
+    const card = page.locator('article[data-credential]');
+    await card.getByRole('button', { name: 'Set budget' }).click();
+    const form = card.getByRole('form', { name: 'Budget' });
+    await form.getByLabel('Period').selectOption('month');
+    await form.getByLabel('Unit').selectOption('characters');
+    const limit = form.getByLabel('Limit', { exact: true });
+    await limit.fill('10000000000000000');
+    await form.getByRole('button', { name: 'Save budget' }).click();
+    await form.getByText('Limit must be a number from 0 to 10^15.').waitFor();
+    // The field says so to a screen reader, and has the focus.
+    const field = await limit.evaluate((el) => [el.getAttribute('aria-invalid'), el.getRootNode().getElementById(el.getAttribute('aria-describedby'))?.textContent, el.getRootNode().activeElement === el]);
+    assert.deepEqual(field, ['true', 'Limit must be a number from 0 to 10^15.', true]);
+    assert.equal((await credentials(user))[0].budget, null, 'a refused budget was saved');
+
+    await limit.fill('10000');
+    await form.getByRole('button', { name: 'Save budget' }).click();
+    await notice(page).getByText(/now has a budget of 10,000 characters a month\.$/).waitFor();
+    assert.deepEqual((await credentials(user))[0].budget, { period: 'month', characters: 10000 });
+    await card.getByText('0 / 10,000 characters this month').waitFor();
+
+    await card.getByRole('button', { name: 'Change budget' }).click();
+    assert.equal(await card.getByRole('form', { name: 'Budget' }).getByLabel('Limit', { exact: true }).inputValue(), '10000');
+    await card.getByRole('button', { name: 'Remove budget' }).click();
+    await notice(page).getByText(/The budget on the ElevenLabs key .* was removed\.$/).waitFor();
+    assert.equal((await credentials(user))[0].budget, null);
+    await card.getByRole('button', { name: 'Set budget' }).waitFor();
+    // (No console check: Chromium logs the refused PATCH's 400, which this test asked for.)
+    await page.close();
+  });
+
+  test("shows this month's use against the budget and the last 30 days' use after proxied calls", async () => {
+    const user = 'u_page_usage';
+    const other = await addByApi(user, 'elevenlabs');
+    const used = await addByApi(user, 'elevenlabs');
+    const r = await vault.request('PATCH', `/v1/credentials/${used.id}`, { user, body: { budget: { period: 'month', characters: 10000 } } });
+    assert.equal(r.status, 200, r.text);
+    for (const text of ['Hello', 'Hello there']) { // 5 + 11 characters
+      const res = await tts(user, text);
+      await res.arrayBuffer();
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get('x-byok-credential-id'), used.id);
+    }
+    // Usage is recorded after the answer: wait for both calls to be counted.
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const u = await vault.request('GET', '/v1/usage?group_by=credential', { user });
+      if (u.json.usage.find((row) => row.credential_id === used.id)?.characters === 16) break;
+      assert.ok(Date.now() < deadline, `usage never reached 16 characters: ${u.text}`);
+      await new Promise((done) => setTimeout(done, 100));
+    }
+
+    const page = await signedIn(user, { bypassCSP: true });
+    const card = page.locator(`article[data-credential="${used.id}"]`);
+    await card.getByText('16 / 10,000 characters this month').waitFor();
+    const meter = card.getByRole('meter');
+    assert.deepEqual(await meter.evaluate((el) => ['aria-valuemin', 'aria-valuenow', 'aria-valuemax'].map((a) => el.getAttribute(a))), ['0', '16', '10000']);
+    const chart = card.getByRole('img');
+    assert.match(await chart.getAttribute('aria-label'), /^Characters per day over the last 30 days: 16 in all, on 1 day; the most, 16, on \w+/);
+    const bars = await chart.locator('rect').evaluateAll((rects) => rects.map((b) => [b.dataset.day, Number(b.getAttribute('height'))]));
+    assert.equal(bars.length, 30);
+    const today = new Date().toISOString().slice(0, 10);
+    // Unless the UTC day turned since the calls, today's bar is the full height and the rest flat.
+    if (bars.at(-1)[0] === today) {
+      assert.deepEqual(bars.map(([, height]) => height), [...Array(29).fill(1), 30]);
+    }
+    // The other key, unused and without a budget: its use in the unit its provider fits.
+    await page.locator(`article[data-credential="${other.id}"]`).getByText('0 characters this month', { exact: true }).waitFor();
+    assert.ok(!(await card.innerText()).includes('null'), 'a missing value shows as "null"');
+    await shot(page, '11-usage');
+    assert.deepEqual(await violations(page), []);
     await page.close();
   });
 });

@@ -40,6 +40,7 @@ pub(super) struct Platform<'a> {
     jobs: QueueJobs,
     limiter: BindingLimiter,
     assets: AssetsBinding<'a>,
+    upstream: fetch::FetchUpstream,
 }
 
 impl<'a> Platform<'a> {
@@ -62,7 +63,14 @@ impl<'a> Platform<'a> {
             jobs: QueueJobs::new(env),
             limiter: BindingLimiter::new(env),
             assets: AssetsBinding(env),
+            upstream: fetch::FetchUpstream::default(),
         }
+    }
+
+    /// For a request: the caller's signal, which tells a watched answer the caller left.
+    pub(super) fn for_caller(mut self, signal: Option<worker::web_sys::AbortSignal>) -> Self {
+        self.upstream.caller = signal;
+        self
     }
 
     /// What a request may use.
@@ -71,7 +79,7 @@ impl<'a> Platform<'a> {
             config: self.isolate.config(),
             store: &self.credentials,
             http: &fetch::FetchClient,
-            upstream: &fetch::FetchUpstream,
+            upstream: &self.upstream,
             jobs: &self.jobs,
             job_store: &self.progress,
             imports: &self.imports,

@@ -6,7 +6,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use async_trait::async_trait;
+use futures::future::{select, Either, FutureExt, LocalBoxFuture, Shared};
 use worker::js_sys::{Reflect, Uint8Array};
+use worker::wasm_bindgen::closure::Closure;
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::{spawn_local, JsFuture};
 use worker::web_sys::{self, ReadableStreamDefaultReader};
@@ -176,6 +178,7 @@ async fn pump(from: web_sys::ReadableStream, to: web_sys::WritableStream, limit:
 pub(super) fn watched(
     body: worker::ResponseBody,
     mut tap: Box<dyn crate::http::Tap>,
+    caller: Option<web_sys::AbortSignal>,
 ) -> (worker::ResponseBody, crate::http::Ended) {
     let stream = match body {
         worker::ResponseBody::Stream(s) => s,
@@ -208,7 +211,7 @@ pub(super) fn watched(
     let (ended, done) = futures::channel::oneshot::channel();
     let writable = passed.writable();
     spawn_local(async move {
-        let whole = pass_watching(stream, writable, tap).await;
+        let whole = pass_watching(stream, writable, tap, gone(caller)).await;
         let _ = ended.send(whole);
     });
     (
@@ -217,31 +220,84 @@ pub(super) fn watched(
     )
 }
 
-/// Moves `from` into `to` chunk by chunk as `tap` lets it; whether it all went on.
+/// Resolves when the caller has gone away (its request signal aborted; never without one).
+/// A caller who drops the connection may leave a write waiting forever on a stream no one
+/// reads (the runtime then cancels the whole task as hung, before its use is recorded):
+/// every wait of the pass-through is raced against this.
+fn gone(caller: Option<web_sys::AbortSignal>) -> Shared<LocalBoxFuture<'static, ()>> {
+    let Some(signal) = caller else {
+        return futures::future::pending::<()>().boxed_local().shared();
+    };
+    if signal.aborted() {
+        return futures::future::ready(()).boxed_local().shared();
+    }
+    let (tx, rx) = futures::channel::oneshot::channel::<()>();
+    let tx = std::cell::RefCell::new(Some(tx));
+    let on_abort = Closure::<dyn FnMut()>::new(move || {
+        if let Some(tx) = tx.borrow_mut().take() {
+            let _ = tx.send(());
+        }
+    });
+    let _ = signal.add_event_listener_with_callback("abort", on_abort.as_ref().unchecked_ref());
+    async move {
+        // The listener lives as long as the wait for it.
+        let _keep = on_abort;
+        if rx.await.is_err() {
+            futures::future::pending::<()>().await;
+        }
+    }
+    .boxed_local()
+    .shared()
+}
+
+/// `wait`, unless the caller goes away first (`None`).
+async fn unless_gone<T>(
+    wait: impl std::future::Future<Output = T>,
+    gone: &Shared<LocalBoxFuture<'static, ()>>,
+) -> Option<T> {
+    match select(Box::pin(wait), gone.clone()).await {
+        Either::Left((v, _)) => Some(v),
+        Either::Right(_) => None,
+    }
+}
+
+/// Moves `from` into `to` chunk by chunk as `tap` lets it; whether it all went on. The
+/// caller going away (`gone`) ends it at once, whatever it was waiting for.
 async fn pass_watching(
     from: web_sys::ReadableStream,
     to: web_sys::WritableStream,
     mut tap: Box<dyn crate::http::Tap>,
+    gone: Shared<LocalBoxFuture<'static, ()>>,
 ) -> bool {
     let reader: ReadableStreamDefaultReader = from.get_reader().unchecked_into();
     let Ok(writer) = to.get_writer() else {
         let _ = reader.cancel();
         return false;
     };
+    let cut = || {
+        let _ = reader.cancel();
+        let _ = writer.abort_with_reason(&JsValue::from_str("the caller went away"));
+        false
+    };
     let mut copy = Vec::new();
     loop {
-        let next = match next_chunk(&reader).await {
+        let Some(read) = unless_gone(next_chunk(&reader), &gone).await else {
+            return cut();
+        };
+        let next = match read {
             Ok(None) => {
                 if let Some(rest) = tap.end().filter(|r| !r.is_empty()) {
                     let rest = Uint8Array::from(rest.as_slice());
-                    if JsFuture::from(writer.write_with_chunk(&rest))
-                        .await
-                        .is_err()
-                    {
-                        return false;
+                    match unless_gone(JsFuture::from(writer.write_with_chunk(&rest)), &gone).await {
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) => return false,
+                        None => return cut(),
                     }
                 }
-                return JsFuture::from(writer.close()).await.is_ok();
+                return matches!(
+                    unless_gone(JsFuture::from(writer.close()), &gone).await,
+                    Some(Ok(_))
+                );
             }
             Ok(Some(chunk)) => {
                 copy.resize(chunk.length() as usize, 0);
@@ -257,14 +313,16 @@ async fn pass_watching(
                 return false;
             }
         };
-        // The caller hung up: stop reading the provider's answer.
+        // The caller hung up (the write fails, or the signal says so): stop reading the
+        // provider's answer.
         if let Some(chunk) = next {
-            if JsFuture::from(writer.write_with_chunk(&chunk))
-                .await
-                .is_err()
-            {
-                let _ = reader.cancel();
-                return false;
+            match unless_gone(JsFuture::from(writer.write_with_chunk(&chunk)), &gone).await {
+                Some(Ok(_)) => {}
+                Some(Err(_)) => {
+                    let _ = reader.cancel();
+                    return false;
+                }
+                None => return cut(),
             }
         }
     }

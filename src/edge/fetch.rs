@@ -143,7 +143,12 @@ impl HttpClient for FetchClient {
 }
 
 /// The proxy's calls: the answer's head within the timeout, its body left to stream.
-pub(super) struct FetchUpstream;
+/// `caller`: the caller's request signal (aborted when the caller goes away, the
+/// `enable_request_signal` flag), which ends a watched answer's pass-through.
+#[derive(Default)]
+pub(super) struct FetchUpstream {
+    pub(super) caller: Option<web_sys::AbortSignal>,
+}
 
 #[async_trait(?Send)]
 impl Upstream for FetchUpstream {
@@ -220,7 +225,7 @@ impl Upstream for FetchUpstream {
             Ok(r) => r,
             Err(other) => return (BodyStream(other), Box::pin(futures::future::ready(false))),
         };
-        let (body, ended) = super::body::watched(response.into_parts().1, tap);
+        let (body, ended) = super::body::watched(response.into_parts().1, tap, self.caller.clone());
         match worker::Response::from_body(body) {
             Ok(r) => (BodyStream(Box::new(r)), ended),
             Err(_) => (

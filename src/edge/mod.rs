@@ -38,7 +38,7 @@ async fn fetch(req: worker::Request, env: Env, ctx: Context) -> worker::Result<w
             }
         };
         let db = d1::Db::new(&env);
-        let platform = Platform::new(&env, &db);
+        let platform = Platform::new(&env, &db).for_caller(Some(req.inner().signal()));
         let app = platform.app();
         // The core writes the request's one structured log line.
         let handled = api::handle(&app, &request).await;

@@ -201,7 +201,7 @@ pub(super) fn watched(
             return (body, Box::pin(futures::future::ready(true)));
         }
     };
-    let Ok(passed) = web_sys::TransformStream::new() else {
+    let Some(passed) = pass_through() else {
         // Not watched rather than not answered: its usage is recorded incomplete.
         return (
             worker::ResponseBody::Stream(stream),
@@ -220,10 +220,8 @@ pub(super) fn watched(
     )
 }
 
-/// Resolves when the caller has gone away (its request signal aborted; never without one).
-/// A caller who drops the connection may leave a write waiting forever on a stream no one
-/// reads (the runtime then cancels the whole task as hung, before its use is recorded):
-/// every wait of the pass-through is raced against this.
+/// Resolves when the caller has gone away (its request signal aborted; never without one):
+/// every wait of the pass-through is raced against it.
 fn gone(caller: Option<web_sys::AbortSignal>) -> Shared<LocalBoxFuture<'static, ()>> {
     let Some(signal) = caller else {
         return futures::future::pending::<()>().boxed_local().shared();
@@ -248,6 +246,23 @@ fn gone(caller: Option<web_sys::AbortSignal>) -> Shared<LocalBoxFuture<'static, 
     }
     .boxed_local()
     .shared()
+}
+
+/// The runtime's own pass-through stream (`IdentityTransformStream`): a write completes when
+/// the caller has taken its bytes, and fails as soon as the caller has gone, which the
+/// runtime knows (a stream made in JS would leave the write waiting, and the task would be
+/// cancelled as hung before the call's use is recorded). A plain `TransformStream` where
+/// the runtime has none.
+fn pass_through() -> Option<web_sys::TransformStream> {
+    let global = worker::js_sys::global();
+    if let Ok(ctor) = Reflect::get(&global, &JsValue::from_str("IdentityTransformStream")) {
+        if let Ok(ctor) = ctor.dyn_into::<worker::js_sys::Function>() {
+            if let Ok(stream) = Reflect::construct(&ctor, &worker::js_sys::Array::new()) {
+                return Some(stream.unchecked_into());
+            }
+        }
+    }
+    web_sys::TransformStream::new().ok()
 }
 
 /// `wait`, unless the caller goes away first (`None`).

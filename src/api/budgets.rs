@@ -14,7 +14,14 @@ use crate::domain::UserId;
 use crate::error::FieldError;
 
 fn user_of(ctx: &ServiceCtx<'_>) -> Result<UserId, ApiError> {
-    UserId::parse(ctx.param(0)).ok_or_else(|| {
+    // As written in the path, percent-decoded (`auth0%7Cabc` is the user `auth0|abc`).
+    let raw = ctx.param(0);
+    let decoded: String =
+        url::form_urlencoded::parse(format!("u={}", raw.replace('+', "%2B")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+    UserId::parse(&decoded).ok_or_else(|| {
         ApiError::invalid_request(vec![FieldError::new("user_id", "is not a user id")])
     })
 }

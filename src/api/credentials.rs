@@ -26,7 +26,7 @@ pub(super) async fn create(ctx: &Ctx<'_>) -> Outcome {
             .add(&ctx.caller(), command, &mut facts)
             .await?;
         let body = json!({
-            "credential": views::credential(&credential),
+            "credential": shown(ctx, std::slice::from_ref(&credential)).await[0],
             "models": views::models(credential.models.as_deref()),
         });
         Ok(Response::json(201, &body)
@@ -98,7 +98,8 @@ pub(super) async fn validate(ctx: &Ctx<'_>) -> Outcome {
         let caller = ctx.caller();
         let read = credentials.owned(&caller, ctx.param(0), &mut facts).await?;
         let credential = credentials.recheck(&caller, read, &mut facts).await?;
-        Ok(Response::json(200, &views::credential(&credential)))
+        let shown = shown(ctx, std::slice::from_ref(&credential)).await;
+        Ok(Response::json(200, &shown[0]))
     }
     .await;
     Outcome::audited(result, facts)
@@ -158,7 +159,8 @@ pub(super) async fn delete(ctx: &Ctx<'_>) -> Outcome {
     Outcome::audited(result, facts)
 }
 
-/// Credentials as shown, each with what this period has used of its budget
+/// Credentials as shown (a cooldown that has passed shows as none), each with what this
+/// period has used of its budget
 /// (`usage_this_period`, null without a budget): one read of the budgets' counters, only
 /// when a key has a budget. Counters that cannot be read show as null, never as zero.
 async fn shown(ctx: &Ctx<'_>, rows: &[crate::domain::Credential]) -> Vec<serde_json::Value> {
@@ -193,6 +195,11 @@ async fn shown(ctx: &Ctx<'_>, rows: &[crate::domain::Credential]) -> Vec<serde_j
                 .and_then(|_| used.next())
                 .map(|a| a.to_json());
             v["usage_this_period"] = json!(this);
+            // A cooldown that has passed is over: the key is tried as any other.
+            if c.cooldown.is_some_and(|d| !d.holds(now)) {
+                v["cooldown_until"] = json!(null);
+                v["cooldown_reason"] = json!(null);
+            }
             v
         })
         .collect()

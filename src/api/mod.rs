@@ -358,6 +358,16 @@ async fn settle_budget(
     used.set(Unit::OutputTokens, usage.output_tokens as f64);
     used.set(Unit::Characters, usage.characters as f64);
     used.set(Unit::AudioSeconds, usage.audio_seconds);
+    // A call whose usage did not arrive whole keeps at least what it reserved: what it
+    // really used is not known, and is never taken for less.
+    if usage.incomplete {
+        for unit in crate::budgets::UNITS {
+            let reserved = admitted.claim.reserve.get(unit);
+            if used.get(unit) < reserved {
+                used.set(unit, reserved);
+            }
+        }
+    }
     let note = |line: &str| (app.log)(line);
     let key_use = context::key_use(app, config, &note);
     match key_use.settle(admitted, &used, call.provider).await {
@@ -405,7 +415,7 @@ fn add_cors(config: &Config, request: &Request, response: &mut Response) {
         ("vary", "Origin".to_owned()),
         (
             "access-control-expose-headers",
-            "X-Request-Id, Retry-After, Location, X-Byok-Source, X-Byok-Credential-Id, X-Byok-Fallback-Reason, X-Byok-Upstream-Status, X-Upstream-Request-Id".to_owned(),
+            "X-Request-Id, Retry-After, Location, X-Byok-Source, X-Byok-Credential-Id, X-Byok-Fallback-Reason, X-Byok-Upstream-Status, X-Byok-Attempts, X-Byok-Skipped, X-Upstream-Request-Id".to_owned(),
         ),
     ];
     if request.method == "OPTIONS" {

@@ -614,7 +614,7 @@ fn watch_usage(
     let (stream, watch) =
         Watch::start(ctx.app.upstream, stream, dialect, content_type, call, strip);
     response.stream = Some(stream);
-    Some(watch)
+    Some(watch.redacting(ProviderText::new(&key.key)))
 }
 
 /// What a refused or spent key does: a user's credential takes the status (with its

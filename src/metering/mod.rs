@@ -62,6 +62,9 @@ pub struct Call {
 pub struct Watch {
     ended: Ended,
     reader: Rc<RefCell<Reader>>,
+    /// What recognises the key in the provider's text (a model name that echoes it is
+    /// never kept).
+    text: Option<crate::redact::ProviderText>,
     pub call: Call,
 }
 
@@ -87,9 +90,16 @@ impl Watch {
             Watch {
                 ended,
                 reader,
+                text: None,
                 call,
             },
         )
+    }
+
+    /// Model names from the answer that quote the key recognised by `text` are withheld.
+    pub fn redacting(mut self, text: crate::redact::ProviderText) -> Self {
+        self.text = Some(text);
+        self
     }
 
     /// Waits for the answer to have gone on (or been cut), and says what the call used.
@@ -111,6 +121,11 @@ impl Watch {
             // it has gone on whole: the call itself is what is counted.
             _ if !call.usage_in_answer => usage.incomplete = !ended,
             _ => {}
+        }
+        if let (Some(text), Some(model)) = (&self.text, &usage.model) {
+            if text.quotes_key(model) {
+                usage.model = None;
+            }
         }
         if usage.model.is_none() {
             usage.model = call.model.clone();

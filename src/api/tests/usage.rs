@@ -1757,3 +1757,62 @@ fn a_streamed_chat_is_asked_for_its_usage_which_the_caller_sees_only_if_they_ask
         "{rows:?}"
     );
 }
+
+#[test]
+fn a_model_name_that_echoes_the_key_is_never_kept_and_a_user_id_is_read_percent_decoded() {
+    let w = world(&[("SYSTEM_KEY_OPENAI", SYSTEM)]);
+    let answer = format!(
+        r#"{{"id":"c1","object":"chat.completion","model":"echo-{SYSTEM}","choices":[],"usage":{{"prompt_tokens":1,"completion_tokens":1}}}}"#
+    );
+    w.proxy(
+        "POST",
+        "/v1/proxy/openai/v1/chat/completions",
+        &[],
+        vec![respond_with(
+            200,
+            &[("content-type", "application/json")],
+            &answer,
+        )],
+    );
+    let rows = w.metered();
+    assert_eq!(rows.len(), 1);
+    assert!(!rows[0].to_string().contains(SYSTEM), "{rows:?}");
+    assert_eq!(rows[0]["input_tokens"], 1);
+    // An operator names a user as their id is written, percent-encoded in the path.
+    let (s, body) = w.admin_with(
+        "PUT",
+        "/v1/admin/budgets/auth0%7Cabc%2Bx",
+        Some(json!({"*":{"period":"day","requests":2}})),
+        vec![],
+    );
+    assert_eq!(
+        (s, body["user_id"].as_str()),
+        (200, Some("auth0|abc+x")),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_cooldown_that_has_passed_shows_as_none() {
+    let w = world(&[]);
+    let (_, newer) = w.two_keys();
+    let limited = respond_with(
+        429,
+        &[("retry-after", "5")],
+        r#"{"detail":{"status":"too_many_concurrent_requests"}}"#,
+    );
+    w.proxy("POST", TTS, &[FRAMED], vec![limited, respond(200, "ID3")]);
+    let shown = |w: &World| {
+        let (_, c, _) = w.call(
+            "GET",
+            &format!("/v1/credentials/{newer}"),
+            Some("u_a"),
+            None,
+            vec![],
+        );
+        (c["cooldown_reason"].clone(), c["cooldown_until"].is_null())
+    };
+    assert_eq!(shown(&w), (json!("rate_limited"), false));
+    w.clock.advance(6_000);
+    assert_eq!(shown(&w), (Value::Null, true));
+}

@@ -34,7 +34,7 @@
 // completions with `"stream": true` send an SSE stream of three chunks STREAM_GAP_MS
 // apart (the time each was sent is kept in `sseSent`), Anthropic messages and Gemini
 // generateContent answer their JSON shapes. Each operation's request (headers and body)
-// is kept in `requests`. A path starting `/redirect/`
+// is kept in `requests`, with what the fake answered (`sent`). A path starting `/redirect/`
 // answers 302 to the same path without that prefix (a base_url that bounces elsewhere).
 import http from 'node:http';
 
@@ -272,6 +272,20 @@ function operation(name, method, path) {
   return undefined;
 }
 
+/** Keeps what the fake answers to `record` in `record.sent` (status and body bytes), so a
+ * test can compare what a client got with what the provider sent. */
+function keepSent(res, record) {
+  const chunks = [];
+  const keep = (c, enc) => { if (c != null && typeof c !== 'function') chunks.push(Buffer.from(c, typeof enc === 'string' ? enc : undefined)); };
+  const { write, end } = res;
+  res.write = (c, ...rest) => { keep(c, rest[0]); return write.call(res, c, ...rest); };
+  res.end = (c, ...rest) => {
+    keep(c, rest[0]);
+    record.sent = { status: res.statusCode, body: Buffer.concat(chunks) };
+    return end.call(res, c, ...rest);
+  };
+}
+
 /**
  * A gate: `wait` settles when `open()` is called, or by itself after `maxMs`; then
  * `open.timedOut` says which.
@@ -313,6 +327,7 @@ export function startFakeProviders() {
     seen.set(`${name}:${key}`, count);
     const record = { provider: name, method: req.method, path, region, query: url.search, key, headers: req.headers, at: Date.now() };
     requests.push(record);
+    keepSent(res, record);
     const held = holds.get(key);
     if (held) {
       held.wait.then(() => answer(record, p, count, url, req, res));

@@ -25,7 +25,7 @@ const STATUS_TEXT = {
   needs_reconfiguration: 'Needs re-entry',
   unverified: 'Not yet checked',
 };
-const CAPABILITY_TEXT = { tts: 'Text to speech', stt: 'Speech to text', llm: 'Chat (LLM)' };
+const CAPABILITY_TEXT = { tts: 'Text to speech', stt: 'Speech to text', llm: 'Chat (LLM)', embedding: 'Embeddings' };
 
 const STYLE = `
 :host { display: block; font: 15px/1.45 system-ui, sans-serif; color: #1c1e21; max-width: 60rem; }
@@ -413,7 +413,7 @@ export class ByokKeys extends HTMLElement {
 
   #defaults() {
     const section = h('section', { 'aria-labelledby': `${this.#id}-defaults` }, h('h2', { id: `${this.#id}-defaults` }, 'Defaults'));
-    for (const cap of ['tts', 'stt', 'llm']) {
+    for (const cap of Object.keys(CAPABILITY_TEXT)) {
       const usable = this.#credentials.filter((c) => this.#providers.find((p) => p.id === c.provider)?.capabilities.includes(cap));
       const current = this.#preferences[cap];
       const id = `${this.#id}-default-${cap}`;

@@ -197,6 +197,12 @@ impl Response {
     }
 
     fn problem(e: &ApiError) -> Self {
+        // Every 429 of the vault's own says when to come back (an SDK's retry reads the
+        // header): one without a wait of its own waits the limits' period.
+        let mut e = e.clone();
+        if e.status == 429 && e.retry_after_seconds.is_none() {
+            e.retry_after_seconds = Some(crate::limits::RATE_LIMIT_PERIOD_SECONDS);
+        }
         let mut r = Self {
             status: e.status,
             headers: vec![("content-type".into(), "application/problem+json".into())],
@@ -300,6 +306,25 @@ pub async fn finish(app: &App<'_>, uses: Vec<crate::audit::AuditEvent>) {
     }
 }
 
+/// The request headers a preflight allows: the ones the page asks for, and those a
+/// provider's own browser SDK sends through the proxy (its key header, which carries the
+/// vault token, its version and telemetry headers). The origin is one of the configured
+/// ones already, so what it asks for is allowed, as long as it names headers only.
+fn allowed_headers(request: &Request) -> String {
+    const OURS: &str = "Authorization, Content-Type, X-Byok-Credential-Id, X-Byok-Allow-Fallback";
+    match request.header("access-control-request-headers") {
+        Some(asked)
+            if asked.len() <= 2048
+                && asked
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(&b)) =>
+        {
+            format!("{OURS}, {asked}")
+        }
+        _ => OURS.to_owned(),
+    }
+}
+
 /// CORS for the configured origins only; anything else gets no CORS headers at all.
 fn add_cors(config: &Config, request: &Request, response: &mut Response) {
     let Some(origin) = request.header("origin") else {
@@ -313,7 +338,7 @@ fn add_cors(config: &Config, request: &Request, response: &mut Response) {
         ("vary", "Origin".to_owned()),
         (
             "access-control-expose-headers",
-            "X-Request-Id, Retry-After, Location, X-Byok-Source, X-Byok-Credential-Id, X-Byok-Fallback-Reason, X-Upstream-Request-Id".to_owned(),
+            "X-Request-Id, Retry-After, Location, X-Byok-Source, X-Byok-Credential-Id, X-Byok-Fallback-Reason, X-Byok-Upstream-Status, X-Upstream-Request-Id".to_owned(),
         ),
     ];
     if request.method == "OPTIONS" {
@@ -322,11 +347,7 @@ fn add_cors(config: &Config, request: &Request, response: &mut Response) {
                 "access-control-allow-methods",
                 "GET, POST, PATCH, PUT, DELETE, OPTIONS".to_owned(),
             ),
-            (
-                "access-control-allow-headers",
-                "Authorization, Content-Type, X-Byok-Credential-Id, X-Byok-Allow-Fallback"
-                    .to_owned(),
-            ),
+            ("access-control-allow-headers", allowed_headers(request)),
             ("access-control-max-age", "600".to_owned()),
         ]);
     }

@@ -18,7 +18,12 @@ fn view(p: &Preference) -> Value {
 pub(super) async fn get(ctx: &Ctx<'_>) -> Outcome {
     let result = async {
         let prefs = ctx.credentials().preferences(&ctx.user).await?;
-        let mut body = json!({"tts": null, "stt": null, "llm": null});
+        // Every capability is a member, null until the user picks a default for it.
+        let mut body: Value = Capability::ALL
+            .iter()
+            .map(|c| (c.as_str().to_owned(), Value::Null))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         for p in &prefs {
             body[p.capability.as_str()] = view(p);
         }
@@ -32,7 +37,7 @@ pub(super) async fn put(ctx: &Ctx<'_>) -> Outcome {
     let mut facts = Facts::new(Action::PreferenceUpdated);
     let result = async {
         let capability = Capability::parse(ctx.param(0)).ok_or_else(|| {
-            ApiError::not_found().detail("Preferences exist for tts, stt and llm.")
+            ApiError::not_found().detail("Preferences exist for tts, stt, llm and embedding.")
         })?;
         let mut body = json_body(ctx.request)?;
         let raw_id = body.string("credential_id", true, 64);

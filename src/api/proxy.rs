@@ -53,6 +53,9 @@ const PASSED_RESPONSE_HEADERS: &[&str] = &[
 ];
 const UPSTREAM_REQUEST_IDS: &[&str] = &["request-id", "x-request-id", "x-goog-request-id"];
 
+/// The header that marks an answer as the provider's own, with its status.
+const UPSTREAM_STATUS: &str = "x-byok-upstream-status";
+
 /// Query parameters that carry credentials: never forwarded.
 const DROPPED_QUERY: &[&str] = &[
     "key",
@@ -190,6 +193,9 @@ async fn forward(
         )));
     }
     let own_key = key.credential.is_some();
+    // An answer that is the provider's own says so (and with which status), so a client
+    // can tell it from the vault's own refusals (problem+json, without this header).
+    let upstream_status = (UPSTREAM_STATUS, answer.status.to_string());
     let pass_headers = |headers: &[(String, String)]| -> Vec<(String, String)> {
         headers
             .iter()
@@ -206,6 +212,10 @@ async fn forward(
                 }
             })
             .chain(receipts.iter().map(|(n, v)| ((*n).to_owned(), v.clone())))
+            .chain(std::iter::once((
+                upstream_status.0.to_owned(),
+                upstream_status.1.clone(),
+            )))
             .collect()
     };
     if answer.status < 400 {

@@ -34,8 +34,10 @@ pub(super) async fn resolve(ctx: &ServiceCtx<'_>) -> Outcome {
     });
     let capability = capability.and_then(|c| {
         Capability::parse(&c).or_else(|| {
-            body.errors
-                .push(FieldError::new("capability", "must be tts, stt or llm"));
+            body.errors.push(FieldError::new(
+                "capability",
+                "must be tts, stt, llm or embedding",
+            ));
             None
         })
     });

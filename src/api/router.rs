@@ -1,6 +1,8 @@
 //! Where routes are declared: one table, read in one screen, and the one wrapper every
 //! route goes through (configuration, body size, method, authentication, the audit event).
 
+use std::borrow::Cow;
+
 use futures::future::LocalBoxFuture;
 
 use super::context::{client_network, Ctx, Outcome, ServiceCtx};
@@ -13,6 +15,7 @@ use crate::audit::{Action, Actor, ActorType, AuditEvent, Origin};
 use crate::auth::{bearer_token, find_service, AuthError, JwtVerifier, Scope, ServiceToken};
 use crate::config::Config;
 use crate::domain::{RequestId, UserId};
+use crate::providers::{self, KeyCarrier};
 
 /// A route's handler. `Open` ones answer without configuration or a caller (health);
 /// `User` ones run for an authenticated user.
@@ -89,13 +92,13 @@ fn matches<'p>(pattern: &str, path: &[&'p str]) -> Option<Vec<&'p str>> {
     Some(params)
 }
 
+/// The user whose token `token` is: 401 without one, or for one that does not verify.
 async fn authenticate(
     app: &App<'_>,
     config: &Config,
-    request: &Request,
+    token: Option<&str>,
 ) -> Result<UserId, ApiError> {
-    let token = bearer_token(request.header("authorization"))
-        .ok_or(ApiError::unauthorized(AuthError::Missing))?;
+    let token = token.ok_or(ApiError::unauthorized(AuthError::Missing))?;
     let mut verifier = JwtVerifier::new(&config.jwt);
     if let Some(cache) = app.jwks {
         verifier = verifier.with_jwks(cache, app.http, app.signatures);
@@ -104,6 +107,37 @@ async fn authenticate(
         .verify(token, app.clock.now())
         .await
         .map_err(ApiError::unauthorized)
+}
+
+/// The vault token on a provider's route: `Authorization: Bearer` (every provider), or
+/// wherever that provider's official SDK puts its API key (`xi-api-key`, `x-goog-api-key`
+/// or `?key=`, `Authorization: Token`, …), so an SDK works with only its base URL changed.
+/// The first carrier present is the one read: whatever it holds must verify as a user
+/// token (a provider key pasted there is a 401, never forwarded nor echoed). The proxy
+/// forwards none of these carriers upstream.
+fn provider_route_token<'r>(request: &'r Request, provider: Option<&str>) -> Option<Cow<'r, str>> {
+    let authorization = request.header("authorization");
+    if let Some(token) = bearer_token(authorization) {
+        return Some(Cow::Borrowed(token));
+    }
+    let carriers = providers::find(provider?)?.info().sdk_key;
+    carriers.iter().find_map(|carrier| match *carrier {
+        KeyCarrier::Authorization(scheme) => {
+            let (given, token) = authorization?.trim().split_once(' ')?;
+            let token = token.trim();
+            (given.eq_ignore_ascii_case(scheme) && !token.is_empty())
+                .then_some(Cow::Borrowed(token))
+        }
+        KeyCarrier::Header(name) => request
+            .header(name)
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(Cow::Borrowed),
+        KeyCarrier::Query(name) => request
+            .query(name)
+            .filter(|t| !t.is_empty())
+            .map(Cow::Owned),
+    })
 }
 
 /// What running a request came to, for the answer and its log line.
@@ -214,7 +248,13 @@ pub(super) async fn dispatch(
         Service(scope, _) => {
             authenticate_service(config, request, scope).map(Authenticated::Service)
         }
-        _ => authenticate(app, config, request)
+        Proxy(_) => {
+            let token = provider_route_token(request, params.first().copied());
+            authenticate(app, config, token.as_deref())
+                .await
+                .map(Authenticated::User)
+        }
+        _ => authenticate(app, config, bearer_token(request.header("authorization")))
             .await
             .map(Authenticated::User),
     };

@@ -130,6 +130,9 @@ crate::wire_enum! {
         Tts = "tts",
         Stt = "stt",
         Llm = "llm",
+        /// Vectors for text (and other content): an app commonly embeds with one provider
+        /// and chats with another, so this is a capability of its own.
+        Embedding = "embedding",
     }
 }
 
@@ -198,5 +201,7 @@ mod tests {
     fn capabilities_parse_their_wire_names_only() {
         assert_eq!(Capability::parse("tts"), Some(Capability::Tts));
         assert_eq!(Capability::parse("TTS"), None);
+        assert_eq!(Capability::parse("embedding"), Some(Capability::Embedding));
+        assert_eq!(Capability::Embedding.as_str(), "embedding");
     }
 }

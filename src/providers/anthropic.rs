@@ -6,12 +6,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    json_str, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
-    MAX_MODEL_PAGES,
+    json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
+    API_KEY, MAX_MODEL_PAGES,
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
-use crate::http::{HttpRequest, HttpResponse, Method};
+use crate::http::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct Anthropic;
@@ -27,26 +27,14 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("x-api-key"),
     classify,
     call_headers: &[("anthropic-version", VERSION)],
+    sdk_key: &[KeyCarrier::Header("x-api-key")],
     #[rustfmt::skip]
     operations: &[
-        Operation {
-            method: Method::Post,
-            path: "/v1/messages",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1/messages/count_tokens",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/v1/models",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
+        // Streamed or not, a message is one path (`"stream": true` in the body).
+        Operation::post("/v1/messages", Capability::Llm),
+        Operation::post("/v1/messages/count_tokens", Capability::Llm),
+        Operation::get("/v1/models", Capability::Llm),
+        Operation::get("/v1/models/{}", Capability::Llm),
     ],
     endpoints: &[Endpoint {
         var: "ANTHROPIC_BASE_URL",

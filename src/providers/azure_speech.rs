@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    json_str, Accepted, Auth, Endpoint, Field, Operation, Provider, ProviderInfo, Target, API_KEY,
+    json_str, Accepted, Auth, Endpoint, Field, KeyCarrier, Operation, Provider, ProviderInfo,
+    Target, API_KEY,
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
@@ -34,26 +35,17 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("Ocp-Apim-Subscription-Key"),
     classify,
     call_headers: &[],
+    sdk_key: &[KeyCarrier::Header("Ocp-Apim-Subscription-Key")],
     #[rustfmt::skip]
     operations: &[
-        Operation {
-            method: Method::Post,
-            path: "/cognitiveservices/v1",
-            capability: Capability::Tts,
-            endpoint: 1,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/cognitiveservices/voices/list",
-            capability: Capability::Tts,
-            endpoint: 1,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/speech/recognition/conversation/cognitiveservices/v1",
-            capability: Capability::Stt,
-            endpoint: 2,
-        },
+        // Endpoint 1 is the region's TTS host, 2 its STT host, 0 its cognitive-services
+        // host (where the fast transcription API lives).
+        Operation::post("/cognitiveservices/v1", Capability::Tts).at(1),
+        Operation::get("/cognitiveservices/voices/list", Capability::Tts).at(1),
+        Operation::post("/speech/recognition/conversation/cognitiveservices/v1", Capability::Stt).at(2),
+        Operation::post("/speech/recognition/interactive/cognitiveservices/v1", Capability::Stt).at(2),
+        Operation::post("/speech/recognition/dictation/cognitiveservices/v1", Capability::Stt).at(2),
+        Operation::post("/speechtotext/transcriptions:transcribe", Capability::Stt),
     ],
     endpoints: &[
         Endpoint {

@@ -6,11 +6,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    json_str, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
+    json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
+    API_KEY,
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota};
-use crate::http::{HttpRequest, HttpResponse, Method};
+use crate::http::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct Deepgram;
@@ -26,26 +27,14 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Token,
     classify,
     call_headers: &[],
+    sdk_key: &[KeyCarrier::Authorization("Token")],
     #[rustfmt::skip]
     operations: &[
-        Operation {
-            method: Method::Post,
-            path: "/v1/listen",
-            capability: Capability::Stt,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1/speak",
-            capability: Capability::Tts,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/v1/models",
-            capability: Capability::Stt,
-            endpoint: 0,
-        },
+        // Options (`?model=nova-3&smart_format=true`) travel in the query, which is kept.
+        Operation::post("/v1/listen", Capability::Stt),
+        Operation::post("/v1/speak", Capability::Tts),
+        Operation::get("/v1/models", Capability::Stt),
+        Operation::get("/v1/models/{}", Capability::Stt),
     ],
     endpoints: &[Endpoint {
         var: "DEEPGRAM_BASE_URL",

@@ -6,11 +6,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    json_str, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
+    json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
+    API_KEY,
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota, Timestamp};
-use crate::http::{HttpRequest, HttpResponse, Method};
+use crate::http::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct ElevenLabs;
@@ -26,50 +27,19 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("xi-api-key"),
     classify,
     call_headers: &[],
+    sdk_key: &[KeyCarrier::Header("xi-api-key")],
     #[rustfmt::skip]
     operations: &[
-        Operation {
-            method: Method::Post,
-            path: "/v1/text-to-speech/{}",
-            capability: Capability::Tts,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1/text-to-speech/{}/stream",
-            capability: Capability::Tts,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1/text-to-speech/{}/with-timestamps",
-            capability: Capability::Tts,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1/text-to-speech/{}/stream/with-timestamps",
-            capability: Capability::Tts,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1/speech-to-text",
-            capability: Capability::Stt,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/v1/models",
-            capability: Capability::Tts,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/v1/voices",
-            capability: Capability::Tts,
-            endpoint: 0,
-        },
+        // The voice is the `{}`; `?output_format=` and the like are kept.
+        Operation::post("/v1/text-to-speech/{}", Capability::Tts),
+        Operation::post("/v1/text-to-speech/{}/stream", Capability::Tts),
+        Operation::post("/v1/text-to-speech/{}/with-timestamps", Capability::Tts),
+        Operation::post("/v1/text-to-speech/{}/stream/with-timestamps", Capability::Tts),
+        Operation::post("/v1/speech-to-text", Capability::Stt),
+        Operation::get("/v1/models", Capability::Tts),
+        Operation::get("/v1/voices", Capability::Tts),
+        Operation::get("/v1/voices/{}", Capability::Tts),
+        Operation::get("/v2/voices", Capability::Tts),
     ],
     endpoints: &[Endpoint {
         var: "ELEVENLABS_BASE_URL",

@@ -1,4 +1,4 @@
-//! Google Gemini (LLM, with TTS models). Probe and models: `GET /v1beta/models` with
+//! Google Gemini (LLM, embeddings, with TTS models). Probe and models: `GET /v1beta/models` with
 //! `x-goog-api-key` (never `?key=`, so keys stay out of URLs), paged with `nextPageToken`.
 
 use async_trait::async_trait;
@@ -6,12 +6,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    json_str, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
-    MAX_MODEL_PAGES,
+    json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
+    API_KEY, MAX_MODEL_PAGES,
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
-use crate::http::{HttpRequest, HttpResponse, Method};
+use crate::http::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, google_retry_delay_ms, Failure, Prober, Verdict};
 
 pub(super) struct Gemini;
@@ -19,7 +19,12 @@ pub(super) struct Gemini;
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("gemini"),
     name: "Google Gemini",
-    capabilities: &[Capability::Llm, Capability::Tts, Capability::Stt],
+    capabilities: &[
+        Capability::Llm,
+        Capability::Tts,
+        Capability::Stt,
+        Capability::Embedding,
+    ],
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: false,
@@ -27,32 +32,28 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("x-goog-api-key"),
     classify,
     call_headers: &[],
+    sdk_key: &[
+        KeyCarrier::Header("x-goog-api-key"),
+        KeyCarrier::Query("key"),
+    ],
     #[rustfmt::skip]
     operations: &[
-        Operation {
-            method: Method::Post,
-            path: "/v1beta/models/{}:generateContent",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1beta/models/{}:streamGenerateContent",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1beta/models/{}:countTokens",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/v1beta/models",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
+        // google-genai calls `v1beta` unless told otherwise; `v1` has the same calls.
+        // Streaming is `:streamGenerateContent?alt=sse` (the query is kept).
+        Operation::post("/v1beta/models/{name}:generateContent", Capability::Llm),
+        Operation::post("/v1beta/models/{name}:streamGenerateContent", Capability::Llm),
+        Operation::post("/v1beta/models/{name}:countTokens", Capability::Llm),
+        Operation::post("/v1beta/models/{name}:embedContent", Capability::Embedding),
+        Operation::post("/v1beta/models/{name}:batchEmbedContents", Capability::Embedding),
+        Operation::get("/v1beta/models", Capability::Llm),
+        Operation::get("/v1beta/models/{name}", Capability::Llm),
+        Operation::post("/v1/models/{name}:generateContent", Capability::Llm),
+        Operation::post("/v1/models/{name}:streamGenerateContent", Capability::Llm),
+        Operation::post("/v1/models/{name}:countTokens", Capability::Llm),
+        Operation::post("/v1/models/{name}:embedContent", Capability::Embedding),
+        Operation::post("/v1/models/{name}:batchEmbedContents", Capability::Embedding),
+        Operation::get("/v1/models", Capability::Llm),
+        Operation::get("/v1/models/{name}", Capability::Llm),
     ],
     endpoints: &[Endpoint {
         var: "GEMINI_BASE_URL",
@@ -115,10 +116,13 @@ struct ApiModel {
 }
 
 fn capabilities(id: &str, methods: &[String]) -> Vec<Capability> {
+    let offers = |m: &str| methods.iter().any(|x| x == m);
     if id.contains("-tts") {
         vec![Capability::Tts]
-    } else if methods.iter().any(|m| m == "generateContent") {
+    } else if offers("generateContent") {
         vec![Capability::Llm]
+    } else if offers("embedContent") {
+        vec![Capability::Embedding]
     } else {
         vec![]
     }
@@ -193,7 +197,7 @@ mod tests {
             [
                 ("gemini-2.0-flash", vec![Capability::Llm]),
                 ("gemini-2.5-flash-preview-tts", vec![Capability::Tts]),
-                ("text-embedding-004", vec![]),
+                ("text-embedding-004", vec![Capability::Embedding]),
             ]
         );
         assert_eq!(requests[1].0, "https://generativelanguage.googleapis.com/v1beta/models?pageSize=1000&pageToken=Cg9tb2RlbHMvZ2VtaW5p");

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, ProviderId};
-use crate::http::Method;
+
 use crate::probe::{Failure, Prober};
 
 pub(super) struct Groq;
@@ -23,32 +23,16 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("Groq", r),
     call_headers: &[],
+    sdk_key: &[],
     #[rustfmt::skip]
     operations: &[
-        Operation {
-            method: Method::Post,
-            path: "/openai/v1/chat/completions",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/openai/v1/audio/transcriptions",
-            capability: Capability::Stt,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/openai/v1/audio/speech",
-            capability: Capability::Tts,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/openai/v1/models",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
+        Operation::post("/openai/v1/chat/completions", Capability::Llm),
+        Operation::post("/openai/v1/responses", Capability::Llm),
+        Operation::post("/openai/v1/audio/transcriptions", Capability::Stt),
+        Operation::post("/openai/v1/audio/translations", Capability::Stt),
+        Operation::post("/openai/v1/audio/speech", Capability::Tts),
+        Operation::get("/openai/v1/models", Capability::Llm),
+        Operation::get("/openai/v1/models/{}", Capability::Llm),
     ],
     endpoints: &[Endpoint {
         var: "GROQ_BASE_URL",

@@ -1,4 +1,4 @@
-//! Mistral (LLM, STT), OpenAI-compatible: `GET /v1/models` with a bearer key.
+//! Mistral (LLM, STT, embeddings), OpenAI-compatible: `GET /v1/models` with a bearer key.
 //! Added by following docs/adding-a-provider.md.
 
 use async_trait::async_trait;
@@ -8,7 +8,7 @@ use super::{
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, ProviderId};
-use crate::http::Method;
+
 use crate::probe::{Failure, Prober};
 
 pub(super) struct Mistral;
@@ -16,7 +16,7 @@ pub(super) struct Mistral;
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("mistral"),
     name: "Mistral",
-    capabilities: &[Capability::Llm, Capability::Stt],
+    capabilities: &[Capability::Llm, Capability::Stt, Capability::Embedding],
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: false,
@@ -24,20 +24,15 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("Mistral", r),
     call_headers: &[],
+    sdk_key: &[],
     #[rustfmt::skip]
     operations: &[
-        Operation {
-            method: Method::Post,
-            path: "/v1/chat/completions",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/v1/models",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
+        Operation::post("/v1/chat/completions", Capability::Llm),
+        Operation::post("/v1/fim/completions", Capability::Llm),
+        Operation::post("/v1/embeddings", Capability::Embedding),
+        Operation::post("/v1/audio/transcriptions", Capability::Stt),
+        Operation::get("/v1/models", Capability::Llm),
+        Operation::get("/v1/models/{}", Capability::Llm),
     ],
     endpoints: &[Endpoint {
         var: "MISTRAL_BASE_URL",
@@ -46,7 +41,9 @@ static INFO: ProviderInfo = ProviderInfo {
 };
 
 fn capabilities(id: &str) -> Vec<Capability> {
-    if id.contains("embed") || id.contains("moderation") {
+    if id.contains("embed") {
+        vec![Capability::Embedding]
+    } else if id.contains("moderation") {
         vec![]
     } else if id.contains("voxtral") && id.contains("transcribe") {
         vec![Capability::Stt]
@@ -89,7 +86,14 @@ mod tests {
             .into_iter()
             .map(|m| m.capabilities)
             .collect();
-        assert_eq!(caps, [vec![Capability::Llm], vec![], vec![Capability::Stt]]);
+        assert_eq!(
+            caps,
+            [
+                vec![Capability::Llm],
+                vec![Capability::Embedding],
+                vec![Capability::Stt]
+            ]
+        );
         assert_eq!(requests[0].0, "https://api.mistral.ai/v1/models");
     }
 

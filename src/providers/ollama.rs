@@ -1,5 +1,6 @@
-//! Ollama (LLM), self-hosted or ollama.com. The user supplies `base_url` (checked by the
-//! endpoint guard before every call); the key is optional (local servers need none).
+//! Ollama (LLM, embeddings), self-hosted or ollama.com. The user supplies `base_url`
+//! (checked by the endpoint guard before every call); the key is optional (local servers
+//! need none).
 //! Probe and models: `GET /api/tags`.
 
 use async_trait::async_trait;
@@ -9,7 +10,7 @@ use serde_json::Value;
 use super::{bearer, json_str, Accepted, Auth, Field, Operation, Provider, ProviderInfo, Target};
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
-use crate::http::{HttpRequest, HttpResponse, Method};
+use crate::http::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct Ollama;
@@ -17,7 +18,7 @@ pub(super) struct Ollama;
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("ollama"),
     name: "Ollama",
-    capabilities: &[Capability::Llm],
+    capabilities: &[Capability::Llm, Capability::Embedding],
     fields: &[
         Field {
             name: "base_url",
@@ -36,26 +37,18 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify,
     call_headers: &[],
+    sdk_key: &[],
     #[rustfmt::skip]
     operations: &[
-        Operation {
-            method: Method::Post,
-            path: "/api/chat",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/api/generate",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/api/tags",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
+        Operation::post("/api/chat", Capability::Llm),
+        Operation::post("/api/generate", Capability::Llm),
+        Operation::post("/api/embed", Capability::Embedding),
+        Operation::post("/api/embeddings", Capability::Embedding),
+        Operation::get("/api/tags", Capability::Llm),
+        // Ollama's OpenAI-compatible API, for the OpenAI SDKs.
+        Operation::post("/v1/chat/completions", Capability::Llm),
+        Operation::post("/v1/embeddings", Capability::Embedding),
+        Operation::get("/v1/models", Capability::Llm),
     ],
     endpoints: &[],
 };
@@ -117,9 +110,15 @@ impl Provider for Ollama {
             .models
             .into_iter()
             .map(|t| Model {
+                // The tags say nothing of what a model does; embedding models say so in
+                // their names (nomic-embed-text, mxbai-embed-large, …).
+                capabilities: vec![if t.name.contains("embed") {
+                    Capability::Embedding
+                } else {
+                    Capability::Llm
+                }],
                 id: t.name.clone(),
                 name: t.name,
-                capabilities: vec![Capability::Llm],
             })
             .collect();
         Ok(Accepted {
@@ -135,12 +134,23 @@ mod tests {
     use crate::providers::testing::{run, run_keyless, Run};
     use crate::testing::respond;
 
-    const TAGS: &str = r#"{"models":[{"name":"llama3.2:latest","model":"llama3.2:latest","modified_at":"2025-01-01T00:00:00Z","size":2019393189,"digest":"a80c4f17acd5","details":{"parent_model":"","format":"gguf","family":"llama","families":["llama"],"parameter_size":"3.2B","quantization_level":"Q4_K_M"}}]}"#;
+    const TAGS: &str = r#"{"models":[{"name":"llama3.2:latest","model":"llama3.2:latest","modified_at":"2025-01-01T00:00:00Z","size":2019393189,"digest":"a80c4f17acd5","details":{"parent_model":"","format":"gguf","family":"llama","families":["llama"],"parameter_size":"3.2B","quantization_level":"Q4_K_M"}},{"name":"nomic-embed-text:latest","model":"nomic-embed-text:latest","size":274302450,"digest":"0a109f422b47","details":{"format":"gguf","family":"nomic-bert","parameter_size":"137M","quantization_level":"F16"}}]}"#;
 
     #[test]
     fn a_local_server_needs_no_key() {
         let Run { out, requests } = run_keyless(&Ollama, vec![respond(200, TAGS)]);
-        assert_eq!(out.unwrap().models.unwrap()[0].id, "llama3.2:latest");
+        let models = out.unwrap().models.unwrap();
+        let got: Vec<_> = models
+            .iter()
+            .map(|m| (m.id.as_str(), m.capabilities.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("llama3.2:latest", vec![Capability::Llm]),
+                ("nomic-embed-text:latest", vec![Capability::Embedding])
+            ]
+        );
         assert_eq!(requests[0].0, "https://ollama.example.com/api/tags");
         assert!(requests[0].1.is_empty());
     }

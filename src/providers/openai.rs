@@ -1,4 +1,4 @@
-//! OpenAI (LLM, TTS, STT). Probe and models in one call: `GET /v1/models` with a bearer
+//! OpenAI (LLM, TTS, STT, embeddings). Probe and models in one call: `GET /v1/models` with a bearer
 //! key. A restricted key without `api.model.read` is real: accepted with a warning.
 
 use async_trait::async_trait;
@@ -8,7 +8,7 @@ use super::{
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, ProviderId};
-use crate::http::Method;
+
 use crate::probe::{Failure, Prober};
 
 pub(super) struct OpenAi;
@@ -16,7 +16,12 @@ pub(super) struct OpenAi;
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("openai"),
     name: "OpenAI",
-    capabilities: &[Capability::Llm, Capability::Tts, Capability::Stt],
+    capabilities: &[
+        Capability::Llm,
+        Capability::Tts,
+        Capability::Stt,
+        Capability::Embedding,
+    ],
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: false,
@@ -24,44 +29,18 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("OpenAI", r),
     call_headers: &[],
+    sdk_key: &[],
     #[rustfmt::skip]
     operations: &[
-        Operation {
-            method: Method::Post,
-            path: "/v1/chat/completions",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1/responses",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1/audio/speech",
-            capability: Capability::Tts,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1/audio/transcriptions",
-            capability: Capability::Stt,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Post,
-            path: "/v1/audio/translations",
-            capability: Capability::Stt,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/v1/models",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
+        Operation::post("/v1/chat/completions", Capability::Llm),
+        Operation::post("/v1/responses", Capability::Llm),
+        Operation::post("/v1/responses/input_tokens", Capability::Llm),
+        Operation::post("/v1/audio/speech", Capability::Tts),
+        Operation::post("/v1/audio/transcriptions", Capability::Stt),
+        Operation::post("/v1/audio/translations", Capability::Stt),
+        Operation::post("/v1/embeddings", Capability::Embedding),
+        Operation::get("/v1/models", Capability::Llm),
+        Operation::get("/v1/models/{}", Capability::Llm),
     ],
     endpoints: &[Endpoint {
         var: "OPENAI_BASE_URL",
@@ -75,6 +54,8 @@ fn capabilities(id: &str) -> Vec<Capability> {
         vec![Capability::Tts]
     } else if id.contains("whisper") || id.contains("transcribe") {
         vec![Capability::Stt]
+    } else if id.starts_with("text-embedding") {
+        vec![Capability::Embedding]
     } else if ["gpt", "o1", "o3", "o4", "chatgpt"]
         .iter()
         .any(|p| id.starts_with(p))
@@ -123,7 +104,7 @@ mod tests {
                 ("gpt-4o-mini", vec![Capability::Llm]),
                 ("gpt-4o-mini-tts", vec![Capability::Tts]),
                 ("whisper-1", vec![Capability::Stt]),
-                ("text-embedding-3-small", vec![]),
+                ("text-embedding-3-small", vec![Capability::Embedding]),
             ]
         );
         assert_eq!(requests[0].0, "https://api.openai.com/v1/models");

@@ -1,5 +1,5 @@
-//! OpenRouter (LLM). Probe and quota in one call: `GET /api/v1/key` with a bearer key;
-//! models: `GET /api/v1/models`.
+//! OpenRouter (LLM, embeddings). Probe and quota in one call: `GET /api/v1/key` with a
+//! bearer key; models: `GET /api/v1/models`.
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -11,7 +11,7 @@ use super::{
 };
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota};
-use crate::http::{HttpRequest, HttpResponse, Method};
+use crate::http::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct OpenRouter;
@@ -19,7 +19,7 @@ pub(super) struct OpenRouter;
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("openrouter"),
     name: "OpenRouter",
-    capabilities: &[Capability::Llm],
+    capabilities: &[Capability::Llm, Capability::Embedding],
     fields: &[API_KEY],
     supports_model_listing: true,
     supports_quota: true,
@@ -27,20 +27,14 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify,
     call_headers: &[],
+    sdk_key: &[],
     #[rustfmt::skip]
     operations: &[
-        Operation {
-            method: Method::Post,
-            path: "/api/v1/chat/completions",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
-        Operation {
-            method: Method::Get,
-            path: "/api/v1/models",
-            capability: Capability::Llm,
-            endpoint: 0,
-        },
+        Operation::post("/api/v1/chat/completions", Capability::Llm),
+        Operation::post("/api/v1/responses", Capability::Llm),
+        Operation::post("/api/v1/embeddings", Capability::Embedding),
+        Operation::get("/api/v1/models", Capability::Llm),
+        Operation::get("/api/v1/embeddings/models", Capability::Embedding),
     ],
     endpoints: &[Endpoint {
         var: "OPENROUTER_BASE_URL",

@@ -132,7 +132,7 @@ describe('preferences', () => {
       stt: null,
       llm: { credential_id: chat.id, provider: 'anthropic', model: 'claude-haiku-4-5' },
     });
-    assert.deepEqual((await vault.request('GET', '/v1/preferences', { user: 'u_other' })).json, { tts: null, stt: null, llm: null });
+    assert.deepEqual((await vault.request('GET', '/v1/preferences', { user: 'u_other' })).json, { tts: null, stt: null, llm: null, embedding: null });
     assert.equal((await vault.request('DELETE', `/v1/credentials/${voice.id}`, { user: 'u_pref' })).status, 204);
     assert.equal((await vault.request('GET', '/v1/preferences', { user: 'u_pref' })).json.tts, null);
     assert.deepEqual(await vault.sql(`SELECT capability FROM preferences WHERE user_id = 'u_pref'`), [{ capability: 'llm' }]);

@@ -147,7 +147,10 @@ fn preferences_point_at_the_users_own_capable_credentials() {
     let (s, b, _) = w.call("GET", "/v1/preferences", Some("u_a"), None, vec![]);
     assert_eq!(
         (s, b),
-        (200, json!({"tts": null, "stt": null, "llm": null}))
+        (
+            200,
+            json!({"tts": null, "stt": null, "llm": null, "embedding": null})
+        )
     );
     let put = |user: &str, cap: &str, body: Value| {
         w.call(
@@ -165,6 +168,7 @@ fn preferences_point_at_the_users_own_capable_credentials() {
     );
     assert_eq!(s, 200, "{b}");
     assert_eq!(put("u_a", "llm", json!({"credential_id": id})).0, 400);
+    assert_eq!(put("u_a", "embedding", json!({"credential_id": id})).0, 400);
     assert_eq!(
         put("u_a", "tts", json!({"credential_id": id, "model": "nope"})).0,
         400

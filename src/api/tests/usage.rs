@@ -289,6 +289,93 @@ fn the_proxy_injects_the_users_key_and_strips_the_callers_credentials() {
 }
 
 #[test]
+fn embedding_is_a_capability_of_its_own_for_defaults_resolve_and_the_proxy() {
+    let w = world(&[]);
+    let models = r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","created":1,"owned_by":"system"},{"id":"text-embedding-3-small","object":"model","created":1,"owned_by":"system"}]}"#;
+    let (s, body, _) = w.call(
+        "POST",
+        "/v1/credentials",
+        Some("u_a"),
+        Some(json!({"provider":"openai","api_key":KEY})),
+        vec![respond(200, models)],
+    );
+    assert_eq!(s, 201, "{body}");
+    let id = body["credential"]["id"].as_str().unwrap().to_owned();
+    let put = |model: &str| {
+        w.call(
+            "PUT",
+            "/v1/preferences/embedding",
+            Some("u_a"),
+            Some(json!({"credential_id": id, "model": model})),
+            vec![],
+        )
+    };
+    // A chat model is no embedding model, and the other way round.
+    assert_eq!(put("gpt-4o-mini").0, 400);
+    let (s, body, _) = put("text-embedding-3-small");
+    assert_eq!(
+        (s, &body["capability"]),
+        (200, &json!("embedding")),
+        "{body}"
+    );
+    let (_, prefs, _) = w.call("GET", "/v1/preferences", Some("u_a"), None, vec![]);
+    assert_eq!(
+        prefs["embedding"],
+        json!({"credential_id": id, "provider": "openai", "model": "text-embedding-3-small"})
+    );
+
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"embedding"}));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        (&body["credential_id"], &body["model"], &body["api_key"]),
+        (&json!(id), &json!("text-embedding-3-small"), &json!(KEY))
+    );
+    let (s, body) = w.resolve(json!({"user_id":"u_a","capability":"vectors"}));
+    assert_eq!(s, 400);
+    assert_eq!(
+        body["errors"][0]["message"],
+        "must be tts, stt, llm or embedding"
+    );
+    let (s, body) =
+        w.resolve(json!({"user_id":"u_a","capability":"embedding","provider":"anthropic"}));
+    assert_eq!(
+        (s, body["errors"][0]["field"].as_str()),
+        (400, Some("provider"))
+    );
+
+    let embeddings = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-0.2]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":2,"total_tokens":2}}"#;
+    let (r, sent, bodies) = w.proxy(
+        "POST",
+        "/v1/proxy/openai/v1/embeddings",
+        &[],
+        vec![respond(200, embeddings)],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, "https://api.openai.com/v1/embeddings");
+    assert!(sent[0]
+        .1
+        .contains(&("authorization".into(), format!("Bearer {KEY}"))));
+    assert_eq!(bodies[0], br#"{"text":"Hello"}"#);
+    assert_eq!(r.header("x-byok-credential-id"), Some(id.as_str()));
+    let (_, events, _) = w.call(
+        "GET",
+        "/v1/audit?action=credential.used",
+        Some("u_a"),
+        None,
+        vec![],
+    );
+    assert_eq!(
+        events["events"][0]["detail"]["operation"], "POST /v1/embeddings",
+        "{events}"
+    );
+
+    // A look-alike is refused before any key is chosen.
+    let (r, sent, _) = w.proxy("GET", "/v1/proxy/openai/v1/embeddings", &[], vec![]);
+    assert_eq!((r.status, sent.len()), (403, 0));
+}
+
+#[test]
 fn the_proxy_refuses_what_is_not_allow_listed_before_any_upstream_call() {
     let w = world(&[("SYSTEM_KEY_ELEVENLABS", SYSTEM)]);
     for (method, path) in [
@@ -812,4 +899,199 @@ fn without_rate_limits_system_key_use_is_not_counted() {
     );
     assert_eq!(r.status, 200);
     assert!(w.limiter.seen.borrow().is_empty());
+}
+
+/// A world where every provider whose SDK puts its key somewhere of its own has a system
+/// key, so the proxy serves `u_a` without a credential.
+fn sdk_world() -> World {
+    world(&[
+        ("SYSTEM_KEY_ELEVENLABS", SYSTEM),
+        ("SYSTEM_KEY_GEMINI", SYSTEM),
+        ("SYSTEM_KEY_DEEPGRAM", SYSTEM),
+        ("SYSTEM_KEY_ANTHROPIC", SYSTEM),
+        ("SYSTEM_KEY_AZURE_SPEECH", SYSTEM),
+        ("SYSTEM_KEY_AZURE_SPEECH_REGION", "westeurope"),
+    ])
+}
+
+#[test]
+fn the_vault_token_is_taken_where_each_providers_sdk_puts_its_key() {
+    let w = sdk_world();
+    let jwt = token("u_a");
+    let query_path = format!(
+        "/v1/proxy/gemini/v1beta/models/gemini-2.0-flash:generateContent?alt=json&key={jwt}"
+    );
+    let cases: Vec<(String, String, &str, &str)> = vec![
+        // (path, carrier header, its value's prefix, the provider's auth header)
+        (
+            "/v1/proxy/elevenlabs/v1/text-to-speech/voice123".into(),
+            "xi-api-key".into(),
+            "",
+            "xi-api-key",
+        ),
+        (
+            "/v1/proxy/gemini/v1beta/models/gemini-2.0-flash:generateContent".into(),
+            "x-goog-api-key".into(),
+            "",
+            "x-goog-api-key",
+        ),
+        (
+            "/v1/proxy/deepgram/v1/listen".into(),
+            "authorization".into(),
+            "Token ",
+            "Authorization",
+        ),
+        (
+            "/v1/proxy/anthropic/v1/messages".into(),
+            "x-api-key".into(),
+            "",
+            "x-api-key",
+        ),
+        (
+            "/v1/proxy/azure_speech/cognitiveservices/v1".into(),
+            "Ocp-Apim-Subscription-Key".into(),
+            "",
+            "Ocp-Apim-Subscription-Key",
+        ),
+        (query_path, String::new(), "", "x-goog-api-key"),
+    ];
+    for (path, carrier, prefix, auth) in cases {
+        let value = format!("{prefix}{jwt}");
+        // No Bearer: only the SDK's own carrier holds the token (an Authorization that is
+        // no token stands in for the helper's default Bearer).
+        let mut headers = vec![];
+        if !carrier.is_empty() {
+            headers.push((carrier.as_str(), value.as_str()));
+        }
+        if carrier != "authorization" {
+            headers.push(("authorization", "Basic none"));
+        }
+        let (r, sent, _) = w.proxy("POST", &path, &headers, vec![respond(200, "{}")]);
+        assert_eq!((r.status, sent.len()), (200, 1), "{path} via {carrier}");
+        let (url, sent_headers, _) = &sent[0];
+        assert!(
+            !url.contains(&jwt),
+            "{path}: the token reached the provider's URL"
+        );
+        assert!(
+            sent_headers.iter().all(|(_, v)| !v.contains(&jwt)),
+            "{path}: the token reached the provider"
+        );
+        assert!(
+            sent_headers
+                .iter()
+                .any(|(n, v)| n.eq_ignore_ascii_case(auth) && v.contains(SYSTEM)),
+            "{path}: the provider did not get the key in {auth}"
+        );
+    }
+}
+
+#[test]
+fn a_provider_key_where_the_sdk_puts_its_key_is_401_and_reaches_no_provider() {
+    let w = sdk_world();
+    let pasted = "sk_0123456789abcdef0123456789abcdef0123456789abcdef";
+    for (path, header, value) in [
+        (
+            "/v1/proxy/elevenlabs/v1/text-to-speech/voice123",
+            "xi-api-key",
+            pasted.to_owned(),
+        ),
+        (
+            "/v1/proxy/deepgram/v1/listen",
+            "authorization",
+            format!("Token {pasted}"),
+        ),
+        (
+            "/v1/proxy/gemini/v1beta/models/m:generateContent",
+            "x-goog-api-key",
+            pasted.to_owned(),
+        ),
+        // Another provider's carrier is no carrier here.
+        (
+            "/v1/proxy/anthropic/v1/messages",
+            "xi-api-key",
+            token("u_a"),
+        ),
+    ] {
+        let (r, sent, _) = w.proxy_with(
+            "POST",
+            path,
+            &[
+                (header, &value),
+                (
+                    "authorization",
+                    if header == "authorization" {
+                        &value
+                    } else {
+                        "Basic x"
+                    },
+                ),
+            ],
+            Box::new(crate::testing::Bytes(b"{}".to_vec())),
+            vec![],
+        );
+        assert_eq!((r.status, sent.len()), (401, 0), "{path} {header}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains(pasted),
+            "the key was echoed"
+        );
+    }
+    let logs = w.logs.borrow();
+    assert!(
+        logs.iter().all(|l| !l.contains(pasted)),
+        "the key was logged"
+    );
+}
+
+#[test]
+fn answers_from_the_provider_say_so_and_the_vaults_own_refusals_do_not() {
+    let w = world(&[("SYSTEM_KEY_ELEVENLABS", SYSTEM)]);
+    let tts = "/v1/proxy/elevenlabs/v1/text-to-speech/voice123";
+    let (ok, _, _) = w.proxy("POST", tts, &[], vec![respond(200, "ID3")]);
+    assert_eq!(ok.header("x-byok-upstream-status"), Some("200"));
+    // The provider's own 401 that does not mark the key (a permission it lacks) passes
+    // through marked, so a client does not take it for its session expiring.
+    let scope = r#"{"detail":{"status":"missing_permissions","message":"The API key you used is missing the permission text_to_speech."}}"#;
+    let (denied, _, _) = w.proxy("POST", tts, &[], vec![respond(401, scope)]);
+    assert_eq!(denied.status, 401);
+    assert_eq!(denied.header("x-byok-upstream-status"), Some("401"));
+    assert_eq!(denied.header("www-authenticate"), None);
+    let limited = respond_with(
+        429,
+        &[("retry-after", "7")],
+        r#"{"detail":{"status":"too_many_concurrent_requests"}}"#,
+    );
+    let (busy, _, _) = w.proxy("POST", tts, &[], vec![limited]);
+    assert_eq!(busy.header("x-byok-upstream-status"), Some("429"));
+    // The vault's own: problem+json, unmarked.
+    for (path, status) in [
+        ("/v1/proxy/elevenlabs/v1/user", 403),
+        ("/v1/proxy/openai/v1/chat/completions", 404),
+    ] {
+        let (r, _, _) = w.proxy("POST", path, &[], vec![]);
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(r.header("x-byok-upstream-status"), None, "{path}");
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    }
+}
+
+#[test]
+fn every_429_the_vault_answers_itself_says_when_to_come_back() {
+    use crate::api::problem::ApiError;
+    for e in [
+        ApiError::rate_limited(crate::limits::LimitScope::SystemKeyUser, 60),
+        ApiError::not_checked(),
+        ApiError::from_failure(
+            crate::domain::ProviderId::new("openai"),
+            crate::probe::Failure::RateLimited {
+                retry_after_ms: 1500,
+                message: "m".into(),
+            },
+        ),
+    ] {
+        let r = crate::api::Response::problem(&e);
+        assert_eq!(r.status, 429);
+        assert!(r.header("retry-after").is_some(), "{}", e.code);
+    }
 }

@@ -29,11 +29,16 @@
 // wait until the test releases them, and `holdStreamEnd()` holds back the last chunk of the
 // SSE streams: a test orders events by what it saw, never by how long it slept.
 //
-// Real operations (what the vault's proxy forwards) answer too: ElevenLabs text-to-speech
-// returns AUDIO (its `/stream` variant in three chunks STREAM_GAP_MS apart), OpenAI chat
-// completions with `"stream": true` send an SSE stream of three chunks STREAM_GAP_MS
-// apart (the time each was sent is kept in `sseSent`), Anthropic messages and Gemini
-// generateContent answer their JSON shapes. Each operation's request (headers and body)
+// Real operations (what the vault's proxy forwards, and the official SDKs call) answer too:
+// ElevenLabs text-to-speech returns AUDIO (its `/stream` variant in three chunks
+// STREAM_GAP_MS apart), OpenAI chat completions with `"stream": true` send an SSE stream of
+// three chunks STREAM_GAP_MS apart (the time each was sent is kept in `sseSent`; with
+// `stream_options.include_usage` a last chunk carries the usage), Anthropic messages (with
+// `"stream": true` its event sequence) and Gemini generateContent / streamGenerateContent
+// (`?alt=sse`) answer their shapes; OpenAI embeddings (floats or base64) and Gemini
+// embedContent / batchEmbedContents answer EMBEDDING; OpenAI speech and Deepgram speak answer
+// AUDIO; OpenAI and ElevenLabs transcriptions answer TRANSCRIPT, Deepgram listen its results
+// JSON (with metadata.duration). Each operation's request (headers and body)
 // is kept in `requests`, with what the fake answered (`sent`). A path starting `/redirect/`
 // answers 302 to the same path without that prefix (a base_url that bounces elsewhere).
 import http from 'node:http';
@@ -47,6 +52,22 @@ const json = (res, status, body, headers = {}) => {
 export const AUDIO = Buffer.from(Array.from({ length: 3000 }, (_, i) => (i * 7 + 3) % 256));
 export const STREAM_GAP_MS = 300;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** What the fake embeddings answer: values a float32 holds exactly, so base64 loses nothing. */
+export const EMBEDDING = [0.125, -0.5, 0.25, 0.75, -0.0625];
+/** What the fake transcriptions answer (OpenAI, ElevenLabs). */
+export const TRANSCRIPT = 'Hello there.';
+const parse = (body) => { try { return JSON.parse(body.toString() || '{}'); } catch { return {}; } };
+const float32Base64 = (values) => {
+  const b = Buffer.alloc(values.length * 4);
+  values.forEach((v, i) => b.writeFloatLE(v, i * 4));
+  return b.toString('base64');
+};
+/** Writes named SSE events (`event:` and `data:` lines), as Anthropic streams. */
+const sseEvents = (res, events) => {
+  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
+  for (const [event, data] of events) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+  res.end();
+};
 
 const MODEL_PAGES = 2; // providers that page their model list get two pages
 export const SLOW_MS = 1500;
@@ -244,30 +265,127 @@ function operation(name, method, path) {
   }
   if (name === 'openai' && method === 'POST' && path === '/v1/chat/completions') {
     return async (res, body, state) => {
-      const request = JSON.parse(body.toString() || '{}');
-      const chunk = (i, content) => ({ id: 'chatcmpl-fake', object: 'chat.completion.chunk', created: 1732500000, model: request.model ?? 'gpt-4o-mini', choices: [{ index: 0, delta: { content }, finish_reason: null }] });
+      const request = parse(body);
+      const model = request.model ?? 'gpt-4o-mini';
+      const usage = { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 };
+      // With include_usage every chunk carries `usage: null` and one more, before [DONE],
+      // carries the usage with no choices.
+      const withUsage = request.stream_options?.include_usage === true;
+      const chunk = (choices, extra = {}) => ({ id: 'chatcmpl-fake', object: 'chat.completion.chunk', created: 1732500000, model, choices, ...(withUsage ? { usage: null } : {}), ...extra });
       if (!request.stream) {
-        return json(res, 200, { id: 'chatcmpl-fake', object: 'chat.completion', created: 1732500000, model: request.model ?? 'gpt-4o-mini', choices: [{ index: 0, message: { role: 'assistant', content: 'Hello there!' }, finish_reason: 'stop' }], usage: { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 } });
+        return json(res, 200, { id: 'chatcmpl-fake', object: 'chat.completion', created: 1732500000, model, choices: [{ index: 0, message: { role: 'assistant', content: 'Hello there!' }, finish_reason: 'stop' }], usage });
       }
       res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
       const words = ['Hello', ' there', '!'];
       for (let i = 0; i < words.length; i++) {
         // A test may hold the last chunk back until it has seen the first (holdStreamEnd).
         if (i === words.length - 1) await state.streamEnd;
-        res.write(`data: ${JSON.stringify(chunk(i, words[i]))}\n\n`);
+        res.write(`data: ${JSON.stringify(chunk([{ index: 0, delta: { content: words[i] }, finish_reason: null }]))}\n\n`);
         state.sseSent.push(Date.now());
         if (i < words.length - 1) await sleep(STREAM_GAP_MS);
       }
+      res.write(`data: ${JSON.stringify(chunk([{ index: 0, delta: {}, finish_reason: 'stop' }]))}\n\n`);
+      if (withUsage) res.write(`data: ${JSON.stringify(chunk([], { usage }))}\n\n`);
       res.write('data: [DONE]\n\n');
       res.end();
       return undefined;
     };
   }
-  if (name === 'anthropic' && method === 'POST' && path === '/v1/messages') {
-    return async (res) => json(res, 200, { id: 'msg_fake', type: 'message', role: 'assistant', model: 'claude-sonnet-4-5', content: [{ type: 'text', text: 'Hello!' }], stop_reason: 'end_turn', usage: { input_tokens: 5, output_tokens: 2 } });
+  if (name === 'openai' && method === 'POST' && path === '/v1/embeddings') {
+    return async (res, body) => {
+      const request = parse(body);
+      // The SDKs ask for base64 (little-endian float32s) unless the app asks for floats.
+      const embedding = request.encoding_format === 'base64' ? float32Base64(EMBEDDING) : EMBEDDING;
+      const inputs = Array.isArray(request.input) ? request.input : [request.input];
+      json(res, 200, { object: 'list', data: inputs.map((_, index) => ({ object: 'embedding', index, embedding })), model: request.model ?? 'text-embedding-3-small', usage: { prompt_tokens: 1, total_tokens: 1 } });
+    };
   }
-  if (name === 'gemini' && method === 'POST' && /^\/v1beta\/models\/[^/]+:generateContent$/.test(path)) {
-    return async (res) => json(res, 200, { candidates: [{ content: { role: 'model', parts: [{ text: 'Hello!' }] }, finishReason: 'STOP' }], usageMetadata: { promptTokenCount: 3, candidatesTokenCount: 2, totalTokenCount: 5 } });
+  if ((name === 'openai' && method === 'POST' && path === '/v1/audio/speech')
+    || (name === 'deepgram' && method === 'POST' && path === '/v1/speak')) {
+    return async (res) => { res.writeHead(200, { 'content-type': 'audio/mpeg' }); res.end(AUDIO); };
+  }
+  if (name === 'openai' && method === 'POST' && path === '/v1/audio/transcriptions') {
+    return async (res, body) => {
+      // Multipart: only the response format matters here (verbose_json adds the duration).
+      const verbose = /name="response_format"\r\n\r\nverbose_json/.test(body.toString('latin1'));
+      json(res, 200, verbose
+        ? { task: 'transcribe', language: 'english', duration: 0.5, text: TRANSCRIPT, segments: [] }
+        : { text: TRANSCRIPT, usage: { type: 'duration', seconds: 1 } });
+    };
+  }
+  if (name === 'anthropic' && method === 'POST' && path === '/v1/messages') {
+    return async (res, body) => {
+      const request = parse(body);
+      const model = request.model ?? 'claude-sonnet-4-5';
+      if (!request.stream) {
+        return json(res, 200, { id: 'msg_fake', type: 'message', role: 'assistant', model, content: [{ type: 'text', text: 'Hello!' }], stop_reason: 'end_turn', stop_sequence: null, usage: { input_tokens: 5, output_tokens: 2 } });
+      }
+      // The real event sequence: message_start (input usage), one text block, message_delta
+      // (cumulative output usage), message_stop.
+      const words = ['Hello', ' there', '!'];
+      sseEvents(res, [
+        ['message_start', { type: 'message_start', message: { id: 'msg_fake', type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, usage: { input_tokens: 5, output_tokens: 1 } } }],
+        ['content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }],
+        ['ping', { type: 'ping' }],
+        ...words.map((text) => ['content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text } }]),
+        ['content_block_stop', { type: 'content_block_stop', index: 0 }],
+        ['message_delta', { type: 'message_delta', delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: 3 } }],
+        ['message_stop', { type: 'message_stop' }],
+      ]);
+      return undefined;
+    };
+  }
+  const gemini = name === 'gemini' && method === 'POST' && /^\/v1(beta)?\/models\/[^/:]+:([A-Za-z]+)$/.exec(path);
+  if (gemini && gemini[2] === 'generateContent') {
+    return async (res) => json(res, 200, { candidates: [{ content: { role: 'model', parts: [{ text: 'Hello!' }] }, finishReason: 'STOP', index: 0 }], usageMetadata: { promptTokenCount: 3, candidatesTokenCount: 2, totalTokenCount: 5 }, modelVersion: 'gemini-2.0-flash', responseId: 'resp-fake' });
+  }
+  if (gemini && gemini[2] === 'streamGenerateContent') {
+    return async (res, body, state, query) => {
+      const words = ['Hello', ' there', '!'];
+      const chunks = words.map((text, i) => ({
+        candidates: [{ content: { role: 'model', parts: [{ text }] }, index: 0, ...(i === words.length - 1 ? { finishReason: 'STOP' } : {}) }],
+        usageMetadata: i === words.length - 1
+          ? { promptTokenCount: 3, candidatesTokenCount: 3, totalTokenCount: 6 }
+          : { promptTokenCount: 3, totalTokenCount: 3 },
+        modelVersion: 'gemini-2.0-flash',
+        responseId: 'resp-fake',
+      }));
+      if (query.get('alt') !== 'sse') return json(res, 200, chunks); // without alt=sse: one JSON array
+      // Gemini separates its SSE events with CRLFs.
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      for (const c of chunks) res.write(`data: ${JSON.stringify(c)}\r\n\r\n`);
+      res.end();
+      return undefined;
+    };
+  }
+  if (gemini && gemini[2] === 'embedContent') {
+    return async (res) => json(res, 200, { embedding: { values: EMBEDDING } });
+  }
+  if (gemini && gemini[2] === 'batchEmbedContents') {
+    return async (res, body) => json(res, 200, { embeddings: (parse(body).requests ?? [{}]).map(() => ({ values: EMBEDDING })) });
+  }
+  if (name === 'elevenlabs' && method === 'POST' && path === '/v1/speech-to-text') {
+    return async (res) => json(res, 200, {
+      language_code: 'eng', language_probability: 0.98, text: TRANSCRIPT, transcription_id: 'tr_fake', audio_duration_secs: 0.5,
+      words: [
+        { text: 'Hello', start: 0, end: 0.2, type: 'word', speaker_id: 'speaker_0', logprob: -0.01 },
+        { text: ' ', start: 0.2, end: 0.25, type: 'spacing', speaker_id: 'speaker_0', logprob: 0 },
+        { text: 'there.', start: 0.25, end: 0.5, type: 'word', speaker_id: 'speaker_0', logprob: -0.02 },
+      ],
+    });
+  }
+  if (name === 'deepgram' && method === 'POST' && path === '/v1/listen') {
+    return async (res) => json(res, 200, {
+      metadata: {
+        transaction_key: 'deprecated', request_id: '5b8e1a7c-2f1d-4c3b-9a0e-6d7f8e9a0b1c', sha256: 'a'.repeat(64), created: '2026-12-01T12:00:00.000Z',
+        duration: 0.5, channels: 1, models: ['1abfe86b-e047-4eed-858a-35e5625b41ee'],
+        model_info: { '1abfe86b-e047-4eed-858a-35e5625b41ee': { name: 'general-nova-3', version: '2025-01-01.0', arch: 'nova-3' } },
+      },
+      results: { channels: [{ alternatives: [{ transcript: 'hello there', confidence: 0.99, words: [
+        { word: 'hello', start: 0, end: 0.2, confidence: 0.99 },
+        { word: 'there', start: 0.25, end: 0.5, confidence: 0.98 },
+      ] }] }] },
+    });
   }
   return undefined;
 }
@@ -357,7 +475,7 @@ export function startFakeProviders() {
           case 'invalid': return p.invalid(res);
           case 'busy': return p.limited(res, 7);
           case 'spent': return (p.quota ?? p.invalid)(res);
-          default: return op(res, record.body, streams);
+          default: return op(res, record.body, streams, url.searchParams);
         }
       });
       return undefined;

@@ -7,7 +7,9 @@
 #     built once from rust-web-src and lld as rust-lld (set BYOK_FORCE_DEBIAN_RUST=1 to
 #     take that route on purpose);
 #   - worker-build and wasm-bindgen-cli at the versions Cargo.lock needs;
-#   - wrangler, esbuild and wasm-opt from package-lock.json (npm ci).
+#   - wrangler, esbuild and wasm-opt (and the openai npm package the SDK tests run) from
+#     package-lock.json (npm ci);
+#   - a Python venv with schemathesis and the providers' official Python SDKs, pinned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -119,13 +121,15 @@ if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok ins
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
-# --- Python tools for the contract tests (schemathesis), in a venv of their own ---------
+# --- Python tools for the contract tests (schemathesis) and the providers' official SDKs
+# for the SDK tests, in one venv of their own, resolved together ---------------------------
 venv=.toolchain/venv
+py_requirements=(tests/contract/requirements.txt tests/sdk/requirements.txt)
 stamp_py=$venv/.byok-requirements-sha256
-want_py=$(sha256sum tests/contract/requirements.txt | cut -d' ' -f1)
+want_py=$(cat "${py_requirements[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp_py" ] || [ "$(cat "$stamp_py")" != "$want_py" ]; then
-  command -v python3 >/dev/null || die "python3 is required for the contract tests"
-  log "pip install -r tests/contract/requirements.txt (into $venv)"
+  command -v python3 >/dev/null || die "python3 is required for the contract and SDK tests"
+  log "pip install -r ${py_requirements[*]} (into $venv)"
   if [ ! -x "$venv/bin/pip" ]; then
     rm -rf "$venv"
     # Debian's python3 makes venvs only with python3-venv installed.
@@ -137,7 +141,7 @@ if [ ! -f "$stamp_py" ] || [ "$(cat "$stamp_py")" != "$want_py" ]; then
       python3 -m venv "$venv"
     fi
   fi
-  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/contract/requirements.txt
+  "$venv/bin/pip" install -q --disable-pip-version-check "${py_requirements[@]/#/--requirement=}"
   echo "$want_py" >"$stamp_py"
 fi
 

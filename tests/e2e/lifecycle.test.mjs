@@ -131,6 +131,7 @@ describe('preferences', () => {
       tts: { credential_id: voice.id, provider: 'elevenlabs', model: 'eleven_multilingual_v2' },
       stt: null,
       llm: { credential_id: chat.id, provider: 'anthropic', model: 'claude-haiku-4-5' },
+      embedding: null,
     });
     assert.deepEqual((await vault.request('GET', '/v1/preferences', { user: 'u_other' })).json, { tts: null, stt: null, llm: null, embedding: null });
     assert.equal((await vault.request('DELETE', `/v1/credentials/${voice.id}`, { user: 'u_pref' })).status, 204);

@@ -218,6 +218,8 @@ impl KeyUse<'_> {
             let model = credential.model.clone();
             if let Some(mut next) = self.open(&credential, model, facts)? {
                 next.then = std::mem::take(&mut key.then);
+                // The cooling keys passed over still were.
+                next.skipped = std::mem::take(&mut key.skipped);
                 return Ok(Some(next));
             }
         }

@@ -3,7 +3,11 @@
 // and wrk driving each operation from a second process. Every budget of issue 12 is a
 // ratio to floors measured in the same run, so a slow or busy machine moves both sides.
 //
-//   node bench/bench.mjs [--duration S] [--connections N] [--quick]
+//   node bench/bench.mjs [--duration S] [--connections N] [--quick] [--metering-only]
+//
+// Issue 21's budgets (metering's cost, the proxy's D1 round trips with budgets, failover)
+// are measured by bench/metering.mjs with two vaults of their own; `--metering-only` runs
+// just those and writes bench/results/metering.json.
 //
 // Prints a table and writes bench/results/latest.{json,md}. Exits 1 when a budget is
 // missed (the run itself still completes and reports every number).
@@ -16,6 +20,7 @@ import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { ROOT, localSql, randomKey, serviceTokens, startVault } from '../tests/e2e/harness.mjs';
 import { startFakeProviders } from '../tests/e2e/fake-providers.mjs';
+import { measureMetering } from './metering.mjs';
 
 const run = promisify(execFile);
 const args = process.argv.slice(2);
@@ -24,6 +29,7 @@ const option = (name, fallback) => {
   return i >= 0 ? Number(args[i + 1]) : fallback;
 };
 const QUICK = args.includes('--quick');
+const METERING_ONLY = args.includes('--metering-only');
 const DURATION = option('--duration', QUICK ? 3 : 10);
 const CONNECTIONS = option('--connections', 4);
 const WARMUP = QUICK ? 1 : 2;
@@ -227,6 +233,19 @@ async function start(state) {
   return spawned;
 }
 
+if (METERING_ONLY) {
+  try {
+    results.metering = await measureMetering({ fake, secrets, vars, config, adminToken: tokens.operator, quick: QUICK });
+  } finally {
+    await fake.close();
+  }
+  const { meteringBudgets } = await import('./report.mjs');
+  const lines = meteringBudgets(results.metering);
+  fs.writeFileSync(path.join(OUT, 'metering.json'), JSON.stringify({ at: startedAt.toISOString(), results }, null, 2) + '\n');
+  process.stdout.write(lines.report);
+  process.exit(lines.missed ? 1 : 0);
+}
+
 try {
   await start();
   const jwt = (user) => vault.token(user, { exp: Math.floor(Date.now() / 1000) + 6 * 3600 });
@@ -332,6 +351,9 @@ try {
     proxy_p50_ms: await ttfb(`${vault.base}/v1/proxy/openai/v1/chat/completions`, user('u_list5')),
   };
   log(`streamed answer, first byte: direct ${results.stream_ttfb.direct_p50_ms} ms, proxied ${results.stream_ttfb.proxy_p50_ms} ms`);
+
+  // Issue 21: metering on against off, the proxy's D1 round trips with budgets, failover.
+  results.metering = await measureMetering({ fake, secrets, vars, config, adminToken: tokens.operator, quick: QUICK });
 
   // The audit pipeline: resolves at full load, each a credential.used event on the queue.
   await drained(vault, tokens.resolver);

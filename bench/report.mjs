@@ -4,6 +4,44 @@
 const fmt = (v) => (v === null || v === undefined ? '–' : typeof v === 'number' ? String(v) : v);
 const ratio = (a, b) => Math.round((a / b) * 100) / 100;
 
+/** Issue 21's budgets (bench/metering.mjs): the tap's cost as a ratio of medians in the
+ * same run, and the D1 round trips on the proxy's path. A markdown section and whether any
+ * was missed. */
+export function meteringBudgets(m) {
+  const checks = [];
+  const check = (what, value, limit, unit, ok = value <= limit) => checks.push({ what, value, limit, unit, ok });
+  check('streamed TTFB, metering on / off (p50)', m.ttfb.ratio_p50, 1.05, '×');
+  const trips = Object.fromEntries(m.trips.map((t) => [t.what, t]));
+  const max = (v) => Number(String(v).split('-').pop());
+  const base = trips["no budget, the user's key"];
+  // The issue's reading: no round trip added by metering or budgets; at most one on the
+  // path in all, the key read, with any budget work combined into it.
+  check('D1 round trips added by metering (no budget: on − off)', max(base.on) - max(base.off), 0, '');
+  for (const t of m.trips) check(`D1 round trips on the path: ${t.what} (metering on)`, max(t.on), 1, '');
+  const lines = [
+    '## Issue 21: metering, budgets, failover (bench/metering.mjs)',
+    '',
+    `Two vaults, METERING on and off, ${m.ttfb.samples} requests each, alternating.`,
+    '',
+    '| measure | metering on p50 | off p50 | on p90 | off p90 | on/off p50 | per 20 pairs, min–max | 1st half / 2nd half |',
+    '|---|---|---|---|---|---|---|---|',
+    ...[['streamed chat, time to first byte', m.ttfb], ['plain chat, whole answer', m.plain]].map(([what, x]) =>
+      `| ${what} | ${x.on_p50_ms} ms | ${x.off_p50_ms} ms | ${x.on_p90_ms} ms | ${x.off_p90_ms} ms | ${x.ratio_p50}× | ${x.ratio_blocks_min}–${x.ratio_blocks_max}× | ${x.ratio_first_half}× / ${x.ratio_second_half}× |`),
+    '',
+    '| D1 round trips up to the answer (first key serves) | metering on | off |',
+    '|---|---|---|',
+    ...m.trips.map((t) => `| ${t.what} | ${t.on} | ${t.off} |`),
+    '',
+    `Failover (first key 429, the next serves; ${m.failover.samples} samples): p50 ${m.failover.failover_p50_ms} ms against ${m.failover.direct_p50_ms} ms direct (+${m.failover.added_p50_ms} ms); the refused call straight to the fake ${m.failover.refused_call_direct_p50_ms} ms; D1 round trips ${m.failover.trips_failover} against ${m.failover.trips_direct}; upstream calls ${m.failover.upstream_calls} against 1.`,
+    '',
+    '| budget | measured | limit | |',
+    '|---|---|---|---|',
+    ...checks.map((b) => `| ${b.what} | ${b.value}${b.unit === '×' ? '×' : ''} | ${b.limit}${b.unit} | ${b.ok ? 'met' : '**missed**'} |`),
+    '',
+  ];
+  return { report: lines.join('\n'), missed: checks.some((b) => !b.ok) };
+}
+
 /** The budgets, each a check over the run's results. */
 export function budgets(r) {
   // Floors measured twice (start and end of the run): their mean is the floor.
@@ -91,7 +129,13 @@ export function render(r, { at, duration, connections }) {
     ...floors.map(([what, value, unit]) => `| ${what} | ${value}${unit} |`),
     '',
   ];
+  let meteringMissed = false;
+  if (r.metering) {
+    const m = meteringBudgets(r.metering);
+    lines.push(m.report);
+    meteringMissed = m.missed;
+  }
   const errors = rows.filter((x) => x.errors > 0).map((x) => x.name);
   if (errors.length) lines.push(`**Requests failed in:** ${errors.join(', ')}`, '');
-  return { report: lines.join('\n'), missed: out.some((b) => !b.ok) || errors.length > 0 };
+  return { report: lines.join('\n'), missed: out.some((b) => !b.ok) || meteringMissed || errors.length > 0 };
 }

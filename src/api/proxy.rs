@@ -174,13 +174,13 @@ async fn forward(
         None
     };
     // A streamed chat is asked for its usage, to meter it; the caller who did not ask for it
-    // does not see it.
+    // does not see it. Unmetered (`METERING=off`), the body goes as it came.
     let (held, strip) = match held {
-        Some(body) => {
+        Some(body) if ctx.config.metering => {
             let (body, strip) = ask_for_usage(info, operation, body);
             (Some(body), strip)
         }
-        None => (None, false),
+        held => (held, false),
     };
     let tries = if operation.method == Method::Get || held.is_some() {
         ctx.config.proxy_max_attempts
@@ -229,6 +229,10 @@ async fn forward(
                     &mut admitted,
                 ) {
                     Some(watch) => after.metering = Some(watch),
+                    // Unmetered, a claim keeps what it reserved: the use is not known.
+                    None if !ctx.config.metering => {
+                        settle(ctx, admitted.as_ref(), &reserve, info).await
+                    }
                     None => settle_unused(ctx, admitted.as_ref(), info).await,
                 }
                 return Ok(response);
@@ -340,12 +344,17 @@ fn reservation(
 /// An admitted call that used nothing the vault can read (an error answer): the request
 /// stays counted, the rest of its claim is given back.
 async fn settle_unused(ctx: &Ctx<'_>, admitted: Option<&Admitted>, info: &ProviderInfo) {
+    let mut used = Amounts::default();
+    used.set(Unit::Requests, 1.0);
+    settle(ctx, admitted, &used, info).await;
+}
+
+/// Settles an admitted call's claim with what it `used`.
+async fn settle(ctx: &Ctx<'_>, admitted: Option<&Admitted>, used: &Amounts, info: &ProviderInfo) {
     let Some(a) = admitted else {
         return;
     };
-    let mut used = Amounts::default();
-    used.set(Unit::Requests, 1.0);
-    if let Err(e) = ctx.key_use().settle(a, &used, info.id).await {
+    if let Err(e) = ctx.key_use().settle(a, used, info.id).await {
         (ctx.app.log)(&format!("proxy: a budget claim could not be settled: {e}"));
     }
 }
@@ -576,7 +585,8 @@ async fn call(
 }
 
 /// Starts reading the usage of a call's answer as it streams to the caller (taking the
-/// budget claim along, to be settled once it has gone on).
+/// budget claim along, to be settled once it has gone on); `None` when the answer has no
+/// body or metering is off (`METERING`), where it passes on untapped.
 fn watch_usage(
     ctx: &Ctx<'_>,
     info: &ProviderInfo,
@@ -586,6 +596,9 @@ fn watch_usage(
     response: &mut Response,
     admitted: &mut Option<Admitted>,
 ) -> Option<Watch> {
+    if !ctx.config.metering {
+        return None;
+    }
     let stream = response.stream.take()?;
     let admitted = admitted.take();
     let dialect = metering::dialect_of(info.id);

@@ -1,7 +1,8 @@
 //! Metering: what each call a key serves uses, read from the provider's answer as it
 //! streams past (never holding it back), in the units budgets count: requests, input and
 //! output tokens, characters spoken, seconds of audio transcribed; and where it is kept
-//! (`store.rs`: the usage table's seam, and [`record`], a call's hand-off to it).
+//! (`store.rs`: the usage table's seam, and [`record`], a call's hand-off to it); and its
+//! setting, `METERING` ([`MeteringSettings`]).
 
 mod read;
 mod sse;
@@ -12,13 +13,30 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::audit::Source;
-use crate::domain::{Capability, CredentialId, ProviderId, Timestamp, UserId};
+use crate::domain::{Capability, CredentialId, Environment, ProviderId, Timestamp, UserId, Vars};
 use crate::http::{BodyStream, Ended, Tap, Upstream};
 
 pub use read::{spoken_characters, Dialect, Reader, MAX_JSON_BYTES};
 pub use store::{
     record, GroupBy, Kept, Metered, UsageQuery, UsageRow, UsageStore, NO_MODEL, SYSTEM_KEY,
 };
+
+/// Whether the proxy meters its answers (`METERING`: `on` by default; `off`, only outside
+/// production, passes answers on untapped and keeps no usage, for measuring what the tap
+/// costs).
+pub struct MeteringSettings {
+    pub on: bool,
+}
+
+impl MeteringSettings {
+    pub fn parse(vars: &mut Vars, environment: Environment) -> MeteringSettings {
+        let on = vars.switch("METERING", true);
+        if !on && environment == Environment::Production {
+            vars.problem("METERING", "may not be off in production");
+        }
+        MeteringSettings { on }
+    }
+}
 
 /// What one call used. A count the answer did not state stays 0 with `incomplete` set: a
 /// usage that never arrived is never taken for none.
@@ -161,5 +179,31 @@ pub fn dialect_of(provider: ProviderId) -> Dialect {
         "azure_speech" => Dialect::Azure,
         "ollama" => Dialect::Ollama,
         _ => Dialect::OpenAi,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::read_vars;
+
+    /// `METERING` of a deployment whose ENVIRONMENT is in `pairs` (production if not).
+    fn parse(pairs: &[(&str, &str)]) -> (bool, Vec<&'static str>) {
+        let (settings, errors) = read_vars(pairs, |v| {
+            let environment = Environment::parse(v);
+            MeteringSettings::parse(v, environment)
+        });
+        (settings.on, errors.iter().map(|e| e.var).collect())
+    }
+
+    #[test]
+    fn metering_is_on_by_default_and_may_be_off_only_outside_production() {
+        assert_eq!(parse(&[]), (true, vec![]));
+        assert_eq!(parse(&[("METERING", "off")]).1, vec!["METERING"]);
+        assert_eq!(
+            parse(&[("METERING", "off"), ("ENVIRONMENT", "development")]),
+            (false, vec![])
+        );
+        assert_eq!(parse(&[("METERING", "maybe")]).1, vec!["METERING"]);
     }
 }

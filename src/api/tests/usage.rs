@@ -1816,3 +1816,50 @@ fn a_cooldown_that_has_passed_shows_as_none() {
     w.clock.advance(6_000);
     assert_eq!(shown(&w), (Value::Null, true));
 }
+
+#[test]
+fn unmetered_the_proxy_passes_the_answer_on_untapped_keeps_no_usage_and_a_claim_its_reservation() {
+    let w = world(&[
+        ("METERING", "off"),
+        ("ENVIRONMENT", "development"),
+        ("SYSTEM_KEY_OPENAI", SYSTEM),
+        (
+            "SYSTEM_KEY_BUDGETS",
+            r#"{"openai":{"period":"month","output_tokens":100}}"#,
+        ),
+    ]);
+    let stream = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2,\"total_tokens\":6}}\n\n",
+        "data: [DONE]\n\n"
+    );
+    let chat = |max: u32| {
+        let body =
+            format!(r#"{{"model":"gpt-4o-mini","stream":true,"max_tokens":{max},"messages":[]}}"#);
+        let len = body.len().to_string();
+        let (r, sent, bodies) = w.proxy_with(
+            "POST",
+            "/v1/proxy/openai/v1/chat/completions",
+            &[("content-length", &len)],
+            Box::new(crate::testing::Bytes(body.clone().into_bytes())),
+            vec![respond_with(
+                200,
+                &[("content-type", "text/event-stream")],
+                stream,
+            )],
+        );
+        (r, sent.len(), bodies, body)
+    };
+    // The body goes as it came (no usage asked for), the answer comes back as it was sent.
+    let (r, calls, bodies, body) = chat(60);
+    assert_eq!((r.status, calls), (200, 1));
+    assert_eq!(bodies[0], body.into_bytes());
+    assert_eq!(streamed(r), stream.as_bytes());
+    // No usage row.
+    assert_eq!(w.metered(), Vec::<Value>::new());
+    // The 60 reserved stay claimed (metered, 2 were used and 98 would be left): a second
+    // reservation of 60 no longer fits, one of 40 does.
+    assert_eq!(chat(60).0.status, 429);
+    let (r, calls, _, _) = chat(40);
+    assert_eq!((r.status, calls), (200, 1));
+}

@@ -93,6 +93,15 @@ pub trait CredentialStore {
         credential: &Credential,
         event: &AuditEvent,
     ) -> Result<Written, StoreError>;
+    /// Sets the cooldown of `credential` (the provider rate-limited it), if the row is still
+    /// at `credential.version`, in one statement. The version does not move: a cooldown is
+    /// the vault's note, not a change of the credential, and a user's change made since is
+    /// never undone (the write then does not happen).
+    async fn set_cooldown(
+        &self,
+        credential: &Credential,
+        cooldown: &crate::domain::Cooldown,
+    ) -> Result<Written, StoreError>;
     /// Writes a re-check's result (status, detail, warnings, quota, models, failure count,
     /// times) and nothing else, if the row is still at `credential.version`. Never
     /// touches the key. A scheduled check that changed no status writes no event.

@@ -301,6 +301,25 @@ impl CredentialStore for MemoryStore {
         self.write_if_current(credential, Some(event), |row| *row = credential.clone())
     }
 
+    async fn set_cooldown(
+        &self,
+        c: &Credential,
+        cooldown: &crate::domain::Cooldown,
+    ) -> Result<Written, StoreError> {
+        self.check()?;
+        let mut rows = self.rows.borrow_mut();
+        match rows
+            .iter_mut()
+            .find(|r| r.user_id == c.user_id && r.id == c.id && r.version == c.version)
+        {
+            Some(row) => {
+                row.cooldown = Some(*cooldown);
+                Ok(Written::Done)
+            }
+            None => Ok(Written::Conflict),
+        }
+    }
+
     async fn record_check(
         &self,
         c: &Credential,

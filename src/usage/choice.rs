@@ -251,7 +251,7 @@ pub fn decide<'c>(
         .copied()
         .filter(|c| is_usable(c, now))
         .collect();
-    pool.sort_by_key(|c| {
+    let order = |c: &&Credential| {
         (
             is_cooling(c, now),
             !is_default(c),
@@ -259,7 +259,8 @@ pub fn decide<'c>(
             c.priority,
             rank(c.status),
         )
-    });
+    };
+    crate::small_sort::sort_by(&mut pool, |a, b| order(a).cmp(&order(b)));
     // No provider asked: the dead default's provider still comes first, then any other.
     let chosen = pool
         .iter()

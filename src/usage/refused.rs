@@ -92,17 +92,12 @@ impl KeyUse<'_> {
         let wait = wait_ms
             .unwrap_or(RATE_COOLDOWN_MIN_MS)
             .clamp(RATE_COOLDOWN_MIN_MS, RATE_COOLDOWN_MAX_MS);
-        let Some(mut c) = self.store.get(&credential.user_id, &credential.id).await? else {
-            return Ok(());
-        };
-        if c.version != credential.version {
-            return Ok(());
-        }
-        c.cooldown = Some(Cooldown {
+        let cooldown = Cooldown {
             until: self.clock.now().plus_millis(wait),
             reason: CooldownReason::RateLimited,
-        });
-        self.store.record_check(&c, None).await?;
+        };
+        // One statement, conditional on the version read: a rotation meanwhile wins.
+        self.store.set_cooldown(credential, &cooldown).await?;
         Ok(())
     }
 }

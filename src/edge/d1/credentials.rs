@@ -368,6 +368,32 @@ impl CredentialStore for D1Credentials<'_> {
             .await
     }
 
+    async fn set_cooldown(
+        &self,
+        c: &Credential,
+        cooldown: &crate::domain::Cooldown,
+    ) -> Result<Written, StoreError> {
+        let changed = self
+            .db
+            .run(
+                "UPDATE credentials SET cooldown_until = ?4, cooldown_reason = ?5 \
+                 WHERE user_id = ?1 AND id = ?2 AND version = ?3",
+                &[
+                    text(c.user_id.as_str()),
+                    text(c.id.as_str()),
+                    num(c.version),
+                    num(cooldown.until.as_millis()),
+                    text(cooldown.reason.as_str()),
+                ],
+            )
+            .await?;
+        Ok(if changed == 1 {
+            Written::Done
+        } else {
+            Written::Conflict
+        })
+    }
+
     async fn record_check(
         &self,
         c: &Credential,

@@ -14,6 +14,7 @@
 //! | API | `CORS_ALLOWED_ORIGINS` | here |
 //! | notify | `NOTIFY_*` | `notify::WebhookSettings::parse` |
 //! | budgets | `SYSTEM_KEY_BUDGETS` | `budgets/settings.rs` |
+//! | realtime | `REALTIME_TOKEN_MAX_SECONDS` | `realtime/mod.rs` |
 //! | system keys | `FALLBACK_POLICY`, `SYSTEM_KEYS_SOURCE`, `SYSTEM_KEY_*`, `INFISICAL_*` | `system_keys/settings.rs`, `system_keys/infisical/settings.rs` |
 //!
 //! The jobs' and the API's sections are parsed here because their readers (`jobs/`,
@@ -78,6 +79,9 @@ pub struct Config {
     pub webhooks: Option<WebhookSettings>,
     /// Each user's default budgets on system-key use (`SYSTEM_KEY_BUDGETS`).
     pub system_key_budgets: crate::budgets::SystemBudgets,
+    /// The longest lifetime a minted realtime credential is asked for
+    /// (`REALTIME_TOKEN_MAX_SECONDS`).
+    pub realtime_token_max_seconds: u64,
 }
 
 impl Config {
@@ -95,6 +99,7 @@ impl Config {
         let webhooks = WebhookSettings::parse(&mut vars, providers.allow_private_base_urls);
         let system_keys = SystemKeySettings::parse(&mut vars, environment);
         let budgets = crate::budgets::BudgetSettings::parse(&mut vars);
+        let realtime = crate::realtime::RealtimeSettings::parse(&mut vars);
 
         let errors = vars.finish();
         if errors.is_empty() {
@@ -122,6 +127,7 @@ impl Config {
                 infisical: system_keys.infisical,
                 webhooks,
                 system_key_budgets: budgets.system,
+                realtime_token_max_seconds: realtime.token_max_seconds,
             })
         } else {
             Err(errors)

@@ -16,6 +16,7 @@ pub mod input;
 mod preferences;
 pub mod problem;
 mod proxy;
+mod realtime;
 mod resolve;
 mod router;
 mod usage;

@@ -16,10 +16,9 @@ use crate::endpoint_guard::check_base_url;
 use crate::error::Error;
 use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
 use crate::metering::{self, Watch};
-use crate::probe::{Failure, Verdict as Judged};
 use crate::providers::{self, ProviderInfo, Target};
 use crate::redact::ProviderText;
-use crate::usage::{record, Admitted, Ask, KeyInUse, Verdict};
+use crate::usage::{key_verdict, record, Admitted, Ask, KeyInUse, Verdict};
 
 /// How long the provider has to start answering (a long completion streams its head
 /// early; a non-streamed one may think for a while).
@@ -619,7 +618,7 @@ fn watch_usage(
 
 /// What a refused or spent key does: a user's credential takes the status (with its
 /// `credential.validated` event) and the caller is told to replace it.
-async fn judge(
+pub(super) async fn judge(
     ctx: &Ctx<'_>,
     info: &ProviderInfo,
     key: &KeyInUse,
@@ -721,40 +720,6 @@ fn upstream_url(
         url = format!("{url}?{}", kept.join("&"));
     }
     Ok(url)
-}
-
-/// What an error answer says of the key itself, if anything: refused (only a 401 or 403,
-/// or Google's 400 that names `API_KEY_INVALID` as its reason; never a 404 or a message
-/// the request could have echoed) or out of quota (the provider's own quota signals).
-fn key_verdict(info: &ProviderInfo, answer: &HttpResponse) -> Option<(Verdict, String)> {
-    match (info.classify)(answer) {
-        Judged::Reject(Failure::InvalidKey(m))
-            if matches!(answer.status, 401 | 403) || names_invalid_key(answer) =>
-        {
-            Some((Verdict::Refused, m))
-        }
-        Judged::Reject(Failure::QuotaExhausted(m))
-        | Judged::Retry {
-            failure: Failure::QuotaExhausted(m),
-            ..
-        } => Some((Verdict::QuotaExhausted, m)),
-        _ => None,
-    }
-}
-
-/// Google's structured reason for a bad key (`error.details[].reason`), which a request
-/// cannot put there.
-fn names_invalid_key(answer: &HttpResponse) -> bool {
-    answer.status == 400
-        && answer
-            .json()
-            .as_ref()
-            .and_then(|b| b.pointer("/error/details"))
-            .and_then(|d| d.as_array())
-            .is_some_and(|d| {
-                d.iter()
-                    .any(|x| x.get("reason").and_then(|r| r.as_str()) == Some("API_KEY_INVALID"))
-            })
 }
 
 /// The headers that say whose key served the call, why, and how many keys were tried.

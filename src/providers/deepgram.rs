@@ -37,7 +37,7 @@ static REALTIME: Realtime = Realtime {
         Some(Token {
             value: json_field(r, "access_token")?,
             expires_at_unix: None,
-            expires_in: r.json()?.get("expires_in").and_then(|v| v.as_u64()),
+            expires_in: r.json().and_then(|v| v.get("expires_in")?.as_u64()),
         })
     },
     connect: |m, token| {

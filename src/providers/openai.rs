@@ -47,7 +47,7 @@ static REALTIME: Realtime = Realtime {
     read: |r| {
         Some(Token {
             value: json_field(r, "value")?,
-            expires_at_unix: r.json()?.get("expires_at")?.as_u64(),
+            expires_at_unix: r.json().and_then(|v| v.get("expires_at")?.as_u64()),
             expires_in: None,
         })
     },

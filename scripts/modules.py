@@ -23,7 +23,7 @@ FLOORS = [
     # The core's services: seams, providers, the operations and their rules.
     ("services", ["http", "limits", "redact", "probe", "providers", "auth", "audit", "notify",
                   "system_keys", "config", "error", "checks", "credentials", "usage", "import",
-                  "rewrap", "revalidation", "metering", "budgets"]),
+                  "rewrap", "revalidation", "metering", "budgets", "realtime"]),
     # Who asks for the operations: HTTP requests and background jobs.
     ("api/jobs", ["api", "jobs"]),
     # The Worker glue (wasm32 only).

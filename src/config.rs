@@ -15,6 +15,7 @@
 //! | notify | `NOTIFY_*` | `notify::WebhookSettings::parse` |
 //! | budgets | `SYSTEM_KEY_BUDGETS` | `budgets/settings.rs` |
 //! | metering | `METERING` | `metering::MeteringSettings::parse` |
+//! | realtime | `REALTIME_TOKEN_MAX_SECONDS` | `realtime/mod.rs` |
 //! | system keys | `FALLBACK_POLICY`, `SYSTEM_KEYS_SOURCE`, `SYSTEM_KEY_*`, `INFISICAL_*` | `system_keys/settings.rs`, `system_keys/infisical/settings.rs` |
 //!
 //! The jobs' and the API's sections are parsed here because their readers (`jobs/`,
@@ -81,6 +82,9 @@ pub struct Config {
     pub system_key_budgets: crate::budgets::SystemBudgets,
     /// Whether the proxy meters its answers (`METERING`; off only outside production).
     pub metering: bool,
+    /// The longest lifetime a minted realtime credential is asked for
+    /// (`REALTIME_TOKEN_MAX_SECONDS`).
+    pub realtime_token_max_seconds: u64,
 }
 
 impl Config {
@@ -99,6 +103,7 @@ impl Config {
         let system_keys = SystemKeySettings::parse(&mut vars, environment);
         let budgets = crate::budgets::BudgetSettings::parse(&mut vars);
         let metering = crate::metering::MeteringSettings::parse(&mut vars, environment);
+        let realtime = crate::realtime::RealtimeSettings::parse(&mut vars);
 
         let errors = vars.finish();
         if errors.is_empty() {
@@ -127,6 +132,7 @@ impl Config {
                 webhooks,
                 system_key_budgets: budgets.system,
                 metering: metering.on,
+                realtime_token_max_seconds: realtime.token_max_seconds,
             })
         } else {
             Err(errors)

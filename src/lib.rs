@@ -29,6 +29,7 @@ pub mod metering;
 pub mod notify;
 pub mod probe;
 pub mod providers;
+pub mod realtime;
 pub mod redact;
 pub mod revalidation;
 pub mod rewrap;

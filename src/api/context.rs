@@ -23,7 +23,7 @@ pub(crate) struct Outcome {
     /// order, each with its failure.
     pub earlier: Vec<Facts>,
     /// The answer's metering, to finish once it has been passed on.
-    pub metering: Option<crate::metering::Watch>,
+    pub metering: Option<crate::api::Metering>,
 }
 
 impl Outcome {

@@ -16,6 +16,7 @@ pub mod input;
 mod preferences;
 pub mod problem;
 mod proxy;
+mod realtime;
 mod resolve;
 mod router;
 mod usage;
@@ -272,7 +273,7 @@ pub struct Handled {
     pub uses: Vec<crate::audit::AuditEvent>,
     /// A proxied answer's usage, read as it streams to the caller: recorded by [`finish`]
     /// once it has gone on whole or was cut.
-    pub metering: Option<crate::metering::Watch>,
+    pub metering: Option<Metering>,
 }
 
 /// Answers one request. Never panics on input; every error becomes problem+json. Writes
@@ -314,18 +315,25 @@ pub async fn handle(app: &App<'_>, request: &Request) -> Handled {
 pub async fn finish(
     app: &App<'_>,
     uses: Vec<crate::audit::AuditEvent>,
-    metering: Option<crate::metering::Watch>,
+    metering: Option<Metering>,
 ) {
     for event in uses {
         app.audit.send(&event).await;
     }
-    if let Some(watch) = metering {
+    if let Some(Metering { watch, admitted }) = metering {
         let (call, usage) = watch.finish().await;
         record_usage(app, &call, &usage).await;
-        if let (Some(admitted), Ok(config)) = (&call.admitted, app.config) {
+        if let (Some(admitted), Ok(config)) = (&admitted, app.config) {
             settle_budget(app, config, &call, admitted, &usage).await;
         }
     }
+}
+
+/// A proxied answer's metering: its usage read as it streams past, and the budget claim
+/// the call was admitted with, settled with that usage once the answer has gone on.
+pub struct Metering {
+    pub watch: crate::metering::Watch,
+    pub admitted: Option<crate::usage::Admitted>,
 }
 
 /// Keeps one call's usage (a store that fails is logged, never a secret).

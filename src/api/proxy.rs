@@ -16,10 +16,9 @@ use crate::endpoint_guard::check_base_url;
 use crate::error::Error;
 use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
 use crate::metering::{self, Watch};
-use crate::probe::{Failure, Verdict as Judged};
 use crate::providers::{self, ProviderInfo, Target};
 use crate::redact::ProviderText;
-use crate::usage::{record, Admitted, Ask, KeyInUse, Verdict};
+use crate::usage::{key_verdict, record, Admitted, Ask, KeyInUse, Verdict};
 
 /// How long the provider has to start answering (a long completion streams its head
 /// early; a non-streamed one may think for a while).
@@ -136,7 +135,7 @@ pub(super) async fn proxy(ctx: &Ctx<'_>) -> Outcome {
 #[derive(Default)]
 struct After {
     earlier: Vec<Facts>,
-    metering: Option<Watch>,
+    metering: Option<super::Metering>,
 }
 
 /// The provider's own path: what follows `/v1/proxy/{provider}`.
@@ -595,7 +594,7 @@ fn watch_usage(
     (held, strip): (Option<&[u8]>, bool),
     response: &mut Response,
     admitted: &mut Option<Admitted>,
-) -> Option<Watch> {
+) -> Option<super::Metering> {
     if !ctx.config.metering {
         return None;
     }
@@ -617,7 +616,6 @@ fn watch_usage(
         characters,
         usage_in_answer: operation.method == Method::Post
             && operation.capability != Capability::Tts,
-        admitted,
     };
     let content_type = response
         .headers
@@ -627,12 +625,15 @@ fn watch_usage(
     let (stream, watch) =
         Watch::start(ctx.app.upstream, stream, dialect, content_type, call, strip);
     response.stream = Some(stream);
-    Some(watch.redacting(ProviderText::new(&key.key)))
+    Some(super::Metering {
+        watch: watch.redacting(ProviderText::new(&key.key)),
+        admitted,
+    })
 }
 
 /// What a refused or spent key does: a user's credential takes the status (with its
 /// `credential.validated` event) and the caller is told to replace it.
-async fn judge(
+pub(super) async fn judge(
     ctx: &Ctx<'_>,
     info: &ProviderInfo,
     key: &KeyInUse,
@@ -734,40 +735,6 @@ fn upstream_url(
         url = format!("{url}?{}", kept.join("&"));
     }
     Ok(url)
-}
-
-/// What an error answer says of the key itself, if anything: refused (only a 401 or 403,
-/// or Google's 400 that names `API_KEY_INVALID` as its reason; never a 404 or a message
-/// the request could have echoed) or out of quota (the provider's own quota signals).
-fn key_verdict(info: &ProviderInfo, answer: &HttpResponse) -> Option<(Verdict, String)> {
-    match (info.classify)(answer) {
-        Judged::Reject(Failure::InvalidKey(m))
-            if matches!(answer.status, 401 | 403) || names_invalid_key(answer) =>
-        {
-            Some((Verdict::Refused, m))
-        }
-        Judged::Reject(Failure::QuotaExhausted(m))
-        | Judged::Retry {
-            failure: Failure::QuotaExhausted(m),
-            ..
-        } => Some((Verdict::QuotaExhausted, m)),
-        _ => None,
-    }
-}
-
-/// Google's structured reason for a bad key (`error.details[].reason`), which a request
-/// cannot put there.
-fn names_invalid_key(answer: &HttpResponse) -> bool {
-    answer.status == 400
-        && answer
-            .json()
-            .as_ref()
-            .and_then(|b| b.pointer("/error/details"))
-            .and_then(|d| d.as_array())
-            .is_some_and(|d| {
-                d.iter()
-                    .any(|x| x.get("reason").and_then(|r| r.as_str()) == Some("API_KEY_INVALID"))
-            })
 }
 
 /// The headers that say whose key served the call, why, and how many keys were tried.

@@ -8,8 +8,8 @@ use futures::future::LocalBoxFuture;
 use super::context::{client_network, Ctx, Outcome, ServiceCtx};
 use super::problem::ApiError;
 use super::{
-    admin, audit, budgets, credentials, description, health, input, preferences, proxy, resolve,
-    usage, App, Request, Response,
+    admin, audit, budgets, credentials, description, health, input, preferences, proxy, realtime,
+    resolve, usage, App, Request, Response,
 };
 use crate::audit::{Action, Actor, ActorType, AuditEvent, Origin};
 use crate::auth::{bearer_token, find_service, AuthError, JwtVerifier, Scope, ServiceToken};
@@ -25,6 +25,9 @@ pub(super) enum Handler {
     User(for<'r> fn(&'r Ctx<'r>) -> LocalBoxFuture<'r, Outcome>),
     /// A user route whose body is forwarded, up to `PROXY_MAX_BODY_BYTES`.
     Proxy(for<'r> fn(&'r Ctx<'r>) -> LocalBoxFuture<'r, Outcome>),
+    /// A user route on a provider's path (`/v1/realtime/{provider}/…`) with a JSON body: the
+    /// token is taken where that provider's SDK puts its key too, as on the proxy.
+    ProviderJson(for<'r> fn(&'r Ctx<'r>) -> LocalBoxFuture<'r, Outcome>),
     /// A backend service's route: its token must hold the scope.
     Service(
         Scope,
@@ -32,7 +35,7 @@ pub(super) enum Handler {
     ),
 }
 
-use Handler::{Open, Proxy, Service, User};
+use Handler::{Open, ProviderJson, Proxy, Service, User};
 
 pub(super) struct Route {
     /// `*` for any method (the proxy judges methods itself).
@@ -71,6 +74,7 @@ pub(super) static ROUTES: &[Route] = &[
     Route { method: "DELETE", path: "/v1/admin/budgets/{id}",        handler: Service(Scope::Admin, |c| Box::pin(budgets::delete(c))) },
     Route { method: "POST",   path: "/v1/resolve",                   handler: Service(Scope::Resolve, |c| Box::pin(resolve::resolve(c))) },
     Route { method: "*",      path: "/v1/proxy/{provider}/{*}",      handler: Proxy(|c| Box::pin(proxy::proxy(c))) },
+    Route { method: "POST",   path: "/v1/realtime/{provider}/sessions", handler: ProviderJson(|c| Box::pin(realtime::sessions(c))) },
 ];
 
 /// The path's parameters if `path` matches `pattern`.
@@ -156,7 +160,7 @@ pub(super) struct Dispatched {
     /// The uses of keys to record after the answer (`credential.used` events).
     pub uses: Vec<AuditEvent>,
     /// The answer's metering, finished after it.
-    pub metering: Option<crate::metering::Watch>,
+    pub metering: Option<crate::api::Metering>,
 }
 
 impl Dispatched {
@@ -256,7 +260,7 @@ pub(super) async fn dispatch(
         Service(scope, _) => {
             authenticate_service(config, request, scope).map(Authenticated::Service)
         }
-        Proxy(_) => {
+        Proxy(_) | ProviderJson(_) => {
             let token = provider_route_token(request, params.first().copied());
             authenticate(app, config, token.as_deref())
                 .await
@@ -309,7 +313,7 @@ pub(super) async fn dispatch(
             let user = outcome.user.clone();
             (outcome, ctx.origin, user)
         }
-        (User(handler) | Proxy(handler), Authenticated::User(user)) => {
+        (User(handler) | Proxy(handler) | ProviderJson(handler), Authenticated::User(user)) => {
             let ctx = Ctx {
                 app,
                 config,

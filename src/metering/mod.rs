@@ -71,8 +71,6 @@ pub struct Call {
     /// Whether the answer carries a usage to read (a completion, a transcript); not a
     /// model list, whose call alone is counted.
     pub usage_in_answer: bool,
-    /// The budget claim the call was admitted with, to settle with what it used.
-    pub admitted: Option<crate::usage::Admitted>,
 }
 
 /// One proxied answer's usage, read as it is passed on ([`Watch::start`]) and told once it

@@ -27,6 +27,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("x-api-key"),
     classify,
     call_headers: &[("anthropic-version", VERSION)],
+    realtime: None,
     sdk_key: &[KeyCarrier::Header("x-api-key")],
     #[rustfmt::skip]
     operations: &[

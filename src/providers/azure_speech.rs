@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::realtime::{ws_url, Connect, MintCall, Realtime, RealtimeKind, Token};
 use super::{
     json_str, Accepted, Auth, Endpoint, Field, KeyCarrier, Operation, Provider, ProviderInfo,
     Target, API_KEY,
@@ -16,6 +17,45 @@ use crate::http::{HttpRequest, HttpResponse, Method};
 use crate::probe::{classify_status, message_retry_delay_ms, Failure, Prober, Verdict};
 
 pub(super) struct AzureSpeech;
+
+/// Realtime: the region's `issueToken` (the probe's own call), a JWT valid 10 minutes; the
+/// browser SDK takes it with the region (`SpeechConfig.fromAuthorizationToken(token,
+/// region)`) and must be given a fresh one before it expires.
+static REALTIME: Realtime = Realtime {
+    kinds: &[RealtimeKind::Stt, RealtimeKind::Tts],
+    min_seconds: 600,
+    max_seconds: 600,
+    fixed: true,
+    needs_voice: &[],
+    mint: |_| MintCall {
+        endpoint: 0,
+        path: "/sts/v1.0/issueToken".into(),
+        body: None,
+    },
+    // The body is the JWT itself, as text.
+    read: |r| {
+        let text = std::str::from_utf8(&r.body).ok()?.trim();
+        (text.split('.').count() == 3).then(|| Token {
+            value: text.to_owned(),
+            expires_at_unix: None,
+            expires_in: None,
+        })
+    },
+    connect: |m, _| {
+        let url = match m.kind {
+            RealtimeKind::Tts => ws_url(m.target, 1, "/cognitiveservices/websocket/v1"),
+            _ => ws_url(
+                m.target,
+                2,
+                "/speech/recognition/conversation/cognitiveservices/v1",
+            ),
+        };
+        Connect {
+            region: m.target.params.region.clone(),
+            ..Connect::url(url)
+        }
+    },
+};
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("azure_speech"),
@@ -35,6 +75,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("Ocp-Apim-Subscription-Key"),
     classify,
     call_headers: &[],
+    realtime: Some(&REALTIME),
     sdk_key: &[KeyCarrier::Header("Ocp-Apim-Subscription-Key")],
     #[rustfmt::skip]
     operations: &[

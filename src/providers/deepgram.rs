@@ -5,6 +5,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::realtime::{
+    json_field, query_value, ws_url, Connect, MintCall, Realtime, RealtimeKind, Token,
+};
 use super::{
     json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
     API_KEY,
@@ -15,6 +18,43 @@ use crate::http::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct Deepgram;
+
+/// Realtime: temporary grants (`POST /v1/auth/grant`, the key needs Member or higher), 1 s
+/// to an hour; the browser connects to listen or speak with the subprotocols `bearer` and
+/// the grant.
+static REALTIME: Realtime = Realtime {
+    kinds: &[RealtimeKind::Stt, RealtimeKind::Tts],
+    min_seconds: 1,
+    max_seconds: 3600,
+    fixed: false,
+    needs_voice: &[],
+    mint: |m| MintCall {
+        endpoint: 0,
+        path: "/v1/auth/grant".into(),
+        body: Some(serde_json::json!({"ttl_seconds": m.ttl_seconds})),
+    },
+    read: |r| {
+        Some(Token {
+            value: json_field(r, "access_token")?,
+            expires_at_unix: None,
+            expires_in: r.json().and_then(|v| v.get("expires_in")?.as_u64()),
+        })
+    },
+    connect: |m, token| {
+        let path = match m.kind {
+            RealtimeKind::Tts => "/v1/speak",
+            _ => "/v1/listen",
+        };
+        let mut url = ws_url(m.target, 0, path);
+        if let Some(model) = m.model {
+            url = format!("{url}?model={}", query_value(model));
+        }
+        Connect {
+            protocols: Some(vec!["bearer".into(), token.to_owned()]),
+            ..Connect::url(url)
+        }
+    },
+};
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("deepgram"),
@@ -27,6 +67,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Token,
     classify,
     call_headers: &[],
+    realtime: Some(&REALTIME),
     sdk_key: &[KeyCarrier::Authorization("Token")],
     #[rustfmt::skip]
     operations: &[

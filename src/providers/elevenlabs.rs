@@ -5,6 +5,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::realtime::{
+    json_field, query_value, ws_url, Connect, MintCall, Realtime, RealtimeKind, Token,
+};
 use super::{
     json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
     API_KEY,
@@ -15,6 +18,62 @@ use crate::http::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct ElevenLabs;
+
+/// Realtime: single-use tokens (`POST /v1/single-use-token/{realtime_scribe|tts_websocket}`),
+/// 15 minutes, consumed on use; the browser puts it in the WebSocket URL's query.
+static REALTIME: Realtime = Realtime {
+    kinds: &[RealtimeKind::Stt, RealtimeKind::Tts],
+    min_seconds: 900,
+    max_seconds: 900,
+    fixed: true,
+    needs_voice: &[RealtimeKind::Tts],
+    mint: |m| MintCall {
+        endpoint: 0,
+        path: match m.kind {
+            RealtimeKind::Tts => "/v1/single-use-token/tts_websocket",
+            _ => "/v1/single-use-token/realtime_scribe",
+        }
+        .into(),
+        body: None,
+    },
+    read: |r| {
+        Some(Token {
+            value: json_field(r, "token")?,
+            expires_at_unix: None,
+            expires_in: None,
+        })
+    },
+    connect: |m, token| {
+        let token = query_value(token);
+        match m.kind {
+            RealtimeKind::Tts => {
+                let voice = m.voice_id.unwrap_or_default();
+                let path = format!("/v1/text-to-speech/{voice}/stream-input");
+                let model = m
+                    .model
+                    .map(|x| format!("model_id={}&", query_value(x)))
+                    .unwrap_or_default();
+                Connect {
+                    query_parameter: Some("single_use_token"),
+                    ..Connect::url(format!(
+                        "{}?{model}single_use_token={token}",
+                        ws_url(m.target, 0, &path)
+                    ))
+                }
+            }
+            _ => {
+                let model = query_value(m.model.unwrap_or("scribe_v2_realtime"));
+                Connect {
+                    query_parameter: Some("token"),
+                    ..Connect::url(format!(
+                        "{}?model_id={model}&token={token}",
+                        ws_url(m.target, 0, "/v1/speech-to-text/realtime")
+                    ))
+                }
+            }
+        }
+    },
+};
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("elevenlabs"),
@@ -27,6 +86,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("xi-api-key"),
     classify,
     call_headers: &[],
+    realtime: Some(&REALTIME),
     sdk_key: &[KeyCarrier::Header("xi-api-key")],
     #[rustfmt::skip]
     operations: &[

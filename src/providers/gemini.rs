@@ -5,6 +5,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::realtime::{
+    json_field, query_value, ws_url, Connect, MintCall, Realtime, RealtimeKind, Token,
+};
 use super::{
     json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
     API_KEY, MAX_MODEL_PAGES,
@@ -15,6 +18,60 @@ use crate::http::{HttpRequest, HttpResponse};
 use crate::probe::{classify_status, google_retry_delay_ms, Failure, Prober, Verdict};
 
 pub(super) struct Gemini;
+
+/// Realtime: Live API auth tokens (`POST /v1alpha/auth_tokens`), one use, the model locked
+/// when one is given; the name the answer gives is the token, which the browser puts in
+/// the constrained Live endpoint's `access_token` parameter.
+static REALTIME: Realtime = Realtime {
+    kinds: &[RealtimeKind::Conversation],
+    min_seconds: 1,
+    // Google's limit on `expireTime` (20 hours).
+    max_seconds: 20 * 3600,
+    fixed: false,
+    needs_voice: &[],
+    mint: |m| {
+        let until = m.now.plus_millis(m.ttl_seconds * 1000).to_rfc3339();
+        let mut body = serde_json::json!({
+            "uses": 1,
+            "expireTime": until,
+            "newSessionExpireTime": until,
+        });
+        if let Some(model) = m.model {
+            let model = if model.starts_with("models/") {
+                model.to_owned()
+            } else {
+                format!("models/{model}")
+            };
+            body["bidiGenerateContentSetup"] = serde_json::json!({"model": model});
+        }
+        MintCall {
+            endpoint: 0,
+            path: "/v1alpha/auth_tokens".into(),
+            body: Some(body),
+        }
+    },
+    read: |r| {
+        Some(Token {
+            value: json_field(r, "name")?,
+            expires_at_unix: None,
+            expires_in: None,
+        })
+    },
+    connect: |m, token| {
+        Connect {
+        query_parameter: Some("access_token"),
+        ..Connect::url(format!(
+            "{}?access_token={}",
+            ws_url(
+                m.target,
+                0,
+                "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContentConstrained"
+            ),
+            query_value(token)
+        ))
+    }
+    },
+};
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("gemini"),
@@ -32,6 +89,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Header("x-goog-api-key"),
     classify,
     call_headers: &[],
+    realtime: Some(&REALTIME),
     sdk_key: &[
         KeyCarrier::Header("x-goog-api-key"),
         KeyCarrier::Query("key"),

@@ -23,6 +23,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("Groq", r),
     call_headers: &[],
+    realtime: None,
     sdk_key: &[],
     #[rustfmt::skip]
     operations: &[

@@ -24,6 +24,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("Mistral", r),
     call_headers: &[],
+    realtime: None,
     sdk_key: &[],
     #[rustfmt::skip]
     operations: &[

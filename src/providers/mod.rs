@@ -13,6 +13,7 @@ mod ollama;
 mod openai;
 mod openai_compat;
 mod openrouter;
+pub mod realtime;
 mod settings;
 #[cfg(test)]
 mod testing;
@@ -97,6 +98,9 @@ pub struct ProviderInfo {
     /// API version).
     #[serde(skip)]
     pub call_headers: &'static [(&'static str, &'static str)],
+    /// The short-lived browser credential the provider mints for realtime sessions, if any.
+    #[serde(skip)]
+    pub realtime: Option<&'static realtime::Realtime>,
     /// Where the provider's official SDK puts its API key, besides `Authorization: Bearer`
     /// (which every provider's route takes): the user's vault token is accepted there too,
     /// so an unmodified SDK works with only its base URL changed.

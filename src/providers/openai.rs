@@ -3,6 +3,9 @@
 
 use async_trait::async_trait;
 
+use super::realtime::{
+    json_field, query_value, ws_url, Connect, MintCall, Realtime, RealtimeKind, Token,
+};
 use super::{
     openai_compat, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
 };
@@ -12,6 +15,56 @@ use crate::domain::{Capability, ProviderId};
 use crate::probe::{Failure, Prober};
 
 pub(super) struct OpenAi;
+
+/// Realtime: client secrets (`POST /v1/realtime/client_secrets`, `ek_…`), 10 s to 2 h; not
+/// single use (any number of sessions until it expires). The browser connects with the
+/// subprotocols `realtime` and `openai-insecure-api-key.<secret>`.
+static REALTIME: Realtime = Realtime {
+    kinds: &[RealtimeKind::Conversation, RealtimeKind::Stt],
+    min_seconds: 10,
+    max_seconds: 7200,
+    fixed: false,
+    needs_voice: &[],
+    mint: |m| {
+        let session = match (m.kind, m.model) {
+            (RealtimeKind::Stt, Some(model)) => serde_json::json!({
+                "type": "transcription",
+                "audio": {"input": {"transcription": {"model": model}}},
+            }),
+            (RealtimeKind::Stt, None) => serde_json::json!({"type": "transcription"}),
+            (_, Some(model)) => serde_json::json!({"type": "realtime", "model": model}),
+            (_, None) => serde_json::json!({"type": "realtime"}),
+        };
+        MintCall {
+            endpoint: 0,
+            path: "/v1/realtime/client_secrets".into(),
+            body: Some(serde_json::json!({
+                "expires_after": {"anchor": "created_at", "seconds": m.ttl_seconds},
+                "session": session,
+            })),
+        }
+    },
+    read: |r| {
+        Some(Token {
+            value: json_field(r, "value")?,
+            expires_at_unix: r.json().and_then(|v| v.get("expires_at")?.as_u64()),
+            expires_in: None,
+        })
+    },
+    connect: |m, token| {
+        let mut url = ws_url(m.target, 0, "/v1/realtime");
+        if let (RealtimeKind::Conversation, Some(model)) = (m.kind, m.model) {
+            url = format!("{url}?model={}", query_value(model));
+        }
+        Connect {
+            protocols: Some(vec![
+                "realtime".into(),
+                format!("openai-insecure-api-key.{token}"),
+            ]),
+            ..Connect::url(url)
+        }
+    },
+};
 
 static INFO: ProviderInfo = ProviderInfo {
     id: ProviderId::new("openai"),
@@ -29,6 +82,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify: |r| openai_compat::classify("OpenAI", r),
     call_headers: &[],
+    realtime: Some(&REALTIME),
     sdk_key: &[],
     #[rustfmt::skip]
     operations: &[

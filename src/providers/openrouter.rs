@@ -27,6 +27,7 @@ static INFO: ProviderInfo = ProviderInfo {
     auth: Auth::Bearer,
     classify,
     call_headers: &[],
+    realtime: None,
     sdk_key: &[],
     #[rustfmt::skip]
     operations: &[

@@ -54,6 +54,8 @@ pub(crate) struct FakeHttp<'c> {
     pub sent: RefCell<Vec<Sent>>,
     /// The bodies of proxied requests, in order.
     pub bodies: RefCell<Vec<Vec<u8>>>,
+    /// The bodies of the requests sent whole (`send`), in order.
+    pub sent_bodies: RefCell<Vec<Vec<u8>>>,
 }
 
 impl<'c> FakeHttp<'c> {
@@ -63,6 +65,7 @@ impl<'c> FakeHttp<'c> {
             script: RefCell::new(script.into()),
             sent: RefCell::new(Vec::new()),
             bodies: RefCell::new(Vec::new()),
+            sent_bodies: RefCell::new(Vec::new()),
         }
     }
 
@@ -77,6 +80,9 @@ impl HttpClient for FakeHttp<'_> {
         self.sent
             .borrow_mut()
             .push((req.url.clone(), req.headers.clone(), timeout_ms));
+        self.sent_bodies
+            .borrow_mut()
+            .push(req.body.clone().unwrap_or_default());
         let next = self.script.borrow_mut().pop_front();
         match next {
             Some(Scripted::Respond {

@@ -10,7 +10,7 @@ mod refused;
 
 pub use budget::{Admitted, Crossed};
 pub use choice::{Ask, FallbackReason};
-pub use refused::Verdict;
+pub use refused::{key_verdict, Verdict};
 
 use crate::audit::{Facts, Source};
 use crate::config::Config;

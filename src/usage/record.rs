@@ -1,4 +1,4 @@
-//! Where a use of a key is recorded: every resolve and every proxied call leaves one
+//! Where a use of a key is recorded: every resolve, proxied call and realtime minting leaves one
 //! `credential.used` event, whatever its outcome, saying whose key served (a user's
 //! credential, or the system's and why), with which model and, for the proxy, which
 //! operation and what the provider answered. The event changes nothing, so it goes whole
@@ -70,4 +70,21 @@ pub fn proxied(
         "fallback_reason": key.fallback_reason,
         "tier": key.tier,
     }));
+}
+
+/// A realtime credential was asked of the provider: the minting's `detail` (operation
+/// `realtime_token`, kind, model, lifetime; never the credential), the status it answered,
+/// and which of the keys tried it was.
+pub fn minted(
+    facts: &mut Facts,
+    key: &KeyInUse,
+    mut detail: serde_json::Value,
+    status: u16,
+    attempt: u32,
+) {
+    detail["attempt"] = json!(attempt);
+    detail["status"] = json!(status);
+    detail["fallback_reason"] = json!(key.fallback_reason);
+    detail["tier"] = json!(key.tier);
+    facts.detail = Some(detail);
 }

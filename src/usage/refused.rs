@@ -1,5 +1,6 @@
-//! What happens when a provider refuses a user's key in use (a call through the proxy):
-//! the credential takes the provider's verdict, unless it changed since it was read.
+//! What happens when a provider refuses a user's key in use (a proxied call, a minting):
+//! what its answer says of the key ([`key_verdict`]), and the credential taking that
+//! verdict, unless it changed since it was read.
 
 use serde_json::json;
 
@@ -8,6 +9,9 @@ use crate::audit::{Action, Facts, Origin};
 use crate::credentials::Written;
 use crate::domain::{Cooldown, CooldownReason, Credential, CredentialStatus, Timestamp};
 use crate::error::Error;
+use crate::http::HttpResponse;
+use crate::probe::{Failure, Verdict as Judged};
+use crate::providers::ProviderInfo;
 
 /// How a call's provider answered a key in use, as far as the key's health goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,4 +104,38 @@ impl KeyUse<'_> {
         self.store.set_cooldown(credential, &cooldown).await?;
         Ok(())
     }
+}
+
+/// What an error answer says of the key itself, if anything: refused (only a 401 or 403,
+/// or Google's 400 that names `API_KEY_INVALID` as its reason; never a 404 or a message
+/// the request could have echoed) or out of quota (the provider's own quota signals).
+pub fn key_verdict(info: &ProviderInfo, answer: &HttpResponse) -> Option<(Verdict, String)> {
+    match (info.classify)(answer) {
+        Judged::Reject(Failure::InvalidKey(m))
+            if matches!(answer.status, 401 | 403) || names_invalid_key(answer) =>
+        {
+            Some((Verdict::Refused, m))
+        }
+        Judged::Reject(Failure::QuotaExhausted(m))
+        | Judged::Retry {
+            failure: Failure::QuotaExhausted(m),
+            ..
+        } => Some((Verdict::QuotaExhausted, m)),
+        _ => None,
+    }
+}
+
+/// Google's structured reason for a bad key (`error.details[].reason`), which a request
+/// cannot put there.
+fn names_invalid_key(answer: &HttpResponse) -> bool {
+    answer.status == 400
+        && answer
+            .json()
+            .as_ref()
+            .and_then(|b| b.pointer("/error/details"))
+            .and_then(|d| d.as_array())
+            .is_some_and(|d| {
+                d.iter()
+                    .any(|x| x.get("reason").and_then(|r| r.as_str()) == Some("API_KEY_INVALID"))
+            })
 }

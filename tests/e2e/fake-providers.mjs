@@ -40,9 +40,14 @@
 // (`?alt=sse`) answer their shapes; OpenAI embeddings (floats or base64) and Gemini
 // embedContent / batchEmbedContents answer EMBEDDING; OpenAI speech and Deepgram speak answer
 // AUDIO; OpenAI and ElevenLabs transcriptions answer TRANSCRIPT, Deepgram listen its results
-// JSON (with metadata.duration). Each operation's request (headers and body)
+// JSON (with metadata.duration). The realtime token endpoints mint (OpenAI client secrets,
+// ElevenLabs single-use tokens, Deepgram grants, Gemini auth tokens; Azure's issueToken is
+// the probe's own call) a fresh credential per call, kept in `minted` with the key that
+// asked; an invalid key gets the provider's invalid answer, `forbidden`/`noscope` its
+// too-few-permissions answer (Deepgram's 403 FORBIDDEN). Each operation's request (headers and body)
 // is kept in `requests`, with what the fake answered (`sent`). A path starting `/redirect/`
 // answers 302 to the same path without that prefix (a base_url that bounces elsewhere).
+import crypto from 'node:crypto';
 import http from 'node:http';
 
 const json = (res, status, body, headers = {}) => {
@@ -425,6 +430,36 @@ function gate(maxMs) {
   return { wait, open };
 }
 
+/** The realtime token endpoints, by provider: (method, path) → the answer to a valid key. */
+function tokenEndpoint(name, method, path) {
+  if (method !== 'POST') return null;
+  const fresh = (prefix) => `${prefix}${crypto.randomBytes(12).toString('hex')}`;
+  const now = () => Math.floor(Date.now() / 1000);
+  if (name === 'openai' && path === '/v1/realtime/client_secrets') {
+    return (res, body) => {
+      const secs = body.expires_after?.seconds ?? 600;
+      const value = fresh('ek_');
+      json(res, 200, { value, expires_at: now() + secs, session: { type: body.session?.type ?? 'realtime', object: 'realtime.session', model: body.session?.model ?? 'gpt-realtime' } });
+      return value;
+    };
+  }
+  if (name === 'elevenlabs' && /^\/v1\/single-use-token\/(realtime_scribe|batch_scribe|tts_websocket)$/.test(path)) {
+    return (res) => { const token = fresh('sutkn_'); json(res, 200, { token }); return token; };
+  }
+  if (name === 'deepgram' && path === '/v1/auth/grant') {
+    return (res, body) => {
+      const ttl = body.ttl_seconds ?? 30;
+      const token = `eyJhbGciOiJIUzI1NiJ9.${fresh('')}.c2ln`;
+      json(res, 200, { access_token: token, expires_in: ttl });
+      return token;
+    };
+  }
+  if (name === 'gemini' && path === '/v1alpha/auth_tokens') {
+    return (res) => { const token = `auth_tokens/${fresh('')}`; json(res, 200, { name: token }); return token; };
+  }
+  return null;
+}
+
 export function startFakeProviders() {
   const sseSent = [];
   // Keys whose answers wait (hold), and the SSE streams' last chunk (holdStreamEnd).
@@ -435,6 +470,8 @@ export function startFakeProviders() {
   const hanging = new Set();
   const revoked = new Set();
   const limitOnce = new Map();
+  /** The realtime credentials minted: { provider, key, token, body }. */
+  const minted = [];
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://fake');
     if (url.pathname.startsWith('/redirect/')) {
@@ -471,6 +508,29 @@ export function startFakeProviders() {
       limitOnce.delete(key);
       record.limited = true;
       return p.limited(res, secs);
+    }
+    const mint = tokenEndpoint(name, req.method, path);
+    if (mint) {
+      const chunks = [];
+      req.on('data', (c) => chunks.push(c));
+      req.on('end', () => {
+        record.body = Buffer.concat(chunks);
+        record.operation = true;
+        switch (kind) {
+          case 'valid': {
+            const token = mint(res, parse(record.body));
+            minted.push({ provider: name, key, token, body: parse(record.body) });
+            return undefined;
+          }
+          case 'forbidden':
+          case 'noscope': return (p.forbidden ?? p.invalid)(res);
+          case 'quota':
+          case 'spent': return (p.quota ?? p.invalid)(res);
+          case 'busy': return p.limited(res, 7);
+          default: return p.invalid(res);
+        }
+      });
+      return undefined;
     }
     const op = operation(name, req.method, path);
     if (op) {
@@ -524,6 +584,7 @@ export function startFakeProviders() {
       resolve({
         url,
         requests,
+        minted,
         base: (provider) => `${url}/${provider}`,
         /** Every provider's base URL var, pointing here. */
         vars: () => ({

@@ -414,6 +414,7 @@ mod hardening;
 mod import;
 mod lifecycle;
 mod metered;
+mod realtime;
 mod requests;
 mod rotation;
 mod sweep;

@@ -8,7 +8,16 @@ bash scripts/setup.sh
 . .toolchain/env.sh
 
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+build=
+# A run that stops early stops the background build too (its own process group).
+trap 'rm -rf "$out"; [ -z "$build" ] || kill -- -"$build" 2>/dev/null || true' EXIT
+
+# The release wasm build runs beside the host tests and the lints: it has long single-
+# threaded stretches (the LTO link, two wasm-opt passes) that leave a core idle, and it
+# takes cargo locks of its own (wasm32 and host release, not the host debug ones).
+echo "== wasm build (in the background, until the end-to-end tests need it)"
+setsid bash scripts/build.sh >build.log 2>&1 &
+build=$!
 
 echo "== host unit tests (cargo test)"
 cargo test --locked 2>&1 | tee "$out/cargo.log"
@@ -24,8 +33,11 @@ else
   echo "skipped: this toolchain has no clippy (the Debian route)"
 fi
 
-echo "== wasm build"
-bash scripts/build.sh >build.log 2>&1 || { tail -50 build.log; exit 1; }
+echo "== wasm build (waiting for it)"
+status=0
+wait "$build" || status=$?
+build=
+[ "$status" -eq 0 ] || { tail -50 build.log; exit 1; }
 
 echo "== end-to-end tests (wrangler dev + fake providers)"
 # A test that hangs fails after 10 minutes (the longest takes about 2) and the run goes on.

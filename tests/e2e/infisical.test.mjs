@@ -105,10 +105,15 @@ before(async () => {
   fakes.badSecret.setSecret(NAME, keys.badInfisical);
   // Down from the start: the harness's first health check finds nothing cached.
   fakes.main.mode('503');
-  // The main one last: its first test needs to start within Infisical's quiet period,
-  // which the harness's health check at start opens.
-  vaults.badSecret = await startVault({ secrets: infisicalSecrets(fakes.badSecret, keys.badEnv, { INFISICAL_CLIENT_SECRET: `ua_wrong_${crypto.randomBytes(16).toString('hex')}` }) });
-  vaults.wrongEnv = await startVault({ secrets: infisicalSecrets(fakes.wrongEnv, randomKey('env_wrong')) });
+  // The other two together; the main one last: its first test needs to start within
+  // Infisical's quiet period, which the harness's health check at start opens.
+  const both = await Promise.allSettled([
+    startVault({ secrets: infisicalSecrets(fakes.badSecret, keys.badEnv, { INFISICAL_CLIENT_SECRET: `ua_wrong_${crypto.randomBytes(16).toString('hex')}` }) }),
+    startVault({ secrets: infisicalSecrets(fakes.wrongEnv, randomKey('env_wrong')) }),
+  ]);
+  // Kept even when the other failed, so that after() stops it.
+  [vaults.badSecret, vaults.wrongEnv] = both.map((s) => s.value);
+  for (const s of both) if (s.status === 'rejected') throw s.reason;
   vaults.main = await startVault({ secrets: infisicalSecrets(fakes.main, keys.mainEnv) });
 });
 

@@ -263,6 +263,7 @@ describe('the sweep under the live-check limits', () => {
   const { tokens: { ops: OPS }, SERVICE_TOKENS: TOKENS } = serviceTokens({ ops: ['admin'] });
   const PER_USER = 1;
   const IN_TOTAL = 2;
+  const PERIOD_S = 10;
   let limited;
   let fake2;
   before(async () => {
@@ -270,10 +271,12 @@ describe('the sweep under the live-check limits', () => {
     limited = await startVault({
       secrets: { SERVICE_TOKENS: TOKENS },
       vars: { ...fake2.vars(), RATE_LIMITS: 'on', REVALIDATE_AFTER_HOURS: '0' },
-      // Small limits, so that a few keys need several of the binding's minute windows.
+      // Small limits, so that a few keys need several of the binding's windows; windows of
+      // 10 s (the binding's other period), so that waiting for a fresh one costs seconds,
+      // not most of a minute. A refused check still comes back after the vault's 60 s.
       config: (toml) => toml
-        .replace('namespace_id = "1001"\nsimple = { limit = 10, period = 60 }', `namespace_id = "1001"\nsimple = { limit = ${PER_USER}, period = 60 }`)
-        .replace('namespace_id = "1002"\nsimple = { limit = 60, period = 60 }', `namespace_id = "1002"\nsimple = { limit = ${IN_TOTAL}, period = 60 }`),
+        .replace('namespace_id = "1001"\nsimple = { limit = 10, period = 60 }', `namespace_id = "1001"\nsimple = { limit = ${PER_USER}, period = ${PERIOD_S} }`)
+        .replace('namespace_id = "1002"\nsimple = { limit = 60, period = 60 }', `namespace_id = "1002"\nsimple = { limit = ${IN_TOTAL}, period = ${PERIOD_S} }`),
     });
   });
   after(async () => {
@@ -292,9 +295,10 @@ describe('the sweep under the live-check limits', () => {
     assert.equal(fake2.requests.length, 0, 'the import asked a provider');
 
     const ids = new Map(r.json.entries.map((e, i) => [e.credential_id, [...mine, ...singles][i].api_key]));
-    // The binding counts in fixed minute windows: the sweep starts with most of one left,
-    // and every bound below allows for as many windows as the check took.
-    const windows = await rateWindow(45_000);
+    // The binding counts in fixed windows: the sweep starts with most of one left, and
+    // every bound below allows for as many windows as the check took. (No refusal at all
+    // would take the eight checks spread over four windows, 30 s; they take a few.)
+    const windows = await rateWindow(7_000, PERIOD_S * 1000);
     const s = await limited.request('POST', '/v1/admin/revalidate', { token: OPS });
     assert.equal(s.status, 202, s.text);
     assert.equal(s.json.queued, 8);

@@ -10,7 +10,7 @@
 //! | auth | `AUTH_*`, `SERVICE_TOKENS` | `auth/settings.rs` |
 //! | providers | `<PROVIDER>_BASE_URL`, `ALLOW_PRIVATE_BASE_URLS`, `SANDBOX`, `VALIDATION_DEADLINE_MS`, `PROBE_ATTEMPT_TIMEOUT_MS` | `providers/settings.rs` |
 //! | limits | `RATE_LIMITS`, `MAX_CREDENTIALS_PER_USER`, `PROXY_MAX_BODY_BYTES`, `PROXY_MAX_ATTEMPTS` | `limits.rs` |
-//! | jobs | `REVALIDATE_AFTER_HOURS`, `AUDIT_RETENTION_DAYS` | here ([`JobSettings`]) |
+//! | jobs | `REVALIDATE_AFTER_HOURS`, `AUDIT_RETENTION_DAYS`, `JOB_STALL_SECONDS` | here ([`JobSettings`]) |
 //! | API | `CORS_ALLOWED_ORIGINS` | here |
 //! | notify | `NOTIFY_*` | `notify::WebhookSettings::parse` |
 //! | budgets | `SYSTEM_KEY_BUDGETS` | `budgets/settings.rs` |
@@ -73,6 +73,8 @@ pub struct Config {
     pub proxy_max_body_bytes: usize,
     /// How many of a user's keys one proxied call may try (`PROXY_MAX_ATTEMPTS`).
     pub proxy_max_attempts: u32,
+    /// When a running job counts as stalled (`JOB_STALL_SECONDS`, in ms).
+    pub job_stall_ms: u64,
     /// Where Infisical's secrets are read (`SYSTEM_KEYS_SOURCE = "infisical"`); the isolate
     /// takes it to build its cache.
     pub infisical: Option<InfisicalSettings>,
@@ -117,6 +119,7 @@ impl Config {
                 probe_attempt_timeout_ms: providers.probe_attempt_timeout_ms,
                 revalidate_after_hours: jobs.revalidate_after_hours,
                 audit_retention_days: jobs.audit_retention_days,
+                job_stall_ms: jobs.job_stall_seconds * 1000,
                 fallback_policy: system_keys.fallback_policy,
                 system_keys_source: system_keys.source,
                 cors_allowed_origins,
@@ -154,12 +157,22 @@ pub struct JobSettings {
     pub revalidate_after_hours: u64,
     /// Audit events older than this are removed.
     pub audit_retention_days: u64,
+    /// A running job whose progress has not moved for this long has lost its message
+    /// and is set going again when its progress is asked for (`JOB_STALL_SECONDS`).
+    pub job_stall_seconds: u64,
 }
 
 impl JobSettings {
     pub fn parse(vars: &mut Vars, environment: Environment) -> JobSettings {
         let revalidate_after_hours = vars.number("REVALIDATE_AFTER_HOURS", 24, 0, 24 * 365);
         let audit_retention_days = vars.number("AUDIT_RETENTION_DAYS", 365, 1, 36_500);
+        let job_stall_seconds = vars.number("JOB_STALL_SECONDS", 30, 2, 3600);
+        if job_stall_seconds < 30 && environment == Environment::Production {
+            vars.problem(
+                "JOB_STALL_SECONDS",
+                "may not be under 30 in production (a slow chunk would be taken for a lost one)",
+            );
+        }
         if revalidate_after_hours == 0 && environment == Environment::Production {
             vars.problem(
                 "REVALIDATE_AFTER_HOURS",
@@ -169,6 +182,7 @@ impl JobSettings {
         JobSettings {
             revalidate_after_hours,
             audit_retention_days,
+            job_stall_seconds,
         }
     }
 }
@@ -249,6 +263,28 @@ mod tests {
                 .unwrap()
                 .revalidate_after_hours,
             0
+        );
+    }
+
+    #[test]
+    fn a_short_stall_wait_for_jobs_is_for_development_only() {
+        let stall = ("JOB_STALL_SECONDS", "5");
+        let errors = Config::parse(vars(&[SECRET, AUDIENCE, stall]))
+            .err()
+            .unwrap();
+        assert_eq!(errors[0].var, "JOB_STALL_SECONDS");
+        let dev = ("ENVIRONMENT", "development");
+        assert_eq!(
+            Config::parse(vars(&[SECRET, stall, dev]))
+                .unwrap()
+                .job_stall_ms,
+            5000
+        );
+        assert_eq!(
+            Config::parse(vars(&[SECRET, AUDIENCE]))
+                .unwrap()
+                .job_stall_ms,
+            30_000
         );
     }
 

@@ -12,9 +12,6 @@ use crate::import::{BatchRow, EntryOutcome, ImportReport, RollbackReport};
 use crate::jobs::JobRecord;
 use crate::jobs::{start_rotation, sweep, Job, SWEEP_FANOUT};
 
-/// A running job not advanced for this long has lost its message: it is sent again.
-const STALLED_MS: u64 = 30_000;
-
 /// `POST /v1/admin/revalidate`: a revalidation sweep now (what the hourly cron does):
 /// the credentials due are claimed and queued, up to `SWEEP_FANOUT` per request.
 pub(super) async fn revalidate(ctx: &ServiceCtx<'_>) -> Outcome {
@@ -77,7 +74,9 @@ pub(super) async fn job(ctx: &ServiceCtx<'_>) -> Outcome {
             .await?
             .ok_or_else(ApiError::not_found)?;
         let now = app.clock.now();
-        if job.state == "running" && job.updated_at.millis_until(now) > STALLED_MS {
+        // A running job not advanced for `JOB_STALL_SECONDS` has lost its message: it is
+        // sent again.
+        if job.state == "running" && job.updated_at.millis_until(now) > ctx.config.job_stall_ms {
             match app
                 .jobs
                 .send(&[Job::Rewrap {

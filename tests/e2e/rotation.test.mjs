@@ -30,7 +30,7 @@ const start = async (ring, active) => {
     front: false,
     state,
     secrets: { ...COMMON, MASTER_KEYS: JSON.stringify(ring), MASTER_KEY_ACTIVE: active },
-    vars: { ...fake.vars(), RATE_LIMITS: 'off' },
+    vars: { ...fake.vars(), RATE_LIMITS: 'off', JOB_STALL_SECONDS: '5' },
   });
   state = vault.state;
   return vault;

@@ -452,7 +452,7 @@ pub fn close_code(status: u16, code: &str) -> u16 {
     match (status, code) {
         (401, _) => 4401,
         (403, _) => 4403,
-        (_, "no_credential") => 4404,
+        (404, _) | (_, "no_credential") => 4404,
         (429, _) => 4429,
         (400..=499, _) => 4400,
         _ => 1011,

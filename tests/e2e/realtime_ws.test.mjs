@@ -132,6 +132,7 @@ test('refusals close with the contract\'s codes before any upstream socket opens
     protocols: ['byok-vault', `byok-vault.token.${vault.token('u_other')}`],
   });
   assert.equal(other.status, 101);
-  assert.equal((await other.ws.closed).code, 4404);
+  const refused = await other.ws.closed;
+  assert.equal(refused.code, 4404, refused.reason);
   assert.equal(sockets.length, before, 'an upstream socket was opened for a refusal');
 });

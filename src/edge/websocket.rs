@@ -5,9 +5,7 @@
 use futures::{select, StreamExt};
 use worker::js_sys::Reflect;
 use worker::wasm_bindgen::JsValue;
-use worker::{
-    Fetch, Headers, Method, Request, RequestInit, WebSocket, WebSocketPair, WebsocketEvent,
-};
+use worker::{web_sys, Fetch, Headers, WebSocket, WebSocketPair, WebsocketEvent};
 
 use crate::api::realtime::Upgrade;
 
@@ -50,18 +48,19 @@ pub(super) fn refuse(
     answer(pair.client, protocol)
 }
 
-/// Opens the upstream socket; `Err` carries the status the provider answered instead.
+/// Opens the upstream socket; `Err` says what the provider did instead. The request is
+/// built with `web_sys`, as `fetch.rs` builds its own (worker's `RequestInit` costs size).
 pub(super) async fn connect(up: &Upgrade) -> Result<WebSocket, String> {
-    let headers = Headers::new();
-    let set = |h: &Headers| -> worker::Result<()> {
-        h.set("upgrade", "websocket")?;
-        h.set(up.header, up.value.expose())
-    };
-    set(&headers).map_err(|_| "the upstream request could not be built".to_string())?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Get).with_headers(headers);
-    let request =
-        Request::new_with_init(&up.url, &init).map_err(|_| "bad upstream URL".to_string())?;
+    let built = (|| -> Result<worker::Request, JsValue> {
+        let headers = web_sys::Headers::new()?;
+        headers.set("upgrade", "websocket")?;
+        headers.set(up.header, up.value.expose())?;
+        let init = web_sys::RequestInit::new();
+        init.set_method("GET");
+        init.set_headers(&headers);
+        web_sys::Request::new_with_str_and_init(&up.url, &init).map(worker::Request::from)
+    })();
+    let request = built.map_err(|_| "the upstream request could not be built".to_string())?;
     let response = Fetch::Request(request)
         .send()
         .await

@@ -395,7 +395,8 @@ pub(super) async fn ws(ctx: &Ctx<'_>) -> Outcome {
         capability: endpoint.kind.capability(),
         provider: Some(info.id),
         credential_id: credential_id.as_ref(),
-        allow_fallback: true,
+        // Never the system key until a session is counted against its limits and budgets.
+        allow_fallback: false,
     };
     let mut facts = Facts::new(Action::CredentialUsed);
     facts.provider = Some(info.id);

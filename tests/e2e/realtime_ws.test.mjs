@@ -102,8 +102,14 @@ test('a browser session: audio up, transcripts and binary back byte-exact, the k
   c.ws.close(4000, 'bye');
   const upClosed = await up.ws.closed;
   assert.equal(upClosed.code, 4000);
-  const events = await eventsOf(vault, 'u_ws', 2);
-  const used = events.filter((e) => e.action === 'credential.used' && e.detail?.operation === 'realtime_session');
+  // The session's event is sent after it ends: poll for it, with a deadline.
+  const sessionsOf = (events) => events.filter((e) => e.action === 'credential.used' && e.detail?.operation === 'realtime_session');
+  let events = [];
+  for (const deadline = Date.now() + 20_000; sessionsOf(events).length === 0 && Date.now() < deadline;) {
+    events = await eventsOf(vault, 'u_ws', 1);
+    if (sessionsOf(events).length === 0) await new Promise((r) => setTimeout(r, 100));
+  }
+  const used = sessionsOf(events);
   assert.equal(used.length, 1, JSON.stringify(events));
   assert.equal(used[0].credential_id, owner.id);
   assert.equal(used[0].detail.bytes_in, frames.reduce((n, f) => n + f.length, 0));

@@ -24,6 +24,7 @@ pub(super) async fn openapi(app: &App<'_>) -> Response {
             headers: vec![("content-type".into(), "application/json".into())],
             body,
             stream: None,
+            upgrade: None,
         },
         None => Response::problem(&ApiError::not_configured(
             "The API description was not deployed with this build (scripts/build.sh writes it).",

@@ -16,7 +16,7 @@ pub mod input;
 mod preferences;
 pub mod problem;
 mod proxy;
-mod realtime;
+pub mod realtime;
 mod resolve;
 mod router;
 mod usage;
@@ -166,6 +166,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// A body to pipe through unread instead of `body` (a proxied answer).
     pub stream: Option<crate::http::BodyStream>,
+    /// A WebSocket session the Worker opens upstream and pipes (`/v1/realtime/…/ws/…`).
+    pub upgrade: Option<Box<realtime::Upgrade>>,
 }
 
 impl Response {
@@ -175,6 +177,7 @@ impl Response {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_string().into_bytes(),
             stream: None,
+            upgrade: None,
         }
     }
 
@@ -184,6 +187,7 @@ impl Response {
             headers: Vec::new(),
             body: Vec::new(),
             stream: None,
+            upgrade: None,
         }
     }
 
@@ -211,6 +215,7 @@ impl Response {
             headers: vec![("content-type".into(), "application/problem+json".into())],
             body: e.body().to_string().into_bytes(),
             stream: None,
+            upgrade: None,
         };
         if e.status == 401 {
             r = r.with_header("www-authenticate", "Bearer");

@@ -506,6 +506,7 @@ async fn call(
             headers: pass_headers(&answer.headers),
             body: Vec::new(),
             stream: Some(answer.body),
+            upgrade: None,
         }));
     }
 
@@ -564,6 +565,7 @@ async fn call(
             headers: pass_headers(&judged.headers),
             body: judged.body.clone(),
             stream: None,
+            upgrade: None,
         })
     };
     // A user's key the provider rate-limited cools down, and the next may take over.

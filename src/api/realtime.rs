@@ -289,3 +289,181 @@ async fn release(ctx: &Ctx<'_>, admitted: Option<&crate::usage::Admitted>) {
         }
     }
 }
+
+/// A realtime WebSocket endpoint the proxy opens: the provider, the path under its base URL
+/// (the part after `/ws`), the capability whose key it takes, and where the key goes.
+struct WsEndpoint {
+    provider: &'static str,
+    path: &'static str,
+    kind: RealtimeKind,
+    header: &'static str,
+    scheme: &'static str,
+}
+
+/// The allow-list. Deepgram: live transcription and streamed speech, `Authorization: Token`.
+const WS_ENDPOINTS: &[WsEndpoint] = &[
+    WsEndpoint {
+        provider: "deepgram",
+        path: "/v1/listen",
+        kind: RealtimeKind::Stt,
+        header: "authorization",
+        scheme: "Token ",
+    },
+    WsEndpoint {
+        provider: "deepgram",
+        path: "/v1/speak",
+        kind: RealtimeKind::Tts,
+        header: "authorization",
+        scheme: "Token ",
+    },
+];
+
+/// The socket the Worker opens upstream for a session, with the key in the provider's
+/// header, and the subprotocol it answers the caller with. The key never reaches `Debug`.
+pub struct Upgrade {
+    /// The provider's `http(s)` URL (the runtime upgrades a `fetch` with `Upgrade: websocket`).
+    pub url: String,
+    pub header: &'static str,
+    pub value: crate::crypto::SecretKey,
+    pub protocol: Option<&'static str>,
+}
+
+impl std::fmt::Debug for Upgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgrade")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The subprotocol a browser offers beside its token, and the one the vault answers with.
+pub const WS_PROTOCOL: &str = "byok-vault";
+
+/// `GET /v1/realtime/{provider}/ws/{path…}`: the caller is authenticated already (the
+/// router reads the token from the subprotocol `byok-vault.token.<token>` too); the key is
+/// picked as on the proxy and the session is handed to the Worker to open. Its
+/// `credential.used` event (operation `realtime_session`) is completed with the session's
+/// duration and bytes when it ends.
+pub(super) async fn ws(ctx: &Ctx<'_>) -> Outcome {
+    let refused = |e: ApiError| Outcome::unaudited(Err(e));
+    let Some(info) = providers::find(ctx.param(0)).map(|p| p.info()) else {
+        return refused(ApiError::unknown_provider(ctx.param(0)));
+    };
+    let full = ctx.request.url.path();
+    let rest = full
+        .split_once("/ws/")
+        .map(|(_, r)| format!("/{r}"))
+        .unwrap_or_default();
+    let Some(endpoint) = WS_ENDPOINTS
+        .iter()
+        .find(|e| e.provider == info.id.as_str() && rest == e.path)
+    else {
+        return refused(ApiError::invalid_request(vec![FieldError::new(
+            "path",
+            format!(
+                "{rest} is not a realtime WebSocket endpoint of {}",
+                info.name
+            ),
+        )]));
+    };
+    let wants = ctx
+        .request
+        .header("upgrade")
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    if !wants {
+        return refused(ApiError::invalid_request(vec![FieldError::new(
+            "upgrade",
+            "must be websocket: this route is a WebSocket",
+        )]));
+    }
+    let given = ctx
+        .request
+        .header("x-byok-credential-id")
+        .map(str::to_owned)
+        .or_else(|| ctx.request.query("credential_id"));
+    let credential_id = match given.map(|c| CredentialId::parse(&c)) {
+        Some(None) => {
+            return refused(ApiError::invalid_request(vec![FieldError::new(
+                "credential_id",
+                "is not a credential id",
+            )]))
+        }
+        Some(Some(c)) => Some(c),
+        None => None,
+    };
+    let ask = Ask {
+        capability: endpoint.kind.capability(),
+        provider: Some(info.id),
+        credential_id: credential_id.as_ref(),
+        // Never the system key until a session is counted against its limits and budgets.
+        allow_fallback: false,
+    };
+    let mut facts = Facts::new(Action::CredentialUsed);
+    facts.provider = Some(info.id);
+    let key = match ctx
+        .key_use()
+        .key_for(&ctx.user, ctx.caller().network, &ask, &mut facts)
+        .await
+    {
+        Ok(k) => k,
+        Err(e) => return Outcome::audited(Err(e.into()), facts),
+    };
+    let target = Target {
+        bases: ctx.config.endpoints(info.id),
+        params: &key.params,
+    };
+    let Ok(mut url) = url::Url::parse(&target.url(endpoint.path)) else {
+        return Outcome::audited(Err(ApiError::internal()), facts);
+    };
+    let kept: Vec<(String, String)> = ctx
+        .request
+        .url
+        .query_pairs()
+        .filter(|(k, _)| k != "credential_id")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    let offered = ctx
+        .request
+        .header("sec-websocket-protocol")
+        .is_some_and(|p| p.split(',').any(|p| p.trim() == WS_PROTOCOL));
+    facts.detail = Some(json!({
+        "operation": "realtime_session",
+        "path": endpoint.path,
+        "fallback_reason": key.fallback_reason,
+        "tier": key.tier,
+    }));
+    let mut response = Response::empty(101);
+    response.upgrade = Some(Box::new(Upgrade {
+        url: url.to_string(),
+        header: endpoint.header,
+        value: crate::crypto::SecretKey::new(format!("{}{}", endpoint.scheme, key.key.expose())),
+        protocol: offered.then_some(WS_PROTOCOL),
+    }));
+    Outcome::audited(Ok(response), facts)
+}
+
+/// The close code a refusal before the upstream opens is given (the contract's), from
+/// its problem's status and code.
+pub fn close_code(status: u16, code: &str) -> u16 {
+    match (status, code) {
+        (401, _) => 4401,
+        (403, _) => 4403,
+        (404, _) | (_, "no_credential") => 4404,
+        (429, _) => 4429,
+        (400..=499, _) => 4400,
+        _ => 1011,
+    }
+}
+
+/// The token a browser sends as the subprotocol `byok-vault.token.<token>`.
+pub fn subprotocol_token(header: Option<&str>) -> Option<&str> {
+    header?
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("byok-vault.token."))
+        .filter(|t| !t.is_empty())
+}

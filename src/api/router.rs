@@ -75,6 +75,7 @@ pub(super) static ROUTES: &[Route] = &[
     Route { method: "POST",   path: "/v1/resolve",                   handler: Service(Scope::Resolve, |c| Box::pin(resolve::resolve(c))) },
     Route { method: "*",      path: "/v1/proxy/{provider}/{*}",      handler: Proxy(|c| Box::pin(proxy::proxy(c))) },
     Route { method: "POST",   path: "/v1/realtime/{provider}/sessions", handler: ProviderJson(|c| Box::pin(realtime::sessions(c))) },
+    Route { method: "GET",    path: "/v1/realtime/{provider}/ws/{*}", handler: ProviderJson(|c| Box::pin(realtime::ws(c))) },
 ];
 
 /// The path's parameters if `path` matches `pattern`.
@@ -125,6 +126,10 @@ async fn authenticate(
 /// token (a provider key pasted there is a 401, never forwarded nor echoed). The proxy
 /// forwards none of these carriers upstream.
 fn provider_route_token<'r>(request: &'r Request, provider: Option<&str>) -> Option<Cow<'r, str>> {
+    // A browser's WebSocket cannot send headers: its token comes as a subprotocol.
+    if let Some(token) = realtime::subprotocol_token(request.header("sec-websocket-protocol")) {
+        return Some(Cow::Borrowed(token));
+    }
     let authorization = request.header("authorization");
     if let Some(token) = bearer_token(authorization) {
         return Some(Cow::Borrowed(token));

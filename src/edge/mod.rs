@@ -14,6 +14,7 @@ mod limits;
 mod queues;
 mod runtime;
 mod webcrypto;
+mod websocket;
 
 use serde_json::Value;
 use worker::{event, Context, Env, MessageBatch, MessageExt, ScheduleContext, ScheduledEvent};
@@ -41,15 +42,73 @@ async fn fetch(req: worker::Request, env: Env, ctx: Context) -> worker::Result<w
         let platform = Platform::new(&env, &db).for_caller(Some(req.inner().signal()));
         let app = platform.app();
         // The core writes the request's one structured log line.
-        let handled = api::handle(&app, &request).await;
-        // A caller who hung up gets nothing; the rest still runs.
-        let _ = answer.send(runtime::write_response(handled.response));
+        let mut handled = api::handle(&app, &request).await;
+        if let Some(up) = handled.response.upgrade.take() {
+            // A realtime session: the upstream socket first, then the caller's 101.
+            let started = worker::Date::now().as_millis();
+            let mut uses = handled.uses;
+            match websocket::connect(&up).await {
+                Ok(upstream) => {
+                    let s = websocket::pipe(upstream, up.protocol, |r| {
+                        let _ = answer.send(r);
+                    })
+                    .await;
+                    let ms = worker::Date::now().as_millis().saturating_sub(started);
+                    for e in &mut uses {
+                        if let Some(d) = e.detail.as_mut() {
+                            d["duration_ms"] = ms.into();
+                            d["bytes_in"] = s.bytes_up.into();
+                            d["bytes_out"] = s.bytes_down.into();
+                            d["closed_by"] = s.closed_by.into();
+                            d["close_code"] = s.code.into();
+                        }
+                    }
+                }
+                Err(why) => {
+                    let _ = answer.send(websocket::refuse(1011, &why, up.protocol));
+                    for e in &mut uses {
+                        e.outcome = crate::audit::Outcome::Failure;
+                        e.reason = Some("provider_error".into());
+                    }
+                }
+            }
+            api::finish(&app, uses, None).await;
+            return;
+        }
+        if is_websocket(&req)
+            && handled.response.status >= 400
+            && request.url.path().contains("/ws/")
+        {
+            // A refusal before the upstream opens: the contract's close code.
+            let code = serde_json::from_slice::<Value>(&handled.response.body)
+                .ok()
+                .and_then(|v| v["code"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let close = api::realtime::close_code(handled.response.status, &code);
+            let offered = req.headers().get("sec-websocket-protocol").ok().flatten();
+            let protocol = offered
+                .is_some_and(|p| p.split(',').any(|p| p.trim() == api::realtime::WS_PROTOCOL))
+                .then_some(api::realtime::WS_PROTOCOL);
+            let _ = answer.send(websocket::refuse(close, &code, protocol));
+        } else {
+            // A caller who hung up gets nothing; the rest still runs.
+            let _ = answer.send(runtime::write_response(handled.response));
+        }
         api::finish(&app, handled.uses, handled.metering).await;
         jobs::wake_deliverer(app.jobs, app.audit_log, &app::log_at).await;
     });
     answered
         .await
         .unwrap_or_else(|_| Err(worker::Error::RustError("the request was dropped".into())))
+}
+
+/// Whether the caller asks for a WebSocket.
+fn is_websocket(req: &worker::Request) -> bool {
+    req.headers()
+        .get("upgrade")
+        .ok()
+        .flatten()
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
 }
 
 #[event(scheduled)]

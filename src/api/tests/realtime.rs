@@ -561,3 +561,74 @@ fn the_vault_token_is_taken_where_the_providers_sdk_puts_its_key() {
     let response = block_on(handle_all(&app, &request));
     assert_eq!(response.status, 201);
 }
+
+impl World {
+    /// `u_a`'s (or nobody's) WebSocket upgrade to `path` with `headers`: status and body.
+    fn upgrade(&self, path: &str, headers: Vec<(String, String)>) -> (u16, Value) {
+        let http = FakeHttp::new(&self.clock, vec![]);
+        let log = |line: &str| assert!(!line.contains(SYSTEM), "secret in log: {line}");
+        let app = self.app(&http, &log);
+        let mut all = vec![("upgrade".to_owned(), "websocket".to_owned())];
+        all.extend(headers);
+        let request = Request::new(
+            "GET",
+            Url::parse(&format!("https://vault.test{path}")).unwrap(),
+            all,
+            Box::new(crate::testing::Bytes(Vec::new())),
+        );
+        let response = block_on(handle_all(&app, &request));
+        assert!(http.sent.borrow().is_empty(), "a provider was called");
+        let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        (response.status, body)
+    }
+}
+
+#[test]
+fn the_websocket_route_takes_the_token_as_a_subprotocol_and_never_the_system_key() {
+    let w = world(&systems());
+    let listen = "/v1/realtime/deepgram/ws/v1/listen";
+    let offered = |t: &str| {
+        vec![(
+            "sec-websocket-protocol".to_owned(),
+            format!("byok-vault, byok-vault.token.{t}"),
+        )]
+    };
+    // No token: 401 (closed 4401 by the Worker).
+    let (s, b) = w.upgrade(
+        listen,
+        vec![("sec-websocket-protocol".into(), "byok-vault".into())],
+    );
+    assert_eq!((s, b["code"].as_str()), (401, Some("unauthorized")), "{b}");
+    // The subprotocol's token authenticates; with only a system key there is no credential.
+    let (s, b) = w.upgrade(listen, offered(&token("u_a")));
+    assert_eq!((s, b["code"].as_str()), (404, Some("no_credential")), "{b}");
+    // A path that is not allow-listed.
+    let (s, b) = w.upgrade(
+        "/v1/realtime/deepgram/ws/v1/projects",
+        offered(&token("u_a")),
+    );
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{b}"
+    );
+    assert_eq!(crate::api::realtime::close_code(404, "no_credential"), 4404);
+    assert_eq!(crate::api::realtime::close_code(401, "unauthorized"), 4401);
+    assert_eq!(
+        crate::api::realtime::close_code(429, "budget_exceeded"),
+        4429
+    );
+    assert_eq!(crate::api::realtime::close_code(403, "forbidden"), 4403);
+    assert_eq!(
+        crate::api::realtime::close_code(502, "provider_error"),
+        1011
+    );
+    assert_eq!(
+        crate::api::realtime::subprotocol_token(Some("byok-vault, byok-vault.token.abc")),
+        Some("abc")
+    );
+    assert_eq!(
+        crate::api::realtime::subprotocol_token(Some("byok-vault")),
+        None
+    );
+}

@@ -165,7 +165,7 @@ impl ApiError {
         };
         let mut e = Self::new(429, "budget_exceeded", "Budget used up").detail(format!(
             "This call would go past {whose} ({} {} per {}); it is whole again at {}.",
-            number(b.limit),
+            crate::domain::amount_json(b.limit),
             b.unit.as_str().replace('_', " "),
             b.period.as_str(),
             b.resets_at.to_rfc3339()
@@ -180,8 +180,8 @@ impl ApiError {
                 "credential_id": b.credential_id,
                 "period": b.period.as_str(),
                 "unit": b.unit.as_str(),
-                "limit": number(b.limit),
-                "used": number(b.used),
+                "limit": crate::domain::amount_json(b.limit),
+                "used": crate::domain::amount_json(b.used),
                 "resets_at": b.resets_at.to_rfc3339(),
             }),
         )
@@ -402,15 +402,6 @@ impl From<Error> for ApiError {
             Error::Store(s) => ApiError::from(s),
             Error::Internal(_) => ApiError::internal().caused_by(cause),
         }
-    }
-}
-
-/// A whole amount as an integer in JSON.
-fn number(v: f64) -> Value {
-    if v.fract() == 0.0 && v.abs() < 9e15 {
-        json!(v as i64)
-    } else {
-        json!(v)
     }
 }
 

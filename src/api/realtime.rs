@@ -14,7 +14,7 @@ use super::Response;
 use crate::audit::{Action, Facts};
 use crate::budgets::{Amounts, Unit};
 use crate::domain::CredentialId;
-use crate::error::{Error, FieldError};
+use crate::error::FieldError;
 use crate::probe::{Failure, Verdict as Judged, MAX_MESSAGE_CHARS};
 use crate::providers::realtime::{Realtime, RealtimeKind};
 use crate::providers::{self, ProviderInfo, Target};
@@ -157,21 +157,9 @@ async fn mint(
     one.set(Unit::Requests, 1.0);
     let mut attempt = 1;
     loop {
-        let admitted = match key_use.admit(&ctx.user, &key, &one).await {
-            Ok(a) => a,
-            Err(Error::BudgetExceeded(b)) => {
-                let mut next_facts = facts.clone();
-                match key_use.next_key(&mut key, &mut next_facts)? {
-                    Some(next) if key.credential.is_some() => {
-                        key = next;
-                        *facts = next_facts;
-                        continue;
-                    }
-                    _ => return Err(Error::BudgetExceeded(b).into()),
-                }
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let admitted = key_use
+            .admit_first(&ctx.user, &mut key, &one, facts)
+            .await?;
         if info.has_field("region") && key.params.region.is_none() {
             return Err(ApiError::not_configured(format!(
                 "{} needs a region; the system key has none (SYSTEM_KEY_{}_REGION).",

@@ -87,22 +87,9 @@ pub(super) async fn resolve(ctx: &ServiceCtx<'_>) -> Outcome {
         // way to the user's next one, as on the proxy.
         let mut one = crate::budgets::Amounts::default();
         one.set(crate::budgets::Unit::Requests, 1.0);
-        loop {
-            match key_use.admit(&user, &key, &one).await {
-                Ok(_) => break,
-                Err(crate::error::Error::BudgetExceeded(b)) => {
-                    let mut next_facts = facts.clone();
-                    match key_use.next_key(&mut key, &mut next_facts)? {
-                        Some(next) if key.credential.is_some() => {
-                            key = next;
-                            facts = next_facts;
-                        }
-                        _ => return Err(crate::error::Error::BudgetExceeded(b).into()),
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        key_use
+            .admit_first(&user, &mut key, &one, &mut facts)
+            .await?;
         Ok(Response::json(
             200,
             &json!({

@@ -62,7 +62,7 @@ impl Amounts {
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         for unit in UNITS {
-            m.insert(unit.as_str().to_owned(), number(self.get(unit)));
+            m.insert(unit.as_str().to_owned(), amount_json(self.get(unit)));
         }
         Value::Object(m)
     }
@@ -72,8 +72,8 @@ fn index(unit: Unit) -> usize {
     UNITS.iter().position(|u| *u == unit).unwrap_or(0)
 }
 
-/// A whole number as an integer in JSON, else as it is.
-fn number(v: f64) -> Value {
+/// An amount in JSON: a whole number as an integer, else as it is.
+pub fn amount_json(v: f64) -> Value {
     if v.fract() == 0.0 && v.abs() < 9e15 {
         json!(v as i64)
     } else {
@@ -100,7 +100,7 @@ impl Budget {
         m.insert("period".into(), json!(self.period.as_str()));
         for unit in UNITS {
             if let Some(l) = self.limit(unit) {
-                m.insert(unit.as_str().to_owned(), number(l));
+                m.insert(unit.as_str().to_owned(), amount_json(l));
             }
         }
         Value::Object(m)

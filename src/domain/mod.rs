@@ -10,7 +10,7 @@ mod store;
 pub mod time;
 pub mod wire;
 
-pub use budget::{Amounts, Budget, Period, Unit, UNITS};
+pub use budget::{amount_json, Amounts, Budget, Period, Unit, UNITS};
 
 pub use credential::{
     key_hint, Cooldown, CooldownReason, Credential, CredentialParams, CredentialStatus, KeyColumns,

@@ -114,6 +114,34 @@ impl KeyUse<'_> {
         }
     }
 
+    /// Admits one call on `key` as [`admit`](Self::admit) does, and when that key is at its
+    /// budget, on the first of the user's next keys that is not (`key` and `facts` move on
+    /// to it, as a failover does); [`Error::BudgetExceeded`] when none is left. Shared by
+    /// resolve and realtime minting.
+    pub async fn admit_first(
+        &self,
+        user: &UserId,
+        key: &mut KeyInUse,
+        reserve: &Amounts,
+        facts: &mut crate::audit::Facts,
+    ) -> Result<Option<Admitted>, Error> {
+        loop {
+            match self.admit(user, key, reserve).await {
+                Err(Error::BudgetExceeded(b)) => {
+                    let mut next_facts = facts.clone();
+                    match self.next_key(key, &mut next_facts)? {
+                        Some(next) => {
+                            *key = next;
+                            *facts = next_facts;
+                        }
+                        None => return Err(Error::BudgetExceeded(b)),
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Settles an admitted call with what it `used` (the reservation given back, the use
     /// counted), and says which thresholds of its budget it was the first to cross.
     pub async fn settle(
@@ -193,8 +221,8 @@ impl Crossed {
             "provider": self.provider,
             "scope": self.scope,
             "unit": self.unit.as_str(),
-            "limit": whole(self.limit),
-            "used": whole(self.used),
+            "limit": crate::domain::amount_json(self.limit),
+            "used": crate::domain::amount_json(self.used),
             "percent": self.percent,
             "resets_at": self.resets_at.to_rfc3339(),
         });
@@ -207,14 +235,5 @@ impl Crossed {
             credential_id: self.credential_id.as_ref().map(|c| c.as_str().to_owned()),
             body: body.to_string(),
         }
-    }
-}
-
-/// A whole amount as an integer in JSON.
-fn whole(v: f64) -> serde_json::Value {
-    if v.fract() == 0.0 && v.abs() < 9e15 {
-        json!(v as i64)
-    } else {
-        json!(v)
     }
 }

@@ -8,7 +8,8 @@
 // dev` runs this file only from bench/bench.mjs (and the round-trip test). It also
 // answers, as floors in plain JS: GET /__bench/rows, the same rows a listing reads;
 // /__bench/forward, one subrequest passed through; /__bench/f1q, one trivial query and one
-// audit queue message.
+// audit queue message; /__bench/ws, a WebSocket piped to `to` (with the key the caller
+// gives in x-bench-upstream-authorization), frames passed on as they come.
 //
 // workers-rs checks a binding's constructor name, so the wrapper is made with
 // Object.create over the real binding: the name is still "D1Database", and every method
@@ -78,6 +79,27 @@ export default class extends WorkerEntrypoint {
       const upstream = await fetch(url.searchParams.get('to'), { method: request.method, headers: request.headers, body: request.body });
       return new Response(upstream.body, { status: upstream.status, headers: upstream.headers });
     }
+    if (url.pathname === '/__bench/ws') {
+      // The runtime's own cost of a WebSocket proxy: the upstream socket opened, the
+      // caller's accepted, each frame sent on from its event, no key lookup, no audit.
+      const up = await fetch(url.searchParams.get('to'), {
+        headers: { upgrade: 'websocket', authorization: request.headers.get('x-bench-upstream-authorization') ?? '' },
+      });
+      const upstream = up.webSocket;
+      if (!upstream) return new Response(`upstream answered ${up.status}`, { status: 502 });
+      const [client, server] = Object.values(new WebSocketPair());
+      for (const ws of [upstream, server]) ws.binaryType = 'arraybuffer';
+      upstream.accept();
+      server.accept();
+      server.addEventListener('message', (e) => upstream.send(e.data));
+      upstream.addEventListener('message', (e) => server.send(e.data));
+      const closeBoth = (e) => {
+        for (const ws of [upstream, server]) { try { ws.close(e.code === 1005 || e.code === 1006 ? 1000 : e.code, e.reason); } catch { /* closed */ } }
+      };
+      server.addEventListener('close', closeBoth);
+      upstream.addEventListener('close', closeBoth);
+      return new Response(null, { status: 101, webSocket: client });
+    }
     if (url.pathname === '/__bench/rows') {
       const { results } = await this.env.DB.prepare(LISTING).bind(url.searchParams.get('user'), null).all();
       return Response.json({ credentials: results });
@@ -85,6 +107,8 @@ export default class extends WorkerEntrypoint {
     const tally = new Tally();
     const env = Object.create(this.env, { DB: { value: countingDb(this.env.DB, tally) } });
     const response = await vault.fetch.call({ env, ctx: this.ctx }, request);
+    // A WebSocket's 101 cannot be rebuilt with headers added: it goes out as it is.
+    if (response.webSocket) return response;
     const headers = new Headers(response.headers);
     headers.set('x-bench-d1-round-trips', String(tally.trips));
     headers.set('x-bench-d1-ms', String(tally.ms));

@@ -3,11 +3,13 @@
 // and wrk driving each operation from a second process. Every budget of issue 12 is a
 // ratio to floors measured in the same run, so a slow or busy machine moves both sides.
 //
-//   node bench/bench.mjs [--duration S] [--connections N] [--quick] [--metering-only]
+//   node bench/bench.mjs [--duration S] [--connections N] [--quick] [--metering-only] [--realtime-only]
 //
 // Issue 21's budgets (metering's cost, the proxy's D1 round trips with budgets, failover)
 // are measured by bench/metering.mjs with two vaults of their own; `--metering-only` runs
-// just those and writes bench/results/metering.json.
+// just those and writes bench/results/metering.json. Issue 22's (minting, the WebSocket
+// proxy, idle sessions) by bench/realtime.mjs on this run's vault; `--realtime-only` runs
+// F1, those, and F1 again, and writes bench/results/realtime.json.
 //
 // Prints a table and writes bench/results/latest.{json,md}. Exits 1 when a budget is
 // missed (the run itself still completes and reports every number).
@@ -21,6 +23,7 @@ import { gzipSync } from 'node:zlib';
 import { ROOT, localSql, randomKey, serviceTokens, startVault } from '../tests/e2e/harness.mjs';
 import { startFakeProviders } from '../tests/e2e/fake-providers.mjs';
 import { measureMetering } from './metering.mjs';
+import { addRealtimeUpstream, measureRealtime } from './realtime.mjs';
 
 const run = promisify(execFile);
 const args = process.argv.slice(2);
@@ -30,6 +33,7 @@ const option = (name, fallback) => {
 };
 const QUICK = args.includes('--quick');
 const METERING_ONLY = args.includes('--metering-only');
+const REALTIME_ONLY = args.includes('--realtime-only');
 const DURATION = option('--duration', QUICK ? 3 : 10);
 const CONNECTIONS = option('--connections', 4);
 const WARMUP = QUICK ? 1 : 2;
@@ -214,6 +218,7 @@ fs.mkdirSync(OUT, { recursive: true });
 const startedAt = new Date();
 const results = {};
 const fake = await startFakeProviders();
+const upstream = addRealtimeUpstream(fake);
 const { tokens, SERVICE_TOKENS } = serviceTokens({ resolver: ['resolve'], operator: ['admin'] });
 const vars = {
   ...fake.vars(),
@@ -244,6 +249,35 @@ if (METERING_ONLY) {
   fs.writeFileSync(path.join(OUT, 'metering.json'), JSON.stringify({ at: startedAt.toISOString(), results }, null, 2) + '\n');
   process.stdout.write(lines.report);
   process.exit(lines.missed ? 1 : 0);
+}
+
+if (REALTIME_ONLY) {
+  try {
+    await start();
+    const f1 = [{ method: 'GET', path: '/v1/health' }];
+    results.f1 = await measure(vault, 'F1 GET /v1/health (one D1 query)', f1);
+    Object.assign(results, await measureRealtime({ vault, fake, upstream, measure, processes, adminToken: tokens.operator, quick: QUICK }));
+    results.f1_end = await measure(vault, 'F1 again, at the end', f1);
+  } finally {
+    await vault?.stop();
+    await fake.close();
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+  const { realtimeBudgets } = await import('./report.mjs');
+  const f1p50 = (results.f1.p50_ms + results.f1_end.p50_ms) / 2;
+  const rows = Object.values(results).filter((x) => x && x.p50_ms !== undefined);
+  const lines = realtimeBudgets(results, f1p50);
+  const errors = rows.filter((x) => x.errors > 0).map((x) => x.name);
+  const table = [
+    '| operation | p50 ms | p90 ms | p99 ms | req/s | D1 round trips | workerd CPU ms/req | errors |',
+    '|---|---|---|---|---|---|---|---|',
+    ...rows.map((x) => `| ${x.name} | ${x.p50_ms} | ${x.p90_ms} | ${x.p99_ms} | ${x.rps} | ${x.d1_round_trips ?? '–'} | ${x.workerd_cpu_ms} | ${x.errors} |`),
+    '',
+    ...(errors.length ? [`**Requests failed in:** ${errors.join(', ')}`, ''] : []),
+  ].join('\n');
+  fs.writeFileSync(path.join(OUT, 'realtime.json'), JSON.stringify({ at: startedAt.toISOString(), duration_s: DURATION, connections: CONNECTIONS, results }, null, 2) + '\n');
+  process.stdout.write(`${table}\n${lines.report}`);
+  process.exit(lines.missed || errors.length ? 1 : 0);
 }
 
 try {
@@ -351,6 +385,9 @@ try {
     proxy_p50_ms: await ttfb(`${vault.base}/v1/proxy/openai/v1/chat/completions`, user('u_list5')),
   };
   log(`streamed answer, first byte: direct ${results.stream_ttfb.direct_p50_ms} ms, proxied ${results.stream_ttfb.proxy_p50_ms} ms`);
+
+  // Issue 22: minting against the fake's token endpoint, the WebSocket proxy, idle sessions.
+  Object.assign(results, await measureRealtime({ vault, fake, upstream, measure, processes, adminToken: tokens.operator, quick: QUICK }));
 
   // Issue 21: metering on against off, the proxy's D1 round trips with budgets, failover.
   results.metering = await measureMetering({ fake, secrets, vars, config, adminToken: tokens.operator, quick: QUICK });

@@ -1,5 +1,5 @@
-// The benchmark's report: every number of a run in tables, and each budget of issue 12
-// checked against the floors of the same run.
+// The benchmark's report: every number of a run in tables, and each budget of issues 12,
+// 21 and 22 checked against the floors of the same run.
 
 const fmt = (v) => (v === null || v === undefined ? '–' : typeof v === 'number' ? String(v) : v);
 const ratio = (a, b) => Math.round((a / b) * 100) / 100;
@@ -37,6 +37,53 @@ export function meteringBudgets(m) {
     '| budget | measured | limit | |',
     '|---|---|---|---|',
     ...checks.map((b) => `| ${b.what} | ${b.value}${b.unit === '×' ? '×' : ''} | ${b.limit}${b.unit} | ${b.ok ? 'met' : '**missed**'} |`),
+    '',
+  ];
+  return { report: lines.join('\n'), missed: checks.some((b) => !b.ok) };
+}
+
+/** Issue 22's budgets (bench/realtime.mjs): minting's added latency against F1's p50, the
+ * WebSocket proxy's added round trip against a direct socket, and what idle sessions cost
+ * workerd. A markdown section and whether a budget was missed. */
+export function realtimeBudgets(r, f1p50) {
+  const ws = r.realtime_ws;
+  const idle = r.realtime_idle;
+  const added = r.mint.p50_ms - r.mint_direct.p50_ms;
+  const checks = [
+    { what: 'minting: added p50 / F1 p50 (wrk)', value: ratio(added, f1p50), limit: 1.5, unit: '×' },
+    { what: 'minting: added p50 / F1 p50 (one at a time, interleaved with F1)', value: r.mint_sequential.added_over_f1, limit: 1.5, unit: '×' },
+    { what: 'WebSocket proxy: added round trip p50 (vault − direct)', value: ws.added_p50_ms, limit: 1, unit: ' ms' },
+  ].map((c) => ({ ...c, ok: c.value <= c.limit }));
+  const row = (what, x) => `| ${what} | ${x.p50_ms} | ${x.p90_ms} | ${x.p99_ms} |`;
+  const lines = [
+    '## Issue 22: realtime (bench/realtime.mjs)',
+    '',
+    `Minting: p50 ${r.mint.p50_ms} ms through the vault, ${r.mint_direct.p50_ms} ms straight to the fake's token endpoint, ${r.mint_forward_js.p50_ms} ms forwarded by plain JS; added ${Math.round(added * 100) / 100} ms against F1 p50 ${Math.round(f1p50 * 100) / 100} ms; D1 round trips ${fmt(r.mint.d1_round_trips)}. One request at a time (${r.mint_sequential.samples} of each, interleaved): minting ${r.mint_sequential.mint_p50_ms} ms, direct ${r.mint_sequential.direct_p50_ms} ms, forwarded by plain JS ${r.mint_sequential.forward_js_p50_ms} ms, F1 ${r.mint_sequential.f1_p50_ms} ms, F0 ${r.mint_sequential.f0_p50_ms} ms (p50).`,
+    '',
+    `WebSocket round trips of one ${ws.frame_bytes}-byte binary frame echoed by the fake, ${ws.rounds} on each path in turn (after a warm-up), every echo byte-exact:`,
+    '',
+    '| path | p50 ms | p90 ms | p99 ms |',
+    '|---|---|---|---|',
+    row('straight to the fake', ws.direct),
+    row('through /v1/realtime/deepgram/ws/v1/listen', ws.vault),
+    row('through a plain-JS pipe in the Worker', ws.js),
+    '',
+    `Added round trip p50: vault ${ws.added_p50_ms} ms (first half ${ws.added_p50_first_half_ms}, second half ${ws.added_p50_second_half_ms}); plain-JS pipe ${ws.js_added_p50_ms} ms.`,
+    '',
+    `Idle sessions: workerd CPU over ${idle.seconds} s idle: ${idle.none_ms} ms with no session, ${idle.open_ms} ms with ${idle.sessions} open (${idle.still_open} still open at the end), ${idle.none_again_ms} ms with none again; ${idle.per_session_ms_per_min} ms per session per minute over the baseline (every workerd thread's schedstat). wrangler's node meanwhile: ${idle.other_none_ms}, ${idle.other_open_ms}, ${idle.other_none_again_ms} ms.`,
+    '',
+    '| budget | measured | limit | |',
+    '|---|---|---|---|',
+    ...checks.map((b) => `| ${b.what} | ${b.value}${b.unit} | ${b.limit}${b.unit} | ${b.ok ? 'met' : '**missed**'} |`),
+    '',
+    'Floors, the same work done by plain JS in the Worker in the same run:',
+    '',
+    '| floor | measured |',
+    '|---|---|',
+    `| minting: added p50 / F1 p50, when plain JS forwards the token call (no key lookup; wrk) | ${ratio(r.mint_forward_js.p50_ms - r.mint_direct.p50_ms, f1p50)}× |`,
+    `| the same, one at a time | ${r.mint_sequential.forward_js_added_over_f1}× |`,
+    `| minting's I/O alone, one at a time: that forwarded call's added p50 plus one D1 read (F1 − F0), / F1 p50 | ${r.mint_sequential.io_floor_over_f1}× |`,
+    `| WebSocket: added round trip p50, a plain-JS pipe | ${ws.js_added_p50_ms} ms |`,
     '',
   ];
   return { report: lines.join('\n'), missed: checks.some((b) => !b.ok) };
@@ -135,7 +182,13 @@ export function render(r, { at, duration, connections }) {
     lines.push(m.report);
     meteringMissed = m.missed;
   }
+  let realtimeMissed = false;
+  if (r.realtime_ws) {
+    const rt = realtimeBudgets(r, f1p50);
+    lines.push(rt.report);
+    realtimeMissed = rt.missed;
+  }
   const errors = rows.filter((x) => x.errors > 0).map((x) => x.name);
   if (errors.length) lines.push(`**Requests failed in:** ${errors.join(', ')}`, '');
-  return { report: lines.join('\n'), missed: out.some((b) => !b.ok) || meteringMissed || errors.length > 0 };
+  return { report: lines.join('\n'), missed: out.some((b) => !b.ok) || meteringMissed || realtimeMissed || errors.length > 0 };
 }

@@ -116,7 +116,7 @@ async function opened(c, what) {
  * `vault`, whose DEEPGRAM_BASE_URL is `fake.base('deepgram')` and whose fake has
  * addRealtimeUpstream. Returns {mint, mint_direct, mint_forward_js, mint_sequential, realtime_ws, realtime_idle}.
  */
-export async function measureRealtime({ vault, fake, upstream, measure, processes, adminToken, quick }) {
+export async function measureRealtime({ vault, fake, upstream, measure, processes, adminToken, resolveToken, quick }) {
   const key = randomKey('valid');
   const imported = await vault.request('POST', '/v1/admin/import', {
     token: adminToken, body: { dry_run: false, validate: false, entries: [{ user_id: USER, provider: 'deepgram', api_key: key, label: 'realtime' }] },
@@ -146,12 +146,15 @@ export async function measureRealtime({ vault, fake, upstream, measure, processe
   }]);
 
   // The same unloaded, with F0 and F1: one request at a time, the order rotating. Minting's
-  // own I/O, done by plain JS, is the forwarded call plus one D1 read (F1 over F0).
+  // own I/O, done by plain JS, is the forwarded call plus one D1 read (F1 over F0); the
+  // vault's own nearest, a resolve of the same key plus that forwarded call.
   const one = {
     f0: { url: `${vault.base}/v1/providers`, init: { headers: { authorization: `Bearer ${jwt}` } } },
     f1: { url: `${vault.base}/v1/health` },
     direct: { url: grant, init: { method: 'POST', headers: grantHeaders, body: grantBody } },
     forward: { url: `${vault.base}/__bench/forward?to=${encodeURIComponent(grant)}`, init: { method: 'POST', headers: grantHeaders, body: grantBody } },
+    // The same key resolved (the read, the decryption, the audit event), no provider call.
+    resolve: { url: `${vault.base}/v1/resolve`, init: { method: 'POST', headers: { authorization: `Bearer ${resolveToken}`, 'content-type': 'application/json' }, body: JSON.stringify({ user_id: USER, capability: 'stt' }) } },
     mint: { url: `${vault.base}/v1/realtime/deepgram/sessions`, init: { method: 'POST', headers: { authorization: `Bearer ${jwt}`, 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'stt' }) } },
   };
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
@@ -171,7 +174,8 @@ export async function measureRealtime({ vault, fake, upstream, measure, processe
     f1_p50_ms: r3(pct(seq.f1, 50)), direct_p50_ms: r3(pct(seq.direct, 50)), forward_js_p50_ms: r3(pct(seq.forward, 50)), mint_p50_ms: r3(pct(seq.mint, 50)),
     added_over_f1: Math.round(((pct(seq.mint, 50) - pct(seq.direct, 50)) / pct(seq.f1, 50)) * 100) / 100,
     forward_js_added_over_f1: Math.round(((pct(seq.forward, 50) - pct(seq.direct, 50)) / pct(seq.f1, 50)) * 100) / 100,
-    f0_p50_ms: r3(pct(seq.f0, 50)),
+    f0_p50_ms: r3(pct(seq.f0, 50)), resolve_p50_ms: r3(pct(seq.resolve, 50)),
+    resolve_plus_forward_over_f1: Math.round(((pct(seq.resolve, 50) + pct(seq.forward, 50) - pct(seq.direct, 50) - pct(seq.f0, 50)) / pct(seq.f1, 50)) * 100) / 100,
     io_floor_over_f1: Math.round(((pct(seq.forward, 50) - pct(seq.direct, 50) + pct(seq.f1, 50) - pct(seq.f0, 50)) / pct(seq.f1, 50)) * 100) / 100,
   };
   agent.destroy();

@@ -58,7 +58,7 @@ export function realtimeBudgets(r, f1p50) {
   const lines = [
     '## Issue 22: realtime (bench/realtime.mjs)',
     '',
-    `Minting: p50 ${r.mint.p50_ms} ms through the vault, ${r.mint_direct.p50_ms} ms straight to the fake's token endpoint, ${r.mint_forward_js.p50_ms} ms forwarded by plain JS; added ${Math.round(added * 100) / 100} ms against F1 p50 ${Math.round(f1p50 * 100) / 100} ms; D1 round trips ${fmt(r.mint.d1_round_trips)}. One request at a time (${r.mint_sequential.samples} of each, interleaved): minting ${r.mint_sequential.mint_p50_ms} ms, direct ${r.mint_sequential.direct_p50_ms} ms, forwarded by plain JS ${r.mint_sequential.forward_js_p50_ms} ms, F1 ${r.mint_sequential.f1_p50_ms} ms, F0 ${r.mint_sequential.f0_p50_ms} ms (p50).`,
+    `Minting: p50 ${r.mint.p50_ms} ms through the vault, ${r.mint_direct.p50_ms} ms straight to the fake's token endpoint, ${r.mint_forward_js.p50_ms} ms forwarded by plain JS; added ${Math.round(added * 100) / 100} ms against F1 p50 ${Math.round(f1p50 * 100) / 100} ms; D1 round trips ${fmt(r.mint.d1_round_trips)}. One request at a time (${r.mint_sequential.samples} of each, interleaved): minting ${r.mint_sequential.mint_p50_ms} ms, direct ${r.mint_sequential.direct_p50_ms} ms, forwarded by plain JS ${r.mint_sequential.forward_js_p50_ms} ms, F1 ${r.mint_sequential.f1_p50_ms} ms, F0 ${r.mint_sequential.f0_p50_ms} ms, a resolve of the same key ${r.mint_sequential.resolve_p50_ms} ms (p50).`,
     '',
     `WebSocket round trips of one ${ws.frame_bytes}-byte binary frame echoed by the fake, ${ws.rounds} on each path in turn (after a warm-up), every echo byte-exact:`,
     '',
@@ -83,6 +83,7 @@ export function realtimeBudgets(r, f1p50) {
     `| minting: added p50 / F1 p50, when plain JS forwards the token call (no key lookup; wrk) | ${ratio(r.mint_forward_js.p50_ms - r.mint_direct.p50_ms, f1p50)}× |`,
     `| the same, one at a time | ${r.mint_sequential.forward_js_added_over_f1}× |`,
     `| minting's I/O alone, one at a time: that forwarded call's added p50 plus one D1 read (F1 − F0), / F1 p50 | ${r.mint_sequential.io_floor_over_f1}× |`,
+    `| minting as the vault's own parts, one at a time: a resolve of the same key plus that forwarded call's added p50, less F0 (one request's handling), / F1 p50 | ${r.mint_sequential.resolve_plus_forward_over_f1}× |`,
     `| WebSocket: added round trip p50, a plain-JS pipe | ${ws.js_added_p50_ms} ms |`,
     '',
   ];

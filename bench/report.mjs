@@ -70,7 +70,7 @@ export function realtimeBudgets(r, f1p50) {
     '',
     `Added round trip p50: vault ${ws.added_p50_ms} ms (first half ${ws.added_p50_first_half_ms}, second half ${ws.added_p50_second_half_ms}); plain-JS pipe ${ws.js_added_p50_ms} ms.`,
     '',
-    `Idle sessions: workerd CPU over ${idle.seconds} s idle: ${idle.none_ms} ms with no session, ${idle.open_ms} ms with ${idle.sessions} open (${idle.still_open} still open at the end), ${idle.none_again_ms} ms with none again; ${idle.per_session_ms_per_min} ms per session per minute over the baseline (every workerd thread's schedstat). wrangler's node meanwhile: ${idle.other_none_ms}, ${idle.other_open_ms}, ${idle.other_none_again_ms} ms.`,
+    `Idle sessions: workerd CPU over ${idle.seconds} s idle: ${idle.none_ms} ms with no session, ${idle.open_ms} ms with ${idle.sessions} open (${idle.still_open} still open at the end), ${idle.none_again_ms} ms with none again; ${idle.per_session_ms_per_min} ms per session per minute over the baseline (every workerd thread's schedstat). wrangler's node meanwhile (not the runtime): ${idle.other_none_ms}, ${idle.other_open_ms}, ${idle.other_none_again_ms} ms. The largest second of each span, workerd/node: ${idle.max_1s_ms} ms.`,
     '',
     '| budget | measured | limit | |',
     '|---|---|---|---|',

@@ -1,21 +1,16 @@
-//! A realtime WebSocket session (`/v1/realtime/…/ws/…`): the upstream socket opened with
-//! the key, the caller's socket accepted, frames piped both ways unchanged, and a close on
-//! either side closing the other. Also the contract's close codes for a refusal.
+//! A realtime WebSocket session (`/v1/realtime/…/ws/…`): the caller's socket accepted and
+//! piped to the provider's (opened by the core through `Upstream::connect`), frames both
+//! ways unchanged and shown to the session's tally, a close on either side closing the
+//! other, and the session's time limit. Also the contract's close codes for a refusal.
 
-use futures::{select, StreamExt};
+use std::time::Duration;
+
+use futures::{select, FutureExt, StreamExt};
 use worker::js_sys::Reflect;
 use worker::wasm_bindgen::JsValue;
-use worker::{web_sys, Fetch, Headers, WebSocket, WebSocketPair, WebsocketEvent};
+use worker::{Delay, Headers, WebSocket, WebSocketPair, WebsocketEvent};
 
-use crate::api::realtime::Upgrade;
-
-/// What a session came to, for its `credential.used` event.
-pub(super) struct Session {
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    pub closed_by: &'static str,
-    pub code: u16,
-}
+use crate::realtime::socket::Tally;
 
 /// Binary frames as ArrayBuffers (the compatibility date would give Blobs), so they go
 /// through byte for byte.
@@ -48,29 +43,6 @@ pub(super) fn refuse(
     answer(pair.client, protocol)
 }
 
-/// Opens the upstream socket; `Err` says what the provider did instead. The request is
-/// built with `web_sys`, as `fetch.rs` builds its own (worker's `RequestInit` costs size).
-pub(super) async fn connect(up: &Upgrade) -> Result<WebSocket, String> {
-    let built = (|| -> Result<worker::Request, JsValue> {
-        let headers = web_sys::Headers::new()?;
-        headers.set("upgrade", "websocket")?;
-        headers.set(up.header, up.value.expose())?;
-        let init = web_sys::RequestInit::new();
-        init.set_method("GET");
-        init.set_headers(&headers);
-        web_sys::Request::new_with_str_and_init(&up.url, &init).map(worker::Request::from)
-    })();
-    let request = built.map_err(|_| "the upstream request could not be built".to_string())?;
-    let response = Fetch::Request(request)
-        .send()
-        .await
-        .map_err(|_| "the provider could not be reached".to_string())?;
-    let status = response.status_code();
-    response
-        .websocket()
-        .ok_or_else(|| format!("the provider answered {status}"))
-}
-
 /// A close code one side may send on: the reserved ones (1005, 1006, 1015) become 1000.
 fn sendable(code: u16) -> u16 {
     match code {
@@ -79,25 +51,22 @@ fn sendable(code: u16) -> u16 {
     }
 }
 
-/// Accepts the caller's socket and pipes it to `upstream` until either closes; `respond`
-/// gets the 101 before the first frame moves.
+/// Accepts the caller's socket and pipes it to `upstream` until either closes or
+/// `max_seconds` pass, showing every frame to `tally`; `respond` gets the 101 before the
+/// first frame moves. Idle, it only awaits: no CPU.
 pub(super) async fn pipe(
     upstream: WebSocket,
     protocol: Option<&str>,
+    max_seconds: u64,
+    tally: &mut Tally,
     respond: impl FnOnce(worker::Result<worker::Response>),
-) -> Session {
-    let mut session = Session {
-        bytes_up: 0,
-        bytes_down: 0,
-        closed_by: "error",
-        code: 1011,
-    };
+) -> (&'static str, u16) {
     let pair = match WebSocketPair::new() {
         Ok(p) => p,
         Err(e) => {
             respond(Err(e));
             let _ = upstream.close(Some(1011), Some("the vault could not accept"));
-            return session;
+            return ("error", 1011);
         }
     };
     let (client, server) = (pair.client, pair.server);
@@ -105,35 +74,42 @@ pub(super) async fn pipe(
     array_buffers(&upstream);
     let (Ok(from_client), Ok(from_upstream)) = (server.events(), upstream.events()) else {
         respond(Err(worker::Error::RustError("no event stream".into())));
-        return session;
+        let _ = upstream.close(Some(1011), Some("the vault could not accept"));
+        return ("error", 1011);
     };
     if server.accept().is_err() || upstream.accept().is_err() {
         respond(Err(worker::Error::RustError("could not accept".into())));
-        return session;
+        let _ = upstream.close(Some(1011), Some("the vault could not accept"));
+        return ("error", 1011);
     }
     respond(answer(client, protocol));
     let (mut from_client, mut from_upstream) = (from_client.fuse(), from_upstream.fuse());
+    let mut deadline = Delay::from(Duration::from_secs(max_seconds)).fuse();
     loop {
         let (event, from, to, up) = select! {
             e = from_client.next() => (e, &server, &upstream, true),
             e = from_upstream.next() => (e, &upstream, &server, false),
+            _ = deadline => {
+                let reason = "the session reached its time limit";
+                let _ = server.close(Some(1000), Some(reason));
+                let _ = upstream.close(Some(1000), Some(reason));
+                return ("timeout", 1000);
+            }
         };
         match event {
             Some(Ok(WebsocketEvent::Message(m))) => {
                 let sent = if let Some(text) = m.text() {
-                    let n = text.len() as u64;
                     if up {
-                        session.bytes_up += n
+                        tally.up_text(&text)
                     } else {
-                        session.bytes_down += n
+                        tally.down_text(&text)
                     }
                     to.send_with_str(text)
                 } else if let Some(bytes) = m.bytes() {
-                    let n = bytes.len() as u64;
                     if up {
-                        session.bytes_up += n
+                        tally.up_binary(bytes.len())
                     } else {
-                        session.bytes_down += n
+                        tally.down_binary(bytes.len())
                     }
                     to.send_with_bytes(bytes)
                 } else {
@@ -142,20 +118,21 @@ pub(super) async fn pipe(
                 if sent.is_err() {
                     let _ = server.close(Some(1011), Some("send failed"));
                     let _ = upstream.close(Some(1011), Some("send failed"));
-                    return session;
+                    return ("error", 1011);
                 }
             }
             Some(Ok(WebsocketEvent::Close(c))) => {
-                session.code = c.code();
-                session.closed_by = if up { "client" } else { "provider" };
+                if !up {
+                    tally.provider_closed(c.code(), &c.reason());
+                }
                 let _ = to.close(Some(sendable(c.code())), Some(c.reason()));
                 let _ = from.close(Some(sendable(c.code())), Some(c.reason()));
-                return session;
+                return (if up { "client" } else { "provider" }, c.code());
             }
             Some(Err(_)) | None => {
                 let _ = server.close(Some(1011), Some("connection error"));
                 let _ = upstream.close(Some(1011), Some("connection error"));
-                return session;
+                return ("error", 1011);
             }
         }
     }

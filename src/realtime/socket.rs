@@ -1,0 +1,343 @@
+//! A proxied realtime WebSocket session as the vault sees it go by: the bytes each way, the
+//! usage the provider reports on the socket (or, for speech, the text the caller asked to
+//! be spoken), and whether the provider said on the socket that it refused the key. Fed
+//! frame by frame by the Worker's pipe; it only reads, never changes a frame. A message is
+//! parsed only when it may hold what is read (a cheap substring test first) and is at most
+//! [`MAX_READ_BYTES`], so audio and long transcripts cost no parse.
+
+use serde_json::Value;
+
+use crate::metering::Usage;
+use crate::providers::realtime::SocketDialect;
+
+/// The longest text message read for usage or a refusal (usage events are small; a
+/// transcript or an audio chunk in base64 is passed on unread).
+pub const MAX_READ_BYTES: usize = 64 * 1024;
+/// The longest refusal message kept.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// What the provider said on the socket about the key it was opened with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The account is out of quota or credit (the key is good).
+    pub quota: bool,
+    /// The provider's words, cut short; may quote the key: clean before showing.
+    pub message: String,
+}
+
+/// One session's tally.
+#[derive(Debug)]
+pub struct Tally {
+    dialect: SocketDialect,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub usage: Usage,
+    /// Some usage was read (else the session is recorded as its bytes and duration only).
+    pub metered: bool,
+    /// The provider refused the key on the socket (after accepting the upgrade).
+    pub refused: Option<Refusal>,
+    /// Deepgram: its closing `Metadata` was read; the seconds its `Results` covered.
+    metadata: bool,
+    results_seconds: f64,
+}
+
+impl Tally {
+    pub fn new(dialect: SocketDialect) -> Self {
+        Self {
+            dialect,
+            bytes_up: 0,
+            bytes_down: 0,
+            usage: Usage::default(),
+            metered: false,
+            refused: None,
+            metadata: false,
+            results_seconds: 0.0,
+        }
+    }
+
+    /// A binary frame from the caller to the provider (audio).
+    pub fn up_binary(&mut self, len: usize) {
+        self.bytes_up += len as u64;
+    }
+
+    /// A binary frame from the provider to the caller (audio).
+    pub fn down_binary(&mut self, len: usize) {
+        self.bytes_down += len as u64;
+    }
+
+    /// A text message from the caller: the text a speech session was asked to speak.
+    pub fn up_text(&mut self, text: &str) {
+        self.bytes_up += text.len() as u64;
+        let field = match self.dialect {
+            SocketDialect::ElevenLabsTts => "text",
+            SocketDialect::Deepgram if text.contains("\"Speak\"") => "text",
+            _ => return,
+        };
+        if text.len() > MAX_READ_BYTES || !text.contains("\"text\"") {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(text.as_bytes()) else {
+            return;
+        };
+        if self.dialect == SocketDialect::Deepgram && v["type"] != "Speak" {
+            return;
+        }
+        if let Some(t) = v.get(field).and_then(Value::as_str) {
+            // ElevenLabs' opening message is a single space that speaks nothing.
+            let n = t.trim().chars().count() as u64;
+            if n > 0 {
+                self.usage.characters += n;
+                self.metered = true;
+            }
+        }
+    }
+
+    /// A text message from the provider: usage, the model, or a refusal of the key.
+    pub fn down_text(&mut self, text: &str) {
+        self.bytes_down += text.len() as u64;
+        if text.len() > MAX_READ_BYTES {
+            return;
+        }
+        let interesting = match self.dialect {
+            SocketDialect::OpenAi => {
+                text.contains("\"usage\"")
+                    || text.contains("\"error\"")
+                    || text.contains("session.created")
+            }
+            SocketDialect::Deepgram => text.contains("Metadata") || text.contains("\"Results\""),
+            SocketDialect::ElevenLabsStt | SocketDialect::ElevenLabsTts => {
+                text.contains("error") || text.contains("quota") || text.contains("auth")
+            }
+        };
+        if !interesting {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(text.as_bytes()) else {
+            return;
+        };
+        match self.dialect {
+            SocketDialect::OpenAi => self.openai(&v),
+            SocketDialect::Deepgram => self.deepgram(&v),
+            SocketDialect::ElevenLabsStt | SocketDialect::ElevenLabsTts => self.elevenlabs(&v),
+        }
+    }
+
+    /// The provider closed the socket with `code` and `reason`: a close whose reason names
+    /// a bad key is a refusal too (OpenAI closes 3000 `invalid_request_error.invalid_api_key`,
+    /// ElevenLabs 1008 "Invalid API key"), even when no message said so first.
+    pub fn provider_closed(&mut self, code: u16, reason: &str) {
+        if self.refused.is_some() || code == 1000 {
+            return;
+        }
+        let lower = reason.to_ascii_lowercase();
+        let quota = lower.contains("insufficient_quota") || lower.contains("quota_exceeded");
+        if quota || lower.contains("invalid_api_key") || lower.contains("invalid api key") {
+            self.refused = Some(Refusal {
+                quota,
+                message: cut(reason),
+            });
+        }
+    }
+
+    /// The usage to record: Deepgram's final `Metadata` when it came, else the seconds its
+    /// transcripts covered (a session cut before `CloseStream` never gets `Metadata`).
+    pub fn usage(&self) -> Usage {
+        let mut usage = self.usage.clone();
+        if self.dialect == SocketDialect::Deepgram && !self.metadata {
+            usage.audio_seconds += self.results_seconds;
+        }
+        usage
+    }
+
+    fn openai(&mut self, v: &Value) {
+        match v["type"].as_str() {
+            Some("session.created") => {
+                if let Some(m) = v["session"]["model"].as_str() {
+                    self.usage.model = Some(cut(m));
+                }
+            }
+            Some("response.done") => self.tokens(&v["response"]["usage"]),
+            Some("error") => {
+                let code = v["error"]["code"].as_str().unwrap_or_default();
+                let quota = code == "insufficient_quota";
+                if quota || code == "invalid_api_key" {
+                    self.refused = Some(Refusal {
+                        quota,
+                        message: cut(v["error"]["message"].as_str().unwrap_or(code)),
+                    });
+                }
+            }
+            // Transcription: tokens, or seconds of audio.
+            Some(t) if t.ends_with("input_audio_transcription.completed") => {
+                let usage = &v["usage"];
+                if let Some(s) = usage["seconds"].as_f64() {
+                    self.usage.audio_seconds += s.max(0.0);
+                    self.metered = true;
+                } else {
+                    self.tokens(usage);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn tokens(&mut self, usage: &Value) {
+        let (i, o) = (
+            usage["input_tokens"].as_u64(),
+            usage["output_tokens"].as_u64(),
+        );
+        if i.is_some() || o.is_some() {
+            self.usage.input_tokens += i.unwrap_or(0);
+            self.usage.output_tokens += o.unwrap_or(0);
+            self.metered = true;
+        }
+    }
+
+    fn deepgram(&mut self, v: &Value) {
+        // Interim results repeat the same audio: only a final one counts.
+        if v["type"] == "Results" && v["is_final"] == true {
+            if let Some(d) = v["duration"].as_f64() {
+                self.results_seconds += d.max(0.0);
+                self.metered = true;
+            }
+        }
+        if v["type"] == "Metadata" {
+            if let Some(d) = v["duration"].as_f64() {
+                self.usage.audio_seconds += d.max(0.0);
+                self.metadata = true;
+                self.metered = true;
+            }
+            if let Some(m) = v["model_info"]
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(|m| m["name"].as_str())
+            {
+                self.usage.model = Some(cut(m));
+            }
+        }
+    }
+
+    fn elevenlabs(&mut self, v: &Value) {
+        let kind = v["message_type"].as_str().unwrap_or_default();
+        let error = v["error"].as_str().unwrap_or_default();
+        let quota = kind == "quota_exceeded" || error.contains("quota");
+        let auth =
+            kind == "auth_error" || error.contains("api_key") || error.contains("unauthorized");
+        if quota || auth {
+            let message = v["message"]
+                .as_str()
+                .or(v["error"].as_str())
+                .unwrap_or(kind);
+            self.refused = Some(Refusal {
+                quota,
+                message: cut(message),
+            });
+        }
+    }
+}
+
+fn cut(s: &str) -> String {
+    s.chars().take(MAX_MESSAGE_CHARS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::realtime::{RealtimeKind, SocketEndpoint};
+
+    #[test]
+    fn openai_usage_adds_up_and_a_bad_key_is_a_refusal_by_message_or_by_close() {
+        let mut t = Tally::new(SocketDialect::OpenAi);
+        t.down_text(
+            r#"{"type":"response.done","response":{"usage":{"input_tokens":7,"output_tokens":3}}}"#,
+        );
+        t.down_text(r#"{"type":"conversation.item.input_audio_transcription.completed","usage":{"type":"duration","seconds":2.5}}"#);
+        t.down_text(r#"{"type":"response.audio.delta","delta":"usage"}"#);
+        assert_eq!(
+            (
+                t.usage().input_tokens,
+                t.usage().output_tokens,
+                t.usage().audio_seconds
+            ),
+            (7, 3, 2.5)
+        );
+        assert!(t.metered && t.refused.is_none());
+        t.down_text(r#"{"type":"error","error":{"type":"invalid_request_error","code":"invalid_api_key","message":"Incorrect API key provided: sk-ab***wxyz."}}"#);
+        assert_eq!(t.refused.as_ref().map(|r| r.quota), Some(false));
+        let mut t = Tally::new(SocketDialect::OpenAi);
+        t.provider_closed(3000, "invalid_request_error.invalid_api_key");
+        assert!(t.refused.is_some());
+        // Other errors and a normal close refuse nothing.
+        let mut t = Tally::new(SocketDialect::OpenAi);
+        t.down_text(r#"{"type":"error","error":{"code":"session_expired","message":"Your session hit the maximum duration of 60 minutes."}}"#);
+        t.provider_closed(1000, "invalid_api_key");
+        t.provider_closed(4000, "beta_api_shape_disabled");
+        assert!(t.refused.is_none());
+    }
+
+    #[test]
+    fn deepgram_counts_its_metadata_or_else_its_final_results() {
+        let mut t = Tally::new(SocketDialect::Deepgram);
+        t.down_text(r#"{"type":"Results","is_final":false,"duration":1.0}"#);
+        t.down_text(r#"{"type":"Results","is_final":true,"duration":1.25}"#);
+        t.down_text(r#"{"type":"Results","is_final":true,"duration":0.5}"#);
+        assert_eq!(t.usage().audio_seconds, 1.75);
+        t.down_text(
+            r#"{"type":"Metadata","duration":2.0,"model_info":{"m":{"name":"2-general-nova"}}}"#,
+        );
+        assert_eq!(t.usage().audio_seconds, 2.0);
+        assert_eq!(t.usage().model.as_deref(), Some("2-general-nova"));
+        // Speak: the characters asked for; flushes and binary audio count bytes only.
+        let mut t = Tally::new(SocketDialect::Deepgram);
+        t.up_text(r#"{"type":"Speak","text":"Grüße"}"#);
+        t.up_text(r#"{"type":"Flush"}"#);
+        t.down_binary(100);
+        assert_eq!((t.usage().characters, t.bytes_down), (5, 100));
+    }
+
+    #[test]
+    fn elevenlabs_counts_spoken_text_and_reads_its_refusals() {
+        let mut t = Tally::new(SocketDialect::ElevenLabsTts);
+        t.up_text(r#"{"text":" ","xi_api_key":"x"}"#);
+        t.up_text(r#"{"text":"Hello "}"#);
+        t.up_text(r#"{"text":""}"#);
+        assert_eq!(t.usage().characters, 5);
+        t.down_text(r#"{"message":"Invalid API key","error":"invalid_api_key","code":1008}"#);
+        assert_eq!(t.refused.as_ref().map(|r| r.quota), Some(false));
+        let mut t = Tally::new(SocketDialect::ElevenLabsStt);
+        t.down_text(r#"{"message_type":"quota_exceeded","error":"Quota exceeded"}"#);
+        assert_eq!(t.refused.as_ref().map(|r| r.quota), Some(true));
+        let mut t = Tally::new(SocketDialect::ElevenLabsStt);
+        t.down_text(r#"{"message_type":"partial_transcript","text":"an error in auth"}"#);
+        assert!(t.refused.is_none());
+    }
+
+    #[test]
+    fn a_long_message_goes_by_unread() {
+        let mut t = Tally::new(SocketDialect::OpenAi);
+        let pad = "x".repeat(MAX_READ_BYTES);
+        t.down_text(&format!(r#"{{"type":"response.done","pad":"{pad}","response":{{"usage":{{"input_tokens":7}}}}}}"#));
+        assert!(!t.metered);
+        assert!(t.bytes_down > MAX_READ_BYTES as u64);
+    }
+
+    #[test]
+    fn an_endpoint_path_takes_one_id_where_it_has_braces() {
+        let e = SocketEndpoint {
+            path: "/v1/text-to-speech/{}/stream-input",
+            kind: RealtimeKind::Tts,
+            dialect: SocketDialect::ElevenLabsTts,
+        };
+        assert!(e.matches("/v1/text-to-speech/JBFqnCBsd6RMkjVDRZzb/stream-input"));
+        for bad in [
+            "/v1/text-to-speech//stream-input",
+            "/v1/text-to-speech/a/b/stream-input",
+            "/v1/text-to-speech/../stream-input",
+            "/v1/text-to-speech/a%2F/stream-input",
+            "/v1/text-to-speech/x/stream-input/",
+            "/v1/text-to-speech/x",
+        ] {
+            assert!(!e.matches(bad), "{bad}");
+        }
+    }
+}

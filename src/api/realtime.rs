@@ -653,6 +653,8 @@ pub fn close_code(status: u16, code: &str) -> u16 {
         (403, _) => 4403,
         (404, _) | (_, "no_credential") => 4404,
         (429, _) => 4429,
+        // The provider refused the key (and no other key of the user's took over).
+        (424, _) => 4424,
         (400..=499, _) => 4400,
         _ => 1011,
     }

@@ -17,7 +17,16 @@ let upstream;
 let vault;
 const sockets = [];
 
-/** A fake Deepgram: WebSocket `/v1/listen`; anything else goes to the HTTP fake. */
+/** Keys the fake realtime sockets refuse from now on (a key revoked upstream). */
+const revoked = new Set();
+const SYSTEM_KEY = randomKey('valid');
+
+/**
+ * Fake realtime sockets, in each provider's real shapes, in front of the HTTP fake (its
+ * base URLs are `<this>/<provider>`): Deepgram `/v1/listen` (a revoked key is refused at
+ * the upgrade, 401 INVALID_AUTH), ElevenLabs TTS stream-input and Scribe realtime (a
+ * revoked key is refused on the open socket, as ElevenLabs does), OpenAI `/v1/realtime`.
+ */
 function startUpstream(httpBase) {
   const server = http.createServer(async (req, res) => {
     const chunks = []; for await (const c of req) chunks.push(c);
@@ -26,26 +35,81 @@ function startUpstream(httpBase) {
     res.end(Buffer.from(await r.arrayBuffer()));
   });
   server.on('upgrade', (req, socket, head) => {
-    const entry = { url: req.url, authorization: req.headers.authorization };
+    const path = req.url.split('?')[0];
+    const key = (req.headers.authorization ?? '').replace(/^(Token|Bearer) /, '') || req.headers['xi-api-key'];
+    const entry = { url: req.url, authorization: req.headers.authorization, xiApiKey: req.headers['xi-api-key'], key };
+    if (path === '/deepgram/v1/listen' && revoked.has(key)) {
+      entry.refused = 401;
+      sockets.push(entry);
+      const body = JSON.stringify({ err_code: 'INVALID_AUTH', err_msg: 'Invalid credentials.', request_id: crypto.randomUUID() });
+      socket.end(`HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ndg-error: Invalid credentials.\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      return;
+    }
     const ws = accept(req, socket, head);
     entry.ws = ws;
     sockets.push(entry);
-    ws.onmessage = (m) => {
-      if (m.type === 'binary') {
-        ws.send(JSON.stringify({ type: 'Results', channel: { alternatives: [{ transcript: `heard ${m.data.length} bytes`, sha256: crypto.createHash('sha256').update(m.data).digest('hex') }] } }));
-        ws.send(Buffer.from(m.data).reverse());
-      } else if (m.data.toString() === '{"type":"CloseStream"}') {
-        ws.close(1000, 'done');
+    if (path === '/deepgram/v1/listen') {
+      let bytes = 0;
+      ws.onmessage = (m) => {
+        if (m.type === 'binary') {
+          bytes += m.data.length;
+          ws.send(JSON.stringify({ type: 'Results', is_final: true, duration: m.data.length / 32000, channel: { alternatives: [{ transcript: `heard ${m.data.length} bytes`, sha256: crypto.createHash('sha256').update(m.data).digest('hex') }] } }));
+          ws.send(Buffer.from(m.data).reverse());
+        } else if (m.data.toString() === '{"type":"CloseStream"}') {
+          ws.send(JSON.stringify({ type: 'Metadata', request_id: crypto.randomUUID(), duration: bytes / 32000, channels: 1 }));
+          ws.close(1000, 'done');
+        }
+      };
+    } else if (/^\/elevenlabs\/v1\/text-to-speech\/[^/]+\/stream-input$/.test(path)) {
+      if (revoked.has(key)) {
+        ws.send(JSON.stringify({ message: 'Invalid API key', error: 'invalid_api_key', code: 1008 }));
+        ws.close(1008, 'Invalid API key');
+        return;
       }
-    };
+      ws.onmessage = (m) => {
+        const { text } = JSON.parse(m.data.toString());
+        if (text === '') {
+          ws.send(JSON.stringify({ isFinal: true }));
+          ws.close(1000, '');
+        } else if (text.trim()) {
+          ws.send(JSON.stringify({ audio: Buffer.from(`audio of ${text}`).toString('base64'), isFinal: null, normalizedAlignment: { chars: [...text] } }));
+        }
+      };
+    } else if (path === '/elevenlabs/v1/speech-to-text/realtime') {
+      if (revoked.has(key)) {
+        ws.send(JSON.stringify({ message_type: 'auth_error', error: 'You must be authenticated to use this endpoint.' }));
+        ws.close(1000, '');
+        return;
+      }
+      ws.send(JSON.stringify({ message_type: 'session_started', session_id: crypto.randomUUID() }));
+    } else if (path === '/openai/v1/realtime') {
+      ws.send(JSON.stringify({ type: 'session.created', event_id: 'event_1', session: { type: 'realtime', object: 'realtime.session', model: new URL(req.url, 'http://x').searchParams.get('model') } }));
+      ws.onmessage = (m) => {
+        if (JSON.parse(m.data.toString()).type === 'response.create') {
+          ws.send(JSON.stringify({ type: 'response.done', event_id: 'event_2', response: { object: 'realtime.response', status: 'completed', usage: { total_tokens: 33, input_tokens: 11, output_tokens: 22 } } }));
+        }
+      };
+    } else {
+      ws.close(1008, 'no such socket');
+    }
   });
   return new Promise((r) => server.listen(0, '127.0.0.1', () => r({ server, base: `http://127.0.0.1:${server.address().port}` })));
 }
 
 before(async () => {
   fake = await startFakeProviders();
-  upstream = await startUpstream(fake.base('deepgram'));
-  vault = await startVault({ vars: { ...fake.vars(), DEEPGRAM_BASE_URL: upstream.base, RATE_LIMITS: 'off' } });
+  upstream = await startUpstream(fake.url);
+  vault = await startVault({
+    secrets: { SYSTEM_KEY_DEEPGRAM: SYSTEM_KEY },
+    vars: {
+      ...fake.vars(),
+      DEEPGRAM_BASE_URL: `${upstream.base}/deepgram`,
+      ELEVENLABS_BASE_URL: `${upstream.base}/elevenlabs`,
+      OPENAI_BASE_URL: `${upstream.base}/openai`,
+      RATE_LIMITS: 'off',
+      SYSTEM_KEY_BUDGETS: JSON.stringify({ deepgram: { period: 'day', requests: 1 } }),
+    },
+  });
 });
 after(async () => {
   await vault?.stop();
@@ -55,9 +119,9 @@ after(async () => {
 
 const wsUrl = (path) => vault.base.replace(/^http:/, 'ws:') + path;
 
-async function addKey(user) {
+async function addKey(user, provider = 'deepgram') {
   const key = randomKey('valid');
-  const r = await vault.request('POST', '/v1/credentials', { user, body: { provider: 'deepgram', api_key: key } });
+  const r = await vault.request('POST', '/v1/credentials', { user, body: { provider, api_key: key } });
   assert.equal(r.status, 201, r.text);
   return { key, id: r.json.credential.id };
 }
@@ -83,7 +147,7 @@ test('a browser session: audio up, transcripts and binary back byte-exact, the k
   await until(() => sockets.length > before, 'the upstream socket');
   const up = sockets.at(-1);
   assert.equal(up.authorization, `Token ${owner.key}`);
-  assert.equal(up.url, '/v1/listen?encoding=linear16&sample_rate=16000');
+  assert.equal(up.url, '/deepgram/v1/listen?encoding=linear16&sample_rate=16000');
   const frames = [crypto.randomBytes(3200), crypto.randomBytes(70_000), Buffer.from([0, 255, 0, 128])];
   for (const f of frames) c.ws.send(f);
   await until(() => c.ws.messages.length >= frames.length * 2, 'the answers');
@@ -123,7 +187,7 @@ test('a server session with Authorization, closed by the provider: the client se
     headers: { authorization: `Bearer ${vault.token('u_ws')}` },
   });
   assert.equal(c.status, 101, c.text);
-  await until(() => sockets.at(-1).url === '/v1/listen', 'the upstream socket');
+  await until(() => sockets.at(-1).url === '/deepgram/v1/listen', 'the upstream socket');
   c.ws.send('{"type":"CloseStream"}');
   const closed = await c.ws.closed;
   assert.equal(closed.code, 1000);
@@ -141,4 +205,160 @@ test('refusals close with the contract\'s codes before any upstream socket opens
   const refused = await other.ws.closed;
   assert.equal(refused.code, 4404, refused.reason);
   assert.equal(sockets.length, before, 'an upstream socket was opened for a refusal');
+});
+
+/** `user`'s `credential.used` events for realtime sessions, once `n` are there (20 s at most). */
+async function sessionEvents(user, n = 1, pred = () => true) {
+  const of = (events) => events.filter((e) => e.action === 'credential.used' && e.detail?.operation === 'realtime_session' && pred(e));
+  let events = [];
+  for (const deadline = Date.now() + 20_000; of(events).length < n && Date.now() < deadline;) {
+    events = await eventsOf(vault, user, 1);
+    if (of(events).length < n) await new Promise((r) => setTimeout(r, 100));
+  }
+  return { sessions: of(events), all: events };
+}
+
+const asBrowser = (user) => ({ protocols: ['byok-vault', `byok-vault.token.${vault.token(user)}`] });
+
+test('ElevenLabs TTS stream-input: text up, audio down, the key in xi-api-key, the characters metered', async () => {
+  const el = await addKey('u_el', 'elevenlabs');
+  const c = await connect(wsUrl('/v1/realtime/elevenlabs/ws/v1/text-to-speech/JBFqnCBsd6RMkjVDRZzb/stream-input?model_id=eleven_flash_v2_5'), asBrowser('u_el'));
+  assert.equal(c.status, 101, c.text);
+  const up = sockets.at(-1);
+  assert.equal(up.xiApiKey, el.key);
+  assert.equal(up.authorization, undefined);
+  assert.equal(up.url, '/elevenlabs/v1/text-to-speech/JBFqnCBsd6RMkjVDRZzb/stream-input?model_id=eleven_flash_v2_5');
+  c.ws.send(JSON.stringify({ text: ' ' }));
+  c.ws.send(JSON.stringify({ text: 'Hello there. ' }));
+  c.ws.send(JSON.stringify({ text: 'Bye.' }));
+  c.ws.send(JSON.stringify({ text: '' }));
+  const closed = await c.ws.closed;
+  assert.equal(closed.code, 1000);
+  const got = c.ws.messages.map((m) => JSON.parse(m.data.toString()));
+  assert.deepEqual(got.map((m) => m.audio && Buffer.from(m.audio, 'base64').toString()), ['audio of Hello there. ', 'audio of Bye.', undefined]);
+  assert.equal(got.at(-1).isFinal, true);
+  const { sessions } = await sessionEvents('u_el');
+  assert.equal(sessions.length, 1);
+  const d = sessions[0].detail;
+  assert.equal(sessions[0].outcome, 'success');
+  assert.equal(d.closed_by, 'provider');
+  assert.equal(d.usage.characters, 'Hello there.'.length + 'Bye.'.length);
+  const usage = await vault.request('GET', '/v1/usage', { user: 'u_el' });
+  assert.equal(usage.status, 200, usage.text);
+  const row = usage.json.usage.find((r) => r.provider === 'elevenlabs');
+  assert.equal(row.requests, 1);
+  assert.equal(row.characters, 16);
+});
+
+test('OpenAI realtime through the proxy base URL, as its SDK connects: the session events pass, the tokens are metered', async () => {
+  await addKey('u_oa', 'openai');
+  const c = await connect(wsUrl('/v1/proxy/openai/v1/realtime?model=gpt-realtime'), { headers: { authorization: `Bearer ${vault.token('u_oa')}` } });
+  assert.equal(c.status, 101, c.text);
+  const up = sockets.at(-1);
+  assert.match(up.authorization, /^Bearer sk_valid_/);
+  assert.equal(up.url, '/openai/v1/realtime?model=gpt-realtime');
+  await until(() => c.ws.messages.length >= 1, 'session.created');
+  assert.equal(JSON.parse(c.ws.messages[0].data).type, 'session.created');
+  c.ws.send(JSON.stringify({ type: 'response.create' }));
+  await until(() => c.ws.messages.length >= 2, 'response.done');
+  assert.equal(JSON.parse(c.ws.messages[1].data).response.usage.output_tokens, 22);
+  c.ws.close(1000, 'done');
+  assert.equal((await up.ws.closed).code, 1000);
+  const { sessions } = await sessionEvents('u_oa');
+  assert.deepEqual([sessions[0].detail.usage.input_tokens, sessions[0].detail.usage.output_tokens], [11, 22]);
+  assert.equal(sessions[0].detail.closed_by, 'client');
+});
+
+test('a key the provider refuses at the upgrade is marked invalid and the next key serves', async () => {
+  const a = await addKey('u_two');
+  const b = await addKey('u_two');
+  const pref = await vault.request('PUT', '/v1/preferences/stt', { user: 'u_two', body: { credential_id: a.id } });
+  assert.equal(pref.status, 200, pref.text);
+  revoked.add(a.key);
+  const c = await connect(wsUrl('/v1/realtime/deepgram/ws/v1/listen'), asBrowser('u_two'));
+  assert.equal(c.status, 101, c.text);
+  await until(() => sockets.some((s) => s.key === b.key), 'the second key\'s socket');
+  assert.ok(sockets.some((s) => s.key === a.key && s.refused === 401), 'the first key was not tried');
+  const stored = await vault.request('GET', `/v1/credentials/${a.id}`, { user: 'u_two' });
+  assert.equal(stored.json.credential?.status ?? stored.json.status, 'invalid_key', stored.text);
+  c.ws.send('{"type":"CloseStream"}');
+  assert.equal((await c.ws.closed).code, 1000);
+  // With no key left that the provider takes, the caller's socket closes 4424 before any
+  // provider socket opens for it.
+  revoked.add(b.key);
+  const d = await connect(wsUrl('/v1/realtime/deepgram/ws/v1/listen?allow_fallback=false'), asBrowser('u_two'));
+  const closed = await d.ws.closed;
+  assert.equal(closed.code, 4424, closed.reason);
+  assert.equal(closed.reason, 'credential_invalid');
+  const { all } = await sessionEvents('u_two', 1);
+  assert.ok(!JSON.stringify(all).includes(a.key) && !JSON.stringify(all).includes(b.key));
+});
+
+test('a refusal on the open socket (ElevenLabs Scribe) reaches the client and marks the key', async () => {
+  const el = await addKey('u_scribe', 'elevenlabs');
+  revoked.add(el.key);
+  const c = await connect(wsUrl('/v1/realtime/elevenlabs/ws/v1/speech-to-text/realtime?model_id=scribe_v2_realtime'), asBrowser('u_scribe'));
+  assert.equal(c.status, 101, c.text);
+  const closed = await c.ws.closed;
+  assert.equal(closed.code, 1000);
+  assert.equal(JSON.parse(c.ws.messages[0].data).message_type, 'auth_error');
+  const { sessions } = await sessionEvents('u_scribe', 1, (e) => e.outcome === 'failure');
+  assert.equal(sessions[0]?.reason, 'credential_invalid', JSON.stringify(sessions));
+  let status;
+  for (const deadline = Date.now() + 10_000; status !== 'invalid_key' && Date.now() < deadline;) {
+    const r = await vault.request('GET', `/v1/credentials/${el.id}`, { user: 'u_scribe' });
+    status = r.json.credential?.status ?? r.json.status;
+    if (status !== 'invalid_key') await new Promise((res) => setTimeout(res, 100));
+  }
+  assert.equal(status, 'invalid_key');
+});
+
+test('the system key serves where policy allows, counted against its budget: past it, 4429 before any socket', async () => {
+  const c = await connect(wsUrl('/v1/realtime/deepgram/ws/v1/listen'), asBrowser('u_sys'));
+  assert.equal(c.status, 101, c.text);
+  assert.equal(sockets.at(-1).key, SYSTEM_KEY);
+  c.ws.send(crypto.randomBytes(64_000));
+  await until(() => c.ws.messages.length >= 2, 'the transcript');
+  c.ws.send('{"type":"CloseStream"}');
+  assert.equal((await c.ws.closed).code, 1000);
+  const { sessions } = await sessionEvents('u_sys');
+  assert.equal(sessions[0].source, 'system');
+  assert.equal(sessions[0].detail.usage.audio_seconds, 2);
+  const before = sockets.length;
+  const again = await connect(wsUrl('/v1/realtime/deepgram/ws/v1/listen'), asBrowser('u_sys'));
+  const refused = await again.ws.closed;
+  assert.equal(refused.code, 4429, refused.reason);
+  assert.equal(refused.reason, 'budget_exceeded');
+  assert.equal(sockets.length, before, 'a provider socket was opened past the budget');
+});
+
+test('a session ends after REALTIME_MAX_SECONDS, both sides closed', async () => {
+  const short = await startVault({
+    vars: { ...fake.vars(), DEEPGRAM_BASE_URL: `${upstream.base}/deepgram`, RATE_LIMITS: 'off', REALTIME_MAX_SECONDS: '2' },
+  });
+  try {
+    const key = randomKey('valid');
+    const r = await short.request('POST', '/v1/credentials', { user: 'u_idle', body: { provider: 'deepgram', api_key: key } });
+    assert.equal(r.status, 201, r.text);
+    const c = await connect(short.base.replace(/^http:/, 'ws:') + '/v1/realtime/deepgram/ws/v1/listen', {
+      protocols: ['byok-vault', `byok-vault.token.${short.token('u_idle')}`],
+    });
+    assert.equal(c.status, 101, c.text);
+    const up = sockets.at(-1);
+    assert.equal(up.key, key);
+    const [client, provider] = await Promise.all([c.ws.closed, up.ws.closed]);
+    assert.equal(client.code, 1000);
+    assert.equal(provider.code, 1000);
+    assert.match(client.reason, /time limit/);
+    let events = [];
+    for (const deadline = Date.now() + 20_000; !events.some((e) => e.detail?.closed_by === 'timeout') && Date.now() < deadline;) {
+      events = (await short.request('GET', '/v1/audit?limit=50', { user: 'u_idle' })).json.events;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    const ended = events.find((e) => e.detail?.closed_by === 'timeout');
+    assert.ok(ended, JSON.stringify(events));
+    assert.ok(ended.detail.duration_ms >= 2000, ended.detail.duration_ms);
+  } finally {
+    await short.stop();
+  }
 });

@@ -50,6 +50,8 @@
 import crypto from 'node:crypto';
 import http from 'node:http';
 
+import { accept } from './websocket.mjs';
+
 const json = (res, status, body, headers = {}) => {
   res.writeHead(status, { 'content-type': 'application/json', ...headers });
   res.end(typeof body === 'string' ? body : JSON.stringify(body));
@@ -460,6 +462,96 @@ function tokenEndpoint(name, method, path) {
   return null;
 }
 
+/**
+ * A realtime WebSocket endpoint of the fake, in the provider's shapes: its handler, given
+ * the accepted socket, or undefined for a path that is not one.
+ */
+function realtimeSocket(name, path) {
+  if (name === 'deepgram' && path === '/v1/listen') {
+    return (ws) => {
+      let bytes = 0;
+      ws.onmessage = (m) => {
+        if (m.type === 'binary') {
+          bytes += m.data.length;
+          ws.send(JSON.stringify({ type: 'Results', is_final: true, duration: m.data.length / 32000, channel: { alternatives: [{ transcript: `heard ${m.data.length} bytes`, confidence: 0.99, sha256: crypto.createHash('sha256').update(m.data).digest('hex') }] } }));
+          ws.send(Buffer.from(m.data).reverse());
+        } else if (JSON.parse(m.data.toString()).type === 'CloseStream') {
+          ws.send(JSON.stringify({ type: 'Metadata', transaction_key: 'deprecated', request_id: crypto.randomUUID(), duration: bytes / 32000, channels: 1 }));
+          ws.close(1000, '');
+        }
+      };
+    };
+  }
+  if (name === 'deepgram' && path === '/v1/speak') {
+    return (ws) => {
+      ws.onmessage = (m) => {
+        const msg = JSON.parse(m.data.toString());
+        if (msg.type === 'Speak') ws.send(Buffer.from(`audio of ${msg.text}`));
+        else if (msg.type === 'Flush') ws.send(JSON.stringify({ type: 'Flushed', sequence_id: 0 }));
+        else if (msg.type === 'Close') ws.close(1000, '');
+      };
+    };
+  }
+  if (name === 'elevenlabs' && /^\/v1\/text-to-speech\/[^/]+\/stream-input$/.test(path)) {
+    return (ws, { invalid }) => {
+      if (invalid) {
+        ws.send(JSON.stringify({ message: 'Invalid API key', error: 'invalid_api_key', code: 1008 }));
+        ws.close(1008, 'Invalid API key');
+        return;
+      }
+      ws.onmessage = (m) => {
+        const { text } = JSON.parse(m.data.toString());
+        if (text === '') {
+          ws.send(JSON.stringify({ isFinal: true }));
+          ws.close(1000, '');
+        } else if (text.trim()) {
+          ws.send(JSON.stringify({ audio: Buffer.from(`audio of ${text}`).toString('base64'), isFinal: null, normalizedAlignment: { chars: [...text], charStartTimesMs: [], charsDurationsMs: [] } }));
+        }
+      };
+    };
+  }
+  if (name === 'elevenlabs' && path === '/v1/speech-to-text/realtime') {
+    return (ws, { invalid }) => {
+      if (invalid) {
+        ws.send(JSON.stringify({ message_type: 'auth_error', error: 'You must be authenticated to use this endpoint.' }));
+        ws.close(1000, '');
+        return;
+      }
+      ws.send(JSON.stringify({ message_type: 'session_started', session_id: crypto.randomUUID(), config: { sample_rate: 16000, model_id: 'scribe_v2_realtime' } }));
+      ws.onmessage = (m) => {
+        const msg = JSON.parse(m.data.toString());
+        if (msg.message_type !== 'input_audio_chunk') return;
+        const n = Buffer.from(msg.audio_base_64 ?? '', 'base64').length;
+        ws.send(JSON.stringify({ message_type: msg.commit ? 'committed_transcript' : 'partial_transcript', text: `heard ${n} bytes` }));
+      };
+    };
+  }
+  if (name === 'openai' && path === '/v1/realtime') {
+    return (ws, { invalid, query }) => {
+      if (invalid) {
+        ws.send(JSON.stringify({ type: 'error', event_id: 'event_0', error: { type: 'invalid_request_error', code: 'invalid_api_key', message: 'Incorrect API key provided.', param: null, event_id: null } }));
+        ws.close(3000, 'invalid_request_error.invalid_api_key');
+        return;
+      }
+      const session = { type: 'realtime', object: 'realtime.session', id: 'sess_fake1', model: query.get('model') ?? 'gpt-realtime', output_modalities: ['audio'] };
+      ws.send(JSON.stringify({ type: 'session.created', event_id: 'event_1', session }));
+      let n = 1;
+      ws.onmessage = (m) => {
+        const msg = JSON.parse(m.data.toString());
+        if (msg.type === 'session.update') {
+          ws.send(JSON.stringify({ type: 'session.updated', event_id: `event_${++n}`, session: { ...session, ...msg.session } }));
+        } else if (msg.type === 'response.create') {
+          const id = `resp_${++n}`;
+          ws.send(JSON.stringify({ type: 'response.created', event_id: `event_${++n}`, response: { object: 'realtime.response', id, status: 'in_progress', output: [] } }));
+          ws.send(JSON.stringify({ type: 'response.output_text.delta', event_id: `event_${++n}`, response_id: id, item_id: 'item_1', output_index: 0, content_index: 0, delta: 'Hello from the fake.' }));
+          ws.send(JSON.stringify({ type: 'response.done', event_id: `event_${++n}`, response: { object: 'realtime.response', id, status: 'completed', output: [], usage: { total_tokens: 33, input_tokens: 11, output_tokens: 22, input_token_details: { text_tokens: 11, audio_tokens: 0, cached_tokens: 0 }, output_token_details: { text_tokens: 22, audio_tokens: 0 } } } }));
+        }
+      };
+    };
+  }
+  return undefined;
+}
+
 export function startFakeProviders() {
   const sseSent = [];
   // Keys whose answers wait (hold), and the SSE streams' last chunk (holdStreamEnd).
@@ -497,6 +589,33 @@ export function startFakeProviders() {
       return undefined;
     }
     return answer(record, p, count, url, req, res);
+  });
+  /** The realtime sockets opened: { provider, path, query, key, headers, ws, refused? }. */
+  const sockets = [];
+  server.on('upgrade', (req, socket, head) => {
+    const url = new URL(req.url, 'http://fake');
+    const [, name, ...rest] = url.pathname.split('/');
+    const p = providers[name];
+    const path = '/' + rest.join('/');
+    const key = p?.key(req.headers) ?? '';
+    const entry = { provider: name, path, query: url.search, url: req.url, key, headers: req.headers, at: Date.now() };
+    sockets.push(entry);
+    const invalid = revoked.has(key) || key.split('_')[1] === 'invalid';
+    const realtime = p && realtimeSocket(name, path);
+    if (!realtime) {
+      entry.refused = 404;
+      socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n');
+      return;
+    }
+    // Deepgram refuses a bad key at the upgrade; the others accept and say so on the socket.
+    if (invalid && name === 'deepgram') {
+      entry.refused = 401;
+      const body = JSON.stringify({ err_code: 'INVALID_AUTH', err_msg: 'Invalid credentials.', request_id: crypto.randomUUID() });
+      socket.end(`HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ndg-error: Invalid credentials.\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      return;
+    }
+    entry.ws = accept(req, socket, head);
+    realtime(entry.ws, { invalid, query: url.searchParams });
   });
   /** Answers the request `record` (recorded when it arrived). */
   function answer(record, p, count, url, req, res) {
@@ -585,6 +704,7 @@ export function startFakeProviders() {
         url,
         requests,
         minted,
+        sockets,
         base: (provider) => `${url}/${provider}`,
         /** Every provider's base URL var, pointing here. */
         vars: () => ({
@@ -633,6 +753,7 @@ export function startFakeProviders() {
         close: () => new Promise((done) => {
           for (const g of holds.values()) g.open();
           for (const res of hanging) res.destroy();
+          for (const s of sockets) s.ws?.destroy();
           server.closeAllConnections?.();
           server.close(() => done());
         }),

@@ -1,111 +1,32 @@
 // The realtime WebSocket proxy on the real runtime (wrangler dev, workerd): proves that the
-// Worker opens an OUTBOUND WebSocket to a loopback server and pipes frames. A fake Deepgram
-// listen socket checks the key header, answers each binary audio frame with a transcript
-// message (text) and the audio's bytes reversed (binary); the Node client streams random
-// audio through `/v1/realtime/deepgram/ws/v1/listen` and gets both back byte for byte.
+// Worker opens an OUTBOUND WebSocket to a loopback server and pipes frames. The fake
+// providers' realtime sockets (tests/e2e/fake-providers.mjs) check the key header and answer
+// in each provider's shapes: Deepgram listen answers each binary audio frame with a
+// transcript message (text) and the audio's bytes reversed (binary), so the Node client gets
+// both back byte for byte; ElevenLabs stream-input and Scribe, OpenAI realtime; a bad key
+// refused at the upgrade (Deepgram) or on the open socket (ElevenLabs, OpenAI).
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import http from 'node:http';
 import { after, before, test } from 'node:test';
 
 import { startFakeProviders } from './fake-providers.mjs';
 import { eventsOf, randomKey, startVault } from './harness.mjs';
-import { accept, connect } from './websocket.mjs';
+import { connect } from './websocket.mjs';
 
 let fake;
-let upstream;
 let vault;
-const sockets = [];
+/** The fake's realtime sockets, as they open. */
+let sockets;
 
-/** Keys the fake realtime sockets refuse from now on (a key revoked upstream). */
-const revoked = new Set();
 const SYSTEM_KEY = randomKey('valid');
-
-/**
- * Fake realtime sockets, in each provider's real shapes, in front of the HTTP fake (its
- * base URLs are `<this>/<provider>`): Deepgram `/v1/listen` (a revoked key is refused at
- * the upgrade, 401 INVALID_AUTH), ElevenLabs TTS stream-input and Scribe realtime (a
- * revoked key is refused on the open socket, as ElevenLabs does), OpenAI `/v1/realtime`.
- */
-function startUpstream(httpBase) {
-  const server = http.createServer(async (req, res) => {
-    const chunks = []; for await (const c of req) chunks.push(c);
-    const r = await fetch(httpBase + req.url, { method: req.method, headers: { ...req.headers, host: undefined }, body: chunks.length ? Buffer.concat(chunks) : undefined });
-    res.writeHead(r.status, Object.fromEntries(r.headers));
-    res.end(Buffer.from(await r.arrayBuffer()));
-  });
-  server.on('upgrade', (req, socket, head) => {
-    const path = req.url.split('?')[0];
-    const key = (req.headers.authorization ?? '').replace(/^(Token|Bearer) /, '') || req.headers['xi-api-key'];
-    const entry = { url: req.url, authorization: req.headers.authorization, xiApiKey: req.headers['xi-api-key'], key };
-    if (path === '/deepgram/v1/listen' && revoked.has(key)) {
-      entry.refused = 401;
-      sockets.push(entry);
-      const body = JSON.stringify({ err_code: 'INVALID_AUTH', err_msg: 'Invalid credentials.', request_id: crypto.randomUUID() });
-      socket.end(`HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ndg-error: Invalid credentials.\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
-      return;
-    }
-    const ws = accept(req, socket, head);
-    entry.ws = ws;
-    sockets.push(entry);
-    if (path === '/deepgram/v1/listen') {
-      let bytes = 0;
-      ws.onmessage = (m) => {
-        if (m.type === 'binary') {
-          bytes += m.data.length;
-          ws.send(JSON.stringify({ type: 'Results', is_final: true, duration: m.data.length / 32000, channel: { alternatives: [{ transcript: `heard ${m.data.length} bytes`, sha256: crypto.createHash('sha256').update(m.data).digest('hex') }] } }));
-          ws.send(Buffer.from(m.data).reverse());
-        } else if (m.data.toString() === '{"type":"CloseStream"}') {
-          ws.send(JSON.stringify({ type: 'Metadata', request_id: crypto.randomUUID(), duration: bytes / 32000, channels: 1 }));
-          ws.close(1000, 'done');
-        }
-      };
-    } else if (/^\/elevenlabs\/v1\/text-to-speech\/[^/]+\/stream-input$/.test(path)) {
-      if (revoked.has(key)) {
-        ws.send(JSON.stringify({ message: 'Invalid API key', error: 'invalid_api_key', code: 1008 }));
-        ws.close(1008, 'Invalid API key');
-        return;
-      }
-      ws.onmessage = (m) => {
-        const { text } = JSON.parse(m.data.toString());
-        if (text === '') {
-          ws.send(JSON.stringify({ isFinal: true }));
-          ws.close(1000, '');
-        } else if (text.trim()) {
-          ws.send(JSON.stringify({ audio: Buffer.from(`audio of ${text}`).toString('base64'), isFinal: null, normalizedAlignment: { chars: [...text] } }));
-        }
-      };
-    } else if (path === '/elevenlabs/v1/speech-to-text/realtime') {
-      if (revoked.has(key)) {
-        ws.send(JSON.stringify({ message_type: 'auth_error', error: 'You must be authenticated to use this endpoint.' }));
-        ws.close(1000, '');
-        return;
-      }
-      ws.send(JSON.stringify({ message_type: 'session_started', session_id: crypto.randomUUID() }));
-    } else if (path === '/openai/v1/realtime') {
-      ws.send(JSON.stringify({ type: 'session.created', event_id: 'event_1', session: { type: 'realtime', object: 'realtime.session', model: new URL(req.url, 'http://x').searchParams.get('model') } }));
-      ws.onmessage = (m) => {
-        if (JSON.parse(m.data.toString()).type === 'response.create') {
-          ws.send(JSON.stringify({ type: 'response.done', event_id: 'event_2', response: { object: 'realtime.response', status: 'completed', usage: { total_tokens: 33, input_tokens: 11, output_tokens: 22 } } }));
-        }
-      };
-    } else {
-      ws.close(1008, 'no such socket');
-    }
-  });
-  return new Promise((r) => server.listen(0, '127.0.0.1', () => r({ server, base: `http://127.0.0.1:${server.address().port}` })));
-}
 
 before(async () => {
   fake = await startFakeProviders();
-  upstream = await startUpstream(fake.url);
+  sockets = fake.sockets;
   vault = await startVault({
     secrets: { SYSTEM_KEY_DEEPGRAM: SYSTEM_KEY },
     vars: {
       ...fake.vars(),
-      DEEPGRAM_BASE_URL: `${upstream.base}/deepgram`,
-      ELEVENLABS_BASE_URL: `${upstream.base}/elevenlabs`,
-      OPENAI_BASE_URL: `${upstream.base}/openai`,
       RATE_LIMITS: 'off',
       SYSTEM_KEY_BUDGETS: JSON.stringify({ deepgram: { period: 'day', requests: 1 } }),
     },
@@ -113,7 +34,6 @@ before(async () => {
 });
 after(async () => {
   await vault?.stop();
-  upstream?.server.close();
   await fake?.close();
 });
 
@@ -146,7 +66,7 @@ test('a browser session: audio up, transcripts and binary back byte-exact, the k
   assert.equal(c.headers['sec-websocket-protocol'], 'byok-vault');
   await until(() => sockets.length > before, 'the upstream socket');
   const up = sockets.at(-1);
-  assert.equal(up.authorization, `Token ${owner.key}`);
+  assert.equal(up.headers.authorization, `Token ${owner.key}`);
   assert.equal(up.url, '/deepgram/v1/listen?encoding=linear16&sample_rate=16000');
   const frames = [crypto.randomBytes(3200), crypto.randomBytes(70_000), Buffer.from([0, 255, 0, 128])];
   for (const f of frames) c.ws.send(f);
@@ -225,8 +145,8 @@ test('ElevenLabs TTS stream-input: text up, audio down, the key in xi-api-key, t
   const c = await connect(wsUrl('/v1/realtime/elevenlabs/ws/v1/text-to-speech/JBFqnCBsd6RMkjVDRZzb/stream-input?model_id=eleven_flash_v2_5'), asBrowser('u_el'));
   assert.equal(c.status, 101, c.text);
   const up = sockets.at(-1);
-  assert.equal(up.xiApiKey, el.key);
-  assert.equal(up.authorization, undefined);
+  assert.equal(up.headers['xi-api-key'], el.key);
+  assert.equal(up.headers.authorization, undefined);
   assert.equal(up.url, '/elevenlabs/v1/text-to-speech/JBFqnCBsd6RMkjVDRZzb/stream-input?model_id=eleven_flash_v2_5');
   c.ws.send(JSON.stringify({ text: ' ' }));
   c.ws.send(JSON.stringify({ text: 'Hello there. ' }));
@@ -255,13 +175,15 @@ test('OpenAI realtime through the proxy base URL, as its SDK connects: the sessi
   const c = await connect(wsUrl('/v1/proxy/openai/v1/realtime?model=gpt-realtime'), { headers: { authorization: `Bearer ${vault.token('u_oa')}` } });
   assert.equal(c.status, 101, c.text);
   const up = sockets.at(-1);
-  assert.match(up.authorization, /^Bearer sk_valid_/);
+  assert.match(up.headers.authorization, /^Bearer sk_valid_/);
   assert.equal(up.url, '/openai/v1/realtime?model=gpt-realtime');
   await until(() => c.ws.messages.length >= 1, 'session.created');
   assert.equal(JSON.parse(c.ws.messages[0].data).type, 'session.created');
   c.ws.send(JSON.stringify({ type: 'response.create' }));
-  await until(() => c.ws.messages.length >= 2, 'response.done');
-  assert.equal(JSON.parse(c.ws.messages[1].data).response.usage.output_tokens, 22);
+  const events = () => c.ws.messages.map((m) => JSON.parse(m.data));
+  await until(() => events().some((e) => e.type === 'response.done'), 'response.done');
+  assert.deepEqual(events().map((e) => e.type), ['session.created', 'response.created', 'response.output_text.delta', 'response.done']);
+  assert.equal(events().at(-1).response.usage.output_tokens, 22);
   c.ws.close(1000, 'done');
   assert.equal((await up.ws.closed).code, 1000);
   const { sessions } = await sessionEvents('u_oa');
@@ -274,7 +196,7 @@ test('a key the provider refuses at the upgrade is marked invalid and the next k
   const b = await addKey('u_two');
   const pref = await vault.request('PUT', '/v1/preferences/stt', { user: 'u_two', body: { credential_id: a.id } });
   assert.equal(pref.status, 200, pref.text);
-  revoked.add(a.key);
+  fake.revoke(a.key);
   const c = await connect(wsUrl('/v1/realtime/deepgram/ws/v1/listen'), asBrowser('u_two'));
   assert.equal(c.status, 101, c.text);
   await until(() => sockets.some((s) => s.key === b.key), 'the second key\'s socket');
@@ -285,7 +207,7 @@ test('a key the provider refuses at the upgrade is marked invalid and the next k
   assert.equal((await c.ws.closed).code, 1000);
   // With no key left that the provider takes, the caller's socket closes 4424 before any
   // provider socket opens for it.
-  revoked.add(b.key);
+  fake.revoke(b.key);
   const d = await connect(wsUrl('/v1/realtime/deepgram/ws/v1/listen?allow_fallback=false'), asBrowser('u_two'));
   const closed = await d.ws.closed;
   assert.equal(closed.code, 4424, closed.reason);
@@ -296,7 +218,7 @@ test('a key the provider refuses at the upgrade is marked invalid and the next k
 
 test('a refusal on the open socket (ElevenLabs Scribe) reaches the client and marks the key', async () => {
   const el = await addKey('u_scribe', 'elevenlabs');
-  revoked.add(el.key);
+  fake.revoke(el.key);
   const c = await connect(wsUrl('/v1/realtime/elevenlabs/ws/v1/speech-to-text/realtime?model_id=scribe_v2_realtime'), asBrowser('u_scribe'));
   assert.equal(c.status, 101, c.text);
   const closed = await c.ws.closed;
@@ -334,7 +256,7 @@ test('the system key serves where policy allows, counted against its budget: pas
 
 test('a session ends after REALTIME_MAX_SECONDS, both sides closed', async () => {
   const short = await startVault({
-    vars: { ...fake.vars(), DEEPGRAM_BASE_URL: `${upstream.base}/deepgram`, RATE_LIMITS: 'off', REALTIME_MAX_SECONDS: '2' },
+    vars: { ...fake.vars(), RATE_LIMITS: 'off', REALTIME_MAX_SECONDS: '2' },
   });
   try {
     const key = randomKey('valid');

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::commands::json_body;
 use super::context::{Ctx, Outcome};
 use super::problem::ApiError;
-use super::proxy::judge;
+use super::proxy::{judge, DROPPED_QUERY};
 use super::Response;
 use crate::audit::{Action, Facts};
 use crate::budgets::{Amounts, Unit};
@@ -534,12 +534,16 @@ async fn open(
 }
 
 /// The provider's socket URL: its base URL (`http(s)`, which the runtime upgrades) with
-/// `rest`, and the caller's query minus the vault's own parameters.
+/// `rest`, and the caller's query minus the vault's own parameters and any that may carry a
+/// credential (as on the proxy).
 fn upstream_url(target: &Target<'_>, rest: &str, asked: &url::Url) -> Result<String, ApiError> {
     let mut url = url::Url::parse(&target.url(rest)).map_err(|_| ApiError::internal())?;
     let kept: Vec<(String, String)> = asked
         .query_pairs()
-        .filter(|(k, _)| k != "credential_id" && k != "allow_fallback")
+        .filter(|(k, _)| {
+            let k = k.to_ascii_lowercase();
+            k != "credential_id" && k != "allow_fallback" && !DROPPED_QUERY.contains(&k.as_str())
+        })
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     if kept.is_empty() {

@@ -876,7 +876,12 @@ fn a_session_on_the_system_key_counts_against_its_limits_and_budgets_before_the_
     ));
     let w = world(&vars);
     let listen = "/v1/realtime/deepgram/ws/v1/listen?encoding=linear16&sample_rate=16000";
-    let u = w.upgrade(listen, offered(&token("u_a")), open());
+    // A parameter that may carry a credential is never forwarded.
+    let u = w.upgrade(
+        &format!("{listen}&token=abc&Key=def"),
+        offered(&token("u_a")),
+        open(),
+    );
     assert_eq!(u.status, 101, "{}", u.body);
     let sent = (u.sent[0].0.clone(), u.sent[0].1.clone(), 0);
     assert_eq!(

@@ -463,6 +463,20 @@ function tokenEndpoint(name, method, path) {
 }
 
 /**
+ * Answers an upgrade with `response` (a whole HTTP answer) and half-closes the connection,
+ * reading and dropping anything more the client sends: closing a socket that still holds
+ * unread bytes resets it (an RST), and the client may lose the answer, which no real
+ * provider does.
+ */
+function refuseUpgrade(socket, response) {
+  socket.on('data', () => {});
+  socket.on('error', () => {});
+  socket.on('end', () => socket.destroy());
+  socket.end(response);
+  setTimeout(() => socket.destroy(), 5_000).unref();
+}
+
+/**
  * A realtime WebSocket endpoint of the fake, in the provider's shapes: its handler, given
  * the accepted socket, or undefined for a path that is not one.
  */
@@ -604,14 +618,14 @@ export function startFakeProviders() {
     const realtime = p && realtimeSocket(name, path);
     if (!realtime) {
       entry.refused = 404;
-      socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n');
+      refuseUpgrade(socket, 'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n');
       return;
     }
     // Deepgram refuses a bad key at the upgrade; the others accept and say so on the socket.
     if (invalid && name === 'deepgram') {
       entry.refused = 401;
       const body = JSON.stringify({ err_code: 'INVALID_AUTH', err_msg: 'Invalid credentials.', request_id: crypto.randomUUID() });
-      socket.end(`HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ndg-error: Invalid credentials.\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      refuseUpgrade(socket, `HTTP/1.1 401 Unauthorized\r\nconnection: close\r\ncontent-type: application/json\r\ndg-error: Invalid credentials.\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
       return;
     }
     entry.ws = accept(req, socket, head);

@@ -199,7 +199,13 @@ test('a key the provider refuses at the upgrade is marked invalid and the next k
   fake.revoke(a.key);
   const c = await connect(wsUrl('/v1/realtime/deepgram/ws/v1/listen'), asBrowser('u_two'));
   assert.equal(c.status, 101, c.text);
-  await until(() => sockets.some((s) => s.key === b.key), 'the second key\'s socket');
+  // A refusal is a 101 too: the session is open once the second key's socket is, and not
+  // closed first.
+  const open = await Promise.race([
+    until(() => sockets.some((s) => s.key === b.key && s.ws), 'the second key\'s socket').then(() => 'open'),
+    c.ws.closed.then((cl) => `closed ${cl.code} ${cl.reason}`),
+  ]);
+  assert.equal(open, 'open', JSON.stringify(sockets.filter((s) => s.key === a.key || s.key === b.key).map((s) => ({ key: s.key === a.key ? 'a' : 'b', refused: s.refused }))));
   assert.ok(sockets.some((s) => s.key === a.key && s.refused === 401), 'the first key was not tried');
   const stored = await vault.request('GET', `/v1/credentials/${a.id}`, { user: 'u_two' });
   assert.equal(stored.json.credential?.status ?? stored.json.status, 'invalid_key', stored.text);

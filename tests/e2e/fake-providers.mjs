@@ -44,11 +44,18 @@
 // ElevenLabs single-use tokens, Deepgram grants, Gemini auth tokens; Azure's issueToken is
 // the probe's own call) a fresh credential per call, kept in `minted` with the key that
 // asked; an invalid key gets the provider's invalid answer, `forbidden`/`noscope` its
-// too-few-permissions answer (Deepgram's 403 FORBIDDEN). Each operation's request (headers and body)
+// too-few-permissions answer (Deepgram's 403 FORBIDDEN). Deepgram's realtime sockets
+// (`/v1/listen`, `/v1/speak`) open only with a grant minted here, sent as Deepgram asks a
+// browser to (subprotocols `bearer, <grant>`; the answer selects `bearer`), unexpired and from
+// a key not revoked since; anything else is Deepgram's 401 before the upgrade. Every attempt
+// is kept in `sockets` (its grant, whether it was accepted, the socket and how it closed); an
+// open socket answers binary audio with a Results message. Each operation's request (headers and body)
 // is kept in `requests`, with what the fake answered (`sent`). A path starting `/redirect/`
 // answers 302 to the same path without that prefix (a base_url that bounces elsewhere).
 import crypto from 'node:crypto';
 import http from 'node:http';
+
+import { accept } from './websocket.mjs';
 
 const json = (res, status, body, headers = {}) => {
   res.writeHead(status, { 'content-type': 'application/json', ...headers });
@@ -498,6 +505,34 @@ export function startFakeProviders() {
     }
     return answer(record, p, count, url, req, res);
   });
+  /** The realtime socket attempts: { provider, path, protocols, token, accepted, ws }. */
+  const sockets = [];
+  server.on('upgrade', (req, socket, head) => {
+    const url = new URL(req.url, 'http://fake');
+    const entry = { provider: url.pathname.split('/')[1], path: url.pathname, query: url.search, at: Date.now() };
+    entry.protocols = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim()).filter(Boolean);
+    sockets.push(entry);
+    const [scheme, token] = entry.protocols;
+    const grant = scheme === 'bearer' && entry.protocols.length === 2
+      ? minted.find((m) => m.provider === 'deepgram' && m.token === token) : undefined;
+    entry.token = token;
+    const live = grant && !revoked.has(grant.key) && Date.now() < grant.at + (grant.body.ttl_seconds ?? 30) * 1000;
+    if (!['/deepgram/v1/listen', '/deepgram/v1/speak'].includes(url.pathname) || !live) {
+      entry.accepted = false;
+      const body = JSON.stringify({ err_code: 'INVALID_AUTH', err_msg: 'Invalid credentials.', request_id: crypto.randomUUID() });
+      socket.end(`HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ndg-error: Invalid credentials.\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+      return;
+    }
+    entry.accepted = true;
+    entry.ws = accept(req, socket, head, 'bearer');
+    entry.ws.onmessage = (m) => {
+      if (m.type === 'binary') {
+        entry.ws.send(JSON.stringify({ type: 'Results', is_final: true, channel: { alternatives: [{ transcript: TRANSCRIPT, confidence: 0.99 }] } }));
+      } else if (m.data.toString() === '{"type":"CloseStream"}') {
+        entry.ws.close(1000, '');
+      }
+    };
+  });
   /** Answers the request `record` (recorded when it arrived). */
   function answer(record, p, count, url, req, res) {
     const { provider: name, key, path } = record;
@@ -519,7 +554,7 @@ export function startFakeProviders() {
         switch (kind) {
           case 'valid': {
             const token = mint(res, parse(record.body));
-            minted.push({ provider: name, key, token, body: parse(record.body) });
+            minted.push({ provider: name, key, token, body: parse(record.body), at: Date.now() });
             return undefined;
           }
           case 'forbidden':
@@ -585,6 +620,7 @@ export function startFakeProviders() {
         url,
         requests,
         minted,
+        sockets,
         base: (provider) => `${url}/${provider}`,
         /** Every provider's base URL var, pointing here. */
         vars: () => ({
@@ -633,6 +669,7 @@ export function startFakeProviders() {
         close: () => new Promise((done) => {
           for (const g of holds.values()) g.open();
           for (const res of hanging) res.destroy();
+          for (const s of sockets) s.ws?.destroy();
           server.closeAllConnections?.();
           server.close(() => done());
         }),

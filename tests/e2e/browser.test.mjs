@@ -10,8 +10,9 @@
 // use this period against its budget and over the last 30 days. "Try live" on a Deepgram key
 // mints a grant from exactly that key and opens the (fake) provider's realtime socket with it
 // under the page's own CSP; a key the provider refuses at minting shows the vault's reason in
-// its row; a host page whose CSP does not allow the provider is named; the minted credential
-// is never in the page.
+// its row; Azure Speech says until when its token is valid and opens no socket; a socket the
+// provider refuses is "could not connect"; a host page whose CSP does not allow the provider
+// is named; the minted credential is never in the page.
 // Screenshots are kept in .test-runs/screenshots/.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -523,6 +524,37 @@ describe('"Try live" on a realtime voice key', () => {
     assert.ok(!(await pageText(page)).includes(refused.key));
     await shot(page, '13-try-live-refused');
     // (No console check: Chromium logs the minting's 424, which this test asked for.)
+    await page.close();
+  });
+
+  test('Azure Speech shows until when its token is valid and opens no socket; a socket the provider refuses is "could not connect"', async () => {
+    const user = 'u_page_live_more';
+    const azure = await vault.request('POST', '/v1/credentials', { user, body: { provider: 'azure_speech', api_key: randomKey('valid'), region: 'westeurope' } });
+    assert.equal(azure.status, 201, azure.text);
+    const eleven = await addByApi(user, 'elevenlabs');
+    const page = await signedIn(user);
+    const messages = [];
+    page.on('console', (m) => messages.push(m.text()));
+    const socketsBefore = fake.sockets.length;
+    const azureCard = page.locator(`article[data-credential="${azure.json.credential.id}"]`);
+    await azureCard.getByRole('button', { name: 'Try live' }).click();
+    await azureCard.getByRole('status').getByText(/^Live: token minted, valid until .+\. Azure Speech is used through its Speech SDK, not a plain socket, so this page does not connect with it\.$/).waitFor();
+    assert.equal(fake.sockets.length, socketsBefore, 'a socket was opened for Azure Speech');
+    // The fake has no ElevenLabs socket: it answers the upgrade 401, as a provider refusing it.
+    const mintedBefore = fake.minted.length;
+    const card = page.locator(`article[data-credential="${eleven.id}"]`);
+    await card.getByRole('button', { name: 'Try live' }).click();
+    await card.getByRole('status').getByText(`Live: could not connect to ${new URL(fake.url).host}. The credential was minted, but the socket closed before it opened.`).waitFor();
+    assert.equal(fake.minted.length, mintedBefore + 1);
+    assert.equal(fake.sockets.length, socketsBefore + 1);
+    assert.equal(fake.sockets.at(-1).accepted, false);
+    const text = await pageText(page);
+    assert.ok(!text.includes(fake.minted.at(-1).token), 'the minted token is in the page');
+    assert.ok(!text.includes('eyJhbGciOiJodHRwOi8vd3d3LnczLm9yZy8yMDAxLzA0L3htbGRzaWctbW9yZSNobWFjLXNoYTI1NiJ9'), 'the Azure token is in the page');
+    // The page logs nothing of its own. Chromium itself logs a failed socket's URL, with the
+    // (unspent) token ElevenLabs takes in the query, in the person's devtools console.
+    const ours = messages.filter((m) => !m.startsWith('WebSocket connection to '));
+    assert.ok(!ours.some((m) => m.includes(fake.minted.at(-1).token)), 'the page logged the minted token');
     await page.close();
   });
 

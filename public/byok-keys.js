@@ -106,6 +106,9 @@ th, td { text-align: left; padding: .25rem .4rem; border-bottom: 1px solid #dadd
 ol.cards { list-style: none; padding: 0; margin: 0; }
 .field-error { color: #8a1410; font-size: .85rem; margin: .15rem 0 0; }
 .field-error:empty { display: none; }
+/* A try's status line takes no room until it says something (and stays in the tree, so a
+   screen reader hears what is written into it). */
+.live:empty { margin: 0; }
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
 `;
 
@@ -464,7 +467,7 @@ export class ByokKeys extends HTMLElement {
     const name = this.#providerName(c.provider);
     const feedback = h('div', { 'aria-live': 'polite' });
     const tried = this.#tries.get(c.id);
-    const live = LIVE_KIND[c.provider] ? h('p', { class: tried ? `feedback ${tried.tone}` : null, role: 'status', 'data-live': '' }, tried?.text) : null;
+    const live = LIVE_KIND[c.provider] ? h('p', { class: `live${tried ? ` feedback ${tried.tone}` : ''}`, role: 'status' }, tried?.text) : null;
     const card = h('article', { class: 'card', 'aria-label': `${name} key ${c.label ?? ''}`.trim(), 'data-credential': c.id },
       h('h3', {}, name, c.label ? ` — ${c.label}` : ''),
       h('span', { class: `status ${tone}` }, STATUS_TEXT[status] ?? status), ' ',
@@ -505,7 +508,7 @@ export class ByokKeys extends HTMLElement {
     const name = this.#providerName(c.provider);
     const show = (tone, text) => {
       this.#tries.set(c.id, { tone, text });
-      out.className = `feedback ${tone}`;
+      out.className = `live feedback ${tone}`;
       out.textContent = text;
     };
     button.disabled = true;

@@ -44,7 +44,15 @@
 // ElevenLabs single-use tokens, Deepgram grants, Gemini auth tokens; Azure's issueToken is
 // the probe's own call) a fresh credential per call, kept in `minted` with the key that
 // asked; an invalid key gets the provider's invalid answer, `forbidden`/`noscope` its
-// too-few-permissions answer (Deepgram's 403 FORBIDDEN). Each operation's request (headers and body)
+// too-few-permissions answer (Deepgram's 403 FORBIDDEN). Realtime WebSockets (Deepgram
+// `/v1/listen` and `/v1/speak`, ElevenLabs stream-input and Scribe, OpenAI `/v1/realtime`)
+// answer in each provider's shapes. They open with the key in the provider's header, or for
+// Deepgram a grant minted here, sent as Deepgram asks a browser to (subprotocols
+// `bearer, <grant>`; the answer selects `bearer`), unexpired and from a key not revoked since.
+// A bad key or grant is refused as each provider does: Deepgram's 401 before the upgrade,
+// ElevenLabs and OpenAI an error message on the open socket, then a close; a socket with no
+// credential at all (an ElevenLabs single-use token, which the fake does not take) is a 401.
+// Every attempt is kept in `sockets` (its key or grant, whether it was accepted, the socket). Each operation's request (headers and body)
 // is kept in `requests`, with what the fake answered (`sent`). A path starting `/redirect/`
 // answers 302 to the same path without that prefix (a base_url that bounces elsewhere).
 import crypto from 'node:crypto';
@@ -604,32 +612,43 @@ export function startFakeProviders() {
     }
     return answer(record, p, count, url, req, res);
   });
-  /** The realtime sockets opened: { provider, path, query, key, headers, ws, refused? }. */
+  /**
+   * The realtime socket attempts: { provider, path, query, url, key, headers, protocols,
+   * token, accepted, refused?, ws }.
+   */
   const sockets = [];
   server.on('upgrade', (req, socket, head) => {
     const url = new URL(req.url, 'http://fake');
     const [, name, ...rest] = url.pathname.split('/');
     const p = providers[name];
     const path = '/' + rest.join('/');
-    const key = p?.key(req.headers) ?? '';
-    const entry = { provider: name, path, query: url.search, url: req.url, key, headers: req.headers, at: Date.now() };
+    const protocols = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((x) => x.trim()).filter(Boolean);
+    const entry = { provider: name, path: url.pathname, query: url.search, url: req.url, headers: req.headers, protocols, at: Date.now() };
     sockets.push(entry);
-    const invalid = revoked.has(key) || key.split('_')[1] === 'invalid';
     const realtime = p && realtimeSocket(name, path);
-    if (!realtime) {
-      entry.refused = 404;
-      refuseUpgrade(socket, 'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n');
-      return;
-    }
-    // Deepgram refuses a bad key at the upgrade; the others accept and say so on the socket.
-    if (invalid && name === 'deepgram') {
-      entry.refused = 401;
+    // A browser's Deepgram grant (subprotocols `bearer, <grant>`): minted here, unexpired,
+    // from a key not revoked since. A server's key: in the provider's header.
+    const [scheme, token] = protocols;
+    const grant = name === 'deepgram' && scheme === 'bearer' && protocols.length === 2
+      ? minted.find((m) => m.provider === 'deepgram' && m.token === token) : undefined;
+    entry.token = token;
+    const granted = grant && !revoked.has(grant.key) && Date.now() < grant.at + (grant.body.ttl_seconds ?? 30) * 1000;
+    const key = grant ? grant.key : (p?.key(req.headers) ?? '');
+    entry.key = key;
+    const invalid = grant ? !granted : (key === '' || revoked.has(key) || key.split('_')[1] === 'invalid');
+    // Deepgram refuses a bad key or grant at the upgrade, and every provider a socket with no
+    // credential at all; the others accept a bad key and say so on the socket.
+    if (!realtime || (invalid && (name === 'deepgram' || key === ''))) {
+      entry.accepted = false;
+      entry.refused = realtime ? 401 : 404;
       const body = JSON.stringify({ err_code: 'INVALID_AUTH', err_msg: 'Invalid credentials.', request_id: crypto.randomUUID() });
-      refuseUpgrade(socket, `HTTP/1.1 401 Unauthorized\r\nconnection: close\r\ncontent-type: application/json\r\ndg-error: Invalid credentials.\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      refuseUpgrade(socket, `HTTP/1.1 ${entry.refused} ${realtime ? 'Unauthorized' : 'Not Found'}\r\nconnection: close\r\ncontent-type: application/json\r\ndg-error: Invalid credentials.\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
       return;
     }
-    entry.ws = accept(req, socket, head);
+    entry.accepted = true;
+    entry.ws = accept(req, socket, head, grant ? 'bearer' : undefined);
     realtime(entry.ws, { invalid, query: url.searchParams });
+  });
   });
   /** Answers the request `record` (recorded when it arrived). */
   function answer(record, p, count, url, req, res) {
@@ -652,7 +671,7 @@ export function startFakeProviders() {
         switch (kind) {
           case 'valid': {
             const token = mint(res, parse(record.body));
-            minted.push({ provider: name, key, token, body: parse(record.body) });
+            minted.push({ provider: name, key, token, body: parse(record.body), at: Date.now() });
             return undefined;
           }
           case 'forbidden':

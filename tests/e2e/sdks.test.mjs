@@ -261,7 +261,7 @@ describe('the official Python SDKs\' own realtime WebSockets, with only the base
       const opened = fake.sockets.slice(mark);
       assert.equal(opened.length, 1, `${name}: ${opened.length} provider sockets opened`);
       const socket = opened[0];
-      assert.equal(`${socket.provider} ${socket.path}`, `${c.provider} ${c.path}`);
+      assert.equal(socket.path, `/${c.provider}${c.path}`);
       assertSameKey(socket.key, stored[c.provider].key, `the key the fake's socket saw for ${name}`);
       const seen = JSON.stringify(socket.headers) + socket.url + socket.ws.messages.map((m) => m.data.toString('latin1')).join('');
       assert.ok(!seen.includes(token), `${name}: the vault token reached the provider's socket`);

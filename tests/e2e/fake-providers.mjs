@@ -649,7 +649,6 @@ export function startFakeProviders() {
     entry.ws = accept(req, socket, head, grant ? 'bearer' : undefined);
     realtime(entry.ws, { invalid, query: url.searchParams });
   });
-  });
   /** Answers the request `record` (recorded when it arrived). */
   function answer(record, p, count, url, req, res) {
     const { provider: name, key, path } = record;

@@ -39,8 +39,12 @@ after(async () => {
 
 const wsUrl = (path) => vault.base.replace(/^http:/, 'ws:') + path;
 
+/** Every key stored in this file's vaults, for the log's check. */
+const storedKeys = [];
+
 async function addKey(user, provider = 'deepgram') {
   const key = randomKey('valid');
+  storedKeys.push(key);
   const r = await vault.request('POST', '/v1/credentials', { user, body: { provider, api_key: key } });
   assert.equal(r.status, 201, r.text);
   return { key, id: r.json.credential.id };
@@ -260,12 +264,21 @@ test('the system key serves where policy allows, counted against its budget: pas
   assert.equal(sockets.length, before, 'a provider socket was opened past the budget');
 });
 
-test('a session ends after REALTIME_MAX_SECONDS, both sides closed', async () => {
+test('a session ends after REALTIME_MAX_SECONDS, both sides closed; a system key the policy forbids is no credential', async () => {
   const short = await startVault({
-    vars: { ...fake.vars(), RATE_LIMITS: 'off', REALTIME_MAX_SECONDS: '2' },
+    secrets: { SYSTEM_KEY_DEEPGRAM: SYSTEM_KEY },
+    vars: { ...fake.vars(), RATE_LIMITS: 'off', REALTIME_MAX_SECONDS: '2', FALLBACK_POLICY: 'user_only' },
   });
   try {
+    const before = sockets.length;
+    const none = await connect(short.base.replace(/^http:/, 'ws:') + '/v1/realtime/deepgram/ws/v1/listen', {
+      protocols: ['byok-vault', `byok-vault.token.${short.token('u_nokey')}`],
+    });
+    const refused = await none.ws.closed;
+    assert.deepEqual([refused.code, refused.reason], [4404, 'no_credential']);
+    assert.equal(sockets.length, before, 'a provider socket was opened though the policy forbids the system key');
     const key = randomKey('valid');
+    storedKeys.push(key);
     const r = await short.request('POST', '/v1/credentials', { user: 'u_idle', body: { provider: 'deepgram', api_key: key } });
     assert.equal(r.status, 201, r.text);
     const c = await connect(short.base.replace(/^http:/, 'ws:') + '/v1/realtime/deepgram/ws/v1/listen', {
@@ -286,7 +299,18 @@ test('a session ends after REALTIME_MAX_SECONDS, both sides closed', async () =>
     const ended = events.find((e) => e.detail?.closed_by === 'timeout');
     assert.ok(ended, JSON.stringify(events));
     assert.ok(ended.detail.duration_ms >= 2000, ended.detail.duration_ms);
+    assertNoSecret(short.log(), 'the second vault\'s log');
   } finally {
     await short.stop();
   }
+});
+
+/** Neither a stored key nor the system key appears in `text`. */
+function assertNoSecret(text, where) {
+  for (const k of [...storedKeys, SYSTEM_KEY]) assert.ok(!text.includes(k), `a key is in ${where}`);
+}
+
+test('no key reached the vault\'s log over every session above', () => {
+  assert.ok(storedKeys.length >= 6, 'the sessions above stored their keys');
+  assertNoSecret(vault.log(), 'the log');
 });

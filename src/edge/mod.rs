@@ -56,9 +56,7 @@ async fn fetch(req: worker::Request, env: Env, ctx: Context) -> worker::Result<w
                         up.protocol,
                         up.max_seconds,
                         &mut session.tally,
-                        |r| {
-                            let _ = answer.send(r);
-                        },
+                        |r| answer.send(r).is_ok(),
                     )
                     .await
                 }

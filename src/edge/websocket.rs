@@ -53,13 +53,15 @@ fn sendable(code: u16) -> u16 {
 
 /// Accepts the caller's socket and pipes it to `upstream` until either closes or
 /// `max_seconds` pass, showing every frame to `tally`; `respond` gets the 101 before the
-/// first frame moves. Idle, it only awaits: no CPU.
+/// first frame moves, and says whether the caller is still there to take it (one who hung
+/// up ends the session at once: the provider's socket is not left open for nobody). Idle,
+/// it only awaits: no CPU.
 pub(super) async fn pipe(
     upstream: WebSocket,
     protocol: Option<&str>,
     max_seconds: u64,
     tally: &mut Tally,
-    respond: impl FnOnce(worker::Result<worker::Response>),
+    respond: impl FnOnce(worker::Result<worker::Response>) -> bool,
 ) -> (&'static str, u16) {
     let pair = match WebSocketPair::new() {
         Ok(p) => p,
@@ -82,7 +84,10 @@ pub(super) async fn pipe(
         let _ = upstream.close(Some(1011), Some("the vault could not accept"));
         return ("error", 1011);
     }
-    respond(answer(client, protocol));
+    if !respond(answer(client, protocol)) {
+        let _ = upstream.close(Some(1001), Some("the caller went away"));
+        return ("client", 1001);
+    }
     let (mut from_client, mut from_upstream) = (from_client.fuse(), from_upstream.fuse());
     let mut deadline = Delay::from(Duration::from_secs(max_seconds)).fuse();
     loop {

@@ -645,10 +645,16 @@ export function startFakeProviders() {
       refuseUpgrade(socket, `HTTP/1.1 ${entry.refused} ${realtime ? 'Unauthorized' : 'Not Found'}\r\nconnection: close\r\ncontent-type: application/json\r\ndg-error: Invalid credentials.\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
       return;
     }
-    entry.accepted = true;
-    entry.ws = accept(req, socket, head, grant ? 'bearer' : undefined);
-    realtime(entry.ws, { invalid, query: url.searchParams });
+    const open = () => {
+      entry.accepted = true;
+      entry.ws = accept(req, socket, head, grant ? 'bearer' : undefined);
+      realtime(entry.ws, { invalid, query: url.searchParams });
+    };
+    // A held upgrade is answered when the test says so (holdUpgrades).
+    if (upgrades.held) upgrades.held.wait.then(open);
+    else open();
   });
+  const upgrades = { held: null };
   /** Answers the request `record` (recorded when it arrived). */
   function answer(record, p, count, url, req, res) {
     const { provider: name, key, path } = record;
@@ -755,6 +761,16 @@ export function startFakeProviders() {
         callsFor: (key) => requests.filter((r) => r.key === key),
         /** When the fake sent each SSE chunk (ms since the epoch), over every stream. */
         sseSent,
+        /**
+         * Realtime upgrades from now on wait (recorded in `sockets` when they arrive) until
+         * the returned function is called, or `maxMs` has passed.
+         */
+        holdUpgrades({ maxMs = 30_000 } = {}) {
+          const g = gate(maxMs);
+          upgrades.held = g;
+          g.wait.then(() => { if (upgrades.held === g) upgrades.held = null; });
+          return g.open;
+        },
         /** From now on the provider answers this key as invalid (a key revoked upstream). */
         revoke: (key) => revoked.add(key),
         /** The next call with this key answers 429 in the provider's style, asking for `secs`. */

@@ -7,6 +7,7 @@
 // refused at the upgrade (Deepgram) or on the open socket (ElevenLabs, OpenAI).
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import http from 'node:http';
 import { after, before, test } from 'node:test';
 
 import { startFakeProviders } from './fake-providers.mjs';
@@ -143,6 +144,32 @@ async function sessionEvents(user, n = 1, pred = () => true) {
 }
 
 const asBrowser = (user) => ({ protocols: ['byok-vault', `byok-vault.token.${vault.token(user)}`] });
+
+test('a caller who hangs up before the vault answers leaves no provider socket open', async () => {
+  const release = fake.holdUpgrades();
+  const before = sockets.length;
+  const u = new URL(wsUrl('/v1/realtime/deepgram/ws/v1/listen'));
+  const req = http.request({
+    host: u.hostname, port: u.port, path: u.pathname,
+    headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': crypto.randomBytes(16).toString('base64'), 'sec-websocket-protocol': `byok-vault, byok-vault.token.${vault.token('u_ws')}` },
+  });
+  req.on('error', () => {});
+  req.end();
+  try {
+    await until(() => sockets.length > before, 'the upgrade to reach the provider');
+    req.destroy();
+    // Let the vault see the caller go before the provider answers.
+    await new Promise((r) => setTimeout(r, 300));
+  } finally {
+    release();
+  }
+  await until(() => sockets[before].ws, 'the provider\'s socket');
+  const closed = await Promise.race([sockets[before].ws.closed, new Promise((r) => setTimeout(() => r('still open'), 15_000))]);
+  assert.notEqual(closed, 'still open', 'the provider\'s socket was left open for a caller who hung up');
+  // However the vault learns it (the caller's socket errors, or the answer finds no one):
+  // a normal close, or "going away".
+  assert.ok([1000, 1001].includes(closed.code), JSON.stringify(closed));
+});
 
 test('ElevenLabs TTS stream-input: text up, audio down, the key in xi-api-key, the characters metered', async () => {
   const el = await addKey('u_el', 'elevenlabs');

@@ -164,6 +164,7 @@ async fn mint(
             .admit_first(&ctx.user, &mut key, &one, facts)
             .await?;
         if info.has_field("region") && key.params.region.is_none() {
+            release(ctx, admitted.as_ref()).await;
             return Err(ApiError::not_configured(format!(
                 "{} needs a region; the system key has none (SYSTEM_KEY_{}_REGION).",
                 info.name,
@@ -321,8 +322,6 @@ pub struct Session {
     /// The user's credential in use (a refusal on the socket marks it).
     credential: Option<crate::domain::Credential>,
     origin: crate::audit::Origin,
-    /// What recognises the key in the provider's words (a refusal may quote it).
-    text: ProviderText,
 }
 
 impl std::fmt::Debug for Session {
@@ -467,7 +466,14 @@ async fn open(
             bases: ctx.config.endpoints(info.id),
             params: &key.params,
         };
-        let mut request = HttpRequest::get(upstream_url(&target, rest, &ctx.request.url)?);
+        let url = match upstream_url(&target, rest, &ctx.request.url) {
+            Ok(u) => u,
+            Err(e) => {
+                release(ctx, admitted.as_ref()).await;
+                return Err(e);
+            }
+        };
+        let mut request = HttpRequest::get(url);
         request.max_response_bytes = MAX_REFUSAL_BYTES;
         if let Some((name, value)) = info.auth.header(&key.key) {
             request.headers.push((name.to_owned(), value));
@@ -496,7 +502,7 @@ async fn open(
                     protocol: offered.then_some(WS_PROTOCOL),
                     max_seconds: ctx.config.realtime_max_seconds,
                     session: Session {
-                        tally: Tally::new(endpoint.dialect),
+                        tally: Tally::new(endpoint.dialect, ProviderText::new(&key.key)),
                         info,
                         call: crate::metering::Call {
                             user: ctx.user.clone(),
@@ -504,7 +510,11 @@ async fn open(
                             provider: info.id,
                             source: key.source,
                             credential_id: key.credential.as_ref().map(|c| c.id.clone()),
-                            model: key.model.clone().or_else(|| ctx.request.query("model")),
+                            model: key.model.clone().or_else(|| {
+                                ctx.request
+                                    .query("model")
+                                    .filter(|m| m.len() <= MAX_MODEL && safe_id(m, true))
+                            }),
                             capability: endpoint.kind.capability(),
                             characters: None,
                             usage_in_answer: true,
@@ -512,7 +522,6 @@ async fn open(
                         admitted,
                         credential: key.credential.clone(),
                         origin: ctx.origin().clone(),
-                        text: ProviderText::new(&key.key),
                     },
                 }));
                 return Ok(response);
@@ -566,7 +575,8 @@ pub async fn ended(
 ) {
     let tally = &session.tally;
     let text = tally.refused.as_ref();
-    for e in &mut uses {
+    // The session's own event is the last; those before it are keys refused at the upgrade.
+    if let Some(e) = uses.last_mut() {
         if let Some(d) = e.detail.as_mut() {
             d["duration_ms"] = end.duration_ms.into();
             d["bytes_in"] = tally.bytes_up.into();
@@ -635,7 +645,10 @@ async fn judge_on_socket(
     };
     let note = |line: &str| (app.log)(line);
     let key_use = super::context::key_use(app, config, &note);
-    let message = session.text.clean(&refusal.message, MAX_MESSAGE_CHARS);
+    let message = session
+        .tally
+        .provider_text()
+        .clean(&refusal.message, MAX_MESSAGE_CHARS);
     match key_use
         .mark_in_use(credential, verdict, &message, &session.origin)
         .await

@@ -10,7 +10,7 @@ use worker::js_sys::Reflect;
 use worker::wasm_bindgen::JsValue;
 use worker::{Delay, Headers, WebSocket, WebSocketPair, WebsocketEvent};
 
-use crate::realtime::socket::Tally;
+use crate::realtime::socket::{Pass, Tally};
 
 /// Binary frames as ArrayBuffers (the compatibility date would give Blobs), so they go
 /// through byte for byte.
@@ -43,11 +43,23 @@ pub(super) fn refuse(
     answer(pair.client, protocol)
 }
 
-/// A close code one side may send on: the reserved ones (1005, 1006, 1015) become 1000.
-fn sendable(code: u16) -> u16 {
+/// The code to close the other side with when one closed with `code`: the ones that may
+/// not be sent (1005 no status, 1006 and 1015 a broken connection) become 1000 for a
+/// caller who just went, and 1011 for a provider whose connection broke.
+fn sendable(code: u16, from_caller: bool) -> u16 {
     match code {
         1000..=1003 | 1007..=1014 | 3000..=4999 => code,
-        _ => 1000,
+        1005 => 1000,
+        _ if from_caller => 1001,
+        _ => 1011,
+    }
+}
+
+/// Closes `ws` with `code` and `reason`, or, when the runtime refuses that (a reason too
+/// long, say), with the code alone: a side is never left open.
+fn close(ws: &WebSocket, code: u16, reason: &str) {
+    if ws.close(Some(code), Some(reason)).is_err() {
+        let _ = ws.close(Some(code), None::<&str>);
     }
 }
 
@@ -96,47 +108,54 @@ pub(super) async fn pipe(
             e = from_upstream.next() => (e, &upstream, &server, false),
             _ = deadline => {
                 let reason = "the session reached its time limit";
-                let _ = server.close(Some(1000), Some(reason));
-                let _ = upstream.close(Some(1000), Some(reason));
+                close(&server, 1000, reason);
+                close(&upstream, 1000, reason);
                 return ("timeout", 1000);
             }
         };
         match event {
             Some(Ok(WebsocketEvent::Message(m))) => {
-                let sent = if let Some(text) = m.text() {
-                    if up {
+                let (pass, sent) = if let Some(text) = m.text() {
+                    let pass = if up {
                         tally.up_text(&text)
                     } else {
                         tally.down_text(&text)
-                    }
-                    to.send_with_str(text)
+                    };
+                    (pass, (pass == Pass::On).then(|| to.send_with_str(text)))
                 } else if let Some(bytes) = m.bytes() {
-                    if up {
+                    let pass = if up {
                         tally.up_binary(bytes.len())
                     } else {
                         tally.down_binary(bytes.len())
-                    }
-                    to.send_with_bytes(bytes)
+                    };
+                    (pass, (pass == Pass::On).then(|| to.send_with_bytes(bytes)))
                 } else {
-                    Ok(())
+                    (Pass::On, None)
                 };
-                if sent.is_err() {
-                    let _ = server.close(Some(1011), Some("send failed"));
-                    let _ = upstream.close(Some(1011), Some("send failed"));
+                if let Pass::End(code, reason) = pass {
+                    close(&server, code, reason);
+                    close(&upstream, code, reason);
+                    return (if up { "client" } else { "provider" }, code);
+                }
+                if let Some(Err(_)) = sent {
+                    close(&server, 1011, "send failed");
+                    close(&upstream, 1011, "send failed");
                     return ("error", 1011);
                 }
             }
             Some(Ok(WebsocketEvent::Close(c))) => {
-                if !up {
-                    tally.provider_closed(c.code(), &c.reason());
-                }
-                let _ = to.close(Some(sendable(c.code())), Some(c.reason()));
-                let _ = from.close(Some(sendable(c.code())), Some(c.reason()));
+                let reason = if up {
+                    c.reason()
+                } else {
+                    tally.provider_closed(c.code(), &c.reason())
+                };
+                close(to, sendable(c.code(), up), &reason);
+                close(from, sendable(c.code(), up), &reason);
                 return (if up { "client" } else { "provider" }, c.code());
             }
             Some(Err(_)) | None => {
-                let _ = server.close(Some(1011), Some("connection error"));
-                let _ = upstream.close(Some(1011), Some("connection error"));
+                close(&server, 1011, "connection error");
+                close(&upstream, 1011, "connection error");
                 return ("error", 1011);
             }
         }

@@ -64,7 +64,7 @@ static REALTIME: Realtime = Realtime {
         SocketEndpoint {
             path: "/v1/speak",
             kind: RealtimeKind::Tts,
-            dialect: SocketDialect::Deepgram,
+            dialect: SocketDialect::DeepgramSpeak,
         },
     ],
 };

@@ -71,9 +71,11 @@ pub enum SocketDialect {
     /// OpenAI Realtime: `response.done` and transcription events carry `usage`; `error`
     /// events carry `error.code`.
     OpenAi,
-    /// Deepgram listen and speak: `Metadata` carries the audio's `duration`; speak's
-    /// `Speak` messages the text.
+    /// Deepgram listen: `Metadata` (and each final `Results`) carries the audio's
+    /// `duration`.
     Deepgram,
+    /// Deepgram speak: the caller's `Speak` messages carry the text.
+    DeepgramSpeak,
     /// ElevenLabs realtime speech to text: `message_type`s, errors among them.
     ElevenLabsStt,
     /// ElevenLabs text to speech stream-input: the caller's `text` messages.

@@ -201,6 +201,19 @@ test('ElevenLabs TTS stream-input: text up, audio down, the key in xi-api-key, t
   assert.equal(row.characters, 16);
 });
 
+test('a caller\'s own key in an ElevenLabs message ends the session: it never reaches the provider', async () => {
+  await addKey('u_el2', 'elevenlabs');
+  const c = await connect(wsUrl('/v1/realtime/elevenlabs/ws/v1/text-to-speech/JBFqnCBsd6RMkjVDRZzb/stream-input'), asBrowser('u_el2'));
+  assert.equal(c.status, 101, c.text);
+  const up = sockets.at(-1);
+  const token = vault.token('u_el2');
+  c.ws.send(JSON.stringify({ text: ' ', xi_api_key: token }));
+  const closed = await c.ws.closed;
+  assert.deepEqual([closed.code, closed.reason], [4400, 'a message may not carry a key: the vault adds the key']);
+  assert.equal((await up.ws.closed).code, 4400);
+  assert.ok(!up.ws.messages.some((m) => m.data.toString().includes(token)), 'the vault token reached the provider');
+});
+
 test('OpenAI realtime through the proxy base URL, as its SDK connects: the session events pass, the tokens are metered', async () => {
   await addKey('u_oa', 'openai');
   const c = await connect(wsUrl('/v1/proxy/openai/v1/realtime?model=gpt-realtime'), { headers: { authorization: `Bearer ${vault.token('u_oa')}` } });

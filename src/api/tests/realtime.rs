@@ -824,6 +824,17 @@ fn a_key_the_provider_refuses_at_the_upgrade_is_marked_and_the_next_key_takes_ov
         outcomes.contains(&(json!(refused), json!("failure"))),
         "{outcomes:?}"
     );
+    // Only the session's own event tells of the session.
+    let refused_event = used
+        .iter()
+        .find(|e| e["credential_id"] == json!(refused))
+        .unwrap();
+    assert_eq!(
+        refused_event["detail"]["bytes_in"],
+        Value::Null,
+        "{refused_event}"
+    );
+    assert_eq!(refused_event["detail"]["status"], 401, "{refused_event}");
     assert!(
         outcomes.contains(&(json!(serving), json!("success"))),
         "{outcomes:?}"

@@ -577,3 +577,66 @@ describe('"Try live" on a realtime voice key', () => {
     await page.close();
   });
 });
+
+describe('the realtime WebSocket proxy from a browser', () => {
+  /** In a page of the vault's origin: opens `path` with `token` as the subprotocol, sends `send`, and reports. */
+  const session = (page, path, token, { other } = {}) => page.evaluate(async ({ url, token, other }) => {
+    const ws = new WebSocket(url, ['byok-vault', `byok-vault.token.${token}`]);
+    ws.binaryType = 'arraybuffer';
+    const got = [];
+    const closed = new Promise((res) => { ws.onclose = (e) => res({ code: e.code, reason: e.reason }); });
+    ws.onmessage = (e) => got.push(e.data);
+    const opened = await Promise.race([new Promise((res) => { ws.onopen = () => res(true); }), closed.then(() => false)]);
+    if (!opened || other) return { opened, closed: await closed };
+    const audio = new Uint8Array(6400);
+    crypto.getRandomValues(audio);
+    ws.send(audio);
+    for (let i = 0; i < 200 && got.length < 2; i++) await new Promise((r) => setTimeout(r, 25));
+    ws.send(JSON.stringify({ type: 'CloseStream' }));
+    const end = await closed;
+    const back = new Uint8Array(got[1] ?? new ArrayBuffer(0));
+    const hex = (buf) => [...new Uint8Array(buf)].map((b) => b.toString(16).padStart(2, '0')).join('');
+    const sha = hex(await crypto.subtle.digest('SHA-256', audio));
+    return {
+      opened,
+      protocol: ws.protocol,
+      result: JSON.parse(got[0]),
+      sha,
+      reversed: back.length === audio.length && back.every((b, i) => b === audio[audio.length - 1 - i]),
+      after: got.slice(2).map((m) => (typeof m === 'string' ? JSON.parse(m).type : 'binary')),
+      closed: end,
+    };
+  }, { url: vault.base.replace(/^http/, 'ws') + path, token, other });
+
+  test('Chromium streams audio through the vault with its token as a subprotocol: byte-exact both ways, the key never in the page', async () => {
+    const user = 'u_browser_ws';
+    const key = randomKey('valid');
+    const r = await vault.request('POST', '/v1/credentials', { user, body: { provider: 'deepgram', api_key: key } });
+    assert.equal(r.status, 201, r.text);
+    const page = await browser.newPage();
+    try {
+      await page.goto(`${vault.base}/`);
+      const before = fake.sockets.length;
+      const s = await session(page, '/v1/realtime/deepgram/ws/v1/listen?encoding=linear16&sample_rate=16000', vault.token(user));
+      assert.equal(s.opened, true, JSON.stringify(s));
+      assert.equal(s.protocol, 'byok-vault');
+      assert.equal(s.result.type, 'Results');
+      assert.equal(s.result.channel.alternatives[0].transcript, 'heard 6400 bytes');
+      assert.equal(s.result.channel.alternatives[0].sha256, s.sha, 'the audio changed on the way up');
+      assert.equal(s.reversed, true, 'the binary answer changed on the way down');
+      assert.deepEqual(s.after, ['Metadata']);
+      assert.equal(s.closed.code, 1000);
+      const upstream = fake.sockets.slice(before);
+      assert.equal(upstream.length, 1);
+      assert.equal(upstream[0].headers.authorization, `Token ${key}`);
+      const text = await page.evaluate(() => document.documentElement.outerHTML + JSON.stringify({ ...localStorage }));
+      assert.ok(!text.includes(key));
+      // Another user's token naming this credential: closed 4404 before any provider socket.
+      const other = await session(page, `/v1/realtime/deepgram/ws/v1/listen?credential_id=${r.json.credential.id}`, vault.token('u_browser_ws_other'), { other: true });
+      assert.deepEqual([other.opened, other.closed.code, other.closed.reason], [true, 4404, 'not_found']);
+      assert.equal(fake.sockets.length, before + 1, 'a provider socket was opened for a refusal');
+    } finally {
+      await page.close();
+    }
+  });
+});

@@ -502,7 +502,8 @@ async fn open(
                     protocol: offered.then_some(WS_PROTOCOL),
                     max_seconds: ctx.config.realtime_max_seconds,
                     session: Session {
-                        tally: Tally::new(endpoint.dialect, ProviderText::new(&key.key)),
+                        tally: Tally::new(endpoint.dialect, ProviderText::new(&key.key))
+                            .audio_format(ctx.request.query("audio_format").as_deref()),
                         info,
                         call: crate::metering::Call {
                             user: ctx.user.clone(),

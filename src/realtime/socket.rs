@@ -63,6 +63,8 @@ pub struct Tally {
     /// Deepgram: its closing `Metadata` was read; the seconds its `Results` covered.
     metadata: bool,
     results_seconds: f64,
+    /// ElevenLabs Scribe: the audio's bytes a second (its `audio_format`).
+    audio_rate: f64,
 }
 
 impl std::fmt::Debug for Tally {
@@ -88,7 +90,26 @@ impl Tally {
             refused: None,
             metadata: false,
             results_seconds: 0.0,
+            audio_rate: 32_000.0,
         }
+    }
+
+    /// ElevenLabs Scribe's `audio_format` (`pcm_<rate>`, 16-bit; `ulaw_8000`, 8-bit), as
+    /// the session's query gives it; its default is `pcm_16000`.
+    pub fn audio_format(mut self, format: Option<&str>) -> Self {
+        let rate = match format {
+            Some("ulaw_8000") => Some(8_000.0),
+            Some(f) => f
+                .strip_prefix("pcm_")
+                .and_then(|r| r.parse::<u32>().ok())
+                .filter(|r| (8_000..=48_000).contains(r))
+                .map(|r| f64::from(r) * 2.0),
+            None => None,
+        };
+        if let Some(r) = rate {
+            self.audio_rate = r;
+        }
+        self
     }
 
     /// What recognises the key in the provider's words.
@@ -119,6 +140,10 @@ impl Tally {
         self.bytes_up += text.len() as u64;
         if text.len() > MAX_MESSAGE_BYTES {
             return TOO_BIG;
+        }
+        if self.dialect == SocketDialect::ElevenLabsStt {
+            self.scribe_audio(text);
+            return Pass::On;
         }
         let speech = matches!(
             self.dialect,
@@ -153,6 +178,23 @@ impl Tally {
             self.spoken(t.trim().chars().count() as u64);
         }
         Pass::On
+    }
+
+    /// The seconds of audio in a Scribe `input_audio_chunk` (its base64 measured, not
+    /// decoded: no copy of the audio is made).
+    fn scribe_audio(&mut self, text: &str) {
+        const FIELD: &str = "\"audio_base_64\":\"";
+        let Some(at) = text.find(FIELD) else {
+            return;
+        };
+        let b64 = &text[at + FIELD.len()..];
+        let len = b64.find('"').unwrap_or(b64.len());
+        let padding = b64[..len].bytes().rev().take_while(|b| *b == b'=').count();
+        let bytes = (len / 4 * 3).saturating_sub(padding);
+        if bytes > 0 {
+            self.usage.audio_seconds += bytes as f64 / self.audio_rate;
+            self.metered = true;
+        }
     }
 
     fn spoken(&mut self, n: u64) {
@@ -439,6 +481,34 @@ mod tests {
         let mut t = tally(SocketDialect::ElevenLabsStt);
         t.down_text(r#"{"message_type":"partial_transcript","text":"an error in auth"}"#);
         assert!(t.refused.is_none());
+    }
+
+    #[test]
+    fn scribe_audio_is_measured_by_its_format() {
+        let chunk = |bytes: usize| {
+            let b64 = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                vec![7u8; bytes],
+            );
+            format!(
+                r#"{{"message_type":"input_audio_chunk","audio_base_64":"{b64}","commit":false}}"#
+            )
+        };
+        let mut t = tally(SocketDialect::ElevenLabsStt);
+        t.up_text(&chunk(32_000));
+        t.up_text(&chunk(16_001));
+        assert!(
+            (t.usage().audio_seconds - 48_001.0 / 32_000.0).abs() < 1e-9,
+            "{}",
+            t.usage().audio_seconds
+        );
+        let mut t = tally(SocketDialect::ElevenLabsStt).audio_format(Some("ulaw_8000"));
+        t.up_text(&chunk(8_000));
+        assert_eq!(t.usage().audio_seconds, 1.0);
+        let mut t = tally(SocketDialect::ElevenLabsStt).audio_format(Some("pcm_48000"));
+        t.up_text(&chunk(96_000));
+        t.up_text(r#"{"message_type":"commit"}"#);
+        assert_eq!(t.usage().audio_seconds, 1.0);
     }
 
     #[test]

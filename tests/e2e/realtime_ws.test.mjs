@@ -266,6 +266,21 @@ test('a key the provider refuses at the upgrade is marked invalid and the next k
   assert.ok(!JSON.stringify(all).includes(a.key) && !JSON.stringify(all).includes(b.key));
 });
 
+test('ElevenLabs Scribe: audio chunks up, transcripts back, the audio\'s seconds metered from its format', async () => {
+  await addKey('u_scribe_ok', 'elevenlabs');
+  const c = await connect(wsUrl('/v1/realtime/elevenlabs/ws/v1/speech-to-text/realtime?model_id=scribe_v2_realtime&audio_format=pcm_16000'), asBrowser('u_scribe_ok'));
+  assert.equal(c.status, 101, c.text);
+  const audio = crypto.randomBytes(16_000);
+  c.ws.send(JSON.stringify({ message_type: 'input_audio_chunk', audio_base_64: audio.toString('base64'), commit: true, sample_rate: 16000 }));
+  const types = () => c.ws.messages.map((m) => JSON.parse(m.data).message_type);
+  await until(() => types().includes('committed_transcript'), 'the committed transcript');
+  assert.deepEqual(types(), ['session_started', 'committed_transcript']);
+  assert.equal(JSON.parse(c.ws.messages[1].data).text, 'heard 16000 bytes');
+  c.ws.close(1000, '');
+  const { sessions } = await sessionEvents('u_scribe_ok');
+  assert.equal(sessions[0].detail.usage.audio_seconds, 0.5);
+});
+
 test('a refusal on the open socket (ElevenLabs Scribe) reaches the client and marks the key', async () => {
   const el = await addKey('u_scribe', 'elevenlabs');
   fake.revoke(el.key);

@@ -12,7 +12,9 @@
 // host page runs could read what is typed, as it could anywhere on that page. `token` is a
 // property (never an attribute, so it stays out of the DOM): a string or a function returning
 // one, called per request so a host can refresh it. Events: `byok-change` after anything
-// changed.
+// changed. "Try live" on a realtime voice key mints a short-lived provider credential from
+// that key and opens the provider's WebSocket with it once (so the host page's CSP must allow
+// the provider in `connect-src`); that credential goes to the socket only.
 
 const STATUS_TEXT = {
   valid: 'Valid',
@@ -26,6 +28,17 @@ const STATUS_TEXT = {
   unverified: 'Not yet checked',
 };
 const CAPABILITY_TEXT = { tts: 'Text to speech', stt: 'Speech to text', llm: 'Chat (LLM)', embedding: 'Embeddings' };
+/** The realtime session "Try live" opens, per provider whose keys mint a short-lived browser
+ * credential (`POST /v1/realtime/{provider}/sessions`, docs/realtime.md): speech to text
+ * where the provider has it (nothing is generated: opening it costs next to nothing), else a
+ * conversation. Azure Speech is used through its Speech SDK, not a raw socket: its try ends
+ * at the minted token. */
+const LIVE_KIND = { deepgram: 'stt', openai: 'stt', elevenlabs: 'stt', azure_speech: 'stt', gemini: 'conversation' };
+const LIVE_KIND_TEXT = { stt: 'speech to text', tts: 'text to speech', conversation: 'conversation' };
+/** A try's credential lives this long (seconds): enough to open one socket. */
+const LIVE_TTL_SECONDS = 60;
+/** How long a try waits for the provider's socket to open. */
+const LIVE_WAIT_MS = 15_000;
 /** The units a budget may limit, and how one of each reads (`tokens`, input and output
  * together, is what a chat or embedding key shows when no budget names a unit). */
 const UNIT_TEXT = {
@@ -93,6 +106,9 @@ th, td { text-align: left; padding: .25rem .4rem; border-bottom: 1px solid #dadd
 ol.cards { list-style: none; padding: 0; margin: 0; }
 .field-error { color: #8a1410; font-size: .85rem; margin: .15rem 0 0; }
 .field-error:empty { display: none; }
+/* A try's status line takes no room until it says something (and stays in the tree, so a
+   screen reader hears what is written into it). */
+.live:empty { margin: 0; }
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
 `;
 
@@ -220,6 +236,48 @@ function svg(tag, attrs = {}, ...children) {
   return el;
 }
 
+/** The host a WebSocket URL names (never its query, where a credential may be). */
+function hostOf(url) {
+  try { return new URL(url).host; } catch { return 'the provider'; }
+}
+
+/** Opens the provider's socket as `connect` says (the minted credential is in its URL or its
+ * subprotocols) and closes it as soon as it is open. Resolves `open`, `blocked` (this page's
+ * Content-Security-Policy does not allow the host: Chromium reports that before the error),
+ * `failed` (an error, or a close before it opened) or `timeout`. The credential serves this
+ * one socket: it is not kept, shown or logged. */
+function openOnce({ url, protocols }) {
+  return new Promise((resolve) => {
+    let ws = null;
+    let blocked = false;
+    let origin = null;
+    try { origin = new URL(url).origin; } catch { /* the constructor says so below */ }
+    const onViolation = (e) => {
+      if (e.effectiveDirective === 'connect-src' && origin && e.blockedURI.startsWith(origin)) blocked = true;
+    };
+    const finish = (outcome) => {
+      clearTimeout(timer);
+      document.removeEventListener('securitypolicyviolation', onViolation);
+      if (ws) {
+        ws.onopen = null; ws.onerror = null; ws.onclose = null;
+        ws.close(1000);
+      }
+      resolve(outcome);
+    };
+    const timer = setTimeout(() => finish('timeout'), LIVE_WAIT_MS);
+    document.addEventListener('securitypolicyviolation', onViolation);
+    try {
+      ws = new WebSocket(url, protocols ?? []);
+    } catch {
+      finish('failed');
+      return;
+    }
+    ws.onopen = () => finish('open');
+    ws.onerror = () => finish(blocked ? 'blocked' : 'failed');
+    ws.onclose = () => finish(blocked ? 'blocked' : 'failed');
+  });
+}
+
 /** What the vault said, as a sentence a person can act on. */
 function explain(problem, providerName) {
   if (!problem) return 'Something went wrong; try again.';
@@ -254,6 +312,9 @@ export class ByokKeys extends HTMLElement {
   #sandbox = false;
   /** The user's metered use (GET /v1/usage rows) over the chart's days and this month. */
   #usage = { rows: [], truncated: false, ok: false };
+  /** The last "Try live" outcome per credential id ({tone, text}; never the credential),
+   * shown in its row across renders until the next change. */
+  #tries = new Map();
   /** Timers that take a cooldown's badge away when it ends. */
   #timers = [];
   #id = `byok-${++counter}`;
@@ -405,6 +466,8 @@ export class ByokKeys extends HTMLElement {
     const tone = status === 'valid' ? 'good' : ['rate_limited', 'unreachable', 'unverified'].includes(status) ? 'wait' : 'bad';
     const name = this.#providerName(c.provider);
     const feedback = h('div', { 'aria-live': 'polite' });
+    const tried = this.#tries.get(c.id);
+    const live = LIVE_KIND[c.provider] ? h('p', { class: `live${tried ? ` feedback ${tried.tone}` : ''}`, role: 'status' }, tried?.text) : null;
     const card = h('article', { class: 'card', 'aria-label': `${name} key ${c.label ?? ''}`.trim(), 'data-credential': c.id },
       h('h3', {}, name, c.label ? ` — ${c.label}` : ''),
       h('span', { class: `status ${tone}` }, STATUS_TEXT[status] ?? status), ' ',
@@ -420,15 +483,65 @@ export class ByokKeys extends HTMLElement {
       (c.warnings ?? []).map((w) => h('p', { class: 'feedback info' }, w)),
       this.#usageOf(c),
       feedback,
+      live,
       pool ? this.#moveButtons(c, pool, feedback) : null,
       h('div', { class: 'row' },
         h('button', { class: 'secondary', type: 'button', 'aria-description': `${name} ${c.key_hint ?? ''}`, onclick: (e) => this.#recheck(c, e.currentTarget, feedback) }, 'Re-check'),
+        live ? h('button', {
+          class: 'secondary', type: 'button',
+          'aria-description': `${name} ${c.key_hint ?? ''}: opens a ${LIVE_KIND_TEXT[LIVE_KIND[c.provider]]} session with a credential that lives ${LIVE_TTL_SECONDS} seconds`,
+          onclick: (e) => this.#tryLive(c, e.currentTarget, live),
+        }, 'Try live') : null,
         h('button', { class: 'secondary', type: 'button', onclick: () => this.#openRotate(c, card, feedback) }, 'Rotate key'),
         h('button', { class: 'secondary', type: 'button', onclick: () => this.#openModels(c, card, feedback) }, 'Choose model'),
         h('button', { class: 'secondary', type: 'button', onclick: () => this.#openBudget(c, card, feedback) }, c.budget ? 'Change budget' : 'Set budget'),
         c.budget ? h('button', { class: 'secondary', type: 'button', onclick: (e) => this.#removeBudget(c, e.currentTarget, feedback) }, 'Remove budget') : null,
         h('button', { class: 'danger', type: 'button', onclick: () => this.#confirmDelete(c, card) }, 'Delete')));
     return card;
+  }
+
+  /** "Try live": mints a short-lived realtime credential from exactly this key (no other
+   * key, no system key), opens the provider's socket with it once and closes it, and says
+   * in the row what happened. The credential goes to the socket only. */
+  async #tryLive(c, button, out) {
+    const kind = LIVE_KIND[c.provider];
+    const name = this.#providerName(c.provider);
+    const show = (tone, text) => {
+      this.#tries.set(c.id, { tone, text });
+      out.className = `live feedback ${tone}`;
+      out.textContent = text;
+    };
+    button.disabled = true;
+    show('info', `Minting a short-lived ${name} credential from this key…`);
+    const r = await this.#call('POST', `/v1/realtime/${c.provider}/sessions`,
+      { kind, credential_id: c.id, ttl_seconds: LIVE_TTL_SECONDS, allow_fallback: false });
+    button.disabled = false;
+    if (!r.ok) {
+      const text = `Live: no credential minted. ${explain(r.problem, name)}${r.problem?.code ? ` (${r.problem.code})` : ''}`;
+      show('bad', text);
+      // The vault now holds the key as refused or spent: draw that, this outcome in its row.
+      if (['credential_invalid', 'quota_exhausted'].includes(r.problem?.code)) {
+        await this.refresh();
+        this.#say(text);
+      }
+      return;
+    }
+    if (c.provider === 'azure_speech') {
+      show('good', `Live: token minted, valid until ${untilText(r.body.expires_at)}. Azure Speech is used through its Speech SDK, not a plain socket, so this page does not connect with it.`);
+      return;
+    }
+    const host = hostOf(r.body.connect.url);
+    button.disabled = true;
+    show('info', `Connecting to ${host}…`);
+    const outcome = await openOnce(r.body.connect);
+    button.disabled = false;
+    const text = {
+      open: `Live: connected to ${name} (${LIVE_KIND_TEXT[kind]}) with a ${LIVE_TTL_SECONDS}-second credential, and closed again. This key works for realtime.`,
+      blocked: `Live: could not connect: this page's Content-Security-Policy does not allow ${host}.`,
+      failed: `Live: could not connect to ${host}. The credential was minted, but the socket closed before it opened.`,
+      timeout: `Live: could not connect to ${host}: no answer in ${LIVE_WAIT_MS / 1000} seconds.`,
+    }[outcome];
+    show(outcome === 'open' ? 'good' : 'bad', text);
   }
 
   /** A key as a sentence names it: its provider, label and hint. */
@@ -842,6 +955,7 @@ export class ByokKeys extends HTMLElement {
   async #changed(message, tone = 'good', focusOn = null) {
     this.#notice = { tone, text: message };
     this.#addNotice = null;
+    this.#tries.clear();
     this.#models.clear();
     await this.refresh();
     this.#say(message);

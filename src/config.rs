@@ -87,6 +87,8 @@ pub struct Config {
     /// The longest lifetime a minted realtime credential is asked for
     /// (`REALTIME_TOKEN_MAX_SECONDS`).
     pub realtime_token_max_seconds: u64,
+    /// The longest a proxied realtime session lasts (`REALTIME_MAX_SECONDS`).
+    pub realtime_max_seconds: u64,
 }
 
 impl Config {
@@ -136,6 +138,7 @@ impl Config {
                 system_key_budgets: budgets.system,
                 metering: metering.on,
                 realtime_token_max_seconds: realtime.token_max_seconds,
+                realtime_max_seconds: realtime.session_max_seconds,
             })
         } else {
             Err(errors)

@@ -157,6 +157,10 @@ pub trait Upstream {
     /// the body has gone on whole (`true`) or was cut off (`false`: the caller hung up, the
     /// provider broke off).
     fn watch(&self, body: BodyStream, tap: Box<dyn Tap>) -> (BodyStream, Ended);
+    /// Asks for a WebSocket at `request.url` (`http(s)`; the runtime upgrades a GET with
+    /// `Upgrade: websocket`), waiting at most `timeout_ms` for the provider's answer; never
+    /// follows a redirect.
+    async fn connect(&self, request: HttpRequest, timeout_ms: u64) -> Result<Connected, HttpError>;
 }
 
 /// What a watched body's chunks are shown to ([`Upstream::watch`]).
@@ -172,3 +176,23 @@ pub trait Tap {
 
 /// Whether a watched body went on whole ([`Upstream::watch`]).
 pub type Ended = futures::future::LocalBoxFuture<'static, bool>;
+
+/// A WebSocket the provider opened ([`Upstream::connect`]): the glue's own socket, which
+/// the core only hands back to it.
+pub struct Socket(pub Box<dyn std::any::Any>);
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Socket")
+    }
+}
+
+/// What a provider made of a WebSocket upgrade ([`Upstream::connect`]).
+#[derive(Debug)]
+pub enum Connected {
+    /// It switched protocols: the session is open.
+    Open(Socket),
+    /// It answered instead (a refused key's 401, a 429, …), its body read up to the
+    /// request's `max_response_bytes`.
+    Answered(HttpResponse),
+}

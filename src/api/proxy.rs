@@ -62,7 +62,7 @@ const UPSTREAM_REQUEST_IDS: &[&str] = &["request-id", "x-request-id", "x-goog-re
 const UPSTREAM_STATUS: &str = "x-byok-upstream-status";
 
 /// Query parameters that carry credentials: never forwarded.
-const DROPPED_QUERY: &[&str] = &[
+pub(super) const DROPPED_QUERY: &[&str] = &[
     "key",
     "api_key",
     "apikey",

@@ -73,10 +73,21 @@ pub(super) static ROUTES: &[Route] = &[
     Route { method: "PUT",    path: "/v1/admin/budgets/{id}",        handler: Service(Scope::Admin, |c| Box::pin(budgets::put(c))) },
     Route { method: "DELETE", path: "/v1/admin/budgets/{id}",        handler: Service(Scope::Admin, |c| Box::pin(budgets::delete(c))) },
     Route { method: "POST",   path: "/v1/resolve",                   handler: Service(Scope::Resolve, |c| Box::pin(resolve::resolve(c))) },
-    Route { method: "*",      path: "/v1/proxy/{provider}/{*}",      handler: Proxy(|c| Box::pin(proxy::proxy(c))) },
+    Route { method: "*",      path: "/v1/proxy/{provider}/{*}",      handler: Proxy(|c| Box::pin(proxy_or_socket(c))) },
     Route { method: "POST",   path: "/v1/realtime/{provider}/sessions", handler: ProviderJson(|c| Box::pin(realtime::sessions(c))) },
     Route { method: "GET",    path: "/v1/realtime/{provider}/ws/{*}", handler: ProviderJson(|c| Box::pin(realtime::ws(c))) },
 ];
+
+/// The proxy's route: a call, or (a WebSocket upgrade) an SDK's own realtime socket through
+/// its base URL, which is the socket proxy's session.
+async fn proxy_or_socket(ctx: &Ctx<'_>) -> Outcome {
+    let upgrade = ctx.request.header("upgrade");
+    if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        realtime::ws(ctx).await
+    } else {
+        proxy::proxy(ctx).await
+    }
+}
 
 /// The path's parameters if `path` matches `pattern`.
 fn matches<'p>(pattern: &str, path: &[&'p str]) -> Option<Vec<&'p str>> {

@@ -11,7 +11,8 @@ use worker::{web_sys, AbortController, Delay, Fetch};
 
 use super::body::Outgoing;
 use crate::http::{
-    BodyStream, Ended, HttpClient, HttpError, HttpRequest, HttpResponse, Method, Streamed, Upstream,
+    BodyStream, Connected, Ended, HttpClient, HttpError, HttpRequest, HttpResponse, Method, Socket,
+    Streamed, Upstream,
 };
 
 pub(super) struct FetchClient;
@@ -220,6 +221,10 @@ impl Upstream for FetchUpstream {
         outcome
     }
 
+    async fn connect(&self, req: HttpRequest, timeout_ms: u64) -> Result<Connected, HttpError> {
+        connect(req, timeout_ms).await
+    }
+
     fn watch(&self, body: BodyStream, tap: Box<dyn crate::http::Tap>) -> (BodyStream, Ended) {
         let response = match body.0.downcast::<worker::Response>() {
             Ok(r) => r,
@@ -234,6 +239,53 @@ impl Upstream for FetchUpstream {
             ),
         }
     }
+}
+
+/// The upgrade's answer within `timeout_ms`: the socket, or the provider's refusal read
+/// up to `limit` bytes.
+async fn connect(req: HttpRequest, timeout_ms: u64) -> Result<Connected, HttpError> {
+    let limit = req.max_response_bytes;
+    let req = req.header("upgrade", "websocket");
+    let request = build(&req, None)?;
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let fetch = Fetch::Request(request);
+    let call = Box::pin(fetch.send_with_signal(&signal));
+    let deadline = Delay::from(Duration::from_millis(timeout_ms));
+    let mut response = match select(call, Box::pin(deadline)).await {
+        Either::Left((Ok(response), _)) => response,
+        Either::Left((Err(e), _)) => return Err(HttpError::Network(network_reason(&e))),
+        Either::Right(_) => {
+            controller.abort();
+            return Err(HttpError::Timeout(timeout_ms));
+        }
+    };
+    let status = response.status_code();
+    let headers: Vec<(String, String)> = response
+        .headers()
+        .entries()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    if status == 101 {
+        return match response.websocket() {
+            Some(socket) => Ok(Connected::Open(Socket(Box::new(socket)))),
+            None => Err(HttpError::Network(
+                "the provider's 101 held no socket".into(),
+            )),
+        };
+    }
+    let read = Box::pin(read_at_most(&mut response, limit));
+    let deadline = Delay::from(Duration::from_millis(timeout_ms));
+    let body = match select(read, Box::pin(deadline)).await {
+        Either::Left((Ok(body), _)) => body,
+        // A refusal whose body is too long or too slow is judged by its status alone.
+        Either::Left((Err(_), _)) | Either::Right(_) => Vec::new(),
+    };
+    Ok(Connected::Answered(HttpResponse {
+        status,
+        headers,
+        body,
+    }))
 }
 
 /// The body of a fetched answer, to pipe to the client unread.

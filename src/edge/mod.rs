@@ -44,40 +44,40 @@ async fn fetch(req: worker::Request, env: Env, ctx: Context) -> worker::Result<w
         // The core writes the request's one structured log line.
         let mut handled = api::handle(&app, &request).await;
         if let Some(up) = handled.response.upgrade.take() {
-            // A realtime session: the upstream socket first, then the caller's 101.
+            // A realtime session: the provider's socket is open; the caller's 101, then
+            // the frames, then the session's record.
+            let up = *up;
             let started = worker::Date::now().as_millis();
-            let mut uses = handled.uses;
-            match websocket::connect(&up).await {
+            let mut session = up.session;
+            let (closed_by, code) = match up.socket.0.downcast::<worker::WebSocket>() {
                 Ok(upstream) => {
-                    let s = websocket::pipe(upstream, up.protocol, |r| {
-                        let _ = answer.send(r);
-                    })
-                    .await;
-                    let ms = worker::Date::now().as_millis().saturating_sub(started);
-                    for e in &mut uses {
-                        if let Some(d) = e.detail.as_mut() {
-                            d["duration_ms"] = ms.into();
-                            d["bytes_in"] = s.bytes_up.into();
-                            d["bytes_out"] = s.bytes_down.into();
-                            d["closed_by"] = s.closed_by.into();
-                            d["close_code"] = s.code.into();
-                        }
-                    }
+                    websocket::pipe(
+                        *upstream,
+                        up.protocol,
+                        up.max_seconds,
+                        &mut session.tally,
+                        |r| answer.send(r).is_ok(),
+                    )
+                    .await
                 }
-                Err(why) => {
-                    let _ = answer.send(websocket::refuse(1011, &why, up.protocol));
-                    for e in &mut uses {
-                        e.outcome = crate::audit::Outcome::Failure;
-                        e.reason = Some("provider_error".into());
-                    }
+                Err(_) => {
+                    let _ = answer.send(websocket::refuse(1011, "internal", up.protocol));
+                    ("error", 1011)
                 }
-            }
-            api::finish(&app, uses, None).await;
+            };
+            let end = api::realtime::End {
+                duration_ms: worker::Date::now().as_millis().saturating_sub(started),
+                closed_by,
+                code,
+            };
+            api::realtime::ended(&app, handled.uses, session, end).await;
+            jobs::wake_deliverer(app.jobs, app.audit_log, &app::log_at).await;
             return;
         }
+        let path = request.url.path();
         if is_websocket(&req)
             && handled.response.status >= 400
-            && request.url.path().contains("/ws/")
+            && (path.starts_with("/v1/realtime/") || path.starts_with("/v1/proxy/"))
         {
             // A refusal before the upstream opens: the contract's close code.
             let code = serde_json::from_slice::<Value>(&handled.response.body)

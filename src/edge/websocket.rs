@@ -1,21 +1,16 @@
-//! A realtime WebSocket session (`/v1/realtime/…/ws/…`): the upstream socket opened with
-//! the key, the caller's socket accepted, frames piped both ways unchanged, and a close on
-//! either side closing the other. Also the contract's close codes for a refusal.
+//! A realtime WebSocket session (`/v1/realtime/…/ws/…`): the caller's socket accepted and
+//! piped to the provider's (opened by the core through `Upstream::connect`), frames both
+//! ways unchanged and shown to the session's tally, a close on either side closing the
+//! other, and the session's time limit. Also the contract's close codes for a refusal.
 
-use futures::{select, StreamExt};
+use std::time::Duration;
+
+use futures::{select, FutureExt, StreamExt};
 use worker::js_sys::Reflect;
 use worker::wasm_bindgen::JsValue;
-use worker::{web_sys, Fetch, Headers, WebSocket, WebSocketPair, WebsocketEvent};
+use worker::{Delay, Headers, WebSocket, WebSocketPair, WebsocketEvent};
 
-use crate::api::realtime::Upgrade;
-
-/// What a session came to, for its `credential.used` event.
-pub(super) struct Session {
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    pub closed_by: &'static str,
-    pub code: u16,
-}
+use crate::realtime::socket::{Pass, Tally};
 
 /// Binary frames as ArrayBuffers (the compatibility date would give Blobs), so they go
 /// through byte for byte.
@@ -48,56 +43,44 @@ pub(super) fn refuse(
     answer(pair.client, protocol)
 }
 
-/// Opens the upstream socket; `Err` says what the provider did instead. The request is
-/// built with `web_sys`, as `fetch.rs` builds its own (worker's `RequestInit` costs size).
-pub(super) async fn connect(up: &Upgrade) -> Result<WebSocket, String> {
-    let built = (|| -> Result<worker::Request, JsValue> {
-        let headers = web_sys::Headers::new()?;
-        headers.set("upgrade", "websocket")?;
-        headers.set(up.header, up.value.expose())?;
-        let init = web_sys::RequestInit::new();
-        init.set_method("GET");
-        init.set_headers(&headers);
-        web_sys::Request::new_with_str_and_init(&up.url, &init).map(worker::Request::from)
-    })();
-    let request = built.map_err(|_| "the upstream request could not be built".to_string())?;
-    let response = Fetch::Request(request)
-        .send()
-        .await
-        .map_err(|_| "the provider could not be reached".to_string())?;
-    let status = response.status_code();
-    response
-        .websocket()
-        .ok_or_else(|| format!("the provider answered {status}"))
-}
-
-/// A close code one side may send on: the reserved ones (1005, 1006, 1015) become 1000.
-fn sendable(code: u16) -> u16 {
+/// The code to close the other side with when one closed with `code`: the ones that may
+/// not be sent (1005 no status, 1006 and 1015 a broken connection) become 1000 for a
+/// caller who just went, and 1011 for a provider whose connection broke.
+fn sendable(code: u16, from_caller: bool) -> u16 {
     match code {
         1000..=1003 | 1007..=1014 | 3000..=4999 => code,
-        _ => 1000,
+        1005 => 1000,
+        _ if from_caller => 1001,
+        _ => 1011,
     }
 }
 
-/// Accepts the caller's socket and pipes it to `upstream` until either closes; `respond`
-/// gets the 101 before the first frame moves.
+/// Closes `ws` with `code` and `reason`, or, when the runtime refuses that (a reason too
+/// long, say), with the code alone: a side is never left open.
+fn close(ws: &WebSocket, code: u16, reason: &str) {
+    if ws.close(Some(code), Some(reason)).is_err() {
+        let _ = ws.close(Some(code), None::<&str>);
+    }
+}
+
+/// Accepts the caller's socket and pipes it to `upstream` until either closes or
+/// `max_seconds` pass, showing every frame to `tally`; `respond` gets the 101 before the
+/// first frame moves, and says whether the caller is still there to take it (one who hung
+/// up ends the session at once: the provider's socket is not left open for nobody). Idle,
+/// it only awaits: no CPU.
 pub(super) async fn pipe(
     upstream: WebSocket,
     protocol: Option<&str>,
-    respond: impl FnOnce(worker::Result<worker::Response>),
-) -> Session {
-    let mut session = Session {
-        bytes_up: 0,
-        bytes_down: 0,
-        closed_by: "error",
-        code: 1011,
-    };
+    max_seconds: u64,
+    tally: &mut Tally,
+    respond: impl FnOnce(worker::Result<worker::Response>) -> bool,
+) -> (&'static str, u16) {
     let pair = match WebSocketPair::new() {
         Ok(p) => p,
         Err(e) => {
             respond(Err(e));
             let _ = upstream.close(Some(1011), Some("the vault could not accept"));
-            return session;
+            return ("error", 1011);
         }
     };
     let (client, server) = (pair.client, pair.server);
@@ -105,57 +88,75 @@ pub(super) async fn pipe(
     array_buffers(&upstream);
     let (Ok(from_client), Ok(from_upstream)) = (server.events(), upstream.events()) else {
         respond(Err(worker::Error::RustError("no event stream".into())));
-        return session;
+        let _ = upstream.close(Some(1011), Some("the vault could not accept"));
+        return ("error", 1011);
     };
     if server.accept().is_err() || upstream.accept().is_err() {
         respond(Err(worker::Error::RustError("could not accept".into())));
-        return session;
+        let _ = upstream.close(Some(1011), Some("the vault could not accept"));
+        return ("error", 1011);
     }
-    respond(answer(client, protocol));
+    if !respond(answer(client, protocol)) {
+        let _ = upstream.close(Some(1001), Some("the caller went away"));
+        return ("client", 1001);
+    }
     let (mut from_client, mut from_upstream) = (from_client.fuse(), from_upstream.fuse());
+    let mut deadline = Delay::from(Duration::from_secs(max_seconds)).fuse();
     loop {
         let (event, from, to, up) = select! {
             e = from_client.next() => (e, &server, &upstream, true),
             e = from_upstream.next() => (e, &upstream, &server, false),
+            _ = deadline => {
+                let reason = "the session reached its time limit";
+                close(&server, 1000, reason);
+                close(&upstream, 1000, reason);
+                return ("timeout", 1000);
+            }
         };
         match event {
             Some(Ok(WebsocketEvent::Message(m))) => {
-                let sent = if let Some(text) = m.text() {
-                    let n = text.len() as u64;
-                    if up {
-                        session.bytes_up += n
+                let (pass, sent) = if let Some(text) = m.text() {
+                    let pass = if up {
+                        tally.up_text(&text)
                     } else {
-                        session.bytes_down += n
-                    }
-                    to.send_with_str(text)
+                        tally.down_text(&text)
+                    };
+                    (pass, (pass == Pass::On).then(|| to.send_with_str(text)))
                 } else if let Some(bytes) = m.bytes() {
-                    let n = bytes.len() as u64;
-                    if up {
-                        session.bytes_up += n
+                    let pass = if up {
+                        tally.up_binary(bytes.len())
                     } else {
-                        session.bytes_down += n
-                    }
-                    to.send_with_bytes(bytes)
+                        tally.down_binary(bytes.len())
+                    };
+                    (pass, (pass == Pass::On).then(|| to.send_with_bytes(bytes)))
                 } else {
-                    Ok(())
+                    (Pass::On, None)
                 };
-                if sent.is_err() {
-                    let _ = server.close(Some(1011), Some("send failed"));
-                    let _ = upstream.close(Some(1011), Some("send failed"));
-                    return session;
+                if let Pass::End(code, reason) = pass {
+                    close(&server, code, reason);
+                    close(&upstream, code, reason);
+                    return (if up { "client" } else { "provider" }, code);
+                }
+                if let Some(Err(_)) = sent {
+                    close(&server, 1011, "send failed");
+                    close(&upstream, 1011, "send failed");
+                    return ("error", 1011);
                 }
             }
             Some(Ok(WebsocketEvent::Close(c))) => {
-                session.code = c.code();
-                session.closed_by = if up { "client" } else { "provider" };
-                let _ = to.close(Some(sendable(c.code())), Some(c.reason()));
-                let _ = from.close(Some(sendable(c.code())), Some(c.reason()));
-                return session;
+                let reason = if up {
+                    c.reason()
+                } else {
+                    tally.provider_closed(c.code(), &c.reason())
+                };
+                close(to, sendable(c.code(), up), &reason);
+                close(from, sendable(c.code(), up), &reason);
+                return (if up { "client" } else { "provider" }, c.code());
             }
             Some(Err(_)) | None => {
-                let _ = server.close(Some(1011), Some("connection error"));
-                let _ = upstream.close(Some(1011), Some("connection error"));
-                return session;
+                close(&server, 1011, "connection error");
+                close(&upstream, 1011, "connection error");
+                return ("error", 1011);
             }
         }
     }

@@ -55,6 +55,7 @@ static REALTIME: Realtime = Realtime {
             ..Connect::url(url)
         }
     },
+    sockets: &[],
 };
 
 static INFO: ProviderInfo = ProviderInfo {

@@ -6,7 +6,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::realtime::{
-    json_field, query_value, ws_url, Connect, MintCall, Realtime, RealtimeKind, Token,
+    json_field, query_value, ws_url, Connect, MintCall, Realtime, RealtimeKind, SocketDialect,
+    SocketEndpoint, Token,
 };
 use super::{
     json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
@@ -54,6 +55,18 @@ static REALTIME: Realtime = Realtime {
             ..Connect::url(url)
         }
     },
+    sockets: &[
+        SocketEndpoint {
+            path: "/v1/listen",
+            kind: RealtimeKind::Stt,
+            dialect: SocketDialect::Deepgram,
+        },
+        SocketEndpoint {
+            path: "/v1/speak",
+            kind: RealtimeKind::Tts,
+            dialect: SocketDialect::DeepgramSpeak,
+        },
+    ],
 };
 
 static INFO: ProviderInfo = ProviderInfo {

@@ -6,7 +6,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::realtime::{
-    json_field, query_value, ws_url, Connect, MintCall, Realtime, RealtimeKind, Token,
+    json_field, query_value, ws_url, Connect, MintCall, Realtime, RealtimeKind, SocketDialect,
+    SocketEndpoint, Token,
 };
 use super::{
     json_str, Accepted, Auth, Endpoint, KeyCarrier, Operation, Provider, ProviderInfo, Target,
@@ -73,6 +74,23 @@ static REALTIME: Realtime = Realtime {
             }
         }
     },
+    sockets: &[
+        SocketEndpoint {
+            path: "/v1/speech-to-text/realtime",
+            kind: RealtimeKind::Stt,
+            dialect: SocketDialect::ElevenLabsStt,
+        },
+        SocketEndpoint {
+            path: "/v1/text-to-speech/{}/stream-input",
+            kind: RealtimeKind::Tts,
+            dialect: SocketDialect::ElevenLabsTts,
+        },
+        SocketEndpoint {
+            path: "/v1/text-to-speech/{}/multi-stream-input",
+            kind: RealtimeKind::Tts,
+            dialect: SocketDialect::ElevenLabsTts,
+        },
+    ],
 };
 
 static INFO: ProviderInfo = ProviderInfo {

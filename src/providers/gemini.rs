@@ -71,6 +71,7 @@ static REALTIME: Realtime = Realtime {
         ))
     }
     },
+    sockets: &[],
 };
 
 static INFO: ProviderInfo = ProviderInfo {

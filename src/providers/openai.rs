@@ -4,7 +4,8 @@
 use async_trait::async_trait;
 
 use super::realtime::{
-    json_field, query_value, ws_url, Connect, MintCall, Realtime, RealtimeKind, Token,
+    json_field, query_value, ws_url, Connect, MintCall, Realtime, RealtimeKind, SocketDialect,
+    SocketEndpoint, Token,
 };
 use super::{
     openai_compat, Accepted, Auth, Endpoint, Operation, Provider, ProviderInfo, Target, API_KEY,
@@ -64,6 +65,11 @@ static REALTIME: Realtime = Realtime {
             ..Connect::url(url)
         }
     },
+    sockets: &[SocketEndpoint {
+        path: "/v1/realtime",
+        kind: RealtimeKind::Conversation,
+        dialect: SocketDialect::OpenAi,
+    }],
 };
 
 static INFO: ProviderInfo = ProviderInfo {

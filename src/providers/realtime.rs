@@ -47,6 +47,63 @@ pub struct Realtime {
     pub read: fn(&HttpResponse) -> Option<Token>,
     /// Where the browser takes the credential.
     pub connect: fn(&Minting<'_>, &str) -> Connect,
+    /// The realtime WebSockets the vault's own proxy opens with the stored key
+    /// (`/v1/realtime/{provider}/ws/…`): the allow-list.
+    pub sockets: &'static [SocketEndpoint],
+}
+
+/// A realtime WebSocket endpoint of a provider, which the vault opens with the key in the
+/// header the provider's REST calls carry it in.
+#[derive(Debug)]
+pub struct SocketEndpoint {
+    /// The path under the provider's base URL; a `{}` segment is one id (a voice): letters,
+    /// digits, `-` and `_`, at most 100.
+    pub path: &'static str,
+    /// The kind of session, whose capability's key it takes.
+    pub kind: RealtimeKind,
+    /// How its messages report usage and a refused key.
+    pub dialect: SocketDialect,
+}
+
+/// The message shapes of a provider's realtime socket, as far as the vault reads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketDialect {
+    /// OpenAI Realtime: `response.done` and transcription events carry `usage`; `error`
+    /// events carry `error.code`.
+    OpenAi,
+    /// Deepgram listen: `Metadata` (and each final `Results`) carries the audio's
+    /// `duration`.
+    Deepgram,
+    /// Deepgram speak: the caller's `Speak` messages carry the text.
+    DeepgramSpeak,
+    /// ElevenLabs realtime speech to text: `message_type`s, errors among them.
+    ElevenLabsStt,
+    /// ElevenLabs text to speech stream-input: the caller's `text` messages.
+    ElevenLabsTts,
+}
+
+impl SocketEndpoint {
+    /// Whether `path` (no query) is this endpoint.
+    pub fn matches(&self, path: &str) -> bool {
+        let (mut want, mut got) = (self.path.split('/'), path.split('/'));
+        loop {
+            match (want.next(), got.next()) {
+                (None, None) => return true,
+                (Some("{}"), Some(id)) => {
+                    let ok = !id.is_empty()
+                        && id.len() <= 100
+                        && id
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                    if !ok {
+                        return false;
+                    }
+                }
+                (Some(w), Some(g)) if w == g => {}
+                _ => return false,
+            }
+        }
+    }
 }
 
 /// One minting, as asked for and bounded.

@@ -5,6 +5,9 @@
 //! as it goes out, and the reading of the answer into a credential, its expiry and where
 //! the browser connects; each provider's facts are in `providers::realtime` and its own
 //! module. Which key, budgets and judging a refused key are the caller's, as on the proxy.
+//! A session the vault proxies itself is tallied in [`socket`].
+
+pub mod socket;
 
 use serde_json::Value;
 
@@ -15,6 +18,8 @@ use crate::providers::realtime::{Connect, Minting, Realtime, RealtimeKind};
 use crate::providers::{ProviderInfo, Target};
 use crate::redact::ProviderText;
 
+/// `REALTIME_MAX_SECONDS`'s default: an hour.
+pub const DEFAULT_SESSION_MAX_SECONDS: u64 = 3600;
 /// `REALTIME_TOKEN_MAX_SECONDS`'s default: ten minutes.
 pub const DEFAULT_TOKEN_MAX_SECONDS: u64 = 600;
 /// The longest credential any provider minted here grants when asked (OpenAI's two hours);
@@ -27,6 +32,8 @@ pub const MAX_TOKEN_CHARS: usize = 8192;
 pub struct RealtimeSettings {
     /// The longest lifetime the vault asks a provider for (`REALTIME_TOKEN_MAX_SECONDS`).
     pub token_max_seconds: u64,
+    /// The longest a proxied session lasts (`REALTIME_MAX_SECONDS`).
+    pub session_max_seconds: u64,
 }
 
 impl RealtimeSettings {
@@ -37,6 +44,12 @@ impl RealtimeSettings {
                 DEFAULT_TOKEN_MAX_SECONDS,
                 10,
                 TOKEN_MAX_SECONDS_LIMIT,
+            ),
+            session_max_seconds: vars.number(
+                "REALTIME_MAX_SECONDS",
+                DEFAULT_SESSION_MAX_SECONDS,
+                1,
+                86_400,
             ),
         }
     }

@@ -165,6 +165,21 @@ impl crate::http::Upstream for FakeHttp<'_> {
         Ok(bytes)
     }
 
+    /// A scripted 101 opens a socket (nothing inside: the glue owns sockets); any other
+    /// answer is the provider's refusal.
+    async fn connect(
+        &self,
+        req: HttpRequest,
+        timeout_ms: u64,
+    ) -> Result<crate::http::Connected, HttpError> {
+        let r = HttpClient::send(self, req, timeout_ms).await?;
+        Ok(if r.status == 101 {
+            crate::http::Connected::Open(crate::http::Socket(Box::new(())))
+        } else {
+            crate::http::Connected::Answered(r)
+        })
+    }
+
     /// The whole body goes by at once, in chunks of 7 bytes (so a reader meets events
     /// split across chunks), as the tap lets it, and it always ends whole.
     fn watch(

@@ -88,3 +88,18 @@ pub fn minted(
     detail["tier"] = json!(key.tier);
     facts.detail = Some(detail);
 }
+
+/// A realtime socket was asked of the provider: the session's `detail` (operation
+/// `realtime_session`, the path; the socket's tally is added when it ends), the status the
+/// upgrade was answered with (101: open), and which of the keys tried it was.
+pub fn opened(facts: &mut Facts, key: &KeyInUse, path: &str, status: u16, attempt: u32) {
+    facts.detail = Some(json!({
+        "operation": "realtime_session",
+        "path": path,
+        "attempt": attempt,
+        "status": status,
+        "model": key.model,
+        "fallback_reason": key.fallback_reason,
+        "tier": key.tier,
+    }));
+}

@@ -7,7 +7,12 @@
 // loads (and a flow without a refusal runs) without a single console error. With several
 // keys for one provider, a person sees and changes the order they are tried in, sees a key
 // that is cooling down and until when, sets and removes a key's budget, and sees the key's
-// use this period against its budget and over the last 30 days.
+// use this period against its budget and over the last 30 days. "Try live" on a Deepgram key
+// mints a grant from exactly that key and opens the (fake) provider's realtime socket with it
+// under the page's own CSP; a key the provider refuses at minting shows the vault's reason in
+// its row; Azure Speech says until when its token is valid and opens no socket; a socket the
+// provider refuses is "could not connect"; a host page whose CSP does not allow the provider
+// is named; the minted credential is never in the page.
 // Screenshots are kept in .test-runs/screenshots/.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -38,7 +43,10 @@ before(async () => {
   // listens first (on a port the OS assigns) so that origin is known before the vault
   // starts; its page is asked for only once the vault is up.
   host = http.createServer((req, res) => {
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    // `/strict`: a host app whose CSP lets the element reach the vault and nothing else.
+    const csp = req.url === '/strict'
+      ? { 'content-security-policy': `default-src 'none'; script-src ${vault.base} 'unsafe-inline'; connect-src ${vault.base}` } : {};
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', ...csp });
     res.end(`<!doctype html><html lang="en"><head><title>Host app</title>
       <script type="module" src="${vault.base}/byok-keys.js"></script></head>
       <body><main><h1>Host app settings</h1><byok-keys api-base="${vault.base}"></byok-keys></main>
@@ -430,5 +438,205 @@ describe("a person's several keys, their use and budgets", () => {
     await shot(page, '11-usage');
     assert.deepEqual(await violations(page), []);
     await page.close();
+  });
+});
+
+describe('"Try live" on a realtime voice key', () => {
+  async function addByApi(user, provider) {
+    const key = randomKey('valid');
+    const r = await vault.request('POST', '/v1/credentials', { user, body: { provider, api_key: key } });
+    assert.equal(r.status, 201, r.text);
+    return { id: r.json.credential.id, key };
+  }
+  /** Settles with `promise`, or fails after `ms`. */
+  const within = (promise, ms, what) => Promise.race([promise,
+    new Promise((_, reject) => { setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms).unref(); })]);
+  /** Everything the page holds as text: the element's shadow tree, the document, storage. */
+  const pageText = (page) => page.evaluate(() => [
+    document.querySelector('byok-keys').shadowRoot.innerHTML, document.documentElement.outerHTML,
+    JSON.stringify([{ ...localStorage }, { ...sessionStorage }, document.cookie])].join('\n'));
+
+  test('mints a grant from exactly that key, opens Deepgram\'s socket with it, and says "connected"; the grant is nowhere in the page', async () => {
+    const user = 'u_page_live';
+    const chosen = await addByApi(user, 'deepgram');
+    await addByApi(user, 'deepgram'); // newer: tried first, so a pick by the vault's order would take it
+    await addByApi(user, 'elevenlabs');
+    const page = await signedIn(user);
+    const messages = [];
+    page.on('console', (m) => messages.push(m.text()));
+    // The page's own CSP allows the realtime hosts by name (and loopback), never a whole scheme.
+    const csp = (await page.request.get(`${vault.base}/`)).headers()['content-security-policy'];
+    const connectSrc = /connect-src ([^;]*)/.exec(csp)[1].split(' ');
+    for (const hostSource of ['wss://api.deepgram.com', 'wss://api.openai.com', 'wss://api.elevenlabs.io', 'wss://generativelanguage.googleapis.com']) {
+      assert.ok(connectSrc.includes(hostSource), `${hostSource} is not in connect-src: ${csp}`);
+    }
+    assert.ok(!connectSrc.some((src) => ['*', 'ws:', 'wss:', 'http:', 'https:'].includes(src)), `a scheme-wide connect-src: ${csp}`);
+
+    // Every realtime-capable key has the button; the Deepgram ones and the ElevenLabs one.
+    assert.equal(await page.getByRole('button', { name: 'Try live' }).count(), 3);
+    const mintedBefore = fake.minted.length;
+    const socketsBefore = fake.sockets.length;
+    const card = page.locator(`article[data-credential="${chosen.id}"]`);
+    await card.getByRole('button', { name: 'Try live' }).click();
+    const status = card.getByRole('status');
+    await status.getByText(/^Live: connected to Deepgram \(speech to text\)/).waitFor();
+
+    // One grant, minted with the key of the row pressed, for 60 seconds.
+    const minted = fake.minted.slice(mintedBefore);
+    assert.equal(minted.length, 1);
+    assert.equal(minted[0].provider, 'deepgram');
+    // (Compared, never printed: a failure must not put a key or a grant in the test output.)
+    assert.ok(minted[0].key === chosen.key, 'minted with another key than the row\'s');
+    assert.deepEqual(minted[0].body, { ttl_seconds: 60 });
+    // The browser opened Deepgram's socket with it as Deepgram asks, and closed it.
+    const sockets = fake.sockets.slice(socketsBefore);
+    assert.equal(sockets.length, 1);
+    assert.equal(sockets[0].path, '/deepgram/v1/listen');
+    assert.equal(sockets[0].protocols.length, 2);
+    assert.equal(sockets[0].protocols[0], 'bearer');
+    assert.ok(sockets[0].protocols[1] === minted[0].token, 'the socket did not carry the minted grant');
+    assert.equal(sockets[0].accepted, true);
+    assert.equal((await within(sockets[0].ws.closed, 10_000, 'the page to close the socket')).code, 1000);
+
+    const grant = minted[0].token;
+    const text = await pageText(page);
+    assert.ok(!text.includes(grant), 'the minted grant is in the page');
+    assert.ok(!text.includes(chosen.key), 'the key is in the page');
+    assert.ok(!messages.some((m) => m.includes(grant)), 'the minted grant is in the console');
+    await shot(page, '12-try-live');
+    await assertNoConsoleErrors(page, 'trying a key live');
+    await page.close();
+  });
+
+  test('a key the provider refuses at minting: the vault\'s reason in its row, and no socket', async () => {
+    const user = 'u_page_live_refused';
+    const refused = await addByApi(user, 'deepgram');
+    const page = await signedIn(user);
+    fake.revoke(refused.key);
+    const socketsBefore = fake.sockets.length;
+    const card = page.locator(`article[data-credential="${refused.id}"]`);
+    await card.getByRole('button', { name: 'Try live' }).click();
+    const status = card.getByRole('status');
+    await status.getByText(/^Live: no credential minted\. .+ \(credential_invalid\)$/).waitFor();
+    // The vault marked the key, and the row says so beside the outcome.
+    await card.getByText('Invalid key', { exact: true }).waitFor();
+    assert.equal(fake.sockets.length, socketsBefore, 'a socket was opened without a credential');
+    assert.ok(!(await pageText(page)).includes(refused.key));
+    await shot(page, '13-try-live-refused');
+    // (No console check: Chromium logs the minting's 424, which this test asked for.)
+    await page.close();
+  });
+
+  test('Azure Speech shows until when its token is valid and opens no socket; a socket the provider refuses is "could not connect"', async () => {
+    const user = 'u_page_live_more';
+    const azure = await vault.request('POST', '/v1/credentials', { user, body: { provider: 'azure_speech', api_key: randomKey('valid'), region: 'westeurope' } });
+    assert.equal(azure.status, 201, azure.text);
+    const eleven = await addByApi(user, 'elevenlabs');
+    const page = await signedIn(user);
+    const messages = [];
+    page.on('console', (m) => messages.push(m.text()));
+    const socketsBefore = fake.sockets.length;
+    const azureCard = page.locator(`article[data-credential="${azure.json.credential.id}"]`);
+    await azureCard.getByRole('button', { name: 'Try live' }).click();
+    await azureCard.getByRole('status').getByText(/^Live: token minted, valid until .+\. Azure Speech is used through its Speech SDK, not a plain socket, so this page does not connect with it\.$/).waitFor();
+    assert.equal(fake.sockets.length, socketsBefore, 'a socket was opened for Azure Speech');
+    // The fake takes no ElevenLabs single-use token: it answers the upgrade 401, as a provider refusing it.
+    const mintedBefore = fake.minted.length;
+    const card = page.locator(`article[data-credential="${eleven.id}"]`);
+    await card.getByRole('button', { name: 'Try live' }).click();
+    await card.getByRole('status').getByText(`Live: could not connect to ${new URL(fake.url).host}. The credential was minted, but the socket closed before it opened.`).waitFor();
+    assert.equal(fake.minted.length, mintedBefore + 1);
+    assert.equal(fake.sockets.length, socketsBefore + 1);
+    assert.equal(fake.sockets.at(-1).accepted, false);
+    const text = await pageText(page);
+    assert.ok(!text.includes(fake.minted.at(-1).token), 'the minted token is in the page');
+    assert.ok(!text.includes('eyJhbGciOiJodHRwOi8vd3d3LnczLm9yZy8yMDAxLzA0L3htbGRzaWctbW9yZSNobWFjLXNoYTI1NiJ9'), 'the Azure token is in the page');
+    // The page logs nothing of its own. Chromium itself logs a failed socket's URL, with the
+    // (unspent) token ElevenLabs takes in the query, in the person's devtools console.
+    const ours = messages.filter((m) => !m.startsWith('WebSocket connection to '));
+    assert.ok(!ours.some((m) => m.includes(fake.minted.at(-1).token)), 'the page logged the minted token');
+    await page.close();
+  });
+
+  test('in a host app whose CSP does not allow the provider, the row names the host the policy blocks', async () => {
+    const user = 'u_embedded_live';
+    const { id } = await addByApi(user, 'deepgram');
+    const page = await browser.newPage();
+    await page.goto(`${hostOrigin}/strict`);
+    await page.evaluate((t) => { window.appToken = t; }, vault.token(user, { exp: Math.floor(Date.now() / 1000) + 3600 }));
+    await page.evaluate(() => document.querySelector('byok-keys').refresh());
+    const card = page.locator(`article[data-credential="${id}"]`);
+    const mintedBefore = fake.minted.length;
+    const socketsBefore = fake.sockets.length;
+    await card.getByRole('button', { name: 'Try live' }).click();
+    const host = new URL(fake.url).host;
+    await card.getByRole('status').getByText(`Live: could not connect: this page's Content-Security-Policy does not allow ${host}.`).waitFor();
+    assert.equal(fake.minted.length, mintedBefore + 1);
+    assert.equal(fake.sockets.length, socketsBefore, 'the browser opened a socket its CSP forbids');
+    assert.ok(!(await pageText(page)).includes(fake.minted.at(-1).token));
+    await page.close();
+  });
+});
+
+describe('the realtime WebSocket proxy from a browser', () => {
+  /** In a page of the vault's origin: opens `path` with `token` as the subprotocol, sends `send`, and reports. */
+  const session = (page, path, token, { other } = {}) => page.evaluate(async ({ url, token, other }) => {
+    const ws = new WebSocket(url, ['byok-vault', `byok-vault.token.${token}`]);
+    ws.binaryType = 'arraybuffer';
+    const got = [];
+    const closed = new Promise((res) => { ws.onclose = (e) => res({ code: e.code, reason: e.reason }); });
+    ws.onmessage = (e) => got.push(e.data);
+    const opened = await Promise.race([new Promise((res) => { ws.onopen = () => res(true); }), closed.then(() => false)]);
+    if (!opened || other) return { opened, closed: await closed };
+    const audio = new Uint8Array(6400);
+    crypto.getRandomValues(audio);
+    ws.send(audio);
+    for (let i = 0; i < 200 && got.length < 2; i++) await new Promise((r) => setTimeout(r, 25));
+    ws.send(JSON.stringify({ type: 'CloseStream' }));
+    const end = await closed;
+    const back = new Uint8Array(got[1] ?? new ArrayBuffer(0));
+    const hex = (buf) => [...new Uint8Array(buf)].map((b) => b.toString(16).padStart(2, '0')).join('');
+    const sha = hex(await crypto.subtle.digest('SHA-256', audio));
+    return {
+      opened,
+      protocol: ws.protocol,
+      result: JSON.parse(got[0]),
+      sha,
+      reversed: back.length === audio.length && back.every((b, i) => b === audio[audio.length - 1 - i]),
+      after: got.slice(2).map((m) => (typeof m === 'string' ? JSON.parse(m).type : 'binary')),
+      closed: end,
+    };
+  }, { url: vault.base.replace(/^http/, 'ws') + path, token, other });
+
+  test('Chromium streams audio through the vault with its token as a subprotocol: byte-exact both ways, the key never in the page', async () => {
+    const user = 'u_browser_ws';
+    const key = randomKey('valid');
+    const r = await vault.request('POST', '/v1/credentials', { user, body: { provider: 'deepgram', api_key: key } });
+    assert.equal(r.status, 201, r.text);
+    const page = await browser.newPage();
+    try {
+      await page.goto(`${vault.base}/`);
+      const before = fake.sockets.length;
+      const s = await session(page, '/v1/realtime/deepgram/ws/v1/listen?encoding=linear16&sample_rate=16000', vault.token(user));
+      assert.equal(s.opened, true, JSON.stringify(s));
+      assert.equal(s.protocol, 'byok-vault');
+      assert.equal(s.result.type, 'Results');
+      assert.equal(s.result.channel.alternatives[0].transcript, 'heard 6400 bytes');
+      assert.equal(s.result.channel.alternatives[0].sha256, s.sha, 'the audio changed on the way up');
+      assert.equal(s.reversed, true, 'the binary answer changed on the way down');
+      assert.deepEqual(s.after, ['Metadata']);
+      assert.equal(s.closed.code, 1000);
+      const upstream = fake.sockets.slice(before);
+      assert.equal(upstream.length, 1);
+      assert.equal(upstream[0].headers.authorization, `Token ${key}`);
+      const text = await page.evaluate(() => document.documentElement.outerHTML + JSON.stringify({ ...localStorage }));
+      assert.ok(!text.includes(key));
+      // Another user's token naming this credential: closed 4404 before any provider socket.
+      const other = await session(page, `/v1/realtime/deepgram/ws/v1/listen?credential_id=${r.json.credential.id}`, vault.token('u_browser_ws_other'), { other: true });
+      assert.deepEqual([other.opened, other.closed.code, other.closed.reason], [true, 4404, 'not_found']);
+      assert.equal(fake.sockets.length, before + 1, 'a provider socket was opened for a refusal');
+    } finally {
+      await page.close();
+    }
   });
 });

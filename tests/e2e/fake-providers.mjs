@@ -44,11 +44,21 @@
 // ElevenLabs single-use tokens, Deepgram grants, Gemini auth tokens; Azure's issueToken is
 // the probe's own call) a fresh credential per call, kept in `minted` with the key that
 // asked; an invalid key gets the provider's invalid answer, `forbidden`/`noscope` its
-// too-few-permissions answer (Deepgram's 403 FORBIDDEN). Each operation's request (headers and body)
+// too-few-permissions answer (Deepgram's 403 FORBIDDEN). Realtime WebSockets (Deepgram
+// `/v1/listen` and `/v1/speak`, ElevenLabs stream-input and Scribe, OpenAI `/v1/realtime`)
+// answer in each provider's shapes. They open with the key in the provider's header, or for
+// Deepgram a grant minted here, sent as Deepgram asks a browser to (subprotocols
+// `bearer, <grant>`; the answer selects `bearer`), unexpired and from a key not revoked since.
+// A bad key or grant is refused as each provider does: Deepgram's 401 before the upgrade,
+// ElevenLabs and OpenAI an error message on the open socket, then a close; a socket with no
+// credential at all (an ElevenLabs single-use token, which the fake does not take) is a 401.
+// Every attempt is kept in `sockets` (its key or grant, whether it was accepted, the socket). Each operation's request (headers and body)
 // is kept in `requests`, with what the fake answered (`sent`). A path starting `/redirect/`
 // answers 302 to the same path without that prefix (a base_url that bounces elsewhere).
 import crypto from 'node:crypto';
 import http from 'node:http';
+
+import { accept } from './websocket.mjs';
 
 const json = (res, status, body, headers = {}) => {
   res.writeHead(status, { 'content-type': 'application/json', ...headers });
@@ -460,6 +470,110 @@ function tokenEndpoint(name, method, path) {
   return null;
 }
 
+/**
+ * Answers an upgrade with `response` (a whole HTTP answer) and half-closes the connection,
+ * reading and dropping anything more the client sends: closing a socket that still holds
+ * unread bytes resets it (an RST), and the client may lose the answer, which no real
+ * provider does.
+ */
+function refuseUpgrade(socket, response) {
+  socket.on('data', () => {});
+  socket.on('error', () => {});
+  socket.on('end', () => socket.destroy());
+  socket.end(response);
+  setTimeout(() => socket.destroy(), 5_000).unref();
+}
+
+/**
+ * A realtime WebSocket endpoint of the fake, in the provider's shapes: its handler, given
+ * the accepted socket, or undefined for a path that is not one.
+ */
+function realtimeSocket(name, path) {
+  if (name === 'deepgram' && path === '/v1/listen') {
+    return (ws) => {
+      let bytes = 0;
+      ws.onmessage = (m) => {
+        if (m.type === 'binary') {
+          bytes += m.data.length;
+          ws.send(JSON.stringify({ type: 'Results', is_final: true, duration: m.data.length / 32000, channel: { alternatives: [{ transcript: `heard ${m.data.length} bytes`, confidence: 0.99, sha256: crypto.createHash('sha256').update(m.data).digest('hex') }] } }));
+          ws.send(Buffer.from(m.data).reverse());
+        } else if (JSON.parse(m.data.toString()).type === 'CloseStream') {
+          ws.send(JSON.stringify({ type: 'Metadata', transaction_key: 'deprecated', request_id: crypto.randomUUID(), duration: bytes / 32000, channels: 1 }));
+          ws.close(1000, '');
+        }
+      };
+    };
+  }
+  if (name === 'deepgram' && path === '/v1/speak') {
+    return (ws) => {
+      ws.onmessage = (m) => {
+        const msg = JSON.parse(m.data.toString());
+        if (msg.type === 'Speak') ws.send(Buffer.from(`audio of ${msg.text}`));
+        else if (msg.type === 'Flush') ws.send(JSON.stringify({ type: 'Flushed', sequence_id: 0 }));
+        else if (msg.type === 'Close') ws.close(1000, '');
+      };
+    };
+  }
+  if (name === 'elevenlabs' && /^\/v1\/text-to-speech\/[^/]+\/stream-input$/.test(path)) {
+    return (ws, { invalid }) => {
+      if (invalid) {
+        ws.send(JSON.stringify({ message: 'Invalid API key', error: 'invalid_api_key', code: 1008 }));
+        ws.close(1008, 'Invalid API key');
+        return;
+      }
+      ws.onmessage = (m) => {
+        const { text } = JSON.parse(m.data.toString());
+        if (text === '') {
+          ws.send(JSON.stringify({ isFinal: true }));
+          ws.close(1000, '');
+        } else if (text.trim()) {
+          ws.send(JSON.stringify({ audio: Buffer.from(`audio of ${text}`).toString('base64'), isFinal: null, normalizedAlignment: { chars: [...text], charStartTimesMs: [], charsDurationsMs: [] } }));
+        }
+      };
+    };
+  }
+  if (name === 'elevenlabs' && path === '/v1/speech-to-text/realtime') {
+    return (ws, { invalid }) => {
+      if (invalid) {
+        ws.send(JSON.stringify({ message_type: 'auth_error', error: 'You must be authenticated to use this endpoint.' }));
+        ws.close(1000, '');
+        return;
+      }
+      ws.send(JSON.stringify({ message_type: 'session_started', session_id: crypto.randomUUID(), config: { sample_rate: 16000, model_id: 'scribe_v2_realtime' } }));
+      ws.onmessage = (m) => {
+        const msg = JSON.parse(m.data.toString());
+        if (msg.message_type !== 'input_audio_chunk') return;
+        const n = Buffer.from(msg.audio_base_64 ?? '', 'base64').length;
+        ws.send(JSON.stringify({ message_type: msg.commit ? 'committed_transcript' : 'partial_transcript', text: `heard ${n} bytes` }));
+      };
+    };
+  }
+  if (name === 'openai' && path === '/v1/realtime') {
+    return (ws, { invalid, query }) => {
+      if (invalid) {
+        ws.send(JSON.stringify({ type: 'error', event_id: 'event_0', error: { type: 'invalid_request_error', code: 'invalid_api_key', message: 'Incorrect API key provided.', param: null, event_id: null } }));
+        ws.close(3000, 'invalid_request_error.invalid_api_key');
+        return;
+      }
+      const session = { type: 'realtime', object: 'realtime.session', id: 'sess_fake1', model: query.get('model') ?? 'gpt-realtime', output_modalities: ['audio'] };
+      ws.send(JSON.stringify({ type: 'session.created', event_id: 'event_1', session }));
+      let n = 1;
+      ws.onmessage = (m) => {
+        const msg = JSON.parse(m.data.toString());
+        if (msg.type === 'session.update') {
+          ws.send(JSON.stringify({ type: 'session.updated', event_id: `event_${++n}`, session: { ...session, ...msg.session } }));
+        } else if (msg.type === 'response.create') {
+          const id = `resp_${++n}`;
+          ws.send(JSON.stringify({ type: 'response.created', event_id: `event_${++n}`, response: { object: 'realtime.response', id, status: 'in_progress', output: [] } }));
+          ws.send(JSON.stringify({ type: 'response.output_text.delta', event_id: `event_${++n}`, response_id: id, item_id: 'item_1', output_index: 0, content_index: 0, delta: 'Hello from the fake.' }));
+          ws.send(JSON.stringify({ type: 'response.done', event_id: `event_${++n}`, response: { object: 'realtime.response', id, status: 'completed', output: [], usage: { total_tokens: 33, input_tokens: 11, output_tokens: 22, input_token_details: { text_tokens: 11, audio_tokens: 0, cached_tokens: 0 }, output_token_details: { text_tokens: 22, audio_tokens: 0 } } } }));
+        }
+      };
+    };
+  }
+  return undefined;
+}
+
 export function startFakeProviders() {
   const sseSent = [];
   // Keys whose answers wait (hold), and the SSE streams' last chunk (holdStreamEnd).
@@ -498,6 +612,49 @@ export function startFakeProviders() {
     }
     return answer(record, p, count, url, req, res);
   });
+  /**
+   * The realtime socket attempts: { provider, path, query, url, key, headers, protocols,
+   * token, accepted, refused?, ws }.
+   */
+  const sockets = [];
+  server.on('upgrade', (req, socket, head) => {
+    const url = new URL(req.url, 'http://fake');
+    const [, name, ...rest] = url.pathname.split('/');
+    const p = providers[name];
+    const path = '/' + rest.join('/');
+    const protocols = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((x) => x.trim()).filter(Boolean);
+    const entry = { provider: name, path: url.pathname, query: url.search, url: req.url, headers: req.headers, protocols, at: Date.now() };
+    sockets.push(entry);
+    const realtime = p && realtimeSocket(name, path);
+    // A browser's Deepgram grant (subprotocols `bearer, <grant>`): minted here, unexpired,
+    // from a key not revoked since. A server's key: in the provider's header.
+    const [scheme, token] = protocols;
+    const grant = name === 'deepgram' && scheme === 'bearer' && protocols.length === 2
+      ? minted.find((m) => m.provider === 'deepgram' && m.token === token) : undefined;
+    entry.token = token;
+    const granted = grant && !revoked.has(grant.key) && Date.now() < grant.at + (grant.body.ttl_seconds ?? 30) * 1000;
+    const key = grant ? grant.key : (p?.key(req.headers) ?? '');
+    entry.key = key;
+    const invalid = grant ? !granted : (key === '' || revoked.has(key) || key.split('_')[1] === 'invalid');
+    // Deepgram refuses a bad key or grant at the upgrade, and every provider a socket with no
+    // credential at all; the others accept a bad key and say so on the socket.
+    if (!realtime || (invalid && (name === 'deepgram' || key === ''))) {
+      entry.accepted = false;
+      entry.refused = realtime ? 401 : 404;
+      const body = JSON.stringify({ err_code: 'INVALID_AUTH', err_msg: 'Invalid credentials.', request_id: crypto.randomUUID() });
+      refuseUpgrade(socket, `HTTP/1.1 ${entry.refused} ${realtime ? 'Unauthorized' : 'Not Found'}\r\nconnection: close\r\ncontent-type: application/json\r\ndg-error: Invalid credentials.\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      return;
+    }
+    const open = () => {
+      entry.accepted = true;
+      entry.ws = accept(req, socket, head, grant ? 'bearer' : undefined);
+      realtime(entry.ws, { invalid, query: url.searchParams });
+    };
+    // A held upgrade is answered when the test says so (holdUpgrades).
+    if (upgrades.held) upgrades.held.wait.then(open);
+    else open();
+  });
+  const upgrades = { held: null };
   /** Answers the request `record` (recorded when it arrived). */
   function answer(record, p, count, url, req, res) {
     const { provider: name, key, path } = record;
@@ -519,7 +676,7 @@ export function startFakeProviders() {
         switch (kind) {
           case 'valid': {
             const token = mint(res, parse(record.body));
-            minted.push({ provider: name, key, token, body: parse(record.body) });
+            minted.push({ provider: name, key, token, body: parse(record.body), at: Date.now() });
             return undefined;
           }
           case 'forbidden':
@@ -587,6 +744,7 @@ export function startFakeProviders() {
         server,
         requests,
         minted,
+        sockets,
         base: (provider) => `${url}/${provider}`,
         /** Every provider's base URL var, pointing here. */
         vars: () => ({
@@ -605,6 +763,16 @@ export function startFakeProviders() {
         callsFor: (key) => requests.filter((r) => r.key === key),
         /** When the fake sent each SSE chunk (ms since the epoch), over every stream. */
         sseSent,
+        /**
+         * Realtime upgrades from now on wait (recorded in `sockets` when they arrive) until
+         * the returned function is called, or `maxMs` has passed.
+         */
+        holdUpgrades({ maxMs = 30_000 } = {}) {
+          const g = gate(maxMs);
+          upgrades.held = g;
+          g.wait.then(() => { if (upgrades.held === g) upgrades.held = null; });
+          return g.open;
+        },
         /** From now on the provider answers this key as invalid (a key revoked upstream). */
         revoke: (key) => revoked.add(key),
         /** The next call with this key answers 429 in the provider's style, asking for `secs`. */
@@ -635,6 +803,7 @@ export function startFakeProviders() {
         close: () => new Promise((done) => {
           for (const g of holds.values()) g.open();
           for (const res of hanging) res.destroy();
+          for (const s of sockets) s.ws?.destroy();
           server.closeAllConnections?.();
           server.close(() => done());
         }),

@@ -99,6 +99,26 @@ const CASES = {
   'deepgram.speak': { provider: 'deepgram', path: '/v1/speak', bytes: true },
 };
 
+/**
+ * The SDKs' own realtime WebSockets through the vault (the URL each makes from its base
+ * URL): the fake socket's path, and what the SDK must have returned given what it sent.
+ */
+const SOCKET_CASES = {
+  'openai.realtime': {
+    provider: 'openai', path: '/v1/realtime',
+    expect: () => ({ events: ['session.created', 'session.updated', 'response.created', 'response.output_text.delta', 'response.done'], input_tokens: 11, output_tokens: 22 }),
+  },
+  'deepgram.live': {
+    provider: 'deepgram', path: '/v1/listen',
+    // The fake hears the WAV sent whole (0.5 s of 16 kHz 16-bit audio plus its header).
+    expect: (socket) => {
+      const audio = socket.ws.messages.filter((m) => m.type === 'binary');
+      const n = audio.reduce((sum, m) => sum + m.data.length, 0);
+      return { transcripts: audio.map((m) => `heard ${m.data.length} bytes`), duration: n / 32000 };
+    },
+  },
+};
+
 /** The Python SDKs' cases and which of them the `openai` npm package runs too. */
 const PYTHON_CASES = Object.keys(CASES);
 const NODE_CASES = Object.keys(CASES).filter((c) => c.startsWith('openai.'));
@@ -228,6 +248,24 @@ describe('the official Python SDKs, with only the base URL and the vault token',
       if (name === 'gemini.generate_content_stream') {
         assert.match(ops.at(-1).query, /[?&]alt=sse(&|$)/, 'the stream was asked for as SSE');
       }
+    });
+  }
+});
+
+describe('the official Python SDKs\' own realtime WebSockets, with only the base URL and the vault token', () => {
+  for (const [name, c] of Object.entries(SOCKET_CASES)) {
+    test(name, async () => {
+      const mark = fake.sockets.length;
+      const answer = await driver.run({ case: name, base: vault.base, token });
+      assert.ok(answer.ok, `${name} failed: ${report(answer)}`);
+      const opened = fake.sockets.slice(mark);
+      assert.equal(opened.length, 1, `${name}: ${opened.length} provider sockets opened`);
+      const socket = opened[0];
+      assert.equal(socket.path, `/${c.provider}${c.path}`);
+      assertSameKey(socket.key, stored[c.provider].key, `the key the fake's socket saw for ${name}`);
+      const seen = JSON.stringify(socket.headers) + socket.url + socket.ws.messages.map((m) => m.data.toString('latin1')).join('');
+      assert.ok(!seen.includes(token), `${name}: the vault token reached the provider's socket`);
+      assert.deepEqual(answer.value, c.expect(socket), `${name}: what the SDK returned is not what the fake sent`);
     });
   }
 });

@@ -214,6 +214,40 @@ def deepgram_speak(r):
     return b"".join(deepgram_client(r).speak.v1.audio.generate(text="Hello", model="aura-2-thalia-en"))
 
 
+def openai_realtime(r):
+    """A realtime session over the SDK's own WebSocket (its URL made from the base URL):
+    the events it saw up to the first response's end, and that response's usage."""
+    seen = []
+    with openai_client(r).realtime.connect(model="gpt-realtime",
+                                           extra_headers=r.get("headers") or {}) as conn:
+        conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        conn.response.create()
+        for event in conn:
+            seen.append(event.type)
+            if event.type == "response.done":
+                usage = event.response.usage
+                return {"events": seen, "input_tokens": usage.input_tokens,
+                        "output_tokens": usage.output_tokens}
+    return {"events": seen}
+
+
+def deepgram_live(r):
+    """Live transcription over the SDK's own WebSocket: audio up, the transcript back, then
+    CloseStream and the closing Metadata's duration."""
+    transcripts = []
+    with deepgram_client(r).listen.v1.connect(model="nova-3", encoding="linear16",
+                                              sample_rate=16000) as conn:
+        conn.send_media(AUDIO_IN)
+        for message in conn:
+            kind = getattr(message, "type", None)
+            if kind == "Results":
+                transcripts.append(message.channel.alternatives[0].transcript)
+                conn.send_close_stream()
+            elif kind == "Metadata":
+                return {"transcripts": transcripts, "duration": message.duration}
+    return {"transcripts": transcripts}
+
+
 CASES = {
     "openai.chat": openai_chat,
     "openai.chat_stream": openai_chat_stream,
@@ -229,6 +263,8 @@ CASES = {
     "elevenlabs.speech_to_text": elevenlabs_stt,
     "deepgram.listen": deepgram_listen,
     "deepgram.speak": deepgram_speak,
+    "openai.realtime": openai_realtime,
+    "deepgram.live": deepgram_live,
 }
 
 

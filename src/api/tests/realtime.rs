@@ -562,11 +562,32 @@ fn the_vault_token_is_taken_where_the_providers_sdk_puts_its_key() {
     assert_eq!(response.status, 201);
 }
 
+/// A WebSocket upgrade as the core answered it: the socket to pipe and the uses to record
+/// when it ends, or the refusal (already recorded).
+struct Upgraded {
+    status: u16,
+    body: Value,
+    sent: Vec<crate::testing::Sent>,
+    session: Option<(crate::api::realtime::Upgrade, Vec<crate::audit::AuditEvent>)>,
+}
+
 impl World {
-    /// `u_a`'s (or nobody's) WebSocket upgrade to `path` with `headers`: status and body.
-    fn upgrade(&self, path: &str, headers: Vec<(String, String)>) -> (u16, Value) {
-        let http = FakeHttp::new(&self.clock, vec![]);
-        let log = |line: &str| assert!(!line.contains(SYSTEM), "secret in log: {line}");
+    /// `u_a`'s (or nobody's) WebSocket upgrade to `path` with `headers`; `script` answers
+    /// the provider's upgrade (101: open).
+    fn upgrade(
+        &self,
+        path: &str,
+        headers: Vec<(String, String)>,
+        script: Vec<Scripted>,
+    ) -> Upgraded {
+        let http = FakeHttp::new(&self.clock, script);
+        let log = |line: &str| {
+            assert!(
+                !line.contains(SYSTEM) && !line.contains(KEY),
+                "secret in log: {line}"
+            );
+            self.logs.borrow_mut().push(line.to_owned());
+        };
         let app = self.app(&http, &log);
         let mut all = vec![("upgrade".to_owned(), "websocket".to_owned())];
         all.extend(headers);
@@ -576,42 +597,103 @@ impl World {
             all,
             Box::new(crate::testing::Bytes(Vec::new())),
         );
-        let response = block_on(handle_all(&app, &request));
-        assert!(http.sent.borrow().is_empty(), "a provider was called");
-        let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-        (response.status, body)
+        let mut handled = block_on(handle(&app, &request));
+        let session = match handled.response.upgrade.take() {
+            Some(up) => Some((*up, std::mem::take(&mut handled.uses))),
+            None => {
+                block_on(finish(&app, handled.uses, handled.metering));
+                None
+            }
+        };
+        let body = serde_json::from_slice(&handled.response.body).unwrap_or(Value::Null);
+        let sent = http.sent.borrow().clone();
+        Upgraded {
+            status: handled.response.status,
+            body,
+            sent,
+            session,
+        }
+    }
+
+    /// Ends a session the Worker piped, after `feed` showed its tally the frames.
+    fn end_session(
+        &self,
+        upgraded: Upgraded,
+        feed: impl FnOnce(&mut crate::realtime::socket::Tally),
+        closed_by: &'static str,
+        code: u16,
+    ) {
+        let (up, uses) = upgraded.session.expect("an open session");
+        let http = FakeHttp::new(&self.clock, vec![]);
+        let log = |line: &str| {
+            assert!(
+                !line.contains(SYSTEM) && !line.contains(KEY),
+                "secret in log: {line}"
+            );
+            self.logs.borrow_mut().push(line.to_owned());
+        };
+        let app = self.app(&http, &log);
+        let mut session = up.session;
+        feed(&mut session.tally);
+        let end = crate::api::realtime::End {
+            duration_ms: 1500,
+            closed_by,
+            code,
+        };
+        block_on(crate::api::realtime::ended(&app, uses, session, end));
     }
 }
 
+fn offered(t: &str) -> Vec<(String, String)> {
+    vec![(
+        "sec-websocket-protocol".to_owned(),
+        format!("byok-vault, byok-vault.token.{t}"),
+    )]
+}
+
+fn open() -> Vec<Scripted> {
+    vec![respond(101, "")]
+}
+
 #[test]
-fn the_websocket_route_takes_the_token_as_a_subprotocol_and_never_the_system_key() {
-    let w = world(&systems());
+fn the_websocket_route_takes_the_token_as_a_subprotocol_and_refuses_before_any_provider_socket() {
+    let w = world(&[]);
     let listen = "/v1/realtime/deepgram/ws/v1/listen";
-    let offered = |t: &str| {
-        vec![(
-            "sec-websocket-protocol".to_owned(),
-            format!("byok-vault, byok-vault.token.{t}"),
-        )]
-    };
     // No token: 401 (closed 4401 by the Worker).
-    let (s, b) = w.upgrade(
+    let u = w.upgrade(
         listen,
         vec![("sec-websocket-protocol".into(), "byok-vault".into())],
-    );
-    assert_eq!((s, b["code"].as_str()), (401, Some("unauthorized")), "{b}");
-    // The subprotocol's token authenticates; with only a system key there is no credential.
-    let (s, b) = w.upgrade(listen, offered(&token("u_a")));
-    assert_eq!((s, b["code"].as_str()), (404, Some("no_credential")), "{b}");
-    // A path that is not allow-listed.
-    let (s, b) = w.upgrade(
-        "/v1/realtime/deepgram/ws/v1/projects",
-        offered(&token("u_a")),
+        vec![],
     );
     assert_eq!(
-        (s, b["code"].as_str()),
-        (400, Some("invalid_request")),
-        "{b}"
+        (u.status, u.body["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{}",
+        u.body
     );
+    // The subprotocol's token authenticates; no key of any kind: no credential.
+    let u = w.upgrade(listen, offered(&token("u_a")), vec![]);
+    assert_eq!(
+        (u.status, u.body["code"].as_str()),
+        (404, Some("no_credential")),
+        "{}",
+        u.body
+    );
+    // A path that is not allow-listed, and a voice id that is not one.
+    for path in [
+        "/v1/realtime/deepgram/ws/v1/projects",
+        "/v1/realtime/elevenlabs/ws/v1/text-to-speech/a%2Fb/stream-input",
+        "/v1/realtime/elevenlabs/ws/v1/text-to-speech/../stream-input",
+        "/v1/realtime/azure_speech/ws/v1/listen",
+    ] {
+        let u = w.upgrade(path, offered(&token("u_a")), vec![]);
+        assert_eq!(
+            (u.status, u.body["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{path}: {}",
+            u.body
+        );
+    }
     assert_eq!(crate::api::realtime::close_code(404, "no_credential"), 4404);
     assert_eq!(crate::api::realtime::close_code(401, "unauthorized"), 4401);
     assert_eq!(
@@ -631,4 +713,301 @@ fn the_websocket_route_takes_the_token_as_a_subprotocol_and_never_the_system_key
         crate::api::realtime::subprotocol_token(Some("byok-vault")),
         None
     );
+}
+
+#[test]
+fn the_users_key_opens_the_providers_socket_in_its_header_and_the_session_is_recorded() {
+    let w = world(&[]);
+    let id = w.added();
+    let path = "/v1/realtime/elevenlabs/ws/v1/text-to-speech/JBFqnCBsd6RMkjVDRZzb/stream-input?model_id=eleven_flash_v2_5&credential_id=";
+    let u = w.upgrade(&format!("{path}{id}"), offered(&token("u_a")), open());
+    assert_eq!(u.status, 101, "{}", u.body);
+    let (url, headers, _) = &u.sent[0];
+    assert_eq!(
+        url,
+        "https://api.elevenlabs.io/v1/text-to-speech/JBFqnCBsd6RMkjVDRZzb/stream-input?model_id=eleven_flash_v2_5"
+    );
+    let sent = (u.sent[0].0.clone(), u.sent[0].1.clone(), 0);
+    assert_eq!(header(&sent, "xi-api-key"), Some(KEY));
+    assert!(
+        !headers.iter().any(|(_, v)| v.contains("byok-vault")),
+        "the vault token went upstream"
+    );
+    assert_eq!(u.session.as_ref().unwrap().0.protocol, Some("byok-vault"));
+    // Nothing is recorded until the session ends.
+    assert!(w.used().is_empty());
+    w.end_session(
+        u,
+        |t| {
+            t.up_text(r#"{"text":" ","voice_settings":{"stability":0.5}}"#);
+            t.up_text(r#"{"text":"Hello there. "}"#);
+            t.down_binary(4096);
+            t.down_text(r#"{"audio":"AAAA","isFinal":null}"#);
+            t.up_text(r#"{"text":""}"#);
+        },
+        "provider",
+        1000,
+    );
+    let used = w.used();
+    assert_eq!(used.len(), 1, "{used:?}");
+    let e = &used[0];
+    assert_eq!(
+        (&e["outcome"], &e["credential_id"]),
+        (&json!("success"), &json!(id))
+    );
+    let d = &e["detail"];
+    assert_eq!(d["operation"], "realtime_session");
+    assert_eq!(d["path"], "/v1/text-to-speech/{}/stream-input");
+    assert_eq!(
+        (
+            d["duration_ms"].as_u64(),
+            d["closed_by"].as_str(),
+            d["close_code"].as_u64()
+        ),
+        (Some(1500), Some("provider"), Some(1000))
+    );
+    assert_eq!(
+        d["bytes_out"],
+        4096 + r#"{"audio":"AAAA","isFinal":null}"#.len()
+    );
+    assert_eq!(d["usage"]["characters"], 12, "{d}");
+    // The usage is kept: one request, the characters spoken.
+    let rows = w.usage.rows.borrow();
+    let row = rows.values().next().expect("a usage row");
+    assert_eq!((row.requests, row.characters), (1, 12));
+}
+
+#[test]
+fn a_key_the_provider_refuses_at_the_upgrade_is_marked_and_the_next_key_takes_over() {
+    let w = world(&[]);
+    let first = w.added();
+    let (s, b, _) = w.add_key("u_a", KEY2, valid());
+    assert_eq!(s, 201, "{b}");
+    let second = b["credential"]["id"].as_str().unwrap().to_owned();
+    let stt = "/v1/realtime/elevenlabs/ws/v1/speech-to-text/realtime?model_id=scribe_v2_realtime";
+    let u = w.upgrade(
+        stt,
+        offered(&token("u_a")),
+        vec![respond(401, INVALID), respond(101, "")],
+    );
+    assert_eq!(u.status, 101, "{}", u.body);
+    assert_eq!(u.sent.len(), 2);
+    let key_of = |i: usize| {
+        let s = (u.sent[i].0.clone(), u.sent[i].1.clone(), 0);
+        header(&s, "xi-api-key").map(str::to_owned)
+    };
+    // Whichever was tried first was refused and is marked; the other serves.
+    let (tried, then) = (key_of(0).unwrap(), key_of(1).unwrap());
+    assert_ne!(tried, then);
+    let id_of = |key: &str| {
+        if key == KEY {
+            first.clone()
+        } else {
+            second.clone()
+        }
+    };
+    let (refused, serving) = (id_of(&tried), id_of(&then));
+    let rows = w.store.rows.borrow().clone();
+    let status = |id: &str| rows.iter().find(|c| c.id.as_str() == id).unwrap().status;
+    assert_eq!(
+        status(&refused),
+        crate::domain::CredentialStatus::InvalidKey
+    );
+    assert_eq!(status(&serving), crate::domain::CredentialStatus::Valid);
+    w.end_session(u, |_| {}, "client", 1000);
+    let used = w.used();
+    let outcomes: Vec<(Value, Value)> = used
+        .iter()
+        .map(|e| (e["credential_id"].clone(), e["outcome"].clone()))
+        .collect();
+    assert!(
+        outcomes.contains(&(json!(refused), json!("failure"))),
+        "{outcomes:?}"
+    );
+    // Only the session's own event tells of the session.
+    let refused_event = used
+        .iter()
+        .find(|e| e["credential_id"] == json!(refused))
+        .unwrap();
+    assert_eq!(
+        refused_event["detail"]["bytes_in"],
+        Value::Null,
+        "{refused_event}"
+    );
+    assert_eq!(refused_event["detail"]["status"], 401, "{refused_event}");
+    assert!(
+        outcomes.contains(&(json!(serving), json!("success"))),
+        "{outcomes:?}"
+    );
+}
+
+#[test]
+fn a_refusal_on_the_open_socket_marks_the_key_and_the_event_says_so() {
+    let w = world(&[]);
+    let id = w.added();
+    let stt = "/v1/realtime/elevenlabs/ws/v1/speech-to-text/realtime";
+    let u = w.upgrade(stt, offered(&token("u_a")), open());
+    assert_eq!(u.status, 101, "{}", u.body);
+    w.end_session(
+        u,
+        |t| {
+            t.down_text(&format!(
+                r#"{{"message_type":"auth_error","error":"You must be authenticated (key {KEY})"}}"#
+            ));
+            t.provider_closed(1000, "");
+        },
+        "provider",
+        1000,
+    );
+    assert_eq!(
+        w.stored().status,
+        crate::domain::CredentialStatus::InvalidKey
+    );
+    let used = w.used();
+    assert_eq!(
+        (
+            &used[0]["credential_id"],
+            &used[0]["outcome"],
+            &used[0]["reason"]
+        ),
+        (&json!(id), &json!("failure"), &json!("credential_invalid"))
+    );
+    let trail = w
+        .call("GET", "/v1/audit?limit=200", Some("u_a"), None, vec![])
+        .1;
+    assert!(!trail.to_string().contains(KEY), "{trail}");
+}
+
+#[test]
+fn a_session_on_the_system_key_counts_against_its_limits_and_budgets_before_the_provider() {
+    let mut vars = systems();
+    vars.push((
+        "SYSTEM_KEY_BUDGETS",
+        r#"{"*":{"period":"day","requests":1}}"#,
+    ));
+    let w = world(&vars);
+    let listen = "/v1/realtime/deepgram/ws/v1/listen?encoding=linear16&sample_rate=16000";
+    // A parameter that may carry a credential is never forwarded.
+    let u = w.upgrade(
+        &format!("{listen}&token=abc&Key=def"),
+        offered(&token("u_a")),
+        open(),
+    );
+    assert_eq!(u.status, 101, "{}", u.body);
+    let sent = (u.sent[0].0.clone(), u.sent[0].1.clone(), 0);
+    assert_eq!(
+        sent.0,
+        "https://api.deepgram.com/v1/listen?encoding=linear16&sample_rate=16000"
+    );
+    assert_eq!(
+        header(&sent, "authorization"),
+        Some(format!("Token {SYSTEM}").as_str())
+    );
+    w.end_session(
+        u,
+        |t| {
+            t.down_text(r#"{"type":"Results","is_final":true,"duration":1.5,"channel":{}}"#);
+            t.down_text(
+                r#"{"type":"Metadata","duration":2.25,"model_info":{"x":{"name":"nova-3"}}}"#,
+            );
+        },
+        "client",
+        1000,
+    );
+    let e = &w.used()[0];
+    assert_eq!(
+        (&e["source"], &e["detail"]["fallback_reason"]),
+        (&json!("system"), &json!("no_user_credential")),
+        "{e}"
+    );
+    assert_eq!(e["detail"]["usage"]["audio_seconds"], 2.25);
+    // The budget's one request is spent: the next session is refused before any socket.
+    let u = w.upgrade(listen, offered(&token("u_a")), vec![]);
+    assert_eq!(
+        (u.status, u.body["code"].as_str(), u.sent.len()),
+        (429, Some("budget_exceeded"), 0),
+        "{}",
+        u.body
+    );
+    // The caller may refuse the system key.
+    let u = w.upgrade(
+        &format!("{listen}&allow_fallback=false"),
+        offered(&token("u_a")),
+        vec![],
+    );
+    assert_eq!(
+        (u.status, u.body["code"].as_str()),
+        (404, Some("no_credential")),
+        "{}",
+        u.body
+    );
+    // And past the user's limit on system-key use, no socket either.
+    let mut w = world(&systems());
+    w.limiter = CountingLimiter::new(1);
+    assert_eq!(
+        w.upgrade(listen, offered(&token("u_a")), open()).status,
+        101
+    );
+    let u = w.upgrade(listen, offered(&token("u_a")), vec![]);
+    assert_eq!(
+        (u.status, u.body["code"].as_str(), u.sent.len()),
+        (429, Some("rate_limited"), 0),
+        "{}",
+        u.body
+    );
+}
+
+#[test]
+fn an_sdks_own_websocket_through_the_proxy_base_url_is_the_same_session() {
+    let w = world(&systems());
+    // The OpenAI SDK: `wss://…/v1/proxy/openai/v1/realtime?model=…` with its key header.
+    let u = w.upgrade(
+        "/v1/proxy/openai/v1/realtime?model=gpt-realtime",
+        vec![("authorization".into(), format!("Bearer {}", token("u_a")))],
+        open(),
+    );
+    assert_eq!(u.status, 101, "{}", u.body);
+    let sent = (u.sent[0].0.clone(), u.sent[0].1.clone(), 0);
+    assert_eq!(
+        sent.0,
+        "https://api.openai.com/v1/realtime?model=gpt-realtime"
+    );
+    assert_eq!(
+        header(&sent, "authorization"),
+        Some(format!("Bearer {SYSTEM}").as_str())
+    );
+    assert_eq!(u.session.as_ref().unwrap().0.protocol, None);
+    w.end_session(
+        u,
+        |t| {
+            t.down_text(r#"{"type":"session.created","session":{"model":"gpt-realtime"}}"#);
+            t.down_text(r#"{"type":"response.done","response":{"usage":{"input_tokens":10,"output_tokens":32,"total_tokens":42}}}"#);
+            t.down_text(r#"{"type":"response.done","response":{"usage":{"input_tokens":5,"output_tokens":1}}}"#);
+        },
+        "client",
+        1000,
+    );
+    let d = &w.used()[0]["detail"];
+    assert_eq!(
+        (
+            d["usage"]["input_tokens"].as_u64(),
+            d["usage"]["output_tokens"].as_u64()
+        ),
+        (Some(15), Some(33)),
+        "{d}"
+    );
+    // Deepgram's SDK: `Authorization: Token <token>` on `/v1/proxy/deepgram/v1/listen`.
+    let u = w.upgrade(
+        "/v1/proxy/deepgram/v1/listen",
+        vec![("authorization".into(), format!("Token {}", token("u_a")))],
+        open(),
+    );
+    assert_eq!(u.status, 101, "{}", u.body);
+    // A path the socket proxy does not open is refused, as on the realtime route.
+    let u = w.upgrade(
+        "/v1/proxy/deepgram/v1/projects",
+        vec![("authorization".into(), format!("Token {}", token("u_a")))],
+        vec![],
+    );
+    assert_eq!(u.status, 400, "{}", u.body);
 }

@@ -23,7 +23,7 @@ import { gzipSync } from 'node:zlib';
 import { ROOT, localSql, randomKey, serviceTokens, startVault } from '../tests/e2e/harness.mjs';
 import { startFakeProviders } from '../tests/e2e/fake-providers.mjs';
 import { measureMetering } from './metering.mjs';
-import { addRealtimeUpstream, measureRealtime } from './realtime.mjs';
+import { measureRealtime } from './realtime.mjs';
 
 const run = promisify(execFile);
 const args = process.argv.slice(2);
@@ -218,7 +218,6 @@ fs.mkdirSync(OUT, { recursive: true });
 const startedAt = new Date();
 const results = {};
 const fake = await startFakeProviders();
-const upstream = addRealtimeUpstream(fake);
 const { tokens, SERVICE_TOKENS } = serviceTokens({ resolver: ['resolve'], operator: ['admin'] });
 const vars = {
   ...fake.vars(),
@@ -256,7 +255,7 @@ if (REALTIME_ONLY) {
     await start();
     const f1 = [{ method: 'GET', path: '/v1/health' }];
     results.f1 = await measure(vault, 'F1 GET /v1/health (one D1 query)', f1);
-    Object.assign(results, await measureRealtime({ vault, fake, upstream, measure, processes, adminToken: tokens.operator, resolveToken: tokens.resolver, quick: QUICK }));
+    Object.assign(results, await measureRealtime({ vault, fake, measure, processes, adminToken: tokens.operator, resolveToken: tokens.resolver, quick: QUICK }));
     results.f1_end = await measure(vault, 'F1 again, at the end', f1);
   } finally {
     await vault?.stop();
@@ -387,7 +386,7 @@ try {
   log(`streamed answer, first byte: direct ${results.stream_ttfb.direct_p50_ms} ms, proxied ${results.stream_ttfb.proxy_p50_ms} ms`);
 
   // Issue 22: minting against the fake's token endpoint, the WebSocket proxy, idle sessions.
-  Object.assign(results, await measureRealtime({ vault, fake, upstream, measure, processes, adminToken: tokens.operator, resolveToken: tokens.resolver, quick: QUICK }));
+  Object.assign(results, await measureRealtime({ vault, fake, measure, processes, adminToken: tokens.operator, resolveToken: tokens.resolver, quick: QUICK }));
 
   // Issue 21: metering on against off, the proxy's D1 round trips with budgets, failover.
   results.metering = await measureMetering({ fake, secrets, vars, config, adminToken: tokens.operator, quick: QUICK });

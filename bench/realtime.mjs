@@ -4,21 +4,22 @@
 //     fake's `POST /v1/auth/grant` called directly and the same call forwarded by plain JS
 //     in the Worker (bench/entry.mjs), so its added latency is read against F1; and the
 //     same three one request at a time, interleaved, as a second reading without load;
-//   - the WebSocket proxy: one binary frame (100 ms of 16 kHz linear16 audio) sent and its
-//     echo awaited, in turn through `/v1/realtime/deepgram/ws/v1/listen`, straight to the
-//     fake's socket, and through a plain-JS pipe in the Worker (`/__bench/ws`); the order
-//     rotates every round so the machine's drift falls on all three; every echo is checked
-//     byte for byte;
+//   - the WebSocket proxy: one binary frame (100 ms of 16 kHz linear16 audio) sent and the
+//     fake's answer awaited, in turn through `/v1/realtime/deepgram/ws/v1/listen`, straight
+//     to the fake's socket, and through a plain-JS pipe in the Worker (`/__bench/ws`); the
+//     order rotates every round so the machine's drift falls on all three; every answer is
+//     checked byte for byte;
 //   - idle sessions: workerd's CPU time over the same idle span with none open, with N
 //     sessions open through the vault, and with none again; read from each thread's
 //     /proc/<pid>/task/<tid>/schedstat (nanoseconds on the CPU), not /proc's 10 ms ticks.
-// The fake realtime upstream is added to the fake providers' own server: WebSocket
-// `/deepgram/v1/listen`, the key checked in Deepgram's header, each message echoed as it came.
+// The upstream is the fake providers' own Deepgram listen socket (tests/e2e/fake-providers.mjs):
+// the key in Deepgram's header; each binary frame answered with a Results message (text,
+// carrying the SHA-256 of the audio it got) and then the audio's bytes reversed (binary).
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import { randomKey } from '../tests/e2e/harness.mjs';
-import { accept, connect } from '../tests/e2e/websocket.mjs';
+import { connect } from '../tests/e2e/websocket.mjs';
 
 const log = (line) => process.stderr.write(`[bench] ${line}\n`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -30,27 +31,6 @@ const pct = (v, p) => {
 const FRAME_BYTES = 3200;
 const USER = 'u_rt';
 const LISTEN = '/v1/listen?encoding=linear16&sample_rate=16000';
-
-/** The fake Deepgram listen socket on `fake`'s server: echoes every message unchanged. */
-export function addRealtimeUpstream(fake) {
-  const sessions = { opened: 0, refused: 0 };
-  fake.server.on('upgrade', (req, socket, head) => {
-    const url = new URL(req.url, 'http://fake');
-    if (url.pathname !== '/deepgram/v1/listen' || !/^Token sk_valid_/.test(req.headers.authorization ?? '')) {
-      sessions.refused += 1;
-      socket.end('HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
-      return;
-    }
-    sessions.opened += 1;
-    socket.setNoDelay(true);
-    const ws = accept(req, socket, head);
-    ws.onmessage = (m) => {
-      ws.messages.length = 0;
-      ws.send(m.type === 'binary' ? m.data : m.data.toString());
-    };
-  });
-  return sessions;
-}
 
 /** CPU time (ns) of every thread of `pids` so far, from the scheduler's own count. */
 function cpuNs(pids) {
@@ -80,20 +60,29 @@ function send(agent, url, { method = 'GET', headers = {}, body } = {}) {
   });
 }
 
-/** One frame sent on `ws` and its echo awaited: ms, and whether it came back byte for byte. */
-function roundTrip(ws, frame) {
+/**
+ * One audio frame sent on `ws` and the fake's two answers awaited (its Results text, then
+ * the audio reversed): ms to the second, and whether the audio went up and came back byte
+ * for byte (the Results' SHA-256 of what the fake got; the reversed bytes).
+ */
+function roundTrip(ws, { audio, sha256, reversed }) {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no echo within 10 s')), 10_000);
+    const timer = setTimeout(() => reject(new Error('no answer within 10 s')), 10_000);
     ws.closed.then((c) => { clearTimeout(timer); reject(new Error(`the socket closed (${c.code} ${c.reason})`)); });
     const started = performance.now();
+    let up = false;
     ws.onmessage = (m) => {
+      if (m.type === 'text') {
+        up = JSON.parse(m.data).channel?.alternatives?.[0]?.sha256 === sha256;
+        return;
+      }
       const ms = performance.now() - started;
       clearTimeout(timer);
       ws.onmessage = null;
       ws.messages.length = 0;
-      resolve({ ms, same: m.type === 'binary' && m.data.equals(frame) });
+      resolve({ ms, same: up && m.data.equals(reversed) });
     };
-    ws.send(frame);
+    ws.send(audio);
   });
 }
 
@@ -113,10 +102,9 @@ async function opened(c, what) {
 
 /**
  * Measures minting (with `measure`, bench.mjs's wrk driver) and the WebSocket proxy on
- * `vault`, whose DEEPGRAM_BASE_URL is `fake.base('deepgram')` and whose fake has
- * addRealtimeUpstream. Returns {mint, mint_direct, mint_forward_js, mint_sequential, realtime_ws, realtime_idle}.
+ * `vault`, whose DEEPGRAM_BASE_URL is `fake.base('deepgram')`. Returns {mint, mint_direct, mint_forward_js, mint_sequential, realtime_ws, realtime_idle}.
  */
-export async function measureRealtime({ vault, fake, upstream, measure, processes, adminToken, resolveToken, quick }) {
+export async function measureRealtime({ vault, fake, measure, processes, adminToken, resolveToken, quick }) {
   const key = randomKey('valid');
   const imported = await vault.request('POST', '/v1/admin/import', {
     token: adminToken, body: { dry_run: false, validate: false, entries: [{ user_id: USER, provider: 'deepgram', api_key: key, label: 'realtime' }] },
@@ -181,19 +169,35 @@ export async function measureRealtime({ vault, fake, upstream, measure, processe
   agent.destroy();
   log(`minting one at a time: ${JSON.stringify(out.mint_sequential)}`);
 
-  // The WebSocket proxy: three sockets to the same fake, one frame at a time, in turn.
+  // The WebSocket proxy: three sockets to the same fake, one frame at a time, in turn. The
+  // fake keeps every message its sockets got: those of the three are dropped as they go.
+  const accepted = () => fake.sockets.filter((x) => x.accepted);
+  const fakeEnds = [];
+  const upstreamOf = async (opening) => {
+    const before = accepted().length;
+    const ws = await opening;
+    for (const deadline = Date.now() + 5_000; accepted().length === before;) {
+      if (Date.now() > deadline) throw new Error('no upstream socket was opened');
+      await sleep(10);
+    }
+    fakeEnds.push(accepted().at(-1).ws);
+    return ws;
+  };
   const rounds = quick ? 600 : 3000;
   const warmup = quick ? 50 : 200;
   const listen = `${fake.base('deepgram')}${LISTEN}`;
   const paths = {
-    vault: await viaVault(vault, jwt),
-    direct: await opened(await connect(listen.replace(/^http:/, 'ws:'), { headers: { authorization: `Token ${key}` } }), 'the fake'),
-    js: await opened(await connect(`${vault.base.replace(/^http:/, 'ws:')}/__bench/ws?to=${encodeURIComponent(listen)}`, {
+    vault: await upstreamOf(viaVault(vault, jwt)),
+    direct: await upstreamOf(connect(listen.replace(/^http:/, 'ws:'), { headers: { authorization: `Token ${key}` } }).then((c) => opened(c, 'the fake'))),
+    js: await upstreamOf(connect(`${vault.base.replace(/^http:/, 'ws:')}/__bench/ws?to=${encodeURIComponent(listen)}`, {
       headers: { 'x-bench-upstream-authorization': `Token ${key}` },
-    }), 'the plain-JS pipe'),
+    }).then((c) => opened(c, 'the plain-JS pipe'))),
   };
   const names = Object.keys(paths);
-  const frames = Array.from({ length: 16 }, () => crypto.randomBytes(FRAME_BYTES));
+  const frames = Array.from({ length: 16 }, () => {
+    const audio = crypto.randomBytes(FRAME_BYTES);
+    return { audio, sha256: crypto.createHash('sha256').update(audio).digest('hex'), reversed: Buffer.from(audio).reverse() };
+  });
   const times = Object.fromEntries(names.map((n) => [n, []]));
   let changed = 0;
   for (let i = 0; i < warmup + rounds; i++) {
@@ -204,8 +208,9 @@ export async function measureRealtime({ vault, fake, upstream, measure, processe
       if (!r.same) changed += 1;
       if (i >= warmup) times[n].push(r.ms);
     }
+    if (i % 100 === 0) for (const ws of fakeEnds) ws.messages.length = 0;
   }
-  if (changed) throw new Error(`${changed} echoed frames did not come back byte for byte`);
+  if (changed) throw new Error(`${changed} frames did not go up and come back byte for byte`);
   const stats = (v) => ({ p50_ms: r3(pct(v, 50)), p90_ms: r3(pct(v, 90)), p99_ms: r3(pct(v, 99)) });
   const half = (v, h) => pct(h ? v.slice(v.length / 2) : v.slice(0, v.length / 2), 50);
   out.realtime_ws = {
@@ -244,12 +249,12 @@ export async function measureRealtime({ vault, fake, upstream, measure, processe
   };
   await sleep(2000); // the closed sessions' audit events go out first
   const none = await idle();
-  const before = upstream.opened;
+  const before = accepted().length;
   const open = [];
   for (let i = 0; i < n; i++) open.push(await viaVault(vault, jwt));
   // Each session carries one round trip first: proof it is open end to end.
   for (const ws of open) if (!(await roundTrip(ws, frames[0])).same) throw new Error('an idle session changed a frame');
-  if (upstream.opened - before !== n) throw new Error(`${upstream.opened - before} upstream sockets for ${n} sessions`);
+  if (accepted().length - before !== n) throw new Error(`${accepted().length - before} upstream sockets for ${n} sessions`);
   await sleep(1000);
   const withOpen = await idle();
   const stillOpen = open.filter((ws) => !ws.closedWith).length;

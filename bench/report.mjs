@@ -60,7 +60,7 @@ export function realtimeBudgets(r, f1p50) {
     '',
     `Minting: p50 ${r.mint.p50_ms} ms through the vault, ${r.mint_direct.p50_ms} ms straight to the fake's token endpoint, ${r.mint_forward_js.p50_ms} ms forwarded by plain JS; added ${Math.round(added * 100) / 100} ms against F1 p50 ${Math.round(f1p50 * 100) / 100} ms; D1 round trips ${fmt(r.mint.d1_round_trips)}. One request at a time (${r.mint_sequential.samples} of each, interleaved): minting ${r.mint_sequential.mint_p50_ms} ms, direct ${r.mint_sequential.direct_p50_ms} ms, forwarded by plain JS ${r.mint_sequential.forward_js_p50_ms} ms, F1 ${r.mint_sequential.f1_p50_ms} ms, F0 ${r.mint_sequential.f0_p50_ms} ms, a resolve of the same key ${r.mint_sequential.resolve_p50_ms} ms (p50).`,
     '',
-    `WebSocket round trips of one ${ws.frame_bytes}-byte binary frame echoed by the fake, ${ws.rounds} on each path in turn (after a warm-up), every echo byte-exact:`,
+    `WebSocket round trips: one ${ws.frame_bytes}-byte binary frame up, the fake's two answers down (its Results text, then the audio reversed), ${ws.rounds} on each path in turn after a warm-up; every frame byte-exact both ways:`,
     '',
     '| path | p50 ms | p90 ms | p99 ms |',
     '|---|---|---|---|',

@@ -740,8 +740,6 @@ export function startFakeProviders() {
       const url = `http://127.0.0.1:${port}`;
       resolve({
         url,
-        /** The node:http server (the benchmark adds a WebSocket upstream to it). */
-        server,
         requests,
         minted,
         sockets,

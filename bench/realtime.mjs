@@ -3,7 +3,8 @@
 //   - minting: `POST /v1/realtime/deepgram/sessions` (kind stt) under wrk, against the
 //     fake's `POST /v1/auth/grant` called directly and the same call forwarded by plain JS
 //     in the Worker (bench/entry.mjs), so its added latency is read against F1; and the
-//     same three one request at a time, interleaved, as a second reading without load;
+//     same one request at a time, interleaved with F0, F1 and a resolve of the same key, as
+//     a second reading without load and to show what minting is made of;
 //   - the WebSocket proxy: one binary frame (100 ms of 16 kHz linear16 audio) sent and the
 //     fake's answer awaited, in turn through `/v1/realtime/deepgram/ws/v1/listen`, straight
 //     to the fake's socket, and through a plain-JS pipe in the Worker (`/__bench/ws`); the
@@ -233,7 +234,7 @@ export async function measureRealtime({ vault, fake, measure, processes, adminTo
     const workerd = group.filter((p) => p.comm.startsWith('workerd')).map((p) => p.pid);
     const other = group.filter((p) => !p.comm.startsWith('workerd')).map((p) => p.pid);
     const before = { workerd: cpuNs(workerd), other: cpuNs(other) };
-    // Second by second, to tell a steady cost from one burst (a GC in wrangler's node).
+    // Second by second, to tell a steady cost from a single burst.
     const seconds = { workerd: [], other: [] };
     let last = { ...before };
     for (let i = 0; i < idleSeconds; i++) {

@@ -32,6 +32,40 @@ pub(crate) fn text(o: &Members, key: &str) -> Option<String> {
     o.get(key)?.as_str().map(str::to_owned)
 }
 
+/// A required string member, moved out of the tree (a secret is not copied).
+pub(crate) fn take_text(o: &mut Members, key: &str) -> Option<String> {
+    match o.remove(key)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// A string member that defaults to empty when absent (null is not absent), moved out.
+pub(crate) fn take_text_or_empty(o: &mut Members, key: &str) -> Option<String> {
+    match o.remove(key) {
+        None => Some(String::new()),
+        Some(Value::String(s)) => Some(s),
+        Some(_) => None,
+    }
+}
+
+/// A list member's items that defaults to empty when absent (null is not absent), moved out.
+pub(crate) fn take_list_or_empty(o: &mut Members, key: &str) -> Option<Vec<Value>> {
+    match o.remove(key) {
+        None => Some(Vec::new()),
+        Some(Value::Array(a)) => Some(a),
+        Some(_) => None,
+    }
+}
+
+/// A number member that defaults to 0 when absent (null is not absent).
+pub(crate) fn number_or_zero(o: &Members, key: &str) -> Option<f64> {
+    match o.get(key) {
+        None => Some(0.0),
+        Some(v) => v.as_f64(),
+    }
+}
+
 /// An optional string member: absent or null is `Some(None)`, another type `None`.
 pub(crate) fn opt_text(o: &Members, key: &str) -> Option<Option<String>> {
     match o.get(key) {
@@ -152,6 +186,50 @@ mod tests {
         for case in cases {
             let derived = serde_json::from_str::<Shape>(case).ok();
             let ours = object(case.as_bytes()).and_then(|o| read(&o));
+            assert_eq!(ours, derived, "{case}");
+        }
+    }
+
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Owned {
+        key: String,
+        #[serde(default)]
+        value: String,
+        #[serde(default)]
+        n: f64,
+        #[serde(default)]
+        list: Vec<u8>,
+    }
+
+    fn read_owned(mut o: Members) -> Option<Owned> {
+        Some(Owned {
+            key: take_text(&mut o, "key")?,
+            value: take_text_or_empty(&mut o, "value")?,
+            n: number_or_zero(&o, "n")?,
+            list: take_list_or_empty(&mut o, "list")?
+                .iter()
+                .map(|v| v.as_u64().and_then(|n| u8::try_from(n).ok()))
+                .collect::<Option<_>>()?,
+        })
+    }
+
+    #[test]
+    fn takes_members_as_the_derive_reads_them() {
+        let cases = [
+            r#"{"key":"k"}"#,
+            r#"{"key":"k","value":"v","n":2.5,"list":[1,2]}"#,
+            r#"{"value":"v"}"#,
+            r#"{"key":null}"#,
+            r#"{"key":"k","value":null}"#,
+            r#"{"key":"k","value":3}"#,
+            r#"{"key":"k","n":null}"#,
+            r#"{"key":"k","n":"1"}"#,
+            r#"{"key":"k","list":null}"#,
+            r#"{"key":"k","list":{}}"#,
+        ];
+        for case in cases {
+            let derived = serde_json::from_str::<Owned>(case).ok();
+            let ours = object(case.as_bytes()).and_then(read_owned);
             assert_eq!(ours, derived, "{case}");
         }
     }

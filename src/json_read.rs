@@ -27,6 +27,50 @@ pub(crate) fn array(body: &[u8]) -> Option<Vec<Value>> {
     }
 }
 
+/// Whether an object anywhere in `body` names a member twice (a derive refuses a repeated
+/// field; the JSON tree keeps the last). For valid JSON only (check it parses first);
+/// names are compared as JSON reads them (`"n\u0061me"` is `"name"`).
+pub(crate) fn repeats_a_member(body: &[u8]) -> bool {
+    // The names seen in each open container, innermost last; `None` for a list.
+    let mut open: Vec<Option<Vec<Value>>> = Vec::new();
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'{' => open.push(Some(Vec::new())),
+            b'[' => open.push(None),
+            b'}' | b']' => {
+                open.pop();
+            }
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < body.len() && body[i] != b'"' {
+                    i += if body[i] == b'\\' { 2 } else { 1 };
+                }
+                let end = (i + 1).min(body.len());
+                let mut next = end;
+                while next < body.len() && body[next].is_ascii_whitespace() {
+                    next += 1;
+                }
+                // A string followed by a colon is a member's name.
+                if body.get(next) == Some(&b':') {
+                    if let Some(Some(names)) = open.last_mut() {
+                        let name = serde_json::from_slice::<Value>(&body[start..end])
+                            .unwrap_or(Value::Null);
+                        if names.contains(&name) {
+                            return true;
+                        }
+                        names.push(name);
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 /// A required string member.
 pub(crate) fn text(o: &Members, key: &str) -> Option<String> {
     o.get(key)?.as_str().map(str::to_owned)
@@ -231,6 +275,24 @@ mod tests {
             let derived = serde_json::from_str::<Owned>(case).ok();
             let ours = object(case.as_bytes()).and_then(read_owned);
             assert_eq!(ours, derived, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_member_is_found_at_any_depth() {
+        for (text, repeats) in [
+            (r#"{"a":1,"b":2}"#, false),
+            (r#"{"a":1,"a":2}"#, true),
+            (r#"{"a":1, "n\u0061me":2,"name" :3}"#, true),
+            (r#"[{"a":1},{"a":2}]"#, false),
+            (r#"{"a":{"a":1},"b":[{"c":1,"c":2}]}"#, true),
+            (r#"{"a":"b:\"c\"","b":{"x":":","y":"a"}}"#, false),
+            (r#"{"a\\":1,"a":2}"#, false),
+            (r#"{"a\\" : 1,"a\\":2}"#, true),
+            (r#"["a","a"]"#, false),
+        ] {
+            assert!(serde_json::from_str::<Value>(text).is_ok(), "{text}");
+            assert_eq!(repeats_a_member(text.as_bytes()), repeats, "{text}");
         }
     }
 

@@ -17,7 +17,7 @@ import sys
 
 FLOORS = [
     # The ground: plain data and the vocabulary every floor speaks.
-    ("domain", ["domain", "small_sort", "endpoint_guard"]),
+    ("domain", ["domain", "small_sort", "json_read", "endpoint_guard"]),
     # Sealing keys, fingerprints, MACs.
     ("crypto", ["crypto"]),
     # The core's services: seams, providers, the operations and their rules.

@@ -24,6 +24,7 @@ pub mod error;
 pub mod http;
 pub mod import;
 pub mod jobs;
+mod json_read;
 pub mod limits;
 pub mod metering;
 pub mod notify;

@@ -47,20 +47,18 @@ async fn view(ctx: &ServiceCtx<'_>, user: &UserId) -> Result<Value, ApiError> {
         })
         .collect();
     let used = ctx.app.budgets.used(&scopes).await?;
-    let this_period: serde_json::Map<String, Value> = budgets
-        .iter()
-        .zip(used)
-        .map(|((entry, b), used)| {
-            (
-                entry.clone(),
-                json!({
-                    "period": b.period.as_str(),
-                    "used": used.to_json(),
-                    "resets_at": b.period.resets_at(now).to_rfc3339(),
-                }),
-            )
-        })
-        .collect();
+    // Inserted one by one: collecting into the map sorts first, with a sort of its own.
+    let mut this_period = serde_json::Map::new();
+    for ((entry, b), used) in budgets.iter().zip(used) {
+        this_period.insert(
+            entry.clone(),
+            json!({
+                "period": b.period.as_str(),
+                "used": used.to_json(),
+                "resets_at": b.period.resets_at(now).to_rfc3339(),
+            }),
+        );
+    }
     Ok(json!({
         "user_id": user,
         "budgets": system_budgets_json(budgets),

@@ -3,8 +3,6 @@
 //! check ([`JsonObject::string`] and [`JsonObject::raw_string`] share it): no control
 //! characters, no Unicode format characters (bidi overrides, zero-width marks).
 
-use std::collections::BTreeSet;
-
 use serde_json::{Map, Value};
 
 use super::problem::ApiError;
@@ -16,7 +14,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// A JSON object being read; collects a [`FieldError`] for each problem.
 pub struct JsonObject {
     map: Map<String, Value>,
-    read: BTreeSet<String>,
+    /// The names read so far (a request's few: a list, where a set would compile a
+    /// B-tree of its own into the wasm).
+    read: Vec<String>,
     pub errors: Vec<FieldError>,
 }
 
@@ -42,7 +42,7 @@ impl JsonObject {
     pub fn from_map(map: Map<String, Value>) -> Self {
         Self {
             map,
-            read: BTreeSet::new(),
+            read: Vec::new(),
             errors: Vec::new(),
         }
     }
@@ -50,7 +50,7 @@ impl JsonObject {
     /// An array field, taken out of the object. `None` when absent, null or wrong (the
     /// error is recorded).
     pub fn take_array(&mut self, name: &str, required: bool) -> Option<Vec<Value>> {
-        self.read.insert(name.to_owned());
+        self.read.push(name.to_owned());
         match self.map.remove(name) {
             None | Some(Value::Null) => {
                 if required {
@@ -69,7 +69,7 @@ impl JsonObject {
     /// An object field, taken out of the object. `None` when absent or null; an error
     /// when not an object.
     pub fn take_object(&mut self, name: &str) -> Option<Map<String, Value>> {
-        self.read.insert(name.to_owned());
+        self.read.push(name.to_owned());
         match self.map.remove(name) {
             None | Some(Value::Null) => None,
             Some(Value::Object(m)) => Some(m),
@@ -92,7 +92,7 @@ impl JsonObject {
     /// A string field of 1..=`max_chars` characters, trimmed. `None` when absent, null or
     /// wrong (the error is recorded).
     pub fn string(&mut self, name: &str, required: bool, max_chars: usize) -> Option<String> {
-        self.read.insert(name.to_owned());
+        self.read.push(name.to_owned());
         match self.map.get(name) {
             None | Some(Value::Null) => {
                 if required {
@@ -115,7 +115,7 @@ impl JsonObject {
     /// A string field as sent (trimmed), where empty is allowed: `None` when absent or
     /// null, an error when not a string or too long.
     pub fn raw_string(&mut self, name: &str, max_chars: usize) -> Option<String> {
-        self.read.insert(name.to_owned());
+        self.read.push(name.to_owned());
         match self.map.get(name) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Self::text(&mut self.errors, name, s, max_chars),
@@ -149,13 +149,13 @@ impl JsonObject {
 
     /// The field's value as it is, if the body names it (null included).
     pub fn value(&mut self, name: &str) -> Option<Value> {
-        self.read.insert(name.to_owned());
+        self.read.push(name.to_owned());
         self.map.get(name).cloned()
     }
 
     /// An integer in `range`, if the body names one (null counts as absent).
     pub fn integer(&mut self, name: &str, range: std::ops::RangeInclusive<i64>) -> Option<i64> {
-        self.read.insert(name.to_owned());
+        self.read.push(name.to_owned());
         match self.map.get(name) {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) if n.as_i64().is_some_and(|v| range.contains(&v)) => n.as_i64(),
@@ -175,7 +175,7 @@ impl JsonObject {
 
     /// Whether the body names this field at all (even as null).
     pub fn bool(&mut self, name: &str) -> Option<bool> {
-        self.read.insert(name.to_owned());
+        self.read.push(name.to_owned());
         match self.map.get(name) {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(*b),
@@ -194,7 +194,7 @@ impl JsonObject {
     /// Reports every field that was never read as unknown; returns all errors, if any.
     pub fn finish(mut self) -> Result<(), Vec<FieldError>> {
         for key in self.map.keys() {
-            if !self.read.contains(key) {
+            if !self.read.iter().any(|r| r == key) {
                 self.errors
                     .push(FieldError::new(key, "is not a known field"));
             }

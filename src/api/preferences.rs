@@ -19,11 +19,12 @@ pub(super) async fn get(ctx: &Ctx<'_>) -> Outcome {
     let result = async {
         let prefs = ctx.credentials().preferences(&ctx.user).await?;
         // Every capability is a member, null until the user picks a default for it.
-        let mut body: Value = Capability::ALL
-            .iter()
-            .map(|c| (c.as_str().to_owned(), Value::Null))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
+        // Inserted one by one: collecting into the map sorts first, with a sort of its own.
+        let mut members = serde_json::Map::new();
+        for c in Capability::ALL {
+            members.insert(c.as_str().to_owned(), Value::Null);
+        }
+        let mut body = Value::Object(members);
         for p in &prefs {
             body[p.capability.as_str()] = view(p);
         }

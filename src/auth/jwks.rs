@@ -8,12 +8,12 @@
 use std::cell::{Cell, RefCell};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-use serde::Deserialize;
 
 use super::token::{Algorithm, AuthError, JwtSettings};
 use crate::auth::{PublicJwk, SignatureVerifier};
 use crate::domain::Timestamp;
 use crate::http::{HttpClient, HttpRequest};
+use crate::json_read;
 
 const MIN_REFETCH_MS: u64 = 10_000;
 const FETCH_TIMEOUT_MS: u64 = 3_000;
@@ -25,16 +25,9 @@ struct Key {
     key: PublicJwk,
 }
 
-#[derive(Deserialize)]
-struct RawSet {
-    keys: Vec<RawKey>,
-}
-
-#[derive(Deserialize)]
 struct RawKey {
     kty: String,
     kid: Option<String>,
-    #[serde(rename = "use")]
     usage: Option<String>,
     n: Option<String>,
     e: Option<String>,
@@ -94,8 +87,22 @@ impl RawKey {
 
 /// Parses a JWKS document, keeping the keys this verifier can use.
 fn parse_set(body: &[u8]) -> Option<Vec<Key>> {
-    let set: RawSet = serde_json::from_slice(body).ok()?;
-    Some(set.keys.iter().filter_map(RawKey::parse).collect())
+    let set = json_read::object(body)?;
+    // Every key must be well formed, as a derived reader of the set would demand.
+    let keys = json_read::items(json_read::list(&set, "keys")?, |k| {
+        let opt = |name| json_read::opt_text(k, name);
+        Some(RawKey {
+            kty: json_read::text(k, "kty")?,
+            kid: opt("kid")?,
+            usage: opt("use")?,
+            n: opt("n")?,
+            e: opt("e")?,
+            crv: opt("crv")?,
+            x: opt("x")?,
+            y: opt("y")?,
+        })
+    })?;
+    Some(keys.iter().filter_map(RawKey::parse).collect())
 }
 
 struct Cached {

@@ -7,7 +7,6 @@
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 
@@ -16,6 +15,7 @@ use super::JwksCache;
 use crate::auth::SignatureVerifier;
 use crate::domain::{Timestamp, UserId};
 use crate::http::HttpClient;
+use crate::json_read;
 
 const SKEW_SECS: u64 = 60;
 const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -25,7 +25,6 @@ pub struct JwtVerifier<'a> {
     jwks: Option<(&'a JwksCache, &'a dyn HttpClient, &'a dyn SignatureVerifier)>,
 }
 
-#[derive(Deserialize)]
 struct Header {
     alg: String,
     kid: Option<String>,
@@ -61,7 +60,7 @@ impl<'a> JwtVerifier<'a> {
         else {
             return Err(AuthError::Malformed);
         };
-        let header: Header = decode_json(h)?;
+        let header = decode_header(h)?;
         let signature = URL_SAFE_NO_PAD
             .decode(s)
             .map_err(|_| AuthError::Malformed)?;
@@ -132,11 +131,25 @@ impl<'a> JwtVerifier<'a> {
     }
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(segment: &str) -> Result<T, AuthError> {
+fn decode_json(segment: &str) -> Result<Value, AuthError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| AuthError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
+}
+
+/// The header: an object with a string `alg` and an optional string `kid`.
+fn decode_header(segment: &str) -> Result<Header, AuthError> {
+    let Value::Object(h) = decode_json(segment)? else {
+        return Err(AuthError::Malformed);
+    };
+    (|| {
+        Some(Header {
+            alg: json_read::text(&h, "alg")?,
+            kid: json_read::opt_text(&h, "kid")?,
+        })
+    })()
+    .ok_or(AuthError::Malformed)
 }
 
 /// A NumericDate claim: absent is `None`, present but not a non-negative number is malformed.

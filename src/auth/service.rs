@@ -1,8 +1,9 @@
 //! Backend services: bearer tokens listed in the secret `SERVICE_TOKENS` by their SHA-256
 //! only, each with the scopes it holds.
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::json_read;
 
 crate::wire_enum! {
     /// What a service token may do.
@@ -23,8 +24,6 @@ pub struct ServiceToken {
     pub scopes: Vec<Scope>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Raw {
     name: String,
     sha256: String,
@@ -34,8 +33,8 @@ struct Raw {
 /// Parses `SERVICE_TOKENS`: a JSON list of `{"name","sha256","scopes"}`. The problem, if
 /// any, in words that quote no value.
 pub(super) fn parse_service_tokens(raw: &str) -> Result<Vec<ServiceToken>, String> {
-    let list: Vec<Raw> = serde_json::from_slice(raw.as_bytes())
-        .map_err(|_| "must be a JSON list of {\"name\",\"sha256\",\"scopes\"}".to_owned())?;
+    let list = read_list(raw)
+        .ok_or_else(|| "must be a JSON list of {\"name\",\"sha256\",\"scopes\"}".to_owned())?;
     let mut out = Vec::with_capacity(list.len());
     for (i, r) in list.into_iter().enumerate() {
         let name = r.name.trim();
@@ -65,6 +64,32 @@ pub(super) fn parse_service_tokens(raw: &str) -> Result<Vec<ServiceToken>, Strin
         });
     }
     Ok(out)
+}
+
+/// The list's entries, as a derive with `deny_unknown_fields` reads them: objects with
+/// exactly `name`, `sha256` (strings) and `scopes` (a list of strings), each once. Any
+/// other object in the text already fails, so a repeated member anywhere fails as the
+/// derive's "duplicate field" did.
+fn read_list(raw: &str) -> Option<Vec<Raw>> {
+    let list = json_read::array(raw.as_bytes())?;
+    if json_read::repeats_a_member(raw.as_bytes()) {
+        return None;
+    }
+    json_read::items(&list, |o| {
+        if o.keys()
+            .any(|k| !matches!(k.as_str(), "name" | "sha256" | "scopes"))
+        {
+            return None;
+        }
+        Some(Raw {
+            name: json_read::text(o, "name")?,
+            sha256: json_read::text(o, "sha256")?,
+            scopes: json_read::list(o, "scopes")?
+                .iter()
+                .map(|s| s.as_str().map(str::to_owned))
+                .collect::<Option<_>>()?,
+        })
+    })
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -100,6 +125,43 @@ pub fn find_service<'a>(tokens: &'a [ServiceToken], token: &str) -> Option<&'a S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_list_is_read_as_a_strict_derive_reads_it() {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Derived {
+            name: String,
+            sha256: String,
+            scopes: Vec<String>,
+        }
+        let h = "ab".repeat(32);
+        let cases = [
+            format!(r#"[{{"name":"a","sha256":"{h}","scopes":["resolve"]}}]"#),
+            format!(
+                r#"[{{"name":"a","sha256":"{h}","scopes":[]}}, {{"name":"b","sha256":"x","scopes":["admin"]}}]"#
+            ),
+            "[]".to_owned(),
+            "{}".to_owned(),
+            format!(r#"[{{"name":"a","sha256":"{h}"}}]"#),
+            format!(r#"[{{"name":"a","sha256":"{h}","scopes":["resolve"],"note":1}}]"#),
+            format!(r#"[{{"name":"a","sha256":"{h}","scopes":["resolve"],"scopes":["admin"]}}]"#),
+            format!(r#"[{{"name":"a","n\u0061me":"b","sha256":"{h}","scopes":["admin"]}}]"#),
+            format!(r#"[{{"name":"a","sha256":"{h}","scopes":["resolve",{{"x":1,"x":2}}]}}]"#),
+            format!(r#"[{{"name":"a","sha256":"{h}","scopes":null}}]"#),
+            format!(r#"[{{"name":1,"sha256":"{h}","scopes":[]}}]"#),
+            format!(r#"[{{"name":"a","sha256":"{h}","scopes":[]}}, 5]"#),
+            "not json".to_owned(),
+        ];
+        for case in cases {
+            let derived = serde_json::from_str::<Vec<Derived>>(&case)
+                .ok()
+                .map(|l| l.len());
+            let ours = read_list(&case).map(|l| l.len());
+            assert_eq!(ours, derived, "{case}");
+        }
+    }
 
     fn sha(token: &str) -> String {
         Sha256::digest(token.as_bytes())

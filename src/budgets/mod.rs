@@ -62,12 +62,13 @@ pub fn parse_system_budgets(value: &Value, field: &str) -> Result<SystemBudgets,
 
 /// The `SYSTEM_KEY_BUDGETS` shape of `budgets`.
 pub fn system_budgets_json(budgets: &SystemBudgets) -> Value {
-    Value::Object(
-        budgets
-            .iter()
-            .map(|(k, b)| (k.clone(), b.to_json()))
-            .collect(),
-    )
+    // Inserted one by one: collecting into the map (a BTreeMap) sorts first, with std's
+    // stable sort compiled in for it; the entries come in key order anyway.
+    let mut out = serde_json::Map::new();
+    for (k, b) in budgets {
+        out.insert(k.clone(), b.to_json());
+    }
+    Value::Object(out)
 }
 
 /// The budget on a user's system-key use of `provider`: the provider's own, else `*`'s.

@@ -8,6 +8,7 @@ use base64::{engine::general_purpose::STANDARD, Engine as _};
 use zeroize::Zeroizing;
 
 use crate::domain::{KeyVersion, Vars};
+use crate::json_read;
 
 /// Why the master keys cannot be used. Messages name variables, never values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,10 +67,16 @@ impl MasterKeys {
     }
 
     fn from_ring(json: &str, active: Option<&str>) -> Result<Self, MasterKeyError> {
-        let raw: BTreeMap<String, String> = serde_json::from_slice(json.as_bytes())
-            .map_err(|_| MasterKeyError::MalformedKeyRing)?;
+        // An object of strings, all checked before any is used (read as a map of strings
+        // would be: the last of a repeated member counts).
+        let ring = json_read::object(json.as_bytes()).ok_or(MasterKeyError::MalformedKeyRing)?;
+        let raw = ring
+            .iter()
+            .map(|(version, b64)| Some((version, b64.as_str()?)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(MasterKeyError::MalformedKeyRing)?;
         let mut keys = BTreeMap::new();
-        for (version, b64) in &raw {
+        for (version, b64) in raw {
             let v = version
                 .parse::<u32>()
                 .ok()
@@ -150,8 +157,22 @@ mod tests {
     #[allow(clippy::type_complexity)]
     fn bad_configurations_are_errors_that_name_no_value() {
         let two = format!(r#"{{"1":"{K1}","2":"{K2}"}}"#);
-        let cases: [(Option<&str>, Option<&str>, Option<&str>, MasterKeyError); 6] = [
+        let cases: [(Option<&str>, Option<&str>, Option<&str>, MasterKeyError); 9] = [
             (None, None, None, MasterKeyError::Missing),
+            (Some("[]"), None, None, MasterKeyError::MalformedKeyRing),
+            (
+                Some(r#"{"1":5}"#),
+                None,
+                None,
+                MasterKeyError::MalformedKeyRing,
+            ),
+            // A member that is not a string makes the ring malformed, before any key is read.
+            (
+                Some(r#"{"1":"c2hvcnQ=","2":null}"#),
+                None,
+                None,
+                MasterKeyError::MalformedKeyRing,
+            ),
             (Some(" "), None, Some(""), MasterKeyError::Missing),
             (
                 Some("not json"),

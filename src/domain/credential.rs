@@ -4,6 +4,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::Sealed;
 use super::{BatchId, Capability, CredentialId, ProviderId, Timestamp, UserId};
+use crate::json_read;
 
 crate::wire_enum! {
     /// Where a credential stands after its last check.
@@ -48,6 +49,64 @@ pub struct Model {
 fn known_capabilities<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Capability>, D::Error> {
     let raw = Vec::<String>::deserialize(d)?;
     Ok(raw.iter().filter_map(|c| Capability::parse(c)).collect())
+}
+
+// The stored columns are read back by these, not by the derived `Deserialize` (kept for
+// the tests' and the API's other uses): the same rules (json_read), without a serde
+// deserializer per type in the wasm. Tests below hold them to the derive.
+
+impl Quota {
+    /// A stored `quota` column, as the derived `Deserialize` reads it.
+    pub fn from_json(body: &[u8]) -> Option<Self> {
+        let o = json_read::object(body)?;
+        Some(Self {
+            used: json_read::opt_number(&o, "used")?,
+            limit: json_read::opt_number(&o, "limit")?,
+            remaining: json_read::opt_number(&o, "remaining")?,
+            unit: json_read::text(&o, "unit")?,
+            resets_at: json_read::opt_text(&o, "resets_at")?,
+        })
+    }
+}
+
+impl Model {
+    /// A stored `models` column (a list), as the derived `Deserialize` reads it: every
+    /// capability a string, the ones this vault does not know left out.
+    pub fn list_from_json(body: &[u8]) -> Option<Vec<Self>> {
+        json_read::items(&json_read::array(body)?, |m| {
+            let capabilities = json_read::list(m, "capabilities")?
+                .iter()
+                .map(serde_json::Value::as_str)
+                .collect::<Option<Vec<_>>>()?;
+            Some(Self {
+                id: json_read::text(m, "id")?,
+                name: json_read::text(m, "name")?,
+                capabilities: capabilities
+                    .into_iter()
+                    .filter_map(Capability::parse)
+                    .collect(),
+            })
+        })
+    }
+}
+
+impl CredentialParams {
+    /// A stored `params` column, as the derived `Deserialize` reads it.
+    pub fn from_json(body: &[u8]) -> Option<Self> {
+        let o = json_read::object(body)?;
+        Some(Self {
+            region: json_read::opt_text(&o, "region")?,
+            base_url: json_read::opt_text(&o, "base_url")?,
+        })
+    }
+}
+
+/// A stored list of strings (the `warnings` column).
+pub fn texts_from_json(body: &[u8]) -> Option<Vec<String>> {
+    json_read::array(body)?
+        .iter()
+        .map(|v| v.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Non-secret connection parameters some providers need.
@@ -191,6 +250,58 @@ pub fn key_hint(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stored_columns_are_read_as_the_derive_reads_them() {
+        let quotas = [
+            r#"{"used":1,"limit":10.5,"remaining":null,"unit":"usd","resets_at":"2026-01-01T00:00:00Z"}"#,
+            r#"{"used":null,"limit":null,"unit":"characters","resets_at":null}"#,
+            r#"{"unit":"usd"}"#,
+            r#"{"used":"1","unit":"usd"}"#,
+            r#"{"used":1}"#,
+            r#"{"unit":"usd","resets_at":5}"#,
+            r#"[]"#,
+            r#"not json"#,
+        ];
+        for q in quotas {
+            let derived = serde_json::from_str::<super::Quota>(q).ok();
+            assert_eq!(super::Quota::from_json(q.as_bytes()), derived, "{q}");
+        }
+        let models = [
+            r#"[{"id":"a","name":"A","capabilities":["llm","tts"]}]"#,
+            r#"[{"id":"a","name":"A","capabilities":["llm","telepathy"]},{"id":"b","name":"B","capabilities":[]}]"#,
+            r#"[{"id":"a","name":"A"}]"#,
+            r#"[{"id":"a","name":"A","capabilities":null}]"#,
+            r#"[{"id":"a","name":"A","capabilities":["llm",3]}]"#,
+            r#"[{"id":"a","capabilities":[]}]"#,
+            r#"[{"id":"a","name":"A","capabilities":[]},7]"#,
+            r#"[]"#,
+            r#"{}"#,
+        ];
+        for m in models {
+            let derived = serde_json::from_str::<Vec<super::Model>>(m).ok();
+            assert_eq!(super::Model::list_from_json(m.as_bytes()), derived, "{m}");
+        }
+        let params = [
+            r#"{"region":"eastus","base_url":null}"#,
+            r#"{}"#,
+            r#"{"region":1}"#,
+            r#"{"base_url":"https://x.example","other":true}"#,
+            r#"null"#,
+        ];
+        for p in params {
+            let derived = serde_json::from_str::<super::CredentialParams>(p).ok();
+            assert_eq!(
+                super::CredentialParams::from_json(p.as_bytes()),
+                derived,
+                "{p}"
+            );
+        }
+        for w in [r#"["a","b"]"#, r#"[]"#, r#"["a",1]"#, r#"{}"#, r#"null"#] {
+            let derived = serde_json::from_str::<Vec<String>>(w).ok();
+            assert_eq!(super::texts_from_json(w.as_bytes()), derived, "{w}");
+        }
+    }
+
     use super::*;
 
     #[test]

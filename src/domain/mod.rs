@@ -13,8 +13,8 @@ pub mod wire;
 pub use budget::{amount_json, Amounts, Budget, Period, Unit, UNITS};
 
 pub use credential::{
-    key_hint, Cooldown, CooldownReason, Credential, CredentialParams, CredentialStatus, KeyColumns,
-    Model, Preference, Quota,
+    key_hint, texts_from_json, Cooldown, CooldownReason, Credential, CredentialParams,
+    CredentialStatus, KeyColumns, Model, Preference, Quota,
 };
 pub use ids::{hex_bytes, BatchId, Capability, CredentialId, ProviderId, RequestId, UserId};
 pub use sealed::{KeyVersion, Sealed};

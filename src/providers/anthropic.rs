@@ -2,7 +2,6 @@
 //! `anthropic-version`, paged with `after_id`.
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
@@ -12,6 +11,7 @@ use super::{
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::json_read;
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct Anthropic;
@@ -64,18 +64,29 @@ fn classify(r: &HttpResponse) -> Verdict {
     }
 }
 
-#[derive(Deserialize)]
 struct Page {
     data: Vec<ApiModel>,
-    #[serde(default)]
     has_more: bool,
     last_id: Option<String>,
 }
 
-#[derive(Deserialize)]
 struct ApiModel {
     id: String,
     display_name: Option<String>,
+}
+
+fn page(body: &[u8]) -> Option<Page> {
+    let o = json_read::object(body)?;
+    Some(Page {
+        data: json_read::items(json_read::list(&o, "data")?, |m| {
+            Some(ApiModel {
+                id: json_read::text(m, "id")?,
+                display_name: json_read::opt_text(m, "display_name")?,
+            })
+        })?,
+        has_more: json_read::flag_or_false(&o, "has_more")?,
+        last_id: json_read::opt_text(&o, "last_id")?,
+    })
 }
 
 #[async_trait(?Send)]
@@ -106,7 +117,7 @@ impl Provider for Anthropic {
                     .header("anthropic-version", VERSION)
             };
             let response = prober.call(NAME, request, classify).await?;
-            let Ok(page) = serde_json::from_slice::<Page>(&response.body) else {
+            let Some(page) = page(&response.body) else {
                 break;
             };
             models.extend(page.data.into_iter().map(|m| Model {

@@ -3,7 +3,6 @@
 //! /cognitiveservices/voices/list` on the region's TTS host. No quota API.
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::realtime::{ws_url, Connect, MintCall, Realtime, RealtimeKind, Token};
@@ -14,6 +13,7 @@ use super::{
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
 use crate::http::{HttpRequest, HttpResponse, Method};
+use crate::json_read;
 use crate::probe::{classify_status, message_retry_delay_ms, Failure, Prober, Verdict};
 
 pub(super) struct AzureSpeech;
@@ -133,12 +133,20 @@ fn classify(r: &HttpResponse) -> Verdict {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
 struct Voice {
     short_name: String,
     display_name: Option<String>,
     locale: Option<String>,
+}
+
+fn voices(body: &[u8]) -> Option<Vec<Voice>> {
+    json_read::items(&json_read::array(body)?, |v| {
+        Some(Voice {
+            short_name: json_read::text(v, "ShortName")?,
+            display_name: json_read::opt_text(v, "DisplayName")?,
+            locale: json_read::opt_text(v, "Locale")?,
+        })
+    })
 }
 
 #[async_trait(?Send)]
@@ -166,7 +174,7 @@ impl Provider for AzureSpeech {
         let mut accepted = Accepted::default();
         match prober.call(NAME, list, classify).await {
             Ok(r) => {
-                let voices: Vec<Voice> = serde_json::from_slice(&r.body).unwrap_or_default();
+                let voices = voices(&r.body).unwrap_or_default();
                 accepted.models = Some(
                     voices
                         .into_iter()

@@ -2,7 +2,6 @@
 //! balance: `GET /v1/projects/{id}/balances`; models: `GET /v1/models`.
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::realtime::{
@@ -16,6 +15,7 @@ use super::{
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::json_read;
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct Deepgram;
@@ -113,41 +113,56 @@ fn classify(r: &HttpResponse) -> Verdict {
     }
 }
 
-#[derive(Deserialize)]
-struct Projects {
-    #[serde(default)]
-    projects: Vec<Project>,
+/// The first of `GET /v1/projects`' `projects` (absent: none); every one must have its id.
+fn first_project(body: &[u8]) -> Option<String> {
+    let o = json_read::object(body)?;
+    let ids = json_read::items(json_read::list_or_empty(&o, "projects")?, |p| {
+        json_read::text(p, "project_id")
+    })?;
+    ids.into_iter().next()
 }
 
-#[derive(Deserialize)]
-struct Project {
-    project_id: String,
-}
-
-#[derive(Deserialize)]
-struct Balances {
-    #[serde(default)]
-    balances: Vec<Balance>,
-}
-
-#[derive(Deserialize)]
 struct Balance {
     amount: f64,
     units: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+/// `balances` (absent: none).
+fn balances(body: &[u8]) -> Option<Vec<Balance>> {
+    let o = json_read::object(body)?;
+    json_read::items(json_read::list_or_empty(&o, "balances")?, |b| {
+        Some(Balance {
+            amount: json_read::number(b, "amount")?,
+            units: json_read::opt_text(b, "units")?,
+        })
+    })
+}
+
+#[derive(Default)]
 struct ModelLists {
-    #[serde(default)]
     stt: Vec<ApiModel>,
-    #[serde(default)]
     tts: Vec<ApiModel>,
 }
 
-#[derive(Deserialize)]
 struct ApiModel {
     name: String,
     canonical_name: Option<String>,
+}
+
+fn model_lists(body: &[u8]) -> Option<ModelLists> {
+    let o = json_read::object(body)?;
+    let list = |key| {
+        json_read::items(json_read::list_or_empty(&o, key)?, |m| {
+            Some(ApiModel {
+                name: json_read::text(m, "name")?,
+                canonical_name: json_read::opt_text(m, "canonical_name")?,
+            })
+        })
+    };
+    Some(ModelLists {
+        stt: list("stt")?,
+        tts: list("tts")?,
+    })
 }
 
 #[async_trait(?Send)]
@@ -172,20 +187,14 @@ impl Provider for Deepgram {
             .call(NAME, get("/v1/projects".into()), classify)
             .await?;
         let mut accepted = Accepted::default();
-        let first = serde_json::from_slice::<Projects>(&projects.body)
-            .ok()
-            .and_then(|p| p.projects.into_iter().next());
-        if let Some(project) = first {
+        if let Some(project_id) = first_project(&projects.body) {
             let path = format!(
                 "/v1/projects/{}/balances",
-                url::form_urlencoded::byte_serialize(project.project_id.as_bytes())
-                    .collect::<String>()
+                url::form_urlencoded::byte_serialize(project_id.as_bytes()).collect::<String>()
             );
             match prober.call(NAME, get(path), classify).await {
                 Ok(r) => {
-                    let balances: Vec<Balance> = serde_json::from_slice::<Balances>(&r.body)
-                        .map(|b| b.balances)
-                        .unwrap_or_default();
+                    let balances = balances(&r.body).unwrap_or_default();
                     if let Some(unit) = balances
                         .first()
                         .map(|b| b.units.clone().unwrap_or_else(|| "usd".into()))
@@ -204,7 +213,7 @@ impl Provider for Deepgram {
         }
         match prober.call(NAME, get("/v1/models".into()), classify).await {
             Ok(r) => {
-                let lists: ModelLists = serde_json::from_slice(&r.body).unwrap_or_default();
+                let lists = model_lists(&r.body).unwrap_or_default();
                 let model = |m: ApiModel, cap: Capability| Model {
                     id: m.canonical_name.unwrap_or_else(|| m.name.clone()),
                     name: m.name,

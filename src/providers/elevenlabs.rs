@@ -2,7 +2,6 @@
 //! proves the key and returns the character quota in one call; models: `GET /v1/models`.
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::realtime::{
@@ -16,6 +15,7 @@ use super::{
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota, Timestamp};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::json_read;
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct ElevenLabs;
@@ -198,7 +198,6 @@ fn classify(r: &HttpResponse) -> Verdict {
     }
 }
 
-#[derive(Deserialize)]
 struct Subscription {
     character_count: f64,
     character_limit: Option<f64>,
@@ -206,7 +205,12 @@ struct Subscription {
 }
 
 fn parse_quota(r: &HttpResponse) -> Option<Quota> {
-    let s: Subscription = serde_json::from_slice(&r.body).ok()?;
+    let o = json_read::object(&r.body)?;
+    let s = Subscription {
+        character_count: json_read::number(&o, "character_count")?,
+        character_limit: json_read::opt_number(&o, "character_limit")?,
+        next_character_count_reset_unix: json_read::opt_u64(&o, "next_character_count_reset_unix")?,
+    };
     Some(Quota {
         used: Some(s.character_count),
         limit: s.character_limit,
@@ -218,16 +222,23 @@ fn parse_quota(r: &HttpResponse) -> Option<Quota> {
     })
 }
 
-#[derive(Deserialize)]
 struct ApiModel {
     model_id: String,
     name: Option<String>,
-    #[serde(default)]
     can_do_text_to_speech: bool,
 }
 
 fn parse_models(r: &HttpResponse) -> Vec<Model> {
-    let models: Vec<ApiModel> = serde_json::from_slice(&r.body).unwrap_or_default();
+    let read = |m: &json_read::Members| {
+        Some(ApiModel {
+            model_id: json_read::text(m, "model_id")?,
+            name: json_read::opt_text(m, "name")?,
+            can_do_text_to_speech: json_read::flag_or_false(m, "can_do_text_to_speech")?,
+        })
+    };
+    let models = json_read::array(&r.body)
+        .and_then(|a| json_read::items(&a, read))
+        .unwrap_or_default();
     models
         .into_iter()
         .map(|m| Model {

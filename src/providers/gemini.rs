@@ -2,7 +2,6 @@
 //! `x-goog-api-key` (never `?key=`, so keys stay out of URLs), paged with `nextPageToken`.
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::realtime::{
@@ -15,6 +14,7 @@ use super::{
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::json_read;
 use crate::probe::{classify_status, google_retry_delay_ms, Failure, Prober, Verdict};
 
 pub(super) struct Gemini;
@@ -157,21 +157,32 @@ fn classify(r: &HttpResponse) -> Verdict {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct Page {
-    #[serde(default)]
     models: Vec<ApiModel>,
     next_page_token: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct ApiModel {
     name: String,
     display_name: Option<String>,
-    #[serde(default)]
     supported_generation_methods: Vec<String>,
+}
+
+fn page(body: &[u8]) -> Option<Page> {
+    let o = json_read::object(body)?;
+    Some(Page {
+        models: json_read::items(json_read::list_or_empty(&o, "models")?, |m| {
+            Some(ApiModel {
+                name: json_read::text(m, "name")?,
+                display_name: json_read::opt_text(m, "displayName")?,
+                supported_generation_methods: json_read::texts_or_empty(
+                    m,
+                    "supportedGenerationMethods",
+                )?,
+            })
+        })?,
+        next_page_token: json_read::opt_text(&o, "nextPageToken")?,
+    })
 }
 
 fn capabilities(id: &str, methods: &[String]) -> Vec<Capability> {
@@ -211,7 +222,7 @@ impl Provider for Gemini {
             }
             let request = || HttpRequest::get(url.clone()).header("x-goog-api-key", key.expose());
             let response = prober.call(NAME, request, classify).await?;
-            let Ok(page) = serde_json::from_slice::<Page>(&response.body) else {
+            let Some(page) = page(&response.body) else {
                 break;
             };
             models.extend(page.models.into_iter().map(|m| {

@@ -4,13 +4,13 @@
 //! Probe and models: `GET /api/tags`.
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::{bearer, json_str, Accepted, Auth, Field, Operation, Provider, ProviderInfo, Target};
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::json_read;
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct Ollama;
@@ -69,15 +69,18 @@ fn classify(r: &HttpResponse) -> Verdict {
     }
 }
 
-#[derive(Deserialize)]
-struct Tags {
-    #[serde(default)]
-    models: Vec<Tag>,
-}
-
-#[derive(Deserialize)]
 struct Tag {
     name: String,
+}
+
+/// The `models` of `GET /api/tags` (absent: none).
+fn tags(body: &[u8]) -> Option<Vec<Tag>> {
+    let o = json_read::object(body)?;
+    json_read::items(json_read::list_or_empty(&o, "models")?, |t| {
+        Some(Tag {
+            name: json_read::text(t, "name")?,
+        })
+    })
 }
 
 #[async_trait(?Send)]
@@ -102,13 +105,12 @@ impl Provider for Ollama {
             }
         };
         let response = prober.call(NAME, request, classify).await?;
-        let tags: Tags = serde_json::from_slice(&response.body).map_err(|_| {
+        let tags = tags(&response.body).ok_or_else(|| {
             Failure::ProviderError(format!(
                 "{NAME}: GET /api/tags did not answer with a model list"
             ))
         })?;
         let models = tags
-            .models
             .into_iter()
             .map(|t| Model {
                 // The tags say nothing of what a model does; embedding models say so in

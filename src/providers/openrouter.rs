@@ -2,7 +2,6 @@
 //! bearer key; models: `GET /api/v1/models`.
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
@@ -12,6 +11,7 @@ use super::{
 use crate::crypto::SecretKey;
 use crate::domain::{Capability, Model, ProviderId, Quota};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::json_read;
 use crate::probe::{classify_status, Failure, Prober, Verdict};
 
 pub(super) struct OpenRouter;
@@ -58,29 +58,41 @@ fn classify(r: &HttpResponse) -> Verdict {
     }
 }
 
-#[derive(Deserialize)]
-struct KeyInfo {
-    data: KeyData,
-}
-
-#[derive(Deserialize)]
 struct KeyData {
-    #[serde(default)]
     usage: f64,
     limit: Option<f64>,
     limit_remaining: Option<f64>,
 }
 
-#[derive(Deserialize, Default)]
-struct Models {
-    #[serde(default)]
-    data: Vec<ApiModel>,
+/// `GET /api/v1/key`'s `data`.
+fn key_data(body: &[u8]) -> Option<KeyData> {
+    let o = json_read::object(body)?;
+    let d = o.get("data")?.as_object()?;
+    Some(KeyData {
+        // Absent is 0 (null is not absent).
+        usage: match d.get("usage") {
+            None => 0.0,
+            Some(v) => v.as_f64()?,
+        },
+        limit: json_read::opt_number(d, "limit")?,
+        limit_remaining: json_read::opt_number(d, "limit_remaining")?,
+    })
 }
 
-#[derive(Deserialize)]
 struct ApiModel {
     id: String,
     name: Option<String>,
+}
+
+/// `GET /api/v1/models`'s `data` (absent: none).
+fn models(body: &[u8]) -> Option<Vec<ApiModel>> {
+    let o = json_read::object(body)?;
+    json_read::items(json_read::list_or_empty(&o, "data")?, |m| {
+        Some(ApiModel {
+            id: json_read::text(m, "id")?,
+            name: json_read::opt_text(m, "name")?,
+        })
+    })
 }
 
 #[async_trait(?Send)]
@@ -103,21 +115,20 @@ impl Provider for OpenRouter {
         };
         let key_info = prober.call(NAME, get("/api/v1/key"), classify).await?;
         let mut accepted = Accepted::default();
-        if let Ok(k) = serde_json::from_slice::<KeyInfo>(&key_info.body) {
+        if let Some(k) = key_data(&key_info.body) {
             accepted.quota = Some(Quota {
-                used: Some(k.data.usage),
-                limit: k.data.limit,
-                remaining: k.data.limit_remaining,
+                used: Some(k.usage),
+                limit: k.limit,
+                remaining: k.limit_remaining,
                 unit: "usd".into(),
                 resets_at: None,
             });
         }
         match prober.call(NAME, get("/api/v1/models"), classify).await {
             Ok(r) => {
-                let models: Models = serde_json::from_slice(&r.body).unwrap_or_default();
                 accepted.models = Some(
-                    models
-                        .data
+                    models(&r.body)
+                        .unwrap_or_default()
                         .into_iter()
                         .map(|m| Model {
                             name: m.name.unwrap_or_else(|| m.id.clone()),

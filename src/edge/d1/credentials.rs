@@ -3,7 +3,6 @@
 //! event into the outbox, under the same condition as the change itself.
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use worker::wasm_bindgen::JsValue;
 use worker::D1PreparedStatement;
 
@@ -14,12 +13,13 @@ use crate::domain::{
     Capability, Credential, CredentialId, Preference, ProviderId, Timestamp, UserId,
 };
 use crate::import::ImportStore;
+use crate::json_read;
 use crate::providers;
 
 use super::audit::outbox_insert;
 use super::db::{changes, json, millis, num, opt_text, rows_of, text, Db};
 use super::imports::D1Imports;
-use super::rows::{bound_all, mutable_values, parse_json, Row, CHECK_COLUMNS, COLUMNS, MUTABLE};
+use super::rows::{bound_all, mutable_values, Row, CHECK_COLUMNS, COLUMNS, MUTABLE};
 use crate::edge::runtime::now_ms;
 
 pub(in crate::edge) struct D1Credentials<'a> {
@@ -270,11 +270,6 @@ impl CredentialStore for D1Credentials<'_> {
         capability: Capability,
         providers: &[ProviderId],
     ) -> Result<(Vec<Credential>, Option<Preference>), StoreError> {
-        #[derive(Deserialize)]
-        struct Default {
-            credential_id: String,
-            model: Option<String>,
-        }
         // One statement: the rows, each carrying the user's default for the capability.
         let columns = COLUMNS.replace(" models,", " NULL AS models,");
         let sql = format!(
@@ -286,18 +281,27 @@ impl CredentialStore for D1Credentials<'_> {
         let names: Vec<&str> = providers.iter().map(|p| p.as_str()).collect();
         let args = [text(user.as_str()), text(capability.as_str()), json(&names)];
         let rows = self.db.all(&sql, &args).await?.read(Row::read)?;
-        let default: Option<Default> = rows.first().and_then(|r| parse_json(&r.preference));
+        // The default as `json_object` wrote it: its credential id, and its model or null.
+        let default = rows
+            .first()
+            .and_then(|r| json_read::object(r.preference.as_deref()?.as_bytes()))
+            .and_then(|d| {
+                Some((
+                    json_read::text(&d, "credential_id")?,
+                    json_read::opt_text(&d, "model")?,
+                ))
+            });
         let held = rows
             .into_iter()
             .map(Row::into_credential)
             .collect::<Result<Vec<_>, _>>()?;
-        let default = default.and_then(|d| {
-            let c = held.iter().find(|c| c.id.as_str() == d.credential_id)?;
+        let default = default.and_then(|(credential_id, model)| {
+            let c = held.iter().find(|c| c.id.as_str() == credential_id)?;
             Some(Preference {
                 capability,
                 credential_id: c.id.clone(),
                 provider: c.provider,
-                model: d.model,
+                model,
             })
         });
         Ok((held, default))

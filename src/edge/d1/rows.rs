@@ -7,8 +7,8 @@ use worker::wasm_bindgen::JsValue;
 
 use crate::domain::StoreError;
 use crate::domain::{
-    BatchId, Cooldown, CooldownReason, Credential, CredentialId, CredentialParams,
-    CredentialStatus, KeyColumns, ProviderId, Timestamp, UserId,
+    texts_from_json, BatchId, Cooldown, CooldownReason, Credential, CredentialId, CredentialParams,
+    CredentialStatus, KeyColumns, Model, ProviderId, Quota, Timestamp, UserId,
 };
 use crate::providers;
 
@@ -154,6 +154,11 @@ pub(super) struct Row {
     pub(super) preference: Option<String>,
 }
 
+/// A JSON column's text, as bytes for a reader.
+fn bytes(s: &Option<String>) -> Option<&[u8]> {
+    s.as_deref().map(str::as_bytes)
+}
+
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(s: &Option<String>) -> Option<T> {
     s.as_deref()
         .and_then(|s| serde_json::from_slice(s.as_bytes()).ok())
@@ -223,12 +228,16 @@ impl Row {
             status: key.shown_status(status),
             secret: key.into_sealed(),
             fingerprint: self.fingerprint.clone(),
-            params: parse_json(&self.params).unwrap_or_else(CredentialParams::default),
+            params: bytes(&self.params)
+                .and_then(CredentialParams::from_json)
+                .unwrap_or_default(),
             model: self.model.clone(),
             status_detail: self.status_detail.clone(),
-            warnings: parse_json(&self.warnings).unwrap_or_default(),
-            quota: parse_json(&self.quota),
-            models: parse_json(&self.models),
+            warnings: bytes(&self.warnings)
+                .and_then(texts_from_json)
+                .unwrap_or_default(),
+            quota: bytes(&self.quota).and_then(Quota::from_json),
+            models: bytes(&self.models).and_then(Model::list_from_json),
             models_fetched_at: self.models_fetched_at.map(ms),
             consecutive_failures: self.consecutive_failures.unwrap_or(0.0) as u32,
             dead_checks: self.dead_checks.unwrap_or(0.0) as u32,

@@ -7,7 +7,8 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::settings::InfisicalSettings;
@@ -15,6 +16,7 @@ use crate::crypto::SecretKey;
 use crate::domain::Clock;
 use crate::domain::Timestamp;
 use crate::http::{HttpClient, HttpRequest, HttpResponse, Method};
+use crate::json_read;
 use crate::redact::{is_hidden, ProviderText};
 
 const FETCH_TIMEOUT_MS: u64 = 3_000;
@@ -56,35 +58,75 @@ struct Login<'a> {
     client_secret: &'a str,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct LoginAnswer {
     access_token: String,
-    #[serde(default)]
     expires_in: f64,
 }
 
-#[derive(Deserialize)]
+/// The login's answer: `accessToken` (moved out of the tree, not copied), `expiresIn`
+/// (absent: 0).
+fn login_answer(body: &[u8]) -> Option<LoginAnswer> {
+    let mut o = json_read::object(body)?;
+    Some(LoginAnswer {
+        expires_in: json_read::number_or_zero(&o, "expiresIn")?,
+        access_token: json_read::take_text(&mut o, "accessToken")?,
+    })
+}
+
 struct RawList {
     secrets: Vec<RawSecret>,
-    #[serde(default)]
     imports: Vec<RawImport>,
 }
 
-#[derive(Deserialize)]
 struct RawImport {
-    #[serde(default)]
     secrets: Vec<RawSecret>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct RawSecret {
     secret_key: String,
-    #[serde(default)]
     secret_value: String,
-    #[serde(default)]
     secret_value_hidden: bool,
+}
+
+/// Secrets read from the tree, each value moved out of it (not copied).
+fn raw_secrets(items: Vec<Value>) -> Option<Vec<RawSecret>> {
+    items
+        .into_iter()
+        .map(|v| {
+            let Value::Object(mut s) = v else {
+                return None;
+            };
+            Some(RawSecret {
+                secret_key: json_read::take_text(&mut s, "secretKey")?,
+                secret_value: json_read::take_text_or_empty(&mut s, "secretValue")?,
+                secret_value_hidden: json_read::flag_or_false(&s, "secretValueHidden")?,
+            })
+        })
+        .collect()
+}
+
+/// The list's answer: `secrets` (required) and `imports` (absent: none), each import's
+/// `secrets` (absent: none).
+fn raw_list(body: &[u8]) -> Option<RawList> {
+    let mut o = json_read::object(body)?;
+    let Some(Value::Array(secrets)) = o.remove("secrets") else {
+        return None;
+    };
+    let imports = json_read::take_list_or_empty(&mut o, "imports")?
+        .into_iter()
+        .map(|i| {
+            let Value::Object(mut i) = i else {
+                return None;
+            };
+            Some(RawImport {
+                secrets: raw_secrets(json_read::take_list_or_empty(&mut i, "secrets")?)?,
+            })
+        })
+        .collect::<Option<_>>()?;
+    Some(RawList {
+        secrets: raw_secrets(secrets)?,
+        imports,
+    })
 }
 
 /// The usable `SYSTEM_KEY_*` secrets of a list: direct secrets first, then imports, the
@@ -208,8 +250,7 @@ impl Client {
             return Err(self.failure(Call::Login, &r, None));
         }
         let body = Zeroizing::new(r.body);
-        let answer = serde_json::from_slice::<LoginAnswer>(&body)
-            .ok()
+        let answer = login_answer(&body)
             .filter(|a| !a.access_token.is_empty())
             .ok_or(Failure::Outage {
                 problem: "Infisical's login answered without an access token".into(),
@@ -245,12 +286,10 @@ impl Client {
             return Err(self.failure(Call::List, &r, Some(token)));
         }
         let body = Zeroizing::new(r.body);
-        serde_json::from_slice::<RawList>(&body)
-            .map(collect)
-            .map_err(|_| Failure::Outage {
-                problem: "Infisical's list of secrets was not readable".into(),
-                retry_after_ms: 0,
-            })
+        raw_list(&body).map(collect).ok_or_else(|| Failure::Outage {
+            problem: "Infisical's list of secrets was not readable".into(),
+            retry_after_ms: 0,
+        })
     }
 
     async fn send(

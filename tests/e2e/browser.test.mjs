@@ -91,7 +91,9 @@ async function watchedPage(options = {}) {
 /** Asserts the page logged no console error, once its network is quiet (the icon a
  * browser asks for after the load counts too). */
 async function assertNoConsoleErrors(page, when) {
-  await page.waitForLoadState('networkidle');
+  // A loaded machine (two end-to-end files at once, each with its own Worker) once took
+  // over 30 s, Playwright's default, to let a page's network settle.
+  await page.waitForLoadState('networkidle', { timeout: 90_000 });
   assert.deepEqual(page.consoleErrors, [], `console errors ${when}`);
 }
 

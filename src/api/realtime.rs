@@ -12,7 +12,7 @@ use super::problem::ApiError;
 use super::proxy::{judge, DROPPED_QUERY};
 use super::Response;
 use crate::audit::{Action, Facts};
-use crate::budgets::{Amounts, Unit};
+use crate::budgets::Amounts;
 use crate::domain::CredentialId;
 use crate::error::FieldError;
 use crate::http::{Connected, HttpRequest, HttpResponse};
@@ -156,12 +156,11 @@ async fn mint(
     let mut key = key_use
         .key_for(&ctx.user, ctx.caller().network, ask, facts)
         .await?;
-    let mut one = Amounts::default();
-    one.set(Unit::Requests, 1.0);
     let mut attempt = 1;
     loop {
+        // One request, which `admit` counts itself: nothing more is known in advance.
         let admitted = key_use
-            .admit_first(&ctx.user, &mut key, &one, facts)
+            .admit_first(&ctx.user, &mut key, &Amounts::default(), facts)
             .await?;
         if info.has_field("region") && key.params.region.is_none() {
             release(ctx, admitted.as_ref()).await;
@@ -455,12 +454,11 @@ async fn open(
     let mut key = key_use
         .key_for(&ctx.user, ctx.caller().network, ask, facts)
         .await?;
-    let mut one = Amounts::default();
-    one.set(Unit::Requests, 1.0);
     let mut attempt = 1;
     loop {
+        // One request, which `admit` counts itself: nothing more is known in advance.
         let admitted = key_use
-            .admit_first(&ctx.user, &mut key, &one, facts)
+            .admit_first(&ctx.user, &mut key, &Amounts::default(), facts)
             .await?;
         let target = Target {
             bases: ctx.config.endpoints(info.id),
@@ -576,6 +574,7 @@ pub async fn ended(
 ) {
     let tally = &session.tally;
     let text = tally.refused.as_ref();
+    let mut usage = tally.usage();
     // The session's own event is the last; those before it are keys refused at the upgrade.
     if let Some(e) = uses.last_mut() {
         if let Some(d) = e.detail.as_mut() {
@@ -585,7 +584,7 @@ pub async fn ended(
             d["closed_by"] = end.closed_by.into();
             d["close_code"] = end.code.into();
             if tally.metered {
-                d["usage"] = usage_json(&tally.usage());
+                d["usage"] = usage_json(&usage);
             }
         }
         if text.is_some() {
@@ -601,7 +600,6 @@ pub async fn ended(
         judge_on_socket(app, config, &session, refusal).await;
     }
     super::finish(app, uses, None).await;
-    let mut usage = tally.usage();
     if !tally.metered {
         // Bytes and time alone: what the provider bills is not known.
         usage.incomplete = true;

@@ -73,11 +73,7 @@ impl HttpClient for FetchClient {
                 .await
                 .map_err(|e| HttpError::Network(network_reason(&e)))?;
             let status = response.status_code();
-            let headers: Vec<(String, String)> = response
-                .headers()
-                .entries()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .collect();
+            let headers = header_list(&response);
             let declared = headers
                 .iter()
                 .find(|(k, _)| k == "content-length")
@@ -180,11 +176,7 @@ impl Upstream for FetchUpstream {
         let outcome = match select(call, Box::pin(deadline)).await {
             Either::Left((Ok(response), _)) => Ok(Streamed {
                 status: response.status_code(),
-                headers: response
-                    .headers()
-                    .entries()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                    .collect(),
+                headers: header_list(&response),
                 body: BodyStream(Box::new(response)),
             }),
             Either::Left((Err(e), _)) => Err(match &forwarded {
@@ -261,11 +253,7 @@ async fn connect(req: HttpRequest, timeout_ms: u64) -> Result<Connected, HttpErr
         }
     };
     let status = response.status_code();
-    let headers: Vec<(String, String)> = response
-        .headers()
-        .entries()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .collect();
+    let headers = header_list(&response);
     if status == 101 {
         return match response.websocket() {
             Some(socket) => Ok(Connected::Open(Socket(Box::new(socket)))),
@@ -286,6 +274,15 @@ async fn connect(req: HttpRequest, timeout_ms: u64) -> Result<Connected, HttpErr
         headers,
         body,
     }))
+}
+
+/// An answer's headers, their names in lower case.
+fn header_list(response: &worker::Response) -> Vec<(String, String)> {
+    response
+        .headers()
+        .entries()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
 }
 
 /// The body of a fetched answer, to pipe to the client unread.

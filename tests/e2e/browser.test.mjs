@@ -24,7 +24,7 @@ import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
 import { startFakeProviders } from './fake-providers.mjs';
-import { ROOT, randomKey, serviceTokens, startVault } from './harness.mjs';
+import { ROOT, assertSameKey, randomKey, serviceTokens, startVault } from './harness.mjs';
 
 const require = createRequire(import.meta.url);
 const AXE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
@@ -630,7 +630,7 @@ describe('the realtime WebSocket proxy from a browser', () => {
       assert.equal(s.closed.code, 1000);
       const upstream = fake.sockets.slice(before);
       assert.equal(upstream.length, 1);
-      assert.equal(upstream[0].headers.authorization, `Token ${key}`);
+      assertSameKey(upstream[0].headers.authorization, `Token ${key}`, 'the key in Deepgram\'s header');
       const text = await page.evaluate(() => document.documentElement.outerHTML + JSON.stringify({ ...localStorage }));
       assert.ok(!text.includes(key));
       // Another user's token naming this credential: closed 4404 before any provider socket.

@@ -11,7 +11,7 @@ import http from 'node:http';
 import { after, before, test } from 'node:test';
 
 import { startFakeProviders } from './fake-providers.mjs';
-import { eventsOf, randomKey, startVault } from './harness.mjs';
+import { assertSameKey, eventsOf, randomKey, startVault } from './harness.mjs';
 import { connect } from './websocket.mjs';
 
 let fake;
@@ -71,7 +71,7 @@ test('a browser session: audio up, transcripts and binary back byte-exact, the k
   assert.equal(c.headers['sec-websocket-protocol'], 'byok-vault');
   await until(() => sockets.length > before, 'the upstream socket');
   const up = sockets.at(-1);
-  assert.equal(up.headers.authorization, `Token ${owner.key}`);
+  assertSameKey(up.headers.authorization, `Token ${owner.key}`, 'the key in Deepgram\'s header');
   assert.equal(up.url, '/deepgram/v1/listen?encoding=linear16&sample_rate=16000');
   const frames = [crypto.randomBytes(3200), crypto.randomBytes(70_000), Buffer.from([0, 255, 0, 128])];
   for (const f of frames) c.ws.send(f);
@@ -176,7 +176,7 @@ test('ElevenLabs TTS stream-input: text up, audio down, the key in xi-api-key, t
   const c = await connect(wsUrl('/v1/realtime/elevenlabs/ws/v1/text-to-speech/JBFqnCBsd6RMkjVDRZzb/stream-input?model_id=eleven_flash_v2_5'), asBrowser('u_el'));
   assert.equal(c.status, 101, c.text);
   const up = sockets.at(-1);
-  assert.equal(up.headers['xi-api-key'], el.key);
+  assertSameKey(up.headers['xi-api-key'], el.key, 'the key in xi-api-key');
   assert.equal(up.headers.authorization, undefined);
   assert.equal(up.url, '/elevenlabs/v1/text-to-speech/JBFqnCBsd6RMkjVDRZzb/stream-input?model_id=eleven_flash_v2_5');
   c.ws.send(JSON.stringify({ text: ' ' }));
@@ -303,7 +303,7 @@ test('a refusal on the open socket (ElevenLabs Scribe) reaches the client and ma
 test('the system key serves where policy allows, counted against its budget: past it, 4429 before any socket', async () => {
   const c = await connect(wsUrl('/v1/realtime/deepgram/ws/v1/listen'), asBrowser('u_sys'));
   assert.equal(c.status, 101, c.text);
-  assert.equal(sockets.at(-1).key, SYSTEM_KEY);
+  assertSameKey(sockets.at(-1).key, SYSTEM_KEY, 'the system key on the provider\'s socket');
   c.ws.send(crypto.randomBytes(64_000));
   await until(() => c.ws.messages.length >= 2, 'the transcript');
   c.ws.send('{"type":"CloseStream"}');
@@ -341,7 +341,7 @@ test('a session ends after REALTIME_MAX_SECONDS, both sides closed; a system key
     });
     assert.equal(c.status, 101, c.text);
     const up = sockets.at(-1);
-    assert.equal(up.key, key);
+    assertSameKey(up.key, key, 'the key on the provider\'s socket');
     const [client, provider] = await Promise.all([c.ws.closed, up.ws.closed]);
     assert.equal(client.code, 1000);
     assert.equal(provider.code, 1000);
